@@ -1,0 +1,1 @@
+//! The primary-side comparator. (Being written: see issue 2.)

@@ -1,0 +1,6 @@
+//! Fuzz body for the `wire_decode` target. (Being written: see issue 2.)
+
+/// Runs one fuzz input.
+pub fn run(data: &[u8]) {
+    let _ = data;
+}

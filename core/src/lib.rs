@@ -1,0 +1,23 @@
+//! colo-core: the pure, deterministic, sans-IO heart of colo.
+//!
+//! Everything that *decides* lives here; everything that touches the world (KVM, tap devices,
+//! disk files, sockets, clocks) lives in a runtime (`colo-runtime` or the simulator `colo-sim`).
+//! Every machine in this crate is fed events with the current time passed in, and hands back
+//! what it wants done through `poll_*` methods. There is no IO, no thread, no clock and no
+//! unseeded randomness in this crate, so the same inputs always give the same outputs.
+//!
+//! Modules, one machine each:
+//! - [`time`]: the core's own monotonic [`time::Instant`].
+//! - [`packet`]: zero-copy views over Ethernet frames, flow keys and checksums.
+//! - [`compare`]: the primary-side [`compare::Comparator`] (output commit for network frames).
+//! - [`rewrite`]: the secondary-side TCP sequence-number [`rewrite::Rewriter`].
+//! - [`wire`]: the versioned peer protocol and its framing codec.
+//! - [`fuzzing`]: fuzz target bodies, shared by `cargo fuzz` and by `cargo test` over a corpus.
+#![forbid(unsafe_code)]
+
+pub mod compare;
+pub mod fuzzing;
+pub mod packet;
+pub mod rewrite;
+pub mod time;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! The secondary-side TCP rewriter. (Being written: see issue 2.)

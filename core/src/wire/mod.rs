@@ -1,0 +1,1 @@
+//! The versioned peer protocol and its framing codec. (Being written: see issue 2.)
