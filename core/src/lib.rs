@@ -7,6 +7,7 @@
 //! unseeded randomness in this crate, so the same inputs always give the same outputs.
 //!
 //! Modules, one machine each:
+//! - [`ids`]: epochs, terms, node and cluster ids, page ranges, checkpoint reasons.
 //! - [`time`]: the core's own monotonic [`time::Instant`].
 //! - [`packet`]: zero-copy views over Ethernet frames, flow keys and checksums.
 //! - [`compare`]: the primary-side [`compare::Comparator`] (output commit for network frames).
@@ -17,6 +18,7 @@
 
 pub mod compare;
 pub mod fuzzing;
+pub mod ids;
 pub mod packet;
 pub mod rewrite;
 pub mod time;
