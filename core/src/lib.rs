@@ -13,11 +13,13 @@
 //! - [`compare`]: the primary-side [`compare::Comparator`] (output commit for network frames).
 //! - [`rewrite`]: the secondary-side TCP sequence-number [`rewrite::Rewriter`].
 //! - [`wire`]: the versioned peer protocol and its framing codec.
+//! - [`heartbeat`]: the peer-liveness [`heartbeat::Heartbeat`] (alive / suspect / lost).
 //! - [`fuzzing`]: fuzz target bodies, shared by `cargo fuzz` and by `cargo test` over a corpus.
 #![forbid(unsafe_code)]
 
 pub mod compare;
 pub mod fuzzing;
+pub mod heartbeat;
 pub mod ids;
 pub mod packet;
 pub mod rewrite;
