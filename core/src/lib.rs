@@ -13,11 +13,14 @@
 //! - [`compare`]: the primary-side [`compare::Comparator`] (output commit for network frames).
 //! - [`rewrite`]: the secondary-side TCP sequence-number [`rewrite::Rewriter`].
 //! - [`wire`]: the versioned peer protocol and its framing codec.
+//! - [`failover`]: failover, fencing by term and arbiter lease ([`failover::Failover`],
+//!   [`failover::Lease`], [`failover::Arbiter`]).
 //! - [`heartbeat`]: the peer-liveness [`heartbeat::Heartbeat`] (alive / suspect / lost).
 //! - [`fuzzing`]: fuzz target bodies, shared by `cargo fuzz` and by `cargo test` over a corpus.
 #![forbid(unsafe_code)]
 
 pub mod compare;
+pub mod failover;
 pub mod fuzzing;
 pub mod heartbeat;
 pub mod ids;
