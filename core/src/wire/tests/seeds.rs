@@ -78,10 +78,10 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("handshake", seed(0, &stream(&ex[0..3]))),
         ("liveness", seed(7, &stream(&ex[3..6]))),
-        ("frames", seed(64, &stream(&ex[6..8]))),
+        ("frames", seed(0xc0, &stream(&ex[6..8]))),
         ("checkpoint", seed(200, &stream(&ex[8..16]))),
         ("disk", seed(13, &stream(&ex[16..18]))),
-        ("failover", seed(1, &stream(&ex[18..23]))),
+        ("failover", seed(0x81, &stream(&ex[18..23]))),
         ("arbiter", seed(255, &stream(&ex[23..26]))),
         ("reprotect", seed(99, &stream(&ex[26..28]))),
         ("truncated_header", seed(3, &whole[..HEADER_LEN - 4])),
