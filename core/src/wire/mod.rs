@@ -8,6 +8,30 @@
 //! - [`error`]: [`WireError`], one variant per way bytes can fail to be a frame.
 //! - `codec` (private): the bincode configuration, the only place that names bincode.
 //!
+//! ```
+//! use colo_core::ids::Epoch;
+//! use colo_core::wire::{FrameDecoder, Limits, Message, encode};
+//!
+//! // Sender: a mirrored client frame travels as the bulk payload of its message.
+//! let mut link = Vec::new();
+//! encode(&Message::MirroredFrame { epoch: Epoch(7) }, &[0xff; 60], &mut link).unwrap();
+//! encode(&Message::CheckpointReady { epoch: Epoch(7) }, &[], &mut link).unwrap();
+//!
+//! // Receiver: push what the socket gave (it may be any split), drain whole frames.
+//! let mut decoder = FrameDecoder::new(Limits::default());
+//! let mut rest = &link[..];
+//! let mut kinds = Vec::new();
+//! while !rest.is_empty() {
+//!     let taken = decoder.push(rest);
+//!     rest = &rest[taken..];
+//!     while let Some(frame) = decoder.poll_frame().expect("a peer fault ends the link") {
+//!         kinds.push((frame.message.kind(), frame.bulk.len()));
+//!     }
+//! }
+//! assert_eq!(kinds.len(), 2);
+//! assert_eq!(kinds[0].1, 60);
+//! ```
+//!
 //! The invariant of the whole module: untrusted bytes never cause a panic or an allocation
 //! beyond [`Limits`]; each failure is a typed [`WireError`] that ends the link. The layout,
 //! message table and error rules are written up in `docs/protocol.md`.
