@@ -6,8 +6,10 @@
 //! limit believes a length prefix and calls `Vec::with_capacity(len)` for strings and byte
 //! vectors; with `with_limit` it first claims `len * size_of::<T>()` against the limit and
 //! fails with `LimitExceeded` instead (bincode 2.0.1, `Decoder::claim_container_read`).
-//! The message slice itself is already bounded by the frame header, so the limit is the only
-//! guard needed against a lying length *inside* the message.
+//! Sequences decoded through serde (`Vec<PageRange>`) are the other path: serde preallocates at
+//! most 1 MiB for them whatever the prefix says (serde_core `size_hint::cautious`), and the
+//! element loop then runs out of message bytes. The message slice itself is already bounded by
+//! the frame header, so these two guards cover every length *inside* a message.
 
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 use bincode::error::DecodeError;

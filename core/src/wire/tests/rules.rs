@@ -357,6 +357,24 @@ fn varint(v: u64) -> Vec<u8> {
 }
 
 #[test]
+fn lying_range_count_ends_as_truncated() {
+    // A page batch claiming 2^60 ranges in a 20-byte message. serde preallocates a sequence
+    // cautiously (at most 1 MiB, serde_core `size_hint::cautious`), then runs out of bytes.
+    let mut body = message_bytes(&Message::PageBatch {
+        epoch: Epoch(1),
+        batch: 0,
+        ranges: Vec::new(),
+    });
+    assert_eq!(body.pop(), Some(0));
+    body.extend(varint(1 << 60));
+    let frame = raw_frame(PROTOCOL_VERSION, 0, &body, &[]);
+    assert!(matches!(
+        decode(&frame, &limits()),
+        Err(WireError::Truncated { .. })
+    ));
+}
+
+#[test]
 fn encode_head_streams_the_same_bytes_as_encode() {
     let message = examples()[10].clone();
     let bulk = bulk_for(&message);
