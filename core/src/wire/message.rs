@@ -212,14 +212,14 @@ pub enum Message {
     },
 
     // ---- Frames -------------------------------------------------------------------------------
-    /// + bulk: one whole Ethernet frame from a client, mirrored primary -> secondary so the SVM
-    ///   sees the same input as the PVM (QEMU's filter-mirror).
+    /// P -> S, + bulk: one whole Ethernet frame from a client, mirrored so the SVM sees the
+    /// same input as the PVM (QEMU's filter-mirror).
     MirroredFrame {
         /// The primary's epoch when it mirrored the frame.
         epoch: Epoch,
     },
-    /// + bulk: one whole Ethernet frame the SVM sent, secondary -> primary, after TCP rewrite,
-    ///   for the comparator (QEMU's filter-redirector).
+    /// S -> P, + bulk: one whole Ethernet frame the SVM sent, after TCP rewrite, for the
+    /// comparator (QEMU's filter-redirector).
     SecondaryOutput {
         /// The last epoch the secondary had applied when the SVM produced the frame. The
         /// primary drops output of an epoch older than its last loaded checkpoint: it came from
