@@ -13,6 +13,7 @@
 //! - [`compare`]: the primary-side [`compare::Comparator`] (output commit for network frames).
 //! - [`rewrite`]: the secondary-side TCP sequence-number [`rewrite::Rewriter`].
 //! - [`wire`]: the versioned peer protocol and its framing codec.
+//! - [`disk`]: block replication metadata ([`disk::PrimaryDisk`], [`disk::SecondaryDisk`]).
 //! - [`failover`]: failover, fencing by term and arbiter lease ([`failover::Failover`],
 //!   [`failover::Lease`], [`failover::Arbiter`]).
 //! - [`heartbeat`]: the peer-liveness [`heartbeat::Heartbeat`] (alive / suspect / lost).
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compare;
+pub mod disk;
 pub mod failover;
 pub mod fuzzing;
 pub mod heartbeat;
