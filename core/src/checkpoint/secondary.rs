@@ -155,19 +155,29 @@ impl SecondaryCheckpointer {
             return;
         }
         if !idle && m_epoch > self.epoch {
-            if let Message::CheckpointRequest { epoch, reason } = *message
-                && matches!(
-                    self.phase,
-                    SecondaryPhase::Discarding | SecondaryPhase::Resuming
-                )
-                && self.after == After::Running
-            {
-                // The primary retried after our abort before our discard finished: serve the
-                // request once the SVM runs again.
+            if let Message::CheckpointRequest { epoch, reason } = *message {
+                // The primary only asks again once it finished or abandoned our epoch (an
+                // abort crossed our messages, or it gave up on us): finish or discard ours,
+                // then serve the new request.
                 self.deferred_request = Some((epoch, reason));
+                if matches!(
+                    self.phase,
+                    SecondaryPhase::Pausing | SecondaryPhase::Receiving
+                ) {
+                    self.discard(now, After::Running, AbortReason::Protocol, false);
+                }
                 return;
             }
             return self.protocol_error(now, message, m_epoch);
+        }
+        let aborted = matches!(
+            self.phase,
+            SecondaryPhase::Discarding | SecondaryPhase::Resuming
+        ) && self.after != After::Loaded;
+        if aborted && !matches!(message, Message::CheckpointRequest { .. }) {
+            // Stragglers of the epoch being discarded.
+            self.stats.stale_messages += 1;
+            return;
         }
         // From here: idle with a newer epoch, or busy with the current one.
         match (self.phase, message) {
@@ -255,12 +265,6 @@ impl SecondaryCheckpointer {
                 Message::CheckpointAbort { reason, .. },
             ) => {
                 self.discard(now, After::Running, *reason, false);
-            }
-            (SecondaryPhase::Discarding, Message::CheckpointAbort { .. })
-            | (SecondaryPhase::Resuming, Message::CheckpointAbort { .. })
-                if self.after == After::Running =>
-            {
-                self.stats.duplicate_messages += 1;
             }
             _ => self.protocol_error(now, message, m_epoch),
         }

@@ -652,6 +652,54 @@ fn svm_pause_failure_aborts_and_the_primary_retries() {
 }
 
 #[test]
+fn a_retry_during_our_discard_is_served_afterwards_and_stragglers_are_stale() {
+    let mut s = SecondaryCheckpointer::new(cfg(), Epoch(0), ms(0)).unwrap();
+    let req = |e| Message::CheckpointRequest {
+        epoch: Epoch(e),
+        reason: CheckpointReason::Miscompare,
+    };
+    s.handle_message(ms(0), &req(1), 0);
+    s.handle_vm_done(ms(0), VmCompletion::Paused);
+    s.handle_message(
+        ms(0),
+        &Message::CheckpointAbort {
+            epoch: Epoch(1),
+            reason: AbortReason::VmFailure,
+        },
+        0,
+    );
+    assert_eq!(s.phase(), SecondaryPhase::Discarding);
+    s.handle_message(ms(1), &req(2), 0);
+    s.handle_message(
+        ms(1),
+        &Message::PageBatch {
+            epoch: Epoch(1),
+            batch: 0,
+            ranges: vec![],
+        },
+        0,
+    );
+    assert_eq!(s.stats().stale_messages, 1);
+    assert_eq!(s.stats().protocol_errors, 0);
+    s.handle_vm_done(ms(2), VmCompletion::Discarded { epoch: Epoch(1) });
+    s.handle_vm_done(ms(3), VmCompletion::Resumed);
+    assert_eq!(s.phase(), SecondaryPhase::Pausing, "the retry is served");
+    let outs: Vec<_> = std::iter::from_fn(|| s.poll_output()).collect();
+    assert_eq!(
+        outs.iter()
+            .filter(|o| matches!(o, CheckpointOutput::Vm(VmCommand::Pause)))
+            .count(),
+        2
+    );
+    assert!(
+        outs.contains(&CheckpointOutput::Event(CheckpointEvent::Aborted {
+            epoch: Epoch(1),
+            reason: AbortReason::VmFailure
+        }))
+    );
+}
+
+#[test]
 fn unrelated_messages_are_ignored() {
     let mut t = Pair::new();
     t.s.handle_message(ms(0), &Message::MirroredFrame { epoch: Epoch(9) }, 60);
