@@ -1,0 +1,154 @@
+//! The streaming frame decoder: bytes arrive from the link in arbitrary chunks, whole frames
+//! come out.
+//!
+//! Invariants: its buffer never holds more than [`Limits::max_frame_len`] bytes (so a peer
+//! cannot make a receiver buffer without bound: [`FrameDecoder::push`] takes only what fits,
+//! and a frame too large is refused from its header); the frames it yields are exactly those
+//! [`decode`] yields on the concatenated stream, whatever the chunking; after the first error
+//! it stays failed and yields that error again, because a stream that lost framing cannot be
+//! resynchronised: the link must be reset.
+
+use super::error::WireError;
+use super::frame::{Decoded, HEADER_LEN, Limits, decode, decode_header};
+
+/// The decoder's phase.
+#[derive(Clone, Debug)]
+enum Phase {
+    /// Accepting bytes and yielding frames.
+    // Open --decode error--> Failed
+    Open,
+    /// A decode error happened; it is reported again on every poll. Terminal.
+    Failed(WireError),
+}
+
+/// Reassembles frames from a byte stream, with a bounded buffer.
+///
+/// Use: [`push`](Self::push) received bytes (it returns how many it took), then drain
+/// [`poll_frame`](Self::poll_frame) until `Ok(None)`; repeat while bytes remain. After draining,
+/// the buffer holds less than one frame, so the next push always takes at least one byte.
+/// When the link closes, [`finish`](Self::finish) tells whether it closed between frames.
+#[derive(Clone, Debug)]
+pub struct FrameDecoder {
+    limits: Limits,
+    /// Received bytes; `buf[start..]` is not yet yielded.
+    buf: Vec<u8>,
+    start: usize,
+    phase: Phase,
+    frames: u64,
+}
+
+impl FrameDecoder {
+    /// A decoder enforcing `limits`. It allocates lazily, as bytes arrive.
+    pub fn new(limits: Limits) -> Self {
+        FrameDecoder {
+            limits,
+            buf: Vec::new(),
+            start: 0,
+            phase: Phase::Open,
+            frames: 0,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The most bytes the buffer will ever hold ([`Limits::max_frame_len`]).
+    pub fn capacity(&self) -> usize {
+        self.limits.max_frame_len()
+    }
+
+    /// Bytes received but not yet yielded as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Frames yielded so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// The error the decoder failed with, if it did.
+    pub fn error(&self) -> Option<&WireError> {
+        match &self.phase {
+            Phase::Open => None,
+            Phase::Failed(e) => Some(e),
+        }
+    }
+
+    /// Appends as much of `data` as the buffer has room for; returns the number of bytes taken.
+    ///
+    /// Once failed, the decoder takes (and drops) everything, so a caller's push loop always
+    /// ends; the error comes from [`poll_frame`](Self::poll_frame).
+    pub fn push(&mut self, data: &[u8]) -> usize {
+        if let Phase::Failed(_) = self.phase {
+            return data.len();
+        }
+        if self.start > 0 {
+            // Frames already yielded are dropped only now, so the slices they lent stay valid
+            // until the caller pushes again.
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let cap = self.capacity();
+        let take = data.len().min(cap - self.buf.len());
+        let needed = self.buf.len() + take;
+        if needed > self.buf.capacity() {
+            // Grow geometrically, but never past the bound.
+            let target = needed.max(self.buf.capacity().saturating_mul(2)).min(cap);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        self.buf.extend_from_slice(&data[..take]);
+        take
+    }
+
+    /// The next whole frame, `Ok(None)` if more bytes are needed, or the error that ends the
+    /// link (repeated on every later call).
+    pub fn poll_frame(&mut self) -> Result<Option<Decoded<'_>>, WireError> {
+        if let Phase::Failed(e) = &self.phase {
+            return Err(e.clone());
+        }
+        match decode(&self.buf[self.start..], &self.limits) {
+            Ok(Some(frame)) => {
+                self.start += frame.consumed;
+                self.frames += 1;
+                Ok(Some(frame))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                // Open --decode error--> Failed
+                self.phase = Phase::Failed(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// The least number of further bytes that could complete the next frame (a read-size hint;
+    /// 0 when a frame is already complete or the decoder has failed).
+    pub fn needed(&self) -> usize {
+        if let Phase::Failed(_) = self.phase {
+            return 0;
+        }
+        let pending = &self.buf[self.start..];
+        match decode_header(pending, &self.limits) {
+            Ok(Some(header)) => header.frame_len().saturating_sub(pending.len()),
+            Ok(None) => HEADER_LEN - pending.len(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Call when the link has closed: `Ok` if it closed between frames, the decoder's error if
+    /// it had failed, [`WireError::Truncated`] if a partial frame was left.
+    pub fn finish(&self) -> Result<(), WireError> {
+        if let Phase::Failed(e) = &self.phase {
+            return Err(e.clone());
+        }
+        match self.buffered() {
+            0 => Ok(()),
+            n => Err(WireError::Truncated {
+                detail: format!("link closed with {n} byte(s) of an incomplete frame buffered"),
+            }),
+        }
+    }
+}

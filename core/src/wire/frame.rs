@@ -1,0 +1,312 @@
+//! The frame: how one message and its bulk payload are laid out as bytes on the link.
+//!
+//! ```text
+//! offset  size  field (integers big-endian, network order)
+//!      0     4  magic "COLO" (0x43 0x4f 0x4c 0x4f)
+//!      4     2  protocol version (PROTOCOL_VERSION)
+//!      6     2  flags (bit 0: a MAC tag follows the bulk; other bits reserved, must be 0)
+//!      8     4  message length M (bytes of the bincode message)
+//!     12     4  bulk length B (bytes of raw bulk payload)
+//!     16     4  header CRC32C over bytes 0..16
+//!     20     M  message (bincode 2, standard config: little-endian varints)
+//!   20+M     B  bulk payload (pages, device state, disk data, an Ethernet frame)
+//! 20+M+B     4  frame CRC32C over bytes 0..20+M+B
+//! ```
+//!
+//! Invariants kept here: a decoder checks the header in a fixed order (magic, version, header
+//! CRC, flags, lengths against [`Limits`]) before it allocates or waits for anything, so a
+//! stream of garbage or another version fails at its first bytes and a corrupted length can
+//! never make a receiver wait for, or buffer, bytes that are not coming. Magic and version are
+//! the only bytes every future version keeps in place. The bulk payload is never copied by the
+//! decoder: [`Decoded::bulk`] borrows the input. A frame has exactly one valid encoding.
+
+use super::codec::{MESSAGE_LEN_CEILING, decode_body, encode_body};
+use super::error::WireError;
+use super::message::{Message, PROTOCOL_VERSION};
+
+/// The four bytes every frame starts with.
+pub const MAGIC: [u8; 4] = *b"COLO";
+/// Length of the fixed frame header.
+pub const HEADER_LEN: usize = 20;
+/// Length of the CRC32C trailer.
+pub const TRAILER_LEN: usize = 4;
+/// Length of the keyed MAC tag announced by [`FLAG_MAC`] (reserved: HMAC-SHA-256 or a BLAKE3
+/// keyed hash over the frame, for an authenticated link without TLS).
+pub const MAC_TAG_LEN: usize = 32;
+/// Header flag: a [`MAC_TAG_LEN`]-byte tag follows the bulk. Not implemented in this version: a
+/// frame with it set is refused with [`WireError::MacUnsupported`].
+pub const FLAG_MAC: u16 = 1 << 0;
+/// Every flag bit this version knows.
+const KNOWN_FLAGS: u16 = FLAG_MAC;
+
+/// Size bounds a receiver enforces from the header, before allocating anything.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Limits {
+    /// Largest message part accepted, in bytes. Values above [`MESSAGE_LEN_CEILING`] (1 MiB)
+    /// act as the ceiling, which is also the decoder's allocation limit.
+    pub max_message_len: u32,
+    /// Largest bulk payload accepted, in bytes.
+    pub max_bulk_len: u32,
+}
+
+impl Default for Limits {
+    /// 64 KiB messages (a page batch header lists up to thousands of ranges) and 16 MiB bulk
+    /// (4096 pages per batch).
+    fn default() -> Self {
+        Limits {
+            max_message_len: 64 * 1024,
+            max_bulk_len: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The message limit actually in force.
+    pub fn message_len_limit(&self) -> u32 {
+        self.max_message_len.min(MESSAGE_LEN_CEILING)
+    }
+
+    /// The longest frame these limits accept, in bytes.
+    pub fn max_frame_len(&self) -> usize {
+        HEADER_LEN + self.message_len_limit() as usize + self.max_bulk_len as usize + TRAILER_LEN
+    }
+}
+
+/// A checked frame header.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FrameHeader {
+    /// Bytes of the bincode message.
+    pub message_len: u32,
+    /// Bytes of the bulk payload.
+    pub bulk_len: u32,
+}
+
+impl FrameHeader {
+    /// Total bytes of the frame this header opens, trailer included.
+    pub fn frame_len(&self) -> usize {
+        HEADER_LEN + self.message_len as usize + self.bulk_len as usize + TRAILER_LEN
+    }
+}
+
+/// One decoded frame.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Decoded<'a> {
+    /// The message.
+    pub message: Message,
+    /// The bulk payload, borrowed from the input (empty for messages without bulk).
+    pub bulk: &'a [u8],
+    /// Bytes of input the frame occupied.
+    pub consumed: usize,
+}
+
+fn be_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Checks the header at the start of `buf` as far as its bytes reach.
+///
+/// Returns `Ok(None)` while fewer than [`HEADER_LEN`] bytes are present and none of them is
+/// wrong yet: magic bytes and the version are checked as soon as they arrive.
+pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Option<FrameHeader>, WireError> {
+    for (offset, (&found, &expected)) in buf.iter().zip(MAGIC.iter()).enumerate() {
+        if found != expected {
+            return Err(WireError::BadMagic {
+                offset,
+                found,
+                expected,
+            });
+        }
+    }
+    if buf.len() >= 6 {
+        let version = be_u16(buf, 4);
+        if version != PROTOCOL_VERSION {
+            return Err(WireError::UnsupportedVersion {
+                found: version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+    }
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let expected = be_u32(buf, 16);
+    let computed = crc32c::crc32c(&buf[..16]);
+    if expected != computed {
+        return Err(WireError::HeaderChecksum { expected, computed });
+    }
+    let flags = be_u16(buf, 6);
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(WireError::UnknownFlags {
+            flags: flags & !KNOWN_FLAGS,
+        });
+    }
+    if flags & FLAG_MAC != 0 {
+        return Err(WireError::MacUnsupported);
+    }
+    let message_len = be_u32(buf, 8);
+    if message_len > limits.message_len_limit() {
+        return Err(WireError::MessageTooLarge {
+            len: message_len.into(),
+            max: limits.message_len_limit().into(),
+        });
+    }
+    let bulk_len = be_u32(buf, 12);
+    if bulk_len > limits.max_bulk_len {
+        return Err(WireError::BulkTooLarge {
+            len: bulk_len.into(),
+            max: limits.max_bulk_len.into(),
+        });
+    }
+    Ok(Some(FrameHeader {
+        message_len,
+        bulk_len,
+    }))
+}
+
+/// Decodes the frame at the start of `buf`.
+///
+/// `Ok(None)` means the frame is not complete yet (more bytes are needed; nothing is wrong so
+/// far). Every `Err` is fatal for the link. Nothing is allocated beyond the message itself, and
+/// only once the header has passed its checks and the whole frame's CRC matched.
+pub fn decode<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Decoded<'a>>, WireError> {
+    let Some(header) = decode_header(buf, limits)? else {
+        return Ok(None);
+    };
+    let frame_len = header.frame_len();
+    if buf.len() < frame_len {
+        return Ok(None);
+    }
+    let body_end = frame_len - TRAILER_LEN;
+    let expected = be_u32(buf, body_end);
+    let computed = crc32c::crc32c(&buf[..body_end]);
+    if expected != computed {
+        return Err(WireError::ChecksumMismatch { expected, computed });
+    }
+    let message_end = HEADER_LEN + header.message_len as usize;
+    let message: Message = decode_body(&buf[HEADER_LEN..message_end])?;
+    let bulk = &buf[message_end..body_end];
+    check_bulk(&message, bulk.len())?;
+    Ok(Some(Decoded {
+        message,
+        bulk,
+        consumed: frame_len,
+    }))
+}
+
+fn check_bulk(message: &Message, len: usize) -> Result<(), WireError> {
+    let rule = message.bulk_rule();
+    let len = len as u64;
+    if rule.allows(len) {
+        Ok(())
+    } else {
+        Err(WireError::BulkMismatch {
+            kind: message.kind(),
+            len,
+            rule,
+        })
+    }
+}
+
+/// Appends the frame of `message` with `bulk` to `out`; returns the frame's length.
+///
+/// Fails (leaving `out` as it was) when the bulk does not fit the message's
+/// [`super::BulkRule`], or a part exceeds what the header can describe; such a frame would be
+/// refused by every receiver.
+pub fn encode(message: &Message, bulk: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
+    let start = out.len();
+    let mut tail = encode_head(message, bulk.len(), out)?;
+    out.extend_from_slice(bulk);
+    tail.update(bulk);
+    out.extend_from_slice(&tail.finish());
+    Ok(out.len() - start)
+}
+
+/// Appends the header and message of a frame whose `bulk_len` bulk bytes the caller sends
+/// itself (streamed from guest memory or a disk, never copied through the core), and returns
+/// the [`FrameTail`] that computes the trailer: feed it the bulk bytes, in order, then send
+/// [`FrameTail::finish`] after them.
+pub fn encode_head(
+    message: &Message,
+    bulk_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<FrameTail, WireError> {
+    check_bulk(message, bulk_len)?;
+    let bulk_len_u32 = u32::try_from(bulk_len).map_err(|_| WireError::BulkTooLarge {
+        len: bulk_len as u64,
+        max: u32::MAX.into(),
+    })?;
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let message_len = match encode_body(message, out) {
+        Ok(n) => n,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    let message_len = match u32::try_from(message_len) {
+        Ok(n) if n <= MESSAGE_LEN_CEILING => n,
+        _ => {
+            out.truncate(start);
+            return Err(WireError::MessageTooLarge {
+                len: message_len as u64,
+                max: MESSAGE_LEN_CEILING.into(),
+            });
+        }
+    };
+    let header = &mut out[start..start + HEADER_LEN];
+    header[0..4].copy_from_slice(&MAGIC);
+    header[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    header[6..8].copy_from_slice(&0u16.to_be_bytes());
+    header[8..12].copy_from_slice(&message_len.to_be_bytes());
+    header[12..16].copy_from_slice(&bulk_len_u32.to_be_bytes());
+    let header_crc = crc32c::crc32c(&header[..16]);
+    header[16..20].copy_from_slice(&header_crc.to_be_bytes());
+    Ok(FrameTail {
+        crc: crc32c::crc32c(&out[start..]),
+        remaining: bulk_len,
+    })
+}
+
+/// The running CRC of a frame whose bulk is being streamed (see [`encode_head`]).
+#[derive(Clone, Debug)]
+#[must_use = "a frame without its trailer is refused by the receiver"]
+pub struct FrameTail {
+    crc: u32,
+    remaining: usize,
+}
+
+impl FrameTail {
+    /// Accounts for the next `chunk` of bulk bytes.
+    ///
+    /// # Panics
+    /// If more bulk bytes are fed than the header announced (a caller bug).
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.remaining = self.remaining.checked_sub(chunk.len()).unwrap_or_else(|| {
+            panic!("FrameTail::update: more bulk bytes fed than encode_head announced")
+        });
+        self.crc = crc32c::crc32c_append(self.crc, chunk);
+    }
+
+    /// Bulk bytes still to be fed.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// The trailer to send after the bulk.
+    ///
+    /// # Panics
+    /// If fewer bulk bytes were fed than the header announced (a caller bug).
+    pub fn finish(self) -> [u8; TRAILER_LEN] {
+        assert!(
+            self.remaining == 0,
+            "FrameTail::finish: {} announced bulk bytes were never fed",
+            self.remaining
+        );
+        self.crc.to_be_bytes()
+    }
+}

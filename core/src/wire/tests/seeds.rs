@@ -1,0 +1,183 @@
+//! The checked-in seed corpus of the `wire_decode` fuzz target (`fuzz/seeds/wire_decode/`),
+//! generated from code so it stays valid as the protocol grows.
+//!
+//! `seed_corpus_matches_its_generator` fails when a file differs from what the generator makes
+//! now; run it with `COLO_WRITE_SEEDS=1` to rewrite the directory. Each seed is one chunking
+//! control byte followed by a byte stream (see `fuzzing::wire_decode`).
+
+use std::path::PathBuf;
+
+use super::*;
+
+/// Concatenated frames of `messages`, each with a bulk that fits it.
+fn stream(messages: &[Message]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in messages {
+        out.extend(frame_of(m, &bulk_for(m)));
+    }
+    out
+}
+
+fn seed(control: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![control];
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The example messages with page and disk payloads shrunk to one page or 64 bytes, so the
+/// seeds stay small (libFuzzer derives its default input length from the largest seed).
+fn small_examples() -> Vec<Message> {
+    let one_page = vec![crate::ids::PageRange {
+        first: 16,
+        count: 1,
+    }];
+    examples()
+        .into_iter()
+        .map(|m| match m {
+            Message::PageBatch { epoch, batch, .. } => Message::PageBatch {
+                epoch,
+                batch,
+                ranges: one_page.clone(),
+            },
+            Message::SyncPages { term, batch, .. } => Message::SyncPages {
+                term,
+                batch,
+                ranges: one_page.clone(),
+            },
+            Message::DiskWrite {
+                epoch,
+                write_id,
+                offset,
+                ..
+            } => Message::DiskWrite {
+                epoch,
+                write_id,
+                offset,
+                len: 64,
+            },
+            Message::SyncDisk { term, offset, .. } => Message::SyncDisk {
+                term,
+                offset,
+                len: 64,
+            },
+            other => other,
+        })
+        .collect()
+}
+
+/// (file name, contents) of every seed.
+fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let ex = small_examples();
+    let heartbeat = ex[3].clone();
+    let mut corrupted = frame_of(&ex[6], &bulk_for(&ex[6]));
+    let mid = corrupted.len() - TRAILER_LEN - 10;
+    corrupted[mid] ^= 0x20;
+    let whole = frame_of(&ex[16], &bulk_for(&ex[16]));
+    let mut bad_magic = frame_of(&heartbeat, &[]);
+    bad_magic[0] = b'c';
+    vec![
+        ("handshake", seed(0, &stream(&ex[0..3]))),
+        ("liveness", seed(7, &stream(&ex[3..6]))),
+        ("frames", seed(0xc0, &stream(&ex[6..8]))),
+        ("checkpoint", seed(200, &stream(&ex[8..16]))),
+        ("disk", seed(13, &stream(&ex[16..18]))),
+        ("failover", seed(0x81, &stream(&ex[18..23]))),
+        ("arbiter", seed(255, &stream(&ex[23..26]))),
+        ("reprotect", seed(99, &stream(&ex[26..28]))),
+        ("truncated_header", seed(3, &whole[..HEADER_LEN - 4])),
+        ("truncated_frame", seed(50, &whole[..whole.len() - 3])),
+        ("corrupted_crc", seed(17, &corrupted)),
+        ("bad_magic", seed(0, &bad_magic)),
+        (
+            "other_version",
+            seed(5, &raw_frame(PROTOCOL_VERSION + 1, 0, &[0], &[])),
+        ),
+        (
+            "mac_flag",
+            seed(
+                9,
+                &raw_frame(PROTOCOL_VERSION, FLAG_MAC, &message_bytes(&heartbeat), &[]),
+            ),
+        ),
+        (
+            "bulk_mismatch",
+            seed(
+                2,
+                &raw_frame(PROTOCOL_VERSION, 0, &message_bytes(&heartbeat), &[1, 2]),
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn seed_corpus_matches_its_generator() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/wire_decode");
+    let seeds = seeds();
+    if std::env::var_os("COLO_WRITE_SEEDS").is_some() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        for (name, bytes) in &seeds {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = seeds.iter().map(|(n, _)| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(names, expected, "rerun with COLO_WRITE_SEEDS=1");
+    for (name, bytes) in &seeds {
+        let on_disk = std::fs::read(dir.join(name)).unwrap();
+        assert_eq!(
+            &on_disk, bytes,
+            "seed {name} is stale: rerun with COLO_WRITE_SEEDS=1"
+        );
+    }
+}
+
+#[test]
+fn seeds_reach_the_intended_outcomes() {
+    let limits = Limits::default();
+    let outcome = |name: &str| {
+        let (_, bytes) = seeds().into_iter().find(|(n, _)| *n == name).unwrap();
+        let mut decoder = FrameDecoder::new(limits);
+        decoder.push(&bytes[1..]);
+        let mut frames = 0;
+        loop {
+            match decoder.poll_frame() {
+                Ok(Some(_)) => frames += 1,
+                Ok(None) => return (frames, decoder.finish()),
+                Err(e) => return (frames, Err(e)),
+            }
+        }
+    };
+    assert_eq!(outcome("checkpoint"), (8, Ok(())));
+    assert_eq!(outcome("failover"), (5, Ok(())));
+    assert!(matches!(
+        outcome("truncated_frame"),
+        (0, Err(WireError::Truncated { .. }))
+    ));
+    assert!(matches!(
+        outcome("corrupted_crc"),
+        (0, Err(WireError::ChecksumMismatch { .. }))
+    ));
+    assert!(matches!(
+        outcome("bad_magic"),
+        (0, Err(WireError::BadMagic { .. }))
+    ));
+    assert!(matches!(
+        outcome("other_version"),
+        (0, Err(WireError::UnsupportedVersion { .. }))
+    ));
+    assert!(matches!(
+        outcome("mac_flag"),
+        (0, Err(WireError::MacUnsupported))
+    ));
+    assert!(matches!(
+        outcome("bulk_mismatch"),
+        (0, Err(WireError::BulkMismatch { .. }))
+    ));
+}
