@@ -291,7 +291,9 @@ impl Rewriter {
         let Some(mut seg) = TcpSegmentMut::new(frame, &classified) else {
             return Verdict::Passed(PassReason::Malformed);
         };
-        let ack_pvm = seg.ack();
+        // The ack as the peer (inbound) or the SVM (outbound) sent it: in primary numbering for
+        // the guest's bytes, in the shared numbering for the peer's. Close tracking uses it.
+        let ack_sent = seg.ack();
         let mut changed = false;
         if offset != 0 {
             match dir {
@@ -302,7 +304,7 @@ impl Rewriter {
                 Direction::Inbound if info.has(tcp_flags::ACK) => {
                     // The ack and the SACK edges name the guest's bytes: PVM -> SVM numbering.
                     let back = offset.wrapping_neg();
-                    seg.set_ack(ack_pvm.wrapping_add(back));
+                    seg.set_ack(ack_sent.wrapping_add(back));
                     let shift = seg.shift_sack_edges(back);
                     self.stats.sack_edges_rewritten += shift.edges as u64;
                     self.stats.option_errors += u64::from(shift.error.is_some());
@@ -317,7 +319,7 @@ impl Rewriter {
         // stable across checkpoints) and in the shared numbering for the peer's bytes.
         let fin_end = seq_now.wrapping_add(info.seq_len());
         let acks = |fin: Option<SeqNum>| {
-            info.has(tcp_flags::ACK) && fin.is_some_and(|f| ack_pvm.at_or_after(f))
+            info.has(tcp_flags::ACK) && fin.is_some_and(|f| ack_sent.at_or_after(f))
         };
         match dir {
             Direction::Outbound => {
