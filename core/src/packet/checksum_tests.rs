@@ -216,6 +216,19 @@ fn a_view_refuses_a_summary_of_another_frame() {
 
 proptest! {
     #[test]
+    fn tcp_checksum_agrees_with_etherparse(payload in proptest::collection::vec(any::<u8>(), 0..300),
+                                           v6 in any::<bool>()) {
+        let frame = if v6 { tcp_v6(&payload, &[]) } else { tcp_v4(&payload, &[]) };
+        let c = classify(&frame).unwrap();
+        let span = l4_span(&frame, &c).unwrap();
+        let ours = l4_checksum(&frame, c.l3_offset, &span);
+        let sliced = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = sliced.transport else { unreachable!() };
+        prop_assert_eq!(ours, tcp.checksum());
+        prop_assert_eq!(verify_l4(&frame, &c), L4Checksum::Valid);
+    }
+
+    #[test]
     fn update16_equals_recomputation(data in proptest::collection::vec(any::<u8>(), 2..64),
                                      word in any::<prop::sample::Index>(), new in any::<u16>()) {
         let mut data = data;

@@ -249,6 +249,29 @@ impl SackEdges {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn walk_over_arbitrary_bytes_stays_in_bounds_and_ends(
+            bytes in proptest::collection::vec(any::<u8>(), 0..48)
+        ) {
+            let mut count = 0;
+            let mut last = None;
+            for item in TcpOptions::new(&bytes) {
+                count += 1;
+                prop_assert!(count <= bytes.len());
+                if let Ok((offset, _)) = item {
+                    prop_assert!(offset < bytes.len());
+                    prop_assert!(last.is_none_or(|l| offset > l));
+                    last = Some(offset);
+                }
+            }
+            for &e in SackEdges::find(&bytes).offsets() {
+                prop_assert!(e + 4 <= bytes.len());
+            }
+        }
+    }
 
     fn walk(bytes: &[u8]) -> Vec<Result<(usize, TcpOption<'_>), OptionError>> {
         TcpOptions::new(bytes).collect()

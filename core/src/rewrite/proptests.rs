@@ -7,7 +7,7 @@ use super::*;
 use crate::packet::SeqNum;
 use crate::packet::build::TcpFrame;
 use crate::packet::checksum::{L4Checksum, ipv4_header_range, verify_ipv4_header, verify_l4};
-use crate::packet::tcp_flags::{ACK, PSH, SYN, URG};
+use crate::packet::tcp_flags::{ACK, FIN, PSH, SYN, URG};
 use core::net::IpAddr;
 use proptest::prelude::*;
 
@@ -193,5 +193,102 @@ proptest! {
         inverse.rewrite_inbound(Instant::ZERO, &mut f);
         prop_assert!(checksums_verify(&f));
         prop_assert_eq!(f, original);
+    }
+}
+
+/// One guest-side numbering of a whole connection: builds the frames a guest with ISN `isn`
+/// would send, and the frames the client sends to it, for the same conversation.
+struct Numbering<'a> {
+    c: &'a Case,
+    isn: u32,
+}
+
+impl Numbering<'_> {
+    fn guest(&self, rel_seq: u32, client_ack: u32, flags: u8, data: &[u8]) -> Vec<u8> {
+        let seq = self.isn.wrapping_add(rel_seq);
+        frame(self.c, false, seq, client_ack, flags, &[], data)
+    }
+
+    fn client(
+        &self,
+        client_seq: u32,
+        rel_ack: u32,
+        flags: u8,
+        sack: &[(u32, u32)],
+        data: &[u8],
+    ) -> Vec<u8> {
+        let ack = self.isn.wrapping_add(rel_ack);
+        let mut opts = Vec::new();
+        if !sack.is_empty() {
+            opts.extend_from_slice(&[1, 1, 5, (2 + 8 * sack.len()) as u8]);
+            for (l, r) in sack {
+                opts.extend_from_slice(&self.isn.wrapping_add(*l).to_be_bytes());
+                opts.extend_from_slice(&self.isn.wrapping_add(*r).to_be_bytes());
+            }
+        }
+        frame(self.c, true, client_seq, ack, flags, &opts, data)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The rewriter's purpose, end to end: for a whole client-opened conversation (handshake,
+    /// requests, replies, a SACK, close), every frame the SVM emits, once rewritten, is byte for
+    /// byte the frame the PVM emitted (except the SYN-ACK, whose ISN is not known yet), and
+    /// every client frame, once rewritten, is byte for byte what the SVM's stack expects.
+    #[test]
+    fn svm_output_after_rewrite_equals_primary_output(
+        c in case(),
+        exchanges in proptest::collection::vec((1usize..200, 1usize..200), 1..5),
+    ) {
+        let pvm = Numbering { c: &c, isn: c.pvm_isn };
+        let svm = Numbering { c: &c, isn: c.svm_isn };
+        let mut rw = Rewriter::new(RewriterConfig::default());
+        let t = Instant::ZERO;
+        let cl = c.peer_isn;
+
+        // Handshake. The client's SYN reaches both guests alike.
+        let mut syn = frame(&c, true, cl, 0, SYN, &[], &[]);
+        rw.rewrite_inbound(t, &mut syn);
+        rw.rewrite_outbound(t, &mut svm.guest(0, cl.wrapping_add(1), SYN | ACK, &[]));
+        let mut ack = pvm.client(cl.wrapping_add(1), 1, ACK, &[], &[]);
+        rw.rewrite_inbound(t, &mut ack);
+        prop_assert_eq!(&ack, &svm.client(cl.wrapping_add(1), 1, ACK, &[], &[]));
+
+        // Requests and replies.
+        let (mut cseq, mut gseq) = (cl.wrapping_add(1), 1u32);
+        for (req, reply) in &exchanges {
+            let req_data = vec![0x11; *req];
+            let mut inbound = pvm.client(cseq, gseq, ACK | PSH, &[], &req_data);
+            rw.rewrite_inbound(t, &mut inbound);
+            prop_assert_eq!(&inbound, &svm.client(cseq, gseq, ACK | PSH, &[], &req_data));
+            cseq = cseq.wrapping_add(*req as u32);
+
+            let reply_data = vec![0x22; *reply];
+            let mut outbound = svm.guest(gseq, cseq, ACK | PSH, &reply_data);
+            rw.rewrite_outbound(t, &mut outbound);
+            prop_assert_eq!(&outbound, &pvm.guest(gseq, cseq, ACK | PSH, &reply_data));
+            gseq = gseq.wrapping_add(*reply as u32);
+        }
+
+        // The client reports a hole with a SACK block.
+        let sack = [(gseq.wrapping_add(100), gseq.wrapping_add(200))];
+        let mut inbound = pvm.client(cseq, gseq, ACK, &sack, &[]);
+        rw.rewrite_inbound(t, &mut inbound);
+        prop_assert_eq!(&inbound, &svm.client(cseq, gseq, ACK, &sack, &[]));
+
+        // Close: guest FIN, client FIN-ACK, guest's final ACK; then the entry is gone.
+        let mut fin = svm.guest(gseq, cseq, ACK | FIN, &[]);
+        rw.rewrite_outbound(t, &mut fin);
+        prop_assert_eq!(&fin, &pvm.guest(gseq, cseq, ACK | FIN, &[]));
+        let mut fin_ack = pvm.client(cseq, gseq.wrapping_add(1), ACK | FIN, &[], &[]);
+        rw.rewrite_inbound(t, &mut fin_ack);
+        prop_assert_eq!(&fin_ack, &svm.client(cseq, gseq.wrapping_add(1), ACK | FIN, &[], &[]));
+        let mut last = svm.guest(gseq.wrapping_add(1), cseq.wrapping_add(1), ACK, &[]);
+        rw.rewrite_outbound(t, &mut last);
+        prop_assert_eq!(&last, &pvm.guest(gseq.wrapping_add(1), cseq.wrapping_add(1), ACK, &[]));
+        prop_assert_eq!(rw.connections(), 0);
+        prop_assert_eq!(rw.stats().closed, 1);
     }
 }
