@@ -35,8 +35,8 @@ pub struct RewriterConfig {
 
 impl Default for RewriterConfig {
     fn default() -> Self {
-        // Linux's default `nf_conntrack_max` on small hosts is 65536; a single guest rarely
-        // needs more than a quarter of that, and an entry is under 100 bytes.
+        // An entry (key and state) is about 100 bytes, so a full table costs under 2 MiB, and
+        // a miss is harmless (the frame passes untracked and at worst causes a checkpoint).
         RewriterConfig {
             connections_max: 16_384,
         }
@@ -121,6 +121,9 @@ enum Direction {
 }
 
 /// Whether the rewriter serves a live secondary or a secondary that took over.
+///
+/// Transitions: `Replicating -> Failover` on [`Rewriter::enter_failover`], never back (a
+/// survivor that gets a new secondary starts a fresh rewriter on that secondary).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     /// The primary is alive: new connections are tracked.
