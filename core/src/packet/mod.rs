@@ -15,7 +15,12 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::ops::Range;
 use serde::{Deserialize, Serialize};
 
+pub mod build;
+pub mod checksum;
+mod mutate;
 mod seq;
+pub mod tcp_options;
+pub use mutate::{SackShift, TcpSegmentMut};
 pub use seq::SeqNum;
 
 /// EtherType of IPv4.
