@@ -350,14 +350,24 @@ proptest! {
         let mut net: Vec<Msg> = Vec::new();
         let mut k = 0usize;
         let mut now = 0u64;
-        let check = |nodes: &[Failover; 2], t: u64| -> Result<(), TestCaseError> {
+        // Every instant a node may release solo, the arbiter (same real clock here) must hold
+        // an unexpired lease of that node's term for that node: the fencing promise itself,
+        // which implies that the holder never believes in a lease past its expiry.
+        let check = |nodes: &[Failover; 2], arb: &Arbiter, t: u64| -> Result<(), TestCaseError> {
             prop_assert!(
                 !(nodes[0].may_release_solo(ms(t)) && nodes[1].may_release_solo(ms(t))),
                 "two solo writers at {t} ms"
             );
-            for n in nodes {
-                if let LeasePhase::Held { expires_at, .. } = n.lease().phase() {
-                    prop_assert!(!n.lease().may_release(expires_at));
+            for (n, id) in nodes.iter().zip([A, B]) {
+                if n.lease().may_release(ms(t)) {
+                    match arb.phase() {
+                        ArbiterPhase::Leased { term, holder, until } => {
+                            prop_assert_eq!(holder, id, "released without being the holder");
+                            prop_assert_eq!(term, n.term(), "released under another term");
+                            prop_assert!(ms(t) < until, "released after the arbiter's expiry");
+                        }
+                        ArbiterPhase::Vacant => prop_assert!(false, "released with no lease"),
+                    }
                 }
             }
             Ok(())
@@ -385,7 +395,7 @@ proptest! {
                         };
                         if next > target { break; }
                         now = now.max(next);
-                        check(&nodes, now)?;
+                        check(&nodes, &arb, now)?;
                         for n in nodes.iter_mut() { n.handle_timeout(ms(now)); }
                         // Deliver everything due now.
                         let (due, rest): (Vec<Msg>, Vec<Msg>) = net.drain(..).partition(|m| m.at <= now);
@@ -402,7 +412,7 @@ proptest! {
                                 nodes[m.node].handle_lease_reply(ms(now), m.req.id, r);
                             }
                         }
-                        check(&nodes, now)?;
+                        check(&nodes, &arb, now)?;
                         for (i, n) in nodes.iter_mut().enumerate() {
                             while let Some(req) = n.poll_lease_request() {
                                 let (d, drop) = (delays[k % 64], drops[k % 64]);
@@ -417,7 +427,7 @@ proptest! {
                     now = target;
                 }
             }
-            check(&nodes, now)?;
+            check(&nodes, &arb, now)?;
             for (i, n) in nodes.iter_mut().enumerate() {
                 while let Some(req) = n.poll_lease_request() {
                     let (d, drop) = (delays[k % 64], drops[k % 64]);
