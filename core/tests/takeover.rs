@@ -1,8 +1,10 @@
-//! The replication sub-machines composed by hand, as the `Node` will compose them: a secondary
+//! The replication sub-machines composed by hand, as the `Node` will compose them. A secondary
 //! whose primary dies in the middle of a checkpoint transfer detects the loss (Heartbeat),
 //! starts a takeover (Failover), discards the partial epoch and resumes its VM (Checkpointer),
 //! merges its disk overlays (SecondaryDisk), and releases output only once the arbiter granted
 //! the new term's lease (Lease + Arbiter), and stops releasing when the lease cannot be renewed.
+//! A primary whose secondary dies resumes its paused PVM, waives disk acks and releases once it
+//! holds the lease. A partition with the arbiter reachable by both leaves exactly one writer.
 
 use colo_core::checkpoint::{
     CheckpointConfig, CheckpointEvent, CheckpointOutput, SecondaryCheckpointer, SecondaryPhase,
@@ -141,4 +143,102 @@ fn secondary_takes_over_after_the_primary_dies_mid_transfer() {
     }
     assert_eq!(suspended_at, Some(ms(510 + 1900)));
     assert!(!fo.may_release_solo(now));
+}
+
+#[test]
+fn primary_takes_over_after_the_secondary_dies_with_the_pvm_paused() {
+    use colo_core::checkpoint::{PrimaryCheckpointer, PrimaryPhase};
+    use colo_core::disk::{GuestIoId, PrimaryDisk};
+
+    let me = NodeId(1);
+    let mut fo = Failover::new(LeaseConfig::default(), me, Role::Primary, Term(4), ms(0)).unwrap();
+    let mut ck = PrimaryCheckpointer::new(CheckpointConfig::default(), Epoch(7), ms(0)).unwrap();
+    let mut disk = PrimaryDisk::new(DiskConfig {
+        disk_size: 1 << 20,
+        block_size: 4096,
+    })
+    .unwrap();
+    let mut arbiter = Arbiter::new(Duration::from_secs(10), ms(0));
+
+    // A guest write is forwarded and written locally; the ack never comes.
+    disk.handle_guest_write(GuestIoId(1), Epoch(8), 0, 512);
+    let outs: Vec<_> = std::iter::from_fn(|| disk.poll_output()).collect();
+    let DiskOutput::Command(local) = outs[0] else {
+        panic!("{outs:?}")
+    };
+    disk.handle_op_done(local.op(), Ok(()));
+    assert_eq!(disk.in_flight(), 1, "waits for the secondary's ack");
+
+    // Checkpoint 8 is under way and the PVM is paused when the secondary dies.
+    ck.handle_trigger(ms(1), CheckpointReason::Miscompare);
+    ck.handle_message(ms(2), &Message::CheckpointReady { epoch: Epoch(8) });
+    ck.handle_vm_done(ms(3), VmCompletion::Paused);
+    assert_eq!(ck.phase(), PrimaryPhase::Transferring);
+    while ck.poll_output().is_some() {}
+
+    let now = ms(600);
+    fo.handle_trigger(now, FailoverReason::PeerLost);
+    ck.handle_failover(now);
+    disk.handle_failover();
+    // The PVM resumes, the guest write completes, but held output waits for the lease.
+    let outs: Vec<_> = std::iter::from_fn(|| ck.poll_output()).collect();
+    assert_eq!(outs, vec![CheckpointOutput::Vm(VmCommand::Resume)]);
+    ck.handle_vm_done(now, VmCompletion::Resumed);
+    assert_eq!(ck.phase(), PrimaryPhase::Solo);
+    assert!(matches!(
+        std::iter::from_fn(|| disk.poll_output()).next(),
+        Some(DiskOutput::GuestDone { result: Ok(()), .. })
+    ));
+    assert!(!fo.may_release_solo(now));
+    let req = fo.poll_lease_request().unwrap();
+    assert_eq!(req.term, Term(5));
+    let reply = arbiter.handle_request(now, req.term, req.node_id, req.duration);
+    fo.handle_lease_reply(now, req.id, reply);
+    let events: Vec<_> = std::iter::from_fn(|| fo.poll_event()).collect();
+    assert!(events.contains(&FailoverEvent::SoloGranted { term: Term(5) }));
+    assert!(fo.may_release_solo(now), "now the held output is flushed");
+}
+
+#[test]
+fn partition_with_the_arbiter_reachable_by_both_leaves_one_writer() {
+    let mut p = Failover::new(
+        LeaseConfig::default(),
+        NodeId(1),
+        Role::Primary,
+        Term(1),
+        ms(0),
+    )
+    .unwrap();
+    let mut s = Failover::new(
+        LeaseConfig::default(),
+        NodeId(2),
+        Role::Secondary,
+        Term(1),
+        ms(0),
+    )
+    .unwrap();
+    let mut arbiter = Arbiter::new(Duration::from_secs(10), ms(0));
+    let now = ms(500);
+    p.handle_trigger(now, FailoverReason::PeerLost);
+    s.handle_trigger(now, FailoverReason::PeerLost);
+    let (rp, rs) = (
+        p.poll_lease_request().unwrap(),
+        s.poll_lease_request().unwrap(),
+    );
+    // The secondary's request reaches the arbiter first.
+    let reply_s = arbiter.handle_request(now, rs.term, rs.node_id, rs.duration);
+    let reply_p = arbiter.handle_request(now, rp.term, rp.node_id, rp.duration);
+    p.handle_lease_reply(now, rp.id, reply_p);
+    s.handle_lease_reply(now, rs.id, reply_s);
+    assert_eq!(s.mode(), Mode::Solo);
+    assert_eq!(p.mode(), Mode::Deposed);
+    assert!(s.may_release_solo(now) && !p.may_release_solo(now));
+    assert!(std::iter::from_fn(|| p.poll_event()).any(|e| matches!(
+        e,
+        FailoverEvent::Deposed {
+            holder: Some(NodeId(2)),
+            current_term: Term(2),
+            ..
+        }
+    )));
 }
