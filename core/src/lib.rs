@@ -13,11 +13,20 @@
 //! - [`compare`]: the primary-side [`compare::Comparator`] (output commit for network frames).
 //! - [`rewrite`]: the secondary-side TCP sequence-number [`rewrite::Rewriter`].
 //! - [`wire`]: the versioned peer protocol and its framing codec.
+//! - [`checkpoint`]: the checkpoint protocol, both roles ([`checkpoint::Checkpointer`]).
+//! - [`disk`]: block replication metadata ([`disk::PrimaryDisk`], [`disk::SecondaryDisk`]).
+//! - [`failover`]: failover, fencing by term and arbiter lease ([`failover::Failover`],
+//!   [`failover::Lease`], [`failover::Arbiter`]).
+//! - [`heartbeat`]: the peer-liveness [`heartbeat::Heartbeat`] (alive / suspect / lost).
 //! - [`fuzzing`]: fuzz target bodies, shared by `cargo fuzz` and by `cargo test` over a corpus.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod compare;
+pub mod disk;
+pub mod failover;
 pub mod fuzzing;
+pub mod heartbeat;
 pub mod ids;
 pub mod packet;
 pub mod rewrite;

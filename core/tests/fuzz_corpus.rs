@@ -24,6 +24,11 @@ fn replay(target: &str, run: fn(&[u8])) {
 }
 
 #[test]
+fn checkpoint_ops_corpus_replays_cleanly() {
+    replay("checkpoint_ops", colo_core::fuzzing::checkpoint_ops::run);
+}
+
+#[test]
 fn compare_corpus_replays_cleanly() {
     replay("compare", colo_core::fuzzing::compare::run);
 }

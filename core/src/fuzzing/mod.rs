@@ -5,6 +5,7 @@
 //! `fuzz/seeds/<target>/`, so plain `cargo test` exercises every target. A body must never panic
 //! on any input except to report a broken invariant (that is what the fuzzer looks for).
 
+pub mod checkpoint_ops;
 pub mod compare;
 pub mod packet_parse;
 pub mod rewrite;
