@@ -1,21 +1,28 @@
 //! TCP stream alignment: payload bytes compared by sequence number, across segment boundaries.
 //!
 //! QEMU (`colo_compare_tcp`/`colo_mark_tcp_pkt` in net/colo-compare.c) walks the two queues
-//! head to head with a per-packet `offset`, so it only copes with boundaries that drift by
-//! whole packets. colo treats each side as a byte stream instead:
+//! head to head with a per-packet `offset`. colo treats each side as a byte stream instead:
 //!
-//! - `committed` is the stream position below which every primary byte has already been
-//!   released (matched, retransmitted, or covered by a checkpoint). It starts at the primary's
-//!   ISN + 1 when its SYN (or SYN-ACK) is seen, otherwise at the lower of the two sides' first
-//!   held data byte once both sides hold data.
-//! - Each held primary segment has a `verified` cursor: its bytes before the cursor are equal
-//!   to secondary bytes at the same sequence numbers (or lie below `committed`). The cursor
+//! - `released` is the stream position below which the client already has every primary byte
+//!   (released as matched, or covered by a checkpoint), down to `floor` (`None`: no lower
+//!   bound). A primary SYN (or SYN-ACK) sets `released` to ISN + 1 with no floor; a checkpoint
+//!   moves it to the end of what it flushed, with no floor (the checkpoint covers everything
+//!   the primary sent before it). A flow picked up mid-stream has no `released` until its first
+//!   release, whose start becomes the floor: bytes below it were never seen and are compared.
+//! - `next` is the release cursor: `released` once known, before that the lower of the two
+//!   sides' first held byte. Primary segments are released in stream order, never past a hole
+//!   at `next`, so a hole can never later pass for a retransmission.
+//! - Each held primary segment has a `verified` cursor: its bytes before it are equal to
+//!   secondary bytes at the same sequence numbers, or lie in `[floor, released)`. The cursor
 //!   advances over *any* queued secondary segment covering it, so segmentation, coalescing and
 //!   re-segmentation on either side do not matter; the first unequal byte is a miscompare.
-//! - A primary segment is released when it is fully verified, starts at or below `committed`
-//!   (no hole before it: release stays in stream order, so a hole can never be mistaken for a
-//!   retransmission later), and passes the min-ACK guard below. `committed` then moves to its
-//!   end and secondary segments that end at or below `committed` are consumed.
+//! - A primary segment is released when fully verified, starting at or before `next`, and
+//!   passing the min-ACK guard. Secondary segments ending at or before `released` are consumed.
+//!
+//! Rules at arrival (QEMU: `seq == seq_end` and `seq_end <= compare_seq` cases): a segment
+//! without payload (SYN, FIN, RST, pure ACK) passes; so does a segment whose payload lies
+//! entirely in `[floor, released)` (a retransmission). A passing primary segment is released
+//! uncompared, a passing secondary one dropped.
 //!
 //! The min-ACK guard (QEMU: "secondary guest hasn't ack the data, don't send out this packet"):
 //! a matched primary segment carrying ACK is released only if its ACK is at or below
@@ -26,19 +33,25 @@
 //! segment (it is the same danger whatever the segmentation). Zero-payload segments are not
 //! guarded, as in QEMU (a pure ACK is released at once).
 //!
-//! Invariant kept: a primary payload byte at or above `committed` is released only after it
-//! was found equal to a secondary byte with the same sequence number.
+//! Invariant kept: a primary payload byte is released only if it was found equal to a
+//! secondary byte with the same sequence number, or lies in `[floor, released)`, or a
+//! checkpoint covers it.
 
 use super::MiscompareWhy;
 use super::MismatchReason;
-use super::flow::{Flow, SegmentSeq, Sink, first_difference};
+use super::flow::{Flow, Held, SegmentSeq, Sink, first_difference};
 use crate::packet::{SeqNum, TcpInfo, tcp_flags};
+use std::collections::VecDeque;
 
-/// Per-flow stream state.
+/// Per-flow stream state (see the module doc).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct TcpStream {
-    /// Primary bytes before this sequence number have all been released.
-    pub(crate) committed: Option<SeqNum>,
+    /// The client has every primary byte in `[floor, released)`.
+    pub(crate) released: Option<SeqNum>,
+    /// Lower bound of `released`'s range; `None`: unbounded.
+    pub(crate) floor: Option<SeqNum>,
+    /// Release cursor.
+    pub(crate) next: Option<SeqNum>,
     /// Highest ACK number seen on any primary segment of the flow.
     pub(crate) primary_max_ack: Option<SeqNum>,
     /// Highest ACK number seen on any secondary segment of the flow (dropped ones included).
@@ -50,8 +63,8 @@ pub(crate) struct TcpStream {
 pub(crate) enum Pass {
     /// No payload (SYN, FIN, RST, pure ACK): primary released uncompared, secondary dropped.
     ZeroPayload,
-    /// Every payload byte lies below `committed`: primary released uncompared (the client has
-    /// seen these bytes already), secondary dropped.
+    /// Every payload byte was already released: primary released uncompared (the client has
+    /// these bytes already), secondary dropped.
     Retransmit,
 }
 
@@ -87,9 +100,17 @@ impl TcpStream {
         if info.has(tcp_flags::SYN) {
             // The primary's ISN is authoritative: the secondary's segments reach us already
             // rewritten into primary numbering (by the secondary's rewriter).
-            self.committed = Some(seg.seq);
+            self.released = Some(seg.seq);
+            self.next = Some(seg.seq);
+            self.floor = None;
         }
-        self.classify(seg)
+        if seg.seq == seg.end {
+            Err(Pass::ZeroPayload)
+        } else if self.already_released(seg.seq, seg.end) {
+            Err(Pass::Retransmit)
+        } else {
+            Ok(seg)
+        }
     }
 
     /// Records a secondary segment; returns its range if it must be held for comparison.
@@ -98,28 +119,35 @@ impl TcpStream {
         if let Some(ack) = seg.ack {
             raise(&mut self.secondary_max_ack, ack);
         }
-        self.classify(seg)
-    }
-
-    fn classify(&self, seg: SegmentSeq) -> Result<SegmentSeq, Pass> {
         if seg.seq == seg.end {
-            return Err(Pass::ZeroPayload);
-        }
-        match self.committed {
-            Some(c) if !c.before(seg.end) => Err(Pass::Retransmit),
-            _ => Ok(seg),
+            Err(Pass::ZeroPayload)
+        } else if self.already_released(seg.seq, seg.end) {
+            Err(Pass::Retransmit)
+        } else {
+            Ok(seg)
         }
     }
 
-    /// A checkpoint completed. Every primary byte up to `flushed_end` was released by it, and
+    /// True if the client already has every byte of `[seq, end)`.
+    pub(crate) fn already_released(&self, seq: SeqNum, end: SeqNum) -> bool {
+        let Some(released) = self.released else {
+            return false;
+        };
+        !released.before(end) && self.floor.is_none_or(|f| seq.at_or_after(f))
+    }
+
+    /// A checkpoint completed. Every primary byte the primary sent before it is covered, and
     /// the secondary is now a copy of the primary, so both sides continue from the primary's
     /// stream position and the secondary has acknowledged what the primary has.
     pub(crate) fn on_checkpoint(&mut self, flushed_end: Option<SeqNum>) {
-        if let Some(end) = flushed_end {
-            self.committed = Some(match self.committed {
-                Some(c) => c.max_seq(end),
-                None => end,
-            });
+        let position = match (self.released, flushed_end) {
+            (Some(r), Some(e)) => Some(r.max_seq(e)),
+            (r, e) => r.or(e),
+        };
+        if position.is_some() {
+            self.released = position;
+            self.next = position;
+            self.floor = None;
         }
         self.secondary_max_ack = self.primary_max_ack;
     }
@@ -132,24 +160,56 @@ impl TcpStream {
             _ => false,
         }
     }
+
+    /// Moves `verified` over bytes the client already has.
+    fn skip_released(&self, seg: &mut SegmentSeq) {
+        if let Some(released) = self.released
+            && seg.verified.before(released)
+            && self.floor.is_none_or(|f| seg.verified.at_or_after(f))
+        {
+            seg.verified = if released.before(seg.end) {
+                released
+            } else {
+                seg.end
+            };
+        }
+    }
+
+    /// Notes the release of a primary segment.
+    fn on_release(&mut self, seg: &SegmentSeq) {
+        match self.released {
+            Some(r) => {
+                self.released = Some(r.max_seq(seg.end));
+                // A segment from below the floor that reaches it extends the range down.
+                if let Some(f) = self.floor
+                    && seg.seq.before(f)
+                    && seg.end.at_or_after(f)
+                {
+                    self.floor = Some(seg.seq);
+                }
+            }
+            None => {
+                self.released = Some(seg.end);
+                self.floor = Some(seg.seq);
+            }
+        }
+        self.next = self.released;
+    }
 }
 
-/// True if `held` (a secondary segment) has a payload byte at sequence number `at`.
+/// True if `seg` has a payload byte at sequence number `at`.
 fn covers(seg: &SegmentSeq, at: SeqNum) -> bool {
     at.at_or_after(seg.seq) && at.before(seg.end)
 }
 
 /// Inserts a segment keeping the queue sorted by sequence number (stable for equal numbers).
 /// Segments nearly always arrive in order, so the search starts from the back.
-pub(crate) fn insert_sorted(
-    queue: &mut std::collections::VecDeque<super::flow::Held>,
-    held: super::flow::Held,
-) {
+pub(crate) fn insert_sorted(queue: &mut VecDeque<Held>, held: Held) {
     let seq = held.tcp.map(|s| s.seq).unwrap_or_default();
     let mut at = queue.len();
     while at > 0 {
         let prev = queue[at - 1].tcp.map(|s| s.seq).unwrap_or_default();
-        if prev.before(seq) || prev == seq {
+        if !seq.before(prev) {
             break;
         }
         at -= 1;
@@ -165,29 +225,20 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
         tcp,
         ..
     } = flow;
-    let mut committed = match tcp.committed {
-        Some(c) => c,
-        None => {
-            let (Some(p), Some(s)) = (primary.front(), secondary.front()) else {
-                return None;
-            };
-            let (Some(p), Some(s)) = (p.tcp, s.tcp) else {
-                return None;
-            };
-            p.seq.min_seq(s.seq)
-        }
-    };
+    if tcp.next.is_none() {
+        let (Some(p), Some(s)) = (
+            primary.front().and_then(|h| h.tcp),
+            secondary.front().and_then(|h| h.tcp),
+        ) else {
+            return None;
+        };
+        tcp.next = Some(p.seq.min_seq(s.seq));
+    }
 
     let mut found = None;
     'verify: for p in primary.iter_mut() {
         let Some(seg) = p.tcp.as_mut() else { continue };
-        if seg.verified.before(committed) {
-            seg.verified = if committed.before(seg.end) {
-                committed
-            } else {
-                seg.end
-            };
-        }
+        tcp.skip_released(seg);
         while seg.verified.before(seg.end) {
             let at = seg.verified;
             let Some((twin, twin_seg)) = secondary
@@ -205,6 +256,7 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
             let theirs = &twin.frame[s_from..s_from + n];
             if mine == theirs {
                 seg.verified = until;
+                tcp.skip_released(seg);
             } else {
                 let i = first_difference(mine, theirs);
                 found = Some(MiscompareWhy {
@@ -219,24 +271,31 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
     }
 
     while let Some(seg) = primary.front().and_then(|p| p.tcp) {
-        let ready =
-            !seg.verified.before(seg.end) && !committed.before(seg.seq) && tcp.ack_allows(seg.ack);
-        if !ready {
+        let in_order = tcp.next.is_some_and(|n| !n.before(seg.seq));
+        if seg.verified.before(seg.end) || !in_order || !tcp.ack_allows(seg.ack) {
             break;
         }
-        committed = committed.max_seq(seg.end);
+        tcp.on_release(&seg);
         if let Some(p) = primary.pop_front() {
             sink.release_matched(p);
         }
     }
-    tcp.committed = Some(committed);
 
-    while let Some(seg) = secondary.front().and_then(|s| s.tcp) {
-        if committed.before(seg.end) {
-            break;
-        }
-        if let Some(s) = secondary.pop_front() {
-            sink.secondary_matched(s);
+    // Consume secondary segments the client now has from the primary. The queue is sorted by
+    // sequence number, so only segments starting before `released` can qualify.
+    if let Some(released) = tcp.released {
+        let mut i = 0;
+        while let Some(seg) = secondary.get(i).and_then(|s| s.tcp) {
+            if !seg.seq.before(released) {
+                break;
+            }
+            if tcp.already_released(seg.seq, seg.end) {
+                if let Some(s) = secondary.remove(i) {
+                    sink.secondary_matched(s);
+                }
+            } else {
+                i += 1;
+            }
         }
     }
     found

@@ -243,3 +243,23 @@ fn sequence_numbers_wrap_around() {
     assert_eq!(releases(&settle(&mut c)), vec![p]);
     assert_eq!(c.stats().held_secondary, 0);
 }
+
+#[test]
+fn bytes_below_a_mid_stream_start_are_compared_not_assumed_released() {
+    let mut c = comparator();
+    // No SYN seen: the flow is picked up at 100.
+    c.handle_primary(t(0), data(100, b"0123456789"));
+    c.handle_secondary(t(0), data(100, b"0123456789"));
+    assert_eq!(releases(&settle(&mut c)).len(), 1);
+    // A late primary segment below 100 was never released: it must be compared.
+    let late = data(90, b"abcdefghij");
+    c.handle_primary(t(1), late.clone());
+    assert!(releases(&settle(&mut c)).is_empty());
+    c.handle_secondary(t(1), data(90, b"abcdefghij"));
+    assert_eq!(releases(&settle(&mut c)), vec![late.clone()]);
+    // Now 90..110 is released: a second copy is a retransmission.
+    c.handle_primary(t(2), late.clone());
+    assert_eq!(releases(&settle(&mut c)), vec![late]);
+    assert_eq!(c.stats().released_uncompared, 1);
+    assert_eq!(c.stats().held_secondary, 0);
+}
