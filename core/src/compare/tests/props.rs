@@ -2,6 +2,7 @@
 //!
 //! (1) Identical streams under arbitrary, different segmentation and interleaving: no
 //! checkpoint, every primary frame released exactly once, in stream order.
+//! (1b) The same with a SYN first and both sides' segments reordered: release in stream order.
 //! (2) Streams differing in one byte: the checkpoint request comes before any released frame
 //! containing the differing byte (a model tracks which byte every released frame carries).
 
@@ -119,5 +120,37 @@ proptest! {
             releases(&out).iter().map(|f| stream_range(f, isn)).collect();
         released.sort_unstable();
         prop_assert_eq!(released, p_segs);
+    }
+
+    #[test]
+    fn reordered_segments_after_a_syn_are_released_in_stream_order(
+        payload in prop::collection::vec(any::<u8>(), 1..2000),
+        p_cuts in prop::collection::vec(any::<usize>(), 0..10),
+        s_cuts in prop::collection::vec(any::<usize>(), 0..10),
+        p_keys in prop::collection::vec(any::<u16>(), 11),
+        s_keys in prop::collection::vec(any::<u16>(), 11),
+        order in prop::collection::vec(any::<bool>(), 1..16),
+        isn in any::<u32>(),
+    ) {
+        let mut c = comparator();
+        let h = Headers::default();
+        let syn_ack = testkit::tcp(&h, isn.wrapping_sub(1), 1, crate::packet::tcp_flags::SYN | crate::packet::tcp_flags::ACK, &[]);
+        c.handle_primary(t(0), syn_ack);
+        settle(&mut c);
+        let p_segs = segments(payload.len(), &p_cuts);
+        let s_segs = segments(payload.len(), &s_cuts);
+        let shuffle = |segs: &[(usize, usize)], keys: &[u16]| {
+            let mut v: Vec<_> = segs.iter().copied().enumerate().collect();
+            v.sort_by_key(|(i, _)| (keys[*i % keys.len()], *i));
+            v.into_iter().map(|(_, s)| s).collect::<Vec<_>>()
+        };
+        let p_sent = shuffle(&p_segs, &p_keys);
+        let s_sent = shuffle(&s_segs, &s_keys);
+        let out = run(&mut c, isn, &payload, &payload, &p_sent, &s_sent, &order);
+        prop_assert!(requests(&out).is_empty());
+        let released: Vec<(usize, usize)> =
+            releases(&out).iter().map(|f| stream_range(f, isn)).collect();
+        prop_assert_eq!(released, p_segs);
+        prop_assert_eq!(c.stats().held_secondary, 0);
     }
 }
