@@ -316,7 +316,12 @@ impl Comparator {
                 flow.closing = true;
             }
             let arrival = match side {
-                Side::Primary => flow.tcp.on_primary(&info),
+                Side::Primary => {
+                    if info.has(tcp_flags::SYN) {
+                        tcp::restart_verification(&mut flow.primary);
+                    }
+                    flow.tcp.on_primary(&info)
+                }
                 Side::Secondary => flow.tcp.on_secondary(&info),
             };
             match arrival {

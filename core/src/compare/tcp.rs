@@ -99,7 +99,9 @@ impl TcpStream {
         }
         if info.has(tcp_flags::SYN) {
             // The primary's ISN is authoritative: the secondary's segments reach us already
-            // rewritten into primary numbering (by the secondary's rewriter).
+            // rewritten into primary numbering (by the secondary's rewriter). A SYN on a flow
+            // that already has state starts a new connection on the same 5-tuple: the caller
+            // restarts the verification of held segments (`restart_verification`).
             self.released = Some(seg.seq);
             self.next = Some(seg.seq);
             self.floor = None;
@@ -194,6 +196,16 @@ impl TcpStream {
             }
         }
         self.next = self.released;
+    }
+}
+
+/// A primary SYN reset the stream: bytes verified under the old release point must be checked
+/// again under the new one (a SYN with another ISN is a new connection on the same 5-tuple).
+pub(crate) fn restart_verification(primary: &mut VecDeque<Held>) {
+    for held in primary.iter_mut() {
+        if let Some(seg) = held.tcp.as_mut() {
+            seg.verified = seg.seq;
+        }
     }
 }
 

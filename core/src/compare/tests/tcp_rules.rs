@@ -263,3 +263,21 @@ fn bytes_below_a_mid_stream_start_are_compared_not_assumed_released() {
     assert_eq!(c.stats().released_uncompared, 1);
     assert_eq!(c.stats().held_secondary, 0);
 }
+
+#[test]
+fn a_syn_with_a_new_isn_restarts_verification() {
+    let mut c = comparator();
+    let h = Headers::default();
+    // Held data the secondary has not acknowledged enough to release.
+    let held = testkit::tcp(&h, 100, 9, ACK, b"0123456789");
+    c.handle_primary(t(0), held.clone());
+    // A SYN-ACK at 200: bytes below 201 count as covered and the segment is verified.
+    c.handle_primary(t(1), testkit::tcp(&h, 200, 1, SYN | ACK, &[]));
+    // A new SYN-ACK at 103 (a new connection on the same ports) covers only bytes below 104.
+    c.handle_primary(t(2), testkit::tcp(&h, 103, 1, SYN | ACK, &[]));
+    // The secondary's ACK opens the guard, but 104..110 must now be compared first.
+    c.handle_secondary(t(3), pure_ack(1, 9));
+    assert_eq!(releases(&settle(&mut c)).len(), 2, "only the two SYN-ACKs");
+    c.handle_secondary(t(4), testkit::tcp(&h, 104, 9, ACK, b"456789"));
+    assert_eq!(releases(&settle(&mut c)), vec![held]);
+}
