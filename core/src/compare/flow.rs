@@ -169,12 +169,37 @@ pub(crate) fn first_difference(a: &[u8], b: &[u8]) -> usize {
         .unwrap_or(a.len().min(b.len()))
 }
 
+/// Buffers of secondary frames the comparator is done with, kept (emptied, capacity intact) for
+/// the runtime to receive the next frames into: in steady state no frame buffer is allocated
+/// or freed. Bounded, so a burst does not pin memory.
+#[derive(Debug, Default)]
+pub(crate) struct Spare {
+    buffers: Vec<Vec<u8>>,
+}
+
+/// Buffers kept at most.
+pub(crate) const SPARE_MAX: usize = 256;
+
+impl Spare {
+    pub(crate) fn keep(&mut self, mut frame: Vec<u8>) {
+        if self.buffers.len() < SPARE_MAX {
+            frame.clear();
+            self.buffers.push(frame);
+        }
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Vec<u8>> {
+        self.buffers.pop()
+    }
+}
+
 /// Where frames leave a flow: counts them, frees their arrival slot, queues released frames.
 #[derive(Debug)]
 pub(crate) struct Sink<'a> {
     pub(crate) out: &'a mut VecDeque<CompareOutput>,
     pub(crate) stats: &'a mut CompareStats,
     pub(crate) ages: &'a mut Ages,
+    pub(crate) spare: &'a mut Spare,
 }
 
 impl Sink<'_> {
@@ -190,6 +215,7 @@ impl Sink<'_> {
         self.ages.forget(held.id);
         self.stats.secondary_matched += 1;
         self.stats.held_secondary -= 1;
+        self.spare.keep(held.frame);
     }
 }
 

@@ -36,9 +36,9 @@ use crate::ids::CheckpointReason;
 use crate::packet::{FlowKey, Kind, SeqNum, classify_or_opaque, tcp_flags};
 use crate::time::Instant;
 use ages::Ages;
-use flow::{Flow, Held, Sink};
+use flow::{Flow, Held, Sink, Spare};
 use std::collections::VecDeque;
-use table::{FlowIdx, FlowTable, TableKey};
+use table::{FlowIdx, FlowTable};
 
 /// What the comparator wants done, drained with [`Comparator::poll_output`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +136,8 @@ pub struct Comparator {
     stats: CompareStats,
     /// Reused by checkpoint flushes to put held frames back into arrival order.
     scratch: Vec<(FrameId, Vec<u8>)>,
+    /// Emptied secondary buffers for [`Comparator::take_spare_buffer`].
+    spare: Spare,
     last_now: Instant,
 }
 
@@ -158,6 +160,7 @@ impl Comparator {
             out: VecDeque::with_capacity(256),
             stats: CompareStats::default(),
             scratch: Vec::new(),
+            spare: Spare::default(),
             last_now: Instant::ZERO,
         })
     }
@@ -175,6 +178,12 @@ impl Comparator {
     /// Counters of every decision so far.
     pub fn stats(&self) -> &CompareStats {
         &self.stats
+    }
+
+    /// An empty buffer (capacity kept) from a secondary frame the comparator is done with, to
+    /// receive the next frame into instead of allocating one. At most 256 are kept.
+    pub fn take_spare_buffer(&mut self) -> Option<Vec<u8>> {
+        self.spare.take()
     }
 
     /// The next thing to do, if any.
@@ -218,8 +227,8 @@ impl Comparator {
     /// Finds the flow of `key`, creating it if needed. A full table first evicts the idle flow
     /// the GC would forget first; with no idle flow the table grows past its bound and a
     /// checkpoint is requested (it empties every queue, after which the table is trimmed).
-    fn flow_for(&mut self, now: Instant, key: TableKey) -> FlowIdx {
-        if let Some(idx) = self.table.find(&key) {
+    fn flow_for(&mut self, now: Instant, key: &FlowKey, class: FlowClass) -> FlowIdx {
+        if let Some(idx) = self.table.find(key, class) {
             return idx;
         }
         if self.table.len() >= self.config.max_flows {
@@ -235,19 +244,25 @@ impl Comparator {
             }
         }
         self.stats.flows_created += 1;
-        let idx = self.table.insert(Flow::new(key.0, key.1, now));
+        let idx = self.table.insert(Flow::new(*key, class, now));
         self.stats.flows = self.table.len() as u64;
         idx
     }
 
-    /// Schedules the flow's garbage collection once its queues are empty.
+    /// Schedules the flow's garbage collection once its queues are empty. Cheap on the hot
+    /// path: the GC set is touched only when the flow has no entry or its due time moves
+    /// earlier (a FIN shortening the linger).
     fn after_frame(&mut self, idx: FlowIdx) {
+        let (linger, idle) = (
+            self.config.closed_flow_linger,
+            self.config.flow_idle_timeout,
+        );
         let flow = self.table.get_mut(idx);
         if !flow.is_empty() {
             return;
         }
-        let due = flow.last_active + self.idle_for_of(idx);
-        match self.table.get_mut(idx).gc_at {
+        let due = flow.last_active + if flow.closing { linger } else { idle };
+        match flow.gc_at {
             Some(at) if at <= due => {}
             _ => self.table.schedule_gc(idx, due),
         }
@@ -284,14 +299,17 @@ impl Comparator {
                     self.stats.released_solo += 1;
                     self.out.push_back(CompareOutput::Release(frame));
                 }
-                Side::Secondary => self.stats.secondary_dropped_solo += 1,
+                Side::Secondary => {
+                    self.stats.secondary_dropped_solo += 1;
+                    self.spare.keep(frame);
+                }
             }
             return;
         }
 
         // Classify once; everything later works on these offsets.
         let classified = classify_or_opaque(&frame);
-        let (class, body_start, body_end, tcp_info) = match classified.kind {
+        let (class, body_start, body_end, tcp_info) = match &classified.kind {
             Kind::Tcp(info) => (
                 FlowClass::Tcp,
                 info.payload_start,
@@ -301,7 +319,7 @@ impl Comparator {
             Kind::Ip { payload, .. } => (FlowClass::Datagram, payload.start, payload.end, None),
             Kind::Link => (FlowClass::Frame, 0, frame.len(), None),
         };
-        let idx = self.flow_for(now, (classified.key, class));
+        let idx = self.flow_for(now, &classified.key, class);
         let max_queue = self.config.max_queue_frames;
         let flow = self.table.get_mut(idx);
         flow.last_active = now;
@@ -320,24 +338,28 @@ impl Comparator {
                     if info.has(tcp_flags::SYN) {
                         tcp::restart_verification(&mut flow.primary);
                     }
-                    flow.tcp.on_primary(&info)
+                    flow.tcp.on_primary(info)
                 }
-                Side::Secondary => flow.tcp.on_secondary(&info),
+                Side::Secondary => flow.tcp.on_secondary(info),
             };
             match arrival {
                 Ok(s) => seg = Some(s),
                 Err(pass) => {
-                    let frame = frame.take();
+                    let passed = frame.take();
                     match (side, pass) {
                         (Side::Primary, _) => {
                             self.stats.released_uncompared += 1;
-                            self.out.extend(frame.map(CompareOutput::Release));
+                            self.out.extend(passed.map(CompareOutput::Release));
                         }
-                        (Side::Secondary, tcp::Pass::ZeroPayload) => {
-                            self.stats.secondary_dropped_zero_payload += 1;
-                        }
-                        (Side::Secondary, tcp::Pass::Retransmit) => {
-                            self.stats.secondary_dropped_retransmit += 1;
+                        (Side::Secondary, pass) => {
+                            if pass == tcp::Pass::ZeroPayload {
+                                self.stats.secondary_dropped_zero_payload += 1;
+                            } else {
+                                self.stats.secondary_dropped_retransmit += 1;
+                            }
+                            if let Some(buffer) = passed {
+                                self.spare.keep(buffer);
+                            }
                         }
                     }
                 }
@@ -372,6 +394,7 @@ impl Comparator {
             out: &mut self.out,
             stats: &mut self.stats,
             ages: &mut self.ages,
+            spare: &mut self.spare,
         };
         let miscompare = flow.advance(&mut sink);
 
@@ -477,7 +500,9 @@ impl Comparator {
                 self.scratch.push((held.id, held.frame));
             }
             dropped += flow.secondary.len() as u64;
-            flow.secondary.clear();
+            for held in flow.secondary.drain(..) {
+                self.spare.keep(held.frame);
+            }
             flow.tcp.on_checkpoint(flushed_end);
             flow.diverged = false;
         }

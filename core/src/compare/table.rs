@@ -37,14 +37,15 @@ impl FlowTable {
         self.index.len()
     }
 
-    pub(crate) fn find(&mut self, key: &TableKey) -> Option<FlowIdx> {
-        if let Some((k, idx)) = &self.last
+    pub(crate) fn find(&mut self, key: &FlowKey, class: FlowClass) -> Option<FlowIdx> {
+        if let Some(((k, c), idx)) = &self.last
+            && *c == class
             && k == key
         {
             return Some(*idx);
         }
-        let idx = *self.index.get(key)?;
-        self.last = Some((*key, idx));
+        let idx = *self.index.get(&(*key, class))?;
+        self.last = Some(((*key, class), idx));
         Some(idx)
     }
 

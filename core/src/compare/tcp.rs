@@ -218,6 +218,13 @@ fn covers(seg: &SegmentSeq, at: SeqNum) -> bool {
 /// Segments nearly always arrive in order, so the search starts from the back.
 pub(crate) fn insert_sorted(queue: &mut VecDeque<Held>, held: Held) {
     let seq = held.tcp.map(|s| s.seq).unwrap_or_default();
+    let in_order = queue
+        .back()
+        .is_none_or(|last| !seq.before(last.tcp.map(|s| s.seq).unwrap_or_default()));
+    if in_order {
+        queue.push_back(held);
+        return;
+    }
     let mut at = queue.len();
     while at > 0 {
         let prev = queue[at - 1].tcp.map(|s| s.seq).unwrap_or_default();

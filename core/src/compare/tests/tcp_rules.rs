@@ -281,3 +281,18 @@ fn a_syn_with_a_new_isn_restarts_verification() {
     c.handle_secondary(t(4), testkit::tcp(&h, 104, 9, ACK, b"456789"));
     assert_eq!(releases(&settle(&mut c)), vec![held]);
 }
+
+#[test]
+fn matched_secondary_buffers_are_kept_for_reuse() {
+    let mut c = comparator();
+    assert!(c.take_spare_buffer().is_none());
+    c.handle_primary(t(0), data(1, b"reuse me"));
+    c.handle_secondary(t(0), data(1, b"reuse me"));
+    c.handle_secondary(t(0), pure_ack(9, 1));
+    settle(&mut c);
+    for _ in 0..2 {
+        let buffer = c.take_spare_buffer().expect("a spare buffer");
+        assert!(buffer.is_empty() && buffer.capacity() >= 54);
+    }
+    assert!(c.take_spare_buffer().is_none());
+}
