@@ -9,8 +9,8 @@
 //! divide into the ratio docs/benchmarks.md records.
 //!
 //! Frames are built (and cloned for each iteration) outside the timed region; dropping what the
-//! routine returns (released frames, the comparator) is outside it too. Dropping secondary
-//! frames after their match is inside it: the comparator owns them.
+//! routine returns (released frames, the comparator with its pool of spare secondary buffers,
+//! which a runtime reuses through `take_spare_buffer` instead of freeing) is outside it too.
 
 use colo_core::compare::testkit::{self, Headers};
 use colo_core::compare::{Comparator, CompareConfig, CompareOutput};

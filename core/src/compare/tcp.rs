@@ -309,7 +309,12 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
                 break;
             }
             if tcp.already_released(seg.seq, seg.end) {
-                if let Some(s) = secondary.remove(i) {
+                let consumed = if i == 0 {
+                    secondary.pop_front()
+                } else {
+                    secondary.remove(i)
+                };
+                if let Some(s) = consumed {
                     sink.secondary_matched(s);
                 }
             } else {
