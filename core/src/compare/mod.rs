@@ -1,1 +1,535 @@
-//! The primary-side comparator. (Being written: see issue 2.)
+//! The primary-side comparator: output commit for network frames.
+//!
+//! The primary's colo proxy hands the [`Comparator`] every frame the primary VM sends
+//! ([`Comparator::handle_primary`]) and every frame the secondary VM sends
+//! ([`Comparator::handle_secondary`], already rewritten into primary TCP numbering by the
+//! secondary's rewriter). A primary frame is released to the client only when the secondary
+//! produced the same output, when a rule says it needs no comparison, or when a checkpoint
+//! covers it. Differences, frames waiting too long, full queues and a full flow table become
+//! one coalesced [`CompareOutput::CheckpointRequest`]; nothing is ever dropped to save memory.
+//!
+//! Invariant kept (the output-commit rule): every primary frame handed in leaves as exactly one
+//! [`CompareOutput::Release`], in one of four ways (matched, uncompared by rule, covered by
+//! `checkpoint_done`, released without a secondary), or is still held; every secondary frame is
+//! consumed by a match, dropped for a counted reason, or still held ([`CompareStats`]).
+//!
+//! Files: [`config`] (knobs), `flow` (queues, non-TCP rules), `tcp` (stream alignment), `table`
+//! (flow table and idle-flow GC), `ages` (arrival ring and comparison deadlines), [`stats`].
+
+mod ages;
+pub mod config;
+mod flow;
+pub mod stats;
+mod table;
+mod tcp;
+pub mod testkit;
+
+#[cfg(test)]
+mod tests;
+
+pub use ages::FrameId;
+pub use config::{CompareConfig, CompareConfigError};
+pub use flow::FlowClass;
+pub use stats::CompareStats;
+
+use crate::ids::CheckpointReason;
+use crate::packet::{FlowKey, Kind, SeqNum, classify_or_opaque, tcp_flags};
+use crate::time::Instant;
+use ages::Ages;
+use flow::{Flow, Held, Sink, Spare};
+use std::collections::VecDeque;
+use table::{FlowIdx, FlowTable};
+
+/// What the comparator wants done, drained with [`Comparator::poll_output`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompareOutput {
+    /// Send this primary frame to the client. Frames of one flow come out in the order the
+    /// comparator may release them (TCP: stream order).
+    Release(Vec<u8>),
+    /// Run a checkpoint and call [`Comparator::checkpoint_done`] when the secondary has
+    /// received it. Only one is outstanding at a time.
+    CheckpointRequest(CheckpointReason),
+    /// The two sides' output differed on `flow` (a checkpoint request follows or is pending).
+    Miscompare {
+        /// The flow that diverged.
+        flow: FlowKey,
+        /// Where and how.
+        why: MiscompareWhy,
+    },
+}
+
+/// Where two frames (or two streams) first differed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MiscompareWhy {
+    /// Offset of the first differing byte in the compared region of the primary frame (TCP
+    /// payload, bytes after the IP header, or the whole frame), or the shorter length.
+    pub offset: usize,
+    /// What differed.
+    pub reason: MismatchReason,
+}
+
+/// The kind of difference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MismatchReason {
+    /// TCP payload bytes differ; `seq` is the sequence number of the first differing byte.
+    TcpPayload {
+        /// Sequence number of the first differing byte.
+        seq: SeqNum,
+    },
+    /// The compared regions have different lengths.
+    LengthDiffers {
+        /// Length on the primary.
+        primary: usize,
+        /// Length on the secondary.
+        secondary: usize,
+    },
+    /// Same length, different bytes.
+    BytesDiffer,
+}
+
+/// The comparator's phase.
+///
+/// Transitions:
+/// - `Comparing -> CheckpointPending`: a miscompare, timeout, full queue or full table.
+/// - `CheckpointPending -> CheckpointPending`: more triggers (counted as coalesced, no output).
+/// - `Comparing | CheckpointPending -> Comparing`: `checkpoint_done` (queues flushed).
+/// - `any -> Solo`: `release_all` (the secondary is gone; everything is forwarded).
+/// - `Solo -> Comparing`: `attach_secondary` (a new secondary, a copy of the primary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Comparing; no checkpoint requested.
+    Comparing,
+    /// Still comparing, a checkpoint has been requested for this reason and not yet done.
+    CheckpointPending(CheckpointReason),
+    /// No secondary: primary frames are released at once, secondary frames dropped.
+    Solo,
+}
+
+/// The primary-side output comparator (sans-IO).
+///
+/// # How to drive it
+/// 1. Create it with [`Comparator::new`] (validates the [`CompareConfig`]).
+/// 2. Feed frames: [`handle_primary`](Self::handle_primary) for each frame the primary VM
+///    sent, [`handle_secondary`](Self::handle_secondary) for each frame the secondary VM sent
+///    (rewritten into primary TCP numbering, and only frames of the current epoch: frames the
+///    secondary sent before the last checkpoint must be discarded by the caller).
+/// 3. After every input, drain [`poll_output`](Self::poll_output) until it returns `None`:
+///    send `Release` frames to the client in the order given, start a checkpoint on
+///    `CheckpointRequest`, log `Miscompare`.
+/// 4. Arm a timer at [`poll_timeout`](Self::poll_timeout) and call
+///    [`handle_timeout`](Self::handle_timeout) when it fires (an early or spurious call does
+///    nothing).
+/// 5. When a checkpoint (requested or periodic) has reached the secondary, call
+///    [`checkpoint_done`](Self::checkpoint_done): every held primary frame is released in
+///    arrival order and every held secondary frame dropped.
+/// 6. If the secondary is lost, call [`release_all`](Self::release_all); the comparator then
+///    forwards primary frames at once until [`attach_secondary`](Self::attach_secondary).
+///
+/// `now` must never go backwards across calls (the comparator panics naming this rule).
+#[derive(Debug)]
+pub struct Comparator {
+    config: CompareConfig,
+    phase: Phase,
+    table: FlowTable,
+    ages: Ages,
+    out: VecDeque<CompareOutput>,
+    stats: CompareStats,
+    /// Reused by checkpoint flushes to put held frames back into arrival order.
+    scratch: Vec<(FrameId, Vec<u8>)>,
+    /// Emptied secondary buffers for [`Comparator::take_spare_buffer`].
+    spare: Spare,
+    last_now: Instant,
+}
+
+/// How a flush treats what it empties.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Flush {
+    Checkpoint,
+    Failover,
+}
+
+impl Comparator {
+    /// A comparator with the given configuration, in phase [`Phase::Comparing`].
+    pub fn new(config: CompareConfig) -> Result<Comparator, CompareConfigError> {
+        config.validate()?;
+        Ok(Comparator {
+            config,
+            phase: Phase::Comparing,
+            table: FlowTable::default(),
+            ages: Ages::with_capacity(256),
+            out: VecDeque::with_capacity(256),
+            stats: CompareStats::default(),
+            scratch: Vec::new(),
+            spare: Spare::default(),
+            last_now: Instant::ZERO,
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CompareConfig {
+        &self.config
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Counters of every decision so far.
+    pub fn stats(&self) -> &CompareStats {
+        &self.stats
+    }
+
+    /// An empty buffer (capacity kept) from a secondary frame the comparator is done with, to
+    /// receive the next frame into instead of allocating one. At most 256 are kept.
+    pub fn take_spare_buffer(&mut self) -> Option<Vec<u8>> {
+        self.spare.take()
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<CompareOutput> {
+        self.out.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) has work: the earliest comparison deadline
+    /// (oldest held frame plus `compare_timeout`, frames that already timed out excluded) or
+    /// idle-flow expiry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let compare = self.ages.next_deadline(self.config.compare_timeout);
+        match (compare, self.table.next_gc()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn observe(&mut self, now: Instant) {
+        assert!(
+            now >= self.last_now,
+            "time went backwards: Comparator inputs must carry a non-decreasing `now`"
+        );
+        self.last_now = now;
+    }
+
+    /// Requests a checkpoint, or counts the trigger as coalesced into the pending one.
+    fn trigger(&mut self, reason: CheckpointReason) {
+        match self.phase {
+            Phase::Comparing => {
+                self.phase = Phase::CheckpointPending(reason);
+                self.stats.checkpoint_requests += 1;
+                self.out.push_back(CompareOutput::CheckpointRequest(reason));
+            }
+            Phase::CheckpointPending(_) => self.stats.coalesced_requests += 1,
+            // No secondary: there is nobody to checkpoint to, and nothing is held.
+            Phase::Solo => {}
+        }
+    }
+
+    /// Finds the flow of `key`, creating it if needed. A full table first evicts the idle flow
+    /// the GC would forget first; with no idle flow the table grows past its bound and a
+    /// checkpoint is requested (it empties every queue, after which the table is trimmed).
+    fn flow_for(&mut self, now: Instant, key: &FlowKey, class: FlowClass) -> FlowIdx {
+        if let Some(idx) = self.table.find(key, class) {
+            return idx;
+        }
+        if self.table.len() >= self.config.max_flows {
+            match self.table.oldest_idle() {
+                Some(victim) => {
+                    self.table.remove(victim);
+                    self.stats.flows_evicted += 1;
+                }
+                None => {
+                    self.stats.flow_table_full_events += 1;
+                    self.trigger(CheckpointReason::FlowTableFull);
+                }
+            }
+        }
+        self.stats.flows_created += 1;
+        let idx = self.table.insert(Flow::new(*key, class, now));
+        self.stats.flows = self.table.len() as u64;
+        idx
+    }
+
+    /// Schedules the flow's garbage collection once its queues are empty. Cheap on the hot
+    /// path: the GC set is touched only when the flow has no entry or its due time moves
+    /// earlier (a FIN shortening the linger).
+    fn after_frame(&mut self, idx: FlowIdx) {
+        let (linger, idle) = (
+            self.config.closed_flow_linger,
+            self.config.flow_idle_timeout,
+        );
+        let flow = self.table.get_mut(idx);
+        if !flow.is_empty() {
+            return;
+        }
+        let due = flow.last_active + if flow.closing { linger } else { idle };
+        match flow.gc_at {
+            Some(at) if at <= due => {}
+            _ => self.table.schedule_gc(idx, due),
+        }
+    }
+
+    fn idle_for_of(&mut self, idx: FlowIdx) -> crate::time::Duration {
+        let closing = self.table.get_mut(idx).closing;
+        if closing {
+            self.config.closed_flow_linger
+        } else {
+            self.config.flow_idle_timeout
+        }
+    }
+
+    /// A frame the primary VM sent.
+    pub fn handle_primary(&mut self, now: Instant, frame: Vec<u8>) {
+        self.handle_frame(now, frame, Side::Primary);
+    }
+
+    /// A frame the secondary VM sent (in primary TCP numbering, current epoch only).
+    pub fn handle_secondary(&mut self, now: Instant, frame: Vec<u8>) {
+        self.handle_frame(now, frame, Side::Secondary);
+    }
+
+    fn handle_frame(&mut self, now: Instant, frame: Vec<u8>, side: Side) {
+        self.observe(now);
+        match side {
+            Side::Primary => self.stats.primary_frames += 1,
+            Side::Secondary => self.stats.secondary_frames += 1,
+        }
+        if self.phase == Phase::Solo {
+            match side {
+                Side::Primary => {
+                    self.stats.released_solo += 1;
+                    self.out.push_back(CompareOutput::Release(frame));
+                }
+                Side::Secondary => {
+                    self.stats.secondary_dropped_solo += 1;
+                    self.spare.keep(frame);
+                }
+            }
+            return;
+        }
+
+        // Classify once; everything later works on these offsets.
+        let classified = classify_or_opaque(&frame);
+        let (class, body_start, body_end, tcp_info) = match &classified.kind {
+            Kind::Tcp(info) => (
+                FlowClass::Tcp,
+                info.payload_start,
+                info.payload_end,
+                Some(info),
+            ),
+            Kind::Ip { payload, .. } => (FlowClass::Datagram, payload.start, payload.end, None),
+            Kind::Link => (FlowClass::Frame, 0, frame.len(), None),
+        };
+        let idx = self.flow_for(now, &classified.key, class);
+        let max_queue = self.config.max_queue_frames;
+        let flow = self.table.get_mut(idx);
+        flow.last_active = now;
+
+        // TCP: zero-payload segments and retransmissions pass (primary released uncompared,
+        // secondary dropped); they may still move the stream (SYN) or the min-ACK guard, so the
+        // flow is advanced either way.
+        let mut seg = None;
+        let mut frame = Some(frame);
+        if let Some(info) = tcp_info {
+            if side == Side::Primary && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+                flow.closing = true;
+            }
+            let arrival = match side {
+                Side::Primary => {
+                    if info.has(tcp_flags::SYN) {
+                        tcp::restart_verification(&mut flow.primary);
+                    }
+                    flow.tcp.on_primary(info)
+                }
+                Side::Secondary => flow.tcp.on_secondary(info),
+            };
+            match arrival {
+                Ok(s) => seg = Some(s),
+                Err(pass) => {
+                    let passed = frame.take();
+                    match (side, pass) {
+                        (Side::Primary, _) => {
+                            self.stats.released_uncompared += 1;
+                            self.out.extend(passed.map(CompareOutput::Release));
+                        }
+                        (Side::Secondary, pass) => {
+                            if pass == tcp::Pass::ZeroPayload {
+                                self.stats.secondary_dropped_zero_payload += 1;
+                            } else {
+                                self.stats.secondary_dropped_retransmit += 1;
+                            }
+                            if let Some(buffer) = passed {
+                                self.spare.keep(buffer);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut queue_full = false;
+        if let Some(frame) = frame {
+            let queue = match side {
+                Side::Primary => &mut flow.primary,
+                Side::Secondary => &mut flow.secondary,
+            };
+            queue_full = queue.len() >= max_queue;
+            let held = Held {
+                id: self.ages.hold(now),
+                frame,
+                body_start,
+                body_end,
+                tcp: seg,
+            };
+            if seg.is_some() {
+                tcp::insert_sorted(queue, held);
+            } else {
+                queue.push_back(held);
+            }
+            match side {
+                Side::Primary => self.stats.held_primary += 1,
+                Side::Secondary => self.stats.held_secondary += 1,
+            }
+        }
+        let mut sink = Sink {
+            out: &mut self.out,
+            stats: &mut self.stats,
+            ages: &mut self.ages,
+            spare: &mut self.spare,
+        };
+        let miscompare = flow.advance(&mut sink);
+
+        if queue_full {
+            // QEMU drops the new packet here (net/colo-compare.c, "queue size too big"); colo
+            // holds it and asks for the checkpoint that will empty the queue.
+            self.stats.queue_full_events += 1;
+            self.trigger(CheckpointReason::QueueFull);
+        }
+        if let Some(why) = miscompare {
+            self.stats.miscompares += 1;
+            let flow = classified.key;
+            self.out.push_back(CompareOutput::Miscompare { flow, why });
+            self.trigger(CheckpointReason::Miscompare);
+        }
+        self.after_frame(idx);
+    }
+
+    /// Acts on expired deadlines: frames older than `compare_timeout` request a checkpoint
+    /// (each frame at most once); idle flows with empty queues are forgotten. Calling it early
+    /// does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.observe(now);
+        let expired = self.ages.expire(now, self.config.compare_timeout);
+        if expired > 0 {
+            self.stats.timeouts += 1;
+            self.stats.timed_out_frames += expired;
+            self.trigger(CheckpointReason::CompareTimeout);
+        }
+        while let Some(idx) = self.table.pop_due_gc(now) {
+            let flow = self.table.get_mut(idx);
+            if !flow.is_empty() {
+                // Held frames have their own deadlines; GC looks again once the flow empties.
+                continue;
+            }
+            let due = flow.last_active + self.idle_for_of(idx);
+            if due <= now {
+                self.table.remove(idx);
+                self.stats.flows_expired += 1;
+            } else {
+                self.table.schedule_gc(idx, due);
+            }
+        }
+        self.stats.flows = self.table.len() as u64;
+    }
+
+    /// A checkpoint reached the secondary (QEMU releases at VMSTATE_RECEIVED): release every
+    /// held primary frame in arrival order, drop every held secondary frame, and restart
+    /// comparison from the primary's stream positions (the secondary is now its copy).
+    pub fn checkpoint_done(&mut self, now: Instant) {
+        self.observe(now);
+        self.stats.checkpoints_done += 1;
+        self.flush(Flush::Checkpoint);
+        if self.phase != Phase::Solo {
+            self.phase = Phase::Comparing;
+        }
+        // Every flow is empty now: schedule its GC, then trim a table that grew past its bound.
+        let indices: Vec<FlowIdx> = self.table.indices().collect();
+        for idx in indices {
+            self.after_frame(idx);
+        }
+        while self.table.len() > self.config.max_flows {
+            let Some(victim) = self.table.oldest_idle() else {
+                break;
+            };
+            self.table.remove(victim);
+            self.stats.flows_evicted += 1;
+        }
+        self.stats.flows = self.table.len() as u64;
+    }
+
+    /// The secondary is lost (failover on the primary): release every held primary frame in
+    /// arrival order, drop every held secondary frame, and from now on release primary frames
+    /// at once and drop secondary ones ([`Phase::Solo`]).
+    pub fn release_all(&mut self, now: Instant) {
+        self.observe(now);
+        self.flush(Flush::Failover);
+        self.table.clear();
+        self.phase = Phase::Solo;
+        self.stats.flows = 0;
+    }
+
+    /// A new secondary, a fresh copy of the primary, is attached: compare again, learning every
+    /// flow anew. Also valid while comparing (then it behaves like `release_all` followed by
+    /// attaching).
+    pub fn attach_secondary(&mut self, now: Instant) {
+        self.observe(now);
+        self.flush(Flush::Failover);
+        self.table.clear();
+        self.phase = Phase::Comparing;
+        self.stats.flows = 0;
+    }
+
+    fn flush(&mut self, kind: Flush) {
+        self.scratch.clear();
+        let mut dropped = 0u64;
+        for flow in self.table.flows_mut() {
+            let mut flushed_end: Option<SeqNum> = None;
+            for held in flow.primary.drain(..) {
+                if let Some(seg) = held.tcp {
+                    flushed_end = Some(flushed_end.map_or(seg.end, |e| e.max_seq(seg.end)));
+                }
+                self.scratch.push((held.id, held.frame));
+            }
+            dropped += flow.secondary.len() as u64;
+            for held in flow.secondary.drain(..) {
+                self.spare.keep(held.frame);
+            }
+            flow.tcp.on_checkpoint(flushed_end);
+            flow.diverged = false;
+        }
+        // Arrival ids are global, so sorting restores the order the primary sent them in.
+        self.scratch.sort_unstable_by_key(|(id, _)| *id);
+        let released = self.scratch.len() as u64;
+        for (_, frame) in self.scratch.drain(..) {
+            self.out.push_back(CompareOutput::Release(frame));
+        }
+        match kind {
+            Flush::Checkpoint => {
+                self.stats.released_by_checkpoint += released;
+                self.stats.secondary_dropped_by_checkpoint += dropped;
+            }
+            Flush::Failover => {
+                self.stats.released_solo += released;
+                self.stats.secondary_dropped_solo += dropped;
+            }
+        }
+        self.stats.held_primary = 0;
+        self.stats.held_secondary = 0;
+        self.ages.clear();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    Primary,
+    Secondary,
+}

@@ -1,0 +1,241 @@
+//! One flow's two queues and the comparison of non-TCP frames (datagrams and whole frames).
+//!
+//! A [`Flow`] holds the primary frames still waiting for their secondary counterpart and the
+//! secondary frames not yet matched. TCP flows are driven by [`super::tcp`]; every other class
+//! is compared here, QEMU's way for UDP and ICMP (`colo_packet_compare_udp/icmp`): the primary's
+//! oldest frame may match *any* queued secondary frame of the flow; a match releases the
+//! primary frame and consumes the secondary one; a non-empty secondary queue with no match is a
+//! miscompare.
+//!
+//! Invariant kept: frames leave a flow only through [`Sink`], which counts each one exactly once
+//! and frees its slot in the arrival ring, so nothing leaves a flow uncounted.
+
+use super::ages::{Ages, FrameId};
+use super::stats::CompareStats;
+use super::tcp::TcpStream;
+use super::{CompareOutput, MiscompareWhy, MismatchReason};
+use crate::packet::{FlowKey, SeqNum};
+use crate::time::Instant;
+use std::collections::VecDeque;
+
+/// How frames of a flow are compared. Part of the table key, so frames of different classes
+/// never share a queue even if their [`FlowKey`]s coincide (a TCP segment and an IP fragment of
+/// the same port-less 5-tuple, say).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum FlowClass {
+    /// TCP: payload bytes compared as a stream, by sequence number.
+    Tcp,
+    /// UDP, ICMP, ICMPv6, other IP protocols and IP fragments: everything after the IP header.
+    Datagram,
+    /// ARP, other EtherTypes and unreadable frames: the whole frame.
+    Frame,
+}
+
+/// Where a held TCP segment sits in its stream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SegmentSeq {
+    /// Sequence number of the first payload byte (the SYN's own number excluded).
+    pub(crate) seq: SeqNum,
+    /// Sequence number after the last payload byte.
+    pub(crate) end: SeqNum,
+    /// The segment's acknowledgment number, if it carries ACK.
+    pub(crate) ack: Option<SeqNum>,
+    /// Payload bytes before this point are known equal (compared, or already released).
+    pub(crate) verified: SeqNum,
+}
+
+/// A frame a flow holds.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) id: FrameId,
+    pub(crate) frame: Vec<u8>,
+    /// The compared bytes: TCP payload, IP payload or the whole frame.
+    pub(crate) body_start: usize,
+    pub(crate) body_end: usize,
+    /// Present for TCP segments.
+    pub(crate) tcp: Option<SegmentSeq>,
+}
+
+impl Held {
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.frame[self.body_start..self.body_end]
+    }
+}
+
+/// One flow: its key, its class and its two queues.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    pub(crate) key: FlowKey,
+    pub(crate) class: FlowClass,
+    pub(crate) primary: VecDeque<Held>,
+    pub(crate) secondary: VecDeque<Held>,
+    /// Stream state (TCP flows only; untouched otherwise).
+    pub(crate) tcp: TcpStream,
+    /// A miscompare happened: nothing more is compared or released as matched until the
+    /// checkpoint that resolves it completes.
+    pub(crate) diverged: bool,
+    /// The primary sent FIN or RST: forget the flow after `closed_flow_linger`.
+    pub(crate) closing: bool,
+    /// Time of the last frame, either side.
+    pub(crate) last_active: Instant,
+    /// When the garbage collector looks at this flow next (mirrors the table's GC set).
+    pub(crate) gc_at: Option<Instant>,
+}
+
+/// Preallocated queue depth per side: enough for a burst without reallocating.
+const QUEUE_PREALLOC: usize = 16;
+
+impl Flow {
+    pub(crate) fn new(key: FlowKey, class: FlowClass, now: Instant) -> Flow {
+        Flow {
+            key,
+            class,
+            primary: VecDeque::with_capacity(QUEUE_PREALLOC),
+            secondary: VecDeque::with_capacity(QUEUE_PREALLOC),
+            tcp: TcpStream::default(),
+            diverged: false,
+            closing: false,
+            last_active: now,
+            gc_at: None,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.primary.is_empty() && self.secondary.is_empty()
+    }
+
+    /// Compares what can be compared now and releases what matched. Returns the miscompare
+    /// that made the flow diverge, if this call found one.
+    pub(crate) fn advance(&mut self, sink: &mut Sink<'_>) -> Option<MiscompareWhy> {
+        if self.diverged {
+            return None;
+        }
+        let found = match self.class {
+            FlowClass::Tcp => super::tcp::advance(self, sink),
+            FlowClass::Datagram | FlowClass::Frame => self.advance_datagrams(sink),
+        };
+        if found.is_some() {
+            self.diverged = true;
+        }
+        found
+    }
+
+    /// QEMU's rule for UDP/ICMP, applied to every non-TCP class: the primary head matches any
+    /// queued secondary frame with the same compared bytes (same length, same content).
+    fn advance_datagrams(&mut self, sink: &mut Sink<'_>) -> Option<MiscompareWhy> {
+        while let Some(head) = self.primary.front() {
+            if self.secondary.is_empty() {
+                return None;
+            }
+            let body = head.body();
+            match self.secondary.iter().position(|s| s.body() == body) {
+                Some(at) => {
+                    if let Some(twin) = self.secondary.remove(at) {
+                        sink.secondary_matched(twin);
+                    }
+                    if let Some(head) = self.primary.pop_front() {
+                        sink.release_matched(head);
+                    }
+                }
+                None => {
+                    let other = self.secondary.front().map(Held::body).unwrap_or_default();
+                    return Some(explain(body, other));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Describes the first difference between a primary and a secondary byte string.
+pub(crate) fn explain(primary: &[u8], secondary: &[u8]) -> MiscompareWhy {
+    let offset = first_difference(primary, secondary);
+    let reason = if primary.len() != secondary.len() {
+        MismatchReason::LengthDiffers {
+            primary: primary.len(),
+            secondary: secondary.len(),
+        }
+    } else {
+        MismatchReason::BytesDiffer
+    };
+    MiscompareWhy { offset, reason }
+}
+
+/// Index of the first differing byte, or the shorter length if one is a prefix of the other.
+pub(crate) fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
+}
+
+/// Buffers of secondary frames the comparator is done with, kept (emptied, capacity intact) for
+/// the runtime to receive the next frames into: in steady state no frame buffer is allocated
+/// or freed. Bounded, so a burst does not pin memory.
+#[derive(Debug, Default)]
+pub(crate) struct Spare {
+    buffers: Vec<Vec<u8>>,
+}
+
+/// Buffers kept at most.
+pub(crate) const SPARE_MAX: usize = 256;
+
+impl Spare {
+    pub(crate) fn keep(&mut self, mut frame: Vec<u8>) {
+        if self.buffers.len() < SPARE_MAX {
+            frame.clear();
+            self.buffers.push(frame);
+        }
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Vec<u8>> {
+        self.buffers.pop()
+    }
+}
+
+/// Where frames leave a flow: counts them, frees their arrival slot, queues released frames.
+#[derive(Debug)]
+pub(crate) struct Sink<'a> {
+    pub(crate) out: &'a mut VecDeque<CompareOutput>,
+    pub(crate) stats: &'a mut CompareStats,
+    pub(crate) ages: &'a mut Ages,
+    pub(crate) spare: &'a mut Spare,
+}
+
+impl Sink<'_> {
+    pub(crate) fn release_matched(&mut self, held: Held) {
+        self.ages.forget(held.id);
+        self.stats.released_matched += 1;
+        self.stats.held_primary -= 1;
+        self.stats.bytes_matched += (held.body_end - held.body_start) as u64;
+        self.out.push_back(CompareOutput::Release(held.frame));
+    }
+
+    pub(crate) fn secondary_matched(&mut self, held: Held) {
+        self.ages.forget(held.id);
+        self.stats.secondary_matched += 1;
+        self.stats.held_secondary -= 1;
+        self.spare.keep(held.frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_difference_reports_prefix_length() {
+        assert_eq!(first_difference(b"abc", b"abd"), 2);
+        assert_eq!(first_difference(b"ab", b"abc"), 2);
+        assert_eq!(first_difference(b"", b""), 0);
+        let why = explain(b"abcd", b"abc");
+        assert_eq!(why.offset, 3);
+        assert_eq!(
+            why.reason,
+            MismatchReason::LengthDiffers {
+                primary: 4,
+                secondary: 3
+            }
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! TCP stream alignment: payload bytes compared by sequence number, across segment boundaries.
+//!
+//! QEMU (`colo_compare_tcp`/`colo_mark_tcp_pkt` in net/colo-compare.c) walks the two queues
+//! head to head with a per-packet `offset`. colo treats each side as a byte stream instead:
+//!
+//! - `released` is the stream position below which the client already has every primary byte
+//!   (released as matched, or covered by a checkpoint), down to `floor` (`None`: no lower
+//!   bound). A primary SYN (or SYN-ACK) sets `released` to ISN + 1 with no floor; a checkpoint
+//!   moves it to the end of what it flushed, with no floor (the checkpoint covers everything
+//!   the primary sent before it). A flow picked up mid-stream has no `released` until its first
+//!   release, whose start becomes the floor: bytes below it were never seen and are compared.
+//! - `next` is the release cursor: `released` once known, before that the lower of the two
+//!   sides' first held byte. Primary segments are released in stream order, never past a hole
+//!   at `next`, so a hole can never later pass for a retransmission.
+//! - Each held primary segment has a `verified` cursor: its bytes before it are equal to
+//!   secondary bytes at the same sequence numbers, or lie in `[floor, released)`. The cursor
+//!   advances over *any* queued secondary segment covering it, so segmentation, coalescing and
+//!   re-segmentation on either side do not matter; the first unequal byte is a miscompare.
+//! - A primary segment is released when fully verified, starting at or before `next`, and
+//!   passing the min-ACK guard. Secondary segments ending at or before `released` are consumed.
+//!
+//! Rules at arrival (QEMU: `seq == seq_end` and `seq_end <= compare_seq` cases): a segment
+//! without payload (SYN, FIN, RST, pure ACK) passes; so does a segment whose payload lies
+//! entirely in `[floor, released)` (a retransmission). A passing primary segment is released
+//! uncompared, a passing secondary one dropped.
+//!
+//! The min-ACK guard (QEMU: "secondary guest hasn't ack the data, don't send out this packet"):
+//! a matched primary segment carrying ACK is released only if its ACK is at or below
+//! min(highest ACK seen from the primary, highest ACK seen from the secondary) on this flow,
+//! so the client is never told that data arrived which the secondary has not acknowledged
+//! (after a failover the secondary would not have it). QEMU applies the guard only when the
+//! primary segment ends inside a longer secondary one; colo applies it to every matched data
+//! segment (it is the same danger whatever the segmentation). Zero-payload segments are not
+//! guarded, as in QEMU (a pure ACK is released at once).
+//!
+//! Invariant kept: a primary payload byte is released only if it was found equal to a
+//! secondary byte with the same sequence number, or lies in `[floor, released)`, or a
+//! checkpoint covers it.
+
+use super::MiscompareWhy;
+use super::MismatchReason;
+use super::flow::{Flow, Held, SegmentSeq, Sink, first_difference};
+use crate::packet::{SeqNum, TcpInfo, tcp_flags};
+use std::collections::VecDeque;
+
+/// Per-flow stream state (see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TcpStream {
+    /// The client has every primary byte in `[floor, released)`.
+    pub(crate) released: Option<SeqNum>,
+    /// Lower bound of `released`'s range; `None`: unbounded.
+    pub(crate) floor: Option<SeqNum>,
+    /// Release cursor.
+    pub(crate) next: Option<SeqNum>,
+    /// Highest ACK number seen on any primary segment of the flow.
+    pub(crate) primary_max_ack: Option<SeqNum>,
+    /// Highest ACK number seen on any secondary segment of the flow (dropped ones included).
+    pub(crate) secondary_max_ack: Option<SeqNum>,
+}
+
+/// Why a segment is not queued for comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// No payload (SYN, FIN, RST, pure ACK): primary released uncompared, secondary dropped.
+    ZeroPayload,
+    /// Every payload byte was already released: primary released uncompared (the client has
+    /// these bytes already), secondary dropped.
+    Retransmit,
+}
+
+fn raise(max: &mut Option<SeqNum>, ack: SeqNum) {
+    *max = Some(match *max {
+        Some(m) => m.max_seq(ack),
+        None => ack,
+    });
+}
+
+/// The sequence range of a segment's payload (a SYN's own sequence number is not payload).
+fn payload_range(info: &TcpInfo) -> SegmentSeq {
+    let seq = if info.has(tcp_flags::SYN) {
+        info.seq.wrapping_add(1)
+    } else {
+        info.seq
+    };
+    SegmentSeq {
+        seq,
+        end: seq.wrapping_add(info.payload_len() as u32),
+        ack: info.has(tcp_flags::ACK).then_some(info.ack),
+        verified: seq,
+    }
+}
+
+impl TcpStream {
+    /// Records a primary segment; returns its range if it must be held for comparison.
+    pub(crate) fn on_primary(&mut self, info: &TcpInfo) -> Result<SegmentSeq, Pass> {
+        let seg = payload_range(info);
+        if let Some(ack) = seg.ack {
+            raise(&mut self.primary_max_ack, ack);
+        }
+        if info.has(tcp_flags::SYN) {
+            // The primary's ISN is authoritative: the secondary's segments reach us already
+            // rewritten into primary numbering (by the secondary's rewriter). A SYN on a flow
+            // that already has state starts a new connection on the same 5-tuple: the caller
+            // restarts the verification of held segments (`restart_verification`).
+            self.released = Some(seg.seq);
+            self.next = Some(seg.seq);
+            self.floor = None;
+        }
+        if seg.seq == seg.end {
+            Err(Pass::ZeroPayload)
+        } else if self.already_released(seg.seq, seg.end) {
+            Err(Pass::Retransmit)
+        } else {
+            Ok(seg)
+        }
+    }
+
+    /// Records a secondary segment; returns its range if it must be held for comparison.
+    pub(crate) fn on_secondary(&mut self, info: &TcpInfo) -> Result<SegmentSeq, Pass> {
+        let seg = payload_range(info);
+        if let Some(ack) = seg.ack {
+            raise(&mut self.secondary_max_ack, ack);
+        }
+        if seg.seq == seg.end {
+            Err(Pass::ZeroPayload)
+        } else if self.already_released(seg.seq, seg.end) {
+            Err(Pass::Retransmit)
+        } else {
+            Ok(seg)
+        }
+    }
+
+    /// True if the client already has every byte of `[seq, end)`.
+    pub(crate) fn already_released(&self, seq: SeqNum, end: SeqNum) -> bool {
+        let Some(released) = self.released else {
+            return false;
+        };
+        !released.before(end) && self.floor.is_none_or(|f| seq.at_or_after(f))
+    }
+
+    /// A checkpoint completed. Every primary byte the primary sent before it is covered, and
+    /// the secondary is now a copy of the primary, so both sides continue from the primary's
+    /// stream position and the secondary has acknowledged what the primary has.
+    pub(crate) fn on_checkpoint(&mut self, flushed_end: Option<SeqNum>) {
+        let position = match (self.released, flushed_end) {
+            (Some(r), Some(e)) => Some(r.max_seq(e)),
+            (r, e) => r.or(e),
+        };
+        if position.is_some() {
+            self.released = position;
+            self.next = position;
+            self.floor = None;
+        }
+        self.secondary_max_ack = self.primary_max_ack;
+    }
+
+    /// The min-ACK guard (see the module doc).
+    fn ack_allows(&self, ack: Option<SeqNum>) -> bool {
+        let Some(ack) = ack else { return true };
+        match (self.primary_max_ack, self.secondary_max_ack) {
+            (Some(p), Some(s)) => !p.min_seq(s).before(ack),
+            _ => false,
+        }
+    }
+
+    /// Moves `verified` over bytes the client already has.
+    fn skip_released(&self, seg: &mut SegmentSeq) {
+        if let Some(released) = self.released
+            && seg.verified.before(released)
+            && self.floor.is_none_or(|f| seg.verified.at_or_after(f))
+        {
+            seg.verified = if released.before(seg.end) {
+                released
+            } else {
+                seg.end
+            };
+        }
+    }
+
+    /// Notes the release of a primary segment.
+    fn on_release(&mut self, seg: &SegmentSeq) {
+        match self.released {
+            Some(r) => {
+                self.released = Some(r.max_seq(seg.end));
+                // A segment from below the floor that reaches it extends the range down.
+                if let Some(f) = self.floor
+                    && seg.seq.before(f)
+                    && seg.end.at_or_after(f)
+                {
+                    self.floor = Some(seg.seq);
+                }
+            }
+            None => {
+                self.released = Some(seg.end);
+                self.floor = Some(seg.seq);
+            }
+        }
+        self.next = self.released;
+    }
+}
+
+/// A primary SYN reset the stream: bytes verified under the old release point must be checked
+/// again under the new one (a SYN with another ISN is a new connection on the same 5-tuple).
+pub(crate) fn restart_verification(primary: &mut VecDeque<Held>) {
+    for held in primary.iter_mut() {
+        if let Some(seg) = held.tcp.as_mut() {
+            seg.verified = seg.seq;
+        }
+    }
+}
+
+/// True if `seg` has a payload byte at sequence number `at`.
+fn covers(seg: &SegmentSeq, at: SeqNum) -> bool {
+    at.at_or_after(seg.seq) && at.before(seg.end)
+}
+
+/// Inserts a segment keeping the queue sorted by sequence number (stable for equal numbers).
+/// Segments nearly always arrive in order, so the search starts from the back.
+pub(crate) fn insert_sorted(queue: &mut VecDeque<Held>, held: Held) {
+    let seq = held.tcp.map(|s| s.seq).unwrap_or_default();
+    let in_order = queue
+        .back()
+        .is_none_or(|last| !seq.before(last.tcp.map(|s| s.seq).unwrap_or_default()));
+    if in_order {
+        queue.push_back(held);
+        return;
+    }
+    let mut at = queue.len();
+    while at > 0 {
+        let prev = queue[at - 1].tcp.map(|s| s.seq).unwrap_or_default();
+        if !seq.before(prev) {
+            break;
+        }
+        at -= 1;
+    }
+    queue.insert(at, held);
+}
+
+/// Compares and releases what it can on a TCP flow (see the module doc).
+pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<MiscompareWhy> {
+    let Flow {
+        primary,
+        secondary,
+        tcp,
+        ..
+    } = flow;
+    if tcp.next.is_none() {
+        let (Some(p), Some(s)) = (
+            primary.front().and_then(|h| h.tcp),
+            secondary.front().and_then(|h| h.tcp),
+        ) else {
+            return None;
+        };
+        tcp.next = Some(p.seq.min_seq(s.seq));
+    }
+
+    let mut found = None;
+    'verify: for p in primary.iter_mut() {
+        let Some(seg) = p.tcp.as_mut() else { continue };
+        tcp.skip_released(seg);
+        while seg.verified.before(seg.end) {
+            let at = seg.verified;
+            let Some((twin, twin_seg)) = secondary
+                .iter()
+                .find_map(|s| s.tcp.filter(|t| covers(t, at)).map(|t| (s, t)))
+            else {
+                // Nothing to compare against yet; later segments need later bytes, stop here.
+                break 'verify;
+            };
+            let until = seg.end.min_seq(twin_seg.end);
+            let n = until.diff(at) as usize;
+            let p_from = p.body_start + at.diff(seg.seq) as usize;
+            let s_from = twin.body_start + at.diff(twin_seg.seq) as usize;
+            let mine = &p.frame[p_from..p_from + n];
+            let theirs = &twin.frame[s_from..s_from + n];
+            if mine == theirs {
+                seg.verified = until;
+                tcp.skip_released(seg);
+            } else {
+                let i = first_difference(mine, theirs);
+                found = Some(MiscompareWhy {
+                    offset: at.diff(seg.seq) as usize + i,
+                    reason: MismatchReason::TcpPayload {
+                        seq: at.wrapping_add(i as u32),
+                    },
+                });
+                break 'verify;
+            }
+        }
+    }
+
+    while let Some(seg) = primary.front().and_then(|p| p.tcp) {
+        let in_order = tcp.next.is_some_and(|n| !n.before(seg.seq));
+        if seg.verified.before(seg.end) || !in_order || !tcp.ack_allows(seg.ack) {
+            break;
+        }
+        tcp.on_release(&seg);
+        if let Some(p) = primary.pop_front() {
+            sink.release_matched(p);
+        }
+    }
+
+    // Consume secondary segments the client now has from the primary. The queue is sorted by
+    // sequence number, so only segments starting before `released` can qualify.
+    if let Some(released) = tcp.released {
+        let mut i = 0;
+        while let Some(seg) = secondary.get(i).and_then(|s| s.tcp) {
+            if !seg.seq.before(released) {
+                break;
+            }
+            if tcp.already_released(seg.seq, seg.end) {
+                let consumed = if i == 0 {
+                    secondary.pop_front()
+                } else {
+                    secondary.remove(i)
+                };
+                if let Some(s) = consumed {
+                    sink.secondary_matched(s);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+    found
+}
