@@ -264,6 +264,21 @@ impl Machine {
         Ok(())
     }
 
+    /// Loads a Linux kernel (bzImage or vmlinux) with `cmdline` and an optional initrd, and
+    /// points the boot vCPU at its 64-bit entry.
+    pub fn load_linux(
+        &mut self,
+        kernel: &[u8],
+        cmdline: &str,
+        initrd: Option<&[u8]>,
+    ) -> Result<(), MachineError> {
+        self.require_paused()?;
+        let regs = loader::linux::load(&self.mem, kernel, cmdline, initrd)?;
+        let (vm, mem) = (&self.vm, &self.mem);
+        self.vcpus[0].with_fd(|fd| vcpu::configure(vm.kvm(), fd, 0, mem, Some(regs)))?;
+        Ok(())
+    }
+
     /// The VM's shape.
     pub fn config(&self) -> MachineConfig {
         self.config

@@ -1,11 +1,12 @@
 //! Loaders: put a guest image into guest memory and say where the boot vCPU starts.
 //!
 //! `elf` loads colo's test guest (an ELF64 executable with physical load addresses);
-//! `linux` (Linux boot protocol: bzImage or vmlinux, zero page, e820, command line, initrd)
-//! follows. Invariant: a loader either fully succeeds or returns an error naming what is wrong
+//! `linux` follows the Linux boot protocol (bzImage or vmlinux, zero page, e820, command line,
+//! initrd). Invariant: a loader either fully succeeds or returns an error naming what is wrong
 //! with the image; it never panics on malformed input.
 
 pub mod elf;
+pub mod linux;
 
 /// Errors loading a guest image.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,12 @@ pub enum LoadError {
     /// The image is not a loadable ELF (truncated, wrong class or machine, bad headers).
     #[error("guest image is not a loadable x86-64 ELF: {reason}")]
     MalformedElf {
+        /// linux-loader's or our reason.
+        reason: String,
+    },
+    /// The kernel image is not a loadable bzImage or vmlinux.
+    #[error("kernel image is not a loadable bzImage or vmlinux: {reason}")]
+    MalformedKernel {
         /// linux-loader's or our reason.
         reason: String,
     },

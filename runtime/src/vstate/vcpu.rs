@@ -73,6 +73,8 @@ const CR0_PE: u64 = 1 << 0;
 const CR0_MP: u64 = 1 << 1;
 const CR0_ET: u64 = 1 << 4;
 const CR0_NE: u64 = 1 << 5;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_OSFXSR: u64 = 1 << 9;
@@ -272,7 +274,8 @@ fn long_mode_sregs(sregs: &mut kvm_sregs) {
     sregs.tr = tss;
     sregs.cr3 = layout::BOOT_PML4;
     sregs.cr4 |= CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
-    sregs.cr0 |= CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_PG;
+    // The reset value has caching disabled (CD|NW); a 64-bit entry expects a normal cache.
+    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_PG) & !(CR0_CD | CR0_NW);
     sregs.efer |= EFER_LME | EFER_LMA | EFER_NXE;
 }
 

@@ -21,11 +21,13 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 /// Errors creating or configuring the VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// /dev/kvm cannot be opened.
+    /// The KVM device cannot be opened.
     #[error(
-        "cannot open /dev/kvm ({source}); colo needs KVM: load the kvm module and check permissions"
+        "cannot open {path} ({source}); colo needs KVM: load the kvm module and check permissions"
     )]
     KvmUnavailable {
+        /// The device path.
+        path: String,
         /// The open error.
         #[source]
         source: kvm_ioctls::Error,
@@ -33,6 +35,12 @@ pub enum VmError {
     /// A KVM ioctl failed.
     #[error(transparent)]
     Kvm(#[from] KvmOpError),
+}
+
+/// The KVM device: `/dev/kvm`, or `$COLO_KVM_DEVICE` if set (lets tests and operators point
+/// colo at another node, e.g. a missing one to check the error path).
+pub fn kvm_device_path() -> String {
+    std::env::var("COLO_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".to_string())
 }
 
 /// A KVM VM with its in-kernel devices.
@@ -48,9 +56,15 @@ impl fmt::Debug for KvmVm {
 }
 
 impl KvmVm {
-    /// Opens /dev/kvm and creates a VM with irqchip and PIT.
+    /// Opens the KVM device ([`kvm_device_path`]) and creates a VM with irqchip and PIT.
     pub fn new() -> Result<KvmVm, VmError> {
-        let kvm = Kvm::new().map_err(|source| VmError::KvmUnavailable { source })?;
+        let path = kvm_device_path();
+        let cpath = std::ffi::CString::new(path.clone()).map_err(|_| VmError::KvmUnavailable {
+            path: path.clone(),
+            source: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        let kvm = Kvm::new_with_path(&cpath)
+            .map_err(|source| VmError::KvmUnavailable { path, source })?;
         let fd = kvm.create_vm().op("KVM_CREATE_VM")?;
         fd.set_tss_address(layout::KVM_TSS as usize)
             .op("KVM_SET_TSS_ADDR")?;
