@@ -144,6 +144,8 @@ pub struct Machine {
     phase: MachinePhase,
     /// Sequence of the last checkpoint captured (source) or applied (target).
     sequence: Option<u64>,
+    /// A page buffer handed back by [`Machine::recycle`], reused by the next capture.
+    spare_pages: Vec<u8>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -243,6 +245,7 @@ impl Machine {
             stops,
             phase: MachinePhase::Paused,
             sequence: None,
+            spare_pages: Vec::new(),
         })
     }
 
@@ -416,7 +419,8 @@ impl Machine {
         let t1 = std::time::Instant::now();
         let devices = self.save_devices()?;
         let t2 = std::time::Instant::now();
-        let pages = memory::read_pages(&self.mem, &ranges)?;
+        let mut pages = std::mem::take(&mut self.spare_pages);
+        memory::read_pages_into(&self.mem, &ranges, &mut pages)?;
         let t3 = std::time::Instant::now();
         self.sequence = Some(sequence);
         let stats = CaptureStats {
@@ -435,6 +439,14 @@ impl Machine {
             pages,
         };
         Ok((checkpoint, stats))
+    }
+
+    /// Gives a checkpoint's page buffer back for the next capture (once it has been sent or
+    /// applied), so captures do not allocate and first-touch fresh memory each time.
+    pub fn recycle(&mut self, checkpoint: Checkpoint) {
+        if checkpoint.pages.capacity() > self.spare_pages.capacity() {
+            self.spare_pages = checkpoint.pages;
+        }
     }
 
     /// Applies a checkpoint: its pages into memory, then its device state. Paused only. A full

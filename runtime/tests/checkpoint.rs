@@ -93,9 +93,7 @@ fn base_and_ten_incrementals_reproduce_the_source_exactly() {
 
     let mut incremental_pages = Vec::new();
     for i in 1..=10u64 {
-        source.resume();
-        std::thread::sleep(Duration::from_millis(5));
-        source.pause();
+        common::run_one_full_step(&mut source, 64);
         let (inc, stats) = source.capture(CheckpointKind::Incremental).unwrap();
         assert_eq!(inc.sequence, i);
         assert!(

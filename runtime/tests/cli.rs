@@ -46,7 +46,7 @@ fn state_file_continues_the_vm_in_another_process() {
         "--cmdline",
         cmdline,
         "--save-after",
-        "400",
+        "1000",
         "--state-out",
         &state_arg,
     ]);
@@ -54,7 +54,7 @@ fn state_file_continues_the_vm_in_another_process() {
     let printed = common::steps(&String::from_utf8_lossy(&first.stdout));
     let last = *printed.last().expect("the first process printed progress");
 
-    let second = colo(&["restore", "--state", &state_arg, "--timeout", "0.5"]);
+    let second = colo(&["restore", "--state", &state_arg, "--timeout", "1.0"]);
     assert!(second.status.success(), "{}", stderr(&second));
     let text = String::from_utf8_lossy(&second.stdout);
     let next = common::steps(&text);

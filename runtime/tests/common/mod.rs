@@ -55,3 +55,31 @@ pub fn steps(text: &str) -> Vec<u64> {
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect()
 }
+
+/// The counter guest's step number: word 0 of its last working-set page.
+pub fn guest_step(machine: &Machine, pages: u64) -> u64 {
+    use vm_memory::{Bytes, GuestAddress};
+    let gpa =
+        colo_runtime::layout::GUEST_WORKSET_BASE + (pages - 1) * colo_runtime::layout::PAGE_SIZE;
+    machine
+        .memory()
+        .read_obj::<u64>(GuestAddress(gpa))
+        .expect("working set inside RAM")
+}
+
+/// Resumes the counter guest until it has completed at least one whole step after the
+/// resume (all `pages` working-set pages rewritten), then pauses it. Waiting on the guest's
+/// own progress, not on a sleep, keeps the tests deterministic on a loaded machine.
+pub fn run_one_full_step(machine: &mut Machine, pages: u64) {
+    let start = guest_step(machine, pages);
+    machine.resume();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while guest_step(machine, pages) < start + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest made no progress in 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    machine.pause();
+}
