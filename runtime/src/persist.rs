@@ -25,6 +25,8 @@ use std::path::Path;
 /// Version of every state struct below and of the file format. Bump it on any change.
 pub const STATE_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"COLOSNAP";
+/// Largest header the decoder accepts (device state of many vCPUs plus a page-range table).
+const HEADER_LIMIT: usize = 64 << 20;
 
 /// Errors reading, writing or applying states.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +137,7 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
-fn bincode_config() -> impl bincode::config::Config {
+fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
@@ -227,8 +229,11 @@ impl Checkpoint {
                 bytes.len() - at
             )));
         }
+        // The limit bounds what a crafted header (valid checksum, absurd sequence lengths) can
+        // make the decoder allocate.
+        let config = bincode_config().with_limit::<HEADER_LIMIT>();
         let (mut checkpoint, used): (Checkpoint, usize) =
-            bincode::serde::decode_from_slice(header, bincode_config())
+            bincode::serde::decode_from_slice(header, config)
                 .map_err(|e| PersistError::Decode(e.to_string()))?;
         if used != header.len() {
             return Err(PersistError::Decode(format!(
@@ -262,5 +267,110 @@ impl Checkpoint {
             source,
         })?;
         Checkpoint::from_bytes(&bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
+
+    fn checkpoint(pages: u64) -> Checkpoint {
+        Checkpoint {
+            version: STATE_VERSION,
+            kind: CheckpointKind::Incremental,
+            sequence: 3,
+            machine: MachineConfig {
+                mem_mib: 32,
+                vcpus: 0,
+            },
+            devices: DeviceState {
+                vcpus: Vec::new(),
+                vm: VmState {
+                    pic_master: kvm_irqchip::default(),
+                    pic_slave: kvm_irqchip::default(),
+                    ioapic: kvm_irqchip::default(),
+                    pit: kvm_pit_state2::default(),
+                    clock: kvm_clock_data {
+                        clock: 12345,
+                        ..Default::default()
+                    },
+                },
+                console: ConsoleState {
+                    bytes_written: 77,
+                    ..Default::default()
+                },
+                serial: SerialPortState::default(),
+            },
+            ranges: vec![PageRange {
+                first: 5,
+                count: pages,
+            }],
+            pages: (0..pages * PAGE_SIZE).map(|i| (i % 251) as u8).collect(),
+        }
+    }
+
+    #[test]
+    fn file_format_round_trips() {
+        let cp = checkpoint(2);
+        let back = Checkpoint::from_bytes(&cp.to_bytes()).unwrap();
+        assert_eq!(back.pages, cp.pages);
+        assert_eq!(back.ranges, cp.ranges);
+        assert_eq!(
+            (back.kind, back.sequence, back.machine),
+            (cp.kind, cp.sequence, cp.machine)
+        );
+        assert_eq!(back.devices.console, cp.devices.console);
+        assert_eq!(back.devices.vm.clock.clock, 12345);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let bytes = checkpoint(1).to_bytes();
+        for len in 0..bytes.len() {
+            assert!(
+                Checkpoint::from_bytes(&bytes[..len]).is_err(),
+                "truncated to {len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let bytes = checkpoint(1).to_bytes();
+        // Every position of the headers and a stride through the pages and checksum.
+        let positions = (0..400)
+            .chain((400..bytes.len()).step_by(97))
+            .chain(bytes.len() - 4..bytes.len());
+        for at in positions {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x10;
+            assert!(
+                Checkpoint::from_bytes(&damaged).is_err(),
+                "flip at {at} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn pages_that_do_not_match_ranges_are_inconsistent() {
+        let mut cp = checkpoint(2);
+        cp.pages.truncate(100);
+        assert!(matches!(cp.validate(), Err(PersistError::Inconsistent(_))));
+        // Written anyway (a buggy writer), the reader refuses it after the checksum passes.
+        assert!(matches!(
+            Checkpoint::from_bytes(&cp.to_bytes()),
+            Err(PersistError::Inconsistent(_))
+        ));
+    }
+
+    #[test]
+    fn absurd_lengths_do_not_allocate_or_panic() {
+        let mut bytes = checkpoint(0).to_bytes();
+        bytes[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            Checkpoint::from_bytes(&bytes),
+            Err(PersistError::Truncated { .. })
+        ));
     }
 }

@@ -215,3 +215,47 @@ fn state_file_errors_are_clear() {
     let err = Machine::from_checkpoint(&other_version, ConsoleOutput::Null).unwrap_err();
     assert!(err.to_string().contains("state version 2"), "{err}");
 }
+
+#[test]
+fn two_vcpu_machine_pauses_saves_and_restores_every_vcpu() {
+    if !common::kvm_available("two_vcpu_machine_pauses_saves_and_restores_every_vcpu") {
+        return;
+    }
+    let capture = OutputCapture::new();
+    let config = colo_runtime::MachineConfig {
+        mem_mib: 64,
+        vcpus: 2,
+    };
+    let mut source = Machine::new(config, ConsoleOutput::Capture(capture.clone())).unwrap();
+    source
+        .load_test_guest(
+            &common::guest_image(),
+            &counter_cmdline(8, 0, PRINT_EVERY, 0),
+        )
+        .unwrap();
+    // The AP waits for INIT/SIPI inside KVM_RUN; pausing must still bring it out.
+    let printed = run_until_lines(&mut source, &capture, 2);
+    assert_eq!(
+        source.vcpu_phases(),
+        vec![VcpuPhase::Paused, VcpuPhase::Paused]
+    );
+    let (checkpoint, _) = source.capture(CheckpointKind::Full).unwrap();
+    assert_eq!(checkpoint.devices.vcpus.len(), 2);
+    assert_eq!(checkpoint.devices.vcpus[1].index, 1);
+    drop(source);
+
+    let out = OutputCapture::new();
+    let mut restored =
+        Machine::from_checkpoint(&checkpoint, ConsoleOutput::Capture(out.clone())).unwrap();
+    let again = restored.save_devices().unwrap();
+    for (a, b) in checkpoint.devices.vcpus.iter().zip(&again.vcpus) {
+        assert_eq!(
+            a.architectural_bytes(),
+            b.architectural_bytes(),
+            "vCPU {} differs",
+            a.index
+        );
+    }
+    let next = continue_lines(&mut restored, &out, 1);
+    assert_eq!(next[0], printed.last().unwrap() + PRINT_EVERY);
+}
