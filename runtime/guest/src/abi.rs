@@ -1,0 +1,27 @@
+//! The guest <-> VMM contract, mirrored by colo-runtime's `devices::console` and `layout`.
+//!
+//! Ring 3 cannot use port I/O under kvm_pvm (shared/research/pvm-guest-spike.md), so the
+//! test guest talks to the VMM only through MMIO writes to an address without a memslot. One
+//! write is one exit (~33 µs here), hence a whole line per exit.
+
+/// Guest-physical base of the MMIO console (no memslot there: every access exits).
+pub const CONSOLE_BASE: u64 = 0xd000_0000;
+/// Write one byte (for guests without a line buffer; the test guest writes whole lines).
+#[allow(dead_code)]
+pub const REG_PUTC: u64 = 0x00;
+/// Write a buffer: value = guest-physical address | (length << 48).
+pub const REG_WRITE: u64 = 0x08;
+/// Stop the VM with this exit code.
+pub const REG_EXIT: u64 = 0x10;
+/// Report a CPU exception (vector | error code << 8) and stop; written last by the shim.
+pub const REG_FAULT: u64 = 0x18;
+/// Faulting instruction pointer (written before REG_FAULT).
+pub const REG_FAULT_RIP: u64 = 0x20;
+/// CR2 at the time of the fault (written before REG_FAULT).
+pub const REG_FAULT_ADDR: u64 = 0x28;
+/// Local APIC end-of-interrupt register (default APIC base).
+pub const LAPIC_EOI: u64 = 0xfee0_00b0;
+/// First byte of the working set rewritten by the counter workload (16 MiB).
+pub const WORKSET_BASE: u64 = 0x100_0000;
+/// The guest's page size.
+pub const PAGE_SIZE: u64 = 4096;

@@ -1,0 +1,49 @@
+//! The workload selection, read from the command line the VMM put in guest memory
+//! (`colo.workload=counter colo.pages=64 ...`; unknown words are ignored, like Linux does).
+
+use alloc::string::String;
+
+/// Which workload to run and its knobs.
+#[derive(Debug)]
+pub struct Config {
+    pub workload: String,
+    /// Pages of the working set rewritten at every step.
+    pub pages: u64,
+    /// Steps to run before exiting with code 0; 0 runs forever.
+    pub steps: u64,
+    /// Print a progress line every this many steps.
+    pub print_every: u64,
+    /// Seeds the deterministic page content.
+    pub seed: u64,
+    /// Busy-loop iterations per step (slows the counter down for tests).
+    pub spin: u64,
+}
+
+impl Config {
+    pub fn parse(cmdline: &str) -> Config {
+        let mut config = Config {
+            workload: String::from("counter"),
+            pages: 16,
+            steps: 0,
+            print_every: 1000,
+            seed: 1,
+            spin: 0,
+        };
+        for word in cmdline.split_ascii_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            let number = value.parse::<u64>().ok();
+            match (key, number) {
+                ("colo.workload", _) => config.workload = String::from(value),
+                ("colo.pages", Some(n)) => config.pages = n,
+                ("colo.steps", Some(n)) => config.steps = n,
+                ("colo.print_every", Some(n)) => config.print_every = n.max(1),
+                ("colo.seed", Some(n)) => config.seed = n,
+                ("colo.spin", Some(n)) => config.spin = n,
+                _ => {}
+            }
+        }
+        config
+    }
+}

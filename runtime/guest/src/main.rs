@@ -1,0 +1,44 @@
+//! colo's test guest: a tiny CPL0 shim (`shim`) that prepares the machine and drops to ring
+//! 3, where this `no_std` Rust program runs natively even under kvm_pvm.
+//!
+//! The VMM selects the workload on the command line (see `config`); output goes to the MMIO
+//! console (`console`). Structured for more workloads (the virtio-net TCP server and the
+//! virtio-blk writer of the next issue): `colo_main` only parses and dispatches.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod abi;
+mod config;
+mod console;
+mod counter;
+mod heap;
+mod rt;
+mod shim;
+
+unsafe extern "C" {
+    static __heap_start: u8;
+}
+
+/// Ring-3 entry, called by the shim with the VMM's boot arguments.
+#[unsafe(no_mangle)]
+pub extern "C" fn colo_main(cmdline_addr: u64, mem_size: u64, cmdline_len: u64) -> ! {
+    // Only the address of the linker-defined symbol is taken (no read: no unsafe needed).
+    let heap_start = core::ptr::addr_of!(__heap_start) as usize;
+    heap::init(heap_start, abi::WORKSET_BASE as usize);
+    let cmdline = if cmdline_addr == 0 || cmdline_len == 0 {
+        ""
+    } else {
+        // SAFETY: the VMM wrote cmdline_len bytes at cmdline_addr (identity-mapped RAM).
+        let bytes =
+            unsafe { core::slice::from_raw_parts(cmdline_addr as *const u8, cmdline_len as usize) };
+        core::str::from_utf8(bytes).unwrap_or("")
+    };
+    let config = config::Config::parse(cmdline);
+    match config.workload.as_str() {
+        "counter" => counter::run(&config, mem_size),
+        other => panic!("unknown workload {other:?}"),
+    }
+}

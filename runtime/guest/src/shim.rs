@@ -1,0 +1,266 @@
+//! The CPL0 shim: everything the guest runs at ring 0, in assembly.
+//!
+//! Under this machine's kvm_pvm every ring-0 instruction goes through KVM's emulator (~1 µs
+//! each, no SSE: shared/research/pvm-guest-spike.md section 1), so ring 0 only sets the machine
+//! up and then `iretq`s into the ring-3 Rust workload, which runs natively. The shim keeps one
+//! invariant: after it, every guest-physical address below 4 GiB is identity-mapped with the U
+//! bit set, so ring 3 can reach its memory and the MMIO console without page faults.
+//!
+//! What it builds (all inside the ELF image, no fixed addresses besides the link address):
+//! * page tables: PML4 -> PDPT -> 4 PDs of 2 MiB pages (identity, P|RW|US|PS);
+//! * GDT: kernel code 0x08, kernel data 0x10, user data 0x18, user code 0x20, TSS 0x28;
+//! * TSS: rsp0 (used by the hypercall gate from ring 3) and IST1 (every other gate);
+//! * IDT: 256 gates. Exceptions (0-31) are reported to the VMM through the console's fault
+//!   registers and stop the vCPU; vector 0x80 (DPL 3) is the hypercall; other vectors are
+//!   external interrupts, acknowledged at the local APIC and counted;
+//! * masks both 8259 PICs (legacy interrupts must not reach a guest that does not expect them).
+//!
+//! Entry contract (set by the VMM, see colo-runtime's loader): 64-bit mode with the VMM's
+//! boot page tables, rdi = command line address, rsi = memory size in bytes, rdx = command
+//! line length. The shim passes the same three values to `colo_main` at ring 3.
+
+use crate::abi;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.entry, "ax"
+    .global _start
+_start:
+    mov r12, rdi
+    mov r13, rsi
+    mov r14, rdx
+
+    // Identity map 4 GiB with 2 MiB pages, U bit at every level.
+    lea rdi, [rip + shim_pd]
+    mov rax, 0x87
+    mov ecx, 2048
+shim_fill_pd:
+    mov qword ptr [rdi], rax
+    add rax, 0x200000
+    add rdi, 8
+    dec ecx
+    jnz shim_fill_pd
+    lea rdi, [rip + shim_pdpt]
+    lea rax, [rip + shim_pd]
+    or rax, 0x7
+    mov ecx, 4
+shim_fill_pdpt:
+    mov qword ptr [rdi], rax
+    add rax, 4096
+    add rdi, 8
+    dec ecx
+    jnz shim_fill_pdpt
+    lea rax, [rip + shim_pdpt]
+    or rax, 0x7
+    mov qword ptr [rip + shim_pml4], rax
+    lea rax, [rip + shim_pml4]
+    mov cr3, rax
+
+    // TSS descriptor (16 bytes at GDT offset 0x28): limit 0x67, type 0x89 (available).
+    lea rax, [rip + shim_tss]
+    mov rcx, rax
+    and ecx, 0xffffff
+    shl rcx, 16
+    or rcx, 0x67
+    mov r8, 0x89
+    shl r8, 40
+    or rcx, r8
+    mov r8, rax
+    shr r8, 24
+    and r8, 0xff
+    shl r8, 56
+    or rcx, r8
+    mov qword ptr [rip + shim_gdt_tss], rcx
+    shr rax, 32
+    mov qword ptr [rip + shim_gdt_tss + 8], rax
+
+    lgdt [rip + shim_gdtr]
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    // Reload CS with a far return (REX.W retf).
+    lea rax, [rip + shim_cs_reloaded]
+    push 0x08
+    push rax
+    .byte 0x48, 0xcb
+shim_cs_reloaded:
+    mov ax, 0x28
+    ltr ax
+
+    // IDT: gate i -> shim_stubs + 16 * i.
+    lea rsi, [rip + shim_stubs]
+    lea rdi, [rip + shim_idt]
+    xor ecx, ecx
+shim_fill_idt:
+    mov rax, rsi
+    and eax, 0xffff
+    mov rdx, rsi
+    shr rdx, 16
+    and edx, 0xffff
+    shl rdx, 48
+    or rax, rdx
+    // selector 0x08, IST 1, present interrupt gate DPL 0
+    mov rdx, 0x00008e0100080000
+    cmp ecx, 0x80
+    jne shim_gate_kind_done
+    // the hypercall gate: DPL 3, no IST (ring-3 entry switches to TSS.rsp0)
+    mov rdx, 0x0000ee0000080000
+shim_gate_kind_done:
+    or rax, rdx
+    mov qword ptr [rdi], rax
+    mov rax, rsi
+    shr rax, 32
+    mov qword ptr [rdi + 8], rax
+    add rsi, 16
+    add rdi, 16
+    inc ecx
+    cmp ecx, 256
+    jne shim_fill_idt
+    lidt [rip + shim_idtr]
+
+    // Mask both PICs (OCW1).
+    mov al, 0xff
+    out 0x21, al
+    out 0xa1, al
+
+    // Enter ring 3: ss, rsp, rflags (IF set), cs, rip.
+    mov rdi, r12
+    mov rsi, r13
+    mov rdx, r14
+    push 0x1b
+    lea rax, [rip + __stack_top]
+    push rax
+    push 0x202
+    push 0x23
+    lea rax, [rip + shim_user_start]
+    push rax
+    iretq
+
+    // Ring 3 trampoline: `call` keeps the SysV stack alignment for colo_main.
+shim_user_start:
+    call colo_main
+    ud2
+
+    // One 16-byte stub per vector: push a zero error code where the CPU pushes none, push the
+    // vector, jump to the common handler.
+    .balign 16
+shim_stubs:
+    .set shim_vec, 0
+    .rept 256
+    .balign 16
+    .if (shim_vec == 8) || (shim_vec == 10) || (shim_vec == 11) || (shim_vec == 12) || (shim_vec == 13) || (shim_vec == 14) || (shim_vec == 17) || (shim_vec == 21) || (shim_vec == 29) || (shim_vec == 30)
+    .else
+    .byte 0x6a, 0x00
+    .endif
+    .byte 0x68
+    .long shim_vec
+    jmp shim_trap_common
+    .set shim_vec, shim_vec + 1
+    .endr
+
+    // Stack here: [rsp] vector, [rsp+8] error code, [rsp+16] rip, cs, rflags, rsp, ss.
+shim_trap_common:
+    cmp qword ptr [rsp], 0x80
+    je shim_hypercall
+    cmp qword ptr [rsp], 32
+    jae shim_irq
+shim_fault:
+    mov rdx, {console}
+    mov rax, qword ptr [rsp + 16]
+    mov qword ptr [rdx + {fault_rip}], rax
+    mov rax, cr2
+    mov qword ptr [rdx + {fault_addr}], rax
+    mov rax, qword ptr [rsp + 8]
+    shl rax, 8
+    or rax, qword ptr [rsp]
+    mov qword ptr [rdx + {fault}], rax
+shim_dead:
+    cli
+    hlt
+    jmp shim_dead
+
+    // External interrupt: count it, EOI at the local APIC, return.
+shim_irq:
+    inc qword ptr [rip + shim_irq_count]
+    push rax
+    mov rax, {lapic_eoi}
+    mov dword ptr [rax], 0
+    pop rax
+    add rsp, 16
+    iretq
+
+    // Hypercall from ring 3 (int 0x80), service in rax. 0 = halt until an interrupt.
+shim_hypercall:
+    test rax, rax
+    jnz shim_fault
+    sti
+    hlt
+    cli
+    add rsp, 16
+    iretq
+
+    .section .data.shim, "aw"
+    .balign 16
+shim_gdt:
+    .quad 0
+    .quad 0x00af9b000000ffff
+    .quad 0x00cf93000000ffff
+    .quad 0x00cff3000000ffff
+    .quad 0x00affb000000ffff
+shim_gdt_tss:
+    .quad 0
+    .quad 0
+shim_gdt_end:
+    .balign 16
+    .word 0
+shim_gdtr:
+    .word shim_gdt_end - shim_gdt - 1
+    .quad shim_gdt
+    .balign 16
+    .word 0
+shim_idtr:
+    .word 4095
+    .quad shim_idt
+    .balign 16
+shim_tss:
+    .long 0
+    .quad shim_rsp0_top
+    .quad 0
+    .quad 0
+    .quad 0
+    .quad shim_ist1_top
+    .quad 0, 0, 0, 0, 0, 0
+    .quad 0
+    .word 0
+    .word 104
+    .global shim_irq_count
+shim_irq_count:
+    .quad 0
+
+    .section .bss.shim, "aw", @nobits
+    .balign 4096
+shim_pml4:
+    .skip 4096
+shim_pdpt:
+    .skip 4096
+shim_pd:
+    .skip 4 * 4096
+shim_idt:
+    .skip 4096
+shim_rsp0_stack:
+    .skip 16384
+shim_rsp0_top:
+shim_ist1_stack:
+    .skip 16384
+shim_ist1_top:
+"#,
+    console = const abi::CONSOLE_BASE,
+    fault = const abi::REG_FAULT,
+    fault_rip = const abi::REG_FAULT_RIP,
+    fault_addr = const abi::REG_FAULT_ADDR,
+    lapic_eoi = const abi::LAPIC_EOI,
+);

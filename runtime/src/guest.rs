@@ -1,0 +1,20 @@
+//! Where colo's test guest is: `build.rs` builds `runtime/guest` on every build of this crate
+//! and records the ELF's path, so tests, benchmarks and the CLI always run the guest that
+//! matches the source tree.
+
+use std::path::Path;
+
+/// Path of the test guest ELF built by this crate's build script.
+pub fn test_guest_path() -> &'static Path {
+    Path::new(env!("COLO_TEST_GUEST"))
+}
+
+/// A test-guest command line running the counter workload.
+///
+/// `pages`: working-set pages rewritten per step; `steps`: stop after this many (0 = never);
+/// `print_every`: progress line period; `spin`: busy-loop iterations per step.
+pub fn counter_cmdline(pages: u64, steps: u64, print_every: u64, spin: u64) -> String {
+    format!(
+        "colo.workload=counter colo.pages={pages} colo.steps={steps} colo.print_every={print_every} colo.spin={spin}"
+    )
+}

@@ -1,0 +1,47 @@
+//! Guest-physical memory layout shared by the loaders, the boot vCPU set-up and the devices.
+//!
+//! Invariant: the fixed boot structures (GDT, page tables, zero page, command line) all sit
+//! below 1 MiB, the kernel or test-guest image above it, and no RAM is placed at or above
+//! `MMIO_GAP_START`, so MMIO addresses never alias a memslot (an access there always exits).
+//! The low addresses follow Firecracker's x86_64 layout (arch/src/x86_64/layout.rs).
+
+/// Size of a guest page (dirty tracking granularity).
+pub const PAGE_SIZE: u64 = 4096;
+/// Boot GDT written by the VMM for the 64-bit entry.
+pub const BOOT_GDT: u64 = 0x500;
+/// Empty boot IDT (right after the GDT).
+pub const BOOT_IDT: u64 = 0x520;
+/// Linux zero page (`boot_params`).
+pub const ZERO_PAGE: u64 = 0x7000;
+/// Initial stack pointer for the boot vCPU.
+pub const BOOT_STACK: u64 = 0x8ff0;
+/// Boot page tables: PML4, PDPT and one PD of 2 MiB pages (identity map of the first GiB).
+pub const BOOT_PML4: u64 = 0x9000;
+/// See [`BOOT_PML4`].
+pub const BOOT_PDPT: u64 = 0xa000;
+/// See [`BOOT_PML4`].
+pub const BOOT_PD: u64 = 0xb000;
+/// Kernel / test-guest command line.
+pub const CMDLINE: u64 = 0x20000;
+/// Longest command line accepted (bytes, without the terminating NUL).
+pub const CMDLINE_MAX: usize = 4095;
+/// First address above the legacy low memory area (kernels load at or above it).
+pub const HIMEM_START: u64 = 0x10_0000;
+/// End of usable low memory for the e820 map (EBDA starts here).
+pub const EBDA_START: u64 = 0x9_fc00;
+/// Start of the MMIO hole: no RAM at or above it (below 4 GiB).
+pub const MMIO_GAP_START: u64 = 0xd000_0000;
+/// The test guest's MMIO console (mirrors `runtime/guest/src/abi.rs`).
+pub const CONSOLE_BASE: u64 = 0xd000_0000;
+/// Size of the console's register window.
+pub const CONSOLE_SIZE: u64 = 0x1000;
+/// Where virtio-mmio devices will be placed (next issue), one 4 KiB window each.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_1000;
+/// KVM's three-page TSS region, just below the BIOS area (as QEMU and Firecracker place it).
+pub const KVM_TSS: u64 = 0xfffb_d000;
+/// The test guest's working set base (mirrors `runtime/guest/src/abi.rs`).
+pub const GUEST_WORKSET_BASE: u64 = 0x100_0000;
+/// Smallest VM accepted: the test guest needs its image, stack, heap and 16 MiB base.
+pub const MIN_MEMORY_MIB: u64 = 32;
+/// Largest VM accepted: RAM must end below the MMIO hole (one memslot, no high RAM yet).
+pub const MAX_MEMORY_MIB: u64 = MMIO_GAP_START >> 20;

@@ -1,0 +1,510 @@
+//! The machine: one VM with its memory, devices and vCPU threads, and the operations a COLO
+//! checkpoint needs from it (pause, capture full or incremental state, apply, resume).
+//!
+//! Phases of the machine (`MachinePhase`):
+//! ```text
+//!   Paused (created; loaders and restores happen here) --resume--> Running
+//!   Running --pause: every vCPU paused, pending I/O completed--> Paused
+//!   Running --a vCPU stopped on its own (guest exit, fault)--> observed by wait_for_stop;
+//!            pause() then brings the remaining vCPUs to Paused
+//! ```
+//! Invariants: vCPU and device state is only read or written in `Paused`; drop order is
+//! vCPU threads, then devices, then the KVM VM, then guest memory (KVM must never see an
+//! unmapped memslot); every capture leaves the dirty logs cleared, so the next incremental
+//! holds exactly the pages written after this capture's pause.
+
+use crate::devices::console::Console;
+use crate::devices::serial::{COM1_BASE, COM1_IRQ, SerialPort};
+use crate::devices::{Bus, BusDevice};
+use crate::layout;
+use crate::loader::{self, LoadError};
+use crate::memory::{self, DirtyPages, GuestMemory, MemoryError};
+use crate::persist::{
+    Checkpoint, CheckpointKind, DeviceState, MachineConfig, PersistError, STATE_VERSION,
+};
+use crate::vstate::thread::{Buses, StopReport, VcpuPhase, VcpuStop, VcpuThread};
+use crate::vstate::vcpu::{self, VcpuError, VcpuState};
+use crate::vstate::vm::{KvmVm, VmError};
+use crate::vstate::{KvmOpError, KvmResultExt};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Errors of machine operations.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// Less memory than the guest needs.
+    #[error("{requested} MiB of memory is too little: at least {minimum} MiB are needed")]
+    TooLittleMemory {
+        /// Requested MiB.
+        requested: u64,
+        /// Minimum MiB.
+        minimum: u64,
+    },
+    /// More memory than fits below the MMIO hole.
+    #[error("{requested} MiB of memory is too much: at most {maximum} MiB are supported")]
+    TooMuchMemory {
+        /// Requested MiB.
+        requested: u64,
+        /// Maximum MiB.
+        maximum: u64,
+    },
+    /// Zero vCPUs.
+    #[error("a VM needs at least one vCPU")]
+    NoVcpus,
+    /// Creating or configuring the KVM VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// A KVM ioctl failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmOpError),
+    /// vCPU configuration or state transfer failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Guest memory failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the guest image failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A state could not be applied.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// An operation that needs a paused machine was called while it runs.
+    #[error("the VM must be paused for this operation")]
+    NotPaused,
+    /// Spawning a vCPU thread or an eventfd failed.
+    #[error("cannot create {what}: {source}")]
+    Os {
+        /// What.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The machine's phase (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MachinePhase {
+    /// No vCPU runs; state may be read and written.
+    Paused,
+    /// vCPUs run.
+    Running,
+}
+
+/// Where console and serial output goes.
+#[derive(Clone, Debug)]
+pub enum ConsoleOutput {
+    /// The process's stdout.
+    Stdout,
+    /// An in-memory capture.
+    Capture(crate::devices::console::OutputCapture),
+    /// Discarded.
+    Null,
+}
+
+impl ConsoleOutput {
+    fn writer(&self) -> Box<dyn Write + Send> {
+        match self {
+            ConsoleOutput::Stdout => Box::new(std::io::stdout()),
+            ConsoleOutput::Capture(c) => c.writer(),
+            ConsoleOutput::Null => Box::new(std::io::sink()),
+        }
+    }
+}
+
+/// Time and size of one capture (for the benchmark and logs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Pages carried.
+    pub pages: u64,
+    /// Dirty-log harvest (KVM log + VMM bitmap).
+    pub harvest: Duration,
+    /// Device (vCPU, irqchip, PIT, clock, console) state read.
+    pub devices: Duration,
+    /// Page copy.
+    pub copy: Duration,
+}
+
+/// One VM.
+pub struct Machine {
+    // Field order is drop order (see the module invariant).
+    vcpus: Vec<VcpuThread>,
+    console: Arc<Mutex<Console>>,
+    serial: Arc<Mutex<SerialPort>>,
+    serial_irq: EventFd,
+    vm: KvmVm,
+    mem: GuestMemory,
+    config: MachineConfig,
+    output: ConsoleOutput,
+    msr_list: Vec<u32>,
+    stops: Arc<StopReport>,
+    phase: MachinePhase,
+    /// Sequence of the last checkpoint captured (source) or applied (target).
+    sequence: Option<u64>,
+    /// A page buffer handed back by [`Machine::recycle`], reused by the next capture.
+    spare_pages: Vec<u8>,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("config", &self.config)
+            .field("phase", &self.phase)
+            .field("sequence", &self.sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Machine {
+    /// Creates a paused VM of the given shape with its devices; no image is loaded yet.
+    pub fn new(config: MachineConfig, output: ConsoleOutput) -> Result<Machine, MachineError> {
+        if config.mem_mib < layout::MIN_MEMORY_MIB {
+            return Err(MachineError::TooLittleMemory {
+                requested: config.mem_mib,
+                minimum: layout::MIN_MEMORY_MIB,
+            });
+        }
+        if config.mem_mib > layout::MAX_MEMORY_MIB {
+            return Err(MachineError::TooMuchMemory {
+                requested: config.mem_mib,
+                maximum: layout::MAX_MEMORY_MIB,
+            });
+        }
+        if config.vcpus == 0 {
+            return Err(MachineError::NoVcpus);
+        }
+        let vm = KvmVm::new()?;
+        let mem = memory::create(config.mem_mib << 20)?;
+        vm.register_memory(&mem)?;
+
+        let console = Arc::new(Mutex::new(Console::new(mem.clone(), output.writer())));
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
+            what: "an eventfd",
+            source,
+        })?;
+        vm.fd()
+            .register_irqfd(&serial_irq, COM1_IRQ)
+            .op("KVM_IRQFD")?;
+        let serial = Arc::new(Mutex::new(SerialPort::new(
+            serial_irq.try_clone().map_err(|source| MachineError::Os {
+                what: "an eventfd",
+                source,
+            })?,
+            output.writer(),
+        )));
+        let mut mmio = Bus::default();
+        mmio.insert(
+            layout::CONSOLE_BASE,
+            layout::CONSOLE_SIZE,
+            console.clone() as Arc<Mutex<dyn BusDevice>>,
+        )
+        .expect("empty bus");
+        let mut pio = Bus::default();
+        pio.insert(
+            u64::from(COM1_BASE),
+            8,
+            serial.clone() as Arc<Mutex<dyn BusDevice>>,
+        )
+        .expect("empty bus");
+        let buses = Buses {
+            mmio: Arc::new(mmio),
+            pio: Arc::new(pio),
+        };
+
+        let stops = Arc::new(StopReport::default());
+        let mut vcpus = Vec::new();
+        let mut msr_list = Vec::new();
+        for index in 0..u64::from(config.vcpus) {
+            let fd = vm.fd().create_vcpu(index).op("KVM_CREATE_VCPU")?;
+            vcpu::configure(vm.kvm(), &fd, index, &mem, None)?;
+            if index == 0 {
+                msr_list = vcpu::probe_msr_list(vm.kvm(), &fd)?;
+            }
+            let thread =
+                VcpuThread::spawn(index, fd, buses.clone(), stops.clone()).map_err(|source| {
+                    MachineError::Os {
+                        what: "a vCPU thread",
+                        source,
+                    }
+                })?;
+            vcpus.push(thread);
+        }
+        Ok(Machine {
+            vcpus,
+            console,
+            serial,
+            serial_irq,
+            vm,
+            mem,
+            config,
+            output,
+            msr_list,
+            stops,
+            phase: MachinePhase::Paused,
+            sequence: None,
+            spare_pages: Vec::new(),
+        })
+    }
+
+    /// Loads colo's test guest (or any ELF with the same entry contract) with `cmdline` and
+    /// points the boot vCPU at it.
+    pub fn load_test_guest(&mut self, image: &[u8], cmdline: &str) -> Result<(), MachineError> {
+        self.require_paused()?;
+        let loaded = loader::elf::load(&self.mem, image)?;
+        if loaded.end > self.mem_bytes() {
+            return Err(LoadError::DoesNotFit {
+                end: loaded.end,
+                mem: self.mem_bytes(),
+            }
+            .into());
+        }
+        let regs = loader::elf::boot_regs(&self.mem, &loaded, cmdline)?;
+        let (vm, mem) = (&self.vm, &self.mem);
+        self.vcpus[0].with_fd(|fd| vcpu::configure(vm.kvm(), fd, 0, mem, Some(regs)))?;
+        Ok(())
+    }
+
+    /// Loads a Linux kernel (bzImage or vmlinux) with `cmdline` and an optional initrd, and
+    /// points the boot vCPU at its 64-bit entry.
+    pub fn load_linux(
+        &mut self,
+        kernel: &[u8],
+        cmdline: &str,
+        initrd: Option<&[u8]>,
+    ) -> Result<(), MachineError> {
+        self.require_paused()?;
+        let regs = loader::linux::load(&self.mem, kernel, cmdline, initrd)?;
+        let (vm, mem) = (&self.vm, &self.mem);
+        self.vcpus[0].with_fd(|fd| vcpu::configure(vm.kvm(), fd, 0, mem, Some(regs)))?;
+        Ok(())
+    }
+
+    /// The VM's shape.
+    pub fn config(&self) -> MachineConfig {
+        self.config
+    }
+
+    /// Guest RAM size in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        self.config.mem_mib << 20
+    }
+
+    /// Guest memory (read it only while paused for a consistent view).
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> MachinePhase {
+        self.phase
+    }
+
+    fn require_paused(&self) -> Result<(), MachineError> {
+        if self.phase == MachinePhase::Paused {
+            Ok(())
+        } else {
+            Err(MachineError::NotPaused)
+        }
+    }
+
+    /// Paused --> Running.
+    pub fn resume(&mut self) {
+        for vcpu in &self.vcpus {
+            vcpu.resume();
+        }
+        self.phase = MachinePhase::Running;
+    }
+
+    /// Running --> Paused: every vCPU is out of KVM_RUN with its pending I/O completed.
+    pub fn pause(&mut self) {
+        for vcpu in &self.vcpus {
+            vcpu.pause();
+        }
+        self.phase = MachinePhase::Paused;
+    }
+
+    /// Waits up to `timeout` for a vCPU to stop on its own (guest exit, fault, error).
+    pub fn wait_for_stop(&self, timeout: Duration) -> Option<(u64, VcpuStop)> {
+        self.stops.wait(timeout)
+    }
+
+    /// The phase of every vCPU.
+    pub fn vcpu_phases(&self) -> Vec<VcpuPhase> {
+        self.vcpus.iter().map(VcpuThread::phase).collect()
+    }
+
+    /// Reads every device's state. Paused only.
+    pub fn save_devices(&self) -> Result<DeviceState, MachineError> {
+        self.require_paused()?;
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for v in &self.vcpus {
+            vcpus.push(v.with_fd(|fd| VcpuState::save(v.index(), fd, &self.msr_list))?);
+        }
+        Ok(DeviceState {
+            vcpus,
+            vm: self.vm.save_state()?,
+            console: self.console.lock().expect("console mutex poisoned").save(),
+            serial: self.serial.lock().expect("serial mutex poisoned").save(),
+        })
+    }
+
+    /// Writes every device's state. Paused only.
+    pub fn restore_devices(&mut self, state: &DeviceState) -> Result<(), MachineError> {
+        self.require_paused()?;
+        if state.vcpus.len() != self.vcpus.len() {
+            return Err(PersistError::Inconsistent(format!(
+                "{} vCPU states for a VM with {} vCPUs",
+                state.vcpus.len(),
+                self.vcpus.len()
+            ))
+            .into());
+        }
+        for (v, s) in self.vcpus.iter().zip(&state.vcpus) {
+            v.with_fd(|fd| s.restore(fd))?;
+        }
+        self.vm.restore_state(&state.vm)?;
+        self.console
+            .lock()
+            .expect("console mutex poisoned")
+            .restore(&state.console);
+        let irq = self
+            .serial_irq
+            .try_clone()
+            .map_err(|source| MachineError::Os {
+                what: "an eventfd",
+                source,
+            })?;
+        let port = SerialPort::restore(irq, self.output.writer(), &state.serial)
+            .map_err(|e| PersistError::Inconsistent(format!("serial state: {e:?}")))?;
+        *self.serial.lock().expect("serial mutex poisoned") = port;
+        self.stops.clear();
+        Ok(())
+    }
+
+    /// Pages written since the last capture (vCPU writes from KVM's dirty log, VMM writes
+    /// from the memory bitmap), clearing both.
+    pub fn take_dirty(&self) -> Result<DirtyPages, MachineError> {
+        let mut dirty = self.vm.take_dirty_log(&self.mem)?;
+        for r in memory::take_vmm_dirty(&self.mem).ranges() {
+            dirty.push_run(r.first, r.count);
+        }
+        Ok(dirty)
+    }
+
+    /// Captures a checkpoint. Paused only. A full one carries every page and restarts the
+    /// sequence at 0; an incremental one carries the pages dirtied since the previous capture
+    /// and needs one before it.
+    pub fn capture(
+        &mut self,
+        kind: CheckpointKind,
+    ) -> Result<(Checkpoint, CaptureStats), MachineError> {
+        self.require_paused()?;
+        let t0 = std::time::Instant::now();
+        let dirty = self.take_dirty()?;
+        let (ranges, sequence) = match kind {
+            CheckpointKind::Full => (DirtyPages::all(&self.mem).ranges().to_vec(), 0),
+            CheckpointKind::Incremental => {
+                let Some(prev) = self.sequence else {
+                    return Err(PersistError::Inconsistent(
+                        "an incremental checkpoint needs a full one before it".to_string(),
+                    )
+                    .into());
+                };
+                (dirty.ranges().to_vec(), prev + 1)
+            }
+        };
+        let t1 = std::time::Instant::now();
+        let devices = self.save_devices()?;
+        let t2 = std::time::Instant::now();
+        let mut pages = std::mem::take(&mut self.spare_pages);
+        memory::read_pages_into(&self.mem, &ranges, &mut pages)?;
+        let t3 = std::time::Instant::now();
+        self.sequence = Some(sequence);
+        let stats = CaptureStats {
+            pages: pages.len() as u64 / layout::PAGE_SIZE,
+            harvest: t1 - t0,
+            devices: t2 - t1,
+            copy: t3 - t2,
+        };
+        let checkpoint = Checkpoint {
+            version: STATE_VERSION,
+            kind,
+            sequence,
+            machine: self.config,
+            devices,
+            ranges,
+            pages,
+        };
+        Ok((checkpoint, stats))
+    }
+
+    /// Gives a checkpoint's page buffer back for the next capture (once it has been sent or
+    /// applied), so captures do not allocate and first-touch fresh memory each time.
+    pub fn recycle(&mut self, checkpoint: Checkpoint) {
+        if checkpoint.pages.capacity() > self.spare_pages.capacity() {
+            self.spare_pages = checkpoint.pages;
+        }
+    }
+
+    /// Applies a checkpoint: its pages into memory, then its device state. Paused only. A full
+    /// checkpoint may always be applied; an incremental one only right after the checkpoint
+    /// it follows (atomic, ordered application: architecture.md invariant 2).
+    pub fn apply(&mut self, checkpoint: &Checkpoint) -> Result<(), MachineError> {
+        self.require_paused()?;
+        checkpoint.validate()?;
+        if checkpoint.machine != self.config {
+            return Err(PersistError::Inconsistent(format!(
+                "state of a {:?} machine applied to a {:?} machine",
+                checkpoint.machine, self.config
+            ))
+            .into());
+        }
+        if checkpoint.kind == CheckpointKind::Incremental
+            && self.sequence.map(|s| s + 1) != Some(checkpoint.sequence)
+        {
+            return Err(PersistError::Inconsistent(format!(
+                "incremental checkpoint {} cannot follow {:?}",
+                checkpoint.sequence, self.sequence
+            ))
+            .into());
+        }
+        memory::write_pages(&self.mem, &checkpoint.ranges, &checkpoint.pages)?;
+        self.restore_devices(&checkpoint.devices)?;
+        // What this VM holds now is the checkpoint: forget its own writes before it.
+        self.take_dirty()?;
+        self.sequence = Some(checkpoint.sequence);
+        Ok(())
+    }
+
+    /// Creates a paused VM from a full checkpoint.
+    pub fn from_checkpoint(
+        checkpoint: &Checkpoint,
+        output: ConsoleOutput,
+    ) -> Result<Machine, MachineError> {
+        checkpoint.validate()?;
+        if checkpoint.kind != CheckpointKind::Full {
+            return Err(PersistError::Inconsistent(
+                "a VM can only be created from a full checkpoint".to_string(),
+            )
+            .into());
+        }
+        let mut machine = Machine::new(checkpoint.machine, output)?;
+        machine.apply(checkpoint)?;
+        Ok(machine)
+    }
+
+    /// crc32c of all guest RAM (read it paused for a meaningful value).
+    pub fn memory_digest(&self) -> u32 {
+        memory::digest(&self.mem)
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        // Join the vCPU threads before the VM and memory go away (field order does the rest).
+        self.vcpus.clear();
+    }
+}

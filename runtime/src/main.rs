@@ -1,0 +1,202 @@
+//! `colo`: the command-line tool. Now: `colo run` boots one VM unreplicated with its console
+//! on stdout (the baseline for later benchmarks) and can save its state to a file after a
+//! while; `colo restore` continues a VM from such a file. Later issues add `primary`,
+//! `secondary`, `status`, `checkpoint`, `failover` and `demo`.
+//!
+//! Errors are printed as one clear line on stderr (`colo: ...`) with exit code 1; a guest that
+//! faults exits 2; a guest's own exit code is passed through (low 8 bits).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use colo_runtime::vstate::thread::VcpuStop;
+use colo_runtime::{Checkpoint, CheckpointKind, ConsoleOutput, Machine, MachineConfig};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "colo",
+    version,
+    about = "COLO VM fault tolerance (KVM runtime)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Boot one VM (unreplicated), console on stdout.
+    Run(RunArgs),
+    /// Continue a VM from a state file written by `colo run --save-after`.
+    Restore(RestoreArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ImageKind {
+    /// bzImage -> Linux, ELF -> colo's test guest.
+    Auto,
+    /// colo's test guest (ELF).
+    TestGuest,
+    /// A Linux kernel (bzImage or vmlinux ELF).
+    Linux,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Guest image: colo's test guest (ELF) or a Linux bzImage / vmlinux.
+    #[arg(long)]
+    guest: PathBuf,
+    /// How to boot the image.
+    #[arg(long, value_enum, default_value_t = ImageKind::Auto)]
+    kind: ImageKind,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Kernel / test-guest command line (defaults: Linux `console=ttyS0 reboot=k panic=1`,
+    /// test guest: the counter workload).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Initial ramdisk (Linux only).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct RestoreArgs {
+    /// State file to continue from.
+    #[arg(long)]
+    state: PathBuf,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct CommonArgs {
+    /// Stop after this many seconds (pausing the VM) instead of waiting for the guest.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// After this many milliseconds, pause the VM, save its full state to --state-out and exit.
+    #[arg(long, requires = "state_out")]
+    save_after: Option<u64>,
+    /// Where --save-after writes the state.
+    #[arg(long)]
+    state_out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("colo: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Run(args) => {
+            let image = read(&args.guest, "guest image")?;
+            let kind = match args.kind {
+                ImageKind::Auto
+                    if colo_runtime::loader::linux::detect(&image)
+                        == Some(colo_runtime::loader::linux::KernelFormat::BzImage) =>
+                {
+                    ImageKind::Linux
+                }
+                ImageKind::Auto => ImageKind::TestGuest,
+                other => other,
+            };
+            let config = MachineConfig {
+                mem_mib: args.memory,
+                vcpus: args.vcpus,
+            };
+            let mut machine =
+                Machine::new(config, ConsoleOutput::Stdout).map_err(|e| e.to_string())?;
+            match kind {
+                ImageKind::Linux => {
+                    let initrd = args
+                        .initrd
+                        .as_deref()
+                        .map(|p| read(p, "initrd"))
+                        .transpose()?;
+                    let cmdline = args
+                        .cmdline
+                        .as_deref()
+                        .unwrap_or("console=ttyS0 reboot=k panic=1");
+                    machine.load_linux(&image, cmdline, initrd.as_deref())
+                }
+                _ => {
+                    let default = colo_runtime::guest::counter_cmdline(16, 0, 100_000, 0);
+                    machine.load_test_guest(&image, args.cmdline.as_deref().unwrap_or(&default))
+                }
+            }
+            .map_err(|e| format!("{}: {e}", args.guest.display()))?;
+            drive(machine, &args.common)
+        }
+        Command::Restore(args) => {
+            let checkpoint = Checkpoint::load_file(&args.state).map_err(|e| e.to_string())?;
+            let machine = Machine::from_checkpoint(&checkpoint, ConsoleOutput::Stdout)
+                .map_err(|e| e.to_string())?;
+            drive(machine, &args.common)
+        }
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+/// Runs the machine until the guest stops, the timeout passes, or the state is saved.
+fn drive(mut machine: Machine, args: &CommonArgs) -> Result<ExitCode, String> {
+    let limit = match (args.save_after, args.timeout) {
+        (Some(ms), _) => Some(Duration::from_millis(ms)),
+        (None, Some(s)) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+        (None, Some(s)) => return Err(format!("--timeout {s} is not a number of seconds")),
+        (None, None) => None,
+    };
+    machine.resume();
+    let stop = match limit {
+        Some(limit) => machine.wait_for_stop(limit),
+        None => loop {
+            if let Some(stop) = machine.wait_for_stop(Duration::from_secs(3600)) {
+                break Some(stop);
+            }
+        },
+    };
+    machine.pause();
+    match stop {
+        Some((_, VcpuStop::GuestExit(code))) => {
+            eprintln!("colo: guest exited with code {code}");
+            Ok(ExitCode::from(code as u8))
+        }
+        Some((vcpu, why)) => {
+            eprintln!("colo: vCPU {vcpu} stopped: {why:?}");
+            Ok(ExitCode::from(2))
+        }
+        None => {
+            if let (Some(_), Some(path)) = (args.save_after, &args.state_out) {
+                let (checkpoint, stats) = machine
+                    .capture(CheckpointKind::Full)
+                    .map_err(|e| e.to_string())?;
+                checkpoint.save_file(path).map_err(|e| e.to_string())?;
+                eprintln!(
+                    "colo: state saved to {} ({} pages, {:?} device state)",
+                    path.display(),
+                    stats.pages,
+                    stats.devices
+                );
+            } else {
+                eprintln!("colo: timeout reached, VM paused and stopped");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

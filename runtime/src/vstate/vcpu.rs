@@ -1,0 +1,466 @@
+//! One vCPU's architectural state: boot-time configuration (CPUID, MSRs, long-mode registers,
+//! FPU, LAPIC LINT pins) and the Persist-style `save` / `restore` of everything KVM keeps for
+//! it.
+//!
+//! Invariant: `restore` writes state in the order KVM needs (deps-spike.md pitfalls, as
+//! Firecracker and QEMU do): CPUID first (it decides which MSRs and xsave features exist),
+//! then mp_state, regs, sregs, fpu, xsave, xcrs, debug registers, LAPIC, MSRs (all must be
+//! accepted), and vcpu events last (they may carry a pending exception that refers to the
+//! registers above).
+
+use super::{KvmOpError, KvmResultExt};
+use crate::layout;
+use crate::memory::GuestMemory;
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state,
+    kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
+};
+use kvm_ioctls::{Kvm, VcpuFd};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use vm_memory::{Bytes, GuestAddress};
+
+/// Errors configuring, saving or restoring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM ioctl failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmOpError),
+    /// KVM accepted only part of the MSR list.
+    #[error("KVM_SET_MSRS wrote {written} of {expected} MSRs (first refused: {refused:#x})")]
+    MsrsRefused {
+        /// MSRs written.
+        written: usize,
+        /// MSRs offered.
+        expected: usize,
+        /// Index of the first refused MSR.
+        refused: u32,
+    },
+    /// A saved xsave area has the wrong size.
+    #[error("saved xsave area has {len} words, KVM's has 1024")]
+    BadXsave {
+        /// Words in the saved area.
+        len: usize,
+    },
+    /// Writing boot structures into guest memory failed.
+    #[error("cannot write the boot {what} at {gpa:#x} into guest memory")]
+    BootMemory {
+        /// Which structure.
+        what: &'static str,
+        /// Where.
+        gpa: u64,
+    },
+}
+
+/// The boot-time register values a loader chooses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootRegs {
+    /// Entry point.
+    pub rip: u64,
+    /// Initial stack pointer.
+    pub rsp: u64,
+    /// First argument (test guest: command-line address).
+    pub rdi: u64,
+    /// Second argument (Linux: zero page; test guest: memory size).
+    pub rsi: u64,
+    /// Third argument (test guest: command-line length).
+    pub rdx: u64,
+}
+
+// x86 architectural constants (Intel SDM vol. 3A, 2.5 and 4.5).
+const CR0_PE: u64 = 1 << 0;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+/// The MSR indices KVM can both read and write on this host: `KVM_GET_MSR_INDEX_LIST`
+/// filtered by probing (KVM_GET_MSRS stops at the first index it cannot read; that index is
+/// dropped and the probe repeated, as measured in deps-spike.md section 1).
+pub fn probe_msr_list(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, KvmOpError> {
+    let mut list: Vec<u32> = kvm
+        .get_msr_index_list()
+        .op("KVM_GET_MSR_INDEX_LIST")?
+        .as_slice()
+        .to_vec();
+    loop {
+        let entries: Vec<kvm_msr_entry> = list
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).expect("MSR list fits a kvm_msrs");
+        let read = vcpu.get_msrs(&mut msrs).op("KVM_GET_MSRS")?;
+        if read >= list.len() {
+            return Ok(list);
+        }
+        list.remove(read);
+    }
+}
+
+/// Configures a fresh vCPU for a 64-bit entry (Linux boot protocol's 64-bit entry and the
+/// test guest): CPUID, boot MSRs, FPU, LAPIC LINT pins; on the boot vCPU also the long-mode
+/// segments, the VMM's boot GDT and identity page tables (first GiB), and `regs`.
+pub fn configure(
+    kvm: &Kvm,
+    vcpu: &VcpuFd,
+    index: u64,
+    mem: &GuestMemory,
+    boot: Option<BootRegs>,
+) -> Result<(), VcpuError> {
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .op("KVM_GET_SUPPORTED_CPUID")?;
+    patch_cpuid(&mut cpuid, index);
+    vcpu.set_cpuid2(&cpuid).op("KVM_SET_CPUID2")?;
+
+    let boot_msrs = [
+        kvm_msr_entry {
+            index: MSR_IA32_MISC_ENABLE,
+            data: MISC_ENABLE_FAST_STRING,
+            ..Default::default()
+        },
+        // MTRRs enabled, default type write-back (Linux checks this; Firecracker sets it too).
+        kvm_msr_entry {
+            index: MSR_MTRR_DEF_TYPE,
+            data: (1 << 11) | 6,
+            ..Default::default()
+        },
+    ];
+    let msrs = Msrs::from_entries(&boot_msrs).expect("two MSRs fit");
+    let written = vcpu.set_msrs(&msrs).op("KVM_SET_MSRS")?;
+    if written != boot_msrs.len() {
+        return Err(VcpuError::MsrsRefused {
+            written,
+            expected: boot_msrs.len(),
+            refused: boot_msrs[written].index,
+        });
+    }
+
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).op("KVM_SET_FPU")?;
+
+    // LINT0 = ExtINT (the PIC), LINT1 = NMI: what a PC's BIOS leaves for the OS.
+    let mut lapic = vcpu.get_lapic().op("KVM_GET_LAPIC")?;
+    set_lvt_mode(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
+    set_lvt_mode(&mut lapic, APIC_LVT1, APIC_MODE_NMI);
+    vcpu.set_lapic(&lapic).op("KVM_SET_LAPIC")?;
+
+    if let Some(regs) = boot {
+        write_boot_tables(mem)?;
+        let mut sregs = vcpu.get_sregs().op("KVM_GET_SREGS")?;
+        long_mode_sregs(&mut sregs);
+        vcpu.set_sregs(&sregs).op("KVM_SET_SREGS")?;
+        let kregs = kvm_regs {
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rbp: regs.rsp,
+            rdi: regs.rdi,
+            rsi: regs.rsi,
+            rdx: regs.rdx,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        vcpu.set_regs(&kregs).op("KVM_SET_REGS")?;
+    }
+    Ok(())
+}
+
+/// Gives each vCPU its own APIC id in the CPUID leaves that report it.
+fn patch_cpuid(cpuid: &mut CpuId, index: u64) {
+    for entry in cpuid.as_mut_slice() {
+        match entry.function {
+            // Leaf 1: EBX[31:24] = initial APIC id.
+            1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | ((index as u32) << 24),
+            // Leaf 0xb: EDX = x2APIC id.
+            0xb => entry.edx = index as u32,
+            _ => {}
+        }
+    }
+}
+
+fn set_lvt_mode(lapic: &mut kvm_lapic_state, reg: usize, mode: u32) {
+    let mut bytes = [0u8; 4];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = lapic.regs[reg + i] as u8;
+    }
+    let value = u32::from_le_bytes(bytes);
+    let value = (value & !0x700) | (mode << 8);
+    for (i, b) in value.to_le_bytes().iter().enumerate() {
+        lapic.regs[reg + i] = *b as i8;
+    }
+}
+
+/// Boot GDT: null, 64-bit code (0x08), data (0x10), TSS (0x18), as Firecracker's.
+const BOOT_GDT: [u64; 4] = [
+    0,
+    0x00af_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x0080_8b00_0000_ffff,
+];
+
+fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
+    kvm_segment {
+        base: ((entry >> 16) & 0xff_ffff) | (((entry >> 56) & 0xff) << 24),
+        limit: ((entry & 0xffff) | (((entry >> 48) & 0xf) << 16)) as u32,
+        selector: u16::from(index) * 8,
+        type_: ((entry >> 40) & 0xf) as u8,
+        present: ((entry >> 47) & 1) as u8,
+        dpl: ((entry >> 45) & 3) as u8,
+        db: ((entry >> 54) & 1) as u8,
+        s: ((entry >> 44) & 1) as u8,
+        l: ((entry >> 53) & 1) as u8,
+        g: ((entry >> 55) & 1) as u8,
+        avl: ((entry >> 52) & 1) as u8,
+        unusable: u8::from(((entry >> 47) & 1) == 0),
+        padding: 0,
+    }
+}
+
+fn write_boot_tables(mem: &GuestMemory) -> Result<(), VcpuError> {
+    let put = |what: &'static str, gpa: u64, value: u64| {
+        mem.write_obj(value, GuestAddress(gpa))
+            .map_err(|_| VcpuError::BootMemory { what, gpa })
+    };
+    for (i, entry) in BOOT_GDT.iter().enumerate() {
+        put("GDT", layout::BOOT_GDT + i as u64 * 8, *entry)?;
+    }
+    put("IDT", layout::BOOT_IDT, 0)?;
+    // PML4[0] -> PDPT, PDPT[0] -> PD, PD = 512 x 2 MiB pages: identity map of the first GiB.
+    put("PML4", layout::BOOT_PML4, layout::BOOT_PDPT | 0x3)?;
+    put("PDPT", layout::BOOT_PDPT, layout::BOOT_PD | 0x3)?;
+    for i in 0..512u64 {
+        put("PD", layout::BOOT_PD + i * 8, (i << 21) | 0x83)?;
+    }
+    Ok(())
+}
+
+fn long_mode_sregs(sregs: &mut kvm_sregs) {
+    let code = segment_from_gdt(BOOT_GDT[1], 1);
+    let data = segment_from_gdt(BOOT_GDT[2], 2);
+    let tss = segment_from_gdt(BOOT_GDT[3], 3);
+    sregs.gdt.base = layout::BOOT_GDT;
+    sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
+    sregs.idt.base = layout::BOOT_IDT;
+    sregs.idt.limit = 7;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = tss;
+    sregs.cr3 = layout::BOOT_PML4;
+    sregs.cr4 |= CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    // The reset value has caching disabled (CD|NW); a 64-bit entry expects a normal cache.
+    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_PG) & !(CR0_CD | CR0_NW);
+    sregs.efer |= EFER_LME | EFER_LMA | EFER_NXE;
+}
+
+/// The legacy FPU/SSE state (`kvm_fpu` has no serde support in kvm-bindings).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FpuState {
+    /// x87 registers.
+    pub fpr: [[u8; 16]; 8],
+    /// Control word.
+    pub fcw: u16,
+    /// Status word.
+    pub fsw: u16,
+    /// Abridged tag word.
+    pub ftwx: u8,
+    /// Last opcode.
+    pub last_opcode: u16,
+    /// Last instruction pointer.
+    pub last_ip: u64,
+    /// Last data pointer.
+    pub last_dp: u64,
+    /// XMM registers.
+    pub xmm: [[u8; 16]; 16],
+    /// SSE control/status.
+    pub mxcsr: u32,
+}
+
+impl From<&kvm_fpu> for FpuState {
+    fn from(f: &kvm_fpu) -> FpuState {
+        FpuState {
+            fpr: f.fpr,
+            fcw: f.fcw,
+            fsw: f.fsw,
+            ftwx: f.ftwx,
+            last_opcode: f.last_opcode,
+            last_ip: f.last_ip,
+            last_dp: f.last_dp,
+            xmm: f.xmm,
+            mxcsr: f.mxcsr,
+        }
+    }
+}
+
+impl From<&FpuState> for kvm_fpu {
+    fn from(f: &FpuState) -> kvm_fpu {
+        kvm_fpu {
+            fpr: f.fpr,
+            fcw: f.fcw,
+            fsw: f.fsw,
+            ftwx: f.ftwx,
+            last_opcode: f.last_opcode,
+            last_ip: f.last_ip,
+            last_dp: f.last_dp,
+            xmm: f.xmm,
+            mxcsr: f.mxcsr,
+            ..Default::default()
+        }
+    }
+}
+
+/// Everything KVM keeps for one vCPU (the Persist state of a vCPU).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VcpuState {
+    /// vCPU index (APIC id).
+    pub index: u64,
+    /// The CPUID the vCPU was given.
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// Runnable, halted, waiting for SIPI...
+    pub mp_state: kvm_mp_state,
+    /// General-purpose registers.
+    pub regs: kvm_regs,
+    /// Segment and control registers.
+    pub sregs: kvm_sregs,
+    /// Legacy FPU/SSE state.
+    pub fpu: FpuState,
+    /// Extended state (AVX...): the 4 KiB `kvm_xsave` region (kvm_xsave is not `Clone`).
+    pub xsave: Vec<u32>,
+    /// XCR0.
+    pub xcrs: kvm_xcrs,
+    /// Debug registers.
+    pub debug_regs: kvm_debugregs,
+    /// Local APIC registers.
+    pub lapic: kvm_lapic_state,
+    /// MSRs (the probed list).
+    pub msrs: Vec<kvm_msr_entry>,
+    /// Pending exceptions, interrupts, NMIs.
+    pub events: kvm_vcpu_events,
+}
+
+impl fmt::Debug for VcpuState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VcpuState")
+            .field("index", &self.index)
+            .field("rip", &format_args!("{:#x}", self.regs.rip))
+            .field("msrs", &self.msrs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VcpuState {
+    /// Reads the whole state. The vCPU must be paused with its pending I/O completed
+    /// (`immediate_exit`, see `thread`).
+    pub fn save(index: u64, vcpu: &VcpuFd, msr_list: &[u32]) -> Result<VcpuState, KvmOpError> {
+        let entries: Vec<kvm_msr_entry> = msr_list
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).expect("MSR list fits a kvm_msrs");
+        let read = vcpu.get_msrs(&mut msrs).op("KVM_GET_MSRS")?;
+        let msrs = msrs.as_slice()[..read].to_vec();
+        Ok(VcpuState {
+            index,
+            cpuid: vcpu
+                .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .op("KVM_GET_CPUID2")?
+                .as_slice()
+                .to_vec(),
+            mp_state: vcpu.get_mp_state().op("KVM_GET_MP_STATE")?,
+            regs: vcpu.get_regs().op("KVM_GET_REGS")?,
+            sregs: vcpu.get_sregs().op("KVM_GET_SREGS")?,
+            fpu: FpuState::from(&vcpu.get_fpu().op("KVM_GET_FPU")?),
+            xsave: vcpu.get_xsave().op("KVM_GET_XSAVE")?.region.to_vec(),
+            xcrs: vcpu.get_xcrs().op("KVM_GET_XCRS")?,
+            debug_regs: vcpu.get_debug_regs().op("KVM_GET_DEBUGREGS")?,
+            lapic: vcpu.get_lapic().op("KVM_GET_LAPIC")?,
+            msrs,
+            events: vcpu.get_vcpu_events().op("KVM_GET_VCPU_EVENTS")?,
+        })
+    }
+
+    /// Writes the state into a vCPU of a VM whose irqchip exists (see the module invariant
+    /// for the order).
+    pub fn restore(&self, vcpu: &VcpuFd) -> Result<(), VcpuError> {
+        let cpuid = CpuId::from_entries(&self.cpuid).expect("saved CPUID fits a kvm_cpuid2");
+        vcpu.set_cpuid2(&cpuid).op("KVM_SET_CPUID2")?;
+        vcpu.set_mp_state(self.mp_state).op("KVM_SET_MP_STATE")?;
+        vcpu.set_regs(&self.regs).op("KVM_SET_REGS")?;
+        vcpu.set_sregs(&self.sregs).op("KVM_SET_SREGS")?;
+        vcpu.set_fpu(&kvm_fpu::from(&self.fpu)).op("KVM_SET_FPU")?;
+        let mut xsave = kvm_xsave::default();
+        if self.xsave.len() != xsave.region.len() {
+            return Err(VcpuError::BadXsave {
+                len: self.xsave.len(),
+            });
+        }
+        xsave.region.copy_from_slice(&self.xsave);
+        // SAFETY: `xsave` is a complete, legacy-sized (4 KiB) kvm_xsave, which is exactly what
+        // KVM_SET_XSAVE reads (no KVM_CAP_XSAVE2 extension is used).
+        unsafe { vcpu.set_xsave(&xsave) }.op("KVM_SET_XSAVE")?;
+        vcpu.set_xcrs(&self.xcrs).op("KVM_SET_XCRS")?;
+        vcpu.set_debug_regs(&self.debug_regs)
+            .op("KVM_SET_DEBUGREGS")?;
+        vcpu.set_lapic(&self.lapic).op("KVM_SET_LAPIC")?;
+        let msrs = Msrs::from_entries(&self.msrs).expect("saved MSRs fit a kvm_msrs");
+        let written = vcpu.set_msrs(&msrs).op("KVM_SET_MSRS")?;
+        if written != self.msrs.len() {
+            return Err(VcpuError::MsrsRefused {
+                written,
+                expected: self.msrs.len(),
+                refused: self.msrs[written].index,
+            });
+        }
+        vcpu.set_vcpu_events(&self.events)
+            .op("KVM_SET_VCPU_EVENTS")?;
+        Ok(())
+    }
+
+    /// The architectural register state as bytes, without the parts that move on their own
+    /// while a VM is paused (TSC and other time MSRs): what must be identical between a
+    /// source VM and a VM restored from it.
+    pub fn architectural_bytes(&self) -> Vec<u8> {
+        let cfg = bincode::config::standard();
+        let mut out = Vec::new();
+        let mut put = |bytes: Result<Vec<u8>, bincode::error::EncodeError>| {
+            out.extend(bytes.expect("kvm state structs always encode"));
+        };
+        put(bincode::serde::encode_to_vec(&self.cpuid, cfg));
+        put(bincode::serde::encode_to_vec(self.mp_state, cfg));
+        put(bincode::serde::encode_to_vec(self.regs, cfg));
+        put(bincode::serde::encode_to_vec(self.sregs, cfg));
+        put(bincode::serde::encode_to_vec(&self.fpu, cfg));
+        put(bincode::serde::encode_to_vec(self.xcrs, cfg));
+        put(bincode::serde::encode_to_vec(self.debug_regs, cfg));
+        out
+    }
+}

@@ -1,0 +1,181 @@
+//! The `colo` binary: a VM saved to a state file by one process continues in another, and
+//! malformed inputs (missing KVM, unreadable or truncated image, too little memory, corrupt or
+//! foreign-version state file) end with one clear error line.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn colo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_colo"))
+        .args(args)
+        .output()
+        .expect("running colo")
+}
+
+fn guest() -> String {
+    colo_runtime::guest::test_guest_path().display().to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn state_file_continues_the_vm_in_another_process() {
+    if !common::kvm_available("state_file_continues_the_vm_in_another_process") {
+        return;
+    }
+    let state = scratch("counter.state");
+    let state_arg = state.display().to_string();
+    let cmdline = "colo.workload=counter colo.pages=16 colo.print_every=2000";
+    let first = colo(&[
+        "run",
+        "--guest",
+        &guest(),
+        "--memory",
+        "64",
+        "--cmdline",
+        cmdline,
+        "--save-after",
+        "1000",
+        "--state-out",
+        &state_arg,
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let printed = common::steps(&String::from_utf8_lossy(&first.stdout));
+    let last = *printed.last().expect("the first process printed progress");
+
+    let second = colo(&["restore", "--state", &state_arg, "--timeout", "1.0"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let text = String::from_utf8_lossy(&second.stdout);
+    let next = common::steps(&text);
+    assert!(
+        next.len() >= 2,
+        "the restored VM printed too little: {text}"
+    );
+    assert_eq!(
+        next[0],
+        last + 2000,
+        "restored counter does not continue: before {printed:?}, after {next:?}"
+    );
+    assert_eq!(next[1], last + 4000);
+    assert!(!text.contains("PANIC"), "{text}");
+}
+
+#[test]
+fn corrupt_and_foreign_state_files_are_refused() {
+    if !common::kvm_available("corrupt_and_foreign_state_files_are_refused") {
+        return;
+    }
+    let state = scratch("small.state");
+    let state_arg = state.display().to_string();
+    let saved = colo(&[
+        "run",
+        "--guest",
+        &guest(),
+        "--memory",
+        "32",
+        "--cmdline",
+        "colo.pages=1",
+        "--save-after",
+        "50",
+        "--state-out",
+        &state_arg,
+    ]);
+    assert!(saved.status.success(), "{}", stderr(&saved));
+    let bytes = std::fs::read(&state).unwrap();
+
+    let mut corrupt = bytes.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 1;
+    std::fs::write(&state, &corrupt).unwrap();
+    let out = colo(&["restore", "--state", &state_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("state file is corrupt"),
+        "{}",
+        stderr(&out)
+    );
+
+    let mut foreign = bytes.clone();
+    foreign[8..12].copy_from_slice(&7u32.to_le_bytes());
+    std::fs::write(&state, &foreign).unwrap();
+    let out = colo(&["restore", "--state", &state_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("state version 7 cannot be restored"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(&state, &bytes[..bytes.len() / 3]).unwrap();
+    let out = colo(&["restore", "--state", &state_arg]);
+    assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
+}
+
+#[test]
+fn malformed_inputs_give_one_clear_error_line() {
+    let truncated = scratch("truncated.elf");
+    let image = std::fs::read(colo_runtime::guest::test_guest_path()).unwrap();
+    std::fs::write(&truncated, &image[..1000]).unwrap();
+    let truncated = truncated.display().to_string();
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run", "--guest", "/nonexistent/guest.elf"],
+            "cannot read guest image /nonexistent/guest.elf",
+        ),
+        (
+            vec!["restore", "--state", "/nonexistent/vm.state"],
+            "state file /nonexistent/vm.state",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = colo(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("colo: ") && err.contains(expected),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    // Memory is checked before KVM is opened.
+    let out = colo(&["run", "--guest", &guest(), "--memory", "4"]);
+    assert!(
+        stderr(&out).contains("4 MiB of memory is too little"),
+        "{}",
+        stderr(&out)
+    );
+    // A missing KVM device names itself.
+    let out = Command::new(env!("CARGO_BIN_EXE_colo"))
+        .args(["run", "--guest", &guest()])
+        .env("COLO_KVM_DEVICE", "/nonexistent/kvm")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot open /nonexistent/kvm"),
+        "{}",
+        stderr(&out)
+    );
+
+    if common::kvm_available("malformed_inputs_give_one_clear_error_line (truncated ELF)") {
+        let out = colo(&["run", "--guest", &truncated, "--memory", "32"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("not a loadable x86-64 ELF"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
