@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+#[cfg(madsim)]
+pub mod cluster;
 pub mod guest;
 pub mod hash;
 pub mod lan;
