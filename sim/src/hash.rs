@@ -24,6 +24,12 @@ impl Fnv64 {
         Fnv64(OFFSET_BASIS)
     }
 
+    /// A hasher continuing from a digest returned by [`Fnv64::finish`] (FNV's state is its
+    /// digest, so a running hash can be carried from one object to another).
+    pub fn resume(digest: u64) -> Fnv64 {
+        Fnv64(digest)
+    }
+
     /// Mixes `bytes` in.
     pub fn write(&mut self, bytes: &[u8]) {
         for b in bytes {

@@ -138,13 +138,14 @@ fn restored_guest_takes_over_the_same_connections() {
     // its own entropy, and put B on the LAN in A's place at the same instant.
     let snap = world.guest.checkpoint();
     let hash_a = world.guest.state_hash();
-    assert_eq!(snap.state_hash(), hash_a);
+    assert_eq!(snap.history_digest(), world.guest.history_digest());
     let b = Guest::from_snapshot(&snap, SimRng::new(21).fork("vm-b"));
     assert_eq!(
         b.state_hash(),
         hash_a,
         "B after restore equals A at checkpoint"
     );
+    assert_eq!(b.history_digest(), snap.history_digest());
     assert_eq!(b.disk_hash(), world.guest.disk_hash());
     assert_eq!(b.requests_served(), served_before);
     let a = std::mem::replace(&mut world.guest, b);

@@ -23,8 +23,9 @@ use crate::hash::{Fnv64, fnv64};
 use crate::proto::{Reply, Request, take_lines};
 use crate::stack::NetStack;
 
-/// Socket buffer size of every guest connection.
-const SOCKET_BUFFER: usize = 16 * 1024;
+/// Socket buffer size of every guest connection. Small on purpose: requests and replies are
+/// short lines, and `state_hash` formats every buffer byte (its cost is linear in this size).
+const SOCKET_BUFFER: usize = 4 * 1024;
 /// How long the guest waits before reconnecting to the upstream server after a failure.
 const UPSTREAM_RETRY: Duration = Duration::from_millis(200);
 /// First local port of guest-opened connections (IANA dynamic range, RFC 6335 section 6).

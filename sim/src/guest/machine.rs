@@ -71,6 +71,21 @@ pub(crate) struct Recorded {
     pub(crate) draws: Vec<u64>,
 }
 
+impl Recorded {
+    /// Mixes the step into a running history digest.
+    pub(crate) fn digest_into(&self, h: &mut Fnv64) {
+        h.write_u64(self.at.as_nanos());
+        match &self.frame {
+            Some(f) => h.write_field(f),
+            None => h.write_u64(u64::MAX),
+        }
+        h.write_u64(self.draws.len() as u64);
+        for d in &self.draws {
+            h.write_u64(*d);
+        }
+    }
+}
+
 /// What a step produced for the host (not guest state: a replay discards it).
 #[derive(Debug, Default)]
 pub(crate) struct Effects {

@@ -44,13 +44,16 @@ fn state_hash_tells_a_stale_snapshot_from_the_current_state() {
     let mut world = World::new(2, &spec(20));
     run_until_answers(&mut world, 4);
     let early = world.guest.checkpoint();
+    let early_hash = world.guest.state_hash();
     run_until_answers(&mut world, 12);
     let late = world.guest.checkpoint();
-    assert_ne!(early.state_hash(), late.state_hash());
+    assert_ne!(early.history_digest(), late.history_digest());
     let mut b = Guest::from_snapshot(&early, SimRng::new(5));
+    assert_eq!(b.state_hash(), early_hash);
     assert_ne!(b.state_hash(), world.guest.state_hash());
     b.restore(&late);
     assert_eq!(b.state_hash(), world.guest.state_hash());
+    assert_eq!(b.history_digest(), world.guest.history_digest());
 }
 
 #[test]
@@ -59,8 +62,13 @@ fn snapshot_taken_twice_without_steps_is_the_same_state() {
     run_until_answers(&mut world, 3);
     let a = world.guest.checkpoint();
     let b = world.guest.checkpoint();
-    assert_eq!(a.state_hash(), b.state_hash());
+    assert_eq!(a.history_digest(), b.history_digest());
     assert_eq!(a.steps(), b.steps());
+    let (ra, rb) = (
+        Guest::from_snapshot(&a, SimRng::new(1)),
+        Guest::from_snapshot(&b, SimRng::new(2)),
+    );
+    assert_eq!(ra.state_hash(), rb.state_hash());
 }
 
 /// Two worlds identical up to a checkpoint; in one the guest is replaced by a restored copy.
@@ -73,6 +81,7 @@ fn fork_worlds(vm_b_seed: u64) -> (World, World) {
     let snap = w2.guest.checkpoint();
     w2.guest = Guest::from_snapshot(&snap, SimRng::new(vm_b_seed));
     assert_eq!(w1.guest.state_hash(), w2.guest.state_hash());
+    assert_eq!(w1.guest.history_digest(), w2.guest.history_digest());
     (w1, w2)
 }
 
@@ -89,6 +98,7 @@ fn restored_guest_diverges_only_through_its_own_entropy() {
     assert_eq!(w2.guest.state_hash(), w3.guest.state_hash());
     // Same snapshot, different entropy (PVM vs SVM): the guests' output differs.
     assert_ne!(w1.net.trace_hash(), w2.net.trace_hash());
+    assert_ne!(w1.guest.history_digest(), w2.guest.history_digest());
 }
 
 fn syn_ack_isn(frames: &[Vec<u8>]) -> Option<u32> {
