@@ -416,3 +416,111 @@ fn write(
     }
     version
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::Addr;
+
+    struct Counter(u64);
+    impl Entropy for Counter {
+        fn draw(&mut self) -> u64 {
+            self.0 += 1;
+            self.0
+        }
+    }
+
+    fn apply(store: &mut BTreeMap<String, Entry>, cfg: &GuestConfig, line: &str) -> String {
+        let mut disk = SimDisk::new(cfg.disk_blocks);
+        let mut fx = Effects::default();
+        let mut up = None;
+        let out = apply_request(
+            store,
+            &mut up,
+            &mut disk,
+            cfg,
+            &mut Counter(0),
+            &mut fx,
+            line,
+        );
+        String::from_utf8(out).expect("ascii reply")
+    }
+
+    #[test]
+    fn replies_encode_the_history_of_writes() {
+        let mut cfg = GuestConfig::new(Addr::lan(1), 1);
+        cfg.token_ppm = 0;
+        let mut store = BTreeMap::new();
+        assert_eq!(apply(&mut store, &cfg, "1 GET a"), "1 NONE\n");
+        assert_eq!(apply(&mut store, &cfg, "2 SET a x"), "2 OK 1\n");
+        assert_eq!(apply(&mut store, &cfg, "3 SET a y"), "3 OK 2\n");
+        assert_eq!(apply(&mut store, &cfg, "4 GET a"), "4 VAL y 2\n");
+        assert_eq!(apply(&mut store, &cfg, "5 INCR n"), "5 VAL 1 1\n");
+        assert_eq!(apply(&mut store, &cfg, "6 INCR n"), "6 VAL 2 2\n");
+        assert_eq!(
+            apply(&mut store, &cfg, "7 INCR a"),
+            "7 ERR\n",
+            "y is not a count"
+        );
+    }
+
+    #[test]
+    fn garbage_line_gets_an_error_reply() {
+        let cfg = GuestConfig::new(Addr::lan(1), 1);
+        let mut store = BTreeMap::new();
+        let reply = apply(&mut store, &cfg, "hello there");
+        assert!(reply.starts_with("0 ERR"), "{reply}");
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn tokens_come_from_entropy_at_the_configured_rate() {
+        let mut cfg = GuestConfig::new(Addr::lan(1), 1);
+        cfg.token_ppm = 1_000_000;
+        let mut store = BTreeMap::new();
+        let (_, reply, token) =
+            Reply::parse(apply(&mut store, &cfg, "1 GET a").trim_end()).expect("parses");
+        assert_eq!(reply, Reply::Missing);
+        assert!(token.is_some(), "every reply carries a token at 100%");
+    }
+
+    #[test]
+    fn writes_go_to_disk_and_upstream_log_and_dirty_the_key_page() {
+        let cfg = GuestConfig::new(Addr::lan(1), 1);
+        let mut store = BTreeMap::new();
+        let mut disk = SimDisk::new(cfg.disk_blocks);
+        let mut fx = Effects::default();
+        let mut up = Some(Upstream {
+            remote: (Addr::lan(2).ip, 9000),
+            handle: None,
+            next_port: EPHEMERAL_FIRST,
+            next_seq: 1,
+            unacked: VecDeque::new(),
+            outbuf: Vec::new(),
+            inbuf: Vec::new(),
+            retry_at: Instant::ZERO,
+            connects: 0,
+        });
+        let mut ent = Counter(0);
+        apply_request(
+            &mut store,
+            &mut up,
+            &mut disk,
+            &cfg,
+            &mut ent,
+            &mut fx,
+            "1 SET k v",
+        );
+        assert_eq!(fx.disk_writes.len(), 1);
+        assert_eq!(disk.hash(), {
+            let mut d = SimDisk::new(cfg.disk_blocks);
+            d.apply(&fx.disk_writes[0]);
+            d.hash()
+        });
+        let key_page = HEAP_FIRST_PAGE + fnv64(b"k") % HEAP_PAGES;
+        assert_eq!(fx.dirtied, vec![key_page]);
+        let up = up.expect("upstream");
+        assert_eq!(up.unacked.len(), 1);
+        assert_eq!(up.unacked[0], (1, "LOG 1 k v\n".to_owned()));
+    }
+}

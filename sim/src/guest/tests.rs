@@ -205,3 +205,43 @@ fn time_going_backwards_is_a_caller_bug() {
     let mut g = Guest::boot(cfg, ms(10), SimRng::new(1));
     g.handle_timeout(ms(9));
 }
+
+#[test]
+fn garbage_frames_never_panic_the_guest_and_leave_it_serving() {
+    let mut world = World::new(8, &spec(10));
+    run_until_answers(&mut world, 2);
+    let mut rng = SimRng::new(8);
+    let valid = {
+        world.tap = Some(Vec::new());
+        world.run_until(world.now + Duration::from_millis(20), |_| false);
+        world.tap.take().unwrap_or_default()
+    };
+    assert!(!valid.is_empty(), "real frames to corrupt");
+    let mut t = world.now;
+    for i in 0..2_000u64 {
+        t += Duration::from_micros(10);
+        let frame = match i % 3 {
+            // Random bytes of random length.
+            0 => (0..rng.below(200)).map(|_| rng.next_u64() as u8).collect(),
+            // A real frame with a few bytes flipped (bad checksums, lying lengths).
+            1 if !valid.is_empty() => {
+                let mut f = valid[rng.below(valid.len() as u64) as usize].2.clone();
+                for _ in 0..3 {
+                    let at = rng.below(f.len() as u64) as usize;
+                    f[at] ^= rng.next_u64() as u8 | 1;
+                }
+                f
+            }
+            // A real frame cut short.
+            _ if !valid.is_empty() => {
+                let f = &valid[rng.below(valid.len() as u64) as usize].2;
+                f[..rng.below(f.len() as u64) as usize].to_vec()
+            }
+            _ => Vec::new(),
+        };
+        world.guest.handle_frame(t, frame);
+    }
+    world.now = t;
+    let done = world.run_until(ms(120_000), World::clients_done);
+    assert!(done, "the guest kept serving after garbage");
+}
