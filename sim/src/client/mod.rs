@@ -66,6 +66,12 @@ impl ClientConfig {
 }
 
 /// Phase of one client connection.
+///
+/// ```text
+/// Idle --now >= start_at, connect--> Connecting --Established--> Open
+/// Open --workload issued and answered, close()--> Closing --Closed|TimeWait--> Done (Closed)
+/// Connecting|Open --socket Closed (RST, handshake failed)--> Done (Broken, an anomaly)
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// Not opened yet (before `start_at`).

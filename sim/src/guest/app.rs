@@ -46,10 +46,25 @@ struct Conn {
     outbuf: Vec<u8>,
 }
 
+/// State of the guest-opened connection to the upstream server.
+///
+/// ```text
+/// Waiting{retry_at} --now >= retry_at, connect ok--> Connected{handle}   (resend unacked)
+/// Waiting{retry_at} --connect refused locally-----> Waiting{now + retry}
+/// Connected{handle} --socket Closed (RST, refused)-> Waiting{now + retry}
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// No connection; the next attempt is due at `retry_at`.
+    Waiting { retry_at: Instant },
+    /// A socket is connecting or connected.
+    Connected { handle: SocketHandle },
+}
+
 #[derive(Debug)]
 struct Upstream {
     remote: (Ipv4Addr, u16),
-    handle: Option<SocketHandle>,
+    link: Link,
     next_port: u16,
     next_seq: u64,
     /// Log lines not yet acknowledged, by sequence number.
@@ -57,7 +72,6 @@ struct Upstream {
     /// Bytes of the current connection not yet accepted by its socket.
     outbuf: Vec<u8>,
     inbuf: Vec<u8>,
-    retry_at: Instant,
     connects: u64,
 }
 
@@ -100,13 +114,12 @@ impl KvApp {
             conns: BTreeMap::new(),
             upstream: cfg.upstream.map(|remote| Upstream {
                 remote,
-                handle: None,
+                link: Link::Waiting { retry_at: now },
                 next_port: EPHEMERAL_FIRST,
                 next_seq: 1,
                 unacked: VecDeque::new(),
                 outbuf: Vec::new(),
                 inbuf: Vec::new(),
-                retry_at: now,
                 connects: 0,
             }),
             served: 0,
@@ -232,13 +245,15 @@ impl KvApp {
         let Some(up) = self.upstream.as_mut() else {
             return;
         };
-        if let Some(h) = up.handle {
+        if let Link::Connected { handle: h } = up.link {
             let sock = stack.sockets.get_mut::<tcp::Socket>(h);
             if sock.state() == tcp::State::Closed {
-                // Refused, reset or timed out: reconnect later and resend what is unacked.
+                // Connected --socket Closed--> Waiting: refused, reset or timed out; reconnect
+                // later and resend what is unacknowledged.
                 stack.sockets.remove(h);
-                up.handle = None;
-                up.retry_at = now + UPSTREAM_RETRY;
+                up.link = Link::Waiting {
+                    retry_at: now + UPSTREAM_RETRY,
+                };
             } else {
                 let mut buf = [0u8; 1024];
                 while sock.can_recv() {
@@ -269,7 +284,9 @@ impl KvApp {
                 return;
             }
         }
-        if now >= up.retry_at {
+        if let Link::Waiting { retry_at } = up.link
+            && now >= retry_at
+        {
             let local_port = up.next_port;
             up.next_port = if up.next_port == u16::MAX {
                 EPHEMERAL_FIRST
@@ -279,12 +296,17 @@ impl KvApp {
             let mut sock = new_socket();
             let cx = stack.iface.context();
             if sock.connect(cx, up.remote, local_port).is_ok() {
-                up.handle = Some(stack.sockets.add(sock));
+                // Waiting --connect--> Connected: the new stream starts with every unacked line.
+                up.link = Link::Connected {
+                    handle: stack.sockets.add(sock),
+                };
                 up.connects += 1;
                 up.outbuf = up.unacked.iter().flat_map(|(_, l)| l.bytes()).collect();
                 up.inbuf.clear();
             } else {
-                up.retry_at = now + UPSTREAM_RETRY;
+                up.link = Link::Waiting {
+                    retry_at: now + UPSTREAM_RETRY,
+                };
             }
         }
     }
@@ -295,11 +317,10 @@ impl KvApp {
             .conns
             .values()
             .filter_map(|c| c.replies.front().map(|(due, _)| *due));
-        let retry = self
-            .upstream
-            .as_ref()
-            .filter(|u| u.handle.is_none())
-            .map(|u| u.retry_at);
+        let retry = self.upstream.as_ref().and_then(|u| match u.link {
+            Link::Waiting { retry_at } => Some(retry_at),
+            Link::Connected { .. } => None,
+        });
         replies.chain(retry).min()
     }
 
@@ -325,7 +346,7 @@ impl KvApp {
             }
         }
         if let Some(u) = &self.upstream {
-            h.write_field(format!("{:?}", u.handle).as_bytes());
+            h.write_field(format!("{:?}", u.link).as_bytes());
             h.write_u64(u64::from(u.next_port));
             h.write_u64(u.next_seq);
             for (seq, line) in &u.unacked {
@@ -334,7 +355,6 @@ impl KvApp {
             }
             h.write_field(&u.outbuf);
             h.write_field(&u.inbuf);
-            h.write_u64(u.retry_at.as_nanos());
             h.write_u64(u.connects);
         }
     }
@@ -409,7 +429,7 @@ fn write(
         let seq = up.next_seq;
         up.next_seq += 1;
         let line = format!("LOG {seq} {key} {}\n", entry.value);
-        if up.handle.is_some() {
+        if matches!(up.link, Link::Connected { .. }) {
             up.outbuf.extend_from_slice(line.as_bytes());
         }
         up.unacked.push_back((seq, line));
@@ -492,13 +512,14 @@ mod tests {
         let mut fx = Effects::default();
         let mut up = Some(Upstream {
             remote: (Addr::lan(2).ip, 9000),
-            handle: None,
+            link: Link::Waiting {
+                retry_at: Instant::ZERO,
+            },
             next_port: EPHEMERAL_FIRST,
             next_seq: 1,
             unacked: VecDeque::new(),
             outbuf: Vec::new(),
             inbuf: Vec::new(),
-            retry_at: Instant::ZERO,
             connects: 0,
         });
         let mut ent = Counter(0);
