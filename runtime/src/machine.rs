@@ -282,6 +282,17 @@ impl Machine {
         Ok(())
     }
 
+    /// An interrupt line: an eventfd registered as KVM irqfd on `gsi` (IOAPIC input). Each
+    /// `write(1)` raises an edge on that input; the registration lives as long as the VM.
+    pub fn irq_line(&self, gsi: u32) -> Result<EventFd, MachineError> {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
+            what: "an eventfd",
+            source,
+        })?;
+        self.vm.fd().register_irqfd(&fd, gsi).op("KVM_IRQFD")?;
+        Ok(fd)
+    }
+
     /// The VM's shape.
     pub fn config(&self) -> MachineConfig {
         self.config

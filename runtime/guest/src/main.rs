@@ -15,6 +15,8 @@ mod config;
 mod console;
 mod counter;
 mod heap;
+mod idle;
+mod irq;
 mod rt;
 mod shim;
 
@@ -39,6 +41,7 @@ pub extern "C" fn colo_main(cmdline_addr: u64, mem_size: u64, cmdline_len: u64) 
     let config = config::Config::parse(cmdline);
     match config.workload.as_str() {
         "counter" => counter::run(&config, mem_size),
+        "idle" => idle::run(&config),
         other => panic!("unknown workload {other:?}"),
     }
 }
