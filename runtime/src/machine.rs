@@ -176,8 +176,10 @@ impl Machine {
         if config.vcpus == 0 {
             return Err(MachineError::NoVcpus);
         }
-        let vm = KvmVm::new()?;
+        // Memory first: on an error below, locals drop in reverse order, so the VM (and its
+        // memslot) goes before the mapping it points to.
         let mem = memory::create(config.mem_mib << 20)?;
+        let vm = KvmVm::new()?;
         vm.register_memory(&mem)?;
 
         let console = Arc::new(Mutex::new(Console::new(mem.clone(), output.writer())));
