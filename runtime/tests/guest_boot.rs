@@ -102,3 +102,37 @@ fn truncated_image_is_refused_by_the_machine() {
         "{err}"
     );
 }
+
+#[test]
+fn guest_cpu_fault_is_reported_with_vector_and_rip() {
+    if !common::kvm_available("guest_cpu_fault_is_reported_with_vector_and_rip") {
+        return;
+    }
+    let (mut machine, capture) = common::guest_machine(32, "colo.workload=fault");
+    machine.resume();
+    let stop = machine.wait_for_stop(Duration::from_secs(20));
+    let Some((
+        0,
+        VcpuStop::GuestFault {
+            vector,
+            error_code,
+            rip,
+            ..
+        },
+    )) = stop
+    else {
+        panic!(
+            "expected a #UD report, got {stop:?}; console:\n{}",
+            capture.text()
+        );
+    };
+    assert_eq!(
+        (vector, error_code),
+        (6, 0),
+        "#UD has vector 6 and no error code"
+    );
+    assert!(
+        (0x20_0000..0x30_0000).contains(&rip),
+        "rip {rip:#x} is not in the guest's text"
+    );
+}
