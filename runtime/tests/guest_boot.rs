@@ -9,8 +9,8 @@ use colo_runtime::{ConsoleOutput, Machine, MachineConfig, MachineError};
 use std::time::Duration;
 
 #[test]
-fn test_guest_boots_prints_and_exits() {
-    if !common::kvm_available("test_guest_boots_prints_and_exits") {
+fn guest_boots_prints_and_exits() {
+    if !common::kvm_available("guest_boots_prints_and_exits") {
         return;
     }
     let (mut machine, capture) = common::guest_machine(64, &counter_cmdline(16, 50, 10, 0));
