@@ -16,7 +16,12 @@ if [[ -z "$pkg" ]]; then
     apt-get update -qq
     pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
 fi
-(cd "$dest/tmp" && apt-get download -qq "$pkg")
+# A stale package list can name a version the mirror no longer has: refresh once and retry.
+if ! (cd "$dest/tmp" && apt-get download -qq "$pkg"); then
+    apt-get update -qq
+    pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    (cd "$dest/tmp" && apt-get download -qq "$pkg")
+fi
 dpkg-deb -x "$dest"/tmp/*.deb "$dest/tmp/root"
 cp "$dest"/tmp/root/boot/vmlinuz-* "$dest/vmlinuz"
 echo "$pkg" > "$dest/PACKAGE"

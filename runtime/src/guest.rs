@@ -18,3 +18,9 @@ pub fn counter_cmdline(pages: u64, steps: u64, print_every: u64, spin: u64) -> S
         "colo.workload=counter colo.pages={pages} colo.steps={steps} colo.print_every={print_every} colo.spin={spin}"
     )
 }
+
+/// A test-guest command line running the idle workload: halt, wake on interrupts routed from
+/// IOAPIC input `gsi`, exit after `wakes` wake-ups (0 = never).
+pub fn idle_cmdline(gsi: u32, wakes: u64) -> String {
+    format!("colo.workload=idle colo.irq={gsi} colo.steps={wakes}")
+}

@@ -176,8 +176,10 @@ impl Machine {
         if config.vcpus == 0 {
             return Err(MachineError::NoVcpus);
         }
-        let vm = KvmVm::new()?;
+        // Memory first: on an error below, locals drop in reverse order, so the VM (and its
+        // memslot) goes before the mapping it points to.
         let mem = memory::create(config.mem_mib << 20)?;
+        let vm = KvmVm::new()?;
         vm.register_memory(&mem)?;
 
         let console = Arc::new(Mutex::new(Console::new(mem.clone(), output.writer())));
@@ -280,6 +282,17 @@ impl Machine {
         let (vm, mem) = (&self.vm, &self.mem);
         self.vcpus[0].with_fd(|fd| vcpu::configure(vm.kvm(), fd, 0, mem, Some(regs)))?;
         Ok(())
+    }
+
+    /// An interrupt line: an eventfd registered as KVM irqfd on `gsi` (IOAPIC input). Each
+    /// `write(1)` raises an edge on that input; the registration lives as long as the VM.
+    pub fn irq_line(&self, gsi: u32) -> Result<EventFd, MachineError> {
+        let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
+            what: "an eventfd",
+            source,
+        })?;
+        self.vm.fd().register_irqfd(&fd, gsi).op("KVM_IRQFD")?;
+        Ok(fd)
     }
 
     /// The VM's shape.

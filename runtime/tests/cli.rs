@@ -179,3 +179,44 @@ fn malformed_inputs_give_one_clear_error_line() {
         );
     }
 }
+
+#[test]
+fn run_boots_a_bzimage_as_linux_with_its_console_on_stdout() {
+    if !common::kvm_available("run_boots_a_bzimage_as_linux_with_its_console_on_stdout") {
+        return;
+    }
+    let kernel = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/linux/vmlinuz");
+    if !kernel.exists() {
+        assert_ne!(
+            std::env::var("COLO_REQUIRE_LINUX_KERNEL").as_deref(),
+            Ok("1"),
+            "{} is required; run scripts/setup-guest-assets.sh",
+            kernel.display()
+        );
+        eprintln!(
+            "SKIPPED run_boots_a_bzimage_as_linux_with_its_console_on_stdout: no {}",
+            kernel.display()
+        );
+        return;
+    }
+    // --kind auto recognises the bzImage; the decompressor's first line (see
+    // tests/linux_boot.rs) must reach stdout before the timeout pauses the VM.
+    let out = colo(&[
+        "run",
+        "--guest",
+        &kernel.display().to_string(),
+        "--memory",
+        "256",
+        "--cmdline",
+        "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr",
+        "--timeout",
+        "10",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("KASLR disabled"),
+        "stdout: {stdout:?}\nstderr: {}",
+        stderr(&out)
+    );
+}

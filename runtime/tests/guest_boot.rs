@@ -9,8 +9,8 @@ use colo_runtime::{ConsoleOutput, Machine, MachineConfig, MachineError};
 use std::time::Duration;
 
 #[test]
-fn test_guest_boots_prints_and_exits() {
-    if !common::kvm_available("test_guest_boots_prints_and_exits") {
+fn guest_boots_prints_and_exits() {
+    if !common::kvm_available("guest_boots_prints_and_exits") {
         return;
     }
     let (mut machine, capture) = common::guest_machine(64, &counter_cmdline(16, 50, 10, 0));
@@ -100,5 +100,39 @@ fn truncated_image_is_refused_by_the_machine() {
     assert!(
         err.to_string().contains("not a loadable x86-64 ELF"),
         "{err}"
+    );
+}
+
+#[test]
+fn guest_cpu_fault_is_reported_with_vector_and_rip() {
+    if !common::kvm_available("guest_cpu_fault_is_reported_with_vector_and_rip") {
+        return;
+    }
+    let (mut machine, capture) = common::guest_machine(32, "colo.workload=fault");
+    machine.resume();
+    let stop = machine.wait_for_stop(Duration::from_secs(20));
+    let Some((
+        0,
+        VcpuStop::GuestFault {
+            vector,
+            error_code,
+            rip,
+            ..
+        },
+    )) = stop
+    else {
+        panic!(
+            "expected a #UD report, got {stop:?}; console:\n{}",
+            capture.text()
+        );
+    };
+    assert_eq!(
+        (vector, error_code),
+        (6, 0),
+        "#UD has vector 6 and no error code"
+    );
+    assert!(
+        (0x20_0000..0x30_0000).contains(&rip),
+        "rip {rip:#x} is not in the guest's text"
     );
 }

@@ -9,7 +9,7 @@ pub struct Config {
     pub workload: String,
     /// Pages of the working set rewritten at every step.
     pub pages: u64,
-    /// Steps to run before exiting with code 0; 0 runs forever.
+    /// Steps (idle: wake-ups) to run before exiting with code 0; 0 runs forever.
     pub steps: u64,
     /// Print a progress line every this many steps.
     pub print_every: u64,
@@ -17,6 +17,8 @@ pub struct Config {
     pub seed: u64,
     /// Busy-loop iterations per step (slows the counter down for tests).
     pub spin: u64,
+    /// The IOAPIC input the idle workload waits on.
+    pub irq: u32,
 }
 
 impl Config {
@@ -28,6 +30,7 @@ impl Config {
             print_every: 1000,
             seed: 1,
             spin: 0,
+            irq: 5,
         };
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -41,6 +44,7 @@ impl Config {
                 ("colo.print_every", Some(n)) => config.print_every = n.max(1),
                 ("colo.seed", Some(n)) => config.seed = n,
                 ("colo.spin", Some(n)) => config.spin = n,
+                ("colo.irq", Some(n)) if n < 24 => config.irq = n as u32,
                 _ => {}
             }
         }

@@ -15,6 +15,8 @@ mod config;
 mod console;
 mod counter;
 mod heap;
+mod idle;
+mod irq;
 mod rt;
 mod shim;
 
@@ -39,6 +41,13 @@ pub extern "C" fn colo_main(cmdline_addr: u64, mem_size: u64, cmdline_len: u64) 
     let config = config::Config::parse(cmdline);
     match config.workload.as_str() {
         "counter" => counter::run(&config, mem_size),
+        "idle" => idle::run(&config),
+        // Raises #UD at ring 3, so the VMM's fault reporting can be tested end to end.
+        "fault" => {
+            // SAFETY: ud2 only raises an exception; the shim reports it and stops the VM.
+            unsafe { core::arch::asm!("ud2", options(nostack)) };
+            unreachable!("the shim does not return from #UD")
+        }
         other => panic!("unknown workload {other:?}"),
     }
 }

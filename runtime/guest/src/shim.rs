@@ -9,10 +9,11 @@
 //! What it builds (all inside the ELF image, no fixed addresses besides the link address):
 //! * page tables: PML4 -> PDPT -> 4 PDs of 2 MiB pages (identity, P|RW|US|PS);
 //! * GDT: kernel code 0x08, kernel data 0x10, user data 0x18, user code 0x20, TSS 0x28;
-//! * TSS: rsp0 (used by the hypercall gate from ring 3) and IST1 (every other gate);
+//! * TSS: rsp0 (used by the #GP gate from ring 3) and IST1 (every other gate);
 //! * IDT: 256 gates. Exceptions (0-31) are reported to the VMM through the console's fault
-//!   registers and stop the vCPU; vector 0x80 (DPL 3) is the hypercall; other vectors are
-//!   external interrupts, acknowledged at the local APIC and counted;
+//!   registers and stop the vCPU, except a #GP raised by `hlt` at ring 3, which is the halt
+//!   service (halt until an interrupt); vectors 32-255 are external interrupts, acknowledged
+//!   at the local APIC and counted in `shim_irq_count`;
 //! * masks both 8259 PICs (legacy interrupts must not reach a guest that does not expect them).
 //!
 //! Entry contract (set by the VMM, see colo-runtime's loader): 64-bit mode with the VMM's
@@ -105,10 +106,10 @@ shim_fill_idt:
     or rax, rdx
     // selector 0x08, IST 1, present interrupt gate DPL 0
     mov rdx, 0x00008e0100080000
-    cmp ecx, 0x80
+    cmp ecx, 13
     jne shim_gate_kind_done
-    // the hypercall gate: DPL 3, no IST (ring-3 entry switches to TSS.rsp0)
-    mov rdx, 0x0000ee0000080000
+    // #GP (the halt service): no IST (from ring 3 the CPU switches to TSS.rsp0)
+    mov rdx, 0x00008e0000080000
 shim_gate_kind_done:
     or rax, rdx
     mov qword ptr [rdi], rax
@@ -164,8 +165,8 @@ shim_stubs:
 
     // Stack here: [rsp] vector, [rsp+8] error code, [rsp+16] rip, cs, rflags, rsp, ss.
 shim_trap_common:
-    cmp qword ptr [rsp], 0x80
-    je shim_hypercall
+    cmp qword ptr [rsp], 13
+    je shim_gp
     cmp qword ptr [rsp], 32
     jae shim_irq
 shim_fault:
@@ -193,13 +194,26 @@ shim_irq:
     add rsp, 16
     iretq
 
-    // Hypercall from ring 3 (int 0x80), service in rax. 0 = halt until an interrupt.
-shim_hypercall:
-    test rax, rax
-    jnz shim_fault
+    // Halt service: ring 3 executes `hlt`, which faults (#GP, it is privileged) into here;
+    // rdi = the interrupt count the caller last saw. `int n` cannot be used: kvm_pvm turns it
+    // into #UD at ring 3 (measured). The #GP gate has no IST, so an interrupt taken during the
+    // `hlt` below (IST1) cannot overwrite this frame. The gate cleared IF, so comparing here
+    // and then `sti; hlt` (hlt runs in sti's interrupt shadow) cannot miss a wake-up.
+shim_gp:
+    test qword ptr [rsp + 24], 3
+    jz shim_fault
+    push rax
+    mov rax, qword ptr [rsp + 24]
+    cmp byte ptr [rax], 0xf4
+    pop rax
+    jne shim_fault
+    add qword ptr [rsp + 16], 1
+    cmp rdi, qword ptr [rip + shim_irq_count]
+    jne shim_halt_done
     sti
     hlt
     cli
+shim_halt_done:
     add rsp, 16
     iretq
 

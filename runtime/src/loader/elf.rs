@@ -137,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn test_guest_loads_at_its_link_address() {
+    fn guest_image_loads_at_its_link_address() {
         let mem = memory::create(32 << 20).unwrap();
         let loaded = load(&mem, &guest()).unwrap();
         assert_eq!(loaded.entry, 0x20_0000);
