@@ -44,7 +44,8 @@ enum ImageKind {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Guest image: colo's test guest (ELF) or a Linux bzImage / vmlinux.
+    /// Guest image: colo's test guest (ELF) or a Linux bzImage / vmlinux. The word
+    /// `test-guest` names the test guest this colo binary was built with.
     #[arg(long)]
     guest: PathBuf,
     /// How to boot the image.
@@ -103,7 +104,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Run(args) => {
-            let image = read(&args.guest, "guest image")?;
+            let guest_path = if args.guest.as_os_str() == "test-guest" {
+                colo_runtime::guest::test_guest_path().to_path_buf()
+            } else {
+                args.guest.clone()
+            };
+            let image = read(&guest_path, "guest image")?;
             let kind = match args.kind {
                 ImageKind::Auto
                     if colo_runtime::loader::linux::detect(&image)
@@ -138,7 +144,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     machine.load_test_guest(&image, args.cmdline.as_deref().unwrap_or(&default))
                 }
             }
-            .map_err(|e| format!("{}: {e}", args.guest.display()))?;
+            .map_err(|e| format!("{}: {e}", guest_path.display()))?;
             drive(machine, &args.common)
         }
         Command::Restore(args) => {
