@@ -14,7 +14,8 @@
 //! consumed by a match, dropped for a counted reason, or still held ([`CompareStats`]).
 //!
 //! Files: [`config`] (knobs), `flow` (queues, non-TCP rules), `tcp` (stream alignment), `table`
-//! (flow table and idle-flow GC), `ages` (arrival ring and comparison deadlines), [`stats`].
+//! (flow table and idle-flow GC), `ages` (arrival ring and comparison deadlines), [`stats`],
+//! [`testkit`] (frame builders for tests, fuzzing, benches and the demo).
 
 mod ages;
 pub mod config;
@@ -27,7 +28,6 @@ pub mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub use ages::FrameId;
 pub use config::{CompareConfig, CompareConfigError};
 pub use flow::FlowClass;
 pub use stats::CompareStats;
@@ -35,7 +35,7 @@ pub use stats::CompareStats;
 use crate::ids::CheckpointReason;
 use crate::packet::{FlowKey, Kind, SeqNum, classify_or_opaque, tcp_flags};
 use crate::time::Instant;
-use ages::Ages;
+use ages::{Ages, FrameId};
 use flow::{Flow, Held, Sink, Spare};
 use std::collections::VecDeque;
 use table::{FlowIdx, FlowTable};
