@@ -203,6 +203,7 @@ pub(crate) struct Sink<'a> {
 }
 
 impl Sink<'_> {
+    #[inline]
     pub(crate) fn release_matched(&mut self, held: Held) {
         self.ages.forget(held.id);
         self.stats.released_matched += 1;
@@ -211,6 +212,7 @@ impl Sink<'_> {
         self.out.push_back(CompareOutput::Release(held.frame));
     }
 
+    #[inline]
     pub(crate) fn secondary_matched(&mut self, held: Held) {
         self.ages.forget(held.id);
         self.stats.secondary_matched += 1;

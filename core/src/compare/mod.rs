@@ -33,7 +33,7 @@ pub use flow::FlowClass;
 pub use stats::CompareStats;
 
 use crate::ids::CheckpointReason;
-use crate::packet::{FlowKey, Kind, SeqNum, classify_or_opaque, tcp_flags};
+use crate::packet::{Classified, FlowKey, Kind, SeqNum, classify, classify_or_opaque, tcp_flags};
 use crate::time::Instant;
 use ages::{Ages, FrameId};
 use flow::{Flow, Held, Sink, Spare};
@@ -307,8 +307,18 @@ impl Comparator {
             return;
         }
 
-        // Classify once; everything later works on these offsets.
-        let classified = classify_or_opaque(&frame);
+        // Classify once; everything later works on these offsets. The summary is borrowed in
+        // place (not moved out of the `Result`): copying it costs more than the rest of the
+        // lookup. An unreadable frame (rare) is classified again as opaque.
+        let parsed = classify(&frame);
+        let opaque;
+        let classified: &Classified = match &parsed {
+            Ok(c) => c,
+            Err(_) => {
+                opaque = classify_or_opaque(&frame);
+                &opaque
+            }
+        };
         let (class, body_start, body_end, tcp_info) = match &classified.kind {
             Kind::Tcp(info) => (
                 FlowClass::Tcp,
