@@ -399,6 +399,9 @@ impl Comparator {
                 Side::Primary => self.stats.held_primary += 1,
                 Side::Secondary => self.stats.held_secondary += 1,
             }
+            if matches!(self.phase, Phase::CheckpointPending(_)) {
+                self.stats.held_while_pending += 1;
+            }
         }
         let mut sink = Sink {
             out: &mut self.out,
