@@ -6,7 +6,8 @@
 //! (1472-byte payloads, compared with their UDP header). Each workload has a `memcmp` baseline
 //! in the same run: `==` over exactly the byte ranges the comparator compares, in the same
 //! frames. Throughput is reported in compared payload bytes, so the two lines of a workload
-//! divide into the ratio docs/benchmarks.md records.
+//! divide into the ratio docs/benchmarks.md records. A third line, `classify_only`, times just
+//! the classification of both frames of every pair (work the comparator does once per frame).
 //!
 //! Frames are built (and cloned for each iteration) outside the timed region; dropping what the
 //! routine returns (released frames, the comparator with its pool of spare secondary buffers,
@@ -127,6 +128,21 @@ fn bench(c: &mut Criterion) {
                 }
                 assert_eq!(equal, PAIRS);
                 equal
+            })
+        });
+        // Not a baseline: the cost of classifying both frames of every pair, which the
+        // comparator pays once per frame, to show how much of its time the parser takes.
+        group.bench_function("classify_only", |b| {
+            b.iter(|| {
+                let mut tcp = 0usize;
+                for (p, s) in w.primary.iter().zip(&w.secondary) {
+                    for f in [p, s] {
+                        let c = classify(black_box(f)).expect("well-formed");
+                        tcp += usize::from(matches!(c.kind, Kind::Tcp(_)));
+                        black_box(&c);
+                    }
+                }
+                tcp
             })
         });
         group.finish();

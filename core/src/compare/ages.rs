@@ -49,6 +49,7 @@ impl Ages {
     }
 
     /// The frame left the comparator (released or dropped).
+    #[inline]
     pub(crate) fn forget(&mut self, id: FrameId) {
         let Some(at) = id.0.checked_sub(self.base) else {
             return;

@@ -82,8 +82,9 @@ pub(crate) struct Flow {
     pub(crate) gc_at: Option<Instant>,
 }
 
-/// Preallocated queue depth per side: enough for a burst without reallocating.
-const QUEUE_PREALLOC: usize = 16;
+/// Preallocated queue depth per side: the usual depth (a frame waiting for its twin) without
+/// reallocating, small enough that a full table of 16384 flows stays near 10 MB.
+const QUEUE_PREALLOC: usize = 4;
 
 impl Flow {
     pub(crate) fn new(key: FlowKey, class: FlowClass, now: Instant) -> Flow {
@@ -203,6 +204,7 @@ pub(crate) struct Sink<'a> {
 }
 
 impl Sink<'_> {
+    #[inline]
     pub(crate) fn release_matched(&mut self, held: Held) {
         self.ages.forget(held.id);
         self.stats.released_matched += 1;
@@ -211,6 +213,7 @@ impl Sink<'_> {
         self.out.push_back(CompareOutput::Release(held.frame));
     }
 
+    #[inline]
     pub(crate) fn secondary_matched(&mut self, held: Held) {
         self.ages.forget(held.id);
         self.stats.secondary_matched += 1;

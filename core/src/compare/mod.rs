@@ -14,7 +14,8 @@
 //! consumed by a match, dropped for a counted reason, or still held ([`CompareStats`]).
 //!
 //! Files: [`config`] (knobs), `flow` (queues, non-TCP rules), `tcp` (stream alignment), `table`
-//! (flow table and idle-flow GC), `ages` (arrival ring and comparison deadlines), [`stats`].
+//! (flow table and idle-flow GC), `ages` (arrival ring and comparison deadlines), [`stats`],
+//! [`testkit`] (frame builders for tests, fuzzing, benches and the demo).
 
 mod ages;
 pub mod config;
@@ -27,15 +28,14 @@ pub mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub use ages::FrameId;
 pub use config::{CompareConfig, CompareConfigError};
 pub use flow::FlowClass;
 pub use stats::CompareStats;
 
 use crate::ids::CheckpointReason;
-use crate::packet::{FlowKey, Kind, SeqNum, classify_or_opaque, tcp_flags};
+use crate::packet::{Classified, FlowKey, Kind, SeqNum, classify, classify_or_opaque, tcp_flags};
 use crate::time::Instant;
-use ages::Ages;
+use ages::{Ages, FrameId};
 use flow::{Flow, Held, Sink, Spare};
 use std::collections::VecDeque;
 use table::{FlowIdx, FlowTable};
@@ -307,8 +307,18 @@ impl Comparator {
             return;
         }
 
-        // Classify once; everything later works on these offsets.
-        let classified = classify_or_opaque(&frame);
+        // Classify once; everything later works on these offsets. The summary is borrowed in
+        // place (not moved out of the `Result`): copying it costs more than the rest of the
+        // lookup. An unreadable frame (rare) is classified again as opaque.
+        let parsed = classify(&frame);
+        let opaque;
+        let classified: &Classified = match &parsed {
+            Ok(c) => c,
+            Err(_) => {
+                opaque = classify_or_opaque(&frame);
+                &opaque
+            }
+        };
         let (class, body_start, body_end, tcp_info) = match &classified.kind {
             Kind::Tcp(info) => (
                 FlowClass::Tcp,
@@ -388,6 +398,9 @@ impl Comparator {
             match side {
                 Side::Primary => self.stats.held_primary += 1,
                 Side::Secondary => self.stats.held_secondary += 1,
+            }
+            if matches!(self.phase, Phase::CheckpointPending(_)) {
+                self.stats.held_while_pending += 1;
             }
         }
         let mut sink = Sink {

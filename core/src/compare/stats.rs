@@ -49,6 +49,9 @@ pub struct CompareStats {
     pub checkpoint_requests: u64,
     /// Triggers (miscompare, timeout, full queue or table) absorbed by a pending request.
     pub coalesced_requests: u64,
+    /// Frames (either side) that had to be held while a checkpoint request was pending: the
+    /// comparator keeps comparing then, it never drops, and this shows the backlog it carried.
+    pub held_while_pending: u64,
     /// Frames held in a queue that already had `max_queue_frames` frames.
     pub queue_full_events: u64,
     /// Flows created past `max_flows` because no idle flow could be evicted.

@@ -216,6 +216,7 @@ fn covers(seg: &SegmentSeq, at: SeqNum) -> bool {
 
 /// Inserts a segment keeping the queue sorted by sequence number (stable for equal numbers).
 /// Segments nearly always arrive in order, so the search starts from the back.
+#[inline]
 pub(crate) fn insert_sorted(queue: &mut VecDeque<Held>, held: Held) {
     let seq = held.tcp.map(|s| s.seq).unwrap_or_default();
     let in_order = queue

@@ -1,7 +1,7 @@
 //! Fuzz body for the `compare` target: the comparator's output-commit rule under arbitrary
 //! sequences of frames, timeouts, checkpoints and failovers.
 //!
-//! The input is read as a list of operations (see [`Op`]): primary or secondary TCP segments on
+//! The input is read as a list of operations (`Op`): primary or secondary TCP segments on
 //! three flows (built from templates; the payload byte at sequence number `x` is a fixed
 //! function of `x`, so the two sides agree unless an operation flips a byte), UDP, ARP and
 //! unreadable frames, mirrored secondary copies of recent primary datagrams, time advances

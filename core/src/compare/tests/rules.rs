@@ -264,6 +264,8 @@ fn triggers_while_pending_are_coalesced() {
         3,
         "two miscompares and a timeout"
     );
+    // Frames held after the first request: two on each later UDP flow, one TCP segment.
+    assert_eq!(c.stats().held_while_pending, 5);
     c.checkpoint_done(t(5001));
     settle(&mut c);
     // Pending state is cleared: the next difference asks again.
