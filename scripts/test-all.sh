@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# Runs every test colo has: formatting, lints, unit/property/corpus tests of every crate.
-# This is the README's test command; .ci/run calls it after installing what it needs.
+# Runs every test colo has, on a fresh machine: fetches the guest assets the tests need, then
+# formatting, lints, unit/property/corpus/KVM tests of every crate, and the simulator's madsim
+# build. This is the README's test command; .ci/run calls it (after installing the toolchain
+# components) and adds a fuzz smoke.
+#
+# Tests that need /dev/kvm or the Linux kernel asset skip with a message where those are
+# missing; set COLO_REQUIRE_KVM=1 / COLO_REQUIRE_LINUX_KERNEL=1 to make a skip a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== toolchain components"
+rustup component add rustfmt clippy >/dev/null
+
+echo "== guest assets (Debian cloud kernel for the Linux-loader test)"
+scripts/setup-guest-assets.sh || echo "guest assets: could not fetch the kernel; its test will skip"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -12,5 +23,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
+
+echo "== madsim build of the simulator (--cfg madsim, own target dir)"
+CARGO_TARGET_DIR=target/sim RUSTFLAGS="--cfg madsim" cargo test -p colo-sim --locked --test madsim_smoke
 
 echo "== all tests passed"
