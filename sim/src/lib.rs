@@ -21,4 +21,5 @@ pub mod netem;
 pub mod proto;
 pub mod rng;
 pub mod stack;
+pub mod swarm;
 pub mod world;
