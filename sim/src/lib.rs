@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod client;
 #[cfg(madsim)]
 pub mod cluster;
@@ -22,4 +23,5 @@ pub mod proto;
 pub mod rng;
 pub mod stack;
 pub mod swarm;
+pub mod trace;
 pub mod world;
