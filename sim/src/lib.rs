@@ -22,6 +22,7 @@ pub mod netem;
 pub mod platform;
 pub mod proto;
 pub mod rng;
+pub mod run;
 pub mod stack;
 pub mod swarm;
 pub mod trace;

@@ -144,6 +144,13 @@ impl SimVm {
         self.applied.as_ref()
     }
 
+    /// Secondary: the RAM cache starts with `snapshot` as applied epoch `epoch` (the initial
+    /// full copy, colo's SyncStart/SyncDone).
+    pub fn seed_applied(&mut self, epoch: Epoch, snapshot: GuestSnapshot) {
+        self.previous = Some(snapshot.clone());
+        self.applied = Some((epoch, snapshot));
+    }
+
     /// Tells the VM which epoch its next pause belongs to (the trace names it).
     pub fn set_pause_epoch(&mut self, epoch: Epoch) {
         self.pause_epoch = epoch;
