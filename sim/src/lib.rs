@@ -23,6 +23,7 @@ pub mod platform;
 pub mod proto;
 pub mod rng;
 pub mod run;
+pub mod runner;
 pub mod stack;
 pub mod swarm;
 pub mod trace;

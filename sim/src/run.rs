@@ -747,11 +747,9 @@ impl ColoRun {
     }
 
     fn crash(&mut self, now: Instant, host: Host) {
-        // Without re-protection (the Node's), only the first loss of a host is survivable.
-        if self.a.phase == HostPhase::Down
-            || self.b.phase == HostPhase::Down
-            || self.stats.failovers > 0
-        {
+        // Without re-protection (the Node's), only the first loss of a host is survivable: a
+        // run applies at most one crash, before any failover.
+        if self.stats.crashes > 0 || self.stats.failovers > 0 {
             return;
         }
         self.stats.crashes += 1;
@@ -771,6 +769,11 @@ impl ColoRun {
         if !self.faults_stopped && now >= self.opts.liveness_starts() {
             self.faults_stopped = true;
             self.world.net.heal_all();
+            // Loss, duplication, reordering and jitter stop too: only the fixed latency stays.
+            let delay = self.opts.link.delay;
+            self.world
+                .net
+                .set_default_link(crate::netem::LinkConfig::with_delay(delay));
             for i in std::mem::take(&mut self.applied_cuts) {
                 let lf = self.opts.link_faults[i];
                 if lf.mode == CutMode::Clog {

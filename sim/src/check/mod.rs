@@ -16,18 +16,25 @@ pub mod single_writer;
 pub mod state_equality;
 pub mod tcp_continuity;
 
+use colo_core::time::Instant;
+
 use crate::client::History;
 use crate::trace::{Trace, Violation};
 
-/// Every safety checker over one run, in a fixed order.
-pub fn check_safety(trace: &Trace, histories: &[&History], run_complete: bool) -> Vec<Violation> {
+/// Every safety checker over one run, in a fixed order (`stale_before`: see
+/// [`no_silent_loss`]).
+pub fn check_safety(
+    trace: &Trace,
+    histories: &[&History],
+    stale_before: Option<Instant>,
+) -> Vec<Violation> {
     let mut v = Vec::new();
     v.extend(output_commit::check(trace));
     v.extend(atomic_checkpoint::check(trace));
     v.extend(state_equality::check(trace));
     v.extend(tcp_continuity::check(histories));
     v.extend(single_writer::check(trace));
-    v.extend(no_silent_loss::check(trace, run_complete));
+    v.extend(no_silent_loss::check(trace, stale_before));
     v
 }
 

@@ -1,11 +1,14 @@
 //! Checker 6, no silent loss: every frame colo held was released or deliberately superseded
 //! (and counted), or went down with its host's crash.
 //!
-//! A frame may also be released at most once. While the run is still going (`run_complete` is
-//! false) frames still held are not reported; at the end of a complete run (after the liveness
-//! phase drained every queue) a frame still held is lost silently.
+//! A frame may also be released at most once. Frames still held when the trace ends are reported
+//! if they were held at or before `stale_before` (the runner passes the start of the liveness
+//! phase: by the end of it every frame held during the faults must have left); `None` reports
+//! every frame still held.
 
 use std::collections::BTreeMap;
+
+use colo_core::time::Instant;
 
 use crate::swarm::Host;
 use crate::trace::{FrameId, Trace, TraceEvent, Violation};
@@ -27,17 +30,19 @@ pub struct LossCounts {
 }
 
 /// Follows every held frame to its end; returns the counts and the violations.
-pub fn account(trace: &Trace, run_complete: bool) -> (LossCounts, Vec<Violation>) {
+pub fn account(trace: &Trace, stale_before: Option<Instant>) -> (LossCounts, Vec<Violation>) {
     let mut out = Vec::new();
     let mut counts = LossCounts::default();
-    let mut held: BTreeMap<FrameId, Host> = BTreeMap::new();
+    let mut held: BTreeMap<FrameId, (Host, Instant)> = BTreeMap::new();
     let mut done: BTreeMap<FrameId, ()> = BTreeMap::new();
-    let mut last = colo_core::time::Instant::ZERO;
+    let mut last = Instant::ZERO;
     for e in &trace.events {
         last = e.at();
         match e {
-            TraceEvent::Held { frame, host, .. } => {
-                held.insert(*frame, *host);
+            TraceEvent::Held {
+                frame, host, at, ..
+            } => {
+                held.insert(*frame, (*host, *at));
             }
             TraceEvent::Released { at, frame, .. } | TraceEvent::Superseded { at, frame, .. } => {
                 if held.remove(frame).is_some() {
@@ -62,15 +67,15 @@ pub fn account(trace: &Trace, run_complete: bool) -> (LossCounts, Vec<Violation>
             }
             TraceEvent::Crash { host, .. } => {
                 let before = held.len();
-                held.retain(|_, h| h != host);
+                held.retain(|_, (h, _)| h != host);
                 counts.crashed += (before - held.len()) as u64;
             }
             _ => {}
         }
     }
     counts.held = held.len() as u64;
-    if run_complete {
-        for (frame, host) in held {
+    for (frame, (host, at)) in held {
+        if stale_before.is_none_or(|s| at <= s) {
             out.push(Violation {
                 checker: NAME,
                 at: last,
@@ -82,8 +87,8 @@ pub fn account(trace: &Trace, run_complete: bool) -> (LossCounts, Vec<Violation>
 }
 
 /// The violations of [`account`].
-pub fn check(trace: &Trace, run_complete: bool) -> Vec<Violation> {
-    account(trace, run_complete).1
+pub fn check(trace: &Trace, stale_before: Option<Instant>) -> Vec<Violation> {
+    account(trace, stale_before).1
 }
 
 #[cfg(test)]
@@ -131,7 +136,7 @@ mod tests {
             at: Instant::from_millis(3),
             host: Host::A,
         });
-        let (c, v) = account(&t, true);
+        let (c, v) = account(&t, None);
         assert!(v.is_empty(), "{v:?}");
         assert_eq!((c.released, c.superseded, c.crashed, c.held), (1, 1, 1, 0));
     }
@@ -142,9 +147,10 @@ mod tests {
         t.push(held(1, 1));
         t.push(held(1, 2));
         t.push(released(2, 1));
-        assert!(check(&t, false).is_empty(), "still running: not yet lost");
-        assert_eq!(check(&t, true).len(), 1);
+        let early = Some(Instant::ZERO);
+        assert!(check(&t, early).is_empty(), "held recently: not yet lost");
+        assert_eq!(check(&t, None).len(), 1);
         t.push(released(3, 1));
-        assert_eq!(check(&t, false).len(), 1);
+        assert_eq!(check(&t, early).len(), 1);
     }
 }

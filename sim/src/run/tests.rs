@@ -18,7 +18,7 @@ fn calm(seed: u64) -> SwarmOptions {
 
 fn violations(out: &RunOutput) -> Vec<crate::trace::Violation> {
     let h: Vec<&History> = out.histories.iter().collect();
-    check::check_safety(&out.trace, &h, true)
+    check::check_safety(&out.trace, &h, None)
 }
 
 #[test]
