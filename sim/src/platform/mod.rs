@@ -2,13 +2,16 @@
 //! simulated. [`vm::SimVm`] executes `VmCommand`s against a [`crate::guest::Guest`] (pause and
 //! resume latency, dirty-page harvest, page and device-state frames with realistic byte counts
 //! priced on the replication link's bandwidth, the secondary's RAM cache, atomic apply) and
-//! reports `VmCompletion`s; [`arbiter::ArbiterNode`] serves leases with colo-core's `Arbiter`.
+//! reports `VmCompletion`s; [`disk::LayeredDisk`] executes `DiskCommand`s over the parent image
+//! and the hidden and active overlays with injectable write errors; [`arbiter::ArbiterNode`]
+//! serves leases with colo-core's `Arbiter`.
 //!
 //! Invariant kept: a platform model never decides anything colo-core decides; it executes
 //! commands and reports completions and trace events, so a checker that fails points at the
 //! core (or at a canary planted here on purpose, see [`Canary`]).
 
 pub mod arbiter;
+pub mod disk;
 pub mod vm;
 
 use colo_core::wire::Message;
