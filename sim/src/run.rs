@@ -847,6 +847,11 @@ impl ColoRun {
     pub fn world(&self) -> &World {
         &self.world
     }
+
+    /// The world, mutably (tests set its `tap`).
+    pub fn world_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
 }
 
 #[cfg(test)]

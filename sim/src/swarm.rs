@@ -172,7 +172,9 @@ impl SwarmOptions {
     pub fn generate(seed: u64) -> SwarmOptions {
         let mut rng = SimRng::new(seed).fork("swarm");
         let safety = Duration::from_secs(rng.range_inclusive(4, 10));
-        let liveness = Duration::from_secs(5);
+        // Long enough for a TCP retransmission timer that backed off during the faults to fire
+        // again (RFC 6298 section 5.5 doubles it per timeout; smoltcp caps it at 60 s).
+        let liveness = Duration::from_secs(15);
 
         let link = LinkConfig {
             delay: Duration::from_micros(rng.range_inclusive(50, 500)),
