@@ -9,7 +9,9 @@ use colo_sim::runner::{self, Verdict};
 use colo_sim::trace::TraceEvent;
 
 const USAGE: &str = "usage: colo-sim (--seed N | --seeds A..B) [--check-determinism] \
-[--canary NAME] [--trace] [--quiet]\n       colo-sim --list-canaries\n\
+[--canary NAME] [--trace] [--quiet]
+       colo-sim --list-canaries
+--quiet: with --seeds, print only failing seeds and the summary line
 exit codes: 0 pass, 1 correctness, 2 liveness, 3 panic, 4 nondeterminism, 5 canary missed, \
 64 usage";
 
@@ -109,6 +111,10 @@ fn main() -> ExitCode {
                     c.caught_by()
                 );
             }
+        }
+        if ok && args.quiet && !single {
+            passed += 1;
+            continue;
         }
         if let Some(out) = &report.output {
             let s = out.stats;
