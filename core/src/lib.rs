@@ -28,6 +28,7 @@ pub mod failover;
 pub mod fuzzing;
 pub mod heartbeat;
 pub mod ids;
+pub mod node;
 pub mod packet;
 pub mod rewrite;
 pub mod time;
