@@ -136,6 +136,8 @@ impl Node {
         self.failed_over_reported = false;
         self.ready_for_takeover = false;
         self.sync = None;
+        // No pairing any more: the old peer's messages are stale from here on.
+        self.peer = None;
         match &mut self.side {
             Side::Primary(p) => {
                 match &mut p.checkpointer {
