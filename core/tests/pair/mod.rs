@@ -291,7 +291,14 @@ impl Pair {
         }
         // timeout_armed: a node that waits on time must say when.
         let st = self.hosts[h].node.status(self.now);
-        if matches!(st.mode, NodeMode::TakingOver | NodeMode::Syncing) {
+        let waits_on_time = match st.mode {
+            NodeMode::TakingOver | NodeMode::Syncing => true,
+            // Paired after the handshake: heartbeats and checkpoint steps have deadlines.
+            NodeMode::Paired => st.peer_id.is_some(),
+            NodeMode::Connecting => !self.hosts[h].node.is_primary_side(),
+            _ => false,
+        };
+        if waits_on_time {
             assert!(
                 self.hosts[h].node.poll_timeout().is_some(),
                 "timeout_armed: host {h} in {:?} has no deadline",
