@@ -2,7 +2,9 @@
 //! name, on every output: `output_commit` (a paired primary releases only matched or covered
 //! frames), `atomic_checkpoint` (an epoch is applied only whole and never after a discard),
 //! `single_writer` (per term one releasing host, solo release only under the lease) and
-//! `timeout_armed` (a node that waits on time has a deadline); after the faults stop,
+//! `timeout_armed` (a node that waits on time has a deadline); faults include crashes, link
+//! cuts, lost and reordered peer messages, client loss and reordering, arbiter outages,
+//! divergence and commands. After the faults stop,
 //! `no_silent_loss` (every client request is answered by a surviving writer).
 
 mod pair;
@@ -22,6 +24,8 @@ enum Fault {
     Diverge(u64),
     ForceCheckpoint,
     Failover(usize),
+    DropPeer(u32),
+    ReorderPeer(u64),
 }
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -34,6 +38,8 @@ fn fault() -> impl Strategy<Value = Fault> {
         2 => (1u64..10).prop_map(Fault::Diverge),
         2 => Just(Fault::ForceCheckpoint),
         1 => (0usize..2).prop_map(Fault::Failover),
+        1 => (1u32..4).prop_map(Fault::DropPeer),
+        1 => (1u64..20).prop_map(Fault::ReorderPeer),
     ]
 }
 
@@ -66,6 +72,8 @@ fn apply(p: &mut Pair, f: Fault) {
         Fault::Diverge(n) => p.hosts[1].guest.diverge_every = Some(n),
         Fault::ForceCheckpoint => p.input(0, Input::Command(Command::ForceCheckpoint)),
         Fault::Failover(h) => p.input(h, Input::Command(Command::Failover)),
+        Fault::DropPeer(n) => p.peer_drop = n,
+        Fault::ReorderPeer(ms) => p.peer_reorder = Some(Duration::from_millis(ms)),
     }
 }
 

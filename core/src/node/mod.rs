@@ -329,7 +329,7 @@ impl Node {
         match self.phase {
             Phase::Syncing => true,
             Phase::Running => {
-                self.peer.is_some() && self.failover.is_paired() || self.sync.is_some()
+                (self.peer.is_some() && self.failover.is_paired()) || self.sync.is_some()
             }
             Phase::Idle | Phase::Connecting | Phase::Stopped => false,
         }

@@ -146,6 +146,10 @@ pub struct Pair {
     /// Last delivery time per peer-link direction (the link is a TCP stream: FIFO).
     link_fifo: [Instant; 2],
     pub link_cut: bool,
+    /// Drop this many of the next peer messages (either way): a link that loses data.
+    pub peer_drop: u32,
+    /// Deliver the next peer message this much later, out of stream order.
+    pub peer_reorder: Option<Duration>,
     pub arbiter: Arbiter,
     pub arbiter_reachable: [bool; 2],
     /// Host the client network delivers to (moved by `ClaimClientLink`).
@@ -205,6 +209,8 @@ impl Pair {
             seq: 0,
             link_fifo: [now; 2],
             link_cut: false,
+            peer_drop: 0,
+            peer_reorder: None,
             arbiter: Arbiter::new(Duration::from_secs(10), now),
             arbiter_reachable: [true; 2],
             client_target: 0,
@@ -265,6 +271,16 @@ impl Pair {
 
     fn send_peer(&mut self, from: usize, message: Message, bulk: PeerBulk) {
         if self.link_cut || !self.hosts[Self::other(from)].alive {
+            return;
+        }
+        if self.peer_drop > 0 {
+            self.peer_drop -= 1;
+            return;
+        }
+        if let Some(extra) = self.peer_reorder.take() {
+            let at = self.now + self.knobs.peer_delay + extra;
+            let to = Self::other(from);
+            self.schedule(at, Action::Deliver(to, Input::Peer { message, bulk }));
             return;
         }
         let at = (self.now + self.knobs.peer_delay).max(self.link_fifo[from]);
