@@ -1,11 +1,11 @@
 //! The [`Node`]: one per host, composing every replication machine of colo-core behind one
 //! sans-IO interface (quinn-proto's `Connection`, str0m's one `Input` / one `Output`).
 //!
-//! A primary-side node composes the [`Comparator`](crate::compare::Comparator), the
-//! [`PrimaryCheckpointer`](crate::checkpoint::PrimaryCheckpointer) and the
+//! A primary-side node composes the [`Comparator`], the
+//! [`PrimaryCheckpointer`] and the
 //! [`PrimaryDisk`](crate::disk::PrimaryDisk); a secondary-side node the
-//! [`Rewriter`](crate::rewrite::Rewriter), the
-//! [`SecondaryCheckpointer`](crate::checkpoint::SecondaryCheckpointer) and the
+//! [`Rewriter`], the
+//! [`SecondaryCheckpointer`] and the
 //! [`SecondaryDisk`](crate::disk::SecondaryDisk); both a [`Heartbeat`] and a [`Failover`] with its
 //! lease. The node routes inputs to them, drains their outputs in a fixed order, and holds the
 //! two rules no single machine can keep alone: output commit across comparator and checkpointer,
@@ -13,7 +13,8 @@
 //!
 //! Files: [`config`], [`input`], [`output`], `status` (status and counters), `peer` (message
 //! validation, handshake), `primary`, `secondary` (data paths), `solo` (failover and the solo
-//! hold), `reprotect` (full sync), `disks` (disk-machine generations).
+//! hold), `reprotect` (full sync), `disks` (disk-machine generations), `routing` (local inputs
+//! and the pumps).
 
 pub mod config;
 mod disks;
@@ -103,8 +104,8 @@ enum Side {
 /// The node checks every message's direction for its role, its bulk length, its term and
 /// epoch: a bad one is an [`Event::ProtocolError`], a stale one is counted and ignored.
 /// Outbound, [`Output::ToPeer`] names where the bulk comes from ([`OutBulk`]); page batches and
-/// device state are streamed by the runtime on [`VmCommand::SendPages`] and
-/// [`VmCommand::SaveDeviceState`](crate::checkpoint::VmCommand), the re-protection copy on
+/// device state are streamed by the runtime on [`VmCommand::SendPages`](crate::checkpoint::VmCommand::SendPages) and
+/// [`VmCommand::SaveDeviceState`](crate::checkpoint::VmCommand::SaveDeviceState), the re-protection copy on
 /// [`SyncCommand::SendAll`].
 ///
 /// # Lifecycle
@@ -125,8 +126,9 @@ enum Side {
 /// # Drain order
 /// After each input the node pumps its machines until none has anything left, each pass in this
 /// order: failover (mode changes gate release), heartbeat, checkpointer (a `ReleaseOutput`
-/// reaches the comparator before its releases are drained), comparator, disk. Outputs are
-/// queued in the order the machines produced them.
+/// reaches the comparator before its releases are drained), comparator, disk, then the solo
+/// hold (released if the lease allows it now). Outputs are queued in the order the machines
+/// produced them.
 #[derive(Debug)]
 pub struct Node {
     config: NodeConfig,
@@ -294,9 +296,11 @@ impl Node {
                 }
             }
             Command::SetCheckpointInterval(interval) => {
-                if let Side::Primary(p) = &mut self.side {
-                    p.set_interval(now, interval);
-                } else {
+                let taken = match &mut self.side {
+                    Side::Primary(p) => p.set_interval(now, interval),
+                    Side::Secondary(_) => false,
+                };
+                if !taken {
                     self.stats.commands_ignored += 1;
                 }
             }

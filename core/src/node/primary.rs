@@ -114,11 +114,17 @@ impl PrimarySide {
         }
     }
 
-    pub(super) fn set_interval(&mut self, now: Instant, interval: Duration) {
+    /// A zero interval is refused (it would checkpoint continuously, and the next pairing's
+    /// checkpointer could not be built with it); returns whether the interval was taken.
+    pub(super) fn set_interval(&mut self, now: Instant, interval: Duration) -> bool {
+        if interval.is_zero() {
+            return false;
+        }
         self.checkpoint_config.checkpoint_interval = interval;
         if let Some(k) = &mut self.checkpointer {
             k.handle_set_interval(now, interval);
         }
+        true
     }
 
     /// Whether the checkpointer issues no VM command now (so the node may pause the guest

@@ -18,7 +18,6 @@ use super::{Event, Node, Output, Phase, Side};
 use crate::checkpoint::VmCommand;
 use crate::checkpoint::VmCompletion;
 use crate::failover::{FailoverEvent, FailoverReason, Mode};
-use crate::ids::Role;
 use crate::time::Instant;
 use crate::wire::Message;
 use std::collections::VecDeque;
@@ -86,7 +85,7 @@ impl Node {
             match ev {
                 FailoverEvent::TakeoverStarted { term, from, reason } => {
                     self.event(Event::TakeoverStarted { term, from, reason });
-                    self.on_takeover_started(now, from, reason);
+                    self.on_takeover_started(now, reason);
                     // Tell the old peer, if it can still hear: a newer term deposes it.
                     self.send(Message::TermAnnounce {
                         term,
@@ -131,7 +130,7 @@ impl Node {
         progressed
     }
 
-    fn on_takeover_started(&mut self, now: Instant, from: Role, reason: FailoverReason) {
+    fn on_takeover_started(&mut self, now: Instant, reason: FailoverReason) {
         self.takeover_reason = Some(reason);
         self.failed_over_reported = false;
         self.ready_for_takeover = false;
@@ -154,7 +153,6 @@ impl Node {
                 }
             }
             Side::Secondary(s) => {
-                debug_assert_eq!(from, Role::Secondary);
                 s.rewriter.enter_failover();
                 match &mut s.checkpointer {
                     Some(k) => k.handle_failover(now),

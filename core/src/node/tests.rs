@@ -377,3 +377,25 @@ fn shutdown_says_goodbye_and_stops() {
     assert!(drain(&mut n).is_empty());
     assert_eq!(n.status(ms(4)).mode, NodeMode::Stopped);
 }
+
+#[test]
+fn zero_checkpoint_interval_is_refused_and_later_pairings_still_work() {
+    // Found by the node_inputs fuzzer: a zero interval stored by the node broke the
+    // checkpointer of the next pairing.
+    let mut n = node(Role::Primary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(
+        ms(0),
+        Input::Command(Command::SetCheckpointInterval(Duration::ZERO)),
+    );
+    assert_eq!(n.stats().commands_ignored, 1);
+    n.handle(ms(1), hello(9, Role::Secondary, 1));
+    n.handle(
+        ms(2),
+        Input::SyncSent {
+            memory_bytes: 0,
+            disk_bytes: 0,
+        },
+    );
+    assert!(n.primary_checkpointer().is_some());
+}
