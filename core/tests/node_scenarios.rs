@@ -320,3 +320,34 @@ fn reprotection_after_primary_loss_swaps_roles() {
     );
     assert_all_answered(&mut p);
 }
+
+#[test]
+fn solo_hold_past_its_bound_pauses_the_guest_instead_of_dropping() {
+    let mut a = pair::config(1);
+    a.solo_hold_frames = 4;
+    let mut p = Pair::with_configs(14, Knobs::default(), a, pair::config(2));
+    p.run_for(Duration::from_millis(100));
+    p.requests_enabled = true;
+    p.run_for(Duration::from_millis(300));
+    p.crash(1);
+    assert!(p.run_until_event(0, secs(3), |e| matches!(e, Event::FailedOver { .. })));
+    p.arbiter_reachable = [false, false];
+    assert!(
+        p.run_until_event(0, secs(5), |e| matches!(e, Event::Backpressure { .. })),
+        "{}",
+        p.summary()
+    );
+    p.run_for(Duration::from_millis(300));
+    assert!(p.hosts[0].guest.paused, "backpressure pauses the guest");
+    let held = p.hosts[0].node.status(p.now).held_frames;
+    assert!(held >= 5, "frames are kept, not dropped: {held}");
+    p.arbiter_reachable = [true, true];
+    assert!(p.run_until_event(0, secs(3), |e| matches!(e, Event::ReleaseResumed { .. })));
+    p.run_for(Duration::from_millis(50));
+    assert!(
+        !p.hosts[0].guest.paused,
+        "the guest runs again once the hold drained"
+    );
+    assert_eq!(p.hosts[0].node.status(p.now).held_frames, 0);
+    assert_all_answered(&mut p);
+}
