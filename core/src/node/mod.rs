@@ -322,8 +322,9 @@ impl Node {
 
     fn on_link(&mut self, now: Instant, state: LinkState) {
         self.link_up = state == LinkState::Up;
-        if self.link_up && self.phase == Phase::Connecting {
-            // A fresh link: say hello at once instead of waiting for the retry timer.
+        if self.link_up && self.phase == Phase::Connecting && !self.is_primary_side() {
+            // A fresh link: the connecting secondary says hello at once instead of waiting for
+            // its retry timer (a primary only answers Hellos).
             self.send_hello(now);
         }
     }

@@ -399,3 +399,22 @@ fn zero_checkpoint_interval_is_refused_and_later_pairings_still_work() {
     );
     assert!(n.primary_checkpointer().is_some());
 }
+
+#[test]
+fn link_up_makes_only_a_secondary_say_hello() {
+    let mut p = node(Role::Primary);
+    p.handle(ms(0), Input::Command(Command::Start));
+    p.handle(ms(1), Input::PeerLink(LinkState::Up));
+    assert!(drain(&mut p).is_empty());
+    let mut s = node(Role::Secondary);
+    s.handle(ms(0), Input::Command(Command::Start));
+    drain(&mut s);
+    s.handle(ms(1), Input::PeerLink(LinkState::Up));
+    assert!(drain(&mut s).iter().any(|o| matches!(
+        o,
+        Output::ToPeer {
+            message: Message::Hello { .. },
+            ..
+        }
+    )));
+}

@@ -230,8 +230,9 @@ impl Pair {
             applied: [0; 2],
         };
         p.input(0, Input::Command(Command::Start));
-        p.input(1, Input::PeerLink(colo_core::node::LinkState::Up));
+        p.input(0, Input::PeerLink(colo_core::node::LinkState::Up));
         p.input(1, Input::Command(Command::Start));
+        p.input(1, Input::PeerLink(colo_core::node::LinkState::Up));
         p
     }
 
