@@ -123,6 +123,98 @@ enum Side {
 /// ([`Event::ClaimClientLink`]). A solo node re-protects with a new secondary after
 /// [`Command::Reprotect`] and the newcomer's `Hello`, through the same copy as the start.
 ///
+/// # Example: two nodes in one process
+/// ```
+/// use colo_core::checkpoint::{VmCommand, VmCompletion};
+/// use colo_core::ids::{ClusterId, NodeId, PageRange, Role};
+/// use colo_core::node::{Command, Event, Input, Node, NodeConfig, NodeMode, OutBulk, Output,
+///     PeerBulk, SyncCommand};
+/// use colo_core::wire::{Message, PAGE_SIZE};
+/// use colo_core::time::{Duration, Instant};
+///
+/// let t0 = Instant::ZERO;
+/// let mut nodes = [
+///     Node::new(NodeConfig::new(NodeId(1), ClusterId(7)), Role::Primary, t0).unwrap(),
+///     Node::new(NodeConfig::new(NodeId(2), ClusterId(7)), Role::Secondary, t0).unwrap(),
+/// ];
+/// let mut inbox: Vec<(usize, Input)> = vec![
+///     (0, Input::Command(Command::Start)),
+///     (1, Input::Command(Command::Start)),
+/// ];
+/// let mut done = 0;
+/// let mut now = t0;
+/// while done == 0 && now < Instant::from_millis(20_000) {
+///     now = now + Duration::from_millis(1);
+///     let batch = std::mem::take(&mut inbox);
+///     for (h, input) in batch {
+///         nodes[h].handle(now, input);
+///     }
+///     for h in 0..2 {
+///         if nodes[h].poll_timeout().is_some_and(|t| t <= now) {
+///             nodes[h].handle(now, Input::Timeout);
+///         }
+///         // The runtime's loop: drain every output after every input.
+///         while let Some(out) = nodes[h].poll_output() {
+///             match out {
+///                 // A real runtime encodes the message (and its bulk) on the peer socket.
+///                 Output::ToPeer { message, bulk } => {
+///                     let bulk = match bulk {
+///                         OutBulk::Frame(f) => PeerBulk::Frame(f),
+///                         _ => PeerBulk::None,
+///                     };
+///                     inbox.push((1 - h, Input::Peer { message, bulk }));
+///                 }
+///                 // A real runtime drives KVM; here every command succeeds at once and the
+///                 // guest dirties no page.
+///                 Output::Vm(cmd) => {
+///                     let completion = match cmd {
+///                         VmCommand::Pause => VmCompletion::Paused,
+///                         VmCommand::Resume => VmCompletion::Resumed,
+///                         VmCommand::CollectDirty { epoch } => {
+///                             VmCompletion::DirtyCollected { epoch, ranges: vec![] }
+///                         }
+///                         VmCommand::SendPages { epoch, .. } => {
+///                             VmCompletion::PagesSent { epoch, batches: 0, pages: 0, bytes: 0 }
+///                         }
+///                         VmCommand::SaveDeviceState { epoch } => {
+///                             let state = Message::DeviceState { epoch };
+///                             inbox.push((1 - h, Input::Peer {
+///                                 message: state,
+///                                 bulk: PeerBulk::Stored { len: 0 },
+///                             }));
+///                             VmCompletion::DeviceStateSent { epoch, bytes: 0 }
+///                         }
+///                         VmCommand::ApplyCheckpoint { epoch } => VmCompletion::Applied { epoch },
+///                         VmCommand::DiscardPartial { epoch } => VmCompletion::Discarded { epoch },
+///                     };
+///                     inbox.push((h, Input::VmDone(completion)));
+///                 }
+///                 // The initial copy: a real runtime streams the guest's memory and disk
+///                 // (here only the messages, with the bulk "stored" on the other side).
+///                 Output::Sync(SyncCommand::SendAll { term }) => {
+///                     let pages = (1u64 << 30) / PAGE_SIZE; // NodeConfig's default memory
+///                     inbox.push((1 - h, Input::Peer {
+///                         message: Message::SyncPages {
+///                             term,
+///                             batch: 0,
+///                             ranges: vec![PageRange { first: 0, count: pages }],
+///                         },
+///                         bulk: PeerBulk::Stored { len: pages * PAGE_SIZE },
+///                     }));
+///                     inbox.push((h, Input::SyncSent { memory_bytes: 1 << 30, disk_bytes: 0 }));
+///                 }
+///                 Output::Disk(cmd) => inbox.push((h, Input::DiskDone { op: cmd.op(), result: Ok(()) })),
+///                 Output::Event(Event::CheckpointDone { .. }) => done += 1,
+///                 _ => {}
+///             }
+///         }
+///     }
+/// }
+/// assert_eq!(done, 1, "the pairing's first checkpoint completed");
+/// assert_eq!(nodes[0].status(now).mode, NodeMode::Paired);
+/// assert_eq!(nodes[1].status(now).mode, NodeMode::Paired);
+/// ```
+///
 /// # Drain order
 /// After each input the node pumps its machines until none has anything left, each pass in this
 /// order: failover (mode changes gate release), heartbeat, checkpointer (a `ReleaseOutput`
