@@ -7,7 +7,7 @@
 //!
 //! Asserted on every input: no panic; single writer (a frame reaches a client only from a
 //! paired primary or from a solo node holding its lease at that instant, and no two nodes
-//! release in the same term); a node whose checkpointer waits on a step has a deadline.
+//! release in the same term); a node taking over or syncing has a deadline.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -91,6 +91,14 @@ impl World {
         let now = self.now;
         self.hosts[h].node.handle(now, input);
         self.drain(h);
+        // A node that waits on time (for a lease, or on a copy's source) has a deadline.
+        let mode = self.hosts[h].node.status(now).mode;
+        if matches!(mode, NodeMode::TakingOver | NodeMode::Syncing) {
+            assert!(
+                self.hosts[h].node.poll_timeout().is_some(),
+                "timeout armed: {mode:?} without a deadline"
+            );
+        }
     }
 
     fn drain(&mut self, h: usize) {
