@@ -64,6 +64,11 @@ impl Hold {
 impl Node {
     /// Stop depending on the peer for `reason`, if this node can serve alone.
     pub(super) fn trigger_failover(&mut self, now: Instant, reason: FailoverReason) {
+        if self.phase == Phase::Connecting && self.is_primary_side() && self.peer.is_none() {
+            // A primary whose secondary never came: an operator may run it unprotected (solo
+            // under the lease) and re-protect it later. Connecting --Failover--> Running
+            self.phase = Phase::Running;
+        }
         if self.phase != Phase::Running || !self.has_state {
             // Before the pairing's first checkpoint a secondary's VM is no copy of anything,
             // and a node that never started has nothing to take over with.
@@ -144,12 +149,14 @@ impl Node {
                     None => self.ready_for_takeover = true,
                 }
                 self.disks.handle_failover();
-                let idle = p.vm_idle();
-                if !p.pvm_started && idle {
-                    // The pairing's first checkpoint never ran: the PVM was never started.
+                if !p.pvm_started {
                     p.pvm_started = true;
-                    self.out.push_back(Output::Vm(VmCommand::Resume));
-                    self.hold.guest = GuestHold::Resuming;
+                    if p.vm_idle() {
+                        // The pairing's first checkpoint never paused the PVM: it was never
+                        // started. (Otherwise the checkpointer's own Resume starts it.)
+                        self.out.push_back(Output::Vm(VmCommand::Resume));
+                        self.hold.guest = GuestHold::Resuming;
+                    }
                 }
             }
             Side::Secondary(s) => {

@@ -418,3 +418,43 @@ fn link_up_makes_only_a_secondary_say_hello() {
         }
     )));
 }
+
+#[test]
+fn lonely_primary_runs_solo_on_command_and_starts_its_vm() {
+    let mut n = node(Role::Primary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(ms(1), Input::Command(Command::Failover));
+    let outs = drain(&mut n);
+    assert!(outs.contains(&Output::Vm(crate::checkpoint::VmCommand::Resume)));
+    let req = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Arbiter(r) => Some(*r),
+            _ => None,
+        })
+        .expect("a lease request");
+    n.handle(
+        ms(2),
+        Input::Arbiter {
+            id: req.id,
+            reply: crate::failover::LeaseReply::Granted {
+                valid_for: Duration::from_secs(2),
+            },
+        },
+    );
+    drain(&mut n);
+    assert_eq!(n.status(ms(2)).mode, NodeMode::Solo);
+    // Its guest's output now reaches clients under the lease.
+    n.handle(
+        ms(3),
+        Input::GuestFrame(crate::compare::testkit::udp(
+            &crate::compare::testkit::Headers::default(),
+            b"hi",
+        )),
+    );
+    assert!(
+        drain(&mut n)
+            .iter()
+            .any(|o| matches!(o, Output::ToClient(_)))
+    );
+}
