@@ -19,6 +19,7 @@ pub mod guest;
 pub mod hash;
 pub mod lan;
 pub mod netem;
+pub mod node_run;
 pub mod platform;
 pub mod proto;
 pub mod rng;

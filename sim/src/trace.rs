@@ -39,6 +39,10 @@ pub enum Origin {
     Covered,
     /// Released by a host running alone (after failover), under the arbiter's lease.
     Solo,
+    /// Released uncompared by the comparator's rule: a TCP segment without payload (SYN, FIN,
+    /// pure ACK) or a byte-identical retransmission of data already released. No new payload
+    /// byte reaches the client (see docs/simulation.md on what this leaves unchecked).
+    Uncompared,
 }
 
 /// One event of the trace.

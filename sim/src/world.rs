@@ -100,6 +100,11 @@ pub struct World {
     pub guest_paused: bool,
     /// Frames that arrived for a paused guest, delivered in order when it runs again.
     pub guest_inbox: std::collections::VecDeque<Vec<u8>>,
+    /// When set, frames for the guest are not delivered but queued in `guest_in`: a colo
+    /// `Node` takes them (`Input::ClientFrame`) and hands them to its guest itself.
+    pub intercept_guest_input: bool,
+    /// Frames for the guest taken by the host (see `intercept_guest_input`).
+    pub guest_in: std::collections::VecDeque<Vec<u8>>,
 }
 
 /// The smallest step the loop takes when a model asks to be polled "now" again (smoltcp's time
@@ -147,6 +152,8 @@ impl World {
             guest_out: std::collections::VecDeque::new(),
             guest_paused: false,
             guest_inbox: std::collections::VecDeque::new(),
+            intercept_guest_input: false,
+            guest_in: std::collections::VecDeque::new(),
         }
     }
 
@@ -164,6 +171,9 @@ impl World {
             while let Some(d) = self.net.poll_deliver(self.now) {
                 let now = self.now;
                 match d.to {
+                    Endpoint::Guest if self.intercept_guest_input => {
+                        self.guest_in.push_back(d.frame)
+                    }
                     Endpoint::Guest if self.guest_paused => self.guest_inbox.push_back(d.frame),
                     Endpoint::Guest => self.guest.handle_frame(now, d.frame),
                     Endpoint::Client(i) => {

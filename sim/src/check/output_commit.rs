@@ -80,6 +80,8 @@ pub fn check(trace: &Trace) -> Vec<Violation> {
                         }),
                     }
                 }
+                // No new payload byte: nothing for this checker to trace back to a state.
+                Origin::Uncompared => {}
                 Origin::Solo => {
                     if !solo_hosts.contains(host) {
                         out.push(Violation {

@@ -129,6 +129,13 @@ impl SimVm {
         }
     }
 
+    /// A VM platform whose VM is created paused (the Node starts VMs at the first checkpoint).
+    pub fn new_paused(timing: VmTiming, canary: Option<Canary>) -> SimVm {
+        let mut vm = SimVm::new(timing, canary);
+        vm.phase = VmPhase::Paused;
+        vm
+    }
+
     /// The VM's phase.
     pub fn phase(&self) -> VmPhase {
         self.phase
@@ -184,7 +191,18 @@ impl SimVm {
                 VmPhase::Running | VmPhase::Resuming(_) => {
                     self.phase = VmPhase::Pausing(now + self.timing.pause);
                 }
-                VmPhase::Paused | VmPhase::Pausing(_) => self.complete(now, VmCompletion::Paused),
+                VmPhase::Paused => {
+                    // Already stopped (created paused, or paused by a takeover): its state now
+                    // is the state at this pause.
+                    self.trace.push_back(TraceEvent::Paused {
+                        at: now,
+                        epoch: self.pause_epoch,
+                        state_hash: guest.state_hash(),
+                        disk_hash: guest.disk_hash(),
+                    });
+                    self.complete(now, VmCompletion::Paused)
+                }
+                VmPhase::Pausing(_) => self.complete(now, VmCompletion::Paused),
             },
             VmCommand::Resume => match self.phase {
                 VmPhase::Paused | VmPhase::Pausing(_) => {
