@@ -33,9 +33,9 @@ use crate::platform::ReplFrame;
 use crate::platform::disk::LayeredDisk;
 use crate::platform::vm::{SimVm, VmTiming};
 use crate::rng::SimRng;
-use crate::swarm::{Host, SwarmOptions};
+use crate::swarm::{Cut, CutMode, Host, SwarmOptions};
 use crate::trace::{FrameId, Origin, Trace, TraceEvent};
-use crate::world::{World, WorldSpec};
+use crate::world::{Endpoint, World, WorldSpec};
 
 #[derive(Debug)]
 enum Action {
@@ -88,10 +88,20 @@ pub struct NodeRun {
     trace: Trace,
     held: BTreeMap<(usize, u64), VecDeque<(FrameId, Epoch)>>,
     svm_frames: BTreeMap<u64, u32>,
+    /// Every TCP payload byte released to clients, per flow, by sequence number (a segment
+    /// whose bytes were all released before is a retransmission: released uncompared).
+    pvm_released: BTreeMap<String, BTreeMap<u32, u8>>,
+    /// Every TCP payload byte the secondary emitted, per flow, by sequence number.
+    svm_bytes: BTreeMap<String, BTreeMap<u32, u8>>,
     /// Compare keys of every payload frame released (a repeat is a retransmission).
     released_keys: std::collections::BTreeSet<u64>,
     next_frame: u64,
     crash_primary_at: Option<Instant>,
+    opts: SwarmOptions,
+    crash_done: bool,
+    failed_over: bool,
+    faults_stopped: bool,
+    applied_cuts: Vec<usize>,
     released: u64,
     matched: u64,
     checkpoints: u64,
@@ -101,6 +111,32 @@ fn digest(bytes: &[u8]) -> u64 {
     let mut h = Fnv64::new();
     h.write(bytes);
     h.finish()
+}
+
+/// Records the TCP payload bytes of a secondary frame by flow and sequence number.
+fn record_stream(map: &mut BTreeMap<String, BTreeMap<u32, u8>>, frame: &[u8]) {
+    let c = colo_core::packet::classify_or_opaque(frame);
+    if let colo_core::packet::Kind::Tcp(t) = c.kind {
+        let bytes = map.entry(format!("{:?}", c.key)).or_default();
+        for (i, b) in frame[t.payload_start..t.payload_end].iter().enumerate() {
+            bytes.insert(t.seq.0.wrapping_add(i as u32), *b);
+        }
+    }
+}
+
+/// Whether every payload byte of a primary TCP frame was emitted, equal, by the secondary.
+fn stream_covered(map: &BTreeMap<String, BTreeMap<u32, u8>>, frame: &[u8]) -> bool {
+    let c = colo_core::packet::classify_or_opaque(frame);
+    let colo_core::packet::Kind::Tcp(t) = c.kind else {
+        return false;
+    };
+    let Some(bytes) = map.get(&format!("{:?}", c.key)) else {
+        return false;
+    };
+    frame[t.payload_start..t.payload_end]
+        .iter()
+        .enumerate()
+        .all(|(i, b)| bytes.get(&t.seq.0.wrapping_add(i as u32)) == Some(b))
 }
 
 /// What the comparator compares (colo-reference.md, "Packet comparison"; QEMU
@@ -193,8 +229,15 @@ impl NodeRun {
             held: BTreeMap::new(),
             svm_frames: BTreeMap::new(),
             released_keys: std::collections::BTreeSet::new(),
+            svm_bytes: BTreeMap::new(),
+            pvm_released: BTreeMap::new(),
             next_frame: 0,
             crash_primary_at,
+            opts: opts.clone(),
+            crash_done: false,
+            failed_over: false,
+            faults_stopped: false,
+            applied_cuts: Vec::new(),
             released: 0,
             matched: 0,
             checkpoints: 0,
@@ -226,7 +269,21 @@ impl NodeRun {
         if !self.alive[to] {
             return;
         }
-        let at = (now + self.peer_delay).max(self.link_fifo[from]);
+        let mut at = (now + self.peer_delay).max(self.link_fifo[from]);
+        if !self.faults_stopped
+            && let Some(lf) = self.opts.link_faults.iter().find(|lf| {
+                lf.cut == Cut::HostHost
+                    && lf.from <= now
+                    && now < lf.until
+                    && (lf.mode != CutMode::OneWay || from == 0)
+            })
+        {
+            if lf.mode != CutMode::Clog {
+                return;
+            }
+            // A clogged stream delivers everything, in order, once the clog ends.
+            at = at.max(lf.until);
+        }
         self.link_fifo[from] = at;
         self.schedule(at, a(to));
     }
@@ -248,6 +305,7 @@ impl NodeRun {
             Output::ToPeer { message, bulk } => {
                 match (&message, &bulk) {
                     (Message::SecondaryOutput { .. }, OutBulk::Frame(f)) => {
+                        record_stream(&mut self.svm_bytes, f);
                         let d = compare_key(f);
                         *self.svm_frames.entry(d).or_default() += 1;
                         let epoch = self.nodes[h]
@@ -360,7 +418,13 @@ impl NodeRun {
                 );
             }
             Output::Arbiter(req) => {
-                self.schedule(now + Duration::from_millis(1), Action::Arbiter(h, req));
+                let cut = !self.faults_stopped
+                    && self.opts.link_faults.iter().any(|lf| {
+                        lf.cut == Cut::HostArbiter(host(h)) && lf.from <= now && now < lf.until
+                    });
+                if !cut {
+                    self.schedule(now + Duration::from_millis(1), Action::Arbiter(h, req));
+                }
             }
             Output::Event(e) => match e {
                 Event::CheckpointDone { epoch, .. } => {
@@ -369,12 +433,31 @@ impl NodeRun {
                         .push(TraceEvent::CheckpointDone { at: now, epoch });
                 }
                 Event::FailedOver { term, .. } => {
+                    self.failed_over = true;
                     self.trace.push(TraceEvent::TermStarted {
                         at: now,
                         host: host(h),
                         term,
                         solo: true,
                     });
+                }
+                Event::Deposed { .. } => {
+                    // The node dropped its solo hold: every frame it held is superseded.
+                    let mut frames: Vec<FrameId> = Vec::new();
+                    for ((hh, _), q) in self.held.iter_mut() {
+                        if *hh == h {
+                            frames.extend(q.drain(..).map(|(id, _)| id));
+                        }
+                    }
+                    frames.sort();
+                    for frame in frames {
+                        self.trace.push(TraceEvent::Superseded {
+                            at: now,
+                            host: host(h),
+                            frame,
+                            reason: "deposed: the arbiter leased the term to the peer",
+                        });
+                    }
                 }
                 Event::ClaimClientLink { .. } => {
                     self.client_target = h;
@@ -411,7 +494,9 @@ impl NodeRun {
             colo_core::packet::classify_or_opaque(&frame).kind,
             colo_core::packet::Kind::Tcp(t) if t.payload_len() == 0
         );
-        let retransmit = !self.released_keys.insert(key);
+        let retransmit = !self.released_keys.insert(key)
+            || (!zero_payload && stream_covered(&self.pvm_released, &frame));
+        record_stream(&mut self.pvm_released, &frame);
         let origin = if matches!(st.mode, NodeMode::Solo | NodeMode::Reprotecting) {
             Origin::Solo
         } else if zero_payload || retransmit {
@@ -420,6 +505,9 @@ impl NodeRun {
             *n -= 1;
             self.matched += 1;
             Origin::Matched { svm_digest: key }
+        } else if stream_covered(&self.svm_bytes, &frame) {
+            self.matched += 1;
+            Origin::MatchedStream
         } else {
             Origin::Covered
         };
@@ -461,6 +549,12 @@ impl NodeRun {
         }
         let st = self.nodes[h].status(now);
         let compare_only = st.role == Role::Secondary && st.mode == NodeMode::Paired;
+        // A deposed or stopped node releases nothing again: its guest's frames end there (the
+        // real runtime stops that VM; the simulated one keeps running until re-protection).
+        let dead_end = matches!(st.mode, NodeMode::Deposed | NodeMode::Stopped);
+        if dead_end {
+            return;
+        }
         if !compare_only {
             let id = FrameId(self.next_frame);
             self.next_frame += 1;
@@ -483,7 +577,7 @@ impl NodeRun {
 
     /// Everything due at `now`; returns whether anything happened.
     fn step(&mut self, now: Instant) -> bool {
-        let mut busy = false;
+        let mut busy = self.apply_faults(now);
         if let Some(t) = self.crash_primary_at
             && t <= now
         {
@@ -597,8 +691,110 @@ impl NodeRun {
         busy
     }
 
+    /// The seed's faults due at `now` (the first crash of either host, link cuts, the start of
+    /// the liveness phase); returns whether anything changed.
+    fn apply_faults(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        if !self.faults_stopped && now >= self.opts.liveness_starts() {
+            self.faults_stopped = true;
+            self.world.net.heal_all();
+            for c in 0..self.opts.clients {
+                self.world
+                    .net
+                    .unclog(now, &Endpoint::Client(c), &Endpoint::Guest);
+            }
+            self.applied_cuts.clear();
+            let delay = self.opts.link.delay;
+            self.world
+                .net
+                .set_default_link(crate::netem::LinkConfig::with_delay(delay));
+            self.trace.push(TraceEvent::FaultsStopped { at: now });
+            return true;
+        }
+        if self.faults_stopped {
+            return false;
+        }
+        // Without re-protection driven here, one crash per run, before any failover (every
+        // crash point is taken as its instant): a crash of the survivor would leave no host.
+        if !self.crash_done
+            && self.failed_over
+            && self
+                .opts
+                .crashes
+                .first()
+                .is_some_and(|c| c.not_before <= now)
+        {
+            self.crash_done = true;
+        }
+        if !self.crash_done
+            && let Some(c) = self.opts.crashes.first().copied()
+            && c.not_before <= now
+        {
+            self.crash_done = true;
+            let h = if c.host == Host::A { 0 } else { 1 };
+            self.crash(now, h);
+            changed = true;
+        }
+        for (i, lf) in self.opts.link_faults.clone().iter().enumerate() {
+            let Cut::ClientsHost(hh) = lf.cut else {
+                continue;
+            };
+            let on = lf.from <= now && now < lf.until && hh == host(self.client_target);
+            let applied = self.applied_cuts.contains(&i);
+            if on == applied {
+                continue;
+            }
+            changed = true;
+            for c in 0..self.opts.clients {
+                let client = Endpoint::Client(c);
+                match (on, lf.mode) {
+                    (true, CutMode::Symmetric) => self.world.net.partition(client, Endpoint::Guest),
+                    (true, CutMode::OneWay) => {
+                        self.world.net.partition_one_way(client, Endpoint::Guest)
+                    }
+                    (true, CutMode::Clog) => self.world.net.clog(client, Endpoint::Guest),
+                    (false, CutMode::Clog) => self.world.net.unclog(now, &client, &Endpoint::Guest),
+                    (false, _) => self.world.net.heal(&client, &Endpoint::Guest),
+                }
+            }
+            if on {
+                self.applied_cuts.push(i);
+            } else {
+                self.applied_cuts.retain(|x| *x != i);
+            }
+        }
+        changed
+    }
+
+    fn crash(&mut self, now: Instant, h: usize) {
+        if !self.alive[h] {
+            return;
+        }
+        self.alive[h] = false;
+        self.vms[h].crash();
+        self.trace.push(TraceEvent::Crash {
+            at: now,
+            host: host(h),
+        });
+        if self.world_host == h {
+            self.world.guest_paused = true;
+            self.world.guest_inbox.clear();
+        }
+    }
+
     fn next_wake(&mut self) -> Option<Instant> {
         let mut t = vec![self.queue.first_key_value().map(|(k, _)| k.0)];
+        if !self.faults_stopped {
+            t.push(Some(self.opts.liveness_starts()));
+            if !self.crash_done {
+                t.push(self.opts.crashes.first().map(|c| c.not_before));
+            }
+            for lf in &self.opts.link_faults {
+                t.push(Some(lf.from));
+                t.push(Some(lf.until));
+            }
+        }
+        let now = self.world.now;
         for h in 0..2 {
             if self.alive[h] {
                 t.push(self.vms[h].poll_timeout());
@@ -610,7 +806,7 @@ impl NodeRun {
             t.push(self.svm.poll_timeout());
         }
         t.push(self.crash_primary_at);
-        t.into_iter().flatten().min()
+        t.into_iter().flatten().filter(|x| *x >= now).min()
     }
 
     /// Runs to the end.
@@ -633,8 +829,6 @@ impl NodeRun {
             self.world
                 .run_until(next, |w| !w.guest_out.is_empty() || !w.guest_in.is_empty());
         }
-        self.trace
-            .push(TraceEvent::FaultsStopped { at: self.world.now });
         let histories: Vec<History> = self
             .world
             .clients

@@ -109,6 +109,84 @@ fn run_guarded(opts: &SwarmOptions, canary: Option<Canary>) -> Result<RunOutput,
     })
 }
 
+/// Which machinery runs between the guests and the clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// [`ColoRun`]: colo-core's checkpointers and arbiter with the run's own takeover logic
+    /// (every fault kind, every canary).
+    Platform,
+    /// [`crate::node_run::NodeRun`]: two colo-core `Node`s (comparator, rewriter,
+    /// checkpointers, heartbeat, failover). No canaries yet.
+    Node,
+}
+
+/// Runs `seed` under two colo-core Nodes and judges it (see [`Engine::Node`]).
+pub fn run_seed_node(seed: u64, check_determinism: bool) -> SeedReport {
+    let options = options_for(seed, None);
+    let guarded = |o: &SwarmOptions| {
+        catch_unwind(AssertUnwindSafe(|| {
+            crate::node_run::NodeRun::new(o, None).run()
+        }))
+        .map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "non-string panic".to_owned())
+        })
+    };
+    let out = match guarded(&options) {
+        Ok(o) => o,
+        Err(msg) => {
+            return SeedReport {
+                options,
+                output: None,
+                violations: Vec::new(),
+                verdict: Verdict::Panic(msg),
+            };
+        }
+    };
+    let failovers = out
+        .trace
+        .events
+        .iter()
+        .filter(|e| matches!(e, crate::trace::TraceEvent::TermStarted { solo: true, .. }))
+        .count() as u64;
+    let crashes = out
+        .trace
+        .events
+        .iter()
+        .filter(|e| matches!(e, crate::trace::TraceEvent::Crash { .. }))
+        .count() as u64;
+    let output = RunOutput {
+        trace: out.trace,
+        histories: out.histories,
+        stats: crate::run::RunStats {
+            checkpoints: out.checkpoints,
+            released: out.released,
+            failovers,
+            crashes,
+            repl_dropped: 0,
+        },
+        digest: out.digest,
+    };
+    let mut report = judge(options, output, None);
+    if check_determinism && report.verdict == Verdict::Pass {
+        match guarded(&report.options) {
+            Ok(again) => {
+                let first = report.output.as_ref().map_or(0, |o| o.digest);
+                if again.digest != first {
+                    report.verdict = Verdict::Nondeterministic {
+                        first,
+                        second: again.digest,
+                    };
+                }
+            }
+            Err(msg) => report.verdict = Verdict::Panic(msg),
+        }
+    }
+    report
+}
+
 /// Runs `seed` once (twice with `check_determinism`) and judges it.
 pub fn run_seed(seed: u64, canary: Option<Canary>, check_determinism: bool) -> SeedReport {
     let options = options_for(seed, canary);
@@ -123,6 +201,26 @@ pub fn run_seed(seed: u64, canary: Option<Canary>, check_determinism: bool) -> S
             };
         }
     };
+    let mut report = judge(options, output, canary);
+    let verdict = &mut report.verdict;
+    if check_determinism && *verdict == Verdict::Pass {
+        let first = report.output.as_ref().map_or(0, |o| o.digest);
+        match run_guarded(&report.options, canary) {
+            Ok(again) if again.digest != first => {
+                report.verdict = Verdict::Nondeterministic {
+                    first,
+                    second: again.digest,
+                };
+            }
+            Ok(_) => {}
+            Err(msg) => report.verdict = Verdict::Panic(msg),
+        }
+    }
+    report
+}
+
+/// Runs every checker over a finished run and classifies it.
+fn judge(options: SwarmOptions, output: RunOutput, canary: Option<Canary>) -> SeedReport {
     let histories: Vec<&History> = output.histories.iter().collect();
     let safety = check::check_safety(&output.trace, &histories, Some(options.liveness_starts()));
     let paired_at_end = output.stats.failovers == 0;
@@ -134,7 +232,7 @@ pub fn run_seed(seed: u64, canary: Option<Canary>, check_determinism: bool) -> S
     let live = check::liveness::check(&output.trace, &histories, bounds);
     let mut violations = safety.clone();
     violations.extend(live.iter().cloned());
-    let mut verdict = if let Some(c) = canary {
+    let verdict = if let Some(c) = canary {
         if violations.iter().any(|v| v.checker == c.caught_by()) {
             Verdict::Pass
         } else {
@@ -147,18 +245,6 @@ pub fn run_seed(seed: u64, canary: Option<Canary>, check_determinism: bool) -> S
     } else {
         Verdict::Pass
     };
-    if check_determinism && verdict == Verdict::Pass {
-        match run_guarded(&options, canary) {
-            Ok(again) if again.digest != output.digest => {
-                verdict = Verdict::Nondeterministic {
-                    first: output.digest,
-                    second: again.digest,
-                };
-            }
-            Ok(_) => {}
-            Err(msg) => verdict = Verdict::Panic(msg),
-        }
-    }
     SeedReport {
         options,
         output: Some(output),
@@ -168,8 +254,11 @@ pub fn run_seed(seed: u64, canary: Option<Canary>, check_determinism: bool) -> S
 }
 
 /// The command that replays `seed` (with `canary`).
-pub fn replay_command(seed: u64, canary: Option<Canary>) -> String {
+pub fn replay_command(seed: u64, canary: Option<Canary>, node: bool) -> String {
     let mut cmd = format!("cargo run -p colo-sim --bin colo-sim -- --seed {seed}");
+    if node {
+        cmd.push_str(" --node");
+    }
     if let Some(c) = canary {
         cmd.push_str(" --canary ");
         cmd.push_str(c.name());
@@ -204,7 +293,7 @@ mod tests {
 
     #[test]
     fn replay_command_names_the_seed_and_canary() {
-        let c = replay_command(42, Some(Canary::ApplyPartialEpoch));
+        let c = replay_command(42, Some(Canary::ApplyPartialEpoch), false);
         assert!(c.contains("--seed 42") && c.contains("--canary apply-partial-epoch"));
     }
 

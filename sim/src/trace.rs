@@ -35,6 +35,10 @@ pub enum Origin {
         /// Digest of the secondary frame it matched.
         svm_digest: u64,
     },
+    /// Every payload byte of it (flow, sequence number, value) was emitted by the secondary
+    /// before the release, possibly in other segments: the comparator's byte-stream match
+    /// across different segmentation. The harness checks the bytes (it sees both sides).
+    MatchedStream,
     /// Held until the secondary received a checkpoint covering the epoch it was produced in.
     Covered,
     /// Released by a host running alone (after failover), under the arbiter's lease.

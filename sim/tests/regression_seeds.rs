@@ -40,3 +40,33 @@ fn every_canary_is_caught_on_a_swarm_seed() {
         assert_eq!(r.verdict, Verdict::Pass, "{} not caught", canary.name());
     }
 }
+
+/// Seeds run under two colo-core Nodes (`colo-sim --node`) that failed while the Node engine
+/// was brought up (all harness bugs, fixed in `node_run`).
+const NODE_SEEDS: &[(u64, &str)] = &[
+    (
+        27,
+        "output_commit: the trace missed byte-stream matches across segmentation",
+    ),
+    (
+        68,
+        "output_commit: a retransmission re-segmented, released uncompared by rule",
+    ),
+    (
+        92,
+        "no_silent_loss: frames handed to a deposed node were traced as held",
+    ),
+];
+
+#[test]
+fn node_regression_seeds_pass() {
+    for (seed, why) in NODE_SEEDS {
+        let r = colo_sim::runner::run_seed_node(*seed, false);
+        assert_eq!(
+            r.verdict,
+            Verdict::Pass,
+            "seed {seed} ({why}) failed again under --node; options:\n{}",
+            r.options
+        );
+    }
+}

@@ -9,9 +9,10 @@ use colo_sim::runner::{self, Verdict};
 use colo_sim::trace::TraceEvent;
 
 const USAGE: &str = "usage: colo-sim (--seed N | --seeds A..B) [--check-determinism] \
-[--canary NAME] [--trace] [--quiet]
+[--canary NAME] [--trace] [--quiet] [--node]
        colo-sim --list-canaries
 --quiet: with --seeds, print only failing seeds and the summary line
+--node: drive two colo-core Nodes (comparator, rewriter, failover) instead of the platform run
 exit codes: 0 pass, 1 correctness, 2 liveness, 3 panic, 4 nondeterminism, 5 canary missed, \
 64 usage";
 
@@ -21,6 +22,7 @@ struct Args {
     canary: Option<Canary>,
     trace: bool,
     quiet: bool,
+    node: bool,
 }
 
 fn parse() -> Result<Option<Args>, String> {
@@ -30,6 +32,7 @@ fn parse() -> Result<Option<Args>, String> {
         canary: None,
         trace: false,
         quiet: false,
+        node: false,
     };
     let mut it = std::env::args().skip(1);
     let mut have_seed = false;
@@ -65,6 +68,7 @@ fn parse() -> Result<Option<Args>, String> {
             }
             "--trace" => args.trace = true,
             "--quiet" => args.quiet = true,
+            "--node" => args.node = true,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -74,6 +78,9 @@ fn parse() -> Result<Option<Args>, String> {
     }
     if !have_seed {
         return Err("one of --seed or --seeds is required".to_owned());
+    }
+    if args.node && args.canary.is_some() {
+        return Err("--canary is not available with --node yet".to_owned());
     }
     Ok(Some(args))
 }
@@ -99,7 +106,11 @@ fn main() -> ExitCode {
     let mut worst = Verdict::Pass;
     let (mut passed, mut failed) = (0u64, 0u64);
     for seed in args.seeds.clone() {
-        let report = runner::run_seed(seed, args.canary, args.determinism);
+        let report = if args.node {
+            runner::run_seed_node(seed, args.determinism)
+        } else {
+            runner::run_seed(seed, args.canary, args.determinism)
+        };
         let ok = report.verdict == Verdict::Pass;
         if single || (!ok && !args.quiet) || !args.quiet && args.seeds.end - args.seeds.start <= 20
         {
@@ -156,7 +167,10 @@ fn main() -> ExitCode {
             passed += 1;
         } else {
             failed += 1;
-            println!("  replay: {}", runner::replay_command(seed, args.canary));
+            println!(
+                "  replay: {}",
+                runner::replay_command(seed, args.canary, args.node)
+            );
             if worst == Verdict::Pass || report.verdict.exit_code() < worst.exit_code() {
                 worst = report.verdict.clone();
             }
