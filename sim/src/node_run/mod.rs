@@ -35,7 +35,8 @@ use crate::platform::vm::{SimVm, VmTiming};
 use crate::rng::SimRng;
 use crate::swarm::{Cut, CutMode, Host, SwarmOptions};
 use crate::trace::{FrameId, Origin, Trace, TraceEvent};
-use crate::world::{Endpoint, World, WorldSpec};
+use crate::world::{World, WorldSpec};
+use stream::{compare_key, digest, record_stream, stream_covered};
 
 #[derive(Debug)]
 enum Action {
@@ -105,56 +106,6 @@ pub struct NodeRun {
     released: u64,
     matched: u64,
     checkpoints: u64,
-}
-
-fn digest(bytes: &[u8]) -> u64 {
-    let mut h = Fnv64::new();
-    h.write(bytes);
-    h.finish()
-}
-
-/// Records the TCP payload bytes of a secondary frame by flow and sequence number.
-fn record_stream(map: &mut BTreeMap<String, BTreeMap<u32, u8>>, frame: &[u8]) {
-    let c = colo_core::packet::classify_or_opaque(frame);
-    if let colo_core::packet::Kind::Tcp(t) = c.kind {
-        let bytes = map.entry(format!("{:?}", c.key)).or_default();
-        for (i, b) in frame[t.payload_start..t.payload_end].iter().enumerate() {
-            bytes.insert(t.seq.0.wrapping_add(i as u32), *b);
-        }
-    }
-}
-
-/// Whether every payload byte of a primary TCP frame was emitted, equal, by the secondary.
-fn stream_covered(map: &BTreeMap<String, BTreeMap<u32, u8>>, frame: &[u8]) -> bool {
-    let c = colo_core::packet::classify_or_opaque(frame);
-    let colo_core::packet::Kind::Tcp(t) = c.kind else {
-        return false;
-    };
-    let Some(bytes) = map.get(&format!("{:?}", c.key)) else {
-        return false;
-    };
-    frame[t.payload_start..t.payload_end]
-        .iter()
-        .enumerate()
-        .all(|(i, b)| bytes.get(&t.seq.0.wrapping_add(i as u32)) == Some(b))
-}
-
-/// What the comparator compares (colo-reference.md, "Packet comparison"; QEMU
-/// colo-compare.c compares TCP payloads, not headers): for TCP the flow, the sequence number
-/// (the secondary's is rewritten into the primary's space) and the payload; the whole frame
-/// otherwise. Two frames with the same key are "the same output" for the output-commit checker.
-fn compare_key(frame: &[u8]) -> u64 {
-    let c = colo_core::packet::classify_or_opaque(frame);
-    let mut h = Fnv64::new();
-    h.write(format!("{:?}", c.key).as_bytes());
-    match c.kind {
-        colo_core::packet::Kind::Tcp(t) => {
-            h.write_u64(u64::from(t.seq.0));
-            h.write(&frame[t.payload_start..t.payload_end]);
-        }
-        _ => h.write(frame),
-    }
-    h.finish()
 }
 
 /// The node configuration the simulation uses for host `h`.
@@ -691,97 +642,6 @@ impl NodeRun {
         busy
     }
 
-    /// The seed's faults due at `now` (the first crash of either host, link cuts, the start of
-    /// the liveness phase); returns whether anything changed.
-    fn apply_faults(&mut self, now: Instant) -> bool {
-        let mut changed = false;
-        if !self.faults_stopped && now >= self.opts.liveness_starts() {
-            self.faults_stopped = true;
-            self.world.net.heal_all();
-            for c in 0..self.opts.clients {
-                self.world
-                    .net
-                    .unclog(now, &Endpoint::Client(c), &Endpoint::Guest);
-            }
-            self.applied_cuts.clear();
-            let delay = self.opts.link.delay;
-            self.world
-                .net
-                .set_default_link(crate::netem::LinkConfig::with_delay(delay));
-            self.trace.push(TraceEvent::FaultsStopped { at: now });
-            return true;
-        }
-        if self.faults_stopped {
-            return false;
-        }
-        // Without re-protection driven here, one crash per run, before any failover (every
-        // crash point is taken as its instant): a crash of the survivor would leave no host.
-        if !self.crash_done
-            && self.failed_over
-            && self
-                .opts
-                .crashes
-                .first()
-                .is_some_and(|c| c.not_before <= now)
-        {
-            self.crash_done = true;
-        }
-        if !self.crash_done
-            && let Some(c) = self.opts.crashes.first().copied()
-            && c.not_before <= now
-        {
-            self.crash_done = true;
-            let h = if c.host == Host::A { 0 } else { 1 };
-            self.crash(now, h);
-            changed = true;
-        }
-        for (i, lf) in self.opts.link_faults.clone().iter().enumerate() {
-            let Cut::ClientsHost(hh) = lf.cut else {
-                continue;
-            };
-            let on = lf.from <= now && now < lf.until && hh == host(self.client_target);
-            let applied = self.applied_cuts.contains(&i);
-            if on == applied {
-                continue;
-            }
-            changed = true;
-            for c in 0..self.opts.clients {
-                let client = Endpoint::Client(c);
-                match (on, lf.mode) {
-                    (true, CutMode::Symmetric) => self.world.net.partition(client, Endpoint::Guest),
-                    (true, CutMode::OneWay) => {
-                        self.world.net.partition_one_way(client, Endpoint::Guest)
-                    }
-                    (true, CutMode::Clog) => self.world.net.clog(client, Endpoint::Guest),
-                    (false, CutMode::Clog) => self.world.net.unclog(now, &client, &Endpoint::Guest),
-                    (false, _) => self.world.net.heal(&client, &Endpoint::Guest),
-                }
-            }
-            if on {
-                self.applied_cuts.push(i);
-            } else {
-                self.applied_cuts.retain(|x| *x != i);
-            }
-        }
-        changed
-    }
-
-    fn crash(&mut self, now: Instant, h: usize) {
-        if !self.alive[h] {
-            return;
-        }
-        self.alive[h] = false;
-        self.vms[h].crash();
-        self.trace.push(TraceEvent::Crash {
-            at: now,
-            host: host(h),
-        });
-        if self.world_host == h {
-            self.world.guest_paused = true;
-            self.world.guest_inbox.clear();
-        }
-    }
-
     fn next_wake(&mut self) -> Option<Instant> {
         let mut t = vec![self.queue.first_key_value().map(|(k, _)| k.0)];
         if !self.faults_stopped {
@@ -851,5 +711,7 @@ impl NodeRun {
     }
 }
 
+mod faults;
+mod stream;
 #[cfg(test)]
 mod tests;
