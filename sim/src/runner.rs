@@ -116,16 +116,17 @@ pub enum Engine {
     /// (every fault kind, every canary).
     Platform,
     /// [`crate::node_run::NodeRun`]: two colo-core `Node`s (comparator, rewriter,
-    /// checkpointers, heartbeat, failover). No canaries yet.
+    /// checkpointers, heartbeat, failover). Only the VM canaries.
     Node,
 }
 
-/// Runs `seed` under two colo-core Nodes and judges it (see [`Engine::Node`]).
-pub fn run_seed_node(seed: u64, check_determinism: bool) -> SeedReport {
-    let options = options_for(seed, None);
+/// Runs `seed` under two colo-core Nodes and judges it (see [`Engine::Node`]); only
+/// canaries planted in the VM ([`Canary::in_vm`]) apply.
+pub fn run_seed_node(seed: u64, canary: Option<Canary>, check_determinism: bool) -> SeedReport {
+    let options = options_for(seed, canary);
     let guarded = |o: &SwarmOptions| {
         catch_unwind(AssertUnwindSafe(|| {
-            crate::node_run::NodeRun::new(o, None).run()
+            crate::node_run::NodeRun::new(o, None, canary).run()
         }))
         .map_err(|p| {
             p.downcast_ref::<String>()
@@ -169,7 +170,7 @@ pub fn run_seed_node(seed: u64, check_determinism: bool) -> SeedReport {
         },
         digest: out.digest,
     };
-    let mut report = judge(options, output, None);
+    let mut report = judge(options, output, canary);
     if check_determinism && report.verdict == Verdict::Pass {
         match guarded(&report.options) {
             Ok(again) => {

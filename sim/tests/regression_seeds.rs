@@ -61,7 +61,7 @@ const NODE_SEEDS: &[(u64, &str)] = &[
 #[test]
 fn node_regression_seeds_pass() {
     for (seed, why) in NODE_SEEDS {
-        let r = colo_sim::runner::run_seed_node(*seed, false);
+        let r = colo_sim::runner::run_seed_node(*seed, None, false);
         assert_eq!(
             r.verdict,
             Verdict::Pass,

@@ -79,8 +79,12 @@ fn parse() -> Result<Option<Args>, String> {
     if !have_seed {
         return Err("one of --seed or --seeds is required".to_owned());
     }
-    if args.node && args.canary.is_some() {
-        return Err("--canary is not available with --node yet".to_owned());
+    if args.node && args.canary.is_some_and(|c| !c.in_vm()) {
+        return Err(
+            "with --node only the VM canaries apply (apply-partial-epoch, \
+                    skip-rewriter-reset)"
+                .to_owned(),
+        );
     }
     Ok(Some(args))
 }
@@ -107,7 +111,7 @@ fn main() -> ExitCode {
     let (mut passed, mut failed) = (0u64, 0u64);
     for seed in args.seeds.clone() {
         let report = if args.node {
-            runner::run_seed_node(seed, args.determinism)
+            runner::run_seed_node(seed, args.canary, args.determinism)
         } else {
             runner::run_seed(seed, args.canary, args.determinism)
         };

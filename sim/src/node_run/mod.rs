@@ -29,9 +29,9 @@ use colo_core::wire::{Message, PAGE_SIZE};
 use crate::client::History;
 use crate::guest::Guest;
 use crate::hash::Fnv64;
-use crate::platform::ReplFrame;
 use crate::platform::disk::LayeredDisk;
 use crate::platform::vm::{SimVm, VmTiming};
+use crate::platform::{Canary, ReplFrame};
 use crate::rng::SimRng;
 use crate::swarm::{Cut, CutMode, Host, SwarmOptions};
 use crate::trace::{FrameId, Origin, Trace, TraceEvent};
@@ -120,8 +120,13 @@ pub fn node_config(h: usize, opts: &SwarmOptions) -> NodeConfig {
 }
 
 impl NodeRun {
-    /// Builds the run; `crash_primary_at` kills host 0 at that instant.
-    pub fn new(opts: &SwarmOptions, crash_primary_at: Option<Instant>) -> NodeRun {
+    /// Builds the run; `crash_primary_at` kills host 0 at that instant; `canary` plants a
+    /// platform bug in both VMs (only the VM canaries apply: see [`Canary::in_vm`]).
+    pub fn new(
+        opts: &SwarmOptions,
+        crash_primary_at: Option<Instant>,
+        canary: Option<Canary>,
+    ) -> NodeRun {
         let spec = WorldSpec {
             link: opts.link,
             clients: opts.clients,
@@ -159,8 +164,8 @@ impl NodeRun {
             world,
             nodes,
             vms: vec![
-                SimVm::new_paused(timing, None),
-                SimVm::new_paused(timing, None),
+                SimVm::new_paused(timing, canary),
+                SimVm::new_paused(timing, canary),
             ],
             disks: vec![
                 LayeredDisk::new(1 << 20, 0, SimRng::new(opts.seed).fork("disk-a")),

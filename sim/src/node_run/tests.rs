@@ -18,7 +18,7 @@ fn calm(seed: u64) -> SwarmOptions {
 
 #[test]
 fn two_nodes_serve_clients_and_every_safety_checker_passes() {
-    let out = NodeRun::new(&calm(1), None).run();
+    let out = NodeRun::new(&calm(1), None, None).run();
     let h: Vec<&History> = out.histories.iter().collect();
     let v = check::check_safety(&out.trace, &h, None);
     // The comparator path is exercised: some releases matched the secondary's output.
@@ -33,7 +33,7 @@ fn two_nodes_serve_clients_and_every_safety_checker_passes() {
 fn a_primary_crash_hands_the_clients_to_the_secondary_node_under_its_lease() {
     let mut o = calm(2);
     o.requests_per_connection = 150;
-    let out = NodeRun::new(&o, Some(Instant::from_millis(500))).run();
+    let out = NodeRun::new(&o, Some(Instant::from_millis(500)), None).run();
     assert!(
         out.histories
             .iter()
@@ -76,7 +76,21 @@ fn a_primary_crash_hands_the_clients_to_the_secondary_node_under_its_lease() {
 fn the_node_run_is_deterministic() {
     let o = calm(3);
     assert_eq!(
-        NodeRun::new(&o, None).run().digest,
-        NodeRun::new(&o, None).run().digest
+        NodeRun::new(&o, None, None).run().digest,
+        NodeRun::new(&o, None, None).run().digest
     );
+}
+
+#[test]
+fn vm_canaries_are_caught_under_the_node() {
+    for canary in [Canary::ApplyPartialEpoch, Canary::SkipRewriterReset] {
+        let out = NodeRun::new(&calm(4), None, Some(canary)).run();
+        let h: Vec<&History> = out.histories.iter().collect();
+        let v = check::check_safety(&out.trace, &h, None);
+        assert!(
+            v.iter().any(|v| v.checker == canary.caught_by()),
+            "{} not caught: {v:#?}",
+            canary.name()
+        );
+    }
 }

@@ -74,6 +74,12 @@ impl Canary {
         Canary::ALL.into_iter().find(|c| c.name() == name)
     }
 
+    /// Whether it is planted in the VM platform (so it applies to both engines; the others are
+    /// planted in the platform engine's release and takeover logic).
+    pub fn in_vm(self) -> bool {
+        matches!(self, Canary::ApplyPartialEpoch | Canary::SkipRewriterReset)
+    }
+
     /// The checker that must catch it.
     pub fn caught_by(self) -> &'static str {
         match self {
