@@ -6,7 +6,7 @@
 use colo_core::time::Instant;
 
 use super::{NodeRun, host};
-use crate::swarm::{Cut, CutMode, Host};
+use crate::swarm::{CrashPoint, Cut, CutMode, Host};
 use crate::trace::TraceEvent;
 use crate::world::Endpoint;
 
@@ -34,8 +34,9 @@ impl NodeRun {
         if self.faults_stopped {
             return false;
         }
-        // Without re-protection driven here, one crash per run, before any failover (every
-        // crash point is taken as its instant): a crash of the survivor would leave no host.
+        // Without re-protection driven here, one crash per run, before any failover: a crash of
+        // the survivor would leave no host. `At` (and `OnFailover`, taken as its instant) fire
+        // here; the checkpoint-phase points fire in `crash_at_point`.
         if !self.crash_done
             && self.failed_over
             && self
@@ -49,6 +50,7 @@ impl NodeRun {
         if !self.crash_done
             && let Some(c) = self.opts.crashes.first().copied()
             && c.not_before <= now
+            && matches!(c.point, CrashPoint::At | CrashPoint::OnFailover)
         {
             self.crash_done = true;
             let h = if c.host == Host::A { 0 } else { 1 };
@@ -84,6 +86,22 @@ impl NodeRun {
             }
         }
         changed
+    }
+
+    /// The checkpoint of some host just entered `point`: the seed's crash fires if it waits for
+    /// that point and its earliest instant has passed.
+    pub(super) fn crash_at_point(&mut self, now: Instant, point: CrashPoint) {
+        if self.crash_done || self.failed_over || self.faults_stopped {
+            return;
+        }
+        if let Some(c) = self.opts.crashes.first().copied()
+            && c.point == point
+            && c.not_before <= now
+        {
+            self.crash_done = true;
+            let h = if c.host == Host::A { 0 } else { 1 };
+            self.crash(now, h);
+        }
     }
 
     pub(super) fn crash(&mut self, now: Instant, h: usize) {

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use colo_core::checkpoint::VmCommand;
 use colo_core::failover::{Arbiter, LeaseReply, LeaseRequest};
 use colo_core::ids::{ClusterId, Epoch, NodeId, Role, Term};
 use colo_core::node::{
@@ -33,7 +34,7 @@ use crate::platform::disk::LayeredDisk;
 use crate::platform::vm::{SimVm, VmTiming};
 use crate::platform::{Canary, ReplFrame};
 use crate::rng::SimRng;
-use crate::swarm::{Cut, CutMode, Host, SwarmOptions};
+use crate::swarm::{CrashPoint, Cut, CutMode, Host, SwarmOptions};
 use crate::trace::{FrameId, Origin, Trace, TraceEvent};
 use crate::world::{World, WorldSpec};
 use stream::{compare_key, digest, record_stream, stream_covered};
@@ -245,6 +246,10 @@ impl NodeRun {
     }
 
     fn execute(&mut self, now: Instant, h: usize, o: Output) {
+        // A host that crashed while its outputs were being drained executes nothing more.
+        if !self.alive[h] {
+            return;
+        }
         match o {
             Output::ToClient(frame) => self.release(now, h, frame),
             Output::ToGuest(frame) => {
@@ -278,6 +283,8 @@ impl NodeRun {
                             at: now,
                             epoch: *epoch,
                         });
+                        // A crash here still lets this message out (it was already sent).
+                        self.crash_at_point(now, CrashPoint::OnReceived);
                     }
                     _ => {}
                 }
@@ -296,7 +303,19 @@ impl NodeRun {
                 });
             }
             Output::Vm(cmd) => {
-                if matches!(cmd, colo_core::checkpoint::VmCommand::Pause) {
+                let point = match cmd {
+                    VmCommand::Pause => Some(CrashPoint::OnPause),
+                    VmCommand::SendPages { .. } => Some(CrashPoint::OnTransfer),
+                    VmCommand::ApplyCheckpoint { .. } => Some(CrashPoint::OnApply),
+                    _ => None,
+                };
+                if let Some(p) = point {
+                    self.crash_at_point(now, p);
+                    if !self.alive[h] {
+                        return;
+                    }
+                }
+                if matches!(cmd, VmCommand::Pause) {
                     if let Some(p) = self.nodes[h].primary_checkpointer() {
                         let e = p.epoch();
                         self.vms[h].set_pause_epoch(e);

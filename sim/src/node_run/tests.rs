@@ -1,5 +1,6 @@
 use super::*;
 use crate::check;
+use crate::swarm::CrashPoint;
 
 fn calm(seed: u64) -> SwarmOptions {
     let mut o = SwarmOptions::generate(seed);
@@ -91,6 +92,47 @@ fn vm_canaries_are_caught_under_the_node() {
             v.iter().any(|v| v.checker == canary.caught_by()),
             "{} not caught: {v:#?}",
             canary.name()
+        );
+    }
+}
+
+#[test]
+fn crashes_inside_checkpoint_phases_keep_every_safety_checker_green() {
+    for (host, point) in [
+        (Host::A, CrashPoint::OnPause),
+        (Host::A, CrashPoint::OnTransfer),
+        (Host::B, CrashPoint::OnReceived),
+        (Host::B, CrashPoint::OnApply),
+    ] {
+        let mut o = calm(6);
+        o.requests_per_connection = 100;
+        o.crashes = vec![crate::swarm::HostCrash {
+            host,
+            not_before: Instant::from_millis(400),
+            point,
+            down_for: Duration::from_millis(300),
+        }];
+        let out = NodeRun::new(&o, None, None).run();
+        let h: Vec<&History> = out.histories.iter().collect();
+        let v = check::check_safety(&out.trace, &h, None);
+        assert!(v.is_empty(), "{host} {point:?}: {v:#?}");
+        let crashed = out
+            .trace
+            .events
+            .iter()
+            .any(|e| matches!(e, TraceEvent::Crash { .. }));
+        let solo = out
+            .trace
+            .events
+            .iter()
+            .any(|e| matches!(e, TraceEvent::TermStarted { solo: true, .. }));
+        assert!(
+            crashed && solo,
+            "{host} {point:?}: crash {crashed}, takeover {solo}"
+        );
+        assert!(
+            out.histories.iter().all(|h| h.pending() == 0),
+            "{host} {point:?}: clients left waiting"
         );
     }
 }
