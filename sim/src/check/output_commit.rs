@@ -3,8 +3,9 @@
 //!
 //! A released frame is legitimate in exactly three ways (colo-reference.md, "Output commit";
 //! QEMU COLO releases on compare match or after a checkpoint): `Matched` — the secondary
-//! produced an identical frame in the same epoch before the release (both VMs reached the
-//! state that produced it, so a failover to the SVM keeps it); `Covered` — the secondary had
+//! produced an identical frame before the release, not used by another match (both VMs reached
+//! a state that produced it, so a failover to the SVM keeps it; epochs are not compared because
+//! the two checkpointers count an epoch done at different instants); `Covered` — the secondary had
 //! *received* (not merely been sent) a checkpoint of an epoch at or after the one the frame was
 //! produced in, before the release; `Solo` — the releasing host runs alone (its own state is the
 //! only one; single_writer judges its lease). Anything else is reported.
@@ -23,16 +24,16 @@ pub fn check(trace: &Trace) -> Vec<Violation> {
     let mut out = Vec::new();
     // Highest epoch the secondary has received so far.
     let mut received: Option<Epoch> = None;
-    // Secondary frames seen, per epoch (digest -> count not yet matched).
-    let mut svm: BTreeMap<Epoch, BTreeMap<u64, u32>> = BTreeMap::new();
+    // Secondary frames seen (digest -> count not yet matched).
+    let mut svm: BTreeMap<u64, u32> = BTreeMap::new();
     let mut solo_hosts = BTreeSet::new();
     for e in &trace.events {
         match e {
             TraceEvent::Received { epoch, .. } => {
                 received = Some(received.map_or(*epoch, |r| r.max(*epoch)));
             }
-            TraceEvent::SvmOutput { epoch, digest, .. } => {
-                *svm.entry(*epoch).or_default().entry(*digest).or_default() += 1;
+            TraceEvent::SvmOutput { digest, .. } => {
+                *svm.entry(*digest).or_default() += 1;
             }
             TraceEvent::TermStarted { host, solo, .. } => {
                 if *solo {
@@ -63,18 +64,15 @@ pub fn check(trace: &Trace) -> Vec<Violation> {
                     }
                 }
                 Origin::Matched { svm_digest } => {
-                    let slot = svm
-                        .get_mut(epoch)
-                        .and_then(|m| m.get_mut(svm_digest))
-                        .filter(|n| **n > 0);
+                    let slot = svm.get_mut(svm_digest).filter(|n| **n > 0);
                     match slot {
                         Some(n) => *n -= 1,
                         None => out.push(Violation {
                             checker: NAME,
                             at: *at,
                             what: format!(
-                                "{host} released {frame:?} as matched, but the secondary produced \
-                                 no frame {svm_digest:#x} in epoch {}",
+                                "{host} released {frame:?} (epoch {}) as matched, but the secondary \
+                                 produced no unmatched frame {svm_digest:#x} before",
                                 epoch.0
                             ),
                         }),
@@ -144,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn a_match_needs_a_secondary_frame_of_that_epoch_and_consumes_it() {
+    fn a_match_needs_an_earlier_secondary_frame_and_consumes_it() {
         let mut t = Trace::new();
         t.push(TraceEvent::SvmOutput {
             at: Instant::from_millis(1),

@@ -37,7 +37,7 @@ use crate::rng::SimRng;
 use crate::swarm::{CrashPoint, Cut, CutMode, Host, SwarmOptions};
 use crate::trace::{FrameId, Origin, Trace, TraceEvent};
 use crate::world::{World, WorldSpec};
-use stream::{compare_key, digest, record_stream, stream_covered};
+use stream::{compare_key, digest, loose_key, record_stream, stream_covered};
 
 #[derive(Debug)]
 enum Action {
@@ -88,7 +88,8 @@ pub struct NodeRun {
     arbiter: Arbiter,
     client_target: usize,
     trace: Trace,
-    held: BTreeMap<(usize, u64), VecDeque<(FrameId, Epoch)>>,
+    /// Frames handed to a node that may release them: id -> (host, digest, loose key, epoch).
+    held: BTreeMap<FrameId, (usize, u64, u64, Epoch)>,
     svm_frames: BTreeMap<u64, u32>,
     /// Every TCP payload byte released to clients, per flow, by sequence number (a segment
     /// whose bytes were all released before is a retransmission: released uncompared).
@@ -269,9 +270,11 @@ impl NodeRun {
                         record_stream(&mut self.svm_bytes, f);
                         let d = compare_key(f);
                         *self.svm_frames.entry(d).or_default() += 1;
-                        let epoch = self.nodes[h]
-                            .secondary_checkpointer()
-                            .map_or(Epoch(0), |c| c.applied().next());
+                        // Labelled with the primary's epoch now (the one its held frames carry):
+                        // the two checkpointers count an epoch done at different instants.
+                        let epoch = self.nodes[1 - h]
+                            .primary_checkpointer()
+                            .map_or(Epoch(0), |c| c.last_done().next());
                         self.trace.push(TraceEvent::SvmOutput {
                             at: now,
                             epoch,
@@ -418,13 +421,15 @@ impl NodeRun {
                 }
                 Event::Deposed { .. } => {
                     // The node dropped its solo hold: every frame it held is superseded.
-                    let mut frames: Vec<FrameId> = Vec::new();
-                    for ((hh, _), q) in self.held.iter_mut() {
-                        if *hh == h {
-                            frames.extend(q.drain(..).map(|(id, _)| id));
-                        }
+                    let frames: Vec<FrameId> = self
+                        .held
+                        .iter()
+                        .filter(|(_, v)| v.0 == h)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in &frames {
+                        self.held.remove(id);
                     }
-                    frames.sort();
                     for frame in frames {
                         self.trace.push(TraceEvent::Superseded {
                             at: now,
@@ -454,16 +459,28 @@ impl NodeRun {
     fn release(&mut self, now: Instant, h: usize, frame: Vec<u8>) {
         let st = self.nodes[h].status(now);
         let d = digest(&frame);
-        let (id, epoch) = self
+        let loose = loose_key(&frame);
+        // The same bytes first; else the same flow and payload (a survivor's rewriter changed
+        // its sequence numbers); else the host's oldest held frame.
+        let found = self
             .held
-            .get_mut(&(h, d))
-            .and_then(VecDeque::pop_front)
-            .unwrap_or_else(|| {
-                // Released without having been handed in: the trace shows it as a fresh id,
-                // which no_silent_loss reports.
+            .iter()
+            .find(|(_, v)| v.0 == h && v.1 == d)
+            .or_else(|| self.held.iter().find(|(_, v)| v.0 == h && v.2 == loose))
+            .or_else(|| self.held.iter().find(|(_, v)| v.0 == h))
+            .map(|(id, v)| (*id, v.3));
+        let (id, epoch) = match found {
+            Some((id, epoch)) => {
+                self.held.remove(&id);
+                (id, epoch)
+            }
+            None => {
+                // Released without having been handed in: a fresh id, which no_silent_loss
+                // reports.
                 self.next_frame += 1;
                 (FrameId(u64::MAX - self.next_frame), Epoch(0))
-            });
+            }
+        };
         let key = compare_key(&frame);
         let zero_payload = matches!(
             colo_core::packet::classify_or_opaque(&frame).kind,
@@ -536,10 +553,7 @@ impl NodeRun {
             let epoch = self.nodes[h]
                 .primary_checkpointer()
                 .map_or(Epoch(0), |c| c.last_done().next());
-            self.held
-                .entry((h, digest(&f)))
-                .or_default()
-                .push_back((id, epoch));
+            self.held.insert(id, (h, digest(&f), loose_key(&f), epoch));
             self.trace.push(TraceEvent::Held {
                 at: now,
                 host: host(h),

@@ -56,3 +56,19 @@ pub(super) fn compare_key(frame: &[u8]) -> u64 {
     }
     h.finish()
 }
+
+/// A key that survives the secondary's TCP rewriting (which changes sequence and acknowledgement
+/// numbers and checksums, not the flow or the payload): used to follow a frame a survivor's
+/// rewriter changed between its guest and the client.
+pub(super) fn loose_key(frame: &[u8]) -> u64 {
+    let c = colo_core::packet::classify_or_opaque(frame);
+    let mut h = Fnv64::new();
+    h.write(format!("{:?}", c.key).as_bytes());
+    if let colo_core::packet::Kind::Tcp(t) = c.kind {
+        h.write(&[t.flags]);
+        h.write(&frame[t.payload_start..t.payload_end]);
+    } else {
+        h.write(frame);
+    }
+    h.finish()
+}
