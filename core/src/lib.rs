@@ -18,6 +18,8 @@
 //! - [`failover`]: failover, fencing by term and arbiter lease ([`failover::Failover`],
 //!   [`failover::Lease`], [`failover::Arbiter`]).
 //! - [`heartbeat`]: the peer-liveness [`heartbeat::Heartbeat`] (alive / suspect / lost).
+//! - [`node`]: the [`node::Node`], every machine above composed behind one `Input` / `Output`
+//!   contract; the runtime's only entry point.
 //! - [`fuzzing`]: fuzz target bodies, shared by `cargo fuzz` and by `cargo test` over a corpus.
 #![forbid(unsafe_code)]
 
@@ -28,6 +30,7 @@ pub mod failover;
 pub mod fuzzing;
 pub mod heartbeat;
 pub mod ids;
+pub mod node;
 pub mod packet;
 pub mod rewrite;
 pub mod time;

@@ -47,3 +47,8 @@ fn rewrite_corpus_replays_cleanly() {
 fn wire_decode_corpus_replays_cleanly() {
     replay("wire_decode", colo_core::fuzzing::wire_decode::run);
 }
+
+#[test]
+fn node_inputs_corpus_replays_cleanly() {
+    replay("node_inputs", colo_core::fuzzing::node_inputs::run);
+}

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod client;
 #[cfg(madsim)]
 pub mod cluster;
@@ -18,7 +19,13 @@ pub mod guest;
 pub mod hash;
 pub mod lan;
 pub mod netem;
+pub mod node_run;
+pub mod platform;
 pub mod proto;
 pub mod rng;
+pub mod run;
+pub mod runner;
 pub mod stack;
+pub mod swarm;
+pub mod trace;
 pub mod world;

@@ -89,6 +89,22 @@ pub struct World {
     pub iterations: u64,
     /// When `Some`, every frame an endpoint emits is recorded here (instant, sender, bytes).
     pub tap: Option<Vec<(Instant, Endpoint, Vec<u8>)>>,
+    /// When set, the guest's frames are queued in `guest_out` instead of being sent: colo's
+    /// host holds guest output (the output-commit buffer) and releases it with
+    /// [`World::release_from_guest`].
+    pub hold_guest_output: bool,
+    /// Guest frames held (see `hold_guest_output`).
+    pub guest_out: std::collections::VecDeque<Vec<u8>>,
+    /// When set, the guest is not stepped: frames for it wait in `guest_inbox` (a paused VM's
+    /// host queues them) and its timers do not run.
+    pub guest_paused: bool,
+    /// Frames that arrived for a paused guest, delivered in order when it runs again.
+    pub guest_inbox: std::collections::VecDeque<Vec<u8>>,
+    /// When set, frames for the guest are not delivered but queued in `guest_in`: a colo
+    /// `Node` takes them (`Input::ClientFrame`) and hands them to its guest itself.
+    pub intercept_guest_input: bool,
+    /// Frames for the guest taken by the host (see `intercept_guest_input`).
+    pub guest_in: std::collections::VecDeque<Vec<u8>>,
 }
 
 /// The smallest step the loop takes when a model asks to be polled "now" again (smoltcp's time
@@ -132,6 +148,12 @@ impl World {
             upstream,
             iterations: 0,
             tap: None,
+            hold_guest_output: false,
+            guest_out: std::collections::VecDeque::new(),
+            guest_paused: false,
+            guest_inbox: std::collections::VecDeque::new(),
+            intercept_guest_input: false,
+            guest_in: std::collections::VecDeque::new(),
         }
     }
 
@@ -140,9 +162,19 @@ impl World {
     pub fn run_until(&mut self, deadline: Instant, mut stop: impl FnMut(&World) -> bool) -> bool {
         loop {
             self.flush_outputs();
+            while !self.guest_paused
+                && let Some(f) = self.guest_inbox.pop_front()
+            {
+                self.guest.handle_frame(self.now, f);
+                self.flush_outputs();
+            }
             while let Some(d) = self.net.poll_deliver(self.now) {
                 let now = self.now;
                 match d.to {
+                    Endpoint::Guest if self.intercept_guest_input => {
+                        self.guest_in.push_back(d.frame)
+                    }
+                    Endpoint::Guest if self.guest_paused => self.guest_inbox.push_back(d.frame),
                     Endpoint::Guest => self.guest.handle_frame(now, d.frame),
                     Endpoint::Client(i) => {
                         if let Some(c) = self.clients.get_mut(i as usize) {
@@ -173,7 +205,7 @@ impl World {
 
     fn run_timers(&mut self) {
         let now = self.now;
-        if self.guest.poll_timeout().is_some_and(|t| t <= now) {
+        if !self.guest_paused && self.guest.poll_timeout().is_some_and(|t| t <= now) {
             self.guest.handle_timeout(now);
         }
         for c in &mut self.clients {
@@ -195,7 +227,9 @@ impl World {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        take(self.guest.poll_timeout());
+        if !self.guest_paused {
+            take(self.guest.poll_timeout());
+        }
         for c in &mut self.clients {
             take(c.poll_timeout());
         }
@@ -209,7 +243,11 @@ impl World {
     fn flush_outputs(&mut self) {
         let now = self.now;
         while let Some(f) = self.guest.poll_transmit() {
-            self.send(now, Endpoint::Guest, f);
+            if self.hold_guest_output {
+                self.guest_out.push_back(f);
+            } else {
+                self.send(now, Endpoint::Guest, f);
+            }
         }
         for i in 0..self.clients.len() {
             while let Some(f) = self.clients[i].poll_transmit() {
@@ -232,6 +270,12 @@ impl World {
             }
             self.net.send(now, from, *last, frame);
         }
+    }
+
+    /// Sends a frame the guest emitted earlier (held by colo) onto the LAN now.
+    pub fn release_from_guest(&mut self, frame: Vec<u8>) {
+        let now = self.now;
+        self.send(now, Endpoint::Guest, frame);
     }
 
     /// Whether every client finished its workload.

@@ -50,6 +50,9 @@ pub enum FailoverReason {
     PeerGoodbye,
     /// The peer broke the protocol beyond recovery.
     ProtocolError,
+    /// The secondary failed a forwarded disk write: its disk no longer mirrors the primary's,
+    /// so it cannot take over and the primary runs alone.
+    PeerDiskFailed,
 }
 
 impl FailoverReason {

@@ -7,6 +7,7 @@
 
 pub mod checkpoint_ops;
 pub mod compare;
+pub mod node_inputs;
 pub mod packet_parse;
 pub mod rewrite;
 pub mod wire_decode;

@@ -18,8 +18,7 @@ use colo_core::time::{Duration, Instant};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
-pub use self::history::History;
-use self::history::{Anomaly, Completion, Op, StreamEnd, StreamLog};
+pub use self::history::{Anomaly, Completion, History, Op, StreamEnd, StreamLog};
 pub use self::upstream::UpstreamServer;
 use crate::proto::{Reply, Request, take_lines};
 use crate::rng::SimRng;

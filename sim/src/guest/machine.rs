@@ -171,7 +171,9 @@ impl GuestMachine {
             // The NIC writes the frame into an RX buffer page (a DMA write KVM does not see).
             fx.dirtied.push(self.rx_frames % RX_RING_PAGES);
             self.rx_frames += 1;
-            self.stack.receive(frame);
+            if !self.is_repeat_syn(&frame) {
+                self.stack.receive(frame);
+            }
             self.stir(cfg, ent.draw() % 32);
         }
         self.stack.poll(now);
@@ -184,6 +186,48 @@ impl GuestMachine {
             self.tx_frames += 1;
             fx.frames.push(out);
         }
+    }
+
+    /// Whether `frame` is a SYN (without ACK) for a connection a socket already holds.
+    ///
+    /// Linux looks a segment up among established and SYN_RECV sockets before listeners
+    /// (`__inet_lookup_skb`: established first), so a retransmitted or duplicated SYN reaches
+    /// the connection it opened (a SYN-ACK again, or a challenge ACK per RFC 5961 section 4).
+    /// smoltcp offers a SYN to sockets in socket-set order, so a listener in an earlier slot
+    /// would open a second connection with another ISN for the same 4-tuple, and its RST for the
+    /// client's ACK of the first would reset the client (found by colo-sim seed 243, where held
+    /// output delayed the SYN-ACK past the client's SYN retransmission). Dropping the repeat
+    /// SYN keeps the guest's TCP Linux-like; the socket holding the connection retransmits on
+    /// its own timer.
+    fn is_repeat_syn(&self, frame: &[u8]) -> bool {
+        let Ok(c) = colo_core::packet::classify(frame) else {
+            return false;
+        };
+        let (
+            colo_core::packet::Kind::Tcp(info),
+            colo_core::packet::FlowKey::Ip {
+                src,
+                src_port,
+                dst_port,
+                ..
+            },
+        ) = (&c.kind, &c.key)
+        else {
+            return false;
+        };
+        use colo_core::packet::tcp_flags::{ACK, SYN};
+        if !info.has(SYN) || info.has(ACK) {
+            return false;
+        }
+        self.stack.sockets.iter().any(|(_, s)| {
+            let Some(t) = <tcp::Socket as smoltcp::socket::AnySocket>::downcast(s) else {
+                return false;
+            };
+            t.state() != tcp::State::Listen
+                && t.local_endpoint().is_some_and(|l| l.port == *dst_port)
+                && t.remote_endpoint()
+                    .is_some_and(|r| r.port == *src_port && std::net::IpAddr::from(r.addr) == *src)
+        })
     }
 
     /// Advances smoltcp's PRNG by `draws` ISN draws.

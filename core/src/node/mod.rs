@@ -1,0 +1,509 @@
+//! The [`Node`]: one per host, composing every replication machine of colo-core behind one
+//! sans-IO interface (quinn-proto's `Connection`, str0m's one `Input` / one `Output`).
+//!
+//! A primary-side node composes the [`Comparator`], the
+//! [`PrimaryCheckpointer`] and the
+//! [`PrimaryDisk`](crate::disk::PrimaryDisk); a secondary-side node the
+//! [`Rewriter`], the
+//! [`SecondaryCheckpointer`] and the
+//! [`SecondaryDisk`](crate::disk::SecondaryDisk); both a [`Heartbeat`] and a [`Failover`] with its
+//! lease. The node routes inputs to them, drains their outputs in a fixed order, and holds the
+//! two rules no single machine can keep alone: output commit across comparator and checkpointer,
+//! and single writer across failover, lease and the client link.
+//!
+//! Files: [`config`], [`input`], [`output`], `status` (status and counters), `peer` (message
+//! validation, handshake), `primary`, `secondary` (data paths), `solo` (failover and the solo
+//! hold), `reprotect` (full sync), `disks` (disk-machine generations), `routing` (local inputs
+//! and the pumps).
+
+pub mod config;
+mod disks;
+pub mod input;
+pub mod output;
+mod peer;
+mod primary;
+mod reprotect;
+mod routing;
+mod secondary;
+mod solo;
+mod status;
+#[cfg(test)]
+mod tests;
+
+pub use config::{NodeConfig, NodeConfigError};
+pub use input::{Command, GuestDiskRequest, Input, LinkState, PeerBulk};
+pub use output::{Event, OutBulk, Output, ProtocolViolation, SyncCommand};
+pub use status::{NodeMode, NodeStats, NodeStatus};
+
+use crate::checkpoint::{PrimaryCheckpointer, SecondaryCheckpointer};
+use crate::compare::Comparator;
+use crate::failover::{Failover, FailoverReason};
+use crate::heartbeat::Heartbeat;
+use crate::ids::{Epoch, NodeId, Role};
+use crate::rewrite::Rewriter;
+use crate::time::Instant;
+use crate::wire::Message;
+use disks::Disks;
+use reprotect::Sync;
+use solo::Hold;
+use std::collections::VecDeque;
+
+/// The node's own lifecycle; the replication mode while running is the [`Failover`]'s.
+///
+/// ```text
+/// Idle --Start--> Connecting            (secondary: Hello sent, re-sent until answered)
+/// Connecting --Hello accepted (primary)--> Running        [HelloAccept, SyncStart, SendAll]
+/// Connecting --HelloAccept (secondary)--> Syncing
+/// Syncing --SyncDone(e)--> Running      (checkpoint e makes the SVM a copy and starts it)
+/// Running --Shutdown--> Stopped ; any --Shutdown--> Stopped (terminal)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Created; waits for [`Command::Start`].
+    Idle,
+    /// Handshake in progress.
+    Connecting,
+    /// Secondary: the initial or re-protection copy is arriving.
+    Syncing,
+    /// Replicating, taking over, solo or re-protecting (see [`Failover`]'s mode).
+    Running,
+    /// Stopped for good.
+    Stopped,
+}
+
+/// The role-specific machines. One node has one `Side` for its whole life (it changes only at
+/// a re-protection), so the size difference between the variants costs nothing worth a box.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Side {
+    Primary(primary::PrimarySide),
+    Secondary(secondary::SecondarySide),
+}
+
+/// One colo host's decision maker: feed it [`Input`]s, drain [`Output`]s, wake it at
+/// [`poll_timeout`](Node::poll_timeout).
+///
+/// # The contract (the runtime's loop)
+/// 1. Build with [`Node::new`]`(config, role, now)`; the configuration is validated.
+/// 2. For everything that happens, call [`handle`](Node::handle)`(now, input)`. It never fails
+///    and never panics on anything the peer, the client network or the guest sends: faults
+///    become [`Event`]s. The only panic is the caller's own contract breach: `now` going
+///    backwards.
+/// 3. After every `handle`, drain [`poll_output`](Node::poll_output) until `None`, executing
+///    outputs in the order given (frames of a flow, VM commands and peer messages are ordered).
+/// 4. Arm one timer at [`poll_timeout`](Node::poll_timeout) and hand in [`Input::Timeout`] when
+///    it fires; an early or spurious timeout does nothing. Whenever some phase waits on time
+///    (a checkpoint step, a lease, a heartbeat, a handshake) `poll_timeout` is `Some`.
+///
+/// # Peer frames and bulk
+/// The runtime owns the peer socket and runs [`crate::wire::FrameDecoder`] on it (a decoding
+/// error ends the link: report [`LinkState::Down`]). It stores the bulk of `PageBatch`,
+/// `DeviceState`, `DiskWrite`, `SyncPages` and `SyncDisk` itself (RAM cache, disk images) and
+/// passes [`PeerBulk::Stored`] with its length; it passes the bytes of `MirroredFrame` and
+/// `SecondaryOutput` as [`PeerBulk::Frame`], because the rewriter and comparator need them.
+/// The node checks every message's direction for its role, its bulk length, its term and
+/// epoch: a bad one is an [`Event::ProtocolError`], a stale one is counted and ignored.
+/// Outbound, [`Output::ToPeer`] names where the bulk comes from ([`OutBulk`]); page batches and
+/// device state are streamed by the runtime on [`VmCommand::SendPages`](crate::checkpoint::VmCommand::SendPages) and
+/// [`VmCommand::SaveDeviceState`](crate::checkpoint::VmCommand::SaveDeviceState), the re-protection copy on
+/// [`SyncCommand::SendAll`].
+///
+/// # Lifecycle
+/// Both VMs are created paused. [`Command::Start`] on both nodes: the secondary sends `Hello`,
+/// the primary answers `HelloAccept` and `SyncStart` and orders [`SyncCommand::SendAll`]; when
+/// the runtime reports [`Input::SyncSent`] the primary sends `SyncDone(e)` and takes checkpoint
+/// `e` at once, which makes the SVM an exact copy and starts both VMs (a `Pause` of a VM that
+/// is already paused completes at once). From then on: client frames go to the PVM and are
+/// mirrored; the PVM's frames are held by the comparator until the SVM's rewritten frames match
+/// them or a checkpoint received by the secondary covers them; disk writes complete to the
+/// guest once the secondary acknowledged them. If the peer is lost (heartbeat), a checkpoint
+/// is stuck, the peer says goodbye, or on [`Command::Failover`], the node takes over in a new
+/// term and releases output alone only while it holds that term's arbiter lease
+/// ([`Output::Arbiter`] / [`Input::Arbiter`]); a former secondary also claims the client link
+/// ([`Event::ClaimClientLink`]). A solo node re-protects with a new secondary after
+/// [`Command::Reprotect`] and the newcomer's `Hello`, through the same copy as the start.
+///
+/// # Example: two nodes in one process
+/// ```
+/// use colo_core::checkpoint::{VmCommand, VmCompletion};
+/// use colo_core::ids::{ClusterId, NodeId, PageRange, Role};
+/// use colo_core::node::{Command, Event, Input, Node, NodeConfig, NodeMode, OutBulk, Output,
+///     PeerBulk, SyncCommand};
+/// use colo_core::wire::{Message, PAGE_SIZE};
+/// use colo_core::time::{Duration, Instant};
+///
+/// let t0 = Instant::ZERO;
+/// let mut nodes = [
+///     Node::new(NodeConfig::new(NodeId(1), ClusterId(7)), Role::Primary, t0).unwrap(),
+///     Node::new(NodeConfig::new(NodeId(2), ClusterId(7)), Role::Secondary, t0).unwrap(),
+/// ];
+/// let mut inbox: Vec<(usize, Input)> = vec![
+///     (0, Input::Command(Command::Start)),
+///     (1, Input::Command(Command::Start)),
+/// ];
+/// let mut done = 0;
+/// let mut now = t0;
+/// while done == 0 && now < Instant::from_millis(20_000) {
+///     now = now + Duration::from_millis(1);
+///     let batch = std::mem::take(&mut inbox);
+///     for (h, input) in batch {
+///         nodes[h].handle(now, input);
+///     }
+///     for h in 0..2 {
+///         if nodes[h].poll_timeout().is_some_and(|t| t <= now) {
+///             nodes[h].handle(now, Input::Timeout);
+///         }
+///         // The runtime's loop: drain every output after every input.
+///         while let Some(out) = nodes[h].poll_output() {
+///             match out {
+///                 // A real runtime encodes the message (and its bulk) on the peer socket.
+///                 Output::ToPeer { message, bulk } => {
+///                     let bulk = match bulk {
+///                         OutBulk::Frame(f) => PeerBulk::Frame(f),
+///                         _ => PeerBulk::None,
+///                     };
+///                     inbox.push((1 - h, Input::Peer { message, bulk }));
+///                 }
+///                 // A real runtime drives KVM; here every command succeeds at once and the
+///                 // guest dirties no page.
+///                 Output::Vm(cmd) => {
+///                     let completion = match cmd {
+///                         VmCommand::Pause => VmCompletion::Paused,
+///                         VmCommand::Resume => VmCompletion::Resumed,
+///                         VmCommand::CollectDirty { epoch } => {
+///                             VmCompletion::DirtyCollected { epoch, ranges: vec![] }
+///                         }
+///                         VmCommand::SendPages { epoch, .. } => {
+///                             VmCompletion::PagesSent { epoch, batches: 0, pages: 0, bytes: 0 }
+///                         }
+///                         VmCommand::SaveDeviceState { epoch } => {
+///                             let state = Message::DeviceState { epoch };
+///                             inbox.push((1 - h, Input::Peer {
+///                                 message: state,
+///                                 bulk: PeerBulk::Stored { len: 0 },
+///                             }));
+///                             VmCompletion::DeviceStateSent { epoch, bytes: 0 }
+///                         }
+///                         VmCommand::ApplyCheckpoint { epoch } => VmCompletion::Applied { epoch },
+///                         VmCommand::DiscardPartial { epoch } => VmCompletion::Discarded { epoch },
+///                     };
+///                     inbox.push((h, Input::VmDone(completion)));
+///                 }
+///                 // The initial copy: a real runtime streams the guest's memory and disk
+///                 // (here only the messages, with the bulk "stored" on the other side).
+///                 Output::Sync(SyncCommand::SendAll { term }) => {
+///                     let pages = (1u64 << 30) / PAGE_SIZE; // NodeConfig's default memory
+///                     inbox.push((1 - h, Input::Peer {
+///                         message: Message::SyncPages {
+///                             term,
+///                             batch: 0,
+///                             ranges: vec![PageRange { first: 0, count: pages }],
+///                         },
+///                         bulk: PeerBulk::Stored { len: pages * PAGE_SIZE },
+///                     }));
+///                     inbox.push((h, Input::SyncSent { memory_bytes: 1 << 30, disk_bytes: 0 }));
+///                 }
+///                 Output::Disk(cmd) => inbox.push((h, Input::DiskDone { op: cmd.op(), result: Ok(()) })),
+///                 Output::Event(Event::CheckpointDone { .. }) => done += 1,
+///                 _ => {}
+///             }
+///         }
+///     }
+/// }
+/// assert_eq!(done, 1, "the pairing's first checkpoint completed");
+/// assert_eq!(nodes[0].status(now).mode, NodeMode::Paired);
+/// assert_eq!(nodes[1].status(now).mode, NodeMode::Paired);
+/// ```
+///
+/// # Drain order
+/// After each input the node pumps its machines until none has anything left, each pass in this
+/// order: failover (mode changes gate release), heartbeat, checkpointer (a `ReleaseOutput`
+/// reaches the comparator before its releases are drained), comparator, disk, then the solo
+/// hold (released if the lease allows it now). Outputs are queued in the order the machines
+/// produced them.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    phase: Phase,
+    failover: Failover,
+    heartbeat: Heartbeat,
+    side: Side,
+    disks: Disks,
+    hold: Hold,
+    sync: Option<Sync>,
+    /// The peer of the current pairing, once the handshake succeeded.
+    peer: Option<NodeId>,
+    /// A solo node accepts a newcomer's Hello only after [`Command::Reprotect`].
+    reprotect_armed: bool,
+    /// Secondary in `Connecting`: when to send the Hello again.
+    hello_retry_at: Option<Instant>,
+    /// Whether this node's VM state may serve a takeover: a primary always; a secondary once
+    /// it applied a checkpoint of the current pairing (before that its VM is no copy).
+    has_state: bool,
+    /// The reason of the takeover in progress (for [`Event::FailedOver`]).
+    takeover_reason: Option<FailoverReason>,
+    /// The checkpointer reported the VM consistent after a takeover.
+    ready_for_takeover: bool,
+    /// [`Event::FailedOver`] was reported for the current term.
+    failed_over_reported: bool,
+    link_up: bool,
+    out: VecDeque<Output>,
+    stats: NodeStats,
+    now: Instant,
+}
+
+impl Node {
+    /// A node that will hold `role` in `config.initial_term`, idle until [`Command::Start`].
+    pub fn new(config: NodeConfig, role: Role, now: Instant) -> Result<Node, NodeConfigError> {
+        config.validate()?;
+        let failover = Failover::new(config.lease, config.node_id, role, config.initial_term, now)?;
+        let heartbeat = Heartbeat::new(config.heartbeat, now)?;
+        let side = match role {
+            Role::Primary => Side::Primary(primary::PrimarySide::new(&config)?),
+            Role::Secondary => Side::Secondary(secondary::SecondarySide::new(&config)),
+        };
+        let disks = Disks::new(&config, role)?;
+        Ok(Node {
+            hold: Hold::new(config.solo_hold_frames),
+            config,
+            phase: Phase::Idle,
+            failover,
+            heartbeat,
+            side,
+            disks,
+            sync: None,
+            peer: None,
+            reprotect_armed: false,
+            hello_retry_at: None,
+            has_state: role == Role::Primary,
+            takeover_reason: None,
+            ready_for_takeover: false,
+            failed_over_reported: false,
+            link_up: false,
+            out: VecDeque::new(),
+            stats: NodeStats::default(),
+            now,
+        })
+    }
+
+    /// Feed one input. Infallible: peer, client and guest faults become events.
+    ///
+    /// # Panics
+    /// If `now` is earlier than a previous call's (time must never go backwards).
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        assert!(
+            now >= self.now,
+            "time went backwards: the caller must pass a monotone `now` ({now:?} < {:?})",
+            self.now
+        );
+        self.now = now;
+        if self.phase == Phase::Stopped {
+            self.stats.ignored_after_stop += 1;
+            return;
+        }
+        match input {
+            Input::ClientFrame(frame) => self.on_client_frame(now, frame),
+            Input::GuestFrame(frame) => self.on_guest_frame(now, frame),
+            Input::Peer { message, bulk } => self.on_peer(now, message, bulk),
+            Input::PeerLink(state) => self.on_link(now, state),
+            Input::VmDone(done) => self.on_vm_done(now, done),
+            Input::GuestDisk(req) => self.on_guest_disk(now, req),
+            Input::DiskDone { op, result } => self.disks.handle_op_done(op, result),
+            Input::SyncSent {
+                memory_bytes,
+                disk_bytes,
+            } => self.on_sync_sent(now, memory_bytes, disk_bytes),
+            Input::Command(c) => self.on_command(now, c),
+            Input::Arbiter { id, reply } => self.failover.handle_lease_reply(now, id, reply),
+            Input::Timeout => self.on_timeout(now),
+        }
+        self.pump(now);
+    }
+
+    /// The next thing for the runtime to do; drain until `None` after every [`handle`].
+    ///
+    /// [`handle`]: Node::handle
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The earliest instant at which [`Input::Timeout`] has work, over every sub-machine.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Stopped {
+            return None;
+        }
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
+        if self.heartbeat_active() {
+            consider(self.heartbeat.poll_timeout());
+        }
+        consider(self.failover.poll_timeout());
+        consider(self.hello_retry_at);
+        match &self.side {
+            Side::Primary(p) => consider(p.poll_timeout()),
+            Side::Secondary(s) => consider(s.poll_timeout()),
+        }
+        next
+    }
+
+    /// The role this node holds now (a secondary that took over is a primary).
+    pub fn role(&self) -> Role {
+        self.failover.role()
+    }
+
+    /// The failover machine (mode, term, lease), read-only.
+    pub fn failover(&self) -> &Failover {
+        &self.failover
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        if self.heartbeat_active() {
+            self.heartbeat.handle_timeout(now);
+        }
+        self.failover.handle_timeout(now);
+        if let Some(at) = self.hello_retry_at
+            && now >= at
+            && self.phase == Phase::Connecting
+        {
+            self.send_hello(now);
+        }
+        match &mut self.side {
+            Side::Primary(p) => p.handle_timeout(now),
+            Side::Secondary(s) => s.handle_timeout(now),
+        }
+    }
+
+    fn on_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Start => self.on_start(now),
+            Command::ForceCheckpoint => {
+                if let Side::Primary(p) = &mut self.side {
+                    p.force_checkpoint(now);
+                } else {
+                    self.stats.commands_ignored += 1;
+                }
+            }
+            Command::SetCheckpointInterval(interval) => {
+                let taken = match &mut self.side {
+                    Side::Primary(p) => p.set_interval(now, interval),
+                    Side::Secondary(_) => false,
+                };
+                if !taken {
+                    self.stats.commands_ignored += 1;
+                }
+            }
+            Command::Failover => self.trigger_failover(now, FailoverReason::Requested),
+            Command::Reprotect => self.on_reprotect_command(),
+            Command::Shutdown => {
+                let term = self.failover.term();
+                if self.phase != Phase::Idle {
+                    self.send(Message::Goodbye {
+                        term,
+                        reason: crate::wire::GoodbyeReason::Shutdown,
+                    });
+                }
+                self.phase = Phase::Stopped;
+                self.event(Event::Stopped);
+            }
+        }
+    }
+
+    fn on_link(&mut self, now: Instant, state: LinkState) {
+        self.link_up = state == LinkState::Up;
+        if self.link_up && self.phase == Phase::Connecting && !self.is_primary_side() {
+            // A fresh link: the connecting secondary says hello at once instead of waiting for
+            // its retry timer (a primary only answers Hellos).
+            self.send_hello(now);
+        }
+    }
+
+    /// Whether the heartbeat watches a peer now: while paired (or syncing a newcomer).
+    fn heartbeat_active(&self) -> bool {
+        match self.phase {
+            Phase::Syncing => true,
+            Phase::Running => {
+                (self.peer.is_some() && self.failover.is_paired()) || self.sync.is_some()
+            }
+            Phase::Idle | Phase::Connecting | Phase::Stopped => false,
+        }
+    }
+
+    /// Runs every machine's outputs to quiescence, in the documented order.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut progressed = self.pump_failover(now);
+            progressed |= self.pump_heartbeat(now);
+            progressed |= self.pump_side(now);
+            progressed |= self.pump_disks(now);
+            progressed |= self.flush_hold_if_allowed(now);
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn send(&mut self, message: Message) {
+        self.send_with(message, OutBulk::None);
+    }
+
+    fn send_with(&mut self, message: Message, bulk: OutBulk) {
+        self.stats.peer_sent += 1;
+        if self.heartbeat_active() {
+            self.heartbeat.handle_sent(self.now);
+        }
+        self.out.push_back(Output::ToPeer { message, bulk });
+    }
+
+    fn event(&mut self, event: Event) {
+        self.out.push_back(Output::Event(event));
+    }
+
+    /// The epoch this node reports in heartbeats and Hellos.
+    fn current_epoch(&self) -> Epoch {
+        match &self.side {
+            Side::Primary(p) => p.last_done(),
+            Side::Secondary(s) => s.applied(),
+        }
+    }
+
+    /// Every counter, for tests and metrics.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// The primary checkpointer, if this node is primary-side and replicating (read-only).
+    pub fn primary_checkpointer(&self) -> Option<&PrimaryCheckpointer> {
+        match &self.side {
+            Side::Primary(p) => p.checkpointer.as_ref(),
+            Side::Secondary(_) => None,
+        }
+    }
+
+    /// The secondary checkpointer, if this node is secondary-side and replicating (read-only).
+    pub fn secondary_checkpointer(&self) -> Option<&SecondaryCheckpointer> {
+        match &self.side {
+            Side::Secondary(s) => s.checkpointer.as_ref(),
+            Side::Primary(_) => None,
+        }
+    }
+
+    /// The comparator of a primary-side node (read-only, for its counters).
+    pub fn comparator(&self) -> Option<&Comparator> {
+        match &self.side {
+            Side::Primary(p) => Some(&p.comparator),
+            Side::Secondary(_) => None,
+        }
+    }
+
+    /// The rewriter: a secondary's, or the client-edge translator a former secondary keeps.
+    pub fn rewriter(&self) -> Option<&Rewriter> {
+        match &self.side {
+            Side::Secondary(s) => Some(&s.rewriter),
+            Side::Primary(p) => p.client_xlate.as_ref(),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Everything a [`Node`](super::Node) asks of the runtime: one [`Output`] enum, and the
+//! [`Event`]s it reports (milestones, faults, failover), so the outbound side of the contract
+//! fits on one screen.
+//!
+//! Invariant kept: [`Output::ToClient`] is emitted only under the output-commit rule
+//! (architecture.md invariant 1) and the single-writer rule (invariant 5); every frame the node
+//! will not release now is either held (and counted) or reported by an event, never dropped
+//! silently.
+
+use crate::checkpoint::{StuckPhase, VmCommand, VmCommandKind};
+use crate::compare::MiscompareWhy;
+use crate::disk::{DiskCommand, DiskEvent, GuestIoError, GuestIoId};
+use crate::failover::{FailoverReason, LeaseRequest};
+use crate::ids::{CheckpointReason, Epoch, NodeId, Role, Term};
+use crate::packet::FlowKey;
+use crate::time::Duration;
+use crate::wire::{AbortReason, HelloRejectReason, Message, MessageKind};
+
+/// One thing for the runtime to do, from [`Node::poll_output`](super::Node::poll_output).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send this frame to the client network.
+    ToClient(Vec<u8>),
+    /// Deliver this frame to the local VM.
+    ToGuest(Vec<u8>),
+    /// Send this message to the peer (encode it with [`crate::wire::encode`] and its bulk).
+    ToPeer {
+        /// The message.
+        message: Message,
+        /// Where its bulk bytes come from.
+        bulk: OutBulk,
+    },
+    /// Execute a VM command; report with [`Input::VmDone`](super::Input::VmDone).
+    Vm(VmCommand),
+    /// Execute a disk command; report with [`Input::DiskDone`](super::Input::DiskDone).
+    Disk(DiskCommand),
+    /// Complete a guest disk request.
+    GuestDiskDone {
+        /// The request.
+        io: GuestIoId,
+        /// Its outcome.
+        result: Result<(), GuestIoError>,
+    },
+    /// Re-protection bulk the runtime streams itself.
+    Sync(SyncCommand),
+    /// Send this lease request to the arbiter; report with
+    /// [`Input::Arbiter`](super::Input::Arbiter).
+    Arbiter(LeaseRequest),
+    /// Something to log, count or act on.
+    Event(Event),
+}
+
+/// The bulk payload of an outbound peer message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutBulk {
+    /// None.
+    None,
+    /// These bytes (mirrored or secondary frames).
+    Frame(Vec<u8>),
+    /// The data of guest write `io`, which the runtime holds (a forwarded `DiskWrite`).
+    GuestWrite(GuestIoId),
+}
+
+/// Bulk transfers the runtime performs itself, because their bytes never pass the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncCommand {
+    /// Stream the whole guest memory and disk to the peer as `SyncPages` and `SyncDisk` frames
+    /// of `term` while the guest keeps running (re-sending what the guest dirties meanwhile),
+    /// and from the moment of this command track pages the guest dirties, so that the first
+    /// checkpoint after `SyncDone` carries them; report [`Input::SyncSent`](super::Input).
+    SendAll {
+        /// The re-protection's term.
+        term: Term,
+    },
+}
+
+/// A protocol violation by the peer (reported, never a panic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolViolation {
+    /// The message travels the other way for our role (or is an arbiter message).
+    WrongDirection,
+    /// The bulk length does not fit the message, or the core needs the bytes and got none.
+    BadBulk {
+        /// Length received.
+        len: u64,
+    },
+    /// The message cannot come in this phase of the node (for instance a checkpoint message
+    /// before the handshake).
+    UnexpectedInPhase,
+    /// The checkpointer refused it (out of order for the epoch in progress).
+    Checkpoint {
+        /// The epoch in progress.
+        epoch: Epoch,
+        /// The message's epoch.
+        message_epoch: Epoch,
+    },
+    /// The re-protection copy's totals do not match what `SyncStart` announced.
+    SyncMismatch,
+}
+
+/// What happened, for logs, metrics and the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake succeeded; the initial (or re-protection) copy follows.
+    Paired {
+        /// The peer.
+        peer: NodeId,
+        /// The pair's term.
+        term: Term,
+        /// This node's role in it.
+        role: Role,
+    },
+    /// A `Hello` was refused (by us: `by_peer` false; by the peer: true).
+    HandshakeRejected {
+        /// Why.
+        reason: HelloRejectReason,
+        /// Who refused.
+        by_peer: bool,
+    },
+    /// Primary: checkpoint `epoch` completed (secondary loaded, primary resumed).
+    CheckpointDone {
+        /// The checkpoint.
+        epoch: Epoch,
+        /// Why it was taken.
+        reason: CheckpointReason,
+        /// How long the PVM was paused.
+        pause: Duration,
+        /// Pages sent.
+        pages: u64,
+        /// Bulk bytes sent (pages and device state).
+        bytes: u64,
+    },
+    /// Secondary: checkpoint `epoch` applied and the SVM runs again.
+    CheckpointApplied {
+        /// The checkpoint.
+        epoch: Epoch,
+        /// How long the SVM was paused.
+        pause: Duration,
+        /// Pages received.
+        pages: u64,
+        /// Bulk bytes received.
+        bytes: u64,
+    },
+    /// A checkpoint attempt was abandoned (retried later).
+    CheckpointAborted {
+        /// The checkpoint.
+        epoch: Epoch,
+        /// Why.
+        reason: AbortReason,
+    },
+    /// A checkpoint phase timed out; the failover path follows.
+    CheckpointStuck {
+        /// The checkpoint.
+        epoch: Epoch,
+        /// What it waited for.
+        phase: StuckPhase,
+    },
+    /// A VM command failed.
+    VmFailed {
+        /// The checkpoint in progress.
+        epoch: Epoch,
+        /// The command.
+        command: VmCommandKind,
+    },
+    /// The two VMs' output differed (a checkpoint follows).
+    Miscompare {
+        /// The flow.
+        flow: FlowKey,
+        /// Where and how.
+        why: MiscompareWhy,
+    },
+    /// The peer has been silent for a while.
+    PeerSuspect {
+        /// Silence so far.
+        silent_for: Duration,
+    },
+    /// The peer spoke again before being declared lost.
+    PeerRecovered,
+    /// The peer is lost; failover follows.
+    PeerLost {
+        /// Silence that declared it.
+        silent_for: Duration,
+    },
+    /// This node stopped depending on its peer and asks the arbiter for `term`.
+    TakeoverStarted {
+        /// The term acquired.
+        term: Term,
+        /// The role held before.
+        from: Role,
+        /// Why.
+        reason: FailoverReason,
+    },
+    /// A former secondary now owns the client link: announce it (gratuitous ARP / unsolicited
+    /// neighbour advertisement for the VM's addresses), then client frames come here.
+    ClaimClientLink {
+        /// The term.
+        term: Term,
+    },
+    /// The takeover is complete: this node runs solo in `term` and releases output.
+    FailedOver {
+        /// The term.
+        term: Term,
+        /// Why the failover happened.
+        reason: FailoverReason,
+    },
+    /// The lease lapsed: output is held until it is renewed.
+    ReleaseSuspended {
+        /// The term.
+        term: Term,
+    },
+    /// The lease is back after a lapse: held output is released.
+    ReleaseResumed {
+        /// The term.
+        term: Term,
+        /// Frames released from the hold.
+        released: u64,
+    },
+    /// The solo hold reached its bound: the guest is paused until output can be released.
+    Backpressure {
+        /// Frames held.
+        held: u64,
+    },
+    /// The other node holds the current term: this node never releases again (fencing). Its
+    /// VM must be stopped and re-protected from the holder.
+    Deposed {
+        /// This node's term.
+        term: Term,
+        /// The holder, if known.
+        holder: Option<NodeId>,
+        /// The newest term known.
+        current_term: Term,
+        /// Held output discarded because releasing it would make two writers.
+        discarded: u64,
+    },
+    /// A peer message was refused.
+    ProtocolError {
+        /// The message's kind.
+        kind: MessageKind,
+        /// What was wrong.
+        violation: ProtocolViolation,
+    },
+    /// A disk replication milestone or fault.
+    Disk(DiskEvent),
+    /// Re-protection copy started.
+    SyncStarted {
+        /// The term.
+        term: Term,
+        /// Memory bytes to copy.
+        memory_bytes: u64,
+        /// Disk bytes to copy.
+        disk_bytes: u64,
+    },
+    /// Re-protection copy progress (both sides report it).
+    SyncProgress {
+        /// The term.
+        term: Term,
+        /// Memory bytes stored by the secondary.
+        memory_bytes_done: u64,
+        /// Disk bytes stored by the secondary.
+        disk_bytes_done: u64,
+    },
+    /// Re-protection copy done; replication resumes with checkpoint `epoch`.
+    Reprotected {
+        /// The term.
+        term: Term,
+        /// The first checkpoint of the new pair.
+        epoch: Epoch,
+    },
+    /// The re-protection failed (the new secondary was lost); the node stays solo.
+    ReprotectFailed {
+        /// The term.
+        term: Term,
+    },
+    /// The node stopped ([`Command::Shutdown`](super::Command::Shutdown)).
+    Stopped,
+}

@@ -1,0 +1,279 @@
+//! The secondary-side data paths: mirrored frames through the rewriter into the SVM, SVM frames
+//! through the rewriter to the primary's comparator (tagged with the last applied epoch),
+//! checkpoint messages into the checkpointer, forwarded disk writes into the overlays, and the
+//! checkpointer's `ResetDisk` / `ResetRewriter` into the disk machine and the rewriter. After a
+//! takeover the same rewriter keeps translating between the clients (who hold the old primary's
+//! sequence numbers) and the SVM, and SVM frames go to the client through the solo gate.
+//!
+//! Invariant kept: while the primary lives, no SVM frame reaches a client (architecture.md
+//! invariant 1, last sentence): SVM output goes only to the peer until this node's takeover
+//! holds a lease.
+
+use super::{Event, Node, NodeConfig, OutBulk, Output, Phase, ProtocolViolation, Side};
+use crate::checkpoint::{
+    CheckpointConfig, CheckpointOutput, SecondaryCheckpointer, SecondaryPhase,
+};
+use crate::ids::Epoch;
+use crate::rewrite::Rewriter;
+use crate::time::Instant;
+use crate::wire::Message;
+
+/// The machines of a secondary-side node.
+#[derive(Debug)]
+pub(super) struct SecondarySide {
+    pub(super) rewriter: Rewriter,
+    /// `None` until replication starts (`SyncDone`).
+    pub(super) checkpointer: Option<SecondaryCheckpointer>,
+    checkpoint_config: CheckpointConfig,
+    /// Mirrored frames that arrived while the SVM was paused for a checkpoint, with the epoch
+    /// of the first checkpoint whose state includes them (see [`SecondarySide::release_backlog`]).
+    backlog: std::collections::VecDeque<(Epoch, Vec<u8>)>,
+    /// Backlog frames dropped because the applied checkpoint already contains their effect.
+    pub(super) covered_frames: u64,
+}
+
+impl SecondarySide {
+    pub(super) fn new(config: &NodeConfig) -> SecondarySide {
+        SecondarySide {
+            rewriter: Rewriter::new(config.rewriter),
+            checkpointer: None,
+            checkpoint_config: config.checkpoint,
+            backlog: std::collections::VecDeque::new(),
+            covered_frames: 0,
+        }
+    }
+
+    /// Whether the SVM is paused for a checkpoint (so a mirrored frame must wait).
+    fn paused(&self) -> bool {
+        self.checkpointer
+            .as_ref()
+            .is_some_and(|k| !matches!(k.phase(), SecondaryPhase::Running | SecondaryPhase::Solo))
+    }
+
+    /// The SVM runs again with checkpoint `applied`: frames the PVM consumed before that
+    /// checkpoint's pause are part of its state already (delivering them again would make the
+    /// SVM consume them twice); the rest go to the SVM in arrival order.
+    fn release_backlog(&mut self) -> Vec<Vec<u8>> {
+        if self.paused() {
+            return Vec::new();
+        }
+        let applied = self.applied();
+        let mut frames = Vec::new();
+        while let Some((epoch, frame)) = self.backlog.pop_front() {
+            if epoch <= applied {
+                self.covered_frames += 1;
+            } else {
+                frames.push(frame);
+            }
+        }
+        frames
+    }
+
+    /// The last applied checkpoint.
+    pub(super) fn applied(&self) -> Epoch {
+        self.checkpointer
+            .as_ref()
+            .map_or(Epoch(0), SecondaryCheckpointer::applied)
+    }
+
+    /// Replication starts; the next checkpoint is `epoch`.
+    pub(super) fn start_replication(&mut self, now: Instant, epoch: Epoch) {
+        let applied = Epoch(epoch.0.saturating_sub(1));
+        let ck = SecondaryCheckpointer::new(self.checkpoint_config, applied, now)
+            .expect("checkpoint config validated at Node::new");
+        self.checkpointer = Some(ck);
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        self.checkpointer.as_ref().and_then(|k| k.poll_timeout())
+    }
+
+    pub(super) fn handle_timeout(&mut self, now: Instant) {
+        if let Some(k) = &mut self.checkpointer {
+            k.handle_timeout(now);
+        }
+    }
+
+    pub(super) fn vm_idle(&self) -> bool {
+        self.checkpointer
+            .as_ref()
+            .is_none_or(|k| k.phase() == SecondaryPhase::Solo)
+    }
+}
+
+impl Node {
+    /// A frame the SVM sent.
+    pub(super) fn secondary_guest_frame(&mut self, now: Instant, mut frame: Vec<u8>) {
+        let paired = self.failover.is_paired();
+        let replicating = paired && self.phase == Phase::Running && self.peer.is_some();
+        let Side::Secondary(s) = &mut self.side else {
+            return;
+        };
+        s.rewriter.rewrite_outbound(now, &mut frame);
+        if replicating {
+            // QEMU's filter-redirector: SVM output goes to the primary's comparator, tagged
+            // with the state it came from so the primary can drop output of replaced state.
+            let epoch = s.applied();
+            self.send_with(Message::SecondaryOutput { epoch }, OutBulk::Frame(frame));
+        } else if paired {
+            // Paired but not replicating yet (the SVM is created paused; nothing should come):
+            // never to a client while the primary lives.
+            self.stats.stale_secondary_output += 1;
+        } else {
+            self.emit_solo(now, frame);
+        }
+    }
+
+    /// A client frame: only after a takeover does the client link lead here.
+    pub(super) fn secondary_client_frame(&mut self, now: Instant, mut frame: Vec<u8>) {
+        if self.failover.is_paired() {
+            self.stats.client_frames_on_secondary += 1;
+            return;
+        }
+        if let Side::Secondary(s) = &mut self.side {
+            s.rewriter.rewrite_inbound(now, &mut frame);
+            self.out.push_back(Output::ToGuest(frame));
+        }
+    }
+
+    /// Peer messages for the secondary side (validated for direction, bulk and term).
+    pub(super) fn secondary_peer_message(
+        &mut self,
+        now: Instant,
+        message: Message,
+        frame: Vec<u8>,
+        bulk_len: u64,
+    ) {
+        let Side::Secondary(s) = &mut self.side else {
+            return;
+        };
+        match message {
+            Message::MirroredFrame { epoch } => {
+                let mut frame = frame;
+                s.rewriter.rewrite_inbound(now, &mut frame);
+                if s.paused() || !s.backlog.is_empty() {
+                    s.backlog.push_back((epoch, frame));
+                } else {
+                    self.out.push_back(Output::ToGuest(frame));
+                }
+            }
+            Message::DiskWrite {
+                epoch,
+                write_id,
+                offset,
+                len,
+            } => self.disks.handle_peer_write(write_id, epoch, offset, len),
+            m @ (Message::CheckpointRequest { .. }
+            | Message::PageBatch { .. }
+            | Message::DeviceState { .. }
+            | Message::CheckpointSent { .. }
+            | Message::CheckpointAbort { .. }) => match &mut s.checkpointer {
+                Some(k) => k.handle_message(now, &m, bulk_len),
+                None => self.protocol_error(m.kind(), ProtocolViolation::UnexpectedInPhase),
+            },
+            m => self.protocol_error(m.kind(), ProtocolViolation::UnexpectedInPhase),
+        }
+    }
+
+    /// Drains the checkpointer. Returns whether anything came out.
+    pub(super) fn pump_secondary(&mut self, now: Instant) -> bool {
+        let mut progressed = false;
+        loop {
+            let Side::Secondary(s) = &mut self.side else {
+                return progressed;
+            };
+            let Some(o) = s.checkpointer.as_mut().and_then(|k| k.poll_output()) else {
+                if !s.backlog.is_empty() {
+                    for frame in s.release_backlog() {
+                        self.out.push_back(Output::ToGuest(frame));
+                    }
+                }
+                return progressed;
+            };
+            progressed = true;
+            match o {
+                CheckpointOutput::Send(m) => self.send_checkpoint_message(m),
+                CheckpointOutput::Vm(c) => self.out.push_back(Output::Vm(c)),
+                CheckpointOutput::ResetDisk { epoch } => self.disks.handle_checkpoint(epoch),
+                CheckpointOutput::ResetRewriter { .. } => {
+                    if let Side::Secondary(s) = &mut self.side {
+                        s.rewriter.reset_offsets();
+                    }
+                }
+                CheckpointOutput::ReleaseOutput { .. } => {}
+                CheckpointOutput::Event(e) => self.on_checkpoint_event(now, e),
+            }
+        }
+    }
+
+    /// The disk machine emptied its overlays for `epoch`: the apply may finish.
+    pub(super) fn secondary_disk_reset(&mut self, now: Instant, epoch: Epoch) {
+        if let Side::Secondary(s) = &mut self.side
+            && let Some(k) = &mut s.checkpointer
+        {
+            k.handle_disk_reset(now, epoch);
+        }
+    }
+
+    /// A checkpoint milestone or fault, from either role's checkpointer.
+    pub(super) fn on_checkpoint_event(
+        &mut self,
+        now: Instant,
+        e: crate::checkpoint::CheckpointEvent,
+    ) {
+        use crate::checkpoint::CheckpointEvent as C;
+        match e {
+            C::CheckpointDone {
+                epoch,
+                reason,
+                pause,
+                pages,
+                bytes,
+            } => {
+                if let Side::Primary(p) = &mut self.side {
+                    p.pvm_started = true;
+                }
+                self.event(Event::CheckpointDone {
+                    epoch,
+                    reason,
+                    pause,
+                    pages,
+                    bytes,
+                });
+            }
+            C::CheckpointApplied {
+                epoch,
+                pause,
+                pages,
+                bytes,
+            } => {
+                // The SVM is now a copy of the PVM: it may serve a takeover.
+                self.has_state = true;
+                self.event(Event::CheckpointApplied {
+                    epoch,
+                    pause,
+                    pages,
+                    bytes,
+                });
+            }
+            C::Aborted { epoch, reason } => self.event(Event::CheckpointAborted { epoch, reason }),
+            C::ProtocolError {
+                epoch,
+                kind,
+                message_epoch,
+            } => self.protocol_error(
+                kind,
+                ProtocolViolation::Checkpoint {
+                    epoch,
+                    message_epoch,
+                },
+            ),
+            C::Stuck { epoch, phase } => {
+                self.event(Event::CheckpointStuck { epoch, phase });
+                self.trigger_failover(now, crate::failover::FailoverReason::CheckpointStuck);
+            }
+            C::VmFailed { epoch, command } => self.event(Event::VmFailed { epoch, command }),
+            C::ReadyForTakeover { .. } => self.on_ready_for_takeover(now),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Failover as the node carries it out, and the solo gate: what each side does when its peer is
+//! gone, and the one place where output leaves without the peer's confirmation.
+//!
+//! Takeover (on [`FailoverEvent::TakeoverStarted`]): a primary abandons any checkpoint (its
+//! checkpointer resumes a paused PVM), stops disk forwarding, keeps its comparator holding; a
+//! secondary discards a partial epoch or finishes an apply in progress (its checkpointer), keeps
+//! its rewriter in failover mode, and merges its disk overlays once the VM is consistent. On
+//! [`FailoverEvent::SoloGranted`] the primary's comparator flushes what it held and the
+//! secondary claims the client link.
+//!
+//! Invariant kept (single writer, architecture.md invariant 5): a frame passes the solo gate
+//! ([`Node::emit_solo`]) only while [`Failover::may_release_solo`](crate::failover::Failover)
+//! holds at that instant; otherwise it waits in the [`Hold`] (never dropped; past its bound the
+//! guest is paused), and a deposed node discards what it held, counted, because releasing it
+//! would make a second writer in the term.
+
+use super::{Event, Node, Output, Phase, Side};
+use crate::checkpoint::VmCommand;
+use crate::checkpoint::VmCompletion;
+use crate::failover::{FailoverEvent, FailoverReason, Mode};
+use crate::time::Instant;
+use crate::wire::Message;
+use std::collections::VecDeque;
+
+/// The guest pause the node itself ordered for backpressure.
+///
+/// ```text
+/// Running --hold full, checkpointer idle--> Pausing --Paused--> Paused
+/// Paused --hold drained--> Resuming --Resumed--> Running
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GuestHold {
+    Running,
+    Pausing,
+    Paused,
+    Resuming,
+}
+
+/// Frames waiting for the right to be released (lease missing or lapsed, takeover in progress).
+#[derive(Debug)]
+pub(super) struct Hold {
+    frames: VecDeque<Vec<u8>>,
+    bound: usize,
+    guest: GuestHold,
+    /// Release was suspended by a lapse (for the `ReleaseResumed` event).
+    suspended: bool,
+}
+
+impl Hold {
+    pub(super) fn new(bound: usize) -> Hold {
+        Hold {
+            frames: VecDeque::new(),
+            bound,
+            guest: GuestHold::Running,
+            suspended: false,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.frames.len()
+    }
+}
+
+impl Node {
+    /// Stop depending on the peer for `reason`, if this node can serve alone.
+    pub(super) fn trigger_failover(&mut self, now: Instant, reason: FailoverReason) {
+        if self.phase == Phase::Connecting && self.is_primary_side() && self.peer.is_none() {
+            // A primary whose secondary never came: an operator may run it unprotected (solo
+            // under the lease) and re-protect it later. Connecting --Failover--> Running
+            self.phase = Phase::Running;
+        }
+        if self.phase != Phase::Running || !self.has_state {
+            // Before the pairing's first checkpoint a secondary's VM is no copy of anything,
+            // and a node that never started has nothing to take over with.
+            self.stats.takeovers_refused += 1;
+            return;
+        }
+        self.failover.handle_trigger(now, reason);
+    }
+
+    /// Drains the failover machine's events and lease requests.
+    pub(super) fn pump_failover(&mut self, now: Instant) -> bool {
+        let mut progressed = false;
+        while let Some(req) = self.failover.poll_lease_request() {
+            progressed = true;
+            self.out.push_back(Output::Arbiter(req));
+        }
+        while let Some(ev) = self.failover.poll_event() {
+            progressed = true;
+            match ev {
+                FailoverEvent::TakeoverStarted { term, from, reason } => {
+                    self.event(Event::TakeoverStarted { term, from, reason });
+                    self.on_takeover_started(now, reason);
+                    // Tell the old peer, if it can still hear: a newer term deposes it.
+                    self.send(Message::TermAnnounce {
+                        term,
+                        node_id: self.config.node_id,
+                    });
+                }
+                FailoverEvent::SoloGranted { term } => {
+                    if !self.failed_over_reported {
+                        self.failed_over_reported = true;
+                        let reason = self.takeover_reason.unwrap_or(FailoverReason::Requested);
+                        self.event(Event::FailedOver { term, reason });
+                        match &mut self.side {
+                            Side::Primary(p) => p.comparator.release_all(now),
+                            Side::Secondary(_) => self.event(Event::ClaimClientLink { term }),
+                        }
+                    }
+                }
+                FailoverEvent::ReleaseSuspended { term } => {
+                    self.hold.suspended = true;
+                    self.event(Event::ReleaseSuspended { term });
+                }
+                FailoverEvent::Deposed {
+                    term,
+                    holder,
+                    current_term,
+                } => {
+                    let discarded = self.hold.frames.len() as u64;
+                    self.stats.fenced_frames += discarded;
+                    self.hold.frames.clear();
+                    self.sync = None;
+                    self.event(Event::Deposed {
+                        term,
+                        holder,
+                        current_term,
+                        discarded,
+                    });
+                }
+                // The node reports its own `Reprotected` with the epoch (reprotect.rs).
+                FailoverEvent::Reprotected { .. } => {}
+            }
+        }
+        progressed
+    }
+
+    fn on_takeover_started(&mut self, now: Instant, reason: FailoverReason) {
+        self.takeover_reason = Some(reason);
+        self.failed_over_reported = false;
+        self.ready_for_takeover = false;
+        self.sync = None;
+        // No pairing any more: the old peer's messages are stale from here on.
+        self.peer = None;
+        match &mut self.side {
+            Side::Primary(p) => {
+                match &mut p.checkpointer {
+                    Some(k) => k.handle_failover(now),
+                    None => self.ready_for_takeover = true,
+                }
+                self.disks.handle_failover();
+                if !p.pvm_started {
+                    p.pvm_started = true;
+                    if p.vm_idle() {
+                        // The pairing's first checkpoint never paused the PVM: it was never
+                        // started. (Otherwise the checkpointer's own Resume starts it.)
+                        self.out.push_back(Output::Vm(VmCommand::Resume));
+                        self.hold.guest = GuestHold::Resuming;
+                    }
+                }
+            }
+            Side::Secondary(s) => {
+                s.rewriter.enter_failover();
+                match &mut s.checkpointer {
+                    Some(k) => k.handle_failover(now),
+                    None => self.on_ready_for_takeover(now),
+                }
+            }
+        }
+    }
+
+    /// The checkpointer finished what it must before a takeover (a discard, or a whole apply).
+    pub(super) fn on_ready_for_takeover(&mut self, _now: Instant) {
+        if self.ready_for_takeover {
+            return;
+        }
+        self.ready_for_takeover = true;
+        if let Side::Secondary(_) = self.side {
+            // Only now: an apply in progress had to empty the overlays first. Merge hidden,
+            // then active, into the parent: the parent becomes the SVM's view.
+            self.disks.handle_failover();
+        }
+    }
+
+    /// Sends a confirmed frame to the client.
+    pub(super) fn release_to_client(&mut self, frame: Vec<u8>) {
+        self.stats.released += 1;
+        self.out.push_back(Output::ToClient(frame));
+    }
+
+    /// The solo gate: release only while the lease allows it right now.
+    pub(super) fn emit_solo(&mut self, now: Instant, frame: Vec<u8>) {
+        match self.failover.mode() {
+            Mode::Deposed => self.stats.fenced_frames += 1,
+            _ if self.failover.may_release_solo(now) && self.hold.frames.is_empty() => {
+                self.release_to_client(frame);
+            }
+            _ => self.hold_frame(frame),
+        }
+    }
+
+    fn hold_frame(&mut self, frame: Vec<u8>) {
+        self.stats.held += 1;
+        self.hold.frames.push_back(frame);
+        if self.hold.frames.len() <= self.hold.bound {
+            return;
+        }
+        self.stats.held_over_bound += 1;
+        let vm_idle = match &self.side {
+            Side::Primary(p) => p.vm_idle(),
+            Side::Secondary(s) => s.vm_idle(),
+        };
+        if self.hold.guest == GuestHold::Running && vm_idle {
+            // Backpressure instead of loss: the guest stops producing until release resumes.
+            self.hold.guest = GuestHold::Pausing;
+            self.out.push_back(Output::Vm(VmCommand::Pause));
+            self.event(Event::Backpressure {
+                held: self.hold.frames.len() as u64,
+            });
+        }
+    }
+
+    /// Releases the hold once the lease allows it again.
+    pub(super) fn flush_hold_if_allowed(&mut self, now: Instant) -> bool {
+        if self.hold.frames.is_empty() {
+            return self.maybe_resume_guest();
+        }
+        if !self.failover.may_release_solo(now) {
+            return false;
+        }
+        let released = self.hold.frames.len() as u64;
+        while let Some(f) = self.hold.frames.pop_front() {
+            self.release_to_client(f);
+        }
+        if self.hold.suspended {
+            self.hold.suspended = false;
+            let term = self.failover.term();
+            self.event(Event::ReleaseResumed { term, released });
+        }
+        self.maybe_resume_guest();
+        true
+    }
+
+    /// A checkpoint received by the new secondary covers every held frame (they predate its
+    /// pause): release them.
+    pub(super) fn release_hold_covered(&mut self) {
+        while let Some(f) = self.hold.frames.pop_front() {
+            self.release_to_client(f);
+        }
+        self.hold.suspended = false;
+        self.maybe_resume_guest();
+    }
+
+    fn maybe_resume_guest(&mut self) -> bool {
+        if self.hold.guest == GuestHold::Paused && self.hold.frames.is_empty() {
+            self.hold.guest = GuestHold::Resuming;
+            self.out.push_back(Output::Vm(VmCommand::Resume));
+            return true;
+        }
+        false
+    }
+
+    /// A VM completion: the node's own backpressure pause/resume, or the checkpointer's.
+    pub(super) fn on_vm_done(&mut self, now: Instant, done: VmCompletion) {
+        match (self.hold.guest, &done) {
+            (GuestHold::Pausing, VmCompletion::Paused) => {
+                self.hold.guest = GuestHold::Paused;
+                return;
+            }
+            (GuestHold::Resuming, VmCompletion::Resumed) => {
+                self.hold.guest = GuestHold::Running;
+                return;
+            }
+            (GuestHold::Pausing | GuestHold::Resuming, VmCompletion::Failed { .. }) => {
+                self.hold.guest = GuestHold::Running;
+                return;
+            }
+            _ => {}
+        }
+        match &mut self.side {
+            Side::Primary(p) => match &mut p.checkpointer {
+                Some(k) => k.handle_vm_done(now, done),
+                None => self.stats.stray_vm_completions += 1,
+            },
+            Side::Secondary(s) => match &mut s.checkpointer {
+                Some(k) => k.handle_vm_done(now, done),
+                None => self.stats.stray_vm_completions += 1,
+            },
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! Unit tests of one node fed by hand (the two-node scenarios live in `core/tests/`): contract
+//! rules, handshake checks and the validation of peer messages.
+
+use super::*;
+use crate::ids::{ClusterId, Term};
+use crate::time::Duration;
+use crate::wire::{HelloRejectReason, PROTOCOL_VERSION};
+
+fn ms(n: u64) -> Instant {
+    Instant::from_millis(n)
+}
+
+fn node(role: Role) -> Node {
+    Node::new(NodeConfig::new(NodeId(1), ClusterId(9)), role, ms(0)).unwrap()
+}
+
+fn drain(n: &mut Node) -> Vec<Output> {
+    std::iter::from_fn(|| n.poll_output()).collect()
+}
+
+fn events(outs: &[Output]) -> Vec<&Event> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+fn hello(cluster: u64, role: Role, term: u64) -> Input {
+    Input::Peer {
+        message: Message::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: ClusterId(cluster),
+            node_id: NodeId(2),
+            role,
+            term: Term(term),
+            last_applied_epoch: Epoch(0),
+        },
+        bulk: PeerBulk::None,
+    }
+}
+
+/// A primary that accepted a secondary and finished the initial copy.
+fn replicating_primary() -> Node {
+    let mut n = node(Role::Primary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(ms(1), hello(9, Role::Secondary, 1));
+    n.handle(
+        ms(2),
+        Input::SyncSent {
+            memory_bytes: 0,
+            disk_bytes: 0,
+        },
+    );
+    drain(&mut n);
+    n
+}
+
+#[test]
+fn invalid_config_is_a_typed_error() {
+    let mut c = NodeConfig::new(NodeId(1), ClusterId(9));
+    c.solo_hold_frames = 0;
+    assert_eq!(
+        Node::new(c, Role::Primary, ms(0)).err(),
+        Some(NodeConfigError::ZeroSoloHold)
+    );
+}
+
+#[test]
+#[should_panic(expected = "time went backwards")]
+fn time_going_backwards_panics_naming_the_rule() {
+    let mut n = node(Role::Primary);
+    n.handle(ms(5), Input::Timeout);
+    n.handle(ms(4), Input::Timeout);
+}
+
+#[test]
+fn idle_node_ignores_peer_input_and_has_no_deadline() {
+    let mut n = node(Role::Secondary);
+    n.handle(ms(1), hello(9, Role::Primary, 1));
+    assert!(drain(&mut n).is_empty());
+    assert_eq!(n.stats().ignored_before_start, 1);
+    assert_eq!(n.poll_timeout(), None);
+    assert_eq!(n.status(ms(1)).mode, NodeMode::Idle);
+}
+
+#[test]
+fn secondary_start_sends_hello_and_retries_it() {
+    let mut n = node(Role::Secondary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    let outs = drain(&mut n);
+    assert!(matches!(
+        outs.as_slice(),
+        [Output::ToPeer {
+            message: Message::Hello { .. },
+            ..
+        }]
+    ));
+    let retry = n.poll_timeout().expect("connecting waits on time");
+    n.handle(retry, Input::Timeout);
+    let outs = drain(&mut n);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::ToPeer {
+            message: Message::Hello { .. },
+            ..
+        }
+    )));
+}
+
+#[test]
+fn primary_rejects_hello_of_another_cluster() {
+    let mut n = node(Role::Primary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(ms(1), hello(8, Role::Secondary, 1));
+    let outs = drain(&mut n);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::ToPeer {
+            message: Message::HelloReject {
+                reason: HelloRejectReason::ClusterMismatch { .. },
+                ..
+            },
+            ..
+        }
+    )));
+    assert_eq!(n.status(ms(1)).mode, NodeMode::Connecting);
+}
+
+#[test]
+fn primary_rejects_a_second_primary() {
+    let mut n = node(Role::Primary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(ms(1), hello(9, Role::Primary, 1));
+    let outs = drain(&mut n);
+    assert!(events(&outs).iter().any(|e| matches!(
+        e,
+        Event::HandshakeRejected {
+            reason: HelloRejectReason::RoleConflict { .. },
+            by_peer: false
+        }
+    )));
+}
+
+#[test]
+fn accepted_hello_orders_the_initial_copy() {
+    let mut n = node(Role::Primary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(ms(1), hello(9, Role::Secondary, 1));
+    let outs = drain(&mut n);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::ToPeer {
+            message: Message::HelloAccept { .. },
+            ..
+        }
+    )));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::ToPeer {
+            message: Message::SyncStart { .. },
+            ..
+        }
+    )));
+    assert!(outs.contains(&Output::Sync(SyncCommand::SendAll { term: Term(1) })));
+    assert_eq!(n.status(ms(1)).mode, NodeMode::Paired);
+}
+
+#[test]
+fn sync_sent_starts_the_first_checkpoint() {
+    let mut n = node(Role::Primary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(ms(1), hello(9, Role::Secondary, 1));
+    drain(&mut n);
+    n.handle(
+        ms(2),
+        Input::SyncSent {
+            memory_bytes: 0,
+            disk_bytes: 0,
+        },
+    );
+    let outs = drain(&mut n);
+    let sent: Vec<&Message> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::ToPeer { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(
+        sent[0],
+        Message::SyncDone {
+            epoch: Epoch(1),
+            ..
+        }
+    ));
+    assert!(matches!(
+        sent[1],
+        Message::CheckpointRequest {
+            epoch: Epoch(1),
+            reason: crate::ids::CheckpointReason::Forced
+        }
+    ));
+}
+
+#[test]
+fn wrong_direction_message_is_a_protocol_error() {
+    let mut n = replicating_primary();
+    // A primary never receives a mirrored frame.
+    n.handle(
+        ms(3),
+        Input::Peer {
+            message: Message::MirroredFrame { epoch: Epoch(1) },
+            bulk: PeerBulk::Frame(vec![0; 60]),
+        },
+    );
+    let outs = drain(&mut n);
+    assert!(events(&outs).contains(&&Event::ProtocolError {
+        kind: crate::wire::MessageKind::MirroredFrame,
+        violation: ProtocolViolation::WrongDirection
+    }));
+    assert_eq!(n.stats().protocol_errors, 1);
+}
+
+#[test]
+fn secondary_output_without_frame_bytes_is_a_protocol_error() {
+    let mut n = replicating_primary();
+    n.handle(
+        ms(3),
+        Input::Peer {
+            message: Message::SecondaryOutput { epoch: Epoch(1) },
+            bulk: PeerBulk::Stored { len: 60 },
+        },
+    );
+    let outs = drain(&mut n);
+    assert!(events(&outs).contains(&&Event::ProtocolError {
+        kind: crate::wire::MessageKind::SecondaryOutput,
+        violation: ProtocolViolation::BadBulk { len: 60 }
+    }));
+}
+
+#[test]
+fn arbiter_message_on_the_peer_link_is_refused() {
+    let mut n = replicating_primary();
+    n.handle(
+        ms(3),
+        Input::Peer {
+            message: Message::LeaseGrant {
+                term: Term(1),
+                node_id: NodeId(1),
+                valid_for_ms: 1000,
+            },
+            bulk: PeerBulk::None,
+        },
+    );
+    assert_eq!(n.stats().protocol_errors, 1);
+    assert!(!n.status(ms(3)).lease_held);
+}
+
+#[test]
+fn older_term_message_is_stale_and_newer_term_deposes() {
+    let mut n = replicating_primary();
+    n.handle(
+        ms(3),
+        Input::Peer {
+            message: Message::Heartbeat {
+                term: Term(0),
+                seq: 1,
+                epoch: Epoch(0),
+            },
+            bulk: PeerBulk::None,
+        },
+    );
+    assert_eq!(n.stats().stale_messages, 1);
+    n.handle(
+        ms(4),
+        Input::Peer {
+            message: Message::TermAnnounce {
+                term: Term(2),
+                node_id: NodeId(2),
+            },
+            bulk: PeerBulk::None,
+        },
+    );
+    let outs = drain(&mut n);
+    assert!(events(&outs).iter().any(|e| matches!(
+        e,
+        Event::Deposed {
+            holder: Some(NodeId(2)),
+            ..
+        }
+    )));
+    assert_eq!(n.status(ms(4)).mode, NodeMode::Deposed);
+    // A deposed node delivers nothing to its guest and releases nothing.
+    n.handle(ms(5), Input::ClientFrame(vec![0; 60]));
+    assert!(drain(&mut n).is_empty());
+}
+
+#[test]
+fn paired_secondary_ignores_client_frames() {
+    let mut n = node(Role::Secondary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(ms(1), Input::ClientFrame(vec![1; 60]));
+    assert!(
+        !drain(&mut n)
+            .iter()
+            .any(|o| matches!(o, Output::ToGuest(_)))
+    );
+    assert_eq!(n.stats().client_frames_on_secondary, 1);
+}
+
+#[test]
+fn spurious_timeout_is_a_no_op() {
+    let mut n = replicating_primary();
+    let before = n.poll_timeout();
+    n.handle(ms(3), Input::Timeout);
+    assert!(drain(&mut n).is_empty());
+    assert_eq!(n.poll_timeout(), before);
+}
+
+#[test]
+fn failover_command_before_the_first_checkpoint_on_a_secondary_is_refused() {
+    let mut n = node(Role::Secondary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(ms(1), Input::Command(Command::Failover));
+    assert_eq!(n.stats().takeovers_refused, 1);
+    assert_eq!(n.status(ms(1)).term, Term(1));
+}
+
+#[test]
+fn requested_failover_reports_request_as_exit_reason() {
+    let mut n = replicating_primary();
+    n.handle(ms(3), Input::Command(Command::Failover));
+    let outs = drain(&mut n);
+    let req = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Arbiter(r) => Some(*r),
+            _ => None,
+        })
+        .expect("a lease request");
+    assert_eq!(req.term, Term(2));
+    n.handle(
+        ms(4),
+        Input::Arbiter {
+            id: req.id,
+            reply: crate::failover::LeaseReply::Granted {
+                valid_for: Duration::from_secs(2),
+            },
+        },
+    );
+    let outs = drain(&mut n);
+    assert!(events(&outs).contains(&&Event::FailedOver {
+        term: Term(2),
+        reason: crate::failover::FailoverReason::Requested
+    }));
+    let st = n.status(ms(4));
+    assert_eq!(st.mode, NodeMode::Solo);
+    assert_eq!(st.last_exit_was_request, Some(true));
+}
+
+#[test]
+fn shutdown_says_goodbye_and_stops() {
+    let mut n = replicating_primary();
+    n.handle(ms(3), Input::Command(Command::Shutdown));
+    let outs = drain(&mut n);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::ToPeer {
+            message: Message::Goodbye { .. },
+            ..
+        }
+    )));
+    assert_eq!(n.poll_timeout(), None);
+    n.handle(ms(4), Input::ClientFrame(vec![0; 60]));
+    assert!(drain(&mut n).is_empty());
+    assert_eq!(n.status(ms(4)).mode, NodeMode::Stopped);
+}
+
+#[test]
+fn zero_checkpoint_interval_is_refused_and_later_pairings_still_work() {
+    // Found by the node_inputs fuzzer: a zero interval stored by the node broke the
+    // checkpointer of the next pairing.
+    let mut n = node(Role::Primary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(
+        ms(0),
+        Input::Command(Command::SetCheckpointInterval(Duration::ZERO)),
+    );
+    assert_eq!(n.stats().commands_ignored, 1);
+    n.handle(ms(1), hello(9, Role::Secondary, 1));
+    n.handle(
+        ms(2),
+        Input::SyncSent {
+            memory_bytes: 0,
+            disk_bytes: 0,
+        },
+    );
+    assert!(n.primary_checkpointer().is_some());
+}
+
+#[test]
+fn link_up_makes_only_a_secondary_say_hello() {
+    let mut p = node(Role::Primary);
+    p.handle(ms(0), Input::Command(Command::Start));
+    p.handle(ms(1), Input::PeerLink(LinkState::Up));
+    assert!(drain(&mut p).is_empty());
+    let mut s = node(Role::Secondary);
+    s.handle(ms(0), Input::Command(Command::Start));
+    drain(&mut s);
+    s.handle(ms(1), Input::PeerLink(LinkState::Up));
+    assert!(drain(&mut s).iter().any(|o| matches!(
+        o,
+        Output::ToPeer {
+            message: Message::Hello { .. },
+            ..
+        }
+    )));
+}
+
+#[test]
+fn lonely_primary_runs_solo_on_command_and_starts_its_vm() {
+    let mut n = node(Role::Primary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(ms(1), Input::Command(Command::Failover));
+    let outs = drain(&mut n);
+    assert!(outs.contains(&Output::Vm(crate::checkpoint::VmCommand::Resume)));
+    let req = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Arbiter(r) => Some(*r),
+            _ => None,
+        })
+        .expect("a lease request");
+    n.handle(
+        ms(2),
+        Input::Arbiter {
+            id: req.id,
+            reply: crate::failover::LeaseReply::Granted {
+                valid_for: Duration::from_secs(2),
+            },
+        },
+    );
+    drain(&mut n);
+    assert_eq!(n.status(ms(2)).mode, NodeMode::Solo);
+    // Its guest's output now reaches clients under the lease.
+    n.handle(
+        ms(3),
+        Input::GuestFrame(crate::compare::testkit::udp(
+            &crate::compare::testkit::Headers::default(),
+            b"hi",
+        )),
+    );
+    assert!(
+        drain(&mut n)
+            .iter()
+            .any(|o| matches!(o, Output::ToClient(_)))
+    );
+}

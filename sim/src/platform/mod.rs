@@ -1,0 +1,92 @@
+//! Platform models of a colo host: what a real host's runtime does with the core's commands,
+//! simulated. [`vm::SimVm`] executes `VmCommand`s against a [`crate::guest::Guest`] (pause and
+//! resume latency, dirty-page harvest, page and device-state frames with realistic byte counts
+//! priced on the replication link's bandwidth, the secondary's RAM cache, atomic apply) and
+//! reports `VmCompletion`s; [`disk::LayeredDisk`] executes `DiskCommand`s over the parent image
+//! and the hidden and active overlays with injectable write errors; [`arbiter::ArbiterNode`]
+//! serves leases with colo-core's `Arbiter`.
+//!
+//! Invariant kept: a platform model never decides anything colo-core decides; it executes
+//! commands and reports completions and trace events, so a checker that fails points at the
+//! core (or at a canary planted here on purpose, see [`Canary`]).
+
+pub mod arbiter;
+pub mod disk;
+pub mod vm;
+
+use colo_core::wire::Message;
+
+use crate::guest::GuestSnapshot;
+
+/// One message on the replication link between the hosts, with its bulk. Bulk bytes are not
+/// materialised: `bulk_len` is what a real runtime would stream (pages × 4096, device state),
+/// and the guest state itself travels as `snapshot` on the `DeviceState` frame (the simulated
+/// guest checkpoints by replay, see docs/simulation.md).
+#[derive(Clone, Debug)]
+pub struct ReplFrame {
+    /// The message.
+    pub message: Message,
+    /// Length of the bulk that follows it on the wire.
+    pub bulk_len: u64,
+    /// The guest state (only on `DeviceState`).
+    pub snapshot: Option<GuestSnapshot>,
+}
+
+/// A known bug the platform plants on purpose, to prove a checker catches it
+/// (`colo-sim --canary NAME`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Canary {
+    /// The primary releases held output when it *sent* the checkpoint, before the secondary
+    /// reported it received (output commit).
+    ReleaseBeforeReceived,
+    /// The secondary VM applies an epoch with its last page batch missing (atomic checkpoint).
+    ApplyPartialEpoch,
+    /// The secondary VM loads the previous epoch's state instead of the new one (state
+    /// equality); the stand-in, without the Node's rewriter, for "skip the rewriter reset":
+    /// both leave the SVM's view inconsistent with the PVM's at the checkpoint.
+    SkipRewriterReset,
+    /// The survivor of a failover releases output before the arbiter granted its lease
+    /// (single writer).
+    ReleaseWithoutLease,
+}
+
+impl Canary {
+    /// Every canary, in `--list-canaries` order.
+    pub const ALL: [Canary; 4] = [
+        Canary::ReleaseBeforeReceived,
+        Canary::SkipRewriterReset,
+        Canary::ApplyPartialEpoch,
+        Canary::ReleaseWithoutLease,
+    ];
+
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Canary::ReleaseBeforeReceived => "release-before-received",
+            Canary::SkipRewriterReset => "skip-rewriter-reset",
+            Canary::ApplyPartialEpoch => "apply-partial-epoch",
+            Canary::ReleaseWithoutLease => "release-without-lease",
+        }
+    }
+
+    /// The canary called `name`.
+    pub fn from_name(name: &str) -> Option<Canary> {
+        Canary::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Whether it is planted in the VM platform (so it applies to both engines; the others are
+    /// planted in the platform engine's release and takeover logic).
+    pub fn in_vm(self) -> bool {
+        matches!(self, Canary::ApplyPartialEpoch | Canary::SkipRewriterReset)
+    }
+
+    /// The checker that must catch it.
+    pub fn caught_by(self) -> &'static str {
+        match self {
+            Canary::ReleaseBeforeReceived => crate::check::output_commit::NAME,
+            Canary::SkipRewriterReset => crate::check::state_equality::NAME,
+            Canary::ApplyPartialEpoch => crate::check::atomic_checkpoint::NAME,
+            Canary::ReleaseWithoutLease => crate::check::single_writer::NAME,
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The `colo-sim` runner's logic: run a seed (safety phase, then liveness phase), judge it with
+//! every checker, classify the outcome, and say how to replay it.
+//!
+//! Invariant kept: the verdict of a seed is a pure function of (seed, canary, commit); the
+//! binary (`src/bin/colo-sim.rs`) only parses arguments and prints. Exit codes
+//! ([`Verdict::exit_code`]) are documented in docs/simulation.md.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use colo_core::time::{Duration, Instant};
+
+use crate::check::{self, liveness::LivenessBounds};
+use crate::client::History;
+use crate::platform::Canary;
+use crate::run::{ColoRun, RunOutput};
+use crate::swarm::{CrashPoint, Host, HostCrash, SwarmOptions};
+use crate::trace::Violation;
+
+/// How long after the faults stop every unfinished client must complete a request (and a
+/// still-paired cluster must complete a checkpoint, on top of its interval). A TCP
+/// retransmission timer (the client's or the guest's) may have backed off for seconds during
+/// the faults (RFC 6298 section 5.5 doubles it per timeout; smoltcp caps it at 60 s), so the
+/// first retransmission after the heal can come that late: 14 s covers four doublings of a
+/// 1 s timer. colo-sim seed 107 needed more than 5 s.
+pub const PROGRESS_BOUND: Duration = Duration::from_secs(14);
+
+/// The outcome class of one seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every checker passed (or, with a canary, its checker caught it).
+    Pass,
+    /// A safety checker failed.
+    Correctness(Vec<Violation>),
+    /// Only the liveness checker failed.
+    Liveness(Vec<Violation>),
+    /// The run panicked.
+    Panic(String),
+    /// Two runs of the seed differed.
+    Nondeterministic {
+        /// Digest of the first run.
+        first: u64,
+        /// Digest of the second.
+        second: u64,
+    },
+    /// A planted canary was not caught by its checker.
+    CanaryMissed(Vec<Violation>),
+}
+
+impl Verdict {
+    /// The process exit code of this class.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Verdict::Pass => 0,
+            Verdict::Correctness(_) => 1,
+            Verdict::Liveness(_) => 2,
+            Verdict::Panic(_) => 3,
+            Verdict::Nondeterministic { .. } => 4,
+            Verdict::CanaryMissed(_) => 5,
+        }
+    }
+
+    /// A short name of the class.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Correctness(_) => "correctness",
+            Verdict::Liveness(_) => "liveness",
+            Verdict::Panic(_) => "panic",
+            Verdict::Nondeterministic { .. } => "nondeterminism",
+            Verdict::CanaryMissed(_) => "canary-missed",
+        }
+    }
+}
+
+/// The options of `seed` as run with `canary`: a canary that needs a failover to show
+/// (`release-without-lease`) gets a primary crash if the seed has none.
+pub fn options_for(seed: u64, canary: Option<Canary>) -> SwarmOptions {
+    let mut o = SwarmOptions::generate(seed);
+    if canary == Some(Canary::ReleaseWithoutLease) {
+        o.crashes = vec![HostCrash {
+            host: Host::A,
+            not_before: Instant::ZERO + o.safety / 3,
+            point: CrashPoint::At,
+            down_for: Duration::from_millis(500),
+        }];
+    }
+    o
+}
+
+/// Everything one seed produced.
+#[derive(Debug)]
+pub struct SeedReport {
+    /// The options run.
+    pub options: SwarmOptions,
+    /// The run (absent if it panicked).
+    pub output: Option<RunOutput>,
+    /// Every violation found (safety and liveness).
+    pub violations: Vec<Violation>,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+fn run_guarded(opts: &SwarmOptions, canary: Option<Canary>) -> Result<RunOutput, String> {
+    catch_unwind(AssertUnwindSafe(|| ColoRun::new(opts, canary).run())).map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "non-string panic".to_owned())
+    })
+}
+
+/// Which machinery runs between the guests and the clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// [`ColoRun`]: colo-core's checkpointers and arbiter with the run's own takeover logic
+    /// (every fault kind, every canary).
+    Platform,
+    /// [`crate::node_run::NodeRun`]: two colo-core `Node`s (comparator, rewriter,
+    /// checkpointers, heartbeat, failover). Only the VM canaries.
+    Node,
+}
+
+/// Runs `seed` under two colo-core Nodes and judges it (see [`Engine::Node`]); only
+/// canaries planted in the VM ([`Canary::in_vm`]) apply.
+pub fn run_seed_node(seed: u64, canary: Option<Canary>, check_determinism: bool) -> SeedReport {
+    let options = options_for(seed, canary);
+    let guarded = |o: &SwarmOptions| {
+        catch_unwind(AssertUnwindSafe(|| {
+            crate::node_run::NodeRun::new(o, None, canary).run()
+        }))
+        .map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "non-string panic".to_owned())
+        })
+    };
+    let out = match guarded(&options) {
+        Ok(o) => o,
+        Err(msg) => {
+            return SeedReport {
+                options,
+                output: None,
+                violations: Vec::new(),
+                verdict: Verdict::Panic(msg),
+            };
+        }
+    };
+    let failovers = out
+        .trace
+        .events
+        .iter()
+        .filter(|e| matches!(e, crate::trace::TraceEvent::TermStarted { solo: true, .. }))
+        .count() as u64;
+    let crashes = out
+        .trace
+        .events
+        .iter()
+        .filter(|e| matches!(e, crate::trace::TraceEvent::Crash { .. }))
+        .count() as u64;
+    let output = RunOutput {
+        trace: out.trace,
+        histories: out.histories,
+        stats: crate::run::RunStats {
+            checkpoints: out.checkpoints,
+            released: out.released,
+            failovers,
+            crashes,
+            repl_dropped: 0,
+        },
+        digest: out.digest,
+    };
+    let mut report = judge(options, output, canary);
+    if check_determinism && report.verdict == Verdict::Pass {
+        match guarded(&report.options) {
+            Ok(again) => {
+                let first = report.output.as_ref().map_or(0, |o| o.digest);
+                if again.digest != first {
+                    report.verdict = Verdict::Nondeterministic {
+                        first,
+                        second: again.digest,
+                    };
+                }
+            }
+            Err(msg) => report.verdict = Verdict::Panic(msg),
+        }
+    }
+    report
+}
+
+/// Runs `seed` once (twice with `check_determinism`) and judges it.
+pub fn run_seed(seed: u64, canary: Option<Canary>, check_determinism: bool) -> SeedReport {
+    let options = options_for(seed, canary);
+    let output = match run_guarded(&options, canary) {
+        Ok(o) => o,
+        Err(msg) => {
+            return SeedReport {
+                options,
+                output: None,
+                violations: Vec::new(),
+                verdict: Verdict::Panic(msg),
+            };
+        }
+    };
+    let mut report = judge(options, output, canary);
+    let verdict = &mut report.verdict;
+    if check_determinism && *verdict == Verdict::Pass {
+        let first = report.output.as_ref().map_or(0, |o| o.digest);
+        match run_guarded(&report.options, canary) {
+            Ok(again) if again.digest != first => {
+                report.verdict = Verdict::Nondeterministic {
+                    first,
+                    second: again.digest,
+                };
+            }
+            Ok(_) => {}
+            Err(msg) => report.verdict = Verdict::Panic(msg),
+        }
+    }
+    report
+}
+
+/// Runs every checker over a finished run and classifies it.
+fn judge(options: SwarmOptions, output: RunOutput, canary: Option<Canary>) -> SeedReport {
+    let histories: Vec<&History> = output.histories.iter().collect();
+    let safety = check::check_safety(&output.trace, &histories, Some(options.liveness_starts()));
+    let paired_at_end = output.stats.failovers == 0;
+    let bounds = LivenessBounds {
+        checkpoint_within: paired_at_end.then_some(options.checkpoint_interval + PROGRESS_BOUND),
+        progress_within: PROGRESS_BOUND.min(options.liveness),
+        require_finish: false,
+    };
+    let live = check::liveness::check(&output.trace, &histories, bounds);
+    let mut violations = safety.clone();
+    violations.extend(live.iter().cloned());
+    let verdict = if let Some(c) = canary {
+        if violations.iter().any(|v| v.checker == c.caught_by()) {
+            Verdict::Pass
+        } else {
+            Verdict::CanaryMissed(violations.clone())
+        }
+    } else if !safety.is_empty() {
+        Verdict::Correctness(safety)
+    } else if !live.is_empty() {
+        Verdict::Liveness(live)
+    } else {
+        Verdict::Pass
+    };
+    SeedReport {
+        options,
+        output: Some(output),
+        violations,
+        verdict,
+    }
+}
+
+/// The command that replays `seed` (with `canary`).
+pub fn replay_command(seed: u64, canary: Option<Canary>, node: bool) -> String {
+    let mut cmd = format!("cargo run -p colo-sim --bin colo-sim -- --seed {seed}");
+    if node {
+        cmd.push_str(" --node");
+    }
+    if let Some(c) = canary {
+        cmd.push_str(" --canary ");
+        cmd.push_str(c.name());
+    }
+    cmd.push_str(" --trace");
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_distinct_per_class() {
+        let codes = [
+            Verdict::Pass.exit_code(),
+            Verdict::Correctness(Vec::new()).exit_code(),
+            Verdict::Liveness(Vec::new()).exit_code(),
+            Verdict::Panic(String::new()).exit_code(),
+            Verdict::Nondeterministic {
+                first: 0,
+                second: 1,
+            }
+            .exit_code(),
+            Verdict::CanaryMissed(Vec::new()).exit_code(),
+        ];
+        let mut sorted = codes.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), codes.len());
+    }
+
+    #[test]
+    fn replay_command_names_the_seed_and_canary() {
+        let c = replay_command(42, Some(Canary::ApplyPartialEpoch), false);
+        assert!(c.contains("--seed 42") && c.contains("--canary apply-partial-epoch"));
+    }
+
+    #[test]
+    fn the_lease_canary_always_gets_a_failover() {
+        for seed in 0..20 {
+            let o = options_for(seed, Some(Canary::ReleaseWithoutLease));
+            assert_eq!(o.crashes.len(), 1);
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Swarm options: every knob of one simulated run, all drawn from the run's seed.
+//!
+//! Swarm testing (Groce et al., "Swarm Testing", ISSTA 2012; FoundationDB's and TigerBeetle's
+//! VOPR habit) means each seed picks its own *mix* of faults instead of every run having every
+//! fault at a fixed low rate: a seed without loss but with long partitions explores states a
+//! seed with everything enabled never reaches. Invariant kept: [`SwarmOptions::generate`] is a
+//! pure function of the seed (it draws only from `SimRng::new(seed).fork("swarm")`, so the
+//! world's own streams are untouched), and [`SwarmOptions`]'s `Display` prints every option,
+//! one `name = value` line each, so a failing seed's report says exactly what ran.
+
+use std::fmt;
+
+use colo_core::time::{Duration, Instant};
+
+use crate::netem::LinkConfig;
+use crate::rng::SimRng;
+
+/// One of the two colo hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Host {
+    /// The host that starts as primary.
+    A,
+    /// The host that starts as secondary.
+    B,
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Host::A => "host-a",
+            Host::B => "host-b",
+        })
+    }
+}
+
+/// Which link a partition or clog cuts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cut {
+    /// The replication link between the two hosts.
+    HostHost,
+    /// A host's link to the arbiter.
+    HostArbiter(Host),
+    /// The link between every client and a host.
+    ClientsHost(Host),
+}
+
+impl fmt::Display for Cut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cut::HostHost => f.write_str("host-a<->host-b"),
+            Cut::HostArbiter(h) => write!(f, "{h}<->arbiter"),
+            Cut::ClientsHost(h) => write!(f, "clients<->{h}"),
+        }
+    }
+}
+
+/// How a link is cut during a fault window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CutMode {
+    /// Both directions drop frames.
+    Symmetric,
+    /// Only the first-named side's frames toward the second are dropped.
+    OneWay,
+    /// Frames are held (not dropped) until the window ends (madsim's `clog_link`).
+    Clog,
+}
+
+/// A window of simulated time during which a link is cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkFault {
+    /// The link.
+    pub cut: Cut,
+    /// How.
+    pub mode: CutMode,
+    /// Start of the window.
+    pub from: Instant,
+    /// End of the window (healed or unclogged then).
+    pub until: Instant,
+}
+
+/// Where a crash lands relative to the checkpoint protocol. `At` is a plain instant; the phase
+/// variants make the platform crash the host when the checkpointer next *enters* that phase
+/// (so crashes inside every checkpoint phase are reached on purpose, not by luck).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CrashPoint {
+    /// At a simulated instant.
+    At,
+    /// When the host's VM is told to pause for a checkpoint.
+    OnPause,
+    /// While pages are being transferred.
+    OnTransfer,
+    /// After the secondary received the epoch, before it applied it.
+    OnReceived,
+    /// While the secondary applies the checkpoint.
+    OnApply,
+    /// During failover (after a takeover started).
+    OnFailover,
+}
+
+/// A host crash and its restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostCrash {
+    /// The host.
+    pub host: Host,
+    /// Earliest instant the crash may happen (exactly then for [`CrashPoint::At`]).
+    pub not_before: Instant,
+    /// Where it lands.
+    pub point: CrashPoint,
+    /// How long the host stays down before it restarts (and is re-protected).
+    pub down_for: Duration,
+}
+
+/// Every option of one run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwarmOptions {
+    /// The seed everything here was drawn from.
+    pub seed: u64,
+    /// Number of clients.
+    pub clients: u32,
+    /// Connections per client.
+    pub connections: u32,
+    /// Requests per connection.
+    pub requests_per_connection: u64,
+    /// Whether the guest also opens a connection of its own (to the upstream server).
+    pub upstream: bool,
+    /// Impairments of every link (loss, duplication, reordering, jitter).
+    pub link: LinkConfig,
+    /// Partitions and clogs.
+    pub link_faults: Vec<LinkFault>,
+    /// Host crashes.
+    pub crashes: Vec<HostCrash>,
+    /// Probability (ppm) that a disk write fails.
+    pub disk_write_error_ppm: u32,
+    /// Periodic checkpoint interval.
+    pub checkpoint_interval: Duration,
+    /// How long the comparator holds an unmatched primary frame before forcing a checkpoint.
+    pub compare_timeout: Duration,
+    /// Pause latency of a simulated VM (vCPU stop and I/O drain).
+    pub vm_pause_latency: Duration,
+    /// Resume latency of a simulated VM.
+    pub vm_resume_latency: Duration,
+    /// Replication link bandwidth, bytes per simulated second (prices page transfer).
+    pub replication_bytes_per_sec: u64,
+    /// Length of the safety phase (faults active).
+    pub safety: Duration,
+    /// Length of the liveness phase (faults stopped, everything healed).
+    pub liveness: Duration,
+}
+
+/// Picks one of `choices` uniformly.
+fn pick<T: Copy>(rng: &mut SimRng, choices: &[T]) -> T {
+    choices[rng.below(choices.len() as u64) as usize]
+}
+
+/// A rate that is off for half the seeds and otherwise one of a few orders of magnitude: swarm
+/// testing wants "feature off" to be common.
+fn swarm_ppm(rng: &mut SimRng, rates: &[u32]) -> u32 {
+    if rng.chance_ppm(500_000) {
+        0
+    } else {
+        pick(rng, rates)
+    }
+}
+
+fn instant_within(rng: &mut SimRng, from: Duration, to: Duration) -> Instant {
+    let span = to.saturating_sub(from);
+    Instant::ZERO + from + rng.duration_upto(span)
+}
+
+impl SwarmOptions {
+    /// Every option of the run of `seed`.
+    pub fn generate(seed: u64) -> SwarmOptions {
+        let mut rng = SimRng::new(seed).fork("swarm");
+        let safety = Duration::from_secs(rng.range_inclusive(4, 10));
+        // Long enough for a TCP retransmission timer that backed off during the faults to fire
+        // again (RFC 6298 section 5.5 doubles it per timeout; smoltcp caps it at 60 s).
+        let liveness = Duration::from_secs(15);
+
+        let link = LinkConfig {
+            delay: Duration::from_micros(rng.range_inclusive(50, 500)),
+            jitter: if rng.chance_ppm(500_000) {
+                Duration::ZERO
+            } else {
+                Duration::from_micros(rng.range_inclusive(10, 400))
+            },
+            loss_ppm: swarm_ppm(&mut rng, &[1_000, 10_000, 50_000]),
+            duplicate_ppm: swarm_ppm(&mut rng, &[1_000, 10_000, 30_000]),
+            reorder_ppm: swarm_ppm(&mut rng, &[1_000, 10_000, 50_000]),
+            reorder_delay: Duration::from_micros(rng.range_inclusive(100, 2_000)),
+        };
+
+        let cuts = [
+            Cut::HostHost,
+            Cut::HostArbiter(Host::A),
+            Cut::HostArbiter(Host::B),
+            Cut::ClientsHost(Host::A),
+            Cut::ClientsHost(Host::B),
+        ];
+        let modes = [CutMode::Symmetric, CutMode::OneWay, CutMode::Clog];
+        let n_faults = if rng.chance_ppm(400_000) {
+            0
+        } else {
+            rng.range_inclusive(1, 4)
+        };
+        let mut link_faults: Vec<LinkFault> = (0..n_faults)
+            .map(|_| {
+                let from = instant_within(&mut rng, Duration::from_millis(200), safety);
+                let len = Duration::from_millis(rng.range_inclusive(50, 3_000));
+                LinkFault {
+                    cut: pick(&mut rng, &cuts),
+                    mode: pick(&mut rng, &modes),
+                    from,
+                    until: from + len,
+                }
+            })
+            .collect();
+        link_faults.sort_by_key(|f| (f.from, f.cut, f.mode));
+
+        let points = [
+            CrashPoint::At,
+            CrashPoint::OnPause,
+            CrashPoint::OnTransfer,
+            CrashPoint::OnReceived,
+            CrashPoint::OnApply,
+            CrashPoint::OnFailover,
+        ];
+        let n_crashes = if rng.chance_ppm(500_000) {
+            0
+        } else {
+            rng.range_inclusive(1, 2)
+        };
+        let mut crashes: Vec<HostCrash> = (0..n_crashes)
+            .map(|_| HostCrash {
+                host: pick(&mut rng, &[Host::A, Host::B]),
+                not_before: instant_within(&mut rng, Duration::from_millis(300), safety),
+                point: pick(&mut rng, &points),
+                down_for: Duration::from_millis(rng.range_inclusive(100, 2_000)),
+            })
+            .collect();
+        crashes.sort_by_key(|c| (c.not_before, c.host, c.point));
+
+        SwarmOptions {
+            seed,
+            clients: rng.range_inclusive(1, 4) as u32,
+            connections: rng.range_inclusive(1, 3) as u32,
+            requests_per_connection: rng.range_inclusive(5, 40),
+            upstream: rng.chance_ppm(500_000),
+            link,
+            link_faults,
+            crashes,
+            disk_write_error_ppm: swarm_ppm(&mut rng, &[100, 1_000, 20_000]),
+            checkpoint_interval: Duration::from_millis(pick(
+                &mut rng,
+                &[100, 250, 500, 1_000, 3_000],
+            )),
+            compare_timeout: Duration::from_millis(pick(&mut rng, &[5, 20, 100, 500])),
+            vm_pause_latency: Duration::from_micros(rng.range_inclusive(100, 5_000)),
+            vm_resume_latency: Duration::from_micros(rng.range_inclusive(50, 1_000)),
+            replication_bytes_per_sec: pick(&mut rng, &[125_000_000, 1_250_000_000]),
+            safety,
+            liveness,
+        }
+    }
+
+    /// When faults stop and the liveness phase begins.
+    pub fn liveness_starts(&self) -> Instant {
+        Instant::ZERO + self.safety
+    }
+
+    /// End of the run.
+    pub fn ends(&self) -> Instant {
+        Instant::ZERO + self.safety + self.liveness
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}ms", d.as_secs_f64() * 1e3)
+}
+
+fn at(i: Instant) -> String {
+    ms(i.saturating_duration_since(Instant::ZERO))
+}
+
+impl fmt::Display for SwarmOptions {
+    /// One `name = value` line per option, in a fixed order.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed = {}", self.seed)?;
+        writeln!(f, "clients = {}", self.clients)?;
+        writeln!(f, "connections = {}", self.connections)?;
+        writeln!(
+            f,
+            "requests_per_connection = {}",
+            self.requests_per_connection
+        )?;
+        writeln!(f, "upstream = {}", self.upstream)?;
+        writeln!(f, "link.delay = {}", ms(self.link.delay))?;
+        writeln!(f, "link.jitter = {}", ms(self.link.jitter))?;
+        writeln!(f, "link.loss_ppm = {}", self.link.loss_ppm)?;
+        writeln!(f, "link.duplicate_ppm = {}", self.link.duplicate_ppm)?;
+        writeln!(f, "link.reorder_ppm = {}", self.link.reorder_ppm)?;
+        writeln!(f, "link.reorder_delay = {}", ms(self.link.reorder_delay))?;
+        if self.link_faults.is_empty() {
+            writeln!(f, "link_fault = none")?;
+        }
+        for lf in &self.link_faults {
+            writeln!(
+                f,
+                "link_fault = {:?} {} from {} until {}",
+                lf.mode,
+                lf.cut,
+                at(lf.from),
+                at(lf.until)
+            )?;
+        }
+        if self.crashes.is_empty() {
+            writeln!(f, "crash = none")?;
+        }
+        for c in &self.crashes {
+            writeln!(
+                f,
+                "crash = {} {:?} not before {} down for {}",
+                c.host,
+                c.point,
+                at(c.not_before),
+                ms(c.down_for)
+            )?;
+        }
+        writeln!(f, "disk_write_error_ppm = {}", self.disk_write_error_ppm)?;
+        writeln!(f, "checkpoint_interval = {}", ms(self.checkpoint_interval))?;
+        writeln!(f, "compare_timeout = {}", ms(self.compare_timeout))?;
+        writeln!(f, "vm_pause_latency = {}", ms(self.vm_pause_latency))?;
+        writeln!(f, "vm_resume_latency = {}", ms(self.vm_resume_latency))?;
+        writeln!(
+            f,
+            "replication_bytes_per_sec = {}",
+            self.replication_bytes_per_sec
+        )?;
+        writeln!(f, "safety = {}", ms(self.safety))?;
+        write!(f, "liveness = {}", ms(self.liveness))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_expands_to_the_same_options() {
+        for seed in 0..50 {
+            assert_eq!(SwarmOptions::generate(seed), SwarmOptions::generate(seed));
+        }
+    }
+
+    #[test]
+    fn seeds_pick_different_fault_mixes() {
+        let runs: Vec<SwarmOptions> = (0..200).map(SwarmOptions::generate).collect();
+        // Swarm testing: each fault is off in some seeds and on in others.
+        let some = |p: &dyn Fn(&SwarmOptions) -> bool| {
+            let n = runs.iter().filter(|o| p(o)).count();
+            n > 20 && n < 180
+        };
+        assert!(some(&|o| o.link.loss_ppm > 0));
+        assert!(some(&|o| o.link.duplicate_ppm > 0));
+        assert!(some(&|o| o.link.reorder_ppm > 0));
+        assert!(some(&|o| !o.crashes.is_empty()));
+        assert!(some(&|o| !o.link_faults.is_empty()));
+        assert!(some(&|o| o.disk_write_error_ppm > 0));
+        // Every cut, mode and crash point is reached by some seed.
+        for cut in [
+            Cut::HostHost,
+            Cut::HostArbiter(Host::A),
+            Cut::HostArbiter(Host::B),
+            Cut::ClientsHost(Host::A),
+            Cut::ClientsHost(Host::B),
+        ] {
+            assert!(
+                runs.iter()
+                    .any(|o| o.link_faults.iter().any(|f| f.cut == cut))
+            );
+        }
+        for mode in [CutMode::Symmetric, CutMode::OneWay, CutMode::Clog] {
+            assert!(
+                runs.iter()
+                    .any(|o| o.link_faults.iter().any(|f| f.mode == mode))
+            );
+        }
+        for point in [
+            CrashPoint::At,
+            CrashPoint::OnPause,
+            CrashPoint::OnTransfer,
+            CrashPoint::OnReceived,
+            CrashPoint::OnApply,
+            CrashPoint::OnFailover,
+        ] {
+            assert!(
+                runs.iter()
+                    .any(|o| o.crashes.iter().any(|c| c.point == point))
+            );
+        }
+    }
+
+    #[test]
+    fn faults_fall_inside_the_safety_phase() {
+        for seed in 0..200 {
+            let o = SwarmOptions::generate(seed);
+            for lf in &o.link_faults {
+                assert!(lf.from < lf.until);
+                assert!(lf.from <= o.liveness_starts(), "seed {seed}: {lf:?}");
+            }
+            for c in &o.crashes {
+                assert!(c.not_before <= o.liveness_starts(), "seed {seed}: {c:?}");
+            }
+            assert!(o.clients >= 1 && o.connections >= 1);
+        }
+    }
+
+    #[test]
+    fn display_prints_one_line_per_option() {
+        let o = SwarmOptions::generate(7);
+        let text = o.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.iter().all(|l| l.contains(" = ")), "{text}");
+        let expected = 19 + o.link_faults.len().max(1) + o.crashes.len().max(1);
+        assert_eq!(lines.len(), expected, "{text}");
+        assert_eq!(lines[0], "seed = 7");
+        assert!(text.contains("checkpoint_interval = "));
+    }
+}

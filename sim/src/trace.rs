@@ -1,0 +1,304 @@
+//! The run's trace: every event the world and the platform models emit that a checker judges.
+//!
+//! Invariant kept: the trace is append-only and ordered by emission (which is simulated-time
+//! order, ties in the world's fixed processing order), so "before" in a checker means "earlier in
+//! the trace". [`Trace::hash`] digests every event's `Debug` form (no pointers, no
+//! `HashMap` order inside), so two runs of one seed have equal hashes exactly when they emitted
+//! the same events: that is what `colo-sim --check-determinism` compares.
+//!
+//! Legend (the `--trace` output prints one event a line with these names):
+//! `held` a guest frame colo queued; `released` a frame handed to the client LAN, with the host,
+//! term, epoch it was produced in and why it was allowed out ([`Origin`]); `superseded` a held
+//! frame deliberately dropped (counted, never silent); `svm-out` a secondary frame the comparator
+//! saw; `paused` the PVM's state hashes at a checkpoint's pause; `received` the secondary has a
+//! whole epoch in its RAM cache; `applied` the SVM loaded an epoch (with its hashes and the page
+//! counts it applied vs expected); `discarded` a partial epoch thrown away; `ckpt-done` the
+//! primary resumed after a complete checkpoint; `lease` the arbiter granted a term's lease;
+//! `term` a host started a term (solo or paired); `crash`/`restart` a host; `faults-stopped` the
+//! liveness phase began.
+
+use colo_core::ids::{Epoch, Term};
+use colo_core::time::Instant;
+
+use crate::hash::Fnv64;
+use crate::swarm::Host;
+
+/// A frame's identity inside one run (assigned by the platform in emission order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrameId(pub u64);
+
+/// Why a released frame was allowed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The comparator matched it with the secondary's frame of this digest.
+    Matched {
+        /// Digest of the secondary frame it matched.
+        svm_digest: u64,
+    },
+    /// Every payload byte of it (flow, sequence number, value) was emitted by the secondary
+    /// before the release, possibly in other segments: the comparator's byte-stream match
+    /// across different segmentation. The harness checks the bytes (it sees both sides).
+    MatchedStream,
+    /// Held until the secondary received a checkpoint covering the epoch it was produced in.
+    Covered,
+    /// Released by a host running alone (after failover), under the arbiter's lease.
+    Solo,
+    /// Released uncompared by the comparator's rule: a TCP segment without payload (SYN, FIN,
+    /// pure ACK) or a byte-identical retransmission of data already released. No new payload
+    /// byte reaches the client (see docs/simulation.md on what this leaves unchecked).
+    Uncompared,
+}
+
+/// One event of the trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceEvent {
+    /// A guest frame colo queued on `host`.
+    Held {
+        /// When.
+        at: Instant,
+        /// Which host.
+        host: Host,
+        /// Its identity.
+        frame: FrameId,
+        /// The epoch the guest was in when it produced the frame.
+        epoch: Epoch,
+    },
+    /// A frame handed to the client LAN.
+    Released {
+        /// When.
+        at: Instant,
+        /// Which host.
+        host: Host,
+        /// The host's term.
+        term: Term,
+        /// The epoch it was produced in.
+        epoch: Epoch,
+        /// Its identity.
+        frame: FrameId,
+        /// Digest of its bytes.
+        digest: u64,
+        /// Why it was allowed out.
+        origin: Origin,
+    },
+    /// A held frame deliberately dropped.
+    Superseded {
+        /// When.
+        at: Instant,
+        /// Which host.
+        host: Host,
+        /// Which frame.
+        frame: FrameId,
+        /// Why (a short reason).
+        reason: &'static str,
+    },
+    /// A frame the secondary VM produced, seen by the comparator.
+    SvmOutput {
+        /// When.
+        at: Instant,
+        /// Epoch.
+        epoch: Epoch,
+        /// Digest of its bytes.
+        digest: u64,
+    },
+    /// The PVM paused for `epoch`: its state at that instant.
+    Paused {
+        /// When.
+        at: Instant,
+        /// The checkpoint.
+        epoch: Epoch,
+        /// `Guest::state_hash` of the PVM.
+        state_hash: u64,
+        /// `Guest::disk_hash` of the PVM.
+        disk_hash: u64,
+    },
+    /// The secondary has every page and the device state of `epoch`.
+    Received {
+        /// When.
+        at: Instant,
+        /// The checkpoint.
+        epoch: Epoch,
+    },
+    /// The SVM loaded `epoch`.
+    Applied {
+        /// When.
+        at: Instant,
+        /// The checkpoint.
+        epoch: Epoch,
+        /// SVM state hash after the load.
+        state_hash: u64,
+        /// SVM disk hash after the load.
+        disk_hash: u64,
+        /// Pages applied.
+        pages_applied: u64,
+        /// Pages the primary said it sent.
+        pages_expected: u64,
+    },
+    /// A partial epoch thrown away.
+    Discarded {
+        /// When.
+        at: Instant,
+        /// The checkpoint.
+        epoch: Epoch,
+    },
+    /// The primary resumed after a complete checkpoint.
+    CheckpointDone {
+        /// When.
+        at: Instant,
+        /// The checkpoint.
+        epoch: Epoch,
+    },
+    /// The arbiter granted `host` the lease of `term` until `until`.
+    Lease {
+        /// When.
+        at: Instant,
+        /// Holder.
+        host: Host,
+        /// Term.
+        term: Term,
+        /// Expiry.
+        until: Instant,
+    },
+    /// `host` started `term`.
+    TermStarted {
+        /// When.
+        at: Instant,
+        /// Which host.
+        host: Host,
+        /// The term.
+        term: Term,
+        /// Whether it runs alone (no secondary).
+        solo: bool,
+    },
+    /// `host` crashed.
+    Crash {
+        /// When.
+        at: Instant,
+        /// Which host.
+        host: Host,
+    },
+    /// `host` restarted.
+    Restart {
+        /// When.
+        at: Instant,
+        /// Which host.
+        host: Host,
+    },
+    /// Faults stopped; the liveness phase began.
+    FaultsStopped {
+        /// When.
+        at: Instant,
+    },
+}
+
+impl TraceEvent {
+    /// When the event happened.
+    pub fn at(&self) -> Instant {
+        match self {
+            TraceEvent::Held { at, .. }
+            | TraceEvent::Released { at, .. }
+            | TraceEvent::Superseded { at, .. }
+            | TraceEvent::SvmOutput { at, .. }
+            | TraceEvent::Paused { at, .. }
+            | TraceEvent::Received { at, .. }
+            | TraceEvent::Applied { at, .. }
+            | TraceEvent::Discarded { at, .. }
+            | TraceEvent::CheckpointDone { at, .. }
+            | TraceEvent::Lease { at, .. }
+            | TraceEvent::TermStarted { at, .. }
+            | TraceEvent::Crash { at, .. }
+            | TraceEvent::Restart { at, .. }
+            | TraceEvent::FaultsStopped { at } => *at,
+        }
+    }
+}
+
+/// The ordered events of one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// Events in emission order.
+    pub events: Vec<TraceEvent>,
+}
+
+impl Trace {
+    /// An empty trace.
+    pub fn new() -> Trace {
+        Trace::default()
+    }
+
+    /// Appends an event.
+    pub fn push(&mut self, e: TraceEvent) {
+        if let Some(last) = self.events.last() {
+            assert!(
+                e.at() >= last.at(),
+                "trace events must be pushed in simulated-time order"
+            );
+        }
+        self.events.push(e);
+    }
+
+    /// Digest of every event (determinism check).
+    pub fn hash(&self) -> u64 {
+        let mut h = Fnv64::new();
+        for e in &self.events {
+            h.write(format!("{e:?}").as_bytes());
+        }
+        h.finish()
+    }
+}
+
+/// One broken rule, as a checker reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The checker's name (`output_commit`, `atomic_checkpoint`, ...).
+    pub checker: &'static str,
+    /// When (the instant of the offending event).
+    pub at: Instant,
+    /// What happened.
+    pub what: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "[{}] at {} ns: {}",
+            self.checker,
+            self.at.saturating_duration_since(Instant::ZERO).as_nanos(),
+            self.what
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_traces_hash_equal_and_one_changed_field_changes_the_hash() {
+        let mut a = Trace::new();
+        a.push(TraceEvent::Received {
+            at: Instant::ZERO,
+            epoch: Epoch(1),
+        });
+        let b = a.clone();
+        assert_eq!(a.hash(), b.hash());
+        let mut c = Trace::new();
+        c.push(TraceEvent::Received {
+            at: Instant::ZERO,
+            epoch: Epoch(2),
+        });
+        assert_ne!(a.hash(), c.hash());
+    }
+
+    #[test]
+    #[should_panic(expected = "simulated-time order")]
+    fn pushing_an_earlier_event_panics() {
+        let mut t = Trace::new();
+        t.push(TraceEvent::FaultsStopped {
+            at: Instant::from_nanos(5),
+        });
+        t.push(TraceEvent::FaultsStopped {
+            at: Instant::from_nanos(4),
+        });
+    }
+}
