@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test colo has, on a fresh machine: fetches the guest assets the tests need, then
 # formatting, lints, unit/property/corpus/KVM tests of every crate, the simulator's madsim
-# build, and the simulator's swarm batch, determinism check and canaries. This is the README's test command; .ci/run calls it (after installing the toolchain
-# components) and adds a fuzz smoke.
+# build, and the simulator's swarm batch, determinism check and canaries. This is the
+# README's test command; .ci/run calls it and adds a fuzz smoke.
 #
 # Tests that need /dev/kvm or the Linux kernel asset skip with a message where those are
 # missing; set COLO_REQUIRE_KVM=1 / COLO_REQUIRE_LINUX_KERNEL=1 to make a skip a failure.
