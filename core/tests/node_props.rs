@@ -115,10 +115,18 @@ proptest! {
                     && p.hosts[1 - h].alive
                     && !p.link_cut)
         });
-        if std::env::var_os("PAIR_SUMMARY").is_some() { eprintln!("writer={writer} modes={:?}/{:?} alive={}/{}", p.mode(0), p.mode(1), p.hosts[0].alive, p.hosts[1].alive); }
+        if std::env::var_os("PAIR_SUMMARY").is_some() {
+            let alive = [p.hosts[0].alive, p.hosts[1].alive];
+            eprintln!("writer={writer} modes={:?}/{:?} alive={alive:?}", p.mode(0), p.mode(1));
+        }
         if writer {
             let missing: Vec<u64> = (0..sent).filter(|k| !p.answered.contains(k)).collect();
-            prop_assert!(missing.is_empty(), "no_silent_loss: unanswered {:?}\n{}", missing, p.summary());
+            prop_assert!(
+                missing.is_empty(),
+                "no_silent_loss: unanswered {:?}\n{}",
+                missing,
+                p.summary()
+            );
         }
     }
 }
