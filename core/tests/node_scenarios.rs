@@ -14,12 +14,21 @@ fn secs(n: u64) -> Duration {
 
 #[test]
 fn steady_state_pairs_and_checkpoints_periodically() {
-    let mut p = Pair::new(1, Knobs::default());
+    let knobs = Knobs {
+        disk_writes: true,
+        ..Knobs::default()
+    };
+    let mut p = Pair::new(1, knobs);
     p.run_for(Duration::from_millis(100));
     assert_eq!(p.mode(0), NodeMode::Paired);
     assert_eq!(p.mode(1), NodeMode::Paired);
     p.requests_enabled = true;
     p.run_for(secs(2));
+    // Every guest write completed on both sides (the primary's only after the secondary's
+    // ack: the harness checks disk_ack_before_completion on each completion).
+    assert!(p.hosts[0].writes_done > 150, "{}", p.summary());
+    assert!(p.hosts[0].writes_pending.len() <= 2, "{}", p.summary());
+    assert!(p.hosts[1].writes_done > 150, "{}", p.summary());
     let done = p.count_events(0, |e| matches!(e, Event::CheckpointDone { .. }));
     assert!(
         done >= 8,

@@ -175,6 +175,9 @@ pub struct Pair {
     covering: BTreeMap<Vec<u8>, Epoch>,
     /// Count of applied checkpoints per host.
     pub applied: [u64; 2],
+    /// Disk ordering checker: forwarded write id of each guest write, and acks delivered.
+    forwarded: BTreeMap<(usize, u64), colo_core::wire::WriteId>,
+    acked: BTreeSet<(usize, colo_core::wire::WriteId)>,
 }
 
 pub fn config(id: u64) -> NodeConfig {
@@ -228,6 +231,8 @@ impl Pair {
             received: [Epoch(0); 2],
             covering: BTreeMap::new(),
             applied: [0; 2],
+            forwarded: BTreeMap::new(),
+            acked: BTreeSet::new(),
         };
         p.input(0, Input::Command(Command::Start));
         p.input(0, Input::PeerLink(colo_core::node::LinkState::Up));
@@ -261,6 +266,9 @@ impl Pair {
             }
             Message::CheckpointReceived { epoch } => {
                 self.received[h] = self.received[h].max(*epoch);
+            }
+            Message::DiskAck { write_id, .. } => {
+                self.acked.insert((h, *write_id));
             }
             _ => {}
         }
@@ -333,6 +341,11 @@ impl Pair {
                 self.schedule(now, Action::GuestRun(h));
             }
             Output::ToPeer { message, bulk } => {
+                if let (Message::DiskWrite { write_id, .. }, OutBulk::GuestWrite(io)) =
+                    (&message, &bulk)
+                {
+                    self.forwarded.insert((h, io.0), *write_id);
+                }
                 if let Message::SecondaryOutput { .. } = message
                     && let OutBulk::Frame(f) = &bulk
                 {
@@ -361,6 +374,15 @@ impl Pair {
             }
             Output::GuestDiskDone { io, result } => {
                 assert!(result.is_ok(), "guest io {io:?} failed: {result:?}");
+                // disk_ack_before_completion: a forwarded write completes to a paired
+                // primary's guest only after the secondary acknowledged it.
+                let paired = self.hosts[h].node.status(now).mode == NodeMode::Paired;
+                if paired && let Some(w) = self.forwarded.get(&(h, io.0)) {
+                    assert!(
+                        self.acked.contains(&(h, *w)),
+                        "disk_ack_before_completion: host {h} completed {io:?} before its ack"
+                    );
+                }
                 if self.hosts[h].writes_pending.remove(&io.0) {
                     self.hosts[h].writes_done += 1;
                 }
