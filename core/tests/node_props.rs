@@ -1,8 +1,9 @@
 //! Property tests over random fault schedules on the two-node harness. Every run checks, by
 //! name, on every output: `output_commit` (a paired primary releases only matched or covered
 //! frames), `atomic_checkpoint` (an epoch is applied only whole and never after a discard),
-//! `single_writer` (per term one releasing host, solo release only under the lease) and
-//! `timeout_armed` (a node that waits on time has a deadline); faults include crashes, link
+//! `single_writer` (per term one releasing host, solo release only under the lease),
+//! `disk_ack_before_completion` (a paired primary completes a guest write only after the
+//! secondary's ack) and `timeout_armed` (a node that waits on time has a deadline); faults include crashes, link
 //! cuts, lost and reordered peer messages, client loss and reordering, arbiter outages,
 //! divergence and commands. After the faults stop,
 //! `no_silent_loss` (every client request is answered by a surviving writer).

@@ -10,7 +10,8 @@
 //! the harness can check that an applied checkpoint equals the PVM at its pause.
 //!
 //! Checkers run on every output, by name: `output_commit`, `atomic_checkpoint`,
-//! `single_writer`; `no_silent_loss` and `timeout_armed` are checked by the tests.
+//! `single_writer`, `disk_ack_before_completion`, `timeout_armed`; `no_silent_loss` is checked
+//! by the tests (every client request answered once faults stop).
 
 #![allow(dead_code)]
 
