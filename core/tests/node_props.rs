@@ -3,10 +3,10 @@
 //! frames), `atomic_checkpoint` (an epoch is applied only whole and never after a discard),
 //! `single_writer` (per term one releasing host, solo release only under the lease),
 //! `disk_ack_before_completion` (a paired primary completes a guest write only after the
-//! secondary's ack) and `timeout_armed` (a node that waits on time has a deadline); faults include crashes, link
-//! cuts, lost and reordered peer messages, client loss and reordering, arbiter outages,
-//! divergence and commands. After the faults stop,
-//! `no_silent_loss` (every client request is answered by a surviving writer).
+//! secondary's ack) and `timeout_armed` (a node that waits on time has a deadline). Faults
+//! include crashes, link cuts, lost and reordered peer messages, client loss and reordering,
+//! arbiter outages, divergence and commands. After the faults stop, `no_silent_loss`: every
+//! client request is answered by a surviving writer.
 
 mod pair;
 
