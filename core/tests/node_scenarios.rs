@@ -389,3 +389,24 @@ fn secondary_crash_mid_checkpoint_resumes_the_pvm_and_releases_under_the_lease()
     );
     assert_all_answered(&mut p);
 }
+
+#[test]
+fn a_secondary_whose_vm_hangs_leaves_and_the_primary_serves_alone() {
+    let mut p = running_pair(16, Knobs::default());
+    p.vm_stalled[1] = true;
+    assert!(
+        p.run_until_event(0, secs(3), |e| matches!(e, Event::FailedOver { .. })),
+        "{}",
+        p.summary()
+    );
+    assert_eq!(p.mode(0), NodeMode::Solo);
+    // The secondary either left on its own stuck VM or was deposed by the primary's new term
+    // first (both stuck timers run from the same request); it never releases either way.
+    assert!(
+        matches!(p.mode(1), NodeMode::Stopped | NodeMode::Deposed),
+        "{}",
+        p.summary()
+    );
+    assert!(p.hosts[1].released.is_empty());
+    assert_all_answered(&mut p);
+}

@@ -118,15 +118,17 @@ enum Side {
 /// mirrored; the PVM's frames are held by the comparator until the SVM's rewritten frames match
 /// them or a checkpoint received by the secondary covers them; disk writes complete to the
 /// guest once the secondary acknowledged them. If the peer is lost (heartbeat), a checkpoint
-/// is stuck, the peer says goodbye, the secondary fails a forwarded write, or on
-/// [`Command::Failover`], the node takes over in a new term and releases output alone only
-/// while it holds that term's arbiter lease ([`Output::Arbiter`] / [`Input::Arbiter`]); a
-/// former secondary also claims the client link ([`Event::ClaimClientLink`]). A secondary
+/// step is stuck waiting on the peer, the peer says goodbye, the secondary fails a forwarded
+/// write, or on [`Command::Failover`], the node takes over in a new term and releases output
+/// alone only while it holds that term's arbiter lease ([`Output::Arbiter`] /
+/// [`Input::Arbiter`]); a former secondary also claims the client link
+/// ([`Event::ClaimClientLink`]). A secondary
 /// takes over only once it applied a checkpoint of its pairing (before that its VM is no
 /// copy); a primary whose secondary never came may be run solo with [`Command::Failover`]. A
 /// solo node re-protects with a new secondary after [`Command::Reprotect`] and the newcomer's
 /// `Hello`, through the same copy as the start. A deposed node ([`Event::Deposed`]) never
-/// releases again; the runtime stops its VM.
+/// releases again; the runtime stops its VM. A node whose own VM leaves a checkpoint step
+/// stuck says goodbye and stops ([`Event::Stopped`]), so that its peer takes over.
 ///
 /// # Example: two nodes in one process
 /// ```

@@ -153,6 +153,8 @@ pub struct Pair {
     pub peer_reorder: Option<Duration>,
     pub arbiter: Arbiter,
     pub arbiter_reachable: [bool; 2],
+    /// A host whose VM stops completing commands (a hung VMM).
+    pub vm_stalled: [bool; 2],
     /// Host the client network delivers to (moved by `ClaimClientLink`).
     pub client_target: usize,
     /// Client: requests sent and when last (re)sent; answers received.
@@ -217,6 +219,7 @@ impl Pair {
             peer_reorder: None,
             arbiter: Arbiter::new(Duration::from_secs(10), now),
             arbiter_reachable: [true; 2],
+            vm_stalled: [false; 2],
             client_target: 0,
             next_request: 0,
             unanswered: BTreeMap::new(),
@@ -503,6 +506,9 @@ impl Pair {
     }
 
     fn vm_command(&mut self, h: usize, cmd: VmCommand) {
+        if self.vm_stalled[h] {
+            return;
+        }
         let start = self.now.max(self.hosts[h].vm_busy_until);
         let done_at = start + self.knobs.vm_delay;
         self.hosts[h].vm_busy_until = done_at;
