@@ -1,11 +1,12 @@
 //! Property tests over random fault schedules on the two-node harness. Every run checks, by
 //! name, on every output: `output_commit` (a paired primary releases only matched or covered
 //! frames), `atomic_checkpoint` (an epoch is applied only whole and never after a discard),
-//! `single_writer` (per term one releasing host, solo release only under the lease) and
-//! `timeout_armed` (a node that waits on time has a deadline); faults include crashes, link
-//! cuts, lost and reordered peer messages, client loss and reordering, arbiter outages,
-//! divergence and commands. After the faults stop,
-//! `no_silent_loss` (every client request is answered by a surviving writer).
+//! `single_writer` (per term one releasing host, solo release only under the lease),
+//! `disk_ack_before_completion` (a paired primary completes a guest write only after the
+//! secondary's ack) and `timeout_armed` (a node that waits on time has a deadline). Faults
+//! include crashes, link cuts, lost and reordered peer messages, client loss and reordering,
+//! arbiter outages, divergence and commands. After the faults stop, `no_silent_loss`: every
+//! client request is answered by a surviving writer.
 
 mod pair;
 
@@ -115,10 +116,18 @@ proptest! {
                     && p.hosts[1 - h].alive
                     && !p.link_cut)
         });
-        if std::env::var_os("PAIR_SUMMARY").is_some() { eprintln!("writer={writer} modes={:?}/{:?} alive={}/{}", p.mode(0), p.mode(1), p.hosts[0].alive, p.hosts[1].alive); }
+        if std::env::var_os("PAIR_SUMMARY").is_some() {
+            let alive = [p.hosts[0].alive, p.hosts[1].alive];
+            eprintln!("writer={writer} modes={:?}/{:?} alive={alive:?}", p.mode(0), p.mode(1));
+        }
         if writer {
             let missing: Vec<u64> = (0..sent).filter(|k| !p.answered.contains(k)).collect();
-            prop_assert!(missing.is_empty(), "no_silent_loss: unanswered {:?}\n{}", missing, p.summary());
+            prop_assert!(
+                missing.is_empty(),
+                "no_silent_loss: unanswered {:?}\n{}",
+                missing,
+                p.summary()
+            );
         }
     }
 }

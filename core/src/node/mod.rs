@@ -104,9 +104,10 @@ enum Side {
 /// The node checks every message's direction for its role, its bulk length, its term and
 /// epoch: a bad one is an [`Event::ProtocolError`], a stale one is counted and ignored.
 /// Outbound, [`Output::ToPeer`] names where the bulk comes from ([`OutBulk`]); page batches and
-/// device state are streamed by the runtime on [`VmCommand::SendPages`](crate::checkpoint::VmCommand::SendPages) and
-/// [`VmCommand::SaveDeviceState`](crate::checkpoint::VmCommand::SaveDeviceState), the re-protection copy on
-/// [`SyncCommand::SendAll`].
+/// device state are streamed by the runtime on
+/// [`VmCommand::SendPages`](crate::checkpoint::VmCommand::SendPages) and
+/// [`VmCommand::SaveDeviceState`](crate::checkpoint::VmCommand::SaveDeviceState), the
+/// re-protection copy on [`SyncCommand::SendAll`].
 ///
 /// # Lifecycle
 /// Both VMs are created paused. [`Command::Start`] on both nodes: the secondary sends `Hello`,
@@ -117,11 +118,17 @@ enum Side {
 /// mirrored; the PVM's frames are held by the comparator until the SVM's rewritten frames match
 /// them or a checkpoint received by the secondary covers them; disk writes complete to the
 /// guest once the secondary acknowledged them. If the peer is lost (heartbeat), a checkpoint
-/// is stuck, the peer says goodbye, or on [`Command::Failover`], the node takes over in a new
-/// term and releases output alone only while it holds that term's arbiter lease
-/// ([`Output::Arbiter`] / [`Input::Arbiter`]); a former secondary also claims the client link
-/// ([`Event::ClaimClientLink`]). A solo node re-protects with a new secondary after
-/// [`Command::Reprotect`] and the newcomer's `Hello`, through the same copy as the start.
+/// step is stuck waiting on the peer, the peer says goodbye, the secondary fails a forwarded
+/// write, or on [`Command::Failover`], the node takes over in a new term and releases output
+/// alone only while it holds that term's arbiter lease ([`Output::Arbiter`] /
+/// [`Input::Arbiter`]); a former secondary also claims the client link
+/// ([`Event::ClaimClientLink`]). A secondary
+/// takes over only once it applied a checkpoint of its pairing (before that its VM is no
+/// copy); a primary whose secondary never came may be run solo with [`Command::Failover`]. A
+/// solo node re-protects with a new secondary after [`Command::Reprotect`] and the newcomer's
+/// `Hello`, through the same copy as the start. A deposed node ([`Event::Deposed`]) never
+/// releases again; the runtime stops its VM. A node whose own VM leaves a checkpoint step
+/// stuck says goodbye and stops ([`Event::Stopped`]), so that its peer takes over.
 ///
 /// # Example: two nodes in one process
 /// ```
@@ -185,7 +192,9 @@ enum Side {
 ///                             VmCompletion::DeviceStateSent { epoch, bytes: 0 }
 ///                         }
 ///                         VmCommand::ApplyCheckpoint { epoch } => VmCompletion::Applied { epoch },
-///                         VmCommand::DiscardPartial { epoch } => VmCompletion::Discarded { epoch },
+///                         VmCommand::DiscardPartial { epoch } => {
+///                             VmCompletion::Discarded { epoch }
+///                         }
 ///                     };
 ///                     inbox.push((h, Input::VmDone(completion)));
 ///                 }
@@ -203,7 +212,9 @@ enum Side {
 ///                     }));
 ///                     inbox.push((h, Input::SyncSent { memory_bytes: 1 << 30, disk_bytes: 0 }));
 ///                 }
-///                 Output::Disk(cmd) => inbox.push((h, Input::DiskDone { op: cmd.op(), result: Ok(()) })),
+///                 Output::Disk(cmd) => {
+///                     inbox.push((h, Input::DiskDone { op: cmd.op(), result: Ok(()) }))
+///                 }
 ///                 Output::Event(Event::CheckpointDone { .. }) => done += 1,
 ///                 _ => {}
 ///             }

@@ -270,7 +270,16 @@ impl Node {
             ),
             C::Stuck { epoch, phase } => {
                 self.event(Event::CheckpointStuck { epoch, phase });
-                self.trigger_failover(now, crate::failover::FailoverReason::CheckpointStuck);
+                match phase {
+                    // The peer stopped answering: stop depending on it.
+                    crate::checkpoint::StuckPhase::AwaitingPeer => {
+                        self.trigger_failover(now, crate::failover::FailoverReason::CheckpointStuck)
+                    }
+                    // Our own VM stopped answering: this node is the broken one. Taking over
+                    // would leave the service on a stuck VM; say goodbye so the peer takes
+                    // over, and stop.
+                    crate::checkpoint::StuckPhase::AwaitingVm => self.on_own_vm_stuck(),
+                }
             }
             C::VmFailed { epoch, command } => self.event(Event::VmFailed { epoch, command }),
             C::ReadyForTakeover { .. } => self.on_ready_for_takeover(now),

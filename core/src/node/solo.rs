@@ -78,6 +78,24 @@ impl Node {
         self.failover.handle_trigger(now, reason);
     }
 
+    /// A checkpoint step waited on this node's own VM past its deadline while paired: leave the
+    /// pair in order (the peer takes over on the goodbye) and stop. Alone, there is nobody to
+    /// hand over to: only the event was reported.
+    pub(super) fn on_own_vm_stuck(&mut self) {
+        if self.phase != Phase::Running || !self.failover.is_paired() || self.peer.is_none() {
+            return;
+        }
+        let term = self.failover.term();
+        self.send(Message::Goodbye {
+            term,
+            reason: crate::wire::GoodbyeReason::Shutdown,
+        });
+        // Running --own VM stuck--> Stopped
+        self.phase = Phase::Stopped;
+        self.hold.frames.clear();
+        self.event(Event::Stopped);
+    }
+
     /// Drains the failover machine's events and lease requests.
     pub(super) fn pump_failover(&mut self, now: Instant) -> bool {
         let mut progressed = false;

@@ -458,3 +458,80 @@ fn lonely_primary_runs_solo_on_command_and_starts_its_vm() {
             .any(|o| matches!(o, Output::ToClient(_)))
     );
 }
+
+#[test]
+fn secondary_whose_own_vm_is_stuck_says_goodbye_and_stops() {
+    let mut n = node(Role::Secondary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    let peer = |message| Input::Peer {
+        message,
+        bulk: PeerBulk::None,
+    };
+    n.handle(
+        ms(1),
+        peer(Message::HelloAccept {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: ClusterId(9),
+            node_id: NodeId(2),
+            role: Role::Primary,
+            term: Term(1),
+            last_applied_epoch: Epoch(0),
+        }),
+    );
+    n.handle(
+        ms(1),
+        peer(Message::SyncStart {
+            term: Term(1),
+            memory_bytes: 0,
+            disk_bytes: 0,
+        }),
+    );
+    n.handle(
+        ms(2),
+        peer(Message::SyncDone {
+            term: Term(1),
+            epoch: Epoch(1),
+        }),
+    );
+    n.handle(
+        ms(3),
+        peer(Message::CheckpointRequest {
+            epoch: Epoch(1),
+            reason: crate::ids::CheckpointReason::Forced,
+        }),
+    );
+    let outs = drain(&mut n);
+    assert!(outs.contains(&Output::Vm(crate::checkpoint::VmCommand::Pause)));
+    // The pause never completes; keep the peer alive with heartbeats until the stuck timer.
+    let mut t = ms(3);
+    let deadline = ms(3) + n.config.checkpoint.checkpoint_phase_timeout;
+    let mut goodbye = false;
+    while t <= deadline + Duration::from_millis(1) {
+        t += Duration::from_millis(50);
+        n.handle(
+            t,
+            peer(Message::Heartbeat {
+                term: Term(1),
+                seq: 1,
+                epoch: Epoch(0),
+            }),
+        );
+        n.handle(t, Input::Timeout);
+        goodbye |= drain(&mut n).iter().any(|o| {
+            matches!(
+                o,
+                Output::ToPeer {
+                    message: Message::Goodbye { .. },
+                    ..
+                }
+            )
+        });
+    }
+    assert!(goodbye, "the stuck node leaves the pair in order");
+    assert_eq!(n.status(t).mode, NodeMode::Stopped);
+    assert_eq!(
+        n.stats().takeovers_refused,
+        0,
+        "it did not try to take over"
+    );
+}

@@ -10,7 +10,8 @@
 //! the harness can check that an applied checkpoint equals the PVM at its pause.
 //!
 //! Checkers run on every output, by name: `output_commit`, `atomic_checkpoint`,
-//! `single_writer`; `no_silent_loss` and `timeout_armed` are checked by the tests.
+//! `single_writer`, `disk_ack_before_completion`, `timeout_armed`; `no_silent_loss` is checked
+//! by the tests (every client request answered once faults stop).
 
 #![allow(dead_code)]
 
@@ -152,6 +153,8 @@ pub struct Pair {
     pub peer_reorder: Option<Duration>,
     pub arbiter: Arbiter,
     pub arbiter_reachable: [bool; 2],
+    /// A host whose VM stops completing commands (a hung VMM).
+    pub vm_stalled: [bool; 2],
     /// Host the client network delivers to (moved by `ClaimClientLink`).
     pub client_target: usize,
     /// Client: requests sent and when last (re)sent; answers received.
@@ -175,6 +178,9 @@ pub struct Pair {
     covering: BTreeMap<Vec<u8>, Epoch>,
     /// Count of applied checkpoints per host.
     pub applied: [u64; 2],
+    /// Disk ordering checker: forwarded write id of each guest write, and acks delivered.
+    forwarded: BTreeMap<(usize, u64), colo_core::wire::WriteId>,
+    acked: BTreeSet<(usize, colo_core::wire::WriteId)>,
 }
 
 pub fn config(id: u64) -> NodeConfig {
@@ -213,6 +219,7 @@ impl Pair {
             peer_reorder: None,
             arbiter: Arbiter::new(Duration::from_secs(10), now),
             arbiter_reachable: [true; 2],
+            vm_stalled: [false; 2],
             client_target: 0,
             next_request: 0,
             unanswered: BTreeMap::new(),
@@ -228,6 +235,8 @@ impl Pair {
             received: [Epoch(0); 2],
             covering: BTreeMap::new(),
             applied: [0; 2],
+            forwarded: BTreeMap::new(),
+            acked: BTreeSet::new(),
         };
         p.input(0, Input::Command(Command::Start));
         p.input(0, Input::PeerLink(colo_core::node::LinkState::Up));
@@ -261,6 +270,9 @@ impl Pair {
             }
             Message::CheckpointReceived { epoch } => {
                 self.received[h] = self.received[h].max(*epoch);
+            }
+            Message::DiskAck { write_id, .. } => {
+                self.acked.insert((h, *write_id));
             }
             _ => {}
         }
@@ -333,6 +345,11 @@ impl Pair {
                 self.schedule(now, Action::GuestRun(h));
             }
             Output::ToPeer { message, bulk } => {
+                if let (Message::DiskWrite { write_id, .. }, OutBulk::GuestWrite(io)) =
+                    (&message, &bulk)
+                {
+                    self.forwarded.insert((h, io.0), *write_id);
+                }
                 if let Message::SecondaryOutput { .. } = message
                     && let OutBulk::Frame(f) = &bulk
                 {
@@ -361,6 +378,15 @@ impl Pair {
             }
             Output::GuestDiskDone { io, result } => {
                 assert!(result.is_ok(), "guest io {io:?} failed: {result:?}");
+                // disk_ack_before_completion: a forwarded write completes to a paired
+                // primary's guest only after the secondary acknowledged it.
+                let paired = self.hosts[h].node.status(now).mode == NodeMode::Paired;
+                if paired && let Some(w) = self.forwarded.get(&(h, io.0)) {
+                    assert!(
+                        self.acked.contains(&(h, *w)),
+                        "disk_ack_before_completion: host {h} completed {io:?} before its ack"
+                    );
+                }
                 if self.hosts[h].writes_pending.remove(&io.0) {
                     self.hosts[h].writes_done += 1;
                 }
@@ -480,6 +506,9 @@ impl Pair {
     }
 
     fn vm_command(&mut self, h: usize, cmd: VmCommand) {
+        if self.vm_stalled[h] {
+            return;
+        }
         let start = self.now.max(self.hosts[h].vm_busy_until);
         let done_at = start + self.knobs.vm_delay;
         self.hosts[h].vm_busy_until = done_at;
