@@ -246,22 +246,36 @@ fn be32(frame: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
 }
 
+#[inline]
 fn need(frame: &[u8], layer: Layer, needed: usize) -> Result<(), PacketError> {
     if frame.len() < needed {
-        Err(PacketError::Truncated {
-            layer,
-            needed,
-            have: frame.len(),
-        })
+        Err(truncated(layer, needed, frame.len()))
     } else {
         Ok(())
     }
+}
+
+#[cold]
+fn truncated(layer: Layer, needed: usize, have: usize) -> PacketError {
+    PacketError::Truncated {
+        layer,
+        needed,
+        have,
+    }
+}
+
+/// The fixed-size header of `N` bytes at `at`, if the frame has it. Reading fields through
+/// the array needs no further bounds checks on the hot path.
+#[inline]
+fn header<const N: usize>(frame: &[u8], at: usize) -> Option<&[u8; N]> {
+    frame.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
 /// Reads the Ethernet header and VLAN tags: returns (innermost VLAN id, EtherType, L3 offset).
 ///
 /// At most two tags are accepted (802.1ad outer + 802.1Q inner); a third tag makes the frame
 /// non-IP (it is then compared whole, which is always safe).
+#[inline]
 pub fn ethernet(frame: &[u8]) -> Result<(Option<u16>, u16, usize), PacketError> {
     need(frame, Layer::Ethernet, ETHERNET_HEADER_LEN)?;
     let mut ethertype = be16(frame, 12);
@@ -280,6 +294,7 @@ pub fn ethernet(frame: &[u8]) -> Result<(Option<u16>, u16, usize), PacketError> 
 }
 
 /// Classifies an Ethernet frame. See the module doc.
+#[inline]
 pub fn classify(frame: &[u8]) -> Result<Classified, PacketError> {
     let (vlan, ethertype, l3) = ethernet(frame)?;
     match ethertype {
@@ -306,16 +321,19 @@ pub fn classify_or_opaque(frame: &[u8]) -> Classified {
     })
 }
 
+#[inline]
 fn classify_ipv4(frame: &[u8], vlan: Option<u16>, l3: usize) -> Result<Classified, PacketError> {
-    need(frame, Layer::Ipv4, l3 + 20)?;
-    let version = frame[l3] >> 4;
+    let Some(ip) = header::<20>(frame, l3) else {
+        return Err(truncated(Layer::Ipv4, l3 + 20, frame.len()));
+    };
+    let version = ip[0] >> 4;
     if version != 4 {
         return Err(PacketError::BadVersion {
             layer: Layer::Ipv4,
             version,
         });
     }
-    let ihl = usize::from(frame[l3] & 0x0f) * 4;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
     if ihl < 20 {
         return Err(PacketError::BadHeaderLength {
             layer: Layer::Ipv4,
@@ -323,7 +341,7 @@ fn classify_ipv4(frame: &[u8], vlan: Option<u16>, l3: usize) -> Result<Classifie
         });
     }
     need(frame, Layer::Ipv4, l3 + ihl)?;
-    let total = usize::from(be16(frame, l3 + 2));
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let have = frame.len() - l3;
     if total < ihl || total > have {
         return Err(PacketError::BadTotalLength {
@@ -333,23 +351,13 @@ fn classify_ipv4(frame: &[u8], vlan: Option<u16>, l3: usize) -> Result<Classifie
         });
     }
     let end = l3 + total;
-    let protocol = frame[l3 + 9];
-    let frag = be16(frame, l3 + 6);
+    let protocol = ip[9];
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
     // A fragment (MF set or a non-zero offset) carries no complete L4 header we could trust for
     // ports or sequence numbers: compare it as opaque IP payload in a port-less flow.
     let fragmented = frag & 0x3fff != 0;
-    let src = IpAddr::V4(Ipv4Addr::new(
-        frame[l3 + 12],
-        frame[l3 + 13],
-        frame[l3 + 14],
-        frame[l3 + 15],
-    ));
-    let dst = IpAddr::V4(Ipv4Addr::new(
-        frame[l3 + 16],
-        frame[l3 + 17],
-        frame[l3 + 18],
-        frame[l3 + 19],
-    ));
+    let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
+    let dst = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
     transport(
         frame,
         vlan,
@@ -437,6 +445,7 @@ fn classify_ipv6(frame: &[u8], vlan: Option<u16>, l3: usize) -> Result<Classifie
 }
 
 #[allow(clippy::too_many_arguments)]
+#[inline]
 fn transport(
     frame: &[u8],
     vlan: Option<u16>,
@@ -470,28 +479,32 @@ fn transport(
     }
     match protocol {
         IPPROTO_TCP => {
-            if l4 + 20 > end {
-                return Err(PacketError::Truncated { layer: Layer::Tcp, needed: l4 + 20, have: end });
-            }
-            let header_len = usize::from(frame[l4 + 12] >> 4) * 4;
+            let tcp = match header::<20>(&frame[..end], l4) {
+                Some(tcp) => tcp,
+                None => return Err(truncated(Layer::Tcp, l4 + 20, end)),
+            };
+            let header_len = usize::from(tcp[12] >> 4) * 4;
             if header_len < 20 {
                 return Err(PacketError::BadHeaderLength { layer: Layer::Tcp, len: header_len });
             }
             if l4 + header_len > end {
-                return Err(PacketError::Truncated { layer: Layer::Tcp, needed: l4 + header_len, have: end });
+                return Err(truncated(Layer::Tcp, l4 + header_len, end));
             }
             let info = TcpInfo {
                 l4_offset: l4,
-                seq: SeqNum(be32(frame, l4 + 4)),
-                ack: SeqNum(be32(frame, l4 + 8)),
-                flags: frame[l4 + 13],
-                window: be16(frame, l4 + 14),
+                seq: SeqNum(u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]])),
+                ack: SeqNum(u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]])),
+                flags: tcp[13],
+                window: u16::from_be_bytes([tcp[14], tcp[15]]),
                 header_len,
                 payload_start: l4 + header_len,
                 payload_end: end,
             };
             Ok(Classified {
-                key: ip_flow(be16(frame, l4), be16(frame, l4 + 2)),
+                key: ip_flow(
+                    u16::from_be_bytes([tcp[0], tcp[1]]),
+                    u16::from_be_bytes([tcp[2], tcp[3]]),
+                ),
                 l3_offset: l3,
                 kind: Kind::Tcp(info),
             })
