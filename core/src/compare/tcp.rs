@@ -40,19 +40,22 @@
 //! (pure ACK, SYN-ACK, FIN+ACK, data, retransmission), found by the simulator (seeds 188, 290,
 //! 1057 under `colo-sim --node`). Exempt from the guard, though still kept in stream order:
 //! segments without the ACK flag (the guest's own SYN opening a connection acknowledges
-//! nothing) and RST (its ACK field acknowledges nothing the client acts on, RFC 9293 3.10.7.3;
-//! a reset connection needs nothing from the secondary after a failover: the client no longer
-//! has it either). Held segments are freed by the secondary's next ACK, by `compare_timeout`
+//! nothing) and RST (the client checks an RST's ACK field only for acceptability in SYN-SENT,
+//! RFC 9293 3.10.7.3, never as an acknowledgment of data; a reset connection needs nothing from
+//! the secondary after a failover, the client no longer has it either). Held segments are freed by the secondary's next ACK, by `compare_timeout`
 //! (-> checkpoint -> `checkpoint_done`, which releases them and sets the secondary's highest
 //! ACK to the primary's) or by `release_all`.
 //!
-//! Stream order: a held uncompared segment is never overtaken by later segments of its flow (the
-//! queue is released strictly from its front), and a segment without payload arriving while
-//! anything of its flow is held waits behind it (a FIN no longer overtakes held data).
+//! Stream order: the primary queue is kept in sequence order (stable for equal numbers) and
+//! released strictly from its front, so a held uncompared segment is never overtaken by a later
+//! segment of its flow at the same or a higher sequence number, and a segment without payload
+//! arriving while anything of its flow is held waits behind it (a FIN no longer overtakes held
+//! data). Only a late segment from earlier in the stream can be queued ahead of it.
 //!
-//! Invariant kept: a primary payload byte is released only if it was found equal to a
+//! Invariants kept: a primary payload byte is released only if it was found equal to a
 //! secondary byte with the same sequence number, or lies in `[floor, released)`, or a
-//! checkpoint covers it.
+//! checkpoint covers it; a primary segment carrying ACK (RST excepted) is released only if the
+//! secondary acknowledged as far, or a checkpoint covers it, or the secondary is gone.
 
 use super::MiscompareWhy;
 use super::MismatchReason;
@@ -236,12 +239,16 @@ impl TcpStream {
 
 /// A primary SYN reset the stream: bytes verified under the old release point must be checked
 /// again under the new one (a SYN with another ISN is a new connection on the same 5-tuple).
+/// That includes held retransmissions: "already released" was judged under the old release
+/// point, so they become ordinary compared segments. Held segments without payload stay
+/// uncompared (no bytes to check).
 pub(crate) fn restart_verification(primary: &mut VecDeque<Held>) {
     for held in primary.iter_mut() {
         if let Some(seg) = held.tcp.as_mut()
-            && !seg.uncompared
+            && seg.seq != seg.end
         {
             seg.verified = seg.seq;
+            seg.uncompared = false;
         }
     }
 }

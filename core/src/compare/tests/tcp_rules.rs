@@ -425,3 +425,26 @@ fn matched_secondary_buffers_are_kept_for_reuse() {
     }
     assert!(c.take_spare_buffer().is_none());
 }
+
+#[test]
+fn a_held_retransmission_is_compared_again_after_a_new_syn() {
+    let mut c = comparator();
+    let h = Headers::default();
+    c.handle_primary(t(0), testkit::tcp(&h, 1, 1, ACK, b"abcd"));
+    c.handle_secondary(t(0), testkit::tcp(&h, 1, 1, ACK, b"abcd"));
+    assert_eq!(releases(&settle(&mut c)).len(), 1);
+    // A retransmission of released bytes, acknowledging more than the secondary did: held.
+    let again = testkit::tcp(&h, 1, 50, ACK, b"abcd");
+    c.handle_primary(t(1), again.clone());
+    assert!(releases(&settle(&mut c)).is_empty());
+    // A SYN-ACK with ISN 0 starts a new connection: 1..5 is no longer known to be released.
+    let syn_ack = testkit::tcp(&h, 0, 50, SYN | ACK, &[]);
+    c.handle_primary(t(2), syn_ack.clone());
+    c.handle_secondary(t(3), pure_ack(1, 50));
+    assert!(
+        releases(&settle(&mut c)).is_empty(),
+        "the guard allows it now, but its bytes must be compared first"
+    );
+    c.handle_secondary(t(4), testkit::tcp(&h, 1, 50, ACK, b"abcd"));
+    assert_eq!(releases(&settle(&mut c)), vec![again, syn_ack]);
+}
