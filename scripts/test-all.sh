@@ -32,8 +32,8 @@ cargo build --release -p colo-sim --bin colo-sim --locked
 sim=target/release/colo-sim
 "$sim" --seeds 0..500 --quiet
 "$sim" --seeds 0..20 --check-determinism --quiet
-# The same swarm under two colo-core Nodes (seed 188 is a known open liveness failure: see
-# docs/simulation.md, "Findings").
+# The same swarm under two colo-core Nodes (seeds 188, 290 and 1057, fixed findings, are
+# replayed by sim/tests/regression_seeds.rs; see docs/simulation.md, "Findings").
 "$sim" --seeds 0..150 --node --quiet
 "$sim" --seeds 0..10 --node --check-determinism --quiet
 for canary in apply-partial-epoch skip-rewriter-reset; do

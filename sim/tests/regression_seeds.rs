@@ -41,8 +41,10 @@ fn every_canary_is_caught_on_a_swarm_seed() {
     }
 }
 
-/// Seeds run under two colo-core Nodes (`colo-sim --node`) that failed while the Node engine
-/// was brought up (all harness bugs, fixed in `node_run`).
+/// Seeds run under two colo-core Nodes (`colo-sim --node`) that failed: while the Node engine
+/// was brought up (27, 68, 92: harness bugs, fixed in `node_run`), and after a one-way
+/// primary-to-secondary cut and a takeover (188, 290, 1057: the comparator released
+/// zero-payload segments without the min-ACK guard, fixed in colo-core's comparator).
 const NODE_SEEDS: &[(u64, &str)] = &[
     (
         27,
@@ -55,6 +57,18 @@ const NODE_SEEDS: &[(u64, &str)] = &[
     (
         92,
         "no_silent_loss: frames handed to a deposed node were traced as held",
+    ),
+    (
+        188,
+        "liveness: a pure ACK released unguarded acknowledged client bytes the secondary lacked",
+    ),
+    (
+        290,
+        "tcp_continuity: a SYN-ACK released unguarded for a SYN the secondary never saw",
+    ),
+    (
+        1057,
+        "liveness: a pure ACK released unguarded acknowledged client bytes the secondary lacked",
     ),
 ];
 

@@ -42,6 +42,10 @@ pub(crate) struct SegmentSeq {
     pub(crate) ack: Option<SeqNum>,
     /// Payload bytes before this point are known equal (compared, or already released).
     pub(crate) verified: SeqNum,
+    /// Held only for the min-ACK guard and stream order, never compared: a segment without
+    /// payload or a retransmission (`verified == end`), released uncompared once it reaches
+    /// the front of the queue and its ACK is allowed.
+    pub(crate) uncompared: bool,
 }
 
 /// A frame a flow holds.
@@ -210,6 +214,15 @@ impl Sink<'_> {
         self.stats.released_matched += 1;
         self.stats.held_primary -= 1;
         self.stats.bytes_matched += (held.body_end - held.body_start) as u64;
+        self.out.push_back(CompareOutput::Release(held.frame));
+    }
+
+    /// A held primary segment that needed no comparison (zero payload or retransmission) and
+    /// whose ACK the secondary has now reached.
+    pub(crate) fn release_uncompared(&mut self, held: Held) {
+        self.ages.forget(held.id);
+        self.stats.released_uncompared += 1;
+        self.stats.held_primary -= 1;
         self.out.push_back(CompareOutput::Release(held.frame));
     }
 

@@ -334,9 +334,11 @@ impl Comparator {
         let flow = self.table.get_mut(idx);
         flow.last_active = now;
 
-        // TCP: zero-payload segments and retransmissions pass (primary released uncompared,
-        // secondary dropped); they may still move the stream (SYN) or the min-ACK guard, so the
-        // flow is advanced either way.
+        // TCP: zero-payload segments and retransmissions are not compared (a secondary one is
+        // dropped); a primary one is released at once only if nothing of its flow is held and
+        // the min-ACK guard allows its ACK, else it is held, uncompared, in stream order (see
+        // `tcp`). Either way they may move the stream (SYN) or the guard, so the flow is
+        // advanced.
         let mut seg = None;
         let mut frame = Some(frame);
         if let Some(info) = tcp_info {
@@ -352,25 +354,26 @@ impl Comparator {
                 }
                 Side::Secondary => flow.tcp.on_secondary(info),
             };
-            match arrival {
-                Ok(s) => seg = Some(s),
-                Err(pass) => {
-                    let passed = frame.take();
-                    match (side, pass) {
-                        (Side::Primary, _) => {
-                            self.stats.released_uncompared += 1;
-                            self.out.extend(passed.map(CompareOutput::Release));
-                        }
-                        (Side::Secondary, pass) => {
-                            if pass == tcp::Pass::ZeroPayload {
-                                self.stats.secondary_dropped_zero_payload += 1;
-                            } else {
-                                self.stats.secondary_dropped_retransmit += 1;
-                            }
-                            if let Some(buffer) = passed {
-                                self.spare.keep(buffer);
-                            }
-                        }
+            match (side, arrival) {
+                (_, Ok(s)) => seg = Some(s),
+                (Side::Primary, Err(_)) => {
+                    let held = tcp::uncompared_segment(info);
+                    if flow.primary.is_empty() && flow.tcp.ack_allows(held.ack) {
+                        self.stats.released_uncompared += 1;
+                        self.out.extend(frame.take().map(CompareOutput::Release));
+                    } else {
+                        self.stats.uncompared_held += 1;
+                        seg = Some(held);
+                    }
+                }
+                (Side::Secondary, Err(pass)) => {
+                    if pass == tcp::Pass::ZeroPayload {
+                        self.stats.secondary_dropped_zero_payload += 1;
+                    } else {
+                        self.stats.secondary_dropped_retransmit += 1;
+                    }
+                    if let Some(buffer) = frame.take() {
+                        self.spare.keep(buffer);
                     }
                 }
             }

@@ -20,8 +20,13 @@ pub struct CompareStats {
     /// Primary frames released because the secondary produced the same bytes.
     pub released_matched: u64,
     /// Primary frames released without comparison by rule: zero-payload TCP segments (SYN, FIN,
-    /// pure ACK) and retransmissions of already-released TCP data.
+    /// RST, pure ACK) and retransmissions of already-released TCP data, at once or after being
+    /// held (see `uncompared_held`).
     pub released_uncompared: u64,
+    /// Primary TCP segments needing no comparison (zero payload, retransmission) that had to be
+    /// held on arrival: the min-ACK guard refused their ACK (the secondary had not acknowledged
+    /// as far), or a segment of their flow was held ahead of them (stream order).
+    pub uncompared_held: u64,
     /// Primary frames released by `checkpoint_done` (the checkpoint covers them).
     pub released_by_checkpoint: u64,
     /// Primary frames released by `release_all` or while running without a secondary.

@@ -20,22 +20,42 @@
 //!   passing the min-ACK guard. Secondary segments ending at or before `released` are consumed.
 //!
 //! Rules at arrival (QEMU: `seq == seq_end` and `seq_end <= compare_seq` cases): a segment
-//! without payload (SYN, FIN, RST, pure ACK) passes; so does a segment whose payload lies
-//! entirely in `[floor, released)` (a retransmission). A passing primary segment is released
-//! uncompared, a passing secondary one dropped.
+//! without payload (SYN, FIN, RST, pure ACK) is not compared; neither is a segment whose
+//! payload lies entirely in `[floor, released)` (a retransmission). A secondary one is dropped.
+//! A primary one is released uncompared, but not necessarily at once (see the guard below): it
+//! is released on arrival only if nothing of its flow is held and the guard allows its ACK;
+//! otherwise it is held (`uncompared`, nothing to verify) behind what is queued and released in
+//! queue order as soon as the guard allows it.
 //!
 //! The min-ACK guard (QEMU: "secondary guest hasn't ack the data, don't send out this packet"):
-//! a matched primary segment carrying ACK is released only if its ACK is at or below
-//! min(highest ACK seen from the primary, highest ACK seen from the secondary) on this flow,
-//! so the client is never told that data arrived which the secondary has not acknowledged
-//! (after a failover the secondary would not have it). QEMU applies the guard only when the
-//! primary segment ends inside a longer secondary one; colo applies it to every matched data
-//! segment (it is the same danger whatever the segmentation). Zero-payload segments are not
-//! guarded, as in QEMU (a pure ACK is released at once).
+//! a primary segment carrying ACK, *with or without payload*, is released only if its ACK is at
+//! or below min(highest ACK seen from the primary, highest ACK seen from the secondary) on this
+//! flow, so the client is never told that data arrived which the secondary has not
+//! acknowledged. After a failover the secondary would not have it and the client, its bytes
+//! acknowledged, would never resend them (a pure ACK stalls the connection; a SYN-ACK for a SYN
+//! the secondary never saw makes the secondary reset the client). The secondary's ACKs are in
+//! the client's sequence space, which both guests share: no rewrite is involved.
+//! QEMU applies the guard only to data segments ending inside a longer secondary segment and
+//! releases zero-payload segments at once; colo guards every ACK-carrying primary segment
+//! (pure ACK, SYN-ACK, FIN+ACK, data, retransmission), found by the simulator (seeds 188, 290,
+//! 1057 under `colo-sim --node`). Exempt from the guard, though still kept in stream order:
+//! segments without the ACK flag (the guest's own SYN opening a connection acknowledges
+//! nothing) and RST (the client checks an RST's ACK field only for acceptability in SYN-SENT,
+//! RFC 9293 3.10.7.3, never as an acknowledgment of data; a reset connection needs nothing from
+//! the secondary after a failover, the client no longer has it either). Held segments are freed by the secondary's next ACK, by `compare_timeout`
+//! (-> checkpoint -> `checkpoint_done`, which releases them and sets the secondary's highest
+//! ACK to the primary's) or by `release_all`.
 //!
-//! Invariant kept: a primary payload byte is released only if it was found equal to a
+//! Stream order: the primary queue is kept in sequence order (stable for equal numbers) and
+//! released strictly from its front, so a held uncompared segment is never overtaken by a later
+//! segment of its flow at the same or a higher sequence number, and a segment without payload
+//! arriving while anything of its flow is held waits behind it (a FIN no longer overtakes held
+//! data). Only a late segment from earlier in the stream can be queued ahead of it.
+//!
+//! Invariants kept: a primary payload byte is released only if it was found equal to a
 //! secondary byte with the same sequence number, or lies in `[floor, released)`, or a
-//! checkpoint covers it.
+//! checkpoint covers it; a primary segment carrying ACK (RST excepted) is released only if the
+//! secondary acknowledged as far, or a checkpoint covers it, or the secondary is gone.
 
 use super::MiscompareWhy;
 use super::MismatchReason;
@@ -87,6 +107,23 @@ fn payload_range(info: &TcpInfo) -> SegmentSeq {
         end: seq.wrapping_add(info.payload_len() as u32),
         ack: info.has(tcp_flags::ACK).then_some(info.ack),
         verified: seq,
+        uncompared: false,
+    }
+}
+
+/// The held form of a primary segment that needs no comparison (see [`Pass`]): nothing to
+/// verify; its ACK guarded unless it is an RST (see the module doc).
+pub(crate) fn uncompared_segment(info: &TcpInfo) -> SegmentSeq {
+    let seg = payload_range(info);
+    SegmentSeq {
+        ack: if info.has(tcp_flags::RST) {
+            None
+        } else {
+            seg.ack
+        },
+        verified: seg.end,
+        uncompared: true,
+        ..seg
     }
 }
 
@@ -154,8 +191,9 @@ impl TcpStream {
         self.secondary_max_ack = self.primary_max_ack;
     }
 
-    /// The min-ACK guard (see the module doc).
-    fn ack_allows(&self, ack: Option<SeqNum>) -> bool {
+    /// The min-ACK guard (see the module doc): true if a primary segment acknowledging `ack`
+    /// (`None`: no ACK flag, or exempt) may reach the client.
+    pub(crate) fn ack_allows(&self, ack: Option<SeqNum>) -> bool {
         let Some(ack) = ack else { return true };
         match (self.primary_max_ack, self.secondary_max_ack) {
             (Some(p), Some(s)) => !p.min_seq(s).before(ack),
@@ -201,10 +239,16 @@ impl TcpStream {
 
 /// A primary SYN reset the stream: bytes verified under the old release point must be checked
 /// again under the new one (a SYN with another ISN is a new connection on the same 5-tuple).
+/// That includes held retransmissions: "already released" was judged under the old release
+/// point, so they become ordinary compared segments. Held segments without payload stay
+/// uncompared (no bytes to check).
 pub(crate) fn restart_verification(primary: &mut VecDeque<Held>) {
     for held in primary.iter_mut() {
-        if let Some(seg) = held.tcp.as_mut() {
+        if let Some(seg) = held.tcp.as_mut()
+            && seg.seq != seg.end
+        {
             seg.verified = seg.seq;
+            seg.uncompared = false;
         }
     }
 }
@@ -246,18 +290,18 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
         ..
     } = flow;
     if tcp.next.is_none() {
-        let (Some(p), Some(s)) = (
-            primary.front().and_then(|h| h.tcp),
-            secondary.front().and_then(|h| h.tcp),
-        ) else {
-            return None;
-        };
-        tcp.next = Some(p.seq.min_seq(s.seq));
+        // The release cursor starts at the lower of the two sides' first compared byte; held
+        // uncompared segments have no bytes to place.
+        let p = primary.iter().find_map(|h| h.tcp.filter(|t| !t.uncompared));
+        if let (Some(p), Some(s)) = (p, secondary.front().and_then(|h| h.tcp)) {
+            tcp.next = Some(p.seq.min_seq(s.seq));
+        }
     }
-
     let mut found = None;
     'verify: for p in primary.iter_mut() {
-        let Some(seg) = p.tcp.as_mut() else { continue };
+        let Some(seg) = p.tcp.as_mut().filter(|t| !t.uncompared) else {
+            continue;
+        };
         tcp.skip_released(seg);
         while seg.verified.before(seg.end) {
             let at = seg.verified;
@@ -290,9 +334,19 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
         }
     }
 
+    // Release from the front only, so nothing overtakes a held segment of the flow.
     while let Some(seg) = primary.front().and_then(|p| p.tcp) {
+        if !tcp.ack_allows(seg.ack) {
+            break;
+        }
+        if seg.uncompared {
+            if let Some(p) = primary.pop_front() {
+                sink.release_uncompared(p);
+            }
+            continue;
+        }
         let in_order = tcp.next.is_some_and(|n| !n.before(seg.seq));
-        if seg.verified.before(seg.end) || !in_order || !tcp.ack_allows(seg.ack) {
+        if seg.verified.before(seg.end) || !in_order {
             break;
         }
         tcp.on_release(&seg);

@@ -12,9 +12,13 @@
 //! body drains the outputs and asserts:
 //! - no frame is released twice, and only frames that were sent are released;
 //! - outside `checkpoint_done` / `release_all` / solo forwarding, a released frame is justified
-//!   by a rule: a TCP segment without payload; TCP bytes each either already delivered to the
-//!   client or equal to a byte the secondary sent at the same sequence number since the last
-//!   checkpoint; a datagram or frame whose compared bytes equal an unused secondary frame's;
+//!   by a rule: TCP bytes each either already delivered to the client or equal to a byte the
+//!   secondary sent at the same sequence number since the last checkpoint (a segment without
+//!   payload has none); a datagram or frame whose compared bytes equal an unused secondary
+//!   frame's;
+//! - the min-ACK guard: outside those flushes, a released TCP segment carrying ACK (with or
+//!   without payload; RST exempt) acknowledges no more than the highest ACK the secondary sent
+//!   on its flow (a checkpoint or a new secondary sets that to the primary's highest ACK);
 //! - `handle_timeout` never releases anything, and afterwards `poll_timeout` is in the future
 //!   (no busy loop);
 //! - the stats' conservation equations hold; and at the end, after a final checkpoint, every
@@ -111,6 +115,16 @@ struct Model {
     covered_below: BTreeMap<FlowKey, SeqNum>,
     /// Per flow: end of the furthest primary data sent.
     sent_end: BTreeMap<FlowKey, SeqNum>,
+    /// Per flow: highest ACK number on any primary segment.
+    primary_ack: BTreeMap<FlowKey, SeqNum>,
+    /// Per flow: highest ACK the secondary has sent, or the primary's as of the last
+    /// checkpoint (the secondary is then its copy).
+    secondary_ack: BTreeMap<FlowKey, SeqNum>,
+}
+
+fn raise(map: &mut BTreeMap<FlowKey, SeqNum>, key: FlowKey, ack: SeqNum) {
+    let e = map.entry(key).or_insert(ack);
+    *e = e.max_seq(ack);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -137,6 +151,9 @@ impl Model {
             let end = start.wrapping_add(info.payload_len() as u32);
             let e = self.sent_end.entry(c.key).or_insert(end);
             *e = e.max_seq(end);
+            if info.has(tcp_flags::ACK) {
+                raise(&mut self.primary_ack, c.key, info.ack);
+            }
         }
         assert!(
             self.sent.insert(frame.to_vec(), false).is_none(),
@@ -148,6 +165,9 @@ impl Model {
         let c = classify_or_opaque(frame);
         match c.kind {
             Kind::Tcp(info) => {
+                if info.has(tcp_flags::ACK) {
+                    raise(&mut self.secondary_ack, c.key, info.ack);
+                }
                 let start = if info.has(tcp_flags::SYN) {
                     info.seq.wrapping_add(1)
                 } else {
@@ -186,6 +206,9 @@ impl Model {
             let cov = self.covered_below.entry(*key).or_insert(*end);
             *cov = cov.max_seq(*end);
         }
+        for (key, ack) in &self.primary_ack {
+            raise(&mut self.secondary_ack, *key, *ack);
+        }
     }
 
     fn released(&mut self, frame: &[u8], ctx: Context) {
@@ -198,6 +221,15 @@ impl Model {
         let c = classify_or_opaque(frame);
         match c.kind {
             Kind::Tcp(info) => {
+                if ctx == Context::Compared && info.has(tcp_flags::ACK) && !info.has(tcp_flags::RST)
+                {
+                    let allowed = self.secondary_ack.get(&c.key);
+                    assert!(
+                        allowed.is_some_and(|s| !s.before(info.ack)),
+                        "TCP segment acknowledging {:?} released, secondary acknowledged {allowed:?}",
+                        info.ack
+                    );
+                }
                 let start = if info.has(tcp_flags::SYN) {
                     info.seq.wrapping_add(1)
                 } else {

@@ -2,7 +2,7 @@
 //! retransmissions and the stream reset at a checkpoint.
 
 use super::*;
-use crate::packet::tcp_flags::{ACK, PSH, SYN};
+use crate::packet::tcp_flags::{ACK, FIN, PSH, RST, SYN};
 
 #[test]
 fn identical_streams_are_released_in_order() {
@@ -127,16 +127,142 @@ fn min_ack_guard_holds_a_segment_the_secondary_has_not_acked() {
 }
 
 #[test]
-fn pure_ack_is_released_uncompared_and_secondary_copy_dropped() {
+fn pure_ack_is_held_until_the_secondary_acks() {
     let mut c = comparator();
     let ack = pure_ack(1, 77);
     c.handle_primary(t(0), ack.clone());
+    assert!(
+        releases(&settle(&mut c)).is_empty(),
+        "the secondary has not acknowledged the client's bytes up to 77"
+    );
+    assert_eq!(c.stats().uncompared_held, 1);
+    assert_eq!(
+        c.poll_timeout(),
+        Some(t(0) + c.config().compare_timeout),
+        "a held pure ACK has a deadline"
+    );
+    // A secondary ACK below 77 is not enough.
+    c.handle_secondary(t(1), pure_ack(1, 70));
+    assert!(releases(&settle(&mut c)).is_empty());
+    c.handle_secondary(t(2), pure_ack(1, 77));
     assert_eq!(releases(&settle(&mut c)), vec![ack]);
-    c.handle_secondary(t(0), pure_ack(1, 77));
-    settle(&mut c);
     assert_eq!(c.stats().released_uncompared, 1);
-    assert_eq!(c.stats().secondary_dropped_zero_payload, 1);
-    assert_eq!(c.poll_timeout().map(|d| d >= t(5_000)), Some(true));
+    assert_eq!(c.stats().secondary_dropped_zero_payload, 2);
+    // Once the secondary is ahead, a primary pure ACK passes at once.
+    let later = pure_ack(1, 60);
+    c.handle_primary(t(3), later.clone());
+    assert_eq!(releases(&settle(&mut c)), vec![later]);
+    assert_eq!(c.stats().uncompared_held, 1);
+}
+
+#[test]
+fn syn_ack_is_held_until_the_secondary_sends_its_syn_ack() {
+    let mut c = comparator();
+    let h = Headers::default();
+    let syn_ack = testkit::tcp(&h, 999, 5, SYN | ACK, &[]);
+    c.handle_primary(t(0), syn_ack.clone());
+    assert!(
+        releases(&settle(&mut c)).is_empty(),
+        "the secondary may never have seen the client's SYN"
+    );
+    c.handle_secondary(t(1), testkit::tcp(&h, 999, 5, SYN | ACK, &[]));
+    assert_eq!(releases(&settle(&mut c)), vec![syn_ack]);
+}
+
+#[test]
+fn held_pure_ack_is_released_by_checkpoint_done() {
+    let mut c = comparator();
+    let ack = pure_ack(1, 500);
+    c.handle_primary(t(0), ack.clone());
+    c.handle_secondary(t(0), pure_ack(1, 400));
+    assert!(releases(&settle(&mut c)).is_empty());
+    c.checkpoint_done(t(1));
+    assert_eq!(releases(&settle(&mut c)), vec![ack]);
+    assert_eq!(c.stats().released_by_checkpoint, 1);
+    // The secondary is now a copy of the primary: it has acknowledged up to 500 too.
+    let next = pure_ack(1, 500);
+    c.handle_primary(t(2), next.clone());
+    assert_eq!(releases(&settle(&mut c)), vec![next]);
+}
+
+#[test]
+fn held_pure_ack_times_out_into_a_checkpoint_that_releases_it() {
+    let mut c = comparator();
+    let ack = pure_ack(1, 500);
+    c.handle_primary(t(0), ack.clone());
+    settle(&mut c);
+    let deadline = c
+        .poll_timeout()
+        .expect("a held frame always has a deadline");
+    assert_eq!(deadline, t(0) + c.config().compare_timeout);
+    c.handle_timeout(deadline);
+    let out = settle(&mut c);
+    assert!(releases(&out).is_empty());
+    assert_eq!(requests(&out), vec![CheckpointReason::CompareTimeout]);
+    c.checkpoint_done(deadline + Duration::from_millis(5));
+    assert_eq!(releases(&settle(&mut c)), vec![ack]);
+}
+
+#[test]
+fn held_pure_ack_is_released_by_release_all() {
+    let mut c = comparator();
+    let ack = pure_ack(1, 500);
+    c.handle_primary(t(0), ack.clone());
+    settle(&mut c);
+    c.release_all(t(1));
+    assert_eq!(releases(&settle(&mut c)), vec![ack]);
+    assert_eq!(c.stats().released_solo, 1);
+}
+
+#[test]
+fn fin_ack_is_guarded_and_waits_behind_held_data() {
+    let mut c = comparator();
+    let h = Headers::default();
+    let reply = testkit::tcp(&h, 1, 20, ACK | PSH, b"bye");
+    let fin = testkit::tcp(&h, 4, 20, FIN | ACK, &[]);
+    c.handle_primary(t(0), reply.clone());
+    c.handle_primary(t(0), fin.clone());
+    assert!(releases(&settle(&mut c)).is_empty());
+    // The secondary's data matches but acknowledges only up to 10: both stay held.
+    c.handle_secondary(t(1), testkit::tcp(&h, 1, 10, ACK | PSH, b"bye"));
+    assert!(releases(&settle(&mut c)).is_empty());
+    c.handle_secondary(t(2), testkit::tcp(&h, 4, 20, FIN | ACK, &[]));
+    assert_eq!(releases(&settle(&mut c)), vec![reply, fin]);
+}
+
+#[test]
+fn a_held_pure_ack_is_not_overtaken_by_later_segments() {
+    let mut c = comparator();
+    let h = Headers::default();
+    // The ACK for client bytes up to 50 waits for the secondary.
+    let ack = testkit::tcp(&h, 1, 50, ACK, &[]);
+    c.handle_primary(t(0), ack.clone());
+    // A later data segment acknowledging less is matched, but must not overtake the ACK.
+    let reply = testkit::tcp(&h, 1, 40, ACK | PSH, b"data");
+    c.handle_primary(t(1), reply.clone());
+    c.handle_secondary(t(1), testkit::tcp(&h, 1, 40, ACK | PSH, b"data"));
+    assert!(releases(&settle(&mut c)).is_empty());
+    // Likewise a pure ACK acknowledging less, and an RST (never ACK-guarded).
+    let small = testkit::tcp(&h, 5, 30, ACK, &[]);
+    let rst = testkit::tcp(&h, 5, 0, RST, &[]);
+    c.handle_primary(t(2), small.clone());
+    c.handle_primary(t(2), rst.clone());
+    assert!(releases(&settle(&mut c)).is_empty());
+    c.handle_secondary(t(3), testkit::tcp(&h, 5, 50, ACK, &[]));
+    assert_eq!(releases(&settle(&mut c)), vec![ack, reply, small, rst]);
+}
+
+#[test]
+fn rst_and_a_syn_without_ack_pass_when_nothing_is_held() {
+    let mut c = comparator();
+    let h = Headers::default();
+    let syn = testkit::tcp(&h, 99, 0, SYN, &[]);
+    c.handle_primary(t(0), syn.clone());
+    assert_eq!(releases(&settle(&mut c)), vec![syn]);
+    let rst = testkit::tcp(&h, 100, 7, RST | ACK, &[]);
+    c.handle_primary(t(1), rst.clone());
+    assert_eq!(releases(&settle(&mut c)), vec![rst]);
+    assert_eq!(c.stats().uncompared_held, 0);
 }
 
 #[test]
@@ -275,11 +401,14 @@ fn a_syn_with_a_new_isn_restarts_verification() {
     c.handle_primary(t(1), testkit::tcp(&h, 200, 1, SYN | ACK, &[]));
     // A new SYN-ACK at 103 (a new connection on the same ports) covers only bytes below 104.
     c.handle_primary(t(2), testkit::tcp(&h, 103, 1, SYN | ACK, &[]));
-    // The secondary's ACK opens the guard, but 104..110 must now be compared first.
+    // The secondary's ACK opens the guard, but 104..110 must now be compared first; the
+    // SYN-ACKs (held by the guard until now) stay behind it in stream order.
     c.handle_secondary(t(3), pure_ack(1, 9));
-    assert_eq!(releases(&settle(&mut c)).len(), 2, "only the two SYN-ACKs");
+    assert!(releases(&settle(&mut c)).is_empty());
     c.handle_secondary(t(4), testkit::tcp(&h, 104, 9, ACK, b"456789"));
-    assert_eq!(releases(&settle(&mut c)), vec![held]);
+    let out = releases(&settle(&mut c));
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0], held);
 }
 
 #[test]
@@ -295,4 +424,27 @@ fn matched_secondary_buffers_are_kept_for_reuse() {
         assert!(buffer.is_empty() && buffer.capacity() >= 54);
     }
     assert!(c.take_spare_buffer().is_none());
+}
+
+#[test]
+fn a_held_retransmission_is_compared_again_after_a_new_syn() {
+    let mut c = comparator();
+    let h = Headers::default();
+    c.handle_primary(t(0), testkit::tcp(&h, 1, 1, ACK, b"abcd"));
+    c.handle_secondary(t(0), testkit::tcp(&h, 1, 1, ACK, b"abcd"));
+    assert_eq!(releases(&settle(&mut c)).len(), 1);
+    // A retransmission of released bytes, acknowledging more than the secondary did: held.
+    let again = testkit::tcp(&h, 1, 50, ACK, b"abcd");
+    c.handle_primary(t(1), again.clone());
+    assert!(releases(&settle(&mut c)).is_empty());
+    // A SYN-ACK with ISN 0 starts a new connection: 1..5 is no longer known to be released.
+    let syn_ack = testkit::tcp(&h, 0, 50, SYN | ACK, &[]);
+    c.handle_primary(t(2), syn_ack.clone());
+    c.handle_secondary(t(3), pure_ack(1, 50));
+    assert!(
+        releases(&settle(&mut c)).is_empty(),
+        "the guard allows it now, but its bytes must be compared first"
+    );
+    c.handle_secondary(t(4), testkit::tcp(&h, 1, 50, ACK, b"abcd"));
+    assert_eq!(releases(&settle(&mut c)), vec![again, syn_ack]);
 }
