@@ -27,14 +27,14 @@ cargo test --workspace --locked
 echo "== madsim build of the simulator (--cfg madsim, own target dir)"
 CARGO_TARGET_DIR=target/sim RUSTFLAGS="--cfg madsim" cargo test -p colo-sim --locked --test madsim_smoke
 
-echo "== colo-sim: swarm batch of 500 seeds, determinism, every canary (release build)"
+echo "== colo-sim: swarm batches of 500 seeds (platform engine and two Nodes), determinism, every canary (release build)"
 cargo build --release -p colo-sim --bin colo-sim --locked
 sim=target/release/colo-sim
 "$sim" --seeds 0..500 --quiet
 "$sim" --seeds 0..20 --check-determinism --quiet
 # The same swarm under two colo-core Nodes (seeds 188, 290 and 1057, fixed findings, are
 # replayed by sim/tests/regression_seeds.rs; see docs/simulation.md, "Findings").
-"$sim" --seeds 0..150 --node --quiet
+"$sim" --seeds 0..500 --node --quiet
 "$sim" --seeds 0..10 --node --check-determinism --quiet
 for canary in apply-partial-epoch skip-rewriter-reset; do
     "$sim" --seed 3 --node --canary "$canary" | tail -n 2
