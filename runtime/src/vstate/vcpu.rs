@@ -100,14 +100,7 @@ pub fn probe_msr_list(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, KvmOpError> 
         .as_slice()
         .to_vec();
     loop {
-        let entries: Vec<kvm_msr_entry> = list
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = Msrs::from_entries(&entries).expect("MSR list fits a kvm_msrs");
+        let mut msrs = msr_request(&list);
         let read = vcpu.get_msrs(&mut msrs).op("KVM_GET_MSRS")?;
         if read >= list.len() {
             return Ok(list);
@@ -374,18 +367,23 @@ impl fmt::Debug for VcpuState {
     }
 }
 
+/// A `KVM_GET_MSRS` request for every index of `list` (values zeroed, filled by KVM).
+fn msr_request(list: &[u32]) -> Msrs {
+    let entries: Vec<kvm_msr_entry> = list
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).expect("MSR list fits a kvm_msrs")
+}
+
 impl VcpuState {
     /// Reads the whole state. The vCPU must be paused with its pending I/O completed
     /// (`immediate_exit`, see `thread`).
     pub fn save(index: u64, vcpu: &VcpuFd, msr_list: &[u32]) -> Result<VcpuState, KvmOpError> {
-        let entries: Vec<kvm_msr_entry> = msr_list
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = Msrs::from_entries(&entries).expect("MSR list fits a kvm_msrs");
+        let mut msrs = msr_request(msr_list);
         let read = vcpu.get_msrs(&mut msrs).op("KVM_GET_MSRS")?;
         let msrs = msrs.as_slice()[..read].to_vec();
         Ok(VcpuState {
