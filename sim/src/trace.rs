@@ -244,6 +244,17 @@ impl Trace {
         }
         h.finish()
     }
+
+    /// Digest of a whole run: this trace plus every client's history. Both engines report it,
+    /// and `--check-determinism` compares it across two runs of a seed.
+    pub fn run_digest(&self, histories: &[crate::client::History]) -> u64 {
+        let mut h = Fnv64::new();
+        h.write_u64(self.hash());
+        for hist in histories {
+            h.write(format!("{hist:?}").as_bytes());
+        }
+        h.finish()
+    }
 }
 
 /// One broken rule, as a checker reports it.

@@ -29,7 +29,6 @@ use colo_core::wire::{Message, PAGE_SIZE};
 
 use crate::client::History;
 use crate::guest::Guest;
-use crate::hash::Fnv64;
 use crate::platform::disk::LayeredDisk;
 use crate::platform::vm::{SimVm, VmTiming};
 use crate::platform::{Canary, ReplFrame};
@@ -733,18 +732,14 @@ impl NodeRun {
             .iter()
             .map(|c| c.history().clone())
             .collect();
-        let mut h = Fnv64::new();
-        h.write_u64(self.trace.hash());
-        for hist in &histories {
-            h.write(format!("{hist:?}").as_bytes());
-        }
+        let digest = self.trace.run_digest(&histories);
         NodeRunOutput {
             trace: self.trace,
             histories,
             released: self.released,
             matched: self.matched,
             checkpoints: self.checkpoints,
-            digest: h.finish(),
+            digest,
         }
     }
 }

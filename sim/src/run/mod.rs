@@ -239,16 +239,12 @@ impl ColoRun {
             .iter()
             .map(|c| c.history().clone())
             .collect();
-        let mut h = Fnv64::new();
-        h.write_u64(self.trace.hash());
-        for hist in &histories {
-            h.write(format!("{hist:?}").as_bytes());
-        }
+        let digest = self.trace.run_digest(&histories);
         RunOutput {
             trace: self.trace,
             histories,
             stats: self.stats,
-            digest: h.finish(),
+            digest,
         }
     }
 
