@@ -66,6 +66,12 @@ struct NodeArgs {
     /// Periodic checkpoint interval in milliseconds (primary).
     #[arg(long, default_value_t = 500)]
     checkpoint_interval_ms: u64,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval_ms: u64,
+    /// Heartbeat intervals without a word from the peer before it is declared lost.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_misses: u32,
     /// Log a memory digest at every checkpoint (one pass over guest memory per pause).
     #[arg(long)]
     digests: bool,
@@ -282,6 +288,8 @@ fn run_node(role: Role, peer: PeerEndpoint, args: &NodeArgs) -> Result<ExitCode,
     let mut config =
         NodeLoopConfig::new(role, args.node_id.unwrap_or(default_id), peer, args.arbiter);
     config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
+    config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
+    config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
     config.workload_pages = args.pages;
     config.digests = args.digests;
     config.run_for = args.run_for.map(|s| seconds(s, "--run-for")).transpose()?;

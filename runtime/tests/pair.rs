@@ -117,8 +117,8 @@ fn field(line: &str, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Starts an arbiter, a primary (with `extra` args) and a secondary with digests on; returns
-/// the processes and the indices (arbiter, primary, secondary).
+/// Starts an arbiter, a primary and a secondary, both with `extra` args; returns the
+/// processes and the indices (arbiter, primary, secondary).
 fn start_pair(extra: &[&str]) -> (Procs, [usize; 3]) {
     let (arbiter, peer) = (free_addr().to_string(), free_addr().to_string());
     let mut procs = Procs::new();
@@ -126,24 +126,12 @@ fn start_pair(extra: &[&str]) -> (Procs, [usize; 3]) {
     procs.wait_for(Duration::from_secs(10), |w, l| {
         w == a && l.starts_with("arbiter: listening")
     });
-    let mut p = args(&[
-        "primary",
-        "--listen",
-        &peer,
-        "--arbiter",
-        &arbiter,
-        "--digests",
-    ]);
+    let mut p = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
     p.extend(args(extra));
     let p = procs.spawn(&p);
-    let s = procs.spawn(&args(&[
-        "secondary",
-        "--peer",
-        &peer,
-        "--arbiter",
-        &arbiter,
-        "--digests",
-    ]));
+    let mut s = args(&["secondary", "--peer", &peer, "--arbiter", &arbiter]);
+    s.extend(args(extra));
+    let s = procs.spawn(&s);
     (procs, [a, p, s])
 }
 
@@ -152,7 +140,15 @@ fn secondary_memory_equals_the_primary_at_every_checkpoint_pause() {
     if !common::kvm_available("secondary_memory_equals_the_primary_at_every_checkpoint_pause") {
         return;
     }
-    let (mut procs, [_, p, s]) = start_pair(&["--checkpoint-interval-ms", "200"]);
+    // Digests are computed inside the pause, slowly in a debug build on a loaded machine:
+    // a patient heartbeat (2 s) keeps that from looking like a dead peer.
+    let (mut procs, [_, p, s]) = start_pair(&[
+        "--checkpoint-interval-ms",
+        "200",
+        "--digests",
+        "--heartbeat-misses",
+        "20",
+    ]);
     let mut primary: BTreeMap<u64, (String, String)> = BTreeMap::new();
     let mut compared = 0;
     while compared < 5 {

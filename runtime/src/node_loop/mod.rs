@@ -251,6 +251,12 @@ impl NodeLoop {
                     unreachable!("the loop holds a sender")
                 }
             }
+            // Everything that arrived while the loop was busy (a long apply, the initial copy)
+            // happened before the timeout about to be checked: hand it in first, or the
+            // heartbeat would count a peer silent whose heartbeats are merely queued.
+            while let Ok(event) = self.rx.try_recv() {
+                self.on_event(event);
+            }
             if self
                 .node
                 .poll_timeout()
