@@ -195,14 +195,13 @@ fn spawn(
 
 /// Runs the demo (see the module doc).
 pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
+    let kvm = crate::vstate::vm::kvm_device_path();
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/kvm")
+        .open(&kvm)
     {
-        return Err(format!(
-            "the demo needs /dev/kvm, which cannot be opened: {e}"
-        ));
+        return Err(format!("the demo needs {kvm}, which cannot be opened: {e}"));
     }
     let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let (arbiter, peer) = (local(options.arbiter_port), local(options.peer_port));

@@ -349,3 +349,69 @@ fn busy_peer_port_is_a_clear_error() {
         String::from_utf8_lossy(&demo.stderr)
     );
 }
+
+#[test]
+fn demo_without_kvm_is_a_clear_error() {
+    let out = Command::new(COLO)
+        .args(["demo"])
+        .env("COLO_KVM_DEVICE", "/nonexistent/kvm")
+        .output()
+        .expect("running colo demo");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the demo needs /nonexistent/kvm, which cannot be opened"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn arbiter_grants_a_new_term_once_and_denies_a_rival() {
+    use colo_core::failover::{LeaseReply, LeaseRequest, LeaseRequestId};
+    use colo_core::ids::{NodeId, Term};
+    use colo_runtime::arbiter::{ArbiterClient, ArbiterServer};
+
+    let server = ArbiterServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr();
+    std::thread::spawn(move || server.serve());
+    let (tx, rx) = mpsc::channel();
+    let client = ArbiterClient::spawn(addr, Duration::from_secs(2), move |id, reply| {
+        let _ = tx.send((id, reply));
+    })
+    .unwrap();
+    let ask = |id, node, term| {
+        client.request(LeaseRequest {
+            id: LeaseRequestId(id),
+            term: Term(term),
+            node_id: NodeId(node),
+            duration: Duration::from_secs(2),
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the arbiter answers")
+    };
+    assert_eq!(
+        ask(1, 2, 2),
+        (
+            LeaseRequestId(1),
+            LeaseReply::Granted {
+                valid_for: Duration::from_secs(2)
+            }
+        )
+    );
+    // The old primary, coming back in the same term while the lease runs: fenced.
+    assert_eq!(
+        ask(2, 1, 2),
+        (
+            LeaseRequestId(2),
+            LeaseReply::Denied {
+                holder: NodeId(2),
+                current_term: Term(2)
+            }
+        )
+    );
+    // A client sending garbage does not disturb the arbiter.
+    let mut junk = TcpStream::connect(addr).unwrap();
+    junk.write_all(b"not a colo frame at all, not even close")
+        .unwrap();
+    assert!(matches!(ask(3, 2, 2).1, LeaseReply::Granted { .. }));
+}

@@ -329,3 +329,47 @@ impl VmExecutor {
         Ok(sent.bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(first: u64, count: u64) -> PageRange {
+        PageRange { first, count }
+    }
+
+    #[test]
+    fn cache_stores_pages_and_marks_them_received() {
+        let mut cache = RamCache::new(64 * PAGE_SIZE);
+        let data: Vec<u8> = (0..3 * PAGE_SIZE)
+            .map(|i| (i / PAGE_SIZE) as u8 + 1)
+            .collect();
+        cache
+            .store(&[range(2, 1), range(60, 2)], &data)
+            .expect("in range");
+        assert_eq!(cache.received().ranges(), &[range(2, 1), range(60, 2)]);
+        let at = |page: u64| cache.bytes[(page * PAGE_SIZE) as usize];
+        assert_eq!((at(2), at(60), at(61), at(3)), (1, 2, 3, 0));
+        cache.clear_received();
+        assert!(cache.received().ranges().is_empty());
+        assert_eq!(
+            cache.bytes[(61 * PAGE_SIZE) as usize],
+            3,
+            "clearing the marks keeps the pages"
+        );
+    }
+
+    #[test]
+    fn cache_refuses_pages_outside_memory_or_of_the_wrong_length() {
+        let mut cache = RamCache::new(64 * PAGE_SIZE);
+        let page = vec![9u8; PAGE_SIZE as usize];
+        assert!(cache.store(&[range(64, 1)], &page).is_err());
+        assert!(cache.store(&[range(u64::MAX, 2)], &page).is_err());
+        assert!(cache.store(&[range(0, 2)], &page).is_err());
+        assert!(
+            cache.received().ranges().is_empty(),
+            "a refused batch stores nothing"
+        );
+        assert!(cache.bytes.iter().all(|&b| b == 0));
+    }
+}
