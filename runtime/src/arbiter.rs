@@ -9,7 +9,7 @@
 //! with a monotonic `now` read inside the lock, so decisions are totally ordered and time
 //! never goes backwards for it (docs/failover.md has the fencing argument).
 
-use crate::peer::{LinkClosed, PeerWriter, ReaderEvent, read_frames};
+use crate::peer::{LinkClosed, PeerWriter, read_frames};
 use colo_core::failover::{Arbiter, LeaseReply, LeaseRequest, LeaseRequestId};
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::{Limits, Message};
@@ -104,21 +104,18 @@ fn serve_connection(
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let writer = Mutex::new(PeerWriter::new(write_half));
+    let mut writer = PeerWriter::new(write_half);
     let mut reader = stream;
-    let closed = read_frames(&mut reader, arbiter_limits(), &|event| {
-        let ReaderEvent::Frame(frame) = event else {
-            return false;
-        };
+    let closed = read_frames(&mut reader, arbiter_limits(), &mut |message, _bulk| {
         let Message::LeaseRequest {
             term,
             node_id,
             duration_ms,
-        } = frame.message
+        } = message
         else {
             eprintln!(
                 "colo arbiter: {from} sent {:?}, not a lease request; closing",
-                frame.message.kind()
+                message.kind()
             );
             return false;
         };
@@ -160,11 +157,7 @@ fn serve_connection(
                 }
             }
         };
-        writer
-            .lock()
-            .expect("writer mutex poisoned")
-            .send(&message, &[])
-            .is_ok()
+        writer.send(&message, &[]).is_ok()
     });
     if let LinkClosed::Wire(e) = closed {
         eprintln!("colo arbiter: {from}: {e}");

@@ -415,3 +415,51 @@ fn arbiter_grants_a_new_term_once_and_denies_a_rival() {
         .unwrap();
     assert!(matches!(ask(3, 2, 2).1, LeaseReply::Granted { .. }));
 }
+
+#[test]
+fn secondary_refuses_pages_outside_guest_memory() {
+    use colo_core::ids::{Epoch, PageRange};
+    use colo_core::wire::{Message, encode};
+
+    if !common::kvm_available("secondary_refuses_pages_outside_guest_memory") {
+        return;
+    }
+    // A fake primary: whatever it is sent, it answers with a page far beyond 32 MiB.
+    let fake = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = fake.local_addr().unwrap().to_string();
+    let mut procs = Procs::new();
+    let s = procs.spawn(&args(&[
+        "secondary",
+        "--peer",
+        &peer,
+        "--arbiter",
+        &free_addr().to_string(),
+    ]));
+    let (mut stream, _) = fake.accept().unwrap();
+    let mut frame = Vec::new();
+    encode(
+        &Message::PageBatch {
+            epoch: Epoch(1),
+            batch: 0,
+            ranges: vec![PageRange {
+                first: 1 << 30,
+                count: 1,
+            }],
+        },
+        &[0xab; 4096],
+        &mut frame,
+    )
+    .unwrap();
+    stream.write_all(&frame).unwrap();
+    let line = procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == s && l.starts_with("secondary: link-down ")
+    });
+    assert!(
+        line.contains("refused PageBatch from the peer: page range 1073741824+1 outside"),
+        "{line}"
+    );
+    assert!(
+        procs.children[s].try_wait().unwrap().is_none(),
+        "the secondary exited"
+    );
+}

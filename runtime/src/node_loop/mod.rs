@@ -22,7 +22,7 @@ pub use vm::{RamCache, VmExecutor};
 use crate::arbiter::{ArbiterClient, MonoClock};
 use crate::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
 use crate::machine::Machine;
-use crate::peer::{PeerReader, PeerWriter, ReaderEvent, ReceivedFrame};
+use crate::peer::{PeerReader, PeerWriter};
 use colo_core::checkpoint::VmCompletion;
 use colo_core::disk::{DiskCommand, DiskIoError};
 use colo_core::failover::{LeaseReply, LeaseRequestId};
@@ -92,12 +92,22 @@ impl NodeLoopConfig {
 pub enum LoopEvent {
     /// A peer connection was established (accepted or connected).
     Connected(TcpStream),
-    /// An event of peer link `link`.
+    /// A frame of peer link `link`; page bulk is already in the RAM cache
+    /// ([`PeerBulk::Stored`]), other bulk is carried as [`PeerBulk::Frame`].
     Peer {
         /// The link generation.
         link: u64,
-        /// What happened.
-        event: ReaderEvent,
+        /// The message.
+        message: Message,
+        /// Its bulk.
+        bulk: PeerBulk,
+    },
+    /// Peer link `link` ended (or its reader refused a frame), for this reason.
+    PeerDown {
+        /// The link generation.
+        link: u64,
+        /// Why, readable.
+        why: String,
     },
     /// The arbiter answered.
     Arbiter {
@@ -198,7 +208,7 @@ impl NodeLoop {
         Ok(NodeLoop {
             node,
             machine,
-            exec: VmExecutor::new(config.role == Role::Primary),
+            exec: VmExecutor::new(config.node.guest_memory_bytes, config.role == Role::Primary),
             config,
             clock,
             tx,
@@ -309,11 +319,13 @@ impl NodeLoop {
     fn on_event(&mut self, event: LoopEvent) {
         match event {
             LoopEvent::Connected(stream) => self.on_connected(stream),
-            LoopEvent::Peer { link, event } if link == self.link => match event {
-                ReaderEvent::Frame(frame) => self.on_frame(frame),
-                ReaderEvent::Closed(why) => self.link_down(&why.to_string()),
-            },
-            LoopEvent::Peer { .. } => {} // a previous link's straggler
+            LoopEvent::Peer {
+                link,
+                message,
+                bulk,
+            } if link == self.link => self.on_frame(message, bulk),
+            LoopEvent::PeerDown { link, why } if link == self.link => self.link_down(&why),
+            LoopEvent::Peer { .. } | LoopEvent::PeerDown { .. } => {} // a dead link's straggler
             LoopEvent::Arbiter { id, reply } => {
                 println!("{}: lease-reply id={} reply={reply:?}", self.name, id.0);
                 self.input(Input::Arbiter { id, reply });
@@ -334,10 +346,40 @@ impl NodeLoop {
             }
         };
         self.link += 1;
-        let (link, tx) = (self.link, self.tx.clone());
-        let spawned = PeerReader::spawn(stream, Limits::default(), move |event| {
-            tx.send(LoopEvent::Peer { link, event }).is_ok()
-        });
+        let (link, tx, closed_tx) = (self.link, self.tx.clone(), self.tx.clone());
+        let cache = self.exec.cache();
+        let on_frame = move |message: Message, bulk: &[u8]| {
+            let bulk = match &message {
+                // QEMU's colo_cache: pages land in the cache on arrival, never in SVM memory.
+                Message::PageBatch { ranges, .. } | Message::SyncPages { ranges, .. } => {
+                    let stored = cache
+                        .lock()
+                        .expect("RAM cache mutex poisoned")
+                        .store(ranges, bulk);
+                    if let Err(why) = stored {
+                        let why = format!("refused {:?} from the peer: {why}", message.kind());
+                        let _ = tx.send(LoopEvent::PeerDown { link, why });
+                        return false;
+                    }
+                    PeerBulk::Stored {
+                        len: bulk.len() as u64,
+                    }
+                }
+                _ if bulk.is_empty() => PeerBulk::None,
+                _ => PeerBulk::Frame(bulk.to_vec()),
+            };
+            tx.send(LoopEvent::Peer {
+                link,
+                message,
+                bulk,
+            })
+            .is_ok()
+        };
+        let on_closed = move |why: crate::peer::LinkClosed| {
+            let why = why.to_string();
+            let _ = closed_tx.send(LoopEvent::PeerDown { link, why });
+        };
+        let spawned = PeerReader::spawn(stream, Limits::default(), on_frame, on_closed);
         if let Err(e) = spawned {
             eprintln!("colo {}: cannot start the peer reader: {e}", self.name);
             return;
@@ -356,34 +398,15 @@ impl NodeLoop {
         }
     }
 
-    fn on_frame(&mut self, frame: ReceivedFrame) {
-        let ReceivedFrame { message, bulk } = frame;
-        let mem = self.machine.mem_bytes();
-        let stored = match &message {
-            Message::PageBatch { ranges, .. } | Message::SyncPages { ranges, .. } => {
-                Some(self.exec.store_pages(mem, ranges, &bulk))
+    fn on_frame(&mut self, message: Message, bulk: PeerBulk) {
+        let bulk = match (&message, bulk) {
+            // The device state waits beside the cache until the apply.
+            (Message::DeviceState { epoch }, PeerBulk::Frame(bytes)) => {
+                let len = bytes.len() as u64;
+                self.exec.store_device_state(*epoch, bytes);
+                PeerBulk::Stored { len }
             }
-            Message::DeviceState { epoch } => {
-                self.exec.store_device_state(*epoch, bulk.clone());
-                Some(Ok(()))
-            }
-            _ => None,
-        };
-        let bulk = match stored {
-            Some(Ok(())) => PeerBulk::Stored {
-                len: bulk.len() as u64,
-            },
-            Some(Err(why)) => {
-                eprintln!(
-                    "colo {}: refused {:?} from the peer: {why}",
-                    self.name,
-                    message.kind()
-                );
-                self.link_down(&format!("bad {:?}: {why}", message.kind()));
-                return;
-            }
-            None if bulk.is_empty() => PeerBulk::None,
-            None => PeerBulk::Frame(bulk),
+            (_, bulk) => bulk,
         };
         self.input(Input::Peer { message, bulk });
     }

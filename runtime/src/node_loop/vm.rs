@@ -24,6 +24,7 @@ use crate::persist::DeviceState;
 use colo_core::checkpoint::{VmCommand, VmCommandKind, VmCompletion};
 use colo_core::ids::{Epoch, PageRange, Term};
 use colo_core::wire::Message;
+use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress};
 
 /// The secondary's copy of guest memory as of the newest pages received, plus which pages
@@ -37,8 +38,8 @@ pub struct RamCache {
 }
 
 impl RamCache {
-    /// A zeroed cache of `mem_bytes` (allocated lazily by the OS: zero pages cost nothing
-    /// until written).
+    /// A zeroed cache of `mem_bytes` (a zeroed allocation is mapped lazily by the OS: pages
+    /// cost nothing until written, so a primary's unused cache is free).
     pub fn new(mem_bytes: u64) -> RamCache {
         let pages = mem_bytes / PAGE_SIZE;
         RamCache {
@@ -117,11 +118,17 @@ pub struct ApplyStats {
     pub pages_copied: u64,
 }
 
+/// The RAM cache shared between the peer reader thread, which stores received pages into it
+/// as they arrive (no intermediate copy), and the node loop, which applies from it. The
+/// protocol keeps them apart in time (the primary streams epoch `e + 1` only after the
+/// secondary reported `e` loaded); the mutex makes each store and each apply atomic anyway.
+pub type SharedCache = Arc<Mutex<RamCache>>;
+
 /// Executes VM commands for one node.
 #[derive(Debug)]
 pub struct VmExecutor {
-    /// Secondary only, created at the first page received.
-    cache: Option<RamCache>,
+    /// The secondary's RAM cache (allocated for both roles: untouched memory costs nothing).
+    cache: SharedCache,
     /// Secondary: the device state of the epoch being received.
     device_state: Option<(Epoch, Vec<u8>)>,
     /// Primary: pages collected for epochs not yet completed (see the module doc).
@@ -134,10 +141,11 @@ pub struct VmExecutor {
 }
 
 impl VmExecutor {
-    /// An executor; `has_guest` is true on a primary (its VM is loaded before the start).
-    pub fn new(has_guest: bool) -> VmExecutor {
+    /// An executor for a VM of `mem_bytes`; `has_guest` is true on a primary (its VM is
+    /// loaded before the start).
+    pub fn new(mem_bytes: u64, has_guest: bool) -> VmExecutor {
         VmExecutor {
-            cache: None,
+            cache: Arc::new(Mutex::new(RamCache::new(mem_bytes))),
             device_state: None,
             unconfirmed: DirtyPages::default(),
             has_guest,
@@ -151,16 +159,9 @@ impl VmExecutor {
         self.unconfirmed = DirtyPages::default();
     }
 
-    /// Secondary: stores received pages (a `PageBatch`'s or `SyncPages`'s bulk).
-    pub fn store_pages(
-        &mut self,
-        mem_bytes: u64,
-        ranges: &[PageRange],
-        data: &[u8],
-    ) -> Result<(), String> {
-        self.cache
-            .get_or_insert_with(|| RamCache::new(mem_bytes))
-            .store(ranges, data)
+    /// The RAM cache, for the peer reader to store received pages into.
+    pub fn cache(&self) -> SharedCache {
+        self.cache.clone()
     }
 
     /// Secondary: keeps a `DeviceState`'s bulk until the apply.
@@ -285,10 +286,7 @@ impl VmExecutor {
             None => return Err(format!("no device state received for {epoch:?}")),
         };
         let state = DeviceState::from_bytes(&state).map_err(|e| e.to_string())?;
-        let cache = self
-            .cache
-            .as_mut()
-            .ok_or_else(|| "no page was ever received".to_string())?;
+        let mut cache = self.cache.lock().expect("RAM cache mutex poisoned");
         // Pages the SVM wrote since the last apply: they must be reverted to the PVM's copy.
         let mut pages = machine.take_dirty().map_err(|e| e.to_string())?;
         for r in cache.received().ranges() {

@@ -2,8 +2,8 @@
 //! `colo_core::wire` frames (header, message, bulk, crc32c trailer; docs/protocol.md).
 //!
 //! A [`PeerReader`] thread owns the receiving half: it pushes whatever the socket gives into a
-//! bounded [`FrameDecoder`] and hands every whole frame (message and bulk bytes) to the node
-//! loop through a callback. The first decoding error, a truncated frame at EOF, or a socket
+//! bounded [`FrameDecoder`] and hands every whole frame (message, bulk borrowed from the
+//! decoder) to a callback on that thread. The first decoding error, a truncated frame at EOF, or a socket
 //! error ends the link with a [`LinkClosed`] carrying a readable reason; a peer's bytes never
 //! make it panic or buffer more than [`Limits::max_frame_len`].
 //!
@@ -38,24 +38,9 @@ pub enum LinkClosed {
     /// The socket failed.
     #[error("peer socket error: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// One received frame.
-#[derive(Debug)]
-pub struct ReceivedFrame {
-    /// The decoded message.
-    pub message: Message,
-    /// Its bulk bytes (pages, device state, mirrored frame), possibly empty.
-    pub bulk: Vec<u8>,
-}
-
-/// What the reader thread reports.
-#[derive(Debug)]
-pub enum ReaderEvent {
-    /// A whole frame arrived.
-    Frame(ReceivedFrame),
-    /// The link ended; no more events follow from this reader.
-    Closed(LinkClosed),
+    /// The receiver refused a frame and stopped reading.
+    #[error("the receiver stopped reading")]
+    Stopped,
 }
 
 /// The receiving half, run on its own thread by [`PeerReader::spawn`].
@@ -63,29 +48,32 @@ pub enum ReaderEvent {
 pub struct PeerReader;
 
 impl PeerReader {
-    /// Starts a thread that reads `stream` until it ends, calling `deliver` for every frame
-    /// and once more with [`ReaderEvent::Closed`]. `deliver` returns `false` when nobody
-    /// listens any more, which stops the thread.
+    /// Starts a thread that reads `stream` until it ends: `on_frame(message, bulk)` runs on
+    /// that thread for every frame, with the bulk borrowed from the decoder (the caller stores
+    /// it where it belongs, e.g. pages straight into the RAM cache, without an intermediate
+    /// copy); it returns `false` to stop reading. `on_closed` runs once at the end.
     pub fn spawn(
         mut stream: TcpStream,
         limits: Limits,
-        deliver: impl Fn(ReaderEvent) -> bool + Send + 'static,
+        mut on_frame: impl FnMut(Message, &[u8]) -> bool + Send + 'static,
+        on_closed: impl FnOnce(LinkClosed) + Send + 'static,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name("colo-peer-rx".to_string())
             .spawn(move || {
-                let closed = read_frames(&mut stream, limits, &deliver);
+                let closed = read_frames(&mut stream, limits, &mut on_frame);
                 let _ = stream.shutdown(Shutdown::Both);
-                deliver(ReaderEvent::Closed(closed));
+                on_closed(closed);
             })
     }
 }
 
-/// Reads and decodes until the link ends; returns why it ended.
+/// Reads and decodes until the link ends (or `on_frame` returns `false`, reported as
+/// [`LinkClosed::Stopped`]); returns why it ended.
 pub fn read_frames(
     stream: &mut impl Read,
     limits: Limits,
-    deliver: &impl Fn(ReaderEvent) -> bool,
+    on_frame: &mut impl FnMut(Message, &[u8]) -> bool,
 ) -> LinkClosed {
     let mut decoder = FrameDecoder::new(limits);
     let mut buf = vec![0u8; 256 * 1024];
@@ -108,12 +96,8 @@ pub fn read_frames(
             loop {
                 match decoder.poll_frame() {
                     Ok(Some(frame)) => {
-                        let event = ReaderEvent::Frame(ReceivedFrame {
-                            message: frame.message,
-                            bulk: frame.bulk.to_vec(),
-                        });
-                        if !deliver(event) {
-                            return LinkClosed::Eof;
+                        if !on_frame(frame.message, frame.bulk) {
+                            return LinkClosed::Stopped;
                         }
                     }
                     Ok(None) => break,

@@ -3,9 +3,8 @@
 
 use super::*;
 use colo_core::ids::Epoch;
-use std::cell::RefCell;
 
-fn collect(bytes: &[u8], chunk: usize) -> (Vec<ReceivedFrame>, LinkClosed) {
+fn collect(bytes: &[u8], chunk: usize) -> (Vec<(Message, Vec<u8>)>, LinkClosed) {
     /// A reader that hands out `chunk` bytes per read.
     struct Chunked<'a>(&'a [u8], usize);
     impl Read for Chunked<'_> {
@@ -16,14 +15,16 @@ fn collect(bytes: &[u8], chunk: usize) -> (Vec<ReceivedFrame>, LinkClosed) {
             Ok(n)
         }
     }
-    let frames = RefCell::new(Vec::new());
-    let closed = read_frames(&mut Chunked(bytes, chunk), Limits::default(), &|e| {
-        if let ReaderEvent::Frame(f) = e {
-            frames.borrow_mut().push(f);
-        }
-        true
-    });
-    (frames.into_inner(), closed)
+    let mut frames = Vec::new();
+    let closed = read_frames(
+        &mut Chunked(bytes, chunk),
+        Limits::default(),
+        &mut |message, bulk| {
+            frames.push((message, bulk.to_vec()));
+            true
+        },
+    );
+    (frames, closed)
 }
 
 fn two_frames() -> Vec<u8> {
@@ -49,11 +50,8 @@ fn frames_split_in_any_chunks_arrive_whole() {
         let (frames, closed) = collect(&two_frames(), chunk);
         assert!(matches!(closed, LinkClosed::Eof), "chunk {chunk}: {closed}");
         assert_eq!(frames.len(), 2);
-        assert_eq!(
-            frames[0].message,
-            Message::CheckpointReady { epoch: Epoch(3) }
-        );
-        assert_eq!(frames[1].bulk, vec![7u8; 5000]);
+        assert_eq!(frames[0].0, Message::CheckpointReady { epoch: Epoch(3) });
+        assert_eq!(frames[1].1, vec![7u8; 5000]);
     }
 }
 
