@@ -4,7 +4,7 @@
 //! and watches the secondary detect the loss, take the lease in a new term and keep running
 //! its guest from the last checkpoint. Returns a [`DemoSummary`] or a one-line error.
 //!
-//! Invariant: every child is killed and reaped on every path out of [`run`] (the [`Children`]
+//! Invariant: every child is killed and reaped on every path out of [`run`] (the `Children`
 //! guard), and every wait is bounded by the demo's deadline, so the demo always ends.
 //! It reads the children's milestone lines (`<role>: <what> key=value`, see
 //! `node_loop`), echoes them prefixed, and judges only from them and from its own clock.

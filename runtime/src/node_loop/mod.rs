@@ -4,8 +4,10 @@
 //!
 //! Threads: this loop; the peer reader ([`crate::peer::PeerReader`]); the primary's acceptor
 //! or the secondary's connector; the arbiter client. The others only post [`LoopEvent`]s into
-//! one channel, so the node and the VM are touched by this thread alone. Every event of a
-//! peer link carries the link's generation, so a late event of a dead link is ignored.
+//! one channel, so the node and the VM are touched by this thread alone; the one shared object
+//! is the secondary's RAM cache, into which the reader stores page bulk before posting the
+//! message (see `vm.rs`). Every event of a peer link carries the link's generation, so a late
+//! event of a dead link is ignored.
 //!
 //! Invariants: after every `handle` the outputs are drained and executed in order before the
 //! next input (VM completions are queued as inputs, never handled re-entrantly); time fed to
@@ -17,7 +19,7 @@
 
 mod vm;
 
-pub use vm::{RamCache, VmExecutor};
+pub use vm::{RamCache, SharedCache, VmExecutor};
 
 use crate::arbiter::{ArbiterClient, MonoClock};
 use crate::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
