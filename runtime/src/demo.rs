@@ -210,13 +210,22 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     }
     let deadline = Instant::now() + options.timeout;
     let (tx, rx) = mpsc::channel();
+    // Should this process die without its guard running (SIGKILL), the children still end.
+    let lifetime = format!("{}", options.timeout.as_secs() + 10);
     let node_args = |extra: [&str; 2]| -> Vec<String> {
         let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         v.extend(["--arbiter".to_string(), arbiter.to_string()]);
+        v.extend(["--run-for".to_string(), lifetime.clone()]);
         v
     };
     let mut children = Children(Vec::new());
-    let arbiter_args = vec!["arbiter".into(), "--listen".into(), arbiter.to_string()];
+    let arbiter_args = vec![
+        "arbiter".into(),
+        "--listen".into(),
+        arbiter.to_string(),
+        "--run-for".into(),
+        lifetime.clone(),
+    ];
     children.0.push((
         "arbiter",
         spawn(&options.binary, "arbiter", &arbiter_args, &tx)?,

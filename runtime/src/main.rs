@@ -103,6 +103,9 @@ struct ArbiterArgs {
     /// Where nodes ask for leases.
     #[arg(long)]
     listen: SocketAddr,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    run_for: Option<f64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -246,6 +249,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         ),
         Command::Arbiter(args) => {
             let server = colo_runtime::arbiter::ArbiterServer::bind(args.listen)?;
+            if let Some(limit) = args.run_for.map(|s| seconds(s, "--run-for")).transpose()? {
+                std::thread::spawn(move || {
+                    std::thread::sleep(limit);
+                    std::process::exit(0);
+                });
+            }
             println!("arbiter: listening on {}", server.local_addr());
             server.serve()
         }
