@@ -2,8 +2,10 @@
 //! primary` and `colo secondary` as child processes of the built binary. What is proven: after
 //! each checkpoint the secondary's memory equals the primary's at that checkpoint's pause; a
 //! killed primary leads to a failover in a new term and the survivor's guest keeps counting
-//! from the last checkpoint; corrupt peer bytes end the link with a clear error and no panic;
-//! `colo demo` exits 0; a busy port is a clear error.
+//! from the last checkpoint; a killed secondary leaves the primary solo under the arbiter's
+//! lease; corrupt peer bytes and out-of-range pages end the link with a clear error and no
+//! panic; the arbiter grants a term once and fences a rival; `colo demo` exits 0; a busy port
+//! or a missing KVM device is a clear error.
 
 mod common;
 
@@ -462,4 +464,33 @@ fn secondary_refuses_pages_outside_guest_memory() {
         procs.children[s].try_wait().unwrap().is_none(),
         "the secondary exited"
     );
+}
+
+#[test]
+fn secondary_kill_leaves_the_primary_running_solo_under_a_lease() {
+    if !common::kvm_available("secondary_kill_leaves_the_primary_running_solo_under_a_lease") {
+        return;
+    }
+    let (mut procs, [a, p, s]) = start_pair(&["--checkpoint-interval-ms", "200"]);
+    procs.wait_for(Duration::from_secs(30), |w, l| {
+        w == p && l.starts_with("primary: checkpoint-done epoch=2 ")
+    });
+    procs.kill(s);
+    let over = procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == p && l.starts_with("primary: failed-over ")
+    });
+    assert_eq!(field(&over, "term").as_deref(), Some("2"), "{over}");
+    procs.wait_for(Duration::from_secs(5), |w, l| {
+        w == a && l.starts_with("arbiter: lease-granted term=2 node=1")
+    });
+    let mut last = 0;
+    for _ in 0..2 {
+        let line = procs.wait_for(Duration::from_secs(10), |w, l| {
+            w == p && l.starts_with("primary: guest-step ")
+        });
+        assert_eq!(field(&line, "mode").as_deref(), Some("Solo"), "{line}");
+        let step: u64 = field(&line, "step").unwrap().parse().unwrap();
+        assert!(step > last, "the primary's guest stalled at {step}");
+        last = step;
+    }
 }
