@@ -3,15 +3,22 @@
 //! `Machine` that composes them into a VM with pause / capture / apply / resume, colo's test
 //! guest build hook (`guest`), and the `colo` command-line tool (`src/main.rs`).
 //!
-//! Later issues add tap networking, virtio-mmio devices, block files, the peer transport and
-//! the driver loop binding `colo-core`'s `Node` to all of this.
+//! The replicated pair: `peer` (the TCP peer transport carrying `colo_core::wire` frames),
+//! `node_loop` (the thread driving a `colo_core::node::Node` and its machine, with the
+//! secondary's RAM cache), `arbiter` (the lease arbiter server and client) and `demo` (the
+//! one-host pair with a failover). Later issues add tap networking, virtio-mmio devices and
+//! block files.
 
+pub mod arbiter;
+pub mod demo;
 pub mod devices;
 pub mod guest;
 pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod node_loop;
+pub mod peer;
 pub mod persist;
 pub mod vstate;
 

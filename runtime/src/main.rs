@@ -1,14 +1,19 @@
-//! `colo`: the command-line tool. Now: `colo run` boots one VM unreplicated with its console
-//! on stdout (the baseline for later benchmarks) and can save its state to a file after a
-//! while; `colo restore` continues a VM from such a file. Later issues add `primary`,
-//! `secondary`, `status`, `checkpoint`, `failover` and `demo`.
+//! `colo`: the command-line tool. `colo run` boots one VM unreplicated with its console on
+//! stdout (the baseline for later benchmarks) and can save its state to a file after a while;
+//! `colo restore` continues a VM from such a file. `colo primary` / `colo secondary` run one
+//! node of a replicated pair of the test guest, `colo arbiter` the lease arbiter, and `colo
+//! demo` all three on loopback with a primary kill and a failover (docs/operations.md). Later
+//! issues add `status`, `checkpoint` and `failover`.
 //!
 //! Errors are printed as one clear line on stderr (`colo: ...`) with exit code 1; a guest that
 //! faults exits 2; a guest's own exit code is passed through (low 8 bits).
 
 use clap::{Parser, Subcommand, ValueEnum};
+use colo_core::ids::Role;
+use colo_runtime::node_loop::{LoopEnd, NodeLoop, NodeLoopConfig, PeerEndpoint};
 use colo_runtime::vstate::thread::VcpuStop;
 use colo_runtime::{Checkpoint, CheckpointKind, ConsoleOutput, Machine, MachineConfig};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,6 +35,93 @@ enum Command {
     Run(RunArgs),
     /// Continue a VM from a state file written by `colo run --save-after`.
     Restore(RestoreArgs),
+    /// Run the primary node of a replicated pair (the test guest, loaded here).
+    Primary(PrimaryArgs),
+    /// Run the secondary node of a replicated pair (its VM becomes a copy of the primary's).
+    Secondary(SecondaryArgs),
+    /// Serve fencing leases to a pair's nodes.
+    Arbiter(ArbiterArgs),
+    /// Start an arbiter, a primary and a secondary on loopback, kill the primary, show the
+    /// failover; exits 0 with a summary if the secondary's guest carried on.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// The arbiter's address.
+    #[arg(long)]
+    arbiter: SocketAddr,
+    /// This node's id (distinct from the peer's).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Guest RAM in MiB (the same on both nodes).
+    #[arg(long, default_value_t = 32)]
+    memory: u64,
+    /// Counter workload: working-set pages rewritten per step.
+    #[arg(long, default_value_t = 64)]
+    pages: u64,
+    /// Counter workload: progress line every this many steps.
+    #[arg(long, default_value_t = 20_000)]
+    print_every: u64,
+    /// Periodic checkpoint interval in milliseconds (primary).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_interval_ms: u64,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval_ms: u64,
+    /// Heartbeat intervals without a word from the peer before it is declared lost.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_misses: u32,
+    /// Log a memory digest at every checkpoint (one pass over guest memory per pause).
+    #[arg(long)]
+    digests: bool,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    run_for: Option<f64>,
+}
+
+#[derive(clap::Args, Debug)]
+struct PrimaryArgs {
+    /// Where the secondary connects.
+    #[arg(long)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct SecondaryArgs {
+    /// The primary's address.
+    #[arg(long)]
+    peer: SocketAddr,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ArbiterArgs {
+    /// Where nodes ask for leases.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    run_for: Option<f64>,
+}
+
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// Loopback port of the arbiter.
+    #[arg(long, default_value_t = 17600)]
+    arbiter_port: u16,
+    /// Loopback port of the primary's peer link.
+    #[arg(long, default_value_t = 17601)]
+    peer_port: u16,
+    /// Checkpoints to complete before the primary is killed.
+    #[arg(long, default_value_t = 5)]
+    checkpoints: u32,
+    /// Give up (exit 1) after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -147,12 +239,87 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| format!("{}: {e}", guest_path.display()))?;
             drive(machine, &args.common)
         }
+        Command::Primary(args) => {
+            run_node(Role::Primary, PeerEndpoint::Listen(args.listen), &args.node)
+        }
+        Command::Secondary(args) => run_node(
+            Role::Secondary,
+            PeerEndpoint::Connect(args.peer),
+            &args.node,
+        ),
+        Command::Arbiter(args) => {
+            let server = colo_runtime::arbiter::ArbiterServer::bind(args.listen)?;
+            if let Some(limit) = args.run_for.map(|s| seconds(s, "--run-for")).transpose()? {
+                std::thread::spawn(move || {
+                    std::thread::sleep(limit);
+                    std::process::exit(0);
+                });
+            }
+            println!("arbiter: listening on {}", server.local_addr());
+            server.serve()
+        }
+        Command::Demo(args) => {
+            let options = colo_runtime::demo::DemoOptions {
+                arbiter_port: args.arbiter_port,
+                peer_port: args.peer_port,
+                checkpoints: args.checkpoints,
+                timeout: seconds(args.timeout, "--timeout")?,
+                binary: std::env::current_exe()
+                    .map_err(|e| format!("cannot find the colo binary: {e}"))?,
+            };
+            let summary = colo_runtime::demo::run(&options)?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Restore(args) => {
             let checkpoint = Checkpoint::load_file(&args.state).map_err(|e| e.to_string())?;
             let machine = Machine::from_checkpoint(&checkpoint, ConsoleOutput::Stdout)
                 .map_err(|e| e.to_string())?;
             drive(machine, &args.common)
         }
+    }
+}
+
+fn seconds(s: f64, what: &str) -> Result<Duration, String> {
+    if s.is_finite() && s >= 0.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(format!("{what} {s} is not a number of seconds"))
+    }
+}
+
+/// Runs one node of a replicated pair of the test guest's counter workload.
+fn run_node(role: Role, peer: PeerEndpoint, args: &NodeArgs) -> Result<ExitCode, String> {
+    let default_id = match role {
+        Role::Primary => 1,
+        Role::Secondary => 2,
+    };
+    let mut config =
+        NodeLoopConfig::new(role, args.node_id.unwrap_or(default_id), peer, args.arbiter);
+    config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
+    config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
+    config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
+    config.workload_pages = args.pages;
+    config.digests = args.digests;
+    config.run_for = args.run_for.map(|s| seconds(s, "--run-for")).transpose()?;
+    let machine_config = MachineConfig {
+        mem_mib: args.memory,
+        vcpus: 1,
+    };
+    let mut machine =
+        Machine::new(machine_config, ConsoleOutput::Stdout).map_err(|e| e.to_string())?;
+    if role == Role::Primary {
+        let path = colo_runtime::guest::test_guest_path();
+        let image = read(path, "test guest")?;
+        let cmdline = colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0);
+        machine
+            .load_test_guest(&image, &cmdline)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let node = NodeLoop::new(config, machine).map_err(|e| e.to_string())?;
+    match node.run().map_err(|e| e.to_string())? {
+        LoopEnd::TimeUp | LoopEnd::Stopped => Ok(ExitCode::SUCCESS),
+        LoopEnd::Deposed => Err("this node was deposed (another node holds the term)".to_string()),
     }
 }
 

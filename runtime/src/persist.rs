@@ -97,6 +97,29 @@ pub struct DeviceState {
     pub serial: SerialPortState,
 }
 
+impl DeviceState {
+    /// Encodes the state alone (bincode, no pages): the bulk of a peer `DeviceState` frame,
+    /// whose integrity the wire trailer's crc32c already covers.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode_config()).expect("state structs always encode")
+    }
+
+    /// Decodes a state written by [`DeviceState::to_bytes`]; bytes from a peer are bounded by
+    /// the same limit as a file header and every fault is an error, never a panic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<DeviceState, PersistError> {
+        let config = bincode_config().with_limit::<HEADER_LIMIT>();
+        let (state, used): (DeviceState, usize) = bincode::serde::decode_from_slice(bytes, config)
+            .map_err(|e| PersistError::Decode(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(PersistError::Decode(format!(
+                "{} unused device-state bytes",
+                bytes.len() - used
+            )));
+        }
+        Ok(state)
+    }
+}
+
 /// Full or incremental.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CheckpointKind {
