@@ -9,6 +9,17 @@
 //! *received* (not merely been sent) a checkpoint of an epoch at or after the one the frame was
 //! produced in, before the release; `Solo` — the releasing host runs alone (its own state is the
 //! only one; single_writer judges its lease). Anything else is reported.
+//!
+//! An `Uncompared` release (a TCP segment released without a payload comparison: no payload,
+//! or a retransmission of released bytes) carries no new byte, but its ACK tells the client
+//! which of its bytes arrived; a client whose bytes are acknowledged never resends them, so a
+//! failover to a secondary that lacks them loses them (colo-sim seeds 188, 290, 1057 under
+//! `--node`). Such a release with a guarded ACK (ACK set, RST clear; docs/comparator.md,
+//! min-ACK guard) must be justified before it happens: the secondary acknowledged at least as
+//! far on the flow (`SvmAck`), or it received a checkpoint of an epoch at or after the frame's,
+//! or of an epoch in which the primary's guest had already acknowledged as far (`PvmAck`: that
+//! checkpoint gave the secondary the acknowledgement). A release without a guarded ACK needs no
+//! justification.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,9 +30,26 @@ use crate::trace::{Origin, Trace, TraceEvent, Violation};
 /// This checker's name.
 pub const NAME: &str = "output_commit";
 
+/// Whether TCP sequence number `a` is at or after `b` (RFC 9293 section 3.4: compared modulo
+/// 2^32, within half the space).
+pub fn seq_at_or_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+/// Raises `slot` to `ack` in sequence order.
+fn raise(slot: &mut Option<u32>, ack: u32) {
+    if slot.is_none_or(|s| !seq_at_or_after(s, ack)) {
+        *slot = Some(ack);
+    }
+}
+
 /// Checks every release in `trace`.
 pub fn check(trace: &Trace) -> Vec<Violation> {
     let mut out = Vec::new();
+    // Highest ACK the secondary sent, per flow.
+    let mut svm_acks: BTreeMap<u64, Option<u32>> = BTreeMap::new();
+    // Highest ACK of the primary's guest, per flow and epoch produced in.
+    let mut pvm_acks: BTreeMap<u64, BTreeMap<Epoch, Option<u32>>> = BTreeMap::new();
     // Highest epoch the secondary has received so far.
     let mut received: Option<Epoch> = None;
     // Secondary frames seen (digest -> count not yet matched).
@@ -32,6 +60,17 @@ pub fn check(trace: &Trace) -> Vec<Violation> {
             TraceEvent::Received { epoch, .. } => {
                 received = Some(received.map_or(*epoch, |r| r.max(*epoch)));
             }
+            TraceEvent::SvmAck { flow, ack, .. } => raise(svm_acks.entry(*flow).or_default(), *ack),
+            TraceEvent::PvmAck {
+                flow, epoch, ack, ..
+            } => raise(
+                pvm_acks
+                    .entry(*flow)
+                    .or_default()
+                    .entry(*epoch)
+                    .or_default(),
+                *ack,
+            ),
             TraceEvent::SvmOutput { digest, .. } => {
                 *svm.entry(*digest).or_default() += 1;
             }
@@ -78,9 +117,34 @@ pub fn check(trace: &Trace) -> Vec<Violation> {
                         }),
                     }
                 }
-                // No new payload byte: nothing for this checker to trace back to a state.
                 // A stream match was verified byte by byte by the harness that emitted it.
-                Origin::Uncompared | Origin::MatchedStream => {}
+                Origin::MatchedStream | Origin::Uncompared { ack: None, .. } => {}
+                Origin::Uncompared {
+                    flow,
+                    ack: Some(ack),
+                } => {
+                    let acked = |a: &Option<u32>| a.is_some_and(|a| seq_at_or_after(a, *ack));
+                    let by_secondary = svm_acks.get(flow).is_some_and(acked);
+                    let by_checkpoint = received.is_some_and(|r| {
+                        r >= *epoch
+                            || pvm_acks
+                                .get(flow)
+                                .is_some_and(|m| m.range(..=r).any(|(_, a)| acked(a)))
+                    });
+                    if !by_secondary && !by_checkpoint {
+                        out.push(Violation {
+                            checker: NAME,
+                            at: *at,
+                            what: format!(
+                                "{host} released {frame:?} (epoch {}) uncompared with ACK {ack}, \
+                                 which the secondary had not acknowledged (its highest: {:?}) \
+                                 nor received a checkpoint of (received up to {received:?})",
+                                epoch.0,
+                                svm_acks.get(flow).copied().flatten()
+                            ),
+                        });
+                    }
+                }
                 Origin::Solo => {
                     if !solo_hosts.contains(host) {
                         out.push(Violation {
@@ -154,6 +218,81 @@ mod tests {
         // A second release against the same single secondary frame is not matched.
         t.push(release(3, 1, Origin::Matched { svm_digest: 9 }));
         assert_eq!(check(&t).len(), 1);
+    }
+
+    fn uncompared(at: u64, epoch: u64, flow: u64, ack: Option<u32>) -> TraceEvent {
+        release(at, epoch, Origin::Uncompared { flow, ack })
+    }
+
+    fn svm_ack(at: u64, flow: u64, ack: u32) -> TraceEvent {
+        TraceEvent::SvmAck {
+            at: Instant::from_millis(at),
+            flow,
+            ack,
+        }
+    }
+
+    #[test]
+    fn an_uncompared_ack_the_secondary_never_sent_is_caught() {
+        let mut t = Trace::new();
+        t.push(svm_ack(1, 7, 99));
+        t.push(svm_ack(1, 8, 500));
+        t.push(uncompared(2, 1, 7, Some(100)));
+        let v = check(&t);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].what.contains("ACK 100"), "{v:?}");
+    }
+
+    #[test]
+    fn an_uncompared_ack_the_secondary_sent_first_passes_even_across_wraparound() {
+        let mut t = Trace::new();
+        t.push(svm_ack(1, 7, 100));
+        t.push(uncompared(2, 1, 7, Some(100)));
+        t.push(uncompared(3, 1, 7, Some(60)));
+        t.push(svm_ack(4, 9, 4));
+        t.push(uncompared(5, 1, 9, Some(u32::MAX - 3)));
+        assert!(check(&t).is_empty(), "{:?}", check(&t));
+        // Acknowledged only after the release: too late.
+        t.push(uncompared(6, 1, 9, Some(10)));
+        t.push(svm_ack(7, 9, 10));
+        assert_eq!(check(&t).len(), 1);
+    }
+
+    #[test]
+    fn a_received_checkpoint_justifies_an_uncompared_ack() {
+        let mut t = Trace::new();
+        // The frame's own epoch was received.
+        t.push(TraceEvent::Received {
+            at: Instant::from_millis(1),
+            epoch: Epoch(2),
+        });
+        t.push(uncompared(2, 2, 7, Some(100)));
+        assert!(check(&t).is_empty());
+        // A later frame repeating an ACK the primary had reached in a received epoch.
+        t.push(TraceEvent::PvmAck {
+            at: Instant::from_millis(3),
+            flow: 7,
+            epoch: Epoch(2),
+            ack: 150,
+        });
+        t.push(uncompared(4, 3, 7, Some(150)));
+        assert!(check(&t).is_empty());
+        // An ACK the primary reached only in the epoch not yet received.
+        t.push(TraceEvent::PvmAck {
+            at: Instant::from_millis(5),
+            flow: 7,
+            epoch: Epoch(3),
+            ack: 200,
+        });
+        t.push(uncompared(6, 3, 7, Some(200)));
+        assert_eq!(check(&t).len(), 1);
+    }
+
+    #[test]
+    fn an_uncompared_segment_without_a_guarded_ack_needs_nothing() {
+        let mut t = Trace::new();
+        t.push(uncompared(1, 1, 7, None));
+        assert!(check(&t).is_empty());
     }
 
     #[test]
