@@ -119,7 +119,8 @@ pub fn node_config(h: usize, opts: &SwarmOptions, canary: Option<Canary>) -> Nod
 
 impl NodeRun {
     /// Builds the run; `crash_primary_at` kills host 0 at that instant; `canary` plants a
-    /// platform bug in both VMs (only the VM canaries apply: see [`Canary::in_vm`]).
+    /// known bug: in both Nodes ([`node_config`]) or, if the Node cannot plant it
+    /// (`apply-partial-epoch`), in both VMs.
     pub fn new(
         opts: &SwarmOptions,
         crash_primary_at: Option<Instant>,
