@@ -34,11 +34,20 @@ pub enum Origin {
     Matched {
         /// Digest of the secondary frame it matched.
         svm_digest: u64,
+        /// The flow (see `Uncompared`).
+        flow: u64,
+        /// Its ACK under the min-ACK guard (see `Uncompared`); `None` for other frames.
+        ack: Option<u32>,
     },
     /// Every payload byte of it (flow, sequence number, value) was emitted by the secondary
     /// before the release, possibly in other segments: the comparator's byte-stream match
     /// across different segmentation. The harness checks the bytes (it sees both sides).
-    MatchedStream,
+    MatchedStream {
+        /// The flow (see `Uncompared`).
+        flow: u64,
+        /// Its ACK under the min-ACK guard (see `Uncompared`).
+        ack: Option<u32>,
+    },
     /// Held until the secondary received a checkpoint covering the epoch it was produced in.
     Covered,
     /// Released by a host running alone (after failover), under the arbiter's lease.
@@ -56,6 +65,20 @@ pub enum Origin {
         /// segment the guard exempts.
         ack: Option<u32>,
     },
+}
+
+impl Origin {
+    /// The flow and ACK of a release the comparator's min-ACK guard judges (a TCP segment with
+    /// ACK set and RST clear, released paired): `output_commit` requires the secondary to have
+    /// acknowledged as far, or a received checkpoint to cover it.
+    pub fn guarded_ack(&self) -> Option<(u64, u32)> {
+        match *self {
+            Origin::Matched { flow, ack, .. }
+            | Origin::MatchedStream { flow, ack }
+            | Origin::Uncompared { flow, ack } => ack.map(|a| (flow, a)),
+            Origin::Covered | Origin::Solo => None,
+        }
+    }
 }
 
 /// One event of the trace.

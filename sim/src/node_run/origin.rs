@@ -119,24 +119,27 @@ impl Releases {
     pub(super) fn classify(&mut self, frame: &[u8], solo: bool) -> Origin {
         let tcp = tcp_of(frame);
         let key = compare_key(frame);
+        let flow = flow_id(frame);
+        let ack = tcp.as_ref().and_then(guarded_ack);
         let origin = if solo {
             Origin::Solo
-        } else if let Some(t) = tcp.as_ref().filter(|t| {
+        } else if tcp.as_ref().is_some_and(|t| {
             t.payload_len() == 0
                 || self.released_keys.contains(&key)
                 || stream_covered(&self.pvm_released, frame)
         }) {
-            Origin::Uncompared {
-                flow: flow_id(frame),
-                ack: guarded_ack(t),
-            }
+            Origin::Uncompared { flow, ack }
         } else if let Some(n) = self.svm_frames.get_mut(&key).filter(|n| **n > 0) {
             *n -= 1;
             self.matched += 1;
-            Origin::Matched { svm_digest: key }
+            Origin::Matched {
+                svm_digest: key,
+                flow,
+                ack,
+            }
         } else if stream_covered(&self.svm_bytes, frame) {
             self.matched += 1;
-            Origin::MatchedStream
+            Origin::MatchedStream { flow, ack }
         } else {
             Origin::Covered
         };

@@ -141,27 +141,27 @@ fn crashes_inside_checkpoint_phases_keep_every_safety_checker_green() {
     }
 }
 
-/// The tightened output-commit rule is not vacuous on real runs: the secondary's
-/// acknowledgements are what justify most uncompared ACKs, so a trace stripped of them (and of
-/// the checkpoints the secondary received) is reported.
+/// The ACK rule of output_commit is not vacuous on real runs: the secondary's acknowledgements
+/// are what justify the guarded ACKs of uncompared and matched releases, so a trace stripped of
+/// them (and of the checkpoints the secondary received) is reported, for both kinds.
 #[test]
-fn uncompared_acks_are_justified_by_the_secondary_in_a_real_run() {
+fn released_acks_are_justified_by_the_secondary_in_a_real_run() {
     let out = NodeRun::new(&calm(1), None, None).run();
-    let guarded = out
-        .trace
-        .events
-        .iter()
-        .filter(|e| {
-            matches!(
-                e,
-                TraceEvent::Released {
-                    origin: Origin::Uncompared { ack: Some(_), .. },
-                    ..
+    let guarded = |uncompared: bool| {
+        out.trace
+            .events
+            .iter()
+            .filter(|e| match e {
+                TraceEvent::Released { origin, .. } => {
+                    origin.guarded_ack().is_some()
+                        && matches!(origin, Origin::Uncompared { .. }) == uncompared
                 }
-            )
-        })
-        .count();
-    assert!(guarded > 0, "no uncompared release carried an ACK");
+                _ => false,
+            })
+            .count()
+    };
+    assert!(guarded(true) > 0, "no uncompared release carried an ACK");
+    assert!(guarded(false) > 0, "no matched release carried an ACK");
     assert!(check::output_commit::check(&out.trace).is_empty());
     let mut stripped = out.trace.clone();
     stripped.events.retain(|e| {
@@ -171,8 +171,11 @@ fn uncompared_acks_are_justified_by_the_secondary_in_a_real_run() {
         )
     });
     let v = check::output_commit::check(&stripped);
-    assert!(
-        v.iter().any(|v| v.what.contains("uncompared with ACK")),
-        "{v:#?}"
-    );
+    for kind in ["Uncompared", "Matched"] {
+        assert!(
+            v.iter()
+                .any(|v| v.what.contains(kind) && v.what.contains("with ACK")),
+            "no {kind} release reported: {v:#?}"
+        );
+    }
 }
