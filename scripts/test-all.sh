@@ -36,7 +36,10 @@ sim=target/release/colo-sim
 # replayed by sim/tests/regression_seeds.rs; see docs/simulation.md, "Findings").
 "$sim" --seeds 0..500 --node --quiet
 "$sim" --seeds 0..10 --node --check-determinism --quiet
-for canary in apply-partial-epoch skip-rewriter-reset; do
+# Every canary under two Nodes too: release-before-received, release-without-lease and
+# skip-rewriter-reset planted in colo-core's Node (feature `canaries`), apply-partial-epoch in
+# the VM platform.
+for canary in $("$sim" --list-canaries); do
     "$sim" --seed 3 --node --canary "$canary" | tail -n 2
 done
 for canary in $("$sim" --list-canaries); do

@@ -13,7 +13,7 @@ use crate::check::{self, liveness::LivenessBounds};
 use crate::client::History;
 use crate::platform::Canary;
 use crate::run::{ColoRun, RunOutput};
-use crate::swarm::{CrashPoint, Host, HostCrash, SwarmOptions};
+use crate::swarm::{CrashPoint, Cut, CutMode, Host, HostCrash, LinkFault, SwarmOptions};
 use crate::trace::Violation;
 
 /// How long after the faults stop every unfinished client must complete a request (and a
@@ -72,17 +72,41 @@ impl Verdict {
     }
 }
 
-/// The options of `seed` as run with `canary`: a canary that needs a failover to show
-/// (`release-without-lease`) gets a primary crash if the seed has none.
+/// When the seed of a canary that needs a failover crashes the primary: early, while the
+/// clients still have work (colo-sim seed 26, 100 requests a connection, finished in 0.3 s).
+const FAILOVER_CANARY_CRASH: Duration = Duration::from_millis(100);
+
+/// The least work per connection the seed of a canary that needs a failover gets, so the
+/// clients still talk to the survivor after the takeover.
+const FAILOVER_CANARY_REQUESTS: u64 = 300;
+
+/// The options of `seed` as run with `canary`. A canary that only shows after a failover
+/// (`release-without-lease`, [`Canary::needs_failover`]) gets a primary crash at
+/// [`FAILOVER_CANARY_CRASH`] instead of the seed's crashes, at least
+/// [`FAILOVER_CANARY_REQUESTS`] requests per connection, and host B's arbiter link cut for 2 s
+/// from the crash, so the survivor runs a while without a lease (a lease answered within milliseconds would leave the
+/// planted bug a window too short for any frame to fall into).
 pub fn options_for(seed: u64, canary: Option<Canary>) -> SwarmOptions {
     let mut o = SwarmOptions::generate(seed);
-    if canary == Some(Canary::ReleaseWithoutLease) {
-        o.crashes = vec![HostCrash {
-            host: Host::A,
-            not_before: Instant::ZERO + o.safety / 3,
-            point: CrashPoint::At,
-            down_for: Duration::from_millis(500),
-        }];
+    let Some(c) = canary.filter(|c| c.needs_failover()) else {
+        return o;
+    };
+    let at = Instant::ZERO + FAILOVER_CANARY_CRASH;
+    o.crashes = vec![HostCrash {
+        host: Host::A,
+        not_before: at,
+        point: CrashPoint::At,
+        down_for: Duration::from_millis(500),
+    }];
+    o.requests_per_connection = o.requests_per_connection.max(FAILOVER_CANARY_REQUESTS);
+    if c == Canary::ReleaseWithoutLease {
+        o.link_faults.push(LinkFault {
+            cut: Cut::HostArbiter(Host::B),
+            mode: CutMode::Symmetric,
+            from: at,
+            until: at + Duration::from_secs(2),
+        });
+        o.link_faults.sort_by_key(|f| (f.from, f.cut, f.mode));
     }
     o
 }
@@ -116,12 +140,13 @@ pub enum Engine {
     /// (every fault kind, every canary).
     Platform,
     /// [`crate::node_run::NodeRun`]: two colo-core `Node`s (comparator, rewriter,
-    /// checkpointers, heartbeat, failover). Only the VM canaries.
+    /// checkpointers, heartbeat, failover). Every canary: planted in the Node
+    /// ([`Canary::node_canary`]) or, for `apply-partial-epoch`, in the VM.
     Node,
 }
 
-/// Runs `seed` under two colo-core Nodes and judges it (see [`Engine::Node`]); only
-/// canaries planted in the VM ([`Canary::in_vm`]) apply.
+/// Runs `seed` under two colo-core Nodes and judges it (see [`Engine::Node`]), with `canary`
+/// planted in the Node or the VM.
 pub fn run_seed_node(seed: u64, canary: Option<Canary>, check_determinism: bool) -> SeedReport {
     let options = options_for(seed, canary);
     let guarded = |o: &SwarmOptions| {
@@ -303,6 +328,11 @@ mod tests {
         for seed in 0..20 {
             let o = options_for(seed, Some(Canary::ReleaseWithoutLease));
             assert_eq!(o.crashes.len(), 1);
+            assert!(
+                o.link_faults
+                    .iter()
+                    .any(|lf| lf.cut == Cut::HostArbiter(Host::B))
+            );
         }
     }
 }

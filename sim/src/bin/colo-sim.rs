@@ -79,13 +79,6 @@ fn parse() -> Result<Option<Args>, String> {
     if !have_seed {
         return Err("one of --seed or --seeds is required".to_owned());
     }
-    if args.node && args.canary.is_some_and(|c| !c.in_vm()) {
-        return Err(
-            "with --node only the VM canaries apply (apply-partial-epoch, \
-                    skip-rewriter-reset)"
-                .to_owned(),
-        );
-    }
     Ok(Some(args))
 }
 

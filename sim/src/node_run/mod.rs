@@ -24,6 +24,7 @@ use colo_core::node::{
     Command, Event, Input, LinkState, Node, NodeConfig, NodeMode, OutBulk, Output, PeerBulk,
     SyncCommand,
 };
+use colo_core::rewrite::Phase as RewritePhase;
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::{Message, PAGE_SIZE};
 
@@ -34,9 +35,10 @@ use crate::platform::vm::{SimVm, VmTiming};
 use crate::platform::{Canary, ReplFrame};
 use crate::rng::SimRng;
 use crate::swarm::{CrashPoint, Cut, CutMode, Host, SwarmOptions};
-use crate::trace::{FrameId, Origin, Trace, TraceEvent};
+use crate::trace::{FrameId, Trace, TraceEvent};
 use crate::world::{World, WorldSpec};
-use stream::{compare_key, digest, loose_key, record_stream, stream_covered};
+use origin::Releases;
+use stream::{digest, loose_key};
 
 #[derive(Debug)]
 enum Action {
@@ -89,14 +91,8 @@ pub struct NodeRun {
     trace: Trace,
     /// Frames handed to a node that may release them: id -> (host, digest, loose key, epoch).
     held: BTreeMap<FrameId, (usize, u64, u64, Epoch)>,
-    svm_frames: BTreeMap<u64, u32>,
-    /// Every TCP payload byte released to clients, per flow, by sequence number (a segment
-    /// whose bytes were all released before is a retransmission: released uncompared).
-    pvm_released: BTreeMap<String, BTreeMap<u32, u8>>,
-    /// Every TCP payload byte the secondary emitted, per flow, by sequence number.
-    svm_bytes: BTreeMap<String, BTreeMap<u32, u8>>,
-    /// Compare keys of every payload frame released (a repeat is a retransmission).
-    released_keys: std::collections::BTreeSet<u64>,
+    /// What was released and what the secondary emitted: classifies each release.
+    releases: Releases,
     next_frame: u64,
     crash_primary_at: Option<Instant>,
     opts: SwarmOptions,
@@ -105,24 +101,26 @@ pub struct NodeRun {
     faults_stopped: bool,
     applied_cuts: Vec<usize>,
     released: u64,
-    matched: u64,
     checkpoints: u64,
 }
 
-/// The node configuration the simulation uses for host `h`.
-pub fn node_config(h: usize, opts: &SwarmOptions) -> NodeConfig {
+/// The node configuration the simulation uses for host `h`, with `canary` planted in the node
+/// if it is one of the Node's ([`Canary::node_canary`]).
+pub fn node_config(h: usize, opts: &SwarmOptions, canary: Option<Canary>) -> NodeConfig {
     let mut c = NodeConfig::new(NodeId(h as u64 + 1), ClusterId(7));
     c.guest_memory_bytes = 4096 * PAGE_SIZE;
     c.disk.disk_size = 1 << 20;
     c.disk.block_size = 4096;
     c.checkpoint.checkpoint_interval = opts.checkpoint_interval;
     c.compare.compare_timeout = opts.compare_timeout;
+    c.canary = canary.and_then(Canary::node_canary);
     c
 }
 
 impl NodeRun {
     /// Builds the run; `crash_primary_at` kills host 0 at that instant; `canary` plants a
-    /// platform bug in both VMs (only the VM canaries apply: see [`Canary::in_vm`]).
+    /// known bug: in both Nodes ([`node_config`]) or, if the Node cannot plant it
+    /// (`apply-partial-epoch`), in both VMs.
     pub fn new(
         opts: &SwarmOptions,
         crash_primary_at: Option<Instant>,
@@ -149,9 +147,11 @@ impl NodeRun {
             bytes_per_sec: opts.replication_bytes_per_sec,
             ..VmTiming::default()
         };
+        // The canaries the Node cannot plant go to the VM platform.
+        let vm_canary = canary.filter(|c| c.node_canary().is_none());
         let nodes = vec![
-            Node::new(node_config(0, opts), Role::Primary, now).expect("valid config"),
-            Node::new(node_config(1, opts), Role::Secondary, now).expect("valid config"),
+            Node::new(node_config(0, opts, canary), Role::Primary, now).expect("valid config"),
+            Node::new(node_config(1, opts, canary), Role::Secondary, now).expect("valid config"),
         ];
         let mut trace = Trace::new();
         trace.push(TraceEvent::TermStarted {
@@ -165,8 +165,8 @@ impl NodeRun {
             world,
             nodes,
             vms: vec![
-                SimVm::new_paused(timing, canary),
-                SimVm::new_paused(timing, canary),
+                SimVm::new_paused(timing, vm_canary),
+                SimVm::new_paused(timing, vm_canary),
             ],
             disks: vec![
                 LayeredDisk::new(1 << 20, 0, SimRng::new(opts.seed).fork("disk-a")),
@@ -184,10 +184,7 @@ impl NodeRun {
             client_target: 0,
             trace,
             held: BTreeMap::new(),
-            svm_frames: BTreeMap::new(),
-            released_keys: std::collections::BTreeSet::new(),
-            svm_bytes: BTreeMap::new(),
-            pvm_released: BTreeMap::new(),
+            releases: Releases::default(),
             next_frame: 0,
             crash_primary_at,
             opts: opts.clone(),
@@ -196,7 +193,6 @@ impl NodeRun {
             faults_stopped: false,
             applied_cuts: Vec::new(),
             released: 0,
-            matched: 0,
             checkpoints: 0,
         };
         for h in 0..2 {
@@ -266,9 +262,7 @@ impl NodeRun {
             Output::ToPeer { message, bulk } => {
                 match (&message, &bulk) {
                     (Message::SecondaryOutput { .. }, OutBulk::Frame(f)) => {
-                        record_stream(&mut self.svm_bytes, f);
-                        let d = compare_key(f);
-                        *self.svm_frames.entry(d).or_default() += 1;
+                        let (d, ack) = self.releases.on_secondary(now, f);
                         // Labelled with the primary's epoch now (the one its held frames carry):
                         // the two checkpointers count an epoch done at different instants.
                         let epoch = self.nodes[1 - h]
@@ -279,6 +273,9 @@ impl NodeRun {
                             epoch,
                             digest: d,
                         });
+                        if let Some(e) = ack {
+                            self.trace.push(e);
+                        }
                     }
                     (Message::CheckpointReceived { epoch }, _) => {
                         self.trace.push(TraceEvent::Received {
@@ -316,6 +313,20 @@ impl NodeRun {
                     if !self.alive[h] {
                         return;
                     }
+                }
+                if let VmCommand::ApplyCheckpoint { epoch } = cmd {
+                    // The node reset its rewriter together with ordering the load (state
+                    // equality checks the translation is the identity now).
+                    let skewed = self.nodes[h].rewriter().map_or(0, |r| {
+                        r.phases()
+                            .filter(|(_, p)| *p != RewritePhase::Established { offset: 0 })
+                            .count() as u64
+                    });
+                    self.trace.push(TraceEvent::Translation {
+                        at: now,
+                        epoch,
+                        skewed,
+                    });
                 }
                 if matches!(cmd, VmCommand::Pause) {
                     if let Some(p) = self.nodes[h].primary_checkpointer() {
@@ -480,28 +491,9 @@ impl NodeRun {
                 (FrameId(u64::MAX - self.next_frame), Epoch(0))
             }
         };
-        let key = compare_key(&frame);
-        let zero_payload = matches!(
-            colo_core::packet::classify_or_opaque(&frame).kind,
-            colo_core::packet::Kind::Tcp(t) if t.payload_len() == 0
-        );
-        let retransmit = !self.released_keys.insert(key)
-            || (!zero_payload && stream_covered(&self.pvm_released, &frame));
-        record_stream(&mut self.pvm_released, &frame);
-        let origin = if matches!(st.mode, NodeMode::Solo | NodeMode::Reprotecting) {
-            Origin::Solo
-        } else if zero_payload || retransmit {
-            Origin::Uncompared
-        } else if let Some(n) = self.svm_frames.get_mut(&key).filter(|n| **n > 0) {
-            *n -= 1;
-            self.matched += 1;
-            Origin::Matched { svm_digest: key }
-        } else if stream_covered(&self.svm_bytes, &frame) {
-            self.matched += 1;
-            Origin::MatchedStream
-        } else {
-            Origin::Covered
-        };
+        // Every release by a node that is not paired is solo (a survivor taking over included:
+        // single_writer then asks for its lease).
+        let origin = self.releases.classify(&frame, st.mode != NodeMode::Paired);
         self.trace.push(TraceEvent::Released {
             at: now,
             host: host(h),
@@ -559,6 +551,12 @@ impl NodeRun {
                 frame: id,
                 epoch,
             });
+            if st.role == Role::Primary
+                && st.mode == NodeMode::Paired
+                && let Some(e) = self.releases.on_primary(now, epoch, &f)
+            {
+                self.trace.push(e);
+            }
         }
         self.input(now, h, Input::GuestFrame(f));
     }
@@ -737,7 +735,7 @@ impl NodeRun {
             trace: self.trace,
             histories,
             released: self.released,
-            matched: self.matched,
+            matched: self.releases.matched,
             checkpoints: self.checkpoints,
             digest,
         }
@@ -745,6 +743,7 @@ impl NodeRun {
 }
 
 mod faults;
+mod origin;
 mod stream;
 #[cfg(test)]
 mod tests;
