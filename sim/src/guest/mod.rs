@@ -347,6 +347,12 @@ impl Guest {
         self.hashes().0
     }
 
+    /// [`Guest::state_hash`] computed afresh, bypassing the cache (what one hash costs: the
+    /// criterion benchmark `world/state_hash_after_10_simulated_seconds`).
+    pub fn state_hash_uncached(&self) -> u64 {
+        self.machine.hashes().0
+    }
+
     fn hashes(&self) -> (u64, u64) {
         if let Some(h) = self.hashes.get() {
             return h;
