@@ -125,7 +125,9 @@ pub struct GuestStats {
     /// Restores performed.
     pub restores: u64,
     /// Of those, restores that replayed only the steps past the guest's own chunks (the
-    /// incremental path of [`Guest::restore`]).
+    /// incremental path of [`Guest::restore`]; a guest fresh from boot holds the empty prefix,
+    /// so [`Guest::from_snapshot`] takes it too, replaying the whole log onto the booted
+    /// machine).
     pub incremental_restores: u64,
     /// Recorded steps replayed by restores (incremental and from boot).
     pub replayed_steps: u64,
