@@ -36,6 +36,10 @@ sim=target/release/colo-sim
 # replayed by sim/tests/regression_seeds.rs; see docs/simulation.md, "Findings").
 "$sim" --seeds 0..500 --node --quiet
 "$sim" --seeds 0..10 --node --check-determinism --quiet
+# Issue 4's throughput scenario, 10 simulated seconds per seed (docs/benchmarks.md): a few
+# seconds per engine.
+"$sim" --seeds 0..100 --duration 10s --quiet
+"$sim" --seeds 0..100 --duration 10s --node --quiet
 # Every canary under two Nodes too: release-before-received, release-without-lease and
 # skip-rewriter-reset planted in colo-core's Node (feature `canaries`), apply-partial-epoch in
 # the VM platform.

@@ -111,6 +111,21 @@ pub fn options_for(seed: u64, canary: Option<Canary>) -> SwarmOptions {
     o
 }
 
+/// [`options_for`] scaled to a run of `duration` simulated seconds in total when one is given
+/// (`colo-sim --duration`, [`SwarmOptions::with_duration`]): the seed's fault mix in a fixed
+/// 2:3 split of safety and liveness phases.
+pub fn scenario_options(
+    seed: u64,
+    canary: Option<Canary>,
+    duration: Option<Duration>,
+) -> SwarmOptions {
+    let o = options_for(seed, canary);
+    match duration {
+        Some(d) => o.with_duration(d),
+        None => o,
+    }
+}
+
 /// Everything one seed produced.
 #[derive(Debug)]
 pub struct SeedReport {
@@ -148,7 +163,15 @@ pub enum Engine {
 /// Runs `seed` under two colo-core Nodes and judges it (see [`Engine::Node`]), with `canary`
 /// planted in the Node or the VM.
 pub fn run_seed_node(seed: u64, canary: Option<Canary>, check_determinism: bool) -> SeedReport {
-    let options = options_for(seed, canary);
+    run_options_node(options_for(seed, canary), canary, check_determinism)
+}
+
+/// [`run_seed_node`] with the options given (e.g. [`scenario_options`]).
+pub fn run_options_node(
+    options: SwarmOptions,
+    canary: Option<Canary>,
+    check_determinism: bool,
+) -> SeedReport {
     let guarded = |o: &SwarmOptions| {
         catch_unwind(AssertUnwindSafe(|| {
             crate::node_run::NodeRun::new(o, None, canary).run()
@@ -215,7 +238,15 @@ pub fn run_seed_node(seed: u64, canary: Option<Canary>, check_determinism: bool)
 
 /// Runs `seed` once (twice with `check_determinism`) and judges it.
 pub fn run_seed(seed: u64, canary: Option<Canary>, check_determinism: bool) -> SeedReport {
-    let options = options_for(seed, canary);
+    run_options(options_for(seed, canary), canary, check_determinism)
+}
+
+/// [`run_seed`] with the options given (e.g. [`scenario_options`]).
+pub fn run_options(
+    options: SwarmOptions,
+    canary: Option<Canary>,
+    check_determinism: bool,
+) -> SeedReport {
     let output = match run_guarded(&options, canary) {
         Ok(o) => o,
         Err(msg) => {
@@ -281,9 +312,22 @@ fn judge(options: SwarmOptions, output: RunOutput, canary: Option<Canary>) -> Se
 
 /// The command that replays `seed` (with `canary`).
 pub fn replay_command(seed: u64, canary: Option<Canary>, node: bool) -> String {
+    replay_command_for(seed, canary, node, None)
+}
+
+/// [`replay_command`] of a seed run with `--duration` (whole milliseconds, as parsed).
+pub fn replay_command_for(
+    seed: u64,
+    canary: Option<Canary>,
+    node: bool,
+    duration: Option<Duration>,
+) -> String {
     let mut cmd = format!("cargo run -p colo-sim --bin colo-sim -- --seed {seed}");
     if node {
         cmd.push_str(" --node");
+    }
+    if let Some(d) = duration {
+        cmd.push_str(&format!(" --duration {}ms", d.as_millis()));
     }
     if let Some(c) = canary {
         cmd.push_str(" --canary ");
@@ -321,6 +365,25 @@ mod tests {
     fn replay_command_names_the_seed_and_canary() {
         let c = replay_command(42, Some(Canary::ApplyPartialEpoch), false);
         assert!(c.contains("--seed 42") && c.contains("--canary apply-partial-epoch"));
+    }
+
+    #[test]
+    fn replay_command_keeps_the_duration() {
+        let c = replay_command_for(9, None, true, Some(Duration::from_secs(10)));
+        assert!(c.contains("--seed 9 --node --duration 10000ms"), "{c}");
+        assert!(!replay_command(9, None, true).contains("--duration"));
+    }
+
+    #[test]
+    fn a_scenario_duration_scales_the_lease_canary_crash_too() {
+        let o = scenario_options(
+            5,
+            Some(Canary::ReleaseWithoutLease),
+            Some(Duration::from_secs(10)),
+        );
+        assert_eq!(o.ends(), Instant::ZERO + Duration::from_secs(10));
+        assert_eq!(o.crashes.len(), 1);
+        assert!(o.crashes[0].not_before < o.liveness_starts());
     }
 
     #[test]

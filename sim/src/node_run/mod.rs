@@ -343,6 +343,8 @@ impl NodeRun {
                 } else {
                     &mut self.svm
                 };
+                let primary = self.nodes[h].secondary_checkpointer().is_none();
+                self.vms[h].set_trace_pauses(primary);
                 self.vms[h].handle_command(now, cmd, guest);
                 self.drain_vm_trace(h);
             }
@@ -642,6 +644,8 @@ impl NodeRun {
                 } else {
                     &mut self.svm
                 };
+                let primary = self.nodes[h].secondary_checkpointer().is_none();
+                self.vms[h].set_trace_pauses(primary);
                 let Some(done) = self.vms[h].poll_completion(now, guest) else {
                     break;
                 };
