@@ -44,11 +44,17 @@ impl Procs {
         }
     }
 
-    /// Starts `colo args...`; returns its index.
+    /// Starts `colo args...`; returns its index. A node gets a control socket of its own
+    /// (tests run in parallel: the default path is per role and node id, shared by them).
     fn spawn(&mut self, args: &[String]) -> usize {
         let index = self.children.len();
+        let mut args = args.to_vec();
+        let node = matches!(args[0].as_str(), "primary" | "secondary");
+        if node && !args.iter().any(|a| a == "--control") {
+            args.extend(["--control".to_string(), common::control_path()]);
+        }
         let mut child = Command::new(COLO)
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
