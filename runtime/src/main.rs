@@ -44,7 +44,8 @@ enum Command {
     /// Serve fencing leases to a pair's nodes.
     Arbiter(ArbiterArgs),
     /// Start an arbiter, a primary and a secondary on loopback, kill the primary, show the
-    /// failover; exits 0 with a summary if the secondary's guest carried on.
+    /// failover, re-protect the survivor with a new secondary and fail back to it; exits 0
+    /// with a summary if every step checked out.
     Demo(DemoArgs),
     /// Show a running node's state and counters (control socket).
     Status(CtlArgs),
@@ -173,6 +174,9 @@ struct DemoArgs {
     /// Loopback port of the primary's peer link.
     #[arg(long, default_value_t = 17601)]
     peer_port: u16,
+    /// Loopback port where the survivor accepts the new secondary.
+    #[arg(long, default_value_t = 17602)]
+    reprotect_port: u16,
     /// Checkpoints to complete before the primary is killed.
     #[arg(long, default_value_t = 5)]
     checkpoints: u32,
@@ -334,6 +338,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let options = colo_runtime::demo::DemoOptions {
                 arbiter_port: args.arbiter_port,
                 peer_port: args.peer_port,
+                reprotect_port: args.reprotect_port,
                 checkpoints: args.checkpoints,
                 timeout: seconds(args.timeout, "--timeout")?,
                 binary: std::env::current_exe()

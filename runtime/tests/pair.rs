@@ -300,7 +300,7 @@ fn colo_demo_exits_zero_with_a_summary() {
     if !common::kvm_available("colo_demo_exits_zero_with_a_summary") {
         return;
     }
-    let (arbiter, peer) = (free_addr(), free_addr());
+    let (arbiter, peer, takeover) = (free_addr(), free_addr(), free_addr());
     let out = Command::new(COLO)
         .args([
             "demo",
@@ -308,6 +308,8 @@ fn colo_demo_exits_zero_with_a_summary() {
             &arbiter.port().to_string(),
             "--peer-port",
             &peer.port().to_string(),
+            "--reprotect-port",
+            &takeover.port().to_string(),
             "--checkpoints",
             "3",
             "--timeout",
@@ -324,6 +326,15 @@ fn colo_demo_exits_zero_with_a_summary() {
     assert!(stdout.contains("colo demo: OK"), "{stdout}");
     assert!(
         stdout.contains("failed over (lease granted, term 2)"),
+        "{stdout}"
+    );
+    // The re-protection phase: digests compared, then the newcomer takes over in term 3.
+    assert!(
+        stdout.contains("newcomer's memory digest equals the survivor's at checkpoints"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("newcomer failed over (lease granted, term 3)"),
         "{stdout}"
     );
 }
