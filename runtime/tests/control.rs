@@ -407,3 +407,106 @@ fn a_socket_nobody_serves_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A loopback TCP proxy whose open connections can all be cut at once (a link drop with
+/// both nodes alive); it keeps accepting afterwards.
+struct Proxy {
+    front: String,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(back: String) -> Proxy {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let front = listener.local_addr().unwrap().to_string();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&back) else {
+                    continue;
+                };
+                let mut guard = keep.lock().unwrap();
+                guard.push(client.try_clone().unwrap());
+                guard.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { front, open }
+    }
+
+    fn cut(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn link_drop_between_checkpoints_reconnects_without_a_failover() {
+    if !common::kvm_available("link_drop_between_checkpoints_reconnects_without_a_failover") {
+        return;
+    }
+    let (arbiter, back) = (free_addr(), free_addr());
+    let proxy = Proxy::start(back.clone());
+    let s_ctl = common::control_path();
+    let timing = [
+        "--checkpoint-interval-ms",
+        "1500",
+        "--heartbeat-misses",
+        "10",
+    ];
+    let mut procs = Procs::new();
+    procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
+    let mut p = args(&["primary", "--listen", &back, "--arbiter", &arbiter]);
+    p.extend(args(&["--control", &common::control_path()]));
+    p.extend(args(&timing));
+    let p = procs.spawn(&p);
+    let mut s = args(&["secondary", "--peer", &proxy.front, "--arbiter", &arbiter]);
+    s.extend(args(&["--control", &s_ctl]));
+    s.extend(args(&timing));
+    let s = procs.spawn(&s);
+    // Right after a checkpoint completes nothing but heartbeats is on the link for 1.5 s.
+    let done = procs.wait_for(Duration::from_secs(60), |w, l| {
+        w == p && l.starts_with("primary: checkpoint-done epoch=2 ")
+    });
+    proxy.cut();
+    let cut_epoch: u64 = field(&done, "epoch").unwrap().parse().unwrap();
+    procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == s && l.starts_with("secondary: link-down ")
+    });
+    procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == s && l == "secondary: reconnected"
+    });
+    // Two more checkpoints applied over the new link, in the same term, no failover.
+    loop {
+        let line = procs.wait_for(Duration::from_secs(30), |w, l| {
+            (w == s && l.starts_with("secondary: checkpoint-applied "))
+                || l.contains("failed-over")
+                || l.contains("takeover-started")
+        });
+        assert!(
+            line.contains("checkpoint-applied"),
+            "a failover after a link flap between checkpoints: {line}\n{}",
+            procs.log.join("\n")
+        );
+        if field(&line, "epoch").unwrap().parse::<u64>().unwrap() >= cut_epoch + 2 {
+            break;
+        }
+    }
+    let st = ctl(&s_ctl, &["status"]).1;
+    assert_eq!(
+        (&st["mode"], &st["term"], &st["peer"]["link"]),
+        (&Value::from("Paired"), &Value::from(1), &Value::from("up")),
+        "{st}"
+    );
+}

@@ -18,6 +18,7 @@
 //! the tests parse them (names listed in docs/operations.md).
 
 mod control;
+mod reconnect;
 mod vm;
 
 pub use vm::{RamCache, SharedCache, VmExecutor};
@@ -135,6 +136,8 @@ pub enum LoopEvent {
     Control(crate::control::ControlCall),
     /// A newcomer connected to a secondary's takeover address.
     Newcomer(TcpStream),
+    /// A secondary's reconnection to its primary after a link drop got through.
+    Reconnected(TcpStream),
 }
 
 /// How the loop ended.
@@ -375,6 +378,7 @@ impl NodeLoop {
             }
             LoopEvent::Control(call) => self.on_control(call),
             LoopEvent::Newcomer(stream) => self.on_newcomer(stream),
+            LoopEvent::Reconnected(stream) => self.on_reconnected(stream),
         }
     }
 
@@ -440,6 +444,7 @@ impl NodeLoop {
             println!("{}: link-down reason=\"{why}\"", self.name);
             self.link += 1; // ignore whatever the old reader still posts
             self.input(Input::PeerLink(LinkState::Down));
+            self.maybe_reconnect();
         }
     }
 
