@@ -510,3 +510,27 @@ fn link_drop_between_checkpoints_reconnects_without_a_failover() {
         "{st}"
     );
 }
+
+#[test]
+fn auto_reprotect_on_a_secondary_without_listen_is_refused_at_start() {
+    if !common::kvm_available("auto_reprotect_on_a_secondary_without_listen_is_refused_at_start") {
+        return;
+    }
+    let out = Command::new(COLO)
+        .args([
+            "secondary",
+            "--peer",
+            &free_addr(),
+            "--arbiter",
+            &free_addr(),
+        ])
+        .args(["--auto-reprotect", "--control", &common::control_path()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--auto-reprotect on a secondary needs --listen"),
+        "{err}"
+    );
+}

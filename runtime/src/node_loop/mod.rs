@@ -221,6 +221,12 @@ impl NodeLoop {
                 control::spawn_newcomer_acceptor(addr, tx.clone()).map_err(LoopError::Endpoint)?;
                 Some(addr)
             }
+            (PeerEndpoint::Connect(_), None) if config.auto_reprotect => {
+                return Err(LoopError::Endpoint(
+                    "--auto-reprotect on a secondary needs --listen (where newcomers connect)"
+                        .to_string(),
+                ));
+            }
             (PeerEndpoint::Connect(_), None) => None,
         };
         let mut ctl = control::LoopControl::new(
