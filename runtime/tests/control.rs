@@ -3,7 +3,9 @@
 //! checkpoint-interval|set digests|reprotect|shutdown`), malformed and unknown requests, an
 //! operator-declared failover, a re-protection after the primary is killed (the newcomer's
 //! memory digest equals the survivor's at every compared checkpoint), `--auto-reprotect`, a
-//! live socket path refused, and a clear error for a socket nobody serves.
+//! paired secondary refusing newcomers, a secondary reconnecting after a link drop between
+//! checkpoints with no failover, a live socket path refused, and a clear error for a socket
+//! nobody serves.
 
 mod common;
 
@@ -159,6 +161,12 @@ fn every_control_command_answers_on_a_live_pair() {
     assert!(ctl(&pair.p_ctl, &["set", "digests", "on"]).0);
     pair.procs.wait_for(Duration::from_secs(30), |w, l| {
         w == p && l.starts_with("primary: paused ") && l.contains(" digest=")
+    });
+
+    // A paired secondary closes connections on its takeover address: it has its primary.
+    let _knock = std::net::TcpStream::connect(&pair.takeover).expect("the secondary listens");
+    pair.procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == s && l.starts_with("secondary: newcomer-refused ") && l.contains("mode=Paired")
     });
 
     // Re-protection needs a solo node.
