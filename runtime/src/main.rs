@@ -15,6 +15,7 @@ use colo_runtime::control::Request;
 use colo_runtime::node_loop::{LoopEnd, NodeLoop, NodeLoopConfig, PeerEndpoint};
 use colo_runtime::vstate::thread::VcpuStop;
 use colo_runtime::{Checkpoint, CheckpointKind, ConsoleOutput, Machine, MachineConfig};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -370,10 +371,13 @@ fn control(request: Request, args: &CtlArgs) -> Result<ExitCode, String> {
     let response =
         colo_runtime::control::call(&args.control, request, seconds(args.timeout, "--timeout")?)?;
     let ok = response["ok"] == serde_json::Value::Bool(true);
+    // Written, not println!: a reader that closed the pipe (`colo status | head -2`) must not
+    // make the tool panic.
+    let mut out = std::io::stdout();
     if args.json {
-        println!("{response}");
+        let _ = writeln!(out, "{response}");
     } else if ok {
-        println!("{}", colo_runtime::control::render(request, &response));
+        let _ = writeln!(out, "{}", colo_runtime::control::render(request, &response));
     } else {
         eprintln!(
             "colo: {}",

@@ -136,11 +136,21 @@ fn every_control_command_answers_on_a_live_pair() {
     assert_eq!(st["role"], "Secondary", "{st}");
     assert_eq!(st["peer"]["peer_id"], 1, "{st}");
 
-    // A forced checkpoint completes with reason Forced.
+    // `checkpoint` answers once a checkpoint after the request completed: a forced one, or
+    // the periodic one it was coalesced into if one was in progress.
+    let before = ctl(&pair.p_ctl, &["status"]).1["epoch"].as_u64().unwrap();
     let (ok, answer) = ctl(&pair.p_ctl, &["checkpoint"]);
     assert!(ok, "{answer}");
+    assert!(answer["epoch"].as_u64().unwrap() > before, "{answer}");
+    assert!(answer["pause_us"].as_u64().is_some(), "{answer}");
+    let reason = answer["reason"].as_str().unwrap().to_string();
+    assert!(reason == "Forced" || reason == "Periodic", "{answer}");
+    let epoch = answer["epoch"].to_string();
     pair.procs.wait_for(Duration::from_secs(30), |w, l| {
-        w == p && l.starts_with("primary: checkpoint-done ") && l.contains("reason=Forced")
+        w == p
+            && l.starts_with("primary: checkpoint-done ")
+            && field(l, "epoch").as_deref() == Some(epoch.as_str())
+            && field(l, "reason").as_deref() == Some(reason.as_str())
     });
     let (ok, answer) = ctl(&pair.s_ctl, &["checkpoint"]);
     assert!(!ok, "a secondary takes no checkpoint: {answer}");

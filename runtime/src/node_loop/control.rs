@@ -6,7 +6,9 @@
 //!
 //! Invariants: a command's answer says whether the node took it (its `commands_ignored` /
 //! `takeovers_refused` counters did not move, and the mode allowed it) and is sent before the
-//! next input; a newcomer's connection is used only while the node runs solo (or is
+//! next input, except `checkpoint`'s, which is sent when a checkpoint after the request
+//! completes, or as an error as soon as the node stops being paired (the control thread's
+//! reply timeout bounds the rest); a newcomer's connection is used only while the node runs solo (or is
 //! re-protecting and lost its newcomer) with no peer link, every other one is closed at once;
 //! re-protection is armed only on a node that can accept a newcomer.
 //!
@@ -46,6 +48,8 @@ pub(super) struct LoopControl {
     newcomers: Option<SocketAddr>,
     last_mode: NodeMode,
     interval: Duration,
+    /// `checkpoint` requests waiting for a checkpoint after this epoch to complete.
+    waiting: Vec<(mpsc::Sender<Value>, u64)>,
 }
 
 impl LoopControl {
@@ -58,6 +62,7 @@ impl LoopControl {
             newcomers,
             last_mode: NodeMode::Idle,
             interval,
+            waiting: Vec::new(),
         }
     }
 }
@@ -91,7 +96,14 @@ impl NodeLoop {
     pub(super) fn on_control(&mut self, call: ControlCall) {
         let response = match call.request {
             Request::Status => self.status_json(),
-            Request::Checkpoint => self.control_checkpoint(),
+            Request::Checkpoint => match self.control_checkpoint() {
+                Ok(after) => {
+                    // Answered when a checkpoint after `after` completes (ctl_on_event).
+                    self.ctl.waiting.push((call.reply, after));
+                    return;
+                }
+                Err(response) => response,
+            },
             Request::Failover => self.control_failover(),
             Request::SetCheckpointInterval { ms } => self.control_interval(ms),
             Request::Reprotect => self.control_reprotect(),
@@ -120,18 +132,21 @@ impl NodeLoop {
         (status.mode, status.role)
     }
 
-    fn control_checkpoint(&mut self) -> Value {
+    /// Triggers a checkpoint; `Ok(epoch)`: answer once a checkpoint after `epoch` completes.
+    /// A trigger while one is in progress is coalesced into it (QEMU does the same with a
+    /// checkpoint request during a checkpoint): that one answers, with its own reason.
+    fn control_checkpoint(&mut self) -> Result<u64, Value> {
         let (mode, role) = self.mode_role();
         if role != Role::Primary || mode != NodeMode::Paired {
-            return error_response(&format!(
+            return Err(error_response(&format!(
                 "checkpoint needs a paired primary; this node is {role:?} in mode {mode:?}"
-            ));
+            )));
         }
         let epoch = self.node.status(self.clock.now()).epoch.0;
         if self.command_taken(Command::ForceCheckpoint) {
-            json!({"ok": true, "message": format!("checkpoint requested (last completed: epoch {epoch})"), "after_epoch": epoch})
+            Ok(epoch)
         } else {
-            error_response("the node refused the checkpoint")
+            Err(error_response("the node refused the checkpoint"))
         }
     }
 
@@ -268,6 +283,34 @@ impl NodeLoop {
 
     /// Keeps the control state in step with the node's events.
     pub(super) fn ctl_on_event(&mut self, event: &Event) {
+        if let Event::CheckpointDone {
+            epoch,
+            reason,
+            pause,
+            pages,
+            bytes,
+        } = event
+        {
+            let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ctl.waiting)
+                .into_iter()
+                .partition(|(_, after)| epoch.0 > *after);
+            self.ctl.waiting = waiting;
+            for (reply, _) in done {
+                let _ = reply.send(json!({
+                    "ok": true,
+                    "message": format!(
+                        "checkpoint {} done ({reason:?}): PVM pause {} us, {pages} pages, {bytes} bytes",
+                        epoch.0,
+                        pause.as_micros()
+                    ),
+                    "epoch": epoch.0,
+                    "reason": format!("{reason:?}"),
+                    "pause_us": pause.as_micros() as u64,
+                    "pages": pages,
+                    "bytes": bytes,
+                }));
+            }
+        }
         let (epoch, pause, bytes) = match event {
             Event::CheckpointDone {
                 epoch,
@@ -301,6 +344,13 @@ impl NodeLoop {
         let (mode, _) = self.mode_role();
         let entered = mode != self.ctl.last_mode;
         self.ctl.last_mode = mode;
+        if mode != NodeMode::Paired {
+            for (reply, _) in self.ctl.waiting.drain(..) {
+                let _ = reply.send(error_response(&format!(
+                    "the pair ended before the checkpoint completed (mode {mode:?})"
+                )));
+            }
+        }
         if mode != NodeMode::Solo {
             self.ctl.armed = false;
             return;
