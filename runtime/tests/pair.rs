@@ -31,6 +31,8 @@ struct Procs {
     lines: mpsc::Receiver<(usize, String)>,
     tx: mpsc::Sender<(usize, String)>,
     log: Vec<String>,
+    /// Control sockets given to the nodes: a killed node leaves its file behind.
+    sockets: Vec<String>,
 }
 
 impl Procs {
@@ -41,6 +43,7 @@ impl Procs {
             lines,
             tx,
             log: Vec::new(),
+            sockets: Vec::new(),
         }
     }
 
@@ -51,7 +54,9 @@ impl Procs {
         let mut args = args.to_vec();
         let node = matches!(args[0].as_str(), "primary" | "secondary");
         if node && !args.iter().any(|a| a == "--control") {
-            args.extend(["--control".to_string(), common::control_path()]);
+            let socket = common::control_path();
+            args.extend(["--control".to_string(), socket.clone()]);
+            self.sockets.push(socket);
         }
         let mut child = Command::new(COLO)
             .args(&args)
@@ -111,6 +116,9 @@ impl Drop for Procs {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        for socket in &self.sockets {
+            let _ = std::fs::remove_file(socket);
         }
     }
 }

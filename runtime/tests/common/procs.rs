@@ -39,6 +39,8 @@ pub struct Procs {
     tx: mpsc::Sender<(usize, String)>,
     /// Every line seen, for failure messages.
     pub log: Vec<String>,
+    /// Control sockets of the children: a killed node leaves its file behind.
+    sockets: Vec<String>,
 }
 
 impl Procs {
@@ -50,12 +52,16 @@ impl Procs {
             lines,
             tx,
             log: Vec::new(),
+            sockets: Vec::new(),
         }
     }
 
     /// Starts `colo args...`; returns its index.
     pub fn spawn(&mut self, args: &[String]) -> usize {
         let index = self.children.len();
+        if let Some(at) = args.iter().position(|a| a == "--control") {
+            self.sockets.extend(args.get(at + 1).cloned());
+        }
         let mut child = Command::new(COLO)
             .args(args)
             .stdin(Stdio::null())
@@ -131,6 +137,9 @@ impl Drop for Procs {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        for socket in &self.sockets {
+            let _ = std::fs::remove_file(socket);
         }
     }
 }
