@@ -2,7 +2,8 @@
 //! defaults. Starts `colo arbiter`, `colo primary` and `colo secondary` as child processes of
 //! the same binary on loopback, waits for several checkpoints, kills the primary (SIGKILL),
 //! and watches the secondary detect the loss, take the lease in a new term and keep running
-//! its guest from the last checkpoint. Returns a [`DemoSummary`] or a one-line error.
+//! its guest from the last checkpoint. Then it re-protects the survivor with a new secondary
+//! and fails back (`demo/reprotect.rs`). Returns a [`DemoSummary`] or a one-line error.
 //!
 //! Invariant: every child is killed and reaped on every path out of [`run`] (the `Children`
 //! guard), and every wait is bounded by the demo's deadline, so the demo always ends.
@@ -17,6 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod reprotect;
+
+pub use reprotect::ReprotectSummary;
+
 /// What the demo runs with.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -24,6 +29,8 @@ pub struct DemoOptions {
     pub arbiter_port: u16,
     /// Loopback port of the primary's peer listener.
     pub peer_port: u16,
+    /// Loopback port where the secondary accepts a new secondary after it took over.
+    pub reprotect_port: u16,
     /// Checkpoints to complete before the kill.
     pub checkpoints: u32,
     /// Bound on the whole demo.
@@ -56,6 +63,8 @@ pub struct DemoSummary {
     pub term: u64,
     /// Guest steps the survivor reported after the failover.
     pub steps_after: Vec<u64>,
+    /// The re-protection phase.
+    pub reprotect: Option<ReprotectSummary>,
 }
 
 impl std::fmt::Display for DemoSummary {
@@ -94,7 +103,11 @@ impl std::fmt::Display for DemoSummary {
             f,
             "  survivor's guest continued: steps {:?} after the failover (from {} at the last checkpoint)",
             self.steps_after, self.last_applied.1
-        )
+        )?;
+        if let Some(r) = &self.reprotect {
+            write!(f, "\n{r}")?;
+        }
+        Ok(())
     }
 }
 
@@ -205,7 +218,8 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     }
     let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let (arbiter, peer) = (local(options.arbiter_port), local(options.peer_port));
-    for addr in [arbiter, peer] {
+    let takeover = local(options.reprotect_port);
+    for addr in [arbiter, peer, takeover] {
         TcpListener::bind(addr).map_err(|e| format!("port {} is not free: {e}", addr.port()))?;
     }
     let deadline = Instant::now() + options.timeout;
@@ -218,6 +232,9 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
         v.extend(["--run-for".to_string(), lifetime.clone()]);
         v
     };
+    // Declared before the children: dropped after they are killed.
+    let control = reprotect::ControlDir::create()?;
+    let ctl = |who: &str| control.socket(who).to_string_lossy().into_owned();
     let mut children = Children(Vec::new());
     let arbiter_args = vec![
         "arbiter".into(),
@@ -232,16 +249,20 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     ));
     let mut primary_args = node_args(["primary", "--listen"]);
     primary_args.insert(2, peer.to_string());
+    primary_args.extend(["--control".into(), ctl("primary")]);
     children.0.push((
         "primary",
         spawn(&options.binary, "primary", &primary_args, &tx)?,
     ));
     let mut secondary_args = node_args(["secondary", "--peer"]);
     secondary_args.insert(2, peer.to_string());
+    secondary_args.extend(["--control".into(), ctl("secondary")]);
+    secondary_args.extend(["--listen".into(), takeover.to_string()]);
     children.0.push((
         "secondary",
         spawn(&options.binary, "secondary", &secondary_args, &tx)?,
     ));
+    let newcomer_lines = tx.clone();
     drop(tx);
 
     let mut summary = DemoSummary::default();
@@ -340,6 +361,17 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
             summary.steps_after.push(step);
         }
     }
+
+    // Phase 4: re-protect the survivor with a new secondary, then fail back to it.
+    let phase = reprotect::Phase {
+        binary: &options.binary,
+        arbiter,
+        takeover,
+        dir: &control,
+        lifetime: &lifetime,
+        lines: &newcomer_lines,
+    };
+    summary.reprotect = Some(reprotect::run(&phase, &mut children, &next)?);
     Ok(summary)
 }
 

@@ -10,6 +10,7 @@
 //! block files.
 
 pub mod arbiter;
+pub mod control;
 pub mod demo;
 pub mod devices;
 pub mod guest;

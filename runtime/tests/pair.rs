@@ -31,6 +31,8 @@ struct Procs {
     lines: mpsc::Receiver<(usize, String)>,
     tx: mpsc::Sender<(usize, String)>,
     log: Vec<String>,
+    /// Control sockets given to the nodes: a killed node leaves its file behind.
+    sockets: Vec<String>,
 }
 
 impl Procs {
@@ -41,14 +43,23 @@ impl Procs {
             lines,
             tx,
             log: Vec::new(),
+            sockets: Vec::new(),
         }
     }
 
-    /// Starts `colo args...`; returns its index.
+    /// Starts `colo args...`; returns its index. A node gets a control socket of its own
+    /// (tests run in parallel: the default path is per role and node id, shared by them).
     fn spawn(&mut self, args: &[String]) -> usize {
         let index = self.children.len();
+        let mut args = args.to_vec();
+        let node = matches!(args[0].as_str(), "primary" | "secondary");
+        if node && !args.iter().any(|a| a == "--control") {
+            let socket = common::control_path();
+            args.extend(["--control".to_string(), socket.clone()]);
+            self.sockets.push(socket);
+        }
         let mut child = Command::new(COLO)
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -105,6 +116,9 @@ impl Drop for Procs {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        for socket in &self.sockets {
+            let _ = std::fs::remove_file(socket);
         }
     }
 }
@@ -294,7 +308,7 @@ fn colo_demo_exits_zero_with_a_summary() {
     if !common::kvm_available("colo_demo_exits_zero_with_a_summary") {
         return;
     }
-    let (arbiter, peer) = (free_addr(), free_addr());
+    let (arbiter, peer, takeover) = (free_addr(), free_addr(), free_addr());
     let out = Command::new(COLO)
         .args([
             "demo",
@@ -302,6 +316,8 @@ fn colo_demo_exits_zero_with_a_summary() {
             &arbiter.port().to_string(),
             "--peer-port",
             &peer.port().to_string(),
+            "--reprotect-port",
+            &takeover.port().to_string(),
             "--checkpoints",
             "3",
             "--timeout",
@@ -318,6 +334,15 @@ fn colo_demo_exits_zero_with_a_summary() {
     assert!(stdout.contains("colo demo: OK"), "{stdout}");
     assert!(
         stdout.contains("failed over (lease granted, term 2)"),
+        "{stdout}"
+    );
+    // The re-protection phase: digests compared, then the newcomer takes over in term 3.
+    assert!(
+        stdout.contains("newcomer's memory digest equals the survivor's at checkpoints"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("newcomer failed over (lease granted, term 3)"),
         "{stdout}"
     );
 }

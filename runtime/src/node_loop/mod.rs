@@ -17,6 +17,8 @@
 //! Log lines on stdout are `<role>: <what> key=value ...`, one per milestone; `colo demo` and
 //! the tests parse them (names listed in docs/operations.md).
 
+mod control;
+mod reconnect;
 mod vm;
 
 pub use vm::{RamCache, SharedCache, VmExecutor};
@@ -37,6 +39,7 @@ use colo_core::time::{Duration, Instant};
 use colo_core::wire::{Limits, Message};
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -68,6 +71,14 @@ pub struct NodeLoopConfig {
     pub report_every: Duration,
     /// Stop after this long (None: run until deposed, stopped or killed).
     pub run_for: Option<Duration>,
+    /// The control socket (None: no control socket).
+    pub control: Option<PathBuf>,
+    /// A secondary's address for newcomers once it survives a failover (a primary accepts
+    /// on its peer address already).
+    pub newcomer_listen: Option<SocketAddr>,
+    /// Arm re-protection whenever the node runs solo (default off: an operator's decision,
+    /// as in QEMU).
+    pub auto_reprotect: bool,
 }
 
 impl NodeLoopConfig {
@@ -85,6 +96,9 @@ impl NodeLoopConfig {
             digests: false,
             report_every: Duration::from_millis(250),
             run_for: None,
+            control: None,
+            newcomer_listen: None,
+            auto_reprotect: false,
         }
     }
 }
@@ -118,6 +132,12 @@ pub enum LoopEvent {
         /// The answer.
         reply: LeaseReply,
     },
+    /// An operator's request from the control socket.
+    Control(crate::control::ControlCall),
+    /// A newcomer connected to a secondary's takeover address.
+    Newcomer(TcpStream),
+    /// A secondary's reconnection to its primary after a link drop got through.
+    Reconnected(TcpStream),
 }
 
 /// How the loop ended.
@@ -164,6 +184,7 @@ pub struct NodeLoop {
     arbiter: ArbiterClient,
     pending: VecDeque<Input>,
     end: Option<LoopEnd>,
+    ctl: control::LoopControl,
     name: &'static str,
     dropped_while_down: u64,
 }
@@ -194,6 +215,33 @@ impl NodeLoop {
             }
             PeerEndpoint::Connect(addr) => spawn_connector(addr, tx.clone())?,
         }
+        let newcomers = match (config.peer, config.newcomer_listen) {
+            (PeerEndpoint::Listen(addr), _) => Some(addr),
+            (PeerEndpoint::Connect(_), Some(addr)) => {
+                control::spawn_newcomer_acceptor(addr, tx.clone()).map_err(LoopError::Endpoint)?;
+                Some(addr)
+            }
+            (PeerEndpoint::Connect(_), None) if config.auto_reprotect => {
+                return Err(LoopError::Endpoint(
+                    "--auto-reprotect on a secondary needs --listen (where newcomers connect)"
+                        .to_string(),
+                ));
+            }
+            (PeerEndpoint::Connect(_), None) => None,
+        };
+        let mut ctl = control::LoopControl::new(
+            config.auto_reprotect,
+            newcomers,
+            config.node.checkpoint.checkpoint_interval,
+        );
+        if let Some(path) = &config.control {
+            let control_tx = tx.clone();
+            let server = crate::control::ControlServer::bind(path, move |call| {
+                control_tx.send(LoopEvent::Control(call)).is_ok()
+            })
+            .map_err(LoopError::Endpoint)?;
+            ctl.server = Some(server);
+        }
         let arbiter_tx = tx.clone();
         let arbiter = ArbiterClient::spawn(
             config.arbiter,
@@ -220,6 +268,7 @@ impl NodeLoop {
             arbiter,
             pending: VecDeque::new(),
             end: None,
+            ctl,
             name,
             dropped_while_down: 0,
         })
@@ -316,6 +365,7 @@ impl NodeLoop {
                 self.execute(output);
             }
         }
+        self.ctl_after_input();
     }
 
     fn on_event(&mut self, event: LoopEvent) {
@@ -332,6 +382,9 @@ impl NodeLoop {
                 println!("{}: lease-reply id={} reply={reply:?}", self.name, id.0);
                 self.input(Input::Arbiter { id, reply });
             }
+            LoopEvent::Control(call) => self.on_control(call),
+            LoopEvent::Newcomer(stream) => self.on_newcomer(stream),
+            LoopEvent::Reconnected(stream) => self.on_reconnected(stream),
         }
     }
 
@@ -397,6 +450,7 @@ impl NodeLoop {
             println!("{}: link-down reason=\"{why}\"", self.name);
             self.link += 1; // ignore whatever the old reader still posts
             self.input(Input::PeerLink(LinkState::Down));
+            self.maybe_reconnect();
         }
     }
 
@@ -551,6 +605,7 @@ impl NodeLoop {
     }
 
     fn on_node_event(&mut self, event: Event) {
+        self.ctl_on_event(&event);
         let n = self.name;
         match &event {
             Event::CheckpointDone {

@@ -2,6 +2,8 @@
 //! ready-to-run test-guest machine.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod procs;
+
 use colo_runtime::devices::console::OutputCapture;
 use colo_runtime::{ConsoleOutput, Machine, MachineConfig};
 
@@ -82,4 +84,15 @@ pub fn run_one_full_step(machine: &mut Machine, pages: u64) {
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
     machine.pause();
+}
+
+/// A control-socket path no other test uses (temp dir, this process, a counter).
+pub fn control_path() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir()
+        .join(format!("colo-test-{}-{n}.sock", std::process::id()))
+        .to_string_lossy()
+        .into_owned()
 }
