@@ -17,6 +17,7 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod net;
 pub mod node_loop;
 pub mod peer;
 pub mod persist;

@@ -323,6 +323,15 @@ impl Machine {
         self.net.clone()
     }
 
+    /// The vCPUs' TSC frequency in kHz (`KVM_GET_TSC_KHZ`): the test guest's only clock
+    /// source, passed to it as `colo.tsc_khz`. Paused only.
+    pub fn tsc_khz(&self) -> Result<u32, MachineError> {
+        self.require_paused()?;
+        Ok(self.vcpus[0]
+            .with_fd(|fd| fd.get_tsc_khz())
+            .op("KVM_GET_TSC_KHZ")?)
+    }
+
     /// The VM's shape.
     pub fn config(&self) -> MachineConfig {
         self.config

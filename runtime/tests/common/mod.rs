@@ -83,3 +83,39 @@ pub fn run_one_full_step(machine: &mut Machine, pages: u64) {
     }
     machine.pause();
 }
+
+/// True if network namespaces and taps can be used (the `ip` tool and /dev/net/tun). Without
+/// them the test is skipped with a message, unless COLO_REQUIRE_NET=1 makes it a failure.
+pub fn net_available(test: &str) -> bool {
+    let ip = std::process::Command::new("ip")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .is_ok();
+    if ip && tun {
+        return true;
+    }
+    let why = format!("ip tool usable: {ip}, /dev/net/tun usable: {tun}");
+    if std::env::var("COLO_REQUIRE_NET").as_deref() == Ok("1") {
+        panic!("{test}: network namespaces are required (COLO_REQUIRE_NET=1): {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}; set COLO_REQUIRE_NET=1 to make this a failure");
+    false
+}
+
+/// A namespace name unique to this process and call (at most 15 bytes are not needed for
+/// namespaces, but the name stays short and recognisable: `colo-<pid>-<n>`).
+pub fn unique_netns_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "colo-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
