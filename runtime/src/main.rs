@@ -78,6 +78,27 @@ struct NodeArgs {
     /// Stop after this many seconds.
     #[arg(long)]
     run_for: Option<f64>,
+    /// The test guest's workload (primary): `counter` or `net-server`.
+    #[arg(long, value_enum, default_value_t = Workload::Counter)]
+    workload: Workload,
+    /// net-server: the guest's address and prefix.
+    #[arg(long, default_value = "10.0.0.2/24")]
+    guest_ip: String,
+    /// net-server: the guest's TCP port.
+    #[arg(long, default_value_t = 7000)]
+    guest_port: u16,
+    /// The tap towards the clients (created in this process's network namespace).
+    #[arg(long)]
+    client_tap: Option<String>,
+    /// A bridge the client tap joins (the primary at start, the secondary on takeover).
+    #[arg(long, requires = "client_tap")]
+    client_bridge: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    Counter,
+    NetServer,
 }
 
 #[derive(clap::Args, Debug)]
@@ -299,7 +320,14 @@ fn run_node(role: Role, peer: PeerEndpoint, args: &NodeArgs) -> Result<ExitCode,
     config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
-    config.workload_pages = args.pages;
+    config.workload_pages = match args.workload {
+        Workload::Counter => args.pages,
+        Workload::NetServer => 0,
+    };
+    config.net = colo_runtime::node_loop::NetConfig {
+        client_tap: args.client_tap.clone(),
+        client_bridge: args.client_bridge.clone(),
+    };
     config.digests = args.digests;
     config.run_for = args.run_for.map(|s| seconds(s, "--run-for")).transpose()?;
     let machine_config = MachineConfig {
@@ -311,7 +339,16 @@ fn run_node(role: Role, peer: PeerEndpoint, args: &NodeArgs) -> Result<ExitCode,
     if role == Role::Primary {
         let path = colo_runtime::guest::test_guest_path();
         let image = read(path, "test guest")?;
-        let cmdline = colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0);
+        let cmdline = match args.workload {
+            Workload::Counter => {
+                colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0)
+            }
+            Workload::NetServer => colo_runtime::guest::net_server_cmdline(
+                &args.guest_ip,
+                args.guest_port,
+                machine.tsc_khz().map_err(|e| e.to_string())?,
+            ),
+        };
         machine
             .load_test_guest(&image, &cmdline)
             .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -12,20 +12,25 @@
 //! Invariants: after every `handle` the outputs are drained and executed in order before the
 //! next input (VM completions are queued as inputs, never handled re-entrantly); time fed to
 //! the node is one monotonic clock ([`MonoClock`]); an output the runtime cannot execute
-//! (guest network and disk do not exist yet) is logged as an error, never dropped silently.
+//! (guest disks do not exist yet) is logged as an error, never dropped silently. Guest
+//! network frames are routed by `frames.rs` (client tap, virtio-net, the node).
 //!
 //! Log lines on stdout are `<role>: <what> key=value ...`, one per milestone; `colo demo` and
 //! the tests parse them (names listed in docs/operations.md).
 
+mod frames;
 mod vm;
 
+pub use frames::{FrameStats, NetConfig};
 pub use vm::{RamCache, SharedCache, VmExecutor};
+
+use frames::GuestNet;
 
 use crate::arbiter::{ArbiterClient, MonoClock};
 use crate::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
 use crate::machine::Machine;
 use crate::peer::{PeerReader, PeerWriter};
-use colo_core::checkpoint::VmCompletion;
+use colo_core::checkpoint::{VmCommand, VmCompletion};
 use colo_core::disk::{DiskCommand, DiskIoError};
 use colo_core::failover::{LeaseReply, LeaseRequestId};
 use colo_core::ids::{ClusterId, NodeId, Role};
@@ -68,6 +73,8 @@ pub struct NodeLoopConfig {
     pub report_every: Duration,
     /// Stop after this long (None: run until deposed, stopped or killed).
     pub run_for: Option<Duration>,
+    /// The client link (none: guest frames for clients are counted and dropped).
+    pub net: NetConfig,
 }
 
 impl NodeLoopConfig {
@@ -85,6 +92,7 @@ impl NodeLoopConfig {
             digests: false,
             report_every: Duration::from_millis(250),
             run_for: None,
+            net: NetConfig::default(),
         }
     }
 }
@@ -111,6 +119,10 @@ pub enum LoopEvent {
         /// Why, readable.
         why: String,
     },
+    /// The guest sent a frame (posted by the virtio-net sink on a vCPU thread).
+    GuestFrame(Vec<u8>),
+    /// A frame arrived on the client tap.
+    ClientFrame(Vec<u8>),
     /// The arbiter answered.
     Arbiter {
         /// The request.
@@ -166,6 +178,10 @@ pub struct NodeLoop {
     end: Option<LoopEnd>,
     name: &'static str,
     dropped_while_down: u64,
+    net: GuestNet,
+    /// Events taken from the channel out of turn (see `drain_guest_frames`), handled first.
+    deferred: VecDeque<LoopEvent>,
+    reports: u64,
 }
 
 impl std::fmt::Debug for NodeLoop {
@@ -186,6 +202,7 @@ impl NodeLoop {
         let clock = MonoClock::start();
         let node = Node::new(config.node.clone(), config.role, clock.now())?;
         let (tx, rx) = mpsc::channel();
+        let net = GuestNet::new(&config.net, config.role, &machine, tx.clone())?;
         match config.peer {
             PeerEndpoint::Listen(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -222,6 +239,9 @@ impl NodeLoop {
             end: None,
             name,
             dropped_while_down: 0,
+            net,
+            deferred: VecDeque::new(),
+            reports: 0,
         })
     }
 
@@ -256,6 +276,9 @@ impl NodeLoop {
                 wake = wake.min(t);
             }
             let wait = wake.saturating_duration_since(now);
+            while let Some(event) = self.deferred.pop_front() {
+                self.on_event(event);
+            }
             match self.rx.recv_timeout(wait) {
                 Ok(event) => self.on_event(event),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -279,8 +302,29 @@ impl NodeLoop {
         }
     }
 
-    fn report(&self, now: Instant) {
+    fn report(&mut self, now: Instant) {
         let status = self.node.status(now);
+        self.reports += 1;
+        if self.config.net.client_tap.is_some() && self.reports.is_multiple_of(4) {
+            let f = self.net.stats();
+            let d = self
+                .machine
+                .net()
+                .lock()
+                .expect("net mutex poisoned")
+                .stats();
+            println!(
+                "{}: net to_guest={} to_client={} held_dropped={} client_dropped={} guest_tx={} guest_rx={} rx_dropped={}",
+                self.name,
+                f.to_guest,
+                f.to_client,
+                f.held_dropped,
+                f.client_dropped,
+                d.tx_frames,
+                d.rx_frames,
+                d.rx_dropped
+            );
+        }
         if self.config.workload_pages > 0
             && matches!(status.mode, NodeMode::Paired | NodeMode::Solo)
         {
@@ -316,6 +360,24 @@ impl NodeLoop {
                 self.execute(output);
             }
         }
+        // Frames for the guest held while it was paused go in once it runs again.
+        self.net.flush(&self.machine);
+    }
+
+    /// After a pause: the frames the guest sent before it are in the channel (the sink posts
+    /// them during the MMIO exit, which the pause completes); they are handed to the node
+    /// before the pause's completion, so they belong to the epoch that produced them and not
+    /// to the next (where the restored secondary would never send them: a needless compare
+    /// timeout). Other events keep their order in `deferred`.
+    fn drain_guest_frames(&mut self) {
+        while let Ok(event) = self.rx.try_recv() {
+            match event {
+                LoopEvent::GuestFrame(frame) if self.deferred.is_empty() => {
+                    self.pending.push_back(Input::GuestFrame(frame));
+                }
+                other => self.deferred.push_back(other),
+            }
+        }
     }
 
     fn on_event(&mut self, event: LoopEvent) {
@@ -328,6 +390,8 @@ impl NodeLoop {
             } if link == self.link => self.on_frame(message, bulk),
             LoopEvent::PeerDown { link, why } if link == self.link => self.link_down(&why),
             LoopEvent::Peer { .. } | LoopEvent::PeerDown { .. } => {} // a dead link's straggler
+            LoopEvent::GuestFrame(frame) => self.input(Input::GuestFrame(frame)),
+            LoopEvent::ClientFrame(frame) => self.input(Input::ClientFrame(frame)),
             LoopEvent::Arbiter { id, reply } => {
                 println!("{}: lease-reply id={} reply={reply:?}", self.name, id.0);
                 self.input(Input::Arbiter { id, reply });
@@ -431,6 +495,7 @@ impl NodeLoop {
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {
+                let pausing = matches!(command, VmCommand::Pause);
                 let result = self
                     .exec
                     .execute(&mut self.machine, self.writer.as_mut(), command);
@@ -442,6 +507,9 @@ impl NodeLoop {
                     }
                 };
                 self.on_vm_done(&done);
+                if pausing {
+                    self.drain_guest_frames();
+                }
                 self.pending.push_back(Input::VmDone(done));
             }
             Output::Sync(SyncCommand::SendAll { term }) => {
@@ -472,11 +540,8 @@ impl NodeLoop {
             }
             Output::Event(event) => self.on_node_event(event),
             Output::Disk(command) => self.on_disk(command),
-            Output::ToClient(frame) | Output::ToGuest(frame) => eprintln!(
-                "colo {}: error: a {}-byte guest network frame, but this VM has no network device",
-                self.name,
-                frame.len()
-            ),
+            Output::ToGuest(frame) => self.net.handle_to_guest(&self.machine, frame),
+            Output::ToClient(frame) => self.net.handle_to_client(&frame),
             Output::GuestDiskDone { io, .. } => eprintln!(
                 "colo {}: error: completion of guest disk request {io:?}, but this VM has no disk",
                 self.name
@@ -609,8 +674,9 @@ impl NodeLoop {
                 eprintln!("colo {n}: VM command {command:?} failed in {epoch:?}")
             }
             Event::ClaimClientLink { term } => println!(
-                "{n}: claim-client-link term={} (no guest network yet: nothing to announce)",
-                term.0
+                "{n}: claim-client-link term={} {}",
+                term.0,
+                self.net.claim_client_link()
             ),
             other => println!("{n}: event {other:?}"),
         }

@@ -2,6 +2,8 @@
 //! ready-to-run test-guest machine.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod procs;
+
 use colo_runtime::devices::console::OutputCapture;
 use colo_runtime::{ConsoleOutput, Machine, MachineConfig};
 
