@@ -143,6 +143,13 @@ struct DemoArgs {
     /// Give up (exit 1) after this many seconds.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
+    /// The guest's TCP server and a real client across the failover, in a network
+    /// namespace the demo creates (root, iproute2, /dev/net/tun).
+    #[arg(long)]
+    net: bool,
+    /// `--net`: client requests per measured phase (lone VM, pair, survivor).
+    #[arg(long, default_value_t = 200)]
+    requests: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -287,9 +294,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 timeout: seconds(args.timeout, "--timeout")?,
                 binary: std::env::current_exe()
                     .map_err(|e| format!("cannot find the colo binary: {e}"))?,
+                requests: args.requests,
             };
-            let summary = colo_runtime::demo::run(&options)?;
-            println!("{summary}");
+            if args.net {
+                let summary = colo_runtime::demo::run_net(&options)?;
+                println!("{summary}");
+            } else {
+                let summary = colo_runtime::demo::run(&options)?;
+                println!("{summary}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore(args) => {

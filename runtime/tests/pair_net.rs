@@ -194,3 +194,34 @@ fn a_client_connection_survives_a_primary_kill() {
         );
     }
 }
+
+#[test]
+fn colo_demo_net_serves_a_client_across_the_failover() {
+    use std::process::Command;
+    if !common::kvm_available("colo_demo_net_serves_a_client_across_the_failover")
+        || !common::net_available("colo_demo_net_serves_a_client_across_the_failover")
+    {
+        return;
+    }
+    let out = Command::new(common::procs::COLO)
+        .args([
+            "demo",
+            "--net",
+            "--requests",
+            "50",
+            "--checkpoints",
+            "3",
+            "--timeout",
+            "60",
+        ])
+        .output()
+        .expect("running colo demo --net");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "colo demo --net failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("colo demo --net: OK"), "{stdout}");
+    assert!(stdout.contains("no write lost or repeated"), "{stdout}");
+}
