@@ -9,7 +9,8 @@
 //! 0. a lone VM (in this process, tap `colol0`, guest 10.0.0.3) answers `requests` requests:
 //!    the baseline latency;
 //! 1. the pair: after the pairing's checkpoint a client thread sends `INCR n` requests
-//!    back to back on one connection; the demo waits for `requests` replies and `checkpoints`
+//!    back to back on one connection, every 50th a `NONCE` (whose reply differs between the
+//!    guests: a real miscompare); the demo waits for `requests` replies and `checkpoints`
 //!    checkpoints, counting checkpoints by reason;
 //! 2. SIGKILL of the primary; the secondary fails over and claims the client link;
 //! 3. the same connection goes on until `requests` more replies came from the survivor.
@@ -80,8 +81,11 @@ impl std::fmt::Display for Percentiles {
 pub struct NetDemoSummary {
     /// Request latency of a lone VM (no replication).
     pub lone: Percentiles,
-    /// Request latency through the pair (output compared before release).
+    /// `INCR` latency through the pair (output compared before release).
     pub paired: Percentiles,
+    /// `NONCE` latency through the pair: each reply differs between the guests, so it waits
+    /// for the checkpoint its miscompare forces.
+    pub paired_nonce: Percentiles,
     /// Request latency of the survivor after the failover (solo, no comparison).
     pub solo: Percentiles,
     /// Checkpoints the primary completed while the client ran, by reason.
@@ -104,6 +108,11 @@ impl std::fmt::Display for NetDemoSummary {
         writeln!(f, "colo demo --net: OK")?;
         writeln!(f, "  lone VM:              {}", self.lone)?;
         writeln!(f, "  through the pair:     {}", self.paired)?;
+        writeln!(
+            f,
+            "  NONCE through the pair (replies differ, forcing a checkpoint): {}",
+            self.paired_nonce
+        )?;
         writeln!(f, "  survivor (solo):      {}", self.solo)?;
         let reasons: Vec<String> = self
             .reasons
@@ -181,14 +190,38 @@ impl Client {
         self.count = want;
         Ok(want)
     }
+
+    /// A `NONCE` request: the two guests answer it differently (their TSCs), so the primary's
+    /// comparator sees a real difference and forces a checkpoint; the client gets one reply.
+    fn nonce(&mut self) -> Result<(), String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stream
+            .write_all(format!("{id} NONCE\n").as_bytes())
+            .map_err(|e| format!("request {id}: {e}"))?;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reply to request {id}: {e}"))?;
+        let token = line.trim_end().strip_prefix(&format!("{id} NONCE "));
+        match token {
+            Some(t) if t.len() == 16 && u64::from_str_radix(t, 16).is_ok() => Ok(()),
+            _ => Err(format!("request {id} (NONCE) got {:?}", line.trim_end())),
+        }
+    }
 }
 
-/// A reply the client thread got: when the request started and ended, and the value.
+/// Every this many requests the client sends a `NONCE` instead of an `INCR`.
+const NONCE_EVERY: u64 = 50;
+
+/// A reply the client thread got: when the request started and ended, and the counter's
+/// value after it (a `NONCE` leaves it unchanged).
 #[derive(Clone, Copy, Debug)]
 struct Sample {
     start: Instant,
     end: Instant,
     value: u64,
+    nonce: bool,
 }
 
 fn bridge(ns: &NetNs) -> Result<(), String> {
@@ -355,13 +388,22 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
         let (samples, failure, stop) = (samples.clone(), failure.clone(), stop.clone());
         let mut client = client;
         std::thread::spawn(move || {
+            let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                sent += 1;
+                let nonce = sent.is_multiple_of(NONCE_EVERY);
                 let start = Instant::now();
-                match client.incr() {
+                let result = if nonce {
+                    client.nonce().map(|()| client.count)
+                } else {
+                    client.incr()
+                };
+                match result {
                     Ok(value) => samples.lock().expect("samples").push(Sample {
                         start,
                         end: Instant::now(),
                         value,
+                        nonce,
                     }),
                     Err(e) => {
                         *failure.lock().expect("failure") = Some(e);
@@ -454,8 +496,9 @@ fn drive(
             .collect();
         Percentiles::of(&v)
     };
-    summary.paired = latency(&|s| s.end < killed);
-    summary.solo = latency(&|s| s.start > failed_over);
+    summary.paired = latency(&|s| !s.nonce && s.end < killed);
+    summary.paired_nonce = latency(&|s| s.nonce && s.end < killed);
+    summary.solo = latency(&|s| !s.nonce && s.start > failed_over);
     let before = samples.iter().rev().find(|s| s.end < killed);
     let after = samples.iter().find(|s| s.end >= killed);
     if let (Some(b), Some(a)) = (before, after) {
