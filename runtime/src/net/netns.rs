@@ -77,3 +77,19 @@ impl Drop for NetNs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_inside_a_missing_namespace_is_an_error_not_a_panic() {
+        // A guard for a name that was never created (constructed directly): `run` must fail
+        // to open it; forgetting the guard keeps Drop from trying to delete it.
+        let ns = NetNs {
+            name: format!("colo-never-created-{}", std::process::id()),
+        };
+        assert!(ns.run(|| ()).is_err());
+        std::mem::forget(ns);
+    }
+}

@@ -201,3 +201,16 @@ impl Drop for TapLink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_names_that_linux_cannot_hold_are_refused_before_any_ioctl() {
+        for name in ["", "sixteen-chars-xx", "nul\0name"] {
+            let err = Tap::open(name).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{name:?}");
+        }
+    }
+}
