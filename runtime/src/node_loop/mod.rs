@@ -313,8 +313,9 @@ impl NodeLoop {
                 .lock()
                 .expect("net mutex poisoned")
                 .stats();
+            let n = self.node.stats();
             println!(
-                "{}: net to_guest={} to_client={} held_dropped={} client_dropped={} guest_tx={} guest_rx={} rx_dropped={}",
+                "{}: net to_guest={} to_client={} held_dropped={} client_dropped={} guest_tx={} guest_rx={} rx_dropped={} released={} held={} stale_secondary_output={}",
                 self.name,
                 f.to_guest,
                 f.to_client,
@@ -322,7 +323,10 @@ impl NodeLoop {
                 f.client_dropped,
                 d.tx_frames,
                 d.rx_frames,
-                d.rx_dropped
+                d.rx_dropped,
+                n.released,
+                n.held,
+                n.stale_secondary_output
             );
         }
         if self.config.workload_pages > 0
