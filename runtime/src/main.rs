@@ -90,7 +90,8 @@ struct NodeArgs {
     /// The tap towards the clients (created in this process's network namespace).
     #[arg(long)]
     client_tap: Option<String>,
-    /// A bridge the client tap joins (the primary at start, the secondary on takeover).
+    /// A bridge the client tap joins at start (both roles; a paired secondary ignores client
+    /// frames, the survivor announces the guest's MAC on its claim).
     #[arg(long, requires = "client_tap")]
     client_bridge: Option<String>,
 }

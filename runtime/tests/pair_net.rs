@@ -1,12 +1,13 @@
 //! The replicated pair with guest networking, end to end on real KVM: `colo arbiter`, `colo
 //! primary` and `colo secondary` run inside a network namespace the test creates, with a
-//! bridge (10.0.0.1/24, no route out) that holds the primary's client tap; the test's client
+//! bridge (10.0.0.1/24, no route out) that holds both nodes' client taps; the test's client
 //! connects from the same namespace to the guest's server at 10.0.0.2:7000. What is proven:
 //! replies through the pair are correct (the primary's node compares both guests' output and
 //! releases it); a reply that differs between the guests (`NONCE`) leads to a miscompare
 //! checkpoint and the client still gets one well-formed reply; a client's TCP connection
-//! keeps working after the primary is killed (the survivor's tap joins the bridge when it
-//! claims the client link) and no acknowledged write is lost or repeated.
+//! keeps working after the primary is killed (both taps are on the bridge; the survivor
+//! announces the guest's MAC when it claims the client link) and no acknowledged write is
+//! lost or repeated.
 
 mod common;
 
@@ -185,7 +186,10 @@ fn a_client_connection_survives_a_primary_kill() {
     let claim = pair.procs.wait_for(Duration::from_secs(10), |w, l| {
         w == s && l.starts_with("secondary: claim-client-link ")
     });
-    assert!(claim.contains("joined bridge=colobr0"), "{claim}");
+    assert!(
+        claim.contains("announced mac=52:54:00:c0:10:01 frames=3"),
+        "{claim}"
+    );
     // Same socket: every write the primary acknowledged is in the survivor's state, once.
     for i in 6..=8u64 {
         assert_eq!(

@@ -2,9 +2,9 @@
 //! host, inside a network namespace the demo creates (and deletes on every path).
 //!
 //! Topology (docs/operations.md): namespace `colo-demo-<pid>` with a bridge `colobr0`
-//! (10.0.0.1/24, the client's side, no route out); the primary's client tap `colop0` is on
-//! the bridge from the start; the secondary's `colos0` joins it when the secondary claims the
-//! client link after the takeover; the guest is 10.0.0.2:7000 (both VMs, same MAC). The
+//! (10.0.0.1/24, the client's side, no route out) holding both nodes' client taps (`colop0`,
+//! `colos0`; a paired secondary ignores client frames, the survivor announces the guest's MAC
+//! when it claims the client link); the guest is 10.0.0.2:7000 (both VMs, same MAC). The
 //! arbiter and the peer link use the namespace's own loopback. Phases:
 //! 0. a lone VM (in this process, tap `colol0`, guest 10.0.0.3) answers `requests` requests:
 //!    the baseline latency;
@@ -499,11 +499,13 @@ fn drive(
     summary.paired = latency(&|s| !s.nonce && s.end < killed);
     summary.paired_nonce = latency(&|s| s.nonce && s.end < killed);
     summary.solo = latency(&|s| !s.nonce && s.start > failed_over);
-    let before = samples.iter().rev().find(|s| s.end < killed);
-    let after = samples.iter().find(|s| s.end >= killed);
+    if let Some(first) = samples.iter().find(|s| s.end >= killed) {
+        summary.client_gap = first.end - killed;
+    }
+    let before = samples.iter().rev().find(|s| !s.nonce && s.end < killed);
+    let after = samples.iter().find(|s| !s.nonce && s.end >= killed);
     if let (Some(b), Some(a)) = (before, after) {
         summary.around_kill = (b.value, a.value);
-        summary.client_gap = a.end - killed;
     }
     Ok(())
 }

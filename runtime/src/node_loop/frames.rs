@@ -8,8 +8,13 @@
 //!   guest TX (virtio-net sink, vCPU thread) --> LoopEvent::GuestFrame --> Input::GuestFrame
 //!   Output::ToGuest  --> virtio-net RX (held while the VM is paused)
 //!   Output::ToClient --> client tap
-//!   Event::ClaimClientLink --> the survivor's tap joins the client bridge
+//!   Event::ClaimClientLink --> RARP announcements of the guest's MAC on the client tap
 //! ```
+//! Both nodes' client taps are on the client network from the start: while paired, the
+//! secondary's node ignores client frames (colo-core: the primary owns the link), so its tap
+//! only keeps the client network up when the primary's tap disappears with its process. The
+//! claim announces the guest's MAC from the survivor, as QEMU does after a migration
+//! (`qemu_announce_self`: RARP frames), so learning switches move the MAC to its port.
 //! Invariants: a frame for the guest is written into guest RAM only while the VM runs, so a
 //! checkpoint's pages and device state never see a half-delivered frame (the node's own rule:
 //! "a paused VM consumes it on resume"); held frames are bounded (the oldest dropped and
@@ -21,7 +26,6 @@ use super::{LoopError, LoopEvent};
 use crate::devices::virtio::net::{FrameSink, NetDevice, PENDING_RX_LIMIT};
 use crate::machine::{Machine, MachinePhase};
 use crate::net::tap::{Tap, TapLink};
-use colo_core::ids::Role;
 use std::collections::VecDeque;
 use std::process::Command;
 use std::sync::mpsc;
@@ -32,8 +36,7 @@ use std::sync::{Arc, Mutex};
 pub struct NetConfig {
     /// The tap towards the clients (created or attached in this process's namespace).
     pub client_tap: Option<String>,
-    /// A bridge the client tap joins: the primary's at start, the secondary's when it claims
-    /// the client link after a takeover.
+    /// A bridge the client tap joins at start (both roles).
     pub client_bridge: Option<String>,
 }
 
@@ -96,10 +99,10 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl GuestNet {
-    /// Wires `machine`'s device to the loop's channel and opens the client tap, if any.
+    /// Wires `machine`'s device to the loop's channel and opens the client tap, if any (on
+    /// the client bridge, if one is given, for either role: see the module doc).
     pub fn new(
         config: &NetConfig,
-        role: Role,
         machine: &Machine,
         tx: mpsc::Sender<LoopEvent>,
     ) -> Result<GuestNet, LoopError> {
@@ -130,9 +133,7 @@ impl GuestNet {
             held: VecDeque::new(),
             stats: FrameStats::default(),
         };
-        if role == Role::Primary {
-            guest_net.join_bridge().map_err(LoopError::Endpoint)?;
-        }
+        guest_net.join_bridge().map_err(LoopError::Endpoint)?;
         Ok(guest_net)
     }
 
@@ -179,17 +180,66 @@ impl GuestNet {
         }
     }
 
-    /// `Event::ClaimClientLink`: the survivor's tap joins the client bridge, so the clients'
-    /// frames reach it (the dead primary's tap went away with its process). Returns what was
-    /// done, for the log.
-    pub fn claim_client_link(&self) -> String {
-        match (&self.client, &self.bridge) {
-            (Some(tap), Some(bridge)) => match self.join_bridge() {
-                Ok(()) => format!("tap={} joined bridge={bridge}", tap.name()),
-                Err(e) => format!("failed: {e}"),
-            },
-            (Some(tap), None) => format!("tap={} (no bridge to join)", tap.name()),
-            (None, _) => "no client tap configured".to_string(),
-        }
+    /// `Event::ClaimClientLink`: announces the guest's MAC on the client tap (three RARP
+    /// frames, QEMU's announce format), so the client network delivers the guest's traffic to
+    /// this node. Returns what was done, for the log.
+    pub fn claim_client_link(&mut self) -> String {
+        let Some(tap) = &self.client else {
+            return "no client tap configured".to_string();
+        };
+        let mac = self.net.lock().expect("net mutex poisoned").save().mac;
+        let frame = rarp_announce(mac);
+        let sent = (0..ANNOUNCE_FRAMES)
+            .filter(|_| matches!(tap.send(&frame), Ok(true)))
+            .count();
+        format!(
+            "tap={} announced mac={} frames={sent}",
+            tap.name(),
+            mac.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        )
+    }
+}
+
+/// RARP announcements sent on a claim (QEMU sends five, spaced out; the loop has no timer for
+/// the spacing, so three go at once).
+const ANNOUNCE_FRAMES: usize = 3;
+
+/// QEMU's self-announcement (net/announce.c): a broadcast RARP "request reverse" (opcode 3)
+/// from `mac` about `mac`, zero protocol addresses, padded to the 60-byte minimum frame.
+fn rarp_announce(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&0x8035u16.to_be_bytes()); // ETH_P_RARP
+    f.extend_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    f.extend_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    f.extend_from_slice(&[6, 4]);
+    f.extend_from_slice(&3u16.to_be_bytes()); // reverse request
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.resize(60, 0);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcement_is_a_broadcast_rarp_about_the_guest_mac() {
+        let mac = [0x52, 0x54, 0, 0xc0, 0x10, 1];
+        let f = rarp_announce(mac);
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(&f[12..14], &[0x80, 0x35]);
+        assert_eq!(&f[20..22], &[0, 3], "opcode: reverse request");
+        assert_eq!(&f[22..28], &mac, "sender hardware address");
+        assert_eq!(&f[32..38], &mac, "target hardware address");
     }
 }

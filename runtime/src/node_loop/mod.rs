@@ -202,7 +202,7 @@ impl NodeLoop {
         let clock = MonoClock::start();
         let node = Node::new(config.node.clone(), config.role, clock.now())?;
         let (tx, rx) = mpsc::channel();
-        let net = GuestNet::new(&config.net, config.role, &machine, tx.clone())?;
+        let net = GuestNet::new(&config.net, &machine, tx.clone())?;
         match config.peer {
             PeerEndpoint::Listen(addr) => {
                 let listener = TcpListener::bind(addr)
