@@ -9,9 +9,9 @@
 //! 0. a lone VM (in this process, tap `colol0`, guest 10.0.0.3) answers `requests` requests:
 //!    the baseline latency;
 //! 1. the pair: after the pairing's checkpoint a client thread sends `INCR n` requests
-//!    back to back on one connection, every 50th a `NONCE` (whose reply differs between the
-//!    guests: a real miscompare); the demo waits for `requests` replies and `checkpoints`
-//!    checkpoints, counting checkpoints by reason;
+//!    back to back on one connection, and a `NONCE` as every 50th (the 25th, 75th, ...),
+//!    whose reply differs between the guests: a real miscompare; the demo waits for
+//!    `requests` replies and `checkpoints` checkpoints, counting checkpoints by reason;
 //! 2. SIGKILL of the primary; the secondary fails over and claims the client link;
 //! 3. the same connection goes on until `requests` more replies came from the survivor.
 //!
@@ -211,7 +211,9 @@ impl Client {
     }
 }
 
-/// Every this many requests the client sends a `NONCE` instead of an `INCR`.
+/// Every this many requests the client sends a `NONCE` instead of an `INCR`, at an offset of
+/// half that, so a phase of a round number of requests does not end on one (the kill would
+/// then always land in the checkpoint that `NONCE` forces).
 const NONCE_EVERY: u64 = 50;
 
 /// A reply the client thread got: when the request started and ended, and the counter's
@@ -391,7 +393,7 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
             let mut sent = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 sent += 1;
-                let nonce = sent.is_multiple_of(NONCE_EVERY);
+                let nonce = sent % NONCE_EVERY == NONCE_EVERY / 2;
                 let start = Instant::now();
                 let result = if nonce {
                     client.nonce().map(|()| client.count)
