@@ -86,8 +86,9 @@ pub fn run_one_full_step(machine: &mut Machine, pages: u64) {
     machine.pause();
 }
 
-/// True if network namespaces and taps can be used (the `ip` tool and /dev/net/tun). Without
-/// them the test is skipped with a message, unless COLO_REQUIRE_NET=1 makes it a failure.
+/// True if network namespaces and taps can be used (root, the `ip` tool and /dev/net/tun).
+/// Without them the test is skipped with a message, unless COLO_REQUIRE_NET=1 makes it a
+/// failure.
 pub fn net_available(test: &str) -> bool {
     let ip = std::process::Command::new("ip")
         .arg("-V")
@@ -99,10 +100,19 @@ pub fn net_available(test: &str) -> bool {
         .write(true)
         .open("/dev/net/tun")
         .is_ok();
-    if ip && tun {
+    // Namespaces, taps and bridges need CAP_NET_ADMIN: only root is assumed to have it.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1))
+                == Some("0")
+        })
+        .unwrap_or(false);
+    if ip && tun && root {
         return true;
     }
-    let why = format!("ip tool usable: {ip}, /dev/net/tun usable: {tun}");
+    let why = format!("ip tool usable: {ip}, /dev/net/tun usable: {tun}, root: {root}");
     if std::env::var("COLO_REQUIRE_NET").as_deref() == Ok("1") {
         panic!("{test}: network namespaces are required (COLO_REQUIRE_NET=1): {why}");
     }
