@@ -39,6 +39,11 @@ fn start_net_pair(test: &str) -> Option<NetPair> {
         "link",
         "add",
         BRIDGE,
+        // A fixed MAC: a bridge without one takes its lowest port's, so it would change
+        // when the primary's tap disappears, and the guest's next frames to the client
+        // (sent to the old MAC) would be lost until the guest re-ARPs.
+        "address",
+        "02:c0:10:00:00:01",
         "type",
         "bridge",
         "forward_delay",
