@@ -4,8 +4,9 @@
 # build, and the simulator's swarm batch, determinism check and canaries. This is the
 # README's test command; .ci/run calls it and adds a fuzz smoke.
 #
-# Tests that need /dev/kvm or the Linux kernel asset skip with a message where those are
-# missing; set COLO_REQUIRE_KVM=1 / COLO_REQUIRE_LINUX_KERNEL=1 to make a skip a failure.
+# Tests that need /dev/kvm, the Linux kernel asset or network namespaces (root, iproute2,
+# /dev/net/tun) skip with a message where those are missing; set COLO_REQUIRE_KVM=1 /
+# COLO_REQUIRE_LINUX_KERNEL=1 / COLO_REQUIRE_NET=1 to make a skip a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,9 @@ rustup component add rustfmt clippy >/dev/null
 
 echo "== guest assets (Debian cloud kernel for the Linux-loader test)"
 scripts/setup-guest-assets.sh || echo "guest assets: could not fetch the kernel; its test will skip"
+
+echo "== iproute2 (the network tests make namespaces, taps and a bridge with ip)"
+command -v ip >/dev/null || apt-get install -y iproute2 >/dev/null || echo "iproute2: not installed; the network tests will skip"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -6,8 +6,9 @@
 //! The replicated pair: `peer` (the TCP peer transport carrying `colo_core::wire` frames),
 //! `node_loop` (the thread driving a `colo_core::node::Node` and its machine, with the
 //! secondary's RAM cache), `arbiter` (the lease arbiter server and client) and `demo` (the
-//! one-host pair with a failover). Later issues add tap networking, virtio-mmio devices and
-//! block files.
+//! one-host pair with a failover). Guest networking: `devices::virtio` (the virtio-mmio network
+//! device), `net` (taps and network namespaces) and the node loop's frame routing. Block
+//! files come in a later issue.
 
 pub mod arbiter;
 pub mod control;
@@ -18,6 +19,7 @@ pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod net;
 pub mod node_loop;
 pub mod peer;
 pub mod persist;

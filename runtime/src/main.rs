@@ -133,6 +133,28 @@ struct NodeArgs {
     /// Arm re-protection whenever this node runs solo (default: only on `colo reprotect`).
     #[arg(long)]
     auto_reprotect: bool,
+    /// The test guest's workload (primary): `counter` or `net-server`.
+    #[arg(long, value_enum, default_value_t = Workload::Counter)]
+    workload: Workload,
+    /// net-server: the guest's address and prefix.
+    #[arg(long, default_value = "10.0.0.2/24")]
+    guest_ip: String,
+    /// net-server: the guest's TCP port.
+    #[arg(long, default_value_t = 7000)]
+    guest_port: u16,
+    /// The tap towards the clients (created in this process's network namespace).
+    #[arg(long)]
+    client_tap: Option<String>,
+    /// A bridge the client tap joins at start (both roles; a paired secondary ignores client
+    /// frames, the survivor announces the guest's MAC on its claim).
+    #[arg(long, requires = "client_tap")]
+    client_bridge: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    Counter,
+    NetServer,
 }
 
 #[derive(clap::Args, Debug)]
@@ -184,6 +206,13 @@ struct DemoArgs {
     /// Give up (exit 1) after this many seconds.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
+    /// The guest's TCP server and a real client across the failover, in a network
+    /// namespace the demo creates (root, iproute2, /dev/net/tun).
+    #[arg(long)]
+    net: bool,
+    /// `--net`: client requests per measured phase (lone VM, pair, survivor).
+    #[arg(long, default_value_t = 200)]
+    requests: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -344,9 +373,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 timeout: seconds(args.timeout, "--timeout")?,
                 binary: std::env::current_exe()
                     .map_err(|e| format!("cannot find the colo binary: {e}"))?,
+                requests: args.requests,
             };
-            let summary = colo_runtime::demo::run(&options)?;
-            println!("{summary}");
+            if args.net {
+                let summary = colo_runtime::demo::run_net(&options)?;
+                println!("{summary}");
+            } else {
+                let summary = colo_runtime::demo::run(&options)?;
+                println!("{summary}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore(args) => {
@@ -418,7 +453,14 @@ fn run_node(
     config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
-    config.workload_pages = args.pages;
+    config.workload_pages = match args.workload {
+        Workload::Counter => args.pages,
+        Workload::NetServer => 0,
+    };
+    config.net = colo_runtime::node_loop::NetConfig {
+        client_tap: args.client_tap.clone(),
+        client_bridge: args.client_bridge.clone(),
+    };
     config.digests = args.digests;
     config.run_for = args.run_for.map(|s| seconds(s, "--run-for")).transpose()?;
     let machine_config = MachineConfig {
@@ -430,7 +472,16 @@ fn run_node(
     if role == Role::Primary {
         let path = colo_runtime::guest::test_guest_path();
         let image = read(path, "test guest")?;
-        let cmdline = colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0);
+        let cmdline = match args.workload {
+            Workload::Counter => {
+                colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0)
+            }
+            Workload::NetServer => colo_runtime::guest::net_server_cmdline(
+                &args.guest_ip,
+                args.guest_port,
+                machine.tsc_khz().map_err(|e| e.to_string())?,
+            ),
+        };
         machine
             .load_test_guest(&image, &cmdline)
             .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -14,6 +14,7 @@
 
 use crate::devices::console::ConsoleState;
 use crate::devices::serial::SerialPortState;
+use crate::devices::virtio::net::NetState;
 use crate::layout::PAGE_SIZE;
 use crate::vstate::vcpu::VcpuState;
 use crate::vstate::vm::VmState;
@@ -23,7 +24,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Version of every state struct below and of the file format. Bump it on any change.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"COLOSNAP";
 /// Largest header the decoder accepts (device state of many vCPUs plus a page-range table).
 const HEADER_LIMIT: usize = 64 << 20;
@@ -95,6 +96,8 @@ pub struct DeviceState {
     pub console: ConsoleState,
     /// The 16550.
     pub serial: SerialPortState,
+    /// The virtio-net device (queues, features, status).
+    pub net: NetState,
 }
 
 impl DeviceState {
@@ -324,6 +327,7 @@ mod tests {
                     ..Default::default()
                 },
                 serial: SerialPortState::default(),
+                net: NetState::default(),
             },
             ranges: vec![PageRange {
                 first: 5,

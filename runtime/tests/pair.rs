@@ -9,122 +9,19 @@
 
 mod common;
 
+use common::procs::{COLO, Procs, args};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-const COLO: &str = env!("CARGO_BIN_EXE_colo");
 
 /// A loopback address with a port that was free a moment ago.
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("binding an ephemeral loopback port")
-}
-
-/// Child processes killed when the test ends, with their output lines in one channel.
-struct Procs {
-    children: Vec<Child>,
-    lines: mpsc::Receiver<(usize, String)>,
-    tx: mpsc::Sender<(usize, String)>,
-    log: Vec<String>,
-    /// Control sockets given to the nodes: a killed node leaves its file behind.
-    sockets: Vec<String>,
-}
-
-impl Procs {
-    fn new() -> Procs {
-        let (tx, lines) = mpsc::channel();
-        Procs {
-            children: Vec::new(),
-            lines,
-            tx,
-            log: Vec::new(),
-            sockets: Vec::new(),
-        }
-    }
-
-    /// Starts `colo args...`; returns its index. A node gets a control socket of its own
-    /// (tests run in parallel: the default path is per role and node id, shared by them).
-    fn spawn(&mut self, args: &[String]) -> usize {
-        let index = self.children.len();
-        let mut args = args.to_vec();
-        let node = matches!(args[0].as_str(), "primary" | "secondary");
-        if node && !args.iter().any(|a| a == "--control") {
-            let socket = common::control_path();
-            args.extend(["--control".to_string(), socket.clone()]);
-            self.sockets.push(socket);
-        }
-        let mut child = Command::new(COLO)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting colo");
-        let pipes: [Box<dyn std::io::Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        for pipe in pipes {
-            let tx = self.tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send((index, line)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        self.children.push(child);
-        index
-    }
-
-    /// The next line whose process and text satisfy `want`, within `timeout`.
-    fn wait_for(&mut self, timeout: Duration, want: impl Fn(usize, &str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((who, line)) => {
-                    self.log.push(format!("[{who}] {line}"));
-                    assert!(
-                        !line.contains("panicked") && !line.contains("PANIC"),
-                        "a panic:\n{}",
-                        self.log.join("\n")
-                    );
-                    if want(who, &line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("timed out; output so far:\n{}", self.log.join("\n")),
-            }
-        }
-    }
-
-    fn kill(&mut self, index: usize) {
-        let _ = self.children[index].kill();
-        let _ = self.children[index].wait();
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for socket in &self.sockets {
-            let _ = std::fs::remove_file(socket);
-        }
-    }
-}
-
-fn args(words: &[&str]) -> Vec<String> {
-    words.iter().map(|s| s.to_string()).collect()
 }
 
 fn field(line: &str, key: &str) -> Option<String> {

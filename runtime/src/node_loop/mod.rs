@@ -12,22 +12,27 @@
 //! Invariants: after every `handle` the outputs are drained and executed in order before the
 //! next input (VM completions are queued as inputs, never handled re-entrantly); time fed to
 //! the node is one monotonic clock ([`MonoClock`]); an output the runtime cannot execute
-//! (guest network and disk do not exist yet) is logged as an error, never dropped silently.
+//! (guest disks do not exist yet) is logged as an error, never dropped silently. Guest
+//! network frames are routed by `frames.rs` (client tap, virtio-net, the node).
 //!
 //! Log lines on stdout are `<role>: <what> key=value ...`, one per milestone; `colo demo` and
 //! the tests parse them (names listed in docs/operations.md).
 
 mod control;
 mod reconnect;
+mod frames;
 mod vm;
 
+pub use frames::{FrameStats, NetConfig};
 pub use vm::{RamCache, SharedCache, VmExecutor};
+
+use frames::GuestNet;
 
 use crate::arbiter::{ArbiterClient, MonoClock};
 use crate::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
 use crate::machine::Machine;
 use crate::peer::{PeerReader, PeerWriter};
-use colo_core::checkpoint::VmCompletion;
+use colo_core::checkpoint::{VmCommand, VmCompletion};
 use colo_core::disk::{DiskCommand, DiskIoError};
 use colo_core::failover::{LeaseReply, LeaseRequestId};
 use colo_core::ids::{ClusterId, NodeId, Role};
@@ -79,6 +84,8 @@ pub struct NodeLoopConfig {
     /// Arm re-protection whenever the node runs solo (default off: an operator's decision,
     /// as in QEMU).
     pub auto_reprotect: bool,
+    /// The client link (none: guest frames for clients are counted and dropped).
+    pub net: NetConfig,
 }
 
 impl NodeLoopConfig {
@@ -99,6 +106,7 @@ impl NodeLoopConfig {
             control: None,
             newcomer_listen: None,
             auto_reprotect: false,
+            net: NetConfig::default(),
         }
     }
 }
@@ -125,6 +133,10 @@ pub enum LoopEvent {
         /// Why, readable.
         why: String,
     },
+    /// The guest sent a frame (posted by the virtio-net sink on a vCPU thread).
+    GuestFrame(Vec<u8>),
+    /// A frame arrived on the client tap.
+    ClientFrame(Vec<u8>),
     /// The arbiter answered.
     Arbiter {
         /// The request.
@@ -187,6 +199,10 @@ pub struct NodeLoop {
     ctl: control::LoopControl,
     name: &'static str,
     dropped_while_down: u64,
+    net: GuestNet,
+    /// Events taken from the channel out of turn (see `drain_guest_frames`), handled first.
+    deferred: VecDeque<LoopEvent>,
+    reports: u64,
 }
 
 impl std::fmt::Debug for NodeLoop {
@@ -207,6 +223,7 @@ impl NodeLoop {
         let clock = MonoClock::start();
         let node = Node::new(config.node.clone(), config.role, clock.now())?;
         let (tx, rx) = mpsc::channel();
+        let net = GuestNet::new(&config.net, &machine, tx.clone())?;
         match config.peer {
             PeerEndpoint::Listen(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -271,6 +288,9 @@ impl NodeLoop {
             ctl,
             name,
             dropped_while_down: 0,
+            net,
+            deferred: VecDeque::new(),
+            reports: 0,
         })
     }
 
@@ -305,6 +325,9 @@ impl NodeLoop {
                 wake = wake.min(t);
             }
             let wait = wake.saturating_duration_since(now);
+            while let Some(event) = self.deferred.pop_front() {
+                self.on_event(event);
+            }
             match self.rx.recv_timeout(wait) {
                 Ok(event) => self.on_event(event),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -328,8 +351,33 @@ impl NodeLoop {
         }
     }
 
-    fn report(&self, now: Instant) {
+    fn report(&mut self, now: Instant) {
         let status = self.node.status(now);
+        self.reports += 1;
+        if self.config.net.client_tap.is_some() && self.reports.is_multiple_of(4) {
+            let f = self.net.stats();
+            let d = self
+                .machine
+                .net()
+                .lock()
+                .expect("net mutex poisoned")
+                .stats();
+            let n = self.node.stats();
+            println!(
+                "{}: net to_guest={} to_client={} held_dropped={} client_dropped={} guest_tx={} guest_rx={} rx_dropped={} released={} held={} stale_secondary_output={}",
+                self.name,
+                f.to_guest,
+                f.to_client,
+                f.held_dropped,
+                f.client_dropped,
+                d.tx_frames,
+                d.rx_frames,
+                d.rx_dropped,
+                n.released,
+                n.held,
+                n.stale_secondary_output
+            );
+        }
         if self.config.workload_pages > 0
             && matches!(status.mode, NodeMode::Paired | NodeMode::Solo)
         {
@@ -366,6 +414,24 @@ impl NodeLoop {
             }
         }
         self.ctl_after_input();
+        // Frames for the guest held while it was paused go in once it runs again.
+        self.net.flush(&self.machine);
+    }
+
+    /// After a pause: the frames the guest sent before it are in the channel (the sink posts
+    /// them during the MMIO exit, which the pause completes); they are handed to the node
+    /// before the pause's completion, so they belong to the epoch that produced them and not
+    /// to the next (where the restored secondary would never send them: a needless compare
+    /// timeout). Other events keep their order in `deferred`.
+    fn drain_guest_frames(&mut self) {
+        while let Ok(event) = self.rx.try_recv() {
+            match event {
+                LoopEvent::GuestFrame(frame) if self.deferred.is_empty() => {
+                    self.pending.push_back(Input::GuestFrame(frame));
+                }
+                other => self.deferred.push_back(other),
+            }
+        }
     }
 
     fn on_event(&mut self, event: LoopEvent) {
@@ -378,6 +444,8 @@ impl NodeLoop {
             } if link == self.link => self.on_frame(message, bulk),
             LoopEvent::PeerDown { link, why } if link == self.link => self.link_down(&why),
             LoopEvent::Peer { .. } | LoopEvent::PeerDown { .. } => {} // a dead link's straggler
+            LoopEvent::GuestFrame(frame) => self.input(Input::GuestFrame(frame)),
+            LoopEvent::ClientFrame(frame) => self.input(Input::ClientFrame(frame)),
             LoopEvent::Arbiter { id, reply } => {
                 println!("{}: lease-reply id={} reply={reply:?}", self.name, id.0);
                 self.input(Input::Arbiter { id, reply });
@@ -485,6 +553,7 @@ impl NodeLoop {
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {
+                let pausing = matches!(command, VmCommand::Pause);
                 let result = self
                     .exec
                     .execute(&mut self.machine, self.writer.as_mut(), command);
@@ -496,6 +565,9 @@ impl NodeLoop {
                     }
                 };
                 self.on_vm_done(&done);
+                if pausing {
+                    self.drain_guest_frames();
+                }
                 self.pending.push_back(Input::VmDone(done));
             }
             Output::Sync(SyncCommand::SendAll { term }) => {
@@ -526,11 +598,8 @@ impl NodeLoop {
             }
             Output::Event(event) => self.on_node_event(event),
             Output::Disk(command) => self.on_disk(command),
-            Output::ToClient(frame) | Output::ToGuest(frame) => eprintln!(
-                "colo {}: error: a {}-byte guest network frame, but this VM has no network device",
-                self.name,
-                frame.len()
-            ),
+            Output::ToGuest(frame) => self.net.handle_to_guest(&self.machine, frame),
+            Output::ToClient(frame) => self.net.handle_to_client(&frame),
             Output::GuestDiskDone { io, .. } => eprintln!(
                 "colo {}: error: completion of guest disk request {io:?}, but this VM has no disk",
                 self.name
@@ -664,8 +733,9 @@ impl NodeLoop {
                 eprintln!("colo {n}: VM command {command:?} failed in {epoch:?}")
             }
             Event::ClaimClientLink { term } => println!(
-                "{n}: claim-client-link term={} (no guest network yet: nothing to announce)",
-                term.0
+                "{n}: claim-client-link term={} {}",
+                term.0,
+                self.net.claim_client_link()
             ),
             other => println!("{n}: event {other:?}"),
         }

@@ -62,7 +62,14 @@ impl PeerReader {
             .name("colo-peer-rx".to_string())
             .spawn(move || {
                 let closed = read_frames(&mut stream, limits, &mut on_frame);
-                let _ = stream.shutdown(Shutdown::Both);
+                // A refused or corrupt frame is reported with its reason (by `on_frame` or
+                // `on_closed`): stop reading only, so the owner's writes until it handles
+                // that report do not fail first and hide the reason behind a broken pipe.
+                let how = match closed {
+                    LinkClosed::Stopped | LinkClosed::Wire(_) => Shutdown::Read,
+                    _ => Shutdown::Both,
+                };
+                let _ = stream.shutdown(how);
                 on_closed(closed);
             })
     }

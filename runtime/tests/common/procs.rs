@@ -1,4 +1,4 @@
-//! `colo` child processes for the control-socket and re-protection tests: each child's output
+//! `colo` child processes of a test (on the host or inside a network namespace): each child's output
 //! lines go into one channel tagged with the child's index; every child is killed when the
 //! test ends; waits are bounded and a timeout panics with everything seen so far.
 
@@ -56,14 +56,35 @@ impl Procs {
         }
     }
 
-    /// Starts `colo args...`; returns its index.
+    /// Starts `colo args...`; returns its index. A node (`primary`/`secondary`) without
+    /// `--control` gets a control socket of its own: tests run in parallel and the default
+    /// path is per role and node id, shared by them.
     pub fn spawn(&mut self, args: &[String]) -> usize {
+        self.spawn_with(COLO, &[], args)
+    }
+
+    /// Starts `colo args...` inside network namespace `ns` (`ip netns exec`, which execs
+    /// colo itself: killing the child kills colo).
+    pub fn spawn_in(&mut self, ns: &str, args: &[String]) -> usize {
+        self.spawn_with("ip", &["netns", "exec", ns, COLO], args)
+    }
+
+    fn spawn_with(&mut self, program: &str, prefix: &[&str], args: &[String]) -> usize {
         let index = self.children.len();
+        let mut args = args.to_vec();
         if let Some(at) = args.iter().position(|a| a == "--control") {
             self.sockets.extend(args.get(at + 1).cloned());
+        } else if matches!(
+            args.first().map(String::as_str),
+            Some("primary" | "secondary")
+        ) {
+            let socket = super::control_path();
+            args.extend(["--control".to_string(), socket.clone()]);
+            self.sockets.push(socket);
         }
-        let mut child = Command::new(COLO)
-            .args(args)
+        let mut child = Command::new(program)
+            .args(prefix)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

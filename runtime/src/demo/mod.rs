@@ -1,5 +1,6 @@
 //! `colo demo`: a replicated pair of the test guest on this host, with a failover, on built-in
-//! defaults. Starts `colo arbiter`, `colo primary` and `colo secondary` as child processes of
+//! defaults (`colo demo --net`, in `net.rs`: the same with the guest's TCP server and a real
+//! client across the failover, inside a network namespace). Starts `colo arbiter`, `colo primary` and `colo secondary` as child processes of
 //! the same binary on loopback, waits for several checkpoints, kills the primary (SIGKILL),
 //! and watches the secondary detect the loss, take the lease in a new term and keep running
 //! its guest from the last checkpoint. Then it re-protects the survivor with a new secondary
@@ -9,6 +10,10 @@
 //! guard), and every wait is bounded by the demo's deadline, so the demo always ends.
 //! It reads the children's milestone lines (`<role>: <what> key=value`, see
 //! `node_loop`), echoes them prefixed, and judges only from them and from its own clock.
+
+mod net;
+
+pub use net::{NetDemoSummary, Percentiles, run as run_net};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -37,6 +42,8 @@ pub struct DemoOptions {
     pub timeout: Duration,
     /// The `colo` binary to start the children from.
     pub binary: PathBuf,
+    /// Client requests per measured phase of the network demo (`colo demo --net`).
+    pub requests: u32,
 }
 
 /// The demo's figures.
@@ -182,7 +189,27 @@ fn spawn(
     args: &[String],
     lines: &mpsc::Sender<Line>,
 ) -> Result<Child, String> {
-    let mut child = Command::new(binary)
+    spawn_in(None, binary, who, args, lines)
+}
+
+/// Starts `binary args` (inside network namespace `netns` through `ip netns exec`, which
+/// execs the binary: the child is the colo process itself) with its lines sent to `lines`.
+fn spawn_in(
+    netns: Option<&str>,
+    binary: &PathBuf,
+    who: &'static str,
+    args: &[String],
+    lines: &mpsc::Sender<Line>,
+) -> Result<Child, String> {
+    let mut command = match netns {
+        None => Command::new(binary),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(binary);
+            c
+        }
+    };
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -206,16 +233,21 @@ fn spawn(
     Ok(child)
 }
 
-/// Runs the demo (see the module doc).
-pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
+fn require_kvm() -> Result<(), String> {
     let kvm = crate::vstate::vm::kvm_device_path();
-    if let Err(e) = std::fs::OpenOptions::new()
+    match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&kvm)
     {
-        return Err(format!("the demo needs {kvm}, which cannot be opened: {e}"));
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("the demo needs {kvm}, which cannot be opened: {e}")),
     }
+}
+
+/// Runs the demo (see the module doc).
+pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
+    require_kvm()?;
     let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let (arbiter, peer) = (local(options.arbiter_port), local(options.peer_port));
     let takeover = local(options.reprotect_port);
