@@ -226,6 +226,21 @@ impl Sink<'_> {
         self.out.push_back(CompareOutput::Release(held.frame));
     }
 
+    /// A primary frame matched on arrival (the fast path): never held, so no arrival slot.
+    #[inline]
+    pub(crate) fn release_matched_unheld(&mut self, frame: Vec<u8>, body_len: usize) {
+        self.stats.released_matched += 1;
+        self.stats.bytes_matched += body_len as u64;
+        self.out.push_back(CompareOutput::Release(frame));
+    }
+
+    /// A secondary frame matched on arrival (the fast path): never held, so no arrival slot.
+    #[inline]
+    pub(crate) fn secondary_matched_unheld(&mut self, frame: Vec<u8>) {
+        self.stats.secondary_matched += 1;
+        self.spare.keep(frame);
+    }
+
     #[inline]
     pub(crate) fn secondary_matched(&mut self, held: Held) {
         self.ages.forget(held.id);

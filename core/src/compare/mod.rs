@@ -19,6 +19,7 @@
 
 mod ages;
 pub mod config;
+mod fast;
 mod flow;
 pub mod stats;
 mod table;
@@ -139,6 +140,12 @@ pub struct Comparator {
     /// Emptied secondary buffers for [`Comparator::take_spare_buffer`].
     spare: Spare,
     last_now: Instant,
+    /// Whether the TCP fast path (`fast`) runs. Always on outside the differential test, which
+    /// turns it off to check that the general path alone produces the same outputs.
+    fast_path: bool,
+    /// Frames the fast path handled (the differential test checks it is exercised).
+    #[cfg(test)]
+    fast_hits: u64,
 }
 
 /// How a flush treats what it empties.
@@ -162,7 +169,24 @@ impl Comparator {
             scratch: Vec::new(),
             spare: Spare::default(),
             last_now: Instant::ZERO,
+            fast_path: true,
+            #[cfg(test)]
+            fast_hits: 0,
         })
+    }
+
+    /// The same comparator without the TCP fast path: the general path alone, which the
+    /// differential test holds the fast path to.
+    #[cfg(test)]
+    pub(crate) fn without_fast_path(mut self) -> Comparator {
+        self.fast_path = false;
+        self
+    }
+
+    /// Frames the fast path handled so far.
+    #[cfg(test)]
+    pub(crate) fn fast_hits(&self) -> u64 {
+        self.fast_hits
     }
 
     /// The configuration in use.
@@ -354,6 +378,40 @@ impl Comparator {
                 }
                 Side::Secondary => flow.tcp.on_secondary(info),
             };
+            // Fast path (`fast`): the arriving segment completes a pair with the one segment
+            // the other side holds, and they are equal. Otherwise the general path below runs
+            // on an unchanged state.
+            if let Ok(s) = &arrival
+                && self.fast_path
+                && self.phase == Phase::Comparing
+                && !flow.diverged
+                && let Some(buffer) = frame.take()
+            {
+                let mut sink = Sink {
+                    out: &mut self.out,
+                    stats: &mut self.stats,
+                    ages: &mut self.ages,
+                    spare: &mut self.spare,
+                };
+                let body = &buffer[body_start..body_end];
+                let done = match side {
+                    Side::Primary => fast::primary_completes_pair(flow, *s, body, &mut sink),
+                    Side::Secondary => fast::secondary_completes_pair(flow, s, body, &mut sink),
+                };
+                if done {
+                    #[cfg(test)]
+                    {
+                        self.fast_hits += 1;
+                    }
+                    match side {
+                        Side::Primary => sink.release_matched_unheld(buffer, body_end - body_start),
+                        Side::Secondary => sink.secondary_matched_unheld(buffer),
+                    }
+                    self.after_frame(idx);
+                    return;
+                }
+                frame = Some(buffer);
+            }
             match (side, arrival) {
                 (_, Ok(s)) => seg = Some(s),
                 (Side::Primary, Err(_)) => {
@@ -412,7 +470,17 @@ impl Comparator {
             ages: &mut self.ages,
             spare: &mut self.spare,
         };
-        let miscompare = flow.advance(&mut sink);
+        // A compared TCP segment alone in its flow waits without the general walk (`fast`).
+        let lone = self.fast_path && seg.is_some_and(|s| !s.uncompared);
+        let miscompare = if lone && fast::lone_segment_waits(flow) {
+            #[cfg(test)]
+            {
+                self.fast_hits += 1;
+            }
+            None
+        } else {
+            flow.advance(&mut sink)
+        };
 
         if queue_full {
             // QEMU drops the new packet here (net/colo-compare.c, "queue size too big"); colo

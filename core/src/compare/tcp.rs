@@ -202,7 +202,7 @@ impl TcpStream {
     }
 
     /// Moves `verified` over bytes the client already has.
-    fn skip_released(&self, seg: &mut SegmentSeq) {
+    pub(super) fn skip_released(&self, seg: &mut SegmentSeq) {
         if let Some(released) = self.released
             && seg.verified.before(released)
             && self.floor.is_none_or(|f| seg.verified.at_or_after(f))
@@ -216,7 +216,7 @@ impl TcpStream {
     }
 
     /// Notes the release of a primary segment.
-    fn on_release(&mut self, seg: &SegmentSeq) {
+    pub(super) fn on_release(&mut self, seg: &SegmentSeq) {
         match self.released {
             Some(r) => {
                 self.released = Some(r.max_seq(seg.end));

@@ -1,0 +1,161 @@
+//! The TCP fast path: a segment that completes a pair on arrival is compared in place and the
+//! pair leaves at once, without queueing the arriving frame, giving it an arrival slot or
+//! running the general stream walk of [`super::tcp::advance`].
+//!
+//! The common case on identical streams is lock-step: one side's segment waits alone in its
+//! flow, the other side's copy of the same bytes arrives, they are equal, the primary segment is
+//! released and the secondary one consumed. The general path does this by pushing the arriving
+//! frame into its queue (an arrival slot, a `Held` record moved into a `VecDeque`), walking the
+//! verification cursor, the release loop and the consumption loop, and popping both records
+//! again. Here the arriving frame is compared with the waiting one's payload directly.
+//!
+//! Invariant kept: the fast path changes nothing the general path would not change in the same
+//! way. It runs only in states where the outcome of `tcp::advance` is fully determined by one
+//! comparison (the conditions below), checks every condition *before* mutating anything but the
+//! idempotent `skip_released` the general walk performs first as well, and falls back to the
+//! general path (which then finds the same state) on anything else, a difference included.
+//! Outputs, counters, stream state and GC schedule are therefore identical; the only internal
+//! difference is that the arriving frame never takes an arrival slot (it would have been freed
+//! within the same call, which no deadline can observe). `tests/differential.rs` checks this
+//! against the general path on random streams.
+//!
+//! Conditions (all required): the comparator is `Comparing` (a pending checkpoint counts held
+//! frames in `held_while_pending`), the flow has not diverged, the arriving segment needs
+//! comparison, the release cursor is known, the other side holds exactly one segment and the
+//! arriving side nothing; the waiting segment's unverified bytes are exactly the arriving
+//! segment's range (primary `verified` = secondary `seq`, same `end`); the primary segment is
+//! compared (not held uncompared), in stream order (`next` at or past its start) and allowed by
+//! the min-ACK guard; and after its release the secondary segment lies in `[floor, released)`,
+//! so the general consumption loop would take it.
+
+use super::flow::{Flow, SegmentSeq, Sink};
+use super::tcp::TcpStream;
+
+/// The stream state after releasing the fully verified primary segment `seg`, if the general
+/// path would release it now and then consume the secondary segment `twin`; `None` otherwise.
+#[inline]
+fn release_consumes(tcp: &TcpStream, seg: &SegmentSeq, twin: &SegmentSeq) -> Option<TcpStream> {
+    if seg.uncompared
+        || seg.verified != twin.seq
+        || seg.end != twin.end
+        || !tcp.ack_allows(seg.ack)
+        || tcp.next.is_none_or(|n| n.before(seg.seq))
+    {
+        return None;
+    }
+    let mut after = *tcp;
+    after.on_release(seg);
+    after.already_released(twin.seq, twin.end).then_some(after)
+}
+
+/// A secondary segment `twin` (payload `theirs`) arrived on a flow holding one primary segment
+/// and no secondary one. If they complete the pair and are equal, releases the primary segment
+/// through `sink` and returns true: the caller then counts the secondary frame as matched
+/// without queueing it. Returns false, having changed nothing the general path would not, in
+/// every other case.
+#[inline]
+pub(super) fn secondary_completes_pair(
+    flow: &mut Flow,
+    twin: &SegmentSeq,
+    theirs: &[u8],
+    sink: &mut Sink<'_>,
+) -> bool {
+    if flow.primary.len() != 1 || !flow.secondary.is_empty() {
+        return false;
+    }
+    let Flow { primary, tcp, .. } = flow;
+    let Some(p) = primary.front_mut() else {
+        return false;
+    };
+    let Some(seg) = p.tcp.as_mut() else {
+        return false;
+    };
+    if seg.uncompared {
+        return false;
+    }
+    // The general walk starts every primary segment with this (idempotent) step.
+    tcp.skip_released(seg);
+    let Some(after) = release_consumes(tcp, seg, twin) else {
+        return false;
+    };
+    let from = p.body_start + seg.verified.diff(seg.seq) as usize;
+    let Some(mine) = p.frame.get(from..from + theirs.len()) else {
+        return false;
+    };
+    if mine != theirs {
+        return false;
+    }
+    seg.verified = seg.end;
+    *tcp = after;
+    if let Some(p) = primary.pop_front() {
+        sink.release_matched(p);
+    }
+    true
+}
+
+/// A primary segment `seg` (payload `mine`, after `on_primary`) arrived on a flow holding one
+/// secondary segment and no primary one. If they complete the pair and are equal, consumes the
+/// secondary segment through `sink` and returns true: the caller then releases the primary frame
+/// at once, without queueing it. Returns false, having changed nothing, in every other case.
+#[inline]
+pub(super) fn primary_completes_pair(
+    flow: &mut Flow,
+    mut seg: SegmentSeq,
+    mine: &[u8],
+    sink: &mut Sink<'_>,
+) -> bool {
+    if flow.secondary.len() != 1 || !flow.primary.is_empty() {
+        return false;
+    }
+    let Some(twin) = flow.secondary.front() else {
+        return false;
+    };
+    let Some(twin_seg) = twin.tcp else {
+        return false;
+    };
+    flow.tcp.skip_released(&mut seg);
+    let Some(after) = release_consumes(&flow.tcp, &seg, &twin_seg) else {
+        return false;
+    };
+    let from = seg.verified.diff(seg.seq) as usize;
+    let theirs = twin.body();
+    if mine.get(from..) != Some(theirs) {
+        return false;
+    }
+    flow.tcp = after;
+    if let Some(twin) = flow.secondary.pop_front() {
+        sink.secondary_matched(twin);
+    }
+    true
+}
+
+/// A compared segment was just queued on a TCP flow where it is the only held segment, on
+/// either side. The general walk would then only move its `verified` cursor over bytes already
+/// released (primary) and find nothing to compare, release or consume: there is no other
+/// segment, and a lone compared segment is never released unverified. Does exactly that and
+/// returns true; returns false (the caller runs the general walk) for anything else.
+#[inline]
+pub(super) fn lone_segment_waits(flow: &mut Flow) -> bool {
+    if flow.diverged {
+        return false;
+    }
+    let Flow {
+        primary,
+        secondary,
+        tcp,
+        ..
+    } = flow;
+    match (primary.len(), secondary.len()) {
+        (1, 0) => match primary.front_mut().and_then(|p| p.tcp.as_mut()) {
+            Some(seg) if !seg.uncompared => {
+                tcp.skip_released(seg);
+                true
+            }
+            _ => false,
+        },
+        (0, 1) => secondary
+            .front()
+            .is_some_and(|s| s.tcp.is_some_and(|t| !t.uncompared)),
+        _ => false,
+    }
+}
