@@ -30,6 +30,7 @@
 
 use super::flow::{Flow, SegmentSeq, Sink};
 use super::tcp::TcpStream;
+use crate::packet::{ETHERTYPE_IPV4, IPPROTO_TCP, SeqNum, TcpInfo};
 
 /// The stream state after releasing the fully verified primary segment `seg`, if the general
 /// path would release it now and then consume the secondary segment `twin`; `None` otherwise.
@@ -158,4 +159,55 @@ pub(super) fn lone_segment_waits(flow: &mut Flow) -> bool {
             .is_some_and(|s| s.tcp.is_some_and(|t| !t.uncompared)),
         _ => false,
     }
+}
+
+/// The raw flow identity of an untagged IPv4 TCP frame: source and destination address and
+/// port, as they appear in the headers (bytes 26..38 of the frame).
+pub(crate) type RawTcp4Key = [u8; 12];
+
+/// Reads an untagged IPv4 TCP frame with a 20-byte IP header (no options, not a fragment), the
+/// common case, straight from fixed offsets: its raw flow identity and the [`TcpInfo`]
+/// [`crate::packet::classify`] would return for it. `None` for every other frame (tagged,
+/// IPv6, IP options, fragments, other protocols, malformed), which take the general
+/// classification. The checks are classify's, restricted to this layout, so whenever this
+/// returns a summary classify returns `Kind::Tcp` with the same `TcpInfo` and the
+/// `FlowKey::Ip` of these addresses and ports (pinned by a property test).
+#[inline]
+pub(crate) fn tcp4_summary(frame: &[u8]) -> Option<(RawTcp4Key, TcpInfo)> {
+    const L3: usize = 14;
+    const L4: usize = L3 + 20;
+    let head: &[u8; L4 + 20] = frame.get(..L4 + 20)?.try_into().ok()?;
+    let ethertype = u16::from_be_bytes([head[12], head[13]]);
+    let ip = &head[L3..L4];
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    if ethertype != ETHERTYPE_IPV4
+        || ip[0] != 0x45
+        || ip[9] != IPPROTO_TCP
+        || frag & 0x3fff != 0
+        || total < 40
+        || total > frame.len() - L3
+    {
+        return None;
+    }
+    let end = L3 + total;
+    let tcp = &head[L4..];
+    let header_len = usize::from(tcp[12] >> 4) * 4;
+    if header_len < 20 || L4 + header_len > end {
+        return None;
+    }
+    let mut raw = [0u8; 12];
+    raw[..8].copy_from_slice(&ip[12..20]);
+    raw[8..].copy_from_slice(&tcp[..4]);
+    let info = TcpInfo {
+        l4_offset: L4,
+        seq: SeqNum(u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]])),
+        ack: SeqNum(u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]])),
+        flags: tcp[13],
+        window: u16::from_be_bytes([tcp[14], tcp[15]]),
+        header_len,
+        payload_start: L4 + header_len,
+        payload_end: end,
+    };
+    Some((raw, info))
 }

@@ -186,6 +186,14 @@ pub(crate) struct Spare {
 pub(crate) const SPARE_MAX: usize = 256;
 
 impl Spare {
+    /// Room for every buffer it may keep, reserved once (6 KB), so keeping one never
+    /// reallocates.
+    pub(crate) fn with_room() -> Spare {
+        Spare {
+            buffers: Vec::with_capacity(SPARE_MAX),
+        }
+    }
+
     pub(crate) fn keep(&mut self, mut frame: Vec<u8>) {
         if self.buffers.len() < SPARE_MAX {
             frame.clear();

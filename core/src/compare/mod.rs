@@ -167,7 +167,7 @@ impl Comparator {
             out: VecDeque::with_capacity(256),
             stats: CompareStats::default(),
             scratch: Vec::new(),
-            spare: Spare::default(),
+            spare: Spare::with_room(),
             last_now: Instant::ZERO,
             fast_path: true,
             #[cfg(test)]
@@ -331,29 +331,50 @@ impl Comparator {
             return;
         }
 
-        // Classify once; everything later works on these offsets. The summary is borrowed in
-        // place (not moved out of the `Result`): copying it costs more than the rest of the
-        // lookup. An unreadable frame (rare) is classified again as opaque.
-        let parsed = classify(&frame);
-        let opaque;
-        let classified: &Classified = match &parsed {
-            Ok(c) => c,
-            Err(_) => {
-                opaque = classify_or_opaque(&frame);
-                &opaque
+        // Classify once; everything later works on these offsets. The common layout (untagged
+        // IPv4 TCP) is read from fixed offsets, and when its raw flow identity is the last
+        // one seen (the two copies of a flow arrive back to back) the flow is known without
+        // the general classification or a `FlowKey` comparison (`fast::tcp4_summary`).
+        let quick = if self.fast_path {
+            fast::tcp4_summary(&frame)
+        } else {
+            None
+        };
+        let known = quick.and_then(|(raw, info)| Some((self.table.find_raw(&raw)?, info)));
+        let (idx, body_start, body_end, tcp_info) = match known {
+            Some((idx, info)) => (idx, info.payload_start, info.payload_end, Some(info)),
+            None => {
+                // The summary is borrowed in place (not moved out of the `Result`): copying
+                // it costs more than the rest of the lookup. An unreadable frame (rare) is
+                // classified again as opaque.
+                let parsed = classify(&frame);
+                let opaque;
+                let classified: &Classified = match &parsed {
+                    Ok(c) => c,
+                    Err(_) => {
+                        opaque = classify_or_opaque(&frame);
+                        &opaque
+                    }
+                };
+                let (class, body_start, body_end, tcp_info) = match &classified.kind {
+                    Kind::Tcp(info) => (
+                        FlowClass::Tcp,
+                        info.payload_start,
+                        info.payload_end,
+                        Some(*info),
+                    ),
+                    Kind::Ip { payload, .. } => {
+                        (FlowClass::Datagram, payload.start, payload.end, None)
+                    }
+                    Kind::Link => (FlowClass::Frame, 0, frame.len(), None),
+                };
+                let idx = self.flow_for(now, &classified.key, class);
+                if let Some((raw, _)) = quick {
+                    self.table.remember_raw(raw, idx);
+                }
+                (idx, body_start, body_end, tcp_info)
             }
         };
-        let (class, body_start, body_end, tcp_info) = match &classified.kind {
-            Kind::Tcp(info) => (
-                FlowClass::Tcp,
-                info.payload_start,
-                info.payload_end,
-                Some(info),
-            ),
-            Kind::Ip { payload, .. } => (FlowClass::Datagram, payload.start, payload.end, None),
-            Kind::Link => (FlowClass::Frame, 0, frame.len(), None),
-        };
-        let idx = self.flow_for(now, &classified.key, class);
         let max_queue = self.config.max_queue_frames;
         let flow = self.table.get_mut(idx);
         flow.last_active = now;
@@ -365,7 +386,7 @@ impl Comparator {
         // advanced.
         let mut seg = None;
         let mut frame = Some(frame);
-        if let Some(info) = tcp_info {
+        if let Some(info) = &tcp_info {
             if side == Side::Primary && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
                 flow.closing = true;
             }
@@ -490,7 +511,7 @@ impl Comparator {
         }
         if let Some(why) = miscompare {
             self.stats.miscompares += 1;
-            let flow = classified.key;
+            let flow = self.table.get_mut(idx).key;
             self.out.push_back(CompareOutput::Miscompare { flow, why });
             self.trigger(CheckpointReason::Miscompare);
         }

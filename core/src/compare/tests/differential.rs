@@ -246,3 +246,58 @@ fn fast_path_matches_the_general_path_on_random_streams() {
     assert!(total.queue_full_events > 10, "{total:?}");
     assert!(total.secondary_dropped_retransmit > 1_000, "{total:?}");
 }
+
+mod summary {
+    use super::super::*;
+    use crate::compare::fast::tcp4_summary;
+    use crate::packet::{FlowKey, Kind, classify};
+    use core::net::{IpAddr, Ipv4Addr};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whenever the fixed-offset reader accepts a frame, the general classifier reads the
+        /// same TCP fields and the flow key of the same addresses and ports; frames built
+        /// well-formed in the common layout are accepted.
+        #[test]
+        fn tcp4_summary_agrees_with_classify(
+            payload in prop::collection::vec(any::<u8>(), 0..80),
+            seq in any::<u32>(),
+            ack in any::<u32>(),
+            flags in any::<u8>(),
+            vlan in prop::option::of(0u16..4095),
+            edits in prop::collection::vec((0usize..70, any::<u8>()), 0..4),
+            cut in 0usize..100,
+        ) {
+            let h = Headers { vlan, ..Headers::default() };
+            let mut frame = testkit::tcp(&h, seq, ack, flags, &payload);
+            let pristine = frame.clone();
+            for (at, b) in &edits {
+                if let Some(x) = frame.get_mut(*at) {
+                    *x = *b;
+                }
+            }
+            if cut < 10 {
+                frame.truncate(frame.len().saturating_sub(cut * 7));
+            }
+            if let Some((raw, info)) = tcp4_summary(&frame) {
+                let c = classify(&frame).expect("accepted frames classify");
+                prop_assert_eq!(c.kind, Kind::Tcp(info));
+                let addr = |b: &[u8]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                let key = FlowKey::Ip {
+                    vlan: None,
+                    src: addr(&raw[0..4]),
+                    dst: addr(&raw[4..8]),
+                    src_port: u16::from_be_bytes([raw[8], raw[9]]),
+                    dst_port: u16::from_be_bytes([raw[10], raw[11]]),
+                    protocol: crate::packet::IPPROTO_TCP,
+                };
+                prop_assert_eq!(c.key, key);
+            }
+            if vlan.is_none() {
+                prop_assert!(tcp4_summary(&pristine).is_some());
+            }
+        }
+    }
+}
