@@ -12,16 +12,143 @@
 //! Frames are built (and cloned for each iteration) outside the timed region; dropping what the
 //! routine returns (released frames, the comparator with its pool of spare secondary buffers,
 //! which a runtime reuses through `take_spare_buffer` instead of freeing) is outside it too.
+//!
+//! Before the timed benches, `steady_state_allocates_nothing` checks the claim that the
+//! comparator allocates nothing per frame: a long-lived comparator is fed identical MTU TCP
+//! streams (either side first) with frame buffers recycled the way a runtime would (released
+//! primary frames and `take_spare_buffer` secondary buffers refilled), and a counting global
+//! allocator must see zero allocations after warm-up. It panics otherwise.
 
 use colo_core::compare::testkit::{self, Headers};
 use colo_core::compare::{Comparator, CompareConfig, CompareOutput};
 use colo_core::packet::{Kind, classify};
 use colo_core::time::Instant;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::hint::black_box;
 use std::ops::Range;
 
 const PAIRS: usize = 128;
+
+/// The system allocator, counting allocations made by the thread that set `COUNTING`.
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds `GlobalAlloc`'s
+// contract; the thread-locals touched are const-initialized `Cell`s without destructors, so
+// accessing them neither allocates nor recurses. (Unsafe code in this bench binary only:
+// colo-core itself forbids it.)
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+fn count() {
+    if COUNTING.with(Cell::get) {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Allocations made by `f` on this thread.
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    ALLOCATIONS.with(|a| a.set(0));
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// Feeds `rounds` batches of identical MTU TCP pairs, with sequence numbers running on, to one
+/// long-lived comparator, refilling recycled buffers, and panics if any allocation happens after
+/// the first batch.
+fn steady_state_allocates_nothing() {
+    let mut cmp = Comparator::new(CompareConfig::default()).expect("valid config");
+    let h = Headers::default();
+    let s_headers = Headers {
+        ttl: 63,
+        window: 4096,
+        ..h
+    };
+    let payload: Vec<u8> = (0..1460).map(|b| (b * 7) as u8).collect();
+    let flags = colo_core::packet::tcp_flags::ACK;
+    let template_p = testkit::tcp(&h, 1, 1, flags, &payload);
+    let template_s = testkit::tcp(&s_headers, 1, 1, flags, &payload);
+    let mut pool: Vec<Vec<u8>> = (0..8).map(|_| Vec::with_capacity(2048)).collect();
+    let mut seq = 1u32;
+    let mut now = 0u64;
+    let mut round = |cmp: &mut Comparator, pool: &mut Vec<Vec<u8>>| {
+        for i in 0..PAIRS {
+            now += 1;
+            let at = Instant::from_millis(now);
+            let mut p = pool.pop().expect("pool refilled every pair");
+            let mut s = pool.pop().expect("pool refilled every pair");
+            for (buffer, template) in [(&mut p, &template_p), (&mut s, &template_s)] {
+                buffer.clear();
+                buffer.extend_from_slice(template);
+                // TCP sequence number at offset 14 + 20 + 4 (untagged IPv4, no options).
+                buffer[38..42].copy_from_slice(&seq.to_be_bytes());
+            }
+            seq = seq.wrapping_add(1460);
+            if i % 2 == 0 {
+                cmp.handle_primary(at, p);
+                cmp.handle_secondary(at, s);
+            } else {
+                cmp.handle_secondary(at, s);
+                cmp.handle_primary(at, p);
+            }
+            while let Some(out) = cmp.poll_output() {
+                match out {
+                    CompareOutput::Release(frame) => pool.push(frame),
+                    other => panic!("identical streams produced {other:?}"),
+                }
+            }
+            pool.extend(std::iter::from_fn(|| cmp.take_spare_buffer()));
+        }
+    };
+    round(&mut cmp, &mut pool);
+    let allocations = allocations_in(|| {
+        for _ in 0..32 {
+            round(&mut cmp, &mut pool);
+        }
+    });
+    assert_eq!(
+        allocations,
+        0,
+        "the comparator allocated in steady state ({allocations} allocations over {} pairs)",
+        32 * PAIRS
+    );
+    assert_eq!(cmp.stats().released_matched, cmp.stats().primary_frames);
+    println!("steady state: 0 allocations over {} pairs", 32 * PAIRS);
+}
 
 struct Workload {
     name: &'static str,
@@ -85,6 +212,7 @@ fn finish(name: &'static str, primary: Vec<Vec<u8>>, secondary: Vec<Vec<u8>>) ->
 }
 
 fn bench(c: &mut Criterion) {
+    steady_state_allocates_nothing();
     let workloads = [
         tcp_workload("tcp_mtu", 1460),
         tcp_workload("tcp_64byte_frames", 10),

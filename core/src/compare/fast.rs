@@ -32,21 +32,23 @@ use super::flow::{Flow, SegmentSeq, Sink};
 use super::tcp::TcpStream;
 use crate::packet::{ETHERTYPE_IPV4, IPPROTO_TCP, SeqNum, TcpInfo};
 
-/// The stream state after releasing the fully verified primary segment `seg`, if the general
-/// path would release it now and then consume the secondary segment `twin`; `None` otherwise.
+/// True if the general path would release the fully verified primary segment `seg` now and
+/// then consume the secondary segment `twin` (the caller then applies `on_release`). Reads the
+/// stream state instead of copying it: the copy stalled on the stores `on_secondary` had just
+/// made to it.
 #[inline]
-fn release_consumes(tcp: &TcpStream, seg: &SegmentSeq, twin: &SegmentSeq) -> Option<TcpStream> {
+fn release_consumes(tcp: &TcpStream, seg: &SegmentSeq, twin: &SegmentSeq) -> bool {
     if seg.uncompared
         || seg.verified != twin.seq
         || seg.end != twin.end
         || !tcp.ack_allows(seg.ack)
         || tcp.next.is_none_or(|n| n.before(seg.seq))
     {
-        return None;
+        return false;
     }
-    let mut after = *tcp;
-    after.on_release(seg);
-    after.already_released(twin.seq, twin.end).then_some(after)
+    // `TcpStream::already_released` of `twin`, under the state after the release.
+    let (released, floor) = tcp.after_release(seg);
+    !released.before(twin.end) && floor.is_none_or(|f| twin.seq.at_or_after(f))
 }
 
 /// A secondary segment `twin` (payload `theirs`) arrived on a flow holding one primary segment
@@ -76,9 +78,9 @@ pub(super) fn secondary_completes_pair(
     }
     // The general walk starts every primary segment with this (idempotent) step.
     tcp.skip_released(seg);
-    let Some(after) = release_consumes(tcp, seg, twin) else {
+    if !release_consumes(tcp, seg, twin) {
         return false;
-    };
+    }
     let from = p.body_start + seg.verified.diff(seg.seq) as usize;
     let Some(mine) = p.frame.get(from..from + theirs.len()) else {
         return false;
@@ -87,7 +89,7 @@ pub(super) fn secondary_completes_pair(
         return false;
     }
     seg.verified = seg.end;
-    *tcp = after;
+    tcp.on_release(seg);
     if let Some(p) = primary.pop_front() {
         sink.release_matched(p);
     }
@@ -115,15 +117,15 @@ pub(super) fn primary_completes_pair(
         return false;
     };
     flow.tcp.skip_released(&mut seg);
-    let Some(after) = release_consumes(&flow.tcp, &seg, &twin_seg) else {
+    if !release_consumes(&flow.tcp, &seg, &twin_seg) {
         return false;
-    };
+    }
     let from = seg.verified.diff(seg.seq) as usize;
     let theirs = twin.body();
     if mine.get(from..) != Some(theirs) {
         return false;
     }
-    flow.tcp = after;
+    flow.tcp.on_release(&seg);
     if let Some(twin) = flow.secondary.pop_front() {
         sink.secondary_matched(twin);
     }
@@ -210,4 +212,43 @@ pub(crate) fn tcp4_summary(frame: &[u8]) -> Option<(RawTcp4Key, TcpInfo)> {
         payload_end: end,
     };
     Some((raw, info))
+}
+
+/// The datagram fast path (UDP, ICMP, other IP, whole frames), QEMU's any-queued rule on
+/// arrival: a secondary frame `theirs` arriving while the flow holds primary frames and no
+/// secondary one matches the primary head or the general rule reports a miscompare; a primary
+/// frame `mine` arriving while the flow holds no primary frame matches the first equal queued
+/// secondary frame or waits. When the arrival matches, this does what the general rule would
+/// (the primary frame released, the secondary consumed) and returns true; otherwise it changes
+/// nothing and returns false.
+#[inline]
+pub(super) fn datagram_completes_pair(
+    flow: &mut Flow,
+    primary_side: bool,
+    body: &[u8],
+    sink: &mut Sink<'_>,
+) -> bool {
+    if flow.diverged {
+        return false;
+    }
+    if primary_side {
+        if !flow.primary.is_empty() {
+            return false;
+        }
+        let Some(at) = flow.secondary.iter().position(|s| s.body() == body) else {
+            return false;
+        };
+        if let Some(twin) = flow.secondary.remove(at) {
+            sink.secondary_matched(twin);
+        }
+        true
+    } else {
+        if !flow.secondary.is_empty() || flow.primary.front().is_none_or(|p| p.body() != body) {
+            return false;
+        }
+        if let Some(head) = flow.primary.pop_front() {
+            sink.release_matched(head);
+        }
+        true
+    }
 }

@@ -458,6 +458,34 @@ impl Comparator {
             }
         }
 
+        // Datagram fast path (`fast`): the arriving frame completes a pair at once.
+        if tcp_info.is_none()
+            && self.fast_path
+            && self.phase == Phase::Comparing
+            && let Some(buffer) = frame.take()
+        {
+            let mut sink = Sink {
+                out: &mut self.out,
+                stats: &mut self.stats,
+                ages: &mut self.ages,
+                spare: &mut self.spare,
+            };
+            let body = &buffer[body_start..body_end];
+            if fast::datagram_completes_pair(flow, side == Side::Primary, body, &mut sink) {
+                #[cfg(test)]
+                {
+                    self.fast_hits += 1;
+                }
+                match side {
+                    Side::Primary => sink.release_matched_unheld(buffer, body_end - body_start),
+                    Side::Secondary => sink.secondary_matched_unheld(buffer),
+                }
+                self.after_frame(idx);
+                return;
+            }
+            frame = Some(buffer);
+        }
+
         let mut queue_full = false;
         if let Some(frame) = frame {
             let queue = match side {
