@@ -186,6 +186,14 @@ pub(crate) struct Spare {
 pub(crate) const SPARE_MAX: usize = 256;
 
 impl Spare {
+    /// Room for every buffer it may keep, reserved once (6 KB), so keeping one never
+    /// reallocates.
+    pub(crate) fn with_room() -> Spare {
+        Spare {
+            buffers: Vec::with_capacity(SPARE_MAX),
+        }
+    }
+
     pub(crate) fn keep(&mut self, mut frame: Vec<u8>) {
         if self.buffers.len() < SPARE_MAX {
             frame.clear();
@@ -224,6 +232,21 @@ impl Sink<'_> {
         self.stats.released_uncompared += 1;
         self.stats.held_primary -= 1;
         self.out.push_back(CompareOutput::Release(held.frame));
+    }
+
+    /// A primary frame matched on arrival (the fast path): never held, so no arrival slot.
+    #[inline]
+    pub(crate) fn release_matched_unheld(&mut self, frame: Vec<u8>, body_len: usize) {
+        self.stats.released_matched += 1;
+        self.stats.bytes_matched += body_len as u64;
+        self.out.push_back(CompareOutput::Release(frame));
+    }
+
+    /// A secondary frame matched on arrival (the fast path): never held, so no arrival slot.
+    #[inline]
+    pub(crate) fn secondary_matched_unheld(&mut self, frame: Vec<u8>) {
+        self.stats.secondary_matched += 1;
+        self.spare.keep(frame);
     }
 
     #[inline]

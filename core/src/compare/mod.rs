@@ -19,6 +19,7 @@
 
 mod ages;
 pub mod config;
+mod fast;
 mod flow;
 pub mod stats;
 mod table;
@@ -139,6 +140,12 @@ pub struct Comparator {
     /// Emptied secondary buffers for [`Comparator::take_spare_buffer`].
     spare: Spare,
     last_now: Instant,
+    /// Whether the TCP fast path (`fast`) runs. Always on outside the differential test, which
+    /// turns it off to check that the general path alone produces the same outputs.
+    fast_path: bool,
+    /// Frames the fast path handled (the differential test checks it is exercised).
+    #[cfg(test)]
+    fast_hits: u64,
 }
 
 /// How a flush treats what it empties.
@@ -160,9 +167,26 @@ impl Comparator {
             out: VecDeque::with_capacity(256),
             stats: CompareStats::default(),
             scratch: Vec::new(),
-            spare: Spare::default(),
+            spare: Spare::with_room(),
             last_now: Instant::ZERO,
+            fast_path: true,
+            #[cfg(test)]
+            fast_hits: 0,
         })
+    }
+
+    /// The same comparator without the TCP fast path: the general path alone, which the
+    /// differential test holds the fast path to.
+    #[cfg(test)]
+    pub(crate) fn without_fast_path(mut self) -> Comparator {
+        self.fast_path = false;
+        self
+    }
+
+    /// Frames the fast path handled so far.
+    #[cfg(test)]
+    pub(crate) fn fast_hits(&self) -> u64 {
+        self.fast_hits
     }
 
     /// The configuration in use.
@@ -307,29 +331,50 @@ impl Comparator {
             return;
         }
 
-        // Classify once; everything later works on these offsets. The summary is borrowed in
-        // place (not moved out of the `Result`): copying it costs more than the rest of the
-        // lookup. An unreadable frame (rare) is classified again as opaque.
-        let parsed = classify(&frame);
-        let opaque;
-        let classified: &Classified = match &parsed {
-            Ok(c) => c,
-            Err(_) => {
-                opaque = classify_or_opaque(&frame);
-                &opaque
+        // Classify once; everything later works on these offsets. The common layout (untagged
+        // IPv4 TCP) is read from fixed offsets, and when its raw flow identity is the last
+        // one seen (the two copies of a flow arrive back to back) the flow is known without
+        // the general classification or a `FlowKey` comparison (`fast::tcp4_summary`).
+        let quick = if self.fast_path {
+            fast::tcp4_summary(&frame)
+        } else {
+            None
+        };
+        let known = quick.and_then(|(raw, info)| Some((self.table.find_raw(&raw)?, info)));
+        let (idx, body_start, body_end, tcp_info) = match known {
+            Some((idx, info)) => (idx, info.payload_start, info.payload_end, Some(info)),
+            None => {
+                // The summary is borrowed in place (not moved out of the `Result`): copying
+                // it costs more than the rest of the lookup. An unreadable frame (rare) is
+                // classified again as opaque.
+                let parsed = classify(&frame);
+                let opaque;
+                let classified: &Classified = match &parsed {
+                    Ok(c) => c,
+                    Err(_) => {
+                        opaque = classify_or_opaque(&frame);
+                        &opaque
+                    }
+                };
+                let (class, body_start, body_end, tcp_info) = match &classified.kind {
+                    Kind::Tcp(info) => (
+                        FlowClass::Tcp,
+                        info.payload_start,
+                        info.payload_end,
+                        Some(*info),
+                    ),
+                    Kind::Ip { payload, .. } => {
+                        (FlowClass::Datagram, payload.start, payload.end, None)
+                    }
+                    Kind::Link => (FlowClass::Frame, 0, frame.len(), None),
+                };
+                let idx = self.flow_for(now, &classified.key, class);
+                if let Some((raw, _)) = quick {
+                    self.table.remember_raw(raw, idx);
+                }
+                (idx, body_start, body_end, tcp_info)
             }
         };
-        let (class, body_start, body_end, tcp_info) = match &classified.kind {
-            Kind::Tcp(info) => (
-                FlowClass::Tcp,
-                info.payload_start,
-                info.payload_end,
-                Some(info),
-            ),
-            Kind::Ip { payload, .. } => (FlowClass::Datagram, payload.start, payload.end, None),
-            Kind::Link => (FlowClass::Frame, 0, frame.len(), None),
-        };
-        let idx = self.flow_for(now, &classified.key, class);
         let max_queue = self.config.max_queue_frames;
         let flow = self.table.get_mut(idx);
         flow.last_active = now;
@@ -341,7 +386,7 @@ impl Comparator {
         // advanced.
         let mut seg = None;
         let mut frame = Some(frame);
-        if let Some(info) = tcp_info {
+        if let Some(info) = &tcp_info {
             if side == Side::Primary && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
                 flow.closing = true;
             }
@@ -354,6 +399,40 @@ impl Comparator {
                 }
                 Side::Secondary => flow.tcp.on_secondary(info),
             };
+            // Fast path (`fast`): the arriving segment completes a pair with the one segment
+            // the other side holds, and they are equal. Otherwise the general path below runs
+            // on an unchanged state.
+            if let Ok(s) = &arrival
+                && self.fast_path
+                && self.phase == Phase::Comparing
+                && !flow.diverged
+                && let Some(buffer) = frame.take()
+            {
+                let mut sink = Sink {
+                    out: &mut self.out,
+                    stats: &mut self.stats,
+                    ages: &mut self.ages,
+                    spare: &mut self.spare,
+                };
+                let body = &buffer[body_start..body_end];
+                let done = match side {
+                    Side::Primary => fast::primary_completes_pair(flow, *s, body, &mut sink),
+                    Side::Secondary => fast::secondary_completes_pair(flow, s, body, &mut sink),
+                };
+                if done {
+                    #[cfg(test)]
+                    {
+                        self.fast_hits += 1;
+                    }
+                    match side {
+                        Side::Primary => sink.release_matched_unheld(buffer, body_end - body_start),
+                        Side::Secondary => sink.secondary_matched_unheld(buffer),
+                    }
+                    self.after_frame(idx);
+                    return;
+                }
+                frame = Some(buffer);
+            }
             match (side, arrival) {
                 (_, Ok(s)) => seg = Some(s),
                 (Side::Primary, Err(_)) => {
@@ -377,6 +456,34 @@ impl Comparator {
                     }
                 }
             }
+        }
+
+        // Datagram fast path (`fast`): the arriving frame completes a pair at once.
+        if tcp_info.is_none()
+            && self.fast_path
+            && self.phase == Phase::Comparing
+            && let Some(buffer) = frame.take()
+        {
+            let mut sink = Sink {
+                out: &mut self.out,
+                stats: &mut self.stats,
+                ages: &mut self.ages,
+                spare: &mut self.spare,
+            };
+            let body = &buffer[body_start..body_end];
+            if fast::datagram_completes_pair(flow, side == Side::Primary, body, &mut sink) {
+                #[cfg(test)]
+                {
+                    self.fast_hits += 1;
+                }
+                match side {
+                    Side::Primary => sink.release_matched_unheld(buffer, body_end - body_start),
+                    Side::Secondary => sink.secondary_matched_unheld(buffer),
+                }
+                self.after_frame(idx);
+                return;
+            }
+            frame = Some(buffer);
         }
 
         let mut queue_full = false;
@@ -412,7 +519,17 @@ impl Comparator {
             ages: &mut self.ages,
             spare: &mut self.spare,
         };
-        let miscompare = flow.advance(&mut sink);
+        // A compared TCP segment alone in its flow waits without the general walk (`fast`).
+        let lone = self.fast_path && seg.is_some_and(|s| !s.uncompared);
+        let miscompare = if lone && fast::lone_segment_waits(flow) {
+            #[cfg(test)]
+            {
+                self.fast_hits += 1;
+            }
+            None
+        } else {
+            flow.advance(&mut sink)
+        };
 
         if queue_full {
             // QEMU drops the new packet here (net/colo-compare.c, "queue size too big"); colo
@@ -422,7 +539,7 @@ impl Comparator {
         }
         if let Some(why) = miscompare {
             self.stats.miscompares += 1;
-            let flow = classified.key;
+            let flow = self.table.get_mut(idx).key;
             self.out.push_back(CompareOutput::Miscompare { flow, why });
             self.trigger(CheckpointReason::Miscompare);
         }

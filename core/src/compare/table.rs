@@ -9,6 +9,7 @@
 //! Invariant kept: the GC set holds `(t, idx)` exactly when `flows[idx].gc_at == Some(t)`, so
 //! an entry never outlives or names the wrong flow, and a removed flow leaves no entry behind.
 
+use super::fast::RawTcp4Key;
 use super::flow::{Flow, FlowClass};
 use crate::packet::FlowKey;
 use crate::time::Instant;
@@ -29,6 +30,9 @@ pub(crate) struct FlowTable {
     index: HashMap<TableKey, FlowIdx, BuildHasherDefault<DefaultHasher>>,
     /// The last key looked up: primary and secondary copies of one flow arrive back to back.
     last: Option<(TableKey, FlowIdx)>,
+    /// The same for the common frame layout (untagged IPv4 TCP, see `fast::tcp4_summary`),
+    /// keyed by raw header bytes so a hit needs no full classification.
+    last_raw: Option<(RawTcp4Key, FlowIdx)>,
     gc: BTreeSet<(Instant, FlowIdx)>,
 }
 
@@ -47,6 +51,20 @@ impl FlowTable {
         let idx = *self.index.get(&(*key, class))?;
         self.last = Some(((*key, class), idx));
         Some(idx)
+    }
+
+    /// The flow of the last untagged IPv4 TCP frame, if `raw` is its identity.
+    #[inline]
+    pub(crate) fn find_raw(&self, raw: &RawTcp4Key) -> Option<FlowIdx> {
+        match &self.last_raw {
+            Some((k, idx)) if k == raw => Some(*idx),
+            _ => None,
+        }
+    }
+
+    /// Remembers that untagged IPv4 TCP frames with identity `raw` belong to flow `idx`.
+    pub(crate) fn remember_raw(&mut self, raw: RawTcp4Key, idx: FlowIdx) {
+        self.last_raw = Some((raw, idx));
     }
 
     pub(crate) fn insert(&mut self, flow: Flow) -> FlowIdx {
@@ -85,6 +103,9 @@ impl FlowTable {
         if matches!(self.last, Some((_, i)) if i == idx) {
             self.last = None;
         }
+        if matches!(self.last_raw, Some((_, i)) if i == idx) {
+            self.last_raw = None;
+        }
         self.free.push(idx);
         Some(flow)
     }
@@ -108,6 +129,7 @@ impl FlowTable {
         self.free.clear();
         self.index.clear();
         self.last = None;
+        self.last_raw = None;
         self.gc.clear();
     }
 

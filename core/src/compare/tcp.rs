@@ -202,7 +202,7 @@ impl TcpStream {
     }
 
     /// Moves `verified` over bytes the client already has.
-    fn skip_released(&self, seg: &mut SegmentSeq) {
+    pub(super) fn skip_released(&self, seg: &mut SegmentSeq) {
         if let Some(released) = self.released
             && seg.verified.before(released)
             && self.floor.is_none_or(|f| seg.verified.at_or_after(f))
@@ -215,24 +215,27 @@ impl TcpStream {
         }
     }
 
-    /// Notes the release of a primary segment.
-    fn on_release(&mut self, seg: &SegmentSeq) {
+    /// `(released, floor)` after releasing a primary segment.
+    #[inline]
+    pub(super) fn after_release(&self, seg: &SegmentSeq) -> (SeqNum, Option<SeqNum>) {
         match self.released {
             Some(r) => {
-                self.released = Some(r.max_seq(seg.end));
                 // A segment from below the floor that reaches it extends the range down.
-                if let Some(f) = self.floor
-                    && seg.seq.before(f)
-                    && seg.end.at_or_after(f)
-                {
-                    self.floor = Some(seg.seq);
-                }
+                let floor = match self.floor {
+                    Some(f) if seg.seq.before(f) && seg.end.at_or_after(f) => Some(seg.seq),
+                    floor => floor,
+                };
+                (r.max_seq(seg.end), floor)
             }
-            None => {
-                self.released = Some(seg.end);
-                self.floor = Some(seg.seq);
-            }
+            None => (seg.end, Some(seg.seq)),
         }
+    }
+
+    /// Notes the release of a primary segment.
+    pub(super) fn on_release(&mut self, seg: &SegmentSeq) {
+        let (released, floor) = self.after_release(seg);
+        self.released = Some(released);
+        self.floor = floor;
         self.next = self.released;
     }
 }

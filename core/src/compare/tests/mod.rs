@@ -3,6 +3,7 @@
 //! Every test ends with [`settle`], which checks the stats' conservation equations, so each
 //! test also proves that no frame vanished uncounted.
 
+mod differential;
 mod props;
 mod rules;
 mod tcp_rules;
