@@ -248,7 +248,52 @@ struct RunArgs {
     #[arg(long)]
     initrd: Option<PathBuf>,
     #[command(flatten)]
+    disk: DiskArgs,
+    #[command(flatten)]
     common: CommonArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct DiskArgs {
+    /// A raw disk image for the guest's virtio-blk device (created sparse if missing, extended
+    /// to --disk-size if shorter). Without it the device has no medium.
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// The disk's size in bytes, or with a K, M or G suffix (powers of 1024).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    disk_size: u64,
+}
+
+/// `4096`, `64K`, `64M`, `1G`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (bytes, or a number with K, M or G)"))?;
+    n.checked_mul(1 << shift)
+        .filter(|&b| b > 0 && b % 512 == 0)
+        .ok_or_else(|| format!("{s:?}: a disk size is a positive multiple of 512 bytes"))
+}
+
+/// Attaches `--disk` to the machine's virtio-blk device.
+fn attach_disk(machine: &Machine, args: &DiskArgs) -> Result<(), String> {
+    let Some(path) = &args.disk else {
+        return Ok(());
+    };
+    let image =
+        colo_runtime::disk::RawImage::open(path, args.disk_size).map_err(|e| e.to_string())?;
+    let backend = colo_runtime::disk::ImageBackend::new(std::sync::Arc::new(image));
+    machine
+        .blk()
+        .lock()
+        .expect("blk mutex poisoned")
+        .set_backend(Box::new(backend), args.disk_size);
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -309,6 +354,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let mut machine =
                 Machine::new(config, ConsoleOutput::Stdout).map_err(|e| e.to_string())?;
+            attach_disk(&machine, &args.disk)?;
             match kind {
                 ImageKind::Linux => {
                     let initrd = args
