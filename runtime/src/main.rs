@@ -133,7 +133,7 @@ struct NodeArgs {
     /// Arm re-protection whenever this node runs solo (default: only on `colo reprotect`).
     #[arg(long)]
     auto_reprotect: bool,
-    /// The test guest's workload (primary): `counter` or `net-server`.
+    /// The test guest's workload (primary): `counter`, `net-server` or `disk-writer`.
     #[arg(long, value_enum, default_value_t = Workload::Counter)]
     workload: Workload,
     /// net-server: the guest's address and prefix.
@@ -149,12 +149,18 @@ struct NodeArgs {
     /// frames, the survivor announces the guest's MAC on its claim).
     #[arg(long, requires = "client_tap")]
     client_bridge: Option<String>,
+    /// The guest disk: the primary's image, or the secondary's parent image (its hidden and
+    /// active overlays are PATH.hidden and PATH.active). Both must start identical.
+    #[command(flatten)]
+    disk: DiskArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Workload {
     Counter,
     NetServer,
+    /// Writes and checks 4 KiB slots of the virtio-blk disk (`--pages` slots; needs --disk).
+    DiskWriter,
 }
 
 #[derive(clap::Args, Debug)]
@@ -501,8 +507,19 @@ fn run_node(
     config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
     config.workload_pages = match args.workload {
         Workload::Counter => args.pages,
-        Workload::NetServer => 0,
+        Workload::NetServer | Workload::DiskWriter => 0,
     };
+    if args.workload == Workload::DiskWriter && args.disk.disk.is_none() {
+        return Err("--workload disk-writer needs --disk".to_string());
+    }
+    config.disk = args
+        .disk
+        .disk
+        .clone()
+        .map(|image| colo_runtime::node_loop::DiskFiles {
+            image,
+            size: args.disk.disk_size,
+        });
     config.net = colo_runtime::node_loop::NetConfig {
         client_tap: args.client_tap.clone(),
         client_bridge: args.client_bridge.clone(),
@@ -521,6 +538,9 @@ fn run_node(
         let cmdline = match args.workload {
             Workload::Counter => {
                 colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0)
+            }
+            Workload::DiskWriter => {
+                colo_runtime::guest::disk_writer_cmdline(args.pages, 0, args.print_every, 0)
             }
             Workload::NetServer => colo_runtime::guest::net_server_cmdline(
                 &args.guest_ip,

@@ -12,20 +12,24 @@
 //! Invariants: after every `handle` the outputs are drained and executed in order before the
 //! next input (VM completions are queued as inputs, never handled re-entrantly); time fed to
 //! the node is one monotonic clock ([`MonoClock`]); an output the runtime cannot execute
-//! (guest disks do not exist yet) is logged as an error, never dropped silently. Guest
-//! network frames are routed by `frames.rs` (client tap, virtio-net, the node).
+//! (a disk command on a node without a disk) is logged as an error, never dropped silently.
+//! Guest network frames are routed by `frames.rs` (client tap, virtio-net, the node); guest
+//! disk requests, disk commands and forwarded writes by `disk.rs` (virtio-blk, the files).
 //!
 //! Log lines on stdout are `<role>: <what> key=value ...`, one per milestone; `colo demo` and
 //! the tests parse them (names listed in docs/operations.md).
 
 mod control;
+mod disk;
 mod frames;
 mod reconnect;
 mod vm;
 
+pub use disk::{BlkBridge, DiskFiles, DiskLoopStats};
 pub use frames::{FrameStats, NetConfig};
 pub use vm::{RamCache, SharedCache, VmExecutor};
 
+use disk::GuestDisk;
 use frames::GuestNet;
 
 use crate::arbiter::{ArbiterClient, MonoClock};
@@ -86,6 +90,8 @@ pub struct NodeLoopConfig {
     pub auto_reprotect: bool,
     /// The client link (none: guest frames for clients are counted and dropped).
     pub net: NetConfig,
+    /// The guest's disk (none: the virtio-blk device has no medium).
+    pub disk: Option<DiskFiles>,
 }
 
 impl NodeLoopConfig {
@@ -107,6 +113,7 @@ impl NodeLoopConfig {
             newcomer_listen: None,
             auto_reprotect: false,
             net: NetConfig::default(),
+            disk: None,
         }
     }
 }
@@ -150,6 +157,14 @@ pub enum LoopEvent {
     Newcomer(TcpStream),
     /// A secondary's reconnection to its primary after a link drop got through.
     Reconnected(TcpStream),
+    /// The guest's virtio-blk device submitted a request (posted by [`BlkBridge`] on a vCPU
+    /// thread), in VM generation `generation`.
+    GuestBlk {
+        /// The VM generation at submission.
+        generation: u64,
+        /// The request.
+        request: crate::devices::virtio::blk::BlkRequest,
+    },
 }
 
 /// How the loop ended.
@@ -200,6 +215,7 @@ pub struct NodeLoop {
     name: &'static str,
     dropped_while_down: u64,
     net: GuestNet,
+    disk: Option<GuestDisk>,
     /// Events taken from the channel out of turn (see `drain_guest_frames`), handled first.
     deferred: VecDeque<LoopEvent>,
     reports: u64,
@@ -220,10 +236,31 @@ impl NodeLoop {
     /// primary binds its listener here, so a busy port is reported before anything runs.
     pub fn new(mut config: NodeLoopConfig, machine: Machine) -> Result<NodeLoop, LoopError> {
         config.node.guest_memory_bytes = machine.mem_bytes();
+        if let Some(files) = &config.disk {
+            config.node.disk.disk_size = files.size;
+        }
         let clock = MonoClock::start();
         let node = Node::new(config.node.clone(), config.role, clock.now())?;
         let (tx, rx) = mpsc::channel();
         let net = GuestNet::new(&config.net, &machine, tx.clone())?;
+        let disk_name = match config.role {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        };
+        let disk = match &config.disk {
+            None => None,
+            Some(files) => Some(
+                GuestDisk::open(
+                    files,
+                    config.role == Role::Primary,
+                    config.node.disk.block_size,
+                    machine.blk(),
+                    tx.clone(),
+                    disk_name,
+                )
+                .map_err(|e| LoopError::Endpoint(e.to_string()))?,
+            ),
+        };
         match config.peer {
             PeerEndpoint::Listen(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -289,6 +326,7 @@ impl NodeLoop {
             name,
             dropped_while_down: 0,
             net,
+            disk,
             deferred: VecDeque::new(),
             reports: 0,
         })
@@ -378,6 +416,23 @@ impl NodeLoop {
                 n.stale_secondary_output
             );
         }
+        if let Some(d) = self.disk.as_ref()
+            && self.reports.is_multiple_of(4)
+        {
+            let st = d.stats();
+            let (hidden, active) = d.store().overlay_blocks();
+            println!(
+                "{}: disk guest_writes={} guest_reads={} forwarded_bytes={} peer_writes={} commands={} command_errors={} stale={} hidden_blocks={hidden} active_blocks={active}",
+                self.name,
+                st.guest_writes,
+                st.guest_reads,
+                st.forwarded_bytes,
+                st.peer_writes,
+                st.commands,
+                st.command_errors,
+                st.stale
+            );
+        }
         if self.config.workload_pages > 0
             && matches!(status.mode, NodeMode::Paired | NodeMode::Solo)
         {
@@ -388,6 +443,15 @@ impl NodeLoop {
                 status.mode,
                 status.term.0
             );
+        }
+    }
+
+    /// ` disk_digest=<crc32c>` of the disk as this VM sees it (empty without a disk).
+    fn disk_digest(&self) -> String {
+        match self.disk.as_ref().map(|d| d.store().view_digest()) {
+            None => String::new(),
+            Some(Ok(crc)) => format!(" disk_digest={crc:08x}"),
+            Some(Err(e)) => format!(" disk_digest_error=\"{e}\""),
         }
     }
 
@@ -453,6 +517,18 @@ impl NodeLoop {
             LoopEvent::Control(call) => self.on_control(call),
             LoopEvent::Newcomer(stream) => self.on_newcomer(stream),
             LoopEvent::Reconnected(stream) => self.on_reconnected(stream),
+            LoopEvent::GuestBlk {
+                generation,
+                request,
+            } => {
+                let input = match self.disk.as_mut() {
+                    Some(d) => d.on_request(generation, request),
+                    None => None, // a device without medium never posts
+                };
+                if let Some(input) = input {
+                    self.input(input);
+                }
+            }
         }
     }
 
@@ -530,6 +606,34 @@ impl NodeLoop {
                 self.exec.store_device_state(*epoch, bytes);
                 PeerBulk::Stored { len }
             }
+            // The initial copy of the disk goes straight into the parent image.
+            (Message::SyncDisk { offset, .. }, PeerBulk::Frame(bytes)) if self.disk.is_some() => {
+                let len = bytes.len() as u64;
+                if let Some(d) = self.disk.as_mut()
+                    && let Err(e) = d.on_sync_disk(*offset, &bytes)
+                {
+                    eprintln!("colo {}: error: initial disk copy: {e}", self.name);
+                    // Not counted as received: the node's SyncDone check fails the copy.
+                    return self.input(Input::Peer {
+                        message,
+                        bulk: PeerBulk::Stored { len: 0 },
+                    });
+                }
+                PeerBulk::Stored { len }
+            }
+            // A forwarded write's bytes wait in the store until the node acknowledges it.
+            (
+                Message::DiskWrite {
+                    write_id, offset, ..
+                },
+                PeerBulk::Frame(bytes),
+            ) if self.disk.is_some() => {
+                let len = bytes.len() as u64;
+                if let Some(d) = self.disk.as_mut() {
+                    d.on_peer_write(*write_id, *offset, bytes);
+                }
+                PeerBulk::Stored { len }
+            }
             (_, bulk) => bulk,
         };
         self.input(Input::Peer { message, bulk });
@@ -542,18 +646,32 @@ impl NodeLoop {
                     OutBulk::None => Vec::new(),
                     OutBulk::Frame(f) => f,
                     OutBulk::GuestWrite(io) => {
-                        eprintln!(
-                            "colo {}: error: {:?} needs guest write {io:?}, but this VM has no disk",
-                            self.name,
-                            message.kind()
-                        );
-                        return;
+                        match self.disk.as_mut().and_then(|d| d.forward_bulk(io)) {
+                            Some(bytes) => bytes,
+                            None => {
+                                eprintln!(
+                                    "colo {}: error: {:?} needs guest write {io:?}, which this node does not hold",
+                                    self.name,
+                                    message.kind()
+                                );
+                                return;
+                            }
+                        }
                     }
                 };
+                if let (Message::DiskAck { write_id, .. }, Some(d)) = (&message, self.disk.as_mut())
+                {
+                    d.on_ack_sent(*write_id);
+                }
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {
                 let pausing = matches!(command, VmCommand::Pause);
+                if let (VmCommand::ApplyCheckpoint { .. }, Some(d)) = (&command, self.disk.as_mut())
+                {
+                    // The device state about to be loaded replaces this VM's requests.
+                    d.new_generation();
+                }
                 let result = self
                     .exec
                     .execute(&mut self.machine, self.writer.as_mut(), command);
@@ -578,15 +696,28 @@ impl NodeLoop {
                     );
                     return;
                 };
-                match self.exec.send_all(&mut self.machine, writer, term) {
-                    Ok(bytes) => {
-                        println!("{}: sync-sent memory_bytes={bytes}", self.name);
+                let sent = self
+                    .exec
+                    .send_all(&mut self.machine, writer, term)
+                    .map_err(|e| e.to_string())
+                    .and_then(|memory| match self.disk.as_ref() {
+                        // The loop handles no guest request until SyncDone is out (the node
+                        // answers SyncSent in this same drain), so the image is stable here.
+                        Some(d) => d.send_image(writer, term).map(|disk| (memory, disk)),
+                        None => Ok((memory, 0)),
+                    });
+                match sent {
+                    Ok((memory, disk)) => {
+                        println!(
+                            "{}: sync-sent memory_bytes={memory} disk_bytes={disk}",
+                            self.name
+                        );
                         self.pending.push_back(Input::SyncSent {
-                            memory_bytes: bytes,
-                            disk_bytes: 0,
+                            memory_bytes: memory,
+                            disk_bytes: disk,
                         });
                     }
-                    Err(e) => self.link_down(&e.to_string()),
+                    Err(e) => self.link_down(&e),
                 }
             }
             Output::Arbiter(request) => {
@@ -600,10 +731,13 @@ impl NodeLoop {
             Output::Disk(command) => self.on_disk(command),
             Output::ToGuest(frame) => self.net.handle_to_guest(&self.machine, frame),
             Output::ToClient(frame) => self.net.handle_to_client(&frame),
-            Output::GuestDiskDone { io, .. } => eprintln!(
-                "colo {}: error: completion of guest disk request {io:?}, but this VM has no disk",
-                self.name
-            ),
+            Output::GuestDiskDone { io, result } => match self.disk.as_mut() {
+                Some(d) => d.on_guest_done(io, result),
+                None => eprintln!(
+                    "colo {}: error: completion of guest disk request {io:?}, but this VM has no disk",
+                    self.name
+                ),
+            },
         }
     }
 
@@ -619,10 +753,15 @@ impl NodeLoop {
         }
     }
 
-    /// Without a disk (this increment) the only disk command a node issues is the secondary's
-    /// per-checkpoint overlay reset: on a zero-size disk the overlays are empty, so it is done.
-    /// Anything touching data cannot be executed: it fails, loudly.
+    /// With a disk the files execute the command. Without one the only disk command a node
+    /// issues is the secondary's per-checkpoint overlay reset: on a zero-size disk the overlays
+    /// are empty, so it is done. Anything touching data cannot be executed: it fails, loudly.
     fn on_disk(&mut self, command: DiskCommand) {
+        if let Some(d) = self.disk.as_mut() {
+            let done = d.on_command(command);
+            self.pending.push_back(done);
+            return;
+        }
         let op = command.op();
         let result = match command {
             DiskCommand::ResetOverlays { .. } => Ok(()),
@@ -644,7 +783,11 @@ impl NodeLoop {
                 // the secondary will hold after applying `epoch`.
                 let pages: u64 = ranges.iter().map(|r| r.count).sum();
                 let digest = if self.config.digests {
-                    format!(" digest={:08x}", self.machine.memory_digest())
+                    format!(
+                        " digest={:08x}{}",
+                        self.machine.memory_digest(),
+                        self.disk_digest()
+                    )
                 } else {
                     String::new()
                 };
@@ -731,6 +874,18 @@ impl NodeLoop {
             }
             Event::VmFailed { epoch, command } => {
                 eprintln!("colo {n}: VM command {command:?} failed in {epoch:?}")
+            }
+            Event::Disk(colo_core::disk::DiskEvent::OverlaysReset { epoch }) => {
+                // The SVM's disk view now equals the primary's disk as of `epoch`.
+                let digest = if self.config.digests {
+                    self.disk_digest()
+                } else {
+                    String::new()
+                };
+                println!("{n}: disk-reset epoch={}{digest}", epoch.0);
+            }
+            Event::Disk(colo_core::disk::DiskEvent::Merged { blocks }) => {
+                println!("{n}: disk-merged blocks={blocks}{}", self.disk_digest());
             }
             Event::ClaimClientLink { term } => println!(
                 "{n}: claim-client-link term={} {}",
