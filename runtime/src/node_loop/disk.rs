@@ -10,10 +10,10 @@
 //! request or completion of the VM that was there before belongs to nobody now and is dropped
 //! (counted in `stale`). Invariant: every guest request the loop accepted is completed exactly
 //! once to the generation that issued it, with the node's outcome; I/O errors go to the node
-//! as `DiskIoError` and are logged with the file's error, never swallowed. On the primary the
-//! guest's reads and flushes go straight to its own image (core: "on a primary the runtime
-//! reads its own image directly"); on a secondary every request goes through the node, which
-//! resolves the overlays.
+//! as `DiskIoError` and are logged with the file's error, never swallowed. Reads go through the
+//! node too (a primary-side node issues a plain `Read` of its image, a secondary resolves the
+//! overlays), so a survivor that becomes primary again reads right without the loop knowing
+//! its side; flushes go straight to the files (`fdatasync` of the image).
 
 use super::LoopEvent;
 use crate::devices::virtio::blk::{
@@ -102,7 +102,6 @@ struct Pending {
 pub(super) struct GuestDisk {
     store: DiskStore,
     device: Arc<Mutex<BlkDevice>>,
-    reads_direct: bool,
     generation: Arc<AtomicU64>,
     next_io: u64,
     pending: BTreeMap<GuestIoId, Pending>,
@@ -137,7 +136,6 @@ impl GuestDisk {
         Ok(GuestDisk {
             store,
             device,
-            reads_direct: primary,
             generation,
             next_io: 1,
             pending: BTreeMap::new(),
@@ -181,13 +179,6 @@ impl GuestDisk {
                     request.id,
                     self.store.flush().map(|()| Vec::new()).map_err(err),
                 );
-                None
-            }
-            BlkOp::Read { offset, len } if self.reads_direct => {
-                self.stats.guest_reads += 1;
-                let mut bytes = vec![0u8; len as usize];
-                let done = self.store.view_read(offset, &mut bytes).map(|()| bytes);
-                self.complete(request.id, done.map_err(err));
                 None
             }
             BlkOp::Read { offset, len } => {
