@@ -536,6 +536,12 @@ fn run_node(
         let path = colo_runtime::guest::test_guest_path();
         let image = read(path, "test guest")?;
         let cmdline = match args.workload {
+            // With a disk the counter also writes one 4 KiB slot of it per step.
+            Workload::Counter if args.disk.disk.is_some() => format!(
+                "{} colo.disk_slots={}",
+                colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0),
+                (args.disk.disk_size / 4096).min(16)
+            ),
             Workload::Counter => {
                 colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0)
             }

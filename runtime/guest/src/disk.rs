@@ -72,6 +72,43 @@ fn check(
     writer
 }
 
+/// The counter's disk companion: one slot written and checked per counter step.
+pub struct StepDisk {
+    disk: VirtioBlk,
+    seed: u64,
+    slots: u64,
+    bufs: ([u8; MAX_BYTES], [u8; MAX_BYTES]),
+}
+
+impl StepDisk {
+    /// Brings the device up for `slots` slots (panics if it cannot: the VMM was told to
+    /// attach a disk).
+    pub fn new(seed: u64, slots: u64) -> StepDisk {
+        let disk = VirtioBlk::init().unwrap_or_else(|e| panic!("virtio-blk: {e:?}"));
+        if disk.capacity() < slots * SLOT_SECTORS {
+            panic!("disk of {} sectors is smaller than {slots} slots", disk.capacity());
+        }
+        StepDisk {
+            disk,
+            seed,
+            slots,
+            bufs: ([0u8; MAX_BYTES], [0u8; MAX_BYTES]),
+        }
+    }
+
+    /// Step `step`: writes its slot, checks it and the previous step's.
+    pub fn step(&mut self, step: u64) {
+        let slot = step % self.slots;
+        content(self.seed, step, slot, &mut self.bufs.0);
+        if let Err(e) = self.disk.write(slot * SLOT_SECTORS, &self.bufs.0) {
+            panic!("disk write at step {step} failed: {e:?}");
+        }
+        let (seed, slots) = (self.seed, self.slots);
+        check(&mut self.disk, seed, slots, step, slot, &mut self.bufs);
+        check(&mut self.disk, seed, slots, step, (step - 1) % slots, &mut self.bufs);
+    }
+}
+
 pub fn run(config: &Config) -> ! {
     let mut disk = match VirtioBlk::init() {
         Ok(d) => d,
