@@ -144,6 +144,21 @@ impl GuestDisk {
         })
     }
 
+    /// The disk of a node loop with `config` (none without `config.disk`).
+    pub(super) fn for_loop(
+        config: &super::NodeLoopConfig,
+        machine: &crate::machine::Machine,
+        tx: mpsc::Sender<LoopEvent>,
+    ) -> Result<Option<GuestDisk>, ImageError> {
+        let Some(files) = &config.disk else {
+            return Ok(None);
+        };
+        let primary = config.role == super::Role::Primary;
+        let name = if primary { "primary" } else { "secondary" };
+        let block_size = config.node.disk.block_size;
+        GuestDisk::open(files, primary, block_size, machine.blk(), tx, name).map(Some)
+    }
+
     /// Counters.
     pub(super) fn stats(&self) -> DiskLoopStats {
         self.stats

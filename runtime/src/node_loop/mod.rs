@@ -21,6 +21,7 @@
 
 mod control;
 mod disk;
+mod disk_routing;
 mod frames;
 mod reconnect;
 mod vm;
@@ -37,7 +38,6 @@ use crate::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
 use crate::machine::Machine;
 use crate::peer::{PeerReader, PeerWriter};
 use colo_core::checkpoint::{VmCommand, VmCompletion};
-use colo_core::disk::{DiskCommand, DiskIoError};
 use colo_core::failover::{LeaseReply, LeaseRequestId};
 use colo_core::ids::{ClusterId, NodeId, Role};
 use colo_core::node::{
@@ -243,24 +243,8 @@ impl NodeLoop {
         let node = Node::new(config.node.clone(), config.role, clock.now())?;
         let (tx, rx) = mpsc::channel();
         let net = GuestNet::new(&config.net, &machine, tx.clone())?;
-        let disk_name = match config.role {
-            Role::Primary => "primary",
-            Role::Secondary => "secondary",
-        };
-        let disk = match &config.disk {
-            None => None,
-            Some(files) => Some(
-                GuestDisk::open(
-                    files,
-                    config.role == Role::Primary,
-                    config.node.disk.block_size,
-                    machine.blk(),
-                    tx.clone(),
-                    disk_name,
-                )
-                .map_err(|e| LoopError::Endpoint(e.to_string()))?,
-            ),
-        };
+        let disk = GuestDisk::for_loop(&config, &machine, tx.clone())
+            .map_err(|e| LoopError::Endpoint(e.to_string()))?;
         match config.peer {
             PeerEndpoint::Listen(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -416,22 +400,8 @@ impl NodeLoop {
                 n.stale_secondary_output
             );
         }
-        if let Some(d) = self.disk.as_ref()
-            && self.reports.is_multiple_of(4)
-        {
-            let st = d.stats();
-            let (hidden, active) = d.store().overlay_blocks();
-            println!(
-                "{}: disk guest_writes={} guest_reads={} forwarded_bytes={} peer_writes={} commands={} command_errors={} stale={} hidden_blocks={hidden} active_blocks={active}",
-                self.name,
-                st.guest_writes,
-                st.guest_reads,
-                st.forwarded_bytes,
-                st.peer_writes,
-                st.commands,
-                st.command_errors,
-                st.stale
-            );
+        if self.reports.is_multiple_of(4) {
+            self.report_disk();
         }
         if self.config.workload_pages > 0
             && matches!(status.mode, NodeMode::Paired | NodeMode::Solo)
@@ -443,15 +413,6 @@ impl NodeLoop {
                 status.mode,
                 status.term.0
             );
-        }
-    }
-
-    /// ` disk_digest=<crc32c>` of the disk as this VM sees it (empty without a disk).
-    fn disk_digest(&self) -> String {
-        match self.disk.as_ref().map(|d| d.store().view_digest()) {
-            None => String::new(),
-            Some(Ok(crc)) => format!(" disk_digest={crc:08x}"),
-            Some(Err(e)) => format!(" disk_digest_error=\"{e}\""),
         }
     }
 
@@ -520,15 +481,7 @@ impl NodeLoop {
             LoopEvent::GuestBlk {
                 generation,
                 request,
-            } => {
-                let input = match self.disk.as_mut() {
-                    Some(d) => d.on_request(generation, request),
-                    None => None, // a device without medium never posts
-                };
-                if let Some(input) = input {
-                    self.input(input);
-                }
-            }
+            } => self.on_guest_blk(generation, request),
         }
     }
 
@@ -606,33 +559,11 @@ impl NodeLoop {
                 self.exec.store_device_state(*epoch, bytes);
                 PeerBulk::Stored { len }
             }
-            // The initial copy of the disk goes straight into the parent image.
-            (Message::SyncDisk { offset, .. }, PeerBulk::Frame(bytes)) if self.disk.is_some() => {
-                let len = bytes.len() as u64;
-                if let Some(d) = self.disk.as_mut()
-                    && let Err(e) = d.on_sync_disk(*offset, &bytes)
-                {
-                    eprintln!("colo {}: error: initial disk copy: {e}", self.name);
-                    // Not counted as received: the node's SyncDone check fails the copy.
-                    return self.input(Input::Peer {
-                        message,
-                        bulk: PeerBulk::Stored { len: 0 },
-                    });
-                }
-                PeerBulk::Stored { len }
-            }
-            // A forwarded write's bytes wait in the store until the node acknowledges it.
-            (
-                Message::DiskWrite {
-                    write_id, offset, ..
-                },
-                PeerBulk::Frame(bytes),
-            ) if self.disk.is_some() => {
-                let len = bytes.len() as u64;
-                if let Some(d) = self.disk.as_mut() {
-                    d.on_peer_write(*write_id, *offset, bytes);
-                }
-                PeerBulk::Stored { len }
+            // Disk bulk (the initial copy, forwarded writes) goes to the disk files.
+            (Message::SyncDisk { .. } | Message::DiskWrite { .. }, PeerBulk::Frame(bytes))
+                if self.disk.is_some() =>
+            {
+                self.store_disk_bulk(&message, bytes)
             }
             (_, bulk) => bulk,
         };
@@ -645,32 +576,18 @@ impl NodeLoop {
                 let bytes = match bulk {
                     OutBulk::None => Vec::new(),
                     OutBulk::Frame(f) => f,
-                    OutBulk::GuestWrite(io) => {
-                        match self.disk.as_mut().and_then(|d| d.forward_bulk(io)) {
-                            Some(bytes) => bytes,
-                            None => {
-                                eprintln!(
-                                    "colo {}: error: {:?} needs guest write {io:?}, which this node does not hold",
-                                    self.name,
-                                    message.kind()
-                                );
-                                return;
-                            }
-                        }
-                    }
+                    OutBulk::GuestWrite(io) => match self.guest_write_bulk(&message, io) {
+                        Some(bytes) => bytes,
+                        None => return,
+                    },
                 };
-                if let (Message::DiskAck { write_id, .. }, Some(d)) = (&message, self.disk.as_mut())
-                {
-                    d.on_ack_sent(*write_id);
-                }
+                self.before_disk_send(&message);
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {
                 let pausing = matches!(command, VmCommand::Pause);
-                if let (VmCommand::ApplyCheckpoint { .. }, Some(d)) = (&command, self.disk.as_mut())
-                {
-                    // The device state about to be loaded replaces this VM's requests.
-                    d.new_generation();
+                if matches!(command, VmCommand::ApplyCheckpoint { .. }) {
+                    self.before_apply();
                 }
                 let result = self
                     .exec
@@ -731,13 +648,7 @@ impl NodeLoop {
             Output::Disk(command) => self.on_disk(command),
             Output::ToGuest(frame) => self.net.handle_to_guest(&self.machine, frame),
             Output::ToClient(frame) => self.net.handle_to_client(&frame),
-            Output::GuestDiskDone { io, result } => match self.disk.as_mut() {
-                Some(d) => d.on_guest_done(io, result),
-                None => eprintln!(
-                    "colo {}: error: completion of guest disk request {io:?}, but this VM has no disk",
-                    self.name
-                ),
-            },
+            Output::GuestDiskDone { io, result } => self.on_guest_disk_done(io, result),
         }
     }
 
@@ -751,29 +662,6 @@ impl NodeLoop {
         if let Err(e) = writer.send(message, bulk) {
             self.link_down(&e.to_string());
         }
-    }
-
-    /// With a disk the files execute the command. Without one the only disk command a node
-    /// issues is the secondary's per-checkpoint overlay reset: on a zero-size disk the overlays
-    /// are empty, so it is done. Anything touching data cannot be executed: it fails, loudly.
-    fn on_disk(&mut self, command: DiskCommand) {
-        if let Some(d) = self.disk.as_mut() {
-            let done = d.on_command(command);
-            self.pending.push_back(done);
-            return;
-        }
-        let op = command.op();
-        let result = match command {
-            DiskCommand::ResetOverlays { .. } => Ok(()),
-            other => {
-                eprintln!(
-                    "colo {}: error: disk command {other:?}, but this VM has no disk",
-                    self.name
-                );
-                Err(DiskIoError::Io)
-            }
-        };
-        self.pending.push_back(Input::DiskDone { op, result });
     }
 
     fn on_vm_done(&mut self, done: &VmCompletion) {
@@ -875,18 +763,7 @@ impl NodeLoop {
             Event::VmFailed { epoch, command } => {
                 eprintln!("colo {n}: VM command {command:?} failed in {epoch:?}")
             }
-            Event::Disk(colo_core::disk::DiskEvent::OverlaysReset { epoch }) => {
-                // The SVM's disk view now equals the primary's disk as of `epoch`.
-                let digest = if self.config.digests {
-                    self.disk_digest()
-                } else {
-                    String::new()
-                };
-                println!("{n}: disk-reset epoch={}{digest}", epoch.0);
-            }
-            Event::Disk(colo_core::disk::DiskEvent::Merged { blocks }) => {
-                println!("{n}: disk-merged blocks={blocks}{}", self.disk_digest());
-            }
+            Event::Disk(disk_event) => self.on_disk_event(*disk_event),
             Event::ClaimClientLink { term } => println!(
                 "{n}: claim-client-link term={} {}",
                 term.0,

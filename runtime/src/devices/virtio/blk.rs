@@ -34,7 +34,9 @@ use super::net::{
     REG_QUEUE_NUM_MAX, REG_QUEUE_READY, REG_QUEUE_SEL, REG_STATUS, REG_VENDOR_ID, REG_VERSION,
     STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VENDOR_ID, VERSION,
 };
-use super::queue::{ChainError, QUEUE_MAX, QueueError, QueueState, Segment};
+use super::queue::{
+    ChainError, QUEUE_MAX, QueueError, QueueState, Segment, byte_runs, take_prefix, trim_end,
+};
 use crate::devices::bus::{BusDevice, DeviceAction};
 use crate::memory::{self, GuestMemory};
 use serde::{Deserialize, Serialize};
@@ -728,50 +730,6 @@ impl BlkDevice {
             .copied()
             .unwrap_or(0)
     }
-}
-
-/// The (address, length) runs of segments, empty ones skipped.
-fn byte_runs(segments: &[Segment]) -> Vec<(u64, u32)> {
-    segments
-        .iter()
-        .filter(|s| s.len > 0)
-        .map(|s| (s.addr, s.len))
-        .collect()
-}
-
-/// Removes `n` bytes from the end of `runs` (fewer if there are fewer).
-fn trim_end(runs: &mut Vec<(u64, u32)>, mut n: u64) {
-    while n > 0 {
-        let Some(last) = runs.last_mut() else { return };
-        if u64::from(last.1) <= n {
-            n -= u64::from(last.1);
-            runs.pop();
-        } else {
-            last.1 -= n as u32;
-            n = 0;
-        }
-    }
-}
-
-/// Splits `runs` after `n` bytes: (the first `n` bytes, the rest); `None` if shorter.
-#[allow(clippy::type_complexity)]
-fn take_prefix(runs: &[(u64, u32)], n: u64) -> Option<(Vec<(u64, u32)>, Vec<(u64, u32)>)> {
-    let mut head = Vec::new();
-    let mut need = n;
-    let mut rest = Vec::new();
-    for &(addr, len) in runs {
-        if need == 0 {
-            rest.push((addr, len));
-        } else if u64::from(len) <= need {
-            head.push((addr, len));
-            need -= u64::from(len);
-        } else {
-            head.push((addr, need as u32));
-            rest.push((addr + need, len - need as u32));
-            need = 0;
-        }
-    }
-    (need == 0).then_some((head, rest))
 }
 
 impl BusDevice for BlkDevice {
