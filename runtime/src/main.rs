@@ -307,6 +307,10 @@ struct RestoreArgs {
     /// State file to continue from.
     #[arg(long)]
     state: PathBuf,
+    /// The raw image the saved VM's disk continues on (its size is the saved capacity). The
+    /// state file does not hold the disk: pass the image as it was when the state was saved.
+    #[arg(long)]
+    disk: Option<PathBuf>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -440,6 +444,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let checkpoint = Checkpoint::load_file(&args.state).map_err(|e| e.to_string())?;
             let machine = Machine::from_checkpoint(&checkpoint, ConsoleOutput::Stdout)
                 .map_err(|e| e.to_string())?;
+            if let Some(path) = args.disk {
+                let disk_size = machine.blk().lock().expect("blk mutex poisoned").capacity();
+                if disk_size == 0 {
+                    return Err("--disk: the saved VM had no disk".to_string());
+                }
+                let disk = DiskArgs {
+                    disk: Some(path),
+                    disk_size,
+                };
+                attach_disk(&machine, &disk)?;
+            }
             drive(machine, &args.common)
         }
     }
