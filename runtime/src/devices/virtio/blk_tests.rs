@@ -6,7 +6,7 @@ use super::*;
 use crate::devices::virtio::net::{STATUS_ACKNOWLEDGE, STATUS_DRIVER};
 use std::sync::{Arc, Mutex};
 
-const MEM: u64 = 1 << 20;
+const MEM: u64 = 8 << 20;
 const SIZE: u16 = 8;
 const DESC: u64 = 0x1_0000;
 const AVAIL: u64 = 0x1_1000;
@@ -295,15 +295,22 @@ fn hostile_descriptors_drop_one_chain_and_the_queue_keeps_working() {
     d.offer(6);
     assert_eq!(d.used(3), (6, 0));
     assert_eq!(d.dev.stats().bad_chains, 4);
-    // A request too large for the device: IOERR, not an allocation.
+    // A request larger than the device takes, on a disk large enough for it: IOERR before
+    // the backend sees it (no multi-megabyte allocation for a hostile length).
+    d.dev.set_backend(Box::new(d.disk.clone()), 1 << 30);
+    *d.disk.deferred.lock().unwrap() = Some(Vec::new());
     d.desc(0, hdr, 16, 1, 1);
-    d.desc(1, 0, (MAX_REQUEST_BYTES + 512).min(MEM) as u32, 3, 2);
+    d.desc(1, 0x30_0000, (MAX_REQUEST_BYTES + 512) as u32, 3, 2);
     d.desc(2, status, 1, 2, 0);
     let mut h = [0u8; 16];
     h[0..4].copy_from_slice(&T_IN.to_le_bytes());
     d.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
     d.offer(0);
     assert_eq!(d.used_idx(), 5);
+    assert_eq!(d.status(0), S_IOERR);
+    assert_eq!(d.dev.stats().bad_requests, 1);
+    assert!(d.disk.deferred.lock().unwrap().take().unwrap().is_empty());
+    d.dev.set_backend(Box::new(d.disk.clone()), CAPACITY);
     // Still working.
     d.request(0, T_OUT, 0, &pattern(512, 1), 512);
     assert_eq!(d.status(0), S_OK);
