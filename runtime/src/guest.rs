@@ -19,6 +19,15 @@ pub fn counter_cmdline(pages: u64, steps: u64, print_every: u64, spin: u64) -> S
     )
 }
 
+/// A test-guest command line running the disk-writer workload: one 4 KiB slot of the
+/// virtio-blk disk written, read back and checked per step over `slots` slots (the disk needs
+/// `slots * 4096` bytes), every slot checked and the disk flushed every `print_every` steps.
+pub fn disk_writer_cmdline(slots: u64, steps: u64, print_every: u64, spin: u64) -> String {
+    format!(
+        "colo.workload=disk-writer colo.pages={slots} colo.steps={steps} colo.print_every={print_every} colo.spin={spin}"
+    )
+}
+
 /// A test-guest command line running the idle workload: halt, wake on interrupts routed from
 /// IOAPIC input `gsi`, exit after `wakes` wake-ups (0 = never).
 pub fn idle_cmdline(gsi: u32, wakes: u64) -> String {

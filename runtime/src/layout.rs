@@ -43,6 +43,10 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_NET_BASE: u64 = VIRTIO_MMIO_BASE;
 /// The virtio-net device's interrupt (IOAPIC input; the 16550 has 4).
 pub const VIRTIO_NET_GSI: u32 = 6;
+/// The virtio-blk device: the second virtio-mmio window.
+pub const VIRTIO_BLK_BASE: u64 = VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE;
+/// The virtio-blk device's interrupt (IOAPIC input 7: free on the test machine; `tests/interrupts.rs` drives input 5).
+pub const VIRTIO_BLK_GSI: u32 = 7;
 /// The guest NIC's MAC unless the caller sets one (locally administered, QEMU's 52:54:00).
 pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xc0, 0x10, 0x01];
 /// KVM's three-page TSS region, just below the BIOS area (as QEMU and Firecracker place it).

@@ -7,13 +7,15 @@
 //! `node_loop` (the thread driving a `colo_core::node::Node` and its machine, with the
 //! secondary's RAM cache), `arbiter` (the lease arbiter server and client) and `demo` (the
 //! one-host pair with a failover). Guest networking: `devices::virtio` (the virtio-mmio network
-//! device), `net` (taps and network namespaces) and the node loop's frame routing. Block
-//! files come in a later issue.
+//! device), `net` (taps and network namespaces) and the node loop's frame routing. Guest disks:
+//! `devices::virtio::blk` (the virtio-mmio block device) and `disk` (image and overlay files,
+//! the store executing the core's disk commands).
 
 pub mod arbiter;
 pub mod control;
 pub mod demo;
 pub mod devices;
+pub mod disk;
 pub mod guest;
 pub mod layout;
 pub mod loader;

@@ -15,6 +15,7 @@
 
 use crate::devices::console::Console;
 use crate::devices::serial::{COM1_BASE, COM1_IRQ, SerialPort};
+use crate::devices::virtio::blk::BlkDevice;
 use crate::devices::virtio::net::NetDevice;
 use crate::devices::{Bus, BusDevice};
 use crate::layout;
@@ -137,6 +138,7 @@ pub struct Machine {
     serial: Arc<Mutex<SerialPort>>,
     serial_irq: EventFd,
     net: Arc<Mutex<NetDevice>>,
+    blk: Arc<Mutex<BlkDevice>>,
     vm: KvmVm,
     mem: GuestMemory,
     config: MachineConfig,
@@ -211,6 +213,14 @@ impl Machine {
             layout::DEFAULT_MAC,
             Some(net_irq),
         )));
+        let blk_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
+            what: "an eventfd",
+            source,
+        })?;
+        vm.fd()
+            .register_irqfd(&blk_irq, layout::VIRTIO_BLK_GSI)
+            .op("KVM_IRQFD")?;
+        let blk = Arc::new(Mutex::new(BlkDevice::new(mem.clone(), Some(blk_irq))));
         let mut mmio = Bus::default();
         mmio.insert(
             layout::CONSOLE_BASE,
@@ -224,6 +234,12 @@ impl Machine {
             net.clone() as Arc<Mutex<dyn BusDevice>>,
         )
         .expect("the console and the net device do not overlap");
+        mmio.insert(
+            layout::VIRTIO_BLK_BASE,
+            layout::VIRTIO_MMIO_SIZE,
+            blk.clone() as Arc<Mutex<dyn BusDevice>>,
+        )
+        .expect("the block device has its own window");
         let mut pio = Bus::default();
         pio.insert(
             u64::from(COM1_BASE),
@@ -260,6 +276,7 @@ impl Machine {
             serial,
             serial_irq,
             net,
+            blk,
             vm,
             mem,
             config,
@@ -314,6 +331,12 @@ impl Machine {
         })?;
         self.vm.fd().register_irqfd(&fd, gsi).op("KVM_IRQFD")?;
         Ok(fd)
+    }
+
+    /// The virtio-blk device (at `layout::VIRTIO_BLK_BASE`, GSI `layout::VIRTIO_BLK_GSI`),
+    /// without a medium until `set_backend`.
+    pub fn blk(&self) -> Arc<Mutex<BlkDevice>> {
+        self.blk.clone()
     }
 
     /// The virtio-net device (at `layout::VIRTIO_NET_BASE`, GSI `layout::VIRTIO_NET_GSI`):
@@ -399,6 +422,7 @@ impl Machine {
             console: self.console.lock().expect("console mutex poisoned").save(),
             serial: self.serial.lock().expect("serial mutex poisoned").save(),
             net: self.net.lock().expect("net mutex poisoned").save(),
+            blk: self.blk.lock().expect("blk mutex poisoned").save(),
         })
     }
 
@@ -435,6 +459,10 @@ impl Machine {
             .lock()
             .expect("net mutex poisoned")
             .restore(&state.net);
+        self.blk
+            .lock()
+            .expect("blk mutex poisoned")
+            .restore(&state.blk);
         self.stops.clear();
         Ok(())
     }

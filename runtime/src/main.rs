@@ -133,7 +133,7 @@ struct NodeArgs {
     /// Arm re-protection whenever this node runs solo (default: only on `colo reprotect`).
     #[arg(long)]
     auto_reprotect: bool,
-    /// The test guest's workload (primary): `counter` or `net-server`.
+    /// The test guest's workload (primary): `counter`, `net-server` or `disk-writer`.
     #[arg(long, value_enum, default_value_t = Workload::Counter)]
     workload: Workload,
     /// net-server: the guest's address and prefix.
@@ -149,12 +149,18 @@ struct NodeArgs {
     /// frames, the survivor announces the guest's MAC on its claim).
     #[arg(long, requires = "client_tap")]
     client_bridge: Option<String>,
+    /// The guest disk: the primary's image, or the secondary's parent image (its hidden and
+    /// active overlays are PATH.hidden and PATH.active). Both must start identical.
+    #[command(flatten)]
+    disk: DiskArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Workload {
     Counter,
     NetServer,
+    /// Writes and checks 4 KiB slots of the virtio-blk disk (`--pages` slots; needs --disk).
+    DiskWriter,
 }
 
 #[derive(clap::Args, Debug)]
@@ -248,7 +254,52 @@ struct RunArgs {
     #[arg(long)]
     initrd: Option<PathBuf>,
     #[command(flatten)]
+    disk: DiskArgs,
+    #[command(flatten)]
     common: CommonArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct DiskArgs {
+    /// A raw disk image for the guest's virtio-blk device (created sparse if missing, extended
+    /// to --disk-size if shorter). Without it the device has no medium.
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// The disk's size in bytes, or with a K, M or G suffix (powers of 1024).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    disk_size: u64,
+}
+
+/// `4096`, `64K`, `64M`, `1G`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (bytes, or a number with K, M or G)"))?;
+    n.checked_mul(1 << shift)
+        .filter(|&b| b > 0 && b % 512 == 0)
+        .ok_or_else(|| format!("{s:?}: a disk size is a positive multiple of 512 bytes"))
+}
+
+/// Attaches `--disk` to the machine's virtio-blk device.
+fn attach_disk(machine: &Machine, args: &DiskArgs) -> Result<(), String> {
+    let Some(path) = &args.disk else {
+        return Ok(());
+    };
+    let image =
+        colo_runtime::disk::RawImage::open(path, args.disk_size).map_err(|e| e.to_string())?;
+    let backend = colo_runtime::disk::ImageBackend::new(std::sync::Arc::new(image));
+    machine
+        .blk()
+        .lock()
+        .expect("blk mutex poisoned")
+        .set_backend(Box::new(backend), args.disk_size);
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]
@@ -256,6 +307,10 @@ struct RestoreArgs {
     /// State file to continue from.
     #[arg(long)]
     state: PathBuf,
+    /// The raw image the saved VM's disk continues on (its size is the saved capacity). The
+    /// state file does not hold the disk: pass the image as it was when the state was saved.
+    #[arg(long)]
+    disk: Option<PathBuf>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -309,6 +364,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             let mut machine =
                 Machine::new(config, ConsoleOutput::Stdout).map_err(|e| e.to_string())?;
+            attach_disk(&machine, &args.disk)?;
             match kind {
                 ImageKind::Linux => {
                     let initrd = args
@@ -388,6 +444,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let checkpoint = Checkpoint::load_file(&args.state).map_err(|e| e.to_string())?;
             let machine = Machine::from_checkpoint(&checkpoint, ConsoleOutput::Stdout)
                 .map_err(|e| e.to_string())?;
+            if let Some(path) = args.disk {
+                let disk_size = machine.blk().lock().expect("blk mutex poisoned").capacity();
+                if disk_size == 0 {
+                    return Err("--disk: the saved VM had no disk".to_string());
+                }
+                let disk = DiskArgs {
+                    disk: Some(path),
+                    disk_size,
+                };
+                attach_disk(&machine, &disk)?;
+            }
             drive(machine, &args.common)
         }
     }
@@ -455,8 +522,19 @@ fn run_node(
     config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
     config.workload_pages = match args.workload {
         Workload::Counter => args.pages,
-        Workload::NetServer => 0,
+        Workload::NetServer | Workload::DiskWriter => 0,
     };
+    if args.workload == Workload::DiskWriter && args.disk.disk.is_none() {
+        return Err("--workload disk-writer needs --disk".to_string());
+    }
+    config.disk = args
+        .disk
+        .disk
+        .clone()
+        .map(|image| colo_runtime::node_loop::DiskFiles {
+            image,
+            size: args.disk.disk_size,
+        });
     config.net = colo_runtime::node_loop::NetConfig {
         client_tap: args.client_tap.clone(),
         client_bridge: args.client_bridge.clone(),
@@ -473,8 +551,17 @@ fn run_node(
         let path = colo_runtime::guest::test_guest_path();
         let image = read(path, "test guest")?;
         let cmdline = match args.workload {
+            // With a disk the counter also writes one 4 KiB slot of it per step.
+            Workload::Counter if args.disk.disk.is_some() => format!(
+                "{} colo.disk_slots={}",
+                colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0),
+                (args.disk.disk_size / 4096).min(16)
+            ),
             Workload::Counter => {
                 colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0)
+            }
+            Workload::DiskWriter => {
+                colo_runtime::guest::disk_writer_cmdline(args.pages, 0, args.print_every, 0)
             }
             Workload::NetServer => colo_runtime::guest::net_server_cmdline(
                 &args.guest_ip,

@@ -14,6 +14,7 @@
 
 use crate::devices::console::ConsoleState;
 use crate::devices::serial::SerialPortState;
+use crate::devices::virtio::blk::BlkState;
 use crate::devices::virtio::net::NetState;
 use crate::layout::PAGE_SIZE;
 use crate::vstate::vcpu::VcpuState;
@@ -24,7 +25,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Version of every state struct below and of the file format. Bump it on any change.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 const MAGIC: &[u8; 8] = b"COLOSNAP";
 /// Largest header the decoder accepts (device state of many vCPUs plus a page-range table).
 const HEADER_LIMIT: usize = 64 << 20;
@@ -98,6 +99,8 @@ pub struct DeviceState {
     pub serial: SerialPortState,
     /// The virtio-net device (queues, features, status).
     pub net: NetState,
+    /// The virtio-blk device (queue, features, status, requests in flight).
+    pub blk: BlkState,
 }
 
 impl DeviceState {
@@ -328,6 +331,7 @@ mod tests {
                 },
                 serial: SerialPortState::default(),
                 net: NetState::default(),
+                blk: BlkState::default(),
             },
             ranges: vec![PageRange {
                 first: 5,

@@ -194,7 +194,7 @@ fn state_file_errors_are_clear() {
             err,
             PersistError::VersionMismatch {
                 found: 99,
-                supported: 2
+                supported: colo_runtime::persist::STATE_VERSION
             }
         ),
         "{err}"

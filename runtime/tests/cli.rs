@@ -1,4 +1,5 @@
-//! The `colo` binary: a VM saved to a state file by one process continues in another, and
+//! The `colo` binary: a VM saved to a state file by one process continues in another (with
+//! its disk image when it has one: `--disk`), and
 //! malformed inputs (missing KVM, unreadable or truncated image, too little memory, corrupt or
 //! foreign-version state file) end with one clear error line.
 
@@ -219,4 +220,74 @@ fn run_boots_a_bzimage_as_linux_with_its_console_on_stdout() {
         "stdout: {stdout:?}\nstderr: {}",
         stderr(&out)
     );
+}
+
+#[test]
+fn disk_image_and_state_file_continue_the_disk_writer_in_another_process() {
+    if !common::kvm_available(
+        "disk_image_and_state_file_continue_the_disk_writer_in_another_process",
+    ) {
+        return;
+    }
+    let (state, image) = (scratch("disk.state"), scratch("disk.img"));
+    let _ = std::fs::remove_file(&image);
+    let (state_arg, image_arg) = (state.display().to_string(), image.display().to_string());
+    let cmdline = "colo.workload=disk-writer colo.pages=8 colo.print_every=100";
+    let first = colo(&[
+        "run",
+        "--guest",
+        &guest(),
+        "--memory",
+        "64",
+        "--cmdline",
+        cmdline,
+        "--disk",
+        &image_arg,
+        "--disk-size",
+        "64K",
+        "--save-after",
+        "800",
+        "--state-out",
+        &state_arg,
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 << 10);
+    let text = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(text.contains("colo-guest: disk step 100 "), "{text}");
+
+    // The guest checks every slot at each progress line: it continues on the same image.
+    let second = colo(&[
+        "restore",
+        "--state",
+        &state_arg,
+        "--disk",
+        &image_arg,
+        "--timeout",
+        "1.0",
+    ]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let text = String::from_utf8_lossy(&second.stdout);
+    assert!(text.contains("colo-guest: disk step "), "{text}");
+    assert!(!text.contains("PANIC"), "{text}");
+
+    // Without the image the guest's next disk request fails (IOERR) and it stops itself.
+    let third = colo(&["restore", "--state", &state_arg, "--timeout", "5.0"]);
+    assert!(!third.status.success());
+    assert!(
+        String::from_utf8_lossy(&third.stdout).contains("failed: Status(1)"),
+        "{}",
+        String::from_utf8_lossy(&third.stdout)
+    );
+
+    let bad = colo(&[
+        "run",
+        "--guest",
+        &guest(),
+        "--disk",
+        &image_arg,
+        "--disk-size",
+        "1000",
+    ]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("multiple of 512"), "{}", stderr(&bad));
 }

@@ -29,3 +29,5 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const VIRTIO_NET_BASE: u64 = 0xd000_1000;
 /// The network device's IOAPIC input (mirrors `layout::VIRTIO_NET_GSI`).
 pub const VIRTIO_NET_GSI: u32 = 6;
+/// Guest-physical base of the virtio-mmio block device (mirrors `layout::VIRTIO_BLK_BASE`).
+pub const VIRTIO_BLK_BASE: u64 = 0xd000_2000;

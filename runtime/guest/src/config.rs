@@ -25,6 +25,9 @@ pub struct Config {
     pub port: u16,
     /// The TSC frequency in kHz (the guest has no other clock).
     pub tsc_khz: u64,
+    /// counter: also write (and check) one 4 KiB slot of the virtio-blk disk per step, over
+    /// this many slots (0: no disk).
+    pub disk_slots: u64,
 }
 
 fn parse_cidr(value: &str) -> Option<([u8; 4], u8)> {
@@ -51,6 +54,7 @@ impl Config {
             ip: ([10, 0, 0, 2], 24),
             port: 7000,
             tsc_khz: 1_000_000,
+            disk_slots: 0,
         };
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -68,6 +72,7 @@ impl Config {
                 ("colo.ip", _) => config.ip = parse_cidr(value).unwrap_or(config.ip),
                 ("colo.port", Some(n)) if n > 0 && n < 65536 => config.port = n as u16,
                 ("colo.tsc_khz", Some(n)) if n > 0 => config.tsc_khz = n,
+                ("colo.disk_slots", Some(n)) => config.disk_slots = n,
                 _ => {}
             }
         }

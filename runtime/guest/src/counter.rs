@@ -5,7 +5,9 @@
 //! Invariant kept (and checked by the guest itself): at the start of step s, word 0 of every
 //! working-set page holds s - 1. A restore that lost or mixed up memory therefore makes the
 //! guest panic instead of silently continuing, and two VMs at the same step hold
-//! byte-identical working sets, so their memory hashes are comparable.
+//! byte-identical working sets, so their memory hashes are comparable. With
+//! `colo.disk_slots=N` each step also writes and checks one 4 KiB slot of the virtio-blk disk
+//! (`disk::StepDisk`), so a replicated pair's disk changes between checkpoints too.
 
 use crate::abi;
 use crate::config::Config;
@@ -34,6 +36,9 @@ pub fn run(config: &Config, mem_size: u64) -> ! {
         "colo-guest: counter workload, pages {}, steps {}, print_every {}, seed {}",
         config.pages, config.steps, config.print_every, config.seed
     );
+    // With a disk, each step also writes and checks one slot of it (see `disk`).
+    let mut disk = (config.disk_slots > 0)
+        .then(|| crate::disk::StepDisk::new(config.seed, config.disk_slots));
     let mut step: u64 = 0;
     loop {
         step += 1;
@@ -59,6 +64,9 @@ pub fn run(config: &Config, mem_size: u64) -> ! {
                 *word = x;
             }
             checksum = checksum.wrapping_add(mix(x ^ page));
+        }
+        if let Some(d) = disk.as_mut() {
+            d.step(step);
         }
         for i in 0..config.spin {
             core::hint::black_box(i);

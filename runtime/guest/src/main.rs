@@ -3,7 +3,7 @@
 //!
 //! The VMM selects the workload on the command line (see `config`); output goes to the MMIO
 //! console (`console`). Workloads: `counter`, `idle`, `net-server` (smoltcp over virtio-net,
-//! `server`), `fault`; `colo_main` only parses and dispatches.
+//! `server`), `disk-writer` (virtio-blk, `disk`), `fault`; `colo_main` only parses and dispatches.
 
 #![no_std]
 #![no_main]
@@ -15,6 +15,7 @@ mod clock;
 mod config;
 mod console;
 mod counter;
+mod disk;
 mod heap;
 mod idle;
 mod irq;
@@ -22,6 +23,7 @@ mod kv;
 mod rt;
 mod server;
 mod shim;
+mod virtio_blk;
 mod virtio_net;
 
 unsafe extern "C" {
@@ -47,6 +49,7 @@ pub extern "C" fn colo_main(cmdline_addr: u64, mem_size: u64, cmdline_len: u64) 
         "counter" => counter::run(&config, mem_size),
         "idle" => idle::run(&config),
         "net-server" => server::run(&config),
+        "disk-writer" => disk::run(&config),
         // Raises #UD at ring 3, so the VMM's fault reporting can be tested end to end.
         "fault" => {
             // SAFETY: ud2 only raises an exception; the shim reports it and stops the VM.

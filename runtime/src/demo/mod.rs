@@ -27,6 +27,10 @@ mod reprotect;
 
 pub use reprotect::ReprotectSummary;
 
+/// The demo's guest disk: each node's image and overlays live in the demo's temp dir, and the
+/// counter guest writes one 4 KiB slot of it per step.
+pub const DEMO_DISK_SIZE: &str = "4M";
+
 /// What the demo runs with.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -72,6 +76,16 @@ pub struct DemoSummary {
     pub steps_after: Vec<u64>,
     /// The re-protection phase.
     pub reprotect: Option<ReprotectSummary>,
+    /// Disk replication before the kill: guest writes on the primary and the bytes it
+    /// forwarded (its last `disk` line), and the checkpoints at which the secondary emptied
+    /// its overlays.
+    pub disk_writes: u64,
+    /// See [`DemoSummary::disk_writes`].
+    pub disk_forwarded_bytes: u64,
+    /// See [`DemoSummary::disk_writes`].
+    pub disk_resets: u64,
+    /// Overlay blocks the survivor merged into its parent image at the failover.
+    pub disk_merged_blocks: Option<u64>,
 }
 
 impl std::fmt::Display for DemoSummary {
@@ -106,9 +120,18 @@ impl std::fmt::Display for DemoSummary {
             self.term,
             self.kill_to_failed_over.as_millis()
         )?;
+        writeln!(
+            f,
+            "  disk (virtio-blk, {DEMO_DISK_SIZE}, one 4 KiB slot written per guest step): {} guest writes forwarded ({} bytes) before the kill, overlays emptied at {} checkpoints; survivor merged {} overlay blocks into its parent image",
+            self.disk_writes,
+            self.disk_forwarded_bytes,
+            self.disk_resets,
+            self.disk_merged_blocks
+                .map_or("no".to_string(), |b| b.to_string())
+        )?;
         write!(
             f,
-            "  survivor's guest continued: steps {:?} after the failover (from {} at the last checkpoint)",
+            "  survivor's guest continued: steps {:?} after the failover (from {} at the last checkpoint; the guest checks its disk slots at every step)",
             self.steps_after, self.last_applied.1
         )?;
         if let Some(r) = &self.reprotect {
@@ -282,6 +305,15 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     let mut primary_args = node_args(["primary", "--listen"]);
     primary_args.insert(2, peer.to_string());
     primary_args.extend(["--control".into(), ctl("primary")]);
+    let disk_args = |who: &str| -> [String; 4] {
+        [
+            "--disk".into(),
+            control.disk(who).to_string_lossy().into_owned(),
+            "--disk-size".into(),
+            DEMO_DISK_SIZE.into(),
+        ]
+    };
+    primary_args.extend(disk_args("primary"));
     children.0.push((
         "primary",
         spawn(&options.binary, "primary", &primary_args, &tx)?,
@@ -290,6 +322,7 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     secondary_args.insert(2, peer.to_string());
     secondary_args.extend(["--control".into(), ctl("secondary")]);
     secondary_args.extend(["--listen".into(), takeover.to_string()]);
+    secondary_args.extend(disk_args("secondary"));
     children.0.push((
         "secondary",
         spawn(&options.binary, "secondary", &secondary_args, &tx)?,
@@ -342,6 +375,11 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
             }
         } else if let Some(f) = fields(&line.text, "secondary", "applied") {
             summary.last_applied = (num(&f, "epoch"), num(&f, "step"));
+        } else if let Some(f) = fields(&line.text, "primary", "disk") {
+            summary.disk_writes = num(&f, "guest_writes");
+            summary.disk_forwarded_bytes = num(&f, "forwarded_bytes");
+        } else if fields(&line.text, "secondary", "disk-reset").is_some() {
+            summary.disk_resets += 1;
         }
     }
 
@@ -356,6 +394,8 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
             summary.last_applied = (num(&f, "epoch"), num(&f, "step"));
         } else if fields(&line.text, "secondary", "peer-lost").is_some() {
             summary.kill_to_peer_lost = killed.elapsed();
+        } else if let Some(f) = fields(&line.text, "secondary", "disk-merged") {
+            summary.disk_merged_blocks = Some(num(&f, "blocks"));
         } else if let Some(f) = fields(&line.text, "secondary", "failed-over") {
             summary.kill_to_failed_over = killed.elapsed();
             summary.term = num(&f, "term");
@@ -378,6 +418,9 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     // Phase 3: the survivor's guest keeps counting from the last checkpoint.
     while summary.steps_after.len() < 3 {
         let line = next(&mut children, "the survivor's progress")?;
+        if let Some(f) = fields(&line.text, "secondary", "disk-merged") {
+            summary.disk_merged_blocks = Some(num(&f, "blocks"));
+        }
         if let Some(f) = fields(&line.text, "secondary", "guest-step") {
             let step = num(&f, "step");
             let floor = summary

@@ -38,6 +38,11 @@ impl ControlDir {
     pub fn socket(&self, who: &str) -> PathBuf {
         self.0.join(format!("{who}.sock"))
     }
+
+    /// The disk image of `who` (its overlays sit beside it).
+    pub fn disk(&self, who: &str) -> PathBuf {
+        self.0.join(format!("{who}.img"))
+    }
 }
 
 impl Drop for ControlDir {
@@ -135,6 +140,7 @@ pub fn run(
     ask(&survivor_ctl, Request::Reprotect)?;
     let armed = Instant::now();
     let newcomer_ctl = phase.dir.socket("newcomer");
+    let newcomer_disk = phase.dir.disk("newcomer");
     let args: Vec<String> = [
         "secondary",
         "--peer",
@@ -148,6 +154,10 @@ pub fn run(
         "--digests",
         "--control",
         &newcomer_ctl.to_string_lossy(),
+        "--disk",
+        &newcomer_disk.to_string_lossy(),
+        "--disk-size",
+        super::DEMO_DISK_SIZE,
     ]
     .iter()
     .map(|s| s.to_string())

@@ -12,20 +12,25 @@
 //! Invariants: after every `handle` the outputs are drained and executed in order before the
 //! next input (VM completions are queued as inputs, never handled re-entrantly); time fed to
 //! the node is one monotonic clock ([`MonoClock`]); an output the runtime cannot execute
-//! (guest disks do not exist yet) is logged as an error, never dropped silently. Guest
-//! network frames are routed by `frames.rs` (client tap, virtio-net, the node).
+//! (a disk command on a node without a disk) is logged as an error, never dropped silently.
+//! Guest network frames are routed by `frames.rs` (client tap, virtio-net, the node); guest
+//! disk requests, disk commands and forwarded writes by `disk.rs` (virtio-blk, the files).
 //!
 //! Log lines on stdout are `<role>: <what> key=value ...`, one per milestone; `colo demo` and
 //! the tests parse them (names listed in docs/operations.md).
 
 mod control;
-mod reconnect;
+mod disk;
+mod disk_routing;
 mod frames;
+mod reconnect;
 mod vm;
 
+pub use disk::{BlkBridge, DiskFiles, DiskLoopStats};
 pub use frames::{FrameStats, NetConfig};
 pub use vm::{RamCache, SharedCache, VmExecutor};
 
+use disk::GuestDisk;
 use frames::GuestNet;
 
 use crate::arbiter::{ArbiterClient, MonoClock};
@@ -33,7 +38,6 @@ use crate::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
 use crate::machine::Machine;
 use crate::peer::{PeerReader, PeerWriter};
 use colo_core::checkpoint::{VmCommand, VmCompletion};
-use colo_core::disk::{DiskCommand, DiskIoError};
 use colo_core::failover::{LeaseReply, LeaseRequestId};
 use colo_core::ids::{ClusterId, NodeId, Role};
 use colo_core::node::{
@@ -86,6 +90,8 @@ pub struct NodeLoopConfig {
     pub auto_reprotect: bool,
     /// The client link (none: guest frames for clients are counted and dropped).
     pub net: NetConfig,
+    /// The guest's disk (none: the virtio-blk device has no medium).
+    pub disk: Option<DiskFiles>,
 }
 
 impl NodeLoopConfig {
@@ -107,6 +113,7 @@ impl NodeLoopConfig {
             newcomer_listen: None,
             auto_reprotect: false,
             net: NetConfig::default(),
+            disk: None,
         }
     }
 }
@@ -150,6 +157,14 @@ pub enum LoopEvent {
     Newcomer(TcpStream),
     /// A secondary's reconnection to its primary after a link drop got through.
     Reconnected(TcpStream),
+    /// The guest's virtio-blk device submitted a request (posted by [`BlkBridge`] on a vCPU
+    /// thread), in VM generation `generation`.
+    GuestBlk {
+        /// The VM generation at submission.
+        generation: u64,
+        /// The request.
+        request: crate::devices::virtio::blk::BlkRequest,
+    },
 }
 
 /// How the loop ended.
@@ -200,6 +215,7 @@ pub struct NodeLoop {
     name: &'static str,
     dropped_while_down: u64,
     net: GuestNet,
+    disk: Option<GuestDisk>,
     /// Events taken from the channel out of turn (see `drain_guest_frames`), handled first.
     deferred: VecDeque<LoopEvent>,
     reports: u64,
@@ -220,10 +236,15 @@ impl NodeLoop {
     /// primary binds its listener here, so a busy port is reported before anything runs.
     pub fn new(mut config: NodeLoopConfig, machine: Machine) -> Result<NodeLoop, LoopError> {
         config.node.guest_memory_bytes = machine.mem_bytes();
+        if let Some(files) = &config.disk {
+            config.node.disk.disk_size = files.size;
+        }
         let clock = MonoClock::start();
         let node = Node::new(config.node.clone(), config.role, clock.now())?;
         let (tx, rx) = mpsc::channel();
         let net = GuestNet::new(&config.net, &machine, tx.clone())?;
+        let disk = GuestDisk::for_loop(&config, &machine, tx.clone())
+            .map_err(|e| LoopError::Endpoint(e.to_string()))?;
         match config.peer {
             PeerEndpoint::Listen(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -289,6 +310,7 @@ impl NodeLoop {
             name,
             dropped_while_down: 0,
             net,
+            disk,
             deferred: VecDeque::new(),
             reports: 0,
         })
@@ -378,6 +400,9 @@ impl NodeLoop {
                 n.stale_secondary_output
             );
         }
+        if self.reports.is_multiple_of(4) {
+            self.report_disk();
+        }
         if self.config.workload_pages > 0
             && matches!(status.mode, NodeMode::Paired | NodeMode::Solo)
         {
@@ -453,6 +478,10 @@ impl NodeLoop {
             LoopEvent::Control(call) => self.on_control(call),
             LoopEvent::Newcomer(stream) => self.on_newcomer(stream),
             LoopEvent::Reconnected(stream) => self.on_reconnected(stream),
+            LoopEvent::GuestBlk {
+                generation,
+                request,
+            } => self.on_guest_blk(generation, request),
         }
     }
 
@@ -530,6 +559,12 @@ impl NodeLoop {
                 self.exec.store_device_state(*epoch, bytes);
                 PeerBulk::Stored { len }
             }
+            // Disk bulk (the initial copy, forwarded writes) goes to the disk files.
+            (Message::SyncDisk { .. } | Message::DiskWrite { .. }, PeerBulk::Frame(bytes))
+                if self.disk.is_some() =>
+            {
+                self.store_disk_bulk(&message, bytes)
+            }
             (_, bulk) => bulk,
         };
         self.input(Input::Peer { message, bulk });
@@ -541,19 +576,19 @@ impl NodeLoop {
                 let bytes = match bulk {
                     OutBulk::None => Vec::new(),
                     OutBulk::Frame(f) => f,
-                    OutBulk::GuestWrite(io) => {
-                        eprintln!(
-                            "colo {}: error: {:?} needs guest write {io:?}, but this VM has no disk",
-                            self.name,
-                            message.kind()
-                        );
-                        return;
-                    }
+                    OutBulk::GuestWrite(io) => match self.guest_write_bulk(&message, io) {
+                        Some(bytes) => bytes,
+                        None => return,
+                    },
                 };
+                self.before_disk_send(&message);
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {
                 let pausing = matches!(command, VmCommand::Pause);
+                if matches!(command, VmCommand::ApplyCheckpoint { .. }) {
+                    self.before_apply();
+                }
                 let result = self
                     .exec
                     .execute(&mut self.machine, self.writer.as_mut(), command);
@@ -578,15 +613,28 @@ impl NodeLoop {
                     );
                     return;
                 };
-                match self.exec.send_all(&mut self.machine, writer, term) {
-                    Ok(bytes) => {
-                        println!("{}: sync-sent memory_bytes={bytes}", self.name);
+                let sent = self
+                    .exec
+                    .send_all(&mut self.machine, writer, term)
+                    .map_err(|e| e.to_string())
+                    .and_then(|memory| match self.disk.as_ref() {
+                        // The loop handles no guest request until SyncDone is out (the node
+                        // answers SyncSent in this same drain), so the image is stable here.
+                        Some(d) => d.send_image(writer, term).map(|disk| (memory, disk)),
+                        None => Ok((memory, 0)),
+                    });
+                match sent {
+                    Ok((memory, disk)) => {
+                        println!(
+                            "{}: sync-sent memory_bytes={memory} disk_bytes={disk}",
+                            self.name
+                        );
                         self.pending.push_back(Input::SyncSent {
-                            memory_bytes: bytes,
-                            disk_bytes: 0,
+                            memory_bytes: memory,
+                            disk_bytes: disk,
                         });
                     }
-                    Err(e) => self.link_down(&e.to_string()),
+                    Err(e) => self.link_down(&e),
                 }
             }
             Output::Arbiter(request) => {
@@ -600,10 +648,7 @@ impl NodeLoop {
             Output::Disk(command) => self.on_disk(command),
             Output::ToGuest(frame) => self.net.handle_to_guest(&self.machine, frame),
             Output::ToClient(frame) => self.net.handle_to_client(&frame),
-            Output::GuestDiskDone { io, .. } => eprintln!(
-                "colo {}: error: completion of guest disk request {io:?}, but this VM has no disk",
-                self.name
-            ),
+            Output::GuestDiskDone { io, result } => self.on_guest_disk_done(io, result),
         }
     }
 
@@ -619,24 +664,6 @@ impl NodeLoop {
         }
     }
 
-    /// Without a disk (this increment) the only disk command a node issues is the secondary's
-    /// per-checkpoint overlay reset: on a zero-size disk the overlays are empty, so it is done.
-    /// Anything touching data cannot be executed: it fails, loudly.
-    fn on_disk(&mut self, command: DiskCommand) {
-        let op = command.op();
-        let result = match command {
-            DiskCommand::ResetOverlays { .. } => Ok(()),
-            other => {
-                eprintln!(
-                    "colo {}: error: disk command {other:?}, but this VM has no disk",
-                    self.name
-                );
-                Err(DiskIoError::Io)
-            }
-        };
-        self.pending.push_back(Input::DiskDone { op, result });
-    }
-
     fn on_vm_done(&mut self, done: &VmCompletion) {
         match done {
             VmCompletion::DirtyCollected { epoch, ranges } => {
@@ -644,7 +671,11 @@ impl NodeLoop {
                 // the secondary will hold after applying `epoch`.
                 let pages: u64 = ranges.iter().map(|r| r.count).sum();
                 let digest = if self.config.digests {
-                    format!(" digest={:08x}", self.machine.memory_digest())
+                    format!(
+                        " digest={:08x}{}",
+                        self.machine.memory_digest(),
+                        self.disk_digest()
+                    )
                 } else {
                     String::new()
                 };
@@ -732,6 +763,7 @@ impl NodeLoop {
             Event::VmFailed { epoch, command } => {
                 eprintln!("colo {n}: VM command {command:?} failed in {epoch:?}")
             }
+            Event::Disk(disk_event) => self.on_disk_event(*disk_event),
             Event::ClaimClientLink { term } => println!(
                 "{n}: claim-client-link term={} {}",
                 term.0,

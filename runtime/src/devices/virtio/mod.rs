@@ -1,5 +1,5 @@
 //! virtio devices on the virtio-mmio transport (version 2, virtio 1.2 section 4.2): the split
-//! virtqueue (`queue`) and the network device (`net`). The test guest and Linux guests
+//! virtqueue (`queue`), the network device (`net`) and the block device (`blk`). The test guest and Linux guests
 //! (`virtio_mmio.device=` on the command line) find them at `layout::VIRTIO_MMIO_BASE`.
 //!
 //! Invariant shared by every device here: what the guest puts in its rings is untrusted, it
@@ -7,5 +7,6 @@
 //! never a panic; every device write into guest RAM goes through vm-memory so that the VMM's
 //! dirty bitmap carries it into the next checkpoint.
 
+pub mod blk;
 pub mod net;
 pub mod queue;

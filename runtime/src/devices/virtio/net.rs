@@ -24,35 +24,35 @@ use std::collections::VecDeque;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-const MAGIC: u32 = 0x7472_6976; // "virt"
-const VERSION: u32 = 2;
+pub(super) const MAGIC: u32 = 0x7472_6976; // "virt"
+pub(super) const VERSION: u32 = 2;
 const DEVICE_ID_NET: u32 = 1;
-const VENDOR_ID: u32 = 0x4f4c_4f43; // "COLO"
+pub(super) const VENDOR_ID: u32 = 0x4f4c_4f43; // "COLO"
 
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_VENDOR_ID: u64 = 0x00c;
-const REG_DEVICE_FEATURES: u64 = 0x010;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
-const REG_INTERRUPT_STATUS: u64 = 0x060;
-const REG_INTERRUPT_ACK: u64 = 0x064;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC_LOW: u64 = 0x080;
-const REG_QUEUE_DESC_HIGH: u64 = 0x084;
-const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
-const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
-const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-const REG_CONFIG_GENERATION: u64 = 0x0fc;
-const REG_CONFIG: u64 = 0x100;
+pub(super) const REG_MAGIC: u64 = 0x000;
+pub(super) const REG_VERSION: u64 = 0x004;
+pub(super) const REG_DEVICE_ID: u64 = 0x008;
+pub(super) const REG_VENDOR_ID: u64 = 0x00c;
+pub(super) const REG_DEVICE_FEATURES: u64 = 0x010;
+pub(super) const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+pub(super) const REG_DRIVER_FEATURES: u64 = 0x020;
+pub(super) const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+pub(super) const REG_QUEUE_SEL: u64 = 0x030;
+pub(super) const REG_QUEUE_NUM_MAX: u64 = 0x034;
+pub(super) const REG_QUEUE_NUM: u64 = 0x038;
+pub(super) const REG_QUEUE_READY: u64 = 0x044;
+pub(super) const REG_QUEUE_NOTIFY: u64 = 0x050;
+pub(super) const REG_INTERRUPT_STATUS: u64 = 0x060;
+pub(super) const REG_INTERRUPT_ACK: u64 = 0x064;
+pub(super) const REG_STATUS: u64 = 0x070;
+pub(super) const REG_QUEUE_DESC_LOW: u64 = 0x080;
+pub(super) const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+pub(super) const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+pub(super) const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+pub(super) const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+pub(super) const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+pub(super) const REG_CONFIG_GENERATION: u64 = 0x0fc;
+pub(super) const REG_CONFIG: u64 = 0x100;
 
 /// VIRTIO_NET_F_MAC.
 pub const F_MAC: u64 = 1 << 5;
@@ -71,8 +71,8 @@ pub const STATUS_FEATURES_OK: u32 = 8;
 /// See [`STATUS_ACKNOWLEDGE`].
 pub const STATUS_NEEDS_RESET: u32 = 0x40;
 
-const INT_USED_BUFFER: u32 = 1;
-const INT_CONFIG_CHANGE: u32 = 2;
+pub(super) const INT_USED_BUFFER: u32 = 1;
+pub(super) const INT_CONFIG_CHANGE: u32 = 2;
 
 /// The RX queue's index.
 pub const RX: usize = 0;

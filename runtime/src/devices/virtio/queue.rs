@@ -263,3 +263,50 @@ impl QueueState {
         Self::read_u16(mem, self.avail).is_ok_and(|flags| flags & AVAIL_F_NO_INTERRUPT == 0)
     }
 }
+
+/// The (address, length) runs of segments, empty ones skipped.
+pub(super) fn byte_runs(segments: &[Segment]) -> Vec<(u64, u32)> {
+    segments
+        .iter()
+        .filter(|s| s.len > 0)
+        .map(|s| (s.addr, s.len))
+        .collect()
+}
+
+/// Removes `n` bytes from the end of `runs` (fewer if there are fewer).
+pub(super) fn trim_end(runs: &mut Vec<(u64, u32)>, mut n: u64) {
+    while n > 0 {
+        let Some(last) = runs.last_mut() else { return };
+        if u64::from(last.1) <= n {
+            n -= u64::from(last.1);
+            runs.pop();
+        } else {
+            last.1 -= n as u32;
+            n = 0;
+        }
+    }
+}
+
+/// Splits `runs` after `n` bytes: (the first `n` bytes, the rest); `None` if shorter.
+#[allow(clippy::type_complexity)]
+pub(super) fn take_prefix(
+    runs: &[(u64, u32)],
+    n: u64,
+) -> Option<(Vec<(u64, u32)>, Vec<(u64, u32)>)> {
+    let mut head = Vec::new();
+    let mut need = n;
+    let mut rest = Vec::new();
+    for &(addr, len) in runs {
+        if need == 0 {
+            rest.push((addr, len));
+        } else if u64::from(len) <= need {
+            head.push((addr, len));
+            need -= u64::from(len);
+        } else {
+            head.push((addr, need as u32));
+            rest.push((addr + need, len - need as u32));
+            need = 0;
+        }
+    }
+    (need == 0).then_some((head, rest))
+}

@@ -1,0 +1,221 @@
+//! A polling virtio-blk driver for ring 3 (virtio-mmio version 2, one split queue), one request
+//! at a time: header, data and status in three descriptors, one notify, then the driver spins
+//! on the used ring (no interrupt: `VIRTQ_AVAIL_F_NO_INTERRUPT`).
+//!
+//! Invariant: the three descriptors and the request buffers belong to the device from the
+//! publication of the request until its used entry appears, and the driver touches them only
+//! after that; ring memory is identity mapped, so guest-virtual = guest-physical.
+
+use crate::abi::VIRTIO_BLK_BASE;
+use alloc::alloc::{Layout, alloc_zeroed};
+use core::sync::atomic::{Ordering, fence};
+
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC: u64 = 0x080;
+const REG_QUEUE_DRIVER: u64 = 0x090;
+const REG_QUEUE_DEVICE: u64 = 0x0a0;
+const REG_CONFIG: u64 = 0x100;
+
+const STATUS_ACK: u32 = 1;
+const STATUS_DRIVER: u32 = 2;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FEATURES_OK: u32 = 8;
+const F_FLUSH_LOW: u32 = 1 << 9;
+const F_VERSION_1_HIGH: u32 = 1; // bit 32
+
+const QSIZE: u16 = 4;
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+/// Bytes per sector.
+pub const SECTOR: usize = 512;
+/// The largest transfer of one request (the data page).
+pub const MAX_BYTES: usize = 4096;
+
+/// Why the device could not be brought up or a request failed.
+#[derive(Debug)]
+pub enum BlkError {
+    /// Nothing (or not a version 2 block device) at the address.
+    NoDevice,
+    /// The device refused the features.
+    FeaturesRefused,
+    /// The device returned a status other than OK.
+    Status(#[allow(dead_code)] u8),
+}
+
+fn reg_read(offset: u64) -> u32 {
+    // SAFETY: the virtio-mmio window is identity mapped with the U bit and has no memslot:
+    // the load exits to the VMM's device and touches no memory.
+    unsafe { core::ptr::read_volatile((VIRTIO_BLK_BASE + offset) as *const u32) }
+}
+
+fn reg_write(offset: u64, value: u32) {
+    // SAFETY: as in `reg_read`; the store exits to the VMM.
+    unsafe { core::ptr::write_volatile((VIRTIO_BLK_BASE + offset) as *mut u32, value) }
+}
+
+fn write64(offset: u64, value: u64) {
+    reg_write(offset, value as u32);
+    reg_write(offset + 4, (value >> 32) as u32);
+}
+
+fn page_alloc(bytes: usize) -> *mut u8 {
+    let layout = Layout::from_size_align(bytes, 4096).expect("valid layout");
+    // SAFETY: a non-zero size; the memory lives as long as the guest (never freed).
+    let p = unsafe { alloc_zeroed(layout) };
+    assert!(!p.is_null(), "out of guest heap for the virtio-blk ring");
+    p
+}
+
+/// The device, initialized.
+pub struct VirtioBlk {
+    /// Descriptor table at +0, available ring at +512, used ring at +1024; the request
+    /// header at +2048 and the status byte at +2064.
+    ring: *mut u8,
+    /// The data page.
+    data: *mut u8,
+    avail_idx: u16,
+    capacity: u64,
+}
+
+impl VirtioBlk {
+    /// Runs the virtio initialization (virtio 1.2 section 3.1.1).
+    pub fn init() -> Result<VirtioBlk, BlkError> {
+        if reg_read(REG_MAGIC) != 0x7472_6976 || reg_read(REG_VERSION) != 2 {
+            return Err(BlkError::NoDevice);
+        }
+        if reg_read(REG_DEVICE_ID) != 2 {
+            return Err(BlkError::NoDevice);
+        }
+        reg_write(REG_STATUS, 0);
+        reg_write(REG_STATUS, STATUS_ACK | STATUS_DRIVER);
+        reg_write(REG_DRIVER_FEATURES_SEL, 0);
+        reg_write(REG_DRIVER_FEATURES, F_FLUSH_LOW);
+        reg_write(REG_DRIVER_FEATURES_SEL, 1);
+        reg_write(REG_DRIVER_FEATURES, F_VERSION_1_HIGH);
+        reg_write(REG_STATUS, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK);
+        if reg_read(REG_STATUS) & STATUS_FEATURES_OK == 0 {
+            return Err(BlkError::FeaturesRefused);
+        }
+        reg_write(REG_QUEUE_SEL, 0);
+        if reg_read(REG_QUEUE_NUM_MAX) < u32::from(QSIZE) {
+            return Err(BlkError::NoDevice);
+        }
+        let ring = page_alloc(4096);
+        let data = page_alloc(MAX_BYTES);
+        reg_write(REG_QUEUE_NUM, u32::from(QSIZE));
+        write64(REG_QUEUE_DESC, ring as u64);
+        write64(REG_QUEUE_DRIVER, ring as u64 + 512);
+        write64(REG_QUEUE_DEVICE, ring as u64 + 1024);
+        reg_write(REG_QUEUE_READY, 1);
+        // SAFETY: the available ring's flags word lies inside the ring page.
+        unsafe {
+            core::ptr::write_volatile((ring as u64 + 512) as *mut u16, AVAIL_F_NO_INTERRUPT)
+        };
+        let capacity = u64::from(reg_read(REG_CONFIG)) | (u64::from(reg_read(REG_CONFIG + 4)) << 32);
+        reg_write(
+            REG_STATUS,
+            STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        Ok(VirtioBlk {
+            ring,
+            data,
+            avail_idx: 0,
+            capacity,
+        })
+    }
+
+    /// Capacity in sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn desc(&self, id: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = self.ring as u64 + 16 * u64::from(id);
+        // SAFETY: descriptor `id` < QSIZE lies inside the ring page.
+        unsafe {
+            core::ptr::write_volatile(d as *mut u64, addr);
+            core::ptr::write_volatile((d + 8) as *mut u32, len);
+            core::ptr::write_volatile((d + 12) as *mut u16, flags);
+            core::ptr::write_volatile((d + 14) as *mut u16, next);
+        }
+    }
+
+    /// Runs one request and waits for it.
+    fn request(&mut self, kind: u32, sector: u64, len: usize) -> Result<(), BlkError> {
+        let base = self.ring as u64;
+        let (header, status) = (base + 2048, base + 2064);
+        // SAFETY: header and status lie inside the ring page, owned by the driver now.
+        unsafe {
+            core::ptr::write_volatile(header as *mut u32, kind);
+            core::ptr::write_volatile((header + 4) as *mut u32, 0);
+            core::ptr::write_volatile((header + 8) as *mut u64, sector);
+            core::ptr::write_volatile(status as *mut u8, 0xff);
+        }
+        // header (0) -> data (1, absent for a flush) -> status (2)
+        if len > 0 {
+            let flags = if kind == T_IN { DESC_F_WRITE } else { 0 };
+            self.desc(0, header, 16, DESC_F_NEXT, 1);
+            self.desc(1, self.data as u64, len as u32, flags | DESC_F_NEXT, 2);
+        } else {
+            self.desc(0, header, 16, DESC_F_NEXT, 2);
+        }
+        self.desc(2, status, 1, DESC_F_WRITE, 0);
+        let avail = base + 512;
+        let used = base + 1024;
+        // SAFETY: ring entries and indices lie inside the ring page.
+        unsafe {
+            let slot = u64::from(self.avail_idx % QSIZE);
+            core::ptr::write_volatile((avail + 4 + 2 * slot) as *mut u16, 0);
+            fence(Ordering::Release);
+            self.avail_idx = self.avail_idx.wrapping_add(1);
+            core::ptr::write_volatile((avail + 2) as *mut u16, self.avail_idx);
+        }
+        reg_write(REG_QUEUE_NOTIFY, 0);
+        // SAFETY: the used index lies inside the ring page; the device writes it.
+        while unsafe { core::ptr::read_volatile((used + 2) as *const u16) } != self.avail_idx {
+            core::hint::spin_loop();
+        }
+        fence(Ordering::Acquire);
+        // SAFETY: the device returned the chain: the status byte is the driver's again.
+        match unsafe { core::ptr::read_volatile(status as *const u8) } {
+            0 => Ok(()),
+            s => Err(BlkError::Status(s)),
+        }
+    }
+
+    /// Writes `bytes` (whole sectors, at most [`MAX_BYTES`]) at `sector`.
+    pub fn write(&mut self, sector: u64, bytes: &[u8]) -> Result<(), BlkError> {
+        assert!(bytes.len() <= MAX_BYTES && bytes.len() % SECTOR == 0);
+        // SAFETY: the data page holds MAX_BYTES and is the driver's between requests.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data, bytes.len()) };
+        self.request(T_OUT, sector, bytes.len())
+    }
+
+    /// Reads `buf.len()` bytes (whole sectors, at most [`MAX_BYTES`]) at `sector`.
+    pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
+        assert!(buf.len() <= MAX_BYTES && buf.len() % SECTOR == 0);
+        self.request(T_IN, sector, buf.len())?;
+        // SAFETY: as in `write`; the device filled the page.
+        unsafe { core::ptr::copy_nonoverlapping(self.data, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Flushes the device's write cache.
+    pub fn flush(&mut self) -> Result<(), BlkError> {
+        self.request(T_FLUSH, 0, 0)
+    }
+}
