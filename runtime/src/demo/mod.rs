@@ -385,8 +385,10 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
 
     // Phase 2: kill the primary; the secondary must take over.
     println!("[demo] killing the primary (SIGKILL)");
-    children.kill("primary")?;
+    // The clock starts at the signal: reaping a VM process can take longer than the
+    // peer's failover (its exit tears down the VM), which once made this read 0 ms.
     let killed = Instant::now();
+    children.kill("primary")?;
     loop {
         let line = next(&mut children, "the failover")?;
         if let Some(f) = fields(&line.text, "secondary", "applied") {
