@@ -19,8 +19,8 @@
 //! the tests parse them (names listed in docs/operations.md).
 
 mod control;
-mod reconnect;
 mod frames;
+mod reconnect;
 mod vm;
 
 pub use frames::{FrameStats, NetConfig};

@@ -197,9 +197,7 @@ impl VmExecutor {
             }
             VmCommand::CollectDirty { epoch } => match machine.take_dirty() {
                 Ok(dirty) => {
-                    for r in dirty.ranges() {
-                        self.unconfirmed.push_run(r.first, r.count);
-                    }
+                    self.unconfirmed.union(dirty.ranges());
                     VmCompletion::DirtyCollected {
                         epoch,
                         ranges: self.unconfirmed.ranges().to_vec(),
@@ -289,9 +287,7 @@ impl VmExecutor {
         let mut cache = self.cache.lock().expect("RAM cache mutex poisoned");
         // Pages the SVM wrote since the last apply: they must be reverted to the PVM's copy.
         let mut pages = machine.take_dirty().map_err(|e| e.to_string())?;
-        for r in cache.received().ranges() {
-            pages.push_run(r.first, r.count);
-        }
+        pages.union(cache.received().ranges());
         cache.copy_into(machine, pages.ranges())?;
         machine.restore_devices(&state).map_err(|e| e.to_string())?;
         // The copy above marked the VMM bitmap: this VM now is the checkpoint, so forget it.

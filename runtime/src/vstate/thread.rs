@@ -24,12 +24,16 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 /// Offset from SIGRTMIN of the signal that kicks a vCPU out of KVM_RUN (Firecracker uses
 /// SIGRTMIN + 0 as well).
 const KICK_SIGNAL_OFFSET: i32 = 0;
+
+/// How long `VcpuThread::pause` spins for the vCPU to leave KVM_RUN before it sleeps on the
+/// condvar: a few kick-to-exit latencies of kvm_pvm (12-35 us per exit, deps-spike.md).
+const PAUSE_SPIN: Duration = Duration::from_micros(200);
 
 /// Why a vCPU stopped running on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +147,9 @@ struct Shared {
     control: Mutex<Control>,
     changed: Condvar,
     pause_requested: AtomicBool,
+    /// Mirror of `control.phase == Running`, written under the mutex together with the phase;
+    /// the pausing controller spins on it before sleeping on the condvar (see `pause`).
+    running: AtomicBool,
     immediate_exit: ImmediateExit,
 }
 
@@ -210,6 +217,7 @@ impl VcpuThread {
             }),
             changed: Condvar::new(),
             pause_requested: AtomicBool::new(false),
+            running: AtomicBool::new(false),
             immediate_exit: ImmediateExit(NonNull::from(atomic)),
         });
         let fd = Arc::new(Mutex::new(fd));
@@ -242,6 +250,7 @@ impl VcpuThread {
         let mut c = self.shared.lock();
         if c.phase != VcpuPhase::Running {
             c.phase = VcpuPhase::Running;
+            self.shared.running.store(true, Ordering::SeqCst);
             self.shared.changed.notify_all();
         }
     }
@@ -249,11 +258,35 @@ impl VcpuThread {
     /// Running --> Paused; returns once the vCPU is paused (or stopped on its own) with its
     /// pending I/O completed.
     pub fn pause(&self) {
-        if self.shared.lock().phase != VcpuPhase::Running {
-            return;
+        if self.request_pause() {
+            self.wait_paused();
+        }
+    }
+
+    /// First half of [`VcpuThread::pause`]: asks a running vCPU to pause and kicks it out of
+    /// KVM_RUN, without waiting. Returns false (and does nothing) if it is not running. A
+    /// machine kicks all its vCPUs first and then waits for each, so their exits overlap.
+    pub fn request_pause(&self) -> bool {
+        if !self.shared.running.load(Ordering::SeqCst) {
+            return false;
         }
         self.shared.pause_requested.store(true, Ordering::SeqCst);
         self.shared.immediate_exit.set(1);
+        self.kick();
+        true
+    }
+
+    /// Second half of [`VcpuThread::pause`]: waits until the vCPU has left `Running`, then
+    /// withdraws the request.
+    pub fn wait_paused(&self) {
+        // The vCPU usually leaves KVM_RUN within tens of microseconds of the kick. Spinning
+        // for that long, instead of sleeping on the condvar at once, saves the futex wake-up
+        // and the scheduler's round trip on every pause; past PAUSE_SPIN (a vCPU stuck in a
+        // long exit, or a preempted thread) the condvar below takes over.
+        let spin_until = Instant::now() + PAUSE_SPIN;
+        while self.shared.running.load(Ordering::SeqCst) && Instant::now() < spin_until {
+            std::hint::spin_loop();
+        }
         let mut c = self.shared.lock();
         while c.phase == VcpuPhase::Running {
             // Kick again on every wake-up: a signal that arrived between the thread's last
@@ -319,6 +352,7 @@ fn thread_main(index: u64, fd: &Mutex<VcpuFd>, shared: &Shared, buses: &Buses, s
             run_until_paused(&mut fd, shared, buses)
         };
         let mut c = shared.lock();
+        shared.running.store(false, Ordering::SeqCst);
         c.phase = match outcome {
             // Running --pause request seen, I/O completed--> Paused
             None => VcpuPhase::Paused,
