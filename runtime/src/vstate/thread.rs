@@ -24,16 +24,12 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 /// Offset from SIGRTMIN of the signal that kicks a vCPU out of KVM_RUN (Firecracker uses
 /// SIGRTMIN + 0 as well).
 const KICK_SIGNAL_OFFSET: i32 = 0;
-
-/// How long `VcpuThread::pause` spins for the vCPU to leave KVM_RUN before it sleeps on the
-/// condvar: a few kick-to-exit latencies of kvm_pvm (12-35 us per exit, deps-spike.md).
-const PAUSE_SPIN: Duration = Duration::from_micros(200);
 
 /// Why a vCPU stopped running on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,8 +143,8 @@ struct Shared {
     control: Mutex<Control>,
     changed: Condvar,
     pause_requested: AtomicBool,
-    /// Mirror of `control.phase == Running`, written under the mutex together with the phase;
-    /// the pausing controller spins on it before sleeping on the condvar (see `pause`).
+    /// Mirror of `control.phase == Running`, written under the mutex together with the phase,
+    /// so `request_pause` can skip a vCPU that is not running without taking the mutex.
     running: AtomicBool,
     immediate_exit: ImmediateExit,
 }
@@ -279,14 +275,6 @@ impl VcpuThread {
     /// Second half of [`VcpuThread::pause`]: waits until the vCPU has left `Running`, then
     /// withdraws the request.
     pub fn wait_paused(&self) {
-        // The vCPU usually leaves KVM_RUN within tens of microseconds of the kick. Spinning
-        // for that long, instead of sleeping on the condvar at once, saves the futex wake-up
-        // and the scheduler's round trip on every pause; past PAUSE_SPIN (a vCPU stuck in a
-        // long exit, or a preempted thread) the condvar below takes over.
-        let spin_until = Instant::now() + PAUSE_SPIN;
-        while self.shared.running.load(Ordering::SeqCst) && Instant::now() < spin_until {
-            std::hint::spin_loop();
-        }
         let mut c = self.shared.lock();
         while c.phase == VcpuPhase::Running {
             // Kick again on every wake-up: a signal that arrived between the thread's last
