@@ -1,12 +1,16 @@
 //! The VMM's checkpoint costs on real KVM with the test guest (`cargo bench -p colo-runtime
-//! --bench checkpoint`): pause -> capture -> resume for 0, 100, 1,000 and 10,000 dirty pages,
-//! apply on a receiving VM, a plain memcpy of the same number of pages (the physical limit, in
-//! the same run), and the dirty-log harvest over the whole memory.
+//! --bench checkpoint`): pause -> capture -> resume for 0, 100, 1,000 and 10,000 dirty pages
+//! with the median of each part printed per group (pause, harvest, device state, page copy,
+//! resume, and the capture's minor page faults), apply on a receiving VM, the memcpy
+//! baselines of the same bytes in the same run (pages scattered over 128 MiB; and contiguous
+//! pages another thread has just written, as a guest's are), bitmap -> page-run conversion and
+//! merging of scattered runs (`dirty_table`, no KVM), and the dirty-log harvest over the whole
+//! memory. Results and their reading: docs/benchmarks.md, "VMM".
 //!
-//! The guest rewrites a working set of N pages every step; between captures it runs long
-//! enough for at least one full step, so each incremental carries the N pages plus the few the
-//! counter's stack and console buffer touch (the mean is printed per group). Without /dev/kvm
-//! the KVM groups are skipped with a message.
+//! The guest rewrites a working set of N pages every step; before each timed checkpoint it
+//! runs one full step and is left running, so the timed pause stops a vCPU inside KVM_RUN and
+//! each incremental carries the N pages plus the page the counter's stack and console buffer
+//! touch. Without /dev/kvm the KVM groups are skipped with a message.
 
 use colo_runtime::guest::counter_cmdline;
 use colo_runtime::memory::DirtyPages;
