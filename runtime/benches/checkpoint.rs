@@ -33,11 +33,15 @@ fn kvm_present() -> bool {
 }
 
 fn guest_machine(pages: u64) -> Machine {
+    guest_machine_with(pages, 1)
+}
+
+fn guest_machine_with(pages: u64, vcpus: u8) -> Machine {
     let image = std::fs::read(colo_runtime::guest::test_guest_path()).expect("test guest built");
     let mut m = Machine::new(
         MachineConfig {
             mem_mib: MEM_MIB,
-            vcpus: 1,
+            vcpus,
         },
         ConsoleOutput::Null,
     )
@@ -188,6 +192,32 @@ fn pause_capture_resume(c: &mut Criterion) {
             })
         });
         print_breakdown(&format!("pause_capture_resume/{pages}"), &parts);
+    }
+    group.finish();
+}
+
+/// `Machine::pause` alone, of a guest running its counter, with 1 and 2 vCPUs (the APs wait
+/// for SIPI inside KVM_RUN, so each must be kicked out of it as well).
+fn pause_only(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pause_vcpus");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(2));
+    for vcpus in [1u8, 2] {
+        let mut m = guest_machine_with(100, vcpus);
+        group.bench_function(BenchmarkId::from_parameter(vcpus), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    run_one_full_step(&mut m, 100);
+                    let t = Instant::now();
+                    m.pause();
+                    total += t.elapsed();
+                }
+                total
+            })
+        });
     }
     group.finish();
 }
@@ -364,6 +394,7 @@ fn main() {
     dirty_table(&mut c);
     if kvm_present() {
         pause_capture_resume(&mut c);
+        pause_only(&mut c);
         apply(&mut c);
         harvest(&mut c);
     } else {
