@@ -1,15 +1,20 @@
 //! The VMM's checkpoint costs on real KVM with the test guest (`cargo bench -p colo-runtime
-//! --bench checkpoint`): pause -> capture -> resume for 0, 100, 1,000 and 10,000 dirty pages,
-//! apply on a receiving VM, a plain memcpy of the same number of pages (the physical limit, in
-//! the same run), and the dirty-log harvest over the whole memory.
+//! --bench checkpoint`): pause -> capture -> resume for 0, 100, 1,000 and 10,000 dirty pages
+//! with the median of each part printed per group (pause, harvest, device state, page copy,
+//! resume, and the capture's minor page faults), apply on a receiving VM, the memcpy
+//! baselines of the same bytes in the same run (pages scattered over 128 MiB; and contiguous
+//! pages another thread has just written, as a guest's are), bitmap -> page-run conversion and
+//! merging of scattered runs (`dirty_table`, no KVM), and the dirty-log harvest over the whole
+//! memory. Results and their reading: docs/benchmarks.md, "VMM".
 //!
-//! The guest rewrites a working set of N pages every step; between captures it runs long
-//! enough for at least one full step, so each incremental carries the N pages plus the few the
-//! counter's stack and console buffer touch (the mean is printed per group). Without /dev/kvm
-//! the KVM groups are skipped with a message.
+//! The guest rewrites a working set of N pages every step; before each timed checkpoint it
+//! runs one full step and is left running, so the timed pause stops a vCPU inside KVM_RUN and
+//! each incremental carries the N pages plus the page the counter's stack and console buffer
+//! touch. Without /dev/kvm the KVM groups are skipped with a message.
 
 use colo_runtime::guest::counter_cmdline;
-use colo_runtime::{CaptureStats, CheckpointKind, ConsoleOutput, Machine, MachineConfig};
+use colo_runtime::memory::DirtyPages;
+use colo_runtime::{CheckpointKind, ConsoleOutput, Machine, MachineConfig};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -28,11 +33,15 @@ fn kvm_present() -> bool {
 }
 
 fn guest_machine(pages: u64) -> Machine {
+    guest_machine_with(pages, 1)
+}
+
+fn guest_machine_with(pages: u64, vcpus: u8) -> Machine {
     let image = std::fs::read(colo_runtime::guest::test_guest_path()).expect("test guest built");
     let mut m = Machine::new(
         MachineConfig {
             mem_mib: MEM_MIB,
-            vcpus: 1,
+            vcpus,
         },
         ConsoleOutput::Null,
     )
@@ -51,7 +60,7 @@ fn guest_step(m: &Machine, pages: u64) -> u64 {
 }
 
 /// Resumes the guest and lets it run until it has completed at least one whole step after the
-/// resume (so all `pages` working-set pages are dirty again), then pauses it.
+/// resume (so all `pages` working-set pages are dirty again); the guest is left running.
 fn run_one_full_step(m: &mut Machine, pages: u64) {
     m.resume();
     if pages == 0 {
@@ -64,19 +73,92 @@ fn run_one_full_step(m: &mut Machine, pages: u64) {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
-    m.pause();
 }
 
-fn mean(stats: &[CaptureStats]) -> (u64, Duration, Duration, Duration) {
-    let n = stats.len().max(1) as u32;
-    let pages = stats.iter().map(|s| s.pages).sum::<u64>() / u64::from(n);
-    let sum = |f: fn(&CaptureStats) -> Duration| stats.iter().map(f).sum::<Duration>() / n;
-    (
-        pages,
-        sum(|s| s.harvest),
-        sum(|s| s.devices),
-        sum(|s| s.copy),
-    )
+/// One pause -> capture -> resume, split into its parts (all measured in the same iteration).
+#[derive(Clone, Copy, Debug, Default)]
+struct Parts {
+    /// `Machine::pause`: kick, exit from KVM_RUN, hand-off to the controller.
+    pause: Duration,
+    /// Dirty-log harvest (KVM log + VMM bitmap) into page ranges.
+    harvest: Duration,
+    /// vCPU, irqchip, PIT, clock, console, serial and net state.
+    devices: Duration,
+    /// Page copy into the recycled buffer.
+    copy: Duration,
+    /// The capture's remaining work (checks, moves).
+    capture_rest: Duration,
+    /// `Machine::resume`.
+    resume: Duration,
+    /// The whole pause -> capture -> resume.
+    total: Duration,
+    /// Minor page faults the capturing thread took during the capture.
+    faults: u64,
+    /// Pages carried.
+    pages: u64,
+}
+
+/// Minor page faults of the calling thread so far (getrusage, RUSAGE_THREAD).
+fn minor_faults() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the pointed-to, properly sized and aligned
+    // buffer and touches nothing else.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage(RUSAGE_THREAD)");
+    // SAFETY: getrusage returned 0, so it initialised the struct (and zeroed() already had).
+    let usage = unsafe { usage.assume_init() };
+    usage.ru_minflt as u64
+}
+
+/// Pause, capture an incremental checkpoint, resume; the guest is left running.
+fn timed_checkpoint(m: &mut Machine) -> (Parts, colo_runtime::Checkpoint) {
+    let faults = minor_faults();
+    let t0 = Instant::now();
+    m.pause();
+    let t1 = Instant::now();
+    let (cp, s) = m.capture(CheckpointKind::Incremental).expect("capture");
+    let t2 = Instant::now();
+    m.resume();
+    let t3 = Instant::now();
+    let faults = minor_faults() - faults;
+    let capture = t2 - t1;
+    let parts = Parts {
+        pause: t1 - t0,
+        harvest: s.harvest,
+        devices: s.devices,
+        copy: s.copy,
+        capture_rest: capture.saturating_sub(s.harvest + s.devices + s.copy),
+        resume: t3 - t2,
+        total: t3 - t0,
+        faults,
+        pages: s.pages,
+    };
+    (parts, cp)
+}
+
+/// Median of one part over the iterations (robust against the shared machine's stalls).
+fn median_of(parts: &[Parts], f: fn(&Parts) -> Duration) -> Duration {
+    let mut v: Vec<Duration> = parts.iter().map(f).collect();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn print_breakdown(name: &str, parts: &[Parts]) {
+    let n = parts.len().max(1) as u64;
+    let med = |f: fn(&Parts) -> Duration| median_of(parts, f);
+    eprintln!(
+        "{name}: {} iterations, mean {} pages, {} minor faults per capture; medians: total {:?} = pause {:?} + harvest {:?} + device state {:?} + page copy {:?} + capture rest {:?} + resume {:?}",
+        parts.len(),
+        parts.iter().map(|p| p.pages).sum::<u64>() / n,
+        parts.iter().map(|p| p.faults).sum::<u64>() / n,
+        med(|p| p.total),
+        med(|p| p.pause),
+        med(|p| p.harvest),
+        med(|p| p.devices),
+        med(|p| p.copy),
+        med(|p| p.capture_rest),
+        med(|p| p.resume),
+    );
 }
 
 fn pause_capture_resume(c: &mut Criterion) {
@@ -88,33 +170,54 @@ fn pause_capture_resume(c: &mut Criterion) {
     for &pages in &SIZES {
         let mut m = guest_machine(pages);
         run_one_full_step(&mut m, pages);
+        m.pause();
         m.capture(CheckpointKind::Full).expect("base");
-        let mut stats = Vec::new();
+        let mut parts = Vec::new();
         group.throughput(Throughput::Bytes(pages * PAGE as u64));
         group.bench_function(BenchmarkId::from_parameter(pages), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    // Run one full step, then time pause -> capture -> resume from a running
-                    // guest (the resume's cost is included; the guest runs on afterwards).
+                    // Let the guest complete one full step and keep running, then time pause
+                    // -> capture -> resume of a guest that is running in KVM_RUN (the
+                    // resume's cost is included; the guest runs on afterwards).
                     run_one_full_step(&mut m, pages);
-                    m.resume();
-                    let t = Instant::now();
+                    let (p, cp) = timed_checkpoint(&mut m);
+                    total += p.total;
+                    parts.push(p);
                     m.pause();
-                    let (cp, s) = m.capture(CheckpointKind::Incremental).expect("capture");
-                    m.resume();
-                    total += t.elapsed();
-                    m.pause();
-                    stats.push(s);
                     m.recycle(black_box(cp));
                 }
                 total
             })
         });
-        let (p, harvest, devices, copy) = mean(&stats);
-        eprintln!(
-            "pause_capture_resume/{pages}: mean {p} pages per capture; harvest {harvest:?}, device state {devices:?}, page copy {copy:?}"
-        );
+        print_breakdown(&format!("pause_capture_resume/{pages}"), &parts);
+    }
+    group.finish();
+}
+
+/// `Machine::pause` alone, of a guest running its counter, with 1 and 2 vCPUs (the APs wait
+/// for SIPI inside KVM_RUN, so each must be kicked out of it as well).
+fn pause_only(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pause_vcpus");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(2));
+    for vcpus in [1u8, 2] {
+        let mut m = guest_machine_with(100, vcpus);
+        group.bench_function(BenchmarkId::from_parameter(vcpus), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    run_one_full_step(&mut m, 100);
+                    let t = Instant::now();
+                    m.pause();
+                    total += t.elapsed();
+                }
+                total
+            })
+        });
     }
     group.finish();
 }
@@ -128,8 +231,10 @@ fn apply(c: &mut Criterion) {
     for &pages in &SIZES {
         let mut source = guest_machine(pages);
         run_one_full_step(&mut source, pages);
+        source.pause();
         let (base, _) = source.capture(CheckpointKind::Full).expect("base");
         run_one_full_step(&mut source, pages);
+        source.pause();
         let (inc, _) = source
             .capture(CheckpointKind::Incremental)
             .expect("incremental");
@@ -183,6 +288,45 @@ fn memcpy(c: &mut Criterion) {
     group.finish();
 }
 
+/// The memcpy baseline with a source like a checkpoint's: N contiguous pages that another
+/// thread (on the other core, as the vCPU thread is) wrote just before the copy, so their
+/// cache lines sit modified in that core's caches; the copy time alone is measured.
+fn memcpy_after_remote_write(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memcpy_after_remote_write");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(1));
+    let mut src = vec![0x5au8; (MEM_MIB as usize) << 20];
+    for &pages in &SIZES[1..] {
+        let len = pages as usize * PAGE;
+        let mut dst = vec![0u8; len];
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_function(BenchmarkId::from_parameter(pages), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let area = &mut src[16 << 20..(16 << 20) + len];
+                    std::thread::scope(|s| {
+                        s.spawn(|| {
+                            for page in area.chunks_mut(PAGE) {
+                                page[..8].copy_from_slice(&i.to_le_bytes());
+                                page[8..].fill(i as u8);
+                            }
+                        });
+                    });
+                    let t = Instant::now();
+                    dst.copy_from_slice(&src[16 << 20..(16 << 20) + len]);
+                    total += t.elapsed();
+                    black_box(&dst);
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
 fn harvest(c: &mut Criterion) {
     let mut group = c.benchmark_group("harvest_whole_memory");
     group
@@ -199,6 +343,7 @@ fn harvest(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 run_one_full_step(&mut m, 10_000);
+                m.pause();
                 let t = Instant::now();
                 black_box(m.take_dirty().expect("harvest"));
                 total += t.elapsed();
@@ -209,11 +354,47 @@ fn harvest(c: &mut Criterion) {
     group.finish();
 }
 
+/// Turning dirty bitmaps into page ranges without KVM: 1,000 scattered dirty pages (every
+/// 32nd page of 128 MiB, so 1,000 separate runs) from one bitmap, and the same merged into a
+/// table of another 1,000 scattered runs (the KVM log united with the VMM bitmap, or the
+/// pair's carried-over pages united with a new harvest).
+fn dirty_table(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dirty_table");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(1));
+    let pages = (MEM_MIB << 20) / PAGE as u64;
+    let scattered = |offset: u64| {
+        let mut bitmap = vec![0u64; pages.div_ceil(64) as usize];
+        for i in 0..1_000u64 {
+            let page = i * 32 + offset;
+            bitmap[(page / 64) as usize] |= 1 << (page % 64);
+        }
+        bitmap
+    };
+    let (a, b) = (scattered(0), scattered(16));
+    group.bench_function("from_bitmap_1000_runs", |bench| {
+        bench.iter(|| black_box(DirtyPages::from_bitmap(black_box(&a), 0, pages)))
+    });
+    group.bench_function("merge_1000_runs_into_1000", |bench| {
+        bench.iter(|| {
+            let mut table = DirtyPages::from_bitmap(black_box(&a), 0, pages);
+            table.add_bitmap(black_box(&b), 0, pages);
+            black_box(table)
+        })
+    });
+    group.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     memcpy(&mut c);
+    memcpy_after_remote_write(&mut c);
+    dirty_table(&mut c);
     if kvm_present() {
         pause_capture_resume(&mut c);
+        pause_only(&mut c);
         apply(&mut c);
         harvest(&mut c);
     } else {

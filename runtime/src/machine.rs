@@ -393,8 +393,12 @@ impl Machine {
 
     /// Running --> Paused: every vCPU is out of KVM_RUN with its pending I/O completed.
     pub fn pause(&mut self) {
-        for vcpu in &self.vcpus {
-            vcpu.pause();
+        // Kick every running vCPU first, then wait for each: their exits overlap.
+        let requested: Vec<bool> = self.vcpus.iter().map(VcpuThread::request_pause).collect();
+        for (vcpu, requested) in self.vcpus.iter().zip(requested) {
+            if requested {
+                vcpu.wait_paused();
+            }
         }
         self.phase = MachinePhase::Paused;
     }
@@ -470,11 +474,9 @@ impl Machine {
     /// Pages written since the last capture (vCPU writes from KVM's dirty log, VMM writes
     /// from the memory bitmap), clearing both.
     pub fn take_dirty(&self) -> Result<DirtyPages, MachineError> {
-        let mut dirty = self.vm.take_dirty_log(&self.mem)?;
-        for r in memory::take_vmm_dirty(&self.mem).ranges() {
-            dirty.push_run(r.first, r.count);
-        }
-        Ok(dirty)
+        Ok(memory::take_dirty(&self.mem, |slot, bytes| {
+            self.vm.dirty_log(slot, bytes)
+        })?)
     }
 
     /// Captures a checkpoint. Paused only. A full one carries every page and restarts the

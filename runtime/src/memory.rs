@@ -78,70 +78,90 @@ impl DirtyPages {
     /// `AtomicBitmap`. Bits past `pages` are ignored.
     pub fn from_bitmap(bitmap: &[u64], first_page: u64, pages: u64) -> DirtyPages {
         let mut table = DirtyPages::default();
-        table.add_bitmap(bitmap, first_page, pages);
+        append_bitmap_runs(&mut table.ranges, bitmap, first_page, pages);
         table
     }
 
     /// Adds the pages set in `bitmap` (same format as [`DirtyPages::from_bitmap`]).
     pub fn add_bitmap(&mut self, bitmap: &[u64], first_page: u64, pages: u64) {
-        let mut merged: Vec<PageRange> = Vec::new();
-        let mut run: Option<(u64, u64)> = None;
-        for (w, &word) in bitmap.iter().enumerate() {
-            if word == 0 {
-                if let Some((start, count)) = run.take() {
-                    merged.push(PageRange {
-                        first: start,
-                        count,
-                    });
-                }
-                continue;
-            }
-            for bit in 0..64u64 {
-                let index = w as u64 * 64 + bit;
-                if index >= pages {
-                    break;
-                }
-                let page = first_page + index;
-                if word & (1 << bit) != 0 {
-                    run = match run {
-                        Some((start, count)) => Some((start, count + 1)),
-                        None => Some((page, 1)),
-                    };
-                } else if let Some((start, count)) = run.take() {
-                    merged.push(PageRange {
-                        first: start,
-                        count,
-                    });
-                }
-            }
-        }
-        if let Some((start, count)) = run {
-            merged.push(PageRange {
-                first: start,
-                count,
-            });
-        }
-        for r in merged {
-            self.push_run(r.first, r.count);
+        if self
+            .ranges
+            .last()
+            .is_none_or(|last| last.end() <= first_page)
+        {
+            // The bitmap's pages all lie at or after the table's end (one memory region after
+            // another): its runs append in order, no merge needed.
+            append_bitmap_runs(&mut self.ranges, bitmap, first_page, pages);
+        } else {
+            let mut runs = Vec::new();
+            append_bitmap_runs(&mut runs, bitmap, first_page, pages);
+            self.union(&runs);
         }
     }
 
-    /// Inserts a run, keeping the table sorted and coalesced.
+    /// Inserts a run, keeping the table sorted and coalesced: O(1) at the table's end (the
+    /// usual case: harvests produce runs in order), a binary search and one splice elsewhere.
     pub fn push_run(&mut self, first: u64, count: u64) {
         if count == 0 {
             return;
         }
-        self.ranges.push(PageRange { first, count });
-        self.ranges.sort_unstable();
-        let mut out: Vec<PageRange> = Vec::with_capacity(self.ranges.len());
-        for r in self.ranges.drain(..) {
-            match out.last_mut() {
-                Some(last) if r.first <= last.end() => {
-                    let end = last.end().max(r.end());
-                    last.count = end - last.first;
-                }
-                _ => out.push(r),
+        let run = PageRange { first, count };
+        let end = run.end();
+        match self.ranges.last_mut() {
+            None => return self.ranges.push(run),
+            Some(last) if first > last.end() => return self.ranges.push(run),
+            Some(last) if first >= last.first => {
+                last.count = last.end().max(end) - last.first;
+                return;
             }
+            Some(_) => {}
+        }
+        // Runs [lo, hi) overlap or touch the new one; they and it become one run.
+        let lo = self.ranges.partition_point(|r| r.end() < first);
+        let hi = self.ranges.partition_point(|r| r.first <= end);
+        if lo == hi {
+            self.ranges.insert(lo, run);
+            return;
+        }
+        let merged_first = first.min(self.ranges[lo].first);
+        let merged_end = end.max(self.ranges[hi - 1].end());
+        self.ranges[lo] = PageRange {
+            first: merged_first,
+            count: merged_end - merged_first,
+        };
+        self.ranges.drain(lo + 1..hi);
+    }
+
+    /// Adds every run of `other` (in any order; overlaps allowed) in one linear merge when
+    /// `other` is sorted by first page, which every table and harvest is.
+    pub fn union(&mut self, other: &[PageRange]) {
+        if !other.is_sorted_by_key(|r| r.first) {
+            let mut sorted = other.to_vec();
+            sorted.sort_unstable();
+            return self.union(&sorted);
+        }
+        if other.is_empty() {
+            return;
+        }
+        let mut out: Vec<PageRange> = Vec::with_capacity(self.ranges.len() + other.len());
+        let (mut i, mut j) = (0, 0);
+        while i < self.ranges.len() || j < other.len() {
+            let next = match (self.ranges.get(i), other.get(j)) {
+                (Some(a), Some(b)) if a.first <= b.first => {
+                    i += 1;
+                    *a
+                }
+                (_, Some(b)) => {
+                    j += 1;
+                    *b
+                }
+                (Some(a), None) => {
+                    i += 1;
+                    *a
+                }
+                (None, None) => unreachable!("the loop condition keeps one side non-empty"),
+            };
+            push_sorted(&mut out, next);
         }
         self.ranges = out;
     }
@@ -159,6 +179,51 @@ impl DirtyPages {
     /// Bytes the dirty pages hold.
     pub fn bytes(&self) -> u64 {
         self.pages() * PAGE_SIZE
+    }
+}
+
+/// Appends `run` to `out`, whose runs are sorted and coalesced and start at or before `run`.
+fn push_sorted(out: &mut Vec<PageRange>, run: PageRange) {
+    if run.count == 0 {
+        return;
+    }
+    match out.last_mut() {
+        Some(last) if run.first <= last.end() => {
+            last.count = last.end().max(run.end()) - last.first;
+        }
+        _ => out.push(run),
+    }
+}
+
+/// Appends the runs of set bits of `bitmap` (see [`DirtyPages::from_bitmap`]) to `out`, a word
+/// at a time: a clean word costs one comparison, a run of dirty pages one `trailing_zeros` and
+/// one `trailing_ones` per word it spans (not one test per page).
+fn append_bitmap_runs(out: &mut Vec<PageRange>, bitmap: &[u64], first_page: u64, pages: u64) {
+    for (w, &word) in bitmap.iter().enumerate() {
+        let base = w as u64 * 64;
+        if base >= pages {
+            break;
+        }
+        let mut word = if pages - base < 64 {
+            word & ((1u64 << (pages - base)) - 1)
+        } else {
+            word
+        };
+        while word != 0 {
+            let start = u64::from(word.trailing_zeros());
+            let ones = u64::from((word >> start).trailing_ones());
+            push_sorted(
+                out,
+                PageRange {
+                    first: first_page + base + start,
+                    count: ones,
+                },
+            );
+            if start + ones >= 64 {
+                break;
+            }
+            word &= !(((1u64 << ones) - 1) << start);
+        }
     }
 }
 
@@ -247,6 +312,34 @@ pub fn take_vmm_dirty(mem: &GuestMemory) -> DirtyPages {
     table
 }
 
+/// Both dirty sources of every region, cleared as they are read: `kvm_log(slot, bytes)` reads
+/// (and clears) KVM's dirty log of memory slot `slot` (one slot per region, in region order,
+/// as `KvmVm::register_memory` registers them); the VMM's bitmap of the same region is ORed
+/// into it word by word (same layout: one bit per page from the region's start), and the
+/// union is turned into runs once. One log read per slot, one pass over each bitmap.
+pub fn take_dirty<E>(
+    mem: &GuestMemory,
+    mut kvm_log: impl FnMut(u32, u64) -> Result<Vec<u64>, E>,
+) -> Result<DirtyPages, E> {
+    let mut table = DirtyPages::default();
+    for (slot, region) in mem.iter().enumerate() {
+        let mut bitmap = kvm_log(slot as u32, region.len())?;
+        let vmm = region.get_mmap().bitmap().get_and_reset();
+        if vmm.len() > bitmap.len() {
+            bitmap.resize(vmm.len(), 0);
+        }
+        for (word, v) in bitmap.iter_mut().zip(&vmm) {
+            *word |= v;
+        }
+        table.add_bitmap(
+            &bitmap,
+            region.start_addr().0 / PAGE_SIZE,
+            region.len() / PAGE_SIZE,
+        );
+    }
+    Ok(table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +390,150 @@ mod tests {
                     count: 6
                 }
             ]
+        );
+    }
+
+    /// The table as the set of its pages, and a check of the module invariant.
+    fn page_set(table: &DirtyPages) -> std::collections::BTreeSet<u64> {
+        for pair in table.ranges().windows(2) {
+            assert!(
+                pair[0].end() < pair[1].first,
+                "runs sorted, disjoint and not touching: {pair:?}"
+            );
+        }
+        assert!(table.ranges().iter().all(|r| r.count > 0));
+        table
+            .ranges()
+            .iter()
+            .flat_map(|r| r.first..r.end())
+            .collect()
+    }
+
+    #[test]
+    fn out_of_order_runs_merge_with_every_run_they_touch() {
+        let mut table = DirtyPages::default();
+        table.push_run(10, 2);
+        table.push_run(20, 2);
+        table.push_run(30, 2);
+        table.push_run(0, 1);
+        table.push_run(12, 18); // touches 10..12 and 30..32, swallows 20..22
+        assert_eq!(
+            table.ranges(),
+            &[
+                PageRange { first: 0, count: 1 },
+                PageRange {
+                    first: 10,
+                    count: 22
+                }
+            ]
+        );
+        table.push_run(5, 1); // between runs, touching none
+        table.push_run(1, 4); // touches 0..1 and 5..6
+        assert_eq!(
+            table.ranges(),
+            &[
+                PageRange { first: 0, count: 6 },
+                PageRange {
+                    first: 10,
+                    count: 22
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn bitmap_union_and_push_agree_with_a_page_set() {
+        // Deterministic pseudo-random bitmaps and runs (an LCG), checked against the set of
+        // pages they name: the word-at-a-time bitmap scan, the linear union and push_run.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            state >> 11
+        };
+        for round in 0..200 {
+            let pages = 1 + next() % 700;
+            let words = pages.div_ceil(64) as usize;
+            // Dense, sparse and all-ones words, so runs cross word boundaries.
+            let bitmap: Vec<u64> = (0..words)
+                .map(|_| match next() % 4 {
+                    0 => 0,
+                    1 => u64::MAX,
+                    2 => next() & next(),
+                    _ => next() | (next() << 53),
+                })
+                .collect();
+            let mut expected: std::collections::BTreeSet<u64> = (0..pages)
+                .filter(|&p| bitmap[(p / 64) as usize] & (1 << (p % 64)) != 0)
+                .map(|p| p + 1000)
+                .collect();
+            let mut table = DirtyPages::from_bitmap(&bitmap, 1000, pages);
+            assert_eq!(page_set(&table), expected, "round {round}: from_bitmap");
+            let mut other = Vec::new();
+            for _ in 0..next() % 20 {
+                let (first, count) = (900 + next() % 900, next() % 40);
+                other.push(PageRange { first, count });
+                expected.extend(first..first + count);
+            }
+            if round % 2 == 0 {
+                table.union(&other);
+            } else {
+                for r in &other {
+                    table.push_run(r.first, r.count);
+                }
+            }
+            assert_eq!(
+                page_set(&table),
+                expected,
+                "round {round}: union / push_run"
+            );
+            let second: Vec<u64> = (0..words).map(|_| next() & next() & next()).collect();
+            table.add_bitmap(&second, 950, pages);
+            expected.extend(
+                (0..pages)
+                    .filter(|&p| second[(p / 64) as usize] & (1 << (p % 64)) != 0)
+                    .map(|p| p + 950),
+            );
+            assert_eq!(page_set(&table), expected, "round {round}: add_bitmap");
+        }
+    }
+
+    #[test]
+    fn harvest_unites_the_kvm_log_with_the_vmm_bitmap_and_clears_it() {
+        let mem = create(1 << 20).unwrap();
+        mem.write_slice(&[1u8; 8], GuestAddress(3 * PAGE_SIZE))
+            .unwrap();
+        mem.write_slice(&[1u8; 8], GuestAddress(70 * PAGE_SIZE))
+            .unwrap();
+        let mut slots = Vec::new();
+        let dirty = take_dirty(&mem, |slot, bytes| -> Result<Vec<u64>, ()> {
+            slots.push((slot, bytes));
+            // KVM saw pages 4 (next to the VMM's 3) and 64..66.
+            let mut log = vec![0u64; (bytes / PAGE_SIZE).div_ceil(64) as usize];
+            log[0] |= 1 << 4;
+            log[1] |= 0b11;
+            Ok(log)
+        })
+        .unwrap();
+        assert_eq!(slots, [(0, 1 << 20)], "one log read per memory slot");
+        assert_eq!(
+            dirty.ranges(),
+            &[
+                PageRange { first: 3, count: 2 },
+                PageRange {
+                    first: 64,
+                    count: 2
+                },
+                PageRange {
+                    first: 70,
+                    count: 1
+                }
+            ]
+        );
+        assert!(
+            take_vmm_dirty(&mem).ranges().is_empty(),
+            "the harvest cleared the VMM bitmap"
         );
     }
 

@@ -693,11 +693,12 @@ impl NodeLoop {
                     String::new()
                 };
                 println!(
-                    "{}: applied epoch={} step={} pages_copied={}{digest}",
+                    "{}: applied epoch={} step={} pages_copied={}{digest} apply_us={}",
                     self.name,
                     epoch.0,
                     self.guest_step(),
-                    self.exec.last_apply.pages_copied
+                    self.exec.last_apply.pages_copied,
+                    self.exec.timings.apply.as_micros()
                 );
             }
             _ => {}
@@ -716,11 +717,17 @@ impl NodeLoop {
                 bytes,
             } => {
                 self.exec.on_checkpoint_done(*epoch);
+                let t = self.exec.timings;
                 println!(
-                    "{n}: checkpoint-done epoch={} reason={reason:?} pause_us={} pages={pages} bytes={bytes} step={}",
+                    "{n}: checkpoint-done epoch={} reason={reason:?} pause_us={} pages={pages} bytes={bytes} step={} vm_pause_us={} vm_collect_us={} vm_send_us={} vm_save_us={} vm_resume_us={}",
                     epoch.0,
                     pause.as_micros(),
-                    self.guest_step()
+                    self.guest_step(),
+                    t.pause.as_micros(),
+                    t.collect.as_micros(),
+                    t.send_pages.as_micros(),
+                    t.save_devices.as_micros(),
+                    t.resume.as_micros()
                 );
             }
             Event::CheckpointApplied {

@@ -25,6 +25,7 @@ use colo_core::checkpoint::{VmCommand, VmCommandKind, VmCompletion};
 use colo_core::ids::{Epoch, PageRange, Term};
 use colo_core::wire::Message;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 /// The secondary's copy of guest memory as of the newest pages received, plus which pages
@@ -118,6 +119,25 @@ pub struct ApplyStats {
     pub pages_copied: u64,
 }
 
+/// Wall time of the last VM command of each kind (each overwrites its own slot), so the
+/// node's checkpoint log lines can split a pause into the VMM's parts and the protocol's
+/// waits between them (docs/benchmarks.md, "The pair's pause").
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VmTimings {
+    /// `Pause`.
+    pub pause: Duration,
+    /// `CollectDirty` (harvest and merge with unconfirmed pages).
+    pub collect: Duration,
+    /// `SendPages` (guest memory into the socket).
+    pub send_pages: Duration,
+    /// `SaveDeviceState` (read, encode, send).
+    pub save_devices: Duration,
+    /// `ApplyCheckpoint` (secondary).
+    pub apply: Duration,
+    /// `Resume`.
+    pub resume: Duration,
+}
+
 /// The RAM cache shared between the peer reader thread, which stores received pages into it
 /// as they arrive (no intermediate copy), and the node loop, which applies from it. The
 /// protocol keeps them apart in time (the primary streams epoch `e + 1` only after the
@@ -138,6 +158,8 @@ pub struct VmExecutor {
     has_guest: bool,
     /// Last apply's figures.
     pub last_apply: ApplyStats,
+    /// Wall time of the last command of each kind.
+    pub timings: VmTimings,
 }
 
 impl VmExecutor {
@@ -150,6 +172,7 @@ impl VmExecutor {
             unconfirmed: DirtyPages::default(),
             has_guest,
             last_apply: ApplyStats::default(),
+            timings: VmTimings::default(),
         }
     }
 
@@ -178,6 +201,37 @@ impl VmExecutor {
         writer: Option<&mut PeerWriter>,
         command: VmCommand,
     ) -> Result<VmCompletion, (VmCompletion, LinkClosed)> {
+        let started = Instant::now();
+        let kind = match command {
+            VmCommand::Pause => VmCommandKind::Pause,
+            VmCommand::Resume => VmCommandKind::Resume,
+            VmCommand::CollectDirty { .. } => VmCommandKind::CollectDirty,
+            VmCommand::SendPages { .. } => VmCommandKind::SendPages,
+            VmCommand::SaveDeviceState { .. } => VmCommandKind::SaveDeviceState,
+            VmCommand::ApplyCheckpoint { .. } => VmCommandKind::ApplyCheckpoint,
+            VmCommand::DiscardPartial { .. } => VmCommandKind::DiscardPartial,
+        };
+        let result = self.execute_untimed(machine, writer, command);
+        let took = started.elapsed();
+        let t = &mut self.timings;
+        match kind {
+            VmCommandKind::Pause => t.pause = took,
+            VmCommandKind::CollectDirty => t.collect = took,
+            VmCommandKind::SendPages => t.send_pages = took,
+            VmCommandKind::SaveDeviceState => t.save_devices = took,
+            VmCommandKind::ApplyCheckpoint => t.apply = took,
+            VmCommandKind::Resume => t.resume = took,
+            VmCommandKind::DiscardPartial => {}
+        }
+        result
+    }
+
+    fn execute_untimed(
+        &mut self,
+        machine: &mut Machine,
+        writer: Option<&mut PeerWriter>,
+        command: VmCommand,
+    ) -> Result<VmCompletion, (VmCompletion, LinkClosed)> {
         let failed = |command: VmCommandKind, why: String| {
             eprintln!("colo: VM command {command:?} failed: {why}");
             VmCompletion::Failed { command }
@@ -197,9 +251,7 @@ impl VmExecutor {
             }
             VmCommand::CollectDirty { epoch } => match machine.take_dirty() {
                 Ok(dirty) => {
-                    for r in dirty.ranges() {
-                        self.unconfirmed.push_run(r.first, r.count);
-                    }
+                    self.unconfirmed.union(dirty.ranges());
                     VmCompletion::DirtyCollected {
                         epoch,
                         ranges: self.unconfirmed.ranges().to_vec(),
@@ -289,9 +341,7 @@ impl VmExecutor {
         let mut cache = self.cache.lock().expect("RAM cache mutex poisoned");
         // Pages the SVM wrote since the last apply: they must be reverted to the PVM's copy.
         let mut pages = machine.take_dirty().map_err(|e| e.to_string())?;
-        for r in cache.received().ranges() {
-            pages.push_run(r.first, r.count);
-        }
+        pages.union(cache.received().ranges());
         cache.copy_into(machine, pages.ranges())?;
         machine.restore_devices(&state).map_err(|e| e.to_string())?;
         // The copy above marked the VMM bitmap: this VM now is the checkpoint, so forget it.

@@ -143,6 +143,9 @@ struct Shared {
     control: Mutex<Control>,
     changed: Condvar,
     pause_requested: AtomicBool,
+    /// Mirror of `control.phase == Running`, written under the mutex together with the phase,
+    /// so `request_pause` can skip a vCPU that is not running without taking the mutex.
+    running: AtomicBool,
     immediate_exit: ImmediateExit,
 }
 
@@ -210,6 +213,7 @@ impl VcpuThread {
             }),
             changed: Condvar::new(),
             pause_requested: AtomicBool::new(false),
+            running: AtomicBool::new(false),
             immediate_exit: ImmediateExit(NonNull::from(atomic)),
         });
         let fd = Arc::new(Mutex::new(fd));
@@ -242,6 +246,7 @@ impl VcpuThread {
         let mut c = self.shared.lock();
         if c.phase != VcpuPhase::Running {
             c.phase = VcpuPhase::Running;
+            self.shared.running.store(true, Ordering::SeqCst);
             self.shared.changed.notify_all();
         }
     }
@@ -249,11 +254,27 @@ impl VcpuThread {
     /// Running --> Paused; returns once the vCPU is paused (or stopped on its own) with its
     /// pending I/O completed.
     pub fn pause(&self) {
-        if self.shared.lock().phase != VcpuPhase::Running {
-            return;
+        if self.request_pause() {
+            self.wait_paused();
+        }
+    }
+
+    /// First half of [`VcpuThread::pause`]: asks a running vCPU to pause and kicks it out of
+    /// KVM_RUN, without waiting. Returns false (and does nothing) if it is not running. A
+    /// machine kicks all its vCPUs first and then waits for each, so their exits overlap.
+    pub fn request_pause(&self) -> bool {
+        if !self.shared.running.load(Ordering::SeqCst) {
+            return false;
         }
         self.shared.pause_requested.store(true, Ordering::SeqCst);
         self.shared.immediate_exit.set(1);
+        self.kick();
+        true
+    }
+
+    /// Second half of [`VcpuThread::pause`]: waits until the vCPU has left `Running`, then
+    /// withdraws the request.
+    pub fn wait_paused(&self) {
         let mut c = self.shared.lock();
         while c.phase == VcpuPhase::Running {
             // Kick again on every wake-up: a signal that arrived between the thread's last
@@ -319,6 +340,7 @@ fn thread_main(index: u64, fd: &Mutex<VcpuFd>, shared: &Shared, buses: &Buses, s
             run_until_paused(&mut fd, shared, buses)
         };
         let mut c = shared.lock();
+        shared.running.store(false, Ordering::SeqCst);
         c.phase = match outcome {
             // Running --pause request seen, I/O completed--> Paused
             None => VcpuPhase::Paused,

@@ -7,7 +7,7 @@
 
 use super::{KvmOpError, KvmResultExt};
 use crate::layout;
-use crate::memory::{DirtyPages, GuestMemory};
+use crate::memory::GuestMemory;
 use kvm_bindings::{
     KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_clock_data, kvm_irqchip, kvm_pit_config,
@@ -109,22 +109,13 @@ impl KvmVm {
         Ok(())
     }
 
-    /// Pages the vCPUs wrote since the last call (KVM_GET_DIRTY_LOG clears the log and
-    /// write-protects the pages again).
-    pub fn take_dirty_log(&self, mem: &GuestMemory) -> Result<DirtyPages, KvmOpError> {
-        let mut table = DirtyPages::default();
-        for (slot, region) in mem.iter().enumerate() {
-            let bitmap = self
-                .fd
-                .get_dirty_log(slot as u32, region.len() as usize)
-                .op("KVM_GET_DIRTY_LOG")?;
-            table.add_bitmap(
-                &bitmap,
-                region.start_addr().0 / layout::PAGE_SIZE,
-                region.len() / layout::PAGE_SIZE,
-            );
-        }
-        Ok(table)
+    /// The dirty log of memory slot `slot` (`bytes` long): the pages the vCPUs wrote since
+    /// the last call, one bit per page. KVM_GET_DIRTY_LOG clears the log and write-protects
+    /// the pages again. `memory::take_dirty` merges it with the VMM's own bitmap.
+    pub fn dirty_log(&self, slot: u32, bytes: u64) -> Result<Vec<u64>, KvmOpError> {
+        self.fd
+            .get_dirty_log(slot, bytes as usize)
+            .op("KVM_GET_DIRTY_LOG")
     }
 
     /// Saves both PICs, the IOAPIC, the PIT and the clock. The vCPUs must be paused.
