@@ -44,7 +44,8 @@ fn every_canary_is_caught_on_a_swarm_seed() {
 /// Seeds run under two colo-core Nodes (`colo-sim --node`) that failed: while the Node engine
 /// was brought up (27, 68, 92: harness bugs, fixed in `node_run`), and after a one-way
 /// primary-to-secondary cut and a takeover (188, 290, 1057: the comparator released
-/// zero-payload segments without the min-ACK guard, fixed in colo-core's comparator).
+/// zero-payload segments without the min-ACK guard, fixed in colo-core's comparator), and once
+/// every crash, restart and re-protection ran (12, 127, 221, 474).
 const NODE_SEEDS: &[(u64, &str)] = &[
     (
         27,
@@ -69,6 +70,24 @@ const NODE_SEEDS: &[(u64, &str)] = &[
     (
         1057,
         "liveness: a pure ACK released unguarded acknowledged client bytes the secondary lacked",
+    ),
+    // Every crash of the seed, restarts and re-protection (node_run/faults.rs).
+    (
+        12,
+        "atomic_checkpoint: an epoch the old secondary discarded, sent whole to the newcomer",
+    ),
+    (
+        127,
+        "liveness: a taker that crashed in its failover had announced its term and deposed the \
+         healthy primary (colo-core now announces a term only once the arbiter granted it)",
+    ),
+    (
+        221,
+        "no_silent_loss: frames held by a crashed host superseded again by its next incarnation",
+    ),
+    (
+        474,
+        "liveness: a crash allowed while the arbiter had leased the term to the crashing host",
     ),
 ];
 

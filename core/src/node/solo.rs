@@ -109,15 +109,19 @@ impl Node {
                 FailoverEvent::TakeoverStarted { term, from, reason } => {
                     self.event(Event::TakeoverStarted { term, from, reason });
                     self.on_takeover_started(now, reason);
-                    // Tell the old peer, if it can still hear: a newer term deposes it.
-                    self.send(Message::TermAnnounce {
-                        term,
-                        node_id: self.config.node_id,
-                    });
                 }
                 FailoverEvent::SoloGranted { term } => {
                     if !self.failed_over_reported {
                         self.failed_over_reported = true;
+                        // Tell the old peer, if it can still hear: the newer term deposes it.
+                        // Only once the arbiter granted the term: announced at the takeover's
+                        // start, it deposed a healthy primary even when this node then died or
+                        // was refused before the grant, leaving no host to serve (colo-sim
+                        // seed 127 under `--node`: the taker crashed inside its failover).
+                        self.send(Message::TermAnnounce {
+                            term,
+                            node_id: self.config.node_id,
+                        });
                         let reason = self.takeover_reason.unwrap_or(FailoverReason::Requested);
                         self.event(Event::FailedOver { term, reason });
                         match &mut self.side {

@@ -1,22 +1,61 @@
 //! The seed's faults applied to a [`NodeRun`]: host-arbiter and host-host cuts are applied
-//! where messages are sent (see `mod.rs`); here the first crash, the client-link cuts of the
-//! link owner and the start of the liveness phase. Invariant kept: faults act only during the
-//! safety phase, and at most one crash is applied, before any failover.
+//! where messages are sent (see `mod.rs`); here every crash of the seed, each host's restart
+//! and the automatic re-protection that follows, the client-link cuts of the link owner and the
+//! start of the liveness phase.
+//!
+//! Invariant kept: at any instant at least one host is alive *and holds the guest's state* (a
+//! primary or solo node, or a paired secondary that applied a checkpoint, none of them deposed
+//! or about to be: the arbiter has granted no newer term than its own).
+//! A crash that would break this **waits** (stays pending, and fires at the first later instant
+//! or phase where it is allowed); crashes still pending when the liveness phase starts are
+//! dropped. Faults start only during the safety phase; restarts happen whenever they are due.
+//!
+//! Crash points (`swarm::CrashPoint`): `At` fires at its instant, `OnFailover` while some node is
+//! taking over (so a crash lands inside a failover, including the taker's own), the checkpoint
+//! points when some node's checkpoint enters that phase (`crash_at_point`, called from
+//! `mod.rs`), and every point is also reached during re-protection (its first checkpoint).
 
-use colo_core::time::Instant;
+use colo_core::ids::Role;
+use colo_core::node::{Command, Input, LinkState, Node, NodeMode};
+use colo_core::time::{Duration, Instant};
 
-use super::{NodeRun, host};
+use super::{NodeRun, host, node_config};
+use crate::guest::Guest;
+use crate::platform::disk::LayeredDisk;
+use crate::platform::vm::SimVm;
+use crate::rng::SimRng;
 use crate::swarm::{CrashPoint, Cut, CutMode, Host};
 use crate::trace::TraceEvent;
 use crate::world::Endpoint;
 
+/// Where one of the seed's crashes stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CrashState {
+    /// Not fired yet (its instant may have passed: it waits until allowed).
+    Pending,
+    /// Fired.
+    Fired,
+    /// Still pending when the faults stopped: never fired.
+    Dropped,
+}
+
+fn index(h: Host) -> usize {
+    if h == Host::A { 0 } else { 1 }
+}
+
 impl NodeRun {
-    /// The seed's faults due at `now` (the first crash of either host, link cuts, the start of
-    /// the liveness phase); returns whether anything changed.
+    /// The seed's faults due at `now` (crashes, restarts, re-protection commands, link cuts,
+    /// the start of the liveness phase); returns whether anything changed.
     pub(super) fn apply_faults(&mut self, now: Instant) -> bool {
-        let mut changed = false;
+        let mut changed = self.restart_due(now);
+        changed |= self.reprotect_if_solo(now);
         if !self.faults_stopped && now >= self.opts.liveness_starts() {
             self.faults_stopped = true;
+            for s in &mut self.crash_state {
+                if *s == CrashState::Pending {
+                    *s = CrashState::Dropped;
+                }
+            }
             self.world.net.heal_all();
             for c in 0..self.opts.clients {
                 self.world
@@ -32,30 +71,26 @@ impl NodeRun {
             return true;
         }
         if self.faults_stopped {
-            return false;
+            return changed;
         }
-        // Without re-protection driven here, one crash per run, before any failover: a crash of
-        // the survivor would leave no host. `At` (and `OnFailover`, taken as its instant) fire
-        // here; the checkpoint-phase points fire in `crash_at_point`.
-        if !self.crash_done
-            && self.failed_over
-            && self
-                .opts
-                .crashes
-                .first()
-                .is_some_and(|c| c.not_before <= now)
-        {
-            self.crash_done = true;
-        }
-        if !self.crash_done
-            && let Some(c) = self.opts.crashes.first().copied()
-            && c.not_before <= now
-            && matches!(c.point, CrashPoint::At | CrashPoint::OnFailover)
-        {
-            self.crash_done = true;
-            let h = if c.host == Host::A { 0 } else { 1 };
-            self.crash(now, h);
-            changed = true;
+        let taking_over =
+            (0..2).any(|h| self.alive[h] && self.nodes[h].status(now).mode == NodeMode::TakingOver);
+        for i in 0..self.opts.crashes.len() {
+            let c = self.opts.crashes[i];
+            let due = match c.point {
+                CrashPoint::At => true,
+                CrashPoint::OnFailover => taking_over,
+                _ => false,
+            };
+            if due
+                && self.crash_state[i] == CrashState::Pending
+                && c.not_before <= now
+                && self.crash_allowed(now, index(c.host))
+            {
+                self.crash_state[i] = CrashState::Fired;
+                self.crash(now, index(c.host), Some(c.down_for));
+                changed = true;
+            }
         }
         for (i, lf) in self.opts.link_faults.clone().iter().enumerate() {
             let Cut::ClientsHost(hh) = lf.cut else {
@@ -88,28 +123,70 @@ impl NodeRun {
         changed
     }
 
-    /// The checkpoint of some host just entered `point`: the seed's crash fires if it waits for
-    /// that point and its earliest instant has passed.
-    pub(super) fn crash_at_point(&mut self, now: Instant, point: CrashPoint) {
-        if self.crash_done || self.failed_over || self.faults_stopped {
-            return;
+    /// Whether host `p` could carry the guest on alone: alive, not fenced or stopped, not about
+    /// to be fenced by a newer term, and either on the primary side (its VM is the guest) or a secondary that applied a
+    /// checkpoint (a newcomer still syncing has no state of its own).
+    fn holds_state(&self, now: Instant, p: usize) -> bool {
+        if !self.alive[p] {
+            return false;
         }
-        if let Some(c) = self.opts.crashes.first().copied()
-            && c.point == point
-            && c.not_before <= now
+        let st = self.nodes[p].status(now);
+        // A term granted by the arbiter to the other host (taking over right now), newer than
+        // `p`'s or `p`'s own claim, would depose `p`: then `p` cannot carry on alone either.
+        if let colo_core::failover::ArbiterPhase::Leased { term, holder, .. } = self.arbiter.phase()
+            && (term > st.term || (term == st.term && holder != self.node_id(p)))
         {
-            self.crash_done = true;
-            let h = if c.host == Host::A { 0 } else { 1 };
-            self.crash(now, h);
+            return false;
+        }
+        match st.mode {
+            NodeMode::Deposed | NodeMode::Stopped | NodeMode::Idle => false,
+            NodeMode::Connecting | NodeMode::Syncing => false,
+            _ => st.role == Role::Primary || self.vms[p].applied().is_some(),
         }
     }
 
-    pub(super) fn crash(&mut self, now: Instant, h: usize) {
+    /// The node id of host `h`'s current incarnation (each restart boots a new node).
+    pub(super) fn node_id(&self, h: usize) -> colo_core::ids::NodeId {
+        colo_core::ids::NodeId(h as u64 + 1 + 2 * u64::from(self.incarnation[h]))
+    }
+
+    /// A crash of `h` is allowed when `h` is alive and its peer holds the guest's state.
+    fn crash_allowed(&self, now: Instant, h: usize) -> bool {
+        self.alive[h] && self.holds_state(now, 1 - h)
+    }
+
+    /// The checkpoint of some host just entered `point`: every pending crash waiting for that
+    /// point whose earliest instant has passed fires, if allowed.
+    pub(super) fn crash_at_point(&mut self, now: Instant, point: CrashPoint) {
+        if self.faults_stopped {
+            return;
+        }
+        for i in 0..self.opts.crashes.len() {
+            let c = self.opts.crashes[i];
+            if c.point == point
+                && self.crash_state[i] == CrashState::Pending
+                && c.not_before <= now
+                && self.crash_allowed(now, index(c.host))
+            {
+                self.crash_state[i] = CrashState::Fired;
+                self.crash(now, index(c.host), Some(c.down_for));
+            }
+        }
+    }
+
+    /// Host `h` loses everything it held in memory: its node, VM, pending VM work and the
+    /// messages addressed to it (a dead host's sockets are gone). It restarts `restart_after`
+    /// later (the seed's crashes), or never (`None`).
+    pub(super) fn crash(&mut self, now: Instant, h: usize, restart_after: Option<Duration>) {
         if !self.alive[h] {
             return;
         }
         self.alive[h] = false;
         self.vms[h].crash();
+        self.queue.retain(|_, a| a.target() != h);
+        // Its held frames end with the crash (the trace's `Crash` accounts for them).
+        self.held.retain(|_, v| v.0 != h);
+        self.restart_at[h] = restart_after.map(|d| now + d);
         self.trace.push(TraceEvent::Crash {
             at: now,
             host: host(h),
@@ -117,6 +194,81 @@ impl NodeRun {
         if self.world_host == h {
             self.world.guest_paused = true;
             self.world.guest_inbox.clear();
+        } else {
+            self.svm_pending.clear();
         }
+    }
+
+    /// Restarts every host whose downtime is over: a fresh machine boots an empty secondary
+    /// (a new node with a new id, an empty VM, a fresh disk and guest) that knocks with Hello.
+    fn restart_due(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for h in 0..2 {
+            if self.alive[h] || self.restart_at[h].is_none_or(|t| t > now) {
+                continue;
+            }
+            self.restart_at[h] = None;
+            self.incarnation[h] += 1;
+            let inc = self.incarnation[h];
+            let mut cfg = node_config(h, &self.opts);
+            cfg.node_id = self.node_id(h);
+            self.nodes[h] = Node::new(cfg, Role::Secondary, now).expect("valid config");
+            self.vms[h] = SimVm::new_paused(self.timing, self.canary);
+            let rng = SimRng::new(self.opts.seed);
+            self.disks[h] = LayeredDisk::new(
+                super::DISK_BYTES,
+                self.opts.disk_write_error_ppm,
+                rng.fork(&format!("disk-{h}-restart-{inc}")),
+            );
+            let guest =
+                Guest::from_snapshot(&self.boot, rng.fork(&format!("vm-{h}-restart-{inc}")));
+            if self.world_host == h {
+                self.world.guest = guest;
+                self.world.guest_paused = true;
+                self.world.guest_inbox.clear();
+                self.world.guest_out.clear();
+            } else {
+                self.svm = guest;
+                self.svm_pending.clear();
+            }
+            self.link_fifo[h] = now;
+            self.alive[h] = true;
+            self.reprotect_asked[1 - h] = false;
+            self.trace.push(TraceEvent::Restart {
+                at: now,
+                host: host(h),
+            });
+            self.input(now, h, Input::Command(Command::Start));
+            self.input(now, h, Input::PeerLink(LinkState::Up));
+            changed = true;
+        }
+        changed
+    }
+
+    /// A solo survivor whose peer is back (restarted, knocking or refused) is told to
+    /// re-protect, once per solo period, and a refused newcomer to start again, as the real
+    /// runtime's operator or automation would.
+    fn reprotect_if_solo(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for p in 0..2 {
+            let h = 1 - p;
+            if !self.alive[p] || !self.alive[h] || self.reprotect_asked[p] {
+                continue;
+            }
+            let peer = self.nodes[h].status(now).mode;
+            if self.nodes[p].status(now).mode == NodeMode::Solo
+                && matches!(peer, NodeMode::Connecting | NodeMode::Idle)
+            {
+                self.reprotect_asked[p] = true;
+                self.input(now, p, Input::Command(Command::Reprotect));
+                if peer == NodeMode::Idle {
+                    // It knocked while the survivor was still taking over, as a secondary
+                    // side, and was refused (`HelloReject` stops the knocking): start it again.
+                    self.input(now, h, Input::Command(Command::Start));
+                }
+                changed = true;
+            }
+        }
+        changed
     }
 }

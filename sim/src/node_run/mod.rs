@@ -36,13 +36,39 @@ use crate::rng::SimRng;
 use crate::swarm::{CrashPoint, Cut, CutMode, Host, SwarmOptions};
 use crate::trace::{FrameId, Origin, Trace, TraceEvent};
 use crate::world::{World, WorldSpec};
+use faults::CrashState;
 use stream::{compare_key, digest, loose_key, record_stream, stream_covered};
+
+/// Bytes of the simulated disk: the guest's whole block device (`GuestConfig::disk_blocks`
+/// blocks of [`crate::guest::disk::BLOCK_SIZE`] bytes), so every guest write lands inside it.
+pub const DISK_BYTES: u64 = 4096 * 512;
 
 #[derive(Debug)]
 enum Action {
     Input(usize, Input),
     Repl(usize, ReplFrame),
     Arbiter(usize, LeaseRequest),
+    /// A forwarded guest write: its bytes are staged on the receiver's disk, then the message
+    /// is handed to its node (the bulk of `Message::DiskWrite` crosses the link with it).
+    PeerWrite(
+        usize,
+        colo_core::wire::message::WriteId,
+        u64,
+        Vec<u8>,
+        Message,
+    ),
+}
+
+impl Action {
+    /// The host the action is addressed to (a crash drops what was on its way to it).
+    fn target(&self) -> usize {
+        match self {
+            Action::Input(h, _)
+            | Action::Repl(h, _)
+            | Action::Arbiter(h, _)
+            | Action::PeerWrite(h, ..) => *h,
+        }
+    }
 }
 
 /// The end of a Node-driven run.
@@ -58,6 +84,11 @@ pub struct NodeRunOutput {
     pub matched: u64,
     /// Checkpoints the primary completed.
     pub checkpoints: u64,
+    /// Guest disk writes handed to the nodes.
+    pub disk_writes: u64,
+    /// Guest disk writes a node completed with an error (reported to the guest's host, never
+    /// silently dropped: each is counted here).
+    pub disk_write_errors: u64,
     /// Digest of trace and histories.
     pub digest: u64,
 }
@@ -100,20 +131,34 @@ pub struct NodeRun {
     next_frame: u64,
     crash_primary_at: Option<Instant>,
     opts: SwarmOptions,
-    crash_done: bool,
+    /// Where each of the seed's crashes stands (by index in `opts.crashes`).
+    crash_state: Vec<CrashState>,
+    /// When a crashed host boots again.
+    restart_at: [Option<Instant>; 2],
+    /// How many times each host restarted (names its node id and entropy forks).
+    incarnation: [u32; 2],
+    /// Whether this solo period's survivor was already told to re-protect.
+    reprotect_asked: [bool; 2],
+    /// The guest image every restarted host boots.
+    boot: crate::guest::GuestSnapshot,
+    timing: VmTiming,
+    canary: Option<Canary>,
     failed_over: bool,
     faults_stopped: bool,
     applied_cuts: Vec<usize>,
     released: u64,
     matched: u64,
     checkpoints: u64,
+    next_io: u64,
+    disk_writes: u64,
+    disk_write_errors: u64,
 }
 
 /// The node configuration the simulation uses for host `h`.
 pub fn node_config(h: usize, opts: &SwarmOptions) -> NodeConfig {
     let mut c = NodeConfig::new(NodeId(h as u64 + 1), ClusterId(7));
     c.guest_memory_bytes = 4096 * PAGE_SIZE;
-    c.disk.disk_size = 1 << 20;
+    c.disk.disk_size = DISK_BYTES;
     c.disk.block_size = 4096;
     c.checkpoint.checkpoint_interval = opts.checkpoint_interval;
     c.compare.compare_timeout = opts.compare_timeout;
@@ -169,8 +214,16 @@ impl NodeRun {
                 SimVm::new_paused(timing, canary),
             ],
             disks: vec![
-                LayeredDisk::new(1 << 20, 0, SimRng::new(opts.seed).fork("disk-a")),
-                LayeredDisk::new(1 << 20, 0, SimRng::new(opts.seed).fork("disk-b")),
+                LayeredDisk::new(
+                    DISK_BYTES,
+                    opts.disk_write_error_ppm,
+                    SimRng::new(opts.seed).fork("disk-a"),
+                ),
+                LayeredDisk::new(
+                    DISK_BYTES,
+                    opts.disk_write_error_ppm,
+                    SimRng::new(opts.seed).fork("disk-b"),
+                ),
             ],
             alive: [true; 2],
             svm,
@@ -191,13 +244,22 @@ impl NodeRun {
             next_frame: 0,
             crash_primary_at,
             opts: opts.clone(),
-            crash_done: false,
+            crash_state: vec![CrashState::Pending; opts.crashes.len()],
+            restart_at: [None; 2],
+            incarnation: [0; 2],
+            reprotect_asked: [false; 2],
+            boot,
+            timing,
+            canary,
             failed_over: false,
             faults_stopped: false,
             applied_cuts: Vec::new(),
             released: 0,
             matched: 0,
             checkpoints: 0,
+            next_io: 0,
+            disk_writes: 0,
+            disk_write_errors: 0,
         };
         for h in 0..2 {
             run.input(now, h, Input::Command(Command::Start));
@@ -293,12 +355,24 @@ impl NodeRun {
                 let bulk = match bulk {
                     OutBulk::None => PeerBulk::None,
                     OutBulk::Frame(f) => PeerBulk::Frame(f),
-                    OutBulk::GuestWrite(_) => match &message {
-                        Message::DiskWrite { len, .. } => PeerBulk::Stored {
-                            len: u64::from(*len),
-                        },
-                        _ => PeerBulk::None,
-                    },
+                    OutBulk::GuestWrite(io) => {
+                        if let Message::DiskWrite {
+                            write_id,
+                            offset,
+                            len,
+                            ..
+                        } = message
+                        {
+                            // The bytes travel with the message; the receiver stages them for
+                            // the `DataSource::Peer` write its node will order.
+                            let data = self.disks[h].guest_write_bytes(io, offset, len);
+                            self.send_peer(now, h, |to| {
+                                Action::PeerWrite(to, write_id, offset, data, message)
+                            });
+                            return;
+                        }
+                        PeerBulk::None
+                    }
                 };
                 self.send_peer(now, h, |to| {
                     Action::Input(to, Input::Peer { message, bulk })
@@ -350,7 +424,14 @@ impl NodeRun {
                     ),
                 );
             }
-            Output::GuestDiskDone { .. } => {}
+            Output::GuestDiskDone { io, result } => {
+                self.disks[h].finish_guest_write(io);
+                if result.is_err() {
+                    // The simulated guest has no I/O error path; the failure is counted, and
+                    // the node's disk machines decide what it means for replication.
+                    self.disk_write_errors += 1;
+                }
+            }
             Output::Sync(SyncCommand::SendAll { term }) => {
                 self.send_peer(now, h, |to| {
                     Action::Input(
@@ -377,9 +458,9 @@ impl NodeRun {
                             message: Message::SyncDisk {
                                 term,
                                 offset: 0,
-                                len: 1 << 20,
+                                len: DISK_BYTES as u32,
                             },
-                            bulk: PeerBulk::Stored { len: 1 << 20 },
+                            bulk: PeerBulk::Stored { len: DISK_BYTES },
                         },
                     )
                 });
@@ -389,7 +470,7 @@ impl NodeRun {
                         h,
                         Input::SyncSent {
                             memory_bytes: 4096 * PAGE_SIZE,
-                            disk_bytes: 1 << 20,
+                            disk_bytes: DISK_BYTES,
                         },
                     ),
                 );
@@ -437,6 +518,13 @@ impl NodeRun {
                             reason: "deposed: the arbiter leased the term to the peer",
                         });
                     }
+                }
+                Event::Reprotected { epoch, .. } if self.nodes[h].is_primary_side() => {
+                    self.trace.push(TraceEvent::Reprotected {
+                        at: now,
+                        host: host(h),
+                        epoch,
+                    });
                 }
                 Event::ClaimClientLink { .. } => {
                     self.client_target = h;
@@ -530,6 +618,29 @@ impl NodeRun {
         while let Some(f) = self.svm.poll_transmit() {
             self.guest_frame(now, h, f);
         }
+        while let Some(w) = self.svm.poll_disk_write() {
+            self.guest_disk_write(now, h, w);
+        }
+    }
+
+    /// A disk write host `h`'s guest issued: its bytes are staged on the host's disk and the
+    /// request handed to its node, whose disk machines order the layer writes (and, on a
+    /// primary, forward it to the secondary).
+    fn guest_disk_write(&mut self, now: Instant, h: usize, w: crate::guest::disk::DiskWrite) {
+        if !self.alive[h] {
+            return;
+        }
+        let io = colo_core::disk::GuestIoId(self.next_io);
+        self.next_io += 1;
+        let offset = w.block * crate::guest::disk::BLOCK_SIZE as u64;
+        let len = w.data.len() as u32;
+        self.disks[h].stage_guest_write(io, offset, w.data);
+        self.disk_writes += 1;
+        self.input(
+            now,
+            h,
+            Input::GuestDisk(colo_core::node::GuestDiskRequest::Write { io, offset, len }),
+        );
     }
 
     /// A frame host `h`'s guest emitted: handed to its node; traced as held unless the node is
@@ -570,14 +681,7 @@ impl NodeRun {
             && t <= now
         {
             self.crash_primary_at = None;
-            self.alive[0] = false;
-            self.trace.push(TraceEvent::Crash {
-                at: now,
-                host: Host::A,
-            });
-            if self.world_host == 0 {
-                self.world.guest_paused = true;
-            }
+            self.crash(now, 0, None);
             busy = true;
         }
         while let Some(f) = self.world.guest_in.pop_front() {
@@ -590,6 +694,11 @@ impl NodeRun {
             let h = self.world_host;
             self.guest_frame(now, h, f);
         }
+        while let Some(w) = self.world.guest.poll_disk_write() {
+            busy = true;
+            let h = self.world_host;
+            self.guest_disk_write(now, h, w);
+        }
         while let Some(entry) = self.queue.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -597,6 +706,18 @@ impl NodeRun {
             busy = true;
             match entry.remove() {
                 Action::Input(h, i) => self.input(now, h, i),
+                Action::PeerWrite(h, id, offset, data, message) => {
+                    let len = data.len() as u64;
+                    self.disks[h].stage_peer_write(id, offset, data);
+                    self.input(
+                        now,
+                        h,
+                        Input::Peer {
+                            message,
+                            bulk: PeerBulk::Stored { len },
+                        },
+                    );
+                }
                 Action::Repl(h, f) => {
                     if self.alive[h] {
                         let (message, len) = self.vms[h].handle_repl(f);
@@ -683,8 +804,10 @@ impl NodeRun {
         let mut t = vec![self.queue.first_key_value().map(|(k, _)| k.0)];
         if !self.faults_stopped {
             t.push(Some(self.opts.liveness_starts()));
-            if !self.crash_done {
-                t.push(self.opts.crashes.first().map(|c| c.not_before));
+            for (c, s) in self.opts.crashes.iter().zip(&self.crash_state) {
+                if *s == CrashState::Pending {
+                    t.push(Some(c.not_before));
+                }
             }
             for lf in &self.opts.link_faults {
                 t.push(Some(lf.from));
@@ -703,6 +826,7 @@ impl NodeRun {
             t.push(self.svm.poll_timeout());
         }
         t.push(self.crash_primary_at);
+        t.extend(self.restart_at);
         t.into_iter().flatten().filter(|x| *x >= now).min()
     }
 
@@ -739,6 +863,8 @@ impl NodeRun {
             released: self.released,
             matched: self.matched,
             checkpoints: self.checkpoints,
+            disk_writes: self.disk_writes,
+            disk_write_errors: self.disk_write_errors,
             digest,
         }
     }
