@@ -20,6 +20,7 @@ pub mod hash;
 pub mod lan;
 pub mod netem;
 pub mod node_run;
+pub mod observer;
 pub mod platform;
 pub mod proto;
 pub mod rng;

@@ -67,7 +67,7 @@ impl NodeRun {
             self.world
                 .net
                 .set_default_link(crate::netem::LinkConfig::with_delay(delay));
-            self.trace.push(TraceEvent::FaultsStopped { at: now });
+            self.obs.push(TraceEvent::FaultsStopped { at: now });
             return true;
         }
         if self.faults_stopped {
@@ -184,13 +184,8 @@ impl NodeRun {
         self.alive[h] = false;
         self.vms[h].crash();
         self.queue.retain(|_, a| a.target() != h);
-        // Its held frames end with the crash (the trace's `Crash` accounts for them).
-        self.held.retain(|_, v| v.0 != h);
         self.restart_at[h] = restart_after.map(|d| now + d);
-        self.trace.push(TraceEvent::Crash {
-            at: now,
-            host: host(h),
-        });
+        self.obs.crash(now, host(h));
         if self.world_host == h {
             self.world.guest_paused = true;
             self.world.guest_inbox.clear();
@@ -234,7 +229,7 @@ impl NodeRun {
             self.link_fifo[h] = now;
             self.alive[h] = true;
             self.reprotect_asked[1 - h] = false;
-            self.trace.push(TraceEvent::Restart {
+            self.obs.push(TraceEvent::Restart {
                 at: now,
                 host: host(h),
             });

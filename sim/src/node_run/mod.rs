@@ -21,23 +21,22 @@ use colo_core::checkpoint::VmCommand;
 use colo_core::failover::{Arbiter, LeaseReply, LeaseRequest};
 use colo_core::ids::{ClusterId, Epoch, NodeId, Role, Term};
 use colo_core::node::{
-    Command, Event, Input, LinkState, Node, NodeConfig, NodeMode, OutBulk, Output, PeerBulk,
-    SyncCommand,
+    Command, Event, Input, LinkState, Node, NodeConfig, OutBulk, Output, PeerBulk, SyncCommand,
 };
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::{Message, PAGE_SIZE};
 
 use crate::client::History;
 use crate::guest::Guest;
+use crate::observer::Observer;
 use crate::platform::disk::LayeredDisk;
 use crate::platform::vm::{SimVm, VmTiming};
 use crate::platform::{Canary, ReplFrame};
 use crate::rng::SimRng;
 use crate::swarm::{CrashPoint, Cut, CutMode, Host, SwarmOptions};
-use crate::trace::{FrameId, Origin, Trace, TraceEvent};
+use crate::trace::{Trace, TraceEvent};
 use crate::world::{World, WorldSpec};
 use faults::CrashState;
-use stream::{compare_key, digest, loose_key, record_stream, stream_covered};
 
 /// Bytes of the simulated disk: the guest's whole block device (`GuestConfig::disk_blocks`
 /// blocks of [`crate::guest::disk::BLOCK_SIZE`] bytes), so every guest write lands inside it.
@@ -117,18 +116,8 @@ pub struct NodeRun {
     peer_delay: Duration,
     arbiter: Arbiter,
     client_target: usize,
-    trace: Trace,
-    /// Frames handed to a node that may release them: id -> (host, digest, loose key, epoch).
-    held: BTreeMap<FrameId, (usize, u64, u64, Epoch)>,
-    svm_frames: BTreeMap<u64, u32>,
-    /// Every TCP payload byte released to clients, per flow, by sequence number (a segment
-    /// whose bytes were all released before is a retransmission: released uncompared).
-    pvm_released: BTreeMap<String, BTreeMap<u32, u8>>,
-    /// Every TCP payload byte the secondary emitted, per flow, by sequence number.
-    svm_bytes: BTreeMap<String, BTreeMap<u32, u8>>,
-    /// Compare keys of every payload frame released (a repeat is a retransmission).
-    released_keys: std::collections::BTreeSet<u64>,
-    next_frame: u64,
+    /// What the hosts did, as trace events (shared with the madsim engine).
+    obs: Observer,
     crash_primary_at: Option<Instant>,
     opts: SwarmOptions,
     /// Where each of the seed's crashes stands (by index in `opts.crashes`).
@@ -146,9 +135,6 @@ pub struct NodeRun {
     failed_over: bool,
     faults_stopped: bool,
     applied_cuts: Vec<usize>,
-    released: u64,
-    matched: u64,
-    checkpoints: u64,
     next_io: u64,
     disk_writes: u64,
     disk_write_errors: u64,
@@ -198,8 +184,8 @@ impl NodeRun {
             Node::new(node_config(0, opts), Role::Primary, now).expect("valid config"),
             Node::new(node_config(1, opts), Role::Secondary, now).expect("valid config"),
         ];
-        let mut trace = Trace::new();
-        trace.push(TraceEvent::TermStarted {
+        let mut obs = Observer::new();
+        obs.push(TraceEvent::TermStarted {
             at: now,
             host: Host::A,
             term: Term(1),
@@ -235,13 +221,7 @@ impl NodeRun {
             peer_delay: opts.link.delay,
             arbiter: Arbiter::new(Duration::from_secs(10), now),
             client_target: 0,
-            trace,
-            held: BTreeMap::new(),
-            svm_frames: BTreeMap::new(),
-            released_keys: std::collections::BTreeSet::new(),
-            svm_bytes: BTreeMap::new(),
-            pvm_released: BTreeMap::new(),
-            next_frame: 0,
+            obs,
             crash_primary_at,
             opts: opts.clone(),
             crash_state: vec![CrashState::Pending; opts.crashes.len()],
@@ -254,9 +234,6 @@ impl NodeRun {
             failed_over: false,
             faults_stopped: false,
             applied_cuts: Vec::new(),
-            released: 0,
-            matched: 0,
-            checkpoints: 0,
             next_io: 0,
             disk_writes: 0,
             disk_write_errors: 0,
@@ -328,22 +305,13 @@ impl NodeRun {
             Output::ToPeer { message, bulk } => {
                 match (&message, &bulk) {
                     (Message::SecondaryOutput { .. }, OutBulk::Frame(f)) => {
-                        record_stream(&mut self.svm_bytes, f);
-                        let d = compare_key(f);
-                        *self.svm_frames.entry(d).or_default() += 1;
-                        // Labelled with the primary's epoch now (the one its held frames carry):
-                        // the two checkpointers count an epoch done at different instants.
                         let epoch = self.nodes[1 - h]
                             .primary_checkpointer()
                             .map_or(Epoch(0), |c| c.last_done().next());
-                        self.trace.push(TraceEvent::SvmOutput {
-                            at: now,
-                            epoch,
-                            digest: d,
-                        });
+                        self.obs.svm_output(now, f, epoch);
                     }
                     (Message::CheckpointReceived { epoch }, _) => {
-                        self.trace.push(TraceEvent::Received {
+                        self.obs.push(TraceEvent::Received {
                             at: now,
                             epoch: *epoch,
                         });
@@ -486,13 +454,11 @@ impl NodeRun {
             }
             Output::Event(e) => match e {
                 Event::CheckpointDone { epoch, .. } => {
-                    self.checkpoints += 1;
-                    self.trace
-                        .push(TraceEvent::CheckpointDone { at: now, epoch });
+                    self.obs.push(TraceEvent::CheckpointDone { at: now, epoch });
                 }
                 Event::FailedOver { term, .. } => {
                     self.failed_over = true;
-                    self.trace.push(TraceEvent::TermStarted {
+                    self.obs.push(TraceEvent::TermStarted {
                         at: now,
                         host: host(h),
                         term,
@@ -501,26 +467,14 @@ impl NodeRun {
                 }
                 Event::Deposed { .. } => {
                     // The node dropped its solo hold: every frame it held is superseded.
-                    let frames: Vec<FrameId> = self
-                        .held
-                        .iter()
-                        .filter(|(_, v)| v.0 == h)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in &frames {
-                        self.held.remove(id);
-                    }
-                    for frame in frames {
-                        self.trace.push(TraceEvent::Superseded {
-                            at: now,
-                            host: host(h),
-                            frame,
-                            reason: "deposed: the arbiter leased the term to the peer",
-                        });
-                    }
+                    self.obs.supersede_all(
+                        now,
+                        host(h),
+                        "deposed: the arbiter leased the term to the peer",
+                    );
                 }
                 Event::Reprotected { epoch, .. } if self.nodes[h].is_primary_side() => {
-                    self.trace.push(TraceEvent::Reprotected {
+                    self.obs.push(TraceEvent::Reprotected {
                         at: now,
                         host: host(h),
                         epoch,
@@ -545,61 +499,7 @@ impl NodeRun {
 
     fn release(&mut self, now: Instant, h: usize, frame: Vec<u8>) {
         let st = self.nodes[h].status(now);
-        let d = digest(&frame);
-        let loose = loose_key(&frame);
-        // The same bytes first; else the same flow and payload (a survivor's rewriter changed
-        // its sequence numbers); else the host's oldest held frame.
-        let found = self
-            .held
-            .iter()
-            .find(|(_, v)| v.0 == h && v.1 == d)
-            .or_else(|| self.held.iter().find(|(_, v)| v.0 == h && v.2 == loose))
-            .or_else(|| self.held.iter().find(|(_, v)| v.0 == h))
-            .map(|(id, v)| (*id, v.3));
-        let (id, epoch) = match found {
-            Some((id, epoch)) => {
-                self.held.remove(&id);
-                (id, epoch)
-            }
-            None => {
-                // Released without having been handed in: a fresh id, which no_silent_loss
-                // reports.
-                self.next_frame += 1;
-                (FrameId(u64::MAX - self.next_frame), Epoch(0))
-            }
-        };
-        let key = compare_key(&frame);
-        let zero_payload = matches!(
-            colo_core::packet::classify_or_opaque(&frame).kind,
-            colo_core::packet::Kind::Tcp(t) if t.payload_len() == 0
-        );
-        let retransmit = !self.released_keys.insert(key)
-            || (!zero_payload && stream_covered(&self.pvm_released, &frame));
-        record_stream(&mut self.pvm_released, &frame);
-        let origin = if matches!(st.mode, NodeMode::Solo | NodeMode::Reprotecting) {
-            Origin::Solo
-        } else if zero_payload || retransmit {
-            Origin::Uncompared
-        } else if let Some(n) = self.svm_frames.get_mut(&key).filter(|n| **n > 0) {
-            *n -= 1;
-            self.matched += 1;
-            Origin::Matched { svm_digest: key }
-        } else if stream_covered(&self.svm_bytes, &frame) {
-            self.matched += 1;
-            Origin::MatchedStream
-        } else {
-            Origin::Covered
-        };
-        self.trace.push(TraceEvent::Released {
-            at: now,
-            host: host(h),
-            term: st.term,
-            epoch,
-            frame: id,
-            digest: d,
-            origin,
-        });
-        self.released += 1;
+        self.obs.release(now, host(h), &frame, &st);
         self.world.release_from_guest(frame);
     }
 
@@ -609,7 +509,7 @@ impl NodeRun {
         let secondary = self.nodes[h].secondary_checkpointer().is_some();
         while let Some(e) = self.vms[h].poll_trace() {
             if !(secondary && matches!(e, TraceEvent::Paused { .. })) {
-                self.trace.push(e);
+                self.obs.push(e);
             }
         }
     }
@@ -650,28 +550,12 @@ impl NodeRun {
             return;
         }
         let st = self.nodes[h].status(now);
-        let compare_only = st.role == Role::Secondary && st.mode == NodeMode::Paired;
-        // A deposed or stopped node releases nothing again: its guest's frames end there (the
-        // real runtime stops that VM; the simulated one keeps running until re-protection).
-        let dead_end = matches!(st.mode, NodeMode::Deposed | NodeMode::Stopped);
-        if dead_end {
-            return;
+        let epoch = self.nodes[h]
+            .primary_checkpointer()
+            .map_or(Epoch(0), |c| c.last_done().next());
+        if self.obs.guest_frame(now, host(h), &f, &st, epoch) {
+            self.input(now, h, Input::GuestFrame(f));
         }
-        if !compare_only {
-            let id = FrameId(self.next_frame);
-            self.next_frame += 1;
-            let epoch = self.nodes[h]
-                .primary_checkpointer()
-                .map_or(Epoch(0), |c| c.last_done().next());
-            self.held.insert(id, (h, digest(&f), loose_key(&f), epoch));
-            self.trace.push(TraceEvent::Held {
-                at: now,
-                host: host(h),
-                frame: id,
-                epoch,
-            });
-        }
-        self.input(now, h, Input::GuestFrame(f));
     }
 
     /// Everything due at `now`; returns whether anything happened.
@@ -736,7 +620,7 @@ impl NodeRun {
                         self.arbiter
                             .handle_request(now, req.term, req.node_id, req.duration);
                     if let LeaseReply::Granted { valid_for } = reply {
-                        self.trace.push(TraceEvent::Lease {
+                        self.obs.push(TraceEvent::Lease {
                             at: now,
                             host: host(h),
                             term: req.term,
@@ -856,13 +740,13 @@ impl NodeRun {
             .iter()
             .map(|c| c.history().clone())
             .collect();
-        let digest = self.trace.run_digest(&histories);
+        let digest = self.obs.trace.run_digest(&histories);
         NodeRunOutput {
-            trace: self.trace,
+            trace: self.obs.trace,
             histories,
-            released: self.released,
-            matched: self.matched,
-            checkpoints: self.checkpoints,
+            released: self.obs.released,
+            matched: self.obs.matched,
+            checkpoints: self.obs.checkpoints,
             disk_writes: self.disk_writes,
             disk_write_errors: self.disk_write_errors,
             digest,
@@ -871,6 +755,5 @@ impl NodeRun {
 }
 
 mod faults;
-mod stream;
 #[cfg(test)]
 mod tests;

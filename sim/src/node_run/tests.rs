@@ -1,5 +1,6 @@
 use super::*;
 use crate::check;
+use crate::trace::Origin;
 use crate::swarm::CrashPoint;
 
 fn calm(seed: u64) -> SwarmOptions {

@@ -1,0 +1,198 @@
+//! `Observer`: the run-wide view that turns what the hosts do into [`TraceEvent`]s — guest frames
+//! held by colo and their epoch, frames released to clients and the *origin* of each release
+//! (matched against the secondary's output, covered by a received checkpoint, uncompared by
+//! rule, or solo), the secondary's output the comparator saw, superseded frames and crashes.
+//! Both Node engines use it: the plain event loop (`node_run`) and the madsim cluster
+//! (`cluster_run`), so the trace the checkers judge means the same under either.
+//!
+//! Invariant kept: the observer only reads frames and node statuses it is handed; it decides
+//! nothing a host decides. The release-origin classification is one function,
+//! [`Observer::release`], so a change to it (e.g. a tighter `Origin::Uncompared` rule) is made
+//! in one place.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use colo_core::ids::{Epoch, Role};
+use colo_core::node::{NodeMode, NodeStatus};
+use colo_core::time::Instant;
+
+use crate::swarm::Host;
+use crate::trace::{FrameId, Origin, Trace, TraceEvent};
+use stream::{compare_key, digest, loose_key, record_stream, stream_covered};
+
+/// What one run observed (see the module documentation).
+#[derive(Debug, Default)]
+pub struct Observer {
+    /// Every event, in simulated-time order.
+    pub trace: Trace,
+    /// Frames handed to a node that may release them: id -> (host, digest, loose key, epoch).
+    held: BTreeMap<FrameId, (Host, u64, u64, Epoch)>,
+    /// Compare keys of the secondary's frames not yet matched, with their count.
+    svm_frames: BTreeMap<u64, u32>,
+    /// Every TCP payload byte released to clients, per flow, by sequence number (a segment
+    /// whose bytes were all released before is a retransmission: released uncompared).
+    pvm_released: BTreeMap<String, BTreeMap<u32, u8>>,
+    /// Every TCP payload byte the secondary emitted, per flow, by sequence number.
+    svm_bytes: BTreeMap<String, BTreeMap<u32, u8>>,
+    /// Compare keys of every payload frame released (a repeat is a retransmission).
+    released_keys: BTreeSet<u64>,
+    next_frame: u64,
+    /// Frames released to clients.
+    pub released: u64,
+    /// Releases matched against the secondary (the comparator path).
+    pub matched: u64,
+    /// Checkpoints a primary completed.
+    pub checkpoints: u64,
+}
+
+impl Observer {
+    /// An empty observer.
+    pub fn new() -> Observer {
+        Observer::default()
+    }
+
+    /// Appends an event.
+    pub fn push(&mut self, e: TraceEvent) {
+        if matches!(e, TraceEvent::CheckpointDone { .. }) {
+            self.checkpoints += 1;
+        }
+        self.trace.push(e);
+    }
+
+    /// A frame `host`'s guest emitted, about to be handed to its node (status `st`; `epoch`:
+    /// the epoch its primary checkpointer runs). Traced as held unless the node is a paired
+    /// secondary, whose frames only feed the primary's comparator. Returns whether the frame
+    /// goes to the node at all: a deposed or stopped node releases nothing again, so its guest's
+    /// frames end here (the real runtime stops that VM).
+    pub fn guest_frame(
+        &mut self,
+        now: Instant,
+        host: Host,
+        frame: &[u8],
+        st: &NodeStatus,
+        epoch: Epoch,
+    ) -> bool {
+        if matches!(st.mode, NodeMode::Deposed | NodeMode::Stopped) {
+            return false;
+        }
+        let compare_only = st.role == Role::Secondary && st.mode == NodeMode::Paired;
+        if !compare_only {
+            let id = FrameId(self.next_frame);
+            self.next_frame += 1;
+            self.held
+                .insert(id, (host, digest(frame), loose_key(frame), epoch));
+            self.trace.push(TraceEvent::Held {
+                at: now,
+                host,
+                frame: id,
+                epoch,
+            });
+        }
+        true
+    }
+
+    /// A secondary frame on its way to the primary's comparator; `epoch` is the primary's
+    /// running epoch (the one its held frames carry: the two checkpointers count an epoch done
+    /// at different instants).
+    pub fn svm_output(&mut self, now: Instant, frame: &[u8], epoch: Epoch) {
+        record_stream(&mut self.svm_bytes, frame);
+        let d = compare_key(frame);
+        *self.svm_frames.entry(d).or_default() += 1;
+        self.trace.push(TraceEvent::SvmOutput {
+            at: now,
+            epoch,
+            digest: d,
+        });
+    }
+
+    /// `host`'s node (status `st`) released `frame` to the clients: finds the held frame it
+    /// came from and classifies the release's origin (see docs/simulation.md, "The Node
+    /// engine"): `Solo` under a solo node; `Uncompared` for a zero-payload segment or a
+    /// retransmission of released bytes; `Matched` if the secondary emitted the same compare
+    /// key; `MatchedStream` if it emitted every payload byte at the same sequence numbers;
+    /// `Covered` otherwise (the checker then requires a covering `Received`).
+    pub fn release(&mut self, now: Instant, host: Host, frame: &[u8], st: &NodeStatus) {
+        let d = digest(frame);
+        let loose = loose_key(frame);
+        // The same bytes first; else the same flow and payload (a survivor's rewriter changed
+        // its sequence numbers); else the host's oldest held frame.
+        let found = self
+            .held
+            .iter()
+            .find(|(_, v)| v.0 == host && v.1 == d)
+            .or_else(|| self.held.iter().find(|(_, v)| v.0 == host && v.2 == loose))
+            .or_else(|| self.held.iter().find(|(_, v)| v.0 == host))
+            .map(|(id, v)| (*id, v.3));
+        let (id, epoch) = match found {
+            Some((id, epoch)) => {
+                self.held.remove(&id);
+                (id, epoch)
+            }
+            None => {
+                // Released without having been handed in: a fresh id, which no_silent_loss
+                // reports.
+                self.next_frame += 1;
+                (FrameId(u64::MAX - self.next_frame), Epoch(0))
+            }
+        };
+        let key = compare_key(frame);
+        let zero_payload = matches!(
+            colo_core::packet::classify_or_opaque(frame).kind,
+            colo_core::packet::Kind::Tcp(t) if t.payload_len() == 0
+        );
+        let retransmit = !self.released_keys.insert(key)
+            || (!zero_payload && stream_covered(&self.pvm_released, frame));
+        record_stream(&mut self.pvm_released, frame);
+        let origin = if matches!(st.mode, NodeMode::Solo | NodeMode::Reprotecting) {
+            Origin::Solo
+        } else if zero_payload || retransmit {
+            Origin::Uncompared
+        } else if let Some(n) = self.svm_frames.get_mut(&key).filter(|n| **n > 0) {
+            *n -= 1;
+            self.matched += 1;
+            Origin::Matched { svm_digest: key }
+        } else if stream_covered(&self.svm_bytes, frame) {
+            self.matched += 1;
+            Origin::MatchedStream
+        } else {
+            Origin::Covered
+        };
+        self.trace.push(TraceEvent::Released {
+            at: now,
+            host,
+            term: st.term,
+            epoch,
+            frame: id,
+            digest: d,
+            origin,
+        });
+        self.released += 1;
+    }
+
+    /// `host`'s node dropped its hold (deposed): every frame it held is superseded.
+    pub fn supersede_all(&mut self, now: Instant, host: Host, reason: &'static str) {
+        let frames: Vec<FrameId> = self
+            .held
+            .iter()
+            .filter(|(_, v)| v.0 == host)
+            .map(|(id, _)| *id)
+            .collect();
+        for frame in frames {
+            self.held.remove(&frame);
+            self.trace.push(TraceEvent::Superseded {
+                at: now,
+                host,
+                frame,
+                reason,
+            });
+        }
+    }
+
+    /// `host` crashed: its held frames end with it (the trace's `Crash` accounts for them).
+    pub fn crash(&mut self, now: Instant, host: Host) {
+        self.held.retain(|_, v| v.0 != host);
+        self.trace.push(TraceEvent::Crash { at: now, host });
+    }
+}
+
+mod stream;
