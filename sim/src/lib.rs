@@ -15,8 +15,11 @@ pub mod check;
 pub mod client;
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod cluster_run;
 pub mod guest;
 pub mod hash;
+pub mod host;
 pub mod lan;
 pub mod netem;
 pub mod node_run;

@@ -121,12 +121,20 @@ pub enum Engine {
 }
 
 /// Runs `seed` under two colo-core Nodes and judges it (see [`Engine::Node`]); only
-/// canaries planted in the VM ([`Canary::in_vm`]) apply.
+/// canaries planted in the VM ([`Canary::in_vm`]) apply. Built with `--cfg madsim`, the engine
+/// is the madsim cluster ([`crate::cluster_run`]); otherwise the plain event loop
+/// ([`crate::node_run`]).
 pub fn run_seed_node(seed: u64, canary: Option<Canary>, check_determinism: bool) -> SeedReport {
     let options = options_for(seed, canary);
     let guarded = |o: &SwarmOptions| {
         catch_unwind(AssertUnwindSafe(|| {
-            crate::node_run::NodeRun::new(o, None, canary).run()
+            // Under `--cfg madsim` the Node engine is the madsim cluster (hosts, arbiter and
+            // clients as madsim nodes, crashes as node kills); otherwise the plain event loop.
+            #[cfg(madsim)]
+            let out = crate::cluster_run::run(o, canary);
+            #[cfg(not(madsim))]
+            let out = crate::node_run::NodeRun::new(o, None, canary).run();
+            out
         }))
         .map_err(|p| {
             p.downcast_ref::<String>()
@@ -256,7 +264,14 @@ fn judge(options: SwarmOptions, output: RunOutput, canary: Option<Canary>) -> Se
 
 /// The command that replays `seed` (with `canary`).
 pub fn replay_command(seed: u64, canary: Option<Canary>, node: bool) -> String {
-    let mut cmd = format!("cargo run -p colo-sim --bin colo-sim -- --seed {seed}");
+    let mut cmd = if cfg!(madsim) {
+        format!(
+            "CARGO_TARGET_DIR=target/sim RUSTFLAGS=\"--cfg madsim\" \
+             cargo run -p colo-sim --bin colo-sim -- --seed {seed}"
+        )
+    } else {
+        format!("cargo run -p colo-sim --bin colo-sim -- --seed {seed}")
+    };
     if node {
         cmd.push_str(" --node");
     }

@@ -5,7 +5,8 @@
 //!
 //! Invariant kept: at any instant at least one host is alive *and holds the guest's state* (a
 //! primary or solo node, or a paired secondary that applied a checkpoint, none of them deposed
-//! or about to be: the arbiter has granted no newer term than its own).
+//! or about to be: the arbiter has granted no newer term than its own, and the crashing host is
+//! not taking over, since a lease request it already sent would fence the survivor).
 //! A crash that would break this **waits** (stays pending, and fires at the first later instant
 //! or phase where it is allowed); crashes still pending when the liveness phase starts are
 //! dropped. Faults start only during the safety phase; restarts happen whenever they are due.
@@ -132,9 +133,12 @@ impl NodeRun {
         }
         let st = self.nodes[p].status(now);
         // A term granted by the arbiter to the other host (taking over right now), newer than
-        // `p`'s or `p`'s own claim, would depose `p`: then `p` cannot carry on alone either.
+        // `p`'s or the one `p` itself claims (taking over or solo), would depose `p`: then `p`
+        // cannot carry on alone either. A paired `p` shares its term with the holder (its
+        // primary) and takes over with the next one.
         if let colo_core::failover::ArbiterPhase::Leased { term, holder, .. } = self.arbiter.phase()
-            && (term > st.term || (term == st.term && holder != self.node_id(p)))
+            && (term > st.term
+                || (term == st.term && holder != self.node_id(p) && st.mode != NodeMode::Paired))
         {
             return false;
         }
@@ -150,9 +154,13 @@ impl NodeRun {
         colo_core::ids::NodeId(h as u64 + 1 + 2 * u64::from(self.incarnation[h]))
     }
 
-    /// A crash of `h` is allowed when `h` is alive and its peer holds the guest's state.
+    /// A crash of `h` is allowed when `h` is alive and not taking over (its lease request may
+    /// be at the arbiter already: the term it asked for would fence its peer, leaving nobody),
+    /// and its peer holds the guest's state.
     fn crash_allowed(&self, now: Instant, h: usize) -> bool {
-        self.alive[h] && self.holds_state(now, 1 - h)
+        self.alive[h]
+            && self.nodes[h].status(now).mode != NodeMode::TakingOver
+            && self.holds_state(now, 1 - h)
     }
 
     /// The checkpoint of some host just entered `point`: every pending crash waiting for that
@@ -183,7 +191,7 @@ impl NodeRun {
         }
         self.alive[h] = false;
         self.vms[h].crash();
-        self.queue.retain(|_, a| a.target() != h);
+        self.queue.retain(|_, a| a.target() != Some(h));
         self.restart_at[h] = restart_after.map(|d| now + d);
         self.obs.crash(now, host(h));
         if self.world_host == h {

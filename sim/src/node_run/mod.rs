@@ -59,13 +59,12 @@ enum Action {
 }
 
 impl Action {
-    /// The host the action is addressed to (a crash drops what was on its way to it).
-    fn target(&self) -> usize {
+    /// The host the action is addressed to (a crash drops what was on its way to it); `None`
+    /// for a request on its way to the arbiter, which arrives even if its sender died.
+    fn target(&self) -> Option<usize> {
         match self {
-            Action::Input(h, _)
-            | Action::Repl(h, _)
-            | Action::Arbiter(h, _)
-            | Action::PeerWrite(h, ..) => *h,
+            Action::Input(h, _) | Action::Repl(h, _) | Action::PeerWrite(h, ..) => Some(*h),
+            Action::Arbiter(..) => None,
         }
     }
 }

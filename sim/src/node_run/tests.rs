@@ -1,7 +1,7 @@
 use super::*;
 use crate::check;
-use crate::trace::Origin;
 use crate::swarm::CrashPoint;
+use crate::trace::Origin;
 
 fn calm(seed: u64) -> SwarmOptions {
     let mut o = SwarmOptions::generate(seed);
