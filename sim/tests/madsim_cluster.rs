@@ -203,3 +203,24 @@ fn swarm_seeds_pass_under_the_cluster() {
         );
     }
 }
+
+/// Seeds the madsim engine failed on (`colo-sim --node` built with `--cfg madsim`), with what
+/// went wrong before the fix.
+const CLUSTER_SEEDS: &[(u64, &str)] = &[(
+    18,
+    "liveness: the primary crashed while taking over (after a secondary disk error); its lease \
+     request still reached the arbiter, which leased the dead host and fenced the survivor",
+)];
+
+#[test]
+fn cluster_regression_seeds_pass() {
+    for (seed, why) in CLUSTER_SEEDS {
+        let r = colo_sim::runner::run_seed_node(*seed, None, false);
+        assert_eq!(
+            r.verdict,
+            colo_sim::runner::Verdict::Pass,
+            "seed {seed} ({why}) failed again under the madsim engine; options:\n{}",
+            r.options
+        );
+    }
+}
