@@ -45,7 +45,7 @@ fn every_canary_is_caught_on_a_swarm_seed() {
 /// was brought up (27, 68, 92: harness bugs, fixed in `node_run`), and after a one-way
 /// primary-to-secondary cut and a takeover (188, 290, 1057: the comparator released
 /// zero-payload segments without the min-ACK guard, fixed in colo-core's comparator), and once
-/// every crash, restart and re-protection ran (12, 127, 221, 474).
+/// every crash, restart and re-protection ran (12, 127, 221, 474, 1118).
 const NODE_SEEDS: &[(u64, &str)] = &[
     (
         27,
@@ -88,6 +88,12 @@ const NODE_SEEDS: &[(u64, &str)] = &[
     (
         474,
         "liveness: a crash allowed while the arbiter had leased the term to the crashing host",
+    ),
+    (
+        1118,
+        "output_commit (harness): a re-protected primary's guest retransmitted bytes below a \
+         checkpoint-covered release; judged by the frame's emission epoch instead of the \
+         covering one",
     ),
 ];
 

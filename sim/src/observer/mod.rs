@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use colo_core::ids::{Epoch, Role};
+use colo_core::ids::{Epoch, Role, Term};
 use colo_core::node::{NodeMode, NodeStatus};
 use colo_core::time::Instant;
 
@@ -36,6 +36,12 @@ pub struct Observer {
     svm_bytes: BTreeMap<String, BTreeMap<u32, u8>>,
     /// Compare keys of every payload frame released (a repeat is a retransmission).
     released_keys: BTreeSet<u64>,
+    /// Per (releasing host, term, flow): the end of the furthest `Covered` payload released and
+    /// its epoch. One primary's guest emits a flow's bytes in order within a term (its VM is
+    /// never restored while it is primary), so a byte below that end was produced in that epoch
+    /// or earlier: a later re-emission of such bytes (the guest's TCP retransmitting data the
+    /// client never got) is covered by the same checkpoint.
+    covered_end: BTreeMap<(Host, Term, String), (u32, Epoch)>,
     next_frame: u64,
     /// Frames released to clients.
     pub released: u64,
@@ -157,6 +163,11 @@ impl Observer {
         } else {
             Origin::Covered
         };
+        let epoch = if origin == Origin::Covered {
+            self.covered_epoch(host, st.term, frame, epoch)
+        } else {
+            epoch
+        };
         self.trace.push(TraceEvent::Released {
             at: now,
             host,
@@ -167,6 +178,34 @@ impl Observer {
             origin,
         });
         self.released += 1;
+    }
+
+    /// The epoch a `Covered` TCP payload frame must be judged by: its own, or, if every byte lies
+    /// below the furthest covered byte `host` released on the flow in this term, that release's
+    /// epoch when older (see `covered_end`). Records the frame's end as covered.
+    fn covered_epoch(&mut self, host: Host, term: Term, frame: &[u8], epoch: Epoch) -> Epoch {
+        let c = colo_core::packet::classify_or_opaque(frame);
+        let colo_core::packet::Kind::Tcp(t) = c.kind else {
+            return epoch;
+        };
+        if t.payload_len() == 0 {
+            return epoch;
+        }
+        let end = t.seq.0.wrapping_add(t.payload_len() as u32);
+        let key = (host, term, format!("{:?}", c.key));
+        // Sequence numbers compare modulo 2^32 (RFC 9293 section 3.4).
+        let at_or_below = |a: u32, b: u32| (b.wrapping_sub(a) as i32) >= 0;
+        let judged = match self.covered_end.get(&key) {
+            Some(&(covered, e)) if at_or_below(end, covered) => epoch.min(e),
+            _ => epoch,
+        };
+        match self.covered_end.get(&key) {
+            Some(&(covered, _)) if at_or_below(end, covered) => {}
+            _ => {
+                self.covered_end.insert(key, (end, epoch));
+            }
+        }
+        judged
     }
 
     /// `host`'s node dropped its hold (deposed): every frame it held is superseded.
@@ -196,3 +235,70 @@ impl Observer {
 }
 
 mod stream;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use colo_core::ids::NodeId;
+
+    fn segment(seq: u32, payload: &[u8]) -> Vec<u8> {
+        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 10])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 10], 64)
+            .tcp(7000, 40000, seq, 4096)
+            .psh()
+            .ack(1000);
+        let mut f = Vec::with_capacity(b.size(payload.len()));
+        b.write(&mut f, payload).expect("a Vec never fails");
+        f
+    }
+
+    fn paired_primary() -> NodeStatus {
+        NodeStatus {
+            mode: NodeMode::Paired,
+            role: Role::Primary,
+            term: Term(3),
+            epoch: Epoch(0),
+            peer: None,
+            peer_id: Some(NodeId(3)),
+            last_failover_reason: None,
+            last_exit_was_request: None,
+            lease_held: false,
+            held_frames: 0,
+        }
+    }
+
+    fn released_epoch(o: &Observer) -> Epoch {
+        match o.trace.events.last() {
+            Some(TraceEvent::Released { epoch, .. }) => *epoch,
+            other => panic!("not a release: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_re_emission_below_a_covered_release_is_judged_by_the_covering_epoch() {
+        let mut o = Observer::new();
+        let st = paired_primary();
+        let now = Instant::from_millis(1);
+        // Bytes 100..108 released Covered in epoch 24.
+        let later = segment(100, b"22 OK 4\n");
+        o.guest_frame(now, Host::B, &later, &st, Epoch(24));
+        o.release(now, Host::B, &later, &st);
+        assert_eq!(released_epoch(&o), Epoch(24));
+        // The guest retransmits from 80 (bytes the client never got) in epoch 26: every byte is
+        // below the covered end, so the epoch-24 checkpoint covers it.
+        let again = segment(80, b"21 OK 3 ~0123456789\n22 OK 4\n");
+        o.guest_frame(now, Host::B, &again, &st, Epoch(26));
+        o.release(now, Host::B, &again, &st);
+        assert_eq!(released_epoch(&o), Epoch(24));
+        // New bytes past the covered end keep their own epoch.
+        let new = segment(108, b"23 OK 5\n");
+        o.guest_frame(now, Host::B, &new, &st, Epoch(26));
+        o.release(now, Host::B, &new, &st);
+        assert_eq!(released_epoch(&o), Epoch(26));
+        // Another host (or term) does not inherit the coverage.
+        let other = segment(90, b"x");
+        o.guest_frame(now, Host::A, &other, &st, Epoch(27));
+        o.release(now, Host::A, &other, &st);
+        assert_eq!(released_epoch(&o), Epoch(27));
+    }
+}
