@@ -6,14 +6,15 @@
 //! the node instead of the guest), host 1 secondary (its SVM is a second `Guest` stepped here,
 //! fed the primary's mirrored client frames). Every guest frame goes to its node
 //! (`Input::GuestFrame`); the node decides what reaches the clients (`Output::ToClient`). The
-//! trace records held and released frames with their origin (matched against a secondary frame
-//! of the same digest, covered by a received checkpoint, or solo), checkpoint phases (from the
-//! `SimVm`s), leases and terms, so the checkers of [`crate::check`] judge the Node itself.
+//! run's [`Observer`] turns what the hosts do into the trace (held and released frames with
+//! their origin, checkpoint phases from the `SimVm`s, leases, terms), so the checkers of
+//! [`crate::check`] judge the Node itself. Faults (`faults`): link cuts, every crash of the seed
+//! with its restart and the re-protection that follows, disk write errors (guest disk writes go
+//! through the node's disk machines and a `LayeredDisk`). The madsim engine
+//! (`crate::cluster_run`) runs the same composition as madsim nodes.
 //!
 //! Invariant kept: one event queue ordered by (instant, sequence), so a run is a pure function
-//! of (options, seed). Scope today: steady state, network impairments and one crash of the
-//! primary (`crash_primary_at`); partitions, crashes at checkpoint phases and re-protection go
-//! through the same paths and are the next step (see docs/simulation.md).
+//! of (options, seed).
 
 use std::collections::{BTreeMap, VecDeque};
 
