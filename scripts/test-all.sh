@@ -4,8 +4,9 @@
 # build, and the simulator's swarm batch, determinism check and canaries. This is the
 # README's test command; .ci/run calls it and adds a fuzz smoke.
 #
-# Tests that need /dev/kvm or the Linux kernel asset skip with a message where those are
-# missing; set COLO_REQUIRE_KVM=1 / COLO_REQUIRE_LINUX_KERNEL=1 to make a skip a failure.
+# Tests that need /dev/kvm, the Linux kernel asset or network namespaces (root, iproute2,
+# /dev/net/tun) skip with a message where those are missing; set COLO_REQUIRE_KVM=1 /
+# COLO_REQUIRE_LINUX_KERNEL=1 / COLO_REQUIRE_NET=1 to make a skip a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,9 @@ rustup component add rustfmt clippy >/dev/null
 
 echo "== guest assets (Debian cloud kernel for the Linux-loader test)"
 scripts/setup-guest-assets.sh || echo "guest assets: could not fetch the kernel; its test will skip"
+
+echo "== iproute2 (the network tests make namespaces, taps and a bridge with ip)"
+command -v ip >/dev/null || apt-get install -y iproute2 >/dev/null || echo "iproute2: not installed; the network tests will skip"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -37,7 +41,14 @@ sim=target/release/colo-sim
 # replayed by sim/tests/regression_seeds.rs; see docs/simulation.md, "Findings").
 "$sim" --seeds 0..500 --node --quiet
 "$sim" --seeds 0..10 --node --check-determinism --quiet
-for canary in apply-partial-epoch skip-rewriter-reset; do
+# Issue 4's throughput scenario, 10 simulated seconds per seed (docs/benchmarks.md): a few
+# seconds per engine.
+"$sim" --seeds 0..100 --duration 10s --quiet
+"$sim" --seeds 0..100 --duration 10s --node --quiet
+# Every canary under two Nodes too: release-before-received, release-without-lease and
+# skip-rewriter-reset planted in colo-core's Node (feature `canaries`), apply-partial-epoch in
+# the VM platform.
+for canary in $("$sim" --list-canaries); do
     "$sim" --seed 3 --node --canary "$canary" | tail -n 2
 done
 # The Node engine as a madsim cluster (hosts, arbiter, clients as madsim nodes; crashes are
@@ -47,7 +58,8 @@ CARGO_TARGET_DIR=target/sim-release RUSTFLAGS="--cfg madsim" \
 msim=target/sim-release/release/colo-sim
 "$msim" --seeds 0..500 --node --quiet
 "$msim" --seeds 0..10 --node --check-determinism --quiet
-for canary in apply-partial-epoch skip-rewriter-reset; do
+"$msim" --seeds 0..100 --duration 10s --node --quiet
+for canary in $("$msim" --list-canaries); do
     "$msim" --seed 3 --node --canary "$canary" | tail -n 2
 done
 for canary in $("$sim" --list-canaries); do

@@ -24,3 +24,10 @@ pub fn counter_cmdline(pages: u64, steps: u64, print_every: u64, spin: u64) -> S
 pub fn idle_cmdline(gsi: u32, wakes: u64) -> String {
     format!("colo.workload=idle colo.irq={gsi} colo.steps={wakes}")
 }
+
+/// A test-guest command line running the net-server workload: smoltcp over virtio-net at
+/// `cidr` (`10.0.0.2/24`), serving the kv line protocol on TCP `port`; `tsc_khz` is the
+/// guest's clock ([`crate::Machine::tsc_khz`]).
+pub fn net_server_cmdline(cidr: &str, port: u16, tsc_khz: u32) -> String {
+    format!("colo.workload=net-server colo.ip={cidr} colo.port={port} colo.tsc_khz={tsc_khz}")
+}

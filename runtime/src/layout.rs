@@ -35,8 +35,16 @@ pub const MMIO_GAP_START: u64 = 0xd000_0000;
 pub const CONSOLE_BASE: u64 = 0xd000_0000;
 /// Size of the console's register window.
 pub const CONSOLE_SIZE: u64 = 0x1000;
-/// Where virtio-mmio devices will be placed (next issue), one 4 KiB window each.
+/// Where virtio-mmio devices are placed, one 4 KiB window each.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_1000;
+/// Size of one virtio-mmio window.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// The virtio-net device: the first virtio-mmio window.
+pub const VIRTIO_NET_BASE: u64 = VIRTIO_MMIO_BASE;
+/// The virtio-net device's interrupt (IOAPIC input; the 16550 has 4).
+pub const VIRTIO_NET_GSI: u32 = 6;
+/// The guest NIC's MAC unless the caller sets one (locally administered, QEMU's 52:54:00).
+pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xc0, 0x10, 0x01];
 /// KVM's three-page TSS region, just below the BIOS area (as QEMU and Firecracker place it).
 pub const KVM_TSS: u64 = 0xfffb_d000;
 /// The test guest's working set base (mirrors `runtime/guest/src/abi.rs`).

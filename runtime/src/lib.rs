@@ -3,15 +3,25 @@
 //! `Machine` that composes them into a VM with pause / capture / apply / resume, colo's test
 //! guest build hook (`guest`), and the `colo` command-line tool (`src/main.rs`).
 //!
-//! Later issues add tap networking, virtio-mmio devices, block files, the peer transport and
-//! the driver loop binding `colo-core`'s `Node` to all of this.
+//! The replicated pair: `peer` (the TCP peer transport carrying `colo_core::wire` frames),
+//! `node_loop` (the thread driving a `colo_core::node::Node` and its machine, with the
+//! secondary's RAM cache), `arbiter` (the lease arbiter server and client) and `demo` (the
+//! one-host pair with a failover). Guest networking: `devices::virtio` (the virtio-mmio network
+//! device), `net` (taps and network namespaces) and the node loop's frame routing. Block
+//! files come in a later issue.
 
+pub mod arbiter;
+pub mod control;
+pub mod demo;
 pub mod devices;
 pub mod guest;
 pub mod layout;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod net;
+pub mod node_loop;
+pub mod peer;
 pub mod persist;
 pub mod vstate;
 

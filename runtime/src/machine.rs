@@ -15,6 +15,7 @@
 
 use crate::devices::console::Console;
 use crate::devices::serial::{COM1_BASE, COM1_IRQ, SerialPort};
+use crate::devices::virtio::net::NetDevice;
 use crate::devices::{Bus, BusDevice};
 use crate::layout;
 use crate::loader::{self, LoadError};
@@ -135,6 +136,7 @@ pub struct Machine {
     console: Arc<Mutex<Console>>,
     serial: Arc<Mutex<SerialPort>>,
     serial_irq: EventFd,
+    net: Arc<Mutex<NetDevice>>,
     vm: KvmVm,
     mem: GuestMemory,
     config: MachineConfig,
@@ -197,6 +199,18 @@ impl Machine {
             })?,
             output.writer(),
         )));
+        let net_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
+            what: "an eventfd",
+            source,
+        })?;
+        vm.fd()
+            .register_irqfd(&net_irq, layout::VIRTIO_NET_GSI)
+            .op("KVM_IRQFD")?;
+        let net = Arc::new(Mutex::new(NetDevice::new(
+            mem.clone(),
+            layout::DEFAULT_MAC,
+            Some(net_irq),
+        )));
         let mut mmio = Bus::default();
         mmio.insert(
             layout::CONSOLE_BASE,
@@ -204,6 +218,12 @@ impl Machine {
             console.clone() as Arc<Mutex<dyn BusDevice>>,
         )
         .expect("empty bus");
+        mmio.insert(
+            layout::VIRTIO_NET_BASE,
+            layout::VIRTIO_MMIO_SIZE,
+            net.clone() as Arc<Mutex<dyn BusDevice>>,
+        )
+        .expect("the console and the net device do not overlap");
         let mut pio = Bus::default();
         pio.insert(
             u64::from(COM1_BASE),
@@ -239,6 +259,7 @@ impl Machine {
             console,
             serial,
             serial_irq,
+            net,
             vm,
             mem,
             config,
@@ -293,6 +314,22 @@ impl Machine {
         })?;
         self.vm.fd().register_irqfd(&fd, gsi).op("KVM_IRQFD")?;
         Ok(fd)
+    }
+
+    /// The virtio-net device (at `layout::VIRTIO_NET_BASE`, GSI `layout::VIRTIO_NET_GSI`):
+    /// set its sink and MAC, deliver frames to the guest, read its counters. A delivery writes
+    /// guest RAM through vm-memory, so its pages are in the next `take_dirty`.
+    pub fn net(&self) -> Arc<Mutex<NetDevice>> {
+        self.net.clone()
+    }
+
+    /// The vCPUs' TSC frequency in kHz (`KVM_GET_TSC_KHZ`): the test guest's only clock
+    /// source, passed to it as `colo.tsc_khz`. Paused only.
+    pub fn tsc_khz(&self) -> Result<u32, MachineError> {
+        self.require_paused()?;
+        Ok(self.vcpus[0]
+            .with_fd(|fd| fd.get_tsc_khz())
+            .op("KVM_GET_TSC_KHZ")?)
     }
 
     /// The VM's shape.
@@ -361,6 +398,7 @@ impl Machine {
             vm: self.vm.save_state()?,
             console: self.console.lock().expect("console mutex poisoned").save(),
             serial: self.serial.lock().expect("serial mutex poisoned").save(),
+            net: self.net.lock().expect("net mutex poisoned").save(),
         })
     }
 
@@ -393,6 +431,10 @@ impl Machine {
         let port = SerialPort::restore(irq, self.output.writer(), &state.serial)
             .map_err(|e| PersistError::Inconsistent(format!("serial state: {e:?}")))?;
         *self.serial.lock().expect("serial mutex poisoned") = port;
+        self.net
+            .lock()
+            .expect("net mutex poisoned")
+            .restore(&state.net);
         self.stops.clear();
         Ok(())
     }

@@ -1,14 +1,22 @@
-//! `colo`: the command-line tool. Now: `colo run` boots one VM unreplicated with its console
-//! on stdout (the baseline for later benchmarks) and can save its state to a file after a
-//! while; `colo restore` continues a VM from such a file. Later issues add `primary`,
-//! `secondary`, `status`, `checkpoint`, `failover` and `demo`.
+//! `colo`: the command-line tool. `colo run` boots one VM unreplicated with its console on
+//! stdout (the baseline for later benchmarks) and can save its state to a file after a while;
+//! `colo restore` continues a VM from such a file. `colo primary` / `colo secondary` run one
+//! node of a replicated pair of the test guest, `colo arbiter` the lease arbiter, and `colo
+//! demo` all three on loopback with a primary kill, a failover and a re-protection
+//! (docs/operations.md). `colo status|checkpoint|failover|reprotect|shutdown` and `colo set
+//! checkpoint-interval` talk to a running node over its control socket.
 //!
 //! Errors are printed as one clear line on stderr (`colo: ...`) with exit code 1; a guest that
 //! faults exits 2; a guest's own exit code is passed through (low 8 bits).
 
 use clap::{Parser, Subcommand, ValueEnum};
+use colo_core::ids::Role;
+use colo_runtime::control::Request;
+use colo_runtime::node_loop::{LoopEnd, NodeLoop, NodeLoopConfig, PeerEndpoint};
 use colo_runtime::vstate::thread::VcpuStop;
 use colo_runtime::{Checkpoint, CheckpointKind, ConsoleOutput, Machine, MachineConfig};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,6 +38,181 @@ enum Command {
     Run(RunArgs),
     /// Continue a VM from a state file written by `colo run --save-after`.
     Restore(RestoreArgs),
+    /// Run the primary node of a replicated pair (the test guest, loaded here).
+    Primary(PrimaryArgs),
+    /// Run the secondary node of a replicated pair (its VM becomes a copy of the primary's).
+    Secondary(SecondaryArgs),
+    /// Serve fencing leases to a pair's nodes.
+    Arbiter(ArbiterArgs),
+    /// Start an arbiter, a primary and a secondary on loopback, kill the primary, show the
+    /// failover, re-protect the survivor with a new secondary and fail back to it; exits 0
+    /// with a summary if every step checked out.
+    Demo(DemoArgs),
+    /// Show a running node's state and counters (control socket).
+    Status(CtlArgs),
+    /// Make a paired primary take a checkpoint now.
+    Checkpoint(CtlArgs),
+    /// Declare the peer lost now (QEMU's x-colo-lost-heartbeat).
+    Failover(CtlArgs),
+    /// Arm a solo survivor to accept a new secondary.
+    Reprotect(CtlArgs),
+    /// Stop a node (it says goodbye to its peer).
+    Shutdown(CtlArgs),
+    /// Change a running node's setting.
+    #[command(subcommand)]
+    Set(SetCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SetCommand {
+    /// The primary's periodic checkpoint interval.
+    CheckpointInterval {
+        /// Milliseconds (> 0).
+        ms: u64,
+        #[command(flatten)]
+        ctl: CtlArgs,
+    },
+    /// Log a memory digest at every checkpoint (`on`) or not (`off`).
+    Digests {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        ctl: CtlArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct CtlArgs {
+    /// The node's control socket (it prints `<role>: control socket=PATH` at start).
+    #[arg(long)]
+    control: PathBuf,
+    /// Print the node's JSON response as is.
+    #[arg(long)]
+    json: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 15.0)]
+    timeout: f64,
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// The arbiter's address.
+    #[arg(long)]
+    arbiter: SocketAddr,
+    /// This node's id (distinct from the peer's).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Guest RAM in MiB (the same on both nodes).
+    #[arg(long, default_value_t = 32)]
+    memory: u64,
+    /// Counter workload: working-set pages rewritten per step.
+    #[arg(long, default_value_t = 64)]
+    pages: u64,
+    /// Counter workload: progress line every this many steps.
+    #[arg(long, default_value_t = 20_000)]
+    print_every: u64,
+    /// Periodic checkpoint interval in milliseconds (primary).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_interval_ms: u64,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval_ms: u64,
+    /// Heartbeat intervals without a word from the peer before it is declared lost.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_misses: u32,
+    /// Log a memory digest at every checkpoint (one pass over guest memory per pause).
+    #[arg(long)]
+    digests: bool,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    run_for: Option<f64>,
+    /// Control socket path (default: /run/colo/colo-<role>-<node-id>.sock, or the temp dir).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Arm re-protection whenever this node runs solo (default: only on `colo reprotect`).
+    #[arg(long)]
+    auto_reprotect: bool,
+    /// The test guest's workload (primary): `counter` or `net-server`.
+    #[arg(long, value_enum, default_value_t = Workload::Counter)]
+    workload: Workload,
+    /// net-server: the guest's address and prefix.
+    #[arg(long, default_value = "10.0.0.2/24")]
+    guest_ip: String,
+    /// net-server: the guest's TCP port.
+    #[arg(long, default_value_t = 7000)]
+    guest_port: u16,
+    /// The tap towards the clients (created in this process's network namespace).
+    #[arg(long)]
+    client_tap: Option<String>,
+    /// A bridge the client tap joins at start (both roles; a paired secondary ignores client
+    /// frames, the survivor announces the guest's MAC on its claim).
+    #[arg(long, requires = "client_tap")]
+    client_bridge: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    Counter,
+    NetServer,
+}
+
+#[derive(clap::Args, Debug)]
+struct PrimaryArgs {
+    /// Where the secondary connects.
+    #[arg(long)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct SecondaryArgs {
+    /// The primary's address.
+    #[arg(long)]
+    peer: SocketAddr,
+    /// Where new secondaries connect once this node survives a failover (no re-protection
+    /// of this node without it).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ArbiterArgs {
+    /// Where nodes ask for leases.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    run_for: Option<f64>,
+}
+
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// Loopback port of the arbiter.
+    #[arg(long, default_value_t = 17600)]
+    arbiter_port: u16,
+    /// Loopback port of the primary's peer link.
+    #[arg(long, default_value_t = 17601)]
+    peer_port: u16,
+    /// Loopback port where the survivor accepts the new secondary.
+    #[arg(long, default_value_t = 17602)]
+    reprotect_port: u16,
+    /// Checkpoints to complete before the primary is killed.
+    #[arg(long, default_value_t = 5)]
+    checkpoints: u32,
+    /// Give up (exit 1) after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+    /// The guest's TCP server and a real client across the failover, in a network
+    /// namespace the demo creates (root, iproute2, /dev/net/tun).
+    #[arg(long)]
+    net: bool,
+    /// `--net`: client requests per measured phase (lone VM, pair, survivor).
+    #[arg(long, default_value_t = 200)]
+    requests: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -147,12 +330,167 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| format!("{}: {e}", guest_path.display()))?;
             drive(machine, &args.common)
         }
+        Command::Primary(args) => run_node(
+            Role::Primary,
+            PeerEndpoint::Listen(args.listen),
+            None,
+            &args.node,
+        ),
+        Command::Secondary(args) => run_node(
+            Role::Secondary,
+            PeerEndpoint::Connect(args.peer),
+            args.listen,
+            &args.node,
+        ),
+        Command::Status(ctl) => control(Request::Status, &ctl),
+        Command::Checkpoint(ctl) => control(Request::Checkpoint, &ctl),
+        Command::Failover(ctl) => control(Request::Failover, &ctl),
+        Command::Reprotect(ctl) => control(Request::Reprotect, &ctl),
+        Command::Shutdown(ctl) => control(Request::Shutdown, &ctl),
+        Command::Set(SetCommand::CheckpointInterval { ms, ctl }) => {
+            control(Request::SetCheckpointInterval { ms }, &ctl)
+        }
+        Command::Set(SetCommand::Digests { state, ctl }) => {
+            control(Request::SetDigests { on: state == "on" }, &ctl)
+        }
+        Command::Arbiter(args) => {
+            let server = colo_runtime::arbiter::ArbiterServer::bind(args.listen)?;
+            if let Some(limit) = args.run_for.map(|s| seconds(s, "--run-for")).transpose()? {
+                std::thread::spawn(move || {
+                    std::thread::sleep(limit);
+                    std::process::exit(0);
+                });
+            }
+            println!("arbiter: listening on {}", server.local_addr());
+            server.serve()
+        }
+        Command::Demo(args) => {
+            let options = colo_runtime::demo::DemoOptions {
+                arbiter_port: args.arbiter_port,
+                peer_port: args.peer_port,
+                reprotect_port: args.reprotect_port,
+                checkpoints: args.checkpoints,
+                timeout: seconds(args.timeout, "--timeout")?,
+                binary: std::env::current_exe()
+                    .map_err(|e| format!("cannot find the colo binary: {e}"))?,
+                requests: args.requests,
+            };
+            if args.net {
+                let summary = colo_runtime::demo::run_net(&options)?;
+                println!("{summary}");
+            } else {
+                let summary = colo_runtime::demo::run(&options)?;
+                println!("{summary}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Restore(args) => {
             let checkpoint = Checkpoint::load_file(&args.state).map_err(|e| e.to_string())?;
             let machine = Machine::from_checkpoint(&checkpoint, ConsoleOutput::Stdout)
                 .map_err(|e| e.to_string())?;
             drive(machine, &args.common)
         }
+    }
+}
+
+fn seconds(s: f64, what: &str) -> Result<Duration, String> {
+    if s.is_finite() && s >= 0.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(format!("{what} {s} is not a number of seconds"))
+    }
+}
+
+/// One request to a node's control socket; the response printed readably (or raw).
+fn control(request: Request, args: &CtlArgs) -> Result<ExitCode, String> {
+    let response =
+        colo_runtime::control::call(&args.control, request, seconds(args.timeout, "--timeout")?)?;
+    let ok = response["ok"] == serde_json::Value::Bool(true);
+    // Written, not println!: a reader that closed the pipe (`colo status | head -2`) must not
+    // make the tool panic.
+    let mut out = std::io::stdout();
+    if args.json {
+        let _ = writeln!(out, "{response}");
+    } else if ok {
+        let _ = writeln!(out, "{}", colo_runtime::control::render(request, &response));
+    } else {
+        eprintln!(
+            "colo: {}",
+            colo_runtime::control::render(request, &response)
+        );
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Runs one node of a replicated pair of the test guest's counter workload.
+fn run_node(
+    role: Role,
+    peer: PeerEndpoint,
+    newcomer_listen: Option<SocketAddr>,
+    args: &NodeArgs,
+) -> Result<ExitCode, String> {
+    let default_id = match role {
+        Role::Primary => 1,
+        Role::Secondary => 2,
+    };
+    let node_id = args.node_id.unwrap_or(default_id);
+    let mut config = NodeLoopConfig::new(role, node_id, peer, args.arbiter);
+    let role_name = match role {
+        Role::Primary => "primary",
+        Role::Secondary => "secondary",
+    };
+    let control_path = args
+        .control
+        .clone()
+        .unwrap_or_else(|| colo_runtime::control::default_path(role_name, node_id));
+    config.control = Some(control_path.clone());
+    config.newcomer_listen = newcomer_listen;
+    config.auto_reprotect = args.auto_reprotect;
+    config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
+    config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
+    config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
+    config.workload_pages = match args.workload {
+        Workload::Counter => args.pages,
+        Workload::NetServer => 0,
+    };
+    config.net = colo_runtime::node_loop::NetConfig {
+        client_tap: args.client_tap.clone(),
+        client_bridge: args.client_bridge.clone(),
+    };
+    config.digests = args.digests;
+    config.run_for = args.run_for.map(|s| seconds(s, "--run-for")).transpose()?;
+    let machine_config = MachineConfig {
+        mem_mib: args.memory,
+        vcpus: 1,
+    };
+    let mut machine =
+        Machine::new(machine_config, ConsoleOutput::Stdout).map_err(|e| e.to_string())?;
+    if role == Role::Primary {
+        let path = colo_runtime::guest::test_guest_path();
+        let image = read(path, "test guest")?;
+        let cmdline = match args.workload {
+            Workload::Counter => {
+                colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0)
+            }
+            Workload::NetServer => colo_runtime::guest::net_server_cmdline(
+                &args.guest_ip,
+                args.guest_port,
+                machine.tsc_khz().map_err(|e| e.to_string())?,
+            ),
+        };
+        machine
+            .load_test_guest(&image, &cmdline)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let node = NodeLoop::new(config, machine).map_err(|e| e.to_string())?;
+    println!("{role_name}: control socket={}", control_path.display());
+    match node.run().map_err(|e| e.to_string())? {
+        LoopEnd::TimeUp | LoopEnd::Stopped => Ok(ExitCode::SUCCESS),
+        LoopEnd::Deposed => Err("this node was deposed (another node holds the term)".to_string()),
     }
 }
 

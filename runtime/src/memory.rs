@@ -1,7 +1,7 @@
 //! Guest memory: creation, dirty-page tables and page-range copies.
 //!
 //! Memory is a `GuestMemoryMmap` whose bitmap (`AtomicBitmap`) records every write the VMM
-//! itself makes through vm-memory (loaders now, virtio DMA next issue); KVM's dirty log
+//! itself makes through vm-memory (loaders, virtio-net DMA); KVM's dirty log
 //! records the vCPUs' writes. A page is dirty for a checkpoint if either says so
 //! (architecture.md, "Checkpoint in the real runtime"). Invariant: a [`DirtyPages`] table is
 //! sorted, its ranges never overlap or touch (adjacent runs are merged), and every range lies

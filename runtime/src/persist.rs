@@ -14,6 +14,7 @@
 
 use crate::devices::console::ConsoleState;
 use crate::devices::serial::SerialPortState;
+use crate::devices::virtio::net::NetState;
 use crate::layout::PAGE_SIZE;
 use crate::vstate::vcpu::VcpuState;
 use crate::vstate::vm::VmState;
@@ -23,7 +24,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Version of every state struct below and of the file format. Bump it on any change.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"COLOSNAP";
 /// Largest header the decoder accepts (device state of many vCPUs plus a page-range table).
 const HEADER_LIMIT: usize = 64 << 20;
@@ -95,6 +96,31 @@ pub struct DeviceState {
     pub console: ConsoleState,
     /// The 16550.
     pub serial: SerialPortState,
+    /// The virtio-net device (queues, features, status).
+    pub net: NetState,
+}
+
+impl DeviceState {
+    /// Encodes the state alone (bincode, no pages): the bulk of a peer `DeviceState` frame,
+    /// whose integrity the wire trailer's crc32c already covers.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode_config()).expect("state structs always encode")
+    }
+
+    /// Decodes a state written by [`DeviceState::to_bytes`]; bytes from a peer are bounded by
+    /// the same limit as a file header and every fault is an error, never a panic.
+    pub fn from_bytes(bytes: &[u8]) -> Result<DeviceState, PersistError> {
+        let config = bincode_config().with_limit::<HEADER_LIMIT>();
+        let (state, used): (DeviceState, usize) = bincode::serde::decode_from_slice(bytes, config)
+            .map_err(|e| PersistError::Decode(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(PersistError::Decode(format!(
+                "{} unused device-state bytes",
+                bytes.len() - used
+            )));
+        }
+        Ok(state)
+    }
 }
 
 /// Full or incremental.
@@ -301,6 +327,7 @@ mod tests {
                     ..Default::default()
                 },
                 serial: SerialPortState::default(),
+                net: NetState::default(),
             },
             ranges: vec![PageRange {
                 first: 5,

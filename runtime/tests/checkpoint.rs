@@ -194,7 +194,7 @@ fn state_file_errors_are_clear() {
             err,
             PersistError::VersionMismatch {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{err}"
@@ -211,9 +211,9 @@ fn state_file_errors_are_clear() {
     ));
 
     let mut other_version = checkpoint.clone();
-    other_version.version = 2;
+    other_version.version = 7;
     let err = Machine::from_checkpoint(&other_version, ConsoleOutput::Null).unwrap_err();
-    assert!(err.to_string().contains("state version 2"), "{err}");
+    assert!(err.to_string().contains("state version 7"), "{err}");
 }
 
 #[test]

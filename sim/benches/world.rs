@@ -1,7 +1,9 @@
 //! Criterion benchmarks of the simulated world: one 10-simulated-second run of the standard
 //! world (one guest, two clients with two connections each, upstream log, a lossy and
 //! reordering LAN), and the cost of checkpoint + restore of the guest at the end of such a run
-//! (restore replays every recorded step since boot: see docs/simulation.md).
+//! (a fresh guest replays every recorded step since boot; a replica that already holds a
+//! prefix of the history replays only the rest: see docs/simulation.md), and of the exact
+//! state hash (afresh, and cached).
 //!
 //! Run: `cargo bench -p colo-sim --bench world`.
 
@@ -12,7 +14,7 @@ use colo_sim::guest::Guest;
 use colo_sim::netem::LinkConfig;
 use colo_sim::rng::SimRng;
 use colo_sim::world::{World, WorldSpec};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 fn spec() -> WorldSpec {
     WorldSpec {
@@ -60,7 +62,27 @@ fn world(c: &mut Criterion) {
     group.bench_function("checkpoint", |b| {
         b.iter(|| black_box(w.guest.checkpoint().steps()))
     });
+    // Incremental restore: a replica holding the history up to 9.5 s takes the snapshot at
+    // 10 s (the platform engine's SVM between two checkpoints), replaying only the last 0.5 s.
+    let mut early = World::new(1, &spec());
+    early.run_until(Instant::from_millis(9_500), |_| false);
+    let s_early = early.guest.checkpoint();
+    early.run_until(Instant::from_millis(10_000), |_| false);
+    let s_late = early.guest.checkpoint();
+    group.bench_function("restore_incremental_last_half_second", |b| {
+        b.iter_batched(
+            || Guest::from_snapshot(&s_early, SimRng::new(2)),
+            |mut g| {
+                g.restore(&s_late);
+                black_box(g.history_digest())
+            },
+            BatchSize::LargeInput,
+        )
+    });
     group.bench_function("state_hash_after_10_simulated_seconds", |b| {
+        b.iter(|| black_box(w.guest.state_hash_uncached()))
+    });
+    group.bench_function("state_hash_cached", |b| {
         b.iter(|| black_box(w.guest.state_hash()))
     });
     group.finish();

@@ -22,6 +22,7 @@ use colo_core::node::{
     Command, Event, GuestDiskRequest, Input, LinkState, Node, NodeConfig, NodeStatus, OutBulk,
     Output, PeerBulk, SyncCommand,
 };
+use colo_core::rewrite::Phase as RewritePhase;
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::message::WriteId;
 use colo_core::wire::{Message, PAGE_SIZE};
@@ -117,7 +118,8 @@ pub struct SimHost {
 
 impl SimHost {
     /// A host `index` (0 = A, 1 = B) whose node starts in `role`, with `guest` (paused until
-    /// the node resumes its VM), a disk failing writes at `disk_write_error_ppm`.
+    /// the node resumes its VM), a disk failing writes at `disk_write_error_ppm`; `canary` is
+    /// planted in the VM unless it is one of the Node's.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
@@ -132,7 +134,9 @@ impl SimHost {
         SimHost {
             index,
             node: Node::new(config, role, now).expect("valid node config"),
-            vm: SimVm::new_paused(timing, canary),
+            // A canary the Node plants is in `config` already ([`crate::node_run::node_config`]);
+            // the others go to the VM platform.
+            vm: SimVm::new_paused(timing, canary.filter(|c| c.node_canary().is_none())),
             disk,
             guest,
             pending: VecDeque::new(),
@@ -234,6 +238,7 @@ impl SimHost {
         {
             self.out.push_back(HostOutput::ToPeer(PeerMsg::Repl(f)));
         }
+        self.set_trace_pauses();
         while !self.dead
             && let Some(done) = self.vm.poll_completion(now, &mut self.guest)
         {
@@ -310,6 +315,13 @@ impl SimHost {
         }
     }
 
+    /// Only a primary's pause is a checkpoint's pause state: a secondary's is not hashed
+    /// (`SimVm::set_trace_pauses`), set from the node's role before every VM call.
+    fn set_trace_pauses(&mut self) {
+        let primary = self.node.secondary_checkpointer().is_none();
+        self.vm.set_trace_pauses(primary);
+    }
+
     fn drain_vm_trace(&mut self) {
         // The SVM's own pause is not a checkpoint's pause state.
         let secondary = self.node.secondary_checkpointer().is_some();
@@ -384,12 +396,28 @@ impl SimHost {
                         return;
                     }
                 }
+                if let VmCommand::ApplyCheckpoint { epoch } = cmd {
+                    // The node reset its rewriter together with ordering the load (state
+                    // equality checks the translation is the identity now).
+                    let skewed = self.node.rewriter().map_or(0, |r| {
+                        r.phases()
+                            .filter(|(_, p)| *p != RewritePhase::Established { offset: 0 })
+                            .count() as u64
+                    });
+                    let t = TraceEvent::Translation {
+                        at: now,
+                        epoch,
+                        skewed,
+                    };
+                    self.out.push_back(HostOutput::Trace(t));
+                }
                 if matches!(cmd, VmCommand::Pause)
                     && let Some(p) = self.node.primary_checkpointer()
                 {
                     let e = p.epoch();
                     self.vm.set_pause_epoch(e);
                 }
+                self.set_trace_pauses();
                 self.vm.handle_command(now, cmd, &mut self.guest);
                 self.drain_vm_trace();
             }

@@ -13,7 +13,7 @@ use crate::check::{self, liveness::LivenessBounds};
 use crate::client::History;
 use crate::platform::Canary;
 use crate::run::{ColoRun, RunOutput};
-use crate::swarm::{CrashPoint, Host, HostCrash, SwarmOptions};
+use crate::swarm::{CrashPoint, Cut, CutMode, Host, HostCrash, LinkFault, SwarmOptions};
 use crate::trace::Violation;
 
 /// How long after the faults stop every unfinished client must complete a request (and a
@@ -72,19 +72,58 @@ impl Verdict {
     }
 }
 
-/// The options of `seed` as run with `canary`: a canary that needs a failover to show
-/// (`release-without-lease`) gets a primary crash if the seed has none.
+/// When the seed of a canary that needs a failover crashes the primary: early, while the
+/// clients still have work (colo-sim seed 26, 100 requests a connection, finished in 0.3 s).
+const FAILOVER_CANARY_CRASH: Duration = Duration::from_millis(100);
+
+/// The least work per connection the seed of a canary that needs a failover gets, so the
+/// clients still talk to the survivor after the takeover.
+const FAILOVER_CANARY_REQUESTS: u64 = 300;
+
+/// The options of `seed` as run with `canary`. A canary that only shows after a failover
+/// (`release-without-lease`, [`Canary::needs_failover`]) gets a primary crash at
+/// [`FAILOVER_CANARY_CRASH`] instead of the seed's crashes, at least
+/// [`FAILOVER_CANARY_REQUESTS`] requests per connection, and host B's arbiter link cut for 2 s
+/// from the crash, so the survivor runs a while without a lease (a lease answered within milliseconds would leave the
+/// planted bug a window too short for any frame to fall into).
 pub fn options_for(seed: u64, canary: Option<Canary>) -> SwarmOptions {
     let mut o = SwarmOptions::generate(seed);
-    if canary == Some(Canary::ReleaseWithoutLease) {
-        o.crashes = vec![HostCrash {
-            host: Host::A,
-            not_before: Instant::ZERO + o.safety / 3,
-            point: CrashPoint::At,
-            down_for: Duration::from_millis(500),
-        }];
+    let Some(c) = canary.filter(|c| c.needs_failover()) else {
+        return o;
+    };
+    let at = Instant::ZERO + FAILOVER_CANARY_CRASH;
+    o.crashes = vec![HostCrash {
+        host: Host::A,
+        not_before: at,
+        point: CrashPoint::At,
+        down_for: Duration::from_millis(500),
+    }];
+    o.requests_per_connection = o.requests_per_connection.max(FAILOVER_CANARY_REQUESTS);
+    if c == Canary::ReleaseWithoutLease {
+        o.link_faults.push(LinkFault {
+            cut: Cut::HostArbiter(Host::B),
+            mode: CutMode::Symmetric,
+            from: at,
+            until: at + Duration::from_secs(2),
+        });
+        o.link_faults.sort_by_key(|f| (f.from, f.cut, f.mode));
     }
     o
+}
+
+/// [`options_for`] scaled to a run of `duration` simulated seconds in total when one is given
+/// (`colo-sim --duration`, [`SwarmOptions::with_duration`]): the seed's fault mix in a fixed
+/// 2:3 split of safety and liveness phases.
+pub fn scenario_options(
+    seed: u64,
+    canary: Option<Canary>,
+    duration: Option<Duration>,
+) -> SwarmOptions {
+    let o = options_for(seed, canary);
+    match duration {
+        Some(d) => o.with_duration(d),
+        None => o,
+    }
 }
 
 /// Everything one seed produced.
@@ -116,16 +155,24 @@ pub enum Engine {
     /// (every fault kind, every canary).
     Platform,
     /// [`crate::node_run::NodeRun`]: two colo-core `Node`s (comparator, rewriter,
-    /// checkpointers, heartbeat, failover). Only the VM canaries.
+    /// checkpointers, heartbeat, failover). Every canary: planted in the Node
+    /// ([`Canary::node_canary`]) or, for `apply-partial-epoch`, in the VM.
     Node,
 }
 
-/// Runs `seed` under two colo-core Nodes and judges it (see [`Engine::Node`]); only
-/// canaries planted in the VM ([`Canary::in_vm`]) apply. Built with `--cfg madsim`, the engine
-/// is the madsim cluster ([`crate::cluster_run`]); otherwise the plain event loop
-/// ([`crate::node_run`]).
+/// Runs `seed` under two colo-core Nodes and judges it (see [`Engine::Node`]), with `canary`
+/// planted in the Node or the VM. Built with `--cfg madsim`, the engine is the madsim cluster
+/// ([`crate::cluster_run`]); otherwise the plain event loop ([`crate::node_run`]).
 pub fn run_seed_node(seed: u64, canary: Option<Canary>, check_determinism: bool) -> SeedReport {
-    let options = options_for(seed, canary);
+    run_options_node(options_for(seed, canary), canary, check_determinism)
+}
+
+/// [`run_seed_node`] with the options given (e.g. [`scenario_options`]).
+pub fn run_options_node(
+    options: SwarmOptions,
+    canary: Option<Canary>,
+    check_determinism: bool,
+) -> SeedReport {
     let guarded = |o: &SwarmOptions| {
         catch_unwind(AssertUnwindSafe(|| {
             // Under `--cfg madsim` the Node engine is the madsim cluster (hosts, arbiter and
@@ -198,7 +245,15 @@ pub fn run_seed_node(seed: u64, canary: Option<Canary>, check_determinism: bool)
 
 /// Runs `seed` once (twice with `check_determinism`) and judges it.
 pub fn run_seed(seed: u64, canary: Option<Canary>, check_determinism: bool) -> SeedReport {
-    let options = options_for(seed, canary);
+    run_options(options_for(seed, canary), canary, check_determinism)
+}
+
+/// [`run_seed`] with the options given (e.g. [`scenario_options`]).
+pub fn run_options(
+    options: SwarmOptions,
+    canary: Option<Canary>,
+    check_determinism: bool,
+) -> SeedReport {
     let output = match run_guarded(&options, canary) {
         Ok(o) => o,
         Err(msg) => {
@@ -264,6 +319,17 @@ fn judge(options: SwarmOptions, output: RunOutput, canary: Option<Canary>) -> Se
 
 /// The command that replays `seed` (with `canary`).
 pub fn replay_command(seed: u64, canary: Option<Canary>, node: bool) -> String {
+    replay_command_for(seed, canary, node, None)
+}
+
+/// [`replay_command`] of a seed run with `--duration` (whole milliseconds, as parsed).
+pub fn replay_command_for(
+    seed: u64,
+    canary: Option<Canary>,
+    node: bool,
+    duration: Option<Duration>,
+) -> String {
+    // A madsim build replays with the madsim target dir and cfg (the same engine).
     let mut cmd = if cfg!(madsim) {
         format!(
             "CARGO_TARGET_DIR=target/sim RUSTFLAGS=\"--cfg madsim\" \
@@ -274,6 +340,9 @@ pub fn replay_command(seed: u64, canary: Option<Canary>, node: bool) -> String {
     };
     if node {
         cmd.push_str(" --node");
+    }
+    if let Some(d) = duration {
+        cmd.push_str(&format!(" --duration {}ms", d.as_millis()));
     }
     if let Some(c) = canary {
         cmd.push_str(" --canary ");
@@ -314,10 +383,34 @@ mod tests {
     }
 
     #[test]
+    fn replay_command_keeps_the_duration() {
+        let c = replay_command_for(9, None, true, Some(Duration::from_secs(10)));
+        assert!(c.contains("--seed 9 --node --duration 10000ms"), "{c}");
+        assert!(!replay_command(9, None, true).contains("--duration"));
+    }
+
+    #[test]
+    fn a_scenario_duration_scales_the_lease_canary_crash_too() {
+        let o = scenario_options(
+            5,
+            Some(Canary::ReleaseWithoutLease),
+            Some(Duration::from_secs(10)),
+        );
+        assert_eq!(o.ends(), Instant::ZERO + Duration::from_secs(10));
+        assert_eq!(o.crashes.len(), 1);
+        assert!(o.crashes[0].not_before < o.liveness_starts());
+    }
+
+    #[test]
     fn the_lease_canary_always_gets_a_failover() {
         for seed in 0..20 {
             let o = options_for(seed, Some(Canary::ReleaseWithoutLease));
             assert_eq!(o.crashes.len(), 1);
+            assert!(
+                o.link_faults
+                    .iter()
+                    .any(|lf| lf.cut == Cut::HostArbiter(Host::B))
+            );
         }
     }
 }

@@ -147,6 +147,10 @@ pub struct SwarmOptions {
     pub liveness: Duration,
 }
 
+/// The safety phase's share (numerator, denominator) of a fixed-length scenario
+/// ([`SwarmOptions::with_duration`]); the liveness phase gets the rest.
+pub const FIXED_SAFETY_SHARE: (u32, u32) = (2, 5);
+
 /// Picks one of `choices` uniformly.
 fn pick<T: Copy>(rng: &mut SimRng, choices: &[T]) -> T {
     choices[rng.below(choices.len() as u64) as usize]
@@ -260,6 +264,36 @@ impl SwarmOptions {
             safety,
             liveness,
         }
+    }
+
+    /// The same seed's fault mix as a run of `total` simulated seconds (`colo-sim --duration`):
+    /// the safety phase becomes [`FIXED_SAFETY_SHARE`] of `total` and the liveness phase the
+    /// rest, and every fault instant (link fault windows, crash instants) is scaled by the
+    /// ratio of the new safety phase to the seed's own, so each fault lands at the same
+    /// relative point of the safety phase and the windows keep their proportions. Everything
+    /// else (workload, link impairments, checkpoint interval, latencies, crash downtimes) is
+    /// the seed's. Issue 4's throughput figure is measured at `total` = 10 s: 4 s of faults,
+    /// 6 s of liveness (see docs/simulation.md for why 6 s covers the liveness bound).
+    pub fn with_duration(mut self, total: Duration) -> SwarmOptions {
+        let safety = Duration::from_nanos(
+            (total.as_nanos() * u128::from(FIXED_SAFETY_SHARE.0) / u128::from(FIXED_SAFETY_SHARE.1))
+                as u64,
+        );
+        let (old, new) = (self.safety.as_nanos(), safety.as_nanos());
+        // Scaled by new / old (old >= 4 s, never zero); instants stay inside the safety phase
+        // because the seed's were inside its own.
+        let scale =
+            |i: Instant| Instant::from_nanos((u128::from(i.as_nanos()) * new / old.max(1)) as u64);
+        for lf in &mut self.link_faults {
+            lf.from = scale(lf.from);
+            lf.until = scale(lf.until).max(lf.from + Duration::from_nanos(1));
+        }
+        for c in &mut self.crashes {
+            c.not_before = scale(c.not_before);
+        }
+        self.safety = safety;
+        self.liveness = total.saturating_sub(safety);
+        self
     }
 
     /// When faults stop and the liveness phase begins.
@@ -418,6 +452,41 @@ mod tests {
                 assert!(c.not_before <= o.liveness_starts(), "seed {seed}: {c:?}");
             }
             assert!(o.clients >= 1 && o.connections >= 1);
+        }
+    }
+
+    #[test]
+    fn a_fixed_duration_keeps_the_fault_mix_inside_its_safety_phase() {
+        let total = Duration::from_secs(10);
+        for seed in 0..200 {
+            let o = SwarmOptions::generate(seed);
+            let f = o.clone().with_duration(total);
+            assert_eq!(f.ends(), Instant::ZERO + total, "seed {seed}");
+            assert_eq!(f.safety, Duration::from_secs(4));
+            assert_eq!(f.liveness, Duration::from_secs(6));
+            // Same mix: same number, links and modes of faults, same crash hosts and points.
+            assert_eq!(f.link_faults.len(), o.link_faults.len());
+            for (a, b) in f.link_faults.iter().zip(&o.link_faults) {
+                assert_eq!((a.cut, a.mode), (b.cut, b.mode));
+                assert!(a.from < a.until && a.from <= f.liveness_starts());
+                // The relative position in the safety phase is kept.
+                let rel = |i: Instant, s: Duration| i.as_nanos() as f64 / s.as_nanos() as f64;
+                assert!((rel(a.from, f.safety) - rel(b.from, o.safety)).abs() < 1e-6);
+            }
+            assert_eq!(f.crashes.len(), o.crashes.len());
+            for (a, b) in f.crashes.iter().zip(&o.crashes) {
+                assert_eq!((a.host, a.point, a.down_for), (b.host, b.point, b.down_for));
+                assert!(a.not_before <= f.liveness_starts(), "seed {seed}: {a:?}");
+            }
+            // Everything that is not a phase length or a fault instant is the seed's.
+            let strip = |mut x: SwarmOptions| {
+                x.link_faults.clear();
+                x.crashes.clear();
+                x.safety = Duration::ZERO;
+                x.liveness = Duration::ZERO;
+                x
+            };
+            assert_eq!(strip(f), strip(o));
         }
     }
 

@@ -34,19 +34,51 @@ pub enum Origin {
     Matched {
         /// Digest of the secondary frame it matched.
         svm_digest: u64,
+        /// The flow (see `Uncompared`).
+        flow: u64,
+        /// Its ACK under the min-ACK guard (see `Uncompared`); `None` for other frames.
+        ack: Option<u32>,
     },
     /// Every payload byte of it (flow, sequence number, value) was emitted by the secondary
     /// before the release, possibly in other segments: the comparator's byte-stream match
     /// across different segmentation. The harness checks the bytes (it sees both sides).
-    MatchedStream,
+    MatchedStream {
+        /// The flow (see `Uncompared`).
+        flow: u64,
+        /// Its ACK under the min-ACK guard (see `Uncompared`).
+        ack: Option<u32>,
+    },
     /// Held until the secondary received a checkpoint covering the epoch it was produced in.
     Covered,
     /// Released by a host running alone (after failover), under the arbiter's lease.
     Solo,
-    /// Released uncompared by the comparator's rule: a TCP segment without payload (SYN, FIN,
-    /// pure ACK) or a byte-identical retransmission of data already released. No new payload
-    /// byte reaches the client (see docs/simulation.md on what this leaves unchecked).
-    Uncompared,
+    /// Released without a payload comparison by the comparator's rule: a TCP segment without
+    /// payload (SYN, FIN, pure ACK) or a byte-identical retransmission of data already released.
+    /// No new payload byte reaches the client, but its ACK may acknowledge client bytes: the
+    /// comparator's min-ACK guard (docs/comparator.md) releases an ACK-carrying segment only
+    /// once the secondary acknowledged as far on the flow ([`TraceEvent::SvmAck`]) or a
+    /// checkpoint the secondary received covers it; `output_commit` checks exactly that.
+    Uncompared {
+        /// The flow (the comparator's flow key, hashed; the same as [`TraceEvent::SvmAck`]'s).
+        flow: u64,
+        /// Its acknowledgement number, if the guard applies (ACK set, RST clear); `None` for a
+        /// segment the guard exempts.
+        ack: Option<u32>,
+    },
+}
+
+impl Origin {
+    /// The flow and ACK of a release the comparator's min-ACK guard judges (a TCP segment with
+    /// ACK set and RST clear, released paired): `output_commit` requires the secondary to have
+    /// acknowledged as far, or a received checkpoint to cover it.
+    pub fn guarded_ack(&self) -> Option<(u64, u32)> {
+        match *self {
+            Origin::Matched { flow, ack, .. }
+            | Origin::MatchedStream { flow, ack }
+            | Origin::Uncompared { flow, ack } => ack.map(|a| (flow, a)),
+            Origin::Covered | Origin::Solo => None,
+        }
+    }
 }
 
 /// One event of the trace.
@@ -99,6 +131,41 @@ pub enum TraceEvent {
         epoch: Epoch,
         /// Digest of its bytes.
         digest: u64,
+    },
+    /// The secondary's acknowledgement on `flow` advanced to `ack` (its output, after its
+    /// rewriter, as the primary's comparator receives it; the client's sequence space, which
+    /// PVM and SVM share).
+    SvmAck {
+        /// When.
+        at: Instant,
+        /// The flow (hashed comparator flow key).
+        flow: u64,
+        /// The highest acknowledgement number the secondary sent on it so far.
+        ack: u32,
+    },
+    /// The primary's guest acknowledged `flow` up to `ack` in a frame produced in `epoch` (the
+    /// checkpoint whose pause includes it): a received checkpoint of that epoch or later gives
+    /// the secondary that acknowledgement too. Segments with ACK set and RST clear only.
+    PvmAck {
+        /// When.
+        at: Instant,
+        /// The flow (hashed comparator flow key).
+        flow: u64,
+        /// The epoch the frame was produced in.
+        epoch: Epoch,
+        /// The highest acknowledgement number of the flow within that epoch so far.
+        ack: u32,
+    },
+    /// The secondary's sequence translation when it loaded `epoch` (the rewriter's reset):
+    /// the SVM now numbers its bytes like the PVM, so every tracked connection must translate
+    /// with offset 0.
+    Translation {
+        /// When.
+        at: Instant,
+        /// The checkpoint being loaded.
+        epoch: Epoch,
+        /// Connections still translated with another offset (or none yet).
+        skewed: u64,
     },
     /// The PVM paused for `epoch`: its state at that instant.
     Paused {
@@ -208,6 +275,9 @@ impl TraceEvent {
             | TraceEvent::Released { at, .. }
             | TraceEvent::Superseded { at, .. }
             | TraceEvent::SvmOutput { at, .. }
+            | TraceEvent::SvmAck { at, .. }
+            | TraceEvent::PvmAck { at, .. }
+            | TraceEvent::Translation { at, .. }
             | TraceEvent::Paused { at, .. }
             | TraceEvent::Received { at, .. }
             | TraceEvent::Applied { at, .. }

@@ -43,6 +43,9 @@ pub struct NodeConfig {
     pub solo_hold_frames: usize,
     /// A re-protection secondary reports progress each time this many more bytes are stored.
     pub sync_progress_step: u64,
+    /// A bug to plant on purpose (simulator only; see [`NodeCanary`](super::NodeCanary)).
+    #[cfg(feature = "canaries")]
+    pub canary: Option<super::NodeCanary>,
 }
 
 impl NodeConfig {
@@ -64,6 +67,8 @@ impl NodeConfig {
             solo_hold_frames: 1024,
             // 64 MiB: a few progress reports per second on a 10 Gbit/s link.
             sync_progress_step: 64 << 20,
+            #[cfg(feature = "canaries")]
+            canary: None,
         }
     }
 

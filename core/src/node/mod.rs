@@ -16,6 +16,8 @@
 //! hold), `reprotect` (full sync), `disks` (disk-machine generations), `routing` (local inputs
 //! and the pumps).
 
+#[cfg(feature = "canaries")]
+mod canary;
 pub mod config;
 mod disks;
 pub mod input;
@@ -30,6 +32,8 @@ mod status;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "canaries")]
+pub use canary::NodeCanary;
 pub use config::{NodeConfig, NodeConfigError};
 pub use input::{Command, GuestDiskRequest, Input, LinkState, PeerBulk};
 pub use output::{Event, OutBulk, Output, ProtocolViolation, SyncCommand};

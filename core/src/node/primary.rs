@@ -206,17 +206,18 @@ impl Node {
             };
             progressed = true;
             match o {
-                CheckpointOutput::Send(m) => self.send_checkpoint_message(m),
-                CheckpointOutput::Vm(c) => self.out.push_back(Output::Vm(c)),
-                CheckpointOutput::ReleaseOutput { epoch } => {
-                    // Frames held while the lease was missing predate this checkpoint's pause,
-                    // so it covers them too: they go first, in arrival order.
-                    self.release_hold_covered();
-                    if let Side::Primary(p) = &mut self.side {
-                        p.released = p.released.max(epoch);
-                        p.comparator.checkpoint_done(now);
+                CheckpointOutput::Send(m) => {
+                    #[cfg(feature = "canaries")]
+                    if let Message::CheckpointSent { epoch, .. } = &m
+                        && self.canary(super::NodeCanary::ReleaseBeforeReceived)
+                    {
+                        // Planted (canary.rs): the output commit point moved to "sent".
+                        self.commit_output(now, *epoch);
                     }
+                    self.send_checkpoint_message(m);
                 }
+                CheckpointOutput::Vm(c) => self.out.push_back(Output::Vm(c)),
+                CheckpointOutput::ReleaseOutput { epoch } => self.commit_output(now, epoch),
                 CheckpointOutput::ResetDisk { .. } | CheckpointOutput::ResetRewriter { .. } => {}
                 CheckpointOutput::Event(e) => self.on_checkpoint_event(now, e),
             }
@@ -246,6 +247,18 @@ impl Node {
             }
         }
         progressed
+    }
+
+    /// The output commit point of checkpoint `epoch` (`ReleaseOutput(e)`: the secondary has it
+    /// whole): everything held for it goes to the client.
+    fn commit_output(&mut self, now: Instant, epoch: Epoch) {
+        // Frames held while the lease was missing predate this checkpoint's pause, so it covers
+        // them too: they go first, in arrival order.
+        self.release_hold_covered();
+        if let Side::Primary(p) = &mut self.side {
+            p.released = p.released.max(epoch);
+            p.comparator.checkpoint_done(now);
+        }
     }
 
     /// A frame the comparator let go: to the client if paired (confirmed by the secondary or a

@@ -196,6 +196,11 @@ impl Node {
                 CheckpointOutput::Vm(c) => self.out.push_back(Output::Vm(c)),
                 CheckpointOutput::ResetDisk { epoch } => self.disks.handle_checkpoint(epoch),
                 CheckpointOutput::ResetRewriter { .. } => {
+                    #[cfg(feature = "canaries")]
+                    if self.canary(super::NodeCanary::SkipRewriterReset) {
+                        // Planted (canary.rs): the stale offsets stay.
+                        continue;
+                    }
                     if let Side::Secondary(s) = &mut self.side {
                         s.rewriter.reset_offsets();
                     }

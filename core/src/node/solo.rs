@@ -109,27 +109,13 @@ impl Node {
                 FailoverEvent::TakeoverStarted { term, from, reason } => {
                     self.event(Event::TakeoverStarted { term, from, reason });
                     self.on_takeover_started(now, reason);
-                }
-                FailoverEvent::SoloGranted { term } => {
-                    if !self.failed_over_reported {
-                        self.failed_over_reported = true;
-                        // Tell the old peer, if it can still hear: the newer term deposes it.
-                        // Only once the arbiter granted the term: announced at the takeover's
-                        // start, it deposed a healthy primary even when this node then died or
-                        // was refused before the grant, leaving no host to serve (colo-sim
-                        // seed 127 under `--node`: the taker crashed inside its failover).
-                        self.send(Message::TermAnnounce {
-                            term,
-                            node_id: self.config.node_id,
-                        });
-                        let reason = self.takeover_reason.unwrap_or(FailoverReason::Requested);
-                        self.event(Event::FailedOver { term, reason });
-                        match &mut self.side {
-                            Side::Primary(p) => p.comparator.release_all(now),
-                            Side::Secondary(_) => self.event(Event::ClaimClientLink { term }),
-                        }
+                    #[cfg(feature = "canaries")]
+                    if self.canary(super::NodeCanary::ReleaseWithoutLease) {
+                        // Planted (canary.rs): act as if the lease were granted already.
+                        self.on_solo_granted(now, term);
                     }
                 }
+                FailoverEvent::SoloGranted { term } => self.on_solo_granted(now, term),
                 FailoverEvent::ReleaseSuspended { term } => {
                     self.hold.suspended = true;
                     self.event(Event::ReleaseSuspended { term });
@@ -155,6 +141,30 @@ impl Node {
             }
         }
         progressed
+    }
+
+    /// The new term's lease is held for the first time: report the failover once, flush the
+    /// comparator (primary) or claim the client link (secondary).
+    fn on_solo_granted(&mut self, now: Instant, term: crate::ids::Term) {
+        if self.failed_over_reported {
+            return;
+        }
+        self.failed_over_reported = true;
+        // Tell the old peer, if it can still hear: the newer term deposes it. Only once the
+        // arbiter granted the term: announced at the takeover's start, it deposed a healthy
+        // primary even when this node then died or was refused before the grant, leaving no
+        // host to serve (colo-sim seed 127 under `--node`: the taker crashed inside its
+        // failover).
+        self.send(Message::TermAnnounce {
+            term,
+            node_id: self.config.node_id,
+        });
+        let reason = self.takeover_reason.unwrap_or(FailoverReason::Requested);
+        self.event(Event::FailedOver { term, reason });
+        match &mut self.side {
+            Side::Primary(p) => p.comparator.release_all(now),
+            Side::Secondary(_) => self.event(Event::ClaimClientLink { term }),
+        }
     }
 
     fn on_takeover_started(&mut self, now: Instant, reason: FailoverReason) {
@@ -210,11 +220,26 @@ impl Node {
         self.out.push_back(Output::ToClient(frame));
     }
 
+    /// Whether the solo gate is open at `now`: this node holds an unexpired lease of its term.
+    fn may_release_solo(&self, now: Instant) -> bool {
+        #[cfg(feature = "canaries")]
+        if self.canary(super::NodeCanary::ReleaseWithoutLease)
+            && matches!(
+                self.failover.mode(),
+                Mode::TakingOver | Mode::Solo | Mode::Reprotecting
+            )
+        {
+            // Planted (canary.rs): the gate ignores the lease.
+            return true;
+        }
+        self.failover.may_release_solo(now)
+    }
+
     /// The solo gate: release only while the lease allows it right now.
     pub(super) fn emit_solo(&mut self, now: Instant, frame: Vec<u8>) {
         match self.failover.mode() {
             Mode::Deposed => self.stats.fenced_frames += 1,
-            _ if self.failover.may_release_solo(now) && self.hold.frames.is_empty() => {
+            _ if self.may_release_solo(now) && self.hold.frames.is_empty() => {
                 self.release_to_client(frame);
             }
             _ => self.hold_frame(frame),
@@ -247,7 +272,7 @@ impl Node {
         if self.hold.frames.is_empty() {
             return self.maybe_resume_guest();
         }
-        if !self.failover.may_release_solo(now) {
+        if !self.may_release_solo(now) {
             return false;
         }
         let released = self.hold.frames.len() as u64;

@@ -25,3 +25,7 @@ pub const LAPIC_EOI: u64 = 0xfee0_00b0;
 pub const WORKSET_BASE: u64 = 0x100_0000;
 /// The guest's page size.
 pub const PAGE_SIZE: u64 = 4096;
+/// Guest-physical base of the virtio-mmio network device (mirrors `layout::VIRTIO_NET_BASE`).
+pub const VIRTIO_NET_BASE: u64 = 0xd000_1000;
+/// The network device's IOAPIC input (mirrors `layout::VIRTIO_NET_GSI`).
+pub const VIRTIO_NET_GSI: u32 = 6;

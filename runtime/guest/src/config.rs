@@ -19,6 +19,23 @@ pub struct Config {
     pub spin: u64,
     /// The IOAPIC input the idle workload waits on.
     pub irq: u32,
+    /// net-server: the guest's address and prefix (`colo.ip=10.0.0.2/24`).
+    pub ip: ([u8; 4], u8),
+    /// net-server: the TCP port it listens on.
+    pub port: u16,
+    /// The TSC frequency in kHz (the guest has no other clock).
+    pub tsc_khz: u64,
+}
+
+fn parse_cidr(value: &str) -> Option<([u8; 4], u8)> {
+    let (addr, prefix) = value.split_once('/').unwrap_or((value, "24"));
+    let mut octets = [0u8; 4];
+    let mut parts = addr.split('.');
+    for o in &mut octets {
+        *o = parts.next()?.parse().ok()?;
+    }
+    let prefix: u8 = prefix.parse().ok()?;
+    (parts.next().is_none() && prefix <= 32).then_some((octets, prefix))
 }
 
 impl Config {
@@ -31,6 +48,9 @@ impl Config {
             seed: 1,
             spin: 0,
             irq: 5,
+            ip: ([10, 0, 0, 2], 24),
+            port: 7000,
+            tsc_khz: 1_000_000,
         };
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -45,6 +65,9 @@ impl Config {
                 ("colo.seed", Some(n)) => config.seed = n,
                 ("colo.spin", Some(n)) => config.spin = n,
                 ("colo.irq", Some(n)) if n < 24 => config.irq = n as u32,
+                ("colo.ip", _) => config.ip = parse_cidr(value).unwrap_or(config.ip),
+                ("colo.port", Some(n)) if n > 0 && n < 65536 => config.port = n as u16,
+                ("colo.tsc_khz", Some(n)) if n > 0 => config.tsc_khz = n,
                 _ => {}
             }
         }

@@ -1,5 +1,5 @@
 //! The idle workload: halt until an interrupt, print each wake-up. It exercises what the
-//! virtio devices of the next issue need: interrupt delivery through KVM's irqfd, IOAPIC and
+//! virtio devices need: interrupt delivery through KVM's irqfd, IOAPIC and
 //! LAPIC to a ring-3 guest, and the shim's race-free halt service.
 
 use crate::config::Config;

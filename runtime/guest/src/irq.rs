@@ -22,7 +22,7 @@ pub fn count() -> u64 {
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!(shim_irq_count)) }
 }
 
-fn mmio_write32(addr: u64, value: u32) {
+pub fn mmio_write32(addr: u64, value: u32) {
     // SAFETY: addr is a register of KVM's in-kernel LAPIC or IOAPIC, identity-mapped with
     // the U bit by the shim; the store exits to KVM and touches no guest memory.
     unsafe { core::ptr::write_volatile(addr as *mut u32, value) }

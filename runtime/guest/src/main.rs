@@ -2,8 +2,8 @@
 //! 3, where this `no_std` Rust program runs natively even under kvm_pvm.
 //!
 //! The VMM selects the workload on the command line (see `config`); output goes to the MMIO
-//! console (`console`). Structured for more workloads (the virtio-net TCP server and the
-//! virtio-blk writer of the next issue): `colo_main` only parses and dispatches.
+//! console (`console`). Workloads: `counter`, `idle`, `net-server` (smoltcp over virtio-net,
+//! `server`), `fault`; `colo_main` only parses and dispatches.
 
 #![no_std]
 #![no_main]
@@ -11,14 +11,18 @@
 extern crate alloc;
 
 mod abi;
+mod clock;
 mod config;
 mod console;
 mod counter;
 mod heap;
 mod idle;
 mod irq;
+mod kv;
 mod rt;
+mod server;
 mod shim;
+mod virtio_net;
 
 unsafe extern "C" {
     static __heap_start: u8;
@@ -42,6 +46,7 @@ pub extern "C" fn colo_main(cmdline_addr: u64, mem_size: u64, cmdline_len: u64) 
     match config.workload.as_str() {
         "counter" => counter::run(&config, mem_size),
         "idle" => idle::run(&config),
+        "net-server" => server::run(&config),
         // Raises #UD at ring 3, so the VMM's fault reporting can be tested end to end.
         "fault" => {
             // SAFETY: ud2 only raises an exception; the shim reports it and stops the VM.

@@ -84,6 +84,13 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 #[unsafe(no_mangle)]
 pub extern "C" fn rust_eh_personality() {}
 
+/// Referenced by the precompiled liballoc's landing pads (`format`); as above, never reached
+/// with panic=abort. Stops the VM with the panic exit code should it ever be.
+#[unsafe(no_mangle)]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    crate::console::exit(crate::console::EXIT_PANIC)
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut line = crate::console::Line::new();

@@ -4,7 +4,7 @@
 //! image's own setup header, an e820 map, the command line and an optional initrd placed at the
 //! top of RAM. The boot vCPU starts in long mode with rsi = zero page, as Firecracker does.
 //!
-//! virtio-mmio devices (next issue) are announced on the command line the way
+//! virtio-mmio devices are announced on the command line the way
 //! Firecracker-compatible kernels expect (`virtio_mmio.device=4K@0xd0001000:5`, see
 //! [`virtio_mmio_arg`]). Invariant: every structure written lies inside RAM, the initrd never
 //! overlaps the kernel, and a malformed image is an error, never a panic.

@@ -2,6 +2,8 @@
 //! ready-to-run test-guest machine.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod procs;
+
 use colo_runtime::devices::console::OutputCapture;
 use colo_runtime::{ConsoleOutput, Machine, MachineConfig};
 
@@ -82,4 +84,61 @@ pub fn run_one_full_step(machine: &mut Machine, pages: u64) {
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
     machine.pause();
+}
+
+/// A control-socket path no other test uses (temp dir, this process, a counter).
+pub fn control_path() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir()
+        .join(format!("colo-test-{}-{n}.sock", std::process::id()))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// True if network namespaces and taps can be used (root, the `ip` tool and /dev/net/tun).
+/// Without them the test is skipped with a message, unless COLO_REQUIRE_NET=1 makes it a
+/// failure.
+pub fn net_available(test: &str) -> bool {
+    let ip = std::process::Command::new("ip")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .is_ok();
+    // Namespaces, taps and bridges need CAP_NET_ADMIN: only root is assumed to have it.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1))
+                == Some("0")
+        })
+        .unwrap_or(false);
+    if ip && tun && root {
+        return true;
+    }
+    let why = format!("ip tool usable: {ip}, /dev/net/tun usable: {tun}, root: {root}");
+    if std::env::var("COLO_REQUIRE_NET").as_deref() == Ok("1") {
+        panic!("{test}: network namespaces are required (COLO_REQUIRE_NET=1): {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}; set COLO_REQUIRE_NET=1 to make this a failure");
+    false
+}
+
+/// A namespace name unique to this process and call (at most 15 bytes are not needed for
+/// namespaces, but the name stays short and recognisable: `colo-<pid>-<n>`).
+pub fn unique_netns_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "colo-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

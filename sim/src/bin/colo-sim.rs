@@ -4,15 +4,19 @@
 
 use std::process::ExitCode;
 
+use colo_core::time::Duration;
+
 use colo_sim::platform::Canary;
 use colo_sim::runner::{self, Verdict};
 use colo_sim::trace::TraceEvent;
 
 const USAGE: &str = "usage: colo-sim (--seed N | --seeds A..B) [--check-determinism] \
-[--canary NAME] [--trace] [--quiet] [--node]
+[--canary NAME] [--trace] [--quiet] [--node] [--duration T]
        colo-sim --list-canaries
 --quiet: with --seeds, print only failing seeds and the summary line
 --node: drive two colo-core Nodes (comparator, rewriter, failover) instead of the platform run
+--duration T: run T in total (e.g. 10s, 2500ms): the seed's fault mix scaled into a safety
+  phase of 2/5 of T, liveness the rest (the throughput scenario of docs/benchmarks.md)
 exit codes: 0 pass, 1 correctness, 2 liveness, 3 panic, 4 nondeterminism, 5 canary missed, \
 64 usage";
 
@@ -23,6 +27,27 @@ struct Args {
     trace: bool,
     quiet: bool,
     node: bool,
+    duration: Option<Duration>,
+}
+
+/// `10s`, `2500ms` or a bare number of seconds; at least 1 s (the liveness phase must hold a
+/// checkpoint interval and the progress bound, see docs/simulation.md).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("--duration takes seconds or milliseconds (10s, 2500ms), not {s}");
+    let d = if let Some(ms) = s.strip_suffix("ms") {
+        Duration::from_millis(ms.parse().map_err(|_| bad())?)
+    } else {
+        Duration::from_secs(
+            s.strip_suffix('s')
+                .unwrap_or(s)
+                .parse()
+                .map_err(|_| bad())?,
+        )
+    };
+    if d < Duration::from_secs(1) {
+        return Err("--duration must be at least 1s".to_owned());
+    }
+    Ok(d)
 }
 
 fn parse() -> Result<Option<Args>, String> {
@@ -33,6 +58,7 @@ fn parse() -> Result<Option<Args>, String> {
         trace: false,
         quiet: false,
         node: false,
+        duration: None,
     };
     let mut it = std::env::args().skip(1);
     let mut have_seed = false;
@@ -69,6 +95,10 @@ fn parse() -> Result<Option<Args>, String> {
             "--trace" => args.trace = true,
             "--quiet" => args.quiet = true,
             "--node" => args.node = true,
+            "--duration" => {
+                let d = it.next().ok_or("--duration takes a length, e.g. 10s")?;
+                args.duration = Some(parse_duration(&d)?);
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -78,13 +108,6 @@ fn parse() -> Result<Option<Args>, String> {
     }
     if !have_seed {
         return Err("one of --seed or --seeds is required".to_owned());
-    }
-    if args.node && args.canary.is_some_and(|c| !c.in_vm()) {
-        return Err(
-            "with --node only the VM canaries apply (apply-partial-epoch, \
-                    skip-rewriter-reset)"
-                .to_owned(),
-        );
     }
     Ok(Some(args))
 }
@@ -110,15 +133,22 @@ fn main() -> ExitCode {
     let mut worst = Verdict::Pass;
     let (mut passed, mut failed) = (0u64, 0u64);
     for seed in args.seeds.clone() {
+        let options = runner::scenario_options(seed, args.canary, args.duration);
         let report = if args.node {
-            runner::run_seed_node(seed, args.canary, args.determinism)
+            runner::run_options_node(options, args.canary, args.determinism)
         } else {
-            runner::run_seed(seed, args.canary, args.determinism)
+            runner::run_options(options, args.canary, args.determinism)
         };
         let ok = report.verdict == Verdict::Pass;
         if single || (!ok && !args.quiet) || !args.quiet && args.seeds.end - args.seeds.start <= 20
         {
             println!("{}", report.options);
+            if let Some(d) = args.duration {
+                println!(
+                    "duration = {}ms (fixed: safety 2/5, liveness 3/5)",
+                    d.as_millis()
+                );
+            }
             if let Some(c) = args.canary {
                 println!(
                     "canary = {} (must be caught by {})",
@@ -173,7 +203,7 @@ fn main() -> ExitCode {
             failed += 1;
             println!(
                 "  replay: {}",
-                runner::replay_command(seed, args.canary, args.node)
+                runner::replay_command_for(seed, args.canary, args.node, args.duration)
             );
             if worst == Verdict::Pass || report.verdict.exit_code() < worst.exit_code() {
                 worst = report.verdict.clone();

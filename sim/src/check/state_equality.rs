@@ -5,6 +5,13 @@
 //! state, the application, the disk) and `disk_hash`, and `Applied(e)` with the SVM's after the
 //! load; they must be equal. An `Applied(e)` with no `Paused(e)` is also reported: the SVM loaded
 //! a state the primary never paused in.
+//!
+//! The SVM's view of the network is part of its state: once it holds the PVM's TCP state it
+//! numbers its bytes like the PVM, so the secondary's sequence translation (QEMU
+//! filter-rewriter, reset at every checkpoint) must be the identity for every connection. The
+//! Node engine records it as `Translation(e)` when the load is ordered; one with a skewed
+//! connection is reported (a stale offset would shift every later segment of the SVM, and a
+//! survivor's segments to the clients).
 
 use std::collections::BTreeMap;
 
@@ -26,6 +33,17 @@ pub fn check(trace: &Trace) -> Vec<Violation> {
                 ..
             } => {
                 paused.insert(*epoch, (*state_hash, *disk_hash));
+            }
+            TraceEvent::Translation { at, epoch, skewed } if *skewed > 0 => {
+                out.push(Violation {
+                    checker: NAME,
+                    at: *at,
+                    what: format!(
+                        "epoch {}: the SVM holds the PVM's TCP state but {skewed} connection(s) \
+                         still translate with a non-zero sequence offset",
+                        epoch.0
+                    ),
+                });
             }
             TraceEvent::Applied {
                 at,
@@ -154,5 +172,21 @@ mod tests {
         });
         let v = check(&t);
         assert_eq!(v.len(), 2, "{v:?}");
+    }
+
+    #[test]
+    fn a_skewed_translation_after_a_load_is_caught() {
+        let translation = |at, skewed| TraceEvent::Translation {
+            at: Instant::from_millis(at),
+            epoch: Epoch(3),
+            skewed,
+        };
+        let mut t = Trace::new();
+        t.push(translation(1, 0));
+        assert!(check(&t).is_empty());
+        t.push(translation(2, 2));
+        let v = check(&t);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].what.contains("2 connection(s)"), "{v:?}");
     }
 }

@@ -298,7 +298,7 @@ async fn host_task(h: usize, shared: SharedRef, start: madsim::time::Instant, un
         let mut s = lock(&shared);
         let now = now_since(start);
         let inc = s.incarnation[h];
-        let mut cfg = node_config(h, &s.opts);
+        let mut cfg = node_config(h, &s.opts, s.canary);
         cfg.node_id = NodeId(h as u64 + 1 + 2 * u64::from(inc));
         let rng = SimRng::new(s.opts.seed);
         let (guest, role, disk_label) = match s.first_guests[h].take() {
@@ -651,7 +651,7 @@ pub async fn run_cluster(opts: &SwarmOptions, canary: Option<Canary>) -> NodeRun
         trace,
         histories,
         released: s.obs.released,
-        matched: s.obs.matched,
+        matched: s.obs.matched(),
         checkpoints: s.obs.checkpoints,
         disk_writes: s.disk_writes,
         disk_write_errors: s.disk_write_errors,

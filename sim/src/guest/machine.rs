@@ -141,20 +141,34 @@ impl GuestMachine {
         steps: impl Iterator<Item = &'a Recorded>,
     ) -> GuestMachine {
         let mut m = GuestMachine::boot(cfg, boot_at);
+        m.replay_onto(cfg, steps);
+        m
+    }
+
+    /// Replays recorded steps onto this machine as it stands (the machine must be the state
+    /// those steps were recorded from: the caller checks that with the chunk list, see
+    /// `Guest::restore`). Effects are discarded: the guest the steps were recorded on emitted
+    /// them.
+    pub(crate) fn replay_onto<'a>(
+        &mut self,
+        cfg: &GuestConfig,
+        steps: impl Iterator<Item = &'a Recorded>,
+    ) {
         let mut fx = Effects::default();
         for step in steps {
             let mut ent = Replaying {
                 draws: step.draws.iter(),
             };
-            m.step(cfg, step.at, step.frame.clone(), &mut ent, &mut fx);
+            self.step(cfg, step.at, step.frame.clone(), &mut ent, &mut fx);
             assert!(
                 ent.draws.next().is_none(),
                 "guest replay diverged: a step at {:?} drew less entropy than it recorded",
                 step.at
             );
-            fx = Effects::default();
+            fx.frames.clear();
+            fx.disk_writes.clear();
+            fx.dirtied.clear();
         }
-        m
     }
 
     /// One step at `now`: take in `frame` (if any), let the stack and the application run,
@@ -259,16 +273,23 @@ impl GuestMachine {
     /// disk and the frame counters. Two machines with equal logs have equal hashes; the point
     /// of hashing state rather than the log is that a *wrong* restore (another epoch, a partial
     /// log) shows up as a different hash even if it replays cleanly.
+    #[cfg(test)]
     pub(crate) fn state_hash(&self) -> u64 {
+        self.hashes().0
+    }
+
+    /// `(state_hash, disk hash)`, hashing the disk once for both.
+    pub(crate) fn hashes(&self) -> (u64, u64) {
+        let disk = self.disk.hash();
         let mut h = Fnv64::new();
         for (handle, socket) in self.stack.sockets.iter() {
             let _ = write!(HashWriter(&mut h), "{handle:?}{socket:?}");
         }
         let _ = write!(HashWriter(&mut h), "{:?}", self.stirrer);
         self.app.hash_into(&mut h);
-        h.write_u64(self.disk.hash());
+        h.write_u64(disk);
         h.write_u64(self.rx_frames);
         h.write_u64(self.tx_frames);
-        h.finish()
+        (h.finish(), disk)
     }
 }

@@ -25,6 +25,7 @@ pub mod memory;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -123,6 +124,13 @@ pub struct GuestStats {
     pub disk_writes: u64,
     /// Restores performed.
     pub restores: u64,
+    /// Of those, restores that replayed only the steps past the guest's own chunks (the
+    /// incremental path of [`Guest::restore`]; a guest fresh from boot holds the empty prefix,
+    /// so [`Guest::from_snapshot`] takes it too, replaying the whole log onto the booted
+    /// machine).
+    pub incremental_restores: u64,
+    /// Recorded steps replayed by restores (incremental and from boot).
+    pub replayed_steps: u64,
 }
 
 /// A simulated guest VM.
@@ -142,6 +150,9 @@ pub struct Guest {
     disk_out: VecDeque<DiskWrite>,
     last_now: Instant,
     stats: GuestStats,
+    /// `(state_hash, disk_hash)` of the machine as it stands, once computed; cleared by every
+    /// step and restore (the only things that change the machine).
+    hashes: Cell<Option<(u64, u64)>>,
 }
 
 impl Guest {
@@ -163,6 +174,7 @@ impl Guest {
             disk_out: VecDeque::new(),
             last_now: now,
             stats: GuestStats::default(),
+            hashes: Cell::new(None),
             cfg,
         }
     }
@@ -198,6 +210,7 @@ impl Guest {
         );
         self.background_dirt(now);
         self.last_now = now;
+        self.hashes.set(None);
         let mut draws = Vec::new();
         let mut fx = Effects::default();
         let mut ent = Recording {
@@ -276,12 +289,42 @@ impl Guest {
         }
     }
 
-    /// Replaces this guest's state with `snap` (replaying its log into a fresh machine). The
-    /// VM-local entropy is kept; pending outputs and the dirty log are dropped (they were the
-    /// old state's; the snapshot's own outputs were emitted by the guest it was taken from).
+    /// Replaces this guest's state with `snap`. The VM-local entropy is kept; pending outputs
+    /// and the dirty log are dropped (they were the old state's; the snapshot's own outputs
+    /// were emitted by the guest it was taken from).
+    ///
+    /// The machine is always the replay of `sealed` followed by `current` (boot, step,
+    /// checkpoint and restore all keep that). So when this guest took no step since its last
+    /// checkpoint or restore and its sealed chunks are, pointer for pointer, a prefix of the
+    /// snapshot's (the same `Arc`s: the snapshot extends the history this guest already
+    /// holds), replaying only the snapshot's further chunks onto the machine as it stands
+    /// gives the same state as replaying everything from boot: an SVM that is not run between
+    /// checkpoints (the platform engine's) restores in O(new steps) instead of O(history).
+    /// Otherwise (the guest ran on its own, or the snapshot is older or from another history)
+    /// it boots a fresh machine and replays the whole log. The test
+    /// `incremental_restore_equals_restore_from_boot` holds both paths to the same state hash.
     pub fn restore(&mut self, snap: &GuestSnapshot) {
-        let steps = snap.chunks.iter().flat_map(|c| c.iter());
-        self.machine = GuestMachine::replay(&snap.cfg, snap.boot_at, steps);
+        let prefix = self.current.is_empty()
+            && self.cfg == snap.cfg
+            && self.boot_at == snap.boot_at
+            && self.sealed.len() <= snap.chunks.len()
+            && self
+                .sealed
+                .iter()
+                .zip(&snap.chunks)
+                .all(|(mine, theirs)| Arc::ptr_eq(mine, theirs));
+        if prefix {
+            let further = &snap.chunks[self.sealed.len()..];
+            self.stats.replayed_steps += further.iter().map(|c| c.len() as u64).sum::<u64>();
+            self.machine
+                .replay_onto(&snap.cfg, further.iter().flat_map(|c| c.iter()));
+            self.stats.incremental_restores += 1;
+        } else {
+            self.stats.replayed_steps += snap.steps() as u64;
+            let steps = snap.chunks.iter().flat_map(|c| c.iter());
+            self.machine = GuestMachine::replay(&snap.cfg, snap.boot_at, steps);
+        }
+        self.hashes.set(None);
         self.cfg = snap.cfg.clone();
         self.boot_at = snap.boot_at;
         self.sealed = snap.chunks.clone();
@@ -298,8 +341,27 @@ impl Guest {
     /// application, the disk. Exact but costly (it formats every socket buffer byte: about a
     /// millisecond for a busy guest, see docs/benchmarks.md); checkers that run at every
     /// checkpoint can compare [`Guest::history_digest`] and sample this one.
+    ///
+    /// Computed once per machine state (kept until the next step or restore): a VM hashed
+    /// again without having run in between, like an SVM paused after it loaded a checkpoint,
+    /// costs nothing the second time.
     pub fn state_hash(&self) -> u64 {
-        self.machine.state_hash()
+        self.hashes().0
+    }
+
+    /// [`Guest::state_hash`] computed afresh, bypassing the cache (what one hash costs: the
+    /// criterion benchmark `world/state_hash_after_10_simulated_seconds`).
+    pub fn state_hash_uncached(&self) -> u64 {
+        self.machine.hashes().0
+    }
+
+    fn hashes(&self) -> (u64, u64) {
+        if let Some(h) = self.hashes.get() {
+            return h;
+        }
+        let h = self.machine.hashes();
+        self.hashes.set(Some(h));
+        h
     }
 
     /// Running digest of every recorded step since boot (instant, frame, entropy draws): O(1)
@@ -311,7 +373,7 @@ impl Guest {
 
     /// Digest of the disk's content.
     pub fn disk_hash(&self) -> u64 {
-        self.machine.disk.hash()
+        self.hashes().1
     }
 
     /// Requests the application answered.

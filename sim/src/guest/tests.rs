@@ -245,3 +245,119 @@ fn garbage_frames_never_panic_the_guest_and_leave_it_serving() {
     let done = world.run_until(ms(120_000), World::clients_done);
     assert!(done, "the guest kept serving after garbage");
 }
+
+/// The state a snapshot stands for, computed the slow way: a fresh machine replaying the whole
+/// log from boot.
+fn hash_from_boot(snap: &GuestSnapshot) -> u64 {
+    let steps = snap.chunks.iter().flat_map(|c| c.iter());
+    GuestMachine::replay(&snap.cfg, snap.boot_at, steps).state_hash()
+}
+
+#[test]
+fn incremental_restore_equals_restore_from_boot() {
+    // Random histories: a primary runs and checkpoints at random instants; a replica is
+    // restored to the newest snapshot most of the time, to a stale one sometimes, and now and
+    // then runs on its own in between (as an SVM does), which must force the full replay.
+    let (mut incremental, mut full) = (0u64, 0u64);
+    for seed in 0..6u64 {
+        let mut rng = SimRng::new(seed).fork("incremental-restore-test");
+        let mut world = World::new(seed, &spec(25));
+        let mut snaps = vec![world.guest.checkpoint()];
+        let mut replica = Guest::from_snapshot(&snaps[0], SimRng::new(seed + 100));
+        for round in 0..14 {
+            let until = world.now + Duration::from_millis(rng.range_inclusive(1, 400));
+            world.run_until(until, |_| false);
+            let snap = world.guest.checkpoint();
+            let (stepped, stale) = (rng.chance_ppm(250_000), rng.chance_ppm(200_000));
+            if stepped {
+                // The replica runs on its own: its machine leaves the recorded history.
+                replica.handle_timeout(world.now.max(replica.last_now));
+            }
+            let target = if stale {
+                snaps[rng.below(snaps.len() as u64) as usize].clone()
+            } else {
+                snap.clone()
+            };
+            snaps.push(snap);
+            let before = replica.stats();
+            replica.restore(&target);
+            let after = replica.stats();
+            let took_increment = after.incremental_restores > before.incremental_restores;
+            if stepped {
+                assert!(
+                    !took_increment,
+                    "seed {seed} round {round}: a guest that ran on its own must replay from boot"
+                );
+            }
+            if took_increment {
+                incremental += 1;
+            } else {
+                full += 1;
+            }
+            assert_eq!(
+                replica.state_hash(),
+                hash_from_boot(&target),
+                "seed {seed} round {round}: restore (incremental: {took_increment}) differs from a replay from boot"
+            );
+            assert_eq!(replica.history_digest(), target.history_digest());
+        }
+    }
+    // Both paths were exercised.
+    assert!(
+        incremental >= 20 && full >= 10,
+        "incremental {incremental}, full {full}"
+    );
+}
+
+#[test]
+fn stale_snapshot_after_a_newer_one_replays_from_boot_and_back() {
+    let mut world = World::new(11, &spec(20));
+    run_until_answers(&mut world, 3);
+    let old = world.guest.checkpoint();
+    run_until_answers(&mut world, 8);
+    let new = world.guest.checkpoint();
+    let mut b = Guest::from_snapshot(&old, SimRng::new(3));
+    b.restore(&new);
+    assert_eq!(
+        b.stats().incremental_restores,
+        2,
+        "boot -> old -> new extend each other"
+    );
+    assert_eq!(b.state_hash(), hash_from_boot(&new));
+    // Back to the older snapshot: its chunks are not an extension of what b holds.
+    b.restore(&old);
+    assert_eq!(b.stats().incremental_restores, 2);
+    assert_eq!(b.state_hash(), hash_from_boot(&old));
+    // And forward again: old's chunks are a prefix of new's, so only the delta replays.
+    let replayed = b.stats().replayed_steps;
+    b.restore(&new);
+    assert_eq!(b.stats().incremental_restores, 3);
+    assert_eq!(
+        b.stats().replayed_steps - replayed,
+        (new.steps() - old.steps()) as u64
+    );
+    assert_eq!(b.state_hash(), world.guest.state_hash());
+}
+
+#[test]
+fn cached_hashes_follow_every_step_and_restore() {
+    let mut world = World::new(12, &spec(20));
+    run_until_answers(&mut world, 3);
+    let snap = world.guest.checkpoint();
+    let mut b = Guest::from_snapshot(&snap, SimRng::new(4));
+    let first = (b.state_hash(), b.disk_hash());
+    assert_eq!(first, (b.machine.state_hash(), b.machine.disk.hash()));
+    // A step changes the machine (its frame counter at least for a frame; timers for time):
+    // the cached value must not survive it.
+    let later = world.now + Duration::from_secs(2);
+    b.handle_timeout(later);
+    assert_eq!(b.state_hash(), b.machine.state_hash());
+    run_until_answers(&mut world, 6);
+    let newer = world.guest.checkpoint();
+    b.restore(&newer);
+    assert_eq!(
+        (b.state_hash(), b.disk_hash()),
+        (world.guest.state_hash(), world.guest.disk_hash())
+    );
+    assert_ne!(b.state_hash(), first.0);
+}

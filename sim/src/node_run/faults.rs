@@ -213,10 +213,13 @@ impl NodeRun {
             self.restart_at[h] = None;
             self.incarnation[h] += 1;
             let inc = self.incarnation[h];
-            let mut cfg = node_config(h, &self.opts);
+            let mut cfg = node_config(h, &self.opts, self.canary);
             cfg.node_id = self.node_id(h);
             self.nodes[h] = Node::new(cfg, Role::Secondary, now).expect("valid config");
-            self.vms[h] = SimVm::new_paused(self.timing, self.canary);
+            self.vms[h] = SimVm::new_paused(
+                self.timing,
+                self.canary.filter(|c| c.node_canary().is_none()),
+            );
             let rng = SimRng::new(self.opts.seed);
             self.disks[h] = LayeredDisk::new(
                 super::DISK_BYTES,

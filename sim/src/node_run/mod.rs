@@ -24,6 +24,7 @@ use colo_core::ids::{ClusterId, Epoch, NodeId, Role, Term};
 use colo_core::node::{
     Command, Event, Input, LinkState, Node, NodeConfig, OutBulk, Output, PeerBulk, SyncCommand,
 };
+use colo_core::rewrite::Phase as RewritePhase;
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::{Message, PAGE_SIZE};
 
@@ -140,20 +141,23 @@ pub struct NodeRun {
     disk_write_errors: u64,
 }
 
-/// The node configuration the simulation uses for host `h`.
-pub fn node_config(h: usize, opts: &SwarmOptions) -> NodeConfig {
+/// The node configuration the simulation uses for host `h`, with `canary` planted in the node
+/// if it is one of the Node's ([`Canary::node_canary`]).
+pub fn node_config(h: usize, opts: &SwarmOptions, canary: Option<Canary>) -> NodeConfig {
     let mut c = NodeConfig::new(NodeId(h as u64 + 1), ClusterId(7));
     c.guest_memory_bytes = 4096 * PAGE_SIZE;
     c.disk.disk_size = DISK_BYTES;
     c.disk.block_size = 4096;
     c.checkpoint.checkpoint_interval = opts.checkpoint_interval;
     c.compare.compare_timeout = opts.compare_timeout;
+    c.canary = canary.and_then(Canary::node_canary);
     c
 }
 
 impl NodeRun {
     /// Builds the run; `crash_primary_at` kills host 0 at that instant; `canary` plants a
-    /// platform bug in both VMs (only the VM canaries apply: see [`Canary::in_vm`]).
+    /// known bug: in both Nodes ([`node_config`]) or, if the Node cannot plant it
+    /// (`apply-partial-epoch`), in both VMs.
     pub fn new(
         opts: &SwarmOptions,
         crash_primary_at: Option<Instant>,
@@ -180,9 +184,11 @@ impl NodeRun {
             bytes_per_sec: opts.replication_bytes_per_sec,
             ..VmTiming::default()
         };
+        // The canaries the Node cannot plant go to the VM platform.
+        let vm_canary = canary.filter(|c| c.node_canary().is_none());
         let nodes = vec![
-            Node::new(node_config(0, opts), Role::Primary, now).expect("valid config"),
-            Node::new(node_config(1, opts), Role::Secondary, now).expect("valid config"),
+            Node::new(node_config(0, opts, canary), Role::Primary, now).expect("valid config"),
+            Node::new(node_config(1, opts, canary), Role::Secondary, now).expect("valid config"),
         ];
         let mut obs = Observer::new();
         obs.push(TraceEvent::TermStarted {
@@ -196,8 +202,8 @@ impl NodeRun {
             world,
             nodes,
             vms: vec![
-                SimVm::new_paused(timing, canary),
-                SimVm::new_paused(timing, canary),
+                SimVm::new_paused(timing, vm_canary),
+                SimVm::new_paused(timing, vm_canary),
             ],
             disks: vec![
                 LayeredDisk::new(
@@ -359,6 +365,20 @@ impl NodeRun {
                         return;
                     }
                 }
+                if let VmCommand::ApplyCheckpoint { epoch } = cmd {
+                    // The node reset its rewriter together with ordering the load (state
+                    // equality checks the translation is the identity now).
+                    let skewed = self.nodes[h].rewriter().map_or(0, |r| {
+                        r.phases()
+                            .filter(|(_, p)| *p != RewritePhase::Established { offset: 0 })
+                            .count() as u64
+                    });
+                    self.obs.push(TraceEvent::Translation {
+                        at: now,
+                        epoch,
+                        skewed,
+                    });
+                }
                 if matches!(cmd, VmCommand::Pause) {
                     if let Some(p) = self.nodes[h].primary_checkpointer() {
                         let e = p.epoch();
@@ -374,6 +394,8 @@ impl NodeRun {
                 } else {
                     &mut self.svm
                 };
+                let primary = self.nodes[h].secondary_checkpointer().is_none();
+                self.vms[h].set_trace_pauses(primary);
                 self.vms[h].handle_command(now, cmd, guest);
                 self.drain_vm_trace(h);
             }
@@ -649,6 +671,8 @@ impl NodeRun {
                 } else {
                     &mut self.svm
                 };
+                let primary = self.nodes[h].secondary_checkpointer().is_none();
+                self.vms[h].set_trace_pauses(primary);
                 let Some(done) = self.vms[h].poll_completion(now, guest) else {
                     break;
                 };
@@ -741,11 +765,12 @@ impl NodeRun {
             .map(|c| c.history().clone())
             .collect();
         let digest = self.obs.trace.run_digest(&histories);
+        let matched = self.obs.matched();
         NodeRunOutput {
             trace: self.obs.trace,
             histories,
             released: self.obs.released,
-            matched: self.obs.matched,
+            matched,
             checkpoints: self.obs.checkpoints,
             disk_writes: self.disk_writes,
             disk_write_errors: self.disk_write_errors,

@@ -6,11 +6,12 @@
 //! (`cluster_run`), so the trace the checkers judge means the same under either.
 //!
 //! Invariant kept: the observer only reads frames and node statuses it is handed; it decides
-//! nothing a host decides. The release-origin classification is one function,
-//! [`Observer::release`], so a change to it (e.g. a tighter `Origin::Uncompared` rule) is made
-//! in one place.
+//! nothing a host decides. The release-origin classification is one function
+//! (`origin::Releases::classify`, called by [`Observer::release`]), so a change to it (e.g. a
+//! tighter `Origin::Uncompared` rule) is made in one place; the ACK facts that justify a release
+//! (`SvmAck`, `PvmAck`) are emitted here too, for both engines.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use colo_core::ids::{Epoch, Role, Term};
 use colo_core::node::{NodeMode, NodeStatus};
@@ -18,7 +19,8 @@ use colo_core::time::Instant;
 
 use crate::swarm::Host;
 use crate::trace::{FrameId, Origin, Trace, TraceEvent};
-use stream::{compare_key, digest, loose_key, record_stream, stream_covered};
+use origin::Releases;
+use stream::{digest, loose_key};
 
 /// What one run observed (see the module documentation).
 #[derive(Debug, Default)]
@@ -27,15 +29,8 @@ pub struct Observer {
     pub trace: Trace,
     /// Frames handed to a node that may release them: id -> (host, digest, loose key, epoch).
     held: BTreeMap<FrameId, (Host, u64, u64, Epoch)>,
-    /// Compare keys of the secondary's frames not yet matched, with their count.
-    svm_frames: BTreeMap<u64, u32>,
-    /// Every TCP payload byte released to clients, per flow, by sequence number (a segment
-    /// whose bytes were all released before is a retransmission: released uncompared).
-    pvm_released: BTreeMap<String, BTreeMap<u32, u8>>,
-    /// Every TCP payload byte the secondary emitted, per flow, by sequence number.
-    svm_bytes: BTreeMap<String, BTreeMap<u32, u8>>,
-    /// Compare keys of every payload frame released (a repeat is a retransmission).
-    released_keys: BTreeSet<u64>,
+    /// What was released and what the secondary emitted: classifies each release.
+    releases: Releases,
     /// Per (releasing host, term, flow): the end of the furthest `Covered` payload released and
     /// its epoch. One primary's guest emits a flow's bytes in order within a term (its VM is
     /// never restored while it is primary), so a byte below that end was produced in that epoch
@@ -45,8 +40,6 @@ pub struct Observer {
     next_frame: u64,
     /// Frames released to clients.
     pub released: u64,
-    /// Releases matched against the secondary (the comparator path).
-    pub matched: u64,
     /// Checkpoints a primary completed.
     pub checkpoints: u64,
 }
@@ -93,6 +86,12 @@ impl Observer {
                 frame: id,
                 epoch,
             });
+            if st.role == Role::Primary
+                && st.mode == NodeMode::Paired
+                && let Some(e) = self.releases.on_primary(now, epoch, frame)
+            {
+                self.trace.push(e);
+            }
         }
         true
     }
@@ -101,14 +100,20 @@ impl Observer {
     /// running epoch (the one its held frames carry: the two checkpointers count an epoch done
     /// at different instants).
     pub fn svm_output(&mut self, now: Instant, frame: &[u8], epoch: Epoch) {
-        record_stream(&mut self.svm_bytes, frame);
-        let d = compare_key(frame);
-        *self.svm_frames.entry(d).or_default() += 1;
+        let (d, ack) = self.releases.on_secondary(now, frame);
         self.trace.push(TraceEvent::SvmOutput {
             at: now,
             epoch,
             digest: d,
         });
+        if let Some(e) = ack {
+            self.trace.push(e);
+        }
+    }
+
+    /// Releases matched against the secondary (the comparator path).
+    pub fn matched(&self) -> u64 {
+        self.releases.matched
     }
 
     /// `host`'s node (status `st`) released `frame` to the clients: finds the held frame it
@@ -141,28 +146,9 @@ impl Observer {
                 (FrameId(u64::MAX - self.next_frame), Epoch(0))
             }
         };
-        let key = compare_key(frame);
-        let zero_payload = matches!(
-            colo_core::packet::classify_or_opaque(frame).kind,
-            colo_core::packet::Kind::Tcp(t) if t.payload_len() == 0
-        );
-        let retransmit = !self.released_keys.insert(key)
-            || (!zero_payload && stream_covered(&self.pvm_released, frame));
-        record_stream(&mut self.pvm_released, frame);
-        let origin = if matches!(st.mode, NodeMode::Solo | NodeMode::Reprotecting) {
-            Origin::Solo
-        } else if zero_payload || retransmit {
-            Origin::Uncompared
-        } else if let Some(n) = self.svm_frames.get_mut(&key).filter(|n| **n > 0) {
-            *n -= 1;
-            self.matched += 1;
-            Origin::Matched { svm_digest: key }
-        } else if stream_covered(&self.svm_bytes, frame) {
-            self.matched += 1;
-            Origin::MatchedStream
-        } else {
-            Origin::Covered
-        };
+        // Every release by a node that is not paired is solo (a survivor taking over included:
+        // single_writer then asks for its lease).
+        let origin = self.releases.classify(frame, st.mode != NodeMode::Paired);
         let epoch = if origin == Origin::Covered {
             self.covered_epoch(host, st.term, frame, epoch)
         } else {
@@ -234,6 +220,7 @@ impl Observer {
     }
 }
 
+mod origin;
 mod stream;
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod arbiter;
 pub mod disk;
 pub mod vm;
 
+use colo_core::node::NodeCanary;
 use colo_core::wire::Message;
 
 use crate::guest::GuestSnapshot;
@@ -74,10 +75,28 @@ impl Canary {
         Canary::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    /// Whether it is planted in the VM platform (so it applies to both engines; the others are
-    /// planted in the platform engine's release and takeover logic).
+    /// Whether the platform engine (`run`) plants it in the VM platform ([`vm::SimVm`]); the
+    /// others it plants in its own release and takeover logic.
     pub fn in_vm(self) -> bool {
         matches!(self, Canary::ApplyPartialEpoch | Canary::SkipRewriterReset)
+    }
+
+    /// Where the Node engine (`node_run`) plants it: in colo-core's `Node` (the hooks of
+    /// core/src/node/canary.rs, cargo feature `canaries`), or `None` for the one that only
+    /// the VM platform can plant (`apply-partial-epoch`: a lost page batch is the VM's bug).
+    pub fn node_canary(self) -> Option<NodeCanary> {
+        match self {
+            Canary::ReleaseBeforeReceived => Some(NodeCanary::ReleaseBeforeReceived),
+            Canary::SkipRewriterReset => Some(NodeCanary::SkipRewriterReset),
+            Canary::ReleaseWithoutLease => Some(NodeCanary::ReleaseWithoutLease),
+            Canary::ApplyPartialEpoch => None,
+        }
+    }
+
+    /// Whether it only shows after a failover, so its seed gets one
+    /// ([`crate::runner::options_for`]).
+    pub fn needs_failover(self) -> bool {
+        self == Canary::ReleaseWithoutLease
     }
 
     /// The checker that must catch it.

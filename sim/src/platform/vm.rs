@@ -107,6 +107,9 @@ pub struct SimVm {
     canary: Option<Canary>,
     /// Fail the next command of this kind (platform fault injection).
     pub fail_next: Option<VmCommandKind>,
+    /// Whether a pause is traced (`Paused` with the guest's state hash); see
+    /// [`SimVm::set_trace_pauses`].
+    trace_pauses: bool,
 }
 
 impl SimVm {
@@ -126,7 +129,16 @@ impl SimVm {
             trace: VecDeque::new(),
             canary,
             fail_next: None,
+            trace_pauses: true,
         }
+    }
+
+    /// Whether this VM's pauses are traced as a checkpoint's pause state (`Paused` with the
+    /// guest's exact state hash). On by default; a harness turns it off while the VM is a
+    /// secondary, whose own pause is not a checkpoint's pause state (the harness would drop
+    /// the event) and whose state hash costs about a millisecond (docs/benchmarks.md).
+    pub fn set_trace_pauses(&mut self, on: bool) {
+        self.trace_pauses = on;
     }
 
     /// A VM platform whose VM is created paused (the Node starts VMs at the first checkpoint).
@@ -194,12 +206,14 @@ impl SimVm {
                 VmPhase::Paused => {
                     // Already stopped (created paused, or paused by a takeover): its state now
                     // is the state at this pause.
-                    self.trace.push_back(TraceEvent::Paused {
-                        at: now,
-                        epoch: self.pause_epoch,
-                        state_hash: guest.state_hash(),
-                        disk_hash: guest.disk_hash(),
-                    });
+                    if self.trace_pauses {
+                        self.trace.push_back(TraceEvent::Paused {
+                            at: now,
+                            epoch: self.pause_epoch,
+                            state_hash: guest.state_hash(),
+                            disk_hash: guest.disk_hash(),
+                        });
+                    }
                     self.complete(now, VmCompletion::Paused)
                 }
                 VmPhase::Pausing(_) => self.complete(now, VmCompletion::Paused),
@@ -378,12 +392,14 @@ impl SimVm {
             VmPhase::Pausing(t) if t <= now => {
                 self.phase = VmPhase::Paused;
                 // Stamped when observed: the harness wakes at `t` (poll_timeout), so `now == t`.
-                self.trace.push_back(TraceEvent::Paused {
-                    at: now,
-                    epoch: self.pause_epoch,
-                    state_hash: guest.state_hash(),
-                    disk_hash: guest.disk_hash(),
-                });
+                if self.trace_pauses {
+                    self.trace.push_back(TraceEvent::Paused {
+                        at: now,
+                        epoch: self.pause_epoch,
+                        state_hash: guest.state_hash(),
+                        disk_hash: guest.disk_hash(),
+                    });
+                }
                 self.complete(t, VmCompletion::Paused);
             }
             VmPhase::Resuming(t) if t <= now => {

@@ -1,0 +1,152 @@
+//! The net-server workload: smoltcp over the virtio-net driver, serving the `kv` line
+//! protocol on `colo.ip`:`colo.port` to several TCP clients at once.
+//!
+//! Loop: poll the interface, serve every socket's complete lines, tell the device about
+//! re-posted RX buffers, then either keep polling (something happened in the last
+//! `SPIN_US`: back-to-back packets should not pay a halt and a wake-up, ~100 µs of emulated
+//! shim code each) or halt until the RX interrupt or the LAPIC timer armed for smoltcp's
+//! next deadline. Invariant: the interrupt count is read before the poll, so a frame that
+//! arrives after the poll wakes the halt at once (the shim's halt service compares it).
+
+use crate::abi::VIRTIO_NET_GSI;
+use crate::clock::{self, Clock};
+use crate::config::Config;
+use crate::kv::{MAX_LINE, Store};
+use crate::virtio_net::VirtioNet;
+use crate::{irq, println};
+use alloc::vec;
+use alloc::vec::Vec;
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address};
+
+const RX_VECTOR: u8 = 0x30;
+const TIMER_VECTOR: u8 = 0x31;
+/// Concurrent connections (each a listening socket when idle).
+const SOCKETS: usize = 4;
+const SOCKET_BUFFER: usize = 8192;
+/// Keep polling this long after the last activity before halting.
+const SPIN_US: u64 = 2000;
+/// Longest halt when smoltcp has no deadline.
+const MAX_SLEEP_US: u64 = 100_000;
+
+struct Conn {
+    handle: SocketHandle,
+    line: Vec<u8>,
+}
+
+fn listen(socket: &mut tcp::Socket, port: u16) {
+    socket.abort();
+    // A fresh socket in Closed always accepts listen(); a failure would be a smoltcp bug.
+    socket.listen(port).expect("listen on a closed socket");
+}
+
+pub fn run(config: &Config) -> ! {
+    irq::enable_lapic();
+    irq::route(VIRTIO_NET_GSI, RX_VECTOR);
+    clock::timer_init(TIMER_VECTOR);
+    let clock = Clock::new(config.tsc_khz);
+    let mut dev = match VirtioNet::init() {
+        Ok(dev) => dev,
+        Err(e) => panic!("virtio-net: {e:?}"),
+    };
+    let mac = dev.mac();
+    let mut iface_config = IfaceConfig::new(EthernetAddress(mac).into());
+    iface_config.random_seed = config.seed;
+    let now = Instant::from_micros(clock.now_us() as i64);
+    let mut iface = Interface::new(iface_config, &mut dev, now);
+    let ([a, b, c, d], prefix) = config.ip;
+    iface.update_ip_addrs(|addrs| {
+        addrs
+            .push(IpCidr::new(
+                IpAddress::Ipv4(Ipv4Address::new(a, b, c, d)),
+                prefix,
+            ))
+            .expect("one address fits");
+    });
+    let mut sockets = SocketSet::new(vec![]);
+    let mut conns = Vec::new();
+    for _ in 0..SOCKETS {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+        );
+        listen(&mut socket, config.port);
+        conns.push(Conn {
+            handle: sockets.add(socket),
+            line: Vec::new(),
+        });
+    }
+    println!(
+        "colo-guest: net-server on {a}.{b}.{c}.{d}/{prefix} port {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        config.port, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    );
+    let mut store = Store::default();
+    let mut last_activity = clock.now_us();
+    let mut served = 0u64;
+    loop {
+        let seen = irq::count();
+        let now = Instant::from_micros(clock.now_us() as i64);
+        let mut active = iface.poll(now, &mut dev, &mut sockets) != PollResult::None;
+        for conn in &mut conns {
+            let socket = sockets.get_mut::<tcp::Socket>(conn.handle);
+            if !socket.is_open() || socket.state() == tcp::State::CloseWait {
+                // The client is gone (or closed its half): free the slot for the next one.
+                socket.close();
+                if !socket.is_active() {
+                    listen(socket, config.port);
+                    conn.line.clear();
+                }
+                continue;
+            }
+            if socket.can_recv() {
+                let mut buf = [0u8; 1024];
+                if let Ok(n) = socket.recv_slice(&mut buf) {
+                    conn.line.extend_from_slice(&buf[..n]);
+                    active |= n > 0;
+                }
+            }
+            while let Some(end) = conn.line.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = conn.line.drain(..=end).take(end).collect();
+                let text = core::str::from_utf8(&line).unwrap_or("");
+                let reply = store.apply(text.trim_end_matches('\r'), || clock.raw());
+                // The send buffer holds 8 KiB; a client that never reads loses replies.
+                let _ = socket.send_slice(reply.as_bytes());
+                served += 1;
+            }
+            if conn.line.len() > MAX_LINE {
+                conn.line.clear();
+                let _ = socket.send_slice(b"? ERR\n");
+            }
+        }
+        if active {
+            // Replies queued above go out now rather than after the next wake-up.
+            let now = Instant::from_micros(clock.now_us() as i64);
+            iface.poll(now, &mut dev, &mut sockets);
+        }
+        dev.flush();
+        let now_us = clock.now_us();
+        if active || dev.rx_pending() {
+            last_activity = now_us;
+            continue;
+        }
+        if now_us.saturating_sub(last_activity) < SPIN_US {
+            core::hint::spin_loop();
+            continue;
+        }
+        let now = Instant::from_micros(now_us as i64);
+        let sleep_us = iface
+            .poll_delay(now, &sockets)
+            .map_or(MAX_SLEEP_US, |d| d.total_micros().min(MAX_SLEEP_US));
+        if sleep_us == 0 {
+            continue;
+        }
+        clock::timer_arm(sleep_us);
+        irq::halt_until_interrupt(seen);
+        if config.steps != 0 && served >= config.steps {
+            println!("colo-guest: net-server served {served} requests");
+            crate::console::exit(0);
+        }
+    }
+}

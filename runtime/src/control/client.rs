@@ -1,0 +1,148 @@
+//! The operator side of the control socket (`colo status|checkpoint|failover|reprotect|
+//! shutdown|set checkpoint-interval`): one request line out, one response line back, and a
+//! readable rendering of the response.
+//!
+//! Invariant: every wait is bounded (connect, write and read time out), so a wedged node
+//! never hangs the operator's shell; a response that is not JSON is reported as such.
+
+use super::Request;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// Sends `request` to the node serving `path` and returns its JSON response.
+pub fn call(path: &Path, request: Request, timeout: Duration) -> Result<Value, String> {
+    let stream = UnixStream::connect(path).map_err(|e| {
+        format!(
+            "cannot reach the node's control socket {}: {e}",
+            path.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| format!("control socket: {e}"))?;
+    let mut out = stream
+        .try_clone()
+        .map_err(|e| format!("control socket: {e}"))?;
+    let mut line = request.to_line();
+    line.push('\n');
+    out.write_all(line.as_bytes())
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("reading the node's answer: {e}"))?;
+    if answer.is_empty() {
+        return Err("the node closed the control connection without answering".to_string());
+    }
+    serde_json::from_str(&answer).map_err(|e| format!("the node's answer is not JSON ({e})"))
+}
+
+/// A response for a person: the status as labelled lines, other answers as their message.
+pub fn render(request: Request, response: &Value) -> String {
+    if response["ok"] != Value::Bool(true) {
+        return format!(
+            "error: {}",
+            response["error"].as_str().unwrap_or("(no reason given)")
+        );
+    }
+    if request != Request::Status {
+        return response["message"]
+            .as_str()
+            .map_or_else(|| response.to_string(), str::to_string);
+    }
+    let s = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = format!(
+        "node {} ({}): role {}, mode {}, term {}, epoch {}\n",
+        s(&response["node_id"]),
+        s(&response["process"]),
+        s(&response["role"]),
+        s(&response["mode"]),
+        s(&response["term"]),
+        s(&response["epoch"])
+    );
+    let last = &response["last_checkpoint"];
+    if last.is_null() {
+        out.push_str("last checkpoint: none yet\n");
+    } else {
+        out.push_str(&format!(
+            "last checkpoint: epoch {}, pause {} us, {} bytes, {} ms ago\n",
+            s(&last["epoch"]),
+            s(&last["pause_us"]),
+            s(&last["bytes"]),
+            s(&last["ago_ms"])
+        ));
+    }
+    let peer = &response["peer"];
+    out.push_str(&format!(
+        "peer: node {}, link {}, heartbeat {}\n",
+        s(&peer["peer_id"]),
+        s(&peer["link"]),
+        s(&peer["heartbeat"])
+    ));
+    out.push_str(&format!(
+        "lease held: {}, last failover: {}, guest step {}, checkpoint interval {} ms\n",
+        s(&response["lease_held"]),
+        s(&response["last_failover_reason"]),
+        s(&response["guest_step"]),
+        s(&response["checkpoint_interval_ms"])
+    ));
+    let r = &response["reprotect"];
+    out.push_str(&format!(
+        "re-protection: armed {}, auto {}, newcomers accepted on {}\n",
+        s(&r["armed"]),
+        s(&r["auto"]),
+        s(&r["listen"])
+    ));
+    if let Value::Object(stats) = &response["stats"] {
+        let nonzero: Vec<String> = stats
+            .iter()
+            .filter(|(_, v)| v.as_u64() != Some(0))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        out.push_str(&format!("counters: {}", nonzero.join(" ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn errors_and_messages_render_as_one_line() {
+        let err = json!({"ok": false, "error": "unknown command \"x\""});
+        assert_eq!(
+            render(Request::Checkpoint, &err),
+            "error: unknown command \"x\""
+        );
+        let ok = json!({"ok": true, "message": "checkpoint requested"});
+        assert_eq!(render(Request::Checkpoint, &ok), "checkpoint requested");
+    }
+
+    #[test]
+    fn status_renders_labelled_lines() {
+        let status = json!({
+            "ok": true, "node_id": 2, "process": "secondary", "role": "Primary",
+            "mode": "Solo", "term": 2, "epoch": 9, "last_checkpoint": null,
+            "peer": {"peer_id": null, "link": "down", "heartbeat": null},
+            "lease_held": true, "last_failover_reason": "PeerLost", "guest_step": 7,
+            "checkpoint_interval_ms": 500,
+            "reprotect": {"armed": false, "auto": false, "listen": "127.0.0.1:9"},
+            "stats": {"peer_sent": 3, "held": 0}
+        });
+        let text = render(Request::Status, &status);
+        assert!(text.starts_with("node 2 (secondary): role Primary, mode Solo, term 2, epoch 9"));
+        assert!(text.contains("last checkpoint: none yet"));
+        assert!(text.contains("newcomers accepted on 127.0.0.1:9"));
+        assert!(text.ends_with("counters: peer_sent=3"), "{text}");
+    }
+}

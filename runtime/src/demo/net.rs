@@ -1,0 +1,518 @@
+//! `colo demo --net`: the replicated pair serving a real TCP client across a failover, on one
+//! host, inside a network namespace the demo creates (and deletes on every path).
+//!
+//! Topology (docs/operations.md): namespace `colo-demo-<pid>` with a bridge `colobr0`
+//! (10.0.0.1/24, the client's side, no route out) holding both nodes' client taps (`colop0`,
+//! `colos0`; a paired secondary ignores client frames, the survivor announces the guest's MAC
+//! when it claims the client link); the guest is 10.0.0.2:7000 (both VMs, same MAC). The
+//! arbiter and the peer link use the namespace's own loopback. Phases:
+//! 0. a lone VM (in this process, tap `colol0`, guest 10.0.0.3) answers `requests` requests:
+//!    the baseline latency;
+//! 1. the pair: after the pairing's checkpoint a client thread sends `INCR n` requests
+//!    back to back on one connection, and a `NONCE` as every 50th (the 25th, 75th, ...),
+//!    whose reply differs between the guests: a real miscompare; the demo waits for
+//!    `requests` replies and `checkpoints` checkpoints, counting checkpoints by reason;
+//! 2. SIGKILL of the primary; the secondary fails over and claims the client link;
+//! 3. the same connection goes on until `requests` more replies came from the survivor.
+//!
+//! Invariant checked on every reply: `INCR n` returns exactly one more than the previous
+//! reply, so no acknowledged write is lost or repeated across checkpoints and the failover
+//! (COLO's output commit: a reply is released only when the secondary can reproduce it).
+
+use super::{Children, DemoOptions, Line, fields, num, spawn_in};
+use crate::devices::console::OutputCapture;
+use crate::machine::{ConsoleOutput, Machine};
+use crate::net::netns::NetNs;
+use crate::net::tap::{Tap, TapLink};
+use crate::persist::MachineConfig;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+const BRIDGE: &str = "colobr0";
+const PORT: u16 = 7000;
+
+/// Latency percentiles of a phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Percentiles {
+    /// Requests measured.
+    pub count: usize,
+    /// Median (microseconds).
+    pub median_us: u64,
+    /// 99th percentile (microseconds).
+    pub p99_us: u64,
+    /// Maximum (microseconds).
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    fn of(samples: &[Duration]) -> Percentiles {
+        let mut us: Vec<u64> = samples.iter().map(|d| d.as_micros() as u64).collect();
+        us.sort_unstable();
+        let at = |q: f64| {
+            us.get(((us.len() as f64 * q) as usize).min(us.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        Percentiles {
+            count: us.len(),
+            median_us: at(0.5),
+            p99_us: at(0.99),
+            max_us: us.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "median {} us, p99 {} us, max {} us ({} requests)",
+            self.median_us, self.p99_us, self.max_us, self.count
+        )
+    }
+}
+
+/// The network demo's figures.
+#[derive(Clone, Debug, Default)]
+pub struct NetDemoSummary {
+    /// Request latency of a lone VM (no replication).
+    pub lone: Percentiles,
+    /// `INCR` latency through the pair (output compared before release).
+    pub paired: Percentiles,
+    /// `NONCE` latency through the pair: each reply differs between the guests, so it waits
+    /// for the checkpoint its miscompare forces.
+    pub paired_nonce: Percentiles,
+    /// Request latency of the survivor after the failover (solo, no comparison).
+    pub solo: Percentiles,
+    /// Checkpoints the primary completed while the client ran, by reason.
+    pub reasons: BTreeMap<String, u32>,
+    /// How long the client ran against the pair (for the rates).
+    pub paired_for: Duration,
+    /// Kill -> the secondary's failed-over line.
+    pub kill_to_failed_over: Duration,
+    /// Kill -> the first reply the client got from the survivor.
+    pub client_gap: Duration,
+    /// The counter's value in the last reply before the kill and the first after it.
+    pub around_kill: (u64, u64),
+    /// The term after the failover.
+    pub term: u64,
+}
+
+impl std::fmt::Display for NetDemoSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.paired_for.as_secs_f64().max(1e-9);
+        writeln!(f, "colo demo --net: OK")?;
+        writeln!(f, "  lone VM:              {}", self.lone)?;
+        writeln!(f, "  through the pair:     {}", self.paired)?;
+        writeln!(
+            f,
+            "  NONCE through the pair (replies differ, forcing a checkpoint): {}",
+            self.paired_nonce
+        )?;
+        writeln!(f, "  survivor (solo):      {}", self.solo)?;
+        let reasons: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(r, n)| format!("{r} {n} ({:.1}/s)", f64::from(*n) / secs))
+            .collect();
+        writeln!(
+            f,
+            "  checkpoints while the client ran ({:.1} s): {}",
+            secs,
+            reasons.join(", ")
+        )?;
+        write!(
+            f,
+            "  primary killed: failed over (term {}) after {} ms; the client's connection got its next reply {} ms after the kill (INCR {} before, {} after: no write lost or repeated)",
+            self.term,
+            self.kill_to_failed_over.as_millis(),
+            self.client_gap.as_millis(),
+            self.around_kill.0,
+            self.around_kill.1
+        )
+    }
+}
+
+/// One connection doing `INCR n`, checking each reply continues the count.
+struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    next_id: u64,
+    count: u64,
+}
+
+impl Client {
+    fn connect(ns: &NetNs, ip: &str) -> Result<Client, String> {
+        let addr: SocketAddr = format!("{ip}:{PORT}").parse().map_err(|e| format!("{e}"))?;
+        let stream = ns
+            .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot connect to the guest at {addr}: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        Ok(Client {
+            stream,
+            reader,
+            next_id: 1,
+            count: 0,
+        })
+    }
+
+    /// One request; returns the counter's new value.
+    fn incr(&mut self) -> Result<u64, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stream
+            .write_all(format!("{id} INCR n\n").as_bytes())
+            .map_err(|e| format!("request {id}: {e}"))?;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reply to request {id}: {e}"))?;
+        let want = self.count + 1;
+        let value = line
+            .trim_end()
+            .strip_prefix(&format!("{id} VAL "))
+            .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok());
+        if value != Some(want) {
+            return Err(format!(
+                "request {id} (INCR n) got {:?}, expected the count {want}",
+                line.trim_end()
+            ));
+        }
+        self.count = want;
+        Ok(want)
+    }
+
+    /// A `NONCE` request: the two guests answer it differently (their TSCs), so the primary's
+    /// comparator sees a real difference and forces a checkpoint; the client gets one reply.
+    fn nonce(&mut self) -> Result<(), String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stream
+            .write_all(format!("{id} NONCE\n").as_bytes())
+            .map_err(|e| format!("request {id}: {e}"))?;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reply to request {id}: {e}"))?;
+        let token = line.trim_end().strip_prefix(&format!("{id} NONCE "));
+        match token {
+            Some(t) if t.len() == 16 && u64::from_str_radix(t, 16).is_ok() => Ok(()),
+            _ => Err(format!("request {id} (NONCE) got {:?}", line.trim_end())),
+        }
+    }
+}
+
+/// Every this many requests the client sends a `NONCE` instead of an `INCR`, at an offset of
+/// half that, so a phase of a round number of requests does not end on one (the kill would
+/// then always land in the checkpoint that `NONCE` forces).
+const NONCE_EVERY: u64 = 50;
+
+/// A reply the client thread got: when the request started and ended, and the counter's
+/// value after it (a `NONCE` leaves it unchanged).
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    start: Instant,
+    end: Instant,
+    value: u64,
+    nonce: bool,
+}
+
+fn bridge(ns: &NetNs) -> Result<(), String> {
+    let e = |e: std::io::Error| e.to_string();
+    ns.ip(&[
+        "link",
+        "add",
+        BRIDGE,
+        // A fixed MAC: a bridge without one takes its lowest port's, so it would change
+        // when the primary's tap disappears, and the guest's next frames to the client
+        // (sent to the old MAC) would be lost until the guest re-ARPs.
+        "address",
+        "02:c0:10:00:00:01",
+        "type",
+        "bridge",
+        "forward_delay",
+        "0",
+    ])
+    .map_err(e)?;
+    ns.ip(&["addr", "add", "10.0.0.1/24", "dev", BRIDGE])
+        .map_err(e)?;
+    ns.ip(&["link", "set", BRIDGE, "up"]).map_err(e)
+}
+
+/// Phase 0: a lone VM in this process answers `requests` requests.
+fn lone_vm(ns: &NetNs, requests: u32) -> Result<Percentiles, String> {
+    let capture = OutputCapture::new();
+    let mut machine = Machine::new(
+        MachineConfig {
+            mem_mib: 32,
+            vcpus: 1,
+        },
+        ConsoleOutput::Capture(capture.clone()),
+    )
+    .map_err(|e| e.to_string())?;
+    // Not the pair's MAC: the bridge must not learn the pair's guest on this port.
+    machine
+        .net()
+        .lock()
+        .expect("net mutex poisoned")
+        .set_mac([0x52, 0x54, 0x00, 0xc0, 0x10, 0x03]);
+    let tsc = machine.tsc_khz().map_err(|e| e.to_string())?;
+    let image = std::fs::read(crate::guest::test_guest_path())
+        .map_err(|e| format!("cannot read the test guest: {e}"))?;
+    machine
+        .load_test_guest(
+            &image,
+            &crate::guest::net_server_cmdline("10.0.0.3/24", PORT, tsc),
+        )
+        .map_err(|e| e.to_string())?;
+    let tap = ns
+        .run(|| Tap::open("colol0"))
+        .and_then(|r| r)
+        .map_err(|e| format!("tap colol0: {e}"))?;
+    ns.ip(&["link", "set", "colol0", "master", BRIDGE, "up"])
+        .map_err(|e| e.to_string())?;
+    let _link = TapLink::attach(tap, machine.net()).map_err(|e| e.to_string())?;
+    machine.resume();
+    let (text, up) = capture.wait_until(Duration::from_secs(20), |t| t.contains("net-server on"));
+    if !up {
+        machine.pause();
+        return Err(format!("the lone VM's server did not start: {text}"));
+    }
+    let mut client = Client::connect(ns, "10.0.0.3")?;
+    let mut latencies = Vec::new();
+    for _ in 0..requests {
+        let t = Instant::now();
+        client.incr()?;
+        latencies.push(t.elapsed());
+    }
+    machine.pause();
+    println!("[demo] lone VM: {} requests answered", latencies.len());
+    Ok(Percentiles::of(&latencies))
+}
+
+/// Runs the network demo (see the module doc).
+pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
+    super::require_kvm()?;
+    let deadline = Instant::now() + options.timeout;
+    let ns = NetNs::create(&format!("colo-demo-{}", std::process::id())).map_err(|e| {
+        format!("cannot create the demo's network namespace (root and iproute2 needed): {e}")
+    })?;
+    bridge(&ns)?;
+    let mut summary = NetDemoSummary {
+        lone: lone_vm(&ns, options.requests)?,
+        ..NetDemoSummary::default()
+    };
+
+    let (tx, rx) = mpsc::channel();
+    let lifetime = format!("{}", options.timeout.as_secs() + 10);
+    let arbiter = format!("127.0.0.1:{}", options.arbiter_port);
+    let peer = format!("127.0.0.1:{}", options.peer_port);
+    let node = |role: &str, link: &str, addr: &str, tap: &str| -> Vec<String> {
+        [
+            role,
+            link,
+            addr,
+            "--arbiter",
+            &arbiter,
+            "--run-for",
+            &lifetime,
+            "--workload",
+            "net-server",
+            "--client-tap",
+            tap,
+            "--client-bridge",
+            BRIDGE,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let netns = Some(ns.name());
+    let mut children = Children(Vec::new());
+    let arbiter_args: Vec<String> = ["arbiter", "--listen", &arbiter, "--run-for", &lifetime]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    children.0.push((
+        "arbiter",
+        spawn_in(netns, &options.binary, "arbiter", &arbiter_args, &tx)?,
+    ));
+    let primary = node("primary", "--listen", &peer, "colop0");
+    children.0.push((
+        "primary",
+        spawn_in(netns, &options.binary, "primary", &primary, &tx)?,
+    ));
+    let secondary = node("secondary", "--peer", &peer, "colos0");
+    children.0.push((
+        "secondary",
+        spawn_in(netns, &options.binary, "secondary", &secondary, &tx)?,
+    ));
+    drop(tx);
+    let next = |children: &mut Children, what: &str| -> Result<Option<Line>, String> {
+        if Instant::now() >= deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                println!("[{}] {}", line.who, line.text);
+                if line.text.contains("PANIC") || line.text.contains("panicked") {
+                    return Err(format!("the {}'s guest or node panicked", line.who));
+                }
+                Ok(Some(line))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                children.check_alive()?;
+                Ok(None)
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(format!("every child ended before {what}"))
+            }
+        }
+    };
+
+    // Phase 1: the pairing's first checkpoint, then the client runs against the pair.
+    loop {
+        let line = next(&mut children, "the pairing")?;
+        if line.is_some_and(|l| fields(&l.text, "primary", "checkpoint-done").is_some()) {
+            break;
+        }
+    }
+    let client = Client::connect(&ns, "10.0.0.2")?;
+    let unblock = client.stream.try_clone().map_err(|e| e.to_string())?;
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (samples, failure, stop) = (samples.clone(), failure.clone(), stop.clone());
+        let mut client = client;
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                sent += 1;
+                let nonce = sent % NONCE_EVERY == NONCE_EVERY / 2;
+                let start = Instant::now();
+                let result = if nonce {
+                    client.nonce().map(|()| client.count)
+                } else {
+                    client.incr()
+                };
+                match result {
+                    Ok(value) => samples.lock().expect("samples").push(Sample {
+                        start,
+                        end: Instant::now(),
+                        value,
+                        nonce,
+                    }),
+                    Err(e) => {
+                        *failure.lock().expect("failure") = Some(e);
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let result = drive(
+        options,
+        &mut summary,
+        &mut children,
+        &next,
+        &samples,
+        &failure,
+    );
+    stop.store(true, Ordering::Relaxed);
+    // A client blocked on a reply (a dead pair, a failed run) returns at once.
+    let _ = unblock.shutdown(std::net::Shutdown::Both);
+    let _ = worker.join();
+    drop(children);
+    result?;
+    Ok(summary)
+}
+
+type Next<'a> = dyn Fn(&mut Children, &str) -> Result<Option<Line>, String> + 'a;
+
+/// Phases 1 (rest) to 3, while the client thread runs.
+fn drive(
+    options: &DemoOptions,
+    summary: &mut NetDemoSummary,
+    children: &mut Children,
+    next: &Next<'_>,
+    samples: &Mutex<Vec<Sample>>,
+    failure: &Mutex<Option<String>>,
+) -> Result<(), String> {
+    let check = || match failure.lock().expect("failure").clone() {
+        Some(e) => Err(format!("the client failed: {e}")),
+        None => Ok(()),
+    };
+    let started = Instant::now();
+    let mut checkpoints = 0;
+    while checkpoints < options.checkpoints
+        || samples.lock().expect("samples").len() < options.requests as usize
+    {
+        check()?;
+        if let Some(line) = next(children, "the client's requests through the pair")?
+            && let Some(f) = fields(&line.text, "primary", "checkpoint-done")
+        {
+            checkpoints += 1;
+            let reason = f.get("reason").cloned().unwrap_or_default();
+            *summary.reasons.entry(reason).or_default() += 1;
+        }
+    }
+    summary.paired_for = started.elapsed();
+
+    println!("[demo] killing the primary (SIGKILL) while the client runs");
+    children.kill("primary")?;
+    let killed = Instant::now();
+    let failed_over = loop {
+        check()?;
+        if let Some(line) = next(children, "the failover")?
+            && let Some(f) = fields(&line.text, "secondary", "failed-over")
+        {
+            summary.kill_to_failed_over = killed.elapsed();
+            summary.term = num(&f, "term");
+            break Instant::now();
+        }
+    };
+    loop {
+        check()?;
+        let solo = samples
+            .lock()
+            .expect("samples")
+            .iter()
+            .filter(|s| s.start > failed_over)
+            .count();
+        if solo >= options.requests as usize {
+            break;
+        }
+        next(children, "the client's requests to the survivor")?;
+    }
+    let samples = samples.lock().expect("samples").clone();
+    let latency = |keep: &dyn Fn(&Sample) -> bool| -> Percentiles {
+        let v: Vec<Duration> = samples
+            .iter()
+            .filter(|s| keep(s))
+            .map(|s| s.end - s.start)
+            .collect();
+        Percentiles::of(&v)
+    };
+    summary.paired = latency(&|s| !s.nonce && s.end < killed);
+    summary.paired_nonce = latency(&|s| s.nonce && s.end < killed);
+    summary.solo = latency(&|s| !s.nonce && s.start > failed_over);
+    if let Some(first) = samples.iter().find(|s| s.end >= killed) {
+        summary.client_gap = first.end - killed;
+    }
+    let before = samples.iter().rev().find(|s| !s.nonce && s.end < killed);
+    let after = samples.iter().find(|s| !s.nonce && s.end >= killed);
+    if let (Some(b), Some(a)) = (before, after) {
+        summary.around_kill = (b.value, a.value);
+    }
+    Ok(())
+}

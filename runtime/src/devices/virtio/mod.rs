@@ -1,0 +1,11 @@
+//! virtio devices on the virtio-mmio transport (version 2, virtio 1.2 section 4.2): the split
+//! virtqueue (`queue`) and the network device (`net`). The test guest and Linux guests
+//! (`virtio_mmio.device=` on the command line) find them at `layout::VIRTIO_MMIO_BASE`.
+//!
+//! Invariant shared by every device here: what the guest puts in its rings is untrusted, it
+//! is checked before use and a fault becomes a counted drop or the DEVICE_NEEDS_RESET status,
+//! never a panic; every device write into guest RAM goes through vm-memory so that the VMM's
+//! dirty bitmap carries it into the next checkpoint.
+
+pub mod net;
+pub mod queue;

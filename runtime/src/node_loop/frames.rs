@@ -1,0 +1,245 @@
+//! Frame routing between the node, its VM's virtio-net device and the client link (a tap):
+//! the runtime side of QEMU COLO's filter-mirror / filter-redirector / colo-compare wiring,
+//! with the decisions (mirror, compare, rewrite, release) left to the `Node`.
+//!
+//! Routes:
+//! ```text
+//!   client tap  --reader thread--> LoopEvent::ClientFrame --> Input::ClientFrame
+//!   guest TX (virtio-net sink, vCPU thread) --> LoopEvent::GuestFrame --> Input::GuestFrame
+//!   Output::ToGuest  --> virtio-net RX (held while the VM is paused)
+//!   Output::ToClient --> client tap
+//!   Event::ClaimClientLink --> RARP announcements of the guest's MAC on the client tap
+//! ```
+//! Both nodes' client taps are on the client network from the start: while paired, the
+//! secondary's node ignores client frames (colo-core: the primary owns the link), so its tap
+//! only keeps the client network up when the primary's tap disappears with its process. The
+//! claim announces the guest's MAC from the survivor, as QEMU does after a migration
+//! (`qemu_announce_self`: RARP frames), so learning switches move the MAC to its port.
+//! Invariants: a frame for the guest is written into guest RAM only while the VM runs, so a
+//! checkpoint's pages and device state never see a half-delivered frame (the node's own rule:
+//! "a paused VM consumes it on resume"); held frames are bounded (the oldest dropped and
+//! counted, as a NIC queue would); a guest frame sent before a pause reaches the node before
+//! the pause's completion (see `NodeLoop::drain_guest_frames`), so it counts in the epoch
+//! that produced it.
+
+use super::{LoopError, LoopEvent};
+use crate::devices::virtio::net::{FrameSink, NetDevice, PENDING_RX_LIMIT};
+use crate::machine::{Machine, MachinePhase};
+use crate::net::tap::{Tap, TapLink};
+use std::collections::VecDeque;
+use std::process::Command;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+/// The node's network settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap towards the clients (created or attached in this process's namespace).
+    pub client_tap: Option<String>,
+    /// A bridge the client tap joins at start (both roles).
+    pub client_bridge: Option<String>,
+}
+
+/// Counters of the routing (printed with `colo` log lines).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameStats {
+    /// Frames handed to the guest's device.
+    pub to_guest: u64,
+    /// Frames written to the client tap.
+    pub to_client: u64,
+    /// Frames for the guest dropped while held (queue full).
+    pub held_dropped: u64,
+    /// Frames for a client with no client tap configured, or that the tap refused.
+    pub client_dropped: u64,
+}
+
+/// The guest's TX: frames go to the node loop's channel.
+struct ChannelSink(mpsc::Sender<LoopEvent>);
+
+impl FrameSink for ChannelSink {
+    fn send_frame(&mut self, frame: &[u8]) {
+        // The loop is gone only while the process ends.
+        let _ = self.0.send(LoopEvent::GuestFrame(frame.to_vec()));
+    }
+}
+
+/// The routing state of one node.
+pub struct GuestNet {
+    net: Arc<Mutex<NetDevice>>,
+    client: Option<Tap>,
+    _client_reader: Option<TapLink>,
+    bridge: Option<String>,
+    held: VecDeque<Vec<u8>>,
+    stats: FrameStats,
+}
+
+impl std::fmt::Debug for GuestNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestNet")
+            .field("stats", &self.stats)
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl GuestNet {
+    /// Wires `machine`'s device to the loop's channel and opens the client tap, if any (on
+    /// the client bridge, if one is given, for either role: see the module doc).
+    pub fn new(
+        config: &NetConfig,
+        machine: &Machine,
+        tx: mpsc::Sender<LoopEvent>,
+    ) -> Result<GuestNet, LoopError> {
+        let net = machine.net();
+        net.lock()
+            .expect("net mutex poisoned")
+            .set_sink(Box::new(ChannelSink(tx.clone())));
+        let (client, reader) = match &config.client_tap {
+            None => (None, None),
+            Some(name) => {
+                let tap = Tap::open(name)
+                    .map_err(|e| LoopError::Endpoint(format!("client tap {name}: {e}")))?;
+                let writer = tap
+                    .try_clone()
+                    .map_err(|e| LoopError::Endpoint(format!("client tap {name}: {e}")))?;
+                let reader = TapLink::spawn(tap, move |frame| {
+                    let _ = tx.send(LoopEvent::ClientFrame(frame.to_vec()));
+                })
+                .map_err(|e| LoopError::Endpoint(format!("client tap {name}: {e}")))?;
+                (Some(writer), Some(reader))
+            }
+        };
+        let guest_net = GuestNet {
+            net,
+            client,
+            _client_reader: reader,
+            bridge: config.client_bridge.clone(),
+            held: VecDeque::new(),
+            stats: FrameStats::default(),
+        };
+        guest_net.join_bridge().map_err(LoopError::Endpoint)?;
+        Ok(guest_net)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> FrameStats {
+        self.stats
+    }
+
+    fn join_bridge(&self) -> Result<(), String> {
+        let (Some(tap), Some(bridge)) = (&self.client, &self.bridge) else {
+            return Ok(());
+        };
+        ip(&["link", "set", tap.name(), "master", bridge])?;
+        ip(&["link", "set", tap.name(), "up"])
+    }
+
+    /// `Output::ToGuest`: delivered now if the VM runs, else held until it does.
+    pub fn handle_to_guest(&mut self, machine: &Machine, frame: Vec<u8>) {
+        if self.held.len() >= PENDING_RX_LIMIT {
+            self.held.pop_front();
+            self.stats.held_dropped += 1;
+        }
+        self.held.push_back(frame);
+        self.flush(machine);
+    }
+
+    /// Delivers held frames if the VM runs.
+    pub fn flush(&mut self, machine: &Machine) {
+        if self.held.is_empty() || machine.phase() != MachinePhase::Running {
+            return;
+        }
+        let mut net = self.net.lock().expect("net mutex poisoned");
+        for frame in self.held.drain(..) {
+            net.deliver(&frame);
+            self.stats.to_guest += 1;
+        }
+    }
+
+    /// `Output::ToClient`.
+    pub fn handle_to_client(&mut self, frame: &[u8]) {
+        match &self.client {
+            Some(tap) if matches!(tap.send(frame), Ok(true)) => self.stats.to_client += 1,
+            _ => self.stats.client_dropped += 1,
+        }
+    }
+
+    /// `Event::ClaimClientLink`: announces the guest's MAC on the client tap (three RARP
+    /// frames, QEMU's announce format), so the client network delivers the guest's traffic to
+    /// this node. Returns what was done, for the log.
+    pub fn claim_client_link(&mut self) -> String {
+        let Some(tap) = &self.client else {
+            return "no client tap configured".to_string();
+        };
+        let mac = self.net.lock().expect("net mutex poisoned").save().mac;
+        let frame = rarp_announce(mac);
+        let sent = (0..ANNOUNCE_FRAMES)
+            .filter(|_| matches!(tap.send(&frame), Ok(true)))
+            .count();
+        format!(
+            "tap={} announced mac={} frames={sent}",
+            tap.name(),
+            mac.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        )
+    }
+}
+
+/// RARP announcements sent on a claim (QEMU sends five, spaced out; the loop has no timer for
+/// the spacing, so three go at once).
+const ANNOUNCE_FRAMES: usize = 3;
+
+/// QEMU's self-announcement (net/announce.c): a broadcast RARP "request reverse" (opcode 3)
+/// from `mac` about `mac`, zero protocol addresses, padded to the 60-byte minimum frame.
+fn rarp_announce(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&0x8035u16.to_be_bytes()); // ETH_P_RARP
+    f.extend_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    f.extend_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    f.extend_from_slice(&[6, 4]);
+    f.extend_from_slice(&3u16.to_be_bytes()); // reverse request
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0; 4]);
+    f.resize(60, 0);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcement_is_a_broadcast_rarp_about_the_guest_mac() {
+        let mac = [0x52, 0x54, 0, 0xc0, 0x10, 1];
+        let f = rarp_announce(mac);
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(&f[12..14], &[0x80, 0x35]);
+        assert_eq!(&f[20..22], &[0, 3], "opcode: reverse request");
+        assert_eq!(&f[22..28], &mac, "sender hardware address");
+        assert_eq!(&f[32..38], &mac, "target hardware address");
+    }
+}

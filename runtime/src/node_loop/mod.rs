@@ -1,0 +1,782 @@
+//! The node loop: one thread owning a `colo_core::node::Node` and the [`Machine`] it protects,
+//! feeding the node time, peer frames, timeouts, VM completions and arbiter replies, and
+//! executing its outputs (node/mod.rs "The contract").
+//!
+//! Threads: this loop; the peer reader ([`crate::peer::PeerReader`]); the primary's acceptor
+//! or the secondary's connector; the arbiter client. The others only post [`LoopEvent`]s into
+//! one channel, so the node and the VM are touched by this thread alone; the one shared object
+//! is the secondary's RAM cache, into which the reader stores page bulk before posting the
+//! message (see `vm.rs`). Every event of a peer link carries the link's generation, so a late
+//! event of a dead link is ignored.
+//!
+//! Invariants: after every `handle` the outputs are drained and executed in order before the
+//! next input (VM completions are queued as inputs, never handled re-entrantly); time fed to
+//! the node is one monotonic clock ([`MonoClock`]); an output the runtime cannot execute
+//! (guest disks do not exist yet) is logged as an error, never dropped silently. Guest
+//! network frames are routed by `frames.rs` (client tap, virtio-net, the node).
+//!
+//! Log lines on stdout are `<role>: <what> key=value ...`, one per milestone; `colo demo` and
+//! the tests parse them (names listed in docs/operations.md).
+
+mod control;
+mod frames;
+mod reconnect;
+mod vm;
+
+pub use frames::{FrameStats, NetConfig};
+pub use vm::{RamCache, SharedCache, VmExecutor};
+
+use frames::GuestNet;
+
+use crate::arbiter::{ArbiterClient, MonoClock};
+use crate::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
+use crate::machine::Machine;
+use crate::peer::{PeerReader, PeerWriter};
+use colo_core::checkpoint::{VmCommand, VmCompletion};
+use colo_core::disk::{DiskCommand, DiskIoError};
+use colo_core::failover::{LeaseReply, LeaseRequestId};
+use colo_core::ids::{ClusterId, NodeId, Role};
+use colo_core::node::{
+    Command, Event, Input, LinkState, Node, NodeConfig, NodeMode, OutBulk, Output, PeerBulk,
+    SyncCommand,
+};
+use colo_core::time::{Duration, Instant};
+use colo_core::wire::{Limits, Message};
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use vm_memory::{Bytes, GuestAddress};
+
+/// How this node reaches its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerEndpoint {
+    /// Primary: accept the secondary's connection here.
+    Listen(SocketAddr),
+    /// Secondary: connect to the primary here (retried until it answers).
+    Connect(SocketAddr),
+}
+
+/// A replicated node's settings.
+#[derive(Clone, Debug)]
+pub struct NodeLoopConfig {
+    /// The colo-core node configuration (identity, timing).
+    pub node: NodeConfig,
+    /// Primary or secondary.
+    pub role: Role,
+    /// The peer link.
+    pub peer: PeerEndpoint,
+    /// The arbiter.
+    pub arbiter: SocketAddr,
+    /// Working-set pages of the counter workload, to log the guest's step (0: do not).
+    pub workload_pages: u64,
+    /// Log a memory digest at every checkpoint (costs one pass over guest memory per pause).
+    pub digests: bool,
+    /// How often a running guest's step is logged.
+    pub report_every: Duration,
+    /// Stop after this long (None: run until deposed, stopped or killed).
+    pub run_for: Option<Duration>,
+    /// The control socket (None: no control socket).
+    pub control: Option<PathBuf>,
+    /// A secondary's address for newcomers once it survives a failover (a primary accepts
+    /// on its peer address already).
+    pub newcomer_listen: Option<SocketAddr>,
+    /// Arm re-protection whenever the node runs solo (default off: an operator's decision,
+    /// as in QEMU).
+    pub auto_reprotect: bool,
+    /// The client link (none: guest frames for clients are counted and dropped).
+    pub net: NetConfig,
+}
+
+impl NodeLoopConfig {
+    /// Defaults for node `id` of cluster 1 in `role` (heartbeat 100 ms x 5, checkpoint every
+    /// 500 ms: the demo's pace).
+    pub fn new(role: Role, id: u64, peer: PeerEndpoint, arbiter: SocketAddr) -> NodeLoopConfig {
+        let mut node = NodeConfig::new(NodeId(id), ClusterId(1));
+        node.checkpoint.checkpoint_interval = Duration::from_millis(500);
+        NodeLoopConfig {
+            node,
+            role,
+            peer,
+            arbiter,
+            workload_pages: 0,
+            digests: false,
+            report_every: Duration::from_millis(250),
+            run_for: None,
+            control: None,
+            newcomer_listen: None,
+            auto_reprotect: false,
+            net: NetConfig::default(),
+        }
+    }
+}
+
+/// Something another thread tells the loop.
+#[derive(Debug)]
+pub enum LoopEvent {
+    /// A peer connection was established (accepted or connected).
+    Connected(TcpStream),
+    /// A frame of peer link `link`; page bulk is already in the RAM cache
+    /// ([`PeerBulk::Stored`]), other bulk is carried as [`PeerBulk::Frame`].
+    Peer {
+        /// The link generation.
+        link: u64,
+        /// The message.
+        message: Message,
+        /// Its bulk.
+        bulk: PeerBulk,
+    },
+    /// Peer link `link` ended (or its reader refused a frame), for this reason.
+    PeerDown {
+        /// The link generation.
+        link: u64,
+        /// Why, readable.
+        why: String,
+    },
+    /// The guest sent a frame (posted by the virtio-net sink on a vCPU thread).
+    GuestFrame(Vec<u8>),
+    /// A frame arrived on the client tap.
+    ClientFrame(Vec<u8>),
+    /// The arbiter answered.
+    Arbiter {
+        /// The request.
+        id: LeaseRequestId,
+        /// The answer.
+        reply: LeaseReply,
+    },
+    /// An operator's request from the control socket.
+    Control(crate::control::ControlCall),
+    /// A newcomer connected to a secondary's takeover address.
+    Newcomer(TcpStream),
+    /// A secondary's reconnection to its primary after a link drop got through.
+    Reconnected(TcpStream),
+}
+
+/// How the loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopEnd {
+    /// `run_for` elapsed.
+    TimeUp,
+    /// The node stopped (shutdown or a VM it could not drive).
+    Stopped,
+    /// The node was fenced off; its VM is paused for good.
+    Deposed,
+}
+
+/// Errors that end the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// The node configuration was refused.
+    #[error("node configuration: {0}")]
+    Config(#[from] colo_core::node::NodeConfigError),
+    /// The peer endpoint cannot be used.
+    #[error("{0}")]
+    Endpoint(String),
+    /// A vCPU stopped (guest exit or fault): a protected guest must not stop on its own.
+    #[error("vCPU {vcpu} stopped: {why}")]
+    GuestStopped {
+        /// The vCPU.
+        vcpu: u64,
+        /// Why.
+        why: String,
+    },
+}
+
+/// The running node.
+pub struct NodeLoop {
+    node: Node,
+    machine: Machine,
+    exec: VmExecutor,
+    config: NodeLoopConfig,
+    clock: MonoClock,
+    tx: mpsc::Sender<LoopEvent>,
+    rx: mpsc::Receiver<LoopEvent>,
+    writer: Option<PeerWriter>,
+    link: u64,
+    arbiter: ArbiterClient,
+    pending: VecDeque<Input>,
+    end: Option<LoopEnd>,
+    ctl: control::LoopControl,
+    name: &'static str,
+    dropped_while_down: u64,
+    net: GuestNet,
+    /// Events taken from the channel out of turn (see `drain_guest_frames`), handled first.
+    deferred: VecDeque<LoopEvent>,
+    reports: u64,
+}
+
+impl std::fmt::Debug for NodeLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeLoop")
+            .field("role", &self.config.role)
+            .field("link", &self.link)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeLoop {
+    /// Builds the node around `machine` (paused; a primary's holds the loaded guest, a
+    /// secondary's is empty until the first checkpoint) and opens the peer endpoint: a
+    /// primary binds its listener here, so a busy port is reported before anything runs.
+    pub fn new(mut config: NodeLoopConfig, machine: Machine) -> Result<NodeLoop, LoopError> {
+        config.node.guest_memory_bytes = machine.mem_bytes();
+        let clock = MonoClock::start();
+        let node = Node::new(config.node.clone(), config.role, clock.now())?;
+        let (tx, rx) = mpsc::channel();
+        let net = GuestNet::new(&config.net, &machine, tx.clone())?;
+        match config.peer {
+            PeerEndpoint::Listen(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .map_err(|e| LoopError::Endpoint(format!("cannot listen on {addr}: {e}")))?;
+                spawn_acceptor(listener, tx.clone())?;
+            }
+            PeerEndpoint::Connect(addr) => spawn_connector(addr, tx.clone())?,
+        }
+        let newcomers = match (config.peer, config.newcomer_listen) {
+            (PeerEndpoint::Listen(addr), _) => Some(addr),
+            (PeerEndpoint::Connect(_), Some(addr)) => {
+                control::spawn_newcomer_acceptor(addr, tx.clone()).map_err(LoopError::Endpoint)?;
+                Some(addr)
+            }
+            (PeerEndpoint::Connect(_), None) if config.auto_reprotect => {
+                return Err(LoopError::Endpoint(
+                    "--auto-reprotect on a secondary needs --listen (where newcomers connect)"
+                        .to_string(),
+                ));
+            }
+            (PeerEndpoint::Connect(_), None) => None,
+        };
+        let mut ctl = control::LoopControl::new(
+            config.auto_reprotect,
+            newcomers,
+            config.node.checkpoint.checkpoint_interval,
+        );
+        if let Some(path) = &config.control {
+            let control_tx = tx.clone();
+            let server = crate::control::ControlServer::bind(path, move |call| {
+                control_tx.send(LoopEvent::Control(call)).is_ok()
+            })
+            .map_err(LoopError::Endpoint)?;
+            ctl.server = Some(server);
+        }
+        let arbiter_tx = tx.clone();
+        let arbiter = ArbiterClient::spawn(
+            config.arbiter,
+            config.node.lease.lease_request_timeout,
+            move |id, reply| {
+                let _ = arbiter_tx.send(LoopEvent::Arbiter { id, reply });
+            },
+        )
+        .map_err(|e| LoopError::Endpoint(format!("cannot start the arbiter client: {e}")))?;
+        let name = match config.role {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        };
+        Ok(NodeLoop {
+            node,
+            machine,
+            exec: VmExecutor::new(config.node.guest_memory_bytes, config.role == Role::Primary),
+            config,
+            clock,
+            tx,
+            rx,
+            writer: None,
+            link: 0,
+            arbiter,
+            pending: VecDeque::new(),
+            end: None,
+            ctl,
+            name,
+            dropped_while_down: 0,
+            net,
+            deferred: VecDeque::new(),
+            reports: 0,
+        })
+    }
+
+    /// Runs until `run_for` elapses, the node stops or is deposed, or the guest stops.
+    pub fn run(mut self) -> Result<LoopEnd, LoopError> {
+        let started = self.clock.now();
+        let mut next_report = started + self.config.report_every;
+        self.input(Input::Command(Command::Start));
+        loop {
+            if let Some((vcpu, why)) = self.machine.wait_for_stop(Duration::ZERO) {
+                self.machine.pause();
+                return Err(LoopError::GuestStopped {
+                    vcpu,
+                    why: format!("{why:?}"),
+                });
+            }
+            if let Some(end) = self.end {
+                return Ok(end);
+            }
+            let now = self.clock.now();
+            if self.config.run_for.is_some_and(|d| now >= started + d) {
+                self.input(Input::Command(Command::Shutdown));
+                self.machine.pause();
+                return Ok(LoopEnd::TimeUp);
+            }
+            if now >= next_report {
+                next_report = now + self.config.report_every;
+                self.report(now);
+            }
+            let mut wake = next_report.min(now + Duration::from_millis(50));
+            if let Some(t) = self.node.poll_timeout() {
+                wake = wake.min(t);
+            }
+            let wait = wake.saturating_duration_since(now);
+            while let Some(event) = self.deferred.pop_front() {
+                self.on_event(event);
+            }
+            match self.rx.recv_timeout(wait) {
+                Ok(event) => self.on_event(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    unreachable!("the loop holds a sender")
+                }
+            }
+            // Everything that arrived while the loop was busy (a long apply, the initial copy)
+            // happened before the timeout about to be checked: hand it in first, or the
+            // heartbeat would count a peer silent whose heartbeats are merely queued.
+            while let Ok(event) = self.rx.try_recv() {
+                self.on_event(event);
+            }
+            if self
+                .node
+                .poll_timeout()
+                .is_some_and(|t| t <= self.clock.now())
+            {
+                self.input(Input::Timeout);
+            }
+        }
+    }
+
+    fn report(&mut self, now: Instant) {
+        let status = self.node.status(now);
+        self.reports += 1;
+        if self.config.net.client_tap.is_some() && self.reports.is_multiple_of(4) {
+            let f = self.net.stats();
+            let d = self
+                .machine
+                .net()
+                .lock()
+                .expect("net mutex poisoned")
+                .stats();
+            let n = self.node.stats();
+            println!(
+                "{}: net to_guest={} to_client={} held_dropped={} client_dropped={} guest_tx={} guest_rx={} rx_dropped={} released={} held={} stale_secondary_output={}",
+                self.name,
+                f.to_guest,
+                f.to_client,
+                f.held_dropped,
+                f.client_dropped,
+                d.tx_frames,
+                d.rx_frames,
+                d.rx_dropped,
+                n.released,
+                n.held,
+                n.stale_secondary_output
+            );
+        }
+        if self.config.workload_pages > 0
+            && matches!(status.mode, NodeMode::Paired | NodeMode::Solo)
+        {
+            println!(
+                "{}: guest-step step={} mode={:?} term={}",
+                self.name,
+                self.guest_step(),
+                status.mode,
+                status.term.0
+            );
+        }
+    }
+
+    /// The counter workload's step: word 0 of its last working-set page (the guest keeps
+    /// every page's word 0 equal to the step it last completed).
+    fn guest_step(&self) -> u64 {
+        if self.config.workload_pages == 0 {
+            return 0;
+        }
+        let gpa = GUEST_WORKSET_BASE + (self.config.workload_pages - 1) * PAGE_SIZE;
+        self.machine
+            .memory()
+            .read_obj::<u64>(GuestAddress(gpa))
+            .unwrap_or(0)
+    }
+
+    /// Hands one input to the node, then drains outputs and queued inputs to quiescence.
+    fn input(&mut self, input: Input) {
+        self.pending.push_back(input);
+        while let Some(input) = self.pending.pop_front() {
+            self.node.handle(self.clock.now(), input);
+            while let Some(output) = self.node.poll_output() {
+                self.execute(output);
+            }
+        }
+        self.ctl_after_input();
+        // Frames for the guest held while it was paused go in once it runs again.
+        self.net.flush(&self.machine);
+    }
+
+    /// After a pause: the frames the guest sent before it are in the channel (the sink posts
+    /// them during the MMIO exit, which the pause completes); they are handed to the node
+    /// before the pause's completion, so they belong to the epoch that produced them and not
+    /// to the next (where the restored secondary would never send them: a needless compare
+    /// timeout). Other events keep their order in `deferred`.
+    fn drain_guest_frames(&mut self) {
+        while let Ok(event) = self.rx.try_recv() {
+            match event {
+                LoopEvent::GuestFrame(frame) if self.deferred.is_empty() => {
+                    self.pending.push_back(Input::GuestFrame(frame));
+                }
+                other => self.deferred.push_back(other),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: LoopEvent) {
+        match event {
+            LoopEvent::Connected(stream) => self.on_connected(stream),
+            LoopEvent::Peer {
+                link,
+                message,
+                bulk,
+            } if link == self.link => self.on_frame(message, bulk),
+            LoopEvent::PeerDown { link, why } if link == self.link => self.link_down(&why),
+            LoopEvent::Peer { .. } | LoopEvent::PeerDown { .. } => {} // a dead link's straggler
+            LoopEvent::GuestFrame(frame) => self.input(Input::GuestFrame(frame)),
+            LoopEvent::ClientFrame(frame) => self.input(Input::ClientFrame(frame)),
+            LoopEvent::Arbiter { id, reply } => {
+                println!("{}: lease-reply id={} reply={reply:?}", self.name, id.0);
+                self.input(Input::Arbiter { id, reply });
+            }
+            LoopEvent::Control(call) => self.on_control(call),
+            LoopEvent::Newcomer(stream) => self.on_newcomer(stream),
+            LoopEvent::Reconnected(stream) => self.on_reconnected(stream),
+        }
+    }
+
+    fn on_connected(&mut self, stream: TcpStream) {
+        if self.writer.is_some() {
+            eprintln!("colo {}: a second peer connection was refused", self.name);
+            return;
+        }
+        let write_half = match stream.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("colo {}: peer socket: {e}", self.name);
+                return;
+            }
+        };
+        self.link += 1;
+        let (link, tx, closed_tx) = (self.link, self.tx.clone(), self.tx.clone());
+        let cache = self.exec.cache();
+        let on_frame = move |message: Message, bulk: &[u8]| {
+            let bulk = match &message {
+                // QEMU's colo_cache: pages land in the cache on arrival, never in SVM memory.
+                Message::PageBatch { ranges, .. } | Message::SyncPages { ranges, .. } => {
+                    let stored = cache
+                        .lock()
+                        .expect("RAM cache mutex poisoned")
+                        .store(ranges, bulk);
+                    if let Err(why) = stored {
+                        let why = format!("refused {:?} from the peer: {why}", message.kind());
+                        let _ = tx.send(LoopEvent::PeerDown { link, why });
+                        return false;
+                    }
+                    PeerBulk::Stored {
+                        len: bulk.len() as u64,
+                    }
+                }
+                _ if bulk.is_empty() => PeerBulk::None,
+                _ => PeerBulk::Frame(bulk.to_vec()),
+            };
+            tx.send(LoopEvent::Peer {
+                link,
+                message,
+                bulk,
+            })
+            .is_ok()
+        };
+        let on_closed = move |why: crate::peer::LinkClosed| {
+            let why = why.to_string();
+            let _ = closed_tx.send(LoopEvent::PeerDown { link, why });
+        };
+        let spawned = PeerReader::spawn(stream, Limits::default(), on_frame, on_closed);
+        if let Err(e) = spawned {
+            eprintln!("colo {}: cannot start the peer reader: {e}", self.name);
+            return;
+        }
+        self.writer = Some(PeerWriter::new(write_half));
+        println!("{}: link-up", self.name);
+        self.input(Input::PeerLink(LinkState::Up));
+    }
+
+    fn link_down(&mut self, why: &str) {
+        if let Some(writer) = self.writer.take() {
+            writer.close();
+            println!("{}: link-down reason=\"{why}\"", self.name);
+            self.link += 1; // ignore whatever the old reader still posts
+            self.input(Input::PeerLink(LinkState::Down));
+            self.maybe_reconnect();
+        }
+    }
+
+    fn on_frame(&mut self, message: Message, bulk: PeerBulk) {
+        let bulk = match (&message, bulk) {
+            // The device state waits beside the cache until the apply.
+            (Message::DeviceState { epoch }, PeerBulk::Frame(bytes)) => {
+                let len = bytes.len() as u64;
+                self.exec.store_device_state(*epoch, bytes);
+                PeerBulk::Stored { len }
+            }
+            (_, bulk) => bulk,
+        };
+        self.input(Input::Peer { message, bulk });
+    }
+
+    fn execute(&mut self, output: Output) {
+        match output {
+            Output::ToPeer { message, bulk } => {
+                let bytes = match bulk {
+                    OutBulk::None => Vec::new(),
+                    OutBulk::Frame(f) => f,
+                    OutBulk::GuestWrite(io) => {
+                        eprintln!(
+                            "colo {}: error: {:?} needs guest write {io:?}, but this VM has no disk",
+                            self.name,
+                            message.kind()
+                        );
+                        return;
+                    }
+                };
+                self.send(&message, &bytes);
+            }
+            Output::Vm(command) => {
+                let pausing = matches!(command, VmCommand::Pause);
+                let result = self
+                    .exec
+                    .execute(&mut self.machine, self.writer.as_mut(), command);
+                let done = match result {
+                    Ok(done) => done,
+                    Err((done, why)) => {
+                        self.link_down(&why.to_string());
+                        done
+                    }
+                };
+                self.on_vm_done(&done);
+                if pausing {
+                    self.drain_guest_frames();
+                }
+                self.pending.push_back(Input::VmDone(done));
+            }
+            Output::Sync(SyncCommand::SendAll { term }) => {
+                let Some(writer) = self.writer.as_mut() else {
+                    eprintln!(
+                        "colo {}: initial copy ordered with the link down",
+                        self.name
+                    );
+                    return;
+                };
+                match self.exec.send_all(&mut self.machine, writer, term) {
+                    Ok(bytes) => {
+                        println!("{}: sync-sent memory_bytes={bytes}", self.name);
+                        self.pending.push_back(Input::SyncSent {
+                            memory_bytes: bytes,
+                            disk_bytes: 0,
+                        });
+                    }
+                    Err(e) => self.link_down(&e.to_string()),
+                }
+            }
+            Output::Arbiter(request) => {
+                println!(
+                    "{}: lease-request id={} term={}",
+                    self.name, request.id.0, request.term.0
+                );
+                self.arbiter.request(request);
+            }
+            Output::Event(event) => self.on_node_event(event),
+            Output::Disk(command) => self.on_disk(command),
+            Output::ToGuest(frame) => self.net.handle_to_guest(&self.machine, frame),
+            Output::ToClient(frame) => self.net.handle_to_client(&frame),
+            Output::GuestDiskDone { io, .. } => eprintln!(
+                "colo {}: error: completion of guest disk request {io:?}, but this VM has no disk",
+                self.name
+            ),
+        }
+    }
+
+    fn send(&mut self, message: &Message, bulk: &[u8]) {
+        let Some(writer) = self.writer.as_mut() else {
+            // Heartbeats and Hellos while the link is down: the heartbeat machine decides
+            // what that means; counting them is enough.
+            self.dropped_while_down += 1;
+            return;
+        };
+        if let Err(e) = writer.send(message, bulk) {
+            self.link_down(&e.to_string());
+        }
+    }
+
+    /// Without a disk (this increment) the only disk command a node issues is the secondary's
+    /// per-checkpoint overlay reset: on a zero-size disk the overlays are empty, so it is done.
+    /// Anything touching data cannot be executed: it fails, loudly.
+    fn on_disk(&mut self, command: DiskCommand) {
+        let op = command.op();
+        let result = match command {
+            DiskCommand::ResetOverlays { .. } => Ok(()),
+            other => {
+                eprintln!(
+                    "colo {}: error: disk command {other:?}, but this VM has no disk",
+                    self.name
+                );
+                Err(DiskIoError::Io)
+            }
+        };
+        self.pending.push_back(Input::DiskDone { op, result });
+    }
+
+    fn on_vm_done(&mut self, done: &VmCompletion) {
+        match done {
+            VmCompletion::DirtyCollected { epoch, ranges } => {
+                // The PVM is paused here until the checkpoint completes: this is the state
+                // the secondary will hold after applying `epoch`.
+                let pages: u64 = ranges.iter().map(|r| r.count).sum();
+                let digest = if self.config.digests {
+                    format!(" digest={:08x}", self.machine.memory_digest())
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{}: paused epoch={} step={} dirty_pages={pages}{digest}",
+                    self.name,
+                    epoch.0,
+                    self.guest_step()
+                );
+            }
+            VmCompletion::Applied { epoch } => {
+                let digest = if self.config.digests {
+                    format!(" digest={:08x}", self.machine.memory_digest())
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{}: applied epoch={} step={} pages_copied={}{digest}",
+                    self.name,
+                    epoch.0,
+                    self.guest_step(),
+                    self.exec.last_apply.pages_copied
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn on_node_event(&mut self, event: Event) {
+        self.ctl_on_event(&event);
+        let n = self.name;
+        match &event {
+            Event::CheckpointDone {
+                epoch,
+                reason,
+                pause,
+                pages,
+                bytes,
+            } => {
+                self.exec.on_checkpoint_done(*epoch);
+                println!(
+                    "{n}: checkpoint-done epoch={} reason={reason:?} pause_us={} pages={pages} bytes={bytes} step={}",
+                    epoch.0,
+                    pause.as_micros(),
+                    self.guest_step()
+                );
+            }
+            Event::CheckpointApplied {
+                epoch,
+                pause,
+                pages,
+                bytes,
+            } => println!(
+                "{n}: checkpoint-applied epoch={} pause_us={} pages={pages} bytes={bytes} step={}",
+                epoch.0,
+                pause.as_micros(),
+                self.guest_step()
+            ),
+            Event::PeerLost { silent_for } => {
+                println!("{n}: peer-lost silent_ms={}", silent_for.as_millis())
+            }
+            Event::TakeoverStarted { term, from, reason } => println!(
+                "{n}: takeover-started term={} from={from:?} reason={reason:?} step={}",
+                term.0,
+                self.guest_step()
+            ),
+            Event::FailedOver { term, reason } => println!(
+                "{n}: failed-over term={} reason={reason:?} step={}",
+                term.0,
+                self.guest_step()
+            ),
+            Event::Deposed { term, .. } => {
+                println!("{n}: deposed term={} (stopping the VM)", term.0);
+                self.machine.pause();
+                self.end = Some(LoopEnd::Deposed);
+            }
+            Event::Stopped => {
+                println!("{n}: stopped");
+                self.machine.pause();
+                self.end = Some(LoopEnd::Stopped);
+            }
+            Event::ProtocolError { kind, violation } => {
+                eprintln!("colo {n}: protocol error: {kind:?}: {violation:?}")
+            }
+            Event::VmFailed { epoch, command } => {
+                eprintln!("colo {n}: VM command {command:?} failed in {epoch:?}")
+            }
+            Event::ClaimClientLink { term } => println!(
+                "{n}: claim-client-link term={} {}",
+                term.0,
+                self.net.claim_client_link()
+            ),
+            other => println!("{n}: event {other:?}"),
+        }
+    }
+}
+
+fn spawn_acceptor(listener: TcpListener, tx: mpsc::Sender<LoopEvent>) -> Result<(), LoopError> {
+    std::thread::Builder::new()
+        .name("colo-peer-accept".to_string())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(s) => {
+                        if tx.send(LoopEvent::Connected(s)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => eprintln!("colo: accepting a peer failed: {e}"),
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| LoopError::Endpoint(format!("cannot start the acceptor: {e}")))
+}
+
+fn spawn_connector(addr: SocketAddr, tx: mpsc::Sender<LoopEvent>) -> Result<(), LoopError> {
+    std::thread::Builder::new()
+        .name("colo-peer-connect".to_string())
+        .spawn(move || {
+            // The primary may start after us: retry until it answers (the demo starts both
+            // at once; an operator may start them in any order).
+            loop {
+                match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                    Ok(s) => {
+                        let _ = tx.send(LoopEvent::Connected(s));
+                        return;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| LoopError::Endpoint(format!("cannot start the connector: {e}")))
+}

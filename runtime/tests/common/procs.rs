@@ -1,0 +1,166 @@
+//! `colo` child processes of a test (on the host or inside a network namespace): each child's output
+//! lines go into one channel tagged with the child's index; every child is killed when the
+//! test ends; waits are bounded and a timeout panics with everything seen so far.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The colo binary under test.
+pub const COLO: &str = env!("CARGO_BIN_EXE_colo");
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> String {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a: SocketAddr| a.to_string())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// `key=value` in a milestone line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
+}
+
+/// Owned argument list.
+pub fn args(words: &[&str]) -> Vec<String> {
+    words.iter().map(|s| s.to_string()).collect()
+}
+
+/// The running children.
+pub struct Procs {
+    /// The children, by index.
+    pub children: Vec<Child>,
+    lines: mpsc::Receiver<(usize, String)>,
+    tx: mpsc::Sender<(usize, String)>,
+    /// Every line seen, for failure messages.
+    pub log: Vec<String>,
+    /// Control sockets of the children: a killed node leaves its file behind.
+    sockets: Vec<String>,
+}
+
+impl Procs {
+    /// No children yet.
+    pub fn new() -> Procs {
+        let (tx, lines) = mpsc::channel();
+        Procs {
+            children: Vec::new(),
+            lines,
+            tx,
+            log: Vec::new(),
+            sockets: Vec::new(),
+        }
+    }
+
+    /// Starts `colo args...`; returns its index. A node (`primary`/`secondary`) without
+    /// `--control` gets a control socket of its own: tests run in parallel and the default
+    /// path is per role and node id, shared by them.
+    pub fn spawn(&mut self, args: &[String]) -> usize {
+        self.spawn_with(COLO, &[], args)
+    }
+
+    /// Starts `colo args...` inside network namespace `ns` (`ip netns exec`, which execs
+    /// colo itself: killing the child kills colo).
+    pub fn spawn_in(&mut self, ns: &str, args: &[String]) -> usize {
+        self.spawn_with("ip", &["netns", "exec", ns, COLO], args)
+    }
+
+    fn spawn_with(&mut self, program: &str, prefix: &[&str], args: &[String]) -> usize {
+        let index = self.children.len();
+        let mut args = args.to_vec();
+        if let Some(at) = args.iter().position(|a| a == "--control") {
+            self.sockets.extend(args.get(at + 1).cloned());
+        } else if matches!(
+            args.first().map(String::as_str),
+            Some("primary" | "secondary")
+        ) {
+            let socket = super::control_path();
+            args.extend(["--control".to_string(), socket.clone()]);
+            self.sockets.push(socket);
+        }
+        let mut child = Command::new(program)
+            .args(prefix)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting colo");
+        let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("piped")),
+            Box::new(child.stderr.take().expect("piped")),
+        ];
+        for pipe in pipes {
+            let tx = self.tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send((index, line)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        self.children.push(child);
+        index
+    }
+
+    /// The next line whose child and text satisfy `want`, within `timeout`.
+    pub fn wait_for(&mut self, timeout: Duration, want: impl Fn(usize, &str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((who, line)) => {
+                    self.log.push(format!("[{who}] {line}"));
+                    assert!(
+                        !line.contains("panicked") && !line.contains("PANIC"),
+                        "a panic:\n{}",
+                        self.log.join("\n")
+                    );
+                    if want(who, &line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("timed out; output so far:\n{}", self.log.join("\n")),
+            }
+        }
+    }
+
+    /// Kills child `index` (SIGKILL) and reaps it.
+    pub fn kill(&mut self, index: usize) {
+        let _ = self.children[index].kill();
+        let _ = self.children[index].wait();
+    }
+
+    /// Waits up to `timeout` for child `index` to exit on its own.
+    pub fn wait_exit(&mut self, index: usize, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.children[index].try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child {index} did not exit; output so far:\n{}",
+                self.log.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for socket in &self.sockets {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}
