@@ -17,6 +17,7 @@ pub mod client;
 pub mod cluster;
 #[cfg(madsim)]
 pub mod cluster_run;
+pub mod fabric;
 pub mod guest;
 pub mod hash;
 pub mod host;

@@ -1,7 +1,10 @@
 use super::*;
 use crate::check;
+use crate::client::History;
 use crate::swarm::CrashPoint;
 use crate::trace::Origin;
+use crate::trace::TraceEvent;
+use colo_core::ids::Epoch;
 
 fn calm(seed: u64) -> SwarmOptions {
     let mut o = SwarmOptions::generate(seed);

@@ -1,10 +1,11 @@
-//! The seed's faults on the madsim cluster: the controller task (link cuts on the two
-//! emulators, the liveness phase, `Handle::kill` of crashed hosts and `Handle::restart` after
-//! their downtime), and the crash rules the hosts consult synchronously through
-//! [`CrashHook`](crate::host::CrashHook) (so a crash at a checkpoint phase happens before the
-//! host executes the command, as in `node_run`).
+//! The seed's faults on the fabric, for both executors: the controller's step (link cuts on
+//! the two emulators, the liveness phase, which crashed hosts to kill and which to restart after
+//! their downtime: the executor does the killing, madsim's `Handle::kill`/`restart` or the plain
+//! loop dropping and booting the `SimHost`), and the crash rules the hosts consult synchronously
+//! through [`CrashHook`](crate::host::CrashHook) (so a crash at a checkpoint phase happens
+//! before the host executes the command).
 //!
-//! Invariant kept (the same as `node_run/faults.rs`): at any instant at least one host is alive
+//! Invariant kept: at any instant at least one host is alive
 //! and holds the guest's state; a crash that would break this waits, and crashes still pending
 //! when the liveness phase starts are dropped. Messages in flight to a crashed host die with it
 //! (a payload is tagged with its receiver's incarnation).
@@ -14,7 +15,7 @@ use colo_core::ids::{NodeId, Role};
 use colo_core::node::{Command, NodeMode};
 use colo_core::time::Instant;
 
-use super::{Ctl, Shared, SharedRef, Waiter, lock, nap, now_since};
+use super::{Ctl, Shared, Waiter};
 use crate::host::host;
 use crate::netem::LinkConfig;
 use crate::swarm::{CrashPoint, Cut, CutMode, Host, SwarmOptions};
@@ -67,7 +68,10 @@ impl Shared {
         NodeId(h as u64 + 1 + 2 * u64::from(self.incarnation[h]))
     }
 
-    /// Whether host `p` could carry the guest on alone (see `node_run/faults.rs`).
+    /// Whether host `p` could carry the guest on alone: alive, not deposed, stopped or still
+    /// syncing, primary-side or a secondary that applied a checkpoint, and not about to be
+    /// fenced (the arbiter granted no newer term than `p`'s, nor `p`'s own claimed term to the
+    /// other host).
     fn holds_state(&self, p: usize) -> bool {
         let Some(v) = self.views[p].filter(|_| !self.dead[p]) else {
             return false;
@@ -96,7 +100,7 @@ impl Shared {
     }
 
     /// Host `h` crashes now: it executes nothing more, its held frames end, what was on its
-    /// way to it is lost; the controller kills its madsim node and restarts it `down_for` later.
+    /// way to it is lost; the executor kills it and the controller restarts it `down_for` later.
     fn crash_host(&mut self, now: Instant, h: usize, down_for: colo_core::time::Duration) {
         self.dead[h] = true;
         self.views[h] = None;
@@ -181,7 +185,7 @@ impl Shared {
     }
 
     /// Link faults, the liveness phase, due crashes; returns the hosts to restart now.
-    fn apply_faults(&mut self, now: Instant) -> Vec<usize> {
+    pub(super) fn apply_faults(&mut self, now: Instant) -> Vec<usize> {
         let restarts: Vec<usize> = (0..2)
             .filter(|h| self.faults.restart_at[*h].is_some_and(|t| t <= now))
             .collect();
@@ -272,7 +276,7 @@ impl Shared {
     }
 
     /// When the controller must look again.
-    fn next_fault(&self, now: Instant) -> Option<Instant> {
+    pub(super) fn next_fault(&self, now: Instant) -> Option<Instant> {
         let mut t: Vec<Option<Instant>> = self.faults.restart_at.to_vec();
         if !self.faults.faults_stopped {
             t.push(Some(self.opts.liveness_starts()));
@@ -288,52 +292,32 @@ impl Shared {
         }
         t.into_iter().flatten().filter(|x| *x > now).min()
     }
+
+    /// The controller's step at `now`: applies the faults due and asks for re-protection;
+    /// returns the hosts to kill now, the hosts to boot again now (already counted as a new
+    /// incarnation, traced as `Restart`), and when to look again.
+    pub(crate) fn step_controller(
+        &mut self,
+        now: Instant,
+    ) -> (Vec<usize>, Vec<usize>, Option<Instant>) {
+        self.deliver(now);
+        let restarts = self.apply_faults(now);
+        self.reprotect_if_solo();
+        let kills: Vec<usize> = self.faults.to_kill.drain(..).collect();
+        for h in &restarts {
+            self.incarnation[*h] += 1;
+            self.faults.reprotect_asked[1 - *h] = false;
+            self.ctl_inbox.remove(&Ctl::Host(*h));
+            self.obs.push(TraceEvent::Restart {
+                at: now,
+                host: host(*h),
+            });
+        }
+        (kills, restarts, self.next_fault(now))
+    }
 }
 
 fn ctl_pairs() -> [(Ctl, Ctl); 6] {
     let (a, b, r) = (Ctl::Host(0), Ctl::Host(1), Ctl::Arbiter);
     [(a, b), (b, a), (a, r), (r, a), (b, r), (r, b)]
-}
-
-/// The controller task: applies the seed's faults, kills crashed hosts' madsim nodes and
-/// restarts them after their downtime, until `until`.
-pub(super) async fn controller(
-    handle: &madsim::runtime::Handle,
-    shared: &SharedRef,
-    ids: [madsim::task::NodeId; 2],
-    start: madsim::time::Instant,
-    until: Instant,
-) {
-    loop {
-        let now = now_since(start);
-        let (kills, restarts, next) = {
-            let mut s = lock(shared);
-            s.deliver(now);
-            let restarts = s.apply_faults(now);
-            s.reprotect_if_solo();
-            let kills: Vec<usize> = s.faults.to_kill.drain(..).collect();
-            for h in &restarts {
-                s.incarnation[*h] += 1;
-                s.faults.reprotect_asked[1 - *h] = false;
-                s.ctl_inbox.remove(&Ctl::Host(*h));
-                s.obs.push(TraceEvent::Restart {
-                    at: now,
-                    host: host(*h),
-                });
-            }
-            let next = s.next_fault(now).unwrap_or(until).min(until);
-            (kills, restarts, next)
-        };
-        for h in kills {
-            handle.kill(ids[h]);
-        }
-        for h in restarts {
-            // The init closure boots a fresh secondary (see `host_task`).
-            handle.restart(ids[h]);
-        }
-        if now >= until {
-            return;
-        }
-        nap(shared, Waiter::Controller, start, next).await;
-    }
 }
