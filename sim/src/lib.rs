@@ -28,7 +28,6 @@ pub mod observer;
 pub mod platform;
 pub mod proto;
 pub mod rng;
-pub mod run;
 pub mod runner;
 pub mod stack;
 pub mod swarm;

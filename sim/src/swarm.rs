@@ -361,10 +361,9 @@ impl fmt::Display for SwarmOptions {
         }
         writeln!(
             f,
-            "crash_rule = --node: every crash, each restarted after its downtime and \
-             re-protected; a crash that would leave no host with the guest's state (or hits a \
-             host taking over) waits, and is dropped at the liveness phase; platform engine: \
-             the first crash only, before any failover"
+            "crash_rule = every crash, each restarted after its downtime and re-protected; a \
+             crash that would leave no host with the guest's state (or hits a host taking \
+             over) waits, and is dropped at the liveness phase"
         )?;
         writeln!(f, "disk_write_error_ppm = {}", self.disk_write_error_ppm)?;
         writeln!(f, "checkpoint_interval = {}", ms(self.checkpoint_interval))?;

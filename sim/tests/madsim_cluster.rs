@@ -194,7 +194,7 @@ fn madsim_sees_no_nondeterminism_in_the_cluster() {
 #[test]
 fn swarm_seeds_pass_under_the_cluster() {
     for seed in 0..8 {
-        let r = colo_sim::runner::run_seed_node(seed, None, false);
+        let r = colo_sim::runner::run_seed(seed, None, false);
         assert_eq!(
             r.verdict,
             colo_sim::runner::Verdict::Pass,
@@ -215,7 +215,7 @@ const CLUSTER_SEEDS: &[(u64, &str)] = &[(
 #[test]
 fn cluster_regression_seeds_pass() {
     for (seed, why) in CLUSTER_SEEDS {
-        let r = colo_sim::runner::run_seed_node(*seed, None, false);
+        let r = colo_sim::runner::run_seed(*seed, None, false);
         assert_eq!(
             r.verdict,
             colo_sim::runner::Verdict::Pass,
