@@ -79,11 +79,18 @@ const FAILOVER_CANARY_CRASH: Duration = Duration::from_millis(100);
 /// clients still talk to the survivor after the takeover.
 const FAILOVER_CANARY_REQUESTS: u64 = 300;
 
+/// How long host B's arbiter link is cut from the crash in the seed of `release-without-lease`.
+/// The survivor goes solo about 1 s after the crash (heartbeat loss), and the client, whose
+/// segments the crash lost, retransmits after 1 s, then 2 s more (RFC 6298 section 5.5): a gap
+/// of 4 s holds the retransmission at ~3.1 s too (colo-sim seed 8 under madsim: with a 2 s
+/// cut the lease came at 2.1 s and no client frame fell into the gap).
+const FAILOVER_CANARY_LEASE_GAP: Duration = Duration::from_secs(4);
+
 /// The options of `seed` as run with `canary`. A canary that only shows after a failover
 /// (`release-without-lease`, [`Canary::needs_failover`]) gets a primary crash at
 /// [`FAILOVER_CANARY_CRASH`] instead of the seed's crashes, at least
-/// [`FAILOVER_CANARY_REQUESTS`] requests per connection, and host B's arbiter link cut for 2 s
-/// from the crash, so the survivor runs a while without a lease (a lease answered within milliseconds would leave the
+/// [`FAILOVER_CANARY_REQUESTS`] requests per connection, and host B's arbiter link cut for
+/// [`FAILOVER_CANARY_LEASE_GAP`] from the crash, so the survivor runs a while without a lease (a lease answered within milliseconds would leave the
 /// planted bug a window too short for any frame to fall into).
 pub fn options_for(seed: u64, canary: Option<Canary>) -> SwarmOptions {
     let mut o = SwarmOptions::generate(seed);
@@ -103,7 +110,7 @@ pub fn options_for(seed: u64, canary: Option<Canary>) -> SwarmOptions {
             cut: Cut::HostArbiter(Host::B),
             mode: CutMode::Symmetric,
             from: at,
-            until: at + Duration::from_secs(2),
+            until: at + FAILOVER_CANARY_LEASE_GAP,
         });
         o.link_faults.sort_by_key(|f| (f.from, f.cut, f.mode));
     }
