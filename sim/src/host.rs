@@ -5,8 +5,10 @@
 //! [`SimHost::poll_timeout`] says when to come back. It has no global knowledge: frames for the
 //! peer, the arbiter and the clients leave as [`HostOutput`]s, and what the run observes (held
 //! frames, releases, the secondary's output, checkpoint phases) leaves as outputs too, for the
-//! engine to hand to its [`crate::observer::Observer`]. The madsim engine
-//! ([`crate::cluster_run`]) runs one per madsim node, so killing the node drops the host whole.
+//! engine to hand to its [`crate::observer::Observer`]. The fabric ([`crate::fabric`]) steps
+//! two of them under either executor: the madsim cluster ([`crate::cluster_run`]) runs one per
+//! madsim node, so killing the node drops the host whole; the plain loop
+//! ([`crate::node_run`]) drops the value.
 //!
 //! Invariant kept: the host executes what its node orders and reports completions back, in the
 //! order the node emitted them; a host that crashed inside a step (a crash point said so)

@@ -1,4 +1,4 @@
-//! The Node engine as a madsim cluster (`colo_sim::cluster_run`): host crashes as madsim node
+//! The Node engine on its madsim executor (`colo_sim::cluster_run`): host crashes as madsim node
 //! kills, restarts and re-protection, crashes inside every checkpoint phase and during a
 //! failover, determinism. Runs only in the madsim build:
 //! `CARGO_TARGET_DIR=target/sim RUSTFLAGS="--cfg madsim" cargo test -p colo-sim --test madsim_cluster`.
@@ -204,7 +204,7 @@ fn swarm_seeds_pass_under_the_cluster() {
     }
 }
 
-/// Seeds the madsim engine failed on (`colo-sim --node` built with `--cfg madsim`), with what
+/// Seeds the madsim executor failed on (`colo-sim` built with `--cfg madsim`), with what
 /// went wrong before the fix.
 const CLUSTER_SEEDS: &[(u64, &str)] = &[(
     18,
@@ -219,7 +219,7 @@ fn cluster_regression_seeds_pass() {
         assert_eq!(
             r.verdict,
             colo_sim::runner::Verdict::Pass,
-            "seed {seed} ({why}) failed again under the madsim engine; options:\n{}",
+            "seed {seed} ({why}) failed again under the madsim executor; options:\n{}",
             r.options
         );
     }
