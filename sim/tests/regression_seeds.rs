@@ -106,6 +106,13 @@ const SEEDS: &[(u64, &str)] = &[
          request still reached the arbiter, which leased the dead host and fenced the survivor",
     ),
     (
+        630,
+        "output_commit (harness): after a failover and a re-protection, the primary's rewriter \
+         releases frames in the client's sequence space; the observer compared those, not the \
+         guest's, with the new secondary's identical output and judged matched releases \
+         `Covered`",
+    ),
+    (
         1118,
         "output_commit (harness): a re-protected primary's guest retransmitted bytes below a \
          checkpoint-covered release; judged by the frame's emission epoch instead of the \

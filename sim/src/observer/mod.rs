@@ -27,8 +27,9 @@ use stream::{digest, loose_key};
 pub struct Observer {
     /// Every event, in simulated-time order.
     pub trace: Trace,
-    /// Frames handed to a node that may release them: id -> (host, digest, loose key, epoch).
-    held: BTreeMap<FrameId, (Host, u64, u64, Epoch)>,
+    /// Frames handed to a node that may release them: id -> (host, digest, loose key, epoch,
+    /// the guest's bytes).
+    held: BTreeMap<FrameId, (Host, u64, u64, Epoch, Vec<u8>)>,
     /// What was released and what the secondary emitted: classifies each release.
     releases: Releases,
     /// Per (releasing host, term, flow): the end of the furthest `Covered` payload released and
@@ -78,8 +79,10 @@ impl Observer {
         if !compare_only {
             let id = FrameId(self.next_frame);
             self.next_frame += 1;
-            self.held
-                .insert(id, (host, digest(frame), loose_key(frame), epoch));
+            self.held.insert(
+                id,
+                (host, digest(frame), loose_key(frame), epoch, frame.to_vec()),
+            );
             self.trace.push(TraceEvent::Held {
                 at: now,
                 host,
@@ -133,24 +136,31 @@ impl Observer {
             .find(|(_, v)| v.0 == host && v.1 == d)
             .or_else(|| self.held.iter().find(|(_, v)| v.0 == host && v.2 == loose))
             .or_else(|| self.held.iter().find(|(_, v)| v.0 == host))
-            .map(|(id, v)| (*id, v.3));
-        let (id, epoch) = match found {
-            Some((id, epoch)) => {
-                self.held.remove(&id);
-                (id, epoch)
-            }
+            .map(|(id, _)| *id);
+        let (id, epoch, guest) = match found.and_then(|id| self.held.remove(&id).map(|v| (id, v))) {
+            Some((id, v)) => (id, v.3, v.4),
             None => {
                 // Released without having been handed in: a fresh id, which no_silent_loss
                 // reports.
                 self.next_frame += 1;
-                (FrameId(u64::MAX - self.next_frame), Epoch(0))
+                (
+                    FrameId(u64::MAX - self.next_frame),
+                    Epoch(0),
+                    frame.to_vec(),
+                )
             }
         };
+        // The origin is judged on the guest's frame, as the comparator compares it: a primary
+        // that took over keeps rewriting the sequence numbers of connections opened before the
+        // failover into the client's space (colo-reference.md, the rewriter after failover), so
+        // after a re-protection its released frames differ from its guest's (and from the new
+        // secondary's identical output) by that offset; flow, payload and ACK are the same
+        // (colo-sim seed 630: matched releases judged `Covered` from the rewritten bytes).
         // Every release by a node that is not paired is solo (a survivor taking over included:
         // single_writer then asks for its lease).
-        let origin = self.releases.classify(frame, st.mode != NodeMode::Paired);
+        let origin = self.releases.classify(&guest, st.mode != NodeMode::Paired);
         let epoch = if origin == Origin::Covered {
-            self.covered_epoch(host, st.term, frame, epoch)
+            self.covered_epoch(host, st.term, &guest, epoch)
         } else {
             epoch
         };
@@ -259,6 +269,36 @@ mod tests {
             Some(TraceEvent::Released { epoch, .. }) => *epoch,
             other => panic!("not a release: {other:?}"),
         }
+    }
+
+    fn released_origin(o: &Observer) -> Origin {
+        match o.trace.events.last() {
+            Some(TraceEvent::Released { origin, .. }) => *origin,
+            other => panic!("not a release: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_release_rewritten_after_a_failover_is_matched_on_the_guest_frame() {
+        let mut o = Observer::new();
+        let st = paired_primary();
+        let now = Instant::from_millis(1);
+        // The primary's guest emits at 628 in its own space; the new secondary, a copy of it,
+        // emits the same; the primary's rewriter (it took over once) releases it at 3618.
+        let guest = segment(628, b"58 OK 7\n");
+        o.guest_frame(now, Host::A, &guest, &st, Epoch(40));
+        o.svm_output(now, &guest, Epoch(40));
+        o.release(now, Host::A, &segment(3618, b"58 OK 7\n"), &st);
+        assert!(
+            matches!(released_origin(&o), Origin::Matched { .. }),
+            "{:?}",
+            released_origin(&o)
+        );
+        // A release the secondary never emitted stays `Covered`.
+        let other = segment(636, b"59 OK 9\n");
+        o.guest_frame(now, Host::A, &other, &st, Epoch(40));
+        o.release(now, Host::A, &segment(3626, b"59 OK 9\n"), &st);
+        assert_eq!(released_origin(&o), Origin::Covered);
     }
 
     #[test]
