@@ -28,30 +28,29 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
 
-echo "== madsim build of the simulator (--cfg madsim, own target dir)"
-CARGO_TARGET_DIR=target/sim RUSTFLAGS="--cfg madsim" cargo test -p colo-sim --locked --test madsim_smoke
+echo "== madsim build of the simulator (--cfg madsim, own target dir): lints, world smoke, Node cluster"
+CARGO_TARGET_DIR=target/sim RUSTFLAGS="--cfg madsim" cargo clippy -p colo-sim --all-targets --locked -- -D warnings
+CARGO_TARGET_DIR=target/sim RUSTFLAGS="--cfg madsim" cargo test -p colo-sim --locked --test madsim_smoke --test madsim_cluster
 
-echo "== colo-sim: swarm batches of 500 seeds (platform engine and two Nodes), determinism, every canary (release build)"
-cargo build --release -p colo-sim --bin colo-sim --locked
-sim=target/release/colo-sim
-"$sim" --seeds 0..500 --quiet
-"$sim" --seeds 0..20 --check-determinism --quiet
-# The same swarm under two colo-core Nodes (seeds 188, 290 and 1057, fixed findings, are
-# replayed by sim/tests/regression_seeds.rs; see docs/simulation.md, "Findings").
-"$sim" --seeds 0..500 --node --quiet
-"$sim" --seeds 0..10 --node --check-determinism --quiet
-# Issue 4's throughput scenario, 10 simulated seconds per seed (docs/benchmarks.md): a few
-# seconds per engine.
-"$sim" --seeds 0..100 --duration 10s --quiet
-"$sim" --seeds 0..100 --duration 10s --node --quiet
-# Every canary under two Nodes too: release-before-received, release-without-lease and
+echo "== colo-sim: the Node engine under both executors (release builds): 500 seeds, determinism, the 10 s scenario, every canary"
+# One engine (two colo-core Nodes on the fabric, sim/src/fabric), two executors: the plain loop
+# (normal build) and the madsim cluster (--cfg madsim, own target dir). Fixed findings are
+# replayed by sim/tests/regression_seeds.rs and sim/tests/madsim_cluster.rs (docs/simulation.md,
+# "Findings"). Every canary: release-before-received, release-without-lease and
 # skip-rewriter-reset planted in colo-core's Node (feature `canaries`), apply-partial-epoch in
 # the VM platform.
-for canary in $("$sim" --list-canaries); do
-    "$sim" --seed 3 --node --canary "$canary" | tail -n 2
-done
-for canary in $("$sim" --list-canaries); do
-    "$sim" --seed 3 --canary "$canary" | tail -n 3
+cargo build --release -p colo-sim --bin colo-sim --locked
+CARGO_TARGET_DIR=target/sim-release RUSTFLAGS="--cfg madsim" \
+    cargo build --release -p colo-sim --bin colo-sim --locked
+for sim in target/release/colo-sim target/sim-release/release/colo-sim; do
+    echo "-- $sim"
+    "$sim" --seeds 0..500 --quiet
+    "$sim" --seeds 0..10 --check-determinism --quiet
+    # Issue 4's throughput scenario, 10 simulated seconds per seed (docs/benchmarks.md).
+    "$sim" --seeds 0..100 --duration 10s --quiet
+    for canary in $("$sim" --list-canaries); do
+        "$sim" --seed 3 --canary "$canary" | tail -n 2
+    done
 done
 
 echo "== all tests passed"

@@ -281,6 +281,31 @@ fn lease_lapse_suspends_release_until_renewed() {
 }
 
 #[test]
+fn a_knocking_newcomer_does_not_keep_a_lost_secondary_alive() {
+    // The secondary's host crashes and restarts at once (colo-sim's restart): its new node
+    // knocks with Hello while the primary still counts on the old one. The knocking must not
+    // pass for the lost secondary's heartbeat: the primary fails over, then an operator's
+    // Reprotect pairs it with the newcomer.
+    let mut p = running_pair(14, Knobs::default());
+    p.crash(1);
+    p.replace_with_secondary(1, 3);
+    assert!(
+        p.run_until_event(0, secs(3), |e| matches!(e, Event::FailedOver { .. })),
+        "{}",
+        p.summary()
+    );
+    p.input(
+        0,
+        colo_core::node::Input::Command(colo_core::node::Command::Reprotect),
+    );
+    assert!(
+        p.run_until_event(0, secs(3), |e| matches!(e, Event::Reprotected { .. })),
+        "{}",
+        p.summary()
+    );
+}
+
+#[test]
 fn reprotection_after_secondary_loss_resumes_replication() {
     let mut p = running_pair(12, Knobs::default());
     p.crash(1);

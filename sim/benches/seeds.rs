@@ -1,7 +1,8 @@
 //! Criterion benchmark of issue 4's simulator throughput figure: seeds of the fixed
 //! 10-simulated-second scenario (`colo-sim --duration 10s`: each seed's own swarm options and
 //! fault mix, 4 s safety + 6 s liveness, judged by every checker) run one after another on one
-//! core, under both engines (`run`, the platform engine, and `node_run`, two colo-core Nodes).
+//! core, under the Node engine: the plain loop in a normal build (`node_run`), the madsim
+//! cluster in a `--cfg madsim` build (`cluster_run`, own target dir).
 //!
 //! One iteration runs the same [`SEEDS`] seeds; criterion's throughput line (elements per
 //! second) times 60 is seeds per minute per core. Every seed must pass: a failing seed would
@@ -24,22 +25,17 @@ fn seeds_10s(c: &mut Criterion) {
     let mut group = c.benchmark_group("seeds_10_simulated_seconds");
     group.sample_size(10);
     group.throughput(Throughput::Elements(SEEDS.end - SEEDS.start));
-    for (name, node) in [("platform", false), ("node", true)] {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                for seed in SEEDS {
-                    let o = runner::scenario_options(seed, None, duration);
-                    let r = if node {
-                        runner::run_options_node(o, None, false)
-                    } else {
-                        runner::run_options(o, None, false)
-                    };
-                    assert_eq!(r.verdict, Verdict::Pass, "seed {seed} ({name})");
-                    black_box(r.output.map(|o| o.digest));
-                }
-            })
-        });
-    }
+    let name = if cfg!(madsim) { "madsim" } else { "plain_loop" };
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            for seed in SEEDS {
+                let o = runner::scenario_options(seed, None, duration);
+                let r = runner::run_options(o, None, false);
+                assert_eq!(r.verdict, Verdict::Pass, "seed {seed} ({name})");
+                black_box(r.output.map(|o| o.digest));
+            }
+        })
+    });
     group.finish();
 }
 

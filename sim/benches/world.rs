@@ -63,7 +63,7 @@ fn world(c: &mut Criterion) {
         b.iter(|| black_box(w.guest.checkpoint().steps()))
     });
     // Incremental restore: a replica holding the history up to 9.5 s takes the snapshot at
-    // 10 s (the platform engine's SVM between two checkpoints), replaying only the last 0.5 s.
+    // 10 s (an SVM not run between two checkpoints, as the removed platform engine's), replaying only the last 0.5 s.
     let mut early = World::new(1, &spec());
     early.run_until(Instant::from_millis(9_500), |_| false);
     let s_early = early.guest.checkpoint();

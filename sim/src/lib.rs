@@ -15,15 +15,19 @@ pub mod check;
 pub mod client;
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod cluster_run;
+pub mod fabric;
 pub mod guest;
 pub mod hash;
+pub mod host;
 pub mod lan;
 pub mod netem;
 pub mod node_run;
+pub mod observer;
 pub mod platform;
 pub mod proto;
 pub mod rng;
-pub mod run;
 pub mod runner;
 pub mod stack;
 pub mod swarm;

@@ -359,6 +359,12 @@ impl fmt::Display for SwarmOptions {
                 ms(c.down_for)
             )?;
         }
+        writeln!(
+            f,
+            "crash_rule = every crash, each restarted after its downtime and re-protected; a \
+             crash that would leave no host with the guest's state (or hits a host taking \
+             over) waits, and is dropped at the liveness phase"
+        )?;
         writeln!(f, "disk_write_error_ppm = {}", self.disk_write_error_ppm)?;
         writeln!(f, "checkpoint_interval = {}", ms(self.checkpoint_interval))?;
         writeln!(f, "compare_timeout = {}", ms(self.compare_timeout))?;
@@ -489,9 +495,11 @@ mod tests {
         let text = o.to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.iter().all(|l| l.contains(" = ")), "{text}");
-        let expected = 19 + o.link_faults.len().max(1) + o.crashes.len().max(1);
+        // 19 drawn options, the printed crash rule, and one line per link fault and crash.
+        let expected = 20 + o.link_faults.len().max(1) + o.crashes.len().max(1);
         assert_eq!(lines.len(), expected, "{text}");
         assert_eq!(lines[0], "seed = 7");
         assert!(text.contains("checkpoint_interval = "));
+        assert!(text.contains("crash_rule = "));
     }
 }

@@ -250,6 +250,16 @@ pub enum TraceEvent {
         /// Which host.
         host: Host,
     },
+    /// `host`, running solo, finished the full copy to a new secondary (re-protection): a new
+    /// pairing begins whose first checkpoint is `epoch`, applied by a fresh SVM.
+    Reprotected {
+        /// When.
+        at: Instant,
+        /// The survivor, primary of the new pair.
+        host: Host,
+        /// The new pair's first checkpoint.
+        epoch: colo_core::ids::Epoch,
+    },
     /// Faults stopped; the liveness phase began.
     FaultsStopped {
         /// When.
@@ -277,6 +287,7 @@ impl TraceEvent {
             | TraceEvent::TermStarted { at, .. }
             | TraceEvent::Crash { at, .. }
             | TraceEvent::Restart { at, .. }
+            | TraceEvent::Reprotected { at, .. }
             | TraceEvent::FaultsStopped { at } => *at,
         }
     }

@@ -4,55 +4,18 @@
 use colo_sim::platform::Canary;
 use colo_sim::runner::{Verdict, run_seed};
 
-/// (seed, what went wrong before the fix).
-const SEEDS: &[(u64, &str)] = &[
-    (
-        13,
-        "liveness: 3 s progress bound shorter than TCP backoff after a clients<->host-b cut",
-    ),
-    (
-        79,
-        "liveness: loss kept on during the liveness phase stalled a client for 7 s",
-    ),
-    (
-        83,
-        "liveness: a second crash after a restart left no host alive (no re-protection)",
-    ),
-];
-
+/// Every canary is planted: the release, lease and rewriter ones in the Node itself (colo-core
+/// feature `canaries`), the partial epoch in the VM platform. Each must be caught by its checker
+/// on seed 3 and on other seeds.
 #[test]
-fn regression_seeds_pass() {
-    for (seed, why) in SEEDS {
-        let r = run_seed(*seed, None, false);
-        assert_eq!(
-            r.verdict,
-            Verdict::Pass,
-            "seed {seed} ({why}) failed again; options:\n{}",
-            r.options
-        );
-    }
-}
-
-#[test]
-fn every_canary_is_caught_on_a_swarm_seed() {
-    for canary in Canary::ALL {
-        let r = run_seed(3, Some(canary), false);
-        assert_eq!(r.verdict, Verdict::Pass, "{} not caught", canary.name());
-    }
-}
-
-/// Under two colo-core Nodes (`colo-sim --node`) every canary is planted too: the release,
-/// lease and rewriter ones in the Node itself (colo-core feature `canaries`), the partial epoch
-/// in the VM platform. Each must be caught by its checker on seed 3 and on other seeds.
-#[test]
-fn every_canary_is_caught_under_the_node() {
+fn every_canary_is_caught() {
     for canary in Canary::ALL {
         for seed in [3, 5, 8] {
-            let r = colo_sim::runner::run_seed_node(seed, Some(canary), false);
+            let r = run_seed(seed, Some(canary), false);
             assert_eq!(
                 r.verdict,
                 Verdict::Pass,
-                "{} not caught under --node on seed {seed}",
+                "{} not caught on seed {seed}",
                 canary.name()
             );
         }
@@ -72,11 +35,29 @@ fn canary_options_pass_without_the_canary() {
     }
 }
 
-/// Seeds run under two colo-core Nodes (`colo-sim --node`) that failed: while the Node engine
-/// was brought up (27, 68, 92: harness bugs, fixed in `node_run`), and after a one-way
+/// Seeds that failed under the Node engine: while it was brought up (27, 68, 92: harness bugs,
+/// fixed in `node_run`), and after a one-way
 /// primary-to-secondary cut and a takeover (188, 290, 1057: the comparator released
-/// zero-payload segments without the min-ACK guard, fixed in colo-core's comparator).
-const NODE_SEEDS: &[(u64, &str)] = &[
+/// zero-payload segments without the min-ACK guard, fixed in colo-core's comparator), and once
+/// every crash, restart and re-protection ran (12, 127, 221, 474, 1118).
+/// The first three failed under the former platform engine (`run`, removed) and are kept for
+/// what they exercise: a long client-host cut, loss up to the liveness phase, crash after restart.
+const SEEDS: &[(u64, &str)] = &[
+    (
+        13,
+        "liveness (platform engine): 3 s progress bound shorter than TCP backoff after a \
+         clients<->host-b cut",
+    ),
+    (
+        79,
+        "liveness (platform engine): loss kept on during the liveness phase stalled a client \
+         for 7 s",
+    ),
+    (
+        83,
+        "liveness (platform engine): a second crash after a restart left no host alive (no \
+         re-protection)",
+    ),
     (
         27,
         "output_commit: the trace missed byte-stream matches across segmentation",
@@ -101,16 +82,52 @@ const NODE_SEEDS: &[(u64, &str)] = &[
         1057,
         "liveness: a pure ACK released unguarded acknowledged client bytes the secondary lacked",
     ),
+    // Every crash of the seed, restarts and re-protection (fabric/faults.rs).
+    (
+        12,
+        "atomic_checkpoint: an epoch the old secondary discarded, sent whole to the newcomer",
+    ),
+    (
+        127,
+        "liveness: a taker that crashed in its failover had announced its term and deposed the \
+         healthy primary (colo-core now announces a term only once the arbiter granted it)",
+    ),
+    (
+        221,
+        "no_silent_loss: frames held by a crashed host superseded again by its next incarnation",
+    ),
+    (
+        474,
+        "liveness: a crash allowed while the arbiter had leased the term to the crashing host",
+    ),
+    (
+        18,
+        "liveness (madsim executor first): the primary crashed while taking over; its lease \
+         request still reached the arbiter, which leased the dead host and fenced the survivor",
+    ),
+    (
+        630,
+        "output_commit (harness): after a failover and a re-protection, the primary's rewriter \
+         releases frames in the client's sequence space; the observer compared those, not the \
+         guest's, with the new secondary's identical output and judged matched releases \
+         `Covered`",
+    ),
+    (
+        1118,
+        "output_commit (harness): a re-protected primary's guest retransmitted bytes below a \
+         checkpoint-covered release; judged by the frame's emission epoch instead of the \
+         covering one",
+    ),
 ];
 
 #[test]
-fn node_regression_seeds_pass() {
-    for (seed, why) in NODE_SEEDS {
-        let r = colo_sim::runner::run_seed_node(*seed, None, false);
+fn regression_seeds_pass() {
+    for (seed, why) in SEEDS {
+        let r = run_seed(*seed, None, false);
         assert_eq!(
             r.verdict,
             Verdict::Pass,
-            "seed {seed} ({why}) failed again under --node; options:\n{}",
+            "seed {seed} ({why}) failed again; options:\n{}",
             r.options
         );
     }

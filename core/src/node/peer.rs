@@ -78,6 +78,19 @@ impl Node {
                 self.stats.stale_messages += 1;
                 return;
             }
+            if term > ours
+                && !handshake
+                && kind != MessageKind::HelloReject
+                && self.phase == Phase::Connecting
+                && !self.is_primary_side()
+            {
+                // A newcomer still knocking holds no role in any term, so a newer term is news,
+                // not fencing: deposed here, it would never pair (the survivor announces its
+                // term when its lease is granted, often while the newcomer knocks; colo-sim
+                // under `--node` with restarts). The HelloAccept carries the term it joins.
+                self.stats.stale_messages += 1;
+                return;
+            }
             if term > ours && !handshake && kind != MessageKind::HelloReject {
                 // Someone runs a newer term: this node's role is over (fencing).
                 let holder = match message {

@@ -114,11 +114,6 @@ impl Node {
                         // Planted (canary.rs): act as if the lease were granted already.
                         self.on_solo_granted(now, term);
                     }
-                    // Tell the old peer, if it can still hear: a newer term deposes it.
-                    self.send(Message::TermAnnounce {
-                        term,
-                        node_id: self.config.node_id,
-                    });
                 }
                 FailoverEvent::SoloGranted { term } => self.on_solo_granted(now, term),
                 FailoverEvent::ReleaseSuspended { term } => {
@@ -155,6 +150,15 @@ impl Node {
             return;
         }
         self.failed_over_reported = true;
+        // Tell the old peer, if it can still hear: the newer term deposes it. Only once the
+        // arbiter granted the term: announced at the takeover's start, it deposed a healthy
+        // primary even when this node then died or was refused before the grant, leaving no
+        // host to serve (colo-sim seed 127 under `--node`: the taker crashed inside its
+        // failover).
+        self.send(Message::TermAnnounce {
+            term,
+            node_id: self.config.node_id,
+        });
         let reason = self.takeover_reason.unwrap_or(FailoverReason::Requested);
         self.event(Event::FailedOver { term, reason });
         match &mut self.side {

@@ -259,6 +259,48 @@ fn arbiter_message_on_the_peer_link_is_refused() {
 }
 
 #[test]
+fn a_knocking_newcomer_is_not_deposed_by_a_newer_term_and_joins_it() {
+    let mut n = node(Role::Secondary);
+    n.handle(ms(0), Input::Command(Command::Start));
+    drain(&mut n);
+    n.handle(
+        ms(1),
+        Input::Peer {
+            message: Message::TermAnnounce {
+                term: Term(3),
+                node_id: NodeId(2),
+            },
+            bulk: PeerBulk::None,
+        },
+    );
+    let outs = drain(&mut n);
+    assert!(
+        !events(&outs)
+            .iter()
+            .any(|e| matches!(e, Event::Deposed { .. })),
+        "{outs:?}"
+    );
+    assert_eq!(n.status(ms(1)).mode, NodeMode::Connecting);
+    n.handle(
+        ms(2),
+        Input::Peer {
+            message: Message::HelloAccept {
+                protocol_version: PROTOCOL_VERSION,
+                cluster_id: ClusterId(9),
+                node_id: NodeId(2),
+                role: Role::Primary,
+                term: Term(3),
+                last_applied_epoch: Epoch(0),
+            },
+            bulk: PeerBulk::None,
+        },
+    );
+    drain(&mut n);
+    let st = n.status(ms(2));
+    assert_eq!((st.mode, st.term), (NodeMode::Syncing, Term(3)));
+}
+
+#[test]
 fn older_term_message_is_stale_and_newer_term_deposes() {
     let mut n = replicating_primary();
     n.handle(
@@ -358,6 +400,46 @@ fn requested_failover_reports_request_as_exit_reason() {
     let st = n.status(ms(4));
     assert_eq!(st.mode, NodeMode::Solo);
     assert_eq!(st.last_exit_was_request, Some(true));
+}
+
+#[test]
+fn a_new_term_is_announced_to_the_peer_only_once_the_arbiter_granted_it() {
+    // Announced at the takeover's start, the term deposed a healthy peer even when this node
+    // died or was refused before the grant (colo-sim seed 127 under `--node`).
+    let announces = |outs: &[Output]| {
+        outs.iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::ToPeer {
+                        message: Message::TermAnnounce { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let mut n = replicating_primary();
+    n.handle(ms(3), Input::Command(Command::Failover));
+    let outs = drain(&mut n);
+    assert_eq!(announces(&outs), 0, "announced before the grant: {outs:?}");
+    let req = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::Arbiter(r) => Some(*r),
+            _ => None,
+        })
+        .expect("a lease request");
+    n.handle(
+        ms(4),
+        Input::Arbiter {
+            id: req.id,
+            reply: crate::failover::LeaseReply::Granted {
+                valid_for: Duration::from_secs(2),
+            },
+        },
+    );
+    assert_eq!(announces(&drain(&mut n)), 1);
 }
 
 #[test]

@@ -14,7 +14,8 @@ const USAGE: &str = "usage: colo-sim (--seed N | --seeds A..B) [--check-determin
 [--canary NAME] [--trace] [--quiet] [--node] [--duration T]
        colo-sim --list-canaries
 --quiet: with --seeds, print only failing seeds and the summary line
---node: drive two colo-core Nodes (comparator, rewriter, failover) instead of the platform run
+--node: accepted and ignored (old replay commands): the Node engine (two colo-core Nodes) is the
+  only engine; a --cfg madsim build runs it as a madsim cluster, a normal build as a plain loop
 --duration T: run T in total (e.g. 10s, 2500ms): the seed's fault mix scaled into a safety
   phase of 2/5 of T, liveness the rest (the throughput scenario of docs/benchmarks.md)
 exit codes: 0 pass, 1 correctness, 2 liveness, 3 panic, 4 nondeterminism, 5 canary missed, \
@@ -26,7 +27,6 @@ struct Args {
     canary: Option<Canary>,
     trace: bool,
     quiet: bool,
-    node: bool,
     duration: Option<Duration>,
 }
 
@@ -57,7 +57,6 @@ fn parse() -> Result<Option<Args>, String> {
         canary: None,
         trace: false,
         quiet: false,
-        node: false,
         duration: None,
     };
     let mut it = std::env::args().skip(1);
@@ -94,7 +93,8 @@ fn parse() -> Result<Option<Args>, String> {
             }
             "--trace" => args.trace = true,
             "--quiet" => args.quiet = true,
-            "--node" => args.node = true,
+            // The only engine is the Node engine: kept so old replay commands work.
+            "--node" => {}
             "--duration" => {
                 let d = it.next().ok_or("--duration takes a length, e.g. 10s")?;
                 args.duration = Some(parse_duration(&d)?);
@@ -134,11 +134,7 @@ fn main() -> ExitCode {
     let (mut passed, mut failed) = (0u64, 0u64);
     for seed in args.seeds.clone() {
         let options = runner::scenario_options(seed, args.canary, args.duration);
-        let report = if args.node {
-            runner::run_options_node(options, args.canary, args.determinism)
-        } else {
-            runner::run_options(options, args.canary, args.determinism)
-        };
+        let report = runner::run_options(options, args.canary, args.determinism);
         let ok = report.verdict == Verdict::Pass;
         if single || (!ok && !args.quiet) || !args.quiet && args.seeds.end - args.seeds.start <= 20
         {
@@ -203,7 +199,7 @@ fn main() -> ExitCode {
             failed += 1;
             println!(
                 "  replay: {}",
-                runner::replay_command_for(seed, args.canary, args.node, args.duration)
+                runner::replay_command_for(seed, args.canary, args.duration)
             );
             if worst == Verdict::Pass || report.verdict.exit_code() < worst.exit_code() {
                 worst = report.verdict.clone();

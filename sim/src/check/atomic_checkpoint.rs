@@ -29,6 +29,10 @@ pub fn check(trace: &Trace) -> Vec<Violation> {
             TraceEvent::Discarded { epoch, .. } => {
                 discarded.insert(*epoch);
             }
+            TraceEvent::Reprotected { .. } => {
+                received.clear();
+                discarded.clear();
+            }
             TraceEvent::Applied {
                 at,
                 epoch,
@@ -131,6 +135,32 @@ mod tests {
         t.push(applied(2, 2, 1, 1));
         t.push(received(3, 1));
         t.push(applied(4, 1, 1, 1));
+        assert_eq!(check(&t).len(), 1);
+    }
+
+    #[test]
+    fn a_re_protected_secondary_may_apply_an_epoch_its_predecessor_discarded_but_must_receive_it() {
+        let discard_then_restart = |t: &mut Trace| {
+            t.push(received(1, 5));
+            t.push(TraceEvent::Discarded {
+                at: Instant::from_millis(2),
+                epoch: Epoch(6),
+            });
+            t.push(TraceEvent::Reprotected {
+                at: Instant::from_millis(3),
+                host: crate::swarm::Host::B,
+                epoch: Epoch(6),
+            });
+        };
+        let mut t = Trace::new();
+        discard_then_restart(&mut t);
+        t.push(received(4, 6));
+        t.push(applied(5, 6, 1, 1));
+        assert!(check(&t).is_empty(), "{:?}", check(&t));
+        // The old pairing's receipt of epoch 5 does not count for the newcomer.
+        let mut t = Trace::new();
+        discard_then_restart(&mut t);
+        t.push(applied(5, 5, 1, 1));
         assert_eq!(check(&t).len(), 1);
     }
 }

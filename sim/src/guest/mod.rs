@@ -299,7 +299,7 @@ impl Guest {
     /// snapshot's (the same `Arc`s: the snapshot extends the history this guest already
     /// holds), replaying only the snapshot's further chunks onto the machine as it stands
     /// gives the same state as replaying everything from boot: an SVM that is not run between
-    /// checkpoints (the platform engine's) restores in O(new steps) instead of O(history).
+    /// checkpoints (the removed platform engine's) restores in O(new steps) instead of O(history).
     /// Otherwise (the guest ran on its own, or the snapshot is older or from another history)
     /// it boots a fresh machine and replays the whole log. The test
     /// `incremental_restore_equals_restore_from_boot` holds both paths to the same state hash.

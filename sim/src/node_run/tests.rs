@@ -1,12 +1,16 @@
 use super::*;
 use crate::check;
+use crate::client::History;
 use crate::swarm::CrashPoint;
 use crate::trace::Origin;
+use crate::trace::TraceEvent;
+use colo_core::ids::Epoch;
 
 fn calm(seed: u64) -> SwarmOptions {
     let mut o = SwarmOptions::generate(seed);
     o.link_faults.clear();
     o.crashes.clear();
+    o.disk_write_error_ppm = 0;
     o.link = crate::netem::LinkConfig::with_delay(Duration::from_micros(200));
     o.safety = Duration::from_secs(2);
     o.liveness = Duration::from_secs(2);
@@ -139,6 +143,85 @@ fn crashes_inside_checkpoint_phases_keep_every_safety_checker_green() {
             "{host} {point:?}: clients left waiting"
         );
     }
+}
+
+/// Crashes host `host` at `point` (not before 400 ms), down for 300 ms.
+fn crash_and_restart(seed: u64, host: Host, point: CrashPoint) -> NodeRunOutput {
+    let mut o = calm(seed);
+    o.requests_per_connection = 100;
+    o.safety = Duration::from_secs(3);
+    o.crashes = vec![crate::swarm::HostCrash {
+        host,
+        not_before: Instant::from_millis(400),
+        point,
+        down_for: Duration::from_millis(300),
+    }];
+    NodeRun::new(&o, None, None).run()
+}
+
+/// The instant of the host's restart and the epochs applied after it.
+fn applied_after_restart(out: &NodeRunOutput) -> (Instant, Vec<Epoch>) {
+    let restart = out
+        .trace
+        .events
+        .iter()
+        .find_map(|e| match e {
+            TraceEvent::Restart { at, .. } => Some(*at),
+            _ => None,
+        })
+        .expect("the host restarted");
+    let applied = out
+        .trace
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::Applied { at, epoch, .. } if *at > restart => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    (restart, applied)
+}
+
+#[test]
+fn a_restarted_host_is_re_protected_and_replication_resumes() {
+    for host in [Host::A, Host::B] {
+        let out = crash_and_restart(7, host, CrashPoint::At);
+        let h: Vec<&History> = out.histories.iter().collect();
+        let v = check::check_safety(&out.trace, &h, None);
+        assert!(v.is_empty(), "{host}: {v:#?}");
+        let (restart, applied) = applied_after_restart(&out);
+        // The newcomer applied the re-protection checkpoint and keeps applying later ones.
+        assert!(
+            applied.len() >= 3,
+            "{host}: applied after restart {applied:?}"
+        );
+        let done_after = out
+            .trace
+            .events
+            .iter()
+            .filter(|e| matches!(e, TraceEvent::CheckpointDone { at, .. } if *at > restart))
+            .count();
+        assert!(
+            done_after >= 3,
+            "{host}: {done_after} checkpoints after restart"
+        );
+        assert!(
+            out.histories.iter().all(|h| h.pending() == 0),
+            "{host}: clients left waiting"
+        );
+    }
+}
+
+#[test]
+fn guest_disk_writes_go_through_the_disk_machines_and_errors_are_counted() {
+    let mut o = calm(8);
+    o.disk_write_error_ppm = 20_000;
+    let out = NodeRun::new(&o, None, None).run();
+    assert!(out.disk_writes > 50, "disk writes {}", out.disk_writes);
+    assert!(out.disk_write_errors > 0, "no injected error surfaced");
+    let h: Vec<&History> = out.histories.iter().collect();
+    let v = check::check_safety(&out.trace, &h, None);
+    assert!(v.is_empty(), "{v:#?}");
 }
 
 /// The ACK rule of output_commit is not vacuous on real runs: the secondary's acknowledgements

@@ -72,6 +72,20 @@ impl LayeredDisk {
         self.peer_data.insert(id, (offset, data));
     }
 
+    /// The staged bytes of guest write `io` at `offset..offset + len` (what a primary forwards
+    /// with `Message::DiskWrite`); empty if nothing of it is staged (the receiver's write then
+    /// fails, as a lost bulk would).
+    pub fn guest_write_bytes(&self, io: GuestIoId, offset: u64, len: u32) -> Vec<u8> {
+        self.guest_data
+            .get(&io)
+            .and_then(|(start, bytes)| {
+                let from = usize::try_from(offset.checked_sub(*start)?).ok()?;
+                bytes.get(from..from + len as usize)
+            })
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Forgets the staged data of a finished guest write.
     pub fn finish_guest_write(&mut self, io: GuestIoId) {
         self.guest_data.remove(&io);

@@ -3,14 +3,13 @@
 //! resume latency, dirty-page harvest, page and device-state frames with realistic byte counts
 //! priced on the replication link's bandwidth, the secondary's RAM cache, atomic apply) and
 //! reports `VmCompletion`s; [`disk::LayeredDisk`] executes `DiskCommand`s over the parent image
-//! and the hidden and active overlays with injectable write errors; [`arbiter::ArbiterNode`]
-//! serves leases with colo-core's `Arbiter`.
+//! and the hidden and active overlays with injectable write errors. (The arbiter is colo-core's
+//! own `Arbiter`, driven by the fabric, [`crate::fabric`].)
 //!
 //! Invariant kept: a platform model never decides anything colo-core decides; it executes
 //! commands and reports completions and trace events, so a checker that fails points at the
 //! core (or at a canary planted here on purpose, see [`Canary`]).
 
-pub mod arbiter;
 pub mod disk;
 pub mod vm;
 
@@ -42,9 +41,9 @@ pub enum Canary {
     ReleaseBeforeReceived,
     /// The secondary VM applies an epoch with its last page batch missing (atomic checkpoint).
     ApplyPartialEpoch,
-    /// The secondary VM loads the previous epoch's state instead of the new one (state
-    /// equality); the stand-in, without the Node's rewriter, for "skip the rewriter reset":
-    /// both leave the SVM's view inconsistent with the PVM's at the checkpoint.
+    /// The secondary ignores the rewriter reset a checkpoint orders, so its rewriter keeps the
+    /// pre-checkpoint sequence offsets although the SVM now numbers its bytes like the PVM
+    /// (state equality, from the `Translation` event).
     SkipRewriterReset,
     /// The survivor of a failover releases output before the arbiter granted its lease
     /// (single writer).
@@ -75,13 +74,7 @@ impl Canary {
         Canary::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    /// Whether the platform engine (`run`) plants it in the VM platform ([`vm::SimVm`]); the
-    /// others it plants in its own release and takeover logic.
-    pub fn in_vm(self) -> bool {
-        matches!(self, Canary::ApplyPartialEpoch | Canary::SkipRewriterReset)
-    }
-
-    /// Where the Node engine (`node_run`) plants it: in colo-core's `Node` (the hooks of
+    /// Where the Node engine plants it: in colo-core's `Node` (the hooks of
     /// core/src/node/canary.rs, cargo feature `canaries`), or `None` for the one that only
     /// the VM platform can plant (`apply-partial-epoch`: a lost page batch is the VM's bug).
     pub fn node_canary(self) -> Option<NodeCanary> {

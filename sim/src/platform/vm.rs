@@ -102,7 +102,6 @@ pub struct SimVm {
     incoming: Option<Incoming>,
     /// The last applied snapshot (the secondary's RAM cache content), what a takeover runs.
     applied: Option<(Epoch, GuestSnapshot)>,
-    previous: Option<GuestSnapshot>,
     trace: VecDeque<TraceEvent>,
     canary: Option<Canary>,
     /// Fail the next command of this kind (platform fault injection).
@@ -125,7 +124,6 @@ impl SimVm {
             link_free_at: Instant::ZERO,
             incoming: None,
             applied: None,
-            previous: None,
             trace: VecDeque::new(),
             canary,
             fail_next: None,
@@ -166,7 +164,6 @@ impl SimVm {
     /// Secondary: the RAM cache starts with `snapshot` as applied epoch `epoch` (the initial
     /// full copy, colo's SyncStart/SyncDone).
     pub fn seed_applied(&mut self, epoch: Epoch, snapshot: GuestSnapshot) {
-        self.previous = Some(snapshot.clone());
         self.applied = Some((epoch, snapshot));
     }
 
@@ -315,22 +312,12 @@ impl SimVm {
             return;
         };
         let mut pages_applied = incoming.pages;
-        let mut load = snapshot.clone();
-        match self.canary {
-            // Planted: the last batch is lost from the cache and the epoch applied anyway.
-            Some(Canary::ApplyPartialEpoch) if pages_applied > 0 => {
-                pages_applied -= pages_applied.clamp(1, PAGES_PER_BATCH);
-            }
-            // Planted: the SVM keeps the previous epoch's view of the world.
-            Some(Canary::SkipRewriterReset) => {
-                if let Some(prev) = self.previous.clone() {
-                    load = prev;
-                }
-            }
-            _ => {}
+        // Planted (the only canary the VM platform carries; the others are the Node's): the
+        // last batch is lost from the cache and the epoch applied anyway.
+        if self.canary == Some(Canary::ApplyPartialEpoch) && pages_applied > 0 {
+            pages_applied -= pages_applied.clamp(1, PAGES_PER_BATCH);
         }
-        guest.restore(&load);
-        self.previous = Some(snapshot.clone());
+        guest.restore(&snapshot);
         self.applied = Some((epoch, snapshot));
         self.trace.push_back(TraceEvent::Applied {
             at: now,

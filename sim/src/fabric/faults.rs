@@ -1,0 +1,323 @@
+//! The seed's faults on the fabric, for both executors: the controller's step (link cuts on
+//! the two emulators, the liveness phase, which crashed hosts to kill and which to restart after
+//! their downtime: the executor does the killing, madsim's `Handle::kill`/`restart` or the plain
+//! loop dropping and booting the `SimHost`), and the crash rules the hosts consult synchronously
+//! through [`CrashHook`](crate::host::CrashHook) (so a crash at a checkpoint phase happens
+//! before the host executes the command).
+//!
+//! Invariant kept: at any instant at least one host is alive
+//! and holds the guest's state; a crash that would break this waits, and crashes still pending
+//! when the liveness phase starts are dropped. Messages in flight to a crashed host die with it
+//! (a payload is tagged with its receiver's incarnation).
+
+use colo_core::failover::ArbiterPhase;
+use colo_core::ids::{NodeId, Role};
+use colo_core::node::{Command, NodeMode};
+use colo_core::time::Instant;
+
+use super::{Ctl, Shared, Waiter};
+use crate::host::host;
+use crate::netem::LinkConfig;
+use crate::swarm::{CrashPoint, Cut, CutMode, Host, SwarmOptions};
+use crate::trace::TraceEvent;
+use crate::world::Endpoint;
+
+/// Where one of the seed's crashes stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CrashState {
+    Pending,
+    Fired,
+    Dropped,
+}
+
+/// The controller's bookkeeping, kept in the shared state.
+#[derive(Debug)]
+pub(super) struct FaultState {
+    crash_state: Vec<CrashState>,
+    restart_at: [Option<Instant>; 2],
+    reprotect_asked: [bool; 2],
+    faults_stopped: bool,
+    /// Link faults applied right now (by index in the seed's list).
+    applied: Vec<usize>,
+    /// The client link moved: client cuts are re-evaluated.
+    pub(super) link_moved: bool,
+    /// Hosts to kill (madsim) at once.
+    to_kill: Vec<usize>,
+}
+
+impl FaultState {
+    pub(super) fn new(opts: &SwarmOptions) -> FaultState {
+        FaultState {
+            crash_state: vec![CrashState::Pending; opts.crashes.len()],
+            restart_at: [None; 2],
+            reprotect_asked: [false; 2],
+            faults_stopped: false,
+            applied: Vec::new(),
+            link_moved: false,
+            to_kill: Vec::new(),
+        }
+    }
+}
+
+fn index(h: Host) -> usize {
+    if h == Host::A { 0 } else { 1 }
+}
+
+impl Shared {
+    fn node_id(&self, h: usize) -> NodeId {
+        NodeId(h as u64 + 1 + 2 * u64::from(self.incarnation[h]))
+    }
+
+    /// Whether host `p` could carry the guest on alone: alive, not deposed, stopped or still
+    /// syncing, primary-side or a secondary that applied a checkpoint, and not about to be
+    /// fenced (the arbiter granted no newer term than `p`'s, nor `p`'s own claimed term to the
+    /// other host).
+    fn holds_state(&self, p: usize) -> bool {
+        let Some(v) = self.views[p].filter(|_| !self.dead[p]) else {
+            return false;
+        };
+        let st = v.status;
+        if let ArbiterPhase::Leased { term, holder, .. } = self.arbiter_phase
+            && (term > st.term
+                || (term == st.term && holder != self.node_id(p) && st.mode != NodeMode::Paired))
+        {
+            return false;
+        }
+        match st.mode {
+            NodeMode::Deposed | NodeMode::Stopped | NodeMode::Idle => false,
+            NodeMode::Connecting | NodeMode::Syncing => false,
+            _ => st.role == Role::Primary || v.has_applied,
+        }
+    }
+
+    /// A crash of `h` is allowed when `h` is alive and not taking over (its lease request may
+    /// be at the arbiter already: the term it asked for would fence its peer, leaving nobody),
+    /// and its peer holds the guest's state.
+    fn crash_allowed(&self, h: usize) -> bool {
+        !self.dead[h]
+            && self.views[h].is_some_and(|v| v.status.mode != NodeMode::TakingOver)
+            && self.holds_state(1 - h)
+    }
+
+    /// Host `h` crashes now: it executes nothing more, its held frames end, what was on its
+    /// way to it is lost; the executor kills it and the controller restarts it `down_for` later.
+    fn crash_host(&mut self, now: Instant, h: usize, down_for: colo_core::time::Duration) {
+        self.dead[h] = true;
+        self.views[h] = None;
+        self.obs.crash(now, host(h));
+        self.ctl_inbox.remove(&Ctl::Host(h));
+        if self.owner == h {
+            self.lan_inbox.remove(&Endpoint::Guest);
+        }
+        self.faults.restart_at[h] = Some(now + down_for);
+        self.faults.to_kill.push(h);
+        self.ring(Waiter::Controller);
+    }
+
+    /// Some host's checkpoint entered `point`: pending crashes waiting for it fire if allowed.
+    pub(super) fn crash_at_point(&mut self, now: Instant, point: CrashPoint) {
+        if self.faults.faults_stopped {
+            return;
+        }
+        for i in 0..self.opts.crashes.len() {
+            let c = self.opts.crashes[i];
+            if c.point == point
+                && self.faults.crash_state[i] == CrashState::Pending
+                && c.not_before <= now
+                && self.crash_allowed(index(c.host))
+            {
+                self.faults.crash_state[i] = CrashState::Fired;
+                self.crash_host(now, index(c.host), c.down_for);
+            }
+        }
+    }
+
+    /// `At` crashes due, and `OnFailover` ones while some node takes over.
+    pub(super) fn instant_crashes(&mut self, now: Instant) {
+        if self.faults.faults_stopped {
+            return;
+        }
+        let taking_over = (0..2).any(|h| {
+            !self.dead[h] && self.views[h].is_some_and(|v| v.status.mode == NodeMode::TakingOver)
+        });
+        for i in 0..self.opts.crashes.len() {
+            let c = self.opts.crashes[i];
+            let due = match c.point {
+                CrashPoint::At => true,
+                CrashPoint::OnFailover => taking_over,
+                _ => false,
+            };
+            if due
+                && self.faults.crash_state[i] == CrashState::Pending
+                && c.not_before <= now
+                && self.crash_allowed(index(c.host))
+            {
+                self.faults.crash_state[i] = CrashState::Fired;
+                self.crash_host(now, index(c.host), c.down_for);
+            }
+        }
+    }
+
+    /// A solo survivor whose peer is back is told to re-protect (and a refused newcomer to
+    /// start again), once per solo period.
+    pub(super) fn reprotect_if_solo(&mut self) {
+        for p in 0..2 {
+            let h = 1 - p;
+            if self.dead[p] || self.dead[h] || self.faults.reprotect_asked[p] {
+                continue;
+            }
+            let (Some(vp), Some(vh)) = (self.views[p], self.views[h]) else {
+                continue;
+            };
+            let peer = vh.status.mode;
+            if vp.status.mode == NodeMode::Solo
+                && matches!(peer, NodeMode::Connecting | NodeMode::Idle)
+            {
+                self.faults.reprotect_asked[p] = true;
+                self.commands[p].push_back(Command::Reprotect);
+                self.ring(Waiter::Host(p));
+                if peer == NodeMode::Idle {
+                    self.commands[h].push_back(Command::Start);
+                    self.ring(Waiter::Host(h));
+                }
+            }
+        }
+    }
+
+    /// Link faults, the liveness phase, due crashes; returns the hosts to restart now.
+    pub(super) fn apply_faults(&mut self, now: Instant) -> Vec<usize> {
+        let restarts: Vec<usize> = (0..2)
+            .filter(|h| self.faults.restart_at[*h].is_some_and(|t| t <= now))
+            .collect();
+        for h in &restarts {
+            self.faults.restart_at[*h] = None;
+        }
+        if !self.faults.faults_stopped && now >= self.opts.liveness_starts() {
+            self.faults.faults_stopped = true;
+            for s in &mut self.faults.crash_state {
+                if *s == CrashState::Pending {
+                    *s = CrashState::Dropped;
+                }
+            }
+            self.lan_net.heal_all();
+            self.ctl_net.heal_all();
+            for c in 0..self.opts.clients {
+                let client = Endpoint::Client(c);
+                self.lan_net.unclog(now, &client, &Endpoint::Guest);
+            }
+            for (a, b) in ctl_pairs() {
+                self.ctl_net.unclog(now, &a, &b);
+            }
+            self.faults.applied.clear();
+            let delay = self.opts.link.delay;
+            self.lan_net.set_default_link(LinkConfig::with_delay(delay));
+            self.obs.push(TraceEvent::FaultsStopped { at: now });
+        }
+        if self.faults.faults_stopped {
+            return restarts;
+        }
+        self.instant_crashes(now);
+        for (i, lf) in self.opts.link_faults.clone().iter().enumerate() {
+            let on = lf.from <= now
+                && now < lf.until
+                && match lf.cut {
+                    Cut::ClientsHost(h) => index(h) == self.owner,
+                    _ => true,
+                };
+            let applied = self.faults.applied.contains(&i);
+            if on == applied {
+                continue;
+            }
+            self.cut(now, lf.cut, lf.mode, on);
+            if on {
+                self.faults.applied.push(i);
+            } else {
+                self.faults.applied.retain(|x| *x != i);
+            }
+        }
+        self.faults.link_moved = false;
+        restarts
+    }
+
+    /// Applies (`on`) or lifts one cut.
+    fn cut(&mut self, now: Instant, cut: Cut, mode: CutMode, on: bool) {
+        let (a, b) = match cut {
+            Cut::HostHost => (Ctl::Host(0), Ctl::Host(1)),
+            Cut::HostArbiter(h) => (Ctl::Host(index(h)), Ctl::Arbiter),
+            Cut::ClientsHost(_) => {
+                for c in 0..self.opts.clients {
+                    let client = Endpoint::Client(c);
+                    let net = &mut self.lan_net;
+                    match (on, mode) {
+                        (true, CutMode::Symmetric) => net.partition(client, Endpoint::Guest),
+                        (true, CutMode::OneWay) => net.partition_one_way(client, Endpoint::Guest),
+                        (true, CutMode::Clog) => net.clog(client, Endpoint::Guest),
+                        (false, CutMode::Clog) => net.unclog(now, &client, &Endpoint::Guest),
+                        (false, _) => net.heal(&client, &Endpoint::Guest),
+                    }
+                }
+                return;
+            }
+        };
+        let net = &mut self.ctl_net;
+        match (on, mode) {
+            (true, CutMode::Symmetric) => net.partition(a, b),
+            (true, CutMode::OneWay) => net.partition_one_way(a, b),
+            (true, CutMode::Clog) => {
+                net.clog(a, b);
+                net.clog(b, a);
+            }
+            (false, CutMode::Clog) => {
+                net.unclog(now, &a, &b);
+                net.unclog(now, &b, &a);
+            }
+            (false, _) => net.heal(&a, &b),
+        }
+    }
+
+    /// When the controller must look again.
+    pub(super) fn next_fault(&self, now: Instant) -> Option<Instant> {
+        let mut t: Vec<Option<Instant>> = self.faults.restart_at.to_vec();
+        if !self.faults.faults_stopped {
+            t.push(Some(self.opts.liveness_starts()));
+            for (c, s) in self.opts.crashes.iter().zip(&self.faults.crash_state) {
+                if *s == CrashState::Pending {
+                    t.push(Some(c.not_before));
+                }
+            }
+            for lf in &self.opts.link_faults {
+                t.push(Some(lf.from));
+                t.push(Some(lf.until));
+            }
+        }
+        t.into_iter().flatten().filter(|x| *x > now).min()
+    }
+
+    /// The controller's step at `now`: applies the faults due and asks for re-protection;
+    /// returns the hosts to kill now, the hosts to boot again now (already counted as a new
+    /// incarnation, traced as `Restart`), and when to look again.
+    pub(crate) fn step_controller(
+        &mut self,
+        now: Instant,
+    ) -> (Vec<usize>, Vec<usize>, Option<Instant>) {
+        self.deliver(now);
+        let restarts = self.apply_faults(now);
+        self.reprotect_if_solo();
+        let kills: Vec<usize> = self.faults.to_kill.drain(..).collect();
+        for h in &restarts {
+            self.incarnation[*h] += 1;
+            self.faults.reprotect_asked[1 - *h] = false;
+            self.ctl_inbox.remove(&Ctl::Host(*h));
+            self.obs.push(TraceEvent::Restart {
+                at: now,
+                host: host(*h),
+            });
+        }
+        (kills, restarts, self.next_fault(now))
+    }
+}
+
+fn ctl_pairs() -> [(Ctl, Ctl); 6] {
+    let (a, b, r) = (Ctl::Host(0), Ctl::Host(1), Ctl::Arbiter);
+    [(a, b), (b, a), (a, r), (r, a), (b, r), (r, b)]
+}

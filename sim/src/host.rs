@@ -1,0 +1,567 @@
+//! `SimHost`: one simulated colo host — its `colo_core::node::Node`, its VM platform
+//! ([`SimVm`]), its disk ([`LayeredDisk`]) and its own guest ([`Guest`]: the PVM on a primary,
+//! the SVM on a secondary) — as one sans-IO model: inputs go in through `handle_*(now, ..)`,
+//! everything the host wants done outside itself comes out of [`SimHost::poll_output`], and
+//! [`SimHost::poll_timeout`] says when to come back. It has no global knowledge: frames for the
+//! peer, the arbiter and the clients leave as [`HostOutput`]s, and what the run observes (held
+//! frames, releases, the secondary's output, checkpoint phases) leaves as outputs too, for the
+//! engine to hand to its [`crate::observer::Observer`]. The fabric ([`crate::fabric`]) steps
+//! two of them under either executor: the madsim cluster ([`crate::cluster_run`]) runs one per
+//! madsim node, so killing the node drops the host whole; the plain loop
+//! ([`crate::node_run`]) drops the value.
+//!
+//! Invariant kept: the host executes what its node orders and reports completions back, in the
+//! order the node emitted them; a host that crashed inside a step (a crash point said so)
+//! executes nothing more.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use colo_core::checkpoint::{VmCommand, VmCompletion};
+use colo_core::disk::GuestIoId;
+use colo_core::failover::{LeaseReply, LeaseRequest};
+use colo_core::ids::{Epoch, PageRange, Role};
+use colo_core::node::{
+    Command, Event, GuestDiskRequest, Input, LinkState, Node, NodeConfig, NodeStatus, OutBulk,
+    Output, PeerBulk, SyncCommand,
+};
+use colo_core::rewrite::Phase as RewritePhase;
+use colo_core::time::{Duration, Instant};
+use colo_core::wire::message::WriteId;
+use colo_core::wire::{Message, PAGE_SIZE};
+
+use crate::guest::Guest;
+use crate::guest::disk::{BLOCK_SIZE, DiskWrite};
+use crate::platform::disk::LayeredDisk;
+use crate::platform::vm::{SimVm, VmTiming};
+use crate::platform::{Canary, ReplFrame};
+use crate::swarm::CrashPoint;
+use crate::trace::TraceEvent;
+
+/// Bytes of the simulated disk: the guest's whole block device (`GuestConfig::disk_blocks`
+/// blocks of [`BLOCK_SIZE`] bytes), so every guest write lands inside it.
+pub const DISK_BYTES: u64 = 4096 * BLOCK_SIZE as u64;
+/// Pages of simulated guest memory the node is configured with.
+pub const MEMORY_PAGES: u64 = 4096;
+
+/// Something that crosses the replication link between two hosts.
+#[derive(Clone, Debug)]
+pub enum PeerMsg {
+    /// A node message (with its bulk, or the length of a bulk the platform stored).
+    Node {
+        /// The message.
+        message: Message,
+        /// Its bulk.
+        bulk: PeerBulk,
+    },
+    /// A VM platform frame (page batches, device state with the guest snapshot).
+    Repl(ReplFrame),
+    /// A forwarded guest write: the message and the bytes the receiver stages for it.
+    Write {
+        /// The write's id.
+        id: WriteId,
+        /// Its offset.
+        offset: u64,
+        /// Its bytes.
+        data: Vec<u8>,
+        /// `Message::DiskWrite`.
+        message: Message,
+    },
+}
+
+/// What a host asks of the world, or reports to the run's observer.
+#[derive(Clone, Debug)]
+pub enum HostOutput {
+    /// The node released this frame to the clients (status at release).
+    Release(Vec<u8>, Box<NodeStatus>),
+    /// The host's guest emitted this frame and it goes to the node (status, running epoch).
+    GuestFrame(Vec<u8>, Box<NodeStatus>, Epoch),
+    /// A secondary frame sent to the primary's comparator.
+    SvmOutput(Vec<u8>),
+    /// For the peer host.
+    ToPeer(PeerMsg),
+    /// For the arbiter.
+    ToArbiter(LeaseRequest),
+    /// The node claimed the client link (failover).
+    ClaimLink,
+    /// The node was deposed: its held frames are superseded.
+    Deposed,
+    /// A trace event (checkpoint phases, terms, re-protection).
+    Trace(TraceEvent),
+}
+
+/// The engine's say on crash points: `crash_point` is asked when this host's checkpoint enters
+/// `point`; it returns `true` if *this* host crashes right now (it may also crash the peer).
+pub trait CrashHook {
+    /// See the trait.
+    fn crash_point(&mut self, now: Instant, me: usize, point: CrashPoint) -> bool;
+}
+
+/// One host (see the module documentation).
+#[derive(Debug)]
+pub struct SimHost {
+    index: usize,
+    node: Node,
+    vm: SimVm,
+    disk: LayeredDisk,
+    guest: Guest,
+    /// Frames for a paused guest, delivered when it resumes.
+    pending: VecDeque<Vec<u8>>,
+    /// Local completions due later: (instant, sequence) -> input.
+    timers: BTreeMap<(Instant, u64), Input>,
+    seq: u64,
+    next_io: u64,
+    out: VecDeque<HostOutput>,
+    dead: bool,
+    /// Guest disk writes handed to the node.
+    pub disk_writes: u64,
+    /// Guest disk writes the node completed with an error.
+    pub disk_write_errors: u64,
+}
+
+impl SimHost {
+    /// A host `index` (0 = A, 1 = B) whose node starts in `role`, with `guest` (paused until
+    /// the node resumes its VM), a disk failing writes at `disk_write_error_ppm`; `canary` is
+    /// planted in the VM unless it is one of the Node's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        index: usize,
+        config: NodeConfig,
+        role: Role,
+        guest: Guest,
+        timing: VmTiming,
+        canary: Option<Canary>,
+        disk: LayeredDisk,
+        now: Instant,
+    ) -> SimHost {
+        SimHost {
+            index,
+            node: Node::new(config, role, now).expect("valid node config"),
+            // A canary the Node plants is in `config` already ([`crate::node_run::node_config`]);
+            // the others go to the VM platform.
+            vm: SimVm::new_paused(timing, canary.filter(|c| c.node_canary().is_none())),
+            disk,
+            guest,
+            pending: VecDeque::new(),
+            timers: BTreeMap::new(),
+            seq: 0,
+            next_io: 0,
+            out: VecDeque::new(),
+            dead: false,
+            disk_writes: 0,
+            disk_write_errors: 0,
+        }
+    }
+
+    /// Starts the node and brings the peer link up (a secondary knocks with Hello).
+    pub fn start(&mut self, now: Instant, hook: &mut dyn CrashHook) {
+        self.input(now, Input::Command(Command::Start), hook);
+        self.input(now, Input::PeerLink(LinkState::Up), hook);
+    }
+
+    /// The node's status.
+    pub fn status(&self, now: Instant) -> NodeStatus {
+        self.node.status(now)
+    }
+
+    /// Whether the host's VM holds a checkpoint applied since it booted (a secondary that can
+    /// take over).
+    pub fn has_applied(&self) -> bool {
+        self.vm.applied().is_some()
+    }
+
+    /// The epoch the node's primary checkpointer is running, if it is on the primary side.
+    pub fn primary_epoch(&self) -> Option<Epoch> {
+        self.node
+            .primary_checkpointer()
+            .map(|c| c.last_done().next())
+    }
+
+    /// Whether the host crashed inside a step.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// A client frame (the host owns the client link).
+    pub fn handle_client_frame(&mut self, now: Instant, frame: Vec<u8>, hook: &mut dyn CrashHook) {
+        self.input(now, Input::ClientFrame(frame), hook);
+    }
+
+    /// Something from the peer host.
+    pub fn handle_peer(&mut self, now: Instant, msg: PeerMsg, hook: &mut dyn CrashHook) {
+        match msg {
+            PeerMsg::Node { message, bulk } => self.input(now, Input::Peer { message, bulk }, hook),
+            PeerMsg::Repl(f) => {
+                let (message, len) = self.vm.handle_repl(f);
+                let bulk = PeerBulk::Stored { len };
+                self.input(now, Input::Peer { message, bulk }, hook);
+            }
+            PeerMsg::Write {
+                id,
+                offset,
+                data,
+                message,
+            } => {
+                let len = data.len() as u64;
+                self.disk.stage_peer_write(id, offset, data);
+                let bulk = PeerBulk::Stored { len };
+                self.input(now, Input::Peer { message, bulk }, hook);
+            }
+        }
+    }
+
+    /// The arbiter's reply to request `id`.
+    pub fn handle_arbiter(
+        &mut self,
+        now: Instant,
+        id: colo_core::failover::LeaseRequestId,
+        reply: LeaseReply,
+        hook: &mut dyn CrashHook,
+    ) {
+        self.input(now, Input::Arbiter { id, reply }, hook);
+    }
+
+    /// An operator's command.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command, hook: &mut dyn CrashHook) {
+        self.input(now, Input::Command(cmd), hook);
+    }
+
+    /// Everything due at `now`: local completions, the VM's transfers and completions, the
+    /// node's timers and the guest's.
+    pub fn handle_timeout(&mut self, now: Instant, hook: &mut dyn CrashHook) {
+        while !self.dead
+            && let Some(entry) = self.timers.first_entry()
+            && entry.key().0 <= now
+        {
+            let input = entry.remove();
+            self.input(now, input, hook);
+        }
+        while !self.dead
+            && let Some(f) = self.vm.poll_repl(now)
+        {
+            self.out.push_back(HostOutput::ToPeer(PeerMsg::Repl(f)));
+        }
+        self.set_trace_pauses();
+        while !self.dead
+            && let Some(done) = self.vm.poll_completion(now, &mut self.guest)
+        {
+            if done == VmCompletion::Resumed {
+                let pending: Vec<Vec<u8>> = self.pending.drain(..).collect();
+                for f in pending {
+                    self.guest.handle_frame(now, f);
+                }
+                self.drain_guest(now, hook);
+            }
+            self.drain_vm_trace();
+            self.input(now, Input::VmDone(done), hook);
+        }
+        if !self.dead && self.node.poll_timeout().is_some_and(|t| t <= now) {
+            self.input(now, Input::Timeout, hook);
+        }
+        if !self.dead && self.vm.is_running() && self.guest.poll_timeout().is_some_and(|t| t <= now)
+        {
+            self.guest.handle_timeout(now);
+            self.drain_guest(now, hook);
+        }
+    }
+
+    /// When the host next has work of its own.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        if self.dead {
+            return None;
+        }
+        let guest = if self.vm.is_running() {
+            self.guest.poll_timeout()
+        } else {
+            None
+        };
+        [
+            self.timers.first_key_value().map(|(k, _)| k.0),
+            self.vm.poll_timeout(),
+            self.node.poll_timeout(),
+            guest,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next output.
+    pub fn poll_output(&mut self) -> Option<HostOutput> {
+        self.out.pop_front()
+    }
+
+    fn later(&mut self, at: Instant, input: Input) {
+        self.seq += 1;
+        self.timers.insert((at, self.seq), input);
+    }
+
+    fn input(&mut self, now: Instant, input: Input, hook: &mut dyn CrashHook) {
+        if self.dead {
+            return;
+        }
+        self.node.handle(now, input);
+        while let Some(o) = self.node.poll_output() {
+            if self.dead {
+                // Crashed while draining: nothing more leaves this host.
+                continue;
+            }
+            self.execute(now, o, hook);
+        }
+    }
+
+    fn crash_point(&mut self, now: Instant, point: CrashPoint, hook: &mut dyn CrashHook) {
+        // What the host did before this instant's crash (outputs already queued) stands.
+        if hook.crash_point(now, self.index, point) {
+            self.dead = true;
+            self.vm.crash();
+        }
+    }
+
+    /// Only a primary's pause is a checkpoint's pause state: a secondary's is not hashed
+    /// (`SimVm::set_trace_pauses`), set from the node's role before every VM call.
+    fn set_trace_pauses(&mut self) {
+        let primary = self.node.secondary_checkpointer().is_none();
+        self.vm.set_trace_pauses(primary);
+    }
+
+    fn drain_vm_trace(&mut self) {
+        // The SVM's own pause is not a checkpoint's pause state.
+        let secondary = self.node.secondary_checkpointer().is_some();
+        while let Some(e) = self.vm.poll_trace() {
+            if !(secondary && matches!(e, TraceEvent::Paused { .. })) {
+                self.out.push_back(HostOutput::Trace(e));
+            }
+        }
+    }
+
+    fn drain_guest(&mut self, now: Instant, hook: &mut dyn CrashHook) {
+        while !self.dead
+            && let Some(f) = self.guest.poll_transmit()
+        {
+            let st = self.node.status(now);
+            let epoch = self.primary_epoch().unwrap_or(Epoch(0));
+            self.out
+                .push_back(HostOutput::GuestFrame(f.clone(), Box::new(st), epoch));
+            // A deposed or stopped node's guest output ends here (the observer agrees).
+            if !matches!(
+                st.mode,
+                colo_core::node::NodeMode::Deposed | colo_core::node::NodeMode::Stopped
+            ) {
+                self.input(now, Input::GuestFrame(f), hook);
+            }
+        }
+        while !self.dead
+            && let Some(w) = self.guest.poll_disk_write()
+        {
+            self.guest_disk_write(now, w, hook);
+        }
+    }
+
+    /// A guest disk write: its bytes are staged on the disk and the request handed to the node,
+    /// whose disk machines order the layer writes (and, on a primary, forward it).
+    fn guest_disk_write(&mut self, now: Instant, w: DiskWrite, hook: &mut dyn CrashHook) {
+        let io = GuestIoId(self.next_io);
+        self.next_io += 1;
+        let offset = w.block * BLOCK_SIZE as u64;
+        let len = w.data.len() as u32;
+        self.disk.stage_guest_write(io, offset, w.data);
+        self.disk_writes += 1;
+        let req = GuestDiskRequest::Write { io, offset, len };
+        self.input(now, Input::GuestDisk(req), hook);
+    }
+
+    fn execute(&mut self, now: Instant, o: Output, hook: &mut dyn CrashHook) {
+        match o {
+            Output::ToClient(frame) => {
+                let st = self.node.status(now);
+                self.out.push_back(HostOutput::Release(frame, Box::new(st)));
+            }
+            Output::ToGuest(frame) => {
+                if self.vm.is_running() {
+                    self.guest.handle_frame(now, frame);
+                    self.drain_guest(now, hook);
+                } else {
+                    self.pending.push_back(frame);
+                }
+            }
+            Output::ToPeer { message, bulk } => self.on_peer_output(now, message, bulk, hook),
+            Output::Vm(cmd) => {
+                let point = match cmd {
+                    VmCommand::Pause => Some(CrashPoint::OnPause),
+                    VmCommand::SendPages { .. } => Some(CrashPoint::OnTransfer),
+                    VmCommand::ApplyCheckpoint { .. } => Some(CrashPoint::OnApply),
+                    _ => None,
+                };
+                if let Some(p) = point {
+                    self.crash_point(now, p, hook);
+                    if self.dead {
+                        return;
+                    }
+                }
+                if let VmCommand::ApplyCheckpoint { epoch } = cmd {
+                    // The node reset its rewriter together with ordering the load (state
+                    // equality checks the translation is the identity now).
+                    let skewed = self.node.rewriter().map_or(0, |r| {
+                        r.phases()
+                            .filter(|(_, p)| *p != RewritePhase::Established { offset: 0 })
+                            .count() as u64
+                    });
+                    let t = TraceEvent::Translation {
+                        at: now,
+                        epoch,
+                        skewed,
+                    };
+                    self.out.push_back(HostOutput::Trace(t));
+                }
+                if matches!(cmd, VmCommand::Pause)
+                    && let Some(p) = self.node.primary_checkpointer()
+                {
+                    let e = p.epoch();
+                    self.vm.set_pause_epoch(e);
+                }
+                self.set_trace_pauses();
+                self.vm.handle_command(now, cmd, &mut self.guest);
+                self.drain_vm_trace();
+            }
+            Output::Disk(cmd) => {
+                let result = self.disk.execute(cmd);
+                let op = cmd.op();
+                self.later(
+                    now + Duration::from_micros(100),
+                    Input::DiskDone { op, result },
+                );
+            }
+            Output::GuestDiskDone { io, result } => {
+                self.disk.finish_guest_write(io);
+                if result.is_err() {
+                    self.disk_write_errors += 1;
+                }
+            }
+            Output::Sync(SyncCommand::SendAll { term }) => {
+                let pages = Message::SyncPages {
+                    term,
+                    batch: 0,
+                    ranges: vec![PageRange {
+                        first: 0,
+                        count: MEMORY_PAGES,
+                    }],
+                };
+                let disk = Message::SyncDisk {
+                    term,
+                    offset: 0,
+                    len: DISK_BYTES as u32,
+                };
+                for (message, len) in [(pages, MEMORY_PAGES * PAGE_SIZE), (disk, DISK_BYTES)] {
+                    let bulk = PeerBulk::Stored { len };
+                    self.out
+                        .push_back(HostOutput::ToPeer(PeerMsg::Node { message, bulk }));
+                }
+                let sent = Input::SyncSent {
+                    memory_bytes: MEMORY_PAGES * PAGE_SIZE,
+                    disk_bytes: DISK_BYTES,
+                };
+                self.later(now + Duration::from_millis(5), sent);
+            }
+            Output::Arbiter(req) => self.out.push_back(HostOutput::ToArbiter(req)),
+            Output::Event(e) => self.on_event(now, e),
+        }
+    }
+
+    fn on_peer_output(
+        &mut self,
+        now: Instant,
+        message: Message,
+        bulk: OutBulk,
+        hook: &mut dyn CrashHook,
+    ) {
+        match (&message, &bulk) {
+            (Message::SecondaryOutput { .. }, OutBulk::Frame(f)) => {
+                self.out.push_back(HostOutput::SvmOutput(f.clone()));
+            }
+            (Message::CheckpointReceived { epoch }, _) => {
+                let epoch = *epoch;
+                self.out
+                    .push_back(HostOutput::Trace(TraceEvent::Received { at: now, epoch }));
+                // A crash here still lets this message out (it was already sent).
+                let msg = PeerMsg::Node {
+                    message,
+                    bulk: PeerBulk::None,
+                };
+                self.out.push_back(HostOutput::ToPeer(msg));
+                self.crash_point(now, CrashPoint::OnReceived, hook);
+                return;
+            }
+            _ => {}
+        }
+        let msg = match bulk {
+            OutBulk::None => PeerMsg::Node {
+                message,
+                bulk: PeerBulk::None,
+            },
+            OutBulk::Frame(f) => PeerMsg::Node {
+                message,
+                bulk: PeerBulk::Frame(f),
+            },
+            OutBulk::GuestWrite(io) => match message {
+                Message::DiskWrite {
+                    write_id,
+                    offset,
+                    len,
+                    ..
+                } => PeerMsg::Write {
+                    id: write_id,
+                    offset,
+                    data: self.disk.guest_write_bytes(io, offset, len),
+                    message,
+                },
+                message => PeerMsg::Node {
+                    message,
+                    bulk: PeerBulk::None,
+                },
+            },
+        };
+        self.out.push_back(HostOutput::ToPeer(msg));
+    }
+
+    fn on_event(&mut self, now: Instant, e: Event) {
+        let trace = match e {
+            Event::CheckpointDone { epoch, .. } => {
+                Some(TraceEvent::CheckpointDone { at: now, epoch })
+            }
+            Event::FailedOver { term, .. } => Some(TraceEvent::TermStarted {
+                at: now,
+                host: host(self.index),
+                term,
+                solo: true,
+            }),
+            Event::Reprotected { epoch, .. } if self.node.is_primary_side() => {
+                Some(TraceEvent::Reprotected {
+                    at: now,
+                    host: host(self.index),
+                    epoch,
+                })
+            }
+            Event::Deposed { .. } => {
+                self.out.push_back(HostOutput::Deposed);
+                None
+            }
+            Event::ClaimClientLink { .. } => {
+                self.out.push_back(HostOutput::ClaimLink);
+                None
+            }
+            _ => None,
+        };
+        if let Some(t) = trace {
+            self.out.push_back(HostOutput::Trace(t));
+        }
+    }
+}
+
+/// Host index to name.
+pub fn host(h: usize) -> crate::swarm::Host {
+    if h == 0 {
+        crate::swarm::Host::A
+    } else {
+        crate::swarm::Host::B
+    }
+}
