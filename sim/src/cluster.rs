@@ -2,8 +2,9 @@
 //! madsim nodes — one node per guest, client and upstream server — with frames crossing the
 //! shared [`Fabric`] (the seeded [`Netem`] behind a [`Lan`]), and madsim providing time.
 //!
-//! It owns the glue between the sans-IO models and madsim's executor and keeps the crate's
-//! invariant under it: each node's task feeds its model only at simulated instants and hands
+//! It uses the glue between the sans-IO models and madsim's executor that the Node engine's
+//! madsim executor uses too ([`crate::bell`]: the LAN model trait, bells, `nap`) and keeps the
+//! crate's invariant under it: each node's task feeds its model only at simulated instants and hands
 //! every emitted frame to the fabric at once, and a task sleeping until its model's deadline is
 //! woken (its "bell" rung) whenever a frame is sent to it, so no frame waits for a timer it
 //! does not own. Nothing here reads madsim's RNG; madsim's scheduler interleaves the tasks,
@@ -11,13 +12,11 @@
 //! second run with the same seed can be compared (see `docs/simulation.md`).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex};
 
 use colo_core::time::{Duration, Instant};
 
+use crate::bell::{Bells, HasBells, LanModel, lock, nap, now_since};
 use crate::client::{Client, ClientConfig, History, UpstreamServer};
 use crate::guest::{Guest, GuestConfig};
 use crate::hash::Fnv64;
@@ -26,58 +25,18 @@ use crate::netem::Netem;
 use crate::rng::SimRng;
 use crate::world::{Endpoint, GUEST_ADDR, UPSTREAM_ADDR, UPSTREAM_PORT, WorldSpec, client_addr};
 
-/// A sans-IO model a node task can drive.
-trait Model {
-    fn handle_frame(&mut self, now: Instant, frame: Vec<u8>);
-    fn handle_timeout(&mut self, now: Instant);
-    fn poll_transmit(&mut self) -> Option<Vec<u8>>;
-    fn poll_timeout(&mut self) -> Option<Instant>;
-}
-
-macro_rules! model {
-    ($t:ty) => {
-        impl Model for $t {
-            fn handle_frame(&mut self, now: Instant, frame: Vec<u8>) {
-                <$t>::handle_frame(self, now, frame)
-            }
-            fn handle_timeout(&mut self, now: Instant) {
-                <$t>::handle_timeout(self, now)
-            }
-            fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-                <$t>::poll_transmit(self)
-            }
-            fn poll_timeout(&mut self) -> Option<Instant> {
-                <$t>::poll_timeout(self)
-            }
-        }
-    };
-}
-model!(Guest);
-model!(Client);
-model!(UpstreamServer);
-
-#[derive(Debug, Default)]
-struct Bell {
-    rung: bool,
-    waker: Option<Waker>,
-}
-
 /// The network every node shares: emulator, switch, per-endpoint inboxes and bells.
 #[derive(Debug)]
 pub struct Fabric {
     net: Netem<Endpoint>,
     lan: Lan<Endpoint>,
     inbox: BTreeMap<Endpoint, VecDeque<Vec<u8>>>,
-    bells: BTreeMap<Endpoint, Bell>,
+    bells: Bells<Endpoint>,
 }
 
 impl Fabric {
     fn ring(&mut self, e: Endpoint) {
-        let bell = self.bells.entry(e).or_default();
-        bell.rung = true;
-        if let Some(w) = bell.waker.take() {
-            w.wake();
-        }
+        self.bells.ring(e);
     }
 
     fn send(&mut self, now: Instant, from: Endpoint, frame: Vec<u8>) {
@@ -96,42 +55,15 @@ impl Fabric {
     }
 }
 
-fn lock(f: &Mutex<Fabric>) -> MutexGuard<'_, Fabric> {
-    // A panicking node task ends the simulation, so a poisoned lock is never observed live.
-    f.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Sleeps until `deadline` or until the endpoint's bell rings, whichever is first.
-struct Nap<'a> {
-    sleep: Pin<Box<madsim::time::Sleep>>,
-    fabric: &'a Mutex<Fabric>,
-    me: Endpoint,
-}
-
-impl Future for Nap<'_> {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        {
-            let mut f = lock(self.fabric);
-            let bell = f.bells.entry(self.me).or_default();
-            if bell.rung {
-                bell.rung = false;
-                return Poll::Ready(());
-            }
-            bell.waker = Some(cx.waker().clone());
-        }
-        self.sleep.as_mut().poll(cx)
+impl HasBells<Endpoint> for Fabric {
+    fn bells(&mut self) -> &mut Bells<Endpoint> {
+        &mut self.bells
     }
-}
-
-fn now_since(start: madsim::time::Instant) -> Instant {
-    let d = madsim::time::Instant::now().saturating_duration_since(start);
-    Instant::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Drives one model on the current node until simulated time `until`.
 async fn drive(
-    model: &mut dyn Model,
+    model: &mut dyn LanModel,
     me: Endpoint,
     fabric: &Mutex<Fabric>,
     start: madsim::time::Instant,
@@ -162,13 +94,7 @@ async fn drive(
             .min()
             .unwrap_or(until)
             .max(now + Duration::from_micros(1));
-        let deadline = start + next.saturating_duration_since(Instant::ZERO);
-        Nap {
-            sleep: Box::pin(madsim::time::sleep_until(deadline)),
-            fabric,
-            me,
-        }
-        .await;
+        nap(fabric, me, start, next).await;
     }
 }
 
@@ -202,7 +128,7 @@ pub async fn run_world(seed: u64, spec: WorldSpec, duration: Duration) -> Cluste
         net: Netem::new(root.fork("netem"), spec.link),
         lan,
         inbox: BTreeMap::new(),
-        bells: BTreeMap::new(),
+        bells: Bells::default(),
     }));
     let histories: Arc<Mutex<Vec<Option<History>>>> =
         Arc::new(Mutex::new(vec![None; spec.clients as usize]));
@@ -225,7 +151,7 @@ pub async fn run_world(seed: u64, spec: WorldSpec, duration: Duration) -> Cluste
                     async move {
                         let mut g = Guest::boot(cfg, now_since(start), rng);
                         drive(&mut g, Endpoint::Guest, &fabric, start, until).await;
-                        *hash.lock().unwrap_or_else(|e| e.into_inner()) = g.state_hash();
+                        *lock(&hash) = g.state_hash();
                     }
                 })
                 .build(),
@@ -250,8 +176,7 @@ pub async fn run_world(seed: u64, spec: WorldSpec, duration: Duration) -> Cluste
                     async move {
                         let mut client = Client::new(c, now_since(start), rng);
                         drive(&mut client, Endpoint::Client(i), &fabric, start, until).await;
-                        hs.lock().unwrap_or_else(|e| e.into_inner())[i as usize] =
-                            Some(client.history().clone());
+                        lock(&hs)[i as usize] = Some(client.history().clone());
                     }
                 })
                 .build(),
@@ -282,9 +207,9 @@ pub async fn run_world(seed: u64, spec: WorldSpec, duration: Duration) -> Cluste
     // Every node stops at `until`; give the last instant a moment to finish.
     madsim::time::sleep(duration + Duration::from_millis(1)).await;
     drop(nodes);
-    let histories = histories.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let histories = lock(&histories).clone();
     let trace_hash = lock(&fabric).net.trace_hash();
-    let guest_state_hash = *guest_hash.lock().unwrap_or_else(|e| e.into_inner());
+    let guest_state_hash = *lock(&guest_hash);
     let mut h = Fnv64::new();
     h.write_u64(trace_hash);
     h.write_u64(guest_state_hash);

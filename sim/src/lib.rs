@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bell;
 pub mod check;
 pub mod client;
 #[cfg(madsim)]

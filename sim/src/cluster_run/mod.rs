@@ -11,62 +11,23 @@
 //! holds the fabric lock, without awaiting, so a run is a pure function of the seed and
 //! madsim's seeded scheduler ([`run_cluster`]'s digest is compared by `--check-determinism`).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 
 use colo_core::failover::Arbiter;
 use colo_core::time::{Duration, Instant};
 
-use crate::fabric::{LanModel, NodeRunOutput, Shared, Waiter};
+use crate::bell::{Bells, HasBells, LanModel, lock, nap, now_since};
+use crate::fabric::{NodeRunOutput, Shared, Waiter};
 use crate::platform::Canary;
 use crate::swarm::SwarmOptions;
 use crate::world::Endpoint;
 
 type SharedRef = Arc<Mutex<Shared>>;
 
-fn lock(s: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // A panicking task ends the simulation, so a poisoned lock is never observed live.
-    s.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Sleeps until `deadline` or until `me`'s bell rings.
-struct Nap<'a> {
-    sleep: Pin<Box<madsim::time::Sleep>>,
-    shared: &'a Mutex<Shared>,
-    me: Waiter,
-}
-
-impl Future for Nap<'_> {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        {
-            let mut s = lock(self.shared);
-            let bell = s.bells.entry(self.me).or_default();
-            if bell.rung {
-                bell.rung = false;
-                return Poll::Ready(());
-            }
-            bell.waker = Some(cx.waker().clone());
-        }
-        self.sleep.as_mut().poll(cx)
+impl HasBells<Waiter> for Shared {
+    fn bells(&mut self) -> &mut Bells<Waiter> {
+        &mut self.bells
     }
-}
-
-fn now_since(start: madsim::time::Instant) -> Instant {
-    let d = madsim::time::Instant::now().saturating_duration_since(start);
-    Instant::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-async fn nap(shared: &Mutex<Shared>, me: Waiter, start: madsim::time::Instant, next: Instant) {
-    let deadline = start + next.saturating_duration_since(Instant::ZERO);
-    Nap {
-        sleep: Box::pin(madsim::time::sleep_until(deadline)),
-        shared,
-        me,
-    }
-    .await;
 }
 
 /// The host task: boots (first boot: A primary, B secondary; after a restart: an empty

@@ -22,7 +22,6 @@
 //! ([`Shared::ring`]) tell an executor which actor has new work at the current instant.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::task::Waker;
 
 use colo_core::failover::{Arbiter, ArbiterPhase, LeaseReply, LeaseRequest, LeaseRequestId};
 use colo_core::ids::{ClusterId, Epoch, NodeId, Role, Term};
@@ -30,6 +29,7 @@ use colo_core::node::{Command, NodeConfig, NodeStatus};
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::PAGE_SIZE;
 
+use crate::bell::{Bells, LanModel};
 use crate::client::{Client, ClientConfig, History, UpstreamServer};
 use crate::guest::{Guest, GuestConfig, GuestSnapshot};
 use crate::host::{CrashHook, DISK_BYTES, HostOutput, MEMORY_PAGES, PeerMsg, SimHost, host};
@@ -105,12 +105,6 @@ pub(crate) enum Waiter {
     Controller,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Bell {
-    pub(crate) rung: bool,
-    pub(crate) waker: Option<Waker>,
-}
-
 /// What the controller knows of a live host (published by the host after each step).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HostView {
@@ -129,7 +123,7 @@ pub(crate) struct Shared {
     pub(crate) ctl_payloads: BTreeMap<u64, (CtlMsg, Option<(usize, u32)>)>,
     pub(crate) next_payload: u64,
     pub(crate) ctl_inbox: BTreeMap<Ctl, VecDeque<CtlMsg>>,
-    pub(crate) bells: BTreeMap<Waiter, Bell>,
+    pub(crate) bells: Bells<Waiter>,
     pub(crate) obs: Observer,
     /// The host the client link goes to.
     pub(crate) owner: usize,
@@ -201,7 +195,7 @@ impl Shared {
             ctl_payloads: BTreeMap::new(),
             next_payload: 0,
             ctl_inbox: BTreeMap::new(),
-            bells: BTreeMap::new(),
+            bells: Bells::default(),
             obs,
             owner: 0,
             dead: [false; 2],
@@ -405,11 +399,7 @@ impl Shared {
         }
     }
     pub(crate) fn ring(&mut self, w: Waiter) {
-        let bell = self.bells.entry(w).or_default();
-        bell.rung = true;
-        if let Some(k) = bell.waker.take() {
-            k.wake();
-        }
+        self.bells.ring(w);
     }
 
     pub(crate) fn lan_send(&mut self, now: Instant, from: Endpoint, frame: Vec<u8>) {
@@ -528,32 +518,3 @@ pub(crate) fn waiter(c: Ctl) -> Waiter {
         Ctl::Arbiter => Waiter::Arbiter,
     }
 }
-
-/// A LAN model a task drives (a client or the upstream server).
-pub(crate) trait LanModel {
-    fn handle_frame(&mut self, now: Instant, frame: Vec<u8>);
-    fn handle_timeout(&mut self, now: Instant);
-    fn poll_transmit(&mut self) -> Option<Vec<u8>>;
-    fn poll_timeout(&mut self) -> Option<Instant>;
-}
-
-macro_rules! lan_model {
-    ($t:ty) => {
-        impl LanModel for $t {
-            fn handle_frame(&mut self, now: Instant, frame: Vec<u8>) {
-                <$t>::handle_frame(self, now, frame)
-            }
-            fn handle_timeout(&mut self, now: Instant) {
-                <$t>::handle_timeout(self, now)
-            }
-            fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-                <$t>::poll_transmit(self)
-            }
-            fn poll_timeout(&mut self) -> Option<Instant> {
-                <$t>::poll_timeout(self)
-            }
-        }
-    };
-}
-lan_model!(Client);
-lan_model!(UpstreamServer);

@@ -99,10 +99,7 @@ impl NodeRun {
             i if i - LAN < self.clients.len() => Waiter::Lan(Endpoint::Client((i - LAN) as u32)),
             _ => Waiter::Lan(Endpoint::Upstream),
         };
-        self.fabric
-            .bells
-            .get_mut(&w)
-            .is_some_and(|b| std::mem::take(&mut b.rung))
+        self.fabric.bells.take_rung(w)
     }
 
     /// Steps `actor` at `now`.
