@@ -10,3 +10,5 @@
 pub mod blk;
 pub mod net;
 pub mod queue;
+#[cfg(test)]
+mod testkit;
