@@ -3,7 +3,11 @@
 //! descriptors and requests.
 
 use super::*;
-use crate::devices::virtio::net::{STATUS_ACKNOWLEDGE, STATUS_DRIVER};
+use crate::devices::virtio::net::{
+    MAGIC, REG_CONFIG, REG_DEVICE_FEATURES, REG_DEVICE_FEATURES_SEL, REG_DEVICE_ID,
+    REG_DRIVER_FEATURES, REG_MAGIC, REG_QUEUE_NOTIFY, REG_STATUS, REG_VERSION, STATUS_ACKNOWLEDGE,
+    STATUS_DRIVER, STATUS_FEATURES_OK,
+};
 use crate::devices::virtio::testkit::{self, Ring, SIZE};
 use std::sync::{Arc, Mutex};
 

@@ -8,6 +8,7 @@
 //! dirty bitmap carries it into the next checkpoint.
 
 pub mod blk;
+mod mmio;
 pub mod net;
 pub mod queue;
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! small guest memory, including hostile descriptors and rings.
 
 use super::*;
+use crate::devices::virtio::queue::QUEUE_MAX;
 use crate::devices::virtio::testkit::{self, Ring, SIZE};
 use std::sync::{Arc, Mutex};
 
