@@ -26,9 +26,7 @@
 
 use super::mmio;
 use super::net::DevicePhase;
-use super::net::{
-    F_VERSION_1, INT_CONFIG_CHANGE, INT_USED_BUFFER, STATUS_DRIVER_OK, STATUS_NEEDS_RESET,
-};
+use super::net::{F_VERSION_1, INT_CONFIG_CHANGE, INT_USED_BUFFER, STATUS_NEEDS_RESET};
 use super::queue::{ChainError, QueueError, QueueState, Segment, byte_runs, take_prefix, trim_end};
 use crate::devices::bus::{BusDevice, DeviceAction};
 use crate::memory::{self, GuestMemory};
@@ -286,13 +284,7 @@ impl BlkDevice {
 
     /// The phase.
     pub fn phase(&self) -> DevicePhase {
-        if self.state.status & STATUS_NEEDS_RESET != 0 {
-            DevicePhase::NeedsReset
-        } else if self.state.status & STATUS_DRIVER_OK != 0 {
-            DevicePhase::Live
-        } else {
-            DevicePhase::Reset
-        }
+        mmio::phase(self.state.status)
     }
 
     /// Persist: the driver-visible state, requests in flight included.

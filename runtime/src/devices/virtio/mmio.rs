@@ -9,6 +9,7 @@
 //! device's NEEDS_RESET bit survives any status write but 0; accesses that are not 32-bit
 //! and aligned read as zero and are ignored on write.
 
+use super::net::DevicePhase;
 use super::net::{
     F_VERSION_1, MAGIC, REG_CONFIG, REG_CONFIG_GENERATION, REG_DEVICE_FEATURES,
     REG_DEVICE_FEATURES_SEL, REG_DEVICE_ID, REG_DRIVER_FEATURES, REG_DRIVER_FEATURES_SEL,
@@ -19,6 +20,18 @@ use super::net::{
     VENDOR_ID, VERSION,
 };
 use super::queue::{QUEUE_MAX, QueueError, QueueState};
+
+/// The phase a device status gives: NEEDS_RESET wins over DRIVER_OK (section 2.1.2: the
+/// device stops until the driver resets it).
+pub(super) fn phase(status: u32) -> DevicePhase {
+    if status & STATUS_NEEDS_RESET != 0 {
+        DevicePhase::NeedsReset
+    } else if status & STATUS_DRIVER_OK != 0 {
+        DevicePhase::Live
+    } else {
+        DevicePhase::Reset
+    }
+}
 
 /// What a device shows through the common registers on a read.
 pub(super) struct RegisterView<'a> {

@@ -210,13 +210,7 @@ impl NetDevice {
 
     /// The phase.
     pub fn phase(&self) -> DevicePhase {
-        if self.state.status & STATUS_NEEDS_RESET != 0 {
-            DevicePhase::NeedsReset
-        } else if self.state.status & STATUS_DRIVER_OK != 0 {
-            DevicePhase::Live
-        } else {
-            DevicePhase::Reset
-        }
+        mmio::phase(self.state.status)
     }
 
     /// Persist: the driver-visible state.
