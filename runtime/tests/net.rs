@@ -5,41 +5,25 @@
 mod common;
 
 use colo_runtime::devices::virtio::net::DevicePhase;
+use colo_runtime::net::kvclient::{KvConnection, Timeouts};
 use colo_runtime::net::netns::NetNs;
 use colo_runtime::net::tap::{Tap, TapLink};
 use colo_runtime::{ConsoleOutput, Machine, MachineConfig};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 const GUEST: &str = "10.0.0.2:7000";
 
 /// Sends each request line and reads one reply line for it, over one connection.
-fn exchange(stream: &TcpStream, requests: &[&str]) -> Vec<String> {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    requests
-        .iter()
-        .map(|r| {
-            writer.write_all(format!("{r}\n").as_bytes()).unwrap();
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            line.trim_end().to_string()
-        })
-        .collect()
+fn exchange(conn: &mut KvConnection, requests: &[&str]) -> Vec<String> {
+    requests.iter().map(|r| conn.ask(r).unwrap()).collect()
 }
 
-fn connect(ns: &NetNs) -> TcpStream {
-    ns.run(|| {
-        let addr: SocketAddr = GUEST.parse().unwrap();
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(20))
-            .expect("connecting to the guest");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        stream
-    })
-    .unwrap()
+fn connect(ns: &NetNs) -> KvConnection {
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(20),
+        read: Duration::from_secs(20),
+    };
+    KvConnection::connect(ns, GUEST.parse().unwrap(), timeouts).expect("connecting to the guest")
 }
 
 #[test]
@@ -76,9 +60,9 @@ fn guest_tcp_server_answers_a_real_client_over_a_tap() {
     let (text, up) = capture.wait_until(Duration::from_secs(20), |t| t.contains("net-server on"));
     assert!(up, "the guest did not start its server: {text}");
 
-    let stream = connect(&ns);
+    let mut conn = connect(&ns);
     let replies = exchange(
-        &stream,
+        &mut conn,
         &[
             "1 SET a x",
             "2 SET a y",
@@ -101,15 +85,15 @@ fn guest_tcp_server_answers_a_real_client_over_a_tap() {
             "7 ERR"
         ]
     );
-    drop(stream);
+    drop(conn);
 
     // A second connection sees the history the first one wrote.
-    let stream = connect(&ns);
+    let mut conn = connect(&ns);
     assert_eq!(
-        exchange(&stream, &["8 INCR n", "9 GET a"]),
+        exchange(&mut conn, &["8 INCR n", "9 GET a"]),
         ["8 VAL 3 3", "9 VAL y 2"]
     );
-    drop(stream);
+    drop(conn);
 
     machine.pause();
     let net = machine.net();

@@ -11,10 +11,9 @@
 
 mod common;
 
+use colo_runtime::net::kvclient::{KvConnection, Timeouts, add_client_bridge};
 use colo_runtime::net::netns::NetNs;
 use common::procs::{Procs, args};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 const BRIDGE: &str = "colobr0";
@@ -35,24 +34,7 @@ fn start_net_pair(test: &str) -> Option<NetPair> {
         return None;
     }
     let ns = NetNs::create(&common::unique_netns_name()).unwrap();
-    ns.ip(&[
-        "link",
-        "add",
-        BRIDGE,
-        // A fixed MAC: a bridge without one takes its lowest port's, so it would change
-        // when the primary's tap disappears, and the guest's next frames to the client
-        // (sent to the old MAC) would be lost until the guest re-ARPs.
-        "address",
-        "02:c0:10:00:00:01",
-        "type",
-        "bridge",
-        "forward_delay",
-        "0",
-    ])
-    .unwrap();
-    ns.ip(&["addr", "add", "10.0.0.1/24", "dev", BRIDGE])
-        .unwrap();
-    ns.ip(&["link", "set", BRIDGE, "up"]).unwrap();
+    add_client_bridge(&ns, BRIDGE, "10.0.0.1/24").unwrap();
     let name = ns.name().to_string();
     let mut procs = Procs::new();
     let a = procs.spawn_in(&name, &args(&["arbiter", "--listen", ARBITER]));
@@ -87,27 +69,18 @@ fn start_net_pair(test: &str) -> Option<NetPair> {
     })
 }
 
-fn connect(ns: &NetNs) -> TcpStream {
-    ns.run(|| {
-        let addr: SocketAddr = GUEST.parse().unwrap();
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(20))
-            .expect("connecting to the guest through the pair");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        stream
-    })
-    .unwrap()
+fn connect(ns: &NetNs) -> KvConnection {
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(20),
+        read: Duration::from_secs(30),
+    };
+    KvConnection::connect(ns, GUEST.parse().unwrap(), timeouts)
+        .expect("connecting to the guest through the pair")
 }
 
 /// One request line, one reply line.
-fn ask(stream: &TcpStream, request: &str) -> String {
-    let mut writer = stream;
-    writer.write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("a reply");
-    line.trim_end().to_string()
+fn ask(conn: &mut KvConnection, request: &str) -> String {
+    conn.ask(request).expect("a reply")
 }
 
 #[test]
@@ -115,7 +88,7 @@ fn replies_through_the_pair_are_correct() {
     let Some(mut pair) = start_net_pair("replies_through_the_pair_are_correct") else {
         return;
     };
-    let stream = connect(&pair.ns);
+    let mut conn = connect(&pair.ns);
     let replies: Vec<String> = [
         "1 SET a x",
         "2 SET a y",
@@ -125,7 +98,7 @@ fn replies_through_the_pair_are_correct() {
         "6 GET missing",
     ]
     .iter()
-    .map(|r| ask(&stream, r))
+    .map(|r| ask(&mut conn, r))
     .collect();
     assert_eq!(
         replies,
@@ -152,9 +125,9 @@ fn differing_replies_force_a_miscompare_checkpoint_and_the_client_gets_one_reply
     ) else {
         return;
     };
-    let stream = connect(&pair.ns);
-    assert_eq!(ask(&stream, "1 INCR n"), "1 VAL 1 1");
-    let nonce = ask(&stream, "2 NONCE");
+    let mut conn = connect(&pair.ns);
+    assert_eq!(ask(&mut conn, "1 INCR n"), "1 VAL 1 1");
+    let nonce = ask(&mut conn, "2 NONCE");
     let token = nonce
         .strip_prefix("2 NONCE ")
         .unwrap_or_else(|| panic!("{nonce:?}"));
@@ -168,7 +141,7 @@ fn differing_replies_force_a_miscompare_checkpoint_and_the_client_gets_one_reply
     });
     assert!(line.contains("reason=Miscompare"), "{line}");
     // The connection goes on with the state both guests share after the checkpoint.
-    assert_eq!(ask(&stream, "3 INCR n"), "3 VAL 2 2");
+    assert_eq!(ask(&mut conn, "3 INCR n"), "3 VAL 2 2");
 }
 
 #[test]
@@ -177,10 +150,10 @@ fn a_client_connection_survives_a_primary_kill() {
         return;
     };
     let [_, p, s] = pair.ids;
-    let stream = connect(&pair.ns);
+    let mut conn = connect(&pair.ns);
     for i in 1..=5u64 {
         assert_eq!(
-            ask(&stream, &format!("{i} INCR n")),
+            ask(&mut conn, &format!("{i} INCR n")),
             format!("{i} VAL {i} {i}")
         );
     }
@@ -198,7 +171,7 @@ fn a_client_connection_survives_a_primary_kill() {
     // Same socket: every write the primary acknowledged is in the survivor's state, once.
     for i in 6..=8u64 {
         assert_eq!(
-            ask(&stream, &format!("{i} INCR n")),
+            ask(&mut conn, &format!("{i} INCR n")),
             format!("{i} VAL {i} {i}")
         );
     }

@@ -24,6 +24,7 @@ mod rt;
 mod server;
 mod shim;
 mod virtio_blk;
+mod virtio_mmio;
 mod virtio_net;
 
 unsafe extern "C" {

@@ -7,31 +7,12 @@
 //! after that; ring memory is identity mapped, so guest-virtual = guest-physical.
 
 use crate::abi::VIRTIO_BLK_BASE;
-use alloc::alloc::{Layout, alloc_zeroed};
+use crate::virtio_mmio::{HandshakeError, Mmio, REG_CONFIG, REG_QUEUE_NOTIFY, page_alloc};
 use core::sync::atomic::{Ordering, fence};
 
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC: u64 = 0x080;
-const REG_QUEUE_DRIVER: u64 = 0x090;
-const REG_QUEUE_DEVICE: u64 = 0x0a0;
-const REG_CONFIG: u64 = 0x100;
-
-const STATUS_ACK: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
 const F_FLUSH_LOW: u32 = 1 << 9;
-const F_VERSION_1_HIGH: u32 = 1; // bit 32
+/// The block device's window.
+const MMIO: Mmio = Mmio::new(VIRTIO_BLK_BASE);
 
 const QSIZE: u16 = 4;
 const DESC_F_NEXT: u16 = 1;
@@ -56,30 +37,6 @@ pub enum BlkError {
     Status(#[allow(dead_code)] u8),
 }
 
-fn reg_read(offset: u64) -> u32 {
-    // SAFETY: the virtio-mmio window is identity mapped with the U bit and has no memslot:
-    // the load exits to the VMM's device and touches no memory.
-    unsafe { core::ptr::read_volatile((VIRTIO_BLK_BASE + offset) as *const u32) }
-}
-
-fn reg_write(offset: u64, value: u32) {
-    // SAFETY: as in `reg_read`; the store exits to the VMM.
-    unsafe { core::ptr::write_volatile((VIRTIO_BLK_BASE + offset) as *mut u32, value) }
-}
-
-fn write64(offset: u64, value: u64) {
-    reg_write(offset, value as u32);
-    reg_write(offset + 4, (value >> 32) as u32);
-}
-
-fn page_alloc(bytes: usize) -> *mut u8 {
-    let layout = Layout::from_size_align(bytes, 4096).expect("valid layout");
-    // SAFETY: a non-zero size; the memory lives as long as the guest (never freed).
-    let p = unsafe { alloc_zeroed(layout) };
-    assert!(!p.is_null(), "out of guest heap for the virtio-blk ring");
-    p
-}
-
 /// The device, initialized.
 pub struct VirtioBlk {
     /// Descriptor table at +0, available ring at +512, used ring at +1024; the request
@@ -94,42 +51,22 @@ pub struct VirtioBlk {
 impl VirtioBlk {
     /// Runs the virtio initialization (virtio 1.2 section 3.1.1).
     pub fn init() -> Result<VirtioBlk, BlkError> {
-        if reg_read(REG_MAGIC) != 0x7472_6976 || reg_read(REG_VERSION) != 2 {
-            return Err(BlkError::NoDevice);
-        }
-        if reg_read(REG_DEVICE_ID) != 2 {
-            return Err(BlkError::NoDevice);
-        }
-        reg_write(REG_STATUS, 0);
-        reg_write(REG_STATUS, STATUS_ACK | STATUS_DRIVER);
-        reg_write(REG_DRIVER_FEATURES_SEL, 0);
-        reg_write(REG_DRIVER_FEATURES, F_FLUSH_LOW);
-        reg_write(REG_DRIVER_FEATURES_SEL, 1);
-        reg_write(REG_DRIVER_FEATURES, F_VERSION_1_HIGH);
-        reg_write(REG_STATUS, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK);
-        if reg_read(REG_STATUS) & STATUS_FEATURES_OK == 0 {
-            return Err(BlkError::FeaturesRefused);
-        }
-        reg_write(REG_QUEUE_SEL, 0);
-        if reg_read(REG_QUEUE_NUM_MAX) < u32::from(QSIZE) {
+        MMIO.handshake(2, F_FLUSH_LOW).map_err(|e| match e {
+            HandshakeError::NoDevice => BlkError::NoDevice,
+            HandshakeError::FeaturesRefused => BlkError::FeaturesRefused,
+        })?;
+        if MMIO.select_queue(0) < u32::from(QSIZE) {
             return Err(BlkError::NoDevice);
         }
         let ring = page_alloc(4096);
         let data = page_alloc(MAX_BYTES);
-        reg_write(REG_QUEUE_NUM, u32::from(QSIZE));
-        write64(REG_QUEUE_DESC, ring as u64);
-        write64(REG_QUEUE_DRIVER, ring as u64 + 512);
-        write64(REG_QUEUE_DEVICE, ring as u64 + 1024);
-        reg_write(REG_QUEUE_READY, 1);
+        MMIO.setup_queue(QSIZE, ring as u64);
         // SAFETY: the available ring's flags word lies inside the ring page.
         unsafe {
             core::ptr::write_volatile((ring as u64 + 512) as *mut u16, AVAIL_F_NO_INTERRUPT)
         };
-        let capacity = u64::from(reg_read(REG_CONFIG)) | (u64::from(reg_read(REG_CONFIG + 4)) << 32);
-        reg_write(
-            REG_STATUS,
-            STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
+        let capacity = u64::from(MMIO.read(REG_CONFIG)) | (u64::from(MMIO.read(REG_CONFIG + 4)) << 32);
+        MMIO.driver_ok();
         Ok(VirtioBlk {
             ring,
             data,
@@ -184,7 +121,7 @@ impl VirtioBlk {
             self.avail_idx = self.avail_idx.wrapping_add(1);
             core::ptr::write_volatile((avail + 2) as *mut u16, self.avail_idx);
         }
-        reg_write(REG_QUEUE_NOTIFY, 0);
+        MMIO.write(REG_QUEUE_NOTIFY, 0);
         // SAFETY: the used index lies inside the ring page; the device writes it.
         while unsafe { core::ptr::read_volatile((used + 2) as *const u16) } != self.avail_idx {
             core::hint::spin_loop();

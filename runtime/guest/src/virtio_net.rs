@@ -10,35 +10,15 @@
 //! ring), never both; ring memory is identity mapped, so guest-virtual = guest-physical.
 
 use crate::abi::VIRTIO_NET_BASE;
-use alloc::alloc::{Layout, alloc_zeroed};
+use crate::virtio_mmio::{HandshakeError, Mmio, REG_INTERRUPT_ACK, REG_QUEUE_NOTIFY, page_alloc};
 use alloc::vec::Vec;
 use core::sync::atomic::{Ordering, fence};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
-const REG_INTERRUPT_ACK: u64 = 0x064;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC: u64 = 0x080;
-const REG_QUEUE_DRIVER: u64 = 0x090;
-const REG_QUEUE_DEVICE: u64 = 0x0a0;
-const REG_CONFIG: u64 = 0x100;
-
-const STATUS_ACK: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
 const F_MAC_LOW: u32 = 1 << 5;
-const F_VERSION_1_HIGH: u32 = 1; // bit 32
+/// The network device's window.
+const MMIO: Mmio = Mmio::new(VIRTIO_NET_BASE);
 
 const QSIZE: u16 = 32;
 const BUF_LEN: usize = 2048;
@@ -59,22 +39,6 @@ pub enum InitError {
     QueueTooSmall(#[allow(dead_code)] u32),
 }
 
-fn reg_read(offset: u64) -> u32 {
-    // SAFETY: the virtio-mmio window is identity mapped with the U bit and has no memslot:
-    // the load exits to the VMM's device and touches no memory.
-    unsafe { core::ptr::read_volatile((VIRTIO_NET_BASE + offset) as *const u32) }
-}
-
-fn reg_write(offset: u64, value: u32) {
-    // SAFETY: as in `reg_read`; the store exits to the VMM.
-    unsafe { core::ptr::write_volatile((VIRTIO_NET_BASE + offset) as *mut u32, value) }
-}
-
-fn write64(offset: u64, value: u64) {
-    reg_write(offset, value as u32);
-    reg_write(offset + 4, (value >> 32) as u32);
-}
-
 /// One split queue with its buffers: descriptor i always points at buffer i.
 struct Queue {
     /// Descriptor table (16 * QSIZE), available ring at +512, used ring at +1024.
@@ -84,14 +48,6 @@ struct Queue {
     avail_idx: u16,
     /// Next used index the driver will read.
     last_used: u16,
-}
-
-fn page_alloc(bytes: usize) -> *mut u8 {
-    let layout = Layout::from_size_align(bytes, 4096).expect("valid layout");
-    // SAFETY: a non-zero size; the memory lives as long as the guest (never freed).
-    let p = unsafe { alloc_zeroed(layout) };
-    assert!(!p.is_null(), "out of guest heap for the virtio rings");
-    p
 }
 
 impl Queue {
@@ -184,22 +140,10 @@ pub struct VirtioNet {
 impl VirtioNet {
     /// Runs the virtio initialization (virtio 1.2 section 3.1.1) and posts every RX buffer.
     pub fn init() -> Result<VirtioNet, InitError> {
-        if reg_read(REG_MAGIC) != 0x7472_6976 || reg_read(REG_VERSION) != 2 {
-            return Err(InitError::NoDevice);
-        }
-        if reg_read(REG_DEVICE_ID) != 1 {
-            return Err(InitError::NoDevice);
-        }
-        reg_write(REG_STATUS, 0);
-        reg_write(REG_STATUS, STATUS_ACK | STATUS_DRIVER);
-        reg_write(REG_DRIVER_FEATURES_SEL, 0);
-        reg_write(REG_DRIVER_FEATURES, F_MAC_LOW);
-        reg_write(REG_DRIVER_FEATURES_SEL, 1);
-        reg_write(REG_DRIVER_FEATURES, F_VERSION_1_HIGH);
-        reg_write(REG_STATUS, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK);
-        if reg_read(REG_STATUS) & STATUS_FEATURES_OK == 0 {
-            return Err(InitError::FeaturesRefused);
-        }
+        MMIO.handshake(1, F_MAC_LOW).map_err(|e| match e {
+            HandshakeError::NoDevice => InitError::NoDevice,
+            HandshakeError::FeaturesRefused => InitError::FeaturesRefused,
+        })?;
         let mut dev = VirtioNet {
             rx: Queue::new(),
             tx: Queue::new(),
@@ -208,33 +152,22 @@ impl VirtioNet {
             mac: [0; 6],
         };
         for (index, q) in [(RX, &dev.rx), (TX, &dev.tx)] {
-            reg_write(REG_QUEUE_SEL, index);
-            let max = reg_read(REG_QUEUE_NUM_MAX);
+            let max = MMIO.select_queue(index);
             if max < u32::from(QSIZE) {
                 return Err(InitError::QueueTooSmall(max));
             }
-            reg_write(REG_QUEUE_NUM, u32::from(QSIZE));
-            write64(REG_QUEUE_DESC, q.desc_addr());
-            write64(REG_QUEUE_DRIVER, q.avail_addr());
-            write64(REG_QUEUE_DEVICE, q.used_addr());
-            reg_write(REG_QUEUE_READY, 1);
+            MMIO.setup_queue(QSIZE, q.desc_addr());
         }
         for (i, b) in dev.mac.iter_mut().enumerate() {
-            // SAFETY: config space byte of the MMIO window (an exit, no memory access).
-            *b = unsafe {
-                core::ptr::read_volatile((VIRTIO_NET_BASE + REG_CONFIG + i as u64) as *const u8)
-            };
+            *b = MMIO.config_byte(i as u64);
         }
         dev.tx.set_avail_flags(AVAIL_F_NO_INTERRUPT);
         for id in 0..QSIZE {
             dev.rx.set_desc(id, BUF_LEN as u32, DESC_F_WRITE);
             dev.rx.publish(id);
         }
-        reg_write(
-            REG_STATUS,
-            STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
-        reg_write(REG_QUEUE_NOTIFY, RX);
+        MMIO.driver_ok();
+        MMIO.write(REG_QUEUE_NOTIFY, RX);
         Ok(dev)
     }
 
@@ -253,8 +186,8 @@ impl VirtioNet {
     pub fn flush(&mut self) {
         if self.rx_reposted {
             self.rx_reposted = false;
-            reg_write(REG_INTERRUPT_ACK, 3);
-            reg_write(REG_QUEUE_NOTIFY, RX);
+            MMIO.write(REG_INTERRUPT_ACK, 3);
+            MMIO.write(REG_QUEUE_NOTIFY, RX);
         }
     }
 
@@ -298,7 +231,7 @@ impl phy::TxToken for TxToken<'_> {
         let result = f(&mut buf[HDR_LEN..HDR_LEN + len]);
         dev.tx.set_desc(id, (HDR_LEN + len) as u32, 0);
         dev.tx.publish(id);
-        reg_write(REG_QUEUE_NOTIFY, TX);
+        MMIO.write(REG_QUEUE_NOTIFY, TX);
         result
     }
 }

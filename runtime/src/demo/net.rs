@@ -22,12 +22,12 @@
 use super::{Children, DemoOptions, Line, fields, num, spawn_in};
 use crate::devices::console::OutputCapture;
 use crate::machine::{ConsoleOutput, Machine};
+use crate::net::kvclient::{KvConnection, Timeouts, add_client_bridge};
 use crate::net::netns::NetNs;
 use crate::net::tap::{Tap, TapLink};
 use crate::persist::MachineConfig;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -139,8 +139,7 @@ impl std::fmt::Display for NetDemoSummary {
 
 /// One connection doing `INCR n`, checking each reply continues the count.
 struct Client {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    conn: KvConnection,
     next_id: u64,
     count: u64,
 }
@@ -148,18 +147,12 @@ struct Client {
 impl Client {
     fn connect(ns: &NetNs, ip: &str) -> Result<Client, String> {
         let addr: SocketAddr = format!("{ip}:{PORT}").parse().map_err(|e| format!("{e}"))?;
-        let stream = ns
-            .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot connect to the guest at {addr}: {e}"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(20),
+        };
         Ok(Client {
-            stream,
-            reader,
+            conn: KvConnection::connect(ns, addr, timeouts)?,
             next_id: 1,
             count: 0,
         })
@@ -169,22 +162,14 @@ impl Client {
     fn incr(&mut self) -> Result<u64, String> {
         let id = self.next_id;
         self.next_id += 1;
-        self.stream
-            .write_all(format!("{id} INCR n\n").as_bytes())
-            .map_err(|e| format!("request {id}: {e}"))?;
-        let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .map_err(|e| format!("reply to request {id}: {e}"))?;
+        let line = self.conn.ask(&format!("{id} INCR n"))?;
         let want = self.count + 1;
         let value = line
-            .trim_end()
             .strip_prefix(&format!("{id} VAL "))
             .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok());
         if value != Some(want) {
             return Err(format!(
-                "request {id} (INCR n) got {:?}, expected the count {want}",
-                line.trim_end()
+                "request {id} (INCR n) got {line:?}, expected the count {want}"
             ));
         }
         self.count = want;
@@ -196,17 +181,10 @@ impl Client {
     fn nonce(&mut self) -> Result<(), String> {
         let id = self.next_id;
         self.next_id += 1;
-        self.stream
-            .write_all(format!("{id} NONCE\n").as_bytes())
-            .map_err(|e| format!("request {id}: {e}"))?;
-        let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .map_err(|e| format!("reply to request {id}: {e}"))?;
-        let token = line.trim_end().strip_prefix(&format!("{id} NONCE "));
-        match token {
+        let line = self.conn.ask(&format!("{id} NONCE"))?;
+        match line.strip_prefix(&format!("{id} NONCE ")) {
             Some(t) if t.len() == 16 && u64::from_str_radix(t, 16).is_ok() => Ok(()),
-            _ => Err(format!("request {id} (NONCE) got {:?}", line.trim_end())),
+            _ => Err(format!("request {id} (NONCE) got {line:?}")),
         }
     }
 }
@@ -227,25 +205,7 @@ struct Sample {
 }
 
 fn bridge(ns: &NetNs) -> Result<(), String> {
-    let e = |e: std::io::Error| e.to_string();
-    ns.ip(&[
-        "link",
-        "add",
-        BRIDGE,
-        // A fixed MAC: a bridge without one takes its lowest port's, so it would change
-        // when the primary's tap disappears, and the guest's next frames to the client
-        // (sent to the old MAC) would be lost until the guest re-ARPs.
-        "address",
-        "02:c0:10:00:00:01",
-        "type",
-        "bridge",
-        "forward_delay",
-        "0",
-    ])
-    .map_err(e)?;
-    ns.ip(&["addr", "add", "10.0.0.1/24", "dev", BRIDGE])
-        .map_err(e)?;
-    ns.ip(&["link", "set", BRIDGE, "up"]).map_err(e)
+    add_client_bridge(ns, BRIDGE, "10.0.0.1/24").map_err(|e| e.to_string())
 }
 
 /// Phase 0: a lone VM in this process answers `requests` requests.
@@ -387,7 +347,11 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
         }
     }
     let client = Client::connect(&ns, "10.0.0.2")?;
-    let unblock = client.stream.try_clone().map_err(|e| e.to_string())?;
+    let unblock = client
+        .conn
+        .stream()
+        .try_clone()
+        .map_err(|e| e.to_string())?;
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));

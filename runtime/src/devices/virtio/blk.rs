@@ -24,19 +24,10 @@
 //! device submits them again to its backend (as QEMU's virtio-blk restarts migrated requests),
 //! so the guest never waits forever for a request its source had popped.
 
+use super::mmio;
 use super::net::DevicePhase;
-use super::net::{
-    F_VERSION_1, INT_CONFIG_CHANGE, INT_USED_BUFFER, MAGIC, REG_CONFIG, REG_CONFIG_GENERATION,
-    REG_DEVICE_FEATURES, REG_DEVICE_FEATURES_SEL, REG_DEVICE_ID, REG_DRIVER_FEATURES,
-    REG_DRIVER_FEATURES_SEL, REG_INTERRUPT_ACK, REG_INTERRUPT_STATUS, REG_MAGIC,
-    REG_QUEUE_DESC_HIGH, REG_QUEUE_DESC_LOW, REG_QUEUE_DEVICE_HIGH, REG_QUEUE_DEVICE_LOW,
-    REG_QUEUE_DRIVER_HIGH, REG_QUEUE_DRIVER_LOW, REG_QUEUE_NOTIFY, REG_QUEUE_NUM,
-    REG_QUEUE_NUM_MAX, REG_QUEUE_READY, REG_QUEUE_SEL, REG_STATUS, REG_VENDOR_ID, REG_VERSION,
-    STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VENDOR_ID, VERSION,
-};
-use super::queue::{
-    ChainError, QUEUE_MAX, QueueError, QueueState, Segment, byte_runs, take_prefix, trim_end,
-};
+use super::net::{F_VERSION_1, INT_CONFIG_CHANGE, INT_USED_BUFFER, STATUS_NEEDS_RESET};
+use super::queue::{ChainError, QueueError, QueueState, Segment, byte_runs, take_prefix, trim_end};
 use crate::devices::bus::{BusDevice, DeviceAction};
 use crate::memory::{self, GuestMemory};
 use serde::{Deserialize, Serialize};
@@ -293,13 +284,7 @@ impl BlkDevice {
 
     /// The phase.
     pub fn phase(&self) -> DevicePhase {
-        if self.state.status & STATUS_NEEDS_RESET != 0 {
-            DevicePhase::NeedsReset
-        } else if self.state.status & STATUS_DRIVER_OK != 0 {
-            DevicePhase::Live
-        } else {
-            DevicePhase::Reset
-        }
+        mmio::phase(self.state.status)
     }
 
     /// Persist: the driver-visible state, requests in flight included.
@@ -626,98 +611,58 @@ impl BlkDevice {
 
     fn read_register(&self, offset: u64) -> u32 {
         let s = &self.state;
-        let sel0 = s.queue_sel == 0;
-        match offset {
-            REG_MAGIC => MAGIC,
-            REG_VERSION => VERSION,
-            REG_DEVICE_ID => DEVICE_ID_BLK,
-            REG_VENDOR_ID => VENDOR_ID,
-            REG_DEVICE_FEATURES => match s.device_features_sel {
-                0 => DEVICE_FEATURES as u32,
-                1 => (DEVICE_FEATURES >> 32) as u32,
-                _ => 0,
-            },
-            REG_QUEUE_NUM_MAX if sel0 => u32::from(QUEUE_MAX),
-            REG_QUEUE_READY if sel0 => u32::from(s.queue.ready),
-            REG_INTERRUPT_STATUS => s.interrupt_status,
-            REG_STATUS => s.status,
-            REG_CONFIG_GENERATION => 0,
-            _ => 0,
-        }
+        let view = mmio::RegisterView {
+            device_id: DEVICE_ID_BLK,
+            device_features: DEVICE_FEATURES,
+            device_features_sel: s.device_features_sel,
+            // There is one queue (index 0).
+            queue: (s.queue_sel == 0).then_some(&s.queue),
+            interrupt_status: s.interrupt_status,
+            status: s.status,
+        };
+        mmio::read_register(&view, offset)
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
-        let set_low = |old: u64| (old & !0xffff_ffff) | u64::from(value);
-        let set_high = |old: u64| (old & 0xffff_ffff) | (u64::from(value) << 32);
-        match offset {
-            REG_DEVICE_FEATURES_SEL => self.state.device_features_sel = value,
-            REG_DRIVER_FEATURES_SEL => self.state.driver_features_sel = value,
-            REG_DRIVER_FEATURES => match self.state.driver_features_sel {
-                0 => self.state.driver_features = set_low(self.state.driver_features),
-                1 => self.state.driver_features = set_high(self.state.driver_features),
-                _ => {}
-            },
-            REG_QUEUE_SEL => self.state.queue_sel = value,
-            REG_QUEUE_NUM => self.with_stopped_queue(|q| q.size = value.min(0xffff) as u16),
-            REG_QUEUE_DESC_LOW => self.with_stopped_queue(|q| q.desc = set_low(q.desc)),
-            REG_QUEUE_DESC_HIGH => self.with_stopped_queue(|q| q.desc = set_high(q.desc)),
-            REG_QUEUE_DRIVER_LOW => self.with_stopped_queue(|q| q.avail = set_low(q.avail)),
-            REG_QUEUE_DRIVER_HIGH => self.with_stopped_queue(|q| q.avail = set_high(q.avail)),
-            REG_QUEUE_DEVICE_LOW => self.with_stopped_queue(|q| q.used = set_low(q.used)),
-            REG_QUEUE_DEVICE_HIGH => self.with_stopped_queue(|q| q.used = set_high(q.used)),
-            REG_QUEUE_READY => self.set_queue_ready(value == 1),
-            REG_QUEUE_NOTIFY if value == 0 => self.process_queue(),
-            REG_INTERRUPT_ACK => self.state.interrupt_status &= !value,
-            REG_STATUS => self.write_status(value),
-            _ => {}
-        }
-    }
-
-    /// Queue configuration registers are only writable while the queue is not ready
-    /// (virtio 1.2 section 4.2.2.2); there is one queue (index 0).
-    fn with_stopped_queue(&mut self, f: impl FnOnce(&mut QueueState)) {
-        if self.state.queue_sel == 0 && !self.state.queue.ready {
-            f(&mut self.state.queue);
-        }
-    }
-
-    fn set_queue_ready(&mut self, ready: bool) {
-        if self.state.queue_sel != 0 {
-            return;
-        }
-        if !ready {
-            self.state.queue.ready = false;
-            return;
-        }
-        match self.state.queue.validate(self.mem_bytes) {
-            Ok(()) => {
-                let q = &mut self.state.queue;
-                q.ready = true;
-                q.next_avail = 0;
-                q.next_used = 0;
+        use mmio::RegisterWrite as W;
+        let sel0 = self.state.queue_sel == 0;
+        match mmio::decode_write(offset, value) {
+            W::DeviceFeaturesSel(v) => self.state.device_features_sel = v,
+            W::DriverFeaturesSel(v) => self.state.driver_features_sel = v,
+            W::DriverFeatures(v) => mmio::write_driver_features(
+                &mut self.state.driver_features,
+                self.state.driver_features_sel,
+                v,
+            ),
+            W::QueueSel(v) => self.state.queue_sel = v,
+            // Queue configuration registers are only writable while the queue is not ready
+            // (virtio 1.2 section 4.2.2.2); there is one queue (index 0).
+            W::QueueConfig(field, v) => {
+                if sel0 && !self.state.queue.ready {
+                    mmio::configure_queue(&mut self.state.queue, field, v);
+                }
             }
-            Err(e) => self.fail(e),
-        }
-    }
-
-    fn write_status(&mut self, value: u32) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
-        let mut value = value & !STATUS_NEEDS_RESET;
-        // FEATURES_OK only sticks for a subset of the offered features that includes
-        // VERSION_1 (section 3.1.1).
-        if value & STATUS_FEATURES_OK != 0 && self.state.status & STATUS_FEATURES_OK == 0 {
-            let f = self.state.driver_features;
-            if f & !DEVICE_FEATURES != 0 || f & F_VERSION_1 == 0 {
-                value &= !STATUS_FEATURES_OK;
+            W::QueueReady(ready) => {
+                if sel0
+                    && let Err(e) =
+                        mmio::set_queue_ready(&mut self.state.queue, ready, self.mem_bytes)
+                {
+                    self.fail(e);
+                }
             }
+            W::QueueNotify(0) => self.process_queue(),
+            W::InterruptAck(v) => self.state.interrupt_status &= !v,
+            W::Status(0) => self.reset(),
+            W::Status(v) => {
+                self.state.status = mmio::next_status(
+                    self.state.status,
+                    v,
+                    self.state.driver_features,
+                    DEVICE_FEATURES,
+                );
+            }
+            W::QueueNotify(_) | W::Ignored => {}
         }
-        if value & STATUS_DRIVER_OK != 0 && value & STATUS_FEATURES_OK == 0 {
-            value &= !STATUS_DRIVER_OK;
-        }
-        self.state.status = value | (self.state.status & STATUS_NEEDS_RESET);
     }
 
     /// Config space (`virtio_blk_config`): `capacity` in sectors at offset 0, the rest zero
@@ -734,26 +679,17 @@ impl BlkDevice {
 
 impl BusDevice for BlkDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset >= REG_CONFIG {
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = self.config_byte(offset - REG_CONFIG + i as u64);
-            }
-            return;
-        }
-        let value = if data.len() == 4 && offset.is_multiple_of(4) {
-            self.read_register(offset)
-        } else {
-            0 // registers are 32-bit; other widths read as zero
-        };
-        let bytes = value.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = bytes.get(i).copied().unwrap_or(0);
-        }
+        let this = &*self;
+        mmio::bus_read(
+            offset,
+            data,
+            |at| this.config_byte(at),
+            |r| this.read_register(r),
+        );
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> DeviceAction {
-        if offset < REG_CONFIG && data.len() == 4 && offset.is_multiple_of(4) {
-            let value = u32::from_le_bytes(data.try_into().expect("4 bytes"));
+        if let Some((offset, value)) = mmio::bus_write(offset, data) {
             self.write_register(offset, value);
         }
         DeviceAction::Continue

@@ -3,11 +3,15 @@
 //! descriptors and requests.
 
 use super::*;
-use crate::devices::virtio::net::{STATUS_ACKNOWLEDGE, STATUS_DRIVER};
+use crate::devices::virtio::net::{
+    MAGIC, REG_CONFIG, REG_DEVICE_FEATURES, REG_DEVICE_FEATURES_SEL, REG_DEVICE_ID,
+    REG_DRIVER_FEATURES, REG_MAGIC, REG_QUEUE_NOTIFY, REG_STATUS, REG_VERSION, STATUS_ACKNOWLEDGE,
+    STATUS_DRIVER, STATUS_FEATURES_OK,
+};
+use crate::devices::virtio::testkit::{self, Ring, SIZE};
 use std::sync::{Arc, Mutex};
 
 const MEM: u64 = 8 << 20;
-const SIZE: u16 = 8;
 const DESC: u64 = 0x1_0000;
 const AVAIL: u64 = 0x1_1000;
 const USED: u64 = 0x1_2000;
@@ -59,7 +63,7 @@ struct Driver {
     dev: BlkDevice,
     disk: RamDisk,
     irq: EventFd,
-    avail_idx: u16,
+    ring: Ring,
 }
 
 impl Driver {
@@ -70,81 +74,46 @@ impl Driver {
         let disk = RamDisk::new();
         dev.set_backend(Box::new(disk.clone()), CAPACITY);
         Driver {
+            ring: Ring::new(mem.clone(), (DESC, AVAIL, USED)),
             mem,
             dev,
             disk,
             irq,
-            avail_idx: 0,
         }
     }
 
     fn w(&mut self, offset: u64, value: u32) {
-        self.dev.write(offset, &value.to_le_bytes());
+        testkit::w(&mut self.dev, offset, value);
     }
 
     fn r(&mut self, offset: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.dev.read(offset, &mut b);
-        u32::from_le_bytes(b)
+        testkit::r(&mut self.dev, offset)
     }
 
     fn init() -> Driver {
         let mut d = Driver::new();
-        d.w(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        d.w(REG_DRIVER_FEATURES_SEL, 1);
-        d.w(REG_DRIVER_FEATURES, 1);
-        d.w(REG_DRIVER_FEATURES_SEL, 0);
-        d.w(REG_DRIVER_FEATURES, F_FLUSH as u32);
-        d.w(
-            REG_STATUS,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-        );
-        assert_ne!(d.r(REG_STATUS) & STATUS_FEATURES_OK, 0);
-        d.w(REG_QUEUE_SEL, 0);
-        d.w(REG_QUEUE_NUM, u32::from(SIZE));
-        d.w(REG_QUEUE_DESC_LOW, DESC as u32);
-        d.w(REG_QUEUE_DRIVER_LOW, AVAIL as u32);
-        d.w(REG_QUEUE_DEVICE_LOW, USED as u32);
-        d.w(REG_QUEUE_READY, 1);
-        d.w(
-            REG_STATUS,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
+        assert!(testkit::negotiate(&mut d.dev, F_FLUSH as u32));
+        testkit::setup_queue(&mut d.dev, 0, (DESC, AVAIL, USED));
+        testkit::driver_ok(&mut d.dev);
         assert_eq!(d.dev.phase(), DevicePhase::Live);
         d
     }
 
     fn desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = DESC + 16 * u64::from(index);
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem.write_slice(&raw, GuestAddress(at)).unwrap();
+        self.ring.desc(index, addr, len, flags, next);
     }
 
     fn offer(&mut self, head: u16) {
-        let slot = u64::from(self.avail_idx % SIZE);
-        self.mem
-            .write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .unwrap();
+        self.ring.make_available(head);
         self.w(REG_QUEUE_NOTIFY, 0);
     }
 
     fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        self.ring.used_idx()
     }
 
     fn used(&self, i: u16) -> (u32, u32) {
-        let at = USED + 4 + 8 * u64::from(i % SIZE);
-        let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-        (id, len)
+        self.ring.used(i)
     }
 
     /// Buffers of slot `head`: header, data (0x1000 later), status (0x3000 later).
@@ -320,9 +289,7 @@ fn hostile_descriptors_drop_one_chain_and_the_queue_keeps_working() {
 #[test]
 fn a_broken_ring_needs_reset_until_the_driver_resets() {
     let mut d = Driver::init();
-    d.mem.write_obj(SIZE + 3, GuestAddress(AVAIL + 4)).unwrap();
-    d.avail_idx = 1;
-    d.mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
+    d.ring.make_available(SIZE + 3);
     d.w(REG_QUEUE_NOTIFY, 0);
     assert_eq!(d.dev.phase(), DevicePhase::NeedsReset);
     assert_ne!(d.r(REG_STATUS) & STATUS_NEEDS_RESET, 0);

@@ -8,5 +8,8 @@
 //! dirty bitmap carries it into the next checkpoint.
 
 pub mod blk;
+mod mmio;
 pub mod net;
 pub mod queue;
+#[cfg(test)]
+mod testkit;

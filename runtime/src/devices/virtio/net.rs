@@ -16,7 +16,8 @@
 //! counted when it overflows. The driver-visible state is [`NetState`] (Persist), so a
 //! restored or checkpoint-applied VM continues networking where its source was.
 
-use super::queue::{ChainError, Popped, QUEUE_MAX, QueueError, QueueState, Segment};
+use super::mmio;
+use super::queue::{ChainError, Popped, QueueError, QueueState, Segment};
 use crate::devices::bus::{BusDevice, DeviceAction};
 use crate::memory::{self, GuestMemory};
 use serde::{Deserialize, Serialize};
@@ -209,13 +210,7 @@ impl NetDevice {
 
     /// The phase.
     pub fn phase(&self) -> DevicePhase {
-        if self.state.status & STATUS_NEEDS_RESET != 0 {
-            DevicePhase::NeedsReset
-        } else if self.state.status & STATUS_DRIVER_OK != 0 {
-            DevicePhase::Live
-        } else {
-            DevicePhase::Reset
-        }
+        mmio::phase(self.state.status)
     }
 
     /// Persist: the driver-visible state.
@@ -423,81 +418,52 @@ impl NetDevice {
 
     fn read_register(&self, offset: u64) -> u32 {
         let s = &self.state;
-        let queue = s.queues.get(s.queue_sel as usize);
-        match offset {
-            REG_MAGIC => MAGIC,
-            REG_VERSION => VERSION,
-            REG_DEVICE_ID => DEVICE_ID_NET,
-            REG_VENDOR_ID => VENDOR_ID,
-            REG_DEVICE_FEATURES => match s.device_features_sel {
-                0 => DEVICE_FEATURES as u32,
-                1 => (DEVICE_FEATURES >> 32) as u32,
-                _ => 0,
-            },
-            REG_QUEUE_NUM_MAX => queue.map_or(0, |_| u32::from(QUEUE_MAX)),
-            REG_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready)),
-            REG_INTERRUPT_STATUS => s.interrupt_status,
-            REG_STATUS => s.status,
-            REG_CONFIG_GENERATION => 0,
-            _ => 0,
-        }
+        let view = mmio::RegisterView {
+            device_id: DEVICE_ID_NET,
+            device_features: DEVICE_FEATURES,
+            device_features_sel: s.device_features_sel,
+            queue: s.queues.get(s.queue_sel as usize),
+            interrupt_status: s.interrupt_status,
+            status: s.status,
+        };
+        mmio::read_register(&view, offset)
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
-        let set_low = |old: u64| (old & !0xffff_ffff) | u64::from(value);
-        let set_high = |old: u64| (old & 0xffff_ffff) | (u64::from(value) << 32);
-        match offset {
-            REG_DEVICE_FEATURES_SEL => self.state.device_features_sel = value,
-            REG_DRIVER_FEATURES_SEL => self.state.driver_features_sel = value,
-            REG_DRIVER_FEATURES => match self.state.driver_features_sel {
-                0 => self.state.driver_features = set_low(self.state.driver_features),
-                1 => self.state.driver_features = set_high(self.state.driver_features),
-                _ => {}
-            },
-            REG_QUEUE_SEL => self.state.queue_sel = value,
-            REG_QUEUE_NUM => self.with_stopped_queue(|q| q.size = value.min(0xffff) as u16),
-            REG_QUEUE_DESC_LOW => self.with_stopped_queue(|q| q.desc = set_low(q.desc)),
-            REG_QUEUE_DESC_HIGH => self.with_stopped_queue(|q| q.desc = set_high(q.desc)),
-            REG_QUEUE_DRIVER_LOW => self.with_stopped_queue(|q| q.avail = set_low(q.avail)),
-            REG_QUEUE_DRIVER_HIGH => self.with_stopped_queue(|q| q.avail = set_high(q.avail)),
-            REG_QUEUE_DEVICE_LOW => self.with_stopped_queue(|q| q.used = set_low(q.used)),
-            REG_QUEUE_DEVICE_HIGH => self.with_stopped_queue(|q| q.used = set_high(q.used)),
-            REG_QUEUE_READY => self.set_queue_ready(value == 1),
-            REG_QUEUE_NOTIFY => match value as usize {
+        use mmio::RegisterWrite as W;
+        match mmio::decode_write(offset, value) {
+            W::DeviceFeaturesSel(v) => self.state.device_features_sel = v,
+            W::DriverFeaturesSel(v) => self.state.driver_features_sel = v,
+            W::DriverFeatures(v) => mmio::write_driver_features(
+                &mut self.state.driver_features,
+                self.state.driver_features_sel,
+                v,
+            ),
+            W::QueueSel(v) => self.state.queue_sel = v,
+            // Queue configuration registers are only writable while the queue is not ready
+            // (virtio 1.2 section 4.2.2.2).
+            W::QueueConfig(field, v) => {
+                if let Some(q) = self.selected()
+                    && !q.ready
+                {
+                    mmio::configure_queue(q, field, v);
+                }
+            }
+            W::QueueReady(ready) => {
+                let mem_bytes = self.mem_bytes;
+                let Some(q) = self.selected() else { return };
+                if let Err(e) = mmio::set_queue_ready(q, ready, mem_bytes) {
+                    self.fail(e);
+                }
+            }
+            W::QueueNotify(q) => match q as usize {
                 RX => self.process_rx(),
                 TX => self.process_tx(),
                 _ => {}
             },
-            REG_INTERRUPT_ACK => self.state.interrupt_status &= !value,
-            REG_STATUS => self.write_status(value),
-            _ => {}
-        }
-    }
-
-    /// Queue configuration registers are only writable while the queue is not ready
-    /// (virtio 1.2 section 4.2.2.2).
-    fn with_stopped_queue(&mut self, f: impl FnOnce(&mut QueueState)) {
-        if let Some(q) = self.selected()
-            && !q.ready
-        {
-            f(q);
-        }
-    }
-
-    fn set_queue_ready(&mut self, ready: bool) {
-        let mem_bytes = self.mem_bytes;
-        let Some(q) = self.selected() else { return };
-        if !ready {
-            q.ready = false;
-            return;
-        }
-        match q.validate(mem_bytes) {
-            Ok(()) => {
-                q.ready = true;
-                q.next_avail = 0;
-                q.next_used = 0;
-            }
-            Err(e) => self.fail(e),
+            W::InterruptAck(v) => self.state.interrupt_status &= !v,
+            W::Status(v) => self.write_status(v),
+            W::Ignored => {}
         }
     }
 
@@ -506,19 +472,12 @@ impl NetDevice {
             self.reset();
             return;
         }
-        let mut value = value & !STATUS_NEEDS_RESET;
-        // FEATURES_OK is only kept if the driver accepted a subset that includes VERSION_1
-        // (a legacy-only driver cannot use this device; section 3.1.1).
-        if value & STATUS_FEATURES_OK != 0 && self.state.status & STATUS_FEATURES_OK == 0 {
-            let f = self.state.driver_features;
-            if f & !DEVICE_FEATURES != 0 || f & F_VERSION_1 == 0 {
-                value &= !STATUS_FEATURES_OK;
-            }
-        }
-        if value & STATUS_DRIVER_OK != 0 && value & STATUS_FEATURES_OK == 0 {
-            value &= !STATUS_DRIVER_OK;
-        }
-        self.state.status = value | (self.state.status & STATUS_NEEDS_RESET);
+        self.state.status = mmio::next_status(
+            self.state.status,
+            value,
+            self.state.driver_features,
+            DEVICE_FEATURES,
+        );
         if self.phase() == DevicePhase::Live {
             self.process_rx();
         }
@@ -527,28 +486,20 @@ impl NetDevice {
 
 impl BusDevice for NetDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset >= REG_CONFIG {
-            // Config space: the MAC, byte-addressable (virtio_net_config.mac).
-            for (i, b) in data.iter_mut().enumerate() {
-                let at = (offset - REG_CONFIG) as usize + i;
-                *b = self.state.mac.get(at).copied().unwrap_or(0);
-            }
-            return;
-        }
-        let value = if data.len() == 4 && offset.is_multiple_of(4) {
-            self.read_register(offset)
-        } else {
-            0 // registers are 32-bit; other widths read as zero
+        let this = &*self;
+        // Config space: the MAC, byte-addressable (virtio_net_config.mac).
+        let config_byte = |at: u64| {
+            usize::try_from(at)
+                .ok()
+                .and_then(|i| this.state.mac.get(i))
+                .copied()
+                .unwrap_or(0)
         };
-        let bytes = value.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = bytes.get(i).copied().unwrap_or(0);
-        }
+        mmio::bus_read(offset, data, config_byte, |r| this.read_register(r));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> DeviceAction {
-        if offset < REG_CONFIG && data.len() == 4 && offset.is_multiple_of(4) {
-            let value = u32::from_le_bytes(data.try_into().expect("4 bytes"));
+        if let Some((offset, value)) = mmio::bus_write(offset, data) {
             self.write_register(offset, value);
         }
         DeviceAction::Continue

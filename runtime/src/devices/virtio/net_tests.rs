@@ -2,10 +2,11 @@
 //! small guest memory, including hostile descriptors and rings.
 
 use super::*;
+use crate::devices::virtio::queue::QUEUE_MAX;
+use crate::devices::virtio::testkit::{self, Ring, SIZE};
 use std::sync::{Arc, Mutex};
 
 const MEM: u64 = 1 << 20;
-const SIZE: u16 = 8;
 /// (descriptor table, available ring, used ring) per queue.
 const RINGS: [(u64, u64, u64); 2] = [
     (0x1_0000, 0x1_1000, 0x1_2000),
@@ -29,7 +30,7 @@ struct Driver {
     dev: NetDevice,
     sent: Collect,
     irq: EventFd,
-    avail_idx: [u16; 2],
+    rings: [Ring; 2],
 }
 
 impl Driver {
@@ -40,94 +41,51 @@ impl Driver {
         let sent = Collect::default();
         dev.set_sink(Box::new(sent.clone()));
         Driver {
+            rings: RINGS.map(|addrs| Ring::new(mem.clone(), addrs)),
             mem,
             dev,
             sent,
             irq,
-            avail_idx: [0; 2],
         }
     }
 
     fn w(&mut self, offset: u64, value: u32) {
-        self.dev.write(offset, &value.to_le_bytes());
+        testkit::w(&mut self.dev, offset, value);
     }
 
     fn r(&mut self, offset: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.dev.read(offset, &mut b);
-        u32::from_le_bytes(b)
+        testkit::r(&mut self.dev, offset)
     }
 
     /// Virtio 1.2 section 3.1.1 initialization, both queues at `RINGS`.
     fn init() -> Driver {
         let mut d = Driver::new();
-        d.w(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        d.w(REG_DRIVER_FEATURES_SEL, 1);
-        d.w(REG_DRIVER_FEATURES, 1);
-        d.w(REG_DRIVER_FEATURES_SEL, 0);
-        d.w(REG_DRIVER_FEATURES, F_MAC as u32);
-        d.w(
-            REG_STATUS,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-        );
-        assert_ne!(d.r(REG_STATUS) & STATUS_FEATURES_OK, 0);
-        for (q, (desc, avail, used)) in RINGS.iter().enumerate() {
-            d.setup_queue(q as u32, *desc, *avail, *used);
+        assert!(testkit::negotiate(&mut d.dev, F_MAC as u32));
+        for (q, addrs) in RINGS.iter().enumerate() {
+            testkit::setup_queue(&mut d.dev, q as u32, *addrs);
         }
-        d.w(
-            REG_STATUS,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
+        testkit::driver_ok(&mut d.dev);
         assert_eq!(d.dev.phase(), DevicePhase::Live);
         d
     }
 
-    fn setup_queue(&mut self, q: u32, desc: u64, avail: u64, used: u64) {
-        self.w(REG_QUEUE_SEL, q);
-        self.w(REG_QUEUE_NUM, u32::from(SIZE));
-        self.w(REG_QUEUE_DESC_LOW, desc as u32);
-        self.w(REG_QUEUE_DESC_HIGH, (desc >> 32) as u32);
-        self.w(REG_QUEUE_DRIVER_LOW, avail as u32);
-        self.w(REG_QUEUE_DRIVER_HIGH, (avail >> 32) as u32);
-        self.w(REG_QUEUE_DEVICE_LOW, used as u32);
-        self.w(REG_QUEUE_DEVICE_HIGH, (used >> 32) as u32);
-        self.w(REG_QUEUE_READY, 1);
-    }
-
     fn desc(&self, q: usize, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = RINGS[q].0 + 16 * u64::from(index);
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem.write_slice(&raw, GuestAddress(at)).unwrap();
+        self.rings[q].desc(index, addr, len, flags, next);
     }
 
     /// Makes chain `head` available and notifies the queue.
     fn offer(&mut self, q: usize, head: u16) {
-        let (_, avail, _) = RINGS[q];
-        let slot = u64::from(self.avail_idx[q] % SIZE);
-        self.mem
-            .write_obj(head, GuestAddress(avail + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx[q], GuestAddress(avail + 2))
-            .unwrap();
+        self.rings[q].make_available(head);
         self.w(REG_QUEUE_NOTIFY, q as u32);
     }
 
     fn used_idx(&self, q: usize) -> u16 {
-        self.mem.read_obj(GuestAddress(RINGS[q].2 + 2)).unwrap()
+        self.rings[q].used_idx()
     }
 
     /// (head, len) of used element `i`.
     fn used(&self, q: usize, i: u16) -> (u32, u32) {
-        let at = RINGS[q].2 + 4 + 8 * u64::from(i % SIZE);
-        let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-        (id, len)
+        self.rings[q].used(i)
     }
 
     /// Queues one frame on TX as header + payload in two descriptors.
@@ -421,6 +379,9 @@ fn restored_state_continues_the_rings_on_a_copy_of_memory() {
     let used: u16 = mem2.read_obj(GuestAddress(RINGS[RX].2 + 2)).unwrap();
     assert_eq!(used, 1);
     // And TX continues at the next available index.
+    for ring in &mut d.rings {
+        ring.move_to(mem2.clone());
+    }
     d.mem = mem2;
     d.dev = dev2;
     d.sent = sent2;
