@@ -21,6 +21,8 @@ command -v ip >/dev/null || apt-get install -y iproute2 >/dev/null || echo "ipro
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+# The test guest is its own crate outside the workspace (runtime/guest): checked on its own.
+cargo fmt --manifest-path runtime/guest/Cargo.toml -- --check
 
 echo "== cargo clippy (workspace, all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -37,8 +37,8 @@ pub fn run(config: &Config, mem_size: u64) -> ! {
         config.pages, config.steps, config.print_every, config.seed
     );
     // With a disk, each step also writes and checks one slot of it (see `disk`).
-    let mut disk = (config.disk_slots > 0)
-        .then(|| crate::disk::StepDisk::new(config.seed, config.disk_slots));
+    let mut disk =
+        (config.disk_slots > 0).then(|| crate::disk::StepDisk::new(config.seed, config.disk_slots));
     let mut step: u64 = 0;
     loop {
         step += 1;

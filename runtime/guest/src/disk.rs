@@ -86,7 +86,10 @@ impl StepDisk {
     pub fn new(seed: u64, slots: u64) -> StepDisk {
         let disk = VirtioBlk::init().unwrap_or_else(|e| panic!("virtio-blk: {e:?}"));
         if disk.capacity() < slots * SLOT_SECTORS {
-            panic!("disk of {} sectors is smaller than {slots} slots", disk.capacity());
+            panic!(
+                "disk of {} sectors is smaller than {slots} slots",
+                disk.capacity()
+            );
         }
         StepDisk {
             disk,
@@ -105,7 +108,14 @@ impl StepDisk {
         }
         let (seed, slots) = (self.seed, self.slots);
         check(&mut self.disk, seed, slots, step, slot, &mut self.bufs);
-        check(&mut self.disk, seed, slots, step, (step - 1) % slots, &mut self.bufs);
+        check(
+            &mut self.disk,
+            seed,
+            slots,
+            step,
+            (step - 1) % slots,
+            &mut self.bufs,
+        );
     }
 }
 

@@ -62,10 +62,9 @@ impl VirtioBlk {
         let data = page_alloc(MAX_BYTES);
         MMIO.setup_queue(QSIZE, ring as u64);
         // SAFETY: the available ring's flags word lies inside the ring page.
-        unsafe {
-            core::ptr::write_volatile((ring as u64 + 512) as *mut u16, AVAIL_F_NO_INTERRUPT)
-        };
-        let capacity = u64::from(MMIO.read(REG_CONFIG)) | (u64::from(MMIO.read(REG_CONFIG + 4)) << 32);
+        unsafe { core::ptr::write_volatile((ring as u64 + 512) as *mut u16, AVAIL_F_NO_INTERRUPT) };
+        let capacity =
+            u64::from(MMIO.read(REG_CONFIG)) | (u64::from(MMIO.read(REG_CONFIG + 4)) << 32);
         MMIO.driver_ok();
         Ok(VirtioBlk {
             ring,
