@@ -26,7 +26,7 @@
 
 use super::mmio;
 use super::net::DevicePhase;
-use super::net::{F_VERSION_1, INT_CONFIG_CHANGE, INT_USED_BUFFER, STATUS_NEEDS_RESET};
+use super::net::{F_VERSION_1, INT_USED_BUFFER};
 use super::queue::{ChainError, QueueError, QueueState, Segment, byte_runs, take_prefix, trim_end};
 use crate::devices::bus::{BusDevice, DeviceAction};
 use crate::memory::{self, GuestMemory};
@@ -451,17 +451,16 @@ impl BlkDevice {
     }
 
     fn fail(&mut self, _error: QueueError) {
-        self.state.status |= STATUS_NEEDS_RESET;
-        self.state.stats.device_errors += 1;
-        self.state.interrupt_status |= INT_CONFIG_CHANGE;
-        self.raise_irq();
+        mmio::enter_needs_reset(
+            &mut self.state.status,
+            &mut self.state.interrupt_status,
+            &mut self.state.stats.device_errors,
+            self.irq.as_ref(),
+        );
     }
 
     fn raise_irq(&self) {
-        if let Some(irq) = &self.irq {
-            // A full eventfd counter still means "raised": the error can be ignored.
-            let _ = irq.write(1);
-        }
+        mmio::raise_irq(self.irq.as_ref());
     }
 
     /// Turns one chain into a request (or an immediate answer); `None` if it has no usable

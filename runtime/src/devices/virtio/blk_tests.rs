@@ -6,7 +6,7 @@ use super::*;
 use crate::devices::virtio::net::{
     MAGIC, REG_CONFIG, REG_DEVICE_FEATURES, REG_DEVICE_FEATURES_SEL, REG_DEVICE_ID,
     REG_DRIVER_FEATURES, REG_MAGIC, REG_QUEUE_NOTIFY, REG_STATUS, REG_VERSION, STATUS_ACKNOWLEDGE,
-    STATUS_DRIVER, STATUS_FEATURES_OK,
+    STATUS_DRIVER, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
 };
 use crate::devices::virtio::testkit::{self, Ring, SIZE};
 use std::sync::{Arc, Mutex};

@@ -10,6 +10,7 @@
 //! and aligned read as zero and are ignored on write.
 
 use super::net::DevicePhase;
+use super::net::INT_CONFIG_CHANGE;
 use super::net::{
     F_VERSION_1, MAGIC, REG_CONFIG, REG_CONFIG_GENERATION, REG_DEVICE_FEATURES,
     REG_DEVICE_FEATURES_SEL, REG_DEVICE_ID, REG_DRIVER_FEATURES, REG_DRIVER_FEATURES_SEL,
@@ -20,6 +21,29 @@ use super::net::{
     VENDOR_ID, VERSION,
 };
 use super::queue::{QUEUE_MAX, QueueError, QueueState};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Raises the device's interrupt line (none in unit tests). A full eventfd counter still means
+/// "raised", so its error is ignored.
+pub(super) fn raise_irq(irq: Option<&EventFd>) {
+    if let Some(irq) = irq {
+        let _ = irq.write(1);
+    }
+}
+
+/// A broken ring (section 2.1.2): the device sets NEEDS_RESET, counts the error and tells the
+/// driver with a configuration-change interrupt.
+pub(super) fn enter_needs_reset(
+    status: &mut u32,
+    interrupt_status: &mut u32,
+    device_errors: &mut u64,
+    irq: Option<&EventFd>,
+) {
+    *status |= STATUS_NEEDS_RESET;
+    *device_errors += 1;
+    *interrupt_status |= INT_CONFIG_CHANGE;
+    raise_irq(irq);
+}
 
 /// The phase a device status gives: NEEDS_RESET wins over DRIVER_OK (section 2.1.2: the
 /// device stops until the driver resets it).

@@ -259,17 +259,16 @@ impl NetDevice {
     }
 
     fn fail(&mut self, _error: QueueError) {
-        self.state.status |= STATUS_NEEDS_RESET;
-        self.state.stats.device_errors += 1;
-        self.state.interrupt_status |= INT_CONFIG_CHANGE;
-        self.raise_irq();
+        mmio::enter_needs_reset(
+            &mut self.state.status,
+            &mut self.state.interrupt_status,
+            &mut self.state.stats.device_errors,
+            self.irq.as_ref(),
+        );
     }
 
     fn raise_irq(&self) {
-        if let Some(irq) = &self.irq {
-            // A full eventfd counter still means "raised": the error can be ignored.
-            let _ = irq.write(1);
-        }
+        mmio::raise_irq(self.irq.as_ref());
     }
 
     fn selected(&mut self) -> Option<&mut QueueState> {
