@@ -168,6 +168,21 @@ pub enum VmCompletion {
     },
 }
 
+impl VmCommand {
+    /// The command's name, as a failure or an event reports it.
+    pub fn kind(&self) -> VmCommandKind {
+        match self {
+            VmCommand::Pause => VmCommandKind::Pause,
+            VmCommand::Resume => VmCommandKind::Resume,
+            VmCommand::CollectDirty { .. } => VmCommandKind::CollectDirty,
+            VmCommand::SendPages { .. } => VmCommandKind::SendPages,
+            VmCommand::SaveDeviceState { .. } => VmCommandKind::SaveDeviceState,
+            VmCommand::ApplyCheckpoint { .. } => VmCommandKind::ApplyCheckpoint,
+            VmCommand::DiscardPartial { .. } => VmCommandKind::DiscardPartial,
+        }
+    }
+}
+
 /// The name of a [`VmCommand`], for failures and events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[allow(missing_docs)]

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::checkpoint::{VmCommand, VmCommandKind, VmCompletion};
+use crate::checkpoint::{VmCommand, VmCompletion};
 use crate::compare::testkit::{Headers, udp};
 use crate::disk::{DiskCommand, DiskIoError, GuestIoId};
 use crate::failover::{Arbiter, LeaseReply, LeaseRequest};
@@ -151,15 +151,7 @@ impl World {
         };
         let other = 1 - h;
         let done = if fail {
-            let command = match cmd {
-                VmCommand::Pause => VmCommandKind::Pause,
-                VmCommand::Resume => VmCommandKind::Resume,
-                VmCommand::CollectDirty { .. } => VmCommandKind::CollectDirty,
-                VmCommand::SendPages { .. } => VmCommandKind::SendPages,
-                VmCommand::SaveDeviceState { .. } => VmCommandKind::SaveDeviceState,
-                VmCommand::ApplyCheckpoint { .. } => VmCommandKind::ApplyCheckpoint,
-                VmCommand::DiscardPartial { .. } => VmCommandKind::DiscardPartial,
-            };
+            let command = cmd.kind();
             VmCompletion::Failed { command }
         } else {
             match cmd {

@@ -202,15 +202,7 @@ impl VmExecutor {
         command: VmCommand,
     ) -> Result<VmCompletion, (VmCompletion, LinkClosed)> {
         let started = Instant::now();
-        let kind = match command {
-            VmCommand::Pause => VmCommandKind::Pause,
-            VmCommand::Resume => VmCommandKind::Resume,
-            VmCommand::CollectDirty { .. } => VmCommandKind::CollectDirty,
-            VmCommand::SendPages { .. } => VmCommandKind::SendPages,
-            VmCommand::SaveDeviceState { .. } => VmCommandKind::SaveDeviceState,
-            VmCommand::ApplyCheckpoint { .. } => VmCommandKind::ApplyCheckpoint,
-            VmCommand::DiscardPartial { .. } => VmCommandKind::DiscardPartial,
-        };
+        let kind = command.kind();
         let result = self.execute_untimed(machine, writer, command);
         let took = started.elapsed();
         let t = &mut self.timings;

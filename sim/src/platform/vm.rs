@@ -189,7 +189,7 @@ impl SimVm {
 
     /// Executes a command.
     pub fn handle_command(&mut self, now: Instant, cmd: VmCommand, guest: &mut Guest) {
-        let kind = kind_of(&cmd);
+        let kind = cmd.kind();
         if self.fail_next == Some(kind) {
             self.fail_next = None;
             self.complete(now, VmCompletion::Failed { command: kind });
@@ -452,18 +452,6 @@ impl SimVm {
         self.completions.clear();
         self.outbox.clear();
         self.incoming = None;
-    }
-}
-
-fn kind_of(cmd: &VmCommand) -> VmCommandKind {
-    match cmd {
-        VmCommand::Pause => VmCommandKind::Pause,
-        VmCommand::Resume => VmCommandKind::Resume,
-        VmCommand::CollectDirty { .. } => VmCommandKind::CollectDirty,
-        VmCommand::SendPages { .. } => VmCommandKind::SendPages,
-        VmCommand::SaveDeviceState { .. } => VmCommandKind::SaveDeviceState,
-        VmCommand::ApplyCheckpoint { .. } => VmCommandKind::ApplyCheckpoint,
-        VmCommand::DiscardPartial { .. } => VmCommandKind::DiscardPartial,
     }
 }
 
