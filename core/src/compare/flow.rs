@@ -234,19 +234,21 @@ impl Sink<'_> {
         self.out.push_back(CompareOutput::Release(held.frame));
     }
 
-    /// A primary frame matched on arrival (the fast path): never held, so no arrival slot.
+    /// A frame that matched on arrival (the fast path), never held, so without an arrival
+    /// slot: a primary frame is released, a secondary frame's buffer is kept for reuse.
     #[inline]
-    pub(crate) fn release_matched_unheld(&mut self, frame: Vec<u8>, body_len: usize) {
-        self.stats.released_matched += 1;
-        self.stats.bytes_matched += body_len as u64;
-        self.out.push_back(CompareOutput::Release(frame));
-    }
-
-    /// A secondary frame matched on arrival (the fast path): never held, so no arrival slot.
-    #[inline]
-    pub(crate) fn secondary_matched_unheld(&mut self, frame: Vec<u8>) {
-        self.stats.secondary_matched += 1;
-        self.spare.keep(frame);
+    pub(crate) fn matched_unheld(&mut self, side: super::Side, frame: Vec<u8>, body_len: usize) {
+        match side {
+            super::Side::Primary => {
+                self.stats.released_matched += 1;
+                self.stats.bytes_matched += body_len as u64;
+                self.out.push_back(CompareOutput::Release(frame));
+            }
+            super::Side::Secondary => {
+                self.stats.secondary_matched += 1;
+                self.spare.keep(frame);
+            }
+        }
     }
 
     #[inline]

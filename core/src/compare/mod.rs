@@ -424,10 +424,7 @@ impl Comparator {
                     {
                         self.fast_hits += 1;
                     }
-                    match side {
-                        Side::Primary => sink.release_matched_unheld(buffer, body_end - body_start),
-                        Side::Secondary => sink.secondary_matched_unheld(buffer),
-                    }
+                    sink.matched_unheld(side, buffer, body_end - body_start);
                     self.after_frame(idx);
                     return;
                 }
@@ -476,10 +473,7 @@ impl Comparator {
                 {
                     self.fast_hits += 1;
                 }
-                match side {
-                    Side::Primary => sink.release_matched_unheld(buffer, body_end - body_start),
-                    Side::Secondary => sink.secondary_matched_unheld(buffer),
-                }
+                sink.matched_unheld(side, buffer, body_end - body_start);
                 self.after_frame(idx);
                 return;
             }
