@@ -14,6 +14,7 @@
 //! holds exactly the pages written after this capture's pause.
 
 use crate::devices::console::Console;
+use crate::devices::gate::OutputGate;
 use crate::devices::serial::{COM1_BASE, COM1_IRQ, SerialPort};
 use crate::devices::virtio::blk::BlkDevice;
 use crate::devices::virtio::net::NetDevice;
@@ -142,7 +143,8 @@ pub struct Machine {
     vm: KvmVm,
     mem: GuestMemory,
     config: MachineConfig,
-    output: ConsoleOutput,
+    /// Between the console devices and `ConsoleOutput` (devices/gate.rs).
+    gate: OutputGate,
     msr_list: Vec<u32>,
     stops: Arc<StopReport>,
     phase: MachinePhase,
@@ -186,7 +188,8 @@ impl Machine {
         let vm = KvmVm::new()?;
         vm.register_memory(&mem)?;
 
-        let console = Arc::new(Mutex::new(Console::new(mem.clone(), output.writer())));
+        let gate = OutputGate::new(output.writer());
+        let console = Arc::new(Mutex::new(Console::new(mem.clone(), gate.writer())));
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
             what: "an eventfd",
             source,
@@ -199,7 +202,7 @@ impl Machine {
                 what: "an eventfd",
                 source,
             })?,
-            output.writer(),
+            gate.writer(),
         )));
         let net_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
             what: "an eventfd",
@@ -280,7 +283,7 @@ impl Machine {
             vm,
             mem,
             config,
-            output,
+            gate,
             msr_list,
             stops,
             phase: MachinePhase::Paused,
@@ -367,6 +370,12 @@ impl Machine {
         Ok(self.vcpus[0]
             .with_fd(|fd| fd.get_tsc_khz())
             .op("KVM_GET_TSC_KHZ")?)
+    }
+
+    /// The gate the console and the serial port write through: a replicated secondary holds
+    /// its speculative output there (devices/gate.rs).
+    pub fn output_gate(&self) -> OutputGate {
+        self.gate.clone()
     }
 
     /// The VM's shape.
@@ -470,7 +479,7 @@ impl Machine {
                 what: "an eventfd",
                 source,
             })?;
-        let port = SerialPort::restore(irq, self.output.writer(), &state.serial)
+        let port = SerialPort::restore(irq, self.gate.writer(), &state.serial)
             .map_err(|e| PersistError::Inconsistent(format!("serial state: {e:?}")))?;
         *self.serial.lock().expect("serial mutex poisoned") = port;
         self.net

@@ -245,6 +245,13 @@ impl NodeLoop {
         let clock = MonoClock::start();
         let node = Node::new(config.node.clone(), config.role, clock.now())?;
         let (tx, rx) = mpsc::channel();
+        // The guest's console shares stdout with this loop's log lines: whole lines only. A
+        // secondary's guest output is speculative until it takes over (devices/gate.rs).
+        let gate = machine.output_gate();
+        gate.set_whole_lines(true);
+        if config.role == Role::Secondary {
+            gate.hold();
+        }
         let net = GuestNet::new(&config.net, &machine, tx.clone())?;
         let disk = GuestDisk::for_loop(&config, &machine, tx.clone())
             .map_err(|e| LoopError::Endpoint(e.to_string()))?;
@@ -690,13 +697,16 @@ impl NodeLoop {
                 );
             }
             VmCompletion::Applied { epoch } => {
+                // The SVM is the checkpoint now: what its guest printed since the last apply
+                // was rolled back with it.
+                let dropped = self.machine.output_gate().discard();
                 let digest = if self.config.digests {
                     format!(" digest={:08x}", self.machine.memory_digest())
                 } else {
                     String::new()
                 };
                 println!(
-                    "{}: applied epoch={} step={} pages_copied={}{digest} apply_us={}",
+                    "{}: applied epoch={} step={} pages_copied={}{digest} apply_us={} console_dropped={dropped}",
                     self.name,
                     epoch.0,
                     self.guest_step(),
@@ -752,11 +762,17 @@ impl NodeLoop {
                 term.0,
                 self.guest_step()
             ),
-            Event::FailedOver { term, reason } => println!(
-                "{n}: failed-over term={} reason={reason:?} step={}",
-                term.0,
-                self.guest_step()
-            ),
+            Event::FailedOver { term, reason } => {
+                println!(
+                    "{n}: failed-over term={} reason={reason:?} step={}",
+                    term.0,
+                    self.guest_step()
+                );
+                // The survivor's guest output is real from now on, starting with what it
+                // printed since the last apply.
+                let released = self.machine.output_gate().release();
+                println!("{n}: console-released bytes={released}");
+            }
             Event::Deposed { term, .. } => {
                 println!("{n}: deposed term={} (stopping the VM)", term.0);
                 self.machine.pause();

@@ -2,6 +2,7 @@
 //! ready-to-run test-guest machine.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod linux;
 pub mod procs;
 
 use colo_runtime::devices::console::OutputCapture;
