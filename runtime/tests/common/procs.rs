@@ -35,10 +35,12 @@ pub fn args(words: &[&str]) -> Vec<String> {
 pub struct Procs {
     /// The children, by index.
     pub children: Vec<Child>,
-    lines: mpsc::Receiver<(usize, String)>,
-    tx: mpsc::Sender<(usize, String)>,
+    lines: mpsc::Receiver<(usize, Instant, String)>,
+    tx: mpsc::Sender<(usize, Instant, String)>,
     /// Every line seen, for failure messages.
     pub log: Vec<String>,
+    /// Every line seen: the child, when the test read it, the text.
+    pub seen: Vec<(usize, Instant, String)>,
     /// Control sockets of the children: a killed node leaves its file behind.
     sockets: Vec<String>,
 }
@@ -52,6 +54,7 @@ impl Procs {
             lines,
             tx,
             log: Vec::new(),
+            seen: Vec::new(),
             sockets: Vec::new(),
         }
     }
@@ -98,7 +101,7 @@ impl Procs {
             let tx = self.tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send((index, line)).is_err() {
+                    if tx.send((index, Instant::now(), line)).is_err() {
                         return;
                     }
                 }
@@ -114,8 +117,9 @@ impl Procs {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok((who, line)) => {
+                Ok((who, at, line)) => {
                     self.log.push(format!("[{who}] {line}"));
+                    self.seen.push((who, at, line.clone()));
                     assert!(
                         !line.contains("panicked") && !line.contains("PANIC"),
                         "a panic:\n{}",

@@ -1,0 +1,171 @@
+//! The replicated pair with a real Linux kernel: `colo arbiter`, `colo primary` and `colo
+//! secondary` on loopback boot Debian's vmlinux (the same VM description on both nodes) with
+//! periodic checkpoints; the primary is killed mid-boot and the survivor's console continues
+//! the boot from the last checkpoint it applied.
+//!
+//! What is proven: while paired, the secondary prints none of its guest's (speculative) console
+//! output; after the failover its console continues the primary's: later boot lines, in order,
+//! no line the primary printed before the last applied checkpoint printed again, no panic, and
+//! a printk clock that neither goes backwards nor jumps (common::linux::check_continuation).
+//! Under this machine's kvm_pvm both kernels run in KVM's emulator on a shared 2-core machine,
+//! so the kill is early in the boot (docs/vmm.md, "Debian's kernel under kvm_pvm").
+
+mod common;
+
+use common::linux::{self, SeenLine};
+use common::procs::{Procs, args, field, free_addr};
+use std::time::Duration;
+
+/// The primary's console line after which the primary is killed (~25-45 s into the pair's
+/// boot here), and how many checkpoints the secondary applies after it first.
+const KILL_AFTER_LINE: &str = "Booting paravirtualized kernel on KVM";
+const APPLIED_AFTER_LINE: usize = 3;
+/// The survivor's console line that ends the test: two milestones past the kill point.
+const SURVIVOR_REACHES: &str = "Kernel command line: ";
+const CHECKPOINT_INTERVAL_MS: &str = "2000";
+
+fn kernel_line(line: &str) -> bool {
+    linux::printk_time(line).is_some()
+}
+
+#[test]
+fn survivor_console_continues_the_linux_boot_from_the_last_checkpoint() {
+    let test = "survivor_console_continues_the_linux_boot_from_the_last_checkpoint";
+    if !common::kvm_available(test) {
+        return;
+    }
+    let Some(kernel) = linux::vmlinux(test) else {
+        return;
+    };
+    let kernel = kernel.to_string_lossy().into_owned();
+    let (arbiter, peer) = (free_addr(), free_addr());
+    let mut procs = Procs::new();
+    let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
+    procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == a && l.starts_with("arbiter: listening")
+    });
+    // The same VM description on both nodes. A patient heartbeat (2 s): two emulated kernels
+    // share two cores with whatever else runs here.
+    let vm = [
+        "--kernel",
+        &kernel,
+        "--cmdline",
+        linux::CMDLINE,
+        "--memory",
+        linux::MEMORY_MIB,
+        "--heartbeat-misses",
+        "20",
+        "--run-for",
+        "400",
+    ];
+    let mut pa = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
+    pa.extend(args(&vm));
+    pa.extend(args(&["--checkpoint-interval-ms", CHECKPOINT_INTERVAL_MS]));
+    let p = procs.spawn(&pa);
+    let mut sa = args(&["secondary", "--peer", &peer, "--arbiter", &arbiter]);
+    sa.extend(args(&vm));
+    let s = procs.spawn(&sa);
+
+    // Paired, the kill line on the primary's console, then a few applies after it.
+    procs.wait_for(Duration::from_secs(150), |w, l| {
+        w == p && l.contains(KILL_AFTER_LINE)
+    });
+    for _ in 0..APPLIED_AFTER_LINE {
+        procs.wait_for(Duration::from_secs(60), |w, l| {
+            w == s && l.starts_with("secondary: applied ")
+        });
+    }
+    procs.kill(p);
+    let released = procs.wait_for(Duration::from_secs(60), |w, l| {
+        w == s && l.starts_with("secondary: console-released ")
+    });
+    procs.wait_for(Duration::from_secs(150), |w, l| {
+        w == s && l.contains(SURVIVOR_REACHES)
+    });
+
+    // The cut: the last checkpoint the secondary applied, i.e. the primary's pause for it.
+    let seen = procs.seen.clone();
+    let last_applied = seen
+        .iter()
+        .filter(|(w, _, l)| *w == s && l.starts_with("secondary: applied "))
+        .filter_map(|(_, _, l)| field(l, "epoch"))
+        .next_back()
+        .expect("the secondary applied checkpoints");
+    let pause_line = format!("primary: paused epoch={last_applied} ");
+    let cut = seen
+        .iter()
+        .position(|(w, _, l)| *w == p && l.starts_with(&pause_line))
+        .unwrap_or_else(|| panic!("no {pause_line:?} line\n{}", procs.log.join("\n")));
+    let stamped = |(_, at, text): &(usize, std::time::Instant, String)| SeenLine {
+        at: *at,
+        text: text.clone(),
+        complete: true,
+    };
+    let before: Vec<SeenLine> = seen[..cut]
+        .iter()
+        .filter(|(w, _, l)| *w == p && kernel_line(l))
+        .map(stamped)
+        .collect();
+    // The survivor writes its held output right after this line (then `console-released`).
+    let takeover = seen
+        .iter()
+        .position(|(w, _, l)| *w == s && l.starts_with("secondary: failed-over "))
+        .expect("a failover precedes console-released");
+    let speculative: Vec<&String> = seen[..takeover]
+        .iter()
+        .filter(|(w, _, l)| *w == s && kernel_line(l))
+        .map(|(_, _, l)| l)
+        .collect();
+    assert!(
+        speculative.is_empty(),
+        "the paired secondary printed guest output: {speculative:?}"
+    );
+    let after: Vec<SeenLine> = seen[takeover..]
+        .iter()
+        .filter(|(w, _, l)| *w == s && kernel_line(l))
+        .map(stamped)
+        .collect();
+    let dropped: u64 = seen
+        .iter()
+        .filter(|(w, _, l)| *w == s && l.starts_with("secondary: applied "))
+        .filter_map(|(_, _, l)| field(l, "console_dropped")?.parse::<u64>().ok())
+        .sum();
+    let continuation = linux::check_continuation(&before, &after);
+
+    // Figures: the checkpoints' pauses and sizes while the kernel booted.
+    let mut pauses: Vec<(u64, u64)> = seen
+        .iter()
+        .filter(|(w, _, l)| *w == p && l.starts_with("primary: checkpoint-done "))
+        .filter_map(|(_, _, l)| {
+            Some((
+                field(l, "pause_us")?.parse().ok()?,
+                field(l, "pages")?.parse().ok()?,
+            ))
+        })
+        .collect();
+    let checkpoints = pauses.len();
+    let first = pauses.first().copied().unwrap_or_default();
+    pauses.sort_unstable();
+    let median = pauses.get(checkpoints / 2).copied().unwrap_or_default();
+    let max_pages = pauses.iter().map(|&(_, n)| n).max().unwrap_or_default();
+    eprintln!(
+        "pair: {checkpoints} checkpoints (first {} us at {} pages, median pause {} us at {} pages, longest {} us, most pages {max_pages}); \
+         last applied epoch {last_applied}; {} bytes of speculative console dropped, {released}; \
+         survivor: {} kernel lines, milestones {:?}, printk step {:.3} s over {:.3} s of wall time",
+        first.0,
+        first.1,
+        median.0,
+        median.1,
+        pauses.last().map(|p| p.0).unwrap_or_default(),
+        dropped,
+        continuation.lines_after,
+        continuation.milestones_after,
+        continuation.clock_step,
+        continuation.wall_step,
+    );
+    assert!(
+        continuation.milestones_after.len() >= 2,
+        "the survivor reached too few milestones: {:?}",
+        continuation.milestones_after
+    );
+}
