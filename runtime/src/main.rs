@@ -560,22 +560,32 @@ fn run_node(
     if test_guest && args.workload == Workload::DiskWriter && spec.disks.is_empty() {
         return Err("--workload disk-writer needs --disk".to_string());
     }
-    let disk_sizes = spec
-        .disks
-        .iter()
-        .map(|d| pair_disk_size(&d.path, d.size.or(args.disk_size)))
-        .collect::<Result<Vec<u64>, String>>()?;
-    for (disk, size) in spec.disks.iter().zip(&disk_sizes) {
+    // Replicated disks go to the node loop (its disk machines and files); a read-only disk is
+    // never written, so each node serves it from its own copy of the image.
+    let mut disk_sizes = Vec::with_capacity(spec.disks.len());
+    let mut read_only = Vec::new();
+    for (device, disk) in spec.disks.iter().enumerate() {
         if disk.readonly {
-            return Err(format!(
-                "--disk {},readonly: read-only disks are not supported in the pair yet",
-                disk.path.display()
-            ));
+            let image = colo_runtime::disk::RawImage::open_read_only(&disk.path)
+                .map_err(|e| format!("read-only disk: {e}"))?;
+            if let Some(size) = disk.size.filter(|&s| s != image.size()) {
+                return Err(format!(
+                    "--disk {},readonly,size={size}: the image is {} bytes (a read-only disk keeps its image's size)",
+                    disk.path.display(),
+                    image.size()
+                ));
+            }
+            disk_sizes.push(image.size());
+            read_only.push((device, std::sync::Arc::new(image)));
+        } else {
+            let size = pair_disk_size(&disk.path, disk.size.or(args.disk_size))?;
+            disk_sizes.push(size);
+            config.disks.push(colo_runtime::node_loop::DiskFiles {
+                image: disk.path.clone(),
+                size,
+                device,
+            });
         }
-        config.disks.push(colo_runtime::node_loop::DiskFiles {
-            image: disk.path.clone(),
-            size: *size,
-        });
     }
     config.net = colo_runtime::node_loop::NetConfig {
         client_tap: spec.nets.first().map(|n| n.tap.clone()),
@@ -602,6 +612,12 @@ fn run_node(
         spec.disks.len().max(1),
     )
     .map_err(|e| e.to_string())?;
+    for (device, image) in read_only {
+        let size = image.size();
+        let mut blk = machine.blks()[device].lock().expect("blk mutex poisoned");
+        blk.set_backend(Box::new(colo_runtime::disk::ImageBackend::new(image)), size);
+        blk.set_read_only(true);
+    }
     if let Some(net) = spec.nets.first() {
         machine
             .net()
@@ -613,7 +629,9 @@ fn run_node(
     if role == Role::Primary {
         match &spec.boot {
             BootSource::TestGuest => {
-                let cmdline = test_guest_cmdline(args, &machine, &disk_sizes)?;
+                // The counter writes the leading writable disks (a read-only one would fail).
+                let writable = spec.disks.iter().take_while(|d| !d.readonly).count();
+                let cmdline = test_guest_cmdline(args, &machine, &disk_sizes[..writable])?;
                 machine
                     .load_test_guest(&images.image, &cmdline)
                     .map_err(|e| format!("test guest: {e}"))?;

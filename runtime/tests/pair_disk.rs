@@ -273,3 +273,62 @@ fn three_disks_replicate_as_one_volume_and_survive_a_primary_kill() {
         procs.log.join("\n")
     );
 }
+
+#[test]
+fn a_read_only_disk_is_served_from_each_node_and_never_written() {
+    if !common::kvm_available("a_read_only_disk_is_served_from_each_node_and_never_written") {
+        return;
+    }
+    let dir = Scratch::new("ro");
+    let ro = dir.path("ro.img");
+    let content: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&ro, &content).unwrap();
+    let (arbiter, peer) = (free_addr(), free_addr());
+    let mut procs = Procs::new();
+    let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
+    procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == a && l.starts_with("arbiter: listening")
+    });
+    let common = [
+        "--checkpoint-interval-ms",
+        "200",
+        "--heartbeat-misses",
+        "20",
+        "--pages",
+        "8",
+        "--print-every",
+        "200",
+    ];
+    let node = |role: &str, endpoint: &str, addr: &str, img: &str| {
+        let mut v = args(&[role, endpoint, addr, "--arbiter", &arbiter]);
+        v.extend(args(&["--disk", &format!("{},size=1M", dir.path(img))]));
+        v.extend(args(&["--disk", &format!("{ro},readonly")]));
+        v.extend(args(&common));
+        v
+    };
+    let p = procs.spawn(&node("primary", "--listen", &peer, "p.img"));
+    let s = procs.spawn(&node("secondary", "--peer", &peer, "s.img"));
+    let vm = procs.wait_for(Duration::from_secs(30), |w, l| {
+        w == p && l.starts_with("primary: vm ")
+    });
+    assert!(vm.contains("disks=[1048576B 262144B,ro]"), "{vm}");
+    for _ in 0..3 {
+        procs.wait_for(Duration::from_secs(30), |w, l| {
+            w == s && l.starts_with("secondary: applied epoch=")
+        });
+    }
+    procs.kill(p);
+    procs.wait_for(Duration::from_secs(15), |w, l| {
+        w == s && l.starts_with("secondary: failed-over ")
+    });
+    let line = procs.wait_for(Duration::from_secs(30), |w, l| {
+        w == s && (l.starts_with("colo-guest: step ") || l.contains("PANIC"))
+    });
+    assert!(!line.contains("PANIC"), "{}", procs.log.join("\n"));
+    assert_slots_written(&dir.path("s.img"), 16);
+    assert_eq!(
+        std::fs::read(&ro).unwrap(),
+        content,
+        "the read-only image changed"
+    );
+}

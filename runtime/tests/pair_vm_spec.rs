@@ -75,6 +75,11 @@ fn bad_vm_descriptions_are_clear_errors() {
             "at most one NIC",
         ),
         (&["--vcpus", "0"][..], 1, "at least one vCPU"),
+        (
+            &["--disk", "/nonexistent/colo-ro.img,readonly"][..],
+            1,
+            "read-only disk: disk image /nonexistent/colo-ro.img: open:",
+        ),
     ] {
         let (got, stderr) = node(extra);
         assert_eq!(got, Some(code), "{extra:?}: {stderr}");

@@ -40,6 +40,9 @@ pub struct DiskFiles {
     pub image: PathBuf,
     /// Disk size in bytes (a multiple of 512).
     pub size: u64,
+    /// The VM's block device serving this disk (read-only disks are not replicated and have
+    /// no entry, so this can differ from the position in the list).
+    pub device: usize,
 }
 
 impl DiskFiles {
@@ -109,7 +112,7 @@ struct Pending {
 #[derive(Debug)]
 pub(super) struct GuestDisk {
     store: DiskStore,
-    /// One device per disk, in volume order.
+    /// The device of each replicated disk, in volume order.
     devices: Vec<Arc<Mutex<BlkDevice>>>,
     generation: Arc<AtomicU64>,
     next_io: u64,
@@ -119,8 +122,8 @@ pub(super) struct GuestDisk {
 }
 
 impl GuestDisk {
-    /// Opens the files of every disk and attaches each device's backend (device `i` gets disk
-    /// `i`, capacity `disks[i].size`).
+    /// Opens the files of every replicated disk and attaches the backend of its device
+    /// (`disks[i].device`, capacity `disks[i].size`); disk `i` is extent `i` of the volume.
     pub(super) fn open(
         disks: &[DiskFiles],
         primary: bool,
@@ -138,7 +141,16 @@ impl GuestDisk {
             _ => DiskStore::primary_volume(&files)?,
         };
         let generation = Arc::new(AtomicU64::new(0));
-        for (disk, (files, device)) in disks.iter().zip(devices).enumerate() {
+        let mut attached = Vec::with_capacity(disks.len());
+        for (disk, files) in disks.iter().enumerate() {
+            let device = devices.get(files.device).ok_or_else(|| ImageError::Io {
+                path: files.image.clone(),
+                what: "attach",
+                source: std::io::Error::other(format!(
+                    "the VM has no block device {}",
+                    files.device
+                )),
+            })?;
             device.lock().expect("blk mutex poisoned").set_backend(
                 Box::new(BlkBridge {
                     tx: tx.clone(),
@@ -147,10 +159,11 @@ impl GuestDisk {
                 }),
                 files.size,
             );
+            attached.push(device.clone());
         }
         Ok(GuestDisk {
             store,
-            devices: devices[..disks.len().min(devices.len())].to_vec(),
+            devices: attached,
             generation,
             next_io: 1,
             pending: BTreeMap::new(),
