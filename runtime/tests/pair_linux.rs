@@ -130,7 +130,8 @@ fn survivor_console_continues_the_linux_boot_from_the_last_checkpoint() {
         .filter(|(w, _, l)| *w == s && l.starts_with("secondary: applied "))
         .filter_map(|(_, _, l)| field(l, "console_dropped")?.parse::<u64>().ok())
         .sum();
-    let continuation = linux::check_continuation(&before, &after);
+    let continuation =
+        linux::check_continuation(&before, &after).unwrap_or_else(|why| panic!("{why}"));
 
     // Figures: the checkpoints' pauses and sizes while the kernel booted.
     let mut pauses: Vec<(u64, u64)> = seen

@@ -157,8 +157,17 @@ pub struct Continuation {
 pub const CLOCK_SLACK_S: f64 = 1.0;
 
 /// Checks that `after` (kernel console lines, other lines ignored) continues the boot whose
-/// console up to the cut was `before`. Panics with both logs on a violation.
-pub fn check_continuation(before: &[SeenLine], after: &[SeenLine]) -> Continuation {
+/// console up to the cut was `before`; a violation is described, with both logs.
+pub fn check_continuation(before: &[SeenLine], after: &[SeenLine]) -> Result<Continuation, String> {
+    // `ensure!(condition, format...)`: the violation as this function's error.
+    macro_rules! ensure {
+        ($cond:expr, $($why:tt)+) => {
+            let holds: bool = $cond;
+            if !holds {
+                return Err(format!($($why)+));
+            }
+        };
+    }
     let dump = || {
         let show = |ls: &[SeenLine]| {
             ls.iter()
@@ -178,16 +187,16 @@ pub fn check_continuation(before: &[SeenLine], after: &[SeenLine]) -> Continuati
             .collect()
     };
     let (b, a) = (kernel(before), kernel(after));
-    assert!(!b.is_empty(), "no kernel line before the cut\n{}", dump());
-    assert!(!a.is_empty(), "no kernel line after the cut\n{}", dump());
+    ensure!(!b.is_empty(), "no kernel line before the cut\n{}", dump());
+    ensure!(!a.is_empty(), "no kernel line after the cut\n{}", dump());
     for (line, _) in &a {
-        assert!(
+        ensure!(
             !FAILURES.iter().any(|f| line.text.contains(f)),
             "the kernel failed after the cut: {}\n{}",
             line.text,
             dump()
         );
-        assert!(
+        ensure!(
             !b.iter().any(|(l, _)| l.text == line.text),
             "a line from before the cut was printed again: {}\n{}",
             line.text,
@@ -202,7 +211,7 @@ pub fn check_continuation(before: &[SeenLine], after: &[SeenLine]) -> Continuati
         let Some(index) = MILESTONES.iter().position(|m| line.text.contains(m)) else {
             continue;
         };
-        assert!(
+        ensure!(
             last_index.is_none_or(|l| index > l),
             "milestone {:?} out of order or repeated\n{}",
             MILESTONES[index],
@@ -222,7 +231,7 @@ pub fn check_continuation(before: &[SeenLine], after: &[SeenLine]) -> Continuati
     let mut max_offset = f64::NEG_INFINITY;
     for pair in all.windows(2) {
         let ((l0, t0), (l1, t1)) = (pair[0], pair[1]);
-        assert!(
+        ensure!(
             t1 >= t0,
             "printk time went backwards: {} then {}\n{}",
             l0.text,
@@ -232,7 +241,7 @@ pub fn check_continuation(before: &[SeenLine], after: &[SeenLine]) -> Continuati
     }
     for (line, t) in &all {
         let offset = t - line.at.saturating_duration_since(origin).as_secs_f64();
-        assert!(
+        ensure!(
             max_offset.is_infinite() || offset <= max_offset + CLOCK_SLACK_S,
             "printk time ran {:.3} s ahead of the wall clock at: {}\n{}",
             offset - max_offset,
@@ -242,12 +251,12 @@ pub fn check_continuation(before: &[SeenLine], after: &[SeenLine]) -> Continuati
         max_offset = max_offset.max(offset);
     }
     let ((lb, tb), (la, ta)) = (&b[b.len() - 1], &a[0]);
-    Continuation {
+    Ok(Continuation {
         lines_after: a.len(),
         milestones_after,
         clock_step: ta - tb,
         wall_step: la.at.saturating_duration_since(lb.at).as_secs_f64(),
-    }
+    })
 }
 
 /// Joins a line cut by the save (the last of `before`, without its newline) with its rest
