@@ -69,9 +69,8 @@ pub fn vmlinux(test: &str) -> Option<PathBuf> {
 /// One line of a child's output and the moment its first byte reached the test.
 #[derive(Clone, Debug)]
 pub struct SeenLine {
-    /// When the test read the line's first byte. The kernel writes a message's text at once
-    /// but its newline only with the next message (printk's continuation rule), so the end of
-    /// a line can arrive much later than its stamp; its start cannot.
+    /// When the test read the line's first byte: never before the kernel stamped the line,
+    /// possibly long after (the console can print a message together with the next one).
     pub at: Instant,
     /// The text, without the newline.
     pub text: String,
