@@ -47,6 +47,22 @@ pub const VIRTIO_NET_GSI: u32 = 6;
 pub const VIRTIO_BLK_BASE: u64 = VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE;
 /// The virtio-blk device's interrupt (IOAPIC input 7: free on the test machine; `tests/interrupts.rs` drives input 5).
 pub const VIRTIO_BLK_GSI: u32 = 7;
+/// Most virtio-net devices a VM has.
+pub const MAX_NICS: usize = 4;
+/// IOAPIC inputs of the virtio-net devices, in device order.
+const VIRTIO_NET_GSIS: [u32; MAX_NICS] = [VIRTIO_NET_GSI, 13, 14, 15];
+
+/// Window base and interrupt of virtio-net device `index` (< [`MAX_NICS`]): the first at
+/// [`VIRTIO_NET_BASE`], the others after the block devices' windows.
+pub fn virtio_net_window(index: usize) -> Option<(u64, u32)> {
+    let gsi = *VIRTIO_NET_GSIS.get(index)?;
+    let base = match index {
+        0 => VIRTIO_NET_BASE,
+        i => VIRTIO_BLK_BASE + (MAX_DISKS + i - 1) as u64 * VIRTIO_MMIO_SIZE,
+    };
+    Some((base, gsi))
+}
+
 /// Most virtio-blk devices a VM has.
 pub const MAX_DISKS: usize = 4;
 /// IOAPIC inputs of the virtio-blk devices, in device order (9 is left to ACPI's SCI).

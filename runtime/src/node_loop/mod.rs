@@ -27,7 +27,7 @@ mod reconnect;
 mod vm;
 
 pub use disk::{BlkBridge, DiskFiles, DiskLoopStats};
-pub use frames::{FrameStats, NetConfig};
+pub use frames::{ClientLink, FrameStats, NetConfig};
 pub use vm::{RamCache, SharedCache, VmExecutor};
 
 use disk::GuestDisk;
@@ -143,8 +143,13 @@ pub enum LoopEvent {
     },
     /// The guest sent a frame (posted by the virtio-net sink on a vCPU thread).
     GuestFrame(Vec<u8>),
-    /// A frame arrived on the client tap.
-    ClientFrame(Vec<u8>),
+    /// A frame arrived on the client tap of guest NIC `nic`.
+    ClientFrame {
+        /// The NIC whose tap it came in on.
+        nic: colo_core::ids::NicId,
+        /// The frame.
+        frame: Vec<u8>,
+    },
     /// The arbiter answered.
     Arbiter {
         /// The request.
@@ -389,14 +394,16 @@ impl NodeLoop {
     fn report(&mut self, now: Instant) {
         let status = self.node.status(now);
         self.reports += 1;
-        if self.config.net.client_tap.is_some() && self.reports.is_multiple_of(4) {
+        if !self.config.net.links.is_empty() && self.reports.is_multiple_of(4) {
             let f = self.net.stats();
-            let d = self
-                .machine
-                .net()
-                .lock()
-                .expect("net mutex poisoned")
-                .stats();
+            // The devices' counters, all NICs together.
+            let (mut tx_frames, mut rx_frames, mut rx_dropped) = (0, 0, 0);
+            for device in self.machine.nets() {
+                let d = device.lock().expect("net mutex poisoned").stats();
+                tx_frames += d.tx_frames;
+                rx_frames += d.rx_frames;
+                rx_dropped += d.rx_dropped;
+            }
             let n = self.node.stats();
             println!(
                 "{}: net to_guest={} to_client={} held_dropped={} client_dropped={} guest_tx={} guest_rx={} rx_dropped={} released={} held={} stale_secondary_output={}",
@@ -405,9 +412,9 @@ impl NodeLoop {
                 f.to_client,
                 f.held_dropped,
                 f.client_dropped,
-                d.tx_frames,
-                d.rx_frames,
-                d.rx_dropped,
+                tx_frames,
+                rx_frames,
+                rx_dropped,
                 n.released,
                 n.held,
                 n.stale_secondary_output
@@ -483,7 +490,7 @@ impl NodeLoop {
             LoopEvent::PeerDown { link, why } if link == self.link => self.link_down(&why),
             LoopEvent::Peer { .. } | LoopEvent::PeerDown { .. } => {} // a dead link's straggler
             LoopEvent::GuestFrame(frame) => self.input(Input::GuestFrame(frame)),
-            LoopEvent::ClientFrame(frame) => self.input(Input::ClientFrame(frame)),
+            LoopEvent::ClientFrame { nic, frame } => self.input(Input::ClientFrame { nic, frame }),
             LoopEvent::Arbiter { id, reply } => {
                 println!("{}: lease-reply id={} reply={reply:?}", self.name, id.0);
                 self.input(Input::Arbiter { id, reply });
@@ -660,7 +667,7 @@ impl NodeLoop {
             }
             Output::Event(event) => self.on_node_event(event),
             Output::Disk(command) => self.on_disk(command),
-            Output::ToGuest(frame) => self.net.handle_to_guest(&self.machine, frame),
+            Output::ToGuest { nic, frame } => self.net.handle_to_guest(&self.machine, nic, frame),
             Output::ToClient(frame) => self.net.handle_to_client(&frame),
             Output::GuestDiskDone { io, result } => self.on_guest_disk_done(io, result),
         }
