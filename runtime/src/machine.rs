@@ -152,7 +152,7 @@ pub struct Machine {
     mem: GuestMemory,
     config: MachineConfig,
     output: ConsoleOutput,
-    msr_list: Vec<u32>,
+    save_layout: vcpu::SaveLayout,
     stops: Arc<StopReport>,
     phase: MachinePhase,
     /// Sequence of the last checkpoint captured (source) or applied (target).
@@ -286,12 +286,12 @@ impl Machine {
 
         let stops = Arc::new(StopReport::default());
         let mut vcpus = Vec::new();
-        let mut msr_list = Vec::new();
+        let mut save_layout = vcpu::SaveLayout::default();
         for index in 0..u64::from(config.vcpus) {
             let fd = vm.fd().create_vcpu(index).op("KVM_CREATE_VCPU")?;
             vcpu::configure(vm.kvm(), &fd, index, &mem, None)?;
             if index == 0 {
-                msr_list = vcpu::probe_msr_list(vm.kvm(), &fd)?;
+                save_layout = vcpu::probe_save_layout(vm.kvm(), vm.fd(), &fd)?;
             }
             let thread =
                 VcpuThread::spawn(index, fd, buses.clone(), stops.clone()).map_err(|source| {
@@ -313,7 +313,7 @@ impl Machine {
             mem,
             config,
             output,
-            msr_list,
+            save_layout,
             stops,
             phase: MachinePhase::Paused,
             sequence: None,
@@ -473,7 +473,7 @@ impl Machine {
         self.require_paused()?;
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for v in &self.vcpus {
-            vcpus.push(v.with_fd(|fd| VcpuState::save(v.index(), fd, &self.msr_list))?);
+            vcpus.push(v.with_fd(|fd| VcpuState::save(v.index(), fd, &self.save_layout))?);
         }
         Ok(DeviceState {
             vcpus,
