@@ -150,6 +150,7 @@ fn a_restored_vcpu_reads_back_every_register_msr_and_lapic_field_written_into_th
         rdi: 1,
         rsi: 2,
         rdx: 3,
+        ..Default::default()
     };
     let a = rig(Some(boot));
 

@@ -56,9 +56,25 @@ pub enum VcpuError {
     },
 }
 
+/// The processor mode a loader's entry point expects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BootMode {
+    /// 64-bit long mode, paging on with the VMM's identity map of the first GiB (Linux boot
+    /// protocol's 64-bit entry, the test guest).
+    #[default]
+    Long64,
+    /// 32-bit protected mode, paging off, flat 4 GiB code and data segments (the PVH entry,
+    /// xen docs misc/pvh.html): `rbx` holds the `hvm_start_info` address.
+    Protected32,
+}
+
 /// The boot-time register values a loader chooses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootRegs {
+    /// Processor mode at the entry.
+    pub mode: BootMode,
+    /// PVH: the `hvm_start_info` address (EBX).
+    pub rbx: u64,
     /// Entry point.
     pub rip: u64,
     /// Initial stack pointer.
@@ -287,12 +303,21 @@ pub fn configure(
     vcpu.set_lapic(&lapic).op("KVM_SET_LAPIC")?;
 
     if let Some(regs) = boot {
-        write_boot_tables(mem)?;
         let mut sregs = vcpu.get_sregs().op("KVM_GET_SREGS")?;
-        long_mode_sregs(&mut sregs);
+        match regs.mode {
+            BootMode::Long64 => {
+                write_boot_tables(mem)?;
+                long_mode_sregs(&mut sregs);
+            }
+            BootMode::Protected32 => {
+                write_gdt(mem, &FLAT32_GDT)?;
+                flat32_sregs(&mut sregs);
+            }
+        }
         vcpu.set_sregs(&sregs).op("KVM_SET_SREGS")?;
         let kregs = kvm_regs {
             rip: regs.rip,
+            rbx: regs.rbx,
             rsp: regs.rsp,
             rbp: regs.rsp,
             rdi: regs.rdi,
@@ -346,10 +371,19 @@ const BOOT_GDT: [u64; 4] = [
     0x0080_8b00_0000_ffff,
 ];
 
+/// The `kvm_segment` a GDT descriptor loads. KVM takes the limit in bytes: a page-granular
+/// (G=1) descriptor's 20-bit limit is scaled as the CPU does (limit << 12 | 0xfff). Long mode
+/// ignores limits; the PVH entry's flat 32-bit segments need the full 4 GiB.
 fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
+    let raw_limit = ((entry & 0xffff) | (((entry >> 48) & 0xf) << 16)) as u32;
+    let granular = (entry >> 55) & 1 == 1;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | (((entry >> 56) & 0xff) << 24),
-        limit: ((entry & 0xffff) | (((entry >> 48) & 0xf) << 16)) as u32,
+        limit: if granular {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: u16::from(index) * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
@@ -364,15 +398,57 @@ fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     }
 }
 
-fn write_boot_tables(mem: &GuestMemory) -> Result<(), VcpuError> {
-    let put = |what: &'static str, gpa: u64, value: u64| {
-        mem.write_obj(value, GuestAddress(gpa))
-            .map_err(|_| VcpuError::BootMemory { what, gpa })
-    };
-    for (i, entry) in BOOT_GDT.iter().enumerate() {
-        put("GDT", layout::BOOT_GDT + i as u64 * 8, *entry)?;
+/// PVH boot GDT: null, flat 32-bit code (0x08, base 0, limit 4 GiB, execute/read), flat data
+/// (0x10, read/write), a 32-bit busy TSS (0x18, limit 0x67), the segments misc/pvh.html asks
+/// for at the 32-bit entry.
+const FLAT32_GDT: [u64; 4] = [
+    0,
+    0x00cf_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x0000_8b00_0000_0067,
+];
+
+fn put_boot_word(
+    mem: &GuestMemory,
+    what: &'static str,
+    gpa: u64,
+    value: u64,
+) -> Result<(), VcpuError> {
+    mem.write_obj(value, GuestAddress(gpa))
+        .map_err(|_| VcpuError::BootMemory { what, gpa })
+}
+
+fn write_gdt(mem: &GuestMemory, gdt: &[u64; 4]) -> Result<(), VcpuError> {
+    for (i, entry) in gdt.iter().enumerate() {
+        put_boot_word(mem, "GDT", layout::BOOT_GDT + i as u64 * 8, *entry)?;
     }
-    put("IDT", layout::BOOT_IDT, 0)?;
+    put_boot_word(mem, "IDT", layout::BOOT_IDT, 0)
+}
+
+/// Protected mode without paging, flat segments from [`FLAT32_GDT`], CR4 and EFER clear.
+fn flat32_sregs(sregs: &mut kvm_sregs) {
+    sregs.gdt.base = layout::BOOT_GDT;
+    sregs.gdt.limit = (FLAT32_GDT.len() * 8 - 1) as u16;
+    sregs.idt.base = layout::BOOT_IDT;
+    sregs.idt.limit = 7;
+    let code = segment_from_gdt(FLAT32_GDT[1], 1);
+    let data = segment_from_gdt(FLAT32_GDT[2], 2);
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment_from_gdt(FLAT32_GDT[3], 3);
+    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !(CR0_PG | CR0_CD | CR0_NW);
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+}
+
+fn write_boot_tables(mem: &GuestMemory) -> Result<(), VcpuError> {
+    let put = |what: &'static str, gpa: u64, value: u64| put_boot_word(mem, what, gpa, value);
+    write_gdt(mem, &BOOT_GDT)?;
     // PML4[0] -> PDPT, PDPT[0] -> PD, PD = 512 x 2 MiB pages: identity map of the first GiB.
     put("PML4", layout::BOOT_PML4, layout::BOOT_PDPT | 0x3)?;
     put("PDPT", layout::BOOT_PDPT, layout::BOOT_PD | 0x3)?;
