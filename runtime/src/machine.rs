@@ -81,6 +81,15 @@ pub enum MachineError {
     /// A state could not be applied.
     #[error(transparent)]
     Persist(#[from] PersistError),
+    /// A capture would carry block requests in flight (drain them first, see
+    /// `node_loop/drain.rs`).
+    #[error(
+        "cannot save the VM with {count} virtio-blk request(s) in flight: they must complete before the capture"
+    )]
+    BlkInFlight {
+        /// Requests popped from the queue and not completed.
+        count: usize,
+    },
     /// An operation that needs a paused machine was called while it runs.
     #[error("the VM must be paused for this operation")]
     NotPaused,
@@ -468,9 +477,21 @@ impl Machine {
         self.vcpus.iter().map(VcpuThread::phase).collect()
     }
 
-    /// Reads every device's state. Paused only.
+    /// virtio-blk requests popped from a queue and not completed yet, over every disk.
+    pub fn blk_in_flight(&self) -> usize {
+        self.blks
+            .iter()
+            .map(|b| b.lock().expect("blk mutex poisoned").inflight())
+            .sum()
+    }
+
+    /// Reads every device's state. Paused only; refused while a block request is in flight.
     pub fn save_devices(&self) -> Result<DeviceState, MachineError> {
         self.require_paused()?;
+        let count = self.blk_in_flight();
+        if count > 0 {
+            return Err(MachineError::BlkInFlight { count });
+        }
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for v in &self.vcpus {
             vcpus.push(v.with_fd(|fd| VcpuState::save(v.index(), fd, &self.save_layout))?);

@@ -22,6 +22,7 @@
 mod control;
 mod disk;
 mod disk_routing;
+mod drain;
 mod frames;
 mod reconnect;
 mod vm;
@@ -225,6 +226,8 @@ pub struct NodeLoop {
     /// Events taken from the channel out of turn (see `drain_guest_frames`), handled first.
     deferred: VecDeque<LoopEvent>,
     reports: u64,
+    /// A pause's completion held until no block request is in flight (`drain.rs`).
+    drain: Option<drain::PauseDrain>,
 }
 
 impl std::fmt::Debug for NodeLoop {
@@ -326,6 +329,7 @@ impl NodeLoop {
             disk,
             deferred: VecDeque::new(),
             reports: 0,
+            drain: None,
         })
     }
 
@@ -359,6 +363,9 @@ impl NodeLoop {
             if let Some(t) = self.node.poll_timeout() {
                 wake = wake.min(t);
             }
+            if let Some(t) = self.drain_deadline() {
+                wake = wake.min(t);
+            }
             let wait = wake.saturating_duration_since(now);
             while let Some(event) = self.deferred.pop_front() {
                 self.on_event(event);
@@ -375,6 +382,9 @@ impl NodeLoop {
             // heartbeat would count a peer silent whose heartbeats are merely queued.
             while let Ok(event) = self.rx.try_recv() {
                 self.on_event(event);
+            }
+            if let Some(input) = self.poll_drain() {
+                self.input(input);
             }
             if self
                 .node
@@ -445,10 +455,17 @@ impl NodeLoop {
     /// Hands one input to the node, then drains outputs and queued inputs to quiescence.
     fn input(&mut self, input: Input) {
         self.pending.push_back(input);
-        while let Some(input) = self.pending.pop_front() {
-            self.node.handle(self.clock.now(), input);
-            while let Some(output) = self.node.poll_output() {
-                self.execute(output);
+        loop {
+            while let Some(input) = self.pending.pop_front() {
+                self.node.handle(self.clock.now(), input);
+                while let Some(output) = self.node.poll_output() {
+                    self.execute(output);
+                }
+            }
+            // A held pause whose last block request just completed goes in now.
+            match self.poll_drain() {
+                Some(input) => self.pending.push_back(input),
+                None => break,
             }
         }
         self.ctl_after_input();
@@ -599,6 +616,7 @@ impl NodeLoop {
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {
+                self.release_held_pause();
                 let pausing = matches!(command, VmCommand::Pause);
                 if matches!(command, VmCommand::ApplyCheckpoint { .. }) {
                     self.before_apply();
@@ -617,7 +635,9 @@ impl NodeLoop {
                 if pausing {
                     self.drain_guest_frames();
                 }
-                self.pending.push_back(Input::VmDone(done));
+                if let Some(done) = self.hold_pause(done) {
+                    self.pending.push_back(Input::VmDone(done));
+                }
             }
             Output::Sync(SyncCommand::SendAll { term }) => {
                 let Some(writer) = self.writer.as_mut() else {
