@@ -1,6 +1,6 @@
-//! One vCPU's architectural state: boot-time configuration (CPUID, MSRs, long-mode registers,
-//! FPU, LAPIC LINT pins) and the Persist-style `save` / `restore` of everything KVM keeps for
-//! it.
+//! One vCPU's architectural state: boot-time configuration (CPUID, MSRs, long-mode or, for
+//! the PVH entry, flat 32-bit protected-mode registers, FPU, LAPIC LINT pins) and the
+//! Persist-style `save` / `restore` of everything KVM keeps for it.
 //!
 //! Invariant: `restore` writes state in the order KVM needs (deps-spike.md pitfalls, as
 //! Firecracker and QEMU do): CPUID first (it decides which MSRs and xsave features exist),
@@ -249,9 +249,10 @@ fn write_xsave(vcpu: &VcpuFd, words: &[u32]) -> Result<(), VcpuError> {
     Ok(())
 }
 
-/// Configures a fresh vCPU for a 64-bit entry (Linux boot protocol's 64-bit entry and the
-/// test guest): CPUID, boot MSRs, FPU, LAPIC LINT pins; on the boot vCPU also the long-mode
-/// segments, the VMM's boot GDT and identity page tables (first GiB), and `regs`.
+/// Configures a fresh vCPU: CPUID, boot MSRs, FPU, LAPIC LINT pins; on the boot vCPU also
+/// the entry state `boot.mode` asks for (`Long64`: the long-mode segments, the VMM's boot GDT
+/// and identity page tables of the first GiB, for Linux's 64-bit entry and the test guest;
+/// `Protected32`: the flat 32-bit GDT, paging off, for the PVH entry) and the registers.
 pub fn configure(
     kvm: &Kvm,
     vcpu: &VcpuFd,
