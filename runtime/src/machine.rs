@@ -89,6 +89,15 @@ pub enum MachineError {
     /// A state could not be applied.
     #[error(transparent)]
     Persist(#[from] PersistError),
+    /// A capture would carry block requests in flight (drain them first, see
+    /// `node_loop/drain.rs`).
+    #[error(
+        "cannot save the VM with {count} virtio-blk request(s) in flight: they must complete before the capture"
+    )]
+    BlkInFlight {
+        /// Requests popped from the queue and not completed.
+        count: usize,
+    },
     /// An operation that needs a paused machine was called while it runs.
     #[error("the VM must be paused for this operation")]
     NotPaused,
@@ -161,7 +170,7 @@ pub struct Machine {
     mem: GuestMemory,
     config: MachineConfig,
     output: ConsoleOutput,
-    msr_list: Vec<u32>,
+    save_layout: vcpu::SaveLayout,
     stops: Arc<StopReport>,
     phase: MachinePhase,
     /// Sequence of the last checkpoint captured (source) or applied (target).
@@ -308,12 +317,12 @@ impl Machine {
 
         let stops = Arc::new(StopReport::default());
         let mut vcpus = Vec::new();
-        let mut msr_list = Vec::new();
+        let mut save_layout = vcpu::SaveLayout::default();
         for index in 0..u64::from(config.vcpus) {
             let fd = vm.fd().create_vcpu(index).op("KVM_CREATE_VCPU")?;
             vcpu::configure(vm.kvm(), &fd, index, &mem, None)?;
             if index == 0 {
-                msr_list = vcpu::probe_msr_list(vm.kvm(), &fd)?;
+                save_layout = vcpu::probe_save_layout(vm.kvm(), vm.fd(), &fd)?;
             }
             let thread =
                 VcpuThread::spawn(index, fd, buses.clone(), stops.clone()).map_err(|source| {
@@ -335,7 +344,7 @@ impl Machine {
             mem,
             config,
             output,
-            msr_list,
+            save_layout,
             stops,
             phase: MachinePhase::Paused,
             sequence: None,
@@ -495,12 +504,24 @@ impl Machine {
         self.vcpus.iter().map(VcpuThread::phase).collect()
     }
 
-    /// Reads every device's state. Paused only.
+    /// virtio-blk requests popped from a queue and not completed yet, over every disk.
+    pub fn blk_in_flight(&self) -> usize {
+        self.blks
+            .iter()
+            .map(|b| b.lock().expect("blk mutex poisoned").inflight())
+            .sum()
+    }
+
+    /// Reads every device's state. Paused only; refused while a block request is in flight.
     pub fn save_devices(&self) -> Result<DeviceState, MachineError> {
         self.require_paused()?;
+        let count = self.blk_in_flight();
+        if count > 0 {
+            return Err(MachineError::BlkInFlight { count });
+        }
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for v in &self.vcpus {
-            vcpus.push(v.with_fd(|fd| VcpuState::save(v.index(), fd, &self.msr_list))?);
+            vcpus.push(v.with_fd(|fd| VcpuState::save(v.index(), fd, &self.save_layout))?);
         }
         Ok(DeviceState {
             vcpus,

@@ -2,11 +2,12 @@
 //!
 //! `elf` loads colo's test guest (an ELF64 executable with physical load addresses);
 //! `linux` follows the Linux boot protocol (bzImage or vmlinux, zero page, e820, command line,
-//! initrd). Invariant: a loader either fully succeeds or returns an error naming what is wrong
+//! initrd); `pvh` writes the PVH start info for a vmlinux with a PVH entry note. Invariant: a loader either fully succeeds or returns an error naming what is wrong
 //! with the image; it never panics on malformed input.
 
 pub mod elf;
 pub mod linux;
+pub mod pvh;
 
 /// Errors loading a guest image.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,7 @@
 mod control;
 mod disk;
 mod disk_routing;
+mod drain;
 mod frames;
 mod reconnect;
 mod vm;
@@ -230,6 +231,8 @@ pub struct NodeLoop {
     /// Events taken from the channel out of turn (see `drain_guest_frames`), handled first.
     deferred: VecDeque<LoopEvent>,
     reports: u64,
+    /// A pause's completion held until no block request is in flight (`drain.rs`).
+    drain: Option<drain::PauseDrain>,
 }
 
 impl std::fmt::Debug for NodeLoop {
@@ -331,6 +334,7 @@ impl NodeLoop {
             disk,
             deferred: VecDeque::new(),
             reports: 0,
+            drain: None,
         })
     }
 
@@ -364,6 +368,9 @@ impl NodeLoop {
             if let Some(t) = self.node.poll_timeout() {
                 wake = wake.min(t);
             }
+            if let Some(t) = self.drain_deadline() {
+                wake = wake.min(t);
+            }
             let wait = wake.saturating_duration_since(now);
             while let Some(event) = self.deferred.pop_front() {
                 self.on_event(event);
@@ -380,6 +387,9 @@ impl NodeLoop {
             // heartbeat would count a peer silent whose heartbeats are merely queued.
             while let Ok(event) = self.rx.try_recv() {
                 self.on_event(event);
+            }
+            if let Some(input) = self.poll_drain() {
+                self.input(input);
             }
             if self
                 .node
@@ -452,10 +462,17 @@ impl NodeLoop {
     /// Hands one input to the node, then drains outputs and queued inputs to quiescence.
     fn input(&mut self, input: Input) {
         self.pending.push_back(input);
-        while let Some(input) = self.pending.pop_front() {
-            self.node.handle(self.clock.now(), input);
-            while let Some(output) = self.node.poll_output() {
-                self.execute(output);
+        loop {
+            while let Some(input) = self.pending.pop_front() {
+                self.node.handle(self.clock.now(), input);
+                while let Some(output) = self.node.poll_output() {
+                    self.execute(output);
+                }
+            }
+            // A held pause whose last block request just completed goes in now.
+            match self.poll_drain() {
+                Some(input) => self.pending.push_back(input),
+                None => break,
             }
         }
         self.ctl_after_input();
@@ -606,6 +623,7 @@ impl NodeLoop {
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {
+                self.release_held_pause();
                 let pausing = matches!(command, VmCommand::Pause);
                 if matches!(command, VmCommand::ApplyCheckpoint { .. }) {
                     self.before_apply();
@@ -624,7 +642,9 @@ impl NodeLoop {
                 if pausing {
                     self.drain_guest_frames();
                 }
-                self.pending.push_back(Input::VmDone(done));
+                if let Some(done) = self.hold_pause(done) {
+                    self.pending.push_back(Input::VmDone(done));
+                }
             }
             Output::Sync(SyncCommand::SendAll { term }) => {
                 let Some(writer) = self.writer.as_mut() else {

@@ -9,9 +9,9 @@ use super::{KvmOpError, KvmResultExt};
 use crate::layout;
 use crate::memory::GuestMemory;
 use kvm_bindings::{
-    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_clock_data, kvm_irqchip, kvm_pit_config,
-    kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY, kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use serde::{Deserialize, Serialize};
@@ -118,6 +118,11 @@ impl KvmVm {
             .op("KVM_GET_DIRTY_LOG")
     }
 
+    /// The current kvmclock (KVM_GET_CLOCK), in guest nanoseconds.
+    pub fn clock_ns(&self) -> Result<u64, KvmOpError> {
+        Ok(self.fd.get_clock().op("KVM_GET_CLOCK")?.clock)
+    }
+
     /// Saves both PICs, the IOAPIC, the PIT and the clock. The vCPUs must be paused.
     pub fn save_state(&self) -> Result<VmState, KvmOpError> {
         let chip = |id| -> Result<kvm_irqchip, KvmOpError> {
@@ -149,10 +154,17 @@ impl KvmVm {
             .set_irqchip(&state.ioapic)
             .op("KVM_SET_IRQCHIP (IOAPIC)")?;
         self.fd.set_pit2(&state.pit).op("KVM_SET_PIT2")?;
-        // KVM_GET_CLOCK reports KVM_CLOCK_TSC_STABLE (and others) that KVM_SET_CLOCK rejects;
-        // keep only REALTIME (deps-spike.md pitfalls; QEMU's kvmclock does the same).
+        // Clock policy (docs/vmm.md "Clocks"): the guest resumes at exactly the saved
+        // kvmclock value, as the vCPUs resume at exactly their saved IA32_TSC. No flags:
+        // KVM_GET_CLOCK's TSC_STABLE/HOST_TSC are refused by KVM_SET_CLOCK, and REALTIME
+        // (add the wall-clock time since the save) would tie a COLO secondary's guest clock
+        // to the skew between the two hosts' wall clocks and make it jump by that much at
+        // every checkpoint; without it the secondary lags the primary by the apply latency
+        // only, and never runs backwards from what the guest (the primary's memory) saw.
         let mut clock = state.clock;
-        clock.flags &= KVM_CLOCK_REALTIME;
+        clock.flags = 0;
+        clock.realtime = 0;
+        clock.host_tsc = 0;
         self.fd.set_clock(&clock).op("KVM_SET_CLOCK")?;
         Ok(())
     }
