@@ -314,3 +314,98 @@ fn a_checkpoint_that_loses_the_aps_pages_makes_the_ap_fail_its_check() {
         "{stop:?}"
     );
 }
+
+/// The uncompressed Debian cloud kernel (`assets/linux/vmlinux`, extracted from the bzImage by
+/// scripts/setup-guest-assets.sh) or `$COLO_LINUX_VMLINUX`; `None` means skip (or fail under
+/// COLO_REQUIRE_LINUX_KERNEL=1, where CI must have it).
+fn vmlinux(test: &str) -> Option<Vec<u8>> {
+    let path = std::env::var_os("COLO_LINUX_VMLINUX")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/linux/vmlinux")
+        });
+    match std::fs::read(&path) {
+        Ok(image) => Some(image),
+        Err(e) => {
+            if std::env::var("COLO_REQUIRE_LINUX_KERNEL").as_deref() == Ok("1") {
+                panic!("{test}: {} is required: {e}", path.display());
+            }
+            eprintln!(
+                "SKIPPED {test}: no vmlinux at {} ({e}); run scripts/setup-guest-assets.sh",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn linux_takes_its_cpus_and_interrupt_wiring_from_the_madt() {
+    let test = "linux_takes_its_cpus_and_interrupt_wiring_from_the_madt";
+    if !common::kvm_available(test) {
+        return;
+    }
+    let Some(kernel) = vmlinux(test) else {
+        return;
+    };
+    let capture = OutputCapture::new();
+    let mut machine = Machine::new(
+        MachineConfig {
+            mem_mib: 256,
+            vcpus: 2,
+        },
+        ConsoleOutput::Capture(capture.clone()),
+    )
+    .unwrap();
+    // Early boot only (the emulator is slow, see linux_boot.rs): the ACPI lines come from
+    // setup_arch, a few guest seconds in.
+    machine
+        .load_linux(
+            &kernel,
+            "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr noxsave clearcpuid=cx16 ignore_loglevel",
+            None,
+        )
+        .unwrap();
+    let start = Instant::now();
+    machine.resume();
+    let (text, ok) = capture.wait_until(Duration::from_secs(120), |t| t.contains("hotplug CPUs"));
+    let stop = machine.wait_for_stop(Duration::ZERO);
+    machine.pause();
+    eprintln!("MADT lines after {:?}", start.elapsed());
+    assert!(
+        ok,
+        "Linux did not get to its CPU count (stop {stop:?}):\n{text}"
+    );
+    for line in [
+        "BIOS-e820: [mem 0x000000000009fc00-0x00000000000fffff] reserved",
+        "ACPI: RSDP 0x00000000000E0000",
+        "ACPI: FACP 0x",
+        "ACPI: DSDT 0x",
+        "ACPI: APIC 0x",
+        "IOAPIC[0]: apic_id 0, version 17, address 0xfec00000, GSI 0-23",
+        "ACPI: INT_SRC_OVR (bus 0 bus_irq 0 global_irq 2 dfl dfl)",
+        "ACPI: LAPIC_NMI (acpi_id[0xff] dfl dfl lint[0x1])",
+        "ACPI: Using ACPI (MADT) for SMP configuration information",
+        "smpboot: Allowing 2 CPUs, 0 hotplug CPUs",
+    ] {
+        assert!(text.contains(line), "missing {line:?}:\n{text}");
+    }
+    assert!(!text.contains("ACPI BIOS Error"), "{text}");
+}
+
+#[test]
+fn four_vcpus_come_online_one_after_another_and_all_progress() {
+    if !common::kvm_available("four_vcpus_come_online_one_after_another_and_all_progress") {
+        return;
+    }
+    let (mut machine, out) = smp_machine(4, 1_000_000);
+    let steps = run_until_all_progress(&mut machine, &out, 4);
+    let text = out.text();
+    assert!(text.contains("MADT APIC ids [0, 1, 2, 3]"), "{text}");
+    assert!(text.contains("4 cpus online"), "{text}");
+    assert!(steps.iter().all(|&s| s >= 2), "{steps:?}");
+    let before = steps;
+    let after = run_until_all_progress(&mut machine, &out, 4);
+    assert!(after.iter().zip(&before).all(|(a, b)| a >= &(b + 2)));
+    assert_healthy(&machine, &out);
+}
