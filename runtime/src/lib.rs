@@ -9,7 +9,8 @@
 //! one-host pair with a failover). Guest networking: `devices::virtio` (the virtio-mmio network
 //! device), `net` (taps and network namespaces) and the node loop's frame routing. Guest disks:
 //! `devices::virtio::blk` (the virtio-mmio block device) and `disk` (image and overlay files,
-//! the store executing the core's disk commands).
+//! the store executing the core's disk commands). `vm_spec`: the VM description a user gives
+//! both nodes (boot image, memory, vCPUs, disks, NICs) and its handshake fingerprint.
 
 pub mod arbiter;
 pub mod control;
@@ -25,6 +26,7 @@ pub mod net;
 pub mod node_loop;
 pub mod peer;
 pub mod persist;
+pub mod vm_spec;
 pub mod vstate;
 
 pub use machine::{CaptureStats, ConsoleOutput, Machine, MachineError, MachinePhase};

@@ -311,7 +311,9 @@ impl Machine {
     }
 
     /// Loads a Linux kernel (bzImage or vmlinux) with `cmdline` and an optional initrd, and
-    /// points the boot vCPU at its 64-bit entry.
+    /// points the boot vCPU at its 64-bit entry. The machine's virtio-mmio devices are announced
+    /// by appending [`Machine::device_cmdline`] to `cmdline` (the convention of Linux's
+    /// virtio_mmio driver and Firecracker-compatible kernels), so users never write them.
     pub fn load_linux(
         &mut self,
         kernel: &[u8],
@@ -319,10 +321,22 @@ impl Machine {
         initrd: Option<&[u8]>,
     ) -> Result<(), MachineError> {
         self.require_paused()?;
-        let regs = loader::linux::load(&self.mem, kernel, cmdline, initrd)?;
+        let cmdline = format!("{} {}", cmdline.trim_end(), Self::device_cmdline());
+        let regs = loader::linux::load(&self.mem, kernel, cmdline.trim_start(), initrd)?;
         let (vm, mem) = (&self.vm, &self.mem);
         self.vcpus[0].with_fd(|fd| vcpu::configure(vm.kvm(), fd, 0, mem, Some(regs)))?;
         Ok(())
+    }
+
+    /// The kernel command-line arguments announcing every virtio-mmio device a machine has
+    /// (`virtio_mmio.device=4K@<base>:<irq>`): the network device, then the block device. A
+    /// block device without a medium shows as an empty disk.
+    pub fn device_cmdline() -> String {
+        [
+            loader::linux::virtio_mmio_arg(layout::VIRTIO_NET_BASE, layout::VIRTIO_NET_GSI),
+            loader::linux::virtio_mmio_arg(layout::VIRTIO_BLK_BASE, layout::VIRTIO_BLK_GSI),
+        ]
+        .join(" ")
     }
 
     /// An interrupt line: an eventfd registered as KVM irqfd on `gsi` (IOAPIC input). Each

@@ -1,7 +1,7 @@
 //! `colo`: the command-line tool. `colo run` boots one VM unreplicated with its console on
 //! stdout (the baseline for later benchmarks) and can save its state to a file after a while;
 //! `colo restore` continues a VM from such a file. `colo primary` / `colo secondary` run one
-//! node of a replicated pair of the test guest, `colo arbiter` the lease arbiter, and `colo
+//! node of a replicated pair of the VM their flags describe (`vm_spec`), `colo arbiter` the lease arbiter, and `colo
 //! demo` all three on loopback with a primary kill, a failover and a re-protection
 //! (docs/operations.md). `colo status|checkpoint|failover|reprotect|shutdown` and `colo set
 //! checkpoint-interval` talk to a running node over its control socket.
@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use colo_core::ids::Role;
 use colo_runtime::control::Request;
 use colo_runtime::node_loop::{LoopEnd, NodeLoop, NodeLoopConfig, PeerEndpoint};
+use colo_runtime::vm_spec::{BootSource, DiskSpec, NetSpec, VmSpec};
 use colo_runtime::vstate::thread::VcpuStop;
 use colo_runtime::{Checkpoint, CheckpointKind, ConsoleOutput, Machine, MachineConfig};
 use std::io::Write;
@@ -38,7 +39,7 @@ enum Command {
     Run(RunArgs),
     /// Continue a VM from a state file written by `colo run --save-after`.
     Restore(RestoreArgs),
-    /// Run the primary node of a replicated pair (the test guest, loaded here).
+    /// Run the primary node of a replicated pair (it boots the VM: the test guest or --kernel).
     Primary(PrimaryArgs),
     /// Run the secondary node of a replicated pair (its VM becomes a copy of the primary's).
     Secondary(SecondaryArgs),
@@ -103,9 +104,31 @@ struct NodeArgs {
     /// This node's id (distinct from the peer's).
     #[arg(long)]
     node_id: Option<u64>,
+    /// Boot colo's built-in test guest (the default when no --kernel is given).
+    #[arg(long, value_parser = ["test-guest"], conflicts_with = "kernel")]
+    guest: Option<String>,
+    /// Boot this kernel instead: a Linux bzImage, a vmlinux ELF or a PVH ELF (the same file on
+    /// both nodes: the primary boots it, the secondary checks it is the same).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk for --kernel.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (default `console=ttyS0 reboot=k panic=1`); colo appends the
+    /// `virtio_mmio.device=` arguments of the VM's devices itself. With the test guest: words
+    /// appended to the workload's line.
+    #[arg(long)]
+    cmdline: Option<String>,
     /// Guest RAM in MiB (the same on both nodes).
     #[arg(long, default_value_t = 32)]
     memory: u64,
+    /// vCPUs (the same on both nodes).
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// A guest NIC: `tap=NAME[,mac=MAC]`, the tap towards the clients (created in this
+    /// process's network namespace; a paired secondary ignores client frames). One per VM.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    nets: Vec<NetSpec>,
     /// Counter workload: working-set pages rewritten per step.
     #[arg(long, default_value_t = 64)]
     pages: u64,
@@ -142,17 +165,40 @@ struct NodeArgs {
     /// net-server: the guest's TCP port.
     #[arg(long, default_value_t = 7000)]
     guest_port: u16,
-    /// The tap towards the clients (created in this process's network namespace).
-    #[arg(long)]
+    /// The tap towards the clients, with the default MAC (the same as `--net tap=NAME`).
+    #[arg(long, conflicts_with = "nets")]
     client_tap: Option<String>,
     /// A bridge the client tap joins at start (both roles; a paired secondary ignores client
     /// frames, the survivor announces the guest's MAC on its claim).
-    #[arg(long, requires = "client_tap")]
+    #[arg(long)]
     client_bridge: Option<String>,
-    /// The guest disk: the primary's image, or the secondary's parent image (its hidden and
-    /// active overlays are PATH.hidden and PATH.active). Both must start identical.
-    #[command(flatten)]
-    disk: DiskArgs,
+    /// The guest disk, `PATH[,readonly]`: the primary's image, or the secondary's parent image
+    /// (its hidden and active overlays are PATH.hidden and PATH.active). Both must start
+    /// identical. One per VM.
+    #[arg(long = "disk", value_name = "PATH[,readonly]")]
+    disks: Vec<DiskSpec>,
+    /// The disk's size (bytes, or with K, M or G): a missing image is created this large, a
+    /// shorter one extended. Default: an existing image's own size, 64M for a new one.
+    #[arg(long, value_parser = parse_size)]
+    disk_size: Option<u64>,
+}
+
+/// The size of a pair's disk: `--disk-size`, else the image's own size, else 64 MiB (created).
+fn pair_disk_size(path: &Path, explicit: Option<u64>) -> Result<u64, String> {
+    if let Some(size) = explicit {
+        return Ok(size);
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > 0 && meta.len() % 512 == 0 => Ok(meta.len()),
+        Ok(meta) if meta.len() > 0 => Err(format!(
+            "disk image {} is {} bytes, not a whole number of 512-byte sectors",
+            path.display(),
+            meta.len()
+        )),
+        Ok(_) => Ok(64 << 20),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(64 << 20),
+        Err(e) => Err(format!("cannot read disk image {}: {e}", path.display())),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -493,7 +539,7 @@ fn control(request: Request, args: &CtlArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// Runs one node of a replicated pair of the test guest's counter workload.
+/// Runs one node of a replicated pair of the VM its flags describe.
 fn run_node(
     role: Role,
     peer: PeerEndpoint,
@@ -520,65 +566,144 @@ fn run_node(
     config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
+    let spec = vm_spec(args)?;
+    let test_guest = spec.boot == BootSource::TestGuest;
     config.workload_pages = match args.workload {
-        Workload::Counter => args.pages,
-        Workload::NetServer | Workload::DiskWriter => 0,
+        Workload::Counter if test_guest => args.pages,
+        _ => 0,
     };
-    if args.workload == Workload::DiskWriter && args.disk.disk.is_none() {
+    if test_guest && args.workload == Workload::DiskWriter && spec.disks.is_empty() {
         return Err("--workload disk-writer needs --disk".to_string());
     }
-    config.disk = args
-        .disk
-        .disk
-        .clone()
-        .map(|image| colo_runtime::node_loop::DiskFiles {
-            image,
-            size: args.disk.disk_size,
+    let disk_sizes = spec
+        .disks
+        .iter()
+        .map(|d| pair_disk_size(&d.path, args.disk_size))
+        .collect::<Result<Vec<u64>, String>>()?;
+    if let Some(disk) = spec.disks.first() {
+        if disk.readonly {
+            return Err(format!(
+                "--disk {},readonly: read-only disks are not supported in the pair yet",
+                disk.path.display()
+            ));
+        }
+        config.disk = Some(colo_runtime::node_loop::DiskFiles {
+            image: disk.path.clone(),
+            size: disk_sizes[0],
         });
+    }
     config.net = colo_runtime::node_loop::NetConfig {
-        client_tap: args.client_tap.clone(),
+        client_tap: spec.nets.first().map(|n| n.tap.clone()),
         client_bridge: args.client_bridge.clone(),
     };
+    if config.net.client_bridge.is_some() && config.net.client_tap.is_none() {
+        return Err("--client-bridge needs a NIC (--net tap=NAME)".to_string());
+    }
     config.digests = args.digests;
     config.run_for = args.run_for.map(|s| seconds(s, "--run-for")).transpose()?;
+    let images = spec
+        .read_boot(colo_runtime::guest::test_guest_path())
+        .map_err(|e| e.to_string())?;
+    let fingerprint = spec.fingerprint(&images, &disk_sizes);
+    config.node.vm_fingerprint = fingerprint;
+    println!("{role_name}: {}", spec.summary(fingerprint, &disk_sizes));
     let machine_config = MachineConfig {
-        mem_mib: args.memory,
-        vcpus: 1,
+        mem_mib: spec.mem_mib,
+        vcpus: spec.vcpus,
     };
     let mut machine =
         Machine::new(machine_config, ConsoleOutput::Stdout).map_err(|e| e.to_string())?;
-    if role == Role::Primary {
-        let path = colo_runtime::guest::test_guest_path();
-        let image = read(path, "test guest")?;
-        let cmdline = match args.workload {
-            // With a disk the counter also writes one 4 KiB slot of it per step.
-            Workload::Counter if args.disk.disk.is_some() => format!(
-                "{} colo.disk_slots={}",
-                colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0),
-                (args.disk.disk_size / 4096).min(16)
-            ),
-            Workload::Counter => {
-                colo_runtime::guest::counter_cmdline(args.pages, 0, args.print_every, 0)
-            }
-            Workload::DiskWriter => {
-                colo_runtime::guest::disk_writer_cmdline(args.pages, 0, args.print_every, 0)
-            }
-            Workload::NetServer => colo_runtime::guest::net_server_cmdline(
-                &args.guest_ip,
-                args.guest_port,
-                machine.tsc_khz().map_err(|e| e.to_string())?,
-            ),
-        };
+    if let Some(net) = spec.nets.first() {
         machine
-            .load_test_guest(&image, &cmdline)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .net()
+            .lock()
+            .expect("net mutex poisoned")
+            .set_mac(net.mac);
+    }
+    // The secondary boots nothing: its VM becomes the primary's by the initial copy.
+    if role == Role::Primary {
+        match &spec.boot {
+            BootSource::TestGuest => {
+                let cmdline = test_guest_cmdline(args, &machine, disk_sizes.first().copied())?;
+                machine
+                    .load_test_guest(&images.image, &cmdline)
+                    .map_err(|e| format!("test guest: {e}"))?;
+            }
+            BootSource::Kernel { kernel, .. } => {
+                let cmdline = spec.cmdline.as_deref().unwrap_or(DEFAULT_LINUX_CMDLINE);
+                machine
+                    .load_linux(&images.image, cmdline, images.initrd.as_deref())
+                    .map_err(|e| format!("{}: {e}", kernel.display()))?;
+            }
+        }
     }
     let node = NodeLoop::new(config, machine).map_err(|e| e.to_string())?;
     println!("{role_name}: control socket={}", control_path.display());
     match node.run().map_err(|e| e.to_string())? {
         LoopEnd::TimeUp | LoopEnd::Stopped => Ok(ExitCode::SUCCESS),
         LoopEnd::Deposed => Err("this node was deposed (another node holds the term)".to_string()),
+        LoopEnd::Refused(why) => Err(why),
     }
+}
+
+/// Linux's command line when `--cmdline` is not given.
+const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// The VM description of a node's flags, checked for what colo supports.
+fn vm_spec(args: &NodeArgs) -> Result<VmSpec, String> {
+    let boot = match &args.kernel {
+        Some(kernel) => BootSource::Kernel {
+            kernel: kernel.clone(),
+            initrd: args.initrd.clone(),
+        },
+        None => BootSource::TestGuest,
+    };
+    let mut nets = args.nets.clone();
+    if let Some(tap) = &args.client_tap {
+        nets.push(
+            format!("tap={tap}")
+                .parse::<NetSpec>()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let spec = VmSpec {
+        boot,
+        cmdline: args.cmdline.clone(),
+        mem_mib: args.memory,
+        vcpus: args.vcpus,
+        disks: args.disks.clone(),
+        nets,
+    };
+    spec.check_supported().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+/// The test guest's command line: its workload's, then the user's `--cmdline` words.
+fn test_guest_cmdline(
+    args: &NodeArgs,
+    machine: &Machine,
+    disk_size: Option<u64>,
+) -> Result<String, String> {
+    use colo_runtime::guest;
+    let line = match (args.workload, disk_size) {
+        // With a disk the counter also writes one 4 KiB slot of it per step.
+        (Workload::Counter, Some(size)) => format!(
+            "{} colo.disk_slots={}",
+            guest::counter_cmdline(args.pages, 0, args.print_every, 0),
+            (size / 4096).min(16)
+        ),
+        (Workload::Counter, None) => guest::counter_cmdline(args.pages, 0, args.print_every, 0),
+        (Workload::DiskWriter, _) => guest::disk_writer_cmdline(args.pages, 0, args.print_every, 0),
+        (Workload::NetServer, _) => guest::net_server_cmdline(
+            &args.guest_ip,
+            args.guest_port,
+            machine.tsc_khz().map_err(|e| e.to_string())?,
+        ),
+    };
+    Ok(match &args.cmdline {
+        Some(extra) => format!("{line} {extra}"),
+        None => line,
+    })
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {

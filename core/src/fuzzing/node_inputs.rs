@@ -244,6 +244,7 @@ impl World {
                 },
                 term,
                 last_applied_epoch: epoch,
+                vm_fingerprint: u64::from(b.u8() % 3),
             },
             1 => Message::HelloAccept {
                 protocol_version: 1,

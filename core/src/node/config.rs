@@ -23,6 +23,10 @@ pub struct NodeConfig {
     pub cluster_id: ClusterId,
     /// The term the node starts in (both nodes of a new pair start in the same one).
     pub initial_term: Term,
+    /// A digest of the VM this node protects (memory, vCPUs, boot image, devices), sent in the
+    /// secondary's `Hello` and checked by the primary: a secondary described for another VM is
+    /// refused (`HelloRejectReason::VmMismatch`). 0: not checked (the simulator's VMs).
+    pub vm_fingerprint: u64,
     /// Guest memory size in bytes: the memory part of a re-protection copy (`SyncStart`).
     pub guest_memory_bytes: u64,
     /// Checkpoint protocol timing.
@@ -55,6 +59,7 @@ impl NodeConfig {
             node_id,
             cluster_id,
             initial_term: Term(1),
+            vm_fingerprint: 0,
             // 1 GiB: a small guest; the runtime sets the real size.
             guest_memory_bytes: 1 << 30,
             checkpoint: CheckpointConfig::default(),

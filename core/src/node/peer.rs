@@ -28,6 +28,16 @@ fn survives_failover(kind: MessageKind) -> bool {
     )
 }
 
+/// The fields of a peer's `Hello` the handshake checks.
+struct PeerHello {
+    version: u16,
+    cluster: crate::ids::ClusterId,
+    node_id: crate::ids::NodeId,
+    role: Role,
+    term: crate::ids::Term,
+    vm_fingerprint: u64,
+}
+
 impl Node {
     pub(super) fn protocol_error(&mut self, kind: MessageKind, violation: ProtocolViolation) {
         self.stats.protocol_errors += 1;
@@ -115,8 +125,19 @@ impl Node {
                 node_id,
                 role,
                 term,
+                vm_fingerprint,
                 ..
-            } => self.on_hello(now, protocol_version, cluster_id, node_id, role, term),
+            } => self.on_hello(
+                now,
+                PeerHello {
+                    version: protocol_version,
+                    cluster: cluster_id,
+                    node_id,
+                    role,
+                    term,
+                    vm_fingerprint,
+                },
+            ),
             Message::HelloAccept {
                 protocol_version,
                 cluster_id,
@@ -197,6 +218,7 @@ impl Node {
             role: self.failover.role(),
             term: self.failover.term(),
             last_applied_epoch: self.current_epoch(),
+            vm_fingerprint: self.config.vm_fingerprint,
         };
         self.send(hello);
         self.hello_retry_at = Some(now + self.config.heartbeat.lost_after());
@@ -211,15 +233,15 @@ impl Node {
         });
     }
 
-    fn on_hello(
-        &mut self,
-        now: Instant,
-        version: u16,
-        cluster: crate::ids::ClusterId,
-        node_id: crate::ids::NodeId,
-        role: Role,
-        term: crate::ids::Term,
-    ) {
+    fn on_hello(&mut self, now: Instant, hello: PeerHello) {
+        let PeerHello {
+            version,
+            cluster,
+            node_id,
+            role,
+            term,
+            vm_fingerprint,
+        } = hello;
         let ours = self.failover.term();
         let initial = self.phase == Phase::Connecting
             && self.is_primary_side()
@@ -252,6 +274,10 @@ impl Node {
             return self.reject(HelloRejectReason::RoleConflict {
                 ours: Role::Primary,
             });
+        }
+        let expected = self.config.vm_fingerprint;
+        if expected != 0 && vm_fingerprint != 0 && vm_fingerprint != expected {
+            return self.reject(HelloRejectReason::VmMismatch { expected });
         }
         if term > ours {
             // The newcomer knows a newer term than ours: we missed a failover.

@@ -28,6 +28,10 @@ fn events(outs: &[Output]) -> Vec<&Event> {
 }
 
 fn hello(cluster: u64, role: Role, term: u64) -> Input {
+    hello_for_vm(cluster, role, term, 0)
+}
+
+fn hello_for_vm(cluster: u64, role: Role, term: u64, vm_fingerprint: u64) -> Input {
     Input::Peer {
         message: Message::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -36,6 +40,7 @@ fn hello(cluster: u64, role: Role, term: u64) -> Input {
             role,
             term: Term(term),
             last_applied_epoch: Epoch(0),
+            vm_fingerprint,
         },
         bulk: PeerBulk::None,
     }
@@ -126,6 +131,36 @@ fn primary_rejects_hello_of_another_cluster() {
         }
     )));
     assert_eq!(n.status(ms(1)).mode, NodeMode::Connecting);
+}
+
+#[test]
+fn primary_rejects_a_secondary_described_for_another_vm() {
+    let mut config = NodeConfig::new(NodeId(1), ClusterId(9));
+    config.vm_fingerprint = 0xfeed;
+    let mut n = Node::new(config, Role::Primary, ms(0)).unwrap();
+    n.handle(ms(0), Input::Command(Command::Start));
+    n.handle(ms(1), hello_for_vm(9, Role::Secondary, 1, 0xbeef));
+    let outs = drain(&mut n);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::ToPeer {
+            message: Message::HelloReject {
+                reason: HelloRejectReason::VmMismatch { expected: 0xfeed },
+                ..
+            },
+            ..
+        }
+    )));
+    assert_eq!(n.status(ms(1)).mode, NodeMode::Connecting);
+    // The same VM pairs.
+    n.handle(ms(2), hello_for_vm(9, Role::Secondary, 1, 0xfeed));
+    assert!(drain(&mut n).iter().any(|o| matches!(
+        o,
+        Output::ToPeer {
+            message: Message::HelloAccept { .. },
+            ..
+        }
+    )));
 }
 
 #[test]

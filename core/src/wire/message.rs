@@ -21,7 +21,7 @@ use crate::ids::{CheckpointReason, ClusterId, Epoch, NodeId, PageRange, Role, Te
 
 /// The protocol version this build speaks. It travels in every frame header (so a peer speaking
 /// another version is detected before its message is decoded) and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The guest page size the page-carrying messages use: [`Message::PageBatch`] and
 /// [`Message::SyncPages`] carry exactly `PAGE_SIZE` bytes per page of their ranges. x86 dirty
@@ -57,6 +57,12 @@ pub enum HelloRejectReason {
     StaleTerm {
         /// The rejecting node's current term.
         current: Term,
+    },
+    /// The peer describes another VM (memory, vCPUs, boot image, devices): pairing it would
+    /// build a corrupt replica.
+    VmMismatch {
+        /// The rejecting node's VM fingerprint.
+        expected: u64,
     },
 }
 
@@ -161,6 +167,9 @@ pub enum Message {
         term: Term,
         /// The last checkpoint epoch the sender applied (secondary) or saw loaded (primary).
         last_applied_epoch: Epoch,
+        /// A digest of the VM the sender protects (the runtime's VM description); 0 when the
+        /// sender does not say. Two non-zero fingerprints that differ refuse the pairing.
+        vm_fingerprint: u64,
     },
     /// The answer to an acceptable [`Message::Hello`]: the accepting node's own view.
     HelloAccept {

@@ -45,7 +45,7 @@ use colo_core::node::{
     SyncCommand,
 };
 use colo_core::time::{Duration, Instant};
-use colo_core::wire::{Limits, Message};
+use colo_core::wire::{HelloRejectReason, Limits, Message};
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -168,7 +168,7 @@ pub enum LoopEvent {
 }
 
 /// How the loop ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoopEnd {
     /// `run_for` elapsed.
     TimeUp,
@@ -176,6 +176,9 @@ pub enum LoopEnd {
     Stopped,
     /// The node was fenced off; its VM is paused for good.
     Deposed,
+    /// The peer refused this node for good at the handshake (it describes another VM, or
+    /// belongs to another pair); the text says why and what to compare.
+    Refused(String),
 }
 
 /// Errors that end the loop.
@@ -764,6 +767,25 @@ impl NodeLoop {
                 self.machine.pause();
                 self.end = Some(LoopEnd::Stopped);
             }
+            Event::HandshakeRejected {
+                reason: HelloRejectReason::VmMismatch { expected },
+                by_peer: true,
+            } => {
+                let why = format!(
+                    "the primary refused this node: its VM description (fingerprint {expected:016x}) differs from this node's ({:016x}); compare the `vm` lines both nodes print at start (memory, vCPUs, boot image, initrd, command line, disk sizes, MACs)",
+                    self.config.node.vm_fingerprint
+                );
+                eprintln!("colo {n}: {why}");
+                self.machine.pause();
+                self.end = Some(LoopEnd::Refused(why));
+            }
+            Event::HandshakeRejected {
+                reason: HelloRejectReason::VmMismatch { .. },
+                by_peer: false,
+            } => eprintln!(
+                "colo {n}: refused a secondary whose VM description differs from this node's (fingerprint {:016x}); waiting for a matching one",
+                self.config.node.vm_fingerprint
+            ),
             Event::ProtocolError { kind, violation } => {
                 eprintln!("colo {n}: protocol error: {kind:?}: {violation:?}")
             }

@@ -84,6 +84,7 @@ pub(super) fn examples() -> Vec<Message> {
             role: Role::Primary,
             term: Term(3),
             last_applied_epoch: Epoch(41),
+            vm_fingerprint: 0x0123_4567_89ab_cdef,
         },
         Message::HelloAccept {
             protocol_version: PROTOCOL_VERSION,
@@ -239,6 +240,7 @@ fn hello_reject_reason() -> impl Strategy<Value = HelloRejectReason> {
         }),
         role().prop_map(|ours| HelloRejectReason::RoleConflict { ours }),
         term().prop_map(|current| HelloRejectReason::StaleTerm { current }),
+        any::<u64>().prop_map(|expected| HelloRejectReason::VmMismatch { expected }),
     ]
 }
 
@@ -264,13 +266,14 @@ pub(super) fn message() -> BoxedStrategy<Message> {
     ];
     let hello = || (any::<u16>(), any::<u64>(), node(), role(), term(), epoch());
     prop_oneof![
-        hello().prop_map(|(v, c, n, r, t, e)| Message::Hello {
+        (hello(), any::<u64>()).prop_map(|((v, c, n, r, t, e), f)| Message::Hello {
             protocol_version: v,
             cluster_id: ClusterId(c),
             node_id: n,
             role: r,
             term: t,
             last_applied_epoch: e,
+            vm_fingerprint: f,
         }),
         hello().prop_map(|(v, c, n, r, t, e)| Message::HelloAccept {
             protocol_version: v,

@@ -83,11 +83,12 @@ fn bad_magic_is_detected_at_its_first_byte() {
 fn other_version_is_refused_before_its_message_is_read() {
     // Only magic and version have arrived: the mismatch is known already.
     let mut head = MAGIC.to_vec();
-    head.extend_from_slice(&2u16.to_be_bytes());
+    let other = PROTOCOL_VERSION + 1;
+    head.extend_from_slice(&other.to_be_bytes());
     assert_eq!(
         decode(&head, &limits()),
         Err(WireError::UnsupportedVersion {
-            found: 2,
+            found: other,
             supported: PROTOCOL_VERSION
         })
     );

@@ -1,0 +1,169 @@
+//! The VM description of `colo primary|secondary` (`--guest`/`--kernel`, `--initrd`,
+//! `--cmdline`, `--memory`, `--vcpus`, `--disk`, `--net`): bad flags and unreadable files are
+//! one clear error each, before any VM exists; both nodes print the same `vm` line for the same
+//! description; and a secondary described for another VM is refused by the primary at the
+//! handshake (the secondary exits with an error naming the cause, the primary keeps waiting and
+//! pairs with a matching secondary), instead of becoming a corrupt replica.
+
+mod common;
+
+use common::procs::{COLO, Procs, args, free_addr};
+use std::process::Command;
+use std::time::Duration;
+
+/// Runs `colo ARGS` to its end; returns (exit code, stderr).
+fn colo(words: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(COLO)
+        .args(words)
+        .output()
+        .expect("running colo");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_vm_descriptions_are_clear_errors() {
+    let node = |extra: &[&str]| {
+        let mut words = vec![
+            "primary",
+            "--listen",
+            "127.0.0.1:1",
+            "--arbiter",
+            "127.0.0.1:2",
+        ];
+        words.extend_from_slice(extra);
+        colo(&words)
+    };
+    // Exit code 2: clap refused the flags; 1: colo refused the description.
+    for (extra, code, needle) in [
+        (
+            &["--kernel", "/nonexistent/colo-vmlinux"][..],
+            1,
+            "cannot read kernel /nonexistent/colo-vmlinux",
+        ),
+        (
+            &["--guest", "test-guest", "--kernel", "/x"][..],
+            2,
+            "cannot be used with",
+        ),
+        (&["--guest", "windows"][..], 2, "invalid value 'windows'"),
+        (&["--initrd", "/x"][..], 2, "--kernel"),
+        (&["--net", "tap=t0,mac=zz"][..], 2, "six octets"),
+        (&["--net", "mac=52:54:00:00:00:01"][..], 2, "no tap=NAME"),
+        (&["--disk", "/tmp/a.img,rw"][..], 2, "unknown option \"rw\""),
+        (
+            &["--disk", "/tmp/colo-a.img", "--disk", "/tmp/colo-b.img"][..],
+            1,
+            "at most one disk",
+        ),
+        (
+            &["--net", "tap=t0", "--net", "tap=t1"][..],
+            1,
+            "at most one NIC",
+        ),
+        (&["--vcpus", "0"][..], 1, "at least one vCPU"),
+    ] {
+        let (got, stderr) = node(extra);
+        assert_eq!(got, Some(code), "{extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+    }
+}
+
+#[test]
+fn secondary_described_for_another_vm_is_refused_and_a_matching_one_pairs() {
+    if !common::kvm_available(
+        "secondary_described_for_another_vm_is_refused_and_a_matching_one_pairs",
+    ) {
+        return;
+    }
+    let (arbiter, peer) = (free_addr(), free_addr());
+    let mut procs = Procs::new();
+    let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
+    procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == a && l.starts_with("arbiter: listening")
+    });
+    let common_args = ["--arbiter", &arbiter, "--run-for", "60"];
+    let mut p = args(&[
+        "primary",
+        "--listen",
+        &peer,
+        "--memory",
+        "32",
+        "--cmdline",
+        "colo.note=1",
+    ]);
+    p.extend(args(&common_args));
+    let p = procs.spawn(&p);
+    let primary_vm = procs.wait_for(Duration::from_secs(30), |w, l| {
+        w == p && l.starts_with("primary: vm test-guest")
+    });
+
+    // Another memory size, then another command line: each is refused.
+    for (i, extra) in [
+        ["--memory", "48", "--cmdline", "colo.note=1"],
+        ["--memory", "32", "--cmdline", "colo.note=2"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut s = args(&[
+            "secondary",
+            "--peer",
+            &peer,
+            "--node-id",
+            &(10 + i).to_string(),
+        ]);
+        s.extend(args(extra));
+        s.extend(args(&common_args));
+        let s = procs.spawn(&s);
+        let refusals = |procs: &Procs| {
+            let seen = |who: usize, text: &str| {
+                procs
+                    .log
+                    .iter()
+                    .filter(|l| l.starts_with(&format!("[{who}] ")) && l.contains(text))
+                    .count()
+            };
+            (
+                seen(p, "refused a secondary whose VM description differs"),
+                seen(s, "the primary refused this node: its VM description"),
+            )
+        };
+        procs.wait_for(Duration::from_secs(30), |w, l| {
+            w == s && l.contains("the primary refused this node: its VM description")
+        });
+        let status = procs.wait_exit(s, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(1), "{}", procs.log.join("\n"));
+        if refusals(&procs).0 < i + 1 {
+            procs.wait_for(Duration::from_secs(10), |w, l| {
+                w == p && l.contains("refused a secondary whose VM description differs")
+            });
+        }
+        assert_eq!(refusals(&procs).0, i + 1, "{}", procs.log.join("\n"));
+    }
+
+    // The same description: same `vm` line, and the pair replicates.
+    let mut s = args(&[
+        "secondary",
+        "--peer",
+        &peer,
+        "--memory",
+        "32",
+        "--cmdline",
+        "colo.note=1",
+    ]);
+    s.extend(args(&common_args));
+    let s = procs.spawn(&s);
+    let secondary_vm = procs.wait_for(Duration::from_secs(30), |w, l| {
+        w == s && l.starts_with("secondary: vm test-guest")
+    });
+    assert_eq!(
+        primary_vm.strip_prefix("primary: "),
+        secondary_vm.strip_prefix("secondary: ")
+    );
+    procs.wait_for(Duration::from_secs(60), |w, l| {
+        w == s && l.starts_with("secondary: applied epoch=")
+    });
+}
