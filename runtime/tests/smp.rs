@@ -404,6 +404,24 @@ fn four_vcpus_come_online_one_after_another_and_all_progress() {
     assert!(text.contains("MADT APIC ids [0, 1, 2, 3]"), "{text}");
     assert!(text.contains("4 cpus online"), "{text}");
     assert!(steps.iter().all(|&s| s >= 2), "{steps:?}");
+    // The MADT's ids are the ones each vCPU's CPUID and LAPIC report.
+    for v in machine.save_devices().unwrap().vcpus {
+        let want = u32::from(colo_runtime::vstate::vcpu::apic_id(v.index));
+        let leaf1 = v
+            .cpuid
+            .iter()
+            .find(|e| e.function == 1)
+            .expect("CPUID leaf 1");
+        let id_reg: [i8; 4] = v.lapic.regs[0x20..0x24].try_into().unwrap();
+        let lapic_id = u32::from_le_bytes(id_reg.map(|b| b as u8)) >> 24;
+        assert_eq!(
+            (leaf1.ebx >> 24, lapic_id),
+            (want, want),
+            "vCPU {}",
+            v.index
+        );
+        assert_eq!(want, v.index as u32);
+    }
     let before = steps;
     let after = run_until_all_progress(&mut machine, &out, 4);
     assert!(after.iter().zip(&before).all(|(a, b)| a >= &(b + 2)));

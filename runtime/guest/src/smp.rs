@@ -16,6 +16,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 const BIOS_AREA: core::ops::Range<u64> = 0xe_0000..0x10_0000;
 /// Longest table accepted (the VMM's MADT for 255 CPUs is about 2 KiB).
 const TABLE_MAX: u32 = 64 << 10;
+/// Tables are accepted only below this address (low memory, under the image and working set).
+const TABLES_END: u64 = 0x10_0000;
 const LAPIC_ID: u64 = abi::LAPIC_BASE + 0x20;
 const LAPIC_ICR_LOW: u64 = abi::LAPIC_BASE + 0x300;
 const LAPIC_ICR_HIGH: u64 = abi::LAPIC_BASE + 0x310;
