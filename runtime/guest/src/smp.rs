@@ -57,8 +57,8 @@ pub static CPUS: [CpuSlot; abi::MAX_CPUS] = [EMPTY_SLOT; abi::MAX_CPUS];
 static AP_MAIN: AtomicU64 = AtomicU64::new(0);
 
 fn read<T: Copy>(addr: u64) -> T {
-    // SAFETY: callers pass addresses inside the BIOS area or inside ACPI tables whose length
-    // was bounds-checked; all of low memory is RAM, identity-mapped with the U bit.
+    // SAFETY: callers pass addresses inside the BIOS area or inside ACPI tables checked to lie
+    // below TABLES_END; all of low memory is RAM, identity-mapped with the U bit.
     unsafe { core::ptr::read_unaligned(addr as *const T) }
 }
 
@@ -74,11 +74,21 @@ fn find_rsdp() -> Option<u64> {
 
 /// The length of the table at `addr` if its header is sane and its checksum holds.
 fn table_len(addr: u64) -> Option<u32> {
+    if !header_in_range(addr) {
+        return None;
+    }
     let len = read::<u32>(addr + 4);
-    let in_ram = addr
+    let in_range = addr
         .checked_add(u64::from(len))
-        .is_some_and(|e| e <= abi::WORKSET_BASE);
-    ((36..=TABLE_MAX).contains(&len) && in_ram && sums_to_zero(addr, u64::from(len))).then_some(len)
+        .is_some_and(|e| e <= TABLES_END);
+    ((36..=TABLE_MAX).contains(&len) && in_range && sums_to_zero(addr, u64::from(len)))
+        .then_some(len)
+}
+
+/// True if a 36-byte table header at `addr` lies below `TABLES_END` (so reading it touches
+/// RAM only, whatever address a table pointed to).
+fn header_in_range(addr: u64) -> bool {
+    addr.checked_add(36).is_some_and(|e| e <= TABLES_END)
 }
 
 /// The APIC ids of the enabled processors in the MADT, in table order; panics with the reason
@@ -100,7 +110,7 @@ pub fn madt_apic_ids() -> Vec<u8> {
                 u64::from(read::<u32>(root + o))
             }
         })
-        .find(|&t| read::<[u8; 4]>(t) == *b"APIC")
+        .find(|&t| header_in_range(t) && read::<[u8; 4]>(t) == *b"APIC")
         .expect("no MADT in the XSDT");
     let len = u64::from(table_len(madt).expect("the MADT is malformed"));
     let mut ids = Vec::new();
