@@ -75,3 +75,34 @@ pub const GUEST_WORKSET_BASE: u64 = 0x100_0000;
 pub const MIN_MEMORY_MIB: u64 = 32;
 /// Largest VM accepted: RAM must end below the MMIO hole (one memslot, no high RAM yet).
 pub const MAX_MEMORY_MIB: u64 = MMIO_GAP_START >> 20;
+
+// The ACPI tables lie inside the range the e820 map reserves; the command line below it.
+const _: () = assert!(ACPI_RSDP >= RESERVED_LOW_START && ACPI_END <= HIMEM_START);
+const _: () = assert!(CMDLINE + (CMDLINE_MAX as u64) < RESERVED_LOW_START);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_low_structures_are_below_1_mib_and_do_not_overlap() {
+        let mut regions = [
+            ("boot GDT", BOOT_GDT, 0x20),
+            ("boot IDT", BOOT_IDT, 8),
+            ("AP trampoline", GUEST_AP_TRAMPOLINE, PAGE_SIZE),
+            ("zero page", ZERO_PAGE, PAGE_SIZE),
+            ("boot stack", BOOT_STACK + 0x10 - PAGE_SIZE, PAGE_SIZE),
+            ("boot page tables", BOOT_PML4, 3 * PAGE_SIZE),
+            ("command line", CMDLINE, CMDLINE_MAX as u64 + 1),
+            ("ACPI tables", ACPI_RSDP, ACPI_END - ACPI_RSDP),
+        ];
+        regions.sort_by_key(|r| r.1);
+        for pair in regions.windows(2) {
+            let ((a, a_start, a_len), (b, b_start, _)) = (pair[0], pair[1]);
+            assert!(a_start + a_len <= b_start, "{a} overlaps {b}");
+        }
+        for (name, start, len) in regions {
+            assert!(start + len <= HIMEM_START, "{name} is above 1 MiB");
+        }
+    }
+}
