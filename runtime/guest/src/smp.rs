@@ -151,8 +151,13 @@ fn write_param(offset: u64, value: u64) {
 
 /// Starts every AP listed in `apic_ids` except this CPU (CPU indices 1, 2, ... in table
 /// order, at most `abi::MAX_CPUS` CPUs in all) running `ap_main(cpu)`, and waits until each
-/// is online. `spin_limit` bounds the wait per AP in TSC ticks. Returns the CPU count.
-pub fn start_aps(apic_ids: &[u8], ap_main: extern "C" fn(u64) -> !, spin_limit: u64) -> usize {
+/// is online. `spin_limit` bounds the wait per AP in TSC ticks. Returns the CPU count and
+/// the TSC ticks the slowest AP took from its INIT to its `online` flag.
+pub fn start_aps(
+    apic_ids: &[u8],
+    ap_main: extern "C" fn(u64) -> !,
+    spin_limit: u64,
+) -> (usize, u64) {
     AP_MAIN.store(ap_main as *const () as u64, Ordering::SeqCst);
     let start = core::ptr::addr_of!(shim_tramp_start) as usize;
     let end = core::ptr::addr_of!(shim_tramp_end) as usize;
@@ -173,6 +178,7 @@ pub fn start_aps(apic_ids: &[u8], ap_main: extern "C" fn(u64) -> !, spin_limit: 
     write_param(abi::AP_PARAM_ENTRY, shim_ap_entry as *const () as u64);
     let me = my_apic_id();
     let mut cpus = 1;
+    let mut slowest = 0;
     for &apic in apic_ids.iter().filter(|&&id| id != me) {
         if cpus == abi::MAX_CPUS {
             crate::println!(
@@ -187,9 +193,9 @@ pub fn start_aps(apic_ids: &[u8], ap_main: extern "C" fn(u64) -> !, spin_limit: 
         assert!(!stack.is_null(), "no memory for an AP stack");
         write_param(abi::AP_PARAM_CPU, cpus as u64);
         write_param(abi::AP_PARAM_STACK, stack as u64 + AP_STACK as u64);
+        let t0 = rdtsc();
         send_ipi(apic, ICR_INIT);
         send_ipi(apic, ICR_SIPI | (abi::AP_TRAMPOLINE >> 12) as u32);
-        let t0 = rdtsc();
         while CPUS[cpus].online.load(Ordering::Acquire) == 0 {
             assert!(
                 rdtsc() - t0 < spin_limit,
@@ -197,9 +203,10 @@ pub fn start_aps(apic_ids: &[u8], ap_main: extern "C" fn(u64) -> !, spin_limit: 
             );
             core::hint::spin_loop();
         }
+        slowest = slowest.max(rdtsc() - t0);
         cpus += 1;
     }
-    cpus
+    (cpus, slowest)
 }
 
 fn rdtsc() -> u64 {

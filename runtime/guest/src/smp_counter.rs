@@ -123,8 +123,11 @@ pub fn run(config: &Config, mem_size: u64) -> ! {
     );
     // Generous: a start takes a few hundred emulated instructions and a few exits.
     let spin_limit = config.tsc_khz.saturating_mul(20_000);
-    let started = smp::start_aps(&ids, ap_main, spin_limit);
-    crate::println!("colo-guest: {started} cpus online");
+    let (started, ticks) = smp::start_aps(&ids, ap_main, spin_limit);
+    crate::println!(
+        "colo-guest: {started} cpus online, slowest AP start {} us",
+        ticks / (config.tsc_khz / 1000).max(1)
+    );
     let mut step = 0u64;
     loop {
         step += 1;
