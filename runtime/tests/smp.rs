@@ -442,3 +442,62 @@ fn four_vcpus_come_online_one_after_another_and_all_progress() {
     assert!(after.iter().zip(&before).all(|(a, b)| a >= &(b + 2)));
     assert_healthy(&machine, &out);
 }
+
+#[test]
+fn a_two_vcpu_state_file_continues_on_both_vcpus_in_another_process() {
+    if !common::kvm_available("a_two_vcpu_state_file_continues_on_both_vcpus_in_another_process") {
+        return;
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("smp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("smp.state").display().to_string();
+    let colo = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_colo"))
+            .args(args)
+            .output()
+            .expect("running colo")
+    };
+    let first = colo(&[
+        "run",
+        "--guest",
+        &colo_runtime::guest::test_guest_path().display().to_string(),
+        "--memory",
+        "64",
+        "--vcpus",
+        "2",
+        "--cmdline",
+        &smp_cmdline(PAGES, 0, 2000),
+        "--save-after",
+        "1000",
+        "--state-out",
+        &state,
+    ]);
+    let text = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        first.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let saved = printed_cpu_steps(&text);
+    let saved = saved.last().expect("the first process printed progress");
+
+    let second = colo(&["restore", "--state", &state, "--timeout", "1.0"]);
+    let text = String::from_utf8_lossy(&second.stdout).into_owned();
+    assert!(
+        second.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(!text.contains("PANIC"), "{text}");
+    let next = printed_cpu_steps(&text);
+    assert!(
+        next.len() >= 2,
+        "the restored VM printed too little: {text}"
+    );
+    // CPU 0's lines continue where the saved run's stopped; the AP counts on from its own.
+    assert_eq!(next[0][0], saved[0] + 2000, "{saved:?} then {next:?}");
+    assert!(next[0][1] >= saved[1], "{saved:?} then {next:?}");
+    assert!(next.windows(2).all(|w| w[1][1] > w[0][1]), "{next:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
