@@ -421,7 +421,7 @@ fn four_vcpus_come_online_one_after_another_and_all_progress() {
     assert!(steps.iter().all(|&s| s >= 2), "{steps:?}");
     // The MADT's ids are the ones each vCPU's CPUID and LAPIC report.
     for v in machine.save_devices().unwrap().vcpus {
-        let want = u32::from(colo_runtime::vstate::vcpu::apic_id(v.index));
+        let want = u32::from(colo_runtime::loader::acpi::apic_id(v.index));
         let leaf1 = v
             .cpuid
             .iter()

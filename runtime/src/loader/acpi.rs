@@ -3,7 +3,7 @@
 //! leaves them, so an OS finds its processors and interrupt controllers without an MP table.
 //!
 //! The MADT lists one enabled Processor Local APIC per vCPU with the APIC id the VMM's CPUID
-//! gives that vCPU (`vcpu::apic_id`), KVM's IOAPIC at `layout::IOAPIC_BASE` with GSI base 0,
+//! gives that vCPU and KVM gives its LAPIC ([`apic_id`]), KVM's IOAPIC at `layout::IOAPIC_BASE` with GSI base 0,
 //! the PC's interrupt source override ISA IRQ 0 -> GSI 2 (the VM's GSI routing puts the PIT
 //! on IOAPIC pin 2 to match, `vstate::vm`), and LINT1 of every processor as NMI. The FADT
 //! declares a hardware-reduced ACPI platform (no PM timer, no SCI, no fixed-feature registers:
@@ -18,7 +18,6 @@
 use super::LoadError;
 use crate::layout;
 use crate::memory::GuestMemory;
-use crate::vstate::vcpu;
 use vm_memory::{Bytes, GuestAddress};
 
 const OEM_ID: &[u8; 6] = b"COLOVM";
@@ -46,6 +45,14 @@ const MADT_ENABLED: u32 = 1;
 const IOAPIC_ID: u8 = 0;
 /// Tables start 16-byte aligned (the RSDP must be; the others are for tidiness).
 const ALIGN: u64 = 16;
+
+/// The APIC id of vCPU `index`: KVM gives vCPU n LAPIC id n (`KVM_CREATE_VCPU`'s id) and
+/// `vcpu::configure` reports the index in CPUID leaves 1 and 0xb, so it is the index. A VM has
+/// at most 255 vCPUs, so the id stays 0..=254 and never is the xAPIC broadcast id 0xff
+/// (`tests/smp.rs` reads CPUID and the LAPIC of every vCPU back against it).
+pub fn apic_id(index: u64) -> u8 {
+    u8::try_from(index.min(254)).expect("at most 254")
+}
 
 /// One table: its guest-physical address and its bytes.
 pub type Table = (u64, Vec<u8>);
@@ -115,7 +122,7 @@ fn madt(vcpus: u8) -> Vec<u8> {
     for index in 0..vcpus {
         // Processor UID = vCPU index, APIC id as CPUID reports it; 8 bytes.
         body.extend_from_slice(&[MADT_LOCAL_APIC, 8, index]);
-        body.push(vcpu::apic_id(u64::from(index)));
+        body.push(apic_id(u64::from(index)));
         body.extend_from_slice(&MADT_ENABLED.to_le_bytes());
     }
     // I/O APIC: 12 bytes.
@@ -298,9 +305,8 @@ mod tests {
                 .filter(|(k, _)| *k == MADT_LOCAL_APIC)
                 .map(|(_, e)| (e[2], e[3], u32_at(e, 4)))
                 .collect();
-            let expected: Vec<(u8, u8, u32)> = (0..vcpus)
-                .map(|i| (i, vcpu::apic_id(u64::from(i)), 1))
-                .collect();
+            let expected: Vec<(u8, u8, u32)> =
+                (0..vcpus).map(|i| (i, apic_id(u64::from(i)), 1)).collect();
             assert_eq!(cpus, expected, "one enabled local APIC per vCPU");
             let ioapics: Vec<&Vec<u8>> = entries
                 .iter()
@@ -329,7 +335,7 @@ mod tests {
 
     #[test]
     fn apic_ids_are_unique_and_never_the_broadcast_id() {
-        let ids: Vec<u8> = (0..=254u64).map(vcpu::apic_id).collect();
+        let ids: Vec<u8> = (0..=254u64).map(apic_id).collect();
         let mut sorted = ids.clone();
         sorted.sort_unstable();
         sorted.dedup();

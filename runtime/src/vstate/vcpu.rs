@@ -181,21 +181,14 @@ pub fn configure(
     Ok(())
 }
 
-/// The APIC id of vCPU `index` (0..=254: a VM has at most 255 vCPUs, so the xAPIC broadcast
-/// id 0xff is never used): what CPUID reports and what the MADT lists (`loader::acpi`).
-pub fn apic_id(index: u64) -> u8 {
-    u8::try_from(index.min(254)).expect("at most 254")
-}
-
 /// Gives each vCPU its own APIC id in the CPUID leaves that report it.
 fn patch_cpuid(cpuid: &mut CpuId, index: u64) {
-    let id = u32::from(apic_id(index));
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             // Leaf 1: EBX[31:24] = initial APIC id.
-            1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | (id << 24),
+            1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | ((index as u32) << 24),
             // Leaf 0xb: EDX = x2APIC id.
-            0xb => entry.edx = id,
+            0xb => entry.edx = index as u32,
             _ => {}
         }
     }
