@@ -13,13 +13,16 @@ use super::{KvmOpError, KvmResultExt};
 use crate::layout;
 use crate::memory::GuestMemory;
 use kvm_bindings::{
-    KVM_CLOCK_REALTIME, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, KvmIrqRouting,
-    kvm_clock_data, kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irqchip, kvm_pit_config,
+    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_clock_data, kvm_irqchip, kvm_pit_config,
     kvm_pit_state2, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use serde::{Deserialize, Serialize};
+// The GSI routing table (`pc_gsi_routing`).
+use kvm_bindings::{
+    KVM_IRQ_ROUTING_IRQCHIP, KvmIrqRouting, kvm_irq_routing_entry, kvm_irq_routing_irqchip,
+};
 use std::fmt;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
