@@ -65,6 +65,18 @@ pub const VIRTIO_NET_GSI: u32 = 6;
 pub const VIRTIO_BLK_BASE: u64 = VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE;
 /// The virtio-blk device's interrupt (IOAPIC input 7: free on the test machine; `tests/interrupts.rs` drives input 5).
 pub const VIRTIO_BLK_GSI: u32 = 7;
+/// Most virtio-blk devices a VM has.
+pub const MAX_DISKS: usize = 4;
+/// IOAPIC inputs of the virtio-blk devices, in device order (9 is left to ACPI's SCI).
+const VIRTIO_BLK_GSIS: [u32; MAX_DISKS] = [VIRTIO_BLK_GSI, 10, 11, 12];
+
+/// Window base and interrupt of virtio-blk device `index` (< [`MAX_DISKS`]): the first at
+/// [`VIRTIO_BLK_BASE`], the others in the windows after it (after the net device's and the
+/// first disk's), each with its own IOAPIC input.
+pub fn virtio_blk_window(index: usize) -> Option<(u64, u32)> {
+    let gsi = *VIRTIO_BLK_GSIS.get(index)?;
+    Some((VIRTIO_BLK_BASE + index as u64 * VIRTIO_MMIO_SIZE, gsi))
+}
 /// The guest NIC's MAC unless the caller sets one (locally administered, QEMU's 52:54:00).
 pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xc0, 0x10, 0x01];
 /// KVM's three-page TSS region, just below the BIOS area (as QEMU and Firecracker place it).

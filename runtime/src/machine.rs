@@ -55,6 +55,14 @@ pub enum MachineError {
     /// Zero vCPUs.
     #[error("a VM needs at least one vCPU")]
     NoVcpus,
+    /// A block-device count outside 1..=maximum.
+    #[error("{requested} block devices: a VM has 1 to {maximum}")]
+    TooManyDisks {
+        /// Requested devices.
+        requested: usize,
+        /// Most supported.
+        maximum: usize,
+    },
     /// Creating or configuring the KVM VM failed.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -138,7 +146,8 @@ pub struct Machine {
     serial: Arc<Mutex<SerialPort>>,
     serial_irq: EventFd,
     net: Arc<Mutex<NetDevice>>,
-    blk: Arc<Mutex<BlkDevice>>,
+    /// The virtio-blk devices, in device order (at least one).
+    blks: Vec<Arc<Mutex<BlkDevice>>>,
     vm: KvmVm,
     mem: GuestMemory,
     config: MachineConfig,
@@ -165,6 +174,15 @@ impl std::fmt::Debug for Machine {
 impl Machine {
     /// Creates a paused VM of the given shape with its devices; no image is loaded yet.
     pub fn new(config: MachineConfig, output: ConsoleOutput) -> Result<Machine, MachineError> {
+        Machine::with_disks(config, output, 1)
+    }
+
+    /// Creates a paused VM with `disks` virtio-blk devices (1 to `layout::MAX_DISKS`).
+    pub fn with_disks(
+        config: MachineConfig,
+        output: ConsoleOutput,
+        disks: usize,
+    ) -> Result<Machine, MachineError> {
         if config.mem_mib < layout::MIN_MEMORY_MIB {
             return Err(MachineError::TooLittleMemory {
                 requested: config.mem_mib,
@@ -179,6 +197,12 @@ impl Machine {
         }
         if config.vcpus == 0 {
             return Err(MachineError::NoVcpus);
+        }
+        if disks == 0 || disks > layout::MAX_DISKS {
+            return Err(MachineError::TooManyDisks {
+                requested: disks,
+                maximum: layout::MAX_DISKS,
+            });
         }
         // Memory first: on an error below, locals drop in reverse order, so the VM (and its
         // memslot) goes before the mapping it points to.
@@ -216,14 +240,19 @@ impl Machine {
             layout::DEFAULT_MAC,
             Some(net_irq),
         )));
-        let blk_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
-            what: "an eventfd",
-            source,
-        })?;
-        vm.fd()
-            .register_irqfd(&blk_irq, layout::VIRTIO_BLK_GSI)
-            .op("KVM_IRQFD")?;
-        let blk = Arc::new(Mutex::new(BlkDevice::new(mem.clone(), Some(blk_irq))));
+        let mut blks = Vec::with_capacity(disks);
+        for index in 0..disks {
+            let (_, gsi) = layout::virtio_blk_window(index).ok_or(MachineError::TooManyDisks {
+                requested: disks,
+                maximum: layout::MAX_DISKS,
+            })?;
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
+                what: "an eventfd",
+                source,
+            })?;
+            vm.fd().register_irqfd(&irq, gsi).op("KVM_IRQFD")?;
+            blks.push(Arc::new(Mutex::new(BlkDevice::new(mem.clone(), Some(irq)))));
+        }
         let mut mmio = Bus::default();
         mmio.insert(
             layout::CONSOLE_BASE,
@@ -237,12 +266,15 @@ impl Machine {
             net.clone() as Arc<Mutex<dyn BusDevice>>,
         )
         .expect("the console and the net device do not overlap");
-        mmio.insert(
-            layout::VIRTIO_BLK_BASE,
-            layout::VIRTIO_MMIO_SIZE,
-            blk.clone() as Arc<Mutex<dyn BusDevice>>,
-        )
-        .expect("the block device has its own window");
+        for (index, blk) in blks.iter().enumerate() {
+            let (base, _) = layout::virtio_blk_window(index).expect("checked above");
+            mmio.insert(
+                base,
+                layout::VIRTIO_MMIO_SIZE,
+                blk.clone() as Arc<Mutex<dyn BusDevice>>,
+            )
+            .expect("every block device has its own window");
+        }
         let mut pio = Bus::default();
         pio.insert(
             u64::from(COM1_BASE),
@@ -279,7 +311,7 @@ impl Machine {
             serial,
             serial_irq,
             net,
-            blk,
+            blks,
             vm,
             mem,
             config,
@@ -321,22 +353,26 @@ impl Machine {
         initrd: Option<&[u8]>,
     ) -> Result<(), MachineError> {
         self.require_paused()?;
-        let cmdline = format!("{} {}", cmdline.trim_end(), Self::device_cmdline());
+        let cmdline = format!("{} {}", cmdline.trim_end(), self.device_cmdline());
         let regs = loader::linux::load(&self.mem, kernel, cmdline.trim_start(), initrd)?;
         let (vm, mem) = (&self.vm, &self.mem);
         self.vcpus[0].with_fd(|fd| vcpu::configure(vm.kvm(), fd, 0, mem, Some(regs)))?;
         Ok(())
     }
 
-    /// The kernel command-line arguments announcing every virtio-mmio device a machine has
-    /// (`virtio_mmio.device=4K@<base>:<irq>`): the network device, then the block device. A
-    /// block device without a medium shows as an empty disk.
-    pub fn device_cmdline() -> String {
-        [
-            loader::linux::virtio_mmio_arg(layout::VIRTIO_NET_BASE, layout::VIRTIO_NET_GSI),
-            loader::linux::virtio_mmio_arg(layout::VIRTIO_BLK_BASE, layout::VIRTIO_BLK_GSI),
-        ]
-        .join(" ")
+    /// The kernel command-line arguments announcing every virtio-mmio device the machine has
+    /// (`virtio_mmio.device=4K@<base>:<irq>`): the network device, then the block devices in
+    /// order. A block device without a medium shows as an empty disk.
+    pub fn device_cmdline(&self) -> String {
+        let mut args = vec![loader::linux::virtio_mmio_arg(
+            layout::VIRTIO_NET_BASE,
+            layout::VIRTIO_NET_GSI,
+        )];
+        for index in 0..self.blks.len() {
+            let (base, gsi) = layout::virtio_blk_window(index).expect("placed at creation");
+            args.push(loader::linux::virtio_mmio_arg(base, gsi));
+        }
+        args.join(" ")
     }
 
     /// An interrupt line: an eventfd registered as KVM irqfd on `gsi` (IOAPIC input). Each
@@ -350,10 +386,15 @@ impl Machine {
         Ok(fd)
     }
 
-    /// The virtio-blk device (at `layout::VIRTIO_BLK_BASE`, GSI `layout::VIRTIO_BLK_GSI`),
+    /// The first virtio-blk device (at `layout::VIRTIO_BLK_BASE`, GSI `layout::VIRTIO_BLK_GSI`),
     /// without a medium until `set_backend`.
     pub fn blk(&self) -> Arc<Mutex<BlkDevice>> {
-        self.blk.clone()
+        self.blks[0].clone()
+    }
+
+    /// Every virtio-blk device, in device order (`layout::virtio_blk_window` places them).
+    pub fn blks(&self) -> &[Arc<Mutex<BlkDevice>>] {
+        &self.blks
     }
 
     /// The virtio-net device (at `layout::VIRTIO_NET_BASE`, GSI `layout::VIRTIO_NET_GSI`):
@@ -443,7 +484,11 @@ impl Machine {
             console: self.console.lock().expect("console mutex poisoned").save(),
             serial: self.serial.lock().expect("serial mutex poisoned").save(),
             net: self.net.lock().expect("net mutex poisoned").save(),
-            blk: self.blk.lock().expect("blk mutex poisoned").save(),
+            blk: self
+                .blks
+                .iter()
+                .map(|b| b.lock().expect("blk mutex poisoned").save())
+                .collect(),
         })
     }
 
@@ -455,6 +500,14 @@ impl Machine {
                 "{} vCPU states for a VM with {} vCPUs",
                 state.vcpus.len(),
                 self.vcpus.len()
+            ))
+            .into());
+        }
+        if state.blk.len() != self.blks.len() {
+            return Err(PersistError::Inconsistent(format!(
+                "{} block device states for a VM with {} block devices",
+                state.blk.len(),
+                self.blks.len()
             ))
             .into());
         }
@@ -480,10 +533,9 @@ impl Machine {
             .lock()
             .expect("net mutex poisoned")
             .restore(&state.net);
-        self.blk
-            .lock()
-            .expect("blk mutex poisoned")
-            .restore(&state.blk);
+        for (blk, saved) in self.blks.iter().zip(&state.blk) {
+            blk.lock().expect("blk mutex poisoned").restore(saved);
+        }
         self.stops.clear();
         Ok(())
     }
@@ -593,7 +645,8 @@ impl Machine {
             )
             .into());
         }
-        let mut machine = Machine::new(checkpoint.machine, output)?;
+        let disks = checkpoint.devices.blk.len();
+        let mut machine = Machine::with_disks(checkpoint.machine, output, disks)?;
         machine.apply(checkpoint)?;
         Ok(machine)
     }

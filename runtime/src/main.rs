@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use colo_core::ids::Role;
 use colo_runtime::control::Request;
 use colo_runtime::node_loop::{LoopEnd, NodeLoop, NodeLoopConfig, PeerEndpoint};
-use colo_runtime::vm_spec::{BootSource, DiskSpec, NetSpec, VmSpec};
+use colo_runtime::vm_spec::{BootSource, DiskSpec, NetSpec, VmSpec, parse_size};
 use colo_runtime::vstate::thread::VcpuStop;
 use colo_runtime::{Checkpoint, CheckpointKind, ConsoleOutput, Machine, MachineConfig};
 use std::io::Write;
@@ -172,13 +172,14 @@ struct NodeArgs {
     /// frames, the survivor announces the guest's MAC on its claim).
     #[arg(long)]
     client_bridge: Option<String>,
-    /// The guest disk, `PATH[,readonly]`: the primary's image, or the secondary's parent image
-    /// (its hidden and active overlays are PATH.hidden and PATH.active). Both must start
-    /// identical. One per VM.
-    #[arg(long = "disk", value_name = "PATH[,readonly]")]
+    /// A guest disk, `PATH[,readonly][,size=SIZE]`, one virtio-blk device each (at most 4): the
+    /// primary's image, or the secondary's parent image (the secondary's hidden and active
+    /// overlays are the first disk's PATH.hidden and PATH.active). Both must start identical.
+    #[arg(long = "disk", value_name = "PATH[,readonly][,size=SIZE]")]
     disks: Vec<DiskSpec>,
-    /// The disk's size (bytes, or with K, M or G): a missing image is created this large, a
-    /// shorter one extended. Default: an existing image's own size, 64M for a new one.
+    /// Size of disks without `size=` (bytes, or with K, M or G): a missing image is created
+    /// this large, a shorter one extended. Default: an existing image's own size, 64M for a
+    /// new one.
     #[arg(long, value_parser = parse_size)]
     disk_size: Option<u64>,
 }
@@ -314,22 +315,6 @@ struct DiskArgs {
     /// The disk's size in bytes, or with a K, M or G suffix (powers of 1024).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     disk_size: u64,
-}
-
-/// `4096`, `64K`, `64M`, `1G`.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (digits, shift) = match s.as_bytes().last() {
-        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
-        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
-        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (bytes, or a number with K, M or G)"))?;
-    n.checked_mul(1 << shift)
-        .filter(|&b| b > 0 && b % 512 == 0)
-        .ok_or_else(|| format!("{s:?}: a disk size is a positive multiple of 512 bytes"))
 }
 
 /// Attaches `--disk` to the machine's virtio-blk device.
@@ -575,22 +560,32 @@ fn run_node(
     if test_guest && args.workload == Workload::DiskWriter && spec.disks.is_empty() {
         return Err("--workload disk-writer needs --disk".to_string());
     }
-    let disk_sizes = spec
-        .disks
-        .iter()
-        .map(|d| pair_disk_size(&d.path, args.disk_size))
-        .collect::<Result<Vec<u64>, String>>()?;
-    if let Some(disk) = spec.disks.first() {
+    // Replicated disks go to the node loop (its disk machines and files); a read-only disk is
+    // never written, so each node serves it from its own copy of the image.
+    let mut disk_sizes = Vec::with_capacity(spec.disks.len());
+    let mut read_only = Vec::new();
+    for (device, disk) in spec.disks.iter().enumerate() {
         if disk.readonly {
-            return Err(format!(
-                "--disk {},readonly: read-only disks are not supported in the pair yet",
-                disk.path.display()
-            ));
+            let image = colo_runtime::disk::RawImage::open_read_only(&disk.path)
+                .map_err(|e| format!("read-only disk: {e}"))?;
+            if let Some(size) = disk.size.filter(|&s| s != image.size()) {
+                return Err(format!(
+                    "--disk {},readonly,size={size}: the image is {} bytes (a read-only disk keeps its image's size)",
+                    disk.path.display(),
+                    image.size()
+                ));
+            }
+            disk_sizes.push(image.size());
+            read_only.push((device, std::sync::Arc::new(image)));
+        } else {
+            let size = pair_disk_size(&disk.path, disk.size.or(args.disk_size))?;
+            disk_sizes.push(size);
+            config.disks.push(colo_runtime::node_loop::DiskFiles {
+                image: disk.path.clone(),
+                size,
+                device,
+            });
         }
-        config.disk = Some(colo_runtime::node_loop::DiskFiles {
-            image: disk.path.clone(),
-            size: disk_sizes[0],
-        });
     }
     config.net = colo_runtime::node_loop::NetConfig {
         client_tap: spec.nets.first().map(|n| n.tap.clone()),
@@ -611,8 +606,18 @@ fn run_node(
         mem_mib: spec.mem_mib,
         vcpus: spec.vcpus,
     };
-    let mut machine =
-        Machine::new(machine_config, ConsoleOutput::Stdout).map_err(|e| e.to_string())?;
+    let mut machine = Machine::with_disks(
+        machine_config,
+        ConsoleOutput::Stdout,
+        spec.disks.len().max(1),
+    )
+    .map_err(|e| e.to_string())?;
+    for (device, image) in read_only {
+        let size = image.size();
+        let mut blk = machine.blks()[device].lock().expect("blk mutex poisoned");
+        blk.set_backend(Box::new(colo_runtime::disk::ImageBackend::new(image)), size);
+        blk.set_read_only(true);
+    }
     if let Some(net) = spec.nets.first() {
         machine
             .net()
@@ -624,7 +629,9 @@ fn run_node(
     if role == Role::Primary {
         match &spec.boot {
             BootSource::TestGuest => {
-                let cmdline = test_guest_cmdline(args, &machine, disk_sizes.first().copied())?;
+                // The counter writes the leading writable disks (a read-only one would fail).
+                let writable = spec.disks.iter().take_while(|d| !d.readonly).count();
+                let cmdline = test_guest_cmdline(args, &machine, &disk_sizes[..writable])?;
                 machine
                     .load_test_guest(&images.image, &cmdline)
                     .map_err(|e| format!("test guest: {e}"))?;
@@ -682,15 +689,16 @@ fn vm_spec(args: &NodeArgs) -> Result<VmSpec, String> {
 fn test_guest_cmdline(
     args: &NodeArgs,
     machine: &Machine,
-    disk_size: Option<u64>,
+    disk_sizes: &[u64],
 ) -> Result<String, String> {
     use colo_runtime::guest;
-    let line = match (args.workload, disk_size) {
-        // With a disk the counter also writes one 4 KiB slot of it per step.
-        (Workload::Counter, Some(size)) => format!(
-            "{} colo.disk_slots={}",
+    let line = match (args.workload, disk_sizes.iter().min()) {
+        // With disks the counter also writes one 4 KiB slot of each per step.
+        (Workload::Counter, Some(smallest)) => format!(
+            "{} colo.disk_slots={} colo.disks={}",
             guest::counter_cmdline(args.pages, 0, args.print_every, 0),
-            (size / 4096).min(16)
+            (smallest / 4096).clamp(1, 16),
+            disk_sizes.len()
         ),
         (Workload::Counter, None) => guest::counter_cmdline(args.pages, 0, args.print_every, 0),
         (Workload::DiskWriter, _) => guest::disk_writer_cmdline(args.pages, 0, args.print_every, 0),

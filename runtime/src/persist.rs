@@ -25,7 +25,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Version of every state struct below and of the file format. Bump it on any change.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 const MAGIC: &[u8; 8] = b"COLOSNAP";
 /// Largest header the decoder accepts (device state of many vCPUs plus a page-range table).
 const HEADER_LIMIT: usize = 64 << 20;
@@ -99,8 +99,8 @@ pub struct DeviceState {
     pub serial: SerialPortState,
     /// The virtio-net device (queues, features, status).
     pub net: NetState,
-    /// The virtio-blk device (queue, features, status, requests in flight).
-    pub blk: BlkState,
+    /// The virtio-blk devices, in device order (queue, features, status, requests in flight).
+    pub blk: Vec<BlkState>,
 }
 
 impl DeviceState {
@@ -331,7 +331,7 @@ mod tests {
                 },
                 serial: SerialPortState::default(),
                 net: NetState::default(),
-                blk: BlkState::default(),
+                blk: vec![BlkState::default()],
             },
             ranges: vec![PageRange {
                 first: 5,

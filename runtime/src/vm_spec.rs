@@ -27,13 +27,16 @@ pub enum BootSource {
     },
 }
 
-/// One `--disk PATH[,readonly]`.
+/// One `--disk PATH[,readonly][,size=SIZE]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskSpec {
     /// The image file on this host.
     pub path: PathBuf,
     /// The guest may only read it (no writes to replicate).
     pub readonly: bool,
+    /// The disk's size (a missing image is created this large, a shorter one extended);
+    /// `None`: the image's own size.
+    pub size: Option<u64>,
 }
 
 /// One `--net tap=NAME[,mac=MAC]`.
@@ -67,7 +70,7 @@ pub struct VmSpec {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// `--disk` with an unknown option.
-    #[error("--disk {arg:?}: unknown option {option:?} (expected PATH or PATH,readonly)")]
+    #[error("--disk {arg:?}: bad option {option:?} (expected PATH[,readonly][,size=SIZE])")]
     DiskOption {
         /// The whole argument.
         arg: String,
@@ -103,18 +106,25 @@ pub enum SpecError {
 impl std::str::FromStr for DiskSpec {
     type Err = SpecError;
 
-    /// `PATH` or `PATH,readonly` (`ro` is accepted for `readonly`).
+    /// `PATH`, then `,readonly` (or `,ro`) and `,size=SIZE` in any order.
     fn from_str(arg: &str) -> Result<DiskSpec, SpecError> {
         let mut parts = arg.split(',');
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
             return Err(SpecError::DiskPath(arg.to_string()));
         }
-        let mut readonly = false;
+        let (mut readonly, mut size) = (false, None);
         for option in parts {
-            match option {
-                "readonly" | "ro" => readonly = true,
-                other => {
+            match option.split_once('=') {
+                None if option == "readonly" || option == "ro" => readonly = true,
+                Some(("size", text)) => {
+                    size = Some(parse_size(text).map_err(|why| SpecError::DiskOption {
+                        arg: arg.to_string(),
+                        option: why,
+                    })?)
+                }
+                _ => {
+                    let other = option;
                     return Err(SpecError::DiskOption {
                         arg: arg.to_string(),
                         option: other.to_string(),
@@ -125,6 +135,7 @@ impl std::str::FromStr for DiskSpec {
         Ok(DiskSpec {
             path: PathBuf::from(path),
             readonly,
+            size,
         })
     }
 }
@@ -168,6 +179,22 @@ impl std::str::FromStr for NetSpec {
     }
 }
 
+/// A disk size: `4096`, `64K`, `64M`, `1G` (powers of 1024), a positive multiple of 512.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, shift) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (bytes, or a number with K, M or G)"))?;
+    n.checked_mul(1 << shift)
+        .filter(|&b| b > 0 && b % 512 == 0)
+        .ok_or_else(|| format!("{s:?}: a disk size is a positive multiple of 512 bytes"))
+}
+
 /// `52:54:00:12:34:56`: six hex octets, a unicast address.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let octets: Vec<&str> = text.split(':').collect();
@@ -199,13 +226,14 @@ pub struct BootImages {
 }
 
 impl VmSpec {
-    /// Checks what colo can run today: one disk and one NIC per VM (the pair's comparator and
-    /// disk replication are per device and handle one of each).
+    /// Checks what colo can run today: up to `layout::MAX_DISKS` disks and one NIC per VM (the
+    /// pair's frame routing handles one client link).
     pub fn check_supported(&self) -> Result<(), SpecError> {
-        if self.disks.len() > 1 {
+        if self.disks.len() > layout::MAX_DISKS {
             return Err(SpecError::Unsupported(format!(
-                "{} --disk given: this colo gives a VM at most one disk (one virtio-blk device)",
-                self.disks.len()
+                "{} --disk given: a VM has at most {} disks (one virtio-blk device each)",
+                self.disks.len(),
+                layout::MAX_DISKS
             )));
         }
         if self.nets.len() > 1 {
@@ -376,6 +404,8 @@ mod tests {
         assert_eq!(d.path, PathBuf::from("/x/y.img"));
         assert!(d.readonly);
         assert!(!"/x/y.img".parse::<DiskSpec>().unwrap().readonly);
+        let d: DiskSpec = "/x/z.img,size=8M".parse().unwrap();
+        assert_eq!((d.readonly, d.size), (false, Some(8 << 20)));
         let n: NetSpec = "mac=02:00:00:00:00:01,tap=colo0".parse().unwrap();
         assert_eq!(n.tap, "colo0");
         assert_eq!(n.mac, [2, 0, 0, 0, 0, 1]);
@@ -385,7 +415,9 @@ mod tests {
     #[test]
     fn bad_disk_and_net_arguments_are_clear_errors() {
         let e = "/x,rw".parse::<DiskSpec>().unwrap_err().to_string();
-        assert!(e.contains("unknown option \"rw\""), "{e}");
+        assert!(e.contains("bad option \"rw\""), "{e}");
+        let e = "/x,size=12".parse::<DiskSpec>().unwrap_err().to_string();
+        assert!(e.contains("multiple of 512"), "{e}");
         assert!(",readonly".parse::<DiskSpec>().is_err());
         for (arg, needle) in [
             ("mac=52:54:00:00:00:01", "no tap=NAME"),
@@ -457,11 +489,13 @@ mod tests {
     }
 
     #[test]
-    fn more_than_one_disk_or_nic_is_refused_clearly() {
+    fn too_many_disks_or_a_second_nic_are_refused_clearly() {
         let mut s = spec();
-        s.disks.push("/b.img".parse().unwrap());
+        for i in 0..layout::MAX_DISKS {
+            s.disks.push(format!("/b{i}.img").parse().unwrap());
+        }
         let e = s.check_supported().unwrap_err().to_string();
-        assert!(e.contains("at most one disk"), "{e}");
+        assert!(e.contains("at most 4 disks"), "{e}");
         let mut s = spec();
         s.nets.push("tap=t2".parse().unwrap());
         assert!(

@@ -52,11 +52,22 @@ fn bad_vm_descriptions_are_clear_errors() {
         (&["--initrd", "/x"][..], 2, "--kernel"),
         (&["--net", "tap=t0,mac=zz"][..], 2, "six octets"),
         (&["--net", "mac=52:54:00:00:00:01"][..], 2, "no tap=NAME"),
-        (&["--disk", "/tmp/a.img,rw"][..], 2, "unknown option \"rw\""),
+        (&["--disk", "/tmp/a.img,rw"][..], 2, "bad option \"rw\""),
         (
-            &["--disk", "/tmp/colo-a.img", "--disk", "/tmp/colo-b.img"][..],
+            &[
+                "--disk",
+                "/tmp/colo-a.img",
+                "--disk",
+                "/tmp/colo-b.img",
+                "--disk",
+                "/tmp/colo-c.img",
+                "--disk",
+                "/tmp/colo-d.img",
+                "--disk",
+                "/tmp/colo-e.img",
+            ][..],
             1,
-            "at most one disk",
+            "at most 4 disks",
         ),
         (
             &["--net", "tap=t0", "--net", "tap=t1"][..],
@@ -64,6 +75,11 @@ fn bad_vm_descriptions_are_clear_errors() {
             "at most one NIC",
         ),
         (&["--vcpus", "0"][..], 1, "at least one vCPU"),
+        (
+            &["--disk", "/nonexistent/colo-ro.img,readonly"][..],
+            1,
+            "read-only disk: disk image /nonexistent/colo-ro.img: open:",
+        ),
     ] {
         let (got, stderr) = node(extra);
         assert_eq!(got, Some(code), "{extra:?}: {stderr}");

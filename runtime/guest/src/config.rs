@@ -28,6 +28,10 @@ pub struct Config {
     /// counter: also write (and check) one 4 KiB slot of the virtio-blk disk per step, over
     /// this many slots (0: no disk).
     pub disk_slots: u64,
+    /// Which virtio-blk device the disk workloads use (0: the first).
+    pub disk_index: u64,
+    /// counter: how many block devices, from `disk_index` on, get a slot written per step.
+    pub disks: u64,
 }
 
 fn parse_cidr(value: &str) -> Option<([u8; 4], u8)> {
@@ -55,6 +59,8 @@ impl Config {
             port: 7000,
             tsc_khz: 1_000_000,
             disk_slots: 0,
+            disk_index: 0,
+            disks: 1,
         };
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -73,6 +79,8 @@ impl Config {
                 ("colo.port", Some(n)) if n > 0 && n < 65536 => config.port = n as u16,
                 ("colo.tsc_khz", Some(n)) if n > 0 => config.tsc_khz = n,
                 ("colo.disk_slots", Some(n)) => config.disk_slots = n,
+                ("colo.disk_index", Some(n)) if n < 4 => config.disk_index = n,
+                ("colo.disks", Some(n)) if (1..=4).contains(&n) => config.disks = n,
                 _ => {}
             }
         }

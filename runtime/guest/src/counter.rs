@@ -7,7 +7,8 @@
 //! guest panic instead of silently continuing, and two VMs at the same step hold
 //! byte-identical working sets, so their memory hashes are comparable. With
 //! `colo.disk_slots=N` each step also writes and checks one 4 KiB slot of the virtio-blk disk
-//! (`disk::StepDisk`), so a replicated pair's disk changes between checkpoints too.
+//! (`disk::StepDisk`; of each of the `colo.disks=D` disks from `colo.disk_index` on), so a
+//! replicated pair's disks change between checkpoints too.
 
 use crate::abi;
 use crate::config::Config;
@@ -36,9 +37,21 @@ pub fn run(config: &Config, mem_size: u64) -> ! {
         "colo-guest: counter workload, pages {}, steps {}, print_every {}, seed {}",
         config.pages, config.steps, config.print_every, config.seed
     );
-    // With a disk, each step also writes and checks one slot of it (see `disk`).
-    let mut disk =
-        (config.disk_slots > 0).then(|| crate::disk::StepDisk::new(config.seed, config.disk_slots));
+    // With disks, each step also writes and checks one slot of each (see `disk`): devices
+    // `disk_index` .. `disk_index + disks`, each with its own seed.
+    let mut disks: alloc::vec::Vec<crate::disk::StepDisk> = if config.disk_slots > 0 {
+        (0..config.disks)
+            .map(|d| {
+                crate::disk::StepDisk::new(
+                    config.seed + 1000 * d,
+                    config.disk_slots,
+                    config.disk_index + d,
+                )
+            })
+            .collect()
+    } else {
+        alloc::vec::Vec::new()
+    };
     let mut step: u64 = 0;
     loop {
         step += 1;
@@ -65,7 +78,7 @@ pub fn run(config: &Config, mem_size: u64) -> ! {
             }
             checksum = checksum.wrapping_add(mix(x ^ page));
         }
-        if let Some(d) = disk.as_mut() {
+        for d in &mut disks {
             d.step(step);
         }
         for i in 0..config.spin {

@@ -83,8 +83,8 @@ pub struct StepDisk {
 impl StepDisk {
     /// Brings the device up for `slots` slots (panics if it cannot: the VMM was told to
     /// attach a disk).
-    pub fn new(seed: u64, slots: u64) -> StepDisk {
-        let disk = VirtioBlk::init().unwrap_or_else(|e| panic!("virtio-blk: {e:?}"));
+    pub fn new(seed: u64, slots: u64, index: u64) -> StepDisk {
+        let disk = VirtioBlk::init(index).unwrap_or_else(|e| panic!("virtio-blk: {e:?}"));
         if disk.capacity() < slots * SLOT_SECTORS {
             panic!(
                 "disk of {} sectors is smaller than {slots} slots",
@@ -120,7 +120,7 @@ impl StepDisk {
 }
 
 pub fn run(config: &Config) -> ! {
-    let mut disk = match VirtioBlk::init() {
+    let mut disk = match VirtioBlk::init(config.disk_index) {
         Ok(d) => d,
         Err(e) => panic!("virtio-blk: {e:?}"),
     };

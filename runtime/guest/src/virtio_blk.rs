@@ -11,8 +11,8 @@ use crate::virtio_mmio::{HandshakeError, Mmio, REG_CONFIG, REG_QUEUE_NOTIFY, pag
 use core::sync::atomic::{Ordering, fence};
 
 const F_FLUSH_LOW: u32 = 1 << 9;
-/// The block device's window.
-const MMIO: Mmio = Mmio::new(VIRTIO_BLK_BASE);
+/// Size of one virtio-mmio window: block device `i` sits `i` windows after the first.
+const WINDOW: u64 = 0x1000;
 
 const QSIZE: u16 = 4;
 const DESC_F_NEXT: u16 = 1;
@@ -39,6 +39,8 @@ pub enum BlkError {
 
 /// The device, initialized.
 pub struct VirtioBlk {
+    /// The device's window.
+    mmio: Mmio,
     /// Descriptor table at +0, available ring at +512, used ring at +1024; the request
     /// header at +2048 and the status byte at +2064.
     ring: *mut u8,
@@ -49,24 +51,27 @@ pub struct VirtioBlk {
 }
 
 impl VirtioBlk {
-    /// Runs the virtio initialization (virtio 1.2 section 3.1.1).
-    pub fn init() -> Result<VirtioBlk, BlkError> {
-        MMIO.handshake(2, F_FLUSH_LOW).map_err(|e| match e {
+    /// Runs the virtio initialization (virtio 1.2 section 3.1.1) of block device `index` (the
+    /// VMM places device `i` at `VIRTIO_BLK_BASE + i * 4 KiB`).
+    pub fn init(index: u64) -> Result<VirtioBlk, BlkError> {
+        let mmio = Mmio::new(VIRTIO_BLK_BASE + index * WINDOW);
+        mmio.handshake(2, F_FLUSH_LOW).map_err(|e| match e {
             HandshakeError::NoDevice => BlkError::NoDevice,
             HandshakeError::FeaturesRefused => BlkError::FeaturesRefused,
         })?;
-        if MMIO.select_queue(0) < u32::from(QSIZE) {
+        if mmio.select_queue(0) < u32::from(QSIZE) {
             return Err(BlkError::NoDevice);
         }
         let ring = page_alloc(4096);
         let data = page_alloc(MAX_BYTES);
-        MMIO.setup_queue(QSIZE, ring as u64);
+        mmio.setup_queue(QSIZE, ring as u64);
         // SAFETY: the available ring's flags word lies inside the ring page.
         unsafe { core::ptr::write_volatile((ring as u64 + 512) as *mut u16, AVAIL_F_NO_INTERRUPT) };
         let capacity =
-            u64::from(MMIO.read(REG_CONFIG)) | (u64::from(MMIO.read(REG_CONFIG + 4)) << 32);
-        MMIO.driver_ok();
+            u64::from(mmio.read(REG_CONFIG)) | (u64::from(mmio.read(REG_CONFIG + 4)) << 32);
+        mmio.driver_ok();
         Ok(VirtioBlk {
+            mmio,
             ring,
             data,
             avail_idx: 0,
@@ -120,7 +125,7 @@ impl VirtioBlk {
             self.avail_idx = self.avail_idx.wrapping_add(1);
             core::ptr::write_volatile((avail + 2) as *mut u16, self.avail_idx);
         }
-        MMIO.write(REG_QUEUE_NOTIFY, 0);
+        self.mmio.write(REG_QUEUE_NOTIFY, 0);
         // SAFETY: the used index lies inside the ring page; the device writes it.
         while unsafe { core::ptr::read_volatile((used + 2) as *const u16) } != self.avail_idx {
             core::hint::spin_loop();

@@ -110,6 +110,38 @@ impl RawImage {
         })
     }
 
+    /// Opens an existing image for reading only (a read-only guest disk); its size is the
+    /// file's, which must be a positive whole number of 512-byte sectors.
+    pub fn open_read_only(path: &Path) -> Result<RawImage, ImageError> {
+        let io = |what| {
+            move |source| ImageError::Io {
+                path: path.to_path_buf(),
+                what,
+                source,
+            }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .open(path)
+            .map_err(io("open"))?;
+        let size = file.metadata().map_err(io("stat"))?.len();
+        if size == 0 || size % 512 != 0 {
+            return Err(ImageError::Io {
+                path: path.to_path_buf(),
+                what: "size",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{size} bytes is not a positive whole number of 512-byte sectors"),
+                ),
+            });
+        }
+        Ok(RawImage {
+            file,
+            path: path.to_path_buf(),
+            size,
+        })
+    }
+
     /// The image's size.
     pub fn size(&self) -> u64 {
         self.size

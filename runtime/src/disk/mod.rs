@@ -1,4 +1,5 @@
-//! Guest disks on the host: image files (`image`: the raw image, the sparse overlays), the
+//! Guest disks on the host: image files (`image`: the raw image, the sparse overlays), a VM's
+//! disks laid end to end as the one block space colo-core replicates (`volume`), the
 //! store that executes colo-core's disk commands over them (`store`), and [`ImageBackend`], the
 //! virtio-blk backend of a VM that runs alone (`colo run`) straight on a raw image.
 //!
@@ -8,6 +9,7 @@
 
 pub mod image;
 pub mod store;
+pub mod volume;
 
 #[cfg(test)]
 mod tests;
@@ -16,6 +18,7 @@ use crate::devices::virtio::blk::{BlkCompletion, BlkIoError, BlkOp, BlkRequest, 
 pub use image::{ImageError, OverlayImage, RawImage};
 use std::sync::Arc;
 pub use store::DiskStore;
+pub use volume::Volume;
 
 /// The block backend of a VM alone: requests run synchronously on its raw image.
 #[derive(Debug, Clone)]

@@ -13,10 +13,11 @@
 //! reads through the core.
 
 use super::image::{ImageError, OverlayImage, RawImage};
+use super::volume::Volume;
 use colo_core::disk::{DataSource, DiskCommand, DiskIoError, GuestIoId, Layer};
 use colo_core::wire::message::WriteId;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A guest read being assembled.
 #[derive(Debug)]
@@ -28,7 +29,8 @@ struct ReadBuffer {
 /// One host's disk files.
 #[derive(Debug)]
 pub struct DiskStore {
-    parent: RawImage,
+    /// The VM's disks end to end (one image for a one-disk VM).
+    parent: Volume,
     /// Hidden and active, on the secondary only.
     overlays: Option<(OverlayImage, OverlayImage)>,
     guest_writes: BTreeMap<GuestIoId, (u64, Vec<u8>)>,
@@ -41,7 +43,15 @@ pub struct DiskStore {
 impl DiskStore {
     /// The primary's store: its own image at `image` (created sparse if missing).
     pub fn primary(image: &Path, size: u64) -> Result<DiskStore, ImageError> {
-        Ok(DiskStore::new(RawImage::open(image, size)?, None))
+        Ok(DiskStore::new(
+            Volume::single(RawImage::open(image, size)?),
+            None,
+        ))
+    }
+
+    /// The primary's store of a VM with several disks: its images, in device order.
+    pub fn primary_volume(disks: &[(PathBuf, u64)]) -> Result<DiskStore, ImageError> {
+        Ok(DiskStore::new(Volume::open(disks)?, None))
     }
 
     /// The secondary's store: the parent image at `parent` and fresh, empty overlays at
@@ -53,13 +63,25 @@ impl DiskStore {
         size: u64,
         block_size: u64,
     ) -> Result<DiskStore, ImageError> {
-        let parent = RawImage::open(parent, size)?;
+        DiskStore::secondary_volume(&[(parent.to_path_buf(), size)], hidden, active, block_size)
+    }
+
+    /// The secondary's store of a VM with several disks: the parent images in device order,
+    /// and one hidden and one active overlay over the whole volume.
+    pub fn secondary_volume(
+        parents: &[(PathBuf, u64)],
+        hidden: &Path,
+        active: &Path,
+        block_size: u64,
+    ) -> Result<DiskStore, ImageError> {
+        let parent = Volume::open(parents)?;
+        let size = parent.size();
         let hidden = OverlayImage::create(hidden, size, block_size)?;
         let active = OverlayImage::create(active, size, block_size)?;
         Ok(DiskStore::new(parent, Some((hidden, active))))
     }
 
-    fn new(parent: RawImage, overlays: Option<(OverlayImage, OverlayImage)>) -> DiskStore {
+    fn new(parent: Volume, overlays: Option<(OverlayImage, OverlayImage)>) -> DiskStore {
         DiskStore {
             parent,
             overlays,
@@ -75,8 +97,8 @@ impl DiskStore {
         self.parent.size()
     }
 
-    /// The parent image (the primary's disk, or the secondary's base).
-    pub fn parent(&self) -> &RawImage {
+    /// The parent images (the primary's disks, or the secondary's bases), end to end.
+    pub fn parent(&self) -> &Volume {
         &self.parent
     }
 

@@ -36,12 +36,17 @@ impl Scratch {
         self.0.join(name)
     }
 
+    /// A secondary store over two parent files, the first ending inside a block (so
+    /// copy-before-write and merges of that block touch both files).
     fn secondary(&self) -> DiskStore {
-        DiskStore::secondary(
-            &self.path("parent.img"),
+        let first = 5 * BLOCK + 1536;
+        DiskStore::secondary_volume(
+            &[
+                (self.path("parent0.img"), first),
+                (self.path("parent1.img"), SIZE - first),
+            ],
             &self.path("hidden.img"),
             &self.path("active.img"),
-            SIZE,
             BLOCK,
         )
         .unwrap()
@@ -381,4 +386,62 @@ proptest! {
         prop_assert!(parent == svm, "after the merge the parent is the SVM's disk");
         prop_assert_eq!(store.parent().digest().unwrap(), store.view_digest().unwrap());
     }
+}
+
+fn volume(dir: &Scratch, sizes: &[u64]) -> Volume {
+    let disks: Vec<(PathBuf, u64)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| (dir.path(&format!("d{i}.img")), s))
+        .collect();
+    Volume::open(&disks).unwrap()
+}
+
+#[test]
+fn bytes_land_in_the_file_of_their_disk() {
+    let dir = Scratch::new("split");
+    let v = volume(&dir, &[1024, 512, 2048]);
+    assert_eq!(v.size(), 3584);
+    assert_eq!(
+        (v.base(0), v.base(1), v.base(2), v.base(3)),
+        (Some(0), Some(1024), Some(1536), None)
+    );
+    // One write across all three files.
+    let data: Vec<u8> = (0..2000u32).map(|i| (i % 251) as u8).collect();
+    v.write_at(1000, &data).unwrap();
+    let mut back = vec![0u8; 2000];
+    v.read_at(1000, &mut back).unwrap();
+    assert_eq!(back, data);
+    let file = |i: usize| std::fs::read(dir.path(&format!("d{i}.img"))).unwrap();
+    assert_eq!(&file(0)[1000..1024], &data[..24]);
+    assert_eq!(file(1), data[24..536].to_vec());
+    assert_eq!(&file(2)[..1464], &data[536..]);
+    assert!(file(2)[1464..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn a_range_leaving_the_volume_is_refused_whole() {
+    let dir = Scratch::new("range");
+    let v = volume(&dir, &[512, 512]);
+    let err = v.write_at(1000, &[7u8; 100]).unwrap_err();
+    assert!(
+        matches!(err, ImageError::OutOfRange { size: 1024, .. }),
+        "{err}"
+    );
+    // Nothing was written to the second file.
+    let second = std::fs::read(dir.path("d1.img")).unwrap();
+    assert!(second.iter().all(|&b| b == 0));
+    assert!(v.read_at(u64::MAX - 1, &mut [0u8; 4]).is_err());
+}
+
+#[test]
+fn digest_covers_the_disks_in_order() {
+    let dir = Scratch::new("digest");
+    let v = volume(&dir, &[512, 1024]);
+    v.write_at(0, &[1u8; 512]).unwrap();
+    v.write_at(512, &[2u8; 1024]).unwrap();
+    let mut all = vec![1u8; 512];
+    all.extend([2u8; 1024]);
+    assert_eq!(v.digest().unwrap(), crc32c::crc32c(&all));
+    v.flush().unwrap();
 }

@@ -5,8 +5,12 @@
 //! as a `DiskWrite` bulk, never through the core) and of forwarded writes, and completes the
 //! guest's requests on `Output::GuestDiskDone`.
 //!
+//! A VM with several disks has one virtio-blk device per disk; the core replicates one block
+//! space, their concatenation ([`crate::disk::Volume`]): a request of device `i` at offset `o`
+//! is the volume's offset `base(i) + o`, and its completion goes back to device `i`.
+//!
 //! The device's backend ([`BlkBridge`]) only posts requests into the loop's channel, tagged
-//! with the VM generation: an applied checkpoint replaces the secondary's device state, so a
+//! with its device index and the VM generation: an applied checkpoint replaces the secondary's device state, so a
 //! request or completion of the VM that was there before belongs to nobody now and is dropped
 //! (counted in `stale`). Invariant: every guest request the loop accepted is completed exactly
 //! once to the generation that issued it, with the node's outcome; I/O errors go to the node
@@ -36,6 +40,9 @@ pub struct DiskFiles {
     pub image: PathBuf,
     /// Disk size in bytes (a multiple of 512).
     pub size: u64,
+    /// The VM's block device serving this disk (read-only disks are not replicated and have
+    /// no entry, so this can differ from the position in the list).
+    pub device: usize,
 }
 
 impl DiskFiles {
@@ -74,12 +81,15 @@ pub struct DiskLoopStats {
 pub struct BlkBridge {
     tx: mpsc::Sender<LoopEvent>,
     generation: Arc<AtomicU64>,
+    /// Which of the VM's block devices this backend serves.
+    disk: usize,
 }
 
 impl BlockBackend for BlkBridge {
     fn submit(&mut self, request: BlkRequest) -> Option<BlkCompletion> {
         let generation = self.generation.load(Ordering::SeqCst);
         match self.tx.send(LoopEvent::GuestBlk {
+            disk: self.disk,
             generation,
             request,
         }) {
@@ -94,6 +104,7 @@ impl BlockBackend for BlkBridge {
 #[derive(Debug)]
 struct Pending {
     generation: u64,
+    disk: usize,
     id: BlkRequestId,
 }
 
@@ -101,7 +112,8 @@ struct Pending {
 #[derive(Debug)]
 pub(super) struct GuestDisk {
     store: DiskStore,
-    device: Arc<Mutex<BlkDevice>>,
+    /// The device of each replicated disk, in volume order.
+    devices: Vec<Arc<Mutex<BlkDevice>>>,
     generation: Arc<AtomicU64>,
     next_io: u64,
     pending: BTreeMap<GuestIoId, Pending>,
@@ -110,32 +122,48 @@ pub(super) struct GuestDisk {
 }
 
 impl GuestDisk {
-    /// Opens the files and attaches the device's backend (capacity `files.size`).
+    /// Opens the files of every replicated disk and attaches the backend of its device
+    /// (`disks[i].device`, capacity `disks[i].size`); disk `i` is extent `i` of the volume.
     pub(super) fn open(
-        files: &DiskFiles,
+        disks: &[DiskFiles],
         primary: bool,
         block_size: u64,
-        device: Arc<Mutex<BlkDevice>>,
+        devices: &[Arc<Mutex<BlkDevice>>],
         tx: mpsc::Sender<LoopEvent>,
         name: &'static str,
     ) -> Result<GuestDisk, ImageError> {
-        let store = if primary {
-            DiskStore::primary(&files.image, files.size)?
-        } else {
-            let (hidden, active) = files.overlays();
-            DiskStore::secondary(&files.image, &hidden, &active, files.size, block_size)?
+        let files: Vec<(PathBuf, u64)> = disks.iter().map(|d| (d.image.clone(), d.size)).collect();
+        let store = match disks.first() {
+            Some(first) if !primary => {
+                let (hidden, active) = first.overlays();
+                DiskStore::secondary_volume(&files, &hidden, &active, block_size)?
+            }
+            _ => DiskStore::primary_volume(&files)?,
         };
         let generation = Arc::new(AtomicU64::new(0));
-        device.lock().expect("blk mutex poisoned").set_backend(
-            Box::new(BlkBridge {
-                tx,
-                generation: generation.clone(),
-            }),
-            files.size,
-        );
+        let mut attached = Vec::with_capacity(disks.len());
+        for (disk, files) in disks.iter().enumerate() {
+            let device = devices.get(files.device).ok_or_else(|| ImageError::Io {
+                path: files.image.clone(),
+                what: "attach",
+                source: std::io::Error::other(format!(
+                    "the VM has no block device {}",
+                    files.device
+                )),
+            })?;
+            device.lock().expect("blk mutex poisoned").set_backend(
+                Box::new(BlkBridge {
+                    tx: tx.clone(),
+                    generation: generation.clone(),
+                    disk,
+                }),
+                files.size,
+            );
+            attached.push(device.clone());
+        }
         Ok(GuestDisk {
             store,
-            device,
+            devices: attached,
             generation,
             next_io: 1,
             pending: BTreeMap::new(),
@@ -144,19 +172,19 @@ impl GuestDisk {
         })
     }
 
-    /// The disk of a node loop with `config` (none without `config.disk`).
+    /// The disks of a node loop with `config` (none without `config.disks`).
     pub(super) fn for_loop(
         config: &super::NodeLoopConfig,
         machine: &crate::machine::Machine,
         tx: mpsc::Sender<LoopEvent>,
     ) -> Result<Option<GuestDisk>, ImageError> {
-        let Some(files) = &config.disk else {
+        if config.disks.is_empty() {
             return Ok(None);
-        };
+        }
         let primary = config.role == super::Role::Primary;
         let name = if primary { "primary" } else { "secondary" };
         let block_size = config.node.disk.block_size;
-        GuestDisk::open(files, primary, block_size, machine.blk(), tx, name).map(Some)
+        GuestDisk::open(&config.disks, primary, block_size, machine.blks(), tx, name).map(Some)
     }
 
     /// Counters.
@@ -174,23 +202,40 @@ impl GuestDisk {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn complete(&self, id: BlkRequestId, completion: BlkCompletion) {
-        self.device
-            .lock()
-            .expect("blk mutex poisoned")
-            .complete(id, completion);
+    fn complete(&self, disk: usize, id: BlkRequestId, completion: BlkCompletion) {
+        if let Some(device) = self.devices.get(disk) {
+            device
+                .lock()
+                .expect("blk mutex poisoned")
+                .complete(id, completion);
+        }
     }
 
-    /// A guest request from the device; returns the input for the node, if it needs one.
-    pub(super) fn on_request(&mut self, generation: u64, request: BlkRequest) -> Option<Input> {
+    /// A guest request from device `disk`; returns the input for the node, if it needs one.
+    pub(super) fn on_request(
+        &mut self,
+        disk: usize,
+        generation: u64,
+        request: BlkRequest,
+    ) -> Option<Input> {
         if generation != self.generation.load(Ordering::SeqCst) {
             self.stats.stale += 1;
             return None;
         }
         let err = |e: ImageError| BlkIoError(e.to_string());
+        // The device checked the range against its own capacity: inside disk `disk`.
+        let Some(base) = self.store.parent().base(disk) else {
+            self.complete(
+                disk,
+                request.id,
+                Err(BlkIoError(format!("no disk {disk} in this node's volume"))),
+            );
+            return None;
+        };
         match request.op {
             BlkOp::Flush => {
                 self.complete(
+                    disk,
                     request.id,
                     self.store.flush().map(|()| Vec::new()).map_err(err),
                 );
@@ -198,13 +243,15 @@ impl GuestDisk {
             }
             BlkOp::Read { offset, len } => {
                 self.stats.guest_reads += 1;
-                let io = self.track(generation, request.id);
+                let offset = base + offset;
+                let io = self.track(generation, disk, request.id);
                 self.store.begin_read(io, offset, len);
                 Some(Input::GuestDisk(GuestDiskRequest::Read { io, offset, len }))
             }
             BlkOp::Write { offset, data } => {
                 self.stats.guest_writes += 1;
-                let io = self.track(generation, request.id);
+                let offset = base + offset;
+                let io = self.track(generation, disk, request.id);
                 // The device caps a request at 4 MiB, so the length fits the wire's u32.
                 let len = data.len() as u32;
                 self.store.stage_guest_write(io, offset, data);
@@ -217,10 +264,17 @@ impl GuestDisk {
         }
     }
 
-    fn track(&mut self, generation: u64, id: BlkRequestId) -> GuestIoId {
+    fn track(&mut self, generation: u64, disk: usize, id: BlkRequestId) -> GuestIoId {
         let io = GuestIoId(self.next_io);
         self.next_io += 1;
-        self.pending.insert(io, Pending { generation, id });
+        self.pending.insert(
+            io,
+            Pending {
+                generation,
+                disk,
+                id,
+            },
+        );
         io
     }
 
@@ -249,7 +303,7 @@ impl GuestDisk {
                 Err(BlkIoError(e.to_string()))
             }
         };
-        self.complete(p.id, completion);
+        self.complete(p.disk, p.id, completion);
     }
 
     /// `Output::Disk`: runs the command on the files; the node's `DiskDone` input.

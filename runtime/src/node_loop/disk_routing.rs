@@ -15,9 +15,9 @@ use colo_core::wire::message::Message;
 
 impl NodeLoop {
     /// A request the guest's virtio-blk device posted.
-    pub(super) fn on_guest_blk(&mut self, generation: u64, request: BlkRequest) {
+    pub(super) fn on_guest_blk(&mut self, disk: usize, generation: u64, request: BlkRequest) {
         let input = match self.disk.as_mut() {
-            Some(d) => d.on_request(generation, request),
+            Some(d) => d.on_request(disk, generation, request),
             None => None, // a device without medium never posts
         };
         if let Some(input) = input {

@@ -90,8 +90,9 @@ pub struct NodeLoopConfig {
     pub auto_reprotect: bool,
     /// The client link (none: guest frames for clients are counted and dropped).
     pub net: NetConfig,
-    /// The guest's disk (none: the virtio-blk device has no medium).
-    pub disk: Option<DiskFiles>,
+    /// The guest's disks, one virtio-blk device each, in device order (none: the one
+    /// virtio-blk device has no medium). The core replicates them as one block space.
+    pub disks: Vec<DiskFiles>,
 }
 
 impl NodeLoopConfig {
@@ -113,7 +114,7 @@ impl NodeLoopConfig {
             newcomer_listen: None,
             auto_reprotect: false,
             net: NetConfig::default(),
-            disk: None,
+            disks: Vec::new(),
         }
     }
 }
@@ -160,6 +161,8 @@ pub enum LoopEvent {
     /// The guest's virtio-blk device submitted a request (posted by [`BlkBridge`] on a vCPU
     /// thread), in VM generation `generation`.
     GuestBlk {
+        /// Which block device (index in the VM's device order).
+        disk: usize,
         /// The VM generation at submission.
         generation: u64,
         /// The request.
@@ -239,8 +242,15 @@ impl NodeLoop {
     /// primary binds its listener here, so a busy port is reported before anything runs.
     pub fn new(mut config: NodeLoopConfig, machine: Machine) -> Result<NodeLoop, LoopError> {
         config.node.guest_memory_bytes = machine.mem_bytes();
-        if let Some(files) = &config.disk {
-            config.node.disk.disk_size = files.size;
+        if !config.disks.is_empty() {
+            config.node.disk.disk_size = config.disks.iter().map(|d| d.size).sum();
+        }
+        if config.disks.len() > machine.blks().len() {
+            return Err(LoopError::Endpoint(format!(
+                "{} disks for a VM with {} block devices",
+                config.disks.len(),
+                machine.blks().len()
+            )));
         }
         let clock = MonoClock::start();
         let node = Node::new(config.node.clone(), config.role, clock.now())?;
@@ -482,9 +492,10 @@ impl NodeLoop {
             LoopEvent::Newcomer(stream) => self.on_newcomer(stream),
             LoopEvent::Reconnected(stream) => self.on_reconnected(stream),
             LoopEvent::GuestBlk {
+                disk,
                 generation,
                 request,
-            } => self.on_guest_blk(generation, request),
+            } => self.on_guest_blk(disk, generation, request),
         }
     }
 

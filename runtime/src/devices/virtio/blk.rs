@@ -39,6 +39,8 @@ const DEVICE_ID_BLK: u32 = 2;
 /// VIRTIO_BLK_F_FLUSH.
 pub const F_FLUSH: u64 = 1 << 9;
 const DEVICE_FEATURES: u64 = F_VERSION_1 | F_FLUSH;
+/// VIRTIO_BLK_F_RO: offered for a read-only disk; the device then fails every write.
+pub const F_RO: u64 = 1 << 5;
 
 /// Bytes per sector: virtio-blk addresses the disk in 512-byte units whatever the backend.
 pub const SECTOR: u64 = 512;
@@ -195,6 +197,8 @@ impl Inflight {
 pub struct BlkState {
     /// Capacity in bytes (a whole number of sectors).
     pub capacity: u64,
+    /// A read-only disk: VIRTIO_BLK_F_RO is offered and writes fail with IOERR.
+    pub read_only: bool,
     /// DeviceFeaturesSel.
     pub device_features_sel: u32,
     /// DriverFeaturesSel.
@@ -265,6 +269,21 @@ impl BlkDevice {
     pub fn set_backend(&mut self, backend: Box<dyn BlockBackend>, capacity: u64) {
         self.backend = backend;
         self.state.capacity = capacity - capacity % SECTOR;
+    }
+
+    /// Makes the disk read-only (VIRTIO_BLK_F_RO offered, writes refused with IOERR) or not.
+    /// Guest-visible: set it before the driver reads the features.
+    pub fn set_read_only(&mut self, read_only: bool) {
+        self.state.read_only = read_only;
+    }
+
+    /// The features offered: [`F_RO`] on top of the fixed set for a read-only disk.
+    fn device_features(&self) -> u64 {
+        if self.state.read_only {
+            DEVICE_FEATURES | F_RO
+        } else {
+            DEVICE_FEATURES
+        }
     }
 
     /// Capacity in bytes.
@@ -444,6 +463,7 @@ impl BlkDevice {
         // waits for, which a driver that reset its device must tolerate anyway.)
         self.state = BlkState {
             capacity: self.state.capacity,
+            read_only: self.state.read_only,
             next_id: self.state.next_id,
             stats: self.state.stats,
             ..BlkState::default()
@@ -500,6 +520,8 @@ impl BlkDevice {
         let sector = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         let (kind, data) = match kind {
             T_IN => (BlkKind::Read, writable),
+            // A driver must not write a read-only disk (virtio 1.2 section 5.2.6.2).
+            T_OUT if self.state.read_only => return Some(ioerr),
             T_OUT => (BlkKind::Write, data_out.1),
             T_FLUSH => (BlkKind::Flush, Vec::new()),
             T_GET_ID => {
@@ -612,7 +634,7 @@ impl BlkDevice {
         let s = &self.state;
         let view = mmio::RegisterView {
             device_id: DEVICE_ID_BLK,
-            device_features: DEVICE_FEATURES,
+            device_features: self.device_features(),
             device_features_sel: s.device_features_sel,
             // There is one queue (index 0).
             queue: (s.queue_sel == 0).then_some(&s.queue),
@@ -657,7 +679,7 @@ impl BlkDevice {
                     self.state.status,
                     v,
                     self.state.driver_features,
-                    DEVICE_FEATURES,
+                    self.device_features(),
                 );
             }
             W::QueueNotify(_) | W::Ignored => {}

@@ -366,3 +366,36 @@ fn reset_forgets_inflight_requests() {
     assert_eq!(d.dev.stats().stale_completions, 1);
     assert_eq!(d.dev.capacity(), CAPACITY);
 }
+
+#[test]
+fn a_read_only_disk_offers_ro_and_refuses_writes_across_reset_and_restore() {
+    let mut d = Driver::new();
+    d.dev.set_read_only(true);
+    d.disk.bytes.lock().unwrap()[..512].copy_from_slice(&pattern(512, 0x33));
+    d.w(REG_DEVICE_FEATURES_SEL, 0);
+    assert_eq!(u64::from(d.r(REG_DEVICE_FEATURES)), F_FLUSH | F_RO);
+    // A driver may accept RO (Linux does): FEATURES_OK sticks.
+    assert!(testkit::negotiate(&mut d.dev, (F_FLUSH | F_RO) as u32));
+    testkit::setup_queue(&mut d.dev, 0, (DESC, AVAIL, USED));
+    testkit::driver_ok(&mut d.dev);
+    d.request(0, T_OUT, 0, &[9; 512], 512);
+    assert_eq!(d.status(0), S_IOERR);
+    assert_eq!(
+        &d.disk.bytes.lock().unwrap()[..512],
+        &pattern(512, 0x33)[..],
+        "the write never reached the disk"
+    );
+    d.request(3, T_IN, 0, &[0; 512], 512);
+    assert_eq!(d.status(3), S_OK);
+    assert_eq!(d.data(3, 512), pattern(512, 0x33));
+    // The mode is device state: kept by a driver reset and carried by save/restore.
+    d.w(REG_STATUS, 0);
+    d.w(REG_DEVICE_FEATURES_SEL, 0);
+    assert_eq!(u64::from(d.r(REG_DEVICE_FEATURES)) & F_RO, F_RO);
+    let saved = d.dev.save();
+    assert!(saved.read_only);
+    let mut other = Driver::new();
+    other.dev.restore(&saved);
+    other.w(REG_DEVICE_FEATURES_SEL, 0);
+    assert_eq!(u64::from(other.r(REG_DEVICE_FEATURES)) & F_RO, F_RO);
+}
