@@ -260,7 +260,9 @@ mod routing_tests {
     fn the_pit_reaches_ioapic_pin_2_as_the_madt_override_says() {
         assert_eq!(ioapic_pins_of(0), vec![layout::PIT_GSI]);
         assert_eq!(ioapic_pins_of(layout::PIT_GSI), Vec::<u32>::new());
-        for gsi in [1, 4, layout::VIRTIO_NET_GSI, layout::VIRTIO_BLK_GSI, 23] {
+        let disks =
+            (0..layout::MAX_DISKS).filter_map(|i| layout::virtio_blk_window(i).map(|w| w.1));
+        for gsi in [1, 4, layout::VIRTIO_NET_GSI, 23].into_iter().chain(disks) {
             assert_eq!(ioapic_pins_of(gsi), vec![gsi], "GSI {gsi}");
         }
         let pic_routes = pc_gsi_routing()
