@@ -1,9 +1,11 @@
 //! The Linux boot protocol (Documentation/arch/x86/boot.rst), 64-bit entry: a bzImage (its
 //! protected-mode kernel loaded at 1 MiB, entry at load address + 0x200) or an uncompressed
 //! vmlinux ELF (entry = e_entry), a zero page (`boot_params`) at `layout::ZERO_PAGE` with the
-//! image's own setup header, an e820 map (RAM below the EBDA, the EBDA/ACPI/BIOS area reserved,
-//! RAM from 1 MiB), the RSDP's address (`acpi_rsdp_addr`, the tables are `loader::acpi`'s), the
-//! command line and an optional initrd placed at the top of RAM. The boot vCPU starts in long mode with rsi = zero page, as Firecracker does.
+//! image's own setup header, an e820 map, the command line and an optional initrd placed at the
+//! top of RAM. The boot vCPU starts in long mode with rsi = zero page, as Firecracker does.
+//!
+//! The e820 map has RAM below the EBDA, the EBDA/ACPI/BIOS area (0x9FC00-1 MiB) reserved and RAM
+//! from 1 MiB; `acpi_rsdp_addr` points at the RSDP of the tables `loader::acpi` wrote.
 //!
 //! virtio-mmio devices are announced on the command line the way
 //! Firecracker-compatible kernels expect (`virtio_mmio.device=4K@0xd0001000:5`, see
