@@ -233,6 +233,9 @@ impl Machine {
         // Memory first: on an error below, locals drop in reverse order, so the VM (and its
         // memslot) goes before the mapping it points to.
         let mem = memory::create(config.mem_mib << 20)?;
+        // Every VM gets ACPI tables describing its vCPUs and interrupt controllers, whatever
+        // is loaded later (the loaders' e820 maps reserve their area).
+        loader::acpi::write(&mem, config.vcpus)?;
         let vm = KvmVm::new()?;
         vm.register_memory(&mem)?;
 

@@ -6,6 +6,9 @@
 //! except for a vmlinux carrying the PVH note: it is entered at its 32-bit PVH entry with a
 //! start info (`pvh`) unless the caller asks for the 64-bit entry (`LinuxEntry`).
 //!
+//! The e820 map has RAM below the EBDA, the EBDA/ACPI/BIOS area (0x9FC00-1 MiB) reserved and RAM
+//! from 1 MiB; `acpi_rsdp_addr` points at the RSDP of the tables `loader::acpi` wrote.
+//!
 //! virtio-mmio devices are announced on the command line the way
 //! Firecracker-compatible kernels expect (`virtio_mmio.device=4K@0xd0001000:5`, see
 //! [`virtio_mmio_arg`]). Invariant: every structure written lies inside RAM, the initrd never
@@ -22,6 +25,7 @@ use std::io::Cursor;
 use vm_memory::{Bytes, GuestAddress};
 
 const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
 /// "HdrS", the setup header's magic (boot.rst).
 const HDRS_MAGIC: u32 = 0x5372_6448;
 /// Offset of the magic in a bzImage file.
@@ -188,6 +192,11 @@ pub fn load_with_entry(
             r#type: E820_RAM,
         },
         boot_e820_entry {
+            addr: layout::RESERVED_LOW_START,
+            size: layout::HIMEM_START - layout::RESERVED_LOW_START,
+            r#type: E820_RESERVED,
+        },
+        boot_e820_entry {
             addr: layout::HIMEM_START,
             size: mem_size - layout::HIMEM_START,
             r#type: E820_RAM,
@@ -195,6 +204,8 @@ pub fn load_with_entry(
     ];
     params.e820_table[..e820.len()].copy_from_slice(&e820);
     params.e820_entries = e820.len() as u8;
+    // Machine::new wrote the ACPI tables; protocol 2.14+ kernels take the RSDP from here.
+    params.acpi_rsdp_addr = layout::ACPI_RSDP;
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE))
         .map_err(|_| LoadError::GuestMemory {
             what: "the zero page",
@@ -259,8 +270,22 @@ mod tests {
         assert_eq!({ hdr.header }, HDRS_MAGIC);
         assert_eq!({ hdr.type_of_loader }, LOADER_UNDEFINED);
         assert_eq!({ hdr.cmd_line_ptr }, layout::CMDLINE as u32);
-        assert_eq!({ params.e820_entries }, 2);
-        let top = { params.e820_table[1] };
+        assert_eq!({ params.e820_entries }, 3);
+        let reserved = { params.e820_table[1] };
+        assert_eq!(
+            ({ reserved.addr }, { reserved.size }, { reserved.r#type }),
+            (
+                layout::EBDA_START,
+                layout::HIMEM_START - layout::EBDA_START,
+                2
+            ),
+            "the EBDA, ACPI tables and BIOS area are reserved"
+        );
+        assert!(
+            layout::ACPI_RSDP >= reserved.addr && layout::ACPI_END <= reserved.addr + reserved.size
+        );
+        assert_eq!({ params.acpi_rsdp_addr }, layout::ACPI_RSDP);
+        let top = { params.e820_table[2] };
         assert_eq!(
             ({ top.addr }, { top.size }),
             (layout::HIMEM_START, (64 << 20) - layout::HIMEM_START)
