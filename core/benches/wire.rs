@@ -6,7 +6,7 @@
 
 use std::hint::black_box;
 
-use colo_core::ids::{Epoch, PageRange, Term};
+use colo_core::ids::{Epoch, NicId, PageRange, Term};
 use colo_core::wire::{FrameDecoder, Limits, Message, PAGE_SIZE, decode, encode};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -53,6 +53,7 @@ fn mirrored_frames(c: &mut Criterion) {
     for i in 0..FRAMES {
         let message = Message::MirroredFrame {
             epoch: Epoch(i as u64),
+            nic: NicId(0),
         };
         encode(&message, &ethernet, &mut stream).unwrap();
     }
@@ -80,6 +81,7 @@ fn mirrored_frames(c: &mut Criterion) {
             for i in 0..FRAMES {
                 let message = Message::MirroredFrame {
                     epoch: Epoch(i as u64),
+                    nic: NicId(0),
                 };
                 encode(&message, black_box(&ethernet), &mut out).unwrap();
             }

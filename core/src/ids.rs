@@ -7,6 +7,13 @@
 use core::fmt;
 use serde::{Deserialize, Serialize};
 
+/// One of the VM's network interfaces, in device order (0: the first). Client frames carry the
+/// NIC they came in on, so the secondary's guest receives each on the same NIC as the primary's.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug, Serialize, Deserialize,
+)]
+pub struct NicId(pub u8);
+
 /// A checkpoint epoch. Epoch `e` names the checkpoint that closes the `e`-th interval of
 /// execution; output the primary produced during that interval is covered by checkpoint `e`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]

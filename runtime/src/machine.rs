@@ -56,6 +56,14 @@ pub enum MachineError {
     /// Zero vCPUs.
     #[error("a VM needs at least one vCPU")]
     NoVcpus,
+    /// A network-device count outside 1..=maximum.
+    #[error("{requested} network devices: a VM has 1 to {maximum}")]
+    TooManyNics {
+        /// Requested devices.
+        requested: usize,
+        /// Most supported.
+        maximum: usize,
+    },
     /// A block-device count outside 1..=maximum.
     #[error("{requested} block devices: a VM has 1 to {maximum}")]
     TooManyDisks {
@@ -82,6 +90,15 @@ pub enum MachineError {
     /// A state could not be applied.
     #[error(transparent)]
     Persist(#[from] PersistError),
+    /// A capture would carry block requests in flight (drain them first, see
+    /// `node_loop/drain.rs`).
+    #[error(
+        "cannot save the VM with {count} virtio-blk request(s) in flight: they must complete before the capture"
+    )]
+    BlkInFlight {
+        /// Requests popped from the queue and not completed.
+        count: usize,
+    },
     /// An operation that needs a paused machine was called while it runs.
     #[error("the VM must be paused for this operation")]
     NotPaused,
@@ -146,7 +163,8 @@ pub struct Machine {
     console: Arc<Mutex<Console>>,
     serial: Arc<Mutex<SerialPort>>,
     serial_irq: EventFd,
-    net: Arc<Mutex<NetDevice>>,
+    /// The virtio-net devices, in device order (at least one).
+    nets: Vec<Arc<Mutex<NetDevice>>>,
     /// The virtio-blk devices, in device order (at least one).
     blks: Vec<Arc<Mutex<BlkDevice>>>,
     vm: KvmVm,
@@ -154,7 +172,7 @@ pub struct Machine {
     config: MachineConfig,
     /// Between the console devices and `ConsoleOutput` (devices/gate.rs).
     gate: OutputGate,
-    msr_list: Vec<u32>,
+    save_layout: vcpu::SaveLayout,
     stops: Arc<StopReport>,
     phase: MachinePhase,
     /// Sequence of the last checkpoint captured (source) or applied (target).
@@ -176,14 +194,16 @@ impl std::fmt::Debug for Machine {
 impl Machine {
     /// Creates a paused VM of the given shape with its devices; no image is loaded yet.
     pub fn new(config: MachineConfig, output: ConsoleOutput) -> Result<Machine, MachineError> {
-        Machine::with_disks(config, output, 1)
+        Machine::with_devices(config, output, 1, 1)
     }
 
-    /// Creates a paused VM with `disks` virtio-blk devices (1 to `layout::MAX_DISKS`).
-    pub fn with_disks(
+    /// Creates a paused VM with `disks` virtio-blk devices (1 to `layout::MAX_DISKS`) and
+    /// `nets` virtio-net devices (1 to `layout::MAX_NICS`).
+    pub fn with_devices(
         config: MachineConfig,
         output: ConsoleOutput,
         disks: usize,
+        nets: usize,
     ) -> Result<Machine, MachineError> {
         if config.mem_mib < layout::MIN_MEMORY_MIB {
             return Err(MachineError::TooLittleMemory {
@@ -200,6 +220,12 @@ impl Machine {
         if config.vcpus == 0 {
             return Err(MachineError::NoVcpus);
         }
+        if nets == 0 || nets > layout::MAX_NICS {
+            return Err(MachineError::TooManyNics {
+                requested: nets,
+                maximum: layout::MAX_NICS,
+            });
+        }
         if disks == 0 || disks > layout::MAX_DISKS {
             return Err(MachineError::TooManyDisks {
                 requested: disks,
@@ -209,6 +235,9 @@ impl Machine {
         // Memory first: on an error below, locals drop in reverse order, so the VM (and its
         // memslot) goes before the mapping it points to.
         let mem = memory::create(config.mem_mib << 20)?;
+        // Every VM gets ACPI tables describing its vCPUs and interrupt controllers, whatever
+        // is loaded later (the loaders' e820 maps reserve their area).
+        loader::acpi::write(&mem, config.vcpus)?;
         let vm = KvmVm::new()?;
         vm.register_memory(&mem)?;
 
@@ -228,18 +257,20 @@ impl Machine {
             })?,
             gate.writer(),
         )));
-        let net_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
-            what: "an eventfd",
-            source,
-        })?;
-        vm.fd()
-            .register_irqfd(&net_irq, layout::VIRTIO_NET_GSI)
-            .op("KVM_IRQFD")?;
-        let net = Arc::new(Mutex::new(NetDevice::new(
-            mem.clone(),
-            layout::DEFAULT_MAC,
-            Some(net_irq),
-        )));
+        let mut net_devices = Vec::with_capacity(nets);
+        for index in 0..nets {
+            let (_, gsi) = layout::virtio_net_window(index).expect("count checked above");
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Os {
+                what: "an eventfd",
+                source,
+            })?;
+            vm.fd().register_irqfd(&irq, gsi).op("KVM_IRQFD")?;
+            net_devices.push(Arc::new(Mutex::new(NetDevice::new(
+                mem.clone(),
+                layout::DEFAULT_MAC,
+                Some(irq),
+            ))));
+        }
         let mut blks = Vec::with_capacity(disks);
         for index in 0..disks {
             let (_, gsi) = layout::virtio_blk_window(index).ok_or(MachineError::TooManyDisks {
@@ -260,12 +291,15 @@ impl Machine {
             console.clone() as Arc<Mutex<dyn BusDevice>>,
         )
         .expect("empty bus");
-        mmio.insert(
-            layout::VIRTIO_NET_BASE,
-            layout::VIRTIO_MMIO_SIZE,
-            net.clone() as Arc<Mutex<dyn BusDevice>>,
-        )
-        .expect("the console and the net device do not overlap");
+        for (index, net) in net_devices.iter().enumerate() {
+            let (base, _) = layout::virtio_net_window(index).expect("count checked above");
+            mmio.insert(
+                base,
+                layout::VIRTIO_MMIO_SIZE,
+                net.clone() as Arc<Mutex<dyn BusDevice>>,
+            )
+            .expect("every network device has its own window");
+        }
         for (index, blk) in blks.iter().enumerate() {
             let (base, _) = layout::virtio_blk_window(index).expect("checked above");
             mmio.insert(
@@ -289,12 +323,12 @@ impl Machine {
 
         let stops = Arc::new(StopReport::default());
         let mut vcpus = Vec::new();
-        let mut msr_list = Vec::new();
+        let mut save_layout = vcpu::SaveLayout::default();
         for index in 0..u64::from(config.vcpus) {
             let fd = vm.fd().create_vcpu(index).op("KVM_CREATE_VCPU")?;
             vcpu::configure(vm.kvm(), &fd, index, &mem, None)?;
             if index == 0 {
-                msr_list = vcpu::probe_msr_list(vm.kvm(), &fd)?;
+                save_layout = vcpu::probe_save_layout(vm.kvm(), vm.fd(), &fd)?;
             }
             let thread =
                 VcpuThread::spawn(index, fd, buses.clone(), stops.clone()).map_err(|source| {
@@ -310,13 +344,13 @@ impl Machine {
             console,
             serial,
             serial_irq,
-            net,
+            nets: net_devices,
             blks,
             vm,
             mem,
             config,
             gate,
-            msr_list,
+            save_layout,
             stops,
             phase: MachinePhase::Paused,
             sequence: None,
@@ -361,18 +395,18 @@ impl Machine {
     }
 
     /// The kernel command-line arguments announcing every virtio-mmio device the machine has
-    /// (`virtio_mmio.device=4K@<base>:<irq>`): the network device, then the block devices in
-    /// order. A block device without a medium shows as an empty disk.
+    /// (`virtio_mmio.device=4K@<base>:<irq>`): the network devices, then the block devices,
+    /// each in order. A block device without a medium shows as an empty disk.
     pub fn device_cmdline(&self) -> String {
-        let mut args = vec![loader::linux::virtio_mmio_arg(
-            layout::VIRTIO_NET_BASE,
-            layout::VIRTIO_NET_GSI,
-        )];
-        for index in 0..self.blks.len() {
-            let (base, gsi) = layout::virtio_blk_window(index).expect("placed at creation");
-            args.push(loader::linux::virtio_mmio_arg(base, gsi));
-        }
-        args.join(" ")
+        let nets = (0..self.nets.len()).map(layout::virtio_net_window);
+        let blks = (0..self.blks.len()).map(layout::virtio_blk_window);
+        nets.chain(blks)
+            .map(|w| {
+                let (base, gsi) = w.expect("placed at creation");
+                loader::linux::virtio_mmio_arg(base, gsi)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// An interrupt line: an eventfd registered as KVM irqfd on `gsi` (IOAPIC input). Each
@@ -401,7 +435,12 @@ impl Machine {
     /// set its sink and MAC, deliver frames to the guest, read its counters. A delivery writes
     /// guest RAM through vm-memory, so its pages are in the next `take_dirty`.
     pub fn net(&self) -> Arc<Mutex<NetDevice>> {
-        self.net.clone()
+        self.nets[0].clone()
+    }
+
+    /// Every virtio-net device, in device order (`layout::virtio_net_window` places them).
+    pub fn nets(&self) -> &[Arc<Mutex<NetDevice>>] {
+        &self.nets
     }
 
     /// The vCPUs' TSC frequency in kHz (`KVM_GET_TSC_KHZ`): the test guest's only clock
@@ -477,19 +516,35 @@ impl Machine {
         self.vcpus.iter().map(VcpuThread::phase).collect()
     }
 
-    /// Reads every device's state. Paused only.
+    /// virtio-blk requests popped from a queue and not completed yet, over every disk.
+    pub fn blk_in_flight(&self) -> usize {
+        self.blks
+            .iter()
+            .map(|b| b.lock().expect("blk mutex poisoned").inflight())
+            .sum()
+    }
+
+    /// Reads every device's state. Paused only; refused while a block request is in flight.
     pub fn save_devices(&self) -> Result<DeviceState, MachineError> {
         self.require_paused()?;
+        let count = self.blk_in_flight();
+        if count > 0 {
+            return Err(MachineError::BlkInFlight { count });
+        }
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for v in &self.vcpus {
-            vcpus.push(v.with_fd(|fd| VcpuState::save(v.index(), fd, &self.msr_list))?);
+            vcpus.push(v.with_fd(|fd| VcpuState::save(v.index(), fd, &self.save_layout))?);
         }
         Ok(DeviceState {
             vcpus,
             vm: self.vm.save_state()?,
             console: self.console.lock().expect("console mutex poisoned").save(),
             serial: self.serial.lock().expect("serial mutex poisoned").save(),
-            net: self.net.lock().expect("net mutex poisoned").save(),
+            net: self
+                .nets
+                .iter()
+                .map(|n| n.lock().expect("net mutex poisoned").save())
+                .collect(),
             blk: self
                 .blks
                 .iter()
@@ -506,6 +561,14 @@ impl Machine {
                 "{} vCPU states for a VM with {} vCPUs",
                 state.vcpus.len(),
                 self.vcpus.len()
+            ))
+            .into());
+        }
+        if state.net.len() != self.nets.len() {
+            return Err(PersistError::Inconsistent(format!(
+                "{} network device states for a VM with {} network devices",
+                state.net.len(),
+                self.nets.len()
             ))
             .into());
         }
@@ -535,10 +598,9 @@ impl Machine {
         let port = SerialPort::restore(irq, self.gate.writer(), &state.serial)
             .map_err(|e| PersistError::Inconsistent(format!("serial state: {e:?}")))?;
         *self.serial.lock().expect("serial mutex poisoned") = port;
-        self.net
-            .lock()
-            .expect("net mutex poisoned")
-            .restore(&state.net);
+        for (net, saved) in self.nets.iter().zip(&state.net) {
+            net.lock().expect("net mutex poisoned").restore(saved);
+        }
         for (blk, saved) in self.blks.iter().zip(&state.blk) {
             blk.lock().expect("blk mutex poisoned").restore(saved);
         }
@@ -651,8 +713,8 @@ impl Machine {
             )
             .into());
         }
-        let disks = checkpoint.devices.blk.len();
-        let mut machine = Machine::with_disks(checkpoint.machine, output, disks)?;
+        let (disks, nets) = (checkpoint.devices.blk.len(), checkpoint.devices.net.len());
+        let mut machine = Machine::with_devices(checkpoint.machine, output, disks, nets)?;
         machine.apply(checkpoint)?;
         Ok(machine)
     }

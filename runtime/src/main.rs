@@ -125,9 +125,10 @@ struct NodeArgs {
     /// vCPUs (the same on both nodes).
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
-    /// A guest NIC: `tap=NAME[,mac=MAC]`, the tap towards the clients (created in this
-    /// process's network namespace; a paired secondary ignores client frames). One per VM.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    /// A guest NIC: `tap=NAME[,mac=MAC][,bridge=BR]`, the tap towards its clients (created in
+    /// this process's network namespace, joining BR if given; a paired secondary ignores
+    /// client frames). Repeat for up to 4 NICs, each a virtio-net device, in order.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,bridge=BR]")]
     nets: Vec<NetSpec>,
     /// Counter workload: working-set pages rewritten per step.
     #[arg(long, default_value_t = 64)]
@@ -168,8 +169,8 @@ struct NodeArgs {
     /// The tap towards the clients, with the default MAC (the same as `--net tap=NAME`).
     #[arg(long, conflicts_with = "nets")]
     client_tap: Option<String>,
-    /// A bridge the client tap joins at start (both roles; a paired secondary ignores client
-    /// frames, the survivor announces the guest's MAC on its claim).
+    /// A bridge the first NIC's tap joins at start (both roles; a paired secondary ignores
+    /// client frames, the survivor announces the guest's MACs on its claim).
     #[arg(long)]
     client_bridge: Option<String>,
     /// A guest disk, `PATH[,readonly][,size=SIZE]`, one virtio-blk device each (at most 4): the
@@ -587,13 +588,22 @@ fn run_node(
             });
         }
     }
-    config.net = colo_runtime::node_loop::NetConfig {
-        client_tap: spec.nets.first().map(|n| n.tap.clone()),
-        client_bridge: args.client_bridge.clone(),
-    };
-    if config.net.client_bridge.is_some() && config.net.client_tap.is_none() {
+    if args.client_bridge.is_some() && spec.nets.is_empty() {
         return Err("--client-bridge needs a NIC (--net tap=NAME)".to_string());
     }
+    config.net.links = spec
+        .nets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| colo_runtime::node_loop::ClientLink {
+            tap: n.tap.clone(),
+            // --client-bridge is the first NIC's bridge unless its --net names one.
+            bridge: n
+                .bridge
+                .clone()
+                .or_else(|| (i == 0).then(|| args.client_bridge.clone()).flatten()),
+        })
+        .collect();
     config.digests = args.digests;
     config.run_for = args.run_for.map(|s| seconds(s, "--run-for")).transpose()?;
     let images = spec
@@ -606,10 +616,11 @@ fn run_node(
         mem_mib: spec.mem_mib,
         vcpus: spec.vcpus,
     };
-    let mut machine = Machine::with_disks(
+    let mut machine = Machine::with_devices(
         machine_config,
         ConsoleOutput::Stdout,
         spec.disks.len().max(1),
+        spec.nets.len().max(1),
     )
     .map_err(|e| e.to_string())?;
     for (device, image) in read_only {
@@ -618,12 +629,8 @@ fn run_node(
         blk.set_backend(Box::new(colo_runtime::disk::ImageBackend::new(image)), size);
         blk.set_read_only(true);
     }
-    if let Some(net) = spec.nets.first() {
-        machine
-            .net()
-            .lock()
-            .expect("net mutex poisoned")
-            .set_mac(net.mac);
+    for (net, device) in spec.nets.iter().zip(machine.nets()) {
+        device.lock().expect("net mutex poisoned").set_mac(net.mac);
     }
     // The secondary boots nothing: its VM becomes the primary's by the initial copy.
     if role == Role::Primary {

@@ -97,8 +97,8 @@ pub struct DeviceState {
     pub console: ConsoleState,
     /// The 16550.
     pub serial: SerialPortState,
-    /// The virtio-net device (queues, features, status).
-    pub net: NetState,
+    /// The virtio-net devices, in device order (queues, features, status).
+    pub net: Vec<NetState>,
     /// The virtio-blk devices, in device order (queue, features, status, requests in flight).
     pub blk: Vec<BlkState>,
 }
@@ -330,7 +330,7 @@ mod tests {
                     ..Default::default()
                 },
                 serial: SerialPortState::default(),
-                net: NetState::default(),
+                net: vec![NetState::default()],
                 blk: vec![BlkState::default()],
             },
             ranges: vec![PageRange {

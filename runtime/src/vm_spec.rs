@@ -39,13 +39,15 @@ pub struct DiskSpec {
     pub size: Option<u64>,
 }
 
-/// One `--net tap=NAME[,mac=MAC]`.
+/// One `--net tap=NAME[,mac=MAC][,bridge=BR]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetSpec {
     /// The host tap device towards the clients.
     pub tap: String,
     /// The guest NIC's MAC.
     pub mac: [u8; 6],
+    /// A host bridge the tap joins (host-local, like the tap's name).
+    pub bridge: Option<String>,
 }
 
 /// A VM description (see the module doc).
@@ -146,13 +148,13 @@ const IFNAME_MAX: usize = 15;
 impl std::str::FromStr for NetSpec {
     type Err = SpecError;
 
-    /// `tap=NAME` or `tap=NAME,mac=52:54:00:12:34:56`.
+    /// `tap=NAME`, then `mac=52:54:00:12:34:56` and `bridge=BR` in any order.
     fn from_str(arg: &str) -> Result<NetSpec, SpecError> {
         let bad = |why: String| SpecError::Net {
             arg: arg.to_string(),
             why,
         };
-        let (mut tap, mut mac) = (None, None);
+        let (mut tap, mut mac, mut bridge) = (None, None, None);
         for part in arg.split(',') {
             match part.split_once('=') {
                 Some(("tap", name)) => {
@@ -164,9 +166,17 @@ impl std::str::FromStr for NetSpec {
                     tap = Some(name.to_string());
                 }
                 Some(("mac", text)) => mac = Some(parse_mac(text).map_err(bad)?),
+                Some(("bridge", name)) => {
+                    if name.is_empty() || name.len() > IFNAME_MAX || name.contains('/') {
+                        return Err(bad(format!(
+                            "bridge name {name:?} must be 1 to {IFNAME_MAX} characters without '/'"
+                        )));
+                    }
+                    bridge = Some(name.to_string());
+                }
                 _ => {
                     return Err(bad(format!(
-                        "unknown part {part:?} (expected tap=NAME[,mac=MAC])"
+                        "unknown part {part:?} (expected tap=NAME[,mac=MAC][,bridge=BR])"
                     )));
                 }
             }
@@ -175,6 +185,7 @@ impl std::str::FromStr for NetSpec {
         Ok(NetSpec {
             tap,
             mac: mac.unwrap_or(layout::DEFAULT_MAC),
+            bridge,
         })
     }
 }
@@ -226,8 +237,8 @@ pub struct BootImages {
 }
 
 impl VmSpec {
-    /// Checks what colo can run today: up to `layout::MAX_DISKS` disks and one NIC per VM (the
-    /// pair's frame routing handles one client link).
+    /// Checks what colo can run: up to `layout::MAX_DISKS` disks and `layout::MAX_NICS` NICs
+    /// with distinct MACs (frames for clients find their NIC by source MAC).
     pub fn check_supported(&self) -> Result<(), SpecError> {
         if self.disks.len() > layout::MAX_DISKS {
             return Err(SpecError::Unsupported(format!(
@@ -236,10 +247,19 @@ impl VmSpec {
                 layout::MAX_DISKS
             )));
         }
-        if self.nets.len() > 1 {
+        if self.nets.len() > layout::MAX_NICS {
             return Err(SpecError::Unsupported(format!(
-                "{} --net given: this colo gives a VM at most one NIC (one virtio-net device)",
-                self.nets.len()
+                "{} --net given: a VM has at most {} NICs (one virtio-net device each)",
+                self.nets.len(),
+                layout::MAX_NICS
+            )));
+        }
+        let mut macs: Vec<[u8; 6]> = self.nets.iter().map(|n| n.mac).collect();
+        macs.sort_unstable();
+        if let Some(pair) = macs.windows(2).find(|w| w[0] == w[1]) {
+            return Err(SpecError::Unsupported(format!(
+                "two NICs with MAC {}: give each --net its own mac=",
+                format_mac(pair[0])
             )));
         }
         if self.vcpus == 0 {
@@ -406,8 +426,11 @@ mod tests {
         assert!(!"/x/y.img".parse::<DiskSpec>().unwrap().readonly);
         let d: DiskSpec = "/x/z.img,size=8M".parse().unwrap();
         assert_eq!((d.readonly, d.size), (false, Some(8 << 20)));
-        let n: NetSpec = "mac=02:00:00:00:00:01,tap=colo0".parse().unwrap();
+        let n: NetSpec = "mac=02:00:00:00:00:01,tap=colo0,bridge=br0"
+            .parse()
+            .unwrap();
         assert_eq!(n.tap, "colo0");
+        assert_eq!(n.bridge.as_deref(), Some("br0"));
         assert_eq!(n.mac, [2, 0, 0, 0, 0, 1]);
         assert_eq!("tap=t".parse::<NetSpec>().unwrap().mac, layout::DEFAULT_MAC);
     }
@@ -443,6 +466,7 @@ mod tests {
         };
         b.disks[0].path = PathBuf::from("/other/disk.img");
         b.nets[0].tap = "tap9".to_string();
+        b.nets[0].bridge = Some("br9".to_string());
         assert_eq!(
             a.fingerprint(&images(), &[1 << 20]),
             b.fingerprint(&images(), &[1 << 20])
@@ -489,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn too_many_disks_or_a_second_nic_are_refused_clearly() {
+    fn too_many_disks_or_nics_and_shared_macs_are_refused_clearly() {
         let mut s = spec();
         for i in 0..layout::MAX_DISKS {
             s.disks.push(format!("/b{i}.img").parse().unwrap());
@@ -497,13 +521,16 @@ mod tests {
         let e = s.check_supported().unwrap_err().to_string();
         assert!(e.contains("at most 4 disks"), "{e}");
         let mut s = spec();
-        s.nets.push("tap=t2".parse().unwrap());
-        assert!(
-            s.check_supported()
-                .unwrap_err()
-                .to_string()
-                .contains("one NIC")
-        );
+        s.nets.push("tap=t2,mac=52:54:00:00:00:02".parse().unwrap());
+        let e = s.check_supported().unwrap_err().to_string();
+        assert!(e.contains("two NICs with MAC 52:54:00:00:00:02"), "{e}");
+        let mut s = spec();
+        for i in 0..layout::MAX_NICS {
+            s.nets
+                .push(format!("tap=t{i},mac=52:54:00:00:01:0{i}").parse().unwrap());
+        }
+        let e = s.check_supported().unwrap_err().to_string();
+        assert!(e.contains("at most 4 NICs"), "{e}");
         assert!(spec().check_supported().is_ok());
     }
 

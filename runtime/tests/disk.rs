@@ -1,11 +1,12 @@
 //! The test guest's disk-writer workload on the virtio-blk device over a raw image file: its
 //! writes reach the file, and a checkpoint plus a copy of the image lets another VM continue
-//! with the guest's own per-step disk checks passing. Images live in a temp dir the test
-//! creates and removes.
+//! with the guest's own per-step disk checks passing; a capture with a request in flight is
+//! refused. Images live in a temp dir the test creates and removes.
 
 mod common;
 
 use colo_runtime::devices::console::OutputCapture;
+use colo_runtime::devices::virtio::blk::{BlkCompletion, BlkOp, BlkRequest, BlockBackend};
 use colo_runtime::disk::{ImageBackend, RawImage};
 use colo_runtime::guest::disk_writer_cmdline;
 use colo_runtime::vstate::thread::VcpuStop;
@@ -131,4 +132,60 @@ fn a_checkpoint_and_a_copy_of_the_image_let_another_vm_continue_the_disk_writer(
         "a guest on a blank disk must fail its check: {stop:?}\n{}",
         capture.text()
     );
+}
+
+/// A backend that completes nothing itself: it records each request for the test to complete
+/// later through `BlkDevice::complete`, as the pair's node loop does.
+struct Deferred(Arc<std::sync::Mutex<Vec<BlkRequest>>>);
+
+impl BlockBackend for Deferred {
+    fn submit(&mut self, request: BlkRequest) -> Option<BlkCompletion> {
+        self.0.lock().unwrap().push(request);
+        None
+    }
+}
+
+#[test]
+fn a_capture_with_a_block_request_in_flight_is_refused_until_it_completes() {
+    if !common::kvm_available("a_capture_with_a_block_request_in_flight_is_refused") {
+        return;
+    }
+    let (mut machine, capture) = common::guest_machine(64, &disk_writer_cmdline(SLOTS, 0, 50, 0));
+    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+    machine
+        .blk()
+        .lock()
+        .unwrap()
+        .set_backend(Box::new(Deferred(requests.clone())), DISK);
+    machine.resume();
+    // The guest posts its first write and spins on the used ring: it stays in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while machine.blk().lock().unwrap().inflight() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request within 30 s: {}",
+            capture.text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    machine.pause();
+    let err = machine.capture(CheckpointKind::Full).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("1 virtio-blk request(s) in flight"),
+        "{err}"
+    );
+    // Completing it (a write: no bytes back) makes the capture possible, with nothing in
+    // flight in the saved device state.
+    let request = requests.lock().unwrap().remove(0);
+    assert!(matches!(request.op, BlkOp::Write { .. }), "{request:?}");
+    machine
+        .blk()
+        .lock()
+        .unwrap()
+        .complete(request.id, Ok(Vec::new()));
+    let (checkpoint, _) = machine
+        .capture(CheckpointKind::Full)
+        .expect("drained capture");
+    assert!(checkpoint.devices.blk.iter().all(|b| b.inflight.is_empty()));
 }

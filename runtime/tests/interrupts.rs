@@ -1,6 +1,7 @@
 //! Interrupts into a ring-3 guest on real KVM: an irqfd raises an IOAPIC input, the guest's
 //! shim wakes from its halt service, and a halted guest saved and restored into a fresh VM
-//! keeps its interrupt routing (IOAPIC, LAPIC and mp_state restore).
+//! keeps its interrupt routing (IOAPIC, LAPIC and mp_state restore); and the PIT's interrupt
+//! arrives on IOAPIC pin 2, as the MADT's override IRQ 0 -> GSI 2 says (`vstate::vm` routing).
 
 mod common;
 
@@ -110,4 +111,50 @@ fn halted_guest_restored_elsewhere_still_receives_interrupts() {
         "{}",
         capture.text()
     );
+}
+
+/// Starts the PIT's channel 0 as a 100 Hz rate generator (mode 2) in a paused `machine`, the
+/// way KVM_SET_PIT2 loads a guest's programming.
+fn start_pit(machine: &mut Machine) {
+    let mut state = machine.save_devices().unwrap();
+    let ch = &mut state.vm.pit.channels[0];
+    ch.count = 11_932; // 1.193182 MHz / 100
+    ch.mode = 2;
+    ch.gate = 1;
+    ch.rw_mode = 3;
+    ch.read_state = 3;
+    ch.write_state = 3;
+    state.vm.pit.flags = 0;
+    machine.restore_devices(&state).unwrap();
+}
+
+/// Boots the idle guest waiting on IOAPIC input `pin`, starts the PIT, and returns the
+/// console text after `window` or once the guest reported 3 wake-ups.
+fn idle_on_pin_with_the_pit_running(pin: u32, window: Duration) -> String {
+    let (mut machine, capture) = common::guest_machine(32, &idle_cmdline(pin, 0));
+    machine.resume();
+    let (text, ok) = capture.wait_until(Duration::from_secs(10), |t| {
+        t.contains("waiting for interrupts")
+    });
+    assert!(ok, "{text}");
+    machine.pause();
+    start_pit(&mut machine);
+    machine.resume();
+    let (text, _) = capture.wait_until(window, |t| wakes(t) >= 3);
+    machine.pause();
+    assert_eq!(machine.wait_for_stop(Duration::ZERO), None, "{text}");
+    text
+}
+
+#[test]
+fn the_pit_interrupts_on_ioapic_pin_2_as_the_madt_override_says() {
+    if !common::kvm_available("the_pit_interrupts_on_ioapic_pin_2_as_the_madt_override_says") {
+        return;
+    }
+    let text =
+        idle_on_pin_with_the_pit_running(colo_runtime::layout::PIT_GSI, Duration::from_secs(10));
+    assert!(wakes(&text) >= 3, "no PIT interrupt on pin 2:\n{text}");
+    // Pin 0, where KVM's default routing would put the PIT, stays silent for 30 ticks.
+    let text = idle_on_pin_with_the_pit_running(0, Duration::from_millis(300));
+    assert_eq!(wakes(&text), 0, "the PIT reached pin 0:\n{text}");
 }

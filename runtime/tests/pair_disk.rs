@@ -102,6 +102,22 @@ fn secondary_disk_view_equals_the_primary_image_at_every_checkpoint() {
         compared.len() > 2,
         "the disk did not change between checkpoints: {compared:?}"
     );
+    // Captures happen with no block request in flight: the pause's completion waits for them
+    // (node_loop/drain.rs), so no save is refused and no pause gives up.
+    let drains: Vec<&String> = procs
+        .log
+        .iter()
+        .filter(|l| l.contains("primary: drained "))
+        .collect();
+    eprintln!("pauses that waited for block requests: {drains:?}");
+    assert!(
+        !procs
+            .log
+            .iter()
+            .any(|l| l.contains("in flight") || l.contains("pause failed")),
+        "{}",
+        procs.log.join("\n")
+    );
     assert!(
         !procs
             .log

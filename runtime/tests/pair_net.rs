@@ -207,3 +207,93 @@ fn colo_demo_net_serves_a_client_across_the_failover() {
     assert!(stdout.contains("colo demo --net: OK"), "{stdout}");
     assert!(stdout.contains("no write lost or repeated"), "{stdout}");
 }
+
+#[test]
+fn a_second_nic_serves_its_own_network_through_a_primary_kill() {
+    let test = "a_second_nic_serves_its_own_network_through_a_primary_kill";
+    if !common::kvm_available(test) || !common::net_available(test) {
+        return;
+    }
+    // Two client networks: NIC 0 on colobr0 (10.0.0.0/24, idle), NIC 1 on colobr1
+    // (10.0.1.0/24), where the guest serves.
+    let ns = NetNs::create(&common::unique_netns_name()).unwrap();
+    add_client_bridge(&ns, BRIDGE, "10.0.0.1/24").unwrap();
+    for step in [
+        &[
+            "link",
+            "add",
+            "colobr1",
+            "address",
+            "02:c0:10:00:00:02",
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ][..],
+        &["addr", "add", "10.0.1.1/24", "dev", "colobr1"],
+        &["link", "set", "colobr1", "up"],
+    ] {
+        ns.ip(step).unwrap();
+    }
+    let name = ns.name().to_string();
+    let mut procs = Procs::new();
+    let a = procs.spawn_in(&name, &args(&["arbiter", "--listen", ARBITER]));
+    procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == a && l.starts_with("arbiter: listening")
+    });
+    let node = |role: &str, link: &[&str], tag: &str| {
+        let mut v = args(&[role]);
+        v.extend(args(link));
+        v.extend(args(&["--arbiter", ARBITER, "--workload", "net-server"]));
+        v.extend(args(&[
+            "--guest-ip",
+            "10.0.1.2/24",
+            "--cmdline",
+            "colo.net_index=1",
+        ]));
+        v.extend(args(&[
+            "--net",
+            &format!("tap=colo{tag}0,mac=52:54:00:c0:10:01,bridge={BRIDGE}"),
+            "--net",
+            &format!("tap=colo{tag}1,mac=52:54:00:c0:10:02,bridge=colobr1"),
+        ]));
+        v
+    };
+    let p = procs.spawn_in(&name, &node("primary", &["--listen", PEER], "p"));
+    let s = procs.spawn_in(&name, &node("secondary", &["--peer", PEER], "s"));
+    procs.wait_for(Duration::from_secs(30), |w, l| {
+        w == p && l.starts_with("primary: checkpoint-done epoch=1 ")
+    });
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(20),
+        read: Duration::from_secs(30),
+    };
+    let mut conn = KvConnection::connect(&ns, "10.0.1.2:7000".parse().unwrap(), timeouts)
+        .expect("connecting to the guest's second NIC through the pair");
+    for i in 1..=4u64 {
+        assert_eq!(
+            ask(&mut conn, &format!("{i} INCR n")),
+            format!("{i} VAL {i} {i}")
+        );
+    }
+    procs.kill(p);
+    procs.wait_for(Duration::from_secs(20), |w, l| {
+        w == s && l.starts_with("secondary: failed-over ")
+    });
+    let claim = procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == s && l.starts_with("secondary: claim-client-link ")
+    });
+    assert!(
+        claim.contains("tap=colos0 announced mac=52:54:00:c0:10:01 frames=3")
+            && claim.contains("tap=colos1 announced mac=52:54:00:c0:10:02 frames=3"),
+        "{claim}"
+    );
+    for i in 5..=7u64 {
+        assert_eq!(
+            ask(&mut conn, &format!("{i} INCR n")),
+            format!("{i} VAL {i} {i}")
+        );
+    }
+    drop(procs);
+    drop(ns);
+}

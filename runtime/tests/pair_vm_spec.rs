@@ -72,7 +72,7 @@ fn bad_vm_descriptions_are_clear_errors() {
         (
             &["--net", "tap=t0", "--net", "tap=t1"][..],
             1,
-            "at most one NIC",
+            "two NICs with MAC 52:54:00:c0:10:01",
         ),
         (&["--vcpus", "0"][..], 1, "at least one vCPU"),
         (

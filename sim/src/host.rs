@@ -183,7 +183,14 @@ impl SimHost {
 
     /// A client frame (the host owns the client link).
     pub fn handle_client_frame(&mut self, now: Instant, frame: Vec<u8>, hook: &mut dyn CrashHook) {
-        self.input(now, Input::ClientFrame(frame), hook);
+        self.input(
+            now,
+            Input::ClientFrame {
+                nic: colo_core::ids::NicId(0),
+                frame,
+            },
+            hook,
+        );
     }
 
     /// Something from the peer host.
@@ -376,7 +383,7 @@ impl SimHost {
                 let st = self.node.status(now);
                 self.out.push_back(HostOutput::Release(frame, Box::new(st)));
             }
-            Output::ToGuest(frame) => {
+            Output::ToGuest { frame, .. } => {
                 if self.vm.is_running() {
                     self.guest.handle_frame(now, frame);
                     self.drain_guest(now, hook);

@@ -15,7 +15,7 @@ use crate::checkpoint::{VmCommand, VmCompletion};
 use crate::compare::testkit::{Headers, udp};
 use crate::disk::{DiskCommand, DiskIoError, GuestIoId};
 use crate::failover::{Arbiter, LeaseReply, LeaseRequest};
-use crate::ids::{CheckpointReason, ClusterId, Epoch, NodeId, PageRange, Role, Term};
+use crate::ids::{CheckpointReason, ClusterId, Epoch, NicId, NodeId, PageRange, Role, Term};
 use crate::node::{
     Command, GuestDiskRequest, Input, LinkState, Node, NodeConfig, NodeMode, OutBulk, Output,
     PeerBulk, SyncCommand,
@@ -140,7 +140,7 @@ impl World {
                         eprintln!("{:?} host {h}: {e:?}", self.now);
                     }
                 }
-                Output::ToGuest(_) | Output::GuestDiskDone { .. } => {}
+                Output::ToGuest { .. } | Output::GuestDiskDone { .. } => {}
             }
         }
     }
@@ -259,7 +259,10 @@ impl World {
                 seq: b.u64(),
                 epoch,
             },
-            3 => Message::MirroredFrame { epoch },
+            3 => Message::MirroredFrame {
+                epoch,
+                nic: NicId(b.u8() % 2),
+            },
             4 => Message::SecondaryOutput { epoch },
             5 => Message::CheckpointRequest {
                 epoch,
@@ -427,7 +430,13 @@ fn run_world(data: &[u8]) -> World {
             53..=62 => {
                 let k = b.u8();
                 let frame = udp(&Headers::default(), &[k, k ^ 0x5a]);
-                w.handle(h, Input::ClientFrame(frame));
+                w.handle(
+                    h,
+                    Input::ClientFrame {
+                        nic: NicId(0),
+                        frame,
+                    },
+                );
             }
             63..=72 => {
                 let k = b.u8();
@@ -442,7 +451,13 @@ fn run_world(data: &[u8]) -> World {
                 if op & 2 == 0 {
                     w.handle(h, Input::GuestFrame(raw));
                 } else {
-                    w.handle(h, Input::ClientFrame(raw));
+                    w.handle(
+                        h,
+                        Input::ClientFrame {
+                            nic: NicId(1),
+                            frame: raw,
+                        },
+                    );
                 }
             }
             77..=84 => {

@@ -121,14 +121,17 @@ pub fn run(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Epoch;
+    use crate::ids::{Epoch, NicId};
     use crate::wire::Message;
 
     #[test]
     fn frames_split_anywhere_decode_and_reencode() {
         let mut stream = Vec::new();
         encode(
-            &Message::MirroredFrame { epoch: Epoch(1) },
+            &Message::MirroredFrame {
+                epoch: Epoch(1),
+                nic: NicId(0),
+            },
             &[9; 300],
             &mut stream,
         )

@@ -8,14 +8,20 @@
 use crate::checkpoint::VmCompletion;
 use crate::disk::{DiskIoError, GuestIoId, OpId};
 use crate::failover::{LeaseReply, LeaseRequestId};
+use crate::ids::NicId;
 use crate::time::Duration;
 use crate::wire::Message;
 
 /// One thing that happened, for [`Node::handle`](super::Node::handle).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
-    /// A whole Ethernet frame from the client network (the tap the VM is exposed on).
-    ClientFrame(Vec<u8>),
+    /// A whole Ethernet frame from the client network, on the tap of guest NIC `nic`.
+    ClientFrame {
+        /// The NIC whose client link it came in on.
+        nic: NicId,
+        /// The frame.
+        frame: Vec<u8>,
+    },
     /// A whole Ethernet frame the local VM sent.
     GuestFrame(Vec<u8>),
     /// A decoded peer message. The runtime runs [`crate::wire::FrameDecoder`] on the peer link;

@@ -317,7 +317,7 @@ impl Node {
             return;
         }
         match input {
-            Input::ClientFrame(frame) => self.on_client_frame(now, frame),
+            Input::ClientFrame { nic, frame } => self.on_client_frame(now, nic, frame),
             Input::GuestFrame(frame) => self.on_guest_frame(now, frame),
             Input::Peer { message, bulk } => self.on_peer(now, message, bulk),
             Input::PeerLink(state) => self.on_link(now, state),

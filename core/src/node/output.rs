@@ -11,7 +11,7 @@ use crate::checkpoint::{StuckPhase, VmCommand, VmCommandKind};
 use crate::compare::MiscompareWhy;
 use crate::disk::{DiskCommand, DiskEvent, GuestIoError, GuestIoId};
 use crate::failover::{FailoverReason, LeaseRequest};
-use crate::ids::{CheckpointReason, Epoch, NodeId, Role, Term};
+use crate::ids::{CheckpointReason, Epoch, NicId, NodeId, Role, Term};
 use crate::packet::FlowKey;
 use crate::time::Duration;
 use crate::wire::{AbortReason, HelloRejectReason, Message, MessageKind};
@@ -21,8 +21,14 @@ use crate::wire::{AbortReason, HelloRejectReason, Message, MessageKind};
 pub enum Output {
     /// Send this frame to the client network.
     ToClient(Vec<u8>),
-    /// Deliver this frame to the local VM.
-    ToGuest(Vec<u8>),
+    /// Deliver this frame to the local VM's NIC `nic`. (Frames for clients carry no NIC: the
+    /// runtime sends a guest frame out of the tap of the NIC whose MAC is its source.)
+    ToGuest {
+        /// The NIC.
+        nic: NicId,
+        /// The frame.
+        frame: Vec<u8>,
+    },
     /// Send this message to the peer (encode it with [`crate::wire::encode`] and its bulk).
     ToPeer {
         /// The message.

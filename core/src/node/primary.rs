@@ -14,7 +14,7 @@ use super::{Event, Node, NodeConfig, NodeConfigError, OutBulk, Output, Side};
 use crate::checkpoint::{CheckpointConfig, CheckpointOutput, PrimaryCheckpointer, PrimaryPhase};
 use crate::compare::{Comparator, CompareOutput};
 use crate::failover::Mode;
-use crate::ids::{CheckpointReason, Epoch};
+use crate::ids::{CheckpointReason, Epoch, NicId};
 use crate::rewrite::Rewriter;
 use crate::time::{Duration, Instant};
 use crate::wire::Message;
@@ -144,7 +144,7 @@ impl Node {
             && self.peer.is_some()
     }
 
-    pub(super) fn primary_client_frame(&mut self, now: Instant, mut frame: Vec<u8>) {
+    pub(super) fn primary_client_frame(&mut self, now: Instant, nic: NicId, mut frame: Vec<u8>) {
         let replicating = self.primary_replicating();
         let Side::Primary(p) = &mut self.side else {
             return;
@@ -168,11 +168,14 @@ impl Node {
                     k.epoch()
                 }
             });
-            self.out.push_back(Output::ToGuest(frame.clone()));
-            self.send_with(Message::MirroredFrame { epoch }, OutBulk::Frame(frame));
+            self.out.push_back(Output::ToGuest {
+                nic,
+                frame: frame.clone(),
+            });
+            self.send_with(Message::MirroredFrame { epoch, nic }, OutBulk::Frame(frame));
         } else {
             // Alone, or before the pairing's copy (which covers what the PVM saw until then).
-            self.out.push_back(Output::ToGuest(frame));
+            self.out.push_back(Output::ToGuest { nic, frame });
         }
     }
 

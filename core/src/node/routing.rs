@@ -10,11 +10,12 @@ use super::{Event, GuestDiskRequest, Node, OutBulk, Output, Phase, Side};
 use crate::disk::{DiskEvent, DiskOutput};
 use crate::failover::{FailoverReason, Mode};
 use crate::heartbeat::HeartbeatEvent;
+use crate::ids::NicId;
 use crate::time::Instant;
 use crate::wire::Message;
 
 impl Node {
-    pub(super) fn on_client_frame(&mut self, now: Instant, frame: Vec<u8>) {
+    pub(super) fn on_client_frame(&mut self, now: Instant, nic: NicId, frame: Vec<u8>) {
         if self.phase == Phase::Idle {
             self.stats.ignored_before_start += 1;
             return;
@@ -26,9 +27,9 @@ impl Node {
             return;
         }
         if self.is_primary_side() {
-            self.primary_client_frame(now, frame);
+            self.primary_client_frame(now, nic, frame);
         } else {
-            self.secondary_client_frame(now, frame);
+            self.secondary_client_frame(now, nic, frame);
         }
     }
 

@@ -13,7 +13,7 @@ use super::{Event, Node, NodeConfig, OutBulk, Output, Phase, ProtocolViolation, 
 use crate::checkpoint::{
     CheckpointConfig, CheckpointOutput, SecondaryCheckpointer, SecondaryPhase,
 };
-use crate::ids::Epoch;
+use crate::ids::{Epoch, NicId};
 use crate::rewrite::Rewriter;
 use crate::time::Instant;
 use crate::wire::Message;
@@ -27,7 +27,7 @@ pub(super) struct SecondarySide {
     checkpoint_config: CheckpointConfig,
     /// Mirrored frames that arrived while the SVM was paused for a checkpoint, with the epoch
     /// of the first checkpoint whose state includes them (see [`SecondarySide::release_backlog`]).
-    backlog: std::collections::VecDeque<(Epoch, Vec<u8>)>,
+    backlog: std::collections::VecDeque<(Epoch, NicId, Vec<u8>)>,
     /// Backlog frames dropped because the applied checkpoint already contains their effect.
     pub(super) covered_frames: u64,
 }
@@ -53,17 +53,17 @@ impl SecondarySide {
     /// The SVM runs again with checkpoint `applied`: frames the PVM consumed before that
     /// checkpoint's pause are part of its state already (delivering them again would make the
     /// SVM consume them twice); the rest go to the SVM in arrival order.
-    fn release_backlog(&mut self) -> Vec<Vec<u8>> {
+    fn release_backlog(&mut self) -> Vec<(NicId, Vec<u8>)> {
         if self.paused() {
             return Vec::new();
         }
         let applied = self.applied();
         let mut frames = Vec::new();
-        while let Some((epoch, frame)) = self.backlog.pop_front() {
+        while let Some((epoch, nic, frame)) = self.backlog.pop_front() {
             if epoch <= applied {
                 self.covered_frames += 1;
             } else {
-                frames.push(frame);
+                frames.push((nic, frame));
             }
         }
         frames
@@ -125,14 +125,14 @@ impl Node {
     }
 
     /// A client frame: only after a takeover does the client link lead here.
-    pub(super) fn secondary_client_frame(&mut self, now: Instant, mut frame: Vec<u8>) {
+    pub(super) fn secondary_client_frame(&mut self, now: Instant, nic: NicId, mut frame: Vec<u8>) {
         if self.failover.is_paired() {
             self.stats.client_frames_on_secondary += 1;
             return;
         }
         if let Side::Secondary(s) = &mut self.side {
             s.rewriter.rewrite_inbound(now, &mut frame);
-            self.out.push_back(Output::ToGuest(frame));
+            self.out.push_back(Output::ToGuest { nic, frame });
         }
     }
 
@@ -148,13 +148,13 @@ impl Node {
             return;
         };
         match message {
-            Message::MirroredFrame { epoch } => {
+            Message::MirroredFrame { epoch, nic } => {
                 let mut frame = frame;
                 s.rewriter.rewrite_inbound(now, &mut frame);
                 if s.paused() || !s.backlog.is_empty() {
-                    s.backlog.push_back((epoch, frame));
+                    s.backlog.push_back((epoch, nic, frame));
                 } else {
-                    self.out.push_back(Output::ToGuest(frame));
+                    self.out.push_back(Output::ToGuest { nic, frame });
                 }
             }
             Message::DiskWrite {
@@ -184,8 +184,8 @@ impl Node {
             };
             let Some(o) = s.checkpointer.as_mut().and_then(|k| k.poll_output()) else {
                 if !s.backlog.is_empty() {
-                    for frame in s.release_backlog() {
-                        self.out.push_back(Output::ToGuest(frame));
+                    for (nic, frame) in s.release_backlog() {
+                        self.out.push_back(Output::ToGuest { nic, frame });
                     }
                 }
                 return progressed;

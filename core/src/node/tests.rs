@@ -2,7 +2,7 @@
 //! rules, handshake checks and the validation of peer messages.
 
 use super::*;
-use crate::ids::{ClusterId, Term};
+use crate::ids::{ClusterId, NicId, Term};
 use crate::time::Duration;
 use crate::wire::{HelloRejectReason, PROTOCOL_VERSION};
 
@@ -246,7 +246,10 @@ fn wrong_direction_message_is_a_protocol_error() {
     n.handle(
         ms(3),
         Input::Peer {
-            message: Message::MirroredFrame { epoch: Epoch(1) },
+            message: Message::MirroredFrame {
+                epoch: Epoch(1),
+                nic: NicId(0),
+            },
             bulk: PeerBulk::Frame(vec![0; 60]),
         },
     );
@@ -370,19 +373,55 @@ fn older_term_message_is_stale_and_newer_term_deposes() {
     )));
     assert_eq!(n.status(ms(4)).mode, NodeMode::Deposed);
     // A deposed node delivers nothing to its guest and releases nothing.
-    n.handle(ms(5), Input::ClientFrame(vec![0; 60]));
+    n.handle(
+        ms(5),
+        Input::ClientFrame {
+            nic: NicId(0),
+            frame: vec![0; 60],
+        },
+    );
     assert!(drain(&mut n).is_empty());
+}
+
+#[test]
+fn a_client_frame_reaches_its_nic_and_is_mirrored_with_it() {
+    let mut n = replicating_primary();
+    n.handle(
+        ms(3),
+        Input::ClientFrame {
+            nic: NicId(2),
+            frame: vec![7; 60],
+        },
+    );
+    let outs = drain(&mut n);
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::ToGuest { nic: NicId(2), frame } if frame == &vec![7; 60]
+    )));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::ToPeer {
+            message: Message::MirroredFrame { nic: NicId(2), .. },
+            ..
+        }
+    )));
 }
 
 #[test]
 fn paired_secondary_ignores_client_frames() {
     let mut n = node(Role::Secondary);
     n.handle(ms(0), Input::Command(Command::Start));
-    n.handle(ms(1), Input::ClientFrame(vec![1; 60]));
+    n.handle(
+        ms(1),
+        Input::ClientFrame {
+            nic: NicId(0),
+            frame: vec![1; 60],
+        },
+    );
     assert!(
         !drain(&mut n)
             .iter()
-            .any(|o| matches!(o, Output::ToGuest(_)))
+            .any(|o| matches!(o, Output::ToGuest { .. }))
     );
     assert_eq!(n.stats().client_frames_on_secondary, 1);
 }
@@ -490,7 +529,13 @@ fn shutdown_says_goodbye_and_stops() {
         }
     )));
     assert_eq!(n.poll_timeout(), None);
-    n.handle(ms(4), Input::ClientFrame(vec![0; 60]));
+    n.handle(
+        ms(4),
+        Input::ClientFrame {
+            nic: NicId(0),
+            frame: vec![0; 60],
+        },
+    );
     assert!(drain(&mut n).is_empty());
     assert_eq!(n.status(ms(4)).mode, NodeMode::Stopped);
 }

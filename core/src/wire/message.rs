@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CheckpointReason, ClusterId, Epoch, NodeId, PageRange, Role, Term};
+use crate::ids::{CheckpointReason, ClusterId, Epoch, NicId, NodeId, PageRange, Role, Term};
 
 /// The protocol version this build speaks. It travels in every frame header (so a peer speaking
 /// another version is detected before its message is decoded) and in [`Message::Hello`].
@@ -226,6 +226,8 @@ pub enum Message {
     MirroredFrame {
         /// The primary's epoch when it mirrored the frame.
         epoch: Epoch,
+        /// The guest NIC the frame is for.
+        nic: NicId,
     },
     /// S -> P, + bulk: one whole Ethernet frame the SVM sent, after TCP rewrite, for the
     /// comparator (QEMU's filter-redirector).
@@ -615,7 +617,7 @@ impl Message {
         match self {
             Message::Heartbeat { epoch, .. }
             | Message::HeartbeatEcho { epoch, .. }
-            | Message::MirroredFrame { epoch }
+            | Message::MirroredFrame { epoch, .. }
             | Message::SecondaryOutput { epoch }
             | Message::CheckpointRequest { epoch, .. }
             | Message::CheckpointReady { epoch }

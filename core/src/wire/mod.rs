@@ -9,12 +9,12 @@
 //! - `codec` (private): the bincode configuration, the only place that names bincode.
 //!
 //! ```
-//! use colo_core::ids::Epoch;
+//! use colo_core::ids::{Epoch, NicId};
 //! use colo_core::wire::{FrameDecoder, Limits, Message, encode};
 //!
 //! // Sender: a mirrored client frame travels as the bulk payload of its message.
 //! let mut link = Vec::new();
-//! encode(&Message::MirroredFrame { epoch: Epoch(7) }, &[0xff; 60], &mut link).unwrap();
+//! encode(&Message::MirroredFrame { epoch: Epoch(7), nic: NicId(0) }, &[0xff; 60], &mut link).unwrap();
 //! encode(&Message::CheckpointReady { epoch: Epoch(7) }, &[], &mut link).unwrap();
 //!
 //! // Receiver: push what the socket gave (it may be any split), drain whole frames.

@@ -20,7 +20,10 @@ pub mod guest;
 use colo_core::checkpoint::{VmCommand, VmCompletion};
 use colo_core::disk::GuestIoId;
 use colo_core::failover::{Arbiter, LeaseRequest, Mode};
-use colo_core::ids::{ClusterId, Epoch, NodeId, PageRange, Role, Term};
+use colo_core::ids::{ClusterId, Epoch, NicId, NodeId, PageRange, Role, Term};
+
+/// The guest NIC the harness's clients use (not 0, so a NIC lost on the way shows).
+const CLIENT_NIC: NicId = NicId(1);
 use colo_core::node::Node;
 use colo_core::node::{
     Command, Event, GuestDiskRequest, Input, NodeConfig, NodeMode, OutBulk, Output, PeerBulk,
@@ -340,7 +343,13 @@ impl Pair {
         let now = self.now;
         match o {
             Output::ToClient(frame) => self.on_release(h, frame),
-            Output::ToGuest(frame) => {
+            Output::ToGuest { nic, frame } => {
+                // Every client frame comes in on CLIENT_NIC: whichever way it reached this
+                // guest (direct, mirrored, or from a secondary's backlog), it keeps that NIC.
+                assert_eq!(
+                    nic, CLIENT_NIC,
+                    "host {h} got a client frame on another NIC"
+                );
                 self.hosts[h].guest.deliver(frame);
                 self.schedule(now, Action::GuestRun(h));
             }
@@ -656,7 +665,13 @@ impl Pair {
                 let target = self.client_target;
                 self.schedule(
                     at,
-                    Action::Deliver(target, Input::ClientFrame(guest::request(k))),
+                    Action::Deliver(
+                        target,
+                        Input::ClientFrame {
+                            nic: CLIENT_NIC,
+                            frame: guest::request(k),
+                        },
+                    ),
                 );
             }
         }

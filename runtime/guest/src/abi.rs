@@ -31,3 +31,20 @@ pub const VIRTIO_NET_BASE: u64 = 0xd000_1000;
 pub const VIRTIO_NET_GSI: u32 = 6;
 /// Guest-physical base of the virtio-mmio block device (mirrors `layout::VIRTIO_BLK_BASE`).
 pub const VIRTIO_BLK_BASE: u64 = 0xd000_2000;
+/// Most CPUs the test guest starts (the shim has this many TSSs and kernel stacks).
+pub const MAX_CPUS: usize = 16;
+/// Page the real-mode AP trampoline is copied to (SIPI vector 3; mirrors
+/// `layout::GUEST_AP_TRAMPOLINE`, where the VMM writes nothing).
+pub const AP_TRAMPOLINE: u64 = 0x3000;
+/// The AP parameter block, inside the trampoline page (read by the trampoline and the shim).
+pub const AP_PARAMS: u64 = AP_TRAMPOLINE + 0xf00;
+/// Offset of the page-table root (CR3) in the parameter block.
+pub const AP_PARAM_CR3: u64 = 0;
+/// Offset of the 64-bit entry (`shim_ap_entry`).
+pub const AP_PARAM_ENTRY: u64 = 8;
+/// Offset of the CPU index the AP takes.
+pub const AP_PARAM_CPU: u64 = 16;
+/// Offset of the AP's ring-3 stack top.
+pub const AP_PARAM_STACK: u64 = 24;
+/// Local APIC base (the MADT's address; every CPU sees its own APIC there).
+pub const LAPIC_BASE: u64 = 0xfee0_0000;

@@ -32,6 +32,8 @@ pub struct Config {
     pub disk_index: u64,
     /// counter: how many block devices, from `disk_index` on, get a slot written per step.
     pub disks: u64,
+    /// net-server: which virtio-net device it serves on (0: the first).
+    pub net_index: u64,
 }
 
 fn parse_cidr(value: &str) -> Option<([u8; 4], u8)> {
@@ -61,6 +63,7 @@ impl Config {
             disk_slots: 0,
             disk_index: 0,
             disks: 1,
+            net_index: 0,
         };
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -81,6 +84,7 @@ impl Config {
                 ("colo.disk_slots", Some(n)) => config.disk_slots = n,
                 ("colo.disk_index", Some(n)) if n < 4 => config.disk_index = n,
                 ("colo.disks", Some(n)) if (1..=4).contains(&n) => config.disks = n,
+                ("colo.net_index", Some(n)) if n < 4 => config.net_index = n,
                 _ => {}
             }
         }

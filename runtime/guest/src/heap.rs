@@ -4,8 +4,9 @@
 //! Reusing freed blocks keeps the guest's set of written pages small and steady, which keeps
 //! checkpoints cheap (every page re-dirtied costs a write-protect fault, pvm-guest-spike.md
 //! rule 6). Invariant: a block of class k is 2^k bytes, aligned to 2^k, and is either on free
-//! list k or owned by exactly one allocation. Single vCPU and no Rust code in interrupt
-//! context, so no locking is needed.
+//! list k or owned by exactly one allocation. Only CPU 0 allocates (APs run on stacks CPU 0
+//! allocated for them and never allocate, `smp`) and no Rust code runs in interrupt context,
+//! so no locking is needed.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
@@ -24,8 +25,8 @@ pub struct Heap {
     inner: UnsafeCell<Inner>,
 }
 
-// SAFETY: the guest runs Rust on one vCPU only and never from an interrupt handler, so the
-// allocator is never entered concurrently.
+// SAFETY: only CPU 0 allocates (APs never do, see `smp`) and never from an interrupt handler,
+// so the allocator is never entered concurrently.
 unsafe impl Sync for Heap {}
 
 #[global_allocator]

@@ -2,7 +2,8 @@
 //! 3, where this `no_std` Rust program runs natively even under kvm_pvm.
 //!
 //! The VMM selects the workload on the command line (see `config`); output goes to the MMIO
-//! console (`console`). Workloads: `counter`, `idle`, `net-server` (smoltcp over virtio-net,
+//! console (`console`). Workloads: `counter`, `smp-counter` (every CPU of the MADT, started
+//! by `smp`), `idle`, `net-server` (smoltcp over virtio-net,
 //! `server`), `disk-writer` (virtio-blk, `disk`), `fault`; `colo_main` only parses and dispatches.
 
 #![no_std]
@@ -23,6 +24,8 @@ mod kv;
 mod rt;
 mod server;
 mod shim;
+mod smp;
+mod smp_counter;
 mod virtio_blk;
 mod virtio_mmio;
 mod virtio_net;
@@ -48,6 +51,7 @@ pub extern "C" fn colo_main(cmdline_addr: u64, mem_size: u64, cmdline_len: u64) 
     let config = config::Config::parse(cmdline);
     match config.workload.as_str() {
         "counter" => counter::run(&config, mem_size),
+        "smp-counter" => smp_counter::run(&config, mem_size),
         "idle" => idle::run(&config),
         "net-server" => server::run(&config),
         "disk-writer" => disk::run(&config),

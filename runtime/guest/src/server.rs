@@ -42,12 +42,20 @@ fn listen(socket: &mut tcp::Socket, port: u16) {
     socket.listen(port).expect("listen on a closed socket");
 }
 
+/// The IOAPIC input of network device `index` (mirrors `layout::virtio_net_window`).
+fn net_gsi(index: u64) -> u32 {
+    match index {
+        0 => VIRTIO_NET_GSI,
+        i => 12 + i as u32,
+    }
+}
+
 pub fn run(config: &Config) -> ! {
     irq::enable_lapic();
-    irq::route(VIRTIO_NET_GSI, RX_VECTOR);
+    irq::route(net_gsi(config.net_index), RX_VECTOR);
     clock::timer_init(TIMER_VECTOR);
     let clock = Clock::new(config.tsc_khz);
-    let mut dev = match VirtioNet::init() {
+    let mut dev = match VirtioNet::init(config.net_index) {
         Ok(dev) => dev,
         Err(e) => panic!("virtio-net: {e:?}"),
     };

@@ -8,8 +8,10 @@
 //!
 //! What it builds (all inside the ELF image, no fixed addresses besides the link address):
 //! * page tables: PML4 -> PDPT -> 4 PDs of 2 MiB pages (identity, P|RW|US|PS);
-//! * GDT: kernel code 0x08, kernel data 0x10, user data 0x18, user code 0x20, TSS 0x28;
-//! * TSS: rsp0 (used by the #GP gate from ring 3) and IST1 (every other gate);
+//! * GDT: kernel code 0x08, kernel data 0x10, user data 0x18, user code 0x20, then one TSS
+//!   descriptor per CPU (0x28 + 16 * cpu, at most `abi::MAX_CPUS`);
+//! * one TSS per CPU: rsp0 (used by the #GP gate from ring 3) and IST1 (every other gate), each
+//!   on that CPU's own stacks (`shim_cpu_init`);
 //! * IDT: 256 gates. Exceptions (0-31) are reported to the VMM through the console's fault
 //!   registers and stop the vCPU, except a #GP raised by `hlt` at ring 3, which is the halt
 //!   service (halt until an interrupt); vectors 32-255 are external interrupts, acknowledged
@@ -19,6 +21,15 @@
 //! Entry contract (set by the VMM, see colo-runtime's loader): 64-bit mode with the VMM's
 //! boot page tables, rdi = command line address, rsi = memory size in bytes, rdx = command
 //! line length. The shim passes the same three values to `colo_main` at ring 3.
+//!
+//! Application processors (`smp`): ring 3 copies the real-mode trampoline
+//! (`shim_tramp_start..shim_tramp_end`) to `abi::AP_TRAMPOLINE`, fills the parameter block
+//! `abi::AP_PARAMS` (page tables, 64-bit entry, CPU index, ring-3 stack) and sends INIT + SIPI.
+//! The AP runs the trampoline in real mode at CS = 0x300, switches straight to long mode on
+//! the shim's page tables (CR4.PAE, EFER.LME, CR0.PG|PE, far jump through the trampoline's
+//! own GDT), jumps to `shim_ap_entry`, which loads the shared GDT and IDT and this CPU's TSS,
+//! and `iretq`s to `colo_ap_main(cpu)` at ring 3. One AP starts at a time: the parameter block
+//! is rewritten only after the previous AP reported itself online.
 
 use crate::abi;
 
@@ -57,24 +68,6 @@ shim_fill_pdpt:
     lea rax, [rip + shim_pml4]
     mov cr3, rax
 
-    // TSS descriptor (16 bytes at GDT offset 0x28): limit 0x67, type 0x89 (available).
-    lea rax, [rip + shim_tss]
-    mov rcx, rax
-    and ecx, 0xffffff
-    shl rcx, 16
-    or rcx, 0x67
-    mov r8, 0x89
-    shl r8, 40
-    or rcx, r8
-    mov r8, rax
-    shr r8, 24
-    and r8, 0xff
-    shl r8, 56
-    or rcx, r8
-    mov qword ptr [rip + shim_gdt_tss], rcx
-    shr rax, 32
-    mov qword ptr [rip + shim_gdt_tss + 8], rax
-
     lgdt [rip + shim_gdtr]
     mov ax, 0x10
     mov ds, ax
@@ -89,8 +82,8 @@ shim_fill_pdpt:
     push rax
     .byte 0x48, 0xcb
 shim_cs_reloaded:
-    mov ax, 0x28
-    ltr ax
+    xor ebx, ebx
+    call shim_cpu_init
 
     // IDT: gate i -> shim_stubs + 16 * i.
     lea rsi, [rip + shim_stubs]
@@ -145,6 +138,134 @@ shim_gate_kind_done:
 shim_user_start:
     call colo_main
     ud2
+
+    // rbx = CPU index: fill that CPU's TSS (rsp0, IST1, no I/O bitmap) and its 16-byte
+    // descriptor (limit 0x67, type 0x89 available) at GDT offset 0x28 + 16 * cpu, then load
+    // TR with it. The GDT must already be loaded. Clobbers rax, rcx, rdx, r8, r9.
+shim_cpu_init:
+    mov rax, rbx
+    shl rax, 7
+    lea rdx, [rip + shim_tss]
+    add rdx, rax
+    lea rax, [rbx + 1]
+    shl rax, {kstack_shift}
+    lea rcx, [rip + shim_rsp0_stacks]
+    add rcx, rax
+    mov qword ptr [rdx + 4], rcx
+    lea rcx, [rip + shim_ist1_stacks]
+    add rcx, rax
+    mov qword ptr [rdx + 36], rcx
+    mov word ptr [rdx + 102], 104
+    mov rax, rdx
+    mov rcx, rax
+    and ecx, 0xffffff
+    shl rcx, 16
+    or rcx, 0x67
+    mov r8, 0x89
+    shl r8, 40
+    or rcx, r8
+    mov r8, rax
+    shr r8, 24
+    and r8, 0xff
+    shl r8, 56
+    or rcx, r8
+    lea r8, [rip + shim_gdt_tss]
+    mov r9, rbx
+    shl r9, 4
+    add r8, r9
+    mov qword ptr [r8], rcx
+    shr rax, 32
+    mov qword ptr [r8 + 8], rax
+    mov rax, rbx
+    shl rax, 4
+    add rax, 0x28
+    ltr ax
+    ret
+
+    // An AP arrives here from the trampoline: long mode, CPL0, the shim's page tables, the
+    // trampoline's GDT, no stack yet.
+    .global shim_ap_entry
+shim_ap_entry:
+    lgdt [rip + shim_gdtr]
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    xor eax, eax
+    mov fs, ax
+    mov gs, ax
+    mov rbx, qword ptr [{params} + {p_cpu}]
+    lea rsp, [rip + shim_rsp0_stacks]
+    lea rax, [rbx + 1]
+    shl rax, {kstack_shift}
+    add rsp, rax
+    lea rax, [rip + shim_ap_cs_reloaded]
+    push 0x08
+    push rax
+    .byte 0x48, 0xcb
+shim_ap_cs_reloaded:
+    call shim_cpu_init
+    lidt [rip + shim_idtr]
+    mov rdi, rbx
+    push 0x1b
+    push qword ptr [{params} + {p_stack}]
+    push 0x202
+    push 0x23
+    lea rax, [rip + shim_ap_user_start]
+    push rax
+    iretq
+shim_ap_user_start:
+    call colo_ap_main
+    ud2
+
+    // The real-mode AP trampoline, never run here: ring 3 copies it to {tramp} (SIPI vector
+    // {tramp} >> 12), so every address below is that copy's (CS = DS = {tramp} >> 4).
+    .global shim_tramp_start
+    .global shim_tramp_end
+    .balign 16
+shim_tramp_start:
+    .code16
+    cli
+    mov ax, cs
+    mov ds, ax
+    // lgdt [shim_tramp_gdtr] (DS-relative disp16; the assembler takes no label difference).
+    .byte 0x0f, 0x01, 0x16
+    .word shim_tramp_gdtr - shim_tramp_start
+    // CR4: PAE | OSFXSR | OSXMMEXCPT (ring 3 uses SSE).
+    mov eax, 0x620
+    mov cr4, eax
+    mov eax, dword ptr [{params_off} + {p_cr3}]
+    mov cr3, eax
+    // EFER: LME | NXE.
+    mov ecx, 0xc0000080
+    rdmsr
+    or eax, 0x900
+    wrmsr
+    // CR0: PG | NE | ET | MP | PE, caches on.
+    mov eax, 0x80000033
+    mov cr0, eax
+    // ljmpl 0x08:(64-bit code below), 32-bit offset.
+    .byte 0x66, 0xea
+    .long {tramp} + (shim_tramp64 - shim_tramp_start)
+    .word 0x08
+    .code64
+shim_tramp64:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov rax, qword ptr [{params} + {p_entry}]
+    jmp rax
+    .balign 8
+shim_tramp_gdt:
+    .quad 0
+    .quad 0x00af9b000000ffff
+    .quad 0x00cf93000000ffff
+shim_tramp_gdt_end:
+shim_tramp_gdtr:
+    .word shim_tramp_gdt_end - shim_tramp_gdt - 1
+    .long {tramp} + (shim_tramp_gdt - shim_tramp_start)
+shim_tramp_end:
 
     // One 16-byte stub per vector: push a zero error code where the CPU pushes none, push the
     // vector, jump to the common handler.
@@ -226,8 +347,7 @@ shim_gdt:
     .quad 0x00cff3000000ffff
     .quad 0x00affb000000ffff
 shim_gdt_tss:
-    .quad 0
-    .quad 0
+    .skip 16 * {max_cpus}
 shim_gdt_end:
     .balign 16
     .word 0
@@ -239,24 +359,13 @@ shim_gdtr:
 shim_idtr:
     .word 4095
     .quad shim_idt
-    .balign 16
-shim_tss:
-    .long 0
-    .quad shim_rsp0_top
-    .quad 0
-    .quad 0
-    .quad 0
-    .quad shim_ist1_top
-    .quad 0, 0, 0, 0, 0, 0
-    .quad 0
-    .word 0
-    .word 104
     .global shim_irq_count
 shim_irq_count:
     .quad 0
 
     .section .bss.shim, "aw", @nobits
     .balign 4096
+    .global shim_pml4
 shim_pml4:
     .skip 4096
 shim_pdpt:
@@ -265,16 +374,30 @@ shim_pd:
     .skip 4 * 4096
 shim_idt:
     .skip 4096
-shim_rsp0_stack:
-    .skip 16384
-shim_rsp0_top:
-shim_ist1_stack:
-    .skip 16384
-shim_ist1_top:
+    // One 128-byte TSS per CPU (104 used), filled by shim_cpu_init.
+shim_tss:
+    .skip 128 * {max_cpus}
+    .balign 16
+shim_rsp0_stacks:
+    .skip (1 << {kstack_shift}) * {max_cpus}
+shim_ist1_stacks:
+    .skip (1 << {kstack_shift}) * {max_cpus}
 "#,
     console = const abi::CONSOLE_BASE,
     fault = const abi::REG_FAULT,
     fault_rip = const abi::REG_FAULT_RIP,
     fault_addr = const abi::REG_FAULT_ADDR,
     lapic_eoi = const abi::LAPIC_EOI,
+    max_cpus = const abi::MAX_CPUS,
+    kstack_shift = const KSTACK_SHIFT,
+    tramp = const abi::AP_TRAMPOLINE,
+    params = const abi::AP_PARAMS,
+    params_off = const abi::AP_PARAMS - abi::AP_TRAMPOLINE,
+    p_cr3 = const abi::AP_PARAM_CR3,
+    p_entry = const abi::AP_PARAM_ENTRY,
+    p_cpu = const abi::AP_PARAM_CPU,
+    p_stack = const abi::AP_PARAM_STACK,
 );
+
+/// Each CPU's rsp0 and IST1 stacks are 2^13 = 8 KiB (the handlers push a few words).
+const KSTACK_SHIFT: u32 = 13;

@@ -18,7 +18,14 @@ use smoltcp::time::Instant;
 
 const F_MAC_LOW: u32 = 1 << 5;
 /// The network device's window.
-const MMIO: Mmio = Mmio::new(VIRTIO_NET_BASE);
+/// Window of network device `index`: the first at `VIRTIO_NET_BASE`, the others after the
+/// four block devices' windows (mirrors `layout::virtio_net_window`).
+pub fn window(index: u64) -> u64 {
+    match index {
+        0 => VIRTIO_NET_BASE,
+        i => VIRTIO_NET_BASE + (1 + 4 + i - 1) * 0x1000,
+    }
+}
 
 const QSIZE: u16 = 32;
 const BUF_LEN: usize = 2048;
@@ -130,6 +137,8 @@ impl Queue {
 
 /// The device, initialized.
 pub struct VirtioNet {
+    /// The device's window.
+    mmio: Mmio,
     rx: Queue,
     tx: Queue,
     tx_free: Vec<u16>,
@@ -139,12 +148,14 @@ pub struct VirtioNet {
 
 impl VirtioNet {
     /// Runs the virtio initialization (virtio 1.2 section 3.1.1) and posts every RX buffer.
-    pub fn init() -> Result<VirtioNet, InitError> {
-        MMIO.handshake(1, F_MAC_LOW).map_err(|e| match e {
+    pub fn init(index: u64) -> Result<VirtioNet, InitError> {
+        let mmio = Mmio::new(window(index));
+        mmio.handshake(1, F_MAC_LOW).map_err(|e| match e {
             HandshakeError::NoDevice => InitError::NoDevice,
             HandshakeError::FeaturesRefused => InitError::FeaturesRefused,
         })?;
         let mut dev = VirtioNet {
+            mmio,
             rx: Queue::new(),
             tx: Queue::new(),
             tx_free: (0..QSIZE).rev().collect(),
@@ -152,22 +163,22 @@ impl VirtioNet {
             mac: [0; 6],
         };
         for (index, q) in [(RX, &dev.rx), (TX, &dev.tx)] {
-            let max = MMIO.select_queue(index);
+            let max = mmio.select_queue(index);
             if max < u32::from(QSIZE) {
                 return Err(InitError::QueueTooSmall(max));
             }
-            MMIO.setup_queue(QSIZE, q.desc_addr());
+            mmio.setup_queue(QSIZE, q.desc_addr());
         }
         for (i, b) in dev.mac.iter_mut().enumerate() {
-            *b = MMIO.config_byte(i as u64);
+            *b = mmio.config_byte(i as u64);
         }
         dev.tx.set_avail_flags(AVAIL_F_NO_INTERRUPT);
         for id in 0..QSIZE {
             dev.rx.set_desc(id, BUF_LEN as u32, DESC_F_WRITE);
             dev.rx.publish(id);
         }
-        MMIO.driver_ok();
-        MMIO.write(REG_QUEUE_NOTIFY, RX);
+        mmio.driver_ok();
+        mmio.write(REG_QUEUE_NOTIFY, RX);
         Ok(dev)
     }
 
@@ -186,8 +197,8 @@ impl VirtioNet {
     pub fn flush(&mut self) {
         if self.rx_reposted {
             self.rx_reposted = false;
-            MMIO.write(REG_INTERRUPT_ACK, 3);
-            MMIO.write(REG_QUEUE_NOTIFY, RX);
+            self.mmio.write(REG_INTERRUPT_ACK, 3);
+            self.mmio.write(REG_QUEUE_NOTIFY, RX);
         }
     }
 
@@ -231,7 +242,7 @@ impl phy::TxToken for TxToken<'_> {
         let result = f(&mut buf[HDR_LEN..HDR_LEN + len]);
         dev.tx.set_desc(id, (HDR_LEN + len) as u32, 0);
         dev.tx.publish(id);
-        MMIO.write(REG_QUEUE_NOTIFY, TX);
+        dev.mmio.write(REG_QUEUE_NOTIFY, TX);
         result
     }
 }

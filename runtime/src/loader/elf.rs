@@ -124,6 +124,7 @@ pub fn boot_regs(
         rdi: layout::CMDLINE,
         rsi: memory::size(mem),
         rdx: cmdline.len() as u64,
+        ..Default::default()
     })
 }
 

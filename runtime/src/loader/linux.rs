@@ -2,23 +2,30 @@
 //! protected-mode kernel loaded at 1 MiB, entry at load address + 0x200) or an uncompressed
 //! vmlinux ELF (entry = e_entry), a zero page (`boot_params`) at `layout::ZERO_PAGE` with the
 //! image's own setup header, an e820 map, the command line and an optional initrd placed at the
-//! top of RAM. The boot vCPU starts in long mode with rsi = zero page, as Firecracker does.
+//! top of RAM. The boot vCPU starts in long mode with rsi = zero page, as Firecracker does,
+//! except for a vmlinux carrying the PVH note: it is entered at its 32-bit PVH entry with a
+//! start info (`pvh`) unless the caller asks for the 64-bit entry (`LinuxEntry`).
+//!
+//! The e820 map has RAM below the EBDA, the EBDA/ACPI/BIOS area (0x9FC00-1 MiB) reserved and RAM
+//! from 1 MiB; `acpi_rsdp_addr` points at the RSDP of the tables `loader::acpi` wrote.
 //!
 //! virtio-mmio devices are announced on the command line the way
 //! Firecracker-compatible kernels expect (`virtio_mmio.device=4K@0xd0001000:5`, see
 //! [`virtio_mmio_arg`]). Invariant: every structure written lies inside RAM, the initrd never
 //! overlaps the kernel, and a malformed image is an error, never a panic.
 
-use super::{LoadError, LoadedImage};
+use super::{LoadError, LoadedImage, pvh};
 use crate::layout;
 use crate::memory::{self, GuestMemory};
 use crate::vstate::vcpu::BootRegs;
 use linux_loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use std::io::Cursor;
 use vm_memory::{Bytes, GuestAddress};
 
 const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
 /// "HdrS", the setup header's magic (boot.rst).
 const HDRS_MAGIC: u32 = 0x5372_6448;
 /// Offset of the magic in a bzImage file.
@@ -52,12 +59,36 @@ pub fn virtio_mmio_arg(base: u64, irq: u32) -> String {
     format!("virtio_mmio.device=4K@{base:#x}:{irq}")
 }
 
-/// Loads a Linux kernel (and initrd) and returns the boot vCPU's registers.
+/// Which entry of a kernel the boot vCPU starts at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinuxEntry {
+    /// The PVH 32-bit entry when the image is a vmlinux with `XEN_ELFNOTE_PHYS32_ENTRY`,
+    /// else the 64-bit entry (the default; docs/vmm.md "PVH boot").
+    #[default]
+    PvhIfPresent,
+    /// Always the 64-bit entry with a zero page.
+    Long64,
+}
+
+/// Loads a Linux kernel (and initrd) and returns the boot vCPU's registers, at the default
+/// entry ([`LinuxEntry::PvhIfPresent`]).
 pub fn load(
     mem: &GuestMemory,
     kernel: &[u8],
     cmdline: &str,
     initrd: Option<&[u8]>,
+) -> Result<BootRegs, LoadError> {
+    load_with_entry(mem, kernel, cmdline, initrd, LinuxEntry::default())
+}
+
+/// [`load`] with the entry chosen by the caller. The zero page is written in both cases (a
+/// PVH kernel ignores it).
+pub fn load_with_entry(
+    mem: &GuestMemory,
+    kernel: &[u8],
+    cmdline: &str,
+    initrd: Option<&[u8]>,
+    entry: LinuxEntry,
 ) -> Result<BootRegs, LoadError> {
     let mem_size = memory::size(mem);
     let format = detect(kernel).ok_or_else(|| LoadError::MalformedKernel {
@@ -68,6 +99,7 @@ pub fn load(
     let malformed = |e: linux_loader::loader::Error| LoadError::MalformedKernel {
         reason: e.to_string(),
     };
+    let mut pvh_entry = None;
     let (loaded, header) = match format {
         KernelFormat::BzImage => {
             let r = BzImage::load(mem, None, &mut cursor, highmem).map_err(malformed)?;
@@ -81,6 +113,9 @@ pub fn load(
         }
         KernelFormat::Elf => {
             let r = Elf::load(mem, None, &mut cursor, highmem).map_err(malformed)?;
+            if let PvhBootCapability::PvhEntryPresent(addr) = r.pvh_boot_cap {
+                pvh_entry = Some(addr.0);
+            }
             (
                 LoadedImage {
                     entry: r.kernel_load.0,
@@ -157,6 +192,11 @@ pub fn load(
             r#type: E820_RAM,
         },
         boot_e820_entry {
+            addr: layout::RESERVED_LOW_START,
+            size: layout::HIMEM_START - layout::RESERVED_LOW_START,
+            r#type: E820_RESERVED,
+        },
+        boot_e820_entry {
             addr: layout::HIMEM_START,
             size: mem_size - layout::HIMEM_START,
             r#type: E820_RAM,
@@ -164,18 +204,38 @@ pub fn load(
     ];
     params.e820_table[..e820.len()].copy_from_slice(&e820);
     params.e820_entries = e820.len() as u8;
+    // Machine::new wrote the ACPI tables; protocol 2.14+ kernels take the RSDP from here.
+    params.acpi_rsdp_addr = layout::ACPI_RSDP;
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE))
         .map_err(|_| LoadError::GuestMemory {
             what: "the zero page",
             gpa: layout::ZERO_PAGE,
         })?;
 
+    if let (Some(pvh_entry), LinuxEntry::PvhIfPresent) = (pvh_entry, entry) {
+        let initrd = (params.hdr.ramdisk_size != 0).then(|| {
+            (
+                u64::from(params.hdr.ramdisk_image),
+                u64::from(params.hdr.ramdisk_size),
+            )
+        });
+        let info = pvh::StartInfo {
+            cmdline_paddr: layout::CMDLINE,
+            initrd,
+            memmap: e820
+                .iter()
+                .map(|e| (e.addr, e.size, pvh::XEN_HVM_MEMMAP_TYPE_RAM))
+                .collect(),
+            rsdp_paddr: 0,
+        };
+        return pvh::write_start_info(mem, pvh_entry, &info);
+    }
+
     Ok(BootRegs {
         rip: loaded.entry,
         rsp: layout::BOOT_STACK,
-        rdi: 0,
         rsi: layout::ZERO_PAGE,
-        rdx: 0,
+        ..Default::default()
     })
 }
 
@@ -210,8 +270,22 @@ mod tests {
         assert_eq!({ hdr.header }, HDRS_MAGIC);
         assert_eq!({ hdr.type_of_loader }, LOADER_UNDEFINED);
         assert_eq!({ hdr.cmd_line_ptr }, layout::CMDLINE as u32);
-        assert_eq!({ params.e820_entries }, 2);
-        let top = { params.e820_table[1] };
+        assert_eq!({ params.e820_entries }, 3);
+        let reserved = { params.e820_table[1] };
+        assert_eq!(
+            ({ reserved.addr }, { reserved.size }, { reserved.r#type }),
+            (
+                layout::EBDA_START,
+                layout::HIMEM_START - layout::EBDA_START,
+                2
+            ),
+            "the EBDA, ACPI tables and BIOS area are reserved"
+        );
+        assert!(
+            layout::ACPI_RSDP >= reserved.addr && layout::ACPI_END <= reserved.addr + reserved.size
+        );
+        assert_eq!({ params.acpi_rsdp_addr }, layout::ACPI_RSDP);
+        let top = { params.e820_table[2] };
         assert_eq!(
             ({ top.addr }, { top.size }),
             (layout::HIMEM_START, (64 << 20) - layout::HIMEM_START)
@@ -245,6 +319,102 @@ mod tests {
         let mem = memory::create(32 << 20).unwrap();
         let err = load(&mem, &fake_bzimage(), "", Some(&vec![0u8; 40 << 20])).unwrap_err();
         assert!(matches!(err, LoadError::DoesNotFit { .. }), "{err}");
+    }
+
+    /// A minimal vmlinux-like ELF64: one PT_LOAD of 0x100 bytes at 16 MiB (entry there) and,
+    /// with `pvh_entry`, a PT_NOTE holding one "Xen" note of type 18 (XEN_ELFNOTE_PHYS32_ENTRY)
+    /// whose descriptor is the 32-bit entry; `desc_len` below 4 makes the note malformed.
+    fn fake_vmlinux(pvh_entry: Option<u32>, desc_len: u32) -> Vec<u8> {
+        let mut image = vec![0u8; 0x300];
+        image[..4].copy_from_slice(b"\x7fELF");
+        image[4] = 2; // ELFCLASS64
+        image[5] = 1; // little endian
+        image[6] = 1; // EV_CURRENT
+        let put16 = |img: &mut Vec<u8>, at: usize, v: u16| {
+            img[at..at + 2].copy_from_slice(&v.to_le_bytes())
+        };
+        let put32 = |img: &mut Vec<u8>, at: usize, v: u32| {
+            img[at..at + 4].copy_from_slice(&v.to_le_bytes())
+        };
+        let put64 = |img: &mut Vec<u8>, at: usize, v: u64| {
+            img[at..at + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        put16(&mut image, 16, 2); // ET_EXEC
+        put16(&mut image, 18, 0x3e); // EM_X86_64
+        put32(&mut image, 20, 1);
+        put64(&mut image, 24, 0x100_0000); // e_entry
+        put64(&mut image, 32, 64); // e_phoff
+        put16(&mut image, 52, 64); // e_ehsize
+        put16(&mut image, 54, 56); // e_phentsize
+        put16(&mut image, 56, if pvh_entry.is_some() { 2 } else { 1 });
+        // PT_LOAD: file 0x200..0x300 -> 16 MiB.
+        let ph = 64;
+        put32(&mut image, ph, 1);
+        put32(&mut image, ph + 4, 5);
+        put64(&mut image, ph + 8, 0x200);
+        put64(&mut image, ph + 16, 0xffff_ffff_8100_0000);
+        put64(&mut image, ph + 24, 0x100_0000);
+        put64(&mut image, ph + 32, 0x100);
+        put64(&mut image, ph + 40, 0x100);
+        if let Some(entry) = pvh_entry {
+            // PT_NOTE at 0x180: namesz 4, descsz, type 18, "Xen\0", the entry.
+            let ph = 64 + 56;
+            put32(&mut image, ph, 4);
+            put64(&mut image, ph + 8, 0x180);
+            put64(&mut image, ph + 32, 20);
+            put64(&mut image, ph + 40, 20);
+            put32(&mut image, 0x180, 4);
+            put32(&mut image, 0x184, desc_len);
+            put32(&mut image, 0x188, 18);
+            image[0x18c..0x190].copy_from_slice(b"Xen\0");
+            put32(&mut image, 0x190, entry);
+        }
+        for b in &mut image[0x200..] {
+            *b = 0xf4;
+        }
+        image
+    }
+
+    #[test]
+    fn a_vmlinux_with_a_pvh_note_is_entered_at_its_32_bit_entry_with_a_start_info() {
+        use crate::vstate::vcpu::BootMode;
+        let mem = memory::create(64 << 20).unwrap();
+        let image = fake_vmlinux(Some(0x100_0040), 4);
+        let regs = load(&mem, &image, "console=ttyS0", Some(&[9u8; 3000])).unwrap();
+        assert_eq!(regs.mode, BootMode::Protected32);
+        assert_eq!((regs.rip, regs.rbx), (0x100_0040, pvh::START_INFO));
+        let magic: u32 = mem.read_obj(GuestAddress(pvh::START_INFO)).unwrap();
+        assert_eq!(magic, pvh::XEN_HVM_START_MAGIC_VALUE);
+        let cmdline: u64 = mem.read_obj(GuestAddress(pvh::START_INFO + 24)).unwrap();
+        assert_eq!(cmdline, layout::CMDLINE);
+        let entries: u32 = mem.read_obj(GuestAddress(pvh::START_INFO + 48)).unwrap();
+        assert_eq!(entries, 2);
+        let modules: u32 = mem.read_obj(GuestAddress(pvh::START_INFO + 12)).unwrap();
+        assert_eq!(modules, 1);
+        let initrd_size: u64 = mem.read_obj(GuestAddress(pvh::MODLIST + 8)).unwrap();
+        assert_eq!(initrd_size, 3000);
+        let top_size: u64 = mem.read_obj(GuestAddress(pvh::MEMMAP + 24 + 8)).unwrap();
+        assert_eq!(top_size, (64 << 20) - layout::HIMEM_START);
+
+        let regs = load_with_entry(&mem, &image, "", None, LinuxEntry::Long64).unwrap();
+        assert_eq!(regs.mode, BootMode::Long64);
+        assert_eq!((regs.rip, regs.rsi), (0x100_0000, layout::ZERO_PAGE));
+    }
+
+    #[test]
+    fn a_vmlinux_without_a_pvh_note_uses_the_64_bit_entry() {
+        use crate::vstate::vcpu::BootMode;
+        let mem = memory::create(64 << 20).unwrap();
+        let regs = load(&mem, &fake_vmlinux(None, 4), "", None).unwrap();
+        assert_eq!(regs.mode, BootMode::Long64);
+        assert_eq!(regs.rip, 0x100_0000);
+    }
+
+    #[test]
+    fn a_pvh_note_too_short_for_an_entry_is_a_clear_error() {
+        let mem = memory::create(64 << 20).unwrap();
+        let err = load(&mem, &fake_vmlinux(Some(0x100_0040), 2), "", None).unwrap_err();
+        assert!(matches!(err, LoadError::MalformedKernel { .. }), "{err}");
     }
 
     #[test]

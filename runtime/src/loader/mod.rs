@@ -1,12 +1,14 @@
 //! Loaders: put a guest image into guest memory and say where the boot vCPU starts.
 //!
-//! `elf` loads colo's test guest (an ELF64 executable with physical load addresses);
+//! `acpi` writes the ACPI tables every VM gets (RSDP, XSDT, FADT, DSDT, MADT); `elf` loads colo's test guest (an ELF64 executable with physical load addresses);
 //! `linux` follows the Linux boot protocol (bzImage or vmlinux, zero page, e820, command line,
-//! initrd). Invariant: a loader either fully succeeds or returns an error naming what is wrong
+//! initrd); `pvh` writes the PVH start info for a vmlinux with a PVH entry note. Invariant: a loader either fully succeeds or returns an error naming what is wrong
 //! with the image; it never panics on malformed input.
 
+pub mod acpi;
 pub mod elf;
 pub mod linux;
+pub mod pvh;
 
 /// Errors loading a guest image.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,12 @@ pub enum LoadError {
     /// The command line is too long or contains a NUL.
     #[error("command line is invalid: {reason}")]
     Cmdline {
+        /// Why.
+        reason: String,
+    },
+    /// The ACPI tables cannot be built for this VM.
+    #[error("cannot build the ACPI tables: {reason}")]
+    Acpi {
         /// Why.
         reason: String,
     },

@@ -1,43 +1,53 @@
-//! Frame routing between the node, its VM's virtio-net device and the client link (a tap):
-//! the runtime side of QEMU COLO's filter-mirror / filter-redirector / colo-compare wiring,
-//! with the decisions (mirror, compare, rewrite, release) left to the `Node`.
+//! Frame routing between the node, its VM's virtio-net devices and the client links (one tap
+//! per guest NIC): the runtime side of QEMU COLO's filter-mirror / filter-redirector /
+//! colo-compare wiring, with the decisions (mirror, compare, rewrite, release) left to the
+//! `Node`.
 //!
 //! Routes:
 //! ```text
-//!   client tap  --reader thread--> LoopEvent::ClientFrame --> Input::ClientFrame
-//!   guest TX (virtio-net sink, vCPU thread) --> LoopEvent::GuestFrame --> Input::GuestFrame
-//!   Output::ToGuest  --> virtio-net RX (held while the VM is paused)
-//!   Output::ToClient --> client tap
-//!   Event::ClaimClientLink --> RARP announcements of the guest's MAC on the client tap
+//!   client tap of NIC i --reader thread--> LoopEvent::ClientFrame --> Input::ClientFrame { nic: i }
+//!   guest TX (virtio-net sinks, vCPU threads) --> LoopEvent::GuestFrame --> Input::GuestFrame
+//!   Output::ToGuest { nic: i } --> NIC i's virtio-net RX (held while the VM is paused)
+//!   Output::ToClient --> the tap of the NIC whose MAC is the frame's source (else NIC 0's)
+//!   Event::ClaimClientLink --> RARP announcements of each NIC's MAC on its tap
 //! ```
 //! Both nodes' client taps are on the client network from the start: while paired, the
 //! secondary's node ignores client frames (colo-core: the primary owns the link), so its tap
 //! only keeps the client network up when the primary's tap disappears with its process. The
-//! claim announces the guest's MAC from the survivor, as QEMU does after a migration
-//! (`qemu_announce_self`: RARP frames), so learning switches move the MAC to its port.
+//! claim announces the guest's MACs from the survivor, as QEMU does after a migration
+//! (`qemu_announce_self`: RARP frames), so learning switches move the MACs to its ports.
 //! Invariants: a frame for the guest is written into guest RAM only while the VM runs, so a
 //! checkpoint's pages and device state never see a half-delivered frame (the node's own rule:
-//! "a paused VM consumes it on resume"); held frames are bounded (the oldest dropped and
-//! counted, as a NIC queue would); a guest frame sent before a pause reaches the node before
-//! the pause's completion (see `NodeLoop::drain_guest_frames`), so it counts in the epoch
-//! that produced it.
+//! "a paused VM consumes it on resume"); held frames are bounded per NIC (the oldest dropped
+//! and counted, as a NIC queue would); a guest frame sent before a pause reaches the node
+//! before the pause's completion (see `NodeLoop::drain_guest_frames`), so it counts in the
+//! epoch that produced it.
 
 use super::{LoopError, LoopEvent};
 use crate::devices::virtio::net::{FrameSink, NetDevice, PENDING_RX_LIMIT};
 use crate::machine::{Machine, MachinePhase};
 use crate::net::tap::{Tap, TapLink};
+use colo_core::ids::NicId;
 use std::collections::VecDeque;
 use std::process::Command;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+/// One guest NIC's client link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLink {
+    /// The tap towards the clients (created or attached in this process's namespace).
+    pub tap: String,
+    /// A bridge the tap joins at start (both roles).
+    pub bridge: Option<String>,
+}
+
 /// The node's network settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetConfig {
-    /// The tap towards the clients (created or attached in this process's namespace).
-    pub client_tap: Option<String>,
-    /// A bridge the client tap joins at start (both roles).
-    pub client_bridge: Option<String>,
+    /// The client link of each guest NIC, in device order (NIC `i` is the VM's virtio-net
+    /// device `i`); empty: frames for clients are counted and dropped.
+    pub links: Vec<ClientLink>,
 }
 
 /// Counters of the routing (printed with `colo` log lines).
@@ -63,13 +73,18 @@ impl FrameSink for ChannelSink {
     }
 }
 
-/// The routing state of one node.
-pub struct GuestNet {
-    net: Arc<Mutex<NetDevice>>,
+/// One NIC: its device, its client tap and the frames held for it.
+struct Nic {
+    device: Arc<Mutex<NetDevice>>,
     client: Option<Tap>,
     _client_reader: Option<TapLink>,
     bridge: Option<String>,
     held: VecDeque<Vec<u8>>,
+}
+
+/// The routing state of one node.
+pub struct GuestNet {
+    nics: Vec<Nic>,
     stats: FrameStats,
 }
 
@@ -77,7 +92,8 @@ impl std::fmt::Debug for GuestNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestNet")
             .field("stats", &self.stats)
-            .field("held", &self.held.len())
+            .field("nics", &self.nics.len())
+            .field("held", &self.held())
             .finish_non_exhaustive()
     }
 }
@@ -99,47 +115,153 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl GuestNet {
-    /// Wires `machine`'s device to the loop's channel and opens the client tap, if any (on
-    /// the client bridge, if one is given, for either role: see the module doc).
+    /// Wires each of `machine`'s network devices to the loop's channel and opens the client
+    /// tap of each NIC that has one (on its bridge, if one is given, for either role: see the
+    /// module doc). NIC `i` is device `i`; more links than devices is the caller's error.
     pub fn new(
         config: &NetConfig,
         machine: &Machine,
         tx: mpsc::Sender<LoopEvent>,
     ) -> Result<GuestNet, LoopError> {
-        let net = machine.net();
-        net.lock()
-            .expect("net mutex poisoned")
-            .set_sink(Box::new(ChannelSink(tx.clone())));
-        let (client, reader) = match &config.client_tap {
-            None => (None, None),
-            Some(name) => {
-                let tap = Tap::open(name)
-                    .map_err(|e| LoopError::Endpoint(format!("client tap {name}: {e}")))?;
-                let writer = tap
-                    .try_clone()
-                    .map_err(|e| LoopError::Endpoint(format!("client tap {name}: {e}")))?;
-                let reader = TapLink::spawn(tap, move |frame| {
-                    let _ = tx.send(LoopEvent::ClientFrame(frame.to_vec()));
-                })
-                .map_err(|e| LoopError::Endpoint(format!("client tap {name}: {e}")))?;
-                (Some(writer), Some(reader))
-            }
-        };
-        let guest_net = GuestNet {
-            net,
-            client,
-            _client_reader: reader,
-            bridge: config.client_bridge.clone(),
-            held: VecDeque::new(),
+        if config.links.len() > machine.nets().len() {
+            return Err(LoopError::Endpoint(format!(
+                "{} client links for a VM with {} network devices",
+                config.links.len(),
+                machine.nets().len()
+            )));
+        }
+        let mut nics = Vec::with_capacity(machine.nets().len());
+        for (index, device) in machine.nets().iter().enumerate() {
+            device
+                .lock()
+                .expect("net mutex poisoned")
+                .set_sink(Box::new(ChannelSink(tx.clone())));
+            let link = config.links.get(index);
+            let (client, reader) = match link {
+                None => (None, None),
+                Some(link) => {
+                    let name = &link.tap;
+                    let fail =
+                        |e: std::io::Error| LoopError::Endpoint(format!("client tap {name}: {e}"));
+                    let tap = Tap::open(name).map_err(fail)?;
+                    let writer = tap.try_clone().map_err(fail)?;
+                    let tx = tx.clone();
+                    let nic = NicId(index as u8);
+                    let reader = TapLink::spawn(tap, move |frame| {
+                        let _ = tx.send(LoopEvent::ClientFrame {
+                            nic,
+                            frame: frame.to_vec(),
+                        });
+                    })
+                    .map_err(fail)?;
+                    (Some(writer), Some(reader))
+                }
+            };
+            let nic = Nic {
+                device: device.clone(),
+                client,
+                _client_reader: reader,
+                bridge: link.and_then(|l| l.bridge.clone()),
+                held: VecDeque::new(),
+            };
+            nic.join_bridge().map_err(LoopError::Endpoint)?;
+            nics.push(nic);
+        }
+        Ok(GuestNet {
+            nics,
             stats: FrameStats::default(),
-        };
-        guest_net.join_bridge().map_err(LoopError::Endpoint)?;
-        Ok(guest_net)
+        })
     }
 
     /// The counters.
     pub fn stats(&self) -> FrameStats {
         self.stats
+    }
+
+    /// Frames held for the guest, all NICs.
+    pub fn held(&self) -> usize {
+        self.nics.iter().map(|n| n.held.len()).sum()
+    }
+
+    /// `Output::ToGuest`: delivered now if the VM runs, else held until it does. A NIC this
+    /// VM does not have (a peer with another VM shape; refused at the handshake) drops it.
+    pub fn handle_to_guest(&mut self, machine: &Machine, nic: NicId, frame: Vec<u8>) {
+        let Some(n) = self.nics.get_mut(usize::from(nic.0)) else {
+            self.stats.held_dropped += 1;
+            return;
+        };
+        if n.held.len() >= PENDING_RX_LIMIT {
+            n.held.pop_front();
+            self.stats.held_dropped += 1;
+        }
+        n.held.push_back(frame);
+        self.flush(machine);
+    }
+
+    /// Delivers held frames if the VM runs.
+    pub fn flush(&mut self, machine: &Machine) {
+        if machine.phase() != MachinePhase::Running {
+            return;
+        }
+        for nic in &mut self.nics {
+            if nic.held.is_empty() {
+                continue;
+            }
+            let mut device = nic.device.lock().expect("net mutex poisoned");
+            for frame in nic.held.drain(..) {
+                device.deliver(&frame);
+                self.stats.to_guest += 1;
+            }
+        }
+    }
+
+    /// `Output::ToClient`: out of the tap of the NIC whose MAC is the frame's source (a
+    /// guest NIC sends with its own MAC), or NIC 0's if none matches.
+    pub fn handle_to_client(&mut self, frame: &[u8]) {
+        let source = frame.get(6..12);
+        let nic = self
+            .nics
+            .iter()
+            .position(|n| source == Some(&n.mac()[..]))
+            .unwrap_or(0);
+        match self.nics.get(nic).and_then(|n| n.client.as_ref()) {
+            Some(tap) if matches!(tap.send(frame), Ok(true)) => self.stats.to_client += 1,
+            _ => self.stats.client_dropped += 1,
+        }
+    }
+
+    /// `Event::ClaimClientLink`: announces each NIC's MAC on its client tap (three RARP frames
+    /// each, QEMU's announce format), so the client networks deliver the guest's traffic to
+    /// this node. Returns what was done, for the log.
+    pub fn claim_client_link(&mut self) -> String {
+        let done: Vec<String> = self
+            .nics
+            .iter()
+            .filter_map(|nic| {
+                let tap = nic.client.as_ref()?;
+                let mac = nic.mac();
+                let frame = rarp_announce(mac);
+                let sent = (0..ANNOUNCE_FRAMES)
+                    .filter(|_| matches!(tap.send(&frame), Ok(true)))
+                    .count();
+                Some(format!(
+                    "tap={} announced mac={} frames={sent}",
+                    tap.name(),
+                    crate::vm_spec::format_mac(mac)
+                ))
+            })
+            .collect();
+        if done.is_empty() {
+            "no client tap configured".to_string()
+        } else {
+            done.join(" ")
+        }
+    }
+}
+
+impl Nic {
+    fn mac(&self) -> [u8; 6] {
+        self.device.lock().expect("net mutex poisoned").save().mac
     }
 
     fn join_bridge(&self) -> Result<(), String> {
@@ -148,58 +270,6 @@ impl GuestNet {
         };
         ip(&["link", "set", tap.name(), "master", bridge])?;
         ip(&["link", "set", tap.name(), "up"])
-    }
-
-    /// `Output::ToGuest`: delivered now if the VM runs, else held until it does.
-    pub fn handle_to_guest(&mut self, machine: &Machine, frame: Vec<u8>) {
-        if self.held.len() >= PENDING_RX_LIMIT {
-            self.held.pop_front();
-            self.stats.held_dropped += 1;
-        }
-        self.held.push_back(frame);
-        self.flush(machine);
-    }
-
-    /// Delivers held frames if the VM runs.
-    pub fn flush(&mut self, machine: &Machine) {
-        if self.held.is_empty() || machine.phase() != MachinePhase::Running {
-            return;
-        }
-        let mut net = self.net.lock().expect("net mutex poisoned");
-        for frame in self.held.drain(..) {
-            net.deliver(&frame);
-            self.stats.to_guest += 1;
-        }
-    }
-
-    /// `Output::ToClient`.
-    pub fn handle_to_client(&mut self, frame: &[u8]) {
-        match &self.client {
-            Some(tap) if matches!(tap.send(frame), Ok(true)) => self.stats.to_client += 1,
-            _ => self.stats.client_dropped += 1,
-        }
-    }
-
-    /// `Event::ClaimClientLink`: announces the guest's MAC on the client tap (three RARP
-    /// frames, QEMU's announce format), so the client network delivers the guest's traffic to
-    /// this node. Returns what was done, for the log.
-    pub fn claim_client_link(&mut self) -> String {
-        let Some(tap) = &self.client else {
-            return "no client tap configured".to_string();
-        };
-        let mac = self.net.lock().expect("net mutex poisoned").save().mac;
-        let frame = rarp_announce(mac);
-        let sent = (0..ANNOUNCE_FRAMES)
-            .filter(|_| matches!(tap.send(&frame), Ok(true)))
-            .count();
-        format!(
-            "tap={} announced mac={} frames={sent}",
-            tap.name(),
-            mac.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        )
     }
 }
 

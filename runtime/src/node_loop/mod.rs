@@ -22,12 +22,13 @@
 mod control;
 mod disk;
 mod disk_routing;
+mod drain;
 mod frames;
 mod reconnect;
 mod vm;
 
 pub use disk::{BlkBridge, DiskFiles, DiskLoopStats};
-pub use frames::{FrameStats, NetConfig};
+pub use frames::{ClientLink, FrameStats, NetConfig};
 pub use vm::{RamCache, SharedCache, VmExecutor};
 
 use disk::GuestDisk;
@@ -143,8 +144,13 @@ pub enum LoopEvent {
     },
     /// The guest sent a frame (posted by the virtio-net sink on a vCPU thread).
     GuestFrame(Vec<u8>),
-    /// A frame arrived on the client tap.
-    ClientFrame(Vec<u8>),
+    /// A frame arrived on the client tap of guest NIC `nic`.
+    ClientFrame {
+        /// The NIC whose tap it came in on.
+        nic: colo_core::ids::NicId,
+        /// The frame.
+        frame: Vec<u8>,
+    },
     /// The arbiter answered.
     Arbiter {
         /// The request.
@@ -225,6 +231,8 @@ pub struct NodeLoop {
     /// Events taken from the channel out of turn (see `drain_guest_frames`), handled first.
     deferred: VecDeque<LoopEvent>,
     reports: u64,
+    /// A pause's completion held until no block request is in flight (`drain.rs`).
+    drain: Option<drain::PauseDrain>,
 }
 
 impl std::fmt::Debug for NodeLoop {
@@ -333,6 +341,7 @@ impl NodeLoop {
             disk,
             deferred: VecDeque::new(),
             reports: 0,
+            drain: None,
         })
     }
 
@@ -366,6 +375,9 @@ impl NodeLoop {
             if let Some(t) = self.node.poll_timeout() {
                 wake = wake.min(t);
             }
+            if let Some(t) = self.drain_deadline() {
+                wake = wake.min(t);
+            }
             let wait = wake.saturating_duration_since(now);
             while let Some(event) = self.deferred.pop_front() {
                 self.on_event(event);
@@ -383,6 +395,9 @@ impl NodeLoop {
             while let Ok(event) = self.rx.try_recv() {
                 self.on_event(event);
             }
+            if let Some(input) = self.poll_drain() {
+                self.input(input);
+            }
             if self
                 .node
                 .poll_timeout()
@@ -396,14 +411,16 @@ impl NodeLoop {
     fn report(&mut self, now: Instant) {
         let status = self.node.status(now);
         self.reports += 1;
-        if self.config.net.client_tap.is_some() && self.reports.is_multiple_of(4) {
+        if !self.config.net.links.is_empty() && self.reports.is_multiple_of(4) {
             let f = self.net.stats();
-            let d = self
-                .machine
-                .net()
-                .lock()
-                .expect("net mutex poisoned")
-                .stats();
+            // The devices' counters, all NICs together.
+            let (mut tx_frames, mut rx_frames, mut rx_dropped) = (0, 0, 0);
+            for device in self.machine.nets() {
+                let d = device.lock().expect("net mutex poisoned").stats();
+                tx_frames += d.tx_frames;
+                rx_frames += d.rx_frames;
+                rx_dropped += d.rx_dropped;
+            }
             let n = self.node.stats();
             println!(
                 "{}: net to_guest={} to_client={} held_dropped={} client_dropped={} guest_tx={} guest_rx={} rx_dropped={} released={} held={} stale_secondary_output={}",
@@ -412,9 +429,9 @@ impl NodeLoop {
                 f.to_client,
                 f.held_dropped,
                 f.client_dropped,
-                d.tx_frames,
-                d.rx_frames,
-                d.rx_dropped,
+                tx_frames,
+                rx_frames,
+                rx_dropped,
                 n.released,
                 n.held,
                 n.stale_secondary_output
@@ -452,10 +469,17 @@ impl NodeLoop {
     /// Hands one input to the node, then drains outputs and queued inputs to quiescence.
     fn input(&mut self, input: Input) {
         self.pending.push_back(input);
-        while let Some(input) = self.pending.pop_front() {
-            self.node.handle(self.clock.now(), input);
-            while let Some(output) = self.node.poll_output() {
-                self.execute(output);
+        loop {
+            while let Some(input) = self.pending.pop_front() {
+                self.node.handle(self.clock.now(), input);
+                while let Some(output) = self.node.poll_output() {
+                    self.execute(output);
+                }
+            }
+            // A held pause whose last block request just completed goes in now.
+            match self.poll_drain() {
+                Some(input) => self.pending.push_back(input),
+                None => break,
             }
         }
         self.ctl_after_input();
@@ -490,7 +514,7 @@ impl NodeLoop {
             LoopEvent::PeerDown { link, why } if link == self.link => self.link_down(&why),
             LoopEvent::Peer { .. } | LoopEvent::PeerDown { .. } => {} // a dead link's straggler
             LoopEvent::GuestFrame(frame) => self.input(Input::GuestFrame(frame)),
-            LoopEvent::ClientFrame(frame) => self.input(Input::ClientFrame(frame)),
+            LoopEvent::ClientFrame { nic, frame } => self.input(Input::ClientFrame { nic, frame }),
             LoopEvent::Arbiter { id, reply } => {
                 println!("{}: lease-reply id={} reply={reply:?}", self.name, id.0);
                 self.input(Input::Arbiter { id, reply });
@@ -606,6 +630,7 @@ impl NodeLoop {
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {
+                self.release_held_pause();
                 let pausing = matches!(command, VmCommand::Pause);
                 if matches!(command, VmCommand::ApplyCheckpoint { .. }) {
                     self.before_apply();
@@ -624,7 +649,9 @@ impl NodeLoop {
                 if pausing {
                     self.drain_guest_frames();
                 }
-                self.pending.push_back(Input::VmDone(done));
+                if let Some(done) = self.hold_pause(done) {
+                    self.pending.push_back(Input::VmDone(done));
+                }
             }
             Output::Sync(SyncCommand::SendAll { term }) => {
                 let Some(writer) = self.writer.as_mut() else {
@@ -667,7 +694,7 @@ impl NodeLoop {
             }
             Output::Event(event) => self.on_node_event(event),
             Output::Disk(command) => self.on_disk(command),
-            Output::ToGuest(frame) => self.net.handle_to_guest(&self.machine, frame),
+            Output::ToGuest { nic, frame } => self.net.handle_to_guest(&self.machine, nic, frame),
             Output::ToClient(frame) => self.net.handle_to_client(&frame),
             Output::GuestDiskDone { io, result } => self.on_guest_disk_done(io, result),
         }

@@ -1,22 +1,25 @@
-//! One vCPU's architectural state: boot-time configuration (CPUID, MSRs, long-mode registers,
-//! FPU, LAPIC LINT pins) and the Persist-style `save` / `restore` of everything KVM keeps for
-//! it.
+//! One vCPU's architectural state: boot-time configuration (CPUID, MSRs, long-mode or, for
+//! the PVH entry, flat 32-bit protected-mode registers, FPU, LAPIC LINT pins) and the
+//! Persist-style `save` / `restore` of everything KVM keeps for it.
 //!
 //! Invariant: `restore` writes state in the order KVM needs (deps-spike.md pitfalls, as
 //! Firecracker and QEMU do): CPUID first (it decides which MSRs and xsave features exist),
 //! then mp_state, regs, sregs, fpu, xsave, xcrs, debug registers, LAPIC, MSRs (all must be
-//! accepted), and vcpu events last (they may carry a pending exception that refers to the
-//! registers above).
+//! accepted; IA32_TSC first and IA32_TSC_DEADLINE last, after the LAPIC's LVTT mode, as QEMU's
+//! kvm_put_tscdeadline_msr), and vcpu events last (they may carry a pending exception that
+//! refers to the registers above). The MSR list and the xsave size are probed once per
+//! machine (`SaveLayout`).
 
 use super::{KvmOpError, KvmResultExt};
 use crate::layout;
 use crate::memory::GuestMemory;
+use kvm_bindings::Xsave;
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state,
     kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
     kvm_xsave,
 };
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use vm_memory::{Bytes, GuestAddress};
@@ -38,7 +41,7 @@ pub enum VcpuError {
         refused: u32,
     },
     /// A saved xsave area has the wrong size.
-    #[error("saved xsave area has {len} words, KVM's has 1024")]
+    #[error("saved xsave area has {len} words, fewer than the legacy 1024")]
     BadXsave {
         /// Words in the saved area.
         len: usize,
@@ -53,9 +56,25 @@ pub enum VcpuError {
     },
 }
 
+/// The processor mode a loader's entry point expects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BootMode {
+    /// 64-bit long mode, paging on with the VMM's identity map of the first GiB (Linux boot
+    /// protocol's 64-bit entry, the test guest).
+    #[default]
+    Long64,
+    /// 32-bit protected mode, paging off, flat 4 GiB code and data segments (the PVH entry,
+    /// xen docs misc/pvh.html): `rbx` holds the `hvm_start_info` address.
+    Protected32,
+}
+
 /// The boot-time register values a loader chooses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootRegs {
+    /// Processor mode at the entry.
+    pub mode: BootMode,
+    /// PVH: the `hvm_start_info` address (EBX).
+    pub rbx: u64,
     /// Entry point.
     pub rip: u64,
     /// Initial stack pointer.
@@ -90,15 +109,66 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
+// MSRs outside KVM_GET_MSR_INDEX_LIST that a guest OS programs and KVM keeps per vCPU: the
+// MTRRs (KVM emulates 8 variable pairs and the 11 fixed-range registers; QEMU saves the same
+// set in kvm_put_msrs). EFER and IA32_APIC_BASE travel in `kvm_sregs` (QEMU does the same), so
+// they are not listed. Each is kept only if the probe below can read it.
+const MTRR_MSRS: [u32; 28] = [
+    0x200,
+    0x201,
+    0x202,
+    0x203,
+    0x204,
+    0x205,
+    0x206,
+    0x207,
+    0x208,
+    0x209,
+    0x20a,
+    0x20b,
+    0x20c,
+    0x20d,
+    0x20e,
+    0x20f, // IA32_MTRR_PHYSBASE0..PHYSMASK7
+    0x250,
+    0x258,
+    0x259, // FIX64K_00000, FIX16K_80000, FIX16K_A0000
+    0x268,
+    0x269,
+    0x26a,
+    0x26b,
+    0x26c,
+    0x26d,
+    0x26e,
+    0x26f, // FIX4K_C0000..F8000
+    MSR_MTRR_DEF_TYPE,
+];
+/// IA32_TSC: written first on restore (the TSC deadline is relative to it).
+pub const MSR_IA32_TSC: u32 = 0x10;
+/// IA32_TSC_DEADLINE: written last on restore, after KVM_SET_LAPIC has put LVTT in
+/// TSC-deadline mode (KVM drops a deadline written while the timer is in another mode, and
+/// reads it back as 0 then; QEMU writes it after the LAPIC for the same reason).
+pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
 /// The MSR indices KVM can both read and write on this host: `KVM_GET_MSR_INDEX_LIST`
-/// filtered by probing (KVM_GET_MSRS stops at the first index it cannot read; that index is
-/// dropped and the probe repeated, as measured in deps-spike.md section 1).
+/// (which includes KVM's emulated and paravirtual MSRs: kvmclock, async PF, steal time, PV
+/// EOI, TSC_ADJUST, TSC_DEADLINE, MISC_ENABLE), the feature MSRs of
+/// `KVM_GET_MSR_FEATURE_INDEX_LIST`, and the MTRRs, filtered by probing (KVM_GET_MSRS stops
+/// at the first index it cannot read; that index is dropped and the probe repeated, as
+/// measured in deps-spike.md section 1). Duplicates are removed, first occurrence kept.
 pub fn probe_msr_list(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, KvmOpError> {
     let mut list: Vec<u32> = kvm
         .get_msr_index_list()
         .op("KVM_GET_MSR_INDEX_LIST")?
         .as_slice()
         .to_vec();
+    // Older kernels have no feature list (EINVAL/ENOTTY): nothing to add then.
+    if let Ok(features) = kvm.get_msr_feature_index_list() {
+        list.extend_from_slice(features.as_slice());
+    }
+    list.extend_from_slice(&MTRR_MSRS);
+    let mut seen = std::collections::HashSet::new();
+    list.retain(|index| seen.insert(*index));
     loop {
         let mut msrs = msr_request(&list);
         let read = vcpu.get_msrs(&mut msrs).op("KVM_GET_MSRS")?;
@@ -109,9 +179,80 @@ pub fn probe_msr_list(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, KvmOpError> 
     }
 }
 
-/// Configures a fresh vCPU for a 64-bit entry (Linux boot protocol's 64-bit entry and the
-/// test guest): CPUID, boot MSRs, FPU, LAPIC LINT pins; on the boot vCPU also the long-mode
-/// segments, the VMM's boot GDT and identity page tables (first GiB), and `regs`.
+/// What a vCPU save reads beyond the fixed-size structures, probed once per machine: the MSR
+/// indices and the size of the xsave area.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SaveLayout {
+    /// MSRs to save ([`probe_msr_list`]).
+    pub msrs: Vec<u32>,
+    /// Bytes of the xsave area: `KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)` when the host reports
+    /// more than the legacy 4 KiB (AMX tile data), else 4096.
+    pub xsave_bytes: usize,
+}
+
+/// The legacy `kvm_xsave` region in bytes.
+pub const LEGACY_XSAVE_BYTES: usize = 4096;
+
+/// Probes the [`SaveLayout`] on a configured vCPU of `vm`.
+pub fn probe_save_layout(kvm: &Kvm, vm: &VmFd, vcpu: &VcpuFd) -> Result<SaveLayout, KvmOpError> {
+    let xsave2 = vm.check_extension_int(Cap::Xsave2);
+    let xsave_bytes = usize::try_from(xsave2).unwrap_or(0).max(LEGACY_XSAVE_BYTES);
+    Ok(SaveLayout {
+        msrs: probe_msr_list(kvm, vcpu)?,
+        xsave_bytes,
+    })
+}
+
+fn read_xsave(vcpu: &VcpuFd, bytes: usize) -> Result<Vec<u32>, KvmOpError> {
+    if bytes <= LEGACY_XSAVE_BYTES {
+        return Ok(vcpu.get_xsave().op("KVM_GET_XSAVE")?.region.to_vec());
+    }
+    let extra = (bytes - LEGACY_XSAVE_BYTES).div_ceil(4);
+    let mut xsave = Xsave::new(extra).map_err(|_| KvmOpError {
+        op: "KVM_GET_XSAVE2 (buffer)",
+        source: kvm_ioctls::Error::new(libc::ENOMEM),
+    })?;
+    // SAFETY: `xsave` holds the 4 KiB header plus `extra` words, i.e. at least the
+    // KVM_CAP_XSAVE2 size the kernel writes.
+    unsafe { vcpu.get_xsave2(&mut xsave) }.op("KVM_GET_XSAVE2")?;
+    let mut out = xsave.as_fam_struct_ref().xsave.region.to_vec();
+    out.extend_from_slice(xsave.as_slice());
+    Ok(out)
+}
+
+fn write_xsave(vcpu: &VcpuFd, words: &[u32]) -> Result<(), VcpuError> {
+    let legacy = LEGACY_XSAVE_BYTES / 4;
+    if words.len() < legacy {
+        return Err(VcpuError::BadXsave { len: words.len() });
+    }
+    if words.len() == legacy {
+        let mut xsave = kvm_xsave::default();
+        xsave.region.copy_from_slice(words);
+        // SAFETY: `xsave` is a complete legacy 4 KiB kvm_xsave. KVM_SET_XSAVE reads the
+        // vCPU's uabi size, which is 4 KiB unless the process enabled dynamic xfeatures
+        // (AMX) with arch_prctl, which colo never does.
+        unsafe { vcpu.set_xsave(&xsave) }.op("KVM_SET_XSAVE")?;
+        return Ok(());
+    }
+    let mut xsave =
+        Xsave::new(words.len() - legacy).map_err(|_| VcpuError::BadXsave { len: words.len() })?;
+    // SAFETY: only the fixed `region` array is written; the FAM length stays as allocated.
+    unsafe { xsave.as_mut_fam_struct() }
+        .xsave
+        .region
+        .copy_from_slice(&words[..legacy]);
+    xsave.as_mut_slice().copy_from_slice(&words[legacy..]);
+    // SAFETY: the buffer holds every word that was saved with KVM_GET_XSAVE2 on a host
+    // reporting this size; KVM_SET_XSAVE reads at most the vCPU's uabi size, which is that
+    // size on a host of the same kind (a smaller host would read only a prefix).
+    unsafe { vcpu.set_xsave2(&xsave) }.op("KVM_SET_XSAVE (xsave2 size)")?;
+    Ok(())
+}
+
+/// Configures a fresh vCPU: CPUID, boot MSRs, FPU, LAPIC LINT pins; on the boot vCPU also
+/// the entry state `boot.mode` asks for (`Long64`: the long-mode segments, the VMM's boot GDT
+/// and identity page tables of the first GiB, for Linux's 64-bit entry and the test guest;
+/// `Protected32`: the flat 32-bit GDT, paging off, for the PVH entry) and the registers.
 pub fn configure(
     kvm: &Kvm,
     vcpu: &VcpuFd,
@@ -122,7 +263,8 @@ pub fn configure(
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .op("KVM_GET_SUPPORTED_CPUID")?;
-    patch_cpuid(&mut cpuid, index);
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    patch_cpuid(&mut cpuid, index, tsc_deadline);
     vcpu.set_cpuid2(&cpuid).op("KVM_SET_CPUID2")?;
 
     let boot_msrs = [
@@ -162,12 +304,21 @@ pub fn configure(
     vcpu.set_lapic(&lapic).op("KVM_SET_LAPIC")?;
 
     if let Some(regs) = boot {
-        write_boot_tables(mem)?;
         let mut sregs = vcpu.get_sregs().op("KVM_GET_SREGS")?;
-        long_mode_sregs(&mut sregs);
+        match regs.mode {
+            BootMode::Long64 => {
+                write_boot_tables(mem)?;
+                long_mode_sregs(&mut sregs);
+            }
+            BootMode::Protected32 => {
+                write_gdt(mem, &FLAT32_GDT)?;
+                flat32_sregs(&mut sregs);
+            }
+        }
         vcpu.set_sregs(&sregs).op("KVM_SET_SREGS")?;
         let kregs = kvm_regs {
             rip: regs.rip,
+            rbx: regs.rbx,
             rsp: regs.rsp,
             rbp: regs.rsp,
             rdi: regs.rdi,
@@ -181,12 +332,19 @@ pub fn configure(
     Ok(())
 }
 
-/// Gives each vCPU its own APIC id in the CPUID leaves that report it.
-fn patch_cpuid(cpuid: &mut CpuId, index: u64) {
+/// Gives each vCPU its own APIC id in the CPUID leaves that report it, and advertises the
+/// LAPIC's TSC-deadline mode when KVM emulates it (KVM_CAP_TSC_DEADLINE_TIMER: KVM leaves the
+/// bit out of KVM_GET_SUPPORTED_CPUID and lets the VMM decide; QEMU and Firecracker set it).
+fn patch_cpuid(cpuid: &mut CpuId, index: u64, tsc_deadline: bool) {
     for entry in cpuid.as_mut_slice() {
         match entry.function {
-            // Leaf 1: EBX[31:24] = initial APIC id.
-            1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | ((index as u32) << 24),
+            // Leaf 1: EBX[31:24] = initial APIC id; ECX[24] = TSC-deadline timer.
+            1 => {
+                entry.ebx = (entry.ebx & 0x00ff_ffff) | ((index as u32) << 24);
+                if tsc_deadline {
+                    entry.ecx |= 1 << 24;
+                }
+            }
             // Leaf 0xb: EDX = x2APIC id.
             0xb => entry.edx = index as u32,
             _ => {}
@@ -214,10 +372,19 @@ const BOOT_GDT: [u64; 4] = [
     0x0080_8b00_0000_ffff,
 ];
 
+/// The `kvm_segment` a GDT descriptor loads. KVM takes the limit in bytes: a page-granular
+/// (G=1) descriptor's 20-bit limit is scaled as the CPU does (limit << 12 | 0xfff). Long mode
+/// ignores limits; the PVH entry's flat 32-bit segments need the full 4 GiB.
 fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
+    let raw_limit = ((entry & 0xffff) | (((entry >> 48) & 0xf) << 16)) as u32;
+    let granular = (entry >> 55) & 1 == 1;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | (((entry >> 56) & 0xff) << 24),
-        limit: ((entry & 0xffff) | (((entry >> 48) & 0xf) << 16)) as u32,
+        limit: if granular {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: u16::from(index) * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
@@ -232,15 +399,57 @@ fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     }
 }
 
-fn write_boot_tables(mem: &GuestMemory) -> Result<(), VcpuError> {
-    let put = |what: &'static str, gpa: u64, value: u64| {
-        mem.write_obj(value, GuestAddress(gpa))
-            .map_err(|_| VcpuError::BootMemory { what, gpa })
-    };
-    for (i, entry) in BOOT_GDT.iter().enumerate() {
-        put("GDT", layout::BOOT_GDT + i as u64 * 8, *entry)?;
+/// PVH boot GDT: null, flat 32-bit code (0x08, base 0, limit 4 GiB, execute/read), flat data
+/// (0x10, read/write), a 32-bit busy TSS (0x18, limit 0x67), the segments misc/pvh.html asks
+/// for at the 32-bit entry.
+const FLAT32_GDT: [u64; 4] = [
+    0,
+    0x00cf_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x0000_8b00_0000_0067,
+];
+
+fn put_boot_word(
+    mem: &GuestMemory,
+    what: &'static str,
+    gpa: u64,
+    value: u64,
+) -> Result<(), VcpuError> {
+    mem.write_obj(value, GuestAddress(gpa))
+        .map_err(|_| VcpuError::BootMemory { what, gpa })
+}
+
+fn write_gdt(mem: &GuestMemory, gdt: &[u64; 4]) -> Result<(), VcpuError> {
+    for (i, entry) in gdt.iter().enumerate() {
+        put_boot_word(mem, "GDT", layout::BOOT_GDT + i as u64 * 8, *entry)?;
     }
-    put("IDT", layout::BOOT_IDT, 0)?;
+    put_boot_word(mem, "IDT", layout::BOOT_IDT, 0)
+}
+
+/// Protected mode without paging, flat segments from [`FLAT32_GDT`], CR4 and EFER clear.
+fn flat32_sregs(sregs: &mut kvm_sregs) {
+    sregs.gdt.base = layout::BOOT_GDT;
+    sregs.gdt.limit = (FLAT32_GDT.len() * 8 - 1) as u16;
+    sregs.idt.base = layout::BOOT_IDT;
+    sregs.idt.limit = 7;
+    let code = segment_from_gdt(FLAT32_GDT[1], 1);
+    let data = segment_from_gdt(FLAT32_GDT[2], 2);
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment_from_gdt(FLAT32_GDT[3], 3);
+    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !(CR0_PG | CR0_CD | CR0_NW);
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+}
+
+fn write_boot_tables(mem: &GuestMemory) -> Result<(), VcpuError> {
+    let put = |what: &'static str, gpa: u64, value: u64| put_boot_word(mem, what, gpa, value);
+    write_gdt(mem, &BOOT_GDT)?;
     // PML4[0] -> PDPT, PDPT[0] -> PD, PD = 512 x 2 MiB pages: identity map of the first GiB.
     put("PML4", layout::BOOT_PML4, layout::BOOT_PDPT | 0x3)?;
     put("PDPT", layout::BOOT_PDPT, layout::BOOT_PD | 0x3)?;
@@ -343,7 +552,8 @@ pub struct VcpuState {
     pub sregs: kvm_sregs,
     /// Legacy FPU/SSE state.
     pub fpu: FpuState,
-    /// Extended state (AVX...): the 4 KiB `kvm_xsave` region (kvm_xsave is not `Clone`).
+    /// Extended state (AVX, AVX-512, AMX...): the `kvm_xsave` region, 1024 words, or more when
+    /// the host's KVM_CAP_XSAVE2 size is larger (read with KVM_GET_XSAVE2).
     pub xsave: Vec<u32>,
     /// XCR0.
     pub xcrs: kvm_xcrs,
@@ -367,6 +577,22 @@ impl fmt::Debug for VcpuState {
     }
 }
 
+/// The saved MSRs in the order KVM_SET_MSRS must see them: IA32_TSC first (the per-vCPU TSC
+/// offset is set from it; the deadline below is relative to it), IA32_TSC_DEADLINE last (the
+/// LAPIC, restored before the MSRs, must already be in TSC-deadline mode), the rest in the
+/// probed order.
+fn restore_order(saved: &[kvm_msr_entry]) -> Vec<kvm_msr_entry> {
+    let rank = |e: &kvm_msr_entry| match e.index {
+        MSR_IA32_TSC => 0,
+        MSR_IA32_TSC_DEADLINE => 2,
+        _ => 1,
+    };
+    let mut out = saved.to_vec();
+    // A stable sort keeps the probed order within each rank.
+    out.sort_by_key(rank);
+    out
+}
+
 /// A `KVM_GET_MSRS` request for every index of `list` (values zeroed, filled by KVM).
 fn msr_request(list: &[u32]) -> Msrs {
     let entries: Vec<kvm_msr_entry> = list
@@ -382,8 +608,8 @@ fn msr_request(list: &[u32]) -> Msrs {
 impl VcpuState {
     /// Reads the whole state. The vCPU must be paused with its pending I/O completed
     /// (`immediate_exit`, see `thread`).
-    pub fn save(index: u64, vcpu: &VcpuFd, msr_list: &[u32]) -> Result<VcpuState, KvmOpError> {
-        let mut msrs = msr_request(msr_list);
+    pub fn save(index: u64, vcpu: &VcpuFd, layout: &SaveLayout) -> Result<VcpuState, KvmOpError> {
+        let mut msrs = msr_request(&layout.msrs);
         let read = vcpu.get_msrs(&mut msrs).op("KVM_GET_MSRS")?;
         let msrs = msrs.as_slice()[..read].to_vec();
         Ok(VcpuState {
@@ -397,7 +623,7 @@ impl VcpuState {
             regs: vcpu.get_regs().op("KVM_GET_REGS")?,
             sregs: vcpu.get_sregs().op("KVM_GET_SREGS")?,
             fpu: FpuState::from(&vcpu.get_fpu().op("KVM_GET_FPU")?),
-            xsave: vcpu.get_xsave().op("KVM_GET_XSAVE")?.region.to_vec(),
+            xsave: read_xsave(vcpu, layout.xsave_bytes)?,
             xcrs: vcpu.get_xcrs().op("KVM_GET_XCRS")?,
             debug_regs: vcpu.get_debug_regs().op("KVM_GET_DEBUGREGS")?,
             lapic: vcpu.get_lapic().op("KVM_GET_LAPIC")?,
@@ -415,27 +641,19 @@ impl VcpuState {
         vcpu.set_regs(&self.regs).op("KVM_SET_REGS")?;
         vcpu.set_sregs(&self.sregs).op("KVM_SET_SREGS")?;
         vcpu.set_fpu(&kvm_fpu::from(&self.fpu)).op("KVM_SET_FPU")?;
-        let mut xsave = kvm_xsave::default();
-        if self.xsave.len() != xsave.region.len() {
-            return Err(VcpuError::BadXsave {
-                len: self.xsave.len(),
-            });
-        }
-        xsave.region.copy_from_slice(&self.xsave);
-        // SAFETY: `xsave` is a complete, legacy-sized (4 KiB) kvm_xsave, which is exactly what
-        // KVM_SET_XSAVE reads (no KVM_CAP_XSAVE2 extension is used).
-        unsafe { vcpu.set_xsave(&xsave) }.op("KVM_SET_XSAVE")?;
+        write_xsave(vcpu, &self.xsave)?;
         vcpu.set_xcrs(&self.xcrs).op("KVM_SET_XCRS")?;
         vcpu.set_debug_regs(&self.debug_regs)
             .op("KVM_SET_DEBUGREGS")?;
         vcpu.set_lapic(&self.lapic).op("KVM_SET_LAPIC")?;
-        let msrs = Msrs::from_entries(&self.msrs).expect("saved MSRs fit a kvm_msrs");
+        let ordered = restore_order(&self.msrs);
+        let msrs = Msrs::from_entries(&ordered).expect("saved MSRs fit a kvm_msrs");
         let written = vcpu.set_msrs(&msrs).op("KVM_SET_MSRS")?;
-        if written != self.msrs.len() {
+        if written != ordered.len() {
             return Err(VcpuError::MsrsRefused {
                 written,
-                expected: self.msrs.len(),
-                refused: self.msrs[written].index,
+                expected: ordered.len(),
+                refused: ordered[written].index,
             });
         }
         vcpu.set_vcpu_events(&self.events)

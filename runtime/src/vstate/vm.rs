@@ -1,6 +1,10 @@
 //! The KVM VM: file descriptor, in-kernel irqchip (two 8259 PICs and the IOAPIC), PIT,
 //! memslots with dirty logging, and the VM-level part of a snapshot (`VmState`).
 //!
+//! GSI routing is KVM's default (GSI n -> PIC pin n for n < 16, IOAPIC pin n) except that GSI
+//! 0, the PIT, reaches IOAPIC pin 2 and nothing else reaches pin 2: a PC's wiring, which the
+//! MADT's interrupt source override (ISA IRQ 0 -> GSI 2, `loader::acpi`) announces.
+//!
 //! Invariant: the irqchip and the PIT exist before any vCPU is created (KVM requires it) and
 //! every RAM region is registered with `KVM_MEM_LOG_DIRTY_PAGES`, so the dirty log covers all
 //! of guest memory from the first instruction on.
@@ -9,12 +13,16 @@ use super::{KvmOpError, KvmResultExt};
 use crate::layout;
 use crate::memory::GuestMemory;
 use kvm_bindings::{
-    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_clock_data, kvm_irqchip, kvm_pit_config,
-    kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY, kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use serde::{Deserialize, Serialize};
+// The GSI routing table (`pc_gsi_routing`).
+use kvm_bindings::{
+    KVM_IRQ_ROUTING_IRQCHIP, KvmIrqRouting, kvm_irq_routing_entry, kvm_irq_routing_irqchip,
+};
 use std::fmt;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -43,6 +51,39 @@ pub fn kvm_device_path() -> String {
     std::env::var("COLO_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".to_string())
 }
 
+/// IOAPIC inputs of KVM's IOAPIC.
+const IOAPIC_PINS: u32 = 24;
+
+/// The routing table described in the module doc.
+fn pc_gsi_routing() -> KvmIrqRouting {
+    let route = |gsi: u32, irqchip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip = kvm_irq_routing_irqchip { irqchip, pin };
+        e
+    };
+    let mut entries = Vec::new();
+    for gsi in 0..16 {
+        let (chip, pin) = if gsi < 8 {
+            (KVM_IRQCHIP_PIC_MASTER, gsi)
+        } else {
+            (KVM_IRQCHIP_PIC_SLAVE, gsi - 8)
+        };
+        entries.push(route(gsi, chip, pin));
+    }
+    for gsi in 0..IOAPIC_PINS {
+        match gsi {
+            0 => entries.push(route(0, KVM_IRQCHIP_IOAPIC, layout::PIT_GSI)),
+            g if g == layout::PIT_GSI => {}
+            g => entries.push(route(g, KVM_IRQCHIP_IOAPIC, g)),
+        }
+    }
+    KvmIrqRouting::from_entries(&entries).expect("40 routes fit a kvm_irq_routing")
+}
+
 /// A KVM VM with its in-kernel devices.
 pub struct KvmVm {
     kvm: Kvm,
@@ -69,6 +110,8 @@ impl KvmVm {
         fd.set_tss_address(layout::KVM_TSS as usize)
             .op("KVM_SET_TSS_ADDR")?;
         fd.create_irq_chip().op("KVM_CREATE_IRQCHIP")?;
+        fd.set_gsi_routing(&pc_gsi_routing())
+            .op("KVM_SET_GSI_ROUTING")?;
         // The speaker port is emulated as a dummy so guests probing port 0x61 do not exit.
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
@@ -118,6 +161,11 @@ impl KvmVm {
             .op("KVM_GET_DIRTY_LOG")
     }
 
+    /// The current kvmclock (KVM_GET_CLOCK), in guest nanoseconds.
+    pub fn clock_ns(&self) -> Result<u64, KvmOpError> {
+        Ok(self.fd.get_clock().op("KVM_GET_CLOCK")?.clock)
+    }
+
     /// Saves both PICs, the IOAPIC, the PIT and the clock. The vCPUs must be paused.
     pub fn save_state(&self) -> Result<VmState, KvmOpError> {
         let chip = |id| -> Result<kvm_irqchip, KvmOpError> {
@@ -149,10 +197,17 @@ impl KvmVm {
             .set_irqchip(&state.ioapic)
             .op("KVM_SET_IRQCHIP (IOAPIC)")?;
         self.fd.set_pit2(&state.pit).op("KVM_SET_PIT2")?;
-        // KVM_GET_CLOCK reports KVM_CLOCK_TSC_STABLE (and others) that KVM_SET_CLOCK rejects;
-        // keep only REALTIME (deps-spike.md pitfalls; QEMU's kvmclock does the same).
+        // Clock policy (docs/vmm.md "Clocks"): the guest resumes at exactly the saved
+        // kvmclock value, as the vCPUs resume at exactly their saved IA32_TSC. No flags:
+        // KVM_GET_CLOCK's TSC_STABLE/HOST_TSC are refused by KVM_SET_CLOCK, and REALTIME
+        // (add the wall-clock time since the save) would tie a COLO secondary's guest clock
+        // to the skew between the two hosts' wall clocks and make it jump by that much at
+        // every checkpoint; without it the secondary lags the primary by the apply latency
+        // only, and never runs backwards from what the guest (the primary's memory) saw.
         let mut clock = state.clock;
-        clock.flags &= KVM_CLOCK_REALTIME;
+        clock.flags = 0;
+        clock.realtime = 0;
+        clock.host_tsc = 0;
         self.fd.set_clock(&clock).op("KVM_SET_CLOCK")?;
         Ok(())
     }
@@ -193,5 +248,43 @@ impl VmState {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod routing_tests {
+    use super::*;
+
+    fn ioapic_pins_of(gsi: u32) -> Vec<u32> {
+        pc_gsi_routing()
+            .as_slice()
+            .iter()
+            .filter(|e| e.gsi == gsi && e.type_ == KVM_IRQ_ROUTING_IRQCHIP)
+            .filter_map(|e| {
+                // SAFETY: every entry built by pc_gsi_routing is an irqchip route.
+                let chip = unsafe { e.u.irqchip };
+                (chip.irqchip == KVM_IRQCHIP_IOAPIC).then_some(chip.pin)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_pit_reaches_ioapic_pin_2_as_the_madt_override_says() {
+        assert_eq!(ioapic_pins_of(0), vec![layout::PIT_GSI]);
+        assert_eq!(ioapic_pins_of(layout::PIT_GSI), Vec::<u32>::new());
+        let disks =
+            (0..layout::MAX_DISKS).filter_map(|i| layout::virtio_blk_window(i).map(|w| w.1));
+        for gsi in [1, 4, layout::VIRTIO_NET_GSI, 23].into_iter().chain(disks) {
+            assert_eq!(ioapic_pins_of(gsi), vec![gsi], "GSI {gsi}");
+        }
+        let pic_routes = pc_gsi_routing()
+            .as_slice()
+            .iter()
+            .filter(|e| {
+                // SAFETY: every entry built by pc_gsi_routing is an irqchip route.
+                unsafe { e.u.irqchip }.irqchip != KVM_IRQCHIP_IOAPIC
+            })
+            .count();
+        assert_eq!(pic_routes, 16, "the 8259s keep GSIs 0-15");
     }
 }

@@ -452,7 +452,14 @@ fn a_retry_during_our_discard_is_served_afterwards_and_stragglers_are_stale() {
 #[test]
 fn unrelated_messages_are_ignored() {
     let mut t = Pair::new();
-    t.s.handle_message(ms(0), &Message::MirroredFrame { epoch: Epoch(9) }, 60);
+    t.s.handle_message(
+        ms(0),
+        &Message::MirroredFrame {
+            epoch: Epoch(9),
+            nic: crate::ids::NicId(0),
+        },
+        60,
+    );
     t.p.handle_message(ms(0), &Message::Ack { seq: 1 });
     t.drain();
     assert!(t.p_events.is_empty() && t.s_events.is_empty());

@@ -12,7 +12,7 @@ mod seeds;
 use proptest::prelude::*;
 
 use super::*;
-use crate::ids::{CheckpointReason, ClusterId, Epoch, NodeId, PageRange, Role, Term};
+use crate::ids::{CheckpointReason, ClusterId, Epoch, NicId, NodeId, PageRange, Role, Term};
 
 /// A frame with the given raw parts and both CRCs computed, as a peer could send it.
 pub(super) fn raw_frame(version: u16, flags: u16, message: &[u8], bulk: &[u8]) -> Vec<u8> {
@@ -109,7 +109,10 @@ pub(super) fn examples() -> Vec<Message> {
             epoch: Epoch(42),
         },
         Message::Ack { seq: 5 },
-        Message::MirroredFrame { epoch: Epoch(42) },
+        Message::MirroredFrame {
+            epoch: Epoch(42),
+            nic: NicId(1),
+        },
         Message::SecondaryOutput { epoch: Epoch(41) },
         Message::CheckpointRequest {
             epoch: Epoch(42),
@@ -296,7 +299,10 @@ pub(super) fn message() -> BoxedStrategy<Message> {
             epoch
         }),
         any::<u64>().prop_map(|seq| Message::Ack { seq }),
-        epoch().prop_map(|epoch| Message::MirroredFrame { epoch }),
+        (epoch(), any::<u8>()).prop_map(|(epoch, n)| Message::MirroredFrame {
+            epoch,
+            nic: NicId(n)
+        }),
         epoch().prop_map(|epoch| Message::SecondaryOutput { epoch }),
         (epoch(), reason())
             .prop_map(|(epoch, reason)| Message::CheckpointRequest { epoch, reason }),

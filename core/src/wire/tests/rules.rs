@@ -151,7 +151,10 @@ fn oversized_bulk_is_refused_from_the_header_alone() {
         max_message_len: 1024,
         max_bulk_len: 63,
     };
-    let message = Message::MirroredFrame { epoch: Epoch(1) };
+    let message = Message::MirroredFrame {
+        epoch: Epoch(1),
+        nic: NicId(0),
+    };
     let frame = frame_of(&message, &[0u8; 64]);
     assert_eq!(
         decode(&frame[..HEADER_LEN], &small),
@@ -423,7 +426,13 @@ fn decoder_buffer_never_exceeds_its_capacity() {
         max_bulk_len: 100,
     };
     let mut decoder = FrameDecoder::new(small);
-    let frame = frame_of(&Message::MirroredFrame { epoch: Epoch(3) }, &[7; 100]);
+    let frame = frame_of(
+        &Message::MirroredFrame {
+            epoch: Epoch(3),
+            nic: NicId(0),
+        },
+        &[7; 100],
+    );
     let stream: Vec<u8> = frame
         .iter()
         .copied()
