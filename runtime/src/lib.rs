@@ -10,9 +10,11 @@
 //! device), `net` (taps and network namespaces) and the node loop's frame routing. Guest disks:
 //! `devices::virtio::blk` (the virtio-mmio block device) and `disk` (image and overlay files,
 //! the store executing the core's disk commands). `vm_spec`: the VM description a user gives
-//! both nodes (boot image, memory, vCPUs, disks, NICs) and its handshake fingerprint.
+//! both nodes (boot image, memory, vCPUs, disks, NICs) and its handshake fingerprint; `config`:
+//! the pair config file (TOML) that carries the same description, the pair and each host.
 
 pub mod arbiter;
+pub mod config;
 pub mod control;
 pub mod demo;
 pub mod devices;

@@ -1,6 +1,6 @@
 //! The VM description of `colo primary|secondary` (`--guest`/`--kernel`, `--initrd`,
-//! `--cmdline`, `--memory`, `--vcpus`, `--disk`, `--net`): bad flags and unreadable files are
-//! one clear error each, before any VM exists; both nodes print the same `vm` line for the same
+//! `--cmdline`, `--memory`, `--vcpus`, `--disk`, `--net`): bad flags, unreadable files and a
+//! tap that cannot be opened are one clear error each; both nodes print the same `vm` line for the same
 //! description; and a secondary described for another VM is refused by the primary at the
 //! handshake (the secondary exits with an error naming the cause, the primary keeps waiting and
 //! pairs with a matching secondary), instead of becoming a corrupt replica.
@@ -182,4 +182,31 @@ fn secondary_described_for_another_vm_is_refused_and_a_matching_one_pairs() {
     procs.wait_for(Duration::from_secs(60), |w, l| {
         w == s && l.starts_with("secondary: applied epoch=")
     });
+}
+
+#[test]
+fn a_tap_that_cannot_be_opened_is_a_clear_error() {
+    if !common::kvm_available("a_tap_that_cannot_be_opened_is_a_clear_error")
+        || !common::net_available("a_tap_that_cannot_be_opened_is_a_clear_error")
+    {
+        return;
+    }
+    // `lo` exists in every namespace and is not a tap.
+    let (code, stderr) = colo(&[
+        "primary",
+        "--listen",
+        &free_addr(),
+        "--arbiter",
+        &free_addr(),
+        "--net",
+        "tap=lo",
+        "--control",
+        &common::control_path(),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("client tap lo: cannot create or attach tap lo")
+            && stderr.contains("is not a tap"),
+        "{stderr}"
+    );
 }

@@ -74,17 +74,23 @@ pub struct RawImage {
     size: u64,
 }
 
+/// An I/O error of operation `what` on the image at `path`.
+fn io_error_at<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
 impl RawImage {
     /// Opens `path`, creating it (sparse, zero) if missing and extending a shorter one with a
     /// hole; an existing image larger than `size` is refused (it would lose data).
     pub fn open(path: &Path, size: u64) -> Result<RawImage, ImageError> {
-        let io = |what| {
-            move |source| ImageError::Io {
-                path: path.to_path_buf(),
-                what,
-                source,
-            }
-        };
+        let io = |what| io_error_at(path, what);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -113,13 +119,7 @@ impl RawImage {
     /// Opens an existing image for reading only (a read-only guest disk); its size is the
     /// file's, which must be a positive whole number of 512-byte sectors.
     pub fn open_read_only(path: &Path) -> Result<RawImage, ImageError> {
-        let io = |what| {
-            move |source| ImageError::Io {
-                path: path.to_path_buf(),
-                what,
-                source,
-            }
-        };
+        let io = |what| io_error_at(path, what);
         let file = OpenOptions::new()
             .read(true)
             .open(path)
@@ -204,17 +204,26 @@ impl RawImage {
 
     /// crc32c of the whole image (to compare disks across hosts and processes).
     pub fn digest(&self) -> Result<u32, ImageError> {
-        let mut crc = 0u32;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = 0;
-        while at < self.size {
-            let n = ((self.size - at) as usize).min(buf.len());
-            self.read_at(at, &mut buf[..n])?;
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            at += n as u64;
-        }
-        Ok(crc)
+        digest_of(self.size, |at, buf| self.read_at(at, buf))
     }
+}
+
+/// crc32c of `size` bytes read by `read(offset, buf)` in 1 MiB pieces (images, volumes and
+/// the secondary's overlay view are all digested this way).
+pub(crate) fn digest_of(
+    size: u64,
+    read: impl Fn(u64, &mut [u8]) -> Result<(), ImageError>,
+) -> Result<u32, ImageError> {
+    let mut crc = 0u32;
+    let mut buf = vec![0u8; (1usize << 20).min(size as usize)];
+    let mut at = 0;
+    while at < size {
+        let n = ((size - at) as usize).min(buf.len());
+        read(at, &mut buf[..n])?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        at += n as u64;
+    }
+    Ok(crc)
 }
 
 /// A sparse overlay: a file the size of the disk and the set of blocks written into it.

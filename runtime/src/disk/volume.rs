@@ -141,15 +141,6 @@ impl Volume {
 
     /// crc32c of the whole volume (the disks' bytes in order).
     pub fn digest(&self) -> Result<u32, ImageError> {
-        let mut crc = 0u32;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = 0;
-        while at < self.size {
-            let n = ((self.size - at) as usize).min(buf.len());
-            self.read_at(at, &mut buf[..n])?;
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            at += n as u64;
-        }
-        Ok(crc)
+        super::image::digest_of(self.size, |at, buf| self.read_at(at, buf))
     }
 }

@@ -222,11 +222,11 @@ pub fn load_with_entry(
         let info = pvh::StartInfo {
             cmdline_paddr: layout::CMDLINE,
             initrd,
-            memmap: e820
-                .iter()
-                .map(|e| (e.addr, e.size, pvh::XEN_HVM_MEMMAP_TYPE_RAM))
-                .collect(),
-            rsdp_paddr: 0,
+            // Xen's memmap types are e820's (1 RAM, 2 reserved): the reserved BIOS/ACPI area
+            // stays reserved for a PVH guest too.
+            memmap: e820.iter().map(|e| (e.addr, e.size, e.r#type)).collect(),
+            // The ACPI tables `loader::acpi` wrote for every VM (MADT: the vCPUs, the IOAPIC).
+            rsdp_paddr: layout::ACPI_RSDP,
         };
         return pvh::write_start_info(mem, pvh_entry, &info);
     }
@@ -388,12 +388,22 @@ mod tests {
         let cmdline: u64 = mem.read_obj(GuestAddress(pvh::START_INFO + 24)).unwrap();
         assert_eq!(cmdline, layout::CMDLINE);
         let entries: u32 = mem.read_obj(GuestAddress(pvh::START_INFO + 48)).unwrap();
-        assert_eq!(entries, 2);
+        assert_eq!(entries, 3, "RAM, the reserved BIOS/ACPI area, RAM");
+        let reserved: u32 = mem.read_obj(GuestAddress(pvh::MEMMAP + 24 + 16)).unwrap();
+        assert_eq!(reserved, pvh::XEN_HVM_MEMMAP_TYPE_RESERVED);
+        let rsdp: u64 = mem.read_obj(GuestAddress(pvh::START_INFO + 32)).unwrap();
+        assert_eq!(
+            rsdp,
+            layout::ACPI_RSDP,
+            "the MADT's tables reach a PVH guest"
+        );
         let modules: u32 = mem.read_obj(GuestAddress(pvh::START_INFO + 12)).unwrap();
         assert_eq!(modules, 1);
         let initrd_size: u64 = mem.read_obj(GuestAddress(pvh::MODLIST + 8)).unwrap();
         assert_eq!(initrd_size, 3000);
-        let top_size: u64 = mem.read_obj(GuestAddress(pvh::MEMMAP + 24 + 8)).unwrap();
+        let top_size: u64 = mem
+            .read_obj(GuestAddress(pvh::MEMMAP + 2 * 24 + 8))
+            .unwrap();
         assert_eq!(top_size, (64 << 20) - layout::HIMEM_START);
 
         let regs = load_with_entry(&mem, &image, "", None, LinuxEntry::Long64).unwrap();

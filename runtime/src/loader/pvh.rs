@@ -52,7 +52,7 @@ pub struct StartInfo {
     /// The memory map, in address order.
     pub memmap: Vec<MemmapEntry>,
     /// The ACPI RSDP, or 0 when the VM has no ACPI tables (the guest then probes the legacy
-    /// BIOS areas; runtime/src/loader/acpi.rs, once it exists, passes its RSDP here).
+    /// BIOS areas). A `Machine` always has the tables of `loader::acpi`: `layout::ACPI_RSDP`.
     pub rsdp_paddr: u64,
 }
 

@@ -48,7 +48,8 @@ impl Tap {
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")?;
+            .open("/dev/net/tun")
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/net/tun: {e}")))?;
         let mut req = IfReq {
             name: [0; 16],
             flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
@@ -59,7 +60,19 @@ impl Tap {
         // which `IfReq` lays out; the fd is a freshly opened /dev/net/tun.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
         if rc < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // EINVAL/EBUSY: an interface of that name exists and is not a free tap.
+            let hint = match e.raw_os_error() {
+                Some(libc::EINVAL | libc::EBUSY) => {
+                    " (an interface of that name exists and is not a tap this process may attach)"
+                }
+                Some(libc::EPERM) => " (creating a tap needs CAP_NET_ADMIN)",
+                _ => "",
+            };
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot create or attach tap {name}: {e}{hint}"),
+            ));
         }
         Ok(Tap {
             file,
