@@ -11,15 +11,7 @@ mod common;
 
 use colo_runtime::devices::console::OutputCapture;
 use colo_runtime::{ConsoleOutput, Machine, MachineConfig};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-fn vmlinux_path() -> PathBuf {
-    match std::env::var_os("COLO_LINUX_VMLINUX") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/linux/vmlinux"),
-    }
-}
 
 /// The bound on the wait (COLO_PVH_WAIT_SECS overrides it for manual runs).
 fn wait_secs() -> u64 {
@@ -34,20 +26,11 @@ fn debian_vmlinux_booted_through_pvh_prints_its_banner_over_the_16550() {
     if !common::kvm_available("debian_vmlinux_booted_through_pvh_prints_its_banner") {
         return;
     }
-    let path = vmlinux_path();
-    let Ok(kernel) = std::fs::read(&path) else {
-        if std::env::var("COLO_REQUIRE_LINUX_KERNEL").as_deref() == Ok("1") {
-            panic!(
-                "{} is required (COLO_REQUIRE_LINUX_KERNEL=1); run scripts/setup-guest-assets.sh",
-                path.display()
-            );
-        }
-        eprintln!(
-            "SKIPPED debian_vmlinux_booted_through_pvh_prints_its_banner: no vmlinux at {}; run scripts/setup-guest-assets.sh",
-            path.display()
-        );
+    let Some(path) = common::linux::vmlinux("debian_vmlinux_booted_through_pvh_prints_its_banner")
+    else {
         return;
     };
+    let kernel = std::fs::read(&path).expect("reading the vmlinux");
     let capture = OutputCapture::new();
     let mut machine = Machine::new(
         MachineConfig {

@@ -245,6 +245,11 @@ fn three_disks_replicate_as_one_volume_and_survive_a_primary_kill() {
     let s = procs.spawn(&s);
 
     compare_disk_digests(&mut procs, p, s, 5);
+    // A progress line every 200 steps: by then every one of the 16 slots of each disk was
+    // written (one slot per step).
+    procs.wait_for(Duration::from_secs(60), |w, l| {
+        w == p && l.starts_with("colo-guest: step ")
+    });
     for i in 0..3 {
         assert_slots_written(&dir.path(&format!("p{i}.img")), 16);
     }

@@ -328,25 +328,10 @@ fn a_checkpoint_that_loses_the_aps_pages_makes_the_ap_fail_its_check() {
 /// The uncompressed Debian cloud kernel (`assets/linux/vmlinux`, extracted from the bzImage by
 /// scripts/setup-guest-assets.sh) or `$COLO_LINUX_VMLINUX`; `None` means skip (or fail under
 /// COLO_REQUIRE_LINUX_KERNEL=1, where CI must have it).
+/// Debian's vmlinux bytes (skipped or required as `common::linux::vmlinux` says).
 fn vmlinux(test: &str) -> Option<Vec<u8>> {
-    let path = std::env::var_os("COLO_LINUX_VMLINUX")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/linux/vmlinux")
-        });
-    match std::fs::read(&path) {
-        Ok(image) => Some(image),
-        Err(e) => {
-            if std::env::var("COLO_REQUIRE_LINUX_KERNEL").as_deref() == Ok("1") {
-                panic!("{test}: {} is required: {e}", path.display());
-            }
-            eprintln!(
-                "SKIPPED {test}: no vmlinux at {} ({e}); run scripts/setup-guest-assets.sh",
-                path.display()
-            );
-            None
-        }
-    }
+    let path = common::linux::vmlinux(test)?;
+    Some(std::fs::read(&path).expect("reading the vmlinux"))
 }
 
 #[test]
