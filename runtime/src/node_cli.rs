@@ -470,11 +470,15 @@ fn run_node(
                     .load_test_guest(&images.image, &cmdline)
                     .map_err(|e| format!("test guest: {e}"))?;
             }
-            BootSource::Kernel { kernel, .. } => {
+            BootSource::Kernel { kernel, initrd } => {
                 let cmdline = spec.cmdline.as_deref().unwrap_or(DEFAULT_LINUX_CMDLINE);
+                let what = match initrd {
+                    Some(i) => format!("kernel {} with initrd {}", kernel.display(), i.display()),
+                    None => format!("kernel {}", kernel.display()),
+                };
                 machine
                     .load_linux(&images.image, cmdline, images.initrd.as_deref())
-                    .map_err(|e| format!("{}: {e}", kernel.display()))?;
+                    .map_err(|e| format!("{what}: {e} (--memory {} MiB)", spec.mem_mib))?;
             }
         }
     }

@@ -210,3 +210,45 @@ fn a_tap_that_cannot_be_opened_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_initrd_too_large_for_memory_is_a_clear_error() {
+    if !common::kvm_available("an_initrd_too_large_for_memory_is_a_clear_error") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("colo-initrd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An ELF kernel (the test guest's image will do: the loader only places it) and a 40 MiB
+    // initrd for a 32 MiB VM.
+    let kernel = dir.join("kernel.elf");
+    std::fs::write(
+        &kernel,
+        std::fs::read(colo_runtime::guest::test_guest_path()).unwrap(),
+    )
+    .unwrap();
+    let initrd = dir.join("initrd.img");
+    std::fs::write(&initrd, vec![0u8; 40 << 20]).unwrap();
+    let (code, stderr) = colo(&[
+        "primary",
+        "--listen",
+        &free_addr(),
+        "--arbiter",
+        &free_addr(),
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--memory",
+        "32",
+        "--control",
+        &common::control_path(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("with initrd {}", initrd.display()))
+            && stderr.contains("needs memory up to")
+            && stderr.contains("--memory 32 MiB"),
+        "{stderr}"
+    );
+}
