@@ -11,8 +11,6 @@
 
 mod common;
 
-use colo_runtime::devices::console::OutputCapture;
-use colo_runtime::{ConsoleOutput, Machine, MachineConfig};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -42,22 +40,7 @@ fn debian_cloud_kernel_prints_over_the_16550() {
         );
         return;
     };
-    let capture = OutputCapture::new();
-    let mut machine = Machine::new(
-        MachineConfig {
-            mem_mib: 256,
-            vcpus: 1,
-        },
-        ConsoleOutput::Capture(capture.clone()),
-    )
-    .unwrap();
-    machine
-        .load_linux(
-            &kernel,
-            "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr",
-            None,
-        )
-        .unwrap();
+    let (mut machine, capture) = common::linux::serial_boot_vm(&kernel);
     let start = Instant::now();
     machine.resume();
     let (text, ok) = capture.wait_until(Duration::from_secs(30), |t| t.contains("KASLR disabled"));

@@ -9,8 +9,6 @@
 
 mod common;
 
-use colo_runtime::devices::console::OutputCapture;
-use colo_runtime::{ConsoleOutput, Machine, MachineConfig};
 use std::time::{Duration, Instant};
 
 /// The bound on the wait (COLO_PVH_WAIT_SECS overrides it for manual runs).
@@ -31,22 +29,7 @@ fn debian_vmlinux_booted_through_pvh_prints_its_banner_over_the_16550() {
         return;
     };
     let kernel = std::fs::read(&path).expect("reading the vmlinux");
-    let capture = OutputCapture::new();
-    let mut machine = Machine::new(
-        MachineConfig {
-            mem_mib: 256,
-            vcpus: 1,
-        },
-        ConsoleOutput::Capture(capture.clone()),
-    )
-    .unwrap();
-    machine
-        .load_linux(
-            &kernel,
-            "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr",
-            None,
-        )
-        .unwrap();
+    let (mut machine, capture) = common::linux::serial_boot_vm(&kernel);
     let start = Instant::now();
     machine.resume();
     let (text, ok) = capture.wait_until(Duration::from_secs(wait_secs()), |t| {

@@ -4,9 +4,11 @@
 //! with the wall time the test saw them, and the one continuity check both the restore and the
 //! failover tests apply: a console that continues a boot from a cut point repeats nothing from
 //! before the cut, keeps the boot's milestones in order, shows no panic or oops, and its printk
-//! clock never goes backwards nor runs ahead of the wall clock.
+//! clock never goes backwards nor runs ahead of the wall clock; and the VM the loader's serial
+//! tests boot.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use colo_runtime::devices::console::OutputCapture;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -280,4 +282,26 @@ pub fn collect(rx: &mpsc::Receiver<SeenLine>, timeout: Duration) -> Vec<SeenLine
             Err(_) => return lines,
         }
     }
+}
+
+/// A paused 256 MiB, one-vCPU VM with `kernel` loaded on the early-serial command line the
+/// loader tests use, its console captured.
+pub fn serial_boot_vm(kernel: &[u8]) -> (colo_runtime::Machine, OutputCapture) {
+    let capture = OutputCapture::new();
+    let mut machine = colo_runtime::Machine::new(
+        colo_runtime::MachineConfig {
+            mem_mib: 256,
+            vcpus: 1,
+        },
+        colo_runtime::ConsoleOutput::Capture(capture.clone()),
+    )
+    .unwrap();
+    machine
+        .load_linux(
+            kernel,
+            "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr",
+            None,
+        )
+        .unwrap();
+    (machine, capture)
 }
