@@ -238,7 +238,19 @@ struct CommonArgs {
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    // `colo --version` also names the formats two colo binaries must share to work together:
+    // the pair's peer protocol and the state file (a leaked string: clap keeps it for the
+    // process's life).
+    let version: &'static str = Box::leak(
+        format!(
+            "{} (peer protocol {}, state file version {})",
+            env!("CARGO_PKG_VERSION"),
+            colo_core::wire::PROTOCOL_VERSION,
+            colo_runtime::persist::STATE_VERSION
+        )
+        .into_boxed_str(),
+    );
+    let matches = Cli::command().version(version).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Which node flags the command line gave (they override a --config file).
     let node_matches = matches

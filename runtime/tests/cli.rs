@@ -291,3 +291,19 @@ fn disk_image_and_state_file_continue_the_disk_writer_in_another_process() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("multiple of 512"), "{}", stderr(&bad));
 }
+
+#[test]
+fn version_names_the_peer_protocol_and_the_state_file_version() {
+    let out = colo(&["--version"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "colo {} (peer protocol {}, state file version {})",
+            env!("CARGO_PKG_VERSION"),
+            colo_core::wire::PROTOCOL_VERSION,
+            colo_runtime::persist::STATE_VERSION
+        )
+    );
+}
