@@ -556,29 +556,17 @@ impl Machine {
     /// Writes every device's state. Paused only.
     pub fn restore_devices(&mut self, state: &DeviceState) -> Result<(), MachineError> {
         self.require_paused()?;
-        if state.vcpus.len() != self.vcpus.len() {
-            return Err(PersistError::Inconsistent(format!(
-                "{} vCPU states for a VM with {} vCPUs",
-                state.vcpus.len(),
-                self.vcpus.len()
-            ))
-            .into());
-        }
-        if state.net.len() != self.nets.len() {
-            return Err(PersistError::Inconsistent(format!(
-                "{} network device states for a VM with {} network devices",
-                state.net.len(),
-                self.nets.len()
-            ))
-            .into());
-        }
-        if state.blk.len() != self.blks.len() {
-            return Err(PersistError::Inconsistent(format!(
-                "{} block device states for a VM with {} block devices",
-                state.blk.len(),
-                self.blks.len()
-            ))
-            .into());
+        for (saved, here, what) in [
+            (state.vcpus.len(), self.vcpus.len(), "vCPU"),
+            (state.net.len(), self.nets.len(), "network device"),
+            (state.blk.len(), self.blks.len(), "block device"),
+        ] {
+            if saved != here {
+                return Err(PersistError::Inconsistent(format!(
+                    "{saved} {what} states for a VM with {here} {what}s"
+                ))
+                .into());
+            }
         }
         for (v, s) in self.vcpus.iter().zip(&state.vcpus) {
             v.with_fd(|fd| s.restore(fd))?;

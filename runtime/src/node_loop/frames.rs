@@ -261,7 +261,8 @@ impl GuestNet {
 
 impl Nic {
     fn mac(&self) -> [u8; 6] {
-        self.device.lock().expect("net mutex poisoned").save().mac
+        // Per released frame: read the MAC alone, not a copy of the device's whole state.
+        self.device.lock().expect("net mutex poisoned").mac()
     }
 
     fn join_bridge(&self) -> Result<(), String> {

@@ -428,19 +428,7 @@ fn write_gdt(mem: &GuestMemory, gdt: &[u64; 4]) -> Result<(), VcpuError> {
 
 /// Protected mode without paging, flat segments from [`FLAT32_GDT`], CR4 and EFER clear.
 fn flat32_sregs(sregs: &mut kvm_sregs) {
-    sregs.gdt.base = layout::BOOT_GDT;
-    sregs.gdt.limit = (FLAT32_GDT.len() * 8 - 1) as u16;
-    sregs.idt.base = layout::BOOT_IDT;
-    sregs.idt.limit = 7;
-    let code = segment_from_gdt(FLAT32_GDT[1], 1);
-    let data = segment_from_gdt(FLAT32_GDT[2], 2);
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = segment_from_gdt(FLAT32_GDT[3], 3);
+    load_boot_segments(sregs, &FLAT32_GDT);
     sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & !(CR0_PG | CR0_CD | CR0_NW);
     sregs.cr3 = 0;
     sregs.cr4 = 0;
@@ -459,21 +447,26 @@ fn write_boot_tables(mem: &GuestMemory) -> Result<(), VcpuError> {
     Ok(())
 }
 
-fn long_mode_sregs(sregs: &mut kvm_sregs) {
-    let code = segment_from_gdt(BOOT_GDT[1], 1);
-    let data = segment_from_gdt(BOOT_GDT[2], 2);
-    let tss = segment_from_gdt(BOOT_GDT[3], 3);
+/// The boot GDT `gdt` (written at `layout::BOOT_GDT`: null, code, data, TSS) and the empty
+/// boot IDT loaded, with every segment register taken from it.
+fn load_boot_segments(sregs: &mut kvm_sregs, gdt: &[u64]) {
     sregs.gdt.base = layout::BOOT_GDT;
-    sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
+    sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
     sregs.idt.base = layout::BOOT_IDT;
     sregs.idt.limit = 7;
+    let code = segment_from_gdt(gdt[1], 1);
+    let data = segment_from_gdt(gdt[2], 2);
     sregs.cs = code;
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = tss;
+    sregs.tr = segment_from_gdt(gdt[3], 3);
+}
+
+fn long_mode_sregs(sregs: &mut kvm_sregs) {
+    load_boot_segments(sregs, &BOOT_GDT);
     sregs.cr3 = layout::BOOT_PML4;
     sregs.cr4 |= CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     // The reset value has caching disabled (CD|NW); a 64-bit entry expects a normal cache.

@@ -203,6 +203,11 @@ impl NetDevice {
         self.state.mac = mac;
     }
 
+    /// The MAC (without copying the whole state as [`NetDevice::save`] does).
+    pub fn mac(&self) -> [u8; 6] {
+        self.state.mac
+    }
+
     /// The counters.
     pub fn stats(&self) -> NetStats {
         self.state.stats
