@@ -5,14 +5,18 @@
 //! a node sends `LeaseRequest { term, node_id, duration_ms }`, the arbiter answers each with
 //! exactly one `LeaseGrant` or `LeaseDenied`, in order, on the same connection. Any other
 //! message or a corrupt frame closes that connection (the node's lease machine re-asks after
-//! its request timeout). Invariant: every decision is taken by the one `Arbiter` under a mutex
+//! its request timeout). Both ends authenticate first with the pair key
+//! ([`crate::peer::auth`]) and seal every frame: a connection without the key is refused before
+//! any request is read, and logged as `arbiter: link-refused` with the running count; a frame
+//! that fails its MAC closes the connection (`arbiter: bad-frame`). Invariant: every decision is taken by the one `Arbiter` under a mutex
 //! with a monotonic `now` read inside the lock, so decisions are totally ordered and time
 //! never goes backwards for it (docs/failover.md has the fencing argument).
 
+use crate::peer::auth::{AuthedLink, PairKey, handshake, spawn_accept};
 use crate::peer::{LinkClosed, PeerWriter, read_frames};
 use colo_core::failover::{Arbiter, LeaseReply, LeaseRequest, LeaseRequestId};
 use colo_core::time::{Duration, Instant};
-use colo_core::wire::{Limits, Message};
+use colo_core::wire::{FrameDecoder, Limits, LinkSide, Message};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -55,11 +59,12 @@ pub struct ArbiterServer {
     listener: TcpListener,
     arbiter: Arc<Mutex<Arbiter>>,
     clock: MonoClock,
+    key: PairKey,
 }
 
 impl ArbiterServer {
-    /// Binds `addr` (a busy port is an error naming it).
-    pub fn bind(addr: SocketAddr) -> Result<ArbiterServer, String> {
+    /// Binds `addr` (a busy port is an error naming it); only nodes holding `key` are served.
+    pub fn bind(addr: SocketAddr, key: PairKey) -> Result<ArbiterServer, String> {
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("arbiter cannot listen on {addr}: {e}"))?;
         let clock = MonoClock::start();
@@ -67,7 +72,13 @@ impl ArbiterServer {
             listener,
             arbiter: Arc::new(Mutex::new(Arbiter::new(MAX_LEASE, clock.now()))),
             clock,
+            key,
         })
+    }
+
+    /// The key's counters of refused links and bad frames.
+    pub fn key(&self) -> &PairKey {
+        &self.key
     }
 
     /// The bound address.
@@ -82,12 +93,11 @@ impl ArbiterServer {
                 Ok((stream, from)) => {
                     let arbiter = self.arbiter.clone();
                     let clock = self.clock;
-                    let spawned = std::thread::Builder::new()
-                        .name("colo-arbiter-conn".to_string())
-                        .spawn(move || serve_connection(stream, from, &arbiter, clock));
-                    if let Err(e) = spawned {
-                        eprintln!("colo arbiter: cannot serve {from}: {e}");
-                    }
+                    let key = self.key.clone();
+                    // The handshake thread serves the connection once it is authenticated.
+                    spawn_accept(stream, &self.key, "arbiter", move |link| {
+                        serve_connection(link, from, &arbiter, clock, &key)
+                    });
                 }
                 Err(e) => eprintln!("colo arbiter: accept failed: {e}"),
             }
@@ -96,17 +106,16 @@ impl ArbiterServer {
 }
 
 fn serve_connection(
-    stream: TcpStream,
+    link: AuthedLink,
     from: SocketAddr,
     arbiter: &Mutex<Arbiter>,
     clock: MonoClock,
+    key: &PairKey,
 ) {
-    let Ok(write_half) = stream.try_clone() else {
+    let Ok((mut reader, decoder, mut writer)) = link.split(arbiter_limits()) else {
         return;
     };
-    let mut writer = PeerWriter::new(write_half);
-    let mut reader = stream;
-    let closed = read_frames(&mut reader, arbiter_limits(), &mut |message, _bulk| {
+    let closed = read_frames(&mut reader, decoder, &mut |message, _bulk| {
         let Message::LeaseRequest {
             term,
             node_id,
@@ -160,7 +169,11 @@ fn serve_connection(
         writer.send(&message, &[]).is_ok()
     });
     if let LinkClosed::Wire(e) = closed {
-        eprintln!("colo arbiter: {from}: {e}");
+        key.count_bad_frame();
+        println!(
+            "arbiter: bad-frame from={from} bad_frames={} reason=\"{e}\"",
+            key.counts().bad_frames
+        );
     }
 }
 
@@ -173,19 +186,21 @@ pub struct ArbiterClient {
 }
 
 impl ArbiterClient {
-    /// Starts the client thread for the arbiter at `addr`; replies go to `deliver`.
+    /// Starts the client thread for the arbiter at `addr` (authenticated with `key`, whose
+    /// counters record a refused arbiter or a bad reply); replies go to `deliver`.
     pub fn spawn(
         addr: SocketAddr,
         reply_timeout: Duration,
+        key: PairKey,
         deliver: impl Fn(LeaseRequestId, LeaseReply) + Send + 'static,
     ) -> std::io::Result<ArbiterClient> {
         let (requests, rx) = mpsc::channel::<LeaseRequest>();
         std::thread::Builder::new()
             .name("colo-arbiter-client".to_string())
             .spawn(move || {
-                let mut link: Option<(PeerWriter, TcpStream)> = None;
+                let mut link: Option<ArbiterLink> = None;
                 while let Ok(request) = rx.recv() {
-                    match ask(&mut link, addr, reply_timeout, &request) {
+                    match ask(&mut link, addr, reply_timeout, &key, &request) {
                         Ok(reply) => deliver(request.id, reply),
                         Err(e) => {
                             eprintln!("colo: arbiter {addr} did not answer: {e}");
@@ -203,21 +218,33 @@ impl ArbiterClient {
     }
 }
 
+/// A node's authenticated connection to the arbiter: its decoder lives as long as the link,
+/// because frame MACs are numbered per link.
+type ArbiterLink = (PeerWriter, TcpStream, FrameDecoder);
+
 fn ask(
-    link: &mut Option<(PeerWriter, TcpStream)>,
+    link: &mut Option<ArbiterLink>,
     addr: SocketAddr,
     timeout: Duration,
+    key: &PairKey,
     request: &LeaseRequest,
 ) -> Result<LeaseReply, String> {
     if link.is_none() {
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+        let authed = handshake(stream, key, LinkSide::Connector).map_err(|e| {
+            format!(
+                "refused (refused_links={}): {e}",
+                key.counts().refused_links
+            )
+        })?;
+        let (stream, decoder, writer) =
+            authed.split(arbiter_limits()).map_err(|e| e.to_string())?;
         stream
             .set_read_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
-        let writer = PeerWriter::new(stream.try_clone().map_err(|e| e.to_string())?);
-        *link = Some((writer, stream));
+        *link = Some((writer, stream, decoder));
     }
-    let (writer, stream) = link.as_mut().expect("connected above");
+    let (writer, stream, decoder) = link.as_mut().expect("connected above");
     writer
         .send(
             &Message::LeaseRequest {
@@ -228,7 +255,6 @@ fn ask(
             &[],
         )
         .map_err(|e| e.to_string())?;
-    let mut decoder = colo_core::wire::FrameDecoder::new(arbiter_limits());
     let mut buf = [0u8; 512];
     loop {
         use std::io::Read;
@@ -237,7 +263,11 @@ fn ask(
             return Err("the arbiter closed the connection".to_string());
         }
         decoder.push(&buf[..n]);
-        if let Some(frame) = decoder.poll_frame().map_err(|e| e.to_string())? {
+        let polled = decoder.poll_frame().map_err(|e| {
+            key.count_bad_frame();
+            format!("bad frame from the arbiter: {e}")
+        })?;
+        if let Some(frame) = polled {
             return match frame.message {
                 Message::LeaseGrant {
                     term, valid_for_ms, ..

@@ -96,6 +96,8 @@ pub struct NetEntry {
 pub struct PairSection {
     /// The arbiter both nodes ask for leases.
     pub arbiter: Option<SocketAddr>,
+    /// The pair's key file (`colo keygen`; the same key on both hosts and the arbiter).
+    pub key_file: Option<PathBuf>,
     /// Periodic checkpoint interval (primary).
     pub checkpoint_interval_ms: Option<u64>,
     /// Heartbeat interval.

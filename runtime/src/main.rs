@@ -46,6 +46,12 @@ enum Command {
     Secondary(SecondaryArgs),
     /// Serve fencing leases to a pair's nodes.
     Arbiter(ArbiterArgs),
+    /// Create a pair key file (32 random bytes, mode 0600; never overwrites a file). Copy the
+    /// same file to both hosts and the arbiter and pass it as --key-file.
+    Keygen {
+        /// The key file to create.
+        path: PathBuf,
+    },
     /// Start an arbiter, a primary and a secondary on loopback, kill the primary, show the
     /// failover, re-protect the survivor with a new secondary and fail back to it; exits 0
     /// with a summary if every step checked out.
@@ -115,6 +121,9 @@ struct ArbiterArgs {
     /// Where nodes ask for leases.
     #[arg(long)]
     listen: SocketAddr,
+    /// The pair's key file (`colo keygen`): nodes without it are refused.
+    #[arg(long)]
+    key_file: PathBuf,
     /// Exit after this many seconds.
     #[arg(long)]
     run_for: Option<f64>,
@@ -328,7 +337,8 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             control(Request::SetDigests { on: state == "on" }, &ctl)
         }
         Command::Arbiter(args) => {
-            let server = colo_runtime::arbiter::ArbiterServer::bind(args.listen)?;
+            let key = colo_runtime::peer::auth::PairKey::load(&args.key_file)?;
+            let server = colo_runtime::arbiter::ArbiterServer::bind(args.listen, key)?;
             if let Some(limit) = args.run_for.map(|s| seconds(s, "--run-for")).transpose()? {
                 std::thread::spawn(move || {
                     std::thread::sleep(limit);
@@ -337,6 +347,11 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             }
             println!("arbiter: listening on {}", server.local_addr());
             server.serve()
+        }
+        Command::Keygen { path } => {
+            colo_runtime::peer::auth::write_key_file(&path)?;
+            println!("keygen: wrote {} (mode 0600)", path.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
             let options = colo_runtime::demo::DemoOptions {

@@ -31,6 +31,10 @@ pub(crate) struct NodeArgs {
     /// The arbiter's address (or `arbiter` in --config's `[pair]`).
     #[arg(long)]
     arbiter: Option<SocketAddr>,
+    /// The pair's key file, written by `colo keygen` (or `key_file` in --config's `[pair]`):
+    /// the same file on both hosts and the arbiter. Required.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
     /// This node's id (distinct from the peer's).
     #[arg(long)]
     node_id: Option<u64>,
@@ -261,6 +265,9 @@ fn merge_config(
     if !given("arbiter") {
         args.arbiter = args.arbiter.or(pair.arbiter);
     }
+    if !given("key_file") {
+        args.key_file = args.key_file.clone().or_else(|| pair.key_file.clone());
+    }
     let set = |id: &str, target: &mut u64, value: Option<u64>| {
         if let (false, Some(v)) = (given(id), value) {
             *target = v;
@@ -364,7 +371,13 @@ fn run_node(
     let arbiter = args
         .arbiter
         .ok_or("a node needs --arbiter (or `arbiter` in the config file's [pair])")?;
-    let mut config = NodeLoopConfig::new(role, node_id, peer, arbiter);
+    // The VM description is checked first: its errors do not depend on the key.
+    let spec = vm_spec(args)?;
+    let key_file = args.key_file.as_deref().ok_or(
+        "a node needs --key-file (or `key_file` in the config file's [pair]); create one with `colo keygen PATH`",
+    )?;
+    let key = colo_runtime::peer::auth::PairKey::load(key_file)?;
+    let mut config = NodeLoopConfig::new(role, node_id, peer, arbiter, key);
     let role_name = match role {
         Role::Primary => "primary",
         Role::Secondary => "secondary",
@@ -379,7 +392,6 @@ fn run_node(
     config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
-    let spec = vm_spec(args)?;
     let test_guest = spec.boot == BootSource::TestGuest;
     config.workload_pages = match args.workload {
         Workload::Counter if test_guest => args.pages,

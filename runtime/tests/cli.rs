@@ -307,3 +307,93 @@ fn version_names_the_peer_protocol_and_the_state_file_version() {
         )
     );
 }
+
+#[test]
+fn keygen_writes_an_owner_only_key_and_never_overwrites_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = scratch("pair.key");
+    let _ = std::fs::remove_file(&path);
+    let path_arg = path.display().to_string();
+    let out = colo(&["keygen", &path_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.trim_end().len(), 64, "{text}");
+    assert!(text.trim_end().chars().all(|c| c.is_ascii_hexdigit()));
+
+    let again = colo(&["keygen", &path_arg]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "kept as it was"
+    );
+
+    // A second key differs (32 fresh random bytes each time).
+    let other = scratch("other.key");
+    let _ = std::fs::remove_file(&other);
+    assert!(
+        colo(&["keygen", &other.display().to_string()])
+            .status
+            .success()
+    );
+    assert_ne!(std::fs::read_to_string(&other).unwrap(), text);
+}
+
+#[test]
+fn bad_or_missing_key_files_are_clear_errors() {
+    use std::os::unix::fs::PermissionsExt;
+    let arbiter_with = |key: &str| colo(&["arbiter", "--listen", "127.0.0.1:0", "--key-file", key]);
+    // Readable by others.
+    let open = scratch("open.key");
+    std::fs::write(&open, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = arbiter_with(&open.display().to_string());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("mode 0644") && stderr(&out).contains("chmod 600"),
+        "{}",
+        stderr(&out)
+    );
+    // The wrong length.
+    let short = scratch("short.key");
+    std::fs::write(&short, "abcd\n").unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = arbiter_with(&short.display().to_string());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("64 hex digits"), "{}", stderr(&out));
+    // Not hex.
+    let text = scratch("text.key");
+    std::fs::write(&text, "zz".repeat(32)).unwrap();
+    std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = arbiter_with(&text.display().to_string());
+    assert!(stderr(&out).contains("not a hex digit"), "{}", stderr(&out));
+    // Missing file.
+    let out = arbiter_with("/nonexistent/pair.key");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("key file /nonexistent/pair.key"),
+        "{}",
+        stderr(&out)
+    );
+    // A node without any key: refused at start, naming the flag and the command.
+    let out = colo(&[
+        "primary",
+        "--listen",
+        "127.0.0.1:0",
+        "--arbiter",
+        "127.0.0.1:1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("needs --key-file") && stderr(&out).contains("colo keygen"),
+        "{}",
+        stderr(&out)
+    );
+}

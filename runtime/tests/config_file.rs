@@ -32,7 +32,7 @@ impl Drop for TempFile {
     }
 }
 
-fn pair_file(arbiter: &str, peer: &str) -> String {
+fn pair_file(arbiter: &str, peer: &str, key_file: &str) -> String {
     format!(
         r#"
 # The test guest on both hosts, checkpoints every 200 ms.
@@ -42,6 +42,7 @@ memory_mib = 32
 
 [pair]
 arbiter = "{arbiter}"
+key_file = "{key_file}"
 checkpoint_interval_ms = 200
 
 [host.a]
@@ -59,7 +60,10 @@ node_id = 2
 
 #[test]
 fn config_check_accepts_a_good_file_and_names_the_line_of_a_bad_one() {
-    let good = TempFile::new("good", &pair_file("127.0.0.1:1", "127.0.0.1:2"));
+    let good = TempFile::new(
+        "good",
+        &pair_file("127.0.0.1:1", "127.0.0.1:2", "/etc/colo/pair.key"),
+    );
     let out = Command::new(COLO)
         .args(["config", "check", good.path()])
         .output()
@@ -105,7 +109,8 @@ fn a_pair_runs_from_one_shared_file_with_command_line_overrides() {
         return;
     }
     let (arbiter, peer) = (free_addr(), free_addr());
-    let file = TempFile::new("pair", &pair_file(&arbiter, &peer));
+    let mut procs = Procs::new();
+    let file = TempFile::new("pair", &pair_file(&arbiter, &peer, procs.key.path()));
     // The wrong command for a host is refused before anything starts.
     let out = Command::new(COLO)
         .args(["secondary", "--config", file.path(), "--host", "a"])
@@ -118,7 +123,6 @@ fn a_pair_runs_from_one_shared_file_with_command_line_overrides() {
         "{stderr}"
     );
 
-    let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
     procs.wait_for(Duration::from_secs(10), |w, l| {
         w == a && l.starts_with("arbiter: listening")

@@ -173,8 +173,16 @@ fn every_control_command_answers_on_a_live_pair() {
         w == p && l.starts_with("primary: paused ") && l.contains(" digest=")
     });
 
-    // A paired secondary closes connections on its takeover address: it has its primary.
-    let _knock = std::net::TcpStream::connect(&pair.takeover).expect("the secondary listens");
+    // A paired secondary closes connections on its takeover address: it has its primary
+    // (a newcomer that authenticated with the pair key; a keyless one is refused earlier).
+    let key = colo_runtime::peer::auth::PairKey::load(std::path::Path::new(pair.procs.key.path()))
+        .unwrap();
+    let _knock = colo_runtime::peer::auth::handshake(
+        std::net::TcpStream::connect(&pair.takeover).expect("the secondary listens"),
+        &key,
+        colo_core::wire::LinkSide::Connector,
+    )
+    .expect("the secondary holds the same key");
     pair.procs.wait_for(Duration::from_secs(10), |w, l| {
         w == s && l.starts_with("secondary: newcomer-refused ") && l.contains("mode=Paired")
     });
@@ -402,6 +410,7 @@ fn a_live_control_socket_path_is_refused() {
     });
     let out = Command::new(COLO)
         .args(["primary", "--listen", &free_addr(), "--arbiter", &arbiter])
+        .args(["--key-file", procs.key.path()])
         .args(["--control", &control, "--run-for", "5"])
         .output()
         .unwrap();
@@ -534,6 +543,7 @@ fn auto_reprotect_on_a_secondary_without_listen_is_refused_at_start() {
     if !common::kvm_available("auto_reprotect_on_a_secondary_without_listen_is_refused_at_start") {
         return;
     }
+    let key = common::procs::TestKey::new();
     let out = Command::new(COLO)
         .args([
             "secondary",
@@ -542,6 +552,7 @@ fn auto_reprotect_on_a_secondary_without_listen_is_refused_at_start() {
             "--arbiter",
             &free_addr(),
         ])
+        .args(["--key-file", key.path()])
         .args(["--auto-reprotect", "--control", &common::control_path()])
         .output()
         .unwrap();
@@ -551,4 +562,99 @@ fn auto_reprotect_on_a_secondary_without_listen_is_refused_at_start() {
         err.contains("--auto-reprotect on a secondary needs --listen"),
         "{err}"
     );
+}
+
+#[test]
+fn links_without_the_pair_key_are_refused_and_counted_in_status() {
+    use colo_core::ids::Epoch;
+    use colo_core::wire::{LinkSide, Message, encode, encode_sealed};
+    use colo_runtime::peer::auth::{PairKey, handshake};
+    use std::net::TcpStream;
+
+    if !common::kvm_available("links_without_the_pair_key_are_refused_and_counted_in_status") {
+        return;
+    }
+    let (arbiter, peer, p_ctl) = (free_addr(), free_addr(), common::control_path());
+    let mut procs = Procs::new();
+    let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
+    procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == a && l.starts_with("arbiter: listening")
+    });
+    let mut p = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
+    p.extend(args(&["--control", &p_ctl]));
+    let primary = procs.spawn(&p);
+    procs.wait_for(Duration::from_secs(30), |w, l| {
+        w == primary && l.starts_with("primary: control socket=")
+    });
+    let peer_addr: std::net::SocketAddr = peer.parse().unwrap();
+
+    // Another pair's key: refused at the handshake.
+    let stranger = PairKey::generate().unwrap();
+    let refused = handshake(
+        TcpStream::connect(peer_addr).unwrap(),
+        &stranger,
+        LinkSide::Connector,
+    )
+    .unwrap_err();
+    assert!(refused.to_string().contains("does not hold"), "{refused}");
+    procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == primary && l.starts_with("primary: link-refused") && l.contains("does not hold")
+    });
+
+    // No key at all: a plain frame where the handshake belongs.
+    let mut plain = TcpStream::connect(peer_addr).unwrap();
+    let mut frame = Vec::new();
+    encode(
+        &Message::CheckpointReady { epoch: Epoch(1) },
+        &[],
+        &mut frame,
+    )
+    .unwrap();
+    plain.write_all(&frame).unwrap();
+    procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == primary
+            && l.starts_with("primary: link-refused")
+            && l.contains("without authenticating")
+    });
+
+    // The right key, then a frame with one bit flipped on the way: the link is closed.
+    let key = PairKey::load(std::path::Path::new(procs.key.path())).unwrap();
+    let link = handshake(
+        TcpStream::connect(peer_addr).unwrap(),
+        &key,
+        LinkSide::Connector,
+    )
+    .unwrap();
+    let (mut stream, mut send) = (link.stream, link.session.send);
+    let mut bytes = Vec::new();
+    encode_sealed(
+        &Message::CheckpointReady { epoch: Epoch(1) },
+        &[],
+        &mut bytes,
+        &mut send,
+    )
+    .unwrap();
+    bytes[21] ^= 0x80;
+    stream.write_all(&bytes).unwrap();
+    let down = procs.wait_for(Duration::from_secs(10), |w, l| {
+        w == primary && l.starts_with("primary: link-down")
+    });
+    assert!(down.contains("MAC tag does not verify"), "{down}");
+
+    let (ok, status) = ctl(&p_ctl, &["status"]);
+    assert!(ok, "{status}");
+    assert_eq!(status["auth"]["refused_links"], 2, "{status}");
+    assert_eq!(status["auth"]["bad_frames"], 1, "{status}");
+
+    // The pair's own secondary, with the key, still pairs and replicates.
+    let s = procs.spawn(&args(&[
+        "secondary",
+        "--peer",
+        &peer,
+        "--arbiter",
+        &arbiter,
+    ]));
+    procs.wait_for(Duration::from_secs(60), |w, l| {
+        w == s && l.starts_with("secondary: applied ")
+    });
 }

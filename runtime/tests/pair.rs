@@ -9,6 +9,8 @@
 
 mod common;
 
+use colo_core::wire::LinkSide;
+use colo_runtime::peer::auth::{PairKey, handshake};
 use common::procs::{COLO, Procs, args};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -169,7 +171,7 @@ fn corrupt_peer_frame_ends_the_link_with_a_clear_error() {
         &arbiter.to_string(),
     ]));
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
+    let stream = loop {
         match TcpStream::connect(peer) {
             Ok(s) => break s,
             Err(e) if Instant::now() < deadline => {
@@ -179,6 +181,9 @@ fn corrupt_peer_frame_ends_the_link_with_a_clear_error() {
             Err(e) => panic!("the primary never listened: {e}"),
         }
     };
+    // A peer holding the key (so the frame, not the handshake, is what gets refused).
+    let key = PairKey::load(std::path::Path::new(procs.key.path())).unwrap();
+    let mut stream = handshake(stream, &key, LinkSide::Connector).unwrap().stream;
     // A frame header with the right magic but a broken header checksum.
     let mut bytes = b"COLO".to_vec();
     bytes.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
@@ -194,7 +199,12 @@ fn corrupt_peer_frame_ends_the_link_with_a_clear_error() {
         procs.children[p].try_wait().unwrap().is_none(),
         "the primary exited"
     );
-    let _second = TcpStream::connect(peer).expect("the primary still accepts");
+    let _second = handshake(
+        TcpStream::connect(peer).expect("the primary still accepts"),
+        &key,
+        LinkSide::Connector,
+    )
+    .unwrap();
     procs.wait_for(Duration::from_secs(10), |w, l| {
         w == p && l == "primary: link-up"
     });
@@ -248,8 +258,9 @@ fn colo_demo_exits_zero_with_a_summary() {
 fn busy_peer_port_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
+    let key = common::procs::TestKey::new();
     let out = Command::new(COLO)
-        .args(["arbiter", "--listen", &addr])
+        .args(["arbiter", "--listen", &addr, "--key-file", key.path()])
         .output()
         .expect("running colo");
     assert_eq!(out.status.code(), Some(1));
@@ -295,11 +306,12 @@ fn arbiter_grants_a_new_term_once_and_denies_a_rival() {
     use colo_core::ids::{NodeId, Term};
     use colo_runtime::arbiter::{ArbiterClient, ArbiterServer};
 
-    let server = ArbiterServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let key = colo_runtime::peer::auth::PairKey::generate().unwrap();
+    let server = ArbiterServer::bind("127.0.0.1:0".parse().unwrap(), key.clone()).unwrap();
     let addr = server.local_addr();
     std::thread::spawn(move || server.serve());
     let (tx, rx) = mpsc::channel();
-    let client = ArbiterClient::spawn(addr, Duration::from_secs(2), move |id, reply| {
+    let client = ArbiterClient::spawn(addr, Duration::from_secs(2), key, move |id, reply| {
         let _ = tx.send((id, reply));
     })
     .unwrap();
@@ -343,7 +355,7 @@ fn arbiter_grants_a_new_term_once_and_denies_a_rival() {
 #[test]
 fn secondary_refuses_pages_outside_guest_memory() {
     use colo_core::ids::{Epoch, PageRange};
-    use colo_core::wire::{Message, encode};
+    use colo_core::wire::{Message, encode_sealed};
 
     if !common::kvm_available("secondary_refuses_pages_outside_guest_memory") {
         return;
@@ -359,9 +371,13 @@ fn secondary_refuses_pages_outside_guest_memory() {
         "--arbiter",
         &free_addr().to_string(),
     ]));
-    let (mut stream, _) = fake.accept().unwrap();
+    let (stream, _) = fake.accept().unwrap();
+    // The fake holds the pair key: the page range, not the link, is what gets refused.
+    let key = PairKey::load(std::path::Path::new(procs.key.path())).unwrap();
+    let link = handshake(stream, &key, LinkSide::Acceptor).unwrap();
+    let (mut stream, mut mac) = (link.stream, link.session.send);
     let mut frame = Vec::new();
-    encode(
+    encode_sealed(
         &Message::PageBatch {
             epoch: Epoch(1),
             batch: 0,
@@ -372,6 +388,7 @@ fn secondary_refuses_pages_outside_guest_memory() {
         },
         &[0xab; 4096],
         &mut frame,
+        &mut mac,
     )
     .unwrap();
     stream.write_all(&frame).unwrap();

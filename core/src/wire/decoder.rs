@@ -4,12 +4,13 @@
 //! Invariants: its buffer never holds more than [`Limits::max_frame_len`] bytes (so a peer
 //! cannot make a receiver buffer without bound: [`FrameDecoder::push`] takes only what fits,
 //! and a frame too large is refused from its header); the frames it yields are exactly those
-//! [`decode`] yields on the concatenated stream, whatever the chunking; after the first error
+//! [`super::decode`] (or [`super::decode_sealed`]) yields on the concatenated stream, whatever the chunking; after the first error
 //! it stays failed and yields that error again, because a stream that lost framing cannot be
 //! resynchronised: the link must be reset.
 
+use super::auth::FrameMac;
 use super::error::WireError;
-use super::frame::{Decoded, HEADER_LEN, Limits, decode, decode_header};
+use super::frame::{Decoded, HEADER_LEN, Limits, decode_header, decode_with};
 
 /// The decoder's phase.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct FrameDecoder {
     start: usize,
     phase: Phase,
     frames: u64,
+    /// The receiving MAC of an authenticated link (None: frames are unsealed).
+    mac: Option<FrameMac>,
 }
 
 impl FrameDecoder {
@@ -46,6 +49,16 @@ impl FrameDecoder {
             start: 0,
             phase: Phase::Open,
             frames: 0,
+            mac: None,
+        }
+    }
+
+    /// A decoder for an authenticated link: every frame must be sealed and verify under
+    /// `mac` (the session's receiving side), in order, or the decoder fails.
+    pub fn sealed(limits: Limits, mac: FrameMac) -> Self {
+        FrameDecoder {
+            mac: Some(mac),
+            ..FrameDecoder::new(limits)
         }
     }
 
@@ -109,7 +122,7 @@ impl FrameDecoder {
         if let Phase::Failed(e) = &self.phase {
             return Err(e.clone());
         }
-        match decode(&self.buf[self.start..], &self.limits) {
+        match decode_with(&self.buf[self.start..], &self.limits, self.mac.as_mut()) {
             Ok(Some(frame)) => {
                 self.start += frame.consumed;
                 self.frames += 1;

@@ -43,9 +43,25 @@ pub enum WireError {
         /// The undefined bits that were set.
         flags: u16,
     },
-    /// The header announces a keyed MAC tag, which this version does not implement yet.
-    #[error("frame carries a MAC tag, which this build does not support")]
-    MacUnsupported,
+    /// The frame carries a MAC tag on a link that is not authenticated (no key to check it).
+    #[error("frame carries a MAC tag but this link is not authenticated")]
+    MacUnexpected,
+    /// The frame carries no MAC tag on an authenticated link (it was not sealed by the peer).
+    #[error(
+        "frame {frame} of an authenticated link carries no MAC tag (not sent by the key holder)"
+    )]
+    MacMissing {
+        /// The frame's number on this direction of the link.
+        frame: u64,
+    },
+    /// The frame's MAC tag does not verify: it was altered, replayed, reordered or forged.
+    #[error(
+        "frame {frame}: MAC tag does not verify (frame altered, replayed, reordered or not sent by the key holder)"
+    )]
+    MacMismatch {
+        /// The frame's number on this direction of the link.
+        frame: u64,
+    },
     /// The message part is longer than the limit.
     #[error("message of {len} bytes exceeds the limit of {max}")]
     MessageTooLarge {

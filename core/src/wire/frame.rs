@@ -4,13 +4,15 @@
 //! offset  size  field (integers big-endian, network order)
 //!      0     4  magic "COLO" (0x43 0x4f 0x4c 0x4f)
 //!      4     2  protocol version (PROTOCOL_VERSION)
-//!      6     2  flags (bit 0: a MAC tag follows the bulk; other bits reserved, must be 0)
+//!      6     2  flags (bit 0 FLAG_MAC: a MAC tag follows the bulk; other bits reserved, 0)
 //!      8     4  message length M (bytes of the bincode message)
 //!     12     4  bulk length B (bytes of raw bulk payload)
 //!     16     4  header CRC32C over bytes 0..16
 //!     20     M  message (bincode 2, standard config: little-endian varints)
 //!   20+M     B  bulk payload (pages, device state, disk data, an Ethernet frame)
-//! 20+M+B     4  frame CRC32C over bytes 0..20+M+B
+//! 20+M+B     T  with FLAG_MAC only (T = 32): the keyed MAC tag over the frame counter and
+//!               bytes 0..20+M+B (see `super::auth`); T = 0 without the flag
+//! 20+M+B+T   4  frame CRC32C over bytes 0..20+M+B+T
 //! ```
 //!
 //! Invariants kept here: a decoder checks the header in a fixed order (magic, version, header
@@ -18,8 +20,11 @@
 //! stream of garbage or another version fails at its first bytes and a corrupted length can
 //! never make a receiver wait for, or buffer, bytes that are not coming. Magic and version are
 //! the only bytes every future version keeps in place. The bulk payload is never copied by the
-//! decoder: [`Decoded::bulk`] borrows the input. A frame has exactly one valid encoding.
+//! decoder: [`Decoded::bulk`] borrows the input. A frame has exactly one valid encoding. A
+//! sealed frame ([`decode_sealed`]) is handed out only after its tag verified, and an
+//! authenticated link refuses unsealed frames as an unauthenticated one refuses sealed ones.
 
+use super::auth::{FrameMac, MacState};
 use super::codec::{MESSAGE_LEN_CEILING, decode_body, encode_body};
 use super::error::WireError;
 use super::message::{Message, PROTOCOL_VERSION};
@@ -30,11 +35,10 @@ pub const MAGIC: [u8; 4] = *b"COLO";
 pub const HEADER_LEN: usize = 20;
 /// Length of the CRC32C trailer.
 pub const TRAILER_LEN: usize = 4;
-/// Length of the keyed MAC tag announced by [`FLAG_MAC`] (reserved: HMAC-SHA-256 or a BLAKE3
-/// keyed hash over the frame, for an authenticated link without TLS).
+/// Length of the keyed MAC tag announced by [`FLAG_MAC`] (a BLAKE3 keyed hash, `super::auth`).
 pub const MAC_TAG_LEN: usize = 32;
-/// Header flag: a [`MAC_TAG_LEN`]-byte tag follows the bulk. Not implemented in this version: a
-/// frame with it set is refused with [`WireError::MacUnsupported`].
+/// Header flag: a [`MAC_TAG_LEN`]-byte tag follows the bulk (frames of an authenticated link,
+/// [`encode_sealed`] and [`decode_sealed`]).
 pub const FLAG_MAC: u16 = 1 << 0;
 /// Every flag bit this version knows.
 const KNOWN_FLAGS: u16 = FLAG_MAC;
@@ -66,9 +70,13 @@ impl Limits {
         self.max_message_len.min(MESSAGE_LEN_CEILING)
     }
 
-    /// The longest frame these limits accept, in bytes.
+    /// The longest frame these limits accept, in bytes (a sealed one: MAC tag included).
     pub fn max_frame_len(&self) -> usize {
-        HEADER_LEN + self.message_len_limit() as usize + self.max_bulk_len as usize + TRAILER_LEN
+        HEADER_LEN
+            + self.message_len_limit() as usize
+            + self.max_bulk_len as usize
+            + MAC_TAG_LEN
+            + TRAILER_LEN
     }
 }
 
@@ -79,12 +87,19 @@ pub struct FrameHeader {
     pub message_len: u32,
     /// Bytes of the bulk payload.
     pub bulk_len: u32,
+    /// Whether a MAC tag follows the bulk ([`FLAG_MAC`]).
+    pub mac: bool,
 }
 
 impl FrameHeader {
-    /// Total bytes of the frame this header opens, trailer included.
+    /// Where the bulk ends (and the tag, if any, starts).
+    pub fn bulk_end(&self) -> usize {
+        HEADER_LEN + self.message_len as usize + self.bulk_len as usize
+    }
+
+    /// Total bytes of the frame this header opens, tag and trailer included.
     pub fn frame_len(&self) -> usize {
-        HEADER_LEN + self.message_len as usize + self.bulk_len as usize + TRAILER_LEN
+        self.bulk_end() + if self.mac { MAC_TAG_LEN } else { 0 } + TRAILER_LEN
     }
 }
 
@@ -144,9 +159,6 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Option<FrameHeader>,
             flags: flags & !KNOWN_FLAGS,
         });
     }
-    if flags & FLAG_MAC != 0 {
-        return Err(WireError::MacUnsupported);
-    }
     let message_len = be_u32(buf, 8);
     if message_len > limits.message_len_limit() {
         return Err(WireError::MessageTooLarge {
@@ -164,21 +176,65 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Option<FrameHeader>,
     Ok(Some(FrameHeader {
         message_len,
         bulk_len,
+        mac: flags & FLAG_MAC != 0,
     }))
 }
 
-/// Decodes the frame at the start of `buf`.
+/// Decodes the (unsealed) frame at the start of `buf`.
 ///
 /// `Ok(None)` means the frame is not complete yet (more bytes are needed; nothing is wrong so
 /// far). Every `Err` is fatal for the link. Nothing is allocated beyond the message itself, and
-/// only once the header has passed its checks and the whole frame's CRC matched.
+/// only once the header has passed its checks and the whole frame's CRC matched. A sealed
+/// frame is refused ([`WireError::MacUnexpected`]): this link has no key to check it with.
 pub fn decode<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Decoded<'a>>, WireError> {
+    decode_with(buf, limits, None)
+}
+
+/// Decodes the sealed frame at the start of `buf`, the next one `mac` expects: as [`decode`],
+/// and the frame is refused unless it carries a tag ([`WireError::MacMissing`]) that verifies
+/// under `mac`'s key and frame number ([`WireError::MacMismatch`]). `mac` advances only when
+/// a whole frame was checked.
+pub fn decode_sealed<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+    mac: &mut FrameMac,
+) -> Result<Option<Decoded<'a>>, WireError> {
+    decode_with(buf, limits, Some(mac))
+}
+
+pub(crate) fn decode_with<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+    mac: Option<&mut FrameMac>,
+) -> Result<Option<Decoded<'a>>, WireError> {
     let Some(header) = decode_header(buf, limits)? else {
         return Ok(None);
     };
+    match (&mac, header.mac) {
+        (None, true) => return Err(WireError::MacUnexpected),
+        (Some(m), false) => {
+            return Err(WireError::MacMissing {
+                frame: m.next_frame(),
+            });
+        }
+        _ => {}
+    }
     let frame_len = header.frame_len();
     if buf.len() < frame_len {
         return Ok(None);
+    }
+    let bulk_end = header.bulk_end();
+    if let Some(mac) = mac {
+        let mut state = mac.start();
+        state.update(&buf[..bulk_end]);
+        let tag: [u8; MAC_TAG_LEN] = buf[bulk_end..bulk_end + MAC_TAG_LEN]
+            .try_into()
+            .expect("a tag-sized slice");
+        if state.tag() != blake3::Hash::from_bytes(tag) {
+            return Err(WireError::MacMismatch {
+                frame: state.frame(),
+            });
+        }
     }
     let body_end = frame_len - TRAILER_LEN;
     let expected = be_u32(buf, body_end);
@@ -188,7 +244,7 @@ pub fn decode<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Decoded<'a>>,
     }
     let message_end = HEADER_LEN + header.message_len as usize;
     let message: Message = decode_body(&buf[HEADER_LEN..message_end])?;
-    let bulk = &buf[message_end..body_end];
+    let bulk = &buf[message_end..bulk_end];
     check_bulk(&message, bulk.len())?;
     Ok(Some(Decoded {
         message,
@@ -217,8 +273,28 @@ fn check_bulk(message: &Message, len: usize) -> Result<(), WireError> {
 /// [`super::BulkRule`], or a part exceeds what the header can describe; such a frame would be
 /// refused by every receiver.
 pub fn encode(message: &Message, bulk: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
+    encode_with(message, bulk, out, None)
+}
+
+/// As [`encode`], for an authenticated link: the frame carries [`FLAG_MAC`] and the tag of
+/// `mac`'s next frame number (which it takes).
+pub fn encode_sealed(
+    message: &Message,
+    bulk: &[u8],
+    out: &mut Vec<u8>,
+    mac: &mut FrameMac,
+) -> Result<usize, WireError> {
+    encode_with(message, bulk, out, Some(mac))
+}
+
+fn encode_with(
+    message: &Message,
+    bulk: &[u8],
+    out: &mut Vec<u8>,
+    mac: Option<&mut FrameMac>,
+) -> Result<usize, WireError> {
     let start = out.len();
-    let mut tail = encode_head(message, bulk.len(), out)?;
+    let mut tail = encode_head_with(message, bulk.len(), out, mac)?;
     out.extend_from_slice(bulk);
     tail.update(bulk);
     out.extend_from_slice(&tail.finish());
@@ -233,6 +309,26 @@ pub fn encode_head(
     message: &Message,
     bulk_len: usize,
     out: &mut Vec<u8>,
+) -> Result<FrameTail, WireError> {
+    encode_head_with(message, bulk_len, out, None)
+}
+
+/// As [`encode_head`], for an authenticated link: the tail also computes the MAC tag of
+/// `mac`'s next frame number (which it takes) as the bulk streams through it.
+pub fn encode_head_sealed(
+    message: &Message,
+    bulk_len: usize,
+    out: &mut Vec<u8>,
+    mac: &mut FrameMac,
+) -> Result<FrameTail, WireError> {
+    encode_head_with(message, bulk_len, out, Some(mac))
+}
+
+fn encode_head_with(
+    message: &Message,
+    bulk_len: usize,
+    out: &mut Vec<u8>,
+    mac: Option<&mut FrameMac>,
 ) -> Result<FrameTail, WireError> {
     check_bulk(message, bulk_len)?;
     let bulk_len_u32 = u32::try_from(bulk_len).map_err(|_| WireError::BulkTooLarge {
@@ -258,26 +354,35 @@ pub fn encode_head(
             });
         }
     };
+    let flags = if mac.is_some() { FLAG_MAC } else { 0 };
     let header = &mut out[start..start + HEADER_LEN];
     header[0..4].copy_from_slice(&MAGIC);
     header[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    header[6..8].copy_from_slice(&0u16.to_be_bytes());
+    header[6..8].copy_from_slice(&flags.to_be_bytes());
     header[8..12].copy_from_slice(&message_len.to_be_bytes());
     header[12..16].copy_from_slice(&bulk_len_u32.to_be_bytes());
     let header_crc = crc32c::crc32c(&header[..16]);
     header[16..20].copy_from_slice(&header_crc.to_be_bytes());
+    let mac = mac.map(|m| {
+        let mut state = m.start();
+        state.update(&out[start..]);
+        state
+    });
     Ok(FrameTail {
         crc: crc32c::crc32c(&out[start..]),
         remaining: bulk_len,
+        mac,
     })
 }
 
-/// The running CRC of a frame whose bulk is being streamed (see [`encode_head`]).
+/// The running CRC (and, on an authenticated link, MAC) of a frame whose bulk is being
+/// streamed (see [`encode_head`]).
 #[derive(Clone, Debug)]
 #[must_use = "a frame without its trailer is refused by the receiver"]
 pub struct FrameTail {
     crc: u32,
     remaining: usize,
+    mac: Option<MacState>,
 }
 
 impl FrameTail {
@@ -290,6 +395,9 @@ impl FrameTail {
             panic!("FrameTail::update: more bulk bytes fed than encode_head announced")
         });
         self.crc = crc32c::crc32c_append(self.crc, chunk);
+        if let Some(mac) = &mut self.mac {
+            mac.update(chunk);
+        }
     }
 
     /// Bulk bytes still to be fed.
@@ -297,16 +405,44 @@ impl FrameTail {
         self.remaining
     }
 
-    /// The trailer to send after the bulk.
+    /// The bytes to send after the bulk: the MAC tag (sealed frames only), then the CRC.
     ///
     /// # Panics
     /// If fewer bulk bytes were fed than the header announced (a caller bug).
-    pub fn finish(self) -> [u8; TRAILER_LEN] {
+    pub fn finish(self) -> Trailer {
         assert!(
             self.remaining == 0,
             "FrameTail::finish: {} announced bulk bytes were never fed",
             self.remaining
         );
-        self.crc.to_be_bytes()
+        let mut bytes = [0u8; MAC_TAG_LEN + TRAILER_LEN];
+        let mut crc = self.crc;
+        let mut len = 0;
+        if let Some(mac) = &self.mac {
+            let tag = mac.tag();
+            bytes[..MAC_TAG_LEN].copy_from_slice(tag.as_bytes());
+            crc = crc32c::crc32c_append(crc, tag.as_bytes());
+            len = MAC_TAG_LEN;
+        }
+        bytes[len..len + TRAILER_LEN].copy_from_slice(&crc.to_be_bytes());
+        Trailer {
+            bytes,
+            len: len + TRAILER_LEN,
+        }
+    }
+}
+
+/// What follows a frame's bulk: its MAC tag if sealed, then its CRC (derefs to the bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct Trailer {
+    bytes: [u8; MAC_TAG_LEN + TRAILER_LEN],
+    len: usize,
+}
+
+impl std::ops::Deref for Trailer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }

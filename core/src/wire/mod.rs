@@ -6,6 +6,8 @@
 //!   [`encode_head`] for bulk the runtime sends itself.
 //! - [`decoder`]: [`FrameDecoder`], which reassembles frames from arbitrary chunks.
 //! - [`error`]: [`WireError`], one variant per way bytes can fail to be a frame.
+//! - [`auth`]: the pair key's handshake and the per-frame MAC of an authenticated link
+//!   ([`encode_sealed`], [`decode_sealed`], [`FrameDecoder::sealed`]).
 //! - `codec` (private): the bincode configuration, the only place that names bincode.
 //!
 //! ```
@@ -36,6 +38,7 @@
 //! beyond [`Limits`]; each failure is a typed [`WireError`] that ends the link. The layout,
 //! message table and error rules are written up in `docs/protocol.md`.
 
+pub mod auth;
 mod codec;
 pub mod decoder;
 pub mod error;
@@ -45,12 +48,14 @@ pub mod message;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{AuthError, FrameMac, LinkSide, Session};
 pub use codec::MESSAGE_LEN_CEILING;
 pub use decoder::FrameDecoder;
 pub use error::WireError;
 pub use frame::{
     Decoded, FLAG_MAC, FrameHeader, FrameTail, HEADER_LEN, Limits, MAC_TAG_LEN, MAGIC, TRAILER_LEN,
-    decode, decode_header, encode, encode_head,
+    Trailer, decode, decode_header, decode_sealed, encode, encode_head, encode_head_sealed,
+    encode_sealed,
 };
 pub use message::{
     AbortReason, BulkRule, Direction, DiskResult, GoodbyeReason, HelloRejectReason, Message,

@@ -281,20 +281,24 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     let (tx, rx) = mpsc::channel();
     // Should this process die without its guard running (SIGKILL), the children still end.
     let lifetime = format!("{}", options.timeout.as_secs() + 10);
+    // Declared before the children: dropped after they are killed.
+    let control = reprotect::ControlDir::create()?;
+    let key_file = control.key_file().to_string_lossy().into_owned();
     let node_args = |extra: [&str; 2]| -> Vec<String> {
         let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         v.extend(["--arbiter".to_string(), arbiter.to_string()]);
+        v.extend(["--key-file".to_string(), key_file.clone()]);
         v.extend(["--run-for".to_string(), lifetime.clone()]);
         v
     };
-    // Declared before the children: dropped after they are killed.
-    let control = reprotect::ControlDir::create()?;
     let ctl = |who: &str| control.socket(who).to_string_lossy().into_owned();
     let mut children = Children(Vec::new());
     let arbiter_args = vec![
         "arbiter".into(),
         "--listen".into(),
         arbiter.to_string(),
+        "--key-file".into(),
+        key_file.clone(),
         "--run-for".into(),
         lifetime.clone(),
     ];

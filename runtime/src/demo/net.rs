@@ -274,6 +274,9 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
 
     let (tx, rx) = mpsc::channel();
     let lifetime = format!("{}", options.timeout.as_secs() + 10);
+    // The pair key, in a temp dir dropped after the children.
+    let dir = super::reprotect::ControlDir::create()?;
+    let key_file = dir.key_file().to_string_lossy().into_owned();
     let arbiter = format!("127.0.0.1:{}", options.arbiter_port);
     let peer = format!("127.0.0.1:{}", options.peer_port);
     let node = |role: &str, link: &str, addr: &str, tap: &str| -> Vec<String> {
@@ -283,6 +286,8 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
             addr,
             "--arbiter",
             &arbiter,
+            "--key-file",
+            &key_file,
             "--run-for",
             &lifetime,
             "--workload",
@@ -298,10 +303,18 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
     };
     let netns = Some(ns.name());
     let mut children = Children(Vec::new());
-    let arbiter_args: Vec<String> = ["arbiter", "--listen", &arbiter, "--run-for", &lifetime]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let arbiter_args: Vec<String> = [
+        "arbiter",
+        "--listen",
+        &arbiter,
+        "--key-file",
+        &key_file,
+        "--run-for",
+        &lifetime,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     children.0.push((
         "arbiter",
         spawn_in(netns, &options.binary, "arbiter", &arbiter_args, &tx)?,

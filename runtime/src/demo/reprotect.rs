@@ -21,17 +21,26 @@ use std::time::{Duration, Instant};
 /// Checkpoints of the new pairing whose digests must match.
 pub const COMPARED: usize = 3;
 
-/// A temp dir for the children's control sockets, removed with them.
+/// A temp dir for the children's control sockets, disks and the pair key, removed with them.
 #[derive(Debug)]
 pub struct ControlDir(pub PathBuf);
 
 impl ControlDir {
-    /// Creates `colo-demo-<pid>` under the temp dir.
+    /// Creates `colo-demo-<pid>` under the temp dir, with a fresh pair key in it.
     pub fn create() -> Result<ControlDir, String> {
         let dir = std::env::temp_dir().join(format!("colo-demo-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(ControlDir(dir))
+        let dir = ControlDir(dir);
+        // A key left by an earlier process of the same pid is replaced, never reused.
+        let _ = std::fs::remove_file(dir.key_file());
+        crate::peer::auth::write_key_file(&dir.key_file())?;
+        Ok(dir)
+    }
+
+    /// The pair key every child is started with (`--key-file`).
+    pub fn key_file(&self) -> PathBuf {
+        self.0.join("pair.key")
     }
 
     /// The socket of `who`.
@@ -149,6 +158,8 @@ pub fn run(
         "3",
         "--arbiter",
         &phase.arbiter.to_string(),
+        "--key-file",
+        &phase.dir.key_file().to_string_lossy(),
         "--run-for",
         phase.lifetime,
         "--digests",

@@ -22,7 +22,7 @@ use colo_core::ids::Role;
 use colo_core::node::{Command, Event, Input, NodeMode, NodeStats};
 use colo_core::time::{Duration, Instant};
 use serde_json::{Value, json};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 
 /// The last checkpoint this node completed (primary side) or applied (secondary side).
@@ -71,6 +71,8 @@ impl LoopControl {
 /// use each connection ([`NodeLoop::on_newcomer`]).
 pub(super) fn spawn_newcomer_acceptor(
     addr: SocketAddr,
+    key: crate::peer::auth::PairKey,
+    name: &'static str,
     tx: mpsc::Sender<LoopEvent>,
 ) -> Result<(), String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -78,9 +80,10 @@ pub(super) fn spawn_newcomer_acceptor(
         .name("colo-newcomer-accept".to_string())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if tx.send(LoopEvent::Newcomer(stream)).is_err() {
-                    return;
-                }
+                let tx = tx.clone();
+                crate::peer::auth::spawn_accept(stream, &key, name, move |link| {
+                    let _ = tx.send(LoopEvent::Newcomer(link));
+                });
             }
         })
         .map(|_| ())
@@ -210,6 +213,7 @@ impl NodeLoop {
         let now = self.clock.now();
         let st = self.node.status(now);
         let stats = self.node.stats();
+        let auth = self.config.key.counts();
         let last = self.ctl.last_checkpoint.map(|c| {
             json!({
                 "epoch": c.epoch,
@@ -262,21 +266,22 @@ impl NodeLoop {
                 "stray_vm_completions": stats.stray_vm_completions,
                 "dropped_while_down": self.dropped_while_down,
             },
+            "auth": {
+                "refused_links": auth.refused_links,
+                "bad_frames": auth.bad_frames,
+            },
         })
     }
 
     /// A newcomer connected to a secondary's takeover address: used only by a survivor with
     /// no peer link (a paired secondary has its primary; a second pairing is refused).
-    pub(super) fn on_newcomer(&mut self, stream: TcpStream) {
+    pub(super) fn on_newcomer(&mut self, stream: crate::peer::auth::AuthedLink) {
         let (mode, _) = self.mode_role();
         let free = matches!(mode, NodeMode::Solo | NodeMode::Reprotecting) && self.writer.is_none();
         if free {
             self.on_connected(stream);
         } else {
-            let from = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
+            let from = stream.peer_addr();
             println!("{}: newcomer-refused from={from} mode={mode:?}", self.name);
         }
     }

@@ -3,7 +3,9 @@
 //! executing its outputs (node/mod.rs "The contract").
 //!
 //! Threads: this loop; the peer reader ([`crate::peer::PeerReader`]); the primary's acceptor
-//! or the secondary's connector; the arbiter client. The others only post [`LoopEvent`]s into
+//! or the secondary's connector, which authenticate each connection with the pair key before
+//! posting it (`crate::peer::auth`; a connection that fails is never seen here); the arbiter
+//! client. The others only post [`LoopEvent`]s into
 //! one channel, so the node and the VM are touched by this thread alone; the one shared object
 //! is the secondary's RAM cache, into which the reader stores page bulk before posting the
 //! message (see `vm.rs`). Every event of a peer link carries the link's generation, so a late
@@ -37,6 +39,7 @@ use frames::GuestNet;
 
 use crate::arbiter::{ArbiterClient, MonoClock};
 use crate::machine::Machine;
+use crate::peer::auth::{AuthedLink, PairKey, handshake, log_refused, spawn_accept};
 use crate::peer::{PeerReader, PeerWriter};
 use colo_core::checkpoint::VmCommand;
 use colo_core::failover::{LeaseReply, LeaseRequestId};
@@ -45,7 +48,7 @@ use colo_core::node::{
     Command, Input, LinkState, Node, NodeConfig, OutBulk, Output, PeerBulk, SyncCommand,
 };
 use colo_core::time::Duration;
-use colo_core::wire::{Limits, Message};
+use colo_core::wire::{Limits, LinkSide, Message};
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -71,6 +74,8 @@ pub struct NodeLoopConfig {
     pub peer: PeerEndpoint,
     /// The arbiter.
     pub arbiter: SocketAddr,
+    /// The pair key: the peer link and the arbiter's are authenticated with it.
+    pub key: PairKey,
     /// Working-set pages of the counter workload, to log the guest's step (0: do not).
     pub workload_pages: u64,
     /// Log a memory digest at every checkpoint (costs one pass over guest memory per pause).
@@ -97,7 +102,13 @@ pub struct NodeLoopConfig {
 impl NodeLoopConfig {
     /// Defaults for node `id` of cluster 1 in `role` (heartbeat 100 ms x 5, checkpoint every
     /// 500 ms: the demo's pace).
-    pub fn new(role: Role, id: u64, peer: PeerEndpoint, arbiter: SocketAddr) -> NodeLoopConfig {
+    pub fn new(
+        role: Role,
+        id: u64,
+        peer: PeerEndpoint,
+        arbiter: SocketAddr,
+        key: PairKey,
+    ) -> NodeLoopConfig {
         let mut node = NodeConfig::new(NodeId(id), ClusterId(1));
         node.checkpoint.checkpoint_interval = Duration::from_millis(500);
         NodeLoopConfig {
@@ -105,6 +116,7 @@ impl NodeLoopConfig {
             role,
             peer,
             arbiter,
+            key,
             workload_pages: 0,
             digests: false,
             report_every: Duration::from_millis(250),
@@ -121,8 +133,8 @@ impl NodeLoopConfig {
 /// Something another thread tells the loop.
 #[derive(Debug)]
 pub enum LoopEvent {
-    /// A peer connection was established (accepted or connected).
-    Connected(TcpStream),
+    /// A peer connection was established (accepted or connected) and authenticated.
+    Connected(AuthedLink),
     /// A frame of peer link `link`; page bulk is already in the RAM cache
     /// ([`PeerBulk::Stored`]), other bulk is carried as [`PeerBulk::Frame`].
     Peer {
@@ -159,9 +171,9 @@ pub enum LoopEvent {
     /// An operator's request from the control socket.
     Control(crate::control::ControlCall),
     /// A newcomer connected to a secondary's takeover address.
-    Newcomer(TcpStream),
+    Newcomer(AuthedLink),
     /// A secondary's reconnection to its primary after a link drop got through.
-    Reconnected(TcpStream),
+    Reconnected(AuthedLink),
     /// The guest's virtio-blk device submitted a request (posted by [`BlkBridge`] on a vCPU
     /// thread), in VM generation `generation`.
     GuestBlk {
@@ -271,18 +283,25 @@ impl NodeLoop {
         let net = GuestNet::new(&config.net, &machine, tx.clone())?;
         let disk = GuestDisk::for_loop(&config, &machine, tx.clone())
             .map_err(|e| LoopError::Endpoint(e.to_string()))?;
+        let name = match config.role {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        };
         match config.peer {
             PeerEndpoint::Listen(addr) => {
                 let listener = TcpListener::bind(addr)
                     .map_err(|e| LoopError::Endpoint(format!("cannot listen on {addr}: {e}")))?;
-                spawn_acceptor(listener, tx.clone())?;
+                spawn_acceptor(listener, config.key.clone(), name, tx.clone())?;
             }
-            PeerEndpoint::Connect(addr) => spawn_connector(addr, tx.clone())?,
+            PeerEndpoint::Connect(addr) => {
+                spawn_connector(addr, config.key.clone(), name, tx.clone())?
+            }
         }
         let newcomers = match (config.peer, config.newcomer_listen) {
             (PeerEndpoint::Listen(addr), _) => Some(addr),
             (PeerEndpoint::Connect(_), Some(addr)) => {
-                control::spawn_newcomer_acceptor(addr, tx.clone()).map_err(LoopError::Endpoint)?;
+                control::spawn_newcomer_acceptor(addr, config.key.clone(), name, tx.clone())
+                    .map_err(LoopError::Endpoint)?;
                 Some(addr)
             }
             (PeerEndpoint::Connect(_), None) if config.auto_reprotect => {
@@ -310,15 +329,12 @@ impl NodeLoop {
         let arbiter = ArbiterClient::spawn(
             config.arbiter,
             config.node.lease.lease_request_timeout,
+            config.key.clone(),
             move |id, reply| {
                 let _ = arbiter_tx.send(LoopEvent::Arbiter { id, reply });
             },
         )
         .map_err(|e| LoopError::Endpoint(format!("cannot start the arbiter client: {e}")))?;
-        let name = match config.role {
-            Role::Primary => "primary",
-            Role::Secondary => "secondary",
-        };
         Ok(NodeLoop {
             node,
             machine,
@@ -470,13 +486,13 @@ impl NodeLoop {
         }
     }
 
-    fn on_connected(&mut self, stream: TcpStream) {
+    fn on_connected(&mut self, link: AuthedLink) {
         if self.writer.is_some() {
             eprintln!("colo {}: a second peer connection was refused", self.name);
             return;
         }
-        let write_half = match stream.try_clone() {
-            Ok(s) => s,
+        let (stream, decoder, writer) = match link.split(Limits::default()) {
+            Ok(parts) => parts,
             Err(e) => {
                 eprintln!("colo {}: peer socket: {e}", self.name);
                 return;
@@ -512,16 +528,21 @@ impl NodeLoop {
             })
             .is_ok()
         };
+        let key = self.config.key.clone();
         let on_closed = move |why: crate::peer::LinkClosed| {
+            if let crate::peer::LinkClosed::Wire(_) = why {
+                // A frame that failed its MAC, CRC or format: nothing of it was applied.
+                key.count_bad_frame();
+            }
             let why = why.to_string();
             let _ = closed_tx.send(LoopEvent::PeerDown { link, why });
         };
-        let spawned = PeerReader::spawn(stream, Limits::default(), on_frame, on_closed);
+        let spawned = PeerReader::spawn(stream, decoder, on_frame, on_closed);
         if let Err(e) = spawned {
             eprintln!("colo {}: cannot start the peer reader: {e}", self.name);
             return;
         }
-        self.writer = Some(PeerWriter::new(write_half));
+        self.writer = Some(writer);
         println!("{}: link-up", self.name);
         self.input(Input::PeerLink(LinkState::Up));
     }
@@ -653,16 +674,22 @@ impl NodeLoop {
     }
 }
 
-fn spawn_acceptor(listener: TcpListener, tx: mpsc::Sender<LoopEvent>) -> Result<(), LoopError> {
+fn spawn_acceptor(
+    listener: TcpListener,
+    key: PairKey,
+    name: &'static str,
+    tx: mpsc::Sender<LoopEvent>,
+) -> Result<(), LoopError> {
     std::thread::Builder::new()
         .name("colo-peer-accept".to_string())
         .spawn(move || {
             for stream in listener.incoming() {
                 match stream {
                     Ok(s) => {
-                        if tx.send(LoopEvent::Connected(s)).is_err() {
-                            return;
-                        }
+                        let tx = tx.clone();
+                        spawn_accept(s, &key, name, move |link| {
+                            let _ = tx.send(LoopEvent::Connected(link));
+                        });
                     }
                     Err(e) => eprintln!("colo: accepting a peer failed: {e}"),
                 }
@@ -672,19 +699,41 @@ fn spawn_acceptor(listener: TcpListener, tx: mpsc::Sender<LoopEvent>) -> Result<
         .map_err(|e| LoopError::Endpoint(format!("cannot start the acceptor: {e}")))
 }
 
-fn spawn_connector(addr: SocketAddr, tx: mpsc::Sender<LoopEvent>) -> Result<(), LoopError> {
+/// Connects to `addr` and authenticates as the connecting side. `Err(true)`: the peer
+/// answered but refused or failed the handshake (logged; worth a slower retry).
+fn dial(
+    addr: SocketAddr,
+    key: &PairKey,
+    name: &str,
+    timeout: Duration,
+) -> Result<AuthedLink, bool> {
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|_| false)?;
+    handshake(stream, key, LinkSide::Connector).map_err(|e| {
+        log_refused(name, &addr.to_string(), &e, key);
+        true
+    })
+}
+
+fn spawn_connector(
+    addr: SocketAddr,
+    key: PairKey,
+    name: &'static str,
+    tx: mpsc::Sender<LoopEvent>,
+) -> Result<(), LoopError> {
     std::thread::Builder::new()
         .name("colo-peer-connect".to_string())
         .spawn(move || {
             // The primary may start after us: retry until it answers (the demo starts both
-            // at once; an operator may start them in any order).
+            // at once; an operator may start them in any order), and until it accepts our key
+            // (an operator may fix a wrong key file and restart it).
             loop {
-                match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                    Ok(s) => {
-                        let _ = tx.send(LoopEvent::Connected(s));
+                match dial(addr, &key, name, Duration::from_millis(500)) {
+                    Ok(link) => {
+                        let _ = tx.send(LoopEvent::Connected(link));
                         return;
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(true) => std::thread::sleep(Duration::from_secs(1)),
+                    Err(false) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
         })

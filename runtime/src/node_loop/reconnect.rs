@@ -16,9 +16,10 @@
 //! heartbeat's `lost_after` (after that the node has failed over and the connection would be
 //! refused anyway); a connection that arrives when the node no longer wants it is closed.
 
-use super::{LoopEvent, NodeLoop, PeerEndpoint};
+use super::{LoopEvent, NodeLoop, PeerEndpoint, dial};
+use crate::peer::auth::{AuthedLink, PairKey};
 use colo_core::node::NodeMode;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -46,11 +47,17 @@ impl NodeLoop {
             self.name,
             window.as_millis()
         );
-        spawn_reconnector(addr, window, self.tx.clone());
+        spawn_reconnector(
+            addr,
+            window,
+            self.config.key.clone(),
+            self.name,
+            self.tx.clone(),
+        );
     }
 
     /// The reconnector got through: use the link if the node still wants it.
-    pub(super) fn on_reconnected(&mut self, stream: TcpStream) {
+    pub(super) fn on_reconnected(&mut self, stream: AuthedLink) {
         let status = self.node.status(self.clock.now());
         if self.writer.is_some() || !depends_on_primary(status.mode) {
             println!(
@@ -64,15 +71,21 @@ impl NodeLoop {
     }
 }
 
-fn spawn_reconnector(addr: SocketAddr, window: Duration, tx: mpsc::Sender<LoopEvent>) {
+fn spawn_reconnector(
+    addr: SocketAddr,
+    window: Duration,
+    key: PairKey,
+    name: &'static str,
+    tx: mpsc::Sender<LoopEvent>,
+) {
     let spawned = std::thread::Builder::new()
         .name("colo-peer-reconnect".to_string())
         .spawn(move || {
             let until = Instant::now() + window;
             while Instant::now() < until {
-                match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                    Ok(s) => {
-                        let _ = tx.send(LoopEvent::Reconnected(s));
+                match dial(addr, &key, name, Duration::from_millis(200)) {
+                    Ok(link) => {
+                        let _ = tx.send(LoopEvent::Reconnected(link));
                         return;
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),

@@ -1,5 +1,7 @@
 //! The peer transport: one TCP connection between a primary and a secondary carrying
-//! `colo_core::wire` frames (header, message, bulk, crc32c trailer; docs/protocol.md).
+//! `colo_core::wire` frames (header, message, bulk, crc32c trailer; docs/protocol.md). In the
+//! runtime every link is authenticated first ([`auth`]: the pair key's handshake); its frames
+//! are then sealed with a MAC by the writer and checked by the reader's decoder.
 //!
 //! A [`PeerReader`] thread owns the receiving half: it pushes whatever the socket gives into a
 //! bounded [`FrameDecoder`] and hands every whole frame (message, bulk borrowed from the
@@ -10,16 +12,22 @@
 //! A [`PeerWriter`] owns the sending half and is used by the node loop's thread only. Guest
 //! pages are streamed straight from guest memory into the socket with [`encode_head`] and a
 //! [`FrameTail`] ([`PeerWriter::send_pages`]): they are never copied into a message or through
-//! the core. Invariant: a frame is either written whole or the writer reports an error and the
-//! link is considered down (a half-written frame is never followed by another one).
+//! the core, and the MAC is hashed as they stream. Invariant: a frame is either written whole
+//! or the writer reports an error and the link is considered down (a half-written frame is
+//! never followed by another one); a frame reaches `on_frame` only after it verified.
 
 use crate::layout::PAGE_SIZE;
 use crate::memory::GuestMemory;
 use colo_core::ids::PageRange;
-use colo_core::wire::{FrameDecoder, FrameTail, Limits, Message, WireError, encode, encode_head};
+use colo_core::wire::{
+    FrameDecoder, FrameMac, FrameTail, Message, WireError, encode, encode_head, encode_head_sealed,
+    encode_sealed,
+};
 use std::io::{BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use vm_memory::{Bytes, GuestAddress};
+
+pub mod auth;
 
 /// Pages per `PageBatch` / `SyncPages` frame: 4 MiB of bulk, well under the default 16 MiB
 /// bulk limit, and few enough ranges to stay under the 64 KiB message limit (a range encodes
@@ -48,20 +56,21 @@ pub enum LinkClosed {
 pub struct PeerReader;
 
 impl PeerReader {
-    /// Starts a thread that reads `stream` until it ends: `on_frame(message, bulk)` runs on
+    /// Starts a thread that reads `stream` through `decoder` (a sealed one on an authenticated
+    /// link) until it ends: `on_frame(message, bulk)` runs on
     /// that thread for every frame, with the bulk borrowed from the decoder (the caller stores
     /// it where it belongs, e.g. pages straight into the RAM cache, without an intermediate
     /// copy); it returns `false` to stop reading. `on_closed` runs once at the end.
     pub fn spawn(
         mut stream: TcpStream,
-        limits: Limits,
+        decoder: FrameDecoder,
         mut on_frame: impl FnMut(Message, &[u8]) -> bool + Send + 'static,
         on_closed: impl FnOnce(LinkClosed) + Send + 'static,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name("colo-peer-rx".to_string())
             .spawn(move || {
-                let closed = read_frames(&mut stream, limits, &mut on_frame);
+                let closed = read_frames(&mut stream, decoder, &mut on_frame);
                 // A refused or corrupt frame is reported with its reason (by `on_frame` or
                 // `on_closed`): stop reading only, so the owner's writes until it handles
                 // that report do not fail first and hide the reason behind a broken pipe.
@@ -75,14 +84,13 @@ impl PeerReader {
     }
 }
 
-/// Reads and decodes until the link ends (or `on_frame` returns `false`, reported as
-/// [`LinkClosed::Stopped`]); returns why it ended.
+/// Reads and decodes with `decoder` until the link ends (or `on_frame` returns `false`,
+/// reported as [`LinkClosed::Stopped`]); returns why it ended.
 pub fn read_frames(
     stream: &mut impl Read,
-    limits: Limits,
+    mut decoder: FrameDecoder,
     on_frame: &mut impl FnMut(Message, &[u8]) -> bool,
 ) -> LinkClosed {
-    let mut decoder = FrameDecoder::new(limits);
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match stream.read(&mut buf) {
@@ -132,10 +140,13 @@ pub struct PeerWriter {
     stream: BufWriter<TcpStream>,
     scratch: Vec<u8>,
     chunk: Vec<u8>,
+    /// The sending MAC of an authenticated link (None: unsealed frames).
+    mac: Option<FrameMac>,
 }
 
 impl PeerWriter {
-    /// Wraps the sending side of a connected stream.
+    /// Wraps the sending side of a connected stream; its frames are not sealed (tests and
+    /// benchmarks of the unauthenticated format only: the runtime's links use [`Self::sealed`]).
     pub fn new(stream: TcpStream) -> PeerWriter {
         // Heartbeats and checkpoint control messages are small: never let Nagle hold them.
         let _ = stream.set_nodelay(true);
@@ -143,13 +154,25 @@ impl PeerWriter {
             stream: BufWriter::with_capacity(256 * 1024, stream),
             scratch: Vec::new(),
             chunk: vec![0u8; (64 * PAGE_SIZE) as usize],
+            mac: None,
+        }
+    }
+
+    /// Wraps the sending side of an authenticated link: every frame is sealed with `mac`.
+    pub fn sealed(stream: TcpStream, mac: FrameMac) -> PeerWriter {
+        PeerWriter {
+            mac: Some(mac),
+            ..PeerWriter::new(stream)
         }
     }
 
     /// Sends one frame with its bulk bytes and flushes it.
     pub fn send(&mut self, message: &Message, bulk: &[u8]) -> Result<(), LinkClosed> {
         self.scratch.clear();
-        encode(message, bulk, &mut self.scratch)?;
+        match &mut self.mac {
+            Some(mac) => encode_sealed(message, bulk, &mut self.scratch, mac)?,
+            None => encode(message, bulk, &mut self.scratch)?,
+        };
         self.stream.write_all(&self.scratch)?;
         self.stream.flush()?;
         Ok(())
@@ -171,7 +194,12 @@ impl PeerWriter {
             let bulk_len = pages * PAGE_SIZE;
             let message = frame(sent.batches, batch.clone());
             self.scratch.clear();
-            let tail = encode_head(&message, bulk_len as usize, &mut self.scratch)?;
+            let tail = match &mut self.mac {
+                Some(mac) => {
+                    encode_head_sealed(&message, bulk_len as usize, &mut self.scratch, mac)?
+                }
+                None => encode_head(&message, bulk_len as usize, &mut self.scratch)?,
+            };
             self.stream.write_all(&self.scratch)?;
             let tail = self.stream_ranges(mem, &batch, tail)?;
             self.stream.write_all(&tail.finish())?;

@@ -26,6 +26,36 @@ pub fn field(line: &str, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A pair key file for one test (`colo keygen`'s format, mode 0600), removed when dropped.
+pub struct TestKey(std::path::PathBuf);
+
+impl TestKey {
+    /// A fresh key in the temp dir.
+    pub fn new() -> TestKey {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "colo-test-{}-{}.key",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        colo_runtime::peer::auth::write_key_file(&path).expect("writing a test key");
+        TestKey(path)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for TestKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Owned argument list.
 pub fn args(words: &[&str]) -> Vec<String> {
     words.iter().map(|s| s.to_string()).collect()
@@ -43,6 +73,8 @@ pub struct Procs {
     pub seen: Vec<(usize, Instant, String)>,
     /// Control sockets of the children: a killed node leaves its file behind.
     sockets: Vec<String>,
+    /// The pair key of this test's nodes and arbiter.
+    pub key: TestKey,
 }
 
 impl Procs {
@@ -56,12 +88,14 @@ impl Procs {
             log: Vec::new(),
             seen: Vec::new(),
             sockets: Vec::new(),
+            key: TestKey::new(),
         }
     }
 
     /// Starts `colo args...`; returns its index. A node (`primary`/`secondary`) without
     /// `--control` gets a control socket of its own: tests run in parallel and the default
-    /// path is per role and node id, shared by them.
+    /// path is per role and node id, shared by them. A node or arbiter without `--key-file`
+    /// or `--config` gets this test's key ([`Procs::key`]).
     pub fn spawn(&mut self, args: &[String]) -> usize {
         self.spawn_with(COLO, &[], args)
     }
@@ -84,6 +118,15 @@ impl Procs {
             let socket = super::control_path();
             args.extend(["--control".to_string(), socket.clone()]);
             self.sockets.push(socket);
+        }
+        let keyed = args.iter().any(|a| a == "--key-file" || a == "--config");
+        if !keyed
+            && matches!(
+                args.first().map(String::as_str),
+                Some("primary" | "secondary" | "arbiter")
+            )
+        {
+            args.extend(["--key-file".to_string(), self.key.path().to_string()]);
         }
         let mut child = Command::new(program)
             .args(prefix)

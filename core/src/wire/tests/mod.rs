@@ -5,6 +5,7 @@
 //! a message that lies about its contents) but with correct checksums, so each decoding rule
 //! can be reached on its own.
 
+mod auth;
 mod props;
 mod rules;
 mod seeds;

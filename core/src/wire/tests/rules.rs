@@ -120,14 +120,14 @@ fn unknown_flag_bits_are_refused() {
 }
 
 #[test]
-fn mac_flag_is_refused_until_macs_are_implemented() {
+fn sealed_frame_is_refused_on_an_unauthenticated_link() {
     let frame = raw_frame(
         PROTOCOL_VERSION,
         FLAG_MAC,
         &message_bytes(&heartbeat()),
         &[],
     );
-    assert_eq!(decode(&frame, &limits()), Err(WireError::MacUnsupported));
+    assert_eq!(decode(&frame, &limits()), Err(WireError::MacUnexpected));
 }
 
 #[test]

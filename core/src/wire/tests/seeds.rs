@@ -174,7 +174,7 @@ fn seeds_reach_the_intended_outcomes() {
     ));
     assert!(matches!(
         outcome("mac_flag"),
-        (0, Err(WireError::MacUnsupported))
+        (0, Err(WireError::MacUnexpected))
     ));
     assert!(matches!(
         outcome("bulk_mismatch"),
