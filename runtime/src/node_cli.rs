@@ -342,6 +342,9 @@ pub(crate) fn check_config(path: &Path) -> Result<ExitCode, String> {
     if let Some(arbiter) = file.pair.arbiter {
         println!("  pair: arbiter={arbiter}");
     }
+    if let Some(key_file) = &file.pair.key_file {
+        println!("  pair: key_file={}", key_file.display());
+    }
     for (name, host) in &file.host {
         let addr = |a: Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
         println!(

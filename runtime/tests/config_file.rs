@@ -79,6 +79,10 @@ fn config_check_accepts_a_good_file_and_names_the_line_of_a_bad_one() {
         "{stdout}"
     );
     assert!(
+        stdout.contains("pair: key_file=/etc/colo/pair.key"),
+        "{stdout}"
+    );
+    assert!(
         stdout.contains("host a: role=primary listen=127.0.0.1:2"),
         "{stdout}"
     );

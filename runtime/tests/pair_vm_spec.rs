@@ -11,10 +11,13 @@ use common::procs::{COLO, Procs, args, free_addr};
 use std::process::Command;
 use std::time::Duration;
 
-/// Runs `colo ARGS` to its end; returns (exit code, stderr).
+/// Runs `colo ARGS` to its end (a node with a pair key of its own: these tests are about the
+/// VM description); returns (exit code, stderr).
 fn colo(words: &[&str]) -> (Option<i32>, String) {
+    let key = common::procs::TestKey::new();
     let out = Command::new(COLO)
         .args(words)
+        .args(["--key-file", key.path()])
         .output()
         .expect("running colo");
     (
