@@ -5,7 +5,10 @@
 //! baselines of the same bytes in the same run (pages scattered over 128 MiB; and contiguous
 //! pages another thread has just written, as a guest's are), bitmap -> page-run conversion and
 //! merging of scattered runs (`dirty_table`, no KVM), and the dirty-log harvest over the whole
-//! memory. Results and their reading: docs/benchmarks.md, "VMM".
+//! memory, and the peer link's page path (`peer_send_pages`: 16 MiB of guest pages from guest
+//! memory through `PeerWriter::send_pages`, loopback TCP and a reader thread's decoder, plain
+//! and with the authenticated link's MAC on both ends). Results and their reading:
+//! docs/benchmarks.md, "VMM".
 //!
 //! The guest rewrites a working set of N pages every step; before each timed checkpoint it
 //! runs one full step and is left running, so the timed pause stops a vCPU inside KVM_RUN and
@@ -387,11 +390,103 @@ fn dirty_table(c: &mut Criterion) {
     group.finish();
 }
 
+/// 16 MiB of guest pages over loopback TCP from guest memory to a decoding reader thread, plain
+/// and sealed (BLAKE3 keyed MAC hashed as the pages stream, verified before delivery).
+fn peer_send_pages(c: &mut Criterion) {
+    use colo_core::ids::{Epoch, PageRange};
+    use colo_core::wire::auth::{Nonces, session};
+    use colo_core::wire::{FrameDecoder, Limits, LinkSide, Message};
+    use colo_runtime::peer::{PeerWriter, read_frames};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    const PAGES: u64 = 4096;
+    let mem = colo_runtime::memory::create(MEM_MIB << 20).expect("guest memory");
+    // Every other page of the first 32 MiB, with distinct bytes.
+    let ranges: Vec<PageRange> = (0..PAGES)
+        .map(|i| PageRange {
+            first: i * 2,
+            count: 1,
+        })
+        .collect();
+    for r in &ranges {
+        mem.write_slice(&[r.first as u8; PAGE], GuestAddress(r.first * PAGE as u64))
+            .unwrap();
+    }
+    let mut group = c.benchmark_group("peer_send_pages_16MiB");
+    group.throughput(Throughput::Bytes(PAGES * PAGE as u64));
+    group.sample_size(20);
+    for sealed in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let nonces = Nonces {
+            connector: [1; 32],
+            acceptor: [2; 32],
+        };
+        let key = [7u8; 32];
+        let (tx_session, rx_session) = (
+            session(&key, LinkSide::Connector, &nonces),
+            session(&key, LinkSide::Acceptor, &nonces),
+        );
+        let (mut writer, decoder) = if sealed {
+            (
+                PeerWriter::sealed(client, tx_session.send),
+                FrameDecoder::sealed(Limits::default(), rx_session.receive),
+            )
+        } else {
+            (
+                PeerWriter::new(client),
+                FrameDecoder::new(Limits::default()),
+            )
+        };
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut server = server;
+            let mut bytes = 0u64;
+            read_frames(&mut server, decoder, &mut |m, bulk| {
+                bytes += bulk.len() as u64;
+                if matches!(m, Message::CheckpointSent { .. }) {
+                    let _ = done_tx.send(std::mem::take(&mut bytes));
+                }
+                true
+            });
+        });
+        let name = if sealed { "sealed" } else { "plain" };
+        group.bench_function(name, |bench| {
+            bench.iter(|| {
+                let sent = writer
+                    .send_pages(&mem, &ranges, |batch, ranges| Message::PageBatch {
+                        epoch: Epoch(1),
+                        batch,
+                        ranges,
+                    })
+                    .unwrap();
+                writer
+                    .send(
+                        &Message::CheckpointSent {
+                            epoch: Epoch(1),
+                            batches: sent.batches,
+                            pages: sent.pages,
+                            bytes: sent.bytes,
+                        },
+                        &[],
+                    )
+                    .unwrap();
+                assert_eq!(done.recv().unwrap(), sent.bytes);
+            })
+        });
+        writer.close();
+    }
+    group.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     memcpy(&mut c);
     memcpy_after_remote_write(&mut c);
     dirty_table(&mut c);
+    peer_send_pages(&mut c);
     if kvm_present() {
         pause_capture_resume(&mut c);
         pause_only(&mut c);

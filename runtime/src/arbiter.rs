@@ -12,7 +12,7 @@
 //! with a monotonic `now` read inside the lock, so decisions are totally ordered and time
 //! never goes backwards for it (docs/failover.md has the fencing argument).
 
-use crate::peer::auth::{AuthedLink, PairKey, handshake, spawn_accept};
+use crate::peer::auth::{AuthedLink, PairKey, handshake_within, spawn_accept};
 use crate::peer::{LinkClosed, PeerWriter, read_frames};
 use colo_core::failover::{Arbiter, LeaseReply, LeaseRequest, LeaseRequestId};
 use colo_core::time::{Duration, Instant};
@@ -231,7 +231,7 @@ fn ask(
 ) -> Result<LeaseReply, String> {
     if link.is_none() {
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-        let authed = handshake(stream, key, LinkSide::Connector).map_err(|e| {
+        let authed = handshake_within(stream, key, LinkSide::Connector, timeout).map_err(|e| {
             format!(
                 "refused (refused_links={}): {e}",
                 key.counts().refused_links

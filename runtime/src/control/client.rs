@@ -101,6 +101,14 @@ pub fn render(request: Request, response: &Value) -> String {
         s(&r["auto"]),
         s(&r["listen"])
     ));
+    let auth = &response["auth"];
+    if !auth.is_null() {
+        out.push_str(&format!(
+            "authentication: refused links {}, bad frames {}\n",
+            s(&auth["refused_links"]),
+            s(&auth["bad_frames"])
+        ));
+    }
     if let Value::Object(stats) = &response["stats"] {
         let nonzero: Vec<String> = stats
             .iter()
@@ -137,12 +145,17 @@ mod tests {
             "lease_held": true, "last_failover_reason": "PeerLost", "guest_step": 7,
             "checkpoint_interval_ms": 500,
             "reprotect": {"armed": false, "auto": false, "listen": "127.0.0.1:9"},
-            "stats": {"peer_sent": 3, "held": 0}
+            "stats": {"peer_sent": 3, "held": 0},
+            "auth": {"refused_links": 2, "bad_frames": 1}
         });
         let text = render(Request::Status, &status);
         assert!(text.starts_with("node 2 (secondary): role Primary, mode Solo, term 2, epoch 9"));
         assert!(text.contains("last checkpoint: none yet"));
         assert!(text.contains("newcomers accepted on 127.0.0.1:9"));
+        assert!(
+            text.contains("authentication: refused links 2, bad frames 1"),
+            "{text}"
+        );
         assert!(text.ends_with("counters: peer_sent=3"), "{text}");
     }
 }

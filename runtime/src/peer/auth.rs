@@ -189,7 +189,7 @@ pub enum HandshakeError {
     #[error("the peer closed the link during the handshake (it may hold another key)")]
     Closed,
     /// The peer did not send its half in time.
-    #[error("the peer sent no handshake within {} s (is it colo with a key file?)", HANDSHAKE_TIMEOUT.as_secs())]
+    #[error("the peer did not complete the handshake in time (is it colo with a key file?)")]
     Timeout,
     /// The socket failed.
     #[error("socket error during the handshake: {0}")]
@@ -235,14 +235,26 @@ impl AuthedLink {
     }
 }
 
-/// Runs `side`'s half of the handshake on `stream` with `key`; a failure is counted in the
-/// key's [`AuthCounts::refused_links`] and the connection is shut down.
+/// Runs `side`'s half of the handshake on `stream` with `key`, giving the peer
+/// [`HANDSHAKE_TIMEOUT`]; a failure is counted in the key's [`AuthCounts::refused_links`] and
+/// the connection is shut down.
 pub fn handshake(
     stream: TcpStream,
     key: &PairKey,
     side: LinkSide,
 ) -> Result<AuthedLink, HandshakeError> {
-    match exchange(&stream, key, side) {
+    handshake_within(stream, key, side, HANDSHAKE_TIMEOUT)
+}
+
+/// [`handshake`] with another limit for each of the peer's two messages (the arbiter client
+/// uses its reply timeout, so a silent arbiter costs no more than an unanswered request).
+pub fn handshake_within(
+    stream: TcpStream,
+    key: &PairKey,
+    side: LinkSide,
+    limit: Duration,
+) -> Result<AuthedLink, HandshakeError> {
+    match exchange(&stream, key, side, limit) {
         Ok(session) => Ok(AuthedLink { stream, session }),
         Err(e) => {
             key.count_refused();
@@ -256,9 +268,10 @@ fn exchange(
     mut stream: &TcpStream,
     key: &PairKey,
     side: LinkSide,
+    limit: Duration,
 ) -> Result<Session, HandshakeError> {
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_read_timeout(Some(limit))?;
+    stream.set_write_timeout(Some(limit))?;
     let own = random_bytes().map_err(|e| HandshakeError::Io(std::io::Error::other(e)))?;
     stream.write_all(&auth_hello(&own))?;
     let mut hello = [0u8; AUTH_HELLO_LEN];
