@@ -374,6 +374,13 @@ fn bad_or_missing_key_files_are_clear_errors() {
     std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = arbiter_with(&text.display().to_string());
     assert!(stderr(&out).contains("not a hex digit"), "{}", stderr(&out));
+    // Not a file.
+    let out = arbiter_with("/tmp");
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
     // Missing file.
     let out = arbiter_with("/nonexistent/pair.key");
     assert_eq!(out.status.code(), Some(1));

@@ -84,6 +84,17 @@ impl PairKey {
     pub fn load(path: &Path) -> Result<PairKey, String> {
         let what = |why: String| format!("key file {}: {why}", path.display());
         let meta = std::fs::metadata(path).map_err(|e| what(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(what("not a regular file".to_string()));
+        }
+        // 64 digits and a newline; anything much longer is not a key file (and is not read).
+        if meta.len() > 2 * KEY_LEN as u64 + 2 {
+            return Err(what(format!(
+                "{} bytes; a key file holds {} hex digits (the {KEY_LEN}-byte key `colo keygen` writes)",
+                meta.len(),
+                2 * KEY_LEN
+            )));
+        }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(what(format!(
