@@ -1,5 +1,7 @@
-//! Unit tests of the peer transport's pure parts: batching and the reader's handling of whole,
-//! split, corrupt and truncated streams (socket-level behaviour is in tests/pair.rs).
+//! Tests of the peer transport: batching and the reader's handling of whole, split, corrupt
+//! and truncated streams; and, over real loopback sockets, the authenticated link (matching
+//! keys, another key, no key, a replayed handshake, a flipped bit, the arbiter's side).
+//! The pair's own socket-level behaviour is in tests/pair.rs and tests/control.rs.
 
 use super::*;
 use colo_core::ids::Epoch;
@@ -118,9 +120,50 @@ fn batches_never_exceed_the_page_bound_and_keep_every_page() {
     assert!(split_batches(&[], 1024).is_empty());
 }
 
+/// The connecting half and a recording relay, shared by the authenticated-link tests.
+mod authenticated_helpers {
+    use super::*;
+    use crate::peer::auth::{AuthedLink, HandshakeError, PairKey, handshake};
+    use colo_core::wire::LinkSide;
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::mpsc;
+
+    pub(super) fn connect(addr: SocketAddr, key: &PairKey) -> Result<AuthedLink, HandshakeError> {
+        handshake(TcpStream::connect(addr).unwrap(), key, LinkSide::Connector)
+    }
+
+    /// Relays one connection from a connector to `to`, recording what the connector sent.
+    pub(super) fn recording_relay(to: SocketAddr) -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut from, _) = listener.accept().unwrap();
+            let mut upstream = TcpStream::connect(to).unwrap();
+            let (mut back_from, mut back_to) =
+                (upstream.try_clone().unwrap(), from.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut back_from, &mut back_to));
+            let mut recorded = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The connector's whole handshake: its hello and its proof.
+            while recorded.len() < 72 {
+                let n = from.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                upstream.write_all(&buf[..n]).unwrap();
+                recorded.extend_from_slice(&buf[..n]);
+            }
+            let _ = tx.send(recorded);
+        });
+        (addr, rx)
+    }
+}
+
 /// Socket-level tests of the authenticated link: real loopback TCP, both halves of the
 /// handshake on their own threads, attacks played by the test on the raw socket.
 mod authenticated {
+    use super::authenticated_helpers::*;
     use super::*;
     use crate::arbiter::{ArbiterClient, ArbiterServer};
     use crate::peer::auth::{AuthedLink, HandshakeError, PairKey, handshake};
@@ -151,10 +194,6 @@ mod authenticated {
     fn accepted(rx: &mpsc::Receiver<Result<AuthedLink, String>>) -> Result<AuthedLink, String> {
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the acceptor finishes its handshake")
-    }
-
-    fn connect(addr: SocketAddr, key: &PairKey) -> Result<AuthedLink, HandshakeError> {
-        handshake(TcpStream::connect(addr).unwrap(), key, LinkSide::Connector)
     }
 
     /// Reads the acceptor's frames until the link ends.
@@ -229,33 +268,6 @@ mod authenticated {
         let mut rest = Vec::new();
         let _ = plain.read_to_end(&mut rest);
         assert!(rest.len() <= 40, "only the acceptor's hello was sent");
-    }
-
-    /// Relays one connection from a connector to `to`, recording what the connector sent.
-    fn recording_relay(to: SocketAddr) -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let (mut from, _) = listener.accept().unwrap();
-            let mut upstream = TcpStream::connect(to).unwrap();
-            let (mut back_from, mut back_to) =
-                (upstream.try_clone().unwrap(), from.try_clone().unwrap());
-            std::thread::spawn(move || std::io::copy(&mut back_from, &mut back_to));
-            let mut recorded = Vec::new();
-            let mut buf = [0u8; 4096];
-            // The connector's whole handshake: its hello and its proof.
-            while recorded.len() < 72 {
-                let n = from.read(&mut buf).unwrap();
-                if n == 0 {
-                    break;
-                }
-                upstream.write_all(&buf[..n]).unwrap();
-                recorded.extend_from_slice(&buf[..n]);
-            }
-            let _ = tx.send(recorded);
-        });
-        (addr, rx)
     }
 
     #[test]
@@ -430,4 +442,31 @@ mod authenticated {
             "{reply:?}"
         );
     }
+}
+
+#[test]
+fn the_arbiter_refuses_a_replayed_handshake() {
+    use crate::arbiter::ArbiterServer;
+    use crate::peer::auth::PairKey;
+    use authenticated_helpers::*;
+
+    let key = PairKey::generate().unwrap();
+    let server = ArbiterServer::bind("127.0.0.1:0".parse().unwrap(), key.clone()).unwrap();
+    let addr = server.local_addr();
+    std::thread::spawn(move || server.serve());
+    let (relay, recorded) = recording_relay(addr);
+    let _genuine = connect(relay, &key).unwrap();
+    let recorded = recorded
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let mut replay = TcpStream::connect(addr).unwrap();
+    replay.write_all(&recorded).unwrap();
+    replay
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = replay.read_to_end(&mut answer);
+    // Its hello only: the replay is named from the nonce, before the arbiter sends a proof.
+    assert_eq!(answer.len(), 40, "the arbiter's hello, then the close");
+    assert_eq!(key.counts().refused_links, 1);
 }
