@@ -8,9 +8,9 @@
 //! it stays failed and yields that error again, because a stream that lost framing cannot be
 //! resynchronised: the link must be reset.
 
-use super::auth::FrameMac;
+use super::auth::{FrameMac, MacState};
 use super::error::WireError;
-use super::frame::{Decoded, HEADER_LEN, Limits, decode_header, decode_with};
+use super::frame::{Decoded, HEADER_LEN, Limits, MacCheck, decode_header, decode_with};
 
 /// The decoder's phase.
 #[derive(Clone, Debug)]
@@ -38,6 +38,9 @@ pub struct FrameDecoder {
     frames: u64,
     /// The receiving MAC of an authenticated link (None: frames are unsealed).
     mac: Option<FrameMac>,
+    /// The tag of the frame being received, over its first `.1` bytes (hashed as they
+    /// arrive, so a large frame is verified moments after its last byte).
+    hashing: Option<(MacState, usize)>,
 }
 
 impl FrameDecoder {
@@ -50,6 +53,7 @@ impl FrameDecoder {
             phase: Phase::Open,
             frames: 0,
             mac: None,
+            hashing: None,
         }
     }
 
@@ -122,19 +126,65 @@ impl FrameDecoder {
         if let Phase::Failed(e) = &self.phase {
             return Err(e.clone());
         }
-        match decode_with(&self.buf[self.start..], &self.limits, self.mac.as_mut()) {
+        let check = match self.hash_arrived() {
+            Err(e) => {
+                // Open --decode error--> Failed
+                self.phase = Phase::Failed(e.clone());
+                return Err(e);
+            }
+            Ok(None) => MacCheck::Plain,
+            Ok(Some(check)) => check,
+        };
+        match decode_with(&self.buf[self.start..], &self.limits, check) {
             Ok(Some(frame)) => {
+                self.hashing = None;
                 self.start += frame.consumed;
                 self.frames += 1;
                 Ok(Some(frame))
             }
             Ok(None) => Ok(None),
             Err(e) => {
+                self.hashing = None;
                 // Open --decode error--> Failed
                 self.phase = Phase::Failed(e.clone());
                 Err(e)
             }
         }
+    }
+
+    /// On an authenticated link, feeds the pending frame's newly arrived bytes (up to the end
+    /// of its bulk) to its tag, and says how [`decode_with`] checks it: with the tag when the
+    /// frame is whole, otherwise only for the sealed flag. `Ok(None)`: an unauthenticated link.
+    fn hash_arrived(&mut self) -> Result<Option<MacCheck<'static>>, WireError> {
+        let Some(mac) = self.mac.as_mut() else {
+            return Ok(None);
+        };
+        let pending = &self.buf[self.start..];
+        let header = match decode_header(pending, &self.limits)? {
+            Some(h) if h.mac => h,
+            // No header yet, or an unsealed frame: decode_with waits or refuses it.
+            _ => {
+                return Ok(Some(MacCheck::Expect {
+                    next: mac.next_frame(),
+                }));
+            }
+        };
+        let (state, hashed) = self.hashing.get_or_insert_with(|| (mac.start(), 0));
+        let upto = pending.len().min(header.bulk_end());
+        if upto > *hashed {
+            state.update(&pending[*hashed..upto]);
+            *hashed = upto;
+        }
+        if pending.len() < header.frame_len() {
+            return Ok(Some(MacCheck::Expect {
+                next: state.frame(),
+            }));
+        }
+        Ok(Some(MacCheck::Hashed {
+            tag: state.tag(),
+            frame: state.frame(),
+            next: mac.next_frame(),
+        }))
     }
 
     /// The least number of further bytes that could complete the next frame (a read-size hint;

@@ -187,7 +187,7 @@ pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Option<FrameHeader>,
 /// only once the header has passed its checks and the whole frame's CRC matched. A sealed
 /// frame is refused ([`WireError::MacUnexpected`]): this link has no key to check it with.
 pub fn decode<'a>(buf: &'a [u8], limits: &Limits) -> Result<Option<Decoded<'a>>, WireError> {
-    decode_with(buf, limits, None)
+    decode_with(buf, limits, MacCheck::Plain)
 }
 
 /// Decodes the sealed frame at the start of `buf`, the next one `mac` expects: as [`decode`],
@@ -199,23 +199,50 @@ pub fn decode_sealed<'a>(
     limits: &Limits,
     mac: &mut FrameMac,
 ) -> Result<Option<Decoded<'a>>, WireError> {
-    decode_with(buf, limits, Some(mac))
+    decode_with(buf, limits, MacCheck::Sealed(mac))
+}
+
+/// How [`decode_with`] treats the MAC tag.
+pub(crate) enum MacCheck<'m> {
+    /// An unauthenticated link: a sealed frame is refused.
+    Plain,
+    /// An authenticated link: the frame must be sealed, its tag is checked here.
+    Sealed(&'m mut FrameMac),
+    /// The frame must be sealed and is not whole yet (the streaming decoder is still hashing
+    /// it): only the flag is checked. A whole frame here fails closed.
+    Expect {
+        /// The number of the frame (for `MacMissing`).
+        next: u64,
+    },
+    /// The frame must be sealed; `tag` is what the caller computed as the frame's bytes
+    /// arrived (the streaming decoder), compared here.
+    Hashed {
+        /// The tag over the counter and bytes 0..bulk end.
+        tag: blake3::Hash,
+        /// The frame's number.
+        frame: u64,
+        /// The number the next frame would get (for `MacMissing`).
+        next: u64,
+    },
 }
 
 pub(crate) fn decode_with<'a>(
     buf: &'a [u8],
     limits: &Limits,
-    mac: Option<&mut FrameMac>,
+    mac: MacCheck<'_>,
 ) -> Result<Option<Decoded<'a>>, WireError> {
     let Some(header) = decode_header(buf, limits)? else {
         return Ok(None);
     };
     match (&mac, header.mac) {
-        (None, true) => return Err(WireError::MacUnexpected),
-        (Some(m), false) => {
+        (MacCheck::Plain, true) => return Err(WireError::MacUnexpected),
+        (MacCheck::Sealed(m), false) => {
             return Err(WireError::MacMissing {
                 frame: m.next_frame(),
             });
+        }
+        (MacCheck::Hashed { next, .. } | MacCheck::Expect { next }, false) => {
+            return Err(WireError::MacMissing { frame: *next });
         }
         _ => {}
     }
@@ -224,16 +251,22 @@ pub(crate) fn decode_with<'a>(
         return Ok(None);
     }
     let bulk_end = header.bulk_end();
-    if let Some(mac) = mac {
-        let mut state = mac.start();
-        state.update(&buf[..bulk_end]);
+    let computed = match mac {
+        MacCheck::Plain => None,
+        MacCheck::Sealed(mac) => {
+            let mut state = mac.start();
+            state.update(&buf[..bulk_end]);
+            Some((state.tag(), state.frame()))
+        }
+        MacCheck::Hashed { tag, frame, .. } => Some((tag, frame)),
+        MacCheck::Expect { next } => return Err(WireError::MacMismatch { frame: next }),
+    };
+    if let Some((computed, frame)) = computed {
         let tag: [u8; MAC_TAG_LEN] = buf[bulk_end..bulk_end + MAC_TAG_LEN]
             .try_into()
             .expect("a tag-sized slice");
-        if state.tag() != blake3::Hash::from_bytes(tag) {
-            return Err(WireError::MacMismatch {
-                frame: state.frame(),
-            });
+        if computed != blake3::Hash::from_bytes(tag) {
+            return Err(WireError::MacMismatch { frame });
         }
     }
     let body_end = frame_len - TRAILER_LEN;

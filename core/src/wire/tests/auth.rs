@@ -205,3 +205,37 @@ fn sealed_head_streams_the_same_bytes_as_encode_sealed() {
     assert_eq!(whole.len(), frame_of(&message, &bulk).len() + MAC_TAG_LEN);
     assert_eq!((a.next_frame(), b.next_frame()), (1, 1));
 }
+
+#[test]
+fn a_sealed_stream_in_any_chunks_yields_the_same_frames_and_catches_the_same_bit() {
+    let messages: Vec<Message> = examples().into_iter().take(12).collect();
+    let (frames, acceptor) = sealed_stream(&messages);
+    let stream: Vec<u8> = frames.concat();
+    let run = |bytes: &[u8], chunk: usize| -> Result<Vec<Message>, WireError> {
+        let mut decoder = FrameDecoder::sealed(limits(), acceptor.receive.clone());
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let taken = decoder.push(rest);
+                rest = &rest[taken..];
+                while let Some(f) = decoder.poll_frame()? {
+                    out.push(f.message);
+                }
+            }
+        }
+        decoder.finish()?;
+        Ok(out)
+    };
+    let mut flipped = stream.clone();
+    let third = frames[0].len() + frames[1].len();
+    flipped[third + HEADER_LEN + 1] ^= 0x01; // the third frame's message
+    for chunk in [1, 7, 64, 4096, stream.len()] {
+        assert_eq!(run(&stream, chunk).unwrap(), messages, "chunk {chunk}");
+        assert_eq!(
+            run(&flipped, chunk),
+            Err(WireError::MacMismatch { frame: 2 }),
+            "chunk {chunk}"
+        );
+    }
+}
