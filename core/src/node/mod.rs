@@ -321,6 +321,11 @@ impl Node {
             Input::GuestFrame(frame) => self.on_guest_frame(now, frame),
             Input::Peer { message, bulk } => self.on_peer(now, message, bulk),
             Input::PeerLink(state) => self.on_link(now, state),
+            Input::PeerActivity => {
+                if self.heartbeat_active() {
+                    self.heartbeat.handle_peer_traffic(now);
+                }
+            }
             Input::VmDone(done) => self.on_vm_done(now, done),
             Input::GuestDisk(req) => self.on_guest_disk(now, req),
             Input::DiskDone { op, result } => self.disks.handle_op_done(op, result),
