@@ -59,8 +59,44 @@ role = "secondary"
 peer = "{A_PEER}"
 listen = "{B_PEER}"
 node_id = 2
+
+[host.a-again]                        # host A rejoining as the secondary of host B
+role = "secondary"
+peer = "{B_PEER}"
+listen = "{A_PEER}"
+
+[host.b-again]                        # host B rejoining as the secondary of host A
+role = "secondary"
+peer = "{A_PEER}"
+listen = "{B_PEER}"
 "#
     )
+}
+
+/// The flags of a node's guest: `(temporary dir, host 0 or 1, node id)`.
+pub type NodeFlags = fn(&std::path::Path, usize, u64) -> Vec<String>;
+
+/// The test guest's key-value server (the default guest of the topology).
+pub fn net_server(_dir: &std::path::Path, _host: usize, _node_id: u64) -> Vec<String> {
+    args(&["--workload", "net-server"])
+}
+
+/// The test guest writing and checking a 1 MiB disk, each node on its own image in `dir`
+/// (two machines would each have one at the same path).
+pub fn disk_writer(dir: &std::path::Path, host: usize, node_id: u64) -> Vec<String> {
+    let image = dir.join(format!("{}-{node_id}.img", ["a", "b"][host]));
+    args(&[
+        "--workload",
+        "disk-writer",
+        "--pages",
+        "16",
+        "--print-every",
+        "20",
+        "--disk",
+        &image.to_string_lossy(),
+        "--disk-size",
+        "1M",
+    ])
 }
 
 /// The running topology.
@@ -81,6 +117,10 @@ pub struct TwoHosts {
     pub dir: PathBuf,
     /// Host A's and host B's control sockets.
     pub sockets: [String; 2],
+    /// The pair file.
+    pub file: String,
+    /// The guest's flags of each node.
+    pub node_flags: NodeFlags,
     /// Host A, host B, the arbiter's host, the client.
     pub a: NetNs,
     /// Host B.
@@ -101,6 +141,17 @@ impl TwoHosts {
     /// `pair_extra` in its `[pair]` section and `faults` on the replication link), and waits
     /// for the pairing's first checkpoint. `test` names the test for skip messages.
     pub fn start(test: &str, pair_extra: &str, faults: LinkFaults) -> Option<TwoHosts> {
+        TwoHosts::start_with(test, pair_extra, faults, net_server)
+    }
+
+    /// [`TwoHosts::start`] with the guest's flags of each node from `node_flags(dir, host,
+    /// node_id)` (the workload, each host's own disk image, ...).
+    pub fn start_with(
+        test: &str,
+        pair_extra: &str,
+        faults: LinkFaults,
+        node_flags: NodeFlags,
+    ) -> Option<TwoHosts> {
         if !super::kvm_available(test) || !super::net_available(test) {
             return None;
         }
@@ -198,21 +249,21 @@ impl TwoHosts {
         });
         let sockets =
             ["a", "b"].map(|h| dir.join(format!("{h}.sock")).to_string_lossy().into_owned());
-        let node = |role: &str, host: &str, socket: &str| {
-            args(&[
+        let node = |role: &str, host: usize, socket: &str| {
+            let mut v = args(&[
                 role,
                 "--config",
                 &file,
                 "--host",
-                host,
-                "--workload",
-                "net-server",
+                ["a", "b"][host],
                 "--control",
                 socket,
-            ])
+            ]);
+            v.extend(node_flags(&dir, host, host as u64 + 1));
+            v
         };
-        let a_node = procs.spawn_in(a.name(), &node("primary", "a", &sockets[0]));
-        let b_node = procs.spawn_in(b.name(), &node("secondary", "b", &sockets[1]));
+        let a_node = procs.spawn_in(a.name(), &node("primary", 0, &sockets[0]));
+        let b_node = procs.spawn_in(b.name(), &node("secondary", 1, &sockets[1]));
         procs.wait_for(Duration::from_secs(60), |w, l| {
             w == a_node && l.starts_with("primary: checkpoint-done epoch=1 ")
         });
@@ -225,11 +276,54 @@ impl TwoHosts {
             link,
             dir,
             sockets,
+            file,
+            node_flags,
             a,
             b,
             arb,
             client,
         })
+    }
+
+    /// Starts host `host`'s (0: A, 1: B) node again as the secondary of the other host (the
+    /// pair file's `a-again`/`b-again` part), as node `node_id`, with `extra` flags; returns
+    /// its process index. Its control socket becomes the host's.
+    pub fn rejoin(&mut self, host: usize, node_id: u64, extra: &[&str]) -> usize {
+        let name = ["a-again", "b-again"][host];
+        let socket = self
+            .dir
+            .join(format!("{name}-{node_id}.sock"))
+            .to_string_lossy()
+            .into_owned();
+        let mut v = args(&[
+            "secondary",
+            "--config",
+            &self.file,
+            "--host",
+            name,
+            "--node-id",
+            &node_id.to_string(),
+            "--control",
+            &socket,
+        ]);
+        v.extend((self.node_flags)(&self.dir, host, node_id));
+        v.extend(args(extra));
+        self.sockets[host] = socket;
+        let ns = [&self.a, &self.b][host].name().to_string();
+        self.procs.spawn_in(&ns, &v)
+    }
+
+    /// Starts the arbiter again (after it was killed); returns its process index.
+    pub fn restart_arbiter(&mut self) -> usize {
+        let ns = self.arb.name().to_string();
+        let arbiter = self
+            .procs
+            .spawn_in(&ns, &args(&["arbiter", "--listen", ARBITER]));
+        self.procs.wait_for(Duration::from_secs(10), |w, l| {
+            w == arbiter && l.starts_with("arbiter: listening")
+        });
+        self.arbiter = arbiter;
+        arbiter
     }
 
     /// A connection from the client's namespace to the guest's server.
