@@ -71,7 +71,7 @@ control = "$DIR/b.sock"
 TOML
     cat <<EOT
 Built: namespaces $A, $B, $ARB, $CL; pair file $DIR/pair.toml. Run, each in its own terminal:
-  ip netns exec $ARB colo arbiter --listen 192.168.51.3:7600
+  ip netns exec $ARB colo arbiter --listen 192.168.51.3:7600 --state $DIR/arbiter.state
   ip netns exec $A colo primary --config $DIR/pair.toml --host a --workload net-server
   ip netns exec $B colo secondary --config $DIR/pair.toml --host b --workload net-server
 Then the client (the test guest's key-value server):

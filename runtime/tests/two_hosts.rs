@@ -397,3 +397,54 @@ fn a_guest_disk_keeps_every_completed_write_through_kills_on_both_hosts() {
         primary = survivor;
     }
 }
+
+#[test]
+fn a_restarted_arbiter_remembers_the_term_and_the_cut_off_primary_is_deposed() {
+    let Some(mut pair) = TwoHosts::start(
+        "a_restarted_arbiter_remembers_the_term_and_the_cut_off_primary_is_deposed",
+        "",
+        LinkFaults::default(),
+    ) else {
+        return;
+    };
+    let mut conn = pair.connect();
+    increments(&mut conn, 1, 3);
+    // Host A is cut off; host B takes term 2 from the arbiter.
+    pair.link.set_down(true);
+    pair.cut_arbiter_link('a', true);
+    let b = pair.b_node;
+    pair.procs.wait_for(Duration::from_secs(20), |w, l| {
+        w == b && l.starts_with("secondary: claim-client-link ")
+    });
+    increments(&mut conn, 4, 3);
+    // The arbiter dies and comes back from its state file; then host A reaches it again
+    // (still cut from host B) and asks for the term it has been trying to take.
+    let arbiter = pair.arbiter;
+    pair.procs.kill(arbiter);
+    let arbiter = pair.restart_arbiter();
+    let restored = pair
+        .procs
+        .seen
+        .iter()
+        .any(|(w, _, l)| *w == arbiter && l.starts_with("arbiter: restored term=2 holder=2 "));
+    assert!(restored, "{}", pair.procs.log.join("\n"));
+    let a_frames = pair.guest_frames(0).len();
+    pair.cut_arbiter_link('a', false);
+    let a = pair.a_node;
+    let deposed = pair.procs.wait_for(Duration::from_secs(20), |w, l| {
+        w == a && (l.starts_with("primary: deposed ") || l.starts_with("primary: failed-over "))
+    });
+    assert!(
+        deposed.starts_with("primary: deposed term=2"),
+        "the restarted arbiter granted host A the term host B holds: {deposed}\n{}",
+        pair.procs.log.join("\n")
+    );
+    assert_eq!(
+        pair.guest_frames(0).len(),
+        a_frames,
+        "host A released nothing"
+    );
+    // Host B renews with the restarted arbiter and keeps serving.
+    pair.procs.drain_for(Duration::from_secs(3));
+    increments(&mut conn, 7, 3);
+}

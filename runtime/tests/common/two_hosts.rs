@@ -243,7 +243,11 @@ impl TwoHosts {
         let file = file.to_string_lossy().into_owned();
 
         let mut procs = Procs::new();
-        let arbiter = procs.spawn_in(arb.name(), &args(&["arbiter", "--listen", ARBITER]));
+        let state = dir.join("arbiter.state").to_string_lossy().into_owned();
+        let arbiter = procs.spawn_in(
+            arb.name(),
+            &args(&["arbiter", "--listen", ARBITER, "--state", &state]),
+        );
         procs.wait_for(Duration::from_secs(10), |w, l| {
             w == arbiter && l.starts_with("arbiter: listening")
         });
@@ -316,9 +320,15 @@ impl TwoHosts {
     /// Starts the arbiter again (after it was killed); returns its process index.
     pub fn restart_arbiter(&mut self) -> usize {
         let ns = self.arb.name().to_string();
-        let arbiter = self
-            .procs
-            .spawn_in(&ns, &args(&["arbiter", "--listen", ARBITER]));
+        let state = self
+            .dir
+            .join("arbiter.state")
+            .to_string_lossy()
+            .into_owned();
+        let arbiter = self.procs.spawn_in(
+            &ns,
+            &args(&["arbiter", "--listen", ARBITER, "--state", &state]),
+        );
         self.procs.wait_for(Duration::from_secs(10), |w, l| {
             w == arbiter && l.starts_with("arbiter: listening")
         });
