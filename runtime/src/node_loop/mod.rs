@@ -26,6 +26,7 @@ mod disk;
 mod disk_routing;
 mod drain;
 mod frames;
+mod liveness;
 mod log;
 mod reconnect;
 mod vm;
@@ -229,6 +230,8 @@ pub struct NodeLoop {
     tx: mpsc::Sender<LoopEvent>,
     rx: mpsc::Receiver<LoopEvent>,
     writer: Option<PeerWriter>,
+    /// Bytes arriving on the peer link before a whole frame has (`liveness.rs`).
+    peer_watch: Option<liveness::PeerSocketWatch>,
     link: u64,
     arbiter: ArbiterClient,
     pending: VecDeque<Input>,
@@ -344,6 +347,7 @@ impl NodeLoop {
             tx,
             rx,
             writer: None,
+            peer_watch: None,
             link: 0,
             arbiter,
             pending: VecDeque::new(),
@@ -408,6 +412,13 @@ impl NodeLoop {
             // heartbeat would count a peer silent whose heartbeats are merely queued.
             while let Ok(event) = self.rx.try_recv() {
                 self.on_event(event);
+            }
+            if self
+                .peer_watch
+                .as_mut()
+                .is_some_and(liveness::PeerSocketWatch::bytes_arrived)
+            {
+                self.input(Input::PeerActivity);
             }
             if let Some(input) = self.poll_drain() {
                 self.input(input);
@@ -491,7 +502,13 @@ impl NodeLoop {
             eprintln!("colo {}: a second peer connection was refused", self.name);
             return;
         }
-        let (stream, decoder, writer) = match link.split(Limits::default()) {
+        let split = link
+            .split(Limits::default())
+            .and_then(|(stream, decoder, writer)| {
+                let watch_half = stream.try_clone()?;
+                Ok((stream, decoder, writer, watch_half))
+            });
+        let (stream, decoder, writer, watch_half) = match split {
             Ok(parts) => parts,
             Err(e) => {
                 eprintln!("colo {}: peer socket: {e}", self.name);
@@ -542,6 +559,12 @@ impl NodeLoop {
             eprintln!("colo {}: cannot start the peer reader: {e}", self.name);
             return;
         }
+        // The socket's options are shared by its halves: the writer's sends time out too.
+        let write_timeout = liveness::peer_write_timeout(self.config.node.heartbeat.lost_after());
+        if let Err(e) = watch_half.set_write_timeout(Some(write_timeout)) {
+            eprintln!("colo {}: peer socket write timeout: {e}", self.name);
+        }
+        self.peer_watch = Some(liveness::PeerSocketWatch::new(watch_half));
         self.writer = Some(writer);
         println!("{}: link-up", self.name);
         self.input(Input::PeerLink(LinkState::Up));
@@ -549,6 +572,7 @@ impl NodeLoop {
 
     fn link_down(&mut self, why: &str) {
         if let Some(writer) = self.writer.take() {
+            self.peer_watch = None;
             writer.close();
             println!("{}: link-down reason=\"{why}\"", self.name);
             self.link += 1; // ignore whatever the old reader still posts
