@@ -46,6 +46,14 @@ up() {
         n=$((n + 1))
     done
     mkdir -p "$DIR"
+    # The pair key: the one file an operator copies to both hosts and the arbiter.
+    if [ ! -e "$DIR/pair.key" ]; then
+        if command -v colo >/dev/null; then
+            colo keygen "$DIR/pair.key"
+        else
+            echo "colo is not on PATH: create the key with: colo keygen $DIR/pair.key" >&2
+        fi
+    fi
     cat > "$DIR/pair.toml" <<TOML
 # The same file on both hosts (docs/operations.md, "The pair config file").
 [[vm.net]]
@@ -55,6 +63,7 @@ bridge = "guestbr"
 
 [pair]
 arbiter = "192.168.51.3:7600"
+key_file = "$DIR/pair.key"
 
 [host.a]
 role = "primary"
@@ -71,7 +80,7 @@ control = "$DIR/b.sock"
 TOML
     cat <<EOT
 Built: namespaces $A, $B, $ARB, $CL; pair file $DIR/pair.toml. Run, each in its own terminal:
-  ip netns exec $ARB colo arbiter --listen 192.168.51.3:7600 --state $DIR/arbiter.state
+  ip netns exec $ARB colo arbiter --listen 192.168.51.3:7600 --state $DIR/arbiter.state --key-file $DIR/pair.key
   ip netns exec $A colo primary --config $DIR/pair.toml --host a --workload net-server
   ip netns exec $B colo secondary --config $DIR/pair.toml --host b --workload net-server
 Then the client (the test guest's key-value server):
