@@ -16,6 +16,7 @@ use colo_core::wire::{Limits, Message};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use tracing::{error, info, warn};
 
 /// Longest lease the arbiter grants (a node asks for 2 s by default).
 pub const MAX_LEASE: Duration = Duration::from_secs(10);
@@ -86,10 +87,10 @@ impl ArbiterServer {
                         .name("colo-arbiter-conn".to_string())
                         .spawn(move || serve_connection(stream, from, &arbiter, clock));
                     if let Err(e) = spawned {
-                        eprintln!("colo arbiter: cannot serve {from}: {e}");
+                        error!(role = "arbiter", "cannot serve {from}: {e}");
                     }
                 }
-                Err(e) => eprintln!("colo arbiter: accept failed: {e}"),
+                Err(e) => warn!(role = "arbiter", "accept failed: {e}"),
             }
         }
     }
@@ -113,8 +114,9 @@ fn serve_connection(
             duration_ms,
         } = message
         else {
-            eprintln!(
-                "colo arbiter: {from} sent {:?}, not a lease request; closing",
+            warn!(
+                role = "arbiter",
+                "{from} sent {:?}, not a lease request; closing",
                 message.kind()
             );
             return false;
@@ -130,11 +132,12 @@ fn serve_connection(
         };
         let message = match reply {
             LeaseReply::Granted { valid_for } => {
-                println!(
-                    "arbiter: lease-granted term={} node={} valid_for_ms={}",
-                    term.0,
-                    node_id.0,
-                    valid_for.as_millis()
+                info!(
+                    role = "arbiter",
+                    term = term.0,
+                    node = node_id.0,
+                    valid_for_ms = valid_for.as_millis() as u64,
+                    "lease-granted"
                 );
                 Message::LeaseGrant {
                     term,
@@ -146,9 +149,13 @@ fn serve_connection(
                 holder,
                 current_term,
             } => {
-                println!(
-                    "arbiter: lease-denied term={} node={} holder={} current_term={}",
-                    term.0, node_id.0, holder.0, current_term.0
+                info!(
+                    role = "arbiter",
+                    term = term.0,
+                    node = node_id.0,
+                    holder = holder.0,
+                    current_term = current_term.0,
+                    "lease-denied"
                 );
                 Message::LeaseDenied {
                     term,
@@ -160,7 +167,7 @@ fn serve_connection(
         writer.send(&message, &[]).is_ok()
     });
     if let LinkClosed::Wire(e) = closed {
-        eprintln!("colo arbiter: {from}: {e}");
+        warn!(role = "arbiter", "{from}: {e}");
     }
 }
 
@@ -188,7 +195,7 @@ impl ArbiterClient {
                     match ask(&mut link, addr, reply_timeout, &request) {
                         Ok(reply) => deliver(request.id, reply),
                         Err(e) => {
-                            eprintln!("colo: arbiter {addr} did not answer: {e}");
+                            warn!("arbiter {addr} did not answer: {e}");
                             link = None;
                         }
                     }

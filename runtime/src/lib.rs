@@ -22,6 +22,7 @@ pub mod disk;
 pub mod guest;
 pub mod layout;
 pub mod loader;
+pub mod logging;
 pub mod machine;
 pub mod memory;
 pub mod net;

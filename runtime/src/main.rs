@@ -32,6 +32,22 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `human` (`<role>: <event> key=value ...`) or `json` (one object
+    /// per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Human)]
+    log_format: LogFormatArg,
+    /// Which events to log: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// `RUST_LOG`-style directives; overrides RUST_LOG (default `info`).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormatArg {
+    /// `<role>: <event> key=value ...`
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -257,6 +273,14 @@ fn main() -> ExitCode {
         .subcommand_matches("primary")
         .or_else(|| matches.subcommand_matches("secondary"));
     let given = |id: &str| node_matches.is_some_and(|m| node_cli::given_on_command_line(m)(id));
+    let format = match cli.log_format {
+        LogFormatArg::Human => colo_runtime::logging::LogFormat::Human,
+        LogFormatArg::Json => colo_runtime::logging::LogFormat::Json,
+    };
+    if let Err(message) = colo_runtime::logging::init(format, cli.log_level.as_deref()) {
+        eprintln!("colo: {message}");
+        return ExitCode::from(1);
+    }
     match run(cli, given) {
         Ok(code) => code,
         Err(message) => {
@@ -335,7 +359,7 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
                     std::process::exit(0);
                 });
             }
-            println!("arbiter: listening on {}", server.local_addr());
+            tracing::info!(role = "arbiter", "listening on {}", server.local_addr());
             server.serve()
         }
         Command::Demo(args) => {
@@ -435,11 +459,11 @@ fn drive(mut machine: Machine, args: &CommonArgs) -> Result<ExitCode, String> {
     machine.pause();
     match stop {
         Some((_, VcpuStop::GuestExit(code))) => {
-            eprintln!("colo: guest exited with code {code}");
+            tracing::info!("guest exited with code {code}");
             Ok(ExitCode::from(code as u8))
         }
         Some((vcpu, why)) => {
-            eprintln!("colo: vCPU {vcpu} stopped: {why:?}");
+            tracing::error!("vCPU {vcpu} stopped: {why:?}");
             Ok(ExitCode::from(2))
         }
         None => {
@@ -448,14 +472,14 @@ fn drive(mut machine: Machine, args: &CommonArgs) -> Result<ExitCode, String> {
                     .capture(CheckpointKind::Full)
                     .map_err(|e| e.to_string())?;
                 checkpoint.save_file(path).map_err(|e| e.to_string())?;
-                eprintln!(
-                    "colo: state saved to {} ({} pages, {:?} device state)",
+                tracing::info!(
+                    "state saved to {} ({} pages, {:?} device state)",
                     path.display(),
                     stats.pages,
                     stats.devices
                 );
             } else {
-                eprintln!("colo: timeout reached, VM paused and stopped");
+                tracing::info!("timeout reached, VM paused and stopped");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -438,7 +438,11 @@ fn run_node(
         .map_err(|e| e.to_string())?;
     let fingerprint = spec.fingerprint(&images, &disk_sizes);
     config.node.vm_fingerprint = fingerprint;
-    println!("{role_name}: {}", spec.summary(fingerprint, &disk_sizes));
+    tracing::info!(
+        role = role_name,
+        "{}",
+        spec.summary(fingerprint, &disk_sizes)
+    );
     let machine_config = MachineConfig {
         mem_mib: spec.mem_mib,
         vcpus: spec.vcpus,
@@ -483,7 +487,11 @@ fn run_node(
         }
     }
     let node = NodeLoop::new(config, machine).map_err(|e| e.to_string())?;
-    println!("{role_name}: control socket={}", control_path.display());
+    tracing::info!(
+        role = role_name,
+        "control socket={}",
+        control_path.display()
+    );
     match node.run().map_err(|e| e.to_string())? {
         LoopEnd::TimeUp | LoopEnd::Stopped => Ok(ExitCode::SUCCESS),
         LoopEnd::Deposed => Err("this node was deposed (another node holds the term)".to_string()),

@@ -16,6 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use tracing::error;
 
 const POLL_MS: i32 = 50;
 /// Interface names are at most 15 bytes (IFNAMSIZ - 1).
@@ -179,7 +180,7 @@ impl TapLink {
                         Ok(Some(n)) => on_frame(&buf[..n]),
                         Ok(None) => {}
                         Err(e) => {
-                            eprintln!("colo: tap {}: {e}", tap.name());
+                            error!("tap {}: {e}", tap.name());
                             return;
                         }
                     }

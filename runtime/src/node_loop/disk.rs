@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use tracing::{error, warn};
 
 /// The guest disk of a replicated node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -286,9 +287,9 @@ impl GuestDisk {
     ) {
         let bytes = self.store.finish_guest(io);
         let Some(p) = self.pending.remove(&io) else {
-            eprintln!(
-                "colo {}: error: completion of unknown guest disk request {io:?}",
-                self.name
+            error!(
+                role = self.name,
+                "error: completion of unknown guest disk request {io:?}"
             );
             return;
         };
@@ -299,7 +300,7 @@ impl GuestDisk {
         let completion = match result {
             Ok(()) => Ok(bytes.unwrap_or_default()),
             Err(e) => {
-                eprintln!("colo {}: guest disk request {io:?} failed: {e}", self.name);
+                warn!(role = self.name, "guest disk request {io:?} failed: {e}");
                 Err(BlkIoError(e.to_string()))
             }
         };
@@ -312,9 +313,9 @@ impl GuestDisk {
         let result = self.store.execute(command);
         if result.is_err() {
             self.stats.command_errors += 1;
-            eprintln!(
-                "colo {}: error: disk command {command:?} failed: {}",
-                self.name,
+            error!(
+                role = self.name,
+                "error: disk command {command:?} failed: {}",
                 self.store.last_error().unwrap_or("?")
             );
         }

@@ -16,8 +16,9 @@
 //! Guest network frames are routed by `frames.rs` (client tap, virtio-net, the node); guest
 //! disk requests, disk commands and forwarded writes by `disk.rs` (virtio-blk, the files).
 //!
-//! Log lines on stdout are `<role>: <what> key=value ...`, one per milestone, written by
-//! `log.rs`; `colo demo` and the tests parse them (names listed in docs/operations.md).
+//! Log events (stderr, `crate::logging`) read `<role>: <what> key=value ...`, one per
+//! milestone, written by `log.rs`; `colo demo` and the tests parse them (names listed in
+//! docs/operations.md).
 
 mod control;
 mod disk;
@@ -50,6 +51,7 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc;
+use tracing::{error, info, warn};
 
 /// How this node reaches its peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,7 +263,8 @@ impl NodeLoop {
         let clock = MonoClock::start();
         let node = Node::new(config.node.clone(), config.role, clock.now())?;
         let (tx, rx) = mpsc::channel();
-        // The guest's console shares stdout with this loop's log lines: whole lines only. A
+        // The guest's console goes to stdout, whole lines only (a reader may merge it with the
+        // log lines on stderr). A
         // secondary's guest output is speculative until it takes over (devices/gate.rs).
         let gate = machine.output_gate();
         gate.set_whole_lines(true);
@@ -456,7 +459,7 @@ impl NodeLoop {
             LoopEvent::GuestFrame(frame) => self.input(Input::GuestFrame(frame)),
             LoopEvent::ClientFrame { nic, frame } => self.input(Input::ClientFrame { nic, frame }),
             LoopEvent::Arbiter { id, reply } => {
-                println!("{}: lease-reply id={} reply={reply:?}", self.name, id.0);
+                info!(role = self.name, id = id.0, reply = ?reply, "lease-reply");
                 self.input(Input::Arbiter { id, reply });
             }
             LoopEvent::Control(call) => self.on_control(call),
@@ -472,13 +475,13 @@ impl NodeLoop {
 
     fn on_connected(&mut self, stream: TcpStream) {
         if self.writer.is_some() {
-            eprintln!("colo {}: a second peer connection was refused", self.name);
+            warn!(role = self.name, "a second peer connection was refused");
             return;
         }
         let write_half = match stream.try_clone() {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("colo {}: peer socket: {e}", self.name);
+                warn!(role = self.name, "peer socket: {e}");
                 return;
             }
         };
@@ -518,18 +521,18 @@ impl NodeLoop {
         };
         let spawned = PeerReader::spawn(stream, Limits::default(), on_frame, on_closed);
         if let Err(e) = spawned {
-            eprintln!("colo {}: cannot start the peer reader: {e}", self.name);
+            error!(role = self.name, "cannot start the peer reader: {e}");
             return;
         }
         self.writer = Some(PeerWriter::new(write_half));
-        println!("{}: link-up", self.name);
+        info!(role = self.name, "link-up");
         self.input(Input::PeerLink(LinkState::Up));
     }
 
     fn link_down(&mut self, why: &str) {
         if let Some(writer) = self.writer.take() {
             writer.close();
-            println!("{}: link-down reason=\"{why}\"", self.name);
+            info!(role = self.name, reason = ?why, "link-down");
             self.link += 1; // ignore whatever the old reader still posts
             self.input(Input::PeerLink(LinkState::Down));
             self.maybe_reconnect();
@@ -595,10 +598,7 @@ impl NodeLoop {
             }
             Output::Sync(SyncCommand::SendAll { term }) => {
                 let Some(writer) = self.writer.as_mut() else {
-                    eprintln!(
-                        "colo {}: initial copy ordered with the link down",
-                        self.name
-                    );
+                    warn!(role = self.name, "initial copy ordered with the link down");
                     return;
                 };
                 let sent = self
@@ -613,9 +613,11 @@ impl NodeLoop {
                     });
                 match sent {
                     Ok((memory, disk)) => {
-                        println!(
-                            "{}: sync-sent memory_bytes={memory} disk_bytes={disk}",
-                            self.name
+                        info!(
+                            role = self.name,
+                            memory_bytes = memory,
+                            disk_bytes = disk,
+                            "sync-sent"
                         );
                         self.pending.push_back(Input::SyncSent {
                             memory_bytes: memory,
@@ -626,9 +628,11 @@ impl NodeLoop {
                 }
             }
             Output::Arbiter(request) => {
-                println!(
-                    "{}: lease-request id={} term={}",
-                    self.name, request.id.0, request.term.0
+                info!(
+                    role = self.name,
+                    id = request.id.0,
+                    term = request.term.0,
+                    "lease-request"
                 );
                 self.arbiter.request(request);
             }
@@ -664,7 +668,7 @@ fn spawn_acceptor(listener: TcpListener, tx: mpsc::Sender<LoopEvent>) -> Result<
                             return;
                         }
                     }
-                    Err(e) => eprintln!("colo: accepting a peer failed: {e}"),
+                    Err(e) => warn!("accepting a peer failed: {e}"),
                 }
             }
         })

@@ -21,6 +21,7 @@ use colo_core::node::NodeMode;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tracing::{error, info};
 
 /// Whether a node in `mode` still depends on its primary's link.
 fn depends_on_primary(mode: NodeMode) -> bool {
@@ -41,10 +42,11 @@ impl NodeLoop {
             return;
         }
         let window = self.config.node.heartbeat.lost_after().saturating_mul(2);
-        println!(
-            "{}: reconnecting to={addr} for_ms={}",
-            self.name,
-            window.as_millis()
+        info!(
+            role = self.name,
+            to = %addr,
+            for_ms = window.as_millis() as u64,
+            "reconnecting"
         );
         spawn_reconnector(addr, window, self.tx.clone());
     }
@@ -53,13 +55,14 @@ impl NodeLoop {
     pub(super) fn on_reconnected(&mut self, stream: TcpStream) {
         let status = self.node.status(self.clock.now());
         if self.writer.is_some() || !depends_on_primary(status.mode) {
-            println!(
-                "{}: reconnect-dropped mode={:?} (no longer needed)",
-                self.name, status.mode
+            info!(
+                role = self.name,
+                mode = ?status.mode,
+                "reconnect-dropped (no longer needed)"
             );
             return;
         }
-        println!("{}: reconnected", self.name);
+        info!(role = self.name, "reconnected");
         self.on_connected(stream);
     }
 }
@@ -80,6 +83,6 @@ fn spawn_reconnector(addr: SocketAddr, window: Duration, tx: mpsc::Sender<LoopEv
             }
         });
     if let Err(e) = spawned {
-        eprintln!("colo: cannot start the reconnector: {e}");
+        error!("cannot start the reconnector: {e}");
     }
 }

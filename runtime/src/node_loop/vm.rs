@@ -26,6 +26,7 @@ use colo_core::ids::{Epoch, PageRange, Term};
 use colo_core::wire::Message;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::error;
 use vm_memory::{Bytes, GuestAddress};
 
 /// The secondary's copy of guest memory as of the newest pages received, plus which pages
@@ -225,7 +226,7 @@ impl VmExecutor {
         command: VmCommand,
     ) -> Result<VmCompletion, (VmCompletion, LinkClosed)> {
         let failed = |command: VmCommandKind, why: String| {
-            eprintln!("colo: VM command {command:?} failed: {why}");
+            error!("VM command {command:?} failed: {why}");
             VmCompletion::Failed { command }
         };
         Ok(match command {
@@ -356,7 +357,7 @@ impl VmExecutor {
     ) -> Result<u64, LinkClosed> {
         // From this command on the dirty logs track what the first checkpoint must carry.
         if let Err(e) = machine.take_dirty() {
-            eprintln!("colo: clearing the dirty log before the initial copy failed: {e}");
+            error!("clearing the dirty log before the initial copy failed: {e}");
         }
         let all = DirtyPages::all(machine.memory());
         let sent = writer.send_pages(machine.memory(), all.ranges(), |batch, ranges| {
