@@ -25,6 +25,7 @@ pub mod loader;
 pub mod logging;
 pub mod machine;
 pub mod memory;
+pub mod metrics;
 pub mod net;
 pub mod node_loop;
 pub mod peer;

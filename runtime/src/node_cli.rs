@@ -113,6 +113,10 @@ pub(crate) struct NodeArgs {
     /// new one.
     #[arg(long, value_parser = parse_size)]
     disk_size: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (or `metrics_listen` in the host's
+    /// part of --config). Off by default.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The size of a pair's disk: `--disk-size`, else the image's own size, else 64 MiB (created).
@@ -256,6 +260,9 @@ fn merge_config(
     if !given("control") {
         args.control = args.control.clone().or_else(|| host.control.clone());
     }
+    if !given("metrics_listen") {
+        args.metrics_listen = args.metrics_listen.or(host.metrics_listen);
+    }
     // The pair.
     let pair = &file.pair;
     if !given("arbiter") {
@@ -338,11 +345,12 @@ pub(crate) fn check_config(path: &Path) -> Result<ExitCode, String> {
     for (name, host) in &file.host {
         let addr = |a: Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
         println!(
-            "  host {name}: role={} listen={} peer={} node_id={}",
+            "  host {name}: role={} listen={} peer={} node_id={} metrics={}",
             host.role.name(),
             addr(host.listen),
             addr(host.peer),
-            host.node_id.map_or("-".to_string(), |n| n.to_string())
+            host.node_id.map_or("-".to_string(), |n| n.to_string()),
+            addr(host.metrics_listen)
         );
     }
     println!("{}: OK", path.display());
@@ -376,6 +384,7 @@ fn run_node(
     config.control = Some(control_path.clone());
     config.newcomer_listen = newcomer_listen;
     config.auto_reprotect = args.auto_reprotect;
+    config.metrics_listen = args.metrics_listen;
     config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;

@@ -127,6 +127,7 @@ impl NodeLoop {
 
     pub(super) fn on_node_event(&mut self, event: Event) {
         self.ctl_on_event(&event);
+        self.metrics_on_event(&event);
         let n = self.name;
         match &event {
             Event::CheckpointDone {

@@ -26,6 +26,7 @@ mod disk_routing;
 mod drain;
 mod frames;
 mod log;
+mod metrics;
 mod reconnect;
 mod vm;
 
@@ -94,6 +95,8 @@ pub struct NodeLoopConfig {
     /// The guest's disks, one virtio-blk device each, in device order (none: the one
     /// virtio-blk device has no medium). The core replicates them as one block space.
     pub disks: Vec<DiskFiles>,
+    /// Where to serve Prometheus metrics (none: not served; the loop keeps them anyway).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl NodeLoopConfig {
@@ -116,6 +119,7 @@ impl NodeLoopConfig {
             auto_reprotect: false,
             net: NetConfig::default(),
             disks: Vec::new(),
+            metrics_listen: None,
         }
     }
 }
@@ -233,6 +237,8 @@ pub struct NodeLoop {
     reports: u64,
     /// A pause's completion held until no block request is in flight (`drain.rs`).
     drain: Option<drain::PauseDrain>,
+    /// The Prometheus metrics (`metrics.rs`).
+    metrics: metrics::LoopMetrics,
 }
 
 impl std::fmt::Debug for NodeLoop {
@@ -322,6 +328,8 @@ impl NodeLoop {
             Role::Primary => "primary",
             Role::Secondary => "secondary",
         };
+        let metrics =
+            metrics::LoopMetrics::new(name, config.metrics_listen).map_err(LoopError::Endpoint)?;
         Ok(NodeLoop {
             node,
             machine,
@@ -343,6 +351,7 @@ impl NodeLoop {
             deferred: VecDeque::new(),
             reports: 0,
             drain: None,
+            metrics,
         })
     }
 
@@ -372,6 +381,7 @@ impl NodeLoop {
                 next_report = now + self.config.report_every;
                 self.report(now);
             }
+            self.mirror_metrics(now);
             let mut wake = next_report.min(now + Duration::from_millis(50));
             if let Some(t) = self.node.poll_timeout() {
                 wake = wake.min(t);
@@ -460,6 +470,7 @@ impl NodeLoop {
             LoopEvent::ClientFrame { nic, frame } => self.input(Input::ClientFrame { nic, frame }),
             LoopEvent::Arbiter { id, reply } => {
                 info!(role = self.name, id = id.0, reply = ?reply, "lease-reply");
+                self.metrics.on_lease_reply(id, self.clock.now());
                 self.input(Input::Arbiter { id, reply });
             }
             LoopEvent::Control(call) => self.on_control(call),
@@ -619,6 +630,7 @@ impl NodeLoop {
                             disk_bytes = disk,
                             "sync-sent"
                         );
+                        self.metrics.registry.on_sync_sent(memory, disk);
                         self.pending.push_back(Input::SyncSent {
                             memory_bytes: memory,
                             disk_bytes: disk,
@@ -634,6 +646,7 @@ impl NodeLoop {
                     term = request.term.0,
                     "lease-request"
                 );
+                self.metrics.on_lease_request(request.id, self.clock.now());
                 self.arbiter.request(request);
             }
             Output::Event(event) => self.on_node_event(event),
