@@ -13,9 +13,10 @@ use crate::peer::{LinkClosed, PeerWriter, read_frames};
 use colo_core::failover::{Arbiter, LeaseReply, LeaseRequest, LeaseRequestId};
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::{Limits, Message};
+use parking_lot::Mutex;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use tracing::{error, info, warn};
 
 /// Longest lease the arbiter grants (a node asks for 2 s by default).
@@ -122,7 +123,7 @@ fn serve_connection(
             return false;
         };
         let reply = {
-            let mut arbiter = arbiter.lock().expect("arbiter mutex poisoned");
+            let mut arbiter = arbiter.lock();
             arbiter.handle_request(
                 clock.now(),
                 term,

@@ -132,7 +132,8 @@ impl Visit for HumanFields {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use parking_lot::Mutex;
+    use std::sync::Arc;
     use tracing_subscriber::fmt::MakeWriter;
 
     /// A writer that keeps what the subscriber wrote.
@@ -141,7 +142,7 @@ mod tests {
 
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.0.lock().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -157,7 +158,7 @@ mod tests {
     }
 
     fn text(c: &Captured) -> String {
-        String::from_utf8(c.0.lock().unwrap().clone()).unwrap()
+        String::from_utf8(c.0.lock().clone()).unwrap()
     }
 
     #[derive(Debug)]

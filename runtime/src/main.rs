@@ -222,7 +222,6 @@ fn attach_disk(machine: &Machine, args: &DiskArgs) -> Result<(), String> {
     machine
         .blk()
         .lock()
-        .expect("blk mutex poisoned")
         .set_backend(Box::new(backend), args.disk_size);
     Ok(())
 }
@@ -387,7 +386,7 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             let machine = Machine::from_checkpoint(&checkpoint, ConsoleOutput::Stdout)
                 .map_err(|e| e.to_string())?;
             if let Some(path) = args.disk {
-                let disk_size = machine.blk().lock().expect("blk mutex poisoned").capacity();
+                let disk_size = machine.blk().lock().capacity();
                 if disk_size == 0 {
                     return Err("--disk: the saved VM had no disk".to_string());
                 }

@@ -465,12 +465,12 @@ fn run_node(
     .map_err(|e| e.to_string())?;
     for (device, image) in read_only {
         let size = image.size();
-        let mut blk = machine.blks()[device].lock().expect("blk mutex poisoned");
+        let mut blk = machine.blks()[device].lock();
         blk.set_backend(Box::new(colo_runtime::disk::ImageBackend::new(image)), size);
         blk.set_read_only(true);
     }
     for (net, device) in spec.nets.iter().zip(machine.nets()) {
-        device.lock().expect("net mutex poisoned").set_mac(net.mac);
+        device.lock().set_mac(net.mac);
     }
     // The secondary boots nothing: its VM becomes the primary's by the initial copy.
     if role == Role::Primary {

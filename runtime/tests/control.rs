@@ -430,7 +430,7 @@ fn a_socket_nobody_serves_is_a_clear_error() {
 /// both nodes alive); it keeps accepting afterwards.
 struct Proxy {
     front: String,
-    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    open: std::sync::Arc<parking_lot::Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl Proxy {
@@ -438,14 +438,14 @@ impl Proxy {
         use std::net::{TcpListener, TcpStream};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let front = listener.local_addr().unwrap().to_string();
-        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
         let keep = open.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(&back) else {
                     continue;
                 };
-                let mut guard = keep.lock().unwrap();
+                let mut guard = keep.lock();
                 guard.push(client.try_clone().unwrap());
                 guard.push(server.try_clone().unwrap());
                 for (mut from, mut to) in [
@@ -463,7 +463,7 @@ impl Proxy {
     }
 
     fn cut(&self) {
-        for stream in self.open.lock().unwrap().drain(..) {
+        for stream in self.open.lock().drain(..) {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }

@@ -97,7 +97,7 @@ fn guest_tcp_server_answers_a_real_client_over_a_tap() {
 
     machine.pause();
     let net = machine.net();
-    let net = net.lock().unwrap();
+    let net = net.lock();
     assert_eq!(net.phase(), DevicePhase::Live);
     let stats = net.stats();
     assert!(stats.rx_frames > 0 && stats.tx_frames > 0, "{stats:?}");

@@ -26,10 +26,11 @@ use crate::net::kvclient::{KvConnection, Timeouts, add_client_bridge};
 use crate::net::netns::NetNs;
 use crate::net::tap::{Tap, TapLink};
 use crate::persist::MachineConfig;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 const BRIDGE: &str = "colobr0";
@@ -223,7 +224,6 @@ fn lone_vm(ns: &NetNs, requests: u32) -> Result<Percentiles, String> {
     machine
         .net()
         .lock()
-        .expect("net mutex poisoned")
         .set_mac([0x52, 0x54, 0x00, 0xc0, 0x10, 0x03]);
     let tsc = machine.tsc_khz().map_err(|e| e.to_string())?;
     let image = std::fs::read(crate::guest::test_guest_path())
@@ -370,14 +370,14 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
                     client.incr()
                 };
                 match result {
-                    Ok(value) => samples.lock().expect("samples").push(Sample {
+                    Ok(value) => samples.lock().push(Sample {
                         start,
                         end: Instant::now(),
                         value,
                         nonce,
                     }),
                     Err(e) => {
-                        *failure.lock().expect("failure") = Some(e);
+                        *failure.lock() = Some(e);
                         return;
                     }
                 }
@@ -412,15 +412,13 @@ fn drive(
     samples: &Mutex<Vec<Sample>>,
     failure: &Mutex<Option<String>>,
 ) -> Result<(), String> {
-    let check = || match failure.lock().expect("failure").clone() {
+    let check = || match failure.lock().clone() {
         Some(e) => Err(format!("the client failed: {e}")),
         None => Ok(()),
     };
     let started = Instant::now();
     let mut checkpoints = 0;
-    while checkpoints < options.checkpoints
-        || samples.lock().expect("samples").len() < options.requests as usize
-    {
+    while checkpoints < options.checkpoints || samples.lock().len() < options.requests as usize {
         check()?;
         if let Some(line) = next(children, "the client's requests through the pair")?
             && let Some(f) = fields(&line.text, "primary", "checkpoint-done")
@@ -451,7 +449,6 @@ fn drive(
         check()?;
         let solo = samples
             .lock()
-            .expect("samples")
             .iter()
             .filter(|s| s.start > failed_over)
             .count();
@@ -460,7 +457,7 @@ fn drive(
         }
         next(children, "the client's requests to the survivor")?;
     }
-    let samples = samples.lock().expect("samples").clone();
+    let samples = samples.lock().clone();
     let latency = |keep: &dyn Fn(&Sample) -> bool| -> Percentiles {
         let v: Vec<Duration> = samples
             .iter()

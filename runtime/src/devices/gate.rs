@@ -13,8 +13,9 @@
 //! same stream (the node loop's log lines on stdout) never land inside a guest line; a partial
 //! line waits for its newline, and is written when the gate is dropped.
 
+use parking_lot::Mutex;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The most speculative output kept (bytes): more than any checkpoint interval's worth of a
 /// boot log; beyond it the oldest bytes are dropped (and counted).
@@ -121,8 +122,8 @@ impl OutputGate {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
-        self.inner.lock().expect("output gate mutex poisoned")
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Gate> {
+        self.inner.lock()
     }
 
     /// Whole-line output (see the module doc): on for a node that shares its stdout with its

@@ -196,13 +196,12 @@ impl TapLink {
     /// the guest, the guest's frames are written to the tap.
     pub fn attach(
         tap: Tap,
-        net: Arc<std::sync::Mutex<crate::devices::virtio::net::NetDevice>>,
+        net: Arc<parking_lot::Mutex<crate::devices::virtio::net::NetDevice>>,
     ) -> io::Result<TapLink> {
         net.lock()
-            .expect("net mutex poisoned")
             .set_sink(Box::new(TapSink::new(tap.try_clone()?)));
         TapLink::spawn(tap, move |frame| {
-            net.lock().expect("net mutex poisoned").deliver(frame);
+            net.lock().deliver(frame);
         })
     }
 }

@@ -27,10 +27,11 @@ use crate::disk::{DiskStore, ImageError};
 use colo_core::disk::{DiskCommand, GuestIoId};
 use colo_core::node::{GuestDiskRequest, Input};
 use colo_core::wire::message::WriteId;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use tracing::{error, warn};
 
 /// The guest disk of a replicated node.
@@ -152,7 +153,7 @@ impl GuestDisk {
                     files.device
                 )),
             })?;
-            device.lock().expect("blk mutex poisoned").set_backend(
+            device.lock().set_backend(
                 Box::new(BlkBridge {
                     tx: tx.clone(),
                     generation: generation.clone(),
@@ -205,10 +206,7 @@ impl GuestDisk {
 
     fn complete(&self, disk: usize, id: BlkRequestId, completion: BlkCompletion) {
         if let Some(device) = self.devices.get(disk) {
-            device
-                .lock()
-                .expect("blk mutex poisoned")
-                .complete(id, completion);
+            device.lock().complete(id, completion);
         }
     }
 

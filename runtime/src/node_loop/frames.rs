@@ -28,10 +28,11 @@ use crate::devices::virtio::net::{FrameSink, NetDevice, PENDING_RX_LIMIT};
 use crate::machine::{Machine, MachinePhase};
 use crate::net::tap::{Tap, TapLink};
 use colo_core::ids::NicId;
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
 /// One guest NIC's client link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,10 +133,7 @@ impl GuestNet {
         }
         let mut nics = Vec::with_capacity(machine.nets().len());
         for (index, device) in machine.nets().iter().enumerate() {
-            device
-                .lock()
-                .expect("net mutex poisoned")
-                .set_sink(Box::new(ChannelSink(tx.clone())));
+            device.lock().set_sink(Box::new(ChannelSink(tx.clone())));
             let link = config.links.get(index);
             let (client, reader) = match link {
                 None => (None, None),
@@ -207,7 +205,7 @@ impl GuestNet {
             if nic.held.is_empty() {
                 continue;
             }
-            let mut device = nic.device.lock().expect("net mutex poisoned");
+            let mut device = nic.device.lock();
             for frame in nic.held.drain(..) {
                 device.deliver(&frame);
                 self.stats.to_guest += 1;
@@ -262,7 +260,7 @@ impl GuestNet {
 impl Nic {
     fn mac(&self) -> [u8; 6] {
         // Per released frame: read the MAC alone, not a copy of the device's whole state.
-        self.device.lock().expect("net mutex poisoned").mac()
+        self.device.lock().mac()
     }
 
     fn join_bridge(&self) -> Result<(), String> {

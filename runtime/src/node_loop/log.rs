@@ -26,7 +26,7 @@ impl NodeLoop {
             // The devices' counters, all NICs together.
             let (mut tx_frames, mut rx_frames, mut rx_dropped) = (0, 0, 0);
             for device in self.machine.nets() {
-                let d = device.lock().expect("net mutex poisoned").stats();
+                let d = device.lock().stats();
                 tx_frames += d.tx_frames;
                 rx_frames += d.rx_frames;
                 rx_dropped += d.rx_dropped;

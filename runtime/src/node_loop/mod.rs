@@ -503,10 +503,7 @@ impl NodeLoop {
             let bulk = match &message {
                 // QEMU's colo_cache: pages land in the cache on arrival, never in SVM memory.
                 Message::PageBatch { ranges, .. } | Message::SyncPages { ranges, .. } => {
-                    let stored = cache
-                        .lock()
-                        .expect("RAM cache mutex poisoned")
-                        .store(ranges, bulk);
+                    let stored = cache.lock().store(ranges, bulk);
                     if let Err(why) = stored {
                         let why = format!("refused {:?} from the peer: {why}", message.kind());
                         let _ = tx.send(LoopEvent::PeerDown { link, why });

@@ -24,7 +24,8 @@ use crate::persist::DeviceState;
 use colo_core::checkpoint::{VmCommand, VmCommandKind, VmCompletion};
 use colo_core::ids::{Epoch, PageRange, Term};
 use colo_core::wire::Message;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::error;
 use vm_memory::{Bytes, GuestAddress};
@@ -331,7 +332,7 @@ impl VmExecutor {
             None => return Err(format!("no device state received for {epoch:?}")),
         };
         let state = DeviceState::from_bytes(&state).map_err(|e| e.to_string())?;
-        let mut cache = self.cache.lock().expect("RAM cache mutex poisoned");
+        let mut cache = self.cache.lock();
         // Pages the SVM wrote since the last apply: they must be reverted to the PVM's copy.
         let mut pages = machine.take_dirty().map_err(|e| e.to_string())?;
         pages.union(cache.received().ranges());
