@@ -30,6 +30,7 @@ pub mod net;
 pub mod node_loop;
 pub mod peer;
 pub mod persist;
+pub mod progress;
 pub mod vm_spec;
 pub mod vstate;
 

@@ -342,6 +342,7 @@ impl GuestDisk {
         &self,
         writer: &mut crate::peer::PeerWriter,
         term: colo_core::ids::Term,
+        progress: &crate::progress::SyncProgress,
     ) -> Result<u64, String> {
         const CHUNK: u64 = 1 << 20;
         let size = self.store.size();
@@ -361,9 +362,15 @@ impl GuestDisk {
             writer
                 .send(&message, &buf[..n])
                 .map_err(|e| e.to_string())?;
+            progress.advance(n as u64);
             offset += n as u64;
         }
         Ok(size)
+    }
+
+    /// The size of the disk space (all disks), as the initial copy sends it.
+    pub(super) fn image_size(&self) -> u64 {
+        self.store.size()
     }
 
     /// Secondary, initial copy: a piece of the primary's image for the parent.

@@ -40,11 +40,12 @@ use frames::GuestNet;
 use crate::arbiter::{ArbiterClient, MonoClock};
 use crate::machine::Machine;
 use crate::peer::{PeerReader, PeerWriter};
+use crate::progress::SyncProgress;
 use colo_core::checkpoint::VmCommand;
 use colo_core::failover::{LeaseReply, LeaseRequestId};
 use colo_core::ids::{ClusterId, NodeId, Role};
 use colo_core::node::{
-    Command, Input, LinkState, Node, NodeConfig, OutBulk, Output, PeerBulk, SyncCommand,
+    Command, Input, LinkState, Node, NodeConfig, NodeMode, OutBulk, Output, PeerBulk, SyncCommand,
 };
 use colo_core::time::Duration;
 use colo_core::wire::{Limits, Message};
@@ -609,16 +610,26 @@ impl NodeLoop {
                     warn!(role = self.name, "initial copy ordered with the link down");
                     return;
                 };
+                let what = match self.node.status(self.clock.now()).mode {
+                    NodeMode::Reprotecting => "re-protection",
+                    _ => "initial-copy",
+                };
+                let total =
+                    self.machine.mem_bytes() + self.disk.as_ref().map_or(0, |d| d.image_size());
+                let progress = SyncProgress::start(self.name, what, total);
                 let sent = self
                     .exec
-                    .send_all(&mut self.machine, writer, term)
+                    .send_all(&mut self.machine, writer, term, &progress)
                     .map_err(|e| e.to_string())
                     .and_then(|memory| match self.disk.as_ref() {
                         // The loop handles no guest request until SyncDone is out (the node
                         // answers SyncSent in this same drain), so the image is stable here.
-                        Some(d) => d.send_image(writer, term).map(|disk| (memory, disk)),
+                        Some(d) => d
+                            .send_image(writer, term, &progress)
+                            .map(|disk| (memory, disk)),
                         None => Ok((memory, 0)),
                     });
+                drop(progress);
                 match sent {
                     Ok((memory, disk)) => {
                         info!(

@@ -21,6 +21,7 @@ use crate::machine::Machine;
 use crate::memory::DirtyPages;
 use crate::peer::{LinkClosed, PagesSent, PeerWriter};
 use crate::persist::DeviceState;
+use crate::progress::SyncProgress;
 use colo_core::checkpoint::{VmCommand, VmCommandKind, VmCompletion};
 use colo_core::ids::{Epoch, PageRange, Term};
 use colo_core::wire::Message;
@@ -355,6 +356,7 @@ impl VmExecutor {
         machine: &mut Machine,
         writer: &mut PeerWriter,
         term: Term,
+        progress: &SyncProgress,
     ) -> Result<u64, LinkClosed> {
         // From this command on the dirty logs track what the first checkpoint must carry.
         if let Err(e) = machine.take_dirty() {
@@ -362,6 +364,7 @@ impl VmExecutor {
         }
         let all = DirtyPages::all(machine.memory());
         let sent = writer.send_pages(machine.memory(), all.ranges(), |batch, ranges| {
+            progress.advance(ranges.iter().map(|r| r.count).sum::<u64>() * PAGE_SIZE);
             Message::SyncPages {
                 term,
                 batch,
