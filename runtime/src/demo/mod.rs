@@ -1,6 +1,8 @@
 //! `colo demo`: a replicated pair of the test guest on this host, with a failover, on built-in
 //! defaults (`colo demo --net`, in `net.rs`: the same with the guest's TCP server and a real
-//! client across the failover, inside a network namespace). Starts `colo arbiter`, `colo primary` and `colo secondary` as child processes of
+//! client across the failover, inside a network namespace). Starts `colo arbiter`, `colo
+//! primary` and `colo secondary` (both nodes from one pair config file it writes, `pair.toml`
+//! in its temp dir, as an operator would on two hosts) as child processes of
 //! the same binary on loopback, waits for several checkpoints, kills the primary (SIGKILL),
 //! and watches the secondary detect the loss, take the lease in a new term and keep running
 //! its guest from the last checkpoint. Then it re-protects the survivor with a new secondary
@@ -268,6 +270,51 @@ fn require_kvm() -> Result<(), String> {
     }
 }
 
+/// Writes the demo's pair config file (`pair.toml` in its temp dir): the test guest with the
+/// primary's disk, the loopback arbiter, host `a` (the primary) and host `b` (the secondary,
+/// which accepts a newcomer on `takeover` once it survives). Returns its path.
+fn write_pair_config(
+    dir: &reprotect::ControlDir,
+    arbiter: SocketAddr,
+    peer: SocketAddr,
+    takeover: SocketAddr,
+) -> Result<PathBuf, String> {
+    let text = format!(
+        r#"# Written by `colo demo`: both nodes of the demo's pair run from this file.
+[vm]
+guest = "test-guest"
+memory_mib = 32
+
+[[vm.disk]]
+path = "{primary_disk}"
+size = "{DEMO_DISK_SIZE}"
+
+[pair]
+arbiter = "{arbiter}"
+checkpoint_interval_ms = 500
+
+[host.a]
+role = "primary"
+listen = "{peer}"
+node_id = 1
+control = "{primary_ctl}"
+
+[host.b]
+role = "secondary"
+peer = "{peer}"
+listen = "{takeover}"
+node_id = 2
+control = "{secondary_ctl}"
+"#,
+        primary_disk = dir.disk("primary").display(),
+        primary_ctl = dir.socket("primary").display(),
+        secondary_ctl = dir.socket("secondary").display(),
+    );
+    let path = dir.0.join("pair.toml");
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// Runs the demo (see the module doc).
 pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     require_kvm()?;
@@ -281,15 +328,8 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     let (tx, rx) = mpsc::channel();
     // Should this process die without its guard running (SIGKILL), the children still end.
     let lifetime = format!("{}", options.timeout.as_secs() + 10);
-    let node_args = |extra: [&str; 2]| -> Vec<String> {
-        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        v.extend(["--arbiter".to_string(), arbiter.to_string()]);
-        v.extend(["--run-for".to_string(), lifetime.clone()]);
-        v
-    };
     // Declared before the children: dropped after they are killed.
     let control = reprotect::ControlDir::create()?;
-    let ctl = |who: &str| control.socket(who).to_string_lossy().into_owned();
     let mut children = Children(Vec::new());
     let arbiter_args = vec![
         "arbiter".into(),
@@ -302,27 +342,36 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
         "arbiter",
         spawn(&options.binary, "arbiter", &arbiter_args, &tx)?,
     ));
-    let mut primary_args = node_args(["primary", "--listen"]);
-    primary_args.insert(2, peer.to_string());
-    primary_args.extend(["--control".into(), ctl("primary")]);
-    let disk_args = |who: &str| -> [String; 4] {
-        [
-            "--disk".into(),
-            control.disk(who).to_string_lossy().into_owned(),
-            "--disk-size".into(),
-            DEMO_DISK_SIZE.into(),
-        ]
-    };
-    primary_args.extend(disk_args("primary"));
+    // The two nodes run from one pair config file, as on two hosts; the secondary's own disk
+    // copy is a command-line flag overriding the file's (one host here, two images).
+    let config = write_pair_config(&control, arbiter, peer, takeover)?;
+    println!("[demo] pair config file: {}", config.display());
+    let config = config.to_string_lossy().into_owned();
+    let primary_args: Vec<String> = ["primary", "--config", &config, "--host", "a"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--run-for".to_string(), lifetime.clone()])
+        .collect();
     children.0.push((
         "primary",
         spawn(&options.binary, "primary", &primary_args, &tx)?,
     ));
-    let mut secondary_args = node_args(["secondary", "--peer"]);
-    secondary_args.insert(2, peer.to_string());
-    secondary_args.extend(["--control".into(), ctl("secondary")]);
-    secondary_args.extend(["--listen".into(), takeover.to_string()]);
-    secondary_args.extend(disk_args("secondary"));
+    let secondary_disk = control.disk("secondary").to_string_lossy().into_owned();
+    let secondary_args: Vec<String> = [
+        "secondary",
+        "--config",
+        &config,
+        "--host",
+        "b",
+        "--disk",
+        &secondary_disk,
+        "--disk-size",
+        DEMO_DISK_SIZE,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--run-for".to_string(), lifetime.clone()])
+    .collect();
     children.0.push((
         "secondary",
         spawn(&options.binary, "secondary", &secondary_args, &tx)?,
