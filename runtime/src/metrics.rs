@@ -86,6 +86,8 @@ pub struct NodeMetrics {
     lease_round_trip: Histogram,
     sync_memory_bytes: Gauge,
     sync_disk_bytes: Gauge,
+    sync_sent_bytes: Gauge,
+    sync_total_bytes: Gauge,
     syncs: Counter,
     term: Gauge,
     epoch: Gauge,
@@ -124,6 +126,8 @@ impl NodeMetrics {
             lease_round_trip: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             sync_memory_bytes: Gauge::default(),
             sync_disk_bytes: Gauge::default(),
+            sync_sent_bytes: Gauge::default(),
+            sync_total_bytes: Gauge::default(),
             syncs: Counter::default(),
             term: Gauge::default(),
             epoch: Gauge::default(),
@@ -186,6 +190,16 @@ impl NodeMetrics {
             "sync_disk_bytes",
             "Disk bytes sent by the last initial copy or re-protection",
             m.sync_disk_bytes.clone(),
+        );
+        r.register(
+            "sync_sent_bytes",
+            "Bytes of the current (or last) initial copy sent so far",
+            m.sync_sent_bytes.clone(),
+        );
+        r.register(
+            "sync_total_bytes",
+            "Bytes the current (or last) initial copy sends in all",
+            m.sync_total_bytes.clone(),
         );
         r.register(
             "syncs",
@@ -291,6 +305,13 @@ impl NodeMetrics {
     /// An arbiter reply arrived this long after its request.
     pub fn on_lease_reply(&self, round_trip_s: f64) {
         self.lease_round_trip.observe(round_trip_s);
+    }
+
+    /// An initial copy is under way: `sent` of `total` bytes are out (scrapes during the copy
+    /// see it move: the HTTP thread reads while the loop sends).
+    pub fn on_sync_progress(&self, sent: u64, total: u64) {
+        self.sync_sent_bytes.set(sent as i64);
+        self.sync_total_bytes.set(total as i64);
     }
 
     /// An initial copy (pairing or re-protection) was sent.

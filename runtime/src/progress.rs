@@ -8,9 +8,11 @@
 //! `sync-sent` milestone do not depend on it, and a transfer that ends early (a dead link)
 //! just leaves the bar where it was (it is cleared when the [`SyncProgress`] is dropped).
 
+use crate::metrics::NodeMetrics;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::cell::Cell;
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::info;
 
@@ -29,6 +31,8 @@ pub struct SyncProgress {
     bar: Option<ProgressBar>,
     log_every: Duration,
     last_log: Cell<Instant>,
+    /// Where the figures also go for `/metrics` (`sync_sent_bytes`, `sync_total_bytes`).
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 impl SyncProgress {
@@ -75,13 +79,24 @@ impl SyncProgress {
             bar,
             log_every,
             last_log: Cell::new(now),
+            metrics: None,
         }
+    }
+
+    /// Also reports the figures to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> SyncProgress {
+        metrics.on_sync_progress(0, self.total);
+        self.metrics = Some(metrics);
+        self
     }
 
     /// `bytes` more went out.
     pub fn advance(&self, bytes: u64) {
         let done = (self.done.get() + bytes).min(self.total);
         self.done.set(done);
+        if let Some(m) = &self.metrics {
+            m.on_sync_progress(done, self.total);
+        }
         if let Some(bar) = &self.bar {
             bar.set_position(done);
             return;
@@ -132,7 +147,6 @@ impl Drop for SyncProgress {
 mod tests {
     use super::*;
     use parking_lot::Mutex;
-    use std::sync::Arc;
     use tracing_subscriber::fmt::MakeWriter;
 
     #[derive(Clone, Default)]

@@ -1,7 +1,8 @@
 //! An operator's view of a running pair on real KVM over loopback: the Prometheus endpoint
 //! (`--metrics-listen`) scraped with curl while the pair runs, whose counters move between
 //! two scrapes; the JSON log lines (`--log-format json`), each a JSON object with the event's
-//! typed fields; and `colo status`'s human table next to its `--json` form.
+//! typed fields; `--log-level` / `RUST_LOG` choosing the events; and `colo status`'s human
+//! table next to its `--json` form.
 
 mod common;
 
@@ -126,6 +127,11 @@ fn metrics_move_between_scrapes_and_json_logs_carry_typed_fields() {
         sample(&p1, &series("primary", "sync_memory_bytes")) > 0.0,
         "{p1}"
     );
+    assert_eq!(
+        sample(&p1, &series("primary", "sync_sent_bytes")),
+        sample(&p1, &series("primary", "sync_total_bytes")),
+        "{p1}"
+    );
     assert!(
         sample(&p1, "colo_checkpoints_total{role=\"primary\",reason=\"") >= 1.0,
         "{p1}"
@@ -211,6 +217,39 @@ fn metrics_move_between_scrapes_and_json_logs_carry_typed_fields() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&missing.stdout), "404");
     assert!(scrape(&p_metrics).contains("colo_term"));
+}
+
+/// `colo arbiter` for a moment with `log_args` before the subcommand and `env`; its stderr.
+fn arbiter_stderr(log_args: &[&str], env: Option<(&str, &str)>) -> String {
+    let mut command = std::process::Command::new(common::procs::COLO);
+    command
+        .args(log_args)
+        .args(["arbiter", "--listen", "127.0.0.1:0", "--run-for", "0.3"]);
+    command.env_remove("RUST_LOG");
+    if let Some((k, v)) = env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("running colo arbiter");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn log_level_and_rust_log_choose_the_events_and_the_flag_wins() {
+    assert!(arbiter_stderr(&[], None).contains("arbiter: listening on 127.0.0.1:"));
+    assert!(!arbiter_stderr(&["--log-level", "warn"], None).contains("listening"));
+    assert!(!arbiter_stderr(&[], Some(("RUST_LOG", "warn"))).contains("listening"));
+    assert!(
+        arbiter_stderr(&["--log-level", "info"], Some(("RUST_LOG", "warn")))
+            .contains("arbiter: listening on")
+    );
+    let json = arbiter_stderr(&["--log-format", "json"], None);
+    let line = json.lines().next().expect("one event");
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    assert_eq!(v["role"], "arbiter", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().starts_with("listening on"),
+        "{v}"
+    );
 }
 
 #[test]

@@ -616,7 +616,8 @@ impl NodeLoop {
                 };
                 let total =
                     self.machine.mem_bytes() + self.disk.as_ref().map_or(0, |d| d.image_size());
-                let progress = SyncProgress::start(self.name, what, total);
+                let progress = SyncProgress::start(self.name, what, total)
+                    .with_metrics(self.metrics.registry.clone());
                 let sent = self
                     .exec
                     .send_all(&mut self.machine, writer, term, &progress)
