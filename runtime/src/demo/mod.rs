@@ -234,27 +234,30 @@ fn spawn_in(
             c
         }
     };
-    let mut child = command
+    // One pipe for the child's stdout (guest console) and stderr (log lines): its lines come
+    // in the order it wrote them.
+    let (pipe, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let stdout = writer
+        .try_clone()
+        .map_err(|e| format!("cannot clone a pipe: {e}"))?;
+    let child = command
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(writer)
         .spawn()
         .map_err(|e| format!("cannot start the {who} ({}): {e}", binary.display()))?;
-    let pipes: [Box<dyn std::io::Read + Send>; 2] = [
-        Box::new(child.stdout.take().expect("piped")),
-        Box::new(child.stderr.take().expect("piped")),
-    ];
-    for pipe in pipes {
-        let tx = lines.clone();
-        std::thread::spawn(move || {
-            for text in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send(Line { who, text }).is_err() {
-                    return;
-                }
+    // The parent's copies of the write end are gone with `command`: the reader sees EOF
+    // when the child exits.
+    drop(command);
+    let tx = lines.clone();
+    std::thread::spawn(move || {
+        for text in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(Line { who, text }).is_err() {
+                return;
             }
-        });
-    }
+        }
+    });
     Ok(child)
 }
 

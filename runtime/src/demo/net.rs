@@ -276,11 +276,17 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
     let lifetime = format!("{}", options.timeout.as_secs() + 10);
     let arbiter = format!("127.0.0.1:{}", options.arbiter_port);
     let peer = format!("127.0.0.1:{}", options.peer_port);
+    // Control sockets in the demo's own temp dir, not the shared default paths (another
+    // pair on this host may hold those). Declared before the children: dropped after them.
+    let control = super::reprotect::ControlDir::create()?;
     let node = |role: &str, link: &str, addr: &str, tap: &str| -> Vec<String> {
+        let socket = control.socket(role).to_string_lossy().into_owned();
         [
             role,
             link,
             addr,
+            "--control",
+            &socket,
             "--arbiter",
             &arbiter,
             "--run-for",

@@ -10,8 +10,9 @@
 //! byte reaches the sink until [`OutputGate::release`], and [`OutputGate::discard`] drops all
 //! of them; the held buffer is bounded ([`HELD_LIMIT`], oldest bytes dropped and counted).
 //! With whole-line output on, a line reaches the sink in one write, so other writers of the
-//! same stream (the node loop's log lines on stdout) never land inside a guest line; a partial
-//! line waits for its newline, and is written when the gate is dropped.
+//! same pipe (the node loop's log lines on stderr, when stderr and stdout share one) never
+//! land inside a guest line; a partial line waits for its newline, and is written when the
+//! gate is dropped.
 
 use parking_lot::Mutex;
 use std::io::Write;
@@ -126,8 +127,8 @@ impl OutputGate {
         self.inner.lock()
     }
 
-    /// Whole-line output (see the module doc): on for a node that shares its stdout with its
-    /// own log lines.
+    /// Whole-line output (see the module doc): on for a node, whose log lines may share the
+    /// console's pipe.
     pub fn set_whole_lines(&self, on: bool) {
         let mut g = self.lock();
         g.whole_lines = on;
