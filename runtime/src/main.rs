@@ -7,7 +7,9 @@
 //! checkpoint-interval` talk to a running node over its control socket.
 //!
 //! Errors are printed as one clear line on stderr (`colo: ...`) with exit code 1; a guest that
-//! faults exits 2; a guest's own exit code is passed through (low 8 bits).
+//! faults exits 2; a guest's own exit code is passed through (low 8 bits). Log events go to
+//! stderr through `colo_runtime::logging` (global `--log-format human|json`, `--log-level` or
+//! `RUST_LOG`); stdout carries only a command's output and the guest console.
 
 mod node_cli;
 
