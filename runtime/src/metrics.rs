@@ -86,7 +86,7 @@ pub struct NodeMetrics {
     lease_round_trip: Histogram,
     sync_memory_bytes: Gauge,
     sync_disk_bytes: Gauge,
-    sync_sent_bytes: Gauge,
+    sync_done_bytes: Gauge,
     sync_total_bytes: Gauge,
     syncs: Counter,
     term: Gauge,
@@ -126,7 +126,7 @@ impl NodeMetrics {
             lease_round_trip: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             sync_memory_bytes: Gauge::default(),
             sync_disk_bytes: Gauge::default(),
-            sync_sent_bytes: Gauge::default(),
+            sync_done_bytes: Gauge::default(),
             sync_total_bytes: Gauge::default(),
             syncs: Counter::default(),
             term: Gauge::default(),
@@ -192,9 +192,9 @@ impl NodeMetrics {
             m.sync_disk_bytes.clone(),
         );
         r.register(
-            "sync_sent_bytes",
-            "Bytes of the current (or last) initial copy sent so far",
-            m.sync_sent_bytes.clone(),
+            "sync_done_bytes",
+            "Bytes of the current (or last) initial copy through so far (sent, or stored by a secondary)",
+            m.sync_done_bytes.clone(),
         );
         r.register(
             "sync_total_bytes",
@@ -310,7 +310,7 @@ impl NodeMetrics {
     /// An initial copy is under way: `sent` of `total` bytes are out (scrapes during the copy
     /// see it move: the HTTP thread reads while the loop sends).
     pub fn on_sync_progress(&self, sent: u64, total: u64) {
-        self.sync_sent_bytes.set(sent as i64);
+        self.sync_done_bytes.set(sent as i64);
         self.sync_total_bytes.set(total as i64);
     }
 

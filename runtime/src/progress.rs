@@ -1,5 +1,6 @@
 //! Progress of a long transfer an operator waits for: the primary's initial copy of the
-//! guest (memory, then the disk image) to a new secondary, at pairing and at re-protection.
+//! guest (memory, then the disk image) to a new secondary, at pairing and at re-protection,
+//! as the primary sends it and as the secondary stores it.
 //! On a terminal (stderr) it is an `indicatif` bar with bytes, rate and ETA; otherwise (a
 //! systemd unit, a pipe) a `sync-progress` log event at most every [`LOG_EVERY`], with the
 //! same figures as fields.
@@ -31,7 +32,7 @@ pub struct SyncProgress {
     bar: Option<ProgressBar>,
     log_every: Duration,
     last_log: Cell<Instant>,
-    /// Where the figures also go for `/metrics` (`sync_sent_bytes`, `sync_total_bytes`).
+    /// Where the figures also go for `/metrics` (`sync_done_bytes`, `sync_total_bytes`).
     metrics: Option<Arc<NodeMetrics>>,
 }
 
@@ -120,13 +121,21 @@ impl SyncProgress {
         info!(
             role = self.role,
             what = self.what,
-            sent_bytes = done,
+            done_bytes = done,
             total_bytes = self.total,
             percent = (done * 100).checked_div(self.total).unwrap_or(100),
             rate_mib_s = (rate / (1 << 20) as f64 * 10.0).round() / 10.0,
             eta_s,
             "sync-progress"
         );
+    }
+
+    /// `done` bytes are through in all (the receiving side learns totals, not steps).
+    pub fn set(&self, done: u64) {
+        let before = self.done.get();
+        if done > before {
+            self.advance(done - before);
+        }
     }
 
     /// Bytes sent so far.
@@ -194,9 +203,9 @@ mod tests {
         assert_eq!(e.len(), 3);
         assert_eq!(e[0]["message"], "sync-progress");
         assert_eq!(e[0]["what"], "initial-copy");
-        assert_eq!(e[0]["sent_bytes"], 1 << 20);
+        assert_eq!(e[0]["done_bytes"], 1 << 20);
         assert_eq!(e[1]["percent"], 50);
-        assert_eq!(e[2]["sent_bytes"], 4 << 20);
+        assert_eq!(e[2]["done_bytes"], 4 << 20);
         assert_eq!(e[2]["total_bytes"], 4 << 20);
         assert_eq!(e[2]["eta_s"], 0);
     }

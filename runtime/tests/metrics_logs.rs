@@ -114,6 +114,16 @@ fn metrics_move_between_scrapes_and_json_logs_carry_typed_fields() {
     let done1 = sample(&p1, &series("primary", "checkpoint_pause_seconds_count"));
     let bytes1 = sample(&p1, &series("primary", "checkpoint_bytes_sum"));
     let applied1 = sample(&s1, &series("secondary", "checkpoints_applied_total"));
+    // The secondary counted the copy it stored up to its end.
+    assert_eq!(
+        sample(&s1, &series("secondary", "sync_done_bytes")),
+        sample(&s1, &series("secondary", "sync_total_bytes")),
+        "{s1}"
+    );
+    assert!(
+        sample(&s1, &series("secondary", "sync_total_bytes")) > 0.0,
+        "{s1}"
+    );
     assert!(done1 >= 1.0, "{p1}");
     assert_eq!(sample(&p1, &series("primary", "term")), 1.0, "{p1}");
     assert_eq!(
@@ -128,7 +138,7 @@ fn metrics_move_between_scrapes_and_json_logs_carry_typed_fields() {
         "{p1}"
     );
     assert_eq!(
-        sample(&p1, &series("primary", "sync_sent_bytes")),
+        sample(&p1, &series("primary", "sync_done_bytes")),
         sample(&p1, &series("primary", "sync_total_bytes")),
         "{p1}"
     );

@@ -10,11 +10,12 @@
 
 use super::{LoopEnd, NodeLoop};
 use crate::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
+use crate::progress::SyncProgress;
 use colo_core::checkpoint::VmCompletion;
 use colo_core::node::{Event, NodeMode};
 use colo_core::time::Instant;
 use colo_core::wire::HelloRejectReason;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use vm_memory::{Bytes, GuestAddress};
 
 impl NodeLoop {
@@ -160,15 +161,19 @@ impl NodeLoop {
                 pause,
                 pages,
                 bytes,
-            } => info!(
-                role = n,
-                epoch = epoch.0,
-                pause_us = pause.as_micros() as u64,
-                pages,
-                bytes,
-                step = self.guest_step(),
-                "checkpoint-applied"
-            ),
+            } => {
+                // The first apply of a pairing ends its copy.
+                self.receiving = None;
+                info!(
+                    role = n,
+                    epoch = epoch.0,
+                    pause_us = pause.as_micros() as u64,
+                    pages,
+                    bytes,
+                    step = self.guest_step(),
+                    "checkpoint-applied"
+                )
+            }
             Event::PeerLost { silent_for } => {
                 info!(
                     role = n,
@@ -234,6 +239,36 @@ impl NodeLoop {
                 error!(role = n, "VM command {command:?} failed in {epoch:?}")
             }
             Event::Disk(disk_event) => self.on_disk_event(*disk_event),
+            Event::SyncStarted {
+                term,
+                memory_bytes,
+                disk_bytes,
+            } => {
+                info!(
+                    role = n,
+                    term = term.0,
+                    memory_bytes,
+                    disk_bytes,
+                    "sync-started"
+                );
+                // The primary shows its own sending (`mod.rs`); the secondary its storing.
+                if !self.node.is_primary_side() {
+                    let progress = SyncProgress::start(n, "receiving", memory_bytes + disk_bytes)
+                        .with_metrics(self.metrics.registry.clone());
+                    self.receiving = Some(progress);
+                }
+            }
+            Event::SyncProgress {
+                memory_bytes_done,
+                disk_bytes_done,
+                ..
+            } => match &self.receiving {
+                Some(p) => p.set(memory_bytes_done + disk_bytes_done),
+                None => debug!(
+                    role = n,
+                    memory_bytes_done, disk_bytes_done, "sync-progress-acked"
+                ),
+            },
             Event::ClaimClientLink { term } => info!(
                 role = n,
                 term = term.0,

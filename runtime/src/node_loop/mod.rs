@@ -240,6 +240,8 @@ pub struct NodeLoop {
     drain: Option<drain::PauseDrain>,
     /// The Prometheus metrics (`metrics.rs`).
     metrics: metrics::LoopMetrics,
+    /// Secondary: the initial copy being received (from `SyncStarted` to the first apply).
+    receiving: Option<SyncProgress>,
 }
 
 impl std::fmt::Debug for NodeLoop {
@@ -353,6 +355,7 @@ impl NodeLoop {
             reports: 0,
             drain: None,
             metrics,
+            receiving: None,
         })
     }
 
@@ -539,6 +542,7 @@ impl NodeLoop {
     }
 
     fn link_down(&mut self, why: &str) {
+        self.receiving = None;
         if let Some(writer) = self.writer.take() {
             writer.close();
             info!(role = self.name, reason = ?why, "link-down");
