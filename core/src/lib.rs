@@ -13,7 +13,7 @@
 //! - [`compare`]: the primary-side [`compare::Comparator`] (output commit for network frames).
 //! - [`rewrite`]: the secondary-side TCP sequence-number [`rewrite::Rewriter`].
 //! - [`wire`]: the versioned peer protocol and its framing codec.
-//! - [`checkpoint`]: the checkpoint protocol, both roles ([`checkpoint::Checkpointer`]).
+//! - [`checkpoint`]: the checkpoint protocol, both roles ([`checkpoint::PrimaryCheckpointer`], [`checkpoint::SecondaryCheckpointer`]).
 //! - [`disk`]: block replication metadata ([`disk::PrimaryDisk`], [`disk::SecondaryDisk`]).
 //! - [`failover`]: failover, fencing by term and arbiter lease ([`failover::Failover`],
 //!   [`failover::Lease`], [`failover::Arbiter`]).

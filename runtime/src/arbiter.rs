@@ -11,6 +11,7 @@
 
 use crate::peer::{LinkClosed, PeerWriter, read_frames};
 use colo_core::failover::{Arbiter, LeaseReply, LeaseRequest, LeaseRequestId};
+use colo_core::ids::{NodeId, Term};
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::{Limits, Message};
 use parking_lot::Mutex;
@@ -57,19 +58,116 @@ pub struct ArbiterServer {
     listener: TcpListener,
     arbiter: Arc<Mutex<Arbiter>>,
     clock: MonoClock,
+    state: Option<Arc<StateFile>>,
+}
+
+/// The arbiter's record on stable storage (`colo arbiter --state FILE`): the last term granted
+/// and its holder, one line `colo-arbiter-state v1 term=T holder=N`. It is written (to a
+/// temporary file, synced, renamed over the old one, the directory synced) before a grant of
+/// a new term is sent, so a restarted arbiter never forgets a term it granted
+/// (`Arbiter::restored`); renewals do not change it.
+#[derive(Debug)]
+pub struct StateFile {
+    path: std::path::PathBuf,
+}
+
+impl StateFile {
+    /// The file at `path` (it need not exist yet).
+    pub fn new(path: std::path::PathBuf) -> StateFile {
+        StateFile { path }
+    }
+
+    /// The record, `None` if the file does not exist; an unreadable or malformed file is an
+    /// error naming it (an arbiter must not guess its own history).
+    pub fn load(&self) -> Result<Option<(Term, NodeId)>, String> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(format!(
+                    "cannot read arbiter state {}: {e}",
+                    self.path.display()
+                ));
+            }
+        };
+        let bad = || {
+            format!(
+                "arbiter state {} is not `colo-arbiter-state v1 term=T holder=N`: {:?}",
+                self.path.display(),
+                text.trim()
+            )
+        };
+        let mut words = text.split_whitespace();
+        if (words.next(), words.next()) != (Some("colo-arbiter-state"), Some("v1")) {
+            return Err(bad());
+        }
+        let mut field = |key: &str| -> Result<u64, String> {
+            words
+                .next()
+                .and_then(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(bad)
+        };
+        let term = field("term=")?;
+        let holder = field("holder=")?;
+        Ok(Some((Term(term), NodeId(holder))))
+    }
+
+    /// Writes the record durably.
+    pub fn store(&self, term: Term, holder: NodeId) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(
+            f,
+            "colo-arbiter-state v1 term={} holder={}",
+            term.0, holder.0
+        )?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()
+    }
 }
 
 impl ArbiterServer {
-    /// Binds `addr` (a busy port is an error naming it).
+    /// Binds `addr` (a busy port is an error naming it), with no state file: a restart
+    /// forgets the current term (see [`ArbiterServer::bind_with_state`]).
     pub fn bind(addr: SocketAddr) -> Result<ArbiterServer, String> {
+        ArbiterServer::bind_with_state(addr, None)
+    }
+
+    /// Binds `addr` and, with `state`, starts from the record it holds (`Arbiter::restored`)
+    /// and keeps it up to date.
+    pub fn bind_with_state(
+        addr: SocketAddr,
+        state: Option<StateFile>,
+    ) -> Result<ArbiterServer, String> {
+        let clock = MonoClock::start();
+        let record = match &state {
+            Some(s) => s.load()?,
+            None => None,
+        };
+        let arbiter = match record {
+            Some((term, holder)) => Arbiter::restored(MAX_LEASE, clock.now(), term, holder),
+            None => Arbiter::new(MAX_LEASE, clock.now()),
+        };
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("arbiter cannot listen on {addr}: {e}"))?;
-        let clock = MonoClock::start();
         Ok(ArbiterServer {
             listener,
-            arbiter: Arc::new(Mutex::new(Arbiter::new(MAX_LEASE, clock.now()))),
+            arbiter: Arc::new(Mutex::new(arbiter)),
             clock,
+            state: state.map(Arc::new),
         })
+    }
+
+    /// The record it starts from (term and holder), if any.
+    pub fn record(&self) -> Option<(Term, NodeId)> {
+        self.arbiter.lock().record()
     }
 
     /// The bound address.
@@ -84,9 +182,12 @@ impl ArbiterServer {
                 Ok((stream, from)) => {
                     let arbiter = self.arbiter.clone();
                     let clock = self.clock;
+                    let state = self.state.clone();
                     let spawned = std::thread::Builder::new()
                         .name("colo-arbiter-conn".to_string())
-                        .spawn(move || serve_connection(stream, from, &arbiter, clock));
+                        .spawn(move || {
+                            serve_connection(stream, from, &arbiter, clock, state.as_deref());
+                        });
                     if let Err(e) = spawned {
                         error!(role = "arbiter", "cannot serve {from}: {e}");
                     }
@@ -102,6 +203,7 @@ fn serve_connection(
     from: SocketAddr,
     arbiter: &Mutex<Arbiter>,
     clock: MonoClock,
+    state: Option<&StateFile>,
 ) {
     let Ok(write_half) = stream.try_clone() else {
         return;
@@ -124,12 +226,31 @@ fn serve_connection(
         };
         let reply = {
             let mut arbiter = arbiter.lock();
-            arbiter.handle_request(
+            let before = arbiter.record();
+            let reply = arbiter.handle_request(
                 clock.now(),
                 term,
                 node_id,
                 Duration::from_millis(duration_ms),
-            )
+            );
+            let after = arbiter.record();
+            if let (Some(file), Some((t, h))) = (state, after)
+                && before != after
+                && let Err(e) = file.store(t, h)
+            {
+                // A grant the arbiter cannot remember must not be sent: stop here, so
+                // the nodes see a dead arbiter (their leases run out) rather than a term
+                // that a restart would grant again.
+                error!(
+                    role = "arbiter",
+                    "cannot record term {} for node {} in {}: {e}; stopping",
+                    t.0,
+                    h.0,
+                    file.path.display()
+                );
+                std::process::exit(1);
+            }
+            reply
         };
         let message = match reply {
             LeaseReply::Granted { valid_for } => {
@@ -263,5 +384,56 @@ fn ask(
                 other => Err(format!("unexpected arbiter reply {:?}", other.kind())),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("colo-arbiter-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    #[test]
+    fn a_missing_state_file_is_a_first_start_and_a_stored_record_loads_back() {
+        let file = StateFile::new(scratch("roundtrip"));
+        let _ = std::fs::remove_file(&file.path);
+        assert_eq!(file.load(), Ok(None));
+        file.store(Term(7), NodeId(2)).unwrap();
+        assert_eq!(file.load(), Ok(Some((Term(7), NodeId(2)))));
+        file.store(Term(8), NodeId(1)).unwrap();
+        assert_eq!(file.load(), Ok(Some((Term(8), NodeId(1)))));
+    }
+
+    #[test]
+    fn a_malformed_state_file_is_an_error_naming_it() {
+        let path = scratch("malformed");
+        for text in [
+            "",
+            "colo-arbiter-state v1 term=x holder=2",
+            "something else",
+            "colo-arbiter-state v2 term=1 holder=2",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = StateFile::new(path.clone()).load().unwrap_err();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_restarted_arbiter_starts_from_its_record() {
+        let path = scratch("restart");
+        StateFile::new(path.clone())
+            .store(Term(4), NodeId(9))
+            .unwrap();
+        let server = ArbiterServer::bind_with_state(
+            "127.0.0.1:0".parse().unwrap(),
+            Some(StateFile::new(path)),
+        )
+        .unwrap();
+        assert_eq!(server.record(), Some((Term(4), NodeId(9))));
     }
 }

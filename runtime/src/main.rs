@@ -136,6 +136,10 @@ struct ArbiterArgs {
     /// Exit after this many seconds.
     #[arg(long)]
     run_for: Option<f64>,
+    /// Record the current term and its holder in FILE and start from it: an arbiter restarted
+    /// without it forgets the term and could grant it to a second node.
+    #[arg(long, value_name = "FILE")]
+    state: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -353,7 +357,29 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             control(Request::SetDigests { on: state == "on" }, &ctl)
         }
         Command::Arbiter(args) => {
-            let server = colo_runtime::arbiter::ArbiterServer::bind(args.listen)?;
+            let state = args
+                .state
+                .clone()
+                .map(colo_runtime::arbiter::StateFile::new);
+            let server = colo_runtime::arbiter::ArbiterServer::bind_with_state(args.listen, state)?;
+            match (&args.state, server.record()) {
+                (None, _) => tracing::warn!(
+                    role = "arbiter",
+                    "warning: no --state FILE: if this arbiter restarts it forgets \
+                     the current term and could grant it to a second node"
+                ),
+                (Some(path), Some((term, holder))) => tracing::info!(
+                    role = "arbiter",
+                    "restored term={} holder={} from {} (no newer term for {} s)",
+                    term.0,
+                    holder.0,
+                    path.display(),
+                    colo_runtime::arbiter::MAX_LEASE.as_secs()
+                ),
+                (Some(path), None) => {
+                    tracing::info!(role = "arbiter", "state file {} (new)", path.display());
+                }
+            }
             if let Some(limit) = args.run_for.map(|s| seconds(s, "--run-for")).transpose()? {
                 std::thread::spawn(move || {
                     std::thread::sleep(limit);

@@ -10,6 +10,7 @@
 mod common;
 
 use common::procs::{COLO, Procs, args, field, free_addr};
+use common::proxy::Proxy;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -424,49 +425,6 @@ fn a_socket_nobody_serves_is_a_clear_error() {
         err.contains("cannot reach the node's control socket"),
         "{err}"
     );
-}
-
-/// A loopback TCP proxy whose open connections can all be cut at once (a link drop with
-/// both nodes alive); it keeps accepting afterwards.
-struct Proxy {
-    front: String,
-    open: std::sync::Arc<parking_lot::Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(back: String) -> Proxy {
-        use std::net::{TcpListener, TcpStream};
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let front = listener.local_addr().unwrap().to_string();
-        let open = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let keep = open.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(&back) else {
-                    continue;
-                };
-                let mut guard = keep.lock();
-                guard.push(client.try_clone().unwrap());
-                guard.push(server.try_clone().unwrap());
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Proxy { front, open }
-    }
-
-    fn cut(&self) {
-        for stream in self.open.lock().drain(..) {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The checkpoint protocol, both roles: [`PrimaryCheckpointer`] decides when to checkpoint and
 //! drives request, pause, transfer, release and resume; [`SecondaryCheckpointer`] pauses the
 //! SVM, counts what arrives into its RAM cache, and applies a whole epoch or none of it.
-//! [`Checkpointer`] wraps either behind one interface for the node.
+//! The node holds the one its role needs.
 //!
 //! QEMU's order is kept (colo-reference.md, "Checkpoint protocol"; QEMU migration/colo.c):
 //! request -> ready (S paused) -> P pauses, saves device state, streams dirty pages -> sent ->
@@ -326,75 +326,6 @@ pub struct CheckpointStats {
     pub bytes: u64,
     /// Total pause time, in nanoseconds.
     pub pause_nanos: u64,
-}
-
-/// Either role's checkpointer, behind the interface the node uses.
-#[derive(Debug)]
-pub enum Checkpointer {
-    /// The primary's.
-    Primary(PrimaryCheckpointer),
-    /// The secondary's.
-    Secondary(SecondaryCheckpointer),
-}
-
-impl Checkpointer {
-    /// A peer message arrived (only checkpoint messages concern this machine; others are
-    /// ignored). `bulk_len` is the length of the frame's bulk payload.
-    pub fn handle_message(&mut self, now: Instant, message: &Message, bulk_len: u64) {
-        match self {
-            Checkpointer::Primary(p) => p.handle_message(now, message),
-            Checkpointer::Secondary(s) => s.handle_message(now, message, bulk_len),
-        }
-    }
-
-    /// The runtime finished a VM command.
-    pub fn handle_vm_done(&mut self, now: Instant, done: VmCompletion) {
-        match self {
-            Checkpointer::Primary(p) => p.handle_vm_done(now, done),
-            Checkpointer::Secondary(s) => s.handle_vm_done(now, done),
-        }
-    }
-
-    /// The peer is gone: stop checkpointing (see each role for what happens to an epoch in
-    /// progress).
-    pub fn handle_failover(&mut self, now: Instant) {
-        match self {
-            Checkpointer::Primary(p) => p.handle_failover(now),
-            Checkpointer::Secondary(s) => s.handle_failover(now),
-        }
-    }
-
-    /// A deadline may have passed.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        match self {
-            Checkpointer::Primary(p) => p.handle_timeout(now),
-            Checkpointer::Secondary(s) => s.handle_timeout(now),
-        }
-    }
-
-    /// The next thing to do.
-    pub fn poll_output(&mut self) -> Option<CheckpointOutput> {
-        match self {
-            Checkpointer::Primary(p) => p.poll_output(),
-            Checkpointer::Secondary(s) => s.poll_output(),
-        }
-    }
-
-    /// The next deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            Checkpointer::Primary(p) => p.poll_timeout(),
-            Checkpointer::Secondary(s) => s.poll_timeout(),
-        }
-    }
-
-    /// Counters.
-    pub fn stats(&self) -> CheckpointStats {
-        match self {
-            Checkpointer::Primary(p) => p.stats(),
-            Checkpointer::Secondary(s) => s.stats(),
-        }
-    }
 }
 
 /// Output queue shared by both roles (FIFO: order is part of the protocol).

@@ -15,7 +15,8 @@
 //! AwaitingReceived --Received(e)--> AwaitingLoaded(e)  [ReleaseOutput(e)]
 //! AwaitingLoaded --Loaded(e)--> Resuming(e)            [vm Resume]
 //! Resuming --Resumed--> Idle (interval re-armed)       [event CheckpointDone]
-//! any before AwaitingLoaded --abort / VM failure / protocol error--> Resuming --> Idle (retry)
+//! any before AwaitingLoaded --abort / VM failure / protocol error / link reset-->
+//!                                                       Resuming --> Idle (retry)
 //! any --failover--> (resume if paused) --> Solo        [event ReadyForTakeover]
 //! ```
 
@@ -292,6 +293,27 @@ impl PrimaryCheckpointer {
                 }
             }
             _ => self.stats.stray_completions += 1,
+        }
+    }
+
+    /// The peer link came back after a drop while paired. Frames of the epoch in flight may
+    /// have been lost with the old connection (a request, pages, `Ready`, `Received`): an
+    /// attempt not yet received is abandoned and retried on the new link, its pages carried
+    /// into the retry by the runtime (it keeps every range not yet confirmed). After
+    /// `Received` nothing is abandoned: the secondary applies the epoch and says `Loaded`
+    /// again on the new link (`SecondaryCheckpointer::handle_link_reset`).
+    pub fn handle_link_reset(&mut self, now: Instant) {
+        advance(&mut self.now, now);
+        match self.phase {
+            // Requested/Pausing/Transferring/AwaitingReceived --link reset--> abort, retry
+            PrimaryPhase::Requested
+            | PrimaryPhase::Pausing
+            | PrimaryPhase::Transferring
+            | PrimaryPhase::AwaitingReceived => self.abort(now, AbortReason::LinkReset, true),
+            PrimaryPhase::Idle { .. }
+            | PrimaryPhase::AwaitingLoaded
+            | PrimaryPhase::Resuming
+            | PrimaryPhase::Solo => {}
         }
     }
 

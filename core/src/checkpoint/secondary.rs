@@ -20,6 +20,8 @@
 //! Applying --Applied(e) + disk reset(e)--> Resuming(e)    [vm Resume]
 //! Resuming --Resumed--> Running (applied = e)             [send Loaded(e)]
 //! Pausing/Receiving --abort / mismatch / failover--> Discarding(e) [vm DiscardPartial(e)]
+//! Applying --abort--> Applying (counted stale: the primary's retry covers it again)
+//! Running (applied e) --link reset--> Running           [send Loaded(e) again]
 //! Discarding --Discarded--> Resuming --> Running, or Solo after a failover
 //! Applying --failover--> (finish apply) --> Resuming --> Solo
 //! ```
@@ -168,6 +170,12 @@ impl SecondaryCheckpointer {
                 }
                 return;
             }
+            if let Message::CheckpointAbort { .. } = *message {
+                // The primary abandoned an epoch whose request never reached this node (lost
+                // with a broken link, `handle_link_reset`): nothing of it exists here.
+                self.stats.stale_messages += 1;
+                return;
+            }
             return self.protocol_error(now, message, m_epoch);
         }
         let aborted = matches!(
@@ -194,6 +202,10 @@ impl SecondaryCheckpointer {
                 self.paused_at = Some(now);
                 self.enter(now, SecondaryPhase::Pausing);
                 self.out.vm(VmCommand::Pause);
+            }
+            (SecondaryPhase::Running, Message::CheckpointAbort { .. }) => {
+                // An abort of an epoch whose request was lost with a broken link.
+                self.stats.stale_messages += 1;
             }
             (SecondaryPhase::Running, _) => self.protocol_error(now, message, m_epoch),
             (_, Message::CheckpointRequest { .. }) => self.stats.duplicate_messages += 1,
@@ -266,6 +278,17 @@ impl SecondaryCheckpointer {
             ) => {
                 self.discard(now, After::Running, *reason, false);
             }
+            (SecondaryPhase::Applying, Message::CheckpointAbort { .. }) => {
+                // The primary gave up on an epoch this node already received whole (its
+                // `Received` was lost with a broken link): the apply goes on, and the
+                // primary's retry, a newer epoch carrying the same pages, covers it again.
+                self.stats.stale_messages += 1;
+            }
+            (SecondaryPhase::Resuming, Message::CheckpointAbort { .. })
+                if self.after == After::Loaded =>
+            {
+                self.stats.stale_messages += 1;
+            }
             _ => self.protocol_error(now, message, m_epoch),
         }
     }
@@ -337,6 +360,22 @@ impl SecondaryCheckpointer {
                 }
             }
             _ => self.stats.stray_completions += 1,
+        }
+    }
+
+    /// The peer link came back after a drop while paired. The last `Loaded` may have been
+    /// lost with the old connection, leaving the primary waiting for it with its VM paused:
+    /// a node that is running an applied epoch says `Loaded` for it again (a primary that
+    /// had it already counts a duplicate). An epoch still arriving is left to the primary,
+    /// which abandons it on the new link (`PrimaryCheckpointer::handle_link_reset`); one
+    /// being applied sends its `Loaded` when done, on whatever link is up then.
+    pub fn handle_link_reset(&mut self, now: Instant) {
+        advance(&mut self.now, now);
+        // Running (applied e) --link reset--> Running   [send Loaded(e) again]
+        if self.phase == SecondaryPhase::Running && self.applied > Epoch(0) {
+            self.out.send(Message::CheckpointLoaded {
+                epoch: self.applied,
+            });
         }
     }
 

@@ -13,7 +13,12 @@ use super::fast::RawTcp4Key;
 use super::flow::{Flow, FlowClass};
 use crate::packet::FlowKey;
 use crate::time::Instant;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+#[expect(
+    clippy::disallowed_types,
+    reason = "the one hash map in core: lookups only, fixed-key hasher (module doc)"
+)]
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, DefaultHasher};
 
 /// Key of the table: the flow key plus the comparison class.
@@ -27,6 +32,10 @@ pub(crate) struct FlowTable {
     slots: Vec<Option<Flow>>,
     free: Vec<FlowIdx>,
     /// `DefaultHasher::new()` is SipHash with fixed zero keys: deterministic across runs.
+    #[expect(
+        clippy::disallowed_types,
+        reason = "lookups only, never iterated (module doc)"
+    )]
     index: HashMap<TableKey, FlowIdx, BuildHasherDefault<DefaultHasher>>,
     /// The last key looked up: primary and secondary copies of one flow arrive back to back.
     last: Option<(TableKey, FlowIdx)>,

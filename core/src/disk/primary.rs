@@ -10,6 +10,7 @@
 //! without the core; the primary has no overlays).
 //!
 //! ```text
+//! Forwarding --link reset--> Forwarding   [forward every unacknowledged write again]
 //! Forwarding --failover (secondary lost)--> Solo
 //! ```
 
@@ -38,6 +39,8 @@ pub struct PrimaryDiskStats {
     pub writes: u64,
     /// Writes forwarded to the secondary.
     pub forwarded: u64,
+    /// Writes forwarded again after a link reset (their acknowledgement was outstanding).
+    pub reforwarded: u64,
     /// Acknowledgements received.
     pub acks: u64,
     /// Acknowledgements for writes not pending (duplicates, or after failover): ignored.
@@ -55,6 +58,10 @@ struct Pending {
     local: Option<OpId>,
     local_result: Result<(), DiskIoError>,
     peer: Option<WriteId>,
+    /// What was forwarded, to forward it again after a link reset.
+    epoch: Epoch,
+    offset: u64,
+    len: u32,
 }
 
 /// The primary's block replication machine.
@@ -149,6 +156,9 @@ impl PrimaryDisk {
                 local: Some(op),
                 local_result: Ok(()),
                 peer,
+                epoch,
+                offset,
+                len,
             },
         );
     }
@@ -190,6 +200,34 @@ impl PrimaryDisk {
             p.peer = None;
         }
         self.try_complete(io);
+    }
+
+    /// The peer link came back after a drop: a forwarded write or its acknowledgement may
+    /// have been lost with the old connection, and the guest's write would wait for it
+    /// forever. Every write still waiting for its acknowledgement is forwarded again, in the
+    /// order of the first forwarding, with the same id. The secondary applying one twice is
+    /// harmless: the same bytes land in the same place, its copy-before-write saves a block's
+    /// old contents once per epoch, and every later write to that block is re-sent after it.
+    pub fn handle_link_reset(&mut self) {
+        if self.phase != PrimaryDiskPhase::Forwarding {
+            return;
+        }
+        let mut again: Vec<(WriteId, &Pending)> = self
+            .pending
+            .values()
+            .filter_map(|p| p.peer.map(|w| (w, p)))
+            .collect();
+        again.sort_by_key(|(w, _)| *w);
+        for (write_id, p) in again {
+            self.stats.reforwarded += 1;
+            self.out.push(DiskOutput::Forward {
+                write_id,
+                epoch: p.epoch,
+                offset: p.offset,
+                len: p.len,
+                io: p.io,
+            });
+        }
     }
 
     /// The secondary is gone: stop forwarding and stop waiting for acknowledgements.

@@ -90,6 +90,54 @@ fn primary_failover_waives_pending_acks_and_stops_forwarding() {
 }
 
 #[test]
+fn a_link_reset_forwards_every_unacknowledged_write_again_in_order() {
+    let mut d = PrimaryDisk::new(cfg()).unwrap();
+    let mut forwards = Vec::new();
+    for io in 1..=3 {
+        d.handle_guest_write(GuestIoId(io), Epoch(2), 4 * io, 4);
+        for o in drain_p(&mut d) {
+            match o {
+                DiskOutput::Command(c) => d.handle_op_done(c.op(), Ok(())),
+                DiskOutput::Forward { write_id, .. } => forwards.push(write_id),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // Write 2 is acknowledged (and completes); the acks of 1 and 3 were lost with the link.
+    d.handle_peer_ack(forwards[1], DiskResult::Written);
+    drain_p(&mut d);
+    d.handle_link_reset();
+    let again: Vec<(WriteId, Epoch, u64, u32, GuestIoId)> = drain_p(&mut d)
+        .into_iter()
+        .map(|o| match o {
+            DiskOutput::Forward {
+                write_id,
+                epoch,
+                offset,
+                len,
+                io,
+            } => (write_id, epoch, offset, len, io),
+            other => panic!("only forwards, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        again,
+        vec![
+            (forwards[0], Epoch(2), 4, 4, GuestIoId(1)),
+            (forwards[2], Epoch(2), 12, 4, GuestIoId(3)),
+        ]
+    );
+    assert_eq!(d.stats().reforwarded, 2);
+    // The acks on the new link complete both writes; a late duplicate is a stray.
+    d.handle_peer_ack(forwards[0], DiskResult::Written);
+    d.handle_peer_ack(forwards[2], DiskResult::Written);
+    d.handle_peer_ack(forwards[2], DiskResult::Written);
+    assert_eq!(drain_p(&mut d).len(), 2);
+    assert_eq!(d.in_flight(), 0);
+    assert_eq!(d.stats().stray_acks, 1);
+}
+
+#[test]
 fn primary_reports_a_failed_peer_write_as_an_event() {
     let mut d = PrimaryDisk::new(cfg()).unwrap();
     d.handle_guest_write(GuestIoId(1), Epoch(1), 0, 4);

@@ -8,8 +8,13 @@
 //! Each lease counts from the arbiter's receipt of the request, which is after the holder sent
 //! it, so the holder's own expiry estimate ([`super::Lease`]) always ends first.
 //!
+//! A restarted arbiter must start from its persisted (term, holder) record
+//! ([`Arbiter::restored`]), never vacant: the runtime writes the record to stable storage
+//! before it sends a grant of a new term.
+//!
 //! ```text
 //! Vacant --request(t > current)--> Leased{t, holder, until}
+//! (restart) --restored(t, holder)--> Leased{t, holder, now + max_lease}
 //! Leased --renewal by holder--> Leased{until extended}
 //! Leased --request(t' > t) after `until` (or by holder)--> Leased{t', requester}
 //! ```
@@ -65,6 +70,33 @@ impl Arbiter {
             max_lease,
             stats: ArbiterStats::default(),
             now,
+        }
+    }
+
+    /// An arbiter started again from its persisted record: `holder` was the last to be granted
+    /// `term`. How long that lease still runs is unknown (the previous incarnation's clock is
+    /// gone), so it is taken to run a whole `max_lease` from `now`: nobody else may take a newer
+    /// term before then, the holder may renew it, and a request for `term` or an older one
+    /// from anyone else is denied, as before the restart. Without this a restarted arbiter
+    /// would grant the current term to whichever node asked first: two writers in one term.
+    pub fn restored(max_lease: Duration, now: Instant, term: Term, holder: NodeId) -> Arbiter {
+        Arbiter {
+            phase: ArbiterPhase::Leased {
+                term,
+                holder,
+                until: now + max_lease,
+            },
+            max_lease,
+            stats: ArbiterStats::default(),
+            now,
+        }
+    }
+
+    /// The term and holder to persist before a grant is sent (`None` while vacant).
+    pub fn record(&self) -> Option<(Term, NodeId)> {
+        match self.phase {
+            ArbiterPhase::Vacant => None,
+            ArbiterPhase::Leased { term, holder, .. } => Some((term, holder)),
         }
     }
 

@@ -182,6 +182,38 @@ fn arbiter_grants_a_new_term_only_after_the_old_lease_expired() {
 }
 
 #[test]
+fn a_restored_arbiter_keeps_the_term_with_its_holder_for_a_whole_max_lease() {
+    // B held term 2 when the arbiter died; it restarts at 0 with the record (2, B).
+    let max = Duration::from_secs(10);
+    let d = Duration::from_millis(1000);
+    let mut arb = Arbiter::restored(max, ms(0), Term(2), B);
+    assert_eq!(arb.record(), Some((Term(2), B)));
+    // The old primary A, cut off and still trying to take term 2, is told who holds it
+    // (deposed) instead of being granted it as a vacant arbiter would.
+    assert_eq!(
+        arb.handle_request(ms(5), Term(2), A, d),
+        LeaseReply::Denied {
+            holder: B,
+            current_term: Term(2)
+        }
+    );
+    // The holder renews as before the restart ...
+    assert_eq!(arb.handle_request(ms(100), Term(2), B, d), grant(1000));
+    // ... a newer term is refused while B's lease might still run in B's view ...
+    assert_eq!(
+        arb.handle_request(ms(9_999), Term(3), A, d),
+        LeaseReply::Denied {
+            holder: B,
+            current_term: Term(2)
+        }
+    );
+    // ... and once a whole max_lease passed with no renewal, a newer term may go to another.
+    assert_eq!(arb.handle_request(ms(10_000), Term(3), A, d), grant(1000));
+    assert_eq!(arb.record(), Some((Term(3), A)));
+    assert_eq!(Arbiter::new(max, ms(0)).record(), None);
+}
+
+#[test]
 fn arbiter_caps_the_lease_length() {
     let mut arb = Arbiter::new(Duration::from_millis(300), ms(0));
     assert_eq!(

@@ -491,12 +491,12 @@ fn run_world(data: &[u8]) -> World {
                 }
             }
             101..=103 => {
-                let state = if b.u8() % 2 == 0 {
-                    LinkState::Up
-                } else {
-                    LinkState::Down
+                let input = match b.u8() % 3 {
+                    0 => Input::PeerLink(LinkState::Up),
+                    1 => Input::PeerLink(LinkState::Down),
+                    _ => Input::PeerActivity,
                 };
-                w.handle(h, Input::PeerLink(state));
+                w.handle(h, input);
             }
             104..=110 => {
                 let io = GuestIoId(w.next_io);

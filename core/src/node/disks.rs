@@ -166,6 +166,13 @@ impl Disks {
         self.replace(Machine::Secondary(d));
     }
 
+    /// The peer link came back after a drop (see `PrimaryDisk::handle_link_reset`).
+    pub(super) fn handle_link_reset(&mut self) {
+        if let Machine::Primary(d) = &mut self.current {
+            d.handle_link_reset();
+        }
+    }
+
     /// The peer is gone: a primary stops forwarding; a secondary merges its overlays.
     pub(super) fn handle_failover(&mut self) {
         match &mut self.current {

@@ -35,6 +35,12 @@ pub enum Input {
     /// The peer link went up or down. Only informative: the heartbeat decides when a peer is
     /// lost (a link can flap without the peer dying; a peer can die with the link up).
     PeerLink(LinkState),
+    /// Bytes from the peer arrived on the link although no whole frame did yet: a large frame
+    /// (a page batch, the initial copy) is crawling over a slow or lossy link. Only liveness:
+    /// the heartbeat counts it as traffic while it watches a peer, nothing else changes. A
+    /// runtime reports it at most once per check of its socket, never more often than it
+    /// checks its timers.
+    PeerActivity,
     /// The runtime finished a [`VmCommand`](crate::checkpoint::VmCommand).
     VmDone(VmCompletion),
     /// The guest issued a disk request.

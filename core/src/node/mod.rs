@@ -262,6 +262,8 @@ pub struct Node {
     /// [`Event::FailedOver`] was reported for the current term.
     failed_over_reported: bool,
     link_up: bool,
+    /// The peer link dropped while paired; the next link-up is a reconnection.
+    link_dropped_while_paired: bool,
     out: VecDeque<Output>,
     stats: NodeStats,
     now: Instant,
@@ -295,6 +297,7 @@ impl Node {
             ready_for_takeover: false,
             failed_over_reported: false,
             link_up: false,
+            link_dropped_while_paired: false,
             out: VecDeque::new(),
             stats: NodeStats::default(),
             now,
@@ -321,6 +324,11 @@ impl Node {
             Input::GuestFrame(frame) => self.on_guest_frame(now, frame),
             Input::Peer { message, bulk } => self.on_peer(now, message, bulk),
             Input::PeerLink(state) => self.on_link(now, state),
+            Input::PeerActivity => {
+                if self.heartbeat_active() {
+                    self.heartbeat.handle_peer_traffic(now);
+                }
+            }
             Input::VmDone(done) => self.on_vm_done(now, done),
             Input::GuestDisk(req) => self.on_guest_disk(now, req),
             Input::DiskDone { op, result } => self.disks.handle_op_done(op, result),
@@ -428,7 +436,32 @@ impl Node {
     }
 
     fn on_link(&mut self, now: Instant, state: LinkState) {
+        let was_up = self.link_up;
         self.link_up = state == LinkState::Up;
+        let paired = self.phase == Phase::Running && self.failover.is_paired();
+        if !self.link_up && was_up && paired {
+            self.link_dropped_while_paired = true;
+        }
+        if self.link_up && !was_up && std::mem::take(&mut self.link_dropped_while_paired) && paired
+        {
+            // The same peer is back on a new connection before the heartbeat lost it: what
+            // was in flight on the old one may be gone. Each checkpointer restarts what it
+            // cannot know arrived (checkpoint/primary.rs and secondary.rs, `handle_link_reset`).
+            self.stats.link_resets += 1;
+            self.disks.handle_link_reset();
+            match &mut self.side {
+                Side::Primary(p) => {
+                    if let Some(c) = p.checkpointer.as_mut() {
+                        c.handle_link_reset(now);
+                    }
+                }
+                Side::Secondary(s) => {
+                    if let Some(c) = s.checkpointer.as_mut() {
+                        c.handle_link_reset(now);
+                    }
+                }
+            }
+        }
         if self.link_up && self.phase == Phase::Connecting && !self.is_primary_side() {
             // A fresh link: the connecting secondary says hello at once instead of waiting for
             // its retry timer (a primary only answers Hellos).

@@ -98,6 +98,9 @@ pub struct NodeStats {
     pub hellos_ignored: u64,
     /// VM completions nobody waited for.
     pub stray_vm_completions: u64,
+    /// Peer links that came back after a drop while paired (each one restarts the epoch in
+    /// flight, if any, on the new link).
+    pub link_resets: u64,
 }
 
 impl Node {

@@ -697,3 +697,42 @@ fn secondary_whose_own_vm_is_stuck_says_goodbye_and_stops() {
         "it did not try to take over"
     );
 }
+
+#[test]
+fn bytes_arriving_without_a_whole_frame_keep_the_peer_alive() {
+    // A page batch crawling over a slow link: no whole message for 1.5 s, but its bytes keep
+    // arriving. The peer is not lost (default: lost after 5 silent 100 ms intervals).
+    let mut n = replicating_primary();
+    let lost = |outs: &[Output]| {
+        events(outs)
+            .iter()
+            .any(|e| matches!(e, Event::PeerLost { .. }))
+    };
+    let mut t = 2;
+    while t < 1500 {
+        t += 50;
+        n.handle(ms(t), Input::PeerActivity);
+        n.handle(ms(t), Input::Timeout);
+        assert!(!lost(&drain(&mut n)), "lost at {t} ms while bytes arrived");
+    }
+    // Then the bytes stop too: lost within the heartbeat's bound.
+    let mut seen = false;
+    while t < 2200 && !seen {
+        t += 50;
+        n.handle(ms(t), Input::Timeout);
+        seen = lost(&drain(&mut n));
+    }
+    assert!(seen, "a silent peer is lost once the bytes stop");
+    assert!(
+        t <= 1500 + 600,
+        "lost {t} ms, long after the bytes stopped at 1500 ms"
+    );
+}
+
+#[test]
+fn peer_activity_is_only_liveness_and_changes_nothing_on_an_idle_node() {
+    let mut n = node(Role::Secondary);
+    n.handle(ms(1), Input::PeerActivity);
+    assert!(drain(&mut n).is_empty());
+    assert_eq!(n.poll_timeout(), None);
+}

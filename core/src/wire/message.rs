@@ -21,7 +21,7 @@ use crate::ids::{CheckpointReason, ClusterId, Epoch, NicId, NodeId, PageRange, R
 
 /// The protocol version this build speaks. It travels in every frame header (so a peer speaking
 /// another version is detected before its message is decoded) and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The guest page size the page-carrying messages use: [`Message::PageBatch`] and
 /// [`Message::SyncPages`] carry exactly `PAGE_SIZE` bytes per page of their ranges. x86 dirty
@@ -80,6 +80,9 @@ pub enum AbortReason {
     Protocol,
     /// The node is shutting down.
     Shutdown,
+    /// The peer link broke and came back while the epoch was in flight: frames of it may be
+    /// lost, so the primary abandons it and checkpoints again on the new link.
+    LinkReset,
 }
 
 /// The outcome of a forwarded disk write on the secondary ([`Message::DiskAck`]).

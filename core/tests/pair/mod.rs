@@ -113,6 +113,8 @@ enum Action {
     ClientReceive(Vec<u8>),
     /// The guest of host `h` runs its pending work.
     GuestRun(usize),
+    /// The peer link is back (after `reset_link_for`).
+    LinkRestored,
 }
 
 /// One host: its node, its fake VM and its record of what happened.
@@ -738,6 +740,13 @@ impl Pair {
     fn act(&mut self, action: Action) {
         match action {
             Action::Deliver(h, input) => self.input(h, input),
+            Action::LinkRestored => {
+                self.link_cut = false;
+                self.link_fifo = [self.now; 2];
+                for h in 0..2 {
+                    self.input(h, Input::PeerLink(colo_core::node::LinkState::Up));
+                }
+            }
             Action::ArbiterReceive(h, req) => {
                 let reply =
                     self.arbiter
@@ -758,6 +767,19 @@ impl Pair {
     }
 
     /// Host `h` crashes: it never acts again.
+    /// The peer connection breaks and a new one is made `down` later (a TCP reset and a
+    /// reconnection, shorter than the heartbeat's detection): every peer message in flight or
+    /// sent meanwhile is lost, and both nodes see the link go down and come back.
+    pub fn reset_link_for(&mut self, down: Duration) {
+        self.queue
+            .retain(|_, a| !matches!(a, Action::Deliver(_, Input::Peer { .. })));
+        self.link_cut = true;
+        for h in 0..2 {
+            self.input(h, Input::PeerLink(colo_core::node::LinkState::Down));
+        }
+        self.schedule(self.now + down, Action::LinkRestored);
+    }
+
     pub fn crash(&mut self, h: usize) {
         self.hosts[h].alive = false;
     }

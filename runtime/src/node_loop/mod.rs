@@ -25,6 +25,7 @@ mod disk;
 mod disk_routing;
 mod drain;
 mod frames;
+mod liveness;
 mod log;
 mod metrics;
 mod reconnect;
@@ -224,6 +225,8 @@ pub struct NodeLoop {
     tx: mpsc::Sender<LoopEvent>,
     rx: mpsc::Receiver<LoopEvent>,
     writer: Option<PeerWriter>,
+    /// Bytes arriving on the peer link before a whole frame has (`liveness.rs`).
+    peer_watch: Option<liveness::PeerSocketWatch>,
     link: u64,
     arbiter: ArbiterClient,
     pending: VecDeque<Input>,
@@ -342,6 +345,7 @@ impl NodeLoop {
             tx,
             rx,
             writer: None,
+            peer_watch: None,
             link: 0,
             arbiter,
             pending: VecDeque::new(),
@@ -409,6 +413,13 @@ impl NodeLoop {
             // heartbeat would count a peer silent whose heartbeats are merely queued.
             while let Ok(event) = self.rx.try_recv() {
                 self.on_event(event);
+            }
+            if self
+                .peer_watch
+                .as_mut()
+                .is_some_and(liveness::PeerSocketWatch::bytes_arrived)
+            {
+                self.input(Input::PeerActivity);
             }
             if let Some(input) = self.poll_drain() {
                 self.input(input);
@@ -536,6 +547,14 @@ impl NodeLoop {
             error!(role = self.name, "cannot start the peer reader: {e}");
             return;
         }
+        let write_timeout = liveness::peer_write_timeout(self.config.node.heartbeat.lost_after());
+        if let Err(e) = write_half.set_write_timeout(Some(write_timeout)) {
+            warn!(role = self.name, "peer socket write timeout: {e}");
+        }
+        self.peer_watch = write_half
+            .try_clone()
+            .ok()
+            .map(liveness::PeerSocketWatch::new);
         self.writer = Some(PeerWriter::new(write_half));
         info!(role = self.name, "link-up");
         self.input(Input::PeerLink(LinkState::Up));
@@ -544,6 +563,7 @@ impl NodeLoop {
     fn link_down(&mut self, why: &str) {
         self.receiving = None;
         if let Some(writer) = self.writer.take() {
+            self.peer_watch = None;
             writer.close();
             info!(role = self.name, reason = ?why, "link-down");
             self.link += 1; // ignore whatever the old reader still posts

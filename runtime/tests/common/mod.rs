@@ -4,6 +4,8 @@
 
 pub mod linux;
 pub mod procs;
+pub mod proxy;
+pub mod two_hosts;
 
 use colo_runtime::devices::console::OutputCapture;
 use colo_runtime::{ConsoleOutput, Machine, MachineConfig};

@@ -132,6 +132,24 @@ impl Procs {
         }
     }
 
+    /// Reads every line that arrives within `span`, awaiting nothing in particular (a
+    /// bounded watch: afterwards `seen` holds what the children printed meanwhile).
+    pub fn drain_for(&mut self, span: Duration) {
+        let deadline = Instant::now() + span;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok((who, at, line)) = self.lines.recv_timeout(left) else {
+                return;
+            };
+            self.log.push(format!("[{who}] {line}"));
+            assert!(
+                !line.contains("panicked") && !line.contains("PANIC"),
+                "a panic:\n{}",
+                self.log.join("\n")
+            );
+            self.seen.push((who, at, line));
+        }
+    }
+
     /// Kills child `index` (SIGKILL) and reaps it.
     pub fn kill(&mut self, index: usize) {
         let _ = self.children[index].kill();

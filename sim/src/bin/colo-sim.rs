@@ -2,7 +2,10 @@
 //! [`colo_sim::runner`], prints the seed and every option it expanded to, the verdict, and on
 //! failure the exact replay command; exits with the failure class's code (docs/simulation.md).
 
+use std::ops::Range;
 use std::process::ExitCode;
+
+use clap::{ArgGroup, Parser};
 
 use colo_core::time::Duration;
 
@@ -10,24 +13,64 @@ use colo_sim::platform::Canary;
 use colo_sim::runner::{self, Verdict};
 use colo_sim::trace::TraceEvent;
 
-const USAGE: &str = "usage: colo-sim (--seed N | --seeds A..B) [--check-determinism] \
-[--canary NAME] [--trace] [--quiet] [--node] [--duration T]
-       colo-sim --list-canaries
---quiet: with --seeds, print only failing seeds and the summary line
---node: accepted and ignored (old replay commands): the Node engine (two colo-core Nodes) is the
-  only engine; a --cfg madsim build runs it as a madsim cluster, a normal build as a plain loop
---duration T: run T in total (e.g. 10s, 2500ms): the seed's fault mix scaled into a safety
-  phase of 2/5 of T, liveness the rest (the throughput scenario of docs/benchmarks.md)
-exit codes: 0 pass, 1 correctness, 2 liveness, 3 panic, 4 nondeterminism, 5 canary missed, \
-64 usage";
-
+/// The simulator's command line (docs/simulation.md, "Running it").
+#[derive(Debug, Parser)]
+#[command(
+    name = "colo-sim",
+    about = "Runs colo-core's Nodes in the deterministic simulator: seeds, checkers, canaries",
+    after_help = "exit codes: 0 pass, 1 correctness, 2 liveness, 3 panic, 4 nondeterminism, \
+                  5 canary missed, 64 usage",
+    group(ArgGroup::new("which").required(true).args(["seed", "seeds", "list_canaries"]))
+)]
 struct Args {
-    seeds: std::ops::Range<u64>,
-    determinism: bool,
+    /// Run one seed (prints its options, verdict and, on failure, the replay command).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Run every seed in A..B (end excluded).
+    #[arg(long, value_name = "A..B", value_parser = parse_seed_range)]
+    seeds: Option<Range<u64>>,
+    /// Run each seed twice and compare the trace digests.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Plant a known bug; the run passes only if a checker catches it.
+    #[arg(long, value_name = "NAME", value_parser = parse_canary)]
     canary: Option<Canary>,
+    /// Print every trace event of each printed seed.
+    #[arg(long)]
     trace: bool,
+    /// With --seeds, print only failing seeds and the summary line.
+    #[arg(long)]
     quiet: bool,
+    /// Run T in total (e.g. 10s, 2500ms): the seed's fault mix scaled into a safety phase of
+    /// 2/5 of T, liveness the rest (the throughput scenario of docs/benchmarks.md).
+    #[arg(long, value_name = "T", value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Print the canaries' names, one per line, and exit.
+    #[arg(long)]
+    list_canaries: bool,
+}
+
+/// `A..B` with A <= B.
+fn parse_seed_range(s: &str) -> Result<Range<u64>, String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("--seeds takes A..B, not {s}"))?;
+    let a: u64 = a
+        .parse()
+        .map_err(|_| format!("bad start of --seeds: {a}"))?;
+    let b: u64 = b.parse().map_err(|_| format!("bad end of --seeds: {b}"))?;
+    if a > b {
+        return Err(format!("--seeds {s}: the start is after the end"));
+    }
+    Ok(a..b)
+}
+
+/// A canary by its name (`--list-canaries`).
+fn parse_canary(name: &str) -> Result<Canary, String> {
+    Canary::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = Canary::ALL.iter().map(|c| c.name()).collect();
+        format!("unknown canary {name} (known: {})", known.join(", "))
+    })
 }
 
 /// `10s`, `2500ms` or a bare number of seconds; at least 1 s (the liveness phase must hold a
@@ -50,68 +93,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse() -> Result<Option<Args>, String> {
-    let mut args = Args {
-        seeds: 0..0,
-        determinism: false,
-        canary: None,
-        trace: false,
-        quiet: false,
-        duration: None,
-    };
-    let mut it = std::env::args().skip(1);
-    let mut have_seed = false;
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--seed" => {
-                let n: u64 = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--seed takes a number")?;
-                args.seeds = n..n + 1;
-                have_seed = true;
-            }
-            "--seeds" => {
-                let s = it.next().ok_or("--seeds takes A..B")?;
-                let (a, b) = s.split_once("..").ok_or("--seeds takes A..B")?;
-                let a: u64 = a.parse().map_err(|_| "bad start of --seeds")?;
-                let b: u64 = b.parse().map_err(|_| "bad end of --seeds")?;
-                args.seeds = a..b;
-                have_seed = true;
-            }
-            "--check-determinism" => args.determinism = true,
-            "--canary" => {
-                let name = it.next().ok_or("--canary takes a name")?;
-                args.canary =
-                    Some(Canary::from_name(&name).ok_or(format!("unknown canary {name}"))?);
-            }
-            "--list-canaries" => {
-                for c in Canary::ALL {
-                    println!("{}", c.name());
-                }
-                return Ok(None);
-            }
-            "--trace" => args.trace = true,
-            "--quiet" => args.quiet = true,
-            // The only engine is the Node engine: kept so old replay commands work.
-            "--node" => {}
-            "--duration" => {
-                let d = it.next().ok_or("--duration takes a length, e.g. 10s")?;
-                args.duration = Some(parse_duration(&d)?);
-            }
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if !have_seed {
-        return Err("one of --seed or --seeds is required".to_owned());
-    }
-    Ok(Some(args))
-}
-
 fn print_trace(events: &[TraceEvent]) {
     for e in events {
         println!("  {e:?}");
@@ -119,25 +100,42 @@ fn print_trace(events: &[TraceEvent]) {
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap's text on stdout, success.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            eprintln!("colo-sim: {e}\n{USAGE}");
+            let _ = e.print();
+            return ExitCode::from(64);
+        }
+    };
+    if args.list_canaries {
+        for c in Canary::ALL {
+            println!("{}", c.name());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let seeds = match (args.seed, args.seeds.clone()) {
+        (Some(n), _) => n..n.saturating_add(1),
+        (None, Some(r)) => r,
+        (None, None) => {
+            eprintln!("colo-sim: one of --seed or --seeds is required");
             return ExitCode::from(64);
         }
     };
     // A panic inside a run is a verdict, not a crash of the runner: keep its message short.
     std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
-    let single = args.seeds.end - args.seeds.start == 1;
+    let single = seeds.end - seeds.start == 1;
     let mut worst = Verdict::Pass;
     let (mut passed, mut failed) = (0u64, 0u64);
-    for seed in args.seeds.clone() {
+    for seed in seeds.clone() {
         let options = runner::scenario_options(seed, args.canary, args.duration);
-        let report = runner::run_options(options, args.canary, args.determinism);
+        let report = runner::run_options(options, args.canary, args.check_determinism);
         let ok = report.verdict == Verdict::Pass;
-        if single || (!ok && !args.quiet) || !args.quiet && args.seeds.end - args.seeds.start <= 20
-        {
+        if single || (!ok && !args.quiet) || !args.quiet && seeds.end - seeds.start <= 20 {
             println!("{}", report.options);
             if let Some(d) = args.duration {
                 println!(

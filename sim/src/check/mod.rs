@@ -37,14 +37,3 @@ pub fn check_safety(
     v.extend(no_silent_loss::check(trace, stale_before));
     v
 }
-
-/// The checker names, as printed in violations.
-pub const CHECKERS: [&str; 7] = [
-    output_commit::NAME,
-    atomic_checkpoint::NAME,
-    state_equality::NAME,
-    tcp_continuity::NAME,
-    single_writer::NAME,
-    no_silent_loss::NAME,
-    liveness::NAME,
-];

@@ -255,6 +255,7 @@ pub(super) fn message() -> BoxedStrategy<Message> {
         Just(AbortReason::DiskFailure),
         Just(AbortReason::Protocol),
         Just(AbortReason::Shutdown),
+        Just(AbortReason::LinkReset),
     ];
     let disk_result = prop_oneof![
         Just(DiskResult::Written),
