@@ -63,6 +63,9 @@ fn start_pair() -> (Procs, usize, usize, String, String, String) {
         &arbiter,
         "--checkpoint-interval-ms",
         "200",
+        // A patient heartbeat (2 s): a loaded machine must not fail the pair over mid-test.
+        "--heartbeat-misses",
+        "20",
         "--metrics-listen",
         &p_metrics,
         "--control",
@@ -74,6 +77,8 @@ fn start_pair() -> (Procs, usize, usize, String, String, String) {
         &peer,
         "--arbiter",
         &arbiter,
+        "--heartbeat-misses",
+        "20",
         "--metrics-listen",
         &s_metrics,
     ]));
@@ -252,14 +257,22 @@ fn log_level_and_rust_log_choose_the_events_and_the_flag_wins() {
         arbiter_stderr(&["--log-level", "info"], Some(("RUST_LOG", "warn")))
             .contains("arbiter: listening on")
     );
+    // Every line is a JSON event (an arbiter without --state warns first).
     let json = arbiter_stderr(&["--log-format", "json"], None);
-    let line = json.lines().next().expect("one event");
-    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-    assert_eq!(v["role"], "arbiter", "{v}");
-    assert!(
-        v["message"].as_str().unwrap().starts_with("listening on"),
-        "{v}"
-    );
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let listening = events
+        .iter()
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("listening on"))
+        })
+        .unwrap_or_else(|| panic!("no listening event in {json}"));
+    assert_eq!(listening["role"], "arbiter", "{listening}");
+    assert_eq!(listening["level"], "INFO", "{listening}");
 }
 
 #[test]
