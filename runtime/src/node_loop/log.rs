@@ -203,7 +203,8 @@ impl NodeLoop {
                 info!(role = n, bytes = released, "console-released");
             }
             Event::Deposed { term, .. } => {
-                warn!(role = n, term = term.0, "deposed (stopping the VM)");
+                // The VM stops here; the line reads `<role>: deposed term=T`.
+                info!(role = n, term = term.0, "deposed");
                 self.machine.pause();
                 self.end = Some(LoopEnd::Deposed);
             }
