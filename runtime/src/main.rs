@@ -154,6 +154,10 @@ struct BenchArgs {
     /// A short run (a smoke: fewer requests, 1 MiB bulk transfers).
     #[arg(long)]
     quick: bool,
+    /// Instead of the comparison: the time of each hop of a request and its reply through
+    /// the pair (the nodes record them with COLO_TRACE_HOPS=1), as medians.
+    #[arg(long)]
+    breakdown: bool,
     /// Loopback port of the arbiter (inside the bench's network namespace).
     #[arg(long, default_value_t = 17610)]
     arbiter_port: u16,
@@ -390,8 +394,11 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
                 requests: 0,
             };
             let options = colo_runtime::bench::BenchOptions::new(pair, args.quick);
-            let report = colo_runtime::bench::run(&options)?;
-            println!("{report}");
+            if args.breakdown {
+                println!("{}", colo_runtime::bench::run_breakdown(&options)?);
+            } else {
+                println!("{}", colo_runtime::bench::run(&options)?);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore(args) => {

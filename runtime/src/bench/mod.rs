@@ -12,8 +12,10 @@
 //! wait is bounded by the run's deadline and every child is reaped on every path (the
 //! `PairRun` guard), as in the demo.
 
+mod breakdown;
 mod report;
 
+pub use breakdown::{Breakdown, HopFigure};
 pub use report::{BenchReport, FailoverFigures, SideFigures};
 
 use crate::demo::net::{Client, LONE_IP, LoneVm, PAIR_IP, PairRun, lab};
@@ -61,6 +63,17 @@ impl BenchOptions {
     }
 }
 
+/// `colo bench --breakdown`: `requests` requests through a pair whose nodes record their hops
+/// (see `breakdown.rs`).
+pub fn run_breakdown(options: &BenchOptions) -> Result<Breakdown, String> {
+    crate::demo::require_kvm()?;
+    let deadline = Instant::now() + options.pair.timeout;
+    let ns = lab("colo-bench")?;
+    let mut pair = PairRun::start(&ns, &options.pair, deadline, &[("COLO_TRACE_HOPS", "1")])?;
+    pair.wait_paired()?;
+    breakdown::run(&ns, &mut pair, options.requests)
+}
+
 /// Latency, then both bulk directions, against the server at `ip`.
 fn measure(ns: &NetNs, ip: &str, options: &BenchOptions) -> Result<SideFigures, String> {
     let mut client = Client::connect(ns, ip)?;
@@ -105,7 +118,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         report.lone = measure(&ns, LONE_IP, options)?;
         println!("[bench] lone VM measured");
     }
-    let mut pair = PairRun::start(&ns, &options.pair, deadline)?;
+    let mut pair = PairRun::start(&ns, &options.pair, deadline, &[])?;
     pair.wait_paired()?;
     let started = Instant::now();
     report.pair = measure(&ns, PAIR_IP, options)?;

@@ -213,16 +213,18 @@ fn spawn(
     args: &[String],
     lines: &mpsc::Sender<Line>,
 ) -> Result<Child, String> {
-    spawn_in(None, binary, who, args, lines)
+    spawn_in(None, binary, who, args, &[], lines)
 }
 
 /// Starts `binary args` (inside network namespace `netns` through `ip netns exec`, which
-/// execs the binary: the child is the colo process itself) with its lines sent to `lines`.
+/// execs the binary: the child is the colo process itself) with `envs` added to its
+/// environment and its lines sent to `lines`.
 pub(crate) fn spawn_in(
     netns: Option<&str>,
     binary: &PathBuf,
     who: &'static str,
     args: &[String],
+    envs: &[(&str, &str)],
     lines: &mpsc::Sender<Line>,
 ) -> Result<Child, String> {
     let mut command = match netns {
@@ -235,6 +237,7 @@ pub(crate) fn spawn_in(
     };
     let mut child = command
         .args(args)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

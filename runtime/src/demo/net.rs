@@ -344,11 +344,13 @@ pub(crate) struct PairRun {
 }
 
 impl PairRun {
-    /// Starts the three processes; every wait on them ends at `deadline`.
+    /// Starts the three processes (`envs` added to their environment); every wait on them
+    /// ends at `deadline`.
     pub(crate) fn start(
         ns: &NetNs,
         options: &DemoOptions,
         deadline: Instant,
+        envs: &[(&str, &str)],
     ) -> Result<PairRun, String> {
         let (tx, rx) = mpsc::channel();
         let lifetime = format!("{}", options.timeout.as_secs() + 10);
@@ -382,17 +384,17 @@ impl PairRun {
             .collect();
         children.0.push((
             "arbiter",
-            spawn_in(netns, &options.binary, "arbiter", &arbiter_args, &tx)?,
+            spawn_in(netns, &options.binary, "arbiter", &arbiter_args, envs, &tx)?,
         ));
         let primary = node("primary", "--listen", &peer, "colop0");
         children.0.push((
             "primary",
-            spawn_in(netns, &options.binary, "primary", &primary, &tx)?,
+            spawn_in(netns, &options.binary, "primary", &primary, envs, &tx)?,
         ));
         let secondary = node("secondary", "--peer", &peer, "colos0");
         children.0.push((
             "secondary",
-            spawn_in(netns, &options.binary, "secondary", &secondary, &tx)?,
+            spawn_in(netns, &options.binary, "secondary", &secondary, envs, &tx)?,
         ));
         Ok(PairRun {
             children,
@@ -409,7 +411,10 @@ impl PairRun {
         }
         match self.lines.recv_timeout(Duration::from_millis(100)) {
             Ok(line) => {
-                println!("[{}] {}", line.who, line.text);
+                // Hop records (`colo bench --breakdown`) are data, not news.
+                if !line.text.starts_with("hop ") {
+                    println!("[{}] {}", line.who, line.text);
+                }
                 if line.text.contains("PANIC") || line.text.contains("panicked") {
                     return Err(format!("the {}'s guest or node panicked", line.who));
                 }
@@ -445,7 +450,7 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
         lone: lone_vm(&ns, options.requests)?,
         ..NetDemoSummary::default()
     };
-    let mut pair = PairRun::start(&ns, options, deadline)?;
+    let mut pair = PairRun::start(&ns, options, deadline, &[])?;
     // Phase 1: the pairing's first checkpoint, then the client runs against the pair.
     pair.wait_paired()?;
     let client = Client::connect(&ns, PAIR_IP)?;

@@ -69,6 +69,7 @@ struct ChannelSink(mpsc::Sender<LoopEvent>);
 impl FrameSink for ChannelSink {
     fn send_frame(&mut self, frame: &[u8]) {
         // The loop is gone only while the process ends.
+        super::hops::mark("guest_out", frame);
         let _ = self.0.send(LoopEvent::GuestFrame(frame.to_vec()));
     }
 }
@@ -148,6 +149,7 @@ impl GuestNet {
                     let tx = tx.clone();
                     let nic = NicId(index as u8);
                     let reader = TapLink::spawn(tap, move |frame| {
+                        super::hops::mark("tap_in", frame);
                         let _ = tx.send(LoopEvent::ClientFrame {
                             nic,
                             frame: frame.to_vec(),
@@ -209,6 +211,7 @@ impl GuestNet {
             }
             let mut device = nic.device.lock().expect("net mutex poisoned");
             for frame in nic.held.drain(..) {
+                super::hops::mark("to_guest", &frame);
                 device.deliver(&frame);
                 self.stats.to_guest += 1;
             }
@@ -224,6 +227,7 @@ impl GuestNet {
             .iter()
             .position(|n| source == Some(&n.mac()[..]))
             .unwrap_or(0);
+        super::hops::mark("to_client", frame);
         match self.nics.get(nic).and_then(|n| n.client.as_ref()) {
             Some(tap) if matches!(tap.send(frame), Ok(true)) => self.stats.to_client += 1,
             _ => self.stats.client_dropped += 1,
