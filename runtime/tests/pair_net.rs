@@ -198,8 +198,8 @@ fn a_client_connection_survives_a_primary_kill() {
         w == s && l.starts_with("secondary: claim-client-link ")
     });
     assert!(
-        claim.contains("announced mac=52:54:00:c0:10:01 frames=3"),
-        "{claim}"
+        claim.contains("announced mac=52:54:00:c0:10:01 frames=3 garp ip=10.0.0.2 frames=3"),
+        "the survivor announces the MAC (RARP) and the guest's address (gratuitous ARP): {claim}"
     );
     // Same socket: every write the primary acknowledged is in the survivor's state, once.
     for i in 6..=8u64 {

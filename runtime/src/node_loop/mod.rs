@@ -437,6 +437,8 @@ impl NodeLoop {
         while let Ok(event) = self.rx.try_recv() {
             match event {
                 LoopEvent::GuestFrame(frame) if self.deferred.is_empty() => {
+                    hops::mark("loop_guest", &frame);
+                    self.net.learn_guest_ip(&frame);
                     self.pending.push_back(Input::GuestFrame(frame));
                 }
                 other => self.deferred.push_back(other),
@@ -456,6 +458,7 @@ impl NodeLoop {
             LoopEvent::Peer { .. } | LoopEvent::PeerDown { .. } => {} // a dead link's straggler
             LoopEvent::GuestFrame(frame) => {
                 hops::mark("loop_guest", &frame);
+                self.net.learn_guest_ip(&frame);
                 self.input(Input::GuestFrame(frame))
             }
             LoopEvent::ClientFrame { nic, frame } => {
