@@ -167,6 +167,10 @@ struct BenchArgs {
     /// Give up (exit 1) after this many seconds (default: 120 with --quick, 600 without).
     #[arg(long)]
     timeout: Option<f64>,
+    /// An extra argument for both nodes, e.g. `--node-arg=--heartbeat-interval-ms=20`
+    /// (repeatable).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -393,7 +397,8 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
                     .map_err(|e| format!("cannot find the colo binary: {e}"))?,
                 requests: 0,
             };
-            let options = colo_runtime::bench::BenchOptions::new(pair, args.quick);
+            let mut options = colo_runtime::bench::BenchOptions::new(pair, args.quick);
+            options.node_args = args.node_args;
             if args.breakdown {
                 println!("{}", colo_runtime::bench::run_breakdown(&options)?);
             } else {

@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub bulk_rounds: u32,
     /// How long the failover run's client runs against the pair before the kill.
     pub before_kill: Duration,
+    /// Extra arguments for both nodes (e.g. `--heartbeat-interval-ms=20`).
+    pub node_args: Vec<String>,
 }
 
 impl BenchOptions {
@@ -50,6 +52,7 @@ impl BenchOptions {
                 bulk_bytes: 1 << 20,
                 bulk_rounds: 2,
                 before_kill: Duration::from_secs(1),
+                node_args: Vec::new(),
             }
         } else {
             BenchOptions {
@@ -58,6 +61,7 @@ impl BenchOptions {
                 bulk_bytes: 8 << 20,
                 bulk_rounds: 4,
                 before_kill: Duration::from_secs(3),
+                node_args: Vec::new(),
             }
         }
     }
@@ -69,7 +73,13 @@ pub fn run_breakdown(options: &BenchOptions) -> Result<Breakdown, String> {
     crate::demo::require_kvm()?;
     let deadline = Instant::now() + options.pair.timeout;
     let ns = lab("colo-bench")?;
-    let mut pair = PairRun::start(&ns, &options.pair, deadline, &[("COLO_TRACE_HOPS", "1")])?;
+    let mut pair = PairRun::start(
+        &ns,
+        &options.pair,
+        deadline,
+        &[("COLO_TRACE_HOPS", "1")],
+        &options.node_args,
+    )?;
     pair.wait_paired()?;
     breakdown::run(&ns, &mut pair, options.requests)
 }
@@ -118,7 +128,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
         report.lone = measure(&ns, LONE_IP, options)?;
         println!("[bench] lone VM measured");
     }
-    let mut pair = PairRun::start(&ns, &options.pair, deadline, &[])?;
+    let mut pair = PairRun::start(&ns, &options.pair, deadline, &[], &options.node_args)?;
     pair.wait_paired()?;
     let started = Instant::now();
     report.pair = measure(&ns, PAIR_IP, options)?;
@@ -126,6 +136,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     println!("[bench] pair measured");
     // Count the checkpoints of the measured window from the lines that queued meanwhile.
     while let Some(line) = pair.next("the pair's lines")? {
+        report.failover.false_alarms += u32::from(false_alarm(&line.text));
         if line.at > measured {
             break;
         }
@@ -136,8 +147,16 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
             *report.checkpoints.entry(reason).or_default() += 1;
         }
     }
+    let before = report.failover.false_alarms;
     report.failover = failover(&ns, &mut pair, options)?;
+    report.failover.false_alarms += before;
     Ok(report)
+}
+
+/// A node declared its peer lost (before the bench killed anyone: a false alarm).
+fn false_alarm(text: &str) -> bool {
+    fields(text, "primary", "peer-lost").is_some()
+        || fields(text, "secondary", "peer-lost").is_some()
 }
 
 /// A reply the failover run's client got: when it ended and the counter it carried.
@@ -214,14 +233,20 @@ fn kill_and_watch(
         None => Ok(()),
     };
     let until = Instant::now() + options.before_kill;
+    let mut false_alarms = 0;
     while Instant::now() < until || replies.lock().expect("replies").is_empty() {
         check()?;
-        pair.next("the client's requests before the kill")?;
+        if let Some(line) = pair.next("the client's requests before the kill")? {
+            false_alarms += u32::from(false_alarm(&line.text));
+        }
     }
     println!("[bench] killing the primary (SIGKILL) while the client runs");
     let killed = Instant::now();
     pair.children.kill("primary")?;
-    let mut figures = FailoverFigures::default();
+    let mut figures = FailoverFigures {
+        false_alarms,
+        ..FailoverFigures::default()
+    };
     loop {
         check()?;
         if let Some(line) = pair.next("the failover")? {

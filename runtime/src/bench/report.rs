@@ -60,6 +60,8 @@ pub struct FailoverFigures {
     pub next_reply: Duration,
     /// The counter in the last reply before the kill and the first after it.
     pub around_kill: (u64, u64),
+    /// `peer-lost` lines of either node before the kill (false failure detections).
+    pub false_alarms: u32,
 }
 
 /// Everything one `colo bench` run measured.
@@ -94,6 +96,10 @@ impl BenchReport {
             ("pair_in_mbps", mbps(self.pair.in_rate())),
             ("failover_detect_ms", opt_ms(self.failover.detected)),
             ("failover_takeover_ms", opt_ms(self.failover.took_over)),
+            (
+                "peer_lost_before_kill",
+                self.failover.false_alarms.to_string(),
+            ),
             ("latency_p50_ratio", fmt_ratio(ratio(pair50, lone50))),
             ("latency_p99_ratio", fmt_ratio(ratio(pair99, lone99))),
             (

@@ -344,13 +344,14 @@ pub(crate) struct PairRun {
 }
 
 impl PairRun {
-    /// Starts the three processes (`envs` added to their environment); every wait on them
-    /// ends at `deadline`.
+    /// Starts the three processes (`envs` added to their environment, `node_args` to both
+    /// nodes' command lines); every wait on them ends at `deadline`.
     pub(crate) fn start(
         ns: &NetNs,
         options: &DemoOptions,
         deadline: Instant,
         envs: &[(&str, &str)],
+        node_args: &[String],
     ) -> Result<PairRun, String> {
         let (tx, rx) = mpsc::channel();
         let lifetime = format!("{}", options.timeout.as_secs() + 10);
@@ -374,6 +375,7 @@ impl PairRun {
             ]
             .iter()
             .map(|s| s.to_string())
+            .chain(node_args.iter().cloned())
             .collect()
         };
         let netns = Some(ns.name());
@@ -450,7 +452,7 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
         lone: lone_vm(&ns, options.requests)?,
         ..NetDemoSummary::default()
     };
-    let mut pair = PairRun::start(&ns, options, deadline, &[])?;
+    let mut pair = PairRun::start(&ns, options, deadline, &[], &[])?;
     // Phase 1: the pairing's first checkpoint, then the client runs against the pair.
     pair.wait_paired()?;
     let client = Client::connect(&ns, PAIR_IP)?;
