@@ -152,8 +152,13 @@ impl Client {
             connect: Duration::from_secs(10),
             read: Duration::from_secs(20),
         };
+        let conn = KvConnection::connect(ns, addr, timeouts)?;
+        // A `SINK` body into a wedged guest must not block forever either.
+        conn.stream()
+            .set_write_timeout(Some(timeouts.read))
+            .map_err(|e| e.to_string())?;
         Ok(Client {
-            conn: KvConnection::connect(ns, addr, timeouts)?,
+            conn,
             next_id: 1,
             count: 0,
         })
