@@ -3,7 +3,9 @@
 //! pair must go on in its term, with no failover, every client request answered, no protocol
 //! error, and checkpoints completing on the new link. The reset is tried at many points of
 //! the checkpoint cycle so that it lands in every phase: between checkpoints, with a request,
-//! pages or `Received` in flight, and with the primary waiting for `Loaded`.
+//! pages or `Received` in flight, and with the primary waiting for `Loaded`. And the other
+//! side of "the peer came back quickly": a secondary whose process restarted is a new node, and
+//! its `Hello` fails the old one over at once.
 
 mod pair;
 
@@ -95,5 +97,41 @@ fn a_link_reset_at_any_point_of_the_checkpoint_cycle_costs_no_failover() {
     assert!(
         restarted >= 10,
         "some resets must land inside a checkpoint and restart its epoch"
+    );
+}
+
+#[test]
+fn a_secondary_restarted_before_its_loss_was_detected_is_failed_over_at_once() {
+    // The secondary's process dies and is back (a fresh node knocking with Hello) within the
+    // heartbeat's detection time. Its hellos must not pass for the dead incarnation's
+    // liveness: the primary fails it over at the first one instead of waiting for a stuck
+    // checkpoint (3 s with the harness's settings: 600 ms).
+    let mut p = Pair::new(77, Knobs::default());
+    p.run_for(ms(100));
+    p.requests_enabled = true;
+    p.run_for(ms(500));
+    p.crash(1);
+    p.run_for(ms(20));
+    let restarted_at = p.now;
+    p.replace_with_secondary(1, 3);
+    let took_over = p.run_until_event(0, ms(300), |e| {
+        matches!(
+            e,
+            Event::TakeoverStarted {
+                reason: colo_core::failover::FailoverReason::PeerRestarted,
+                ..
+            }
+        )
+    });
+    assert!(
+        took_over,
+        "no takeover within 300 ms of the restart ({restarted_at:?})\n{}",
+        p.summary()
+    );
+    assert_eq!(
+        p.count_events(0, |e| matches!(e, Event::CheckpointStuck { .. })),
+        0,
+        "{}",
+        p.summary()
     );
 }

@@ -14,6 +14,7 @@
 //! the pair config file (TOML) that carries the same description, the pair and each host.
 
 pub mod arbiter;
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod demo;

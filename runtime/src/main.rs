@@ -68,6 +68,9 @@ enum Command {
     /// failover, re-protect the survivor with a new secondary and fail back to it; exits 0
     /// with a summary if every step checked out.
     Demo(DemoArgs),
+    /// Measure the pair against the lone VM (same guest, workload and client, one run):
+    /// latency, throughput both ways, failover time; the last lines are `key=value`.
+    Bench(BenchArgs),
     /// Show a running node's state and counters (control socket).
     Status(CtlArgs),
     /// Make a paired primary take a checkpoint now.
@@ -166,6 +169,30 @@ struct DemoArgs {
     /// `--net`: client requests per measured phase (lone VM, pair, survivor).
     #[arg(long, default_value_t = 200)]
     requests: u32,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// A short run (a smoke: fewer requests, 1 MiB bulk transfers).
+    #[arg(long)]
+    quick: bool,
+    /// Instead of the comparison: the time of each hop of a request and its reply through
+    /// the pair (the nodes record them with COLO_TRACE_HOPS=1), as medians.
+    #[arg(long)]
+    breakdown: bool,
+    /// Loopback port of the arbiter (inside the bench's network namespace).
+    #[arg(long, default_value_t = 17610)]
+    arbiter_port: u16,
+    /// Loopback port of the primary's peer link (inside the namespace).
+    #[arg(long, default_value_t = 17611)]
+    peer_port: u16,
+    /// Give up (exit 1) after this many seconds (default: 120 with --quick, 600 without).
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// An extra argument for both nodes, e.g. `--node-arg=--heartbeat-interval-ms=20`
+    /// (repeatable).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -406,6 +433,27 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             } else {
                 let summary = colo_runtime::demo::run(&options)?;
                 println!("{summary}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            let default_timeout = if args.quick { 120.0 } else { 600.0 };
+            let pair = colo_runtime::demo::DemoOptions {
+                arbiter_port: args.arbiter_port,
+                peer_port: args.peer_port,
+                reprotect_port: 0,
+                checkpoints: 0,
+                timeout: seconds(args.timeout.unwrap_or(default_timeout), "--timeout")?,
+                binary: std::env::current_exe()
+                    .map_err(|e| format!("cannot find the colo binary: {e}"))?,
+                requests: 0,
+            };
+            let mut options = colo_runtime::bench::BenchOptions::new(pair, args.quick);
+            options.node_args = args.node_args;
+            if args.breakdown {
+                println!("{}", colo_runtime::bench::run_breakdown(&options)?);
+            } else {
+                println!("{}", colo_runtime::bench::run(&options)?);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -216,6 +216,11 @@ impl SimHost {
         }
     }
 
+    /// The peer connection went down or came back.
+    pub fn handle_link(&mut self, now: Instant, state: LinkState, hook: &mut dyn CrashHook) {
+        self.input(now, Input::PeerLink(state), hook);
+    }
+
     /// The arbiter's reply to request `id`.
     pub fn handle_arbiter(
         &mut self,

@@ -78,6 +78,17 @@ pub struct LinkFault {
     pub until: Instant,
 }
 
+/// The replication link's TCP connection breaks at `at` and the secondary's reconnection
+/// succeeds `down_for` later: everything in flight is lost, both nodes see the link go down
+/// and come back (`Input::PeerLink`), and nothing crosses meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkReset {
+    /// When the connection breaks.
+    pub at: Instant,
+    /// How long until the new connection is up.
+    pub down_for: Duration,
+}
+
 /// Where a crash lands relative to the checkpoint protocol. `At` is a plain instant; the phase
 /// variants make the platform crash the host when the checkpointer next *enters* that phase
 /// (so crashes inside every checkpoint phase are reached on purpose, not by luck).
@@ -127,6 +138,9 @@ pub struct SwarmOptions {
     pub link: LinkConfig,
     /// Partitions and clogs.
     pub link_faults: Vec<LinkFault>,
+    /// Resets of the replication link's connection (drawn last, so the other options of a
+    /// seed are those it had before resets existed).
+    pub link_resets: Vec<LinkReset>,
     /// Host crashes.
     pub crashes: Vec<HostCrash>,
     /// Probability (ppm) that a disk write fails.
@@ -243,7 +257,7 @@ impl SwarmOptions {
             .collect();
         crashes.sort_by_key(|c| (c.not_before, c.host, c.point));
 
-        SwarmOptions {
+        let mut options = SwarmOptions {
             seed,
             clients: rng.range_inclusive(1, 4) as u32,
             connections: rng.range_inclusive(1, 3) as u32,
@@ -263,7 +277,23 @@ impl SwarmOptions {
             replication_bytes_per_sec: pick(&mut rng, &[125_000_000, 1_250_000_000]),
             safety,
             liveness,
-        }
+            link_resets: Vec::new(),
+        };
+        // Most resets are short blips (the pair carries on); some outlast the heartbeat's
+        // detection (a failover follows, as for a cut).
+        let n_resets = if rng.chance_ppm(500_000) {
+            0
+        } else {
+            rng.range_inclusive(1, 3)
+        };
+        options.link_resets = (0..n_resets)
+            .map(|_| LinkReset {
+                at: instant_within(&mut rng, Duration::from_millis(200), safety),
+                down_for: Duration::from_millis(pick(&mut rng, &[1, 20, 100, 300, 800])),
+            })
+            .collect();
+        options.link_resets.sort_by_key(|r| (r.at, r.down_for));
+        options
     }
 
     /// The same seed's fault mix as a run of `total` simulated seconds (`colo-sim --duration`):
@@ -290,6 +320,9 @@ impl SwarmOptions {
         }
         for c in &mut self.crashes {
             c.not_before = scale(c.not_before);
+        }
+        for r in &mut self.link_resets {
+            r.at = scale(r.at);
         }
         self.safety = safety;
         self.liveness = total.saturating_sub(safety);
@@ -344,6 +377,17 @@ impl fmt::Display for SwarmOptions {
                 lf.cut,
                 at(lf.from),
                 at(lf.until)
+            )?;
+        }
+        if self.link_resets.is_empty() {
+            writeln!(f, "link_reset = none")?;
+        }
+        for r in &self.link_resets {
+            writeln!(
+                f,
+                "link_reset = host-a<->host-b at {} down for {}",
+                at(r.at),
+                ms(r.down_for)
             )?;
         }
         if self.crashes.is_empty() {
@@ -481,6 +525,7 @@ mod tests {
             let strip = |mut x: SwarmOptions| {
                 x.link_faults.clear();
                 x.crashes.clear();
+                x.link_resets.clear();
                 x.safety = Duration::ZERO;
                 x.liveness = Duration::ZERO;
                 x
@@ -495,8 +540,10 @@ mod tests {
         let text = o.to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.iter().all(|l| l.contains(" = ")), "{text}");
-        // 19 drawn options, the printed crash rule, and one line per link fault and crash.
-        let expected = 20 + o.link_faults.len().max(1) + o.crashes.len().max(1);
+        // 19 drawn options, the printed crash rule, and one line per link fault, link reset
+        // and crash.
+        let expected =
+            20 + o.link_faults.len().max(1) + o.link_resets.len().max(1) + o.crashes.len().max(1);
         assert_eq!(lines.len(), expected, "{text}");
         assert_eq!(lines[0], "seed = 7");
         assert!(text.contains("checkpoint_interval = "));

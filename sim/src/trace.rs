@@ -265,6 +265,13 @@ pub enum TraceEvent {
         /// When.
         at: Instant,
     },
+    /// The replication link's connection broke (`down`) or its reconnection came up.
+    LinkReset {
+        /// When.
+        at: Instant,
+        /// Broke (true) or back (false).
+        down: bool,
+    },
 }
 
 impl TraceEvent {
@@ -288,7 +295,8 @@ impl TraceEvent {
             | TraceEvent::Crash { at, .. }
             | TraceEvent::Restart { at, .. }
             | TraceEvent::Reprotected { at, .. }
-            | TraceEvent::FaultsStopped { at } => *at,
+            | TraceEvent::FaultsStopped { at }
+            | TraceEvent::LinkReset { at, .. } => *at,
         }
     }
 }

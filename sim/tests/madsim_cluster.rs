@@ -17,6 +17,7 @@ use colo_sim::trace::TraceEvent;
 fn calm(seed: u64) -> SwarmOptions {
     let mut o = SwarmOptions::generate(seed);
     o.link_faults.clear();
+
     o.crashes.clear();
     o.disk_write_error_ppm = 0;
     o.link = LinkConfig::with_delay(Duration::from_micros(200));

@@ -44,6 +44,10 @@ pub enum FailoverReason {
     Requested,
     /// The heartbeat declared the peer lost.
     PeerLost,
+    /// The paired secondary said `Hello` again after the pairing's first checkpoint: it was
+    /// restarted and lost its state, however quickly it came back (its hellos must not pass
+    /// for the old incarnation's liveness).
+    PeerRestarted,
     /// A checkpoint phase did not finish within its deadline.
     CheckpointStuck,
     /// The peer ended the link in order (shutdown).

@@ -111,6 +111,14 @@ impl Node {
                 return;
             }
         }
+        if kind == MessageKind::Hello && self.paired_secondary_restarted() {
+            // The secondary this node replicates to knocks again: it restarted and lost its
+            // state. Not liveness of the old incarnation: fail over now instead of waiting
+            // for a stuck checkpoint (the newcomer is accepted once re-protection is armed).
+            self.stats.hellos_ignored += 1;
+            self.trigger_failover(now, crate::failover::FailoverReason::PeerRestarted);
+            return;
+        }
         if self.heartbeat_active() {
             self.heartbeat.handle_peer_traffic(now);
         }
@@ -231,6 +239,13 @@ impl Node {
             reason,
             by_peer: false,
         });
+    }
+
+    /// Whether this primary replicates to a secondary that completed a checkpoint with it.
+    fn paired_secondary_restarted(&self) -> bool {
+        self.phase == Phase::Running
+            && self.failover.is_paired()
+            && matches!(&self.side, Side::Primary(p) if p.replicated_once())
     }
 
     fn on_hello(&mut self, now: Instant, hello: PeerHello) {

@@ -74,6 +74,15 @@ impl PrimarySide {
             .map_or(self.base_epoch, PrimaryCheckpointer::last_done)
     }
 
+    /// Whether the current pairing completed a checkpoint: from then on the secondary has
+    /// answered the accept, so a `Hello` from it can only come from a restarted node (a retry
+    /// that crossed the accept arrives before anything the secondary sent after it).
+    pub(super) fn replicated_once(&self) -> bool {
+        self.checkpointer
+            .as_ref()
+            .is_some_and(|c| c.last_done() > self.base_epoch)
+    }
+
     /// The first epoch a new pairing may use: above every number this node has used.
     pub(super) fn next_epoch(&self) -> Epoch {
         self.checkpointer

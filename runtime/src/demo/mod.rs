@@ -13,7 +13,7 @@
 //! It reads the children's milestone lines (`<role>: <what> key=value`, see
 //! `node_loop`), echoes them prefixed, and judges only from them and from its own clock.
 
-mod net;
+pub(crate) mod net;
 
 pub use net::{NetDemoSummary, Percentiles, run as run_net};
 
@@ -144,7 +144,7 @@ impl std::fmt::Display for DemoSummary {
 }
 
 /// Kills and reaps every child when dropped.
-struct Children(Vec<(&'static str, Child)>);
+pub(crate) struct Children(pub(crate) Vec<(&'static str, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -156,7 +156,7 @@ impl Drop for Children {
 }
 
 impl Children {
-    fn kill(&mut self, who: &str) -> Result<(), String> {
+    pub(crate) fn kill(&mut self, who: &str) -> Result<(), String> {
         let at = self
             .0
             .iter()
@@ -173,7 +173,7 @@ impl Children {
     }
 
     /// A child that exited on its own is a failure of the demo.
-    fn check_alive(&mut self) -> Result<(), String> {
+    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
         for (name, child) in &mut self.0 {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("the {name} exited early ({status})"));
@@ -183,14 +183,15 @@ impl Children {
     }
 }
 
-/// A line one child printed.
-struct Line {
-    who: &'static str,
-    text: String,
+/// A line one child printed, and when this process read it.
+pub(crate) struct Line {
+    pub(crate) who: &'static str,
+    pub(crate) text: String,
+    pub(crate) at: Instant,
 }
 
 /// `key=value` fields of a milestone line `<who>: <what> k=v ...`, if it is `what`.
-fn fields(text: &str, who: &str, what: &str) -> Option<BTreeMap<String, String>> {
+pub(crate) fn fields(text: &str, who: &str, what: &str) -> Option<BTreeMap<String, String>> {
     let rest = text.strip_prefix(who)?.strip_prefix(": ")?;
     let rest = rest.strip_prefix(what)?;
     if !(rest.is_empty() || rest.starts_with(' ')) {
@@ -204,7 +205,7 @@ fn fields(text: &str, who: &str, what: &str) -> Option<BTreeMap<String, String>>
     )
 }
 
-fn num(map: &BTreeMap<String, String>, key: &str) -> u64 {
+pub(crate) fn num(map: &BTreeMap<String, String>, key: &str) -> u64 {
     map.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
@@ -214,16 +215,18 @@ fn spawn(
     args: &[String],
     lines: &mpsc::Sender<Line>,
 ) -> Result<Child, String> {
-    spawn_in(None, binary, who, args, lines)
+    spawn_in(None, binary, who, args, &[], lines)
 }
 
 /// Starts `binary args` (inside network namespace `netns` through `ip netns exec`, which
-/// execs the binary: the child is the colo process itself) with its lines sent to `lines`.
-fn spawn_in(
+/// execs the binary: the child is the colo process itself) with `envs` added to its
+/// environment and its lines sent to `lines`.
+pub(crate) fn spawn_in(
     netns: Option<&str>,
     binary: &PathBuf,
     who: &'static str,
     args: &[String],
+    envs: &[(&str, &str)],
     lines: &mpsc::Sender<Line>,
 ) -> Result<Child, String> {
     let mut command = match netns {
@@ -242,6 +245,7 @@ fn spawn_in(
         .map_err(|e| format!("cannot clone a pipe: {e}"))?;
     let child = command
         .args(args)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(writer)
@@ -253,7 +257,8 @@ fn spawn_in(
     let tx = lines.clone();
     std::thread::spawn(move || {
         for text in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(Line { who, text }).is_err() {
+            let at = Instant::now();
+            if tx.send(Line { who, text, at }).is_err() {
                 return;
             }
         }
@@ -261,7 +266,7 @@ fn spawn_in(
     Ok(child)
 }
 
-fn require_kvm() -> Result<(), String> {
+pub(crate) fn require_kvm() -> Result<(), String> {
     let kvm = crate::vstate::vm::kvm_device_path();
     match std::fs::OpenOptions::new()
         .read(true)

@@ -25,6 +25,7 @@ mod disk;
 mod disk_routing;
 mod drain;
 mod frames;
+pub mod hops;
 mod liveness;
 mod log;
 mod metrics;
@@ -464,6 +465,8 @@ impl NodeLoop {
         while let Ok(event) = self.rx.try_recv() {
             match event {
                 LoopEvent::GuestFrame(frame) if self.deferred.is_empty() => {
+                    hops::mark("loop_guest", &frame);
+                    self.net.learn_guest_ip(&frame);
                     self.pending.push_back(Input::GuestFrame(frame));
                 }
                 other => self.deferred.push_back(other),
@@ -481,8 +484,15 @@ impl NodeLoop {
             } if link == self.link => self.on_frame(message, bulk),
             LoopEvent::PeerDown { link, why } if link == self.link => self.link_down(&why),
             LoopEvent::Peer { .. } | LoopEvent::PeerDown { .. } => {} // a dead link's straggler
-            LoopEvent::GuestFrame(frame) => self.input(Input::GuestFrame(frame)),
-            LoopEvent::ClientFrame { nic, frame } => self.input(Input::ClientFrame { nic, frame }),
+            LoopEvent::GuestFrame(frame) => {
+                hops::mark("loop_guest", &frame);
+                self.net.learn_guest_ip(&frame);
+                self.input(Input::GuestFrame(frame))
+            }
+            LoopEvent::ClientFrame { nic, frame } => {
+                hops::mark("loop_in", &frame);
+                self.input(Input::ClientFrame { nic, frame })
+            }
             LoopEvent::Arbiter { id, reply } => {
                 info!(role = self.name, id = id.0, reply = ?reply, "lease-reply");
                 self.metrics.on_lease_reply(id, self.clock.now());
@@ -529,6 +539,10 @@ impl NodeLoop {
                     }
                 }
                 _ if bulk.is_empty() => PeerBulk::None,
+                Message::MirroredFrame { .. } | Message::SecondaryOutput { .. } => {
+                    hops::mark("peer_in", bulk);
+                    PeerBulk::Frame(bulk.to_vec())
+                }
                 _ => PeerBulk::Frame(bulk.to_vec()),
             };
             tx.send(LoopEvent::Peer {
@@ -586,6 +600,12 @@ impl NodeLoop {
             {
                 self.store_disk_bulk(&message, bytes)
             }
+            (Message::MirroredFrame { .. } | Message::SecondaryOutput { .. }, bulk) => {
+                if let PeerBulk::Frame(frame) = &bulk {
+                    hops::mark("loop_peer", frame);
+                }
+                bulk
+            }
             (_, bulk) => bulk,
         };
         self.input(Input::Peer { message, bulk });
@@ -603,6 +623,12 @@ impl NodeLoop {
                     },
                 };
                 self.before_disk_send(&message);
+                if matches!(
+                    message,
+                    Message::MirroredFrame { .. } | Message::SecondaryOutput { .. }
+                ) {
+                    hops::mark("peer_out", &bytes);
+                }
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {

@@ -39,6 +39,8 @@ pub(super) struct FaultState {
     faults_stopped: bool,
     /// Link faults applied right now (by index in the seed's list).
     applied: Vec<usize>,
+    /// The replication link's connection is reset and not yet back (a `LinkReset` window).
+    reset_down: bool,
     /// The client link moved: client cuts are re-evaluated.
     pub(super) link_moved: bool,
     /// Hosts to kill (madsim) at once.
@@ -53,6 +55,7 @@ impl FaultState {
             reprotect_asked: [false; 2],
             faults_stopped: false,
             applied: Vec::new(),
+            reset_down: false,
             link_moved: false,
             to_kill: Vec::new(),
         }
@@ -209,6 +212,9 @@ impl Shared {
                 self.ctl_net.unclog(now, &a, &b);
             }
             self.faults.applied.clear();
+            if self.faults.reset_down {
+                self.link_reset(now, false);
+            }
             let delay = self.opts.link.delay;
             self.lan_net.set_default_link(LinkConfig::with_delay(delay));
             self.obs.push(TraceEvent::FaultsStopped { at: now });
@@ -235,8 +241,50 @@ impl Shared {
                 self.faults.applied.retain(|x| *x != i);
             }
         }
+        let reset_down = self
+            .opts
+            .link_resets
+            .iter()
+            .any(|r| r.at <= now && now < r.at + r.down_for);
+        if reset_down != self.faults.reset_down {
+            self.link_reset(now, reset_down);
+        }
         self.faults.link_moved = false;
         restarts
+    }
+
+    /// The replication link's connection breaks (`down`: what is in flight is lost, nothing
+    /// crosses, both nodes see the link go down) or the reconnection is up (both see it come
+    /// back; a host-host link fault still in force keeps its cut).
+    fn link_reset(&mut self, now: Instant, down: bool) {
+        use colo_core::node::LinkState;
+        let (a, b) = (Ctl::Host(0), Ctl::Host(1));
+        self.faults.reset_down = down;
+        if down {
+            self.ctl_net.drop_between(&a, &b);
+            self.ctl_net.partition(a, b);
+        } else if !self.host_host_cut_applied() {
+            self.ctl_net.heal(&a, &b);
+        }
+        let state = if down { LinkState::Down } else { LinkState::Up };
+        for h in 0..2 {
+            if !self.dead[h] {
+                self.ctl_inbox
+                    .entry(Ctl::Host(h))
+                    .or_default()
+                    .push_back(super::CtlMsg::Link(state));
+                self.ring(Waiter::Host(h));
+            }
+        }
+        self.obs.push(TraceEvent::LinkReset { at: now, down });
+    }
+
+    /// Whether a host-host link fault (partition or clog) is in force now.
+    fn host_host_cut_applied(&self) -> bool {
+        self.faults
+            .applied
+            .iter()
+            .any(|i| self.opts.link_faults[*i].cut == Cut::HostHost)
     }
 
     /// Applies (`on`) or lifts one cut.
@@ -271,6 +319,8 @@ impl Shared {
                 net.unclog(now, &a, &b);
                 net.unclog(now, &b, &a);
             }
+            // A reset of the replication link's connection still in progress keeps its cut.
+            (false, _) if cut == Cut::HostHost && self.faults.reset_down => {}
             (false, _) => net.heal(&a, &b),
         }
     }
@@ -288,6 +338,10 @@ impl Shared {
             for lf in &self.opts.link_faults {
                 t.push(Some(lf.from));
                 t.push(Some(lf.until));
+            }
+            for r in &self.opts.link_resets {
+                t.push(Some(r.at));
+                t.push(Some(r.at + r.down_for));
             }
         }
         t.into_iter().flatten().filter(|x| *x > now).min()

@@ -92,6 +92,8 @@ pub(crate) enum Ctl {
 #[derive(Debug)]
 pub(crate) enum CtlMsg {
     Peer(PeerMsg),
+    /// The host's peer connection went down or came back (a link reset, `faults.rs`).
+    Link(colo_core::node::LinkState),
     Lease(usize, LeaseRequest),
     Reply(LeaseRequestId, LeaseReply),
 }
@@ -301,6 +303,7 @@ impl Shared {
         for m in ctl {
             match m {
                 CtlMsg::Peer(p) => sim.handle_peer(now, p, self),
+                CtlMsg::Link(state) => sim.handle_link(now, state, self),
                 CtlMsg::Reply(id, reply) => sim.handle_arbiter(now, id, reply, self),
                 CtlMsg::Lease(..) => {}
             }

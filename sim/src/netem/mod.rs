@@ -288,6 +288,22 @@ impl<E: Clone + Ord + Debug> Netem<E> {
         }
     }
 
+    /// Drops every frame in flight or held between `a` and `b`, both ways (a TCP connection
+    /// reset: what was on its way is gone); counted as cut. Returns how many.
+    pub fn drop_between(&mut self, a: &E, b: &E) -> usize {
+        let between = |from: &E, to: &E| (from == a && to == b) || (from == b && to == a);
+        let before = self.in_flight();
+        self.queue.retain(|_, f| !between(&f.from, &f.to));
+        for ((from, to), held) in &mut self.clogs {
+            if between(from, to) {
+                held.clear();
+            }
+        }
+        let dropped = before - self.in_flight();
+        self.stats.cut += dropped as u64;
+        dropped
+    }
+
     /// The next frame due at or before `now`, if any. Call until it returns `None`.
     ///
     /// # Panics
