@@ -19,6 +19,9 @@ scripts/setup-guest-assets.sh || echo "guest assets: could not fetch the kernel;
 echo "== iproute2 (the network tests make namespaces, taps and a bridge with ip)"
 command -v ip >/dev/null || apt-get install -y iproute2 >/dev/null || echo "iproute2: not installed; the network tests will skip"
 
+echo "== curl (tests/metrics_logs.rs scrapes a node's metrics endpoint with it)"
+command -v curl >/dev/null || apt-get install -y curl >/dev/null || echo "curl: not installed; the metrics test will fail"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 # The test guest is its own crate outside the workspace (runtime/guest): checked on its own.

@@ -18,9 +18,11 @@ use colo_core::failover::{Arbiter, LeaseReply, LeaseRequest, LeaseRequestId};
 use colo_core::ids::{NodeId, Term};
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::{FrameDecoder, Limits, LinkSide, Message};
+use parking_lot::Mutex;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use tracing::{error, info, warn};
 
 /// Longest lease the arbiter grants (a node asks for 2 s by default).
 pub const MAX_LEASE: Duration = Duration::from_secs(10);
@@ -178,10 +180,7 @@ impl ArbiterServer {
 
     /// The record it starts from (term and holder), if any.
     pub fn record(&self) -> Option<(Term, NodeId)> {
-        self.arbiter
-            .lock()
-            .expect("arbiter mutex poisoned")
-            .record()
+        self.arbiter.lock().record()
     }
 
     /// The bound address.
@@ -203,7 +202,7 @@ impl ArbiterServer {
                         serve_connection(link, from, &arbiter, clock, state.as_deref(), &key)
                     });
                 }
-                Err(e) => eprintln!("colo arbiter: accept failed: {e}"),
+                Err(e) => warn!(role = "arbiter", "accept failed: {e}"),
             }
         }
     }
@@ -227,14 +226,15 @@ fn serve_connection(
             duration_ms,
         } = message
         else {
-            eprintln!(
-                "colo arbiter: {from} sent {:?}, not a lease request; closing",
+            warn!(
+                role = "arbiter",
+                "{from} sent {:?}, not a lease request; closing",
                 message.kind()
             );
             return false;
         };
         let reply = {
-            let mut arbiter = arbiter.lock().expect("arbiter mutex poisoned");
+            let mut arbiter = arbiter.lock();
             let before = arbiter.record();
             let reply = arbiter.handle_request(
                 clock.now(),
@@ -250,8 +250,9 @@ fn serve_connection(
                 // A grant the arbiter cannot remember must not be sent: stop here, so
                 // the nodes see a dead arbiter (their leases run out) rather than a term
                 // that a restart would grant again.
-                eprintln!(
-                    "colo arbiter: cannot record term {} for node {} in {}: {e}; stopping",
+                error!(
+                    role = "arbiter",
+                    "cannot record term {} for node {} in {}: {e}; stopping",
                     t.0,
                     h.0,
                     file.path.display()
@@ -262,11 +263,12 @@ fn serve_connection(
         };
         let message = match reply {
             LeaseReply::Granted { valid_for } => {
-                println!(
-                    "arbiter: lease-granted term={} node={} valid_for_ms={}",
-                    term.0,
-                    node_id.0,
-                    valid_for.as_millis()
+                info!(
+                    role = "arbiter",
+                    term = term.0,
+                    node = node_id.0,
+                    valid_for_ms = valid_for.as_millis() as u64,
+                    "lease-granted"
                 );
                 Message::LeaseGrant {
                     term,
@@ -278,9 +280,13 @@ fn serve_connection(
                 holder,
                 current_term,
             } => {
-                println!(
-                    "arbiter: lease-denied term={} node={} holder={} current_term={}",
-                    term.0, node_id.0, holder.0, current_term.0
+                info!(
+                    role = "arbiter",
+                    term = term.0,
+                    node = node_id.0,
+                    holder = holder.0,
+                    current_term = current_term.0,
+                    "lease-denied"
                 );
                 Message::LeaseDenied {
                     term,
@@ -293,9 +299,12 @@ fn serve_connection(
     });
     if let LinkClosed::Wire(e) = closed {
         key.count_bad_frame();
-        println!(
-            "arbiter: bad-frame from={from} bad_frames={} reason=\"{e}\"",
-            key.counts().bad_frames
+        warn!(
+            role = "arbiter",
+            from = %from,
+            bad_frames = key.counts().bad_frames,
+            reason = %e,
+            "bad-frame"
         );
     }
 }
@@ -326,7 +335,7 @@ impl ArbiterClient {
                     match ask(&mut link, addr, reply_timeout, &key, &request) {
                         Ok(reply) => deliver(request.id, reply),
                         Err(e) => {
-                            eprintln!("colo: arbiter {addr} did not answer: {e}");
+                            warn!("arbiter {addr} did not answer: {e}");
                             link = None;
                         }
                     }

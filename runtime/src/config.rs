@@ -143,6 +143,8 @@ pub struct HostSection {
     pub node_id: Option<u64>,
     /// The control socket.
     pub control: Option<PathBuf>,
+    /// Where this node serves Prometheus metrics (`--metrics-listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -326,6 +328,7 @@ checkpoint_interval_ms = 200
 role = "primary"
 listen = "10.0.0.1:7601"
 node_id = 1
+metrics_listen = "10.0.0.1:9601"
 
 [host.b]
 role = "secondary"
@@ -352,6 +355,9 @@ node_id = 2
         let b = f.host("b", Path::new("pair.toml")).unwrap();
         assert_eq!(b.role, HostRole::Secondary);
         assert_eq!(b.peer, Some("10.0.0.1:7601".parse().unwrap()));
+        assert_eq!(b.metrics_listen, None);
+        let a = f.host("a", Path::new("pair.toml")).unwrap();
+        assert_eq!(a.metrics_listen, Some("10.0.0.1:9601".parse().unwrap()));
         let e = f.host("c", Path::new("pair.toml")).unwrap_err().to_string();
         assert!(e.contains("no [host.c] (the file has: a, b)"), "{e}");
     }

@@ -14,6 +14,7 @@
 //! the pair config file (TOML) that carries the same description, the pair and each host.
 
 pub mod arbiter;
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -22,12 +23,15 @@ pub mod disk;
 pub mod guest;
 pub mod layout;
 pub mod loader;
+pub mod logging;
 pub mod machine;
 pub mod memory;
+pub mod metrics;
 pub mod net;
 pub mod node_loop;
 pub mod peer;
 pub mod persist;
+pub mod progress;
 pub mod vm_spec;
 pub mod vstate;
 

@@ -29,8 +29,9 @@ use crate::vstate::thread::{Buses, StopReport, VcpuPhase, VcpuStop, VcpuThread};
 use crate::vstate::vcpu::{self, VcpuError, VcpuState};
 use crate::vstate::vm::{KvmVm, VmError};
 use crate::vstate::{KvmOpError, KvmResultExt};
+use parking_lot::Mutex;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -518,10 +519,7 @@ impl Machine {
 
     /// virtio-blk requests popped from a queue and not completed yet, over every disk.
     pub fn blk_in_flight(&self) -> usize {
-        self.blks
-            .iter()
-            .map(|b| b.lock().expect("blk mutex poisoned").inflight())
-            .sum()
+        self.blks.iter().map(|b| b.lock().inflight()).sum()
     }
 
     /// Reads every device's state. Paused only; refused while a block request is in flight.
@@ -538,18 +536,10 @@ impl Machine {
         Ok(DeviceState {
             vcpus,
             vm: self.vm.save_state()?,
-            console: self.console.lock().expect("console mutex poisoned").save(),
-            serial: self.serial.lock().expect("serial mutex poisoned").save(),
-            net: self
-                .nets
-                .iter()
-                .map(|n| n.lock().expect("net mutex poisoned").save())
-                .collect(),
-            blk: self
-                .blks
-                .iter()
-                .map(|b| b.lock().expect("blk mutex poisoned").save())
-                .collect(),
+            console: self.console.lock().save(),
+            serial: self.serial.lock().save(),
+            net: self.nets.iter().map(|n| n.lock().save()).collect(),
+            blk: self.blks.iter().map(|b| b.lock().save()).collect(),
         })
     }
 
@@ -572,10 +562,7 @@ impl Machine {
             v.with_fd(|fd| s.restore(fd))?;
         }
         self.vm.restore_state(&state.vm)?;
-        self.console
-            .lock()
-            .expect("console mutex poisoned")
-            .restore(&state.console);
+        self.console.lock().restore(&state.console);
         let irq = self
             .serial_irq
             .try_clone()
@@ -585,12 +572,12 @@ impl Machine {
             })?;
         let port = SerialPort::restore(irq, self.gate.writer(), &state.serial)
             .map_err(|e| PersistError::Inconsistent(format!("serial state: {e:?}")))?;
-        *self.serial.lock().expect("serial mutex poisoned") = port;
+        *self.serial.lock() = port;
         for (net, saved) in self.nets.iter().zip(&state.net) {
-            net.lock().expect("net mutex poisoned").restore(saved);
+            net.lock().restore(saved);
         }
         for (blk, saved) in self.blks.iter().zip(&state.blk) {
-            blk.lock().expect("blk mutex poisoned").restore(saved);
+            blk.lock().restore(saved);
         }
         self.stops.clear();
         Ok(())

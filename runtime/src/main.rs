@@ -7,7 +7,9 @@
 //! checkpoint-interval` talk to a running node over its control socket.
 //!
 //! Errors are printed as one clear line on stderr (`colo: ...`) with exit code 1; a guest that
-//! faults exits 2; a guest's own exit code is passed through (low 8 bits).
+//! faults exits 2; a guest's own exit code is passed through (low 8 bits). Log events go to
+//! stderr through `colo_runtime::logging` (global `--log-format human|json`, `--log-level` or
+//! `RUST_LOG`); stdout carries only a command's output and the guest console.
 
 mod node_cli;
 
@@ -32,6 +34,22 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `human` (`<role>: <event> key=value ...`) or `json` (one object
+    /// per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Human)]
+    log_format: LogFormatArg,
+    /// Which events to log: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// `RUST_LOG`-style directives; overrides RUST_LOG (default `info`).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormatArg {
+    /// `<role>: <event> key=value ...`
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,6 +74,9 @@ enum Command {
     /// failover, re-protect the survivor with a new secondary and fail back to it; exits 0
     /// with a summary if every step checked out.
     Demo(DemoArgs),
+    /// Measure the pair against the lone VM (same guest, workload and client, one run):
+    /// latency, throughput both ways, failover time; the last lines are `key=value`.
+    Bench(BenchArgs),
     /// Show a running node's state and counters (control socket).
     Status(CtlArgs),
     /// Make a paired primary take a checkpoint now.
@@ -159,6 +180,30 @@ struct DemoArgs {
     requests: u32,
 }
 
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// A short run (a smoke: fewer requests, 1 MiB bulk transfers).
+    #[arg(long)]
+    quick: bool,
+    /// Instead of the comparison: the time of each hop of a request and its reply through
+    /// the pair (the nodes record them with COLO_TRACE_HOPS=1), as medians.
+    #[arg(long)]
+    breakdown: bool,
+    /// Loopback port of the arbiter (inside the bench's network namespace).
+    #[arg(long, default_value_t = 17610)]
+    arbiter_port: u16,
+    /// Loopback port of the primary's peer link (inside the namespace).
+    #[arg(long, default_value_t = 17611)]
+    peer_port: u16,
+    /// Give up (exit 1) after this many seconds (default: 120 with --quick, 600 without).
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// An extra argument for both nodes, e.g. `--node-arg=--heartbeat-interval-ms=20`
+    /// (repeatable).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ImageKind {
     /// bzImage -> Linux, ELF -> colo's test guest.
@@ -219,7 +264,6 @@ fn attach_disk(machine: &Machine, args: &DiskArgs) -> Result<(), String> {
     machine
         .blk()
         .lock()
-        .expect("blk mutex poisoned")
         .set_backend(Box::new(backend), args.disk_size);
     Ok(())
 }
@@ -270,6 +314,14 @@ fn main() -> ExitCode {
         .subcommand_matches("primary")
         .or_else(|| matches.subcommand_matches("secondary"));
     let given = |id: &str| node_matches.is_some_and(|m| node_cli::given_on_command_line(m)(id));
+    let format = match cli.log_format {
+        LogFormatArg::Human => colo_runtime::logging::LogFormat::Human,
+        LogFormatArg::Json => colo_runtime::logging::LogFormat::Json,
+    };
+    if let Err(message) = colo_runtime::logging::init(format, cli.log_level.as_deref()) {
+        eprintln!("colo: {message}");
+        return ExitCode::from(1);
+    }
     match run(cli, given) {
         Ok(code) => code,
         Err(message) => {
@@ -349,19 +401,21 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             let server =
                 colo_runtime::arbiter::ArbiterServer::bind_with_state(args.listen, key, state)?;
             match (&args.state, server.record()) {
-                (None, _) => eprintln!(
-                    "colo arbiter: warning: no --state FILE: if this arbiter restarts it forgets \
+                (None, _) => tracing::warn!(
+                    role = "arbiter",
+                    "warning: no --state FILE: if this arbiter restarts it forgets \
                      the current term and could grant it to a second node"
                 ),
-                (Some(path), Some((term, holder))) => println!(
-                    "arbiter: restored term={} holder={} from {} (no newer term for {} s)",
+                (Some(path), Some((term, holder))) => tracing::info!(
+                    role = "arbiter",
+                    "restored term={} holder={} from {} (no newer term for {} s)",
                     term.0,
                     holder.0,
                     path.display(),
                     colo_runtime::arbiter::MAX_LEASE.as_secs()
                 ),
                 (Some(path), None) => {
-                    println!("arbiter: state file {} (new)", path.display());
+                    tracing::info!(role = "arbiter", "state file {} (new)", path.display());
                 }
             }
             if let Some(limit) = args.run_for.map(|s| seconds(s, "--run-for")).transpose()? {
@@ -370,7 +424,7 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
                     std::process::exit(0);
                 });
             }
-            println!("arbiter: listening on {}", server.local_addr());
+            tracing::info!(role = "arbiter", "listening on {}", server.local_addr());
             server.serve()
         }
         Command::Keygen { path } => {
@@ -398,12 +452,33 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(args) => {
+            let default_timeout = if args.quick { 120.0 } else { 600.0 };
+            let pair = colo_runtime::demo::DemoOptions {
+                arbiter_port: args.arbiter_port,
+                peer_port: args.peer_port,
+                reprotect_port: 0,
+                checkpoints: 0,
+                timeout: seconds(args.timeout.unwrap_or(default_timeout), "--timeout")?,
+                binary: std::env::current_exe()
+                    .map_err(|e| format!("cannot find the colo binary: {e}"))?,
+                requests: 0,
+            };
+            let mut options = colo_runtime::bench::BenchOptions::new(pair, args.quick);
+            options.node_args = args.node_args;
+            if args.breakdown {
+                println!("{}", colo_runtime::bench::run_breakdown(&options)?);
+            } else {
+                println!("{}", colo_runtime::bench::run(&options)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Restore(args) => {
             let checkpoint = Checkpoint::load_file(&args.state).map_err(|e| e.to_string())?;
             let machine = Machine::from_checkpoint(&checkpoint, ConsoleOutput::Stdout)
                 .map_err(|e| e.to_string())?;
             if let Some(path) = args.disk {
-                let disk_size = machine.blk().lock().expect("blk mutex poisoned").capacity();
+                let disk_size = machine.blk().lock().capacity();
                 if disk_size == 0 {
                     return Err("--disk: the saved VM had no disk".to_string());
                 }
@@ -475,11 +550,11 @@ fn drive(mut machine: Machine, args: &CommonArgs) -> Result<ExitCode, String> {
     machine.pause();
     match stop {
         Some((_, VcpuStop::GuestExit(code))) => {
-            eprintln!("colo: guest exited with code {code}");
+            tracing::info!("guest exited with code {code}");
             Ok(ExitCode::from(code as u8))
         }
         Some((vcpu, why)) => {
-            eprintln!("colo: vCPU {vcpu} stopped: {why:?}");
+            tracing::error!("vCPU {vcpu} stopped: {why:?}");
             Ok(ExitCode::from(2))
         }
         None => {
@@ -488,14 +563,14 @@ fn drive(mut machine: Machine, args: &CommonArgs) -> Result<ExitCode, String> {
                     .capture(CheckpointKind::Full)
                     .map_err(|e| e.to_string())?;
                 checkpoint.save_file(path).map_err(|e| e.to_string())?;
-                eprintln!(
-                    "colo: state saved to {} ({} pages, {:?} device state)",
+                tracing::info!(
+                    "state saved to {} ({} pages, {:?} device state)",
                     path.display(),
                     stats.pages,
                     stats.devices
                 );
             } else {
-                eprintln!("colo: timeout reached, VM paused and stopped");
+                tracing::info!("timeout reached, VM paused and stopped");
             }
             Ok(ExitCode::SUCCESS)
         }

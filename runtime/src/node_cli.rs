@@ -117,6 +117,10 @@ pub(crate) struct NodeArgs {
     /// new one.
     #[arg(long, value_parser = parse_size)]
     disk_size: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (or `metrics_listen` in the host's
+    /// part of --config). Off by default.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The size of a pair's disk: `--disk-size`, else the image's own size, else 64 MiB (created).
@@ -260,6 +264,9 @@ fn merge_config(
     if !given("control") {
         args.control = args.control.clone().or_else(|| host.control.clone());
     }
+    if !given("metrics_listen") {
+        args.metrics_listen = args.metrics_listen.or(host.metrics_listen);
+    }
     // The pair.
     let pair = &file.pair;
     if !given("arbiter") {
@@ -348,11 +355,12 @@ pub(crate) fn check_config(path: &Path) -> Result<ExitCode, String> {
     for (name, host) in &file.host {
         let addr = |a: Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
         println!(
-            "  host {name}: role={} listen={} peer={} node_id={}",
+            "  host {name}: role={} listen={} peer={} node_id={} metrics={}",
             host.role.name(),
             addr(host.listen),
             addr(host.peer),
-            host.node_id.map_or("-".to_string(), |n| n.to_string())
+            host.node_id.map_or("-".to_string(), |n| n.to_string()),
+            addr(host.metrics_listen)
         );
     }
     println!("{}: OK", path.display());
@@ -392,6 +400,7 @@ fn run_node(
     config.control = Some(control_path.clone());
     config.newcomer_listen = newcomer_listen;
     config.auto_reprotect = args.auto_reprotect;
+    config.metrics_listen = args.metrics_listen;
     config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
@@ -453,7 +462,11 @@ fn run_node(
         .map_err(|e| e.to_string())?;
     let fingerprint = spec.fingerprint(&images, &disk_sizes);
     config.node.vm_fingerprint = fingerprint;
-    println!("{role_name}: {}", spec.summary(fingerprint, &disk_sizes));
+    tracing::info!(
+        role = role_name,
+        "{}",
+        spec.summary(fingerprint, &disk_sizes)
+    );
     let machine_config = MachineConfig {
         mem_mib: spec.mem_mib,
         vcpus: spec.vcpus,
@@ -467,12 +480,12 @@ fn run_node(
     .map_err(|e| e.to_string())?;
     for (device, image) in read_only {
         let size = image.size();
-        let mut blk = machine.blks()[device].lock().expect("blk mutex poisoned");
+        let mut blk = machine.blks()[device].lock();
         blk.set_backend(Box::new(colo_runtime::disk::ImageBackend::new(image)), size);
         blk.set_read_only(true);
     }
     for (net, device) in spec.nets.iter().zip(machine.nets()) {
-        device.lock().expect("net mutex poisoned").set_mac(net.mac);
+        device.lock().set_mac(net.mac);
     }
     // The secondary boots nothing: its VM becomes the primary's by the initial copy.
     if role == Role::Primary {
@@ -498,7 +511,11 @@ fn run_node(
         }
     }
     let node = NodeLoop::new(config, machine).map_err(|e| e.to_string())?;
-    println!("{role_name}: control socket={}", control_path.display());
+    tracing::info!(
+        role = role_name,
+        "control socket={}",
+        control_path.display()
+    );
     match node.run().map_err(|e| e.to_string())? {
         LoopEnd::TimeUp | LoopEnd::Stopped => Ok(ExitCode::SUCCESS),
         LoopEnd::Deposed => Err("this node was deposed (another node holds the term)".to_string()),

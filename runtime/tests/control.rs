@@ -556,7 +556,7 @@ fn links_without_the_pair_key_are_refused_and_counted_in_status() {
     .unwrap_err();
     assert!(refused.to_string().contains("does not hold"), "{refused}");
     procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == primary && l.starts_with("primary: link-refused") && l.contains("does not hold")
+        w == primary && l.contains("primary: link-refused") && l.contains("does not hold")
     });
 
     // No key at all: a plain frame where the handshake belongs.
@@ -570,9 +570,7 @@ fn links_without_the_pair_key_are_refused_and_counted_in_status() {
     .unwrap();
     plain.write_all(&frame).unwrap();
     procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == primary
-            && l.starts_with("primary: link-refused")
-            && l.contains("without authenticating")
+        w == primary && l.contains("primary: link-refused") && l.contains("without authenticating")
     });
 
     // The right key, then a frame with one bit flipped on the way: the link is closed.

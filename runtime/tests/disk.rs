@@ -39,7 +39,6 @@ fn attach(machine: &Machine, path: &Path) {
     machine
         .blk()
         .lock()
-        .unwrap()
         .set_backend(Box::new(ImageBackend::new(Arc::new(image))), DISK);
 }
 
@@ -81,7 +80,7 @@ fn disk_writer_guest_writes_reach_the_image_file() {
         .map(|s| 100 - (100 % SLOTS + SLOTS - s) % SLOTS)
         .collect();
     assert_eq!(slot_steps(&path), want);
-    let stats = machine.blk().lock().unwrap().stats();
+    let stats = machine.blk().lock().stats();
     assert_eq!(stats.writes, 100);
     assert!(stats.reads >= 200, "{stats:?}");
     assert_eq!(stats.io_errors + stats.bad_requests + stats.bad_chains, 0);
@@ -136,11 +135,11 @@ fn a_checkpoint_and_a_copy_of_the_image_let_another_vm_continue_the_disk_writer(
 
 /// A backend that completes nothing itself: it records each request for the test to complete
 /// later through `BlkDevice::complete`, as the pair's node loop does.
-struct Deferred(Arc<std::sync::Mutex<Vec<BlkRequest>>>);
+struct Deferred(Arc<parking_lot::Mutex<Vec<BlkRequest>>>);
 
 impl BlockBackend for Deferred {
     fn submit(&mut self, request: BlkRequest) -> Option<BlkCompletion> {
-        self.0.lock().unwrap().push(request);
+        self.0.lock().push(request);
         None
     }
 }
@@ -151,16 +150,15 @@ fn a_capture_with_a_block_request_in_flight_is_refused_until_it_completes() {
         return;
     }
     let (mut machine, capture) = common::guest_machine(64, &disk_writer_cmdline(SLOTS, 0, 50, 0));
-    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let requests = Arc::new(parking_lot::Mutex::new(Vec::new()));
     machine
         .blk()
         .lock()
-        .unwrap()
         .set_backend(Box::new(Deferred(requests.clone())), DISK);
     machine.resume();
     // The guest posts its first write and spins on the used ring: it stays in flight.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while machine.blk().lock().unwrap().inflight() == 0 {
+    while machine.blk().lock().inflight() == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "no request within 30 s: {}",
@@ -177,13 +175,9 @@ fn a_capture_with_a_block_request_in_flight_is_refused_until_it_completes() {
     );
     // Completing it (a write: no bytes back) makes the capture possible, with nothing in
     // flight in the saved device state.
-    let request = requests.lock().unwrap().remove(0);
+    let request = requests.lock().remove(0);
     assert!(matches!(request.op, BlkOp::Write { .. }), "{request:?}");
-    machine
-        .blk()
-        .lock()
-        .unwrap()
-        .complete(request.id, Ok(Vec::new()));
+    machine.blk().lock().complete(request.id, Ok(Vec::new()));
     let (checkpoint, _) = machine
         .capture(CheckpointKind::Full)
         .expect("drained capture");

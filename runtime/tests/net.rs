@@ -1,6 +1,7 @@
 //! The test guest's TCP server through virtio-net and a Linux tap: a namespace made by the
 //! test holds the tap (10.0.0.1/24, no route out) and the client; the guest is 10.0.0.2.
 //! Everything the test creates lives in that namespace and goes with it on every exit path.
+//! The requests cover the store, the bulk requests (`STREAM`, `SINK`) and their ordering.
 
 mod common;
 
@@ -95,9 +96,39 @@ fn guest_tcp_server_answers_a_real_client_over_a_tap() {
     );
     drop(conn);
 
+    // Bulk both ways; a request sent right behind a STREAM is answered after its body, one
+    // sent right behind a SINK's body is answered after the SUNK.
+    let mut conn = connect(&ns);
+    let n = 100_000u64;
+    assert_eq!(
+        conn.ask_with_body(&format!("10 STREAM {n}"), b"11 INCR n\n")
+            .unwrap(),
+        format!("10 STREAM {n}")
+    );
+    let mut body = Vec::new();
+    conn.read_body(n, |c| body.extend_from_slice(c)).unwrap();
+    let want: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+    assert!(body == want, "the STREAM body is the a..z pattern");
+    assert_eq!(conn.reply().unwrap(), "11 VAL 4 4");
+    let mut sink: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    sink.extend_from_slice(b"13 GET a\n");
+    assert_eq!(
+        conn.ask_with_body("12 SINK 70000", &sink).unwrap(),
+        "12 SUNK 70000"
+    );
+    assert_eq!(conn.reply().unwrap(), "13 VAL y 2");
+    assert_eq!(
+        exchange(
+            &mut conn,
+            &["14 STREAM 99999999999", "15 SINK 0", "16 STREAM 0"]
+        ),
+        ["14 ERR", "15 SUNK 0", "16 STREAM 0"]
+    );
+    drop(conn);
+
     machine.pause();
     let net = machine.net();
-    let net = net.lock().unwrap();
+    let net = net.lock();
     assert_eq!(net.phase(), DevicePhase::Live);
     let stats = net.stats();
     assert!(stats.rx_frames > 0 && stats.tx_frames > 0, "{stats:?}");

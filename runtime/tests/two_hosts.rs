@@ -10,7 +10,8 @@
 //!   both hosts are healthy;
 //! - SIGKILL rounds (primary, secondary or arbiter, drawn from a fixed seed, at random points
 //!   of the checkpoint cycle; 4 rounds, `COLO_TWO_HOSTS_ROUNDS=N` for more), each followed by a
-//!   re-protection of the dead host's node: one client connection is served throughout and
+//!   re-protection of the dead host's node (whose first newcomer is itself killed during or
+//!   right after its copy in a third of the rounds): one client connection is served throughout and
 //!   every increment is counted exactly once;
 //! - a guest writing its virtio-blk disk keeps every completed write through a takeover on
 //!   each host (the survivor merges its overlays; its guest's own checks pass).
@@ -270,6 +271,7 @@ fn sigkill_rounds_with_reprotection_keep_one_client_served() {
     let mut seed = 0x5eed_2026u64;
     let mut next_id = 10;
     let mut log = Vec::new();
+    let t0 = std::time::Instant::now();
     for round in 0..rounds {
         // Kill at a random point of the checkpoint cycle (500 ms), the client running.
         pair.procs
@@ -286,16 +288,36 @@ fn sigkill_rounds_with_reprotection_keep_one_client_served() {
                 pair.procs.wait_for(Duration::from_secs(20), |w, l| {
                     w == survivor.0 && l.contains(": failed-over ")
                 });
+                let pair_t0 = std::time::Instant::now();
                 // The survivor (auto_reprotect) takes the dead host's node back as its secondary.
-                let newcomer = pair.rejoin(dead.1, next_id, &[]);
+                let mut newcomer = pair.rejoin(dead.1, next_id, &[]);
                 next_id += 1;
+                if draw(&mut seed).is_multiple_of(3) {
+                    // Killed again while it is being copied: the survivor stays solo and takes
+                    // the next newcomer.
+                    pair.procs
+                        .drain_for(Duration::from_millis(draw(&mut seed) % 300));
+                    let copied = pair.procs.seen.iter().any(|(w, at, l)| {
+                        *w == survivor.0 && l.contains("event Reprotected") && *at > pair_t0
+                    });
+                    pair.procs.kill(newcomer);
+                    log.push(format!(
+                        "{:6.1}s round {round}: killed the newcomer on host {} {} its copy",
+                        t0.elapsed().as_secs_f64(),
+                        ["A", "B"][dead.1],
+                        if copied { "after" } else { "during" }
+                    ));
+                    newcomer = pair.rejoin(dead.1, next_id, &[]);
+                    next_id += 1;
+                }
                 pair.procs.wait_for(Duration::from_secs(60), |w, l| {
                     w == survivor.0 && l.contains("event Reprotected")
                 });
                 primary = survivor;
                 secondary = (newcomer, dead.1);
                 log.push(format!(
-                    "round {round}: killed the {} on host {}; host {} serves, re-protected",
+                    "{:6.1}s round {round}: killed the {} on host {}; host {} serves, re-protected",
+                    t0.elapsed().as_secs_f64(),
                     if victim == 0 { "primary" } else { "secondary" },
                     ["A", "B"][dead.1],
                     ["A", "B"][survivor.1]
@@ -306,7 +328,10 @@ fn sigkill_rounds_with_reprotection_keep_one_client_served() {
                 pair.procs.kill(arbiter);
                 pair.procs.drain_for(Duration::from_millis(300));
                 pair.restart_arbiter();
-                log.push(format!("round {round}: killed and restarted the arbiter"));
+                log.push(format!(
+                    "{:6.1}s round {round}: killed and restarted the arbiter",
+                    t0.elapsed().as_secs_f64()
+                ));
             }
         }
         // The pair checkpoints again before the next round.

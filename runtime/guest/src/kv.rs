@@ -2,6 +2,9 @@
 //! as a line protocol (the same requests and replies as colo-sim's `proto.rs`):
 //! `<id> SET k v` -> `<id> OK <version>`, `<id> GET k` -> `<id> VAL <v> <version>` or
 //! `<id> NONE`, `<id> INCR k` -> `<id> VAL <n> <version>`, `<id> NONCE` -> `<id> NONCE <hex>`.
+//! Two bulk requests (for throughput, `colo bench`) are recognised by [`bulk`] and carried out
+//! by the server: `<id> STREAM n` -> the line `<id> STREAM n` followed by `n` bytes of
+//! [`stream_byte`]; `<id> SINK n` followed by `n` raw bytes -> `<id> SUNK n` once all arrived.
 //!
 //! Every write bumps the key's version, so a reply names the history that produced it: a
 //! lost or repeated write across a failover shows in the versions. `NONCE` answers with the
@@ -16,6 +19,41 @@ use alloc::string::{String, ToString};
 
 /// Longest request line accepted; a longer one is answered `? ERR` and dropped.
 pub const MAX_LINE: usize = 512;
+
+/// Largest `n` of a `STREAM` or `SINK` request (1 GiB); a larger one is answered `ERR`.
+pub const MAX_BULK: u64 = 1 << 30;
+
+/// A bulk request line: the server streams or sinks the bytes itself, outside the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bulk {
+    /// Send `n` bytes of [`stream_byte`] after the header line.
+    Stream { id: u64, n: u64 },
+    /// Read `n` raw bytes, then answer `<id> SUNK n`.
+    Sink { id: u64, n: u64 },
+}
+
+/// `Some` for a well-formed `STREAM`/`SINK` line within [`MAX_BULK`]; anything else goes to
+/// [`Store::apply`] (which answers a malformed one `ERR`).
+pub fn bulk(line: &str) -> Option<Bulk> {
+    let mut it = line.split(' ');
+    let id = it.next()?.parse::<u64>().ok()?;
+    let verb = it.next()?;
+    let n = it.next()?.parse::<u64>().ok().filter(|&n| n <= MAX_BULK)?;
+    if it.next().is_some() {
+        return None;
+    }
+    match verb {
+        "STREAM" => Some(Bulk::Stream { id, n }),
+        "SINK" => Some(Bulk::Sink { id, n }),
+        _ => None,
+    }
+}
+
+/// Byte `offset` of a `STREAM` reply's body: `a`..`z` repeating, so a client can check every
+/// byte and both guests of a pair send the same stream.
+pub fn stream_byte(offset: u64) -> u8 {
+    b'a' + (offset % 26) as u8
+}
 
 /// The store.
 #[derive(Default)]

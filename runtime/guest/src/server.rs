@@ -11,9 +11,10 @@
 use crate::abi::VIRTIO_NET_GSI;
 use crate::clock::{self, Clock};
 use crate::config::Config;
-use crate::kv::{MAX_LINE, Store};
+use crate::kv::{self, Bulk, MAX_LINE, Store};
 use crate::virtio_net::VirtioNet;
 use crate::{irq, println};
+use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet};
@@ -25,7 +26,9 @@ const RX_VECTOR: u8 = 0x30;
 const TIMER_VECTOR: u8 = 0x31;
 /// Concurrent connections (each a listening socket when idle).
 const SOCKETS: usize = 4;
-const SOCKET_BUFFER: usize = 8192;
+/// Each direction of each socket: 32 KiB lets a `STREAM`/`SINK` keep a few MTU-size
+/// segments in flight (smoltcp advertises at most 64 KiB without window scaling).
+const SOCKET_BUFFER: usize = 32 * 1024;
 /// Keep polling this long after the last activity before halting.
 const SPIN_US: u64 = 2000;
 /// Longest halt when smoltcp has no deadline.
@@ -34,6 +37,160 @@ const MAX_SLEEP_US: u64 = 100_000;
 struct Conn {
     handle: SocketHandle,
     line: Vec<u8>,
+    /// Body bytes of a `STREAM` still to send (and the offset of the next one): no further
+    /// request of this connection is served until the body is out, so replies stay in order.
+    stream_left: u64,
+    stream_at: u64,
+    /// A `SINK` being received: its id, its size and the bytes still expected.
+    sink: Option<(u64, u64, u64)>,
+    /// Bytes that arrived after a `STREAM` request, taken in once its body is out.
+    after_stream: Vec<u8>,
+}
+
+impl Conn {
+    fn reset(&mut self) {
+        self.line.clear();
+        self.stream_left = 0;
+        self.stream_at = 0;
+        self.sink = None;
+        self.after_stream.clear();
+    }
+}
+
+/// Serves one open connection: sends what is left of a `STREAM` body, takes in what arrived
+/// (counting `SINK` bytes, splitting the rest into request lines) and answers every complete
+/// line. Returns whether anything moved.
+fn serve(
+    conn: &mut Conn,
+    socket: &mut tcp::Socket,
+    store: &mut Store,
+    clock: &Clock,
+    served: &mut u64,
+) -> bool {
+    let mut active = false;
+    loop {
+        active |= send_stream(conn, socket);
+        if conn.stream_left > 0 {
+            // The body goes out first; later requests wait.
+            return active;
+        }
+        if !conn.after_stream.is_empty() {
+            let held = core::mem::take(&mut conn.after_stream);
+            take_in(conn, socket, store, clock, served, &held);
+            active = true;
+            continue;
+        }
+        if !socket.can_recv() {
+            return active;
+        }
+        let mut buf = [0u8; 4096];
+        match socket.recv_slice(&mut buf) {
+            Ok(n) if n > 0 => {
+                active = true;
+                take_in(conn, socket, store, clock, served, &buf[..n]);
+            }
+            _ => return active,
+        }
+    }
+}
+
+/// Takes in bytes the client sent: a `SINK`'s body is counted, the rest split into lines and
+/// answered; bytes after a `STREAM` request wait in `after_stream` until its body is out.
+fn take_in(
+    conn: &mut Conn,
+    socket: &mut tcp::Socket,
+    store: &mut Store,
+    clock: &Clock,
+    served: &mut u64,
+    mut data: &[u8],
+) {
+    while !data.is_empty() {
+        if conn.stream_left > 0 {
+            conn.after_stream.extend_from_slice(data);
+            return;
+        }
+        if let Some((id, size, left)) = conn.sink {
+            let take = (data.len() as u64).min(left) as usize;
+            data = &data[take..];
+            let left = left - take as u64;
+            conn.sink = Some((id, size, left));
+            if left == 0 {
+                conn.sink = None;
+                let _ = socket.send_slice(format!("{id} SUNK {size}\n").as_bytes());
+                *served += 1;
+            }
+        } else if let Some(end) = data.iter().position(|&b| b == b'\n') {
+            conn.line.extend_from_slice(&data[..end]);
+            data = &data[end + 1..];
+            answer(conn, socket, store, clock, served);
+        } else {
+            conn.line.extend_from_slice(data);
+            data = &[];
+            if conn.line.len() > MAX_LINE {
+                conn.line.clear();
+                let _ = socket.send_slice(b"? ERR\n");
+            }
+        }
+    }
+}
+
+/// Answers the complete line at the end of `conn.line` (a bulk request starts its body).
+fn answer(
+    conn: &mut Conn,
+    socket: &mut tcp::Socket,
+    store: &mut Store,
+    clock: &Clock,
+    served: &mut u64,
+) {
+    let line: Vec<u8> = core::mem::take(&mut conn.line);
+    let text = core::str::from_utf8(&line).unwrap_or("");
+    let text = text.trim_end_matches('\r');
+    match kv::bulk(text) {
+        Some(Bulk::Stream { id, n }) => {
+            let _ = socket.send_slice(format!("{id} STREAM {n}\n").as_bytes());
+            conn.stream_left = n;
+            conn.stream_at = 0;
+            *served += 1;
+        }
+        Some(Bulk::Sink { id, n }) => {
+            if n == 0 {
+                let _ = socket.send_slice(format!("{id} SUNK 0\n").as_bytes());
+                *served += 1;
+            } else {
+                conn.sink = Some((id, n, n));
+            }
+        }
+        None => {
+            let reply = store.apply(text, || clock.raw());
+            // The send buffer holds SOCKET_BUFFER bytes; a client that never reads loses replies.
+            let _ = socket.send_slice(reply.as_bytes());
+            *served += 1;
+        }
+    }
+}
+
+/// Puts as much of the current `STREAM` body into the send buffer as fits.
+fn send_stream(conn: &mut Conn, socket: &mut tcp::Socket) -> bool {
+    let mut moved = false;
+    while conn.stream_left > 0 && socket.can_send() {
+        let (left, at) = (conn.stream_left, conn.stream_at);
+        let sent = socket.send(|buf| {
+            let k = (buf.len() as u64).min(left) as usize;
+            for (i, b) in buf[..k].iter_mut().enumerate() {
+                *b = kv::stream_byte(at + i as u64);
+            }
+            (k, k)
+        });
+        match sent {
+            Ok(k) if k > 0 => {
+                conn.stream_left -= k as u64;
+                conn.stream_at += k as u64;
+                moved = true;
+            }
+            _ => break,
+        }
+    }
+    moved
 }
 
 fn listen(socket: &mut tcp::Socket, port: u16) {
@@ -84,6 +241,10 @@ pub fn run(config: &Config) -> ! {
         conns.push(Conn {
             handle: sockets.add(socket),
             line: Vec::new(),
+            stream_left: 0,
+            stream_at: 0,
+            sink: None,
+            after_stream: Vec::new(),
         });
     }
     println!(
@@ -104,29 +265,11 @@ pub fn run(config: &Config) -> ! {
                 socket.close();
                 if !socket.is_active() {
                     listen(socket, config.port);
-                    conn.line.clear();
+                    conn.reset();
                 }
                 continue;
             }
-            if socket.can_recv() {
-                let mut buf = [0u8; 1024];
-                if let Ok(n) = socket.recv_slice(&mut buf) {
-                    conn.line.extend_from_slice(&buf[..n]);
-                    active |= n > 0;
-                }
-            }
-            while let Some(end) = conn.line.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = conn.line.drain(..=end).take(end).collect();
-                let text = core::str::from_utf8(&line).unwrap_or("");
-                let reply = store.apply(text.trim_end_matches('\r'), || clock.raw());
-                // The send buffer holds 8 KiB; a client that never reads loses replies.
-                let _ = socket.send_slice(reply.as_bytes());
-                served += 1;
-            }
-            if conn.line.len() > MAX_LINE {
-                conn.line.clear();
-                let _ = socket.send_slice(b"? ERR\n");
-            }
+            active |= serve(conn, socket, &mut store, &clock, &mut served);
         }
         if active {
             // Replies queued above go out now rather than after the next wake-up.

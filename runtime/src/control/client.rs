@@ -41,7 +41,9 @@ pub fn call(path: &Path, request: Request, timeout: Duration) -> Result<Value, S
     serde_json::from_str(&answer).map_err(|e| format!("the node's answer is not JSON ({e})"))
 }
 
-/// A response for a person: the status as labelled lines, other answers as their message.
+/// A response for a person: the status as a two-column table (one row per item: role, mode,
+/// term, epoch, peer, last checkpoint, last failover and why, ...), other answers as their
+/// message.
 pub fn render(request: Request, response: &Value) -> String {
     if response["ok"] != Value::Bool(true) {
         return format!(
@@ -59,54 +61,76 @@ pub fn render(request: Request, response: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let mut out = format!(
-        "node {} ({}): role {}, mode {}, term {}, epoch {}\n",
-        s(&response["node_id"]),
-        s(&response["process"]),
-        s(&response["role"]),
-        s(&response["mode"]),
-        s(&response["term"]),
-        s(&response["epoch"])
-    );
-    let last = &response["last_checkpoint"];
-    if last.is_null() {
-        out.push_str("last checkpoint: none yet\n");
-    } else {
-        out.push_str(&format!(
-            "last checkpoint: epoch {}, pause {} us, {} bytes, {} ms ago\n",
-            s(&last["epoch"]),
-            s(&last["pause_us"]),
-            s(&last["bytes"]),
-            s(&last["ago_ms"])
-        ));
-    }
+    let mut rows: Vec<(&str, String)> = vec![
+        (
+            "node",
+            format!("{} ({})", s(&response["node_id"]), s(&response["process"])),
+        ),
+        ("role", s(&response["role"])),
+        ("mode", s(&response["mode"])),
+        ("term", s(&response["term"])),
+        ("epoch", s(&response["epoch"])),
+    ];
     let peer = &response["peer"];
-    out.push_str(&format!(
-        "peer: node {}, link {}, heartbeat {}\n",
-        s(&peer["peer_id"]),
-        s(&peer["link"]),
-        s(&peer["heartbeat"])
+    rows.push((
+        "peer",
+        format!(
+            "node {}, link {}, heartbeat {}",
+            s(&peer["peer_id"]),
+            s(&peer["link"]),
+            s(&peer["heartbeat"])
+        ),
     ));
-    out.push_str(&format!(
-        "lease held: {}, last failover: {}, guest step {}, checkpoint interval {} ms\n",
-        s(&response["lease_held"]),
-        s(&response["last_failover_reason"]),
-        s(&response["guest_step"]),
-        s(&response["checkpoint_interval_ms"])
+    let last = &response["last_checkpoint"];
+    rows.push((
+        "last checkpoint",
+        if last.is_null() {
+            "none yet".to_string()
+        } else {
+            format!(
+                "epoch {}, pause {} us, {} bytes, {} ms ago",
+                s(&last["epoch"]),
+                s(&last["pause_us"]),
+                s(&last["bytes"]),
+                s(&last["ago_ms"])
+            )
+        },
+    ));
+    rows.push((
+        "last failover",
+        match &response["last_failover_reason"] {
+            Value::Null => "none".to_string(),
+            why => format!("why: {}", s(why)),
+        },
+    ));
+    rows.push(("lease held", s(&response["lease_held"])));
+    rows.push(("guest step", s(&response["guest_step"])));
+    rows.push((
+        "interval",
+        format!(
+            "{} ms between checkpoints",
+            s(&response["checkpoint_interval_ms"])
+        ),
     ));
     let r = &response["reprotect"];
-    out.push_str(&format!(
-        "re-protection: armed {}, auto {}, newcomers accepted on {}\n",
-        s(&r["armed"]),
-        s(&r["auto"]),
-        s(&r["listen"])
+    rows.push((
+        "re-protection",
+        format!(
+            "armed {}, auto {}, newcomers accepted on {}",
+            s(&r["armed"]),
+            s(&r["auto"]),
+            s(&r["listen"])
+        ),
     ));
     let auth = &response["auth"];
     if !auth.is_null() {
-        out.push_str(&format!(
-            "authentication: refused links {}, bad frames {}\n",
-            s(&auth["refused_links"]),
-            s(&auth["bad_frames"])
+        rows.push((
+            "authentication",
+            format!(
+                "refused links {}, bad frames {}",
+                s(&auth["refused_links"]),
+                s(&auth["bad_frames"])
+            ),
         ));
     }
     if let Value::Object(stats) = &response["stats"] {
@@ -115,9 +139,13 @@ pub fn render(request: Request, response: &Value) -> String {
             .filter(|(_, v)| v.as_u64() != Some(0))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        out.push_str(&format!("counters: {}", nonzero.join(" ")));
+        rows.push(("counters", nonzero.join(" ")));
     }
-    out
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:width$}  {v}").trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -137,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn status_renders_labelled_lines() {
+    fn status_renders_a_table_with_one_row_per_item() {
         let status = json!({
             "ok": true, "node_id": 2, "process": "secondary", "role": "Primary",
             "mode": "Solo", "term": 2, "epoch": 9, "last_checkpoint": null,
@@ -149,13 +177,20 @@ mod tests {
             "auth": {"refused_links": 2, "bad_frames": 1}
         });
         let text = render(Request::Status, &status);
-        assert!(text.starts_with("node 2 (secondary): role Primary, mode Solo, term 2, epoch 9"));
-        assert!(text.contains("last checkpoint: none yet"));
-        assert!(text.contains("newcomers accepted on 127.0.0.1:9"));
-        assert!(
-            text.contains("authentication: refused links 2, bad frames 1"),
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(rows[0], "node             2 (secondary)", "{text}");
+        assert_eq!(rows[1], "role             Primary", "{text}");
+        assert_eq!(rows[2], "mode             Solo", "{text}");
+        assert_eq!(rows[3], "term             2", "{text}");
+        assert_eq!(rows[4], "epoch            9", "{text}");
+        assert_eq!(
+            rows[5], "peer             node -, link down, heartbeat -",
             "{text}"
         );
-        assert!(text.ends_with("counters: peer_sent=3"), "{text}");
+        assert_eq!(rows[6], "last checkpoint  none yet", "{text}");
+        assert_eq!(rows[7], "last failover    why: PeerLost", "{text}");
+        assert!(text.contains("newcomers accepted on 127.0.0.1:9"));
+        assert!(text.contains("refused links 2, bad frames 1"), "{text}");
+        assert!(text.ends_with("counters         peer_sent=3"), "{text}");
     }
 }

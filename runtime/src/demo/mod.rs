@@ -1,6 +1,8 @@
 //! `colo demo`: a replicated pair of the test guest on this host, with a failover, on built-in
 //! defaults (`colo demo --net`, in `net.rs`: the same with the guest's TCP server and a real
-//! client across the failover, inside a network namespace). Starts `colo arbiter`, `colo primary` and `colo secondary` as child processes of
+//! client across the failover, inside a network namespace). Starts `colo arbiter`, `colo
+//! primary` and `colo secondary` (both nodes from one pair config file it writes, `pair.toml`
+//! in its temp dir, as an operator would on two hosts) as child processes of
 //! the same binary on loopback, waits for several checkpoints, kills the primary (SIGKILL),
 //! and watches the secondary detect the loss, take the lease in a new term and keep running
 //! its guest from the last checkpoint. Then it re-protects the survivor with a new secondary
@@ -11,7 +13,7 @@
 //! It reads the children's milestone lines (`<role>: <what> key=value`, see
 //! `node_loop`), echoes them prefixed, and judges only from them and from its own clock.
 
-mod net;
+pub(crate) mod net;
 
 pub use net::{NetDemoSummary, Percentiles, run as run_net};
 
@@ -142,7 +144,7 @@ impl std::fmt::Display for DemoSummary {
 }
 
 /// Kills and reaps every child when dropped.
-struct Children(Vec<(&'static str, Child)>);
+pub(crate) struct Children(pub(crate) Vec<(&'static str, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -154,7 +156,7 @@ impl Drop for Children {
 }
 
 impl Children {
-    fn kill(&mut self, who: &str) -> Result<(), String> {
+    pub(crate) fn kill(&mut self, who: &str) -> Result<(), String> {
         let at = self
             .0
             .iter()
@@ -171,7 +173,7 @@ impl Children {
     }
 
     /// A child that exited on its own is a failure of the demo.
-    fn check_alive(&mut self) -> Result<(), String> {
+    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
         for (name, child) in &mut self.0 {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("the {name} exited early ({status})"));
@@ -181,14 +183,15 @@ impl Children {
     }
 }
 
-/// A line one child printed.
-struct Line {
-    who: &'static str,
-    text: String,
+/// A line one child printed, and when this process read it.
+pub(crate) struct Line {
+    pub(crate) who: &'static str,
+    pub(crate) text: String,
+    pub(crate) at: Instant,
 }
 
 /// `key=value` fields of a milestone line `<who>: <what> k=v ...`, if it is `what`.
-fn fields(text: &str, who: &str, what: &str) -> Option<BTreeMap<String, String>> {
+pub(crate) fn fields(text: &str, who: &str, what: &str) -> Option<BTreeMap<String, String>> {
     let rest = text.strip_prefix(who)?.strip_prefix(": ")?;
     let rest = rest.strip_prefix(what)?;
     if !(rest.is_empty() || rest.starts_with(' ')) {
@@ -202,7 +205,7 @@ fn fields(text: &str, who: &str, what: &str) -> Option<BTreeMap<String, String>>
     )
 }
 
-fn num(map: &BTreeMap<String, String>, key: &str) -> u64 {
+pub(crate) fn num(map: &BTreeMap<String, String>, key: &str) -> u64 {
     map.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
@@ -212,16 +215,18 @@ fn spawn(
     args: &[String],
     lines: &mpsc::Sender<Line>,
 ) -> Result<Child, String> {
-    spawn_in(None, binary, who, args, lines)
+    spawn_in(None, binary, who, args, &[], lines)
 }
 
 /// Starts `binary args` (inside network namespace `netns` through `ip netns exec`, which
-/// execs the binary: the child is the colo process itself) with its lines sent to `lines`.
-fn spawn_in(
+/// execs the binary: the child is the colo process itself) with `envs` added to its
+/// environment and its lines sent to `lines`.
+pub(crate) fn spawn_in(
     netns: Option<&str>,
     binary: &PathBuf,
     who: &'static str,
     args: &[String],
+    envs: &[(&str, &str)],
     lines: &mpsc::Sender<Line>,
 ) -> Result<Child, String> {
     let mut command = match netns {
@@ -232,31 +237,36 @@ fn spawn_in(
             c
         }
     };
-    let mut child = command
+    // One pipe for the child's stdout (guest console) and stderr (log lines): its lines come
+    // in the order it wrote them.
+    let (pipe, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let stdout = writer
+        .try_clone()
+        .map_err(|e| format!("cannot clone a pipe: {e}"))?;
+    let child = command
         .args(args)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(writer)
         .spawn()
         .map_err(|e| format!("cannot start the {who} ({}): {e}", binary.display()))?;
-    let pipes: [Box<dyn std::io::Read + Send>; 2] = [
-        Box::new(child.stdout.take().expect("piped")),
-        Box::new(child.stderr.take().expect("piped")),
-    ];
-    for pipe in pipes {
-        let tx = lines.clone();
-        std::thread::spawn(move || {
-            for text in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send(Line { who, text }).is_err() {
-                    return;
-                }
+    // The parent's copies of the write end are gone with `command`: the reader sees EOF
+    // when the child exits.
+    drop(command);
+    let tx = lines.clone();
+    std::thread::spawn(move || {
+        for text in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let at = Instant::now();
+            if tx.send(Line { who, text, at }).is_err() {
+                return;
             }
-        });
-    }
+        }
+    });
     Ok(child)
 }
 
-fn require_kvm() -> Result<(), String> {
+pub(crate) fn require_kvm() -> Result<(), String> {
     let kvm = crate::vstate::vm::kvm_device_path();
     match std::fs::OpenOptions::new()
         .read(true)
@@ -266,6 +276,54 @@ fn require_kvm() -> Result<(), String> {
         Ok(_) => Ok(()),
         Err(e) => Err(format!("the demo needs {kvm}, which cannot be opened: {e}")),
     }
+}
+
+/// Writes the demo's pair config file (`pair.toml` in its temp dir): the test guest with the
+/// primary's disk, the loopback arbiter, host `a` (the primary) and host `b` (the secondary,
+/// which accepts a newcomer on `takeover` once it survives). Returns its path.
+fn write_pair_config(
+    dir: &reprotect::ControlDir,
+    arbiter: SocketAddr,
+    peer: SocketAddr,
+    takeover: SocketAddr,
+) -> Result<PathBuf, String> {
+    let key_file = dir.key_file();
+    let key_file = key_file.display();
+    let text = format!(
+        r#"# Written by `colo demo`: both nodes of the demo's pair run from this file.
+[vm]
+guest = "test-guest"
+memory_mib = 32
+
+[[vm.disk]]
+path = "{primary_disk}"
+size = "{DEMO_DISK_SIZE}"
+
+[pair]
+arbiter = "{arbiter}"
+key_file = "{key_file}"
+checkpoint_interval_ms = 500
+
+[host.a]
+role = "primary"
+listen = "{peer}"
+node_id = 1
+control = "{primary_ctl}"
+
+[host.b]
+role = "secondary"
+peer = "{peer}"
+listen = "{takeover}"
+node_id = 2
+control = "{secondary_ctl}"
+"#,
+        primary_disk = dir.disk("primary").display(),
+        primary_ctl = dir.socket("primary").display(),
+        secondary_ctl = dir.socket("secondary").display(),
+    );
+    let path = dir.0.join("pair.toml");
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// Runs the demo (see the module doc).
@@ -284,14 +342,6 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     // Declared before the children: dropped after they are killed.
     let control = reprotect::ControlDir::create()?;
     let key_file = control.key_file().to_string_lossy().into_owned();
-    let node_args = |extra: [&str; 2]| -> Vec<String> {
-        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        v.extend(["--arbiter".to_string(), arbiter.to_string()]);
-        v.extend(["--key-file".to_string(), key_file.clone()]);
-        v.extend(["--run-for".to_string(), lifetime.clone()]);
-        v
-    };
-    let ctl = |who: &str| control.socket(who).to_string_lossy().into_owned();
     let mut children = Children(Vec::new());
     let arbiter_args = vec![
         "arbiter".into(),
@@ -306,27 +356,36 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
         "arbiter",
         spawn(&options.binary, "arbiter", &arbiter_args, &tx)?,
     ));
-    let mut primary_args = node_args(["primary", "--listen"]);
-    primary_args.insert(2, peer.to_string());
-    primary_args.extend(["--control".into(), ctl("primary")]);
-    let disk_args = |who: &str| -> [String; 4] {
-        [
-            "--disk".into(),
-            control.disk(who).to_string_lossy().into_owned(),
-            "--disk-size".into(),
-            DEMO_DISK_SIZE.into(),
-        ]
-    };
-    primary_args.extend(disk_args("primary"));
+    // The two nodes run from one pair config file, as on two hosts; the secondary's own disk
+    // copy is a command-line flag overriding the file's (one host here, two images).
+    let config = write_pair_config(&control, arbiter, peer, takeover)?;
+    println!("[demo] pair config file: {}", config.display());
+    let config = config.to_string_lossy().into_owned();
+    let primary_args: Vec<String> = ["primary", "--config", &config, "--host", "a"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--run-for".to_string(), lifetime.clone()])
+        .collect();
     children.0.push((
         "primary",
         spawn(&options.binary, "primary", &primary_args, &tx)?,
     ));
-    let mut secondary_args = node_args(["secondary", "--peer"]);
-    secondary_args.insert(2, peer.to_string());
-    secondary_args.extend(["--control".into(), ctl("secondary")]);
-    secondary_args.extend(["--listen".into(), takeover.to_string()]);
-    secondary_args.extend(disk_args("secondary"));
+    let secondary_disk = control.disk("secondary").to_string_lossy().into_owned();
+    let secondary_args: Vec<String> = [
+        "secondary",
+        "--config",
+        &config,
+        "--host",
+        "b",
+        "--disk",
+        &secondary_disk,
+        "--disk-size",
+        DEMO_DISK_SIZE,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["--run-for".to_string(), lifetime.clone()])
+    .collect();
     children.0.push((
         "secondary",
         spawn(&options.binary, "secondary", &secondary_args, &tx)?,

@@ -26,10 +26,11 @@ use crate::net::kvclient::{KvConnection, Timeouts, add_client_bridge};
 use crate::net::netns::NetNs;
 use crate::net::tap::{Tap, TapLink};
 use crate::persist::MachineConfig;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 const BRIDGE: &str = "colobr0";
@@ -49,7 +50,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(samples: &[Duration]) -> Percentiles {
+    pub(crate) fn of(samples: &[Duration]) -> Percentiles {
         let mut us: Vec<u64> = samples.iter().map(|d| d.as_micros() as u64).collect();
         us.sort_unstable();
         let at = |q: f64| {
@@ -137,29 +138,35 @@ impl std::fmt::Display for NetDemoSummary {
     }
 }
 
-/// One connection doing `INCR n`, checking each reply continues the count.
-struct Client {
-    conn: KvConnection,
+/// One connection doing `INCR n`, checking each reply continues the count (shared with
+/// `colo bench`, which also streams bulk bytes through it).
+pub(crate) struct Client {
+    pub(crate) conn: KvConnection,
     next_id: u64,
-    count: u64,
+    pub(crate) count: u64,
 }
 
 impl Client {
-    fn connect(ns: &NetNs, ip: &str) -> Result<Client, String> {
+    pub(crate) fn connect(ns: &NetNs, ip: &str) -> Result<Client, String> {
         let addr: SocketAddr = format!("{ip}:{PORT}").parse().map_err(|e| format!("{e}"))?;
         let timeouts = Timeouts {
             connect: Duration::from_secs(10),
             read: Duration::from_secs(20),
         };
+        let conn = KvConnection::connect(ns, addr, timeouts)?;
+        // A `SINK` body into a wedged guest must not block forever either.
+        conn.stream()
+            .set_write_timeout(Some(timeouts.read))
+            .map_err(|e| e.to_string())?;
         Ok(Client {
-            conn: KvConnection::connect(ns, addr, timeouts)?,
+            conn,
             next_id: 1,
             count: 0,
         })
     }
 
     /// One request; returns the counter's new value.
-    fn incr(&mut self) -> Result<u64, String> {
+    pub(crate) fn incr(&mut self) -> Result<u64, String> {
         let id = self.next_id;
         self.next_id += 1;
         let line = self.conn.ask(&format!("{id} INCR n"))?;
@@ -187,6 +194,47 @@ impl Client {
             _ => Err(format!("request {id} (NONCE) got {line:?}")),
         }
     }
+
+    /// `STREAM n`: the guest sends `n` bytes; every one is checked against the pattern.
+    pub(crate) fn stream(&mut self, n: u64) -> Result<(), String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = self.conn.ask(&format!("{id} STREAM {n}"))?;
+        if line != format!("{id} STREAM {n}") {
+            return Err(format!("request {id} (STREAM {n}) got {line:?}"));
+        }
+        let mut at = 0u64;
+        let mut bad = None;
+        self.conn.read_body(n, |chunk| {
+            for &b in chunk {
+                if bad.is_none() && b != stream_byte(at) {
+                    bad = Some(at);
+                }
+                at += 1;
+            }
+        })?;
+        match bad {
+            Some(at) => Err(format!("request {id} (STREAM {n}): byte {at} is wrong")),
+            None => Ok(()),
+        }
+    }
+
+    /// `SINK n`: sends `n` bytes to the guest, which answers once it counted them all.
+    pub(crate) fn sink(&mut self, body: &[u8]) -> Result<(), String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let n = body.len();
+        let line = self.conn.ask_with_body(&format!("{id} SINK {n}"), body)?;
+        if line != format!("{id} SUNK {n}") {
+            return Err(format!("request {id} (SINK {n}) got {line:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// Byte `offset` of a `STREAM` body (the test guest's `kv::stream_byte`).
+pub(crate) fn stream_byte(offset: u64) -> u8 {
+    b'a' + (offset % 26) as u8
 }
 
 /// Every this many requests the client sends a `NONCE` instead of an `INCR`, at an offset of
@@ -204,162 +252,242 @@ struct Sample {
     nonce: bool,
 }
 
-fn bridge(ns: &NetNs) -> Result<(), String> {
-    add_client_bridge(ns, BRIDGE, "10.0.0.1/24").map_err(|e| e.to_string())
+/// Creates the namespace `<prefix>-<pid>` with the clients' bridge (10.0.0.1/24, no route out).
+pub(crate) fn lab(prefix: &str) -> Result<NetNs, String> {
+    let ns = NetNs::create(&format!("{prefix}-{}", std::process::id())).map_err(|e| {
+        format!("cannot create the network namespace (root and iproute2 needed): {e}")
+    })?;
+    add_client_bridge(&ns, BRIDGE, "10.0.0.1/24").map_err(|e| e.to_string())?;
+    Ok(ns)
+}
+
+/// The guest address of the lone VM and of the pair.
+pub(crate) const LONE_IP: &str = "10.0.0.3";
+/// See [`LONE_IP`].
+pub(crate) const PAIR_IP: &str = "10.0.0.2";
+
+/// A lone VM in this process (tap `colol0` on the bridge, guest [`LONE_IP`]) serving the
+/// net-server workload; paused when dropped.
+pub(crate) struct LoneVm {
+    _link: TapLink,
+    machine: Machine,
+}
+
+impl Drop for LoneVm {
+    fn drop(&mut self) {
+        self.machine.pause();
+    }
+}
+
+impl LoneVm {
+    /// Boots it and waits until its server listens.
+    pub(crate) fn start(ns: &NetNs) -> Result<LoneVm, String> {
+        let capture = OutputCapture::new();
+        let mut machine = Machine::new(
+            MachineConfig {
+                mem_mib: 32,
+                vcpus: 1,
+            },
+            ConsoleOutput::Capture(capture.clone()),
+        )
+        .map_err(|e| e.to_string())?;
+        // Not the pair's MAC: the bridge must not learn the pair's guest on this port.
+        machine
+            .net()
+            .lock()
+            .set_mac([0x52, 0x54, 0x00, 0xc0, 0x10, 0x03]);
+        let tsc = machine.tsc_khz().map_err(|e| e.to_string())?;
+        let image = std::fs::read(crate::guest::test_guest_path())
+            .map_err(|e| format!("cannot read the test guest: {e}"))?;
+        machine
+            .load_test_guest(
+                &image,
+                &crate::guest::net_server_cmdline(&format!("{LONE_IP}/24"), PORT, tsc),
+            )
+            .map_err(|e| e.to_string())?;
+        let tap = ns
+            .run(|| Tap::open("colol0"))
+            .and_then(|r| r)
+            .map_err(|e| format!("tap colol0: {e}"))?;
+        ns.ip(&["link", "set", "colol0", "master", BRIDGE, "up"])
+            .map_err(|e| e.to_string())?;
+        let link = TapLink::attach(tap, machine.net()).map_err(|e| e.to_string())?;
+        machine.resume();
+        let lone = LoneVm {
+            _link: link,
+            machine,
+        };
+        let (text, up) =
+            capture.wait_until(Duration::from_secs(20), |t| t.contains("net-server on"));
+        if !up {
+            return Err(format!("the lone VM's server did not start: {text}"));
+        }
+        Ok(lone)
+    }
 }
 
 /// Phase 0: a lone VM in this process answers `requests` requests.
 fn lone_vm(ns: &NetNs, requests: u32) -> Result<Percentiles, String> {
-    let capture = OutputCapture::new();
-    let mut machine = Machine::new(
-        MachineConfig {
-            mem_mib: 32,
-            vcpus: 1,
-        },
-        ConsoleOutput::Capture(capture.clone()),
-    )
-    .map_err(|e| e.to_string())?;
-    // Not the pair's MAC: the bridge must not learn the pair's guest on this port.
-    machine
-        .net()
-        .lock()
-        .expect("net mutex poisoned")
-        .set_mac([0x52, 0x54, 0x00, 0xc0, 0x10, 0x03]);
-    let tsc = machine.tsc_khz().map_err(|e| e.to_string())?;
-    let image = std::fs::read(crate::guest::test_guest_path())
-        .map_err(|e| format!("cannot read the test guest: {e}"))?;
-    machine
-        .load_test_guest(
-            &image,
-            &crate::guest::net_server_cmdline("10.0.0.3/24", PORT, tsc),
-        )
-        .map_err(|e| e.to_string())?;
-    let tap = ns
-        .run(|| Tap::open("colol0"))
-        .and_then(|r| r)
-        .map_err(|e| format!("tap colol0: {e}"))?;
-    ns.ip(&["link", "set", "colol0", "master", BRIDGE, "up"])
-        .map_err(|e| e.to_string())?;
-    let _link = TapLink::attach(tap, machine.net()).map_err(|e| e.to_string())?;
-    machine.resume();
-    let (text, up) = capture.wait_until(Duration::from_secs(20), |t| t.contains("net-server on"));
-    if !up {
-        machine.pause();
-        return Err(format!("the lone VM's server did not start: {text}"));
-    }
-    let mut client = Client::connect(ns, "10.0.0.3")?;
+    let _vm = LoneVm::start(ns)?;
+    let mut client = Client::connect(ns, LONE_IP)?;
     let mut latencies = Vec::new();
     for _ in 0..requests {
         let t = Instant::now();
         client.incr()?;
         latencies.push(t.elapsed());
     }
-    machine.pause();
     println!("[demo] lone VM: {} requests answered", latencies.len());
     Ok(Percentiles::of(&latencies))
 }
 
-/// Runs the network demo (see the module doc).
-pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
-    super::require_kvm()?;
-    let deadline = Instant::now() + options.timeout;
-    let ns = NetNs::create(&format!("colo-demo-{}", std::process::id())).map_err(|e| {
-        format!("cannot create the demo's network namespace (root and iproute2 needed): {e}")
-    })?;
-    bridge(&ns)?;
-    let mut summary = NetDemoSummary {
-        lone: lone_vm(&ns, options.requests)?,
-        ..NetDemoSummary::default()
-    };
+/// An arbiter, a primary and a secondary as child processes in `ns` (taps `colop0`/`colos0` on
+/// the bridge, guest [`PAIR_IP`]), their lines echoed as they are read.
+pub(crate) struct PairRun {
+    pub(crate) children: Children,
+    lines: mpsc::Receiver<Line>,
+    deadline: Instant,
+    /// The nodes' control sockets, in a temp dir of this run's own (not the shared default
+    /// paths another pair on this host may hold); after `children`: removed after they end.
+    _control: super::reprotect::ControlDir,
+}
 
-    let (tx, rx) = mpsc::channel();
-    let lifetime = format!("{}", options.timeout.as_secs() + 10);
-    // The pair key, in a temp dir dropped after the children.
-    let dir = super::reprotect::ControlDir::create()?;
-    let key_file = dir.key_file().to_string_lossy().into_owned();
-    let arbiter = format!("127.0.0.1:{}", options.arbiter_port);
-    let peer = format!("127.0.0.1:{}", options.peer_port);
-    let node = |role: &str, link: &str, addr: &str, tap: &str| -> Vec<String> {
-        [
-            role,
-            link,
-            addr,
-            "--arbiter",
+impl PairRun {
+    /// Starts the three processes (`envs` added to their environment, `node_args` to both
+    /// nodes' command lines); every wait on them ends at `deadline`.
+    pub(crate) fn start(
+        ns: &NetNs,
+        options: &DemoOptions,
+        deadline: Instant,
+        envs: &[(&str, &str)],
+        node_args: &[String],
+    ) -> Result<PairRun, String> {
+        let (tx, rx) = mpsc::channel();
+        let lifetime = format!("{}", options.timeout.as_secs() + 10);
+        let arbiter = format!("127.0.0.1:{}", options.arbiter_port);
+        let peer = format!("127.0.0.1:{}", options.peer_port);
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("colo-pair-{}-{run}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let control = super::reprotect::ControlDir(dir);
+        // The pair key the three share (the dir and the key go when the run is dropped).
+        let _ = std::fs::remove_file(control.key_file());
+        crate::peer::auth::write_key_file(&control.key_file())?;
+        let key_file = control.key_file().to_string_lossy().into_owned();
+        let node = |role: &str, link: &str, addr: &str, tap: &str| -> Vec<String> {
+            let socket = control.socket(role).to_string_lossy().into_owned();
+            [
+                role,
+                link,
+                addr,
+                "--control",
+                &socket,
+                "--arbiter",
+                &arbiter,
+                "--key-file",
+                &key_file,
+                "--run-for",
+                &lifetime,
+                "--workload",
+                "net-server",
+                "--client-tap",
+                tap,
+                "--client-bridge",
+                BRIDGE,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(node_args.iter().cloned())
+            .collect()
+        };
+        let netns = Some(ns.name());
+        let mut children = Children(Vec::new());
+        let arbiter_args: Vec<String> = [
+            "arbiter",
+            "--listen",
             &arbiter,
             "--key-file",
             &key_file,
             "--run-for",
             &lifetime,
-            "--workload",
-            "net-server",
-            "--client-tap",
-            tap,
-            "--client-bridge",
-            BRIDGE,
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect()
-    };
-    let netns = Some(ns.name());
-    let mut children = Children(Vec::new());
-    let arbiter_args: Vec<String> = [
-        "arbiter",
-        "--listen",
-        &arbiter,
-        "--key-file",
-        &key_file,
-        "--run-for",
-        &lifetime,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    children.0.push((
-        "arbiter",
-        spawn_in(netns, &options.binary, "arbiter", &arbiter_args, &tx)?,
-    ));
-    let primary = node("primary", "--listen", &peer, "colop0");
-    children.0.push((
-        "primary",
-        spawn_in(netns, &options.binary, "primary", &primary, &tx)?,
-    ));
-    let secondary = node("secondary", "--peer", &peer, "colos0");
-    children.0.push((
-        "secondary",
-        spawn_in(netns, &options.binary, "secondary", &secondary, &tx)?,
-    ));
-    drop(tx);
-    let next = |children: &mut Children, what: &str| -> Result<Option<Line>, String> {
-        if Instant::now() >= deadline {
+        .collect();
+        children.0.push((
+            "arbiter",
+            spawn_in(netns, &options.binary, "arbiter", &arbiter_args, envs, &tx)?,
+        ));
+        let primary = node("primary", "--listen", &peer, "colop0");
+        children.0.push((
+            "primary",
+            spawn_in(netns, &options.binary, "primary", &primary, envs, &tx)?,
+        ));
+        let secondary = node("secondary", "--peer", &peer, "colos0");
+        children.0.push((
+            "secondary",
+            spawn_in(netns, &options.binary, "secondary", &secondary, envs, &tx)?,
+        ));
+        Ok(PairRun {
+            children,
+            lines: rx,
+            deadline,
+            _control: control,
+        })
+    }
+
+    /// The next line within 100 ms (`None` if none came and every child still runs); an
+    /// error past the deadline, when a child exited or panicked.
+    pub(crate) fn next(&mut self, what: &str) -> Result<Option<Line>, String> {
+        if Instant::now() >= self.deadline {
             return Err(format!("timed out waiting for {what}"));
         }
-        match rx.recv_timeout(Duration::from_millis(100)) {
+        match self.lines.recv_timeout(Duration::from_millis(100)) {
             Ok(line) => {
-                println!("[{}] {}", line.who, line.text);
+                // Hop records (`colo bench --breakdown`) are data, not news.
+                if !line.text.starts_with("hop ") {
+                    println!("[{}] {}", line.who, line.text);
+                }
                 if line.text.contains("PANIC") || line.text.contains("panicked") {
                     return Err(format!("the {}'s guest or node panicked", line.who));
                 }
                 Ok(Some(line))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                children.check_alive()?;
+                self.children.check_alive()?;
                 Ok(None)
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 Err(format!("every child ended before {what}"))
             }
         }
-    };
+    }
 
-    // Phase 1: the pairing's first checkpoint, then the client runs against the pair.
-    loop {
-        let line = next(&mut children, "the pairing")?;
-        if line.is_some_and(|l| fields(&l.text, "primary", "checkpoint-done").is_some()) {
-            break;
+    /// Waits for the primary's first `checkpoint-done` (the pair is protecting the guest).
+    pub(crate) fn wait_paired(&mut self) -> Result<(), String> {
+        loop {
+            let line = self.next("the pairing")?;
+            if line.is_some_and(|l| fields(&l.text, "primary", "checkpoint-done").is_some()) {
+                return Ok(());
+            }
         }
     }
-    let client = Client::connect(&ns, "10.0.0.2")?;
+}
+
+/// Runs the network demo (see the module doc).
+pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
+    super::require_kvm()?;
+    let deadline = Instant::now() + options.timeout;
+    let ns = lab("colo-demo")?;
+    let mut summary = NetDemoSummary {
+        lone: lone_vm(&ns, options.requests)?,
+        ..NetDemoSummary::default()
+    };
+    let mut pair = PairRun::start(&ns, options, deadline, &[], &[])?;
+    // Phase 1: the pairing's first checkpoint, then the client runs against the pair.
+    pair.wait_paired()?;
+    let client = Client::connect(&ns, PAIR_IP)?;
     let unblock = client
         .conn
         .stream()
@@ -383,59 +511,47 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
                     client.incr()
                 };
                 match result {
-                    Ok(value) => samples.lock().expect("samples").push(Sample {
+                    Ok(value) => samples.lock().push(Sample {
                         start,
                         end: Instant::now(),
                         value,
                         nonce,
                     }),
                     Err(e) => {
-                        *failure.lock().expect("failure") = Some(e);
+                        *failure.lock() = Some(e);
                         return;
                     }
                 }
             }
         })
     };
-    let result = drive(
-        options,
-        &mut summary,
-        &mut children,
-        &next,
-        &samples,
-        &failure,
-    );
+    let result = drive(options, &mut summary, &mut pair, &samples, &failure);
     stop.store(true, Ordering::Relaxed);
     // A client blocked on a reply (a dead pair, a failed run) returns at once.
     let _ = unblock.shutdown(std::net::Shutdown::Both);
     let _ = worker.join();
-    drop(children);
+    drop(pair);
     result?;
     Ok(summary)
 }
-
-type Next<'a> = dyn Fn(&mut Children, &str) -> Result<Option<Line>, String> + 'a;
 
 /// Phases 1 (rest) to 3, while the client thread runs.
 fn drive(
     options: &DemoOptions,
     summary: &mut NetDemoSummary,
-    children: &mut Children,
-    next: &Next<'_>,
+    pair: &mut PairRun,
     samples: &Mutex<Vec<Sample>>,
     failure: &Mutex<Option<String>>,
 ) -> Result<(), String> {
-    let check = || match failure.lock().expect("failure").clone() {
+    let check = || match failure.lock().clone() {
         Some(e) => Err(format!("the client failed: {e}")),
         None => Ok(()),
     };
     let started = Instant::now();
     let mut checkpoints = 0;
-    while checkpoints < options.checkpoints
-        || samples.lock().expect("samples").len() < options.requests as usize
-    {
+    while checkpoints < options.checkpoints || samples.lock().len() < options.requests as usize {
         check()?;
-        if let Some(line) = next(children, "the client's requests through the pair")?
+        if let Some(line) = pair.next("the client's requests through the pair")?
             && let Some(f) = fields(&line.text, "primary", "checkpoint-done")
         {
             checkpoints += 1;
@@ -449,10 +565,10 @@ fn drive(
     // The clock starts at the signal: reaping a VM process can take longer than the
     // peer's failover (its exit tears down the VM), which once made this read 0 ms.
     let killed = Instant::now();
-    children.kill("primary")?;
+    pair.children.kill("primary")?;
     let failed_over = loop {
         check()?;
-        if let Some(line) = next(children, "the failover")?
+        if let Some(line) = pair.next("the failover")?
             && let Some(f) = fields(&line.text, "secondary", "failed-over")
         {
             summary.kill_to_failed_over = killed.elapsed();
@@ -464,16 +580,15 @@ fn drive(
         check()?;
         let solo = samples
             .lock()
-            .expect("samples")
             .iter()
             .filter(|s| s.start > failed_over)
             .count();
         if solo >= options.requests as usize {
             break;
         }
-        next(children, "the client's requests to the survivor")?;
+        pair.next("the client's requests to the survivor")?;
     }
-    let samples = samples.lock().expect("samples").clone();
+    let samples = samples.lock().clone();
     let latency = |keep: &dyn Fn(&Sample) -> bool| -> Percentiles {
         let v: Vec<Duration> = samples
             .iter()

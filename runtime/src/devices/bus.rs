@@ -4,7 +4,8 @@
 //! Invariant: ranges never overlap (insertion refuses overlaps), so every address has at most
 //! one owner. Accesses nobody owns read as all-ones and drop writes, as on a PC's bus.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 /// What a device asks of the vCPU after a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,11 +98,7 @@ impl Bus {
     /// Dispatches a read; unowned addresses read as 0xff bytes.
     pub fn read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr) {
-            Some(e) => e
-                .device
-                .lock()
-                .expect("device mutex poisoned")
-                .read(addr - e.base, data),
+            Some(e) => e.device.lock().read(addr - e.base, data),
             None => data.fill(0xff),
         }
     }
@@ -109,11 +106,7 @@ impl Bus {
     /// Dispatches a write; unowned addresses drop it.
     pub fn write(&self, addr: u64, data: &[u8]) -> DeviceAction {
         match self.find(addr) {
-            Some(e) => e
-                .device
-                .lock()
-                .expect("device mutex poisoned")
-                .write(addr - e.base, data),
+            Some(e) => e.device.lock().write(addr - e.base, data),
             None => DeviceAction::Continue,
         }
     }
@@ -143,7 +136,7 @@ mod tests {
         let mut buf = [0u8; 2];
         bus.read(0x1020, &mut buf);
         assert_eq!(buf, [0x20, 0x20]);
-        assert_eq!(dev.lock().unwrap().0, vec![(0x10, vec![1, 2])]);
+        assert_eq!(dev.lock().0, vec![(0x10, vec![1, 2])]);
     }
 
     #[test]

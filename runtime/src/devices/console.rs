@@ -10,9 +10,10 @@
 
 use super::bus::{BusDevice, DeviceAction};
 use crate::memory::GuestMemory;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -137,7 +138,7 @@ impl OutputCapture {
 
     /// Everything written so far, lossily decoded.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.inner.0.lock().expect("capture mutex poisoned")).into_owned()
+        String::from_utf8_lossy(&self.inner.0.lock()).into_owned()
     }
 
     /// Waits until `done(text)` holds or `timeout` passes; returns the text either way and
@@ -145,7 +146,7 @@ impl OutputCapture {
     pub fn wait_until(&self, timeout: Duration, done: impl Fn(&str) -> bool) -> (String, bool) {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.inner;
-        let mut buf = lock.lock().expect("capture mutex poisoned");
+        let mut buf = lock.lock();
         loop {
             let text = String::from_utf8_lossy(&buf).into_owned();
             if done(&text) {
@@ -155,10 +156,7 @@ impl OutputCapture {
             if now >= deadline {
                 return (text, false);
             }
-            buf = cv
-                .wait_timeout(buf, deadline - now)
-                .expect("capture mutex poisoned")
-                .0;
+            cv.wait_for(&mut buf, deadline - now);
         }
     }
 
@@ -171,9 +169,7 @@ impl OutputCapture {
 impl Write for OutputCapture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let (lock, cv) = &*self.inner;
-        lock.lock()
-            .expect("capture mutex poisoned")
-            .extend_from_slice(buf);
+        lock.lock().extend_from_slice(buf);
         cv.notify_all();
         Ok(buf.len())
     }

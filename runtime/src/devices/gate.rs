@@ -10,11 +10,13 @@
 //! byte reaches the sink until [`OutputGate::release`], and [`OutputGate::discard`] drops all
 //! of them; the held buffer is bounded ([`HELD_LIMIT`], oldest bytes dropped and counted).
 //! With whole-line output on, a line reaches the sink in one write, so other writers of the
-//! same stream (the node loop's log lines on stdout) never land inside a guest line; a partial
-//! line waits for its newline, and is written when the gate is dropped.
+//! same pipe (the node loop's log lines on stderr, when stderr and stdout share one) never
+//! land inside a guest line; a partial line waits for its newline, and is written when the
+//! gate is dropped.
 
+use parking_lot::Mutex;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The most speculative output kept (bytes): more than any checkpoint interval's worth of a
 /// boot log; beyond it the oldest bytes are dropped (and counted).
@@ -121,12 +123,12 @@ impl OutputGate {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
-        self.inner.lock().expect("output gate mutex poisoned")
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Gate> {
+        self.inner.lock()
     }
 
-    /// Whole-line output (see the module doc): on for a node that shares its stdout with its
-    /// own log lines.
+    /// Whole-line output (see the module doc): on for a node, whose log lines may share the
+    /// console's pipe.
     pub fn set_whole_lines(&self, on: bool) {
         let mut g = self.lock();
         g.whole_lines = on;

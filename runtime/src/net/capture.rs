@@ -6,10 +6,11 @@
 //! so a capture on the client end of host A's cable shows exactly what host A sent; the
 //! reader thread ends within [`POLL_MS`] of [`Capture::stop`] or drop.
 
+use parking_lot::Mutex;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -160,7 +161,7 @@ impl Capture {
                         ethertype: u16::from_be_bytes([buf[12], buf[13]]),
                         len: n,
                     };
-                    f.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                    f.lock().push(c);
                 }
                 Ok(())
             })?;
@@ -173,10 +174,7 @@ impl Capture {
 
     /// What was captured so far.
     pub fn snapshot(&self) -> Vec<Captured> {
-        self.frames
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.frames.lock().clone()
     }
 
     /// Stops the capture and returns every frame it saw.

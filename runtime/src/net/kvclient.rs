@@ -78,6 +78,52 @@ impl KvConnection {
         Ok(line.trim_end().to_string())
     }
 
+    /// Sends `request` as one line followed by `body` (a `SINK` request) and returns the reply
+    /// line without its line end.
+    pub fn ask_with_body(&mut self, request: &str, body: &[u8]) -> Result<String, String> {
+        self.stream
+            .write_all(format!("{request}\n").as_bytes())
+            .and_then(|()| self.stream.write_all(body))
+            .map_err(|e| format!("request {request:?}: {e}"))?;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reply to request {request:?}: {e}"))?;
+        Ok(line.trim_end().to_string())
+    }
+
+    /// Reads the next reply line without its line end (for requests sent ahead, e.g. in the
+    /// body of [`KvConnection::ask_with_body`]).
+    pub fn reply(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reply: {e}"))?;
+        Ok(line.trim_end().to_string())
+    }
+
+    /// Reads exactly `n` bytes that follow a reply line (a `STREAM` body), handing each chunk
+    /// to `chunk` as it arrives.
+    pub fn read_body(&mut self, n: u64, mut chunk: impl FnMut(&[u8])) -> Result<(), String> {
+        let mut left = n;
+        while left > 0 {
+            let buf = self
+                .reader
+                .fill_buf()
+                .map_err(|e| format!("body: {e} with {left} of {n} bytes still to come"))?;
+            if buf.is_empty() {
+                return Err(format!(
+                    "body: connection closed with {left} of {n} bytes still to come"
+                ));
+            }
+            let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            chunk(&buf[..take]);
+            self.reader.consume(take);
+            left -= take as u64;
+        }
+        Ok(())
+    }
+
     /// The socket, e.g. to clone it and shut it down from another thread.
     pub fn stream(&self) -> &TcpStream {
         &self.stream

@@ -15,10 +15,11 @@
 //! order; dropping the [`LinkEmulator`] stops and joins its threads within [`POLL_MS`].
 
 use crate::net::tap::Tap;
+use parking_lot::Mutex;
 use std::collections::BinaryHeap;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -212,31 +213,31 @@ impl LinkEmulator {
 
     /// Changes what the link does from the next frame on.
     pub fn set_faults(&self, faults: LinkFaults) {
-        *lock(&self.shared.faults) = faults;
+        *self.shared.faults.lock() = faults;
     }
 
     /// Cuts (`true`) or restores (`false`) the link, keeping the other faults.
     pub fn set_down(&self, down: bool) {
-        lock(&self.shared.faults).down = down;
+        self.shared.faults.lock().down = down;
     }
 
     /// The faults now in force.
     pub fn faults(&self) -> LinkFaults {
-        *lock(&self.shared.faults)
+        *self.shared.faults.lock()
     }
 
     /// Counters of both directions summed.
     pub fn stats(&self) -> LinkStats {
         let mut total = LinkStats::default();
         for s in &self.shared.stats {
-            total.add(&lock(s));
+            total.add(&s.lock());
         }
         total
     }
 
     /// Counters of one direction: 0 is a -> b, 1 is b -> a.
     pub fn direction_stats(&self, dir: usize) -> LinkStats {
-        *lock(&self.shared.stats[dir.min(1)])
+        *self.shared.stats[dir.min(1)].lock()
     }
 
     /// Stops both directions and reports the first error a direction met, if any.
@@ -262,14 +263,9 @@ impl LinkEmulator {
 impl Drop for LinkEmulator {
     fn drop(&mut self) {
         if let Err(e) = self.halt() {
-            eprintln!("colo: link emulator: {e}");
+            tracing::warn!("link emulator: {e}");
         }
     }
-}
-
-/// A poisoned lock only means another thread panicked mid-update of plain counters: go on.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One direction: read frames from `from`, hold each for its drawn delay, write to `to`.
@@ -288,9 +284,9 @@ fn carry(shared: &Shared, dir: usize, from: &Tap, to: &Tap, mut draw: FaultDraw)
         }
         .min(POLL_MS);
         if let Some(n) = from.recv(&mut buf, wait_ms)? {
-            let faults = *lock(&shared.faults);
+            let faults = *shared.faults.lock();
             let fate = draw.fate(&faults);
-            let mut stats = lock(&shared.stats[dir]);
+            let mut stats = shared.stats[dir].lock();
             match fate {
                 Fate::Cut => stats.cut += 1,
                 Fate::Lost => stats.lost += 1,
@@ -317,7 +313,7 @@ fn carry(shared: &Shared, dir: usize, from: &Tap, to: &Tap, mut draw: FaultDraw)
         while queue.peek().is_some_and(|p| p.due <= now) {
             let Some(p) = queue.pop() else { break };
             let sent = to.send(&p.frame)?;
-            let mut stats = lock(&shared.stats[dir]);
+            let mut stats = shared.stats[dir].lock();
             if sent {
                 stats.forwarded += 1;
             } else {

@@ -10,6 +10,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::process::Command;
+use tracing::warn;
 
 /// A network namespace owned by this process.
 #[derive(Debug)]
@@ -73,7 +74,7 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         if let Err(e) = run_ip(&["netns", "del", &self.name]) {
-            eprintln!("colo: cannot delete network namespace {}: {e}", self.name);
+            warn!("cannot delete network namespace {}: {e}", self.name);
         }
     }
 }

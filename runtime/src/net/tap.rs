@@ -1,101 +1,85 @@
-//! A Linux tap device opened through `/dev/net/tun` (`TUNSETIFF` with `IFF_TAP | IFF_NO_PI`:
-//! one Ethernet frame per read or write, no packet-info prefix; Documentation/networking/
-//! tuntap.rst), and [`TapLink`], which connects a tap to a consumer of frames: a reader
-//! thread hands every frame the host sends to a callback, and [`TapSink`] writes the guest's
-//! frames to the tap.
+//! A Linux tap device created (or attached) through the `tun-tap` crate (`Iface` in TAP mode
+//! without packet info: `IFF_TAP | IFF_NO_PI`, one Ethernet frame per read or write;
+//! Documentation/networking/tuntap.rst), and [`TapLink`], which connects a tap to a consumer
+//! of frames: a reader thread hands every frame the host sends to a callback, and
+//! [`TapSink`] writes the guest's frames to the tap.
+//!
+//! What the crate does not offer is done here, in one place each: a bounded wait for a frame
+//! (`poll(2)` on the crate's fd in [`Tap::recv`]; the crate only reads, blocking or not),
+//! so the reader thread can notice it should stop. colo's virtio-net device uses no vnet
+//! header and no offloads, so no `TUNSETVNETHDRSZ` / `TUNSETOFFLOAD` ioctl is needed.
 //!
 //! Invariant: the reader thread ends within `POLL_MS` of `TapLink` being dropped (it polls
 //! with a timeout and checks a stop flag), so a test or node never leaks it; a write that
 //! would block (the host is not reading) drops the frame, like a full NIC queue.
 
 use crate::devices::virtio::net::FrameSink;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use tracing::error;
+use tun_tap::{Iface, Mode};
 
 const POLL_MS: i32 = 50;
 /// Interface names are at most 15 bytes (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
 
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-/// An open tap device.
+/// An open tap device (the reading and the writing side share one `Iface`).
 #[derive(Debug)]
 pub struct Tap {
-    file: File,
-    name: String,
+    iface: Arc<Iface>,
 }
 
 impl Tap {
     /// Creates (or attaches to) tap `name` in the calling thread's network namespace.
     pub fn open(name: &str) -> io::Result<Tap> {
+        // The crate would truncate a long name silently: refuse it instead.
         if name.is_empty() || name.len() > IFNAME_MAX || name.contains('\0') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("tap name {name:?} must be 1-{IFNAME_MAX} bytes"),
             ));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot open /dev/net/tun: {e}")))?;
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
-            _pad: [0; 22],
-        };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq` (40 bytes, name then flags),
-        // which `IfReq` lays out; the fd is a freshly opened /dev/net/tun.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            // EINVAL/EBUSY: an interface of that name exists and is not a free tap.
+        let iface = Iface::without_packet_info(name, Mode::Tap).map_err(|e| {
             let hint = match e.raw_os_error() {
+                // EINVAL/EBUSY: an interface of that name exists and is not a free tap.
                 Some(libc::EINVAL | libc::EBUSY) => {
                     " (an interface of that name exists and is not a tap this process may attach)"
                 }
                 Some(libc::EPERM) => " (creating a tap needs CAP_NET_ADMIN)",
+                Some(libc::ENOENT) => " (/dev/net/tun is missing)",
                 _ => "",
             };
-            return Err(io::Error::new(
+            io::Error::new(
                 e.kind(),
                 format!("cannot create or attach tap {name}: {e}{hint}"),
-            ));
-        }
+            )
+        })?;
+        iface
+            .set_non_blocking()
+            .map_err(|e| io::Error::new(e.kind(), format!("tap {name}: non-blocking: {e}")))?;
         Ok(Tap {
-            file,
-            name: name.to_string(),
+            iface: Arc::new(iface),
         })
     }
 
     /// The interface name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.iface.name()
     }
 
     /// A second handle on the same device (for the writing side).
     pub fn try_clone(&self) -> io::Result<Tap> {
         Ok(Tap {
-            file: self.file.try_clone()?,
-            name: self.name.clone(),
+            iface: self.iface.clone(),
         })
     }
 
     /// Writes one frame; `Ok(false)` if the tap's queue is full and it was dropped.
     pub fn send(&self, frame: &[u8]) -> io::Result<bool> {
-        match (&self.file).write(frame) {
+        match self.iface.send(frame) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(e),
@@ -104,12 +88,14 @@ impl Tap {
 
     /// Waits up to `timeout_ms` for a frame; `Ok(None)` on timeout.
     pub fn recv(&self, buf: &mut [u8], timeout_ms: i32) -> io::Result<Option<usize>> {
+        // The crate has no timed wait: poll its fd (see the module doc).
         let mut pfd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
+            fd: self.iface.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: one valid pollfd for the duration of the call.
+        // SAFETY: one valid pollfd for the duration of the call; the fd stays open while
+        // `self` holds the `Iface`.
         let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
         if rc < 0 {
             let e = io::Error::last_os_error();
@@ -122,7 +108,7 @@ impl Tap {
         if rc == 0 {
             return Ok(None);
         }
-        match (&self.file).read(buf) {
+        match self.iface.recv(buf) {
             Ok(n) => Ok(Some(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
@@ -179,7 +165,7 @@ impl TapLink {
                         Ok(Some(n)) => on_frame(&buf[..n]),
                         Ok(None) => {}
                         Err(e) => {
-                            eprintln!("colo: tap {}: {e}", tap.name());
+                            error!("tap {}: {e}", tap.name());
                             return;
                         }
                     }
@@ -195,13 +181,12 @@ impl TapLink {
     /// the guest, the guest's frames are written to the tap.
     pub fn attach(
         tap: Tap,
-        net: Arc<std::sync::Mutex<crate::devices::virtio::net::NetDevice>>,
+        net: Arc<parking_lot::Mutex<crate::devices::virtio::net::NetDevice>>,
     ) -> io::Result<TapLink> {
         net.lock()
-            .expect("net mutex poisoned")
             .set_sink(Box::new(TapSink::new(tap.try_clone()?)));
         TapLink::spawn(tap, move |frame| {
-            net.lock().expect("net mutex poisoned").deliver(frame);
+            net.lock().deliver(frame);
         })
     }
 }

@@ -24,6 +24,7 @@ use colo_core::time::{Duration, Instant};
 use serde_json::{Value, json};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
+use tracing::info;
 
 /// The last checkpoint this node completed (primary side) or applied (secondary side).
 #[derive(Clone, Copy, Debug)]
@@ -205,7 +206,7 @@ impl NodeLoop {
             return error_response("the node refused to arm re-protection");
         }
         self.ctl.armed = true;
-        println!("{}: reprotect-armed listen={addr}", self.name);
+        info!(role = self.name, listen = %addr, "reprotect-armed");
         json!({"ok": true, "message": format!("re-protection armed: start `colo secondary --peer {addr}`"), "listen": addr.to_string()})
     }
 
@@ -282,7 +283,7 @@ impl NodeLoop {
             self.on_connected(stream);
         } else {
             let from = stream.peer_addr();
-            println!("{}: newcomer-refused from={from} mode={mode:?}", self.name);
+            info!(role = self.name, from, mode = ?mode, "newcomer-refused");
         }
     }
 
@@ -368,10 +369,11 @@ impl NodeLoop {
         {
             self.ctl.armed = true;
             let listen = self.ctl.newcomers.map(|a| a.to_string());
-            println!(
-                "{}: reprotect-armed listen={} auto=true",
-                self.name,
-                listen.unwrap_or_default()
+            info!(
+                role = self.name,
+                listen = listen.unwrap_or_default(),
+                auto = true,
+                "reprotect-armed"
             );
         }
     }

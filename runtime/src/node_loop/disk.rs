@@ -27,10 +27,12 @@ use crate::disk::{DiskStore, ImageError};
 use colo_core::disk::{DiskCommand, GuestIoId};
 use colo_core::node::{GuestDiskRequest, Input};
 use colo_core::wire::message::WriteId;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
+use tracing::{error, warn};
 
 /// The guest disk of a replicated node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,7 +153,7 @@ impl GuestDisk {
                     files.device
                 )),
             })?;
-            device.lock().expect("blk mutex poisoned").set_backend(
+            device.lock().set_backend(
                 Box::new(BlkBridge {
                     tx: tx.clone(),
                     generation: generation.clone(),
@@ -204,10 +206,7 @@ impl GuestDisk {
 
     fn complete(&self, disk: usize, id: BlkRequestId, completion: BlkCompletion) {
         if let Some(device) = self.devices.get(disk) {
-            device
-                .lock()
-                .expect("blk mutex poisoned")
-                .complete(id, completion);
+            device.lock().complete(id, completion);
         }
     }
 
@@ -286,9 +285,9 @@ impl GuestDisk {
     ) {
         let bytes = self.store.finish_guest(io);
         let Some(p) = self.pending.remove(&io) else {
-            eprintln!(
-                "colo {}: error: completion of unknown guest disk request {io:?}",
-                self.name
+            error!(
+                role = self.name,
+                "error: completion of unknown guest disk request {io:?}"
             );
             return;
         };
@@ -299,7 +298,7 @@ impl GuestDisk {
         let completion = match result {
             Ok(()) => Ok(bytes.unwrap_or_default()),
             Err(e) => {
-                eprintln!("colo {}: guest disk request {io:?} failed: {e}", self.name);
+                warn!(role = self.name, "guest disk request {io:?} failed: {e}");
                 Err(BlkIoError(e.to_string()))
             }
         };
@@ -312,9 +311,9 @@ impl GuestDisk {
         let result = self.store.execute(command);
         if result.is_err() {
             self.stats.command_errors += 1;
-            eprintln!(
-                "colo {}: error: disk command {command:?} failed: {}",
-                self.name,
+            error!(
+                role = self.name,
+                "error: disk command {command:?} failed: {}",
                 self.store.last_error().unwrap_or("?")
             );
         }
@@ -343,6 +342,7 @@ impl GuestDisk {
         &self,
         writer: &mut crate::peer::PeerWriter,
         term: colo_core::ids::Term,
+        progress: &crate::progress::SyncProgress,
     ) -> Result<u64, String> {
         const CHUNK: u64 = 1 << 20;
         let size = self.store.size();
@@ -362,9 +362,15 @@ impl GuestDisk {
             writer
                 .send(&message, &buf[..n])
                 .map_err(|e| e.to_string())?;
+            progress.advance(n as u64);
             offset += n as u64;
         }
         Ok(size)
+    }
+
+    /// The size of the disk space (all disks), as the initial copy sends it.
+    pub(super) fn image_size(&self) -> u64 {
+        self.store.size()
     }
 
     /// Secondary, initial copy: a piece of the primary's image for the parent.

@@ -12,6 +12,7 @@ use crate::devices::virtio::blk::BlkRequest;
 use colo_core::disk::{DiskCommand, DiskEvent, DiskIoError, GuestIoError, GuestIoId};
 use colo_core::node::{Input, PeerBulk};
 use colo_core::wire::message::Message;
+use tracing::{error, info};
 
 impl NodeLoop {
     /// A request the guest's virtio-blk device posted.
@@ -36,7 +37,7 @@ impl NodeLoop {
             // The initial copy of the disk goes straight into the parent image.
             Message::SyncDisk { offset, .. } => {
                 if let Err(e) = d.on_sync_disk(offset, &bytes) {
-                    eprintln!("colo {}: error: initial disk copy: {e}", self.name);
+                    error!(role = self.name, "error: initial disk copy: {e}");
                     // Not counted as received: the node's SyncDone check fails the copy.
                     return PeerBulk::Stored { len: 0 };
                 }
@@ -54,9 +55,9 @@ impl NodeLoop {
     pub(super) fn on_guest_disk_done(&mut self, io: GuestIoId, result: Result<(), GuestIoError>) {
         match self.disk.as_mut() {
             Some(d) => d.on_guest_done(io, result),
-            None => eprintln!(
-                "colo {}: error: completion of guest disk request {io:?}, but this VM has no disk",
-                self.name
+            None => error!(
+                role = self.name,
+                "error: completion of guest disk request {io:?}, but this VM has no disk"
             ),
         }
     }
@@ -74,9 +75,9 @@ impl NodeLoop {
     pub(super) fn guest_write_bulk(&mut self, message: &Message, io: GuestIoId) -> Option<Vec<u8>> {
         let bytes = self.disk.as_mut().and_then(|d| d.forward_bulk(io));
         if bytes.is_none() {
-            eprintln!(
-                "colo {}: error: {:?} needs guest write {io:?}, which this node does not hold",
-                self.name,
+            error!(
+                role = self.name,
+                "error: {:?} needs guest write {io:?}, which this node does not hold",
                 message.kind()
             );
         }
@@ -103,9 +104,9 @@ impl NodeLoop {
         let result = match command {
             DiskCommand::ResetOverlays { .. } => Ok(()),
             other => {
-                eprintln!(
-                    "colo {}: error: disk command {other:?}, but this VM has no disk",
-                    self.name
+                error!(
+                    role = self.name,
+                    "error: disk command {other:?}, but this VM has no disk"
                 );
                 Err(DiskIoError::Io)
             }
@@ -119,26 +120,40 @@ impl NodeLoop {
         match event {
             DiskEvent::OverlaysReset { epoch } => {
                 // The SVM's disk view now equals the primary's disk as of `epoch`.
-                let digest = if self.config.digests {
+                let (disk_digest, disk_digest_error) = if self.config.digests {
                     self.disk_digest()
                 } else {
-                    String::new()
+                    (None, None)
                 };
-                println!("{n}: disk-reset epoch={}{digest}", epoch.0);
+                info!(
+                    role = n,
+                    epoch = epoch.0,
+                    disk_digest = disk_digest.as_deref(),
+                    disk_digest_error = disk_digest_error.as_deref(),
+                    "disk-reset"
+                );
             }
             DiskEvent::Merged { blocks } => {
-                println!("{n}: disk-merged blocks={blocks}{}", self.disk_digest());
+                let (disk_digest, disk_digest_error) = self.disk_digest();
+                info!(
+                    role = n,
+                    blocks,
+                    disk_digest = disk_digest.as_deref(),
+                    disk_digest_error = disk_digest_error.as_deref(),
+                    "disk-merged"
+                );
             }
-            other => println!("{n}: event Disk({other:?})"),
+            other => info!(role = n, "event Disk({other:?})"),
         }
     }
 
-    /// ` disk_digest=<crc32c>` of the disk as this VM sees it (empty without a disk).
-    pub(super) fn disk_digest(&self) -> String {
+    /// The crc32c of the disk as this VM sees it (hex), or why it could not be computed
+    /// (quoted); neither without a disk.
+    pub(super) fn disk_digest(&self) -> (Option<String>, Option<String>) {
         match self.disk.as_ref().map(|d| d.store().view_digest()) {
-            None => String::new(),
-            Some(Ok(crc)) => format!(" disk_digest={crc:08x}"),
-            Some(Err(e)) => format!(" disk_digest_error=\"{e}\""),
+            None => (None, None),
+            Some(Ok(crc)) => (Some(format!("{crc:08x}")), None),
+            Some(Err(e)) => (None, Some(format!("\"{e}\""))),
         }
     }
 
@@ -147,16 +162,18 @@ impl NodeLoop {
         let Some(d) = self.disk.as_ref() else { return };
         let st = d.stats();
         let (hidden, active) = d.store().overlay_blocks();
-        println!(
-            "{}: disk guest_writes={} guest_reads={} forwarded_bytes={} peer_writes={} commands={} command_errors={} stale={} hidden_blocks={hidden} active_blocks={active}",
-            self.name,
-            st.guest_writes,
-            st.guest_reads,
-            st.forwarded_bytes,
-            st.peer_writes,
-            st.commands,
-            st.command_errors,
-            st.stale
+        info!(
+            role = self.name,
+            guest_writes = st.guest_writes,
+            guest_reads = st.guest_reads,
+            forwarded_bytes = st.forwarded_bytes,
+            peer_writes = st.peer_writes,
+            commands = st.commands,
+            command_errors = st.command_errors,
+            stale = st.stale,
+            hidden_blocks = hidden,
+            active_blocks = active,
+            "disk"
         );
     }
 }

@@ -18,6 +18,7 @@ use super::NodeLoop;
 use colo_core::checkpoint::{VmCommandKind, VmCompletion};
 use colo_core::node::Input;
 use colo_core::time::{Duration, Instant};
+use tracing::{info, warn};
 
 /// Longest wait for in-flight block requests after a pause. A primary's guest write completes
 /// after the secondary's acknowledgement, so this covers a peer round trip and two file
@@ -85,17 +86,17 @@ impl NodeLoop {
         let d = self.drain.take().expect("checked above");
         let waited = now.saturating_duration_since(d.since);
         if left == 0 {
-            println!(
-                "{}: drained blk_requests={} wait_us={}",
-                self.name,
-                d.at_pause,
-                waited.as_micros()
+            info!(
+                role = self.name,
+                blk_requests = d.at_pause,
+                wait_us = waited.as_micros() as u64,
+                "drained"
             );
             Some(Input::VmDone(d.done))
         } else {
-            eprintln!(
-                "colo {}: pause failed: {left} of {} virtio-blk requests still in flight after {} ms; the checkpoint is aborted and retried",
-                self.name,
+            warn!(
+                role = self.name,
+                "pause failed: {left} of {} virtio-blk requests still in flight after {} ms; the checkpoint is aborted and retried",
                 d.at_pause,
                 waited.as_millis()
             );

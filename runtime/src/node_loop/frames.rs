@@ -9,13 +9,17 @@
 //!   guest TX (virtio-net sinks, vCPU threads) --> LoopEvent::GuestFrame --> Input::GuestFrame
 //!   Output::ToGuest { nic: i } --> NIC i's virtio-net RX (held while the VM is paused)
 //!   Output::ToClient --> the tap of the NIC whose MAC is the frame's source (else NIC 0's)
-//!   Event::ClaimClientLink --> RARP announcements of each NIC's MAC on its tap
+//!   Event::ClaimClientLink --> RARP announcements of each NIC's MAC on its tap, and a
+//!                              gratuitous ARP for the IPv4 address its guest sends from
 //! ```
 //! Both nodes' client taps are on the client network from the start: while paired, the
 //! secondary's node ignores client frames (colo-core: the primary owns the link), so its tap
 //! only keeps the client network up when the primary's tap disappears with its process. The
 //! claim announces the guest's MACs from the survivor, as QEMU does after a migration
-//! (`qemu_announce_self`: RARP frames), so learning switches move the MACs to its ports.
+//! (`qemu_announce_self`: RARP frames), so learning switches move the MACs to its ports; it
+//! also sends a gratuitous ARP (RFC 5227 announcement) for the IPv4 source address the NIC's
+//! guest last sent from (learned from the guest's frames, on both roles), so hosts that
+//! cache the address (and routers whose entry went stale) point it at the guest's MAC again.
 //! Invariants: a frame for the guest is written into guest RAM only while the VM runs, so a
 //! checkpoint's pages and device state never see a half-delivered frame (the node's own rule:
 //! "a paused VM consumes it on resume"); held frames are bounded per NIC (the oldest dropped
@@ -28,10 +32,11 @@ use crate::devices::virtio::net::{FrameSink, NetDevice, PENDING_RX_LIMIT};
 use crate::machine::{Machine, MachinePhase};
 use crate::net::tap::{Tap, TapLink};
 use colo_core::ids::NicId;
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
 /// One guest NIC's client link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +74,7 @@ struct ChannelSink(mpsc::Sender<LoopEvent>);
 impl FrameSink for ChannelSink {
     fn send_frame(&mut self, frame: &[u8]) {
         // The loop is gone only while the process ends.
+        super::hops::mark("guest_out", frame);
         let _ = self.0.send(LoopEvent::GuestFrame(frame.to_vec()));
     }
 }
@@ -80,6 +86,8 @@ struct Nic {
     _client_reader: Option<TapLink>,
     bridge: Option<String>,
     held: VecDeque<Vec<u8>>,
+    /// The IPv4 address this NIC's guest last sent from (for the gratuitous ARP).
+    guest_ip: Option<[u8; 4]>,
 }
 
 /// The routing state of one node.
@@ -132,10 +140,7 @@ impl GuestNet {
         }
         let mut nics = Vec::with_capacity(machine.nets().len());
         for (index, device) in machine.nets().iter().enumerate() {
-            device
-                .lock()
-                .expect("net mutex poisoned")
-                .set_sink(Box::new(ChannelSink(tx.clone())));
+            device.lock().set_sink(Box::new(ChannelSink(tx.clone())));
             let link = config.links.get(index);
             let (client, reader) = match link {
                 None => (None, None),
@@ -148,6 +153,7 @@ impl GuestNet {
                     let tx = tx.clone();
                     let nic = NicId(index as u8);
                     let reader = TapLink::spawn(tap, move |frame| {
+                        super::hops::mark("tap_in", frame);
                         let _ = tx.send(LoopEvent::ClientFrame {
                             nic,
                             frame: frame.to_vec(),
@@ -163,6 +169,7 @@ impl GuestNet {
                 _client_reader: reader,
                 bridge: link.and_then(|l| l.bridge.clone()),
                 held: VecDeque::new(),
+                guest_ip: None,
             };
             nic.join_bridge().map_err(LoopError::Endpoint)?;
             nics.push(nic);
@@ -207,8 +214,9 @@ impl GuestNet {
             if nic.held.is_empty() {
                 continue;
             }
-            let mut device = nic.device.lock().expect("net mutex poisoned");
+            let mut device = nic.device.lock();
             for frame in nic.held.drain(..) {
+                super::hops::mark("to_guest", &frame);
                 device.deliver(&frame);
                 self.stats.to_guest += 1;
             }
@@ -224,15 +232,33 @@ impl GuestNet {
             .iter()
             .position(|n| source == Some(&n.mac()[..]))
             .unwrap_or(0);
+        super::hops::mark("to_client", frame);
         match self.nics.get(nic).and_then(|n| n.client.as_ref()) {
             Some(tap) if matches!(tap.send(frame), Ok(true)) => self.stats.to_client += 1,
             _ => self.stats.client_dropped += 1,
         }
     }
 
+    /// A frame the guest sent: remembers its IPv4 source address for the NIC whose MAC sent
+    /// it. Costs a header read per frame; the NIC's MAC is looked up only when the address is
+    /// new.
+    pub fn learn_guest_ip(&mut self, frame: &[u8]) {
+        let Some(ip) = ipv4_source(frame) else {
+            return;
+        };
+        if self.nics.iter().any(|n| n.guest_ip == Some(ip)) {
+            return;
+        }
+        let source = frame.get(6..12);
+        if let Some(nic) = self.nics.iter_mut().find(|n| source == Some(&n.mac()[..])) {
+            nic.guest_ip = Some(ip);
+        }
+    }
+
     /// `Event::ClaimClientLink`: announces each NIC's MAC on its client tap (three RARP frames
     /// each, QEMU's announce format), so the client networks deliver the guest's traffic to
-    /// this node. Returns what was done, for the log.
+    /// this node, and sends three gratuitous ARPs for the guest's IPv4 address when one was
+    /// learned. Returns what was done, for the log.
     pub fn claim_client_link(&mut self) -> String {
         let done: Vec<String> = self
             .nics
@@ -244,8 +270,19 @@ impl GuestNet {
                 let sent = (0..ANNOUNCE_FRAMES)
                     .filter(|_| matches!(tap.send(&frame), Ok(true)))
                     .count();
+                let garp = match nic.guest_ip {
+                    Some(ip) => {
+                        let frame = gratuitous_arp(mac, ip);
+                        let sent = (0..ANNOUNCE_FRAMES)
+                            .filter(|_| matches!(tap.send(&frame), Ok(true)))
+                            .count();
+                        let [a, b, c, d] = ip;
+                        format!(" garp ip={a}.{b}.{c}.{d} frames={sent}")
+                    }
+                    None => " garp none (no IPv4 address seen from the guest)".to_string(),
+                };
                 Some(format!(
-                    "tap={} announced mac={} frames={sent}",
+                    "tap={} announced mac={} frames={sent}{garp}",
                     tap.name(),
                     crate::vm_spec::format_mac(mac)
                 ))
@@ -262,7 +299,7 @@ impl GuestNet {
 impl Nic {
     fn mac(&self) -> [u8; 6] {
         // Per released frame: read the MAC alone, not a copy of the device's whole state.
-        self.device.lock().expect("net mutex poisoned").mac()
+        self.device.lock().mac()
     }
 
     fn join_bridge(&self) -> Result<(), String> {
@@ -297,6 +334,37 @@ fn rarp_announce(mac: [u8; 6]) -> Vec<u8> {
     f
 }
 
+/// The IPv4 source address of an untagged Ethernet/IPv4 frame, or the sender address of an
+/// ARP frame (a guest answering ARP for its address); `None` for anything else or 0.0.0.0.
+fn ipv4_source(frame: &[u8]) -> Option<[u8; 4]> {
+    let ip: [u8; 4] = match frame.get(12..14)? {
+        [0x08, 0x00] => frame.get(26..30)?.try_into().ok()?,
+        [0x08, 0x06] => frame.get(28..32)?.try_into().ok()?,
+        _ => return None,
+    };
+    (ip != [0; 4]).then_some(ip)
+}
+
+/// A gratuitous ARP (RFC 5227 "ARP Announcement"): a broadcast request from `mac` whose sender
+/// and target protocol addresses are both `ip`, target hardware address zero, padded to 60
+/// bytes. Receivers that have `ip` in their cache update it to `mac`.
+fn gratuitous_arp(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&0x0806u16.to_be_bytes()); // ETH_P_ARP
+    f.extend_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    f.extend_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    f.extend_from_slice(&[6, 4]);
+    f.extend_from_slice(&1u16.to_be_bytes()); // request
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&ip);
+    f.resize(60, 0);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +380,34 @@ mod tests {
         assert_eq!(&f[20..22], &[0, 3], "opcode: reverse request");
         assert_eq!(&f[22..28], &mac, "sender hardware address");
         assert_eq!(&f[32..38], &mac, "target hardware address");
+    }
+
+    #[test]
+    fn gratuitous_arp_announces_the_address_from_the_guest_mac() {
+        let mac = [0x52, 0x54, 0, 0xc0, 0x10, 1];
+        let f = gratuitous_arp(mac, [10, 0, 0, 2]);
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(&f[20..22], &[0, 1], "opcode: request");
+        assert_eq!(&f[22..28], &mac, "sender hardware address");
+        assert_eq!(&f[28..32], &[10, 0, 0, 2], "sender protocol address");
+        assert_eq!(&f[32..38], &[0; 6], "target hardware address");
+        assert_eq!(&f[38..42], &[10, 0, 0, 2], "target protocol address");
+        assert_eq!(ipv4_source(&f), Some([10, 0, 0, 2]));
+    }
+
+    #[test]
+    fn the_guest_address_is_read_from_ipv4_and_arp_frames_only() {
+        let mut ipv4 = vec![0u8; 60];
+        ipv4[12..14].copy_from_slice(&[0x08, 0x00]);
+        ipv4[26..30].copy_from_slice(&[10, 0, 0, 2]);
+        assert_eq!(ipv4_source(&ipv4), Some([10, 0, 0, 2]));
+        ipv4[26..30].copy_from_slice(&[0; 4]);
+        assert_eq!(ipv4_source(&ipv4), None, "0.0.0.0 is no address");
+        let rarp = rarp_announce([2; 6]);
+        assert_eq!(ipv4_source(&rarp), None);
+        assert_eq!(ipv4_source(&[0u8; 13]), None, "a runt frame");
     }
 }

@@ -4,15 +4,18 @@
 //! event (stop the VM when deposed or stopped, gate the console at takeover, claim the
 //! client link).
 //!
-//! Invariant: every line starts with the node's role name and carries `key=value` fields that
-//! tests and the demo read; nothing here feeds the node an input.
+//! Invariant: every event carries the node's role name (`role`) and its figures as typed
+//! fields, which the human format renders as the `<role>: <what> key=value` lines tests and
+//! the demo read (`crate::logging`); nothing here feeds the node an input.
 
 use super::{LoopEnd, NodeLoop};
 use crate::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
+use crate::progress::SyncProgress;
 use colo_core::checkpoint::VmCompletion;
 use colo_core::node::{Event, NodeMode};
 use colo_core::time::Instant;
 use colo_core::wire::HelloRejectReason;
+use tracing::{debug, error, info, warn};
 use vm_memory::{Bytes, GuestAddress};
 
 impl NodeLoop {
@@ -24,25 +27,25 @@ impl NodeLoop {
             // The devices' counters, all NICs together.
             let (mut tx_frames, mut rx_frames, mut rx_dropped) = (0, 0, 0);
             for device in self.machine.nets() {
-                let d = device.lock().expect("net mutex poisoned").stats();
+                let d = device.lock().stats();
                 tx_frames += d.tx_frames;
                 rx_frames += d.rx_frames;
                 rx_dropped += d.rx_dropped;
             }
             let n = self.node.stats();
-            println!(
-                "{}: net to_guest={} to_client={} held_dropped={} client_dropped={} guest_tx={} guest_rx={} rx_dropped={} released={} held={} stale_secondary_output={}",
-                self.name,
-                f.to_guest,
-                f.to_client,
-                f.held_dropped,
-                f.client_dropped,
-                tx_frames,
-                rx_frames,
+            info!(
+                role = self.name,
+                to_guest = f.to_guest,
+                to_client = f.to_client,
+                held_dropped = f.held_dropped,
+                client_dropped = f.client_dropped,
+                guest_tx = tx_frames,
+                guest_rx = rx_frames,
                 rx_dropped,
-                n.released,
-                n.held,
-                n.stale_secondary_output
+                released = n.released,
+                held = n.held,
+                stale_secondary_output = n.stale_secondary_output,
+                "net"
             );
         }
         if self.reports.is_multiple_of(4) {
@@ -51,12 +54,12 @@ impl NodeLoop {
         if self.config.workload_pages > 0
             && matches!(status.mode, NodeMode::Paired | NodeMode::Solo)
         {
-            println!(
-                "{}: guest-step step={} mode={:?} term={}",
-                self.name,
-                self.guest_step(),
-                status.mode,
-                status.term.0
+            info!(
+                role = self.name,
+                step = self.guest_step(),
+                mode = ?status.mode,
+                term = status.term.0,
+                "guest-step"
             );
         }
     }
@@ -80,38 +83,43 @@ impl NodeLoop {
                 // The PVM is paused here until the checkpoint completes: this is the state
                 // the secondary will hold after applying `epoch`.
                 let pages: u64 = ranges.iter().map(|r| r.count).sum();
-                let digest = if self.config.digests {
-                    format!(
-                        " digest={:08x}{}",
-                        self.machine.memory_digest(),
-                        self.disk_digest()
-                    )
+                let digest = self
+                    .config
+                    .digests
+                    .then(|| format!("{:08x}", self.machine.memory_digest()));
+                let (disk_digest, disk_digest_error) = if self.config.digests {
+                    self.disk_digest()
                 } else {
-                    String::new()
+                    (None, None)
                 };
-                println!(
-                    "{}: paused epoch={} step={} dirty_pages={pages}{digest}",
-                    self.name,
-                    epoch.0,
-                    self.guest_step()
+                info!(
+                    role = self.name,
+                    epoch = epoch.0,
+                    step = self.guest_step(),
+                    dirty_pages = pages,
+                    digest = digest.as_deref(),
+                    disk_digest = disk_digest.as_deref(),
+                    disk_digest_error = disk_digest_error.as_deref(),
+                    "paused"
                 );
             }
             VmCompletion::Applied { epoch } => {
                 // The SVM is the checkpoint now: what its guest printed since the last apply
                 // was rolled back with it.
                 let dropped = self.machine.output_gate().discard();
-                let digest = if self.config.digests {
-                    format!(" digest={:08x}", self.machine.memory_digest())
-                } else {
-                    String::new()
-                };
-                println!(
-                    "{}: applied epoch={} step={} pages_copied={}{digest} apply_us={} console_dropped={dropped}",
-                    self.name,
-                    epoch.0,
-                    self.guest_step(),
-                    self.exec.last_apply.pages_copied,
-                    self.exec.timings.apply.as_micros()
+                let digest = self
+                    .config
+                    .digests
+                    .then(|| format!("{:08x}", self.machine.memory_digest()));
+                info!(
+                    role = self.name,
+                    epoch = epoch.0,
+                    step = self.guest_step(),
+                    pages_copied = self.exec.last_apply.pages_copied,
+                    digest = digest.as_deref(),
+                    apply_us = self.exec.timings.apply.as_micros() as u64,
+                    console_dropped = dropped,
+                    "applied"
                 );
             }
             _ => {}
@@ -120,6 +128,7 @@ impl NodeLoop {
 
     pub(super) fn on_node_event(&mut self, event: Event) {
         self.ctl_on_event(&event);
+        self.metrics_on_event(&event);
         let n = self.name;
         match &event {
             Event::CheckpointDone {
@@ -131,16 +140,20 @@ impl NodeLoop {
             } => {
                 self.exec.on_checkpoint_done(*epoch);
                 let t = self.exec.timings;
-                println!(
-                    "{n}: checkpoint-done epoch={} reason={reason:?} pause_us={} pages={pages} bytes={bytes} step={} vm_pause_us={} vm_collect_us={} vm_send_us={} vm_save_us={} vm_resume_us={}",
-                    epoch.0,
-                    pause.as_micros(),
-                    self.guest_step(),
-                    t.pause.as_micros(),
-                    t.collect.as_micros(),
-                    t.send_pages.as_micros(),
-                    t.save_devices.as_micros(),
-                    t.resume.as_micros()
+                info!(
+                    role = n,
+                    epoch = epoch.0,
+                    reason = ?reason,
+                    pause_us = pause.as_micros() as u64,
+                    pages,
+                    bytes,
+                    step = self.guest_step(),
+                    vm_pause_us = t.pause.as_micros() as u64,
+                    vm_collect_us = t.collect.as_micros() as u64,
+                    vm_send_us = t.send_pages.as_micros() as u64,
+                    vm_save_us = t.save_devices.as_micros() as u64,
+                    vm_resume_us = t.resume.as_micros() as u64,
+                    "checkpoint-done"
                 );
             }
             Event::CheckpointApplied {
@@ -148,38 +161,55 @@ impl NodeLoop {
                 pause,
                 pages,
                 bytes,
-            } => println!(
-                "{n}: checkpoint-applied epoch={} pause_us={} pages={pages} bytes={bytes} step={}",
-                epoch.0,
-                pause.as_micros(),
-                self.guest_step()
-            ),
-            Event::PeerLost { silent_for } => {
-                println!("{n}: peer-lost silent_ms={}", silent_for.as_millis())
+            } => {
+                // The first apply of a pairing ends its copy.
+                self.receiving = None;
+                info!(
+                    role = n,
+                    epoch = epoch.0,
+                    pause_us = pause.as_micros() as u64,
+                    pages,
+                    bytes,
+                    step = self.guest_step(),
+                    "checkpoint-applied"
+                )
             }
-            Event::TakeoverStarted { term, from, reason } => println!(
-                "{n}: takeover-started term={} from={from:?} reason={reason:?} step={}",
-                term.0,
-                self.guest_step()
+            Event::PeerLost { silent_for } => {
+                info!(
+                    role = n,
+                    silent_ms = silent_for.as_millis() as u64,
+                    "peer-lost"
+                )
+            }
+            Event::TakeoverStarted { term, from, reason } => info!(
+                role = n,
+                term = term.0,
+                from = ?from,
+                reason = ?reason,
+                step = self.guest_step(),
+                "takeover-started"
             ),
             Event::FailedOver { term, reason } => {
-                println!(
-                    "{n}: failed-over term={} reason={reason:?} step={}",
-                    term.0,
-                    self.guest_step()
+                info!(
+                    role = n,
+                    term = term.0,
+                    reason = ?reason,
+                    step = self.guest_step(),
+                    "failed-over"
                 );
                 // The survivor's guest output is real from now on, starting with what it
                 // printed since the last apply.
                 let released = self.machine.output_gate().release();
-                println!("{n}: console-released bytes={released}");
+                info!(role = n, bytes = released, "console-released");
             }
             Event::Deposed { term, .. } => {
-                println!("{n}: deposed term={} (stopping the VM)", term.0);
+                // The VM stops here; the line reads `<role>: deposed term=T`.
+                info!(role = n, term = term.0, "deposed");
                 self.machine.pause();
                 self.end = Some(LoopEnd::Deposed);
             }
             Event::Stopped => {
-                println!("{n}: stopped");
+                info!(role = n, "stopped");
                 self.machine.pause();
                 self.end = Some(LoopEnd::Stopped);
             }
@@ -191,30 +221,62 @@ impl NodeLoop {
                     "the primary refused this node: its VM description (fingerprint {expected:016x}) differs from this node's ({:016x}); compare the `vm` lines both nodes print at start (memory, vCPUs, boot image, initrd, command line, disk sizes, MACs)",
                     self.config.node.vm_fingerprint
                 );
-                eprintln!("colo {n}: {why}");
+                error!(role = n, "{why}");
                 self.machine.pause();
                 self.end = Some(LoopEnd::Refused(why));
             }
             Event::HandshakeRejected {
                 reason: HelloRejectReason::VmMismatch { .. },
                 by_peer: false,
-            } => eprintln!(
-                "colo {n}: refused a secondary whose VM description differs from this node's (fingerprint {:016x}); waiting for a matching one",
+            } => warn!(
+                role = n,
+                "refused a secondary whose VM description differs from this node's (fingerprint {:016x}); waiting for a matching one",
                 self.config.node.vm_fingerprint
             ),
             Event::ProtocolError { kind, violation } => {
-                eprintln!("colo {n}: protocol error: {kind:?}: {violation:?}")
+                warn!(role = n, "protocol error: {kind:?}: {violation:?}")
             }
             Event::VmFailed { epoch, command } => {
-                eprintln!("colo {n}: VM command {command:?} failed in {epoch:?}")
+                error!(role = n, "VM command {command:?} failed in {epoch:?}")
             }
             Event::Disk(disk_event) => self.on_disk_event(*disk_event),
-            Event::ClaimClientLink { term } => println!(
-                "{n}: claim-client-link term={} {}",
-                term.0,
+            Event::SyncStarted {
+                term,
+                memory_bytes,
+                disk_bytes,
+            } => {
+                info!(
+                    role = n,
+                    term = term.0,
+                    memory_bytes,
+                    disk_bytes,
+                    "sync-started"
+                );
+                // The primary shows its own sending (`mod.rs`); the secondary its storing.
+                if !self.node.is_primary_side() {
+                    let progress = SyncProgress::start(n, "receiving", memory_bytes + disk_bytes)
+                        .with_metrics(self.metrics.registry.clone());
+                    self.receiving = Some(progress);
+                }
+            }
+            Event::SyncProgress {
+                memory_bytes_done,
+                disk_bytes_done,
+                ..
+            } => match &self.receiving {
+                Some(p) => p.set(memory_bytes_done + disk_bytes_done),
+                None => debug!(
+                    role = n,
+                    memory_bytes_done, disk_bytes_done, "sync-progress-acked"
+                ),
+            },
+            Event::ClaimClientLink { term } => info!(
+                role = n,
+                term = term.0,
+                "claim-client-link {}",
                 self.net.claim_client_link()
             ),
-            other => println!("{n}: event {other:?}"),
+            other => info!(role = n, "event {other:?}"),
         }
     }
 }

@@ -18,16 +18,19 @@
 //! Guest network frames are routed by `frames.rs` (client tap, virtio-net, the node); guest
 //! disk requests, disk commands and forwarded writes by `disk.rs` (virtio-blk, the files).
 //!
-//! Log lines on stdout are `<role>: <what> key=value ...`, one per milestone, written by
-//! `log.rs`; `colo demo` and the tests parse them (names listed in docs/operations.md).
+//! Log events (stderr, `crate::logging`) read `<role>: <what> key=value ...`, one per
+//! milestone, written by `log.rs`; `colo demo` and the tests parse them (names listed in
+//! docs/operations.md).
 
 mod control;
 mod disk;
 mod disk_routing;
 mod drain;
 mod frames;
+pub mod hops;
 mod liveness;
 mod log;
+mod metrics;
 mod reconnect;
 mod vm;
 
@@ -42,11 +45,12 @@ use crate::arbiter::{ArbiterClient, MonoClock};
 use crate::machine::Machine;
 use crate::peer::auth::{AuthedLink, PairKey, handshake, log_refused, spawn_accept};
 use crate::peer::{PeerReader, PeerWriter};
+use crate::progress::SyncProgress;
 use colo_core::checkpoint::VmCommand;
 use colo_core::failover::{LeaseReply, LeaseRequestId};
 use colo_core::ids::{ClusterId, NodeId, Role};
 use colo_core::node::{
-    Command, Input, LinkState, Node, NodeConfig, OutBulk, Output, PeerBulk, SyncCommand,
+    Command, Input, LinkState, Node, NodeConfig, NodeMode, OutBulk, Output, PeerBulk, SyncCommand,
 };
 use colo_core::time::Duration;
 use colo_core::wire::{Limits, LinkSide, Message};
@@ -54,6 +58,7 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc;
+use tracing::{error, info, warn};
 
 /// How this node reaches its peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +103,8 @@ pub struct NodeLoopConfig {
     /// The guest's disks, one virtio-blk device each, in device order (none: the one
     /// virtio-blk device has no medium). The core replicates them as one block space.
     pub disks: Vec<DiskFiles>,
+    /// Where to serve Prometheus metrics (none: not served; the loop keeps them anyway).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl NodeLoopConfig {
@@ -127,6 +134,7 @@ impl NodeLoopConfig {
             auto_reprotect: false,
             net: NetConfig::default(),
             disks: Vec::new(),
+            metrics_listen: None,
         }
     }
 }
@@ -246,6 +254,10 @@ pub struct NodeLoop {
     reports: u64,
     /// A pause's completion held until no block request is in flight (`drain.rs`).
     drain: Option<drain::PauseDrain>,
+    /// The Prometheus metrics (`metrics.rs`).
+    metrics: metrics::LoopMetrics,
+    /// Secondary: the initial copy being received (from `SyncStarted` to the first apply).
+    receiving: Option<SyncProgress>,
 }
 
 impl std::fmt::Debug for NodeLoop {
@@ -276,7 +288,8 @@ impl NodeLoop {
         let clock = MonoClock::start();
         let node = Node::new(config.node.clone(), config.role, clock.now())?;
         let (tx, rx) = mpsc::channel();
-        // The guest's console shares stdout with this loop's log lines: whole lines only. A
+        // The guest's console goes to stdout, whole lines only (a reader may merge it with the
+        // log lines on stderr). A
         // secondary's guest output is speculative until it takes over (devices/gate.rs).
         let gate = machine.output_gate();
         gate.set_whole_lines(true);
@@ -338,6 +351,8 @@ impl NodeLoop {
             },
         )
         .map_err(|e| LoopError::Endpoint(format!("cannot start the arbiter client: {e}")))?;
+        let metrics =
+            metrics::LoopMetrics::new(name, config.metrics_listen).map_err(LoopError::Endpoint)?;
         Ok(NodeLoop {
             node,
             machine,
@@ -360,6 +375,8 @@ impl NodeLoop {
             deferred: VecDeque::new(),
             reports: 0,
             drain: None,
+            metrics,
+            receiving: None,
         })
     }
 
@@ -389,6 +406,7 @@ impl NodeLoop {
                 next_report = now + self.config.report_every;
                 self.report(now);
             }
+            self.mirror_metrics(now);
             let mut wake = next_report.min(now + Duration::from_millis(50));
             if let Some(t) = self.node.poll_timeout() {
                 wake = wake.min(t);
@@ -463,6 +481,8 @@ impl NodeLoop {
         while let Ok(event) = self.rx.try_recv() {
             match event {
                 LoopEvent::GuestFrame(frame) if self.deferred.is_empty() => {
+                    hops::mark("loop_guest", &frame);
+                    self.net.learn_guest_ip(&frame);
                     self.pending.push_back(Input::GuestFrame(frame));
                 }
                 other => self.deferred.push_back(other),
@@ -480,10 +500,18 @@ impl NodeLoop {
             } if link == self.link => self.on_frame(message, bulk),
             LoopEvent::PeerDown { link, why } if link == self.link => self.link_down(&why),
             LoopEvent::Peer { .. } | LoopEvent::PeerDown { .. } => {} // a dead link's straggler
-            LoopEvent::GuestFrame(frame) => self.input(Input::GuestFrame(frame)),
-            LoopEvent::ClientFrame { nic, frame } => self.input(Input::ClientFrame { nic, frame }),
+            LoopEvent::GuestFrame(frame) => {
+                hops::mark("loop_guest", &frame);
+                self.net.learn_guest_ip(&frame);
+                self.input(Input::GuestFrame(frame))
+            }
+            LoopEvent::ClientFrame { nic, frame } => {
+                hops::mark("loop_in", &frame);
+                self.input(Input::ClientFrame { nic, frame })
+            }
             LoopEvent::Arbiter { id, reply } => {
-                println!("{}: lease-reply id={} reply={reply:?}", self.name, id.0);
+                info!(role = self.name, id = id.0, reply = ?reply, "lease-reply");
+                self.metrics.on_lease_reply(id, self.clock.now());
                 self.input(Input::Arbiter { id, reply });
             }
             LoopEvent::Control(call) => self.on_control(call),
@@ -499,7 +527,7 @@ impl NodeLoop {
 
     fn on_connected(&mut self, link: AuthedLink) {
         if self.writer.is_some() {
-            eprintln!("colo {}: a second peer connection was refused", self.name);
+            warn!(role = self.name, "a second peer connection was refused");
             return;
         }
         let split = link
@@ -511,7 +539,7 @@ impl NodeLoop {
         let (stream, decoder, writer, watch_half) = match split {
             Ok(parts) => parts,
             Err(e) => {
-                eprintln!("colo {}: peer socket: {e}", self.name);
+                warn!(role = self.name, "peer socket: {e}");
                 return;
             }
         };
@@ -522,10 +550,7 @@ impl NodeLoop {
             let bulk = match &message {
                 // QEMU's colo_cache: pages land in the cache on arrival, never in SVM memory.
                 Message::PageBatch { ranges, .. } | Message::SyncPages { ranges, .. } => {
-                    let stored = cache
-                        .lock()
-                        .expect("RAM cache mutex poisoned")
-                        .store(ranges, bulk);
+                    let stored = cache.lock().store(ranges, bulk);
                     if let Err(why) = stored {
                         let why = format!("refused {:?} from the peer: {why}", message.kind());
                         let _ = tx.send(LoopEvent::PeerDown { link, why });
@@ -536,6 +561,10 @@ impl NodeLoop {
                     }
                 }
                 _ if bulk.is_empty() => PeerBulk::None,
+                Message::MirroredFrame { .. } | Message::SecondaryOutput { .. } => {
+                    hops::mark("peer_in", bulk);
+                    PeerBulk::Frame(bulk.to_vec())
+                }
                 _ => PeerBulk::Frame(bulk.to_vec()),
             };
             tx.send(LoopEvent::Peer {
@@ -556,25 +585,26 @@ impl NodeLoop {
         };
         let spawned = PeerReader::spawn(stream, decoder, on_frame, on_closed);
         if let Err(e) = spawned {
-            eprintln!("colo {}: cannot start the peer reader: {e}", self.name);
+            error!(role = self.name, "cannot start the peer reader: {e}");
             return;
         }
         // The socket's options are shared by its halves: the writer's sends time out too.
         let write_timeout = liveness::peer_write_timeout(self.config.node.heartbeat.lost_after());
         if let Err(e) = watch_half.set_write_timeout(Some(write_timeout)) {
-            eprintln!("colo {}: peer socket write timeout: {e}", self.name);
+            warn!(role = self.name, "peer socket write timeout: {e}");
         }
         self.peer_watch = Some(liveness::PeerSocketWatch::new(watch_half));
         self.writer = Some(writer);
-        println!("{}: link-up", self.name);
+        info!(role = self.name, "link-up");
         self.input(Input::PeerLink(LinkState::Up));
     }
 
     fn link_down(&mut self, why: &str) {
+        self.receiving = None;
         if let Some(writer) = self.writer.take() {
             self.peer_watch = None;
             writer.close();
-            println!("{}: link-down reason=\"{why}\"", self.name);
+            info!(role = self.name, reason = ?why, "link-down");
             self.link += 1; // ignore whatever the old reader still posts
             self.input(Input::PeerLink(LinkState::Down));
             self.maybe_reconnect();
@@ -595,6 +625,12 @@ impl NodeLoop {
             {
                 self.store_disk_bulk(&message, bytes)
             }
+            (Message::MirroredFrame { .. } | Message::SecondaryOutput { .. }, bulk) => {
+                if let PeerBulk::Frame(frame) = &bulk {
+                    hops::mark("loop_peer", frame);
+                }
+                bulk
+            }
             (_, bulk) => bulk,
         };
         self.input(Input::Peer { message, bulk });
@@ -612,6 +648,12 @@ impl NodeLoop {
                     },
                 };
                 self.before_disk_send(&message);
+                if matches!(
+                    message,
+                    Message::MirroredFrame { .. } | Message::SecondaryOutput { .. }
+                ) {
+                    hops::mark("peer_out", &bytes);
+                }
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {
@@ -640,28 +682,39 @@ impl NodeLoop {
             }
             Output::Sync(SyncCommand::SendAll { term }) => {
                 let Some(writer) = self.writer.as_mut() else {
-                    eprintln!(
-                        "colo {}: initial copy ordered with the link down",
-                        self.name
-                    );
+                    warn!(role = self.name, "initial copy ordered with the link down");
                     return;
                 };
+                let what = match self.node.status(self.clock.now()).mode {
+                    NodeMode::Reprotecting => "re-protection",
+                    _ => "initial-copy",
+                };
+                let total =
+                    self.machine.mem_bytes() + self.disk.as_ref().map_or(0, |d| d.image_size());
+                let progress = SyncProgress::start(self.name, what, total)
+                    .with_metrics(self.metrics.registry.clone());
                 let sent = self
                     .exec
-                    .send_all(&mut self.machine, writer, term)
+                    .send_all(&mut self.machine, writer, term, &progress)
                     .map_err(|e| e.to_string())
                     .and_then(|memory| match self.disk.as_ref() {
                         // The loop handles no guest request until SyncDone is out (the node
                         // answers SyncSent in this same drain), so the image is stable here.
-                        Some(d) => d.send_image(writer, term).map(|disk| (memory, disk)),
+                        Some(d) => d
+                            .send_image(writer, term, &progress)
+                            .map(|disk| (memory, disk)),
                         None => Ok((memory, 0)),
                     });
+                drop(progress);
                 match sent {
                     Ok((memory, disk)) => {
-                        println!(
-                            "{}: sync-sent memory_bytes={memory} disk_bytes={disk}",
-                            self.name
+                        info!(
+                            role = self.name,
+                            memory_bytes = memory,
+                            disk_bytes = disk,
+                            "sync-sent"
                         );
+                        self.metrics.registry.on_sync_sent(memory, disk);
                         self.pending.push_back(Input::SyncSent {
                             memory_bytes: memory,
                             disk_bytes: disk,
@@ -671,10 +724,13 @@ impl NodeLoop {
                 }
             }
             Output::Arbiter(request) => {
-                println!(
-                    "{}: lease-request id={} term={}",
-                    self.name, request.id.0, request.term.0
+                info!(
+                    role = self.name,
+                    id = request.id.0,
+                    term = request.term.0,
+                    "lease-request"
                 );
+                self.metrics.on_lease_request(request.id, self.clock.now());
                 self.arbiter.request(request);
             }
             Output::Event(event) => self.on_node_event(event),
@@ -715,7 +771,7 @@ fn spawn_acceptor(
                             let _ = tx.send(LoopEvent::Connected(link));
                         });
                     }
-                    Err(e) => eprintln!("colo: accepting a peer failed: {e}"),
+                    Err(e) => warn!("accepting a peer failed: {e}"),
                 }
             }
         })

@@ -22,6 +22,7 @@ use colo_core::node::NodeMode;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tracing::{error, info};
 
 /// Whether a node in `mode` still depends on its primary's link.
 fn depends_on_primary(mode: NodeMode) -> bool {
@@ -42,10 +43,11 @@ impl NodeLoop {
             return;
         }
         let window = self.config.node.heartbeat.lost_after().saturating_mul(2);
-        println!(
-            "{}: reconnecting to={addr} for_ms={}",
-            self.name,
-            window.as_millis()
+        info!(
+            role = self.name,
+            to = %addr,
+            for_ms = window.as_millis() as u64,
+            "reconnecting"
         );
         spawn_reconnector(
             addr,
@@ -60,13 +62,14 @@ impl NodeLoop {
     pub(super) fn on_reconnected(&mut self, stream: AuthedLink) {
         let status = self.node.status(self.clock.now());
         if self.writer.is_some() || !depends_on_primary(status.mode) {
-            println!(
-                "{}: reconnect-dropped mode={:?} (no longer needed)",
-                self.name, status.mode
+            info!(
+                role = self.name,
+                mode = ?status.mode,
+                "reconnect-dropped (no longer needed)"
             );
             return;
         }
-        println!("{}: reconnected", self.name);
+        info!(role = self.name, "reconnected");
         self.on_connected(stream);
     }
 }
@@ -93,6 +96,6 @@ fn spawn_reconnector(
             }
         });
     if let Err(e) = spawned {
-        eprintln!("colo: cannot start the reconnector: {e}");
+        error!("cannot start the reconnector: {e}");
     }
 }

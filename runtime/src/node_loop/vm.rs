@@ -21,11 +21,14 @@ use crate::machine::Machine;
 use crate::memory::DirtyPages;
 use crate::peer::{LinkClosed, PagesSent, PeerWriter};
 use crate::persist::DeviceState;
+use crate::progress::SyncProgress;
 use colo_core::checkpoint::{VmCommand, VmCommandKind, VmCompletion};
 use colo_core::ids::{Epoch, PageRange, Term};
 use colo_core::wire::Message;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::error;
 use vm_memory::{Bytes, GuestAddress};
 
 /// The secondary's copy of guest memory as of the newest pages received, plus which pages
@@ -225,7 +228,7 @@ impl VmExecutor {
         command: VmCommand,
     ) -> Result<VmCompletion, (VmCompletion, LinkClosed)> {
         let failed = |command: VmCommandKind, why: String| {
-            eprintln!("colo: VM command {command:?} failed: {why}");
+            error!("VM command {command:?} failed: {why}");
             VmCompletion::Failed { command }
         };
         Ok(match command {
@@ -330,7 +333,7 @@ impl VmExecutor {
             None => return Err(format!("no device state received for {epoch:?}")),
         };
         let state = DeviceState::from_bytes(&state).map_err(|e| e.to_string())?;
-        let mut cache = self.cache.lock().expect("RAM cache mutex poisoned");
+        let mut cache = self.cache.lock();
         // Pages the SVM wrote since the last apply: they must be reverted to the PVM's copy.
         let mut pages = machine.take_dirty().map_err(|e| e.to_string())?;
         pages.union(cache.received().ranges());
@@ -353,13 +356,15 @@ impl VmExecutor {
         machine: &mut Machine,
         writer: &mut PeerWriter,
         term: Term,
+        progress: &SyncProgress,
     ) -> Result<u64, LinkClosed> {
         // From this command on the dirty logs track what the first checkpoint must carry.
         if let Err(e) = machine.take_dirty() {
-            eprintln!("colo: clearing the dirty log before the initial copy failed: {e}");
+            error!("clearing the dirty log before the initial copy failed: {e}");
         }
         let all = DirtyPages::all(machine.memory());
         let sent = writer.send_pages(machine.memory(), all.ranges(), |batch, ranges| {
+            progress.advance(ranges.iter().map(|r| r.count).sum::<u64>() * PAGE_SIZE);
             Message::SyncPages {
                 term,
                 batch,

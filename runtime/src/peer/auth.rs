@@ -334,14 +334,17 @@ pub fn spawn_accept(
             }
         });
     if let Err(e) = spawned {
-        eprintln!("colo {who}: cannot start a handshake thread: {e}");
+        tracing::error!(role = who, "cannot start a handshake thread: {e}");
     }
 }
 
-/// The log line of a refused link.
+/// The log event of a refused link.
 pub fn log_refused(who: &str, from: &str, why: &HandshakeError, key: &PairKey) {
-    println!(
-        "{who}: link-refused from={from} refused_links={} reason=\"{why}\"",
-        key.counts().refused_links
+    tracing::warn!(
+        role = who,
+        from,
+        refused_links = key.counts().refused_links,
+        reason = %why,
+        "link-refused"
     );
 }

@@ -20,9 +20,10 @@
 
 use crate::devices::{Bus, DeviceAction};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
@@ -92,7 +93,7 @@ pub struct StopReport {
 
 impl StopReport {
     fn report(&self, index: u64, stop: VcpuStop) {
-        let mut first = self.first.lock().expect("stop report poisoned");
+        let mut first = self.first.lock();
         if first.is_none() {
             *first = Some((index, stop));
         }
@@ -101,17 +102,15 @@ impl StopReport {
 
     /// Waits up to `timeout` for a vCPU to stop; returns its index and reason.
     pub fn wait(&self, timeout: Duration) -> Option<(u64, VcpuStop)> {
-        let first = self.first.lock().expect("stop report poisoned");
-        let (first, _) = self
-            .changed
-            .wait_timeout_while(first, timeout, |f| f.is_none())
-            .expect("stop report poisoned");
+        let mut first = self.first.lock();
+        self.changed
+            .wait_while_for(&mut first, |f| f.is_none(), timeout);
         first.clone()
     }
 
     /// Forgets a reported stop (after the machine was restored into a runnable state).
     pub fn clear(&self) {
-        *self.first.lock().expect("stop report poisoned") = None;
+        *self.first.lock() = None;
     }
 }
 
@@ -151,7 +150,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Control> {
-        self.control.lock().expect("vCPU control mutex poisoned")
+        self.control.lock()
     }
 }
 
@@ -280,12 +279,9 @@ impl VcpuThread {
             // Kick again on every wake-up: a signal that arrived between the thread's last
             // check and KVM_RUN is covered by immediate_exit, but a fresh kick costs nothing.
             self.kick();
-            c = self
-                .shared
+            self.shared
                 .changed
-                .wait_timeout(c, Duration::from_millis(10))
-                .expect("vCPU control mutex poisoned")
-                .0;
+                .wait_for(&mut c, Duration::from_millis(10));
         }
         self.shared.pause_requested.store(false, Ordering::SeqCst);
     }
@@ -305,7 +301,7 @@ impl VcpuThread {
             "vCPU {} state touched while it runs: pause it first",
             self.index
         );
-        let fd = self.fd.lock().expect("vCPU fd mutex poisoned");
+        let fd = self.fd.lock();
         f(&fd)
     }
 }
@@ -329,14 +325,14 @@ fn thread_main(index: u64, fd: &Mutex<VcpuFd>, shared: &Shared, buses: &Buses, s
         {
             let mut c = shared.lock();
             while c.phase != VcpuPhase::Running && !c.quit {
-                c = shared.changed.wait(c).expect("vCPU control mutex poisoned");
+                shared.changed.wait(&mut c);
             }
             if c.quit {
                 return;
             }
         }
         let outcome = {
-            let mut fd = fd.lock().expect("vCPU fd mutex poisoned");
+            let mut fd = fd.lock();
             run_until_paused(&mut fd, shared, buses)
         };
         let mut c = shared.lock();

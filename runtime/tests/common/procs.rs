@@ -1,5 +1,6 @@
 //! `colo` child processes of a test (on the host or inside a network namespace): each child's output
-//! lines go into one channel tagged with the child's index; every child is killed when the
+//! lines (stdout and stderr through one pipe, in the order written) go into one channel tagged
+//! with the child's index; every child is killed when the
 //! test ends; waits are bounded and a timeout panics with everything seen so far.
 
 use std::io::{BufRead, BufReader};
@@ -120,36 +121,32 @@ impl Procs {
             self.sockets.push(socket);
         }
         let keyed = args.iter().any(|a| a == "--key-file" || a == "--config");
-        if !keyed
-            && matches!(
-                args.first().map(String::as_str),
-                Some("primary" | "secondary" | "arbiter")
-            )
-        {
+        // The subcommand may follow global flags (`--log-format json primary ...`).
+        let needs_key = args
+            .iter()
+            .any(|a| matches!(a.as_str(), "primary" | "secondary" | "arbiter"));
+        if !keyed && needs_key {
             args.extend(["--key-file".to_string(), self.key.path().to_string()]);
         }
-        let mut child = Command::new(program)
+        // One pipe for stdout (the guest console) and stderr (the log lines), as journald
+        // gives a unit: the lines arrive in the order the node wrote them.
+        let (pipe, writer) = std::io::pipe().expect("creating a pipe");
+        let child = Command::new(program)
             .args(prefix)
             .args(&args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(writer.try_clone().expect("cloning the pipe"))
+            .stderr(writer)
             .spawn()
             .expect("starting colo");
-        let pipes: [Box<dyn std::io::Read + Send>; 2] = [
-            Box::new(child.stdout.take().expect("piped")),
-            Box::new(child.stderr.take().expect("piped")),
-        ];
-        for pipe in pipes {
-            let tx = self.tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send((index, Instant::now(), line)).is_err() {
-                        return;
-                    }
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send((index, Instant::now(), line)).is_err() {
+                    return;
                 }
-            });
-        }
+            }
+        });
         self.children.push(child);
         index
     }

@@ -7,7 +7,7 @@
 pub struct Proxy {
     /// The address to connect to instead of the backend.
     pub front: String,
-    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    open: std::sync::Arc<parking_lot::Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl Proxy {
@@ -16,14 +16,14 @@ impl Proxy {
         use std::net::{TcpListener, TcpStream};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let front = listener.local_addr().unwrap().to_string();
-        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
         let keep = open.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(&back) else {
                     continue;
                 };
-                let mut guard = keep.lock().unwrap();
+                let mut guard = keep.lock();
                 guard.push(client.try_clone().unwrap());
                 guard.push(server.try_clone().unwrap());
                 for (mut from, mut to) in [
@@ -42,7 +42,7 @@ impl Proxy {
 
     /// Cuts every open connection (both directions); new ones are accepted as before.
     pub fn cut(&self) {
-        for stream in self.open.lock().unwrap().drain(..) {
+        for stream in self.open.lock().drain(..) {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }

@@ -9,7 +9,8 @@ use crate::devices::virtio::net::{
     STATUS_DRIVER, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
 };
 use crate::devices::virtio::testkit::{self, Ring, SIZE};
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 const MEM: u64 = 8 << 20;
 const DESC: u64 = 0x1_0000;
@@ -34,7 +35,7 @@ impl RamDisk {
     }
 
     fn execute(&self, op: &BlkOp) -> BlkCompletion {
-        let mut disk = self.bytes.lock().unwrap();
+        let mut disk = self.bytes.lock();
         match op {
             BlkOp::Read { offset, len } => {
                 Ok(disk[*offset as usize..(offset + len) as usize].to_vec())
@@ -50,7 +51,7 @@ impl RamDisk {
 
 impl BlockBackend for RamDisk {
     fn submit(&mut self, request: BlkRequest) -> Option<BlkCompletion> {
-        if let Some(queue) = self.deferred.lock().unwrap().as_mut() {
+        if let Some(queue) = self.deferred.lock().as_mut() {
             queue.push(request);
             return None;
         }
@@ -190,7 +191,7 @@ fn write_then_read_round_trips_and_the_read_dirties_its_page() {
     assert_eq!(d.used_idx(), 1);
     assert_eq!(d.used(0), (0, 1), "a write returns only the status byte");
     assert_eq!(d.status(0), S_OK);
-    assert_eq!(&d.disk.bytes.lock().unwrap()[3 * 512..5 * 512], &data[..]);
+    assert_eq!(&d.disk.bytes.lock()[3 * 512..5 * 512], &data[..]);
     assert_eq!(d.irq.read().unwrap(), 1);
 
     memory::take_vmm_dirty(&d.mem);
@@ -236,7 +237,7 @@ fn requests_beyond_capacity_or_not_whole_sectors_fail_with_ioerr() {
     assert_eq!(d.status(3), S_UNSUPP);
     assert_eq!(d.dev.stats().bad_requests, 4);
     assert_eq!(d.used_idx(), 4, "every bad request is returned");
-    assert!(d.disk.bytes.lock().unwrap().iter().all(|&b| b == 0));
+    assert!(d.disk.bytes.lock().iter().all(|&b| b == 0));
 }
 
 #[test]
@@ -267,7 +268,7 @@ fn hostile_descriptors_drop_one_chain_and_the_queue_keeps_working() {
     // A request larger than the device takes, on a disk large enough for it: IOERR before
     // the backend sees it (no multi-megabyte allocation for a hostile length).
     d.dev.set_backend(Box::new(d.disk.clone()), 1 << 30);
-    *d.disk.deferred.lock().unwrap() = Some(Vec::new());
+    *d.disk.deferred.lock() = Some(Vec::new());
     d.desc(0, hdr, 16, 1, 1);
     d.desc(1, 0x30_0000, (MAX_REQUEST_BYTES + 512) as u32, 3, 2);
     d.desc(2, status, 1, 2, 0);
@@ -278,7 +279,7 @@ fn hostile_descriptors_drop_one_chain_and_the_queue_keeps_working() {
     assert_eq!(d.used_idx(), 5);
     assert_eq!(d.status(0), S_IOERR);
     assert_eq!(d.dev.stats().bad_requests, 1);
-    assert!(d.disk.deferred.lock().unwrap().take().unwrap().is_empty());
+    assert!(d.disk.deferred.lock().take().unwrap().is_empty());
     d.dev.set_backend(Box::new(d.disk.clone()), CAPACITY);
     // Still working.
     d.request(0, T_OUT, 0, &pattern(512, 1), 512);
@@ -301,12 +302,12 @@ fn a_broken_ring_needs_reset_until_the_driver_resets() {
 #[test]
 fn deferred_completions_may_arrive_out_of_order() {
     let mut d = Driver::init();
-    *d.disk.deferred.lock().unwrap() = Some(Vec::new());
+    *d.disk.deferred.lock() = Some(Vec::new());
     d.request(0, T_OUT, 0, &pattern(512, 1), 512);
     d.request(3, T_OUT, 1, &pattern(512, 2), 512);
     assert_eq!(d.used_idx(), 0);
     assert_eq!(d.dev.inflight(), 2);
-    let reqs = d.disk.deferred.lock().unwrap().take().unwrap();
+    let reqs = d.disk.deferred.lock().take().unwrap();
     d.dev.complete(reqs[1].id, d.disk.execute(&reqs[1].op));
     assert_eq!(d.used(0), (3, 1));
     d.dev
@@ -322,9 +323,9 @@ fn deferred_completions_may_arrive_out_of_order() {
 #[test]
 fn a_read_completion_of_the_wrong_length_is_an_ioerr() {
     let mut d = Driver::init();
-    *d.disk.deferred.lock().unwrap() = Some(Vec::new());
+    *d.disk.deferred.lock() = Some(Vec::new());
     d.request(0, T_IN, 0, &[0; 512], 512);
-    let reqs = d.disk.deferred.lock().unwrap().take().unwrap();
+    let reqs = d.disk.deferred.lock().take().unwrap();
     d.dev.complete(reqs[0].id, Ok(vec![1; 10]));
     assert_eq!(d.status(0), S_IOERR);
 }
@@ -332,7 +333,7 @@ fn a_read_completion_of_the_wrong_length_is_an_ioerr() {
 #[test]
 fn restored_state_resubmits_requests_that_were_in_flight() {
     let mut d = Driver::init();
-    *d.disk.deferred.lock().unwrap() = Some(Vec::new());
+    *d.disk.deferred.lock() = Some(Vec::new());
     let data = pattern(512, 9);
     d.request(0, T_OUT, 5, &data, 512);
     let saved = d.dev.save();
@@ -347,7 +348,7 @@ fn restored_state_resubmits_requests_that_were_in_flight() {
     dev2.set_backend(Box::new(disk2.clone()), CAPACITY);
     dev2.restore(&saved);
     assert_eq!(dev2.inflight(), 0, "resubmitted and completed at once");
-    assert_eq!(&disk2.bytes.lock().unwrap()[5 * 512..6 * 512], &data[..]);
+    assert_eq!(&disk2.bytes.lock()[5 * 512..6 * 512], &data[..]);
     let used: u16 = mem2.read_obj(GuestAddress(USED + 2)).unwrap();
     assert_eq!(used, 1);
     let status: u8 = mem2.read_obj(GuestAddress(Driver::slot(0).2)).unwrap();
@@ -357,11 +358,11 @@ fn restored_state_resubmits_requests_that_were_in_flight() {
 #[test]
 fn reset_forgets_inflight_requests() {
     let mut d = Driver::init();
-    *d.disk.deferred.lock().unwrap() = Some(Vec::new());
+    *d.disk.deferred.lock() = Some(Vec::new());
     d.request(0, T_IN, 0, &[0; 512], 512);
     d.w(REG_STATUS, 0);
     assert_eq!(d.dev.inflight(), 0);
-    let reqs = d.disk.deferred.lock().unwrap().take().unwrap();
+    let reqs = d.disk.deferred.lock().take().unwrap();
     d.dev.complete(reqs[0].id, Ok(vec![0; 512]));
     assert_eq!(d.dev.stats().stale_completions, 1);
     assert_eq!(d.dev.capacity(), CAPACITY);
@@ -371,7 +372,7 @@ fn reset_forgets_inflight_requests() {
 fn a_read_only_disk_offers_ro_and_refuses_writes_across_reset_and_restore() {
     let mut d = Driver::new();
     d.dev.set_read_only(true);
-    d.disk.bytes.lock().unwrap()[..512].copy_from_slice(&pattern(512, 0x33));
+    d.disk.bytes.lock()[..512].copy_from_slice(&pattern(512, 0x33));
     d.w(REG_DEVICE_FEATURES_SEL, 0);
     assert_eq!(u64::from(d.r(REG_DEVICE_FEATURES)), F_FLUSH | F_RO);
     // A driver may accept RO (Linux does): FEATURES_OK sticks.
@@ -381,7 +382,7 @@ fn a_read_only_disk_offers_ro_and_refuses_writes_across_reset_and_restore() {
     d.request(0, T_OUT, 0, &[9; 512], 512);
     assert_eq!(d.status(0), S_IOERR);
     assert_eq!(
-        &d.disk.bytes.lock().unwrap()[..512],
+        &d.disk.bytes.lock()[..512],
         &pattern(512, 0x33)[..],
         "the write never reached the disk"
     );

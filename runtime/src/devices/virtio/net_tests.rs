@@ -4,7 +4,8 @@
 use super::*;
 use crate::devices::virtio::queue::QUEUE_MAX;
 use crate::devices::virtio::testkit::{self, Ring, SIZE};
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 const MEM: u64 = 1 << 20;
 /// (descriptor table, available ring, used ring) per queue.
@@ -20,7 +21,7 @@ struct Collect(Arc<Mutex<Vec<Vec<u8>>>>);
 
 impl FrameSink for Collect {
     fn send_frame(&mut self, frame: &[u8]) {
-        self.0.lock().unwrap().push(frame.to_vec());
+        self.0.lock().push(frame.to_vec());
     }
 }
 
@@ -172,7 +173,7 @@ fn transmitted_frame_reaches_the_sink_without_the_virtio_header() {
     let mut d = Driver::init();
     let f = frame(60, 7);
     d.transmit(0, &f);
-    assert_eq!(*d.sent.0.lock().unwrap(), vec![f.clone()]);
+    assert_eq!(*d.sent.0.lock(), vec![f.clone()]);
     assert_eq!(d.used_idx(TX), 1);
     assert_eq!(d.used(TX, 0), (0, 0));
     assert_eq!(d.irq.read().unwrap(), 1, "a used TX buffer interrupts");
@@ -245,7 +246,7 @@ fn descriptor_outside_ram_drops_one_frame_and_the_queue_keeps_working() {
     );
     let f = frame(64, 1);
     d.transmit(2, &f);
-    assert_eq!(*d.sent.0.lock().unwrap(), vec![f]);
+    assert_eq!(*d.sent.0.lock(), vec![f]);
     assert_eq!(d.dev.phase(), DevicePhase::Live);
 }
 
@@ -260,7 +261,7 @@ fn looping_and_indirect_chains_are_dropped_not_followed_forever() {
     d.desc(TX, 3, BUFFERS, 16, 1, 200);
     d.offer(TX, 3);
     assert_eq!(d.dev.stats().bad_chains, 3);
-    assert!(d.sent.0.lock().unwrap().is_empty());
+    assert!(d.sent.0.lock().is_empty());
     assert_eq!(d.used_idx(TX), 3);
 }
 
@@ -291,7 +292,7 @@ fn head_outside_the_table_puts_the_device_in_needs_reset_until_the_driver_resets
     assert_ne!(d.r(REG_STATUS) & STATUS_NEEDS_RESET, 0);
     assert_eq!(d.dev.stats().device_errors, 1);
     d.transmit(0, &frame(60, 0));
-    assert!(d.sent.0.lock().unwrap().is_empty(), "nothing processed");
+    assert!(d.sent.0.lock().is_empty(), "nothing processed");
     d.dev.deliver(&frame(60, 0));
     assert_eq!(d.dev.stats().rx_dropped, 1);
     d.w(REG_STATUS, 0);
@@ -387,6 +388,6 @@ fn restored_state_continues_the_rings_on_a_copy_of_memory() {
     d.sent = sent2;
     let g = frame(70, 2);
     d.transmit(2, &g);
-    assert_eq!(*d.sent.0.lock().unwrap(), vec![g]);
+    assert_eq!(*d.sent.0.lock(), vec![g]);
     assert_eq!(d.used_idx(TX), 2);
 }

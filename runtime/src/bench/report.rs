@@ -1,0 +1,259 @@
+//! The figures of `colo bench` and how they are printed: a table for people, then `key=value`
+//! lines for scripts (the last lines of the output, in a fixed order).
+//!
+//! Invariant: every ratio is the pair's figure over the lone VM's from the same run, computed
+//! here and only here; a figure that could not be measured (a zero denominator) prints as
+//! `nan`, never as a made-up number.
+
+use crate::demo::Percentiles;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Figures of one guest set-up (the lone VM or the pair) under the same client.
+#[derive(Clone, Debug, Default)]
+pub struct SideFigures {
+    /// `INCR` request/response latency.
+    pub latency: Percentiles,
+    /// Bulk bytes the guest sent to the client (`STREAM`) and how long they took in total.
+    pub out_bytes: u64,
+    /// See [`SideFigures::out_bytes`].
+    pub out_time: Duration,
+    /// Bulk bytes the client sent to the guest (`SINK`, until the guest's answer), and the time.
+    pub in_bytes: u64,
+    /// See [`SideFigures::in_bytes`].
+    pub in_time: Duration,
+}
+
+impl SideFigures {
+    /// Guest -> client throughput in bytes per second (0 when nothing was measured).
+    pub fn out_rate(&self) -> f64 {
+        rate(self.out_bytes, self.out_time)
+    }
+
+    /// Client -> guest throughput in bytes per second.
+    pub fn in_rate(&self) -> f64 {
+        rate(self.in_bytes, self.in_time)
+    }
+}
+
+fn rate(bytes: u64, time: Duration) -> f64 {
+    if time.is_zero() {
+        0.0
+    } else {
+        bytes as f64 / time.as_secs_f64()
+    }
+}
+
+/// `a / b`, NaN when `b` is zero (a figure that was not measured).
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 { f64::NAN } else { a / b }
+}
+
+/// The failover run: times from the primary's SIGKILL, as this process saw the lines.
+#[derive(Clone, Debug, Default)]
+pub struct FailoverFigures {
+    /// Kill -> the secondary's `peer-lost` line (detection).
+    pub detected: Option<Duration>,
+    /// Kill -> its `failed-over` line (lease taken, VM running solo, client link claimed).
+    pub took_over: Option<Duration>,
+    /// Kill -> the first reply the client got afterwards.
+    pub next_reply: Duration,
+    /// The counter in the last reply before the kill and the first after it.
+    pub around_kill: (u64, u64),
+    /// `peer-lost` lines of either node before the kill (false failure detections).
+    pub false_alarms: u32,
+}
+
+/// Everything one `colo bench` run measured.
+#[derive(Clone, Debug, Default)]
+pub struct BenchReport {
+    /// The lone VM.
+    pub lone: SideFigures,
+    /// The pair.
+    pub pair: SideFigures,
+    /// The primary's checkpoints while the client ran against the pair, by reason.
+    pub checkpoints: BTreeMap<String, u32>,
+    /// The failover run.
+    pub failover: FailoverFigures,
+}
+
+impl BenchReport {
+    /// The `key=value` lines, in order.
+    pub fn key_values(&self) -> Vec<(&'static str, String)> {
+        let lat = |p: &Percentiles| (p.median_us as f64, p.p99_us as f64);
+        let (lone50, lone99) = lat(&self.lone.latency);
+        let (pair50, pair99) = lat(&self.pair.latency);
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+        let opt_ms = |d: Option<Duration>| d.map_or_else(|| "nan".to_string(), ms);
+        vec![
+            ("lone_p50_us", format!("{}", self.lone.latency.median_us)),
+            ("lone_p99_us", format!("{}", self.lone.latency.p99_us)),
+            ("pair_p50_us", format!("{}", self.pair.latency.median_us)),
+            ("pair_p99_us", format!("{}", self.pair.latency.p99_us)),
+            ("lone_out_mbps", mbps(self.lone.out_rate())),
+            ("pair_out_mbps", mbps(self.pair.out_rate())),
+            ("lone_in_mbps", mbps(self.lone.in_rate())),
+            ("pair_in_mbps", mbps(self.pair.in_rate())),
+            ("failover_detect_ms", opt_ms(self.failover.detected)),
+            ("failover_takeover_ms", opt_ms(self.failover.took_over)),
+            (
+                "peer_lost_before_kill",
+                self.failover.false_alarms.to_string(),
+            ),
+            ("latency_p50_ratio", fmt_ratio(ratio(pair50, lone50))),
+            ("latency_p99_ratio", fmt_ratio(ratio(pair99, lone99))),
+            (
+                "throughput_ratio",
+                fmt_ratio(ratio(self.pair.out_rate(), self.lone.out_rate())),
+            ),
+            (
+                "throughput_in_ratio",
+                fmt_ratio(ratio(self.pair.in_rate(), self.lone.in_rate())),
+            ),
+            ("failover_next_reply_ms", ms(self.failover.next_reply)),
+        ]
+    }
+}
+
+/// Megabits per second, one decimal.
+fn mbps(bytes_per_s: f64) -> String {
+    format!("{:.1}", bytes_per_s * 8.0 / 1e6)
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.2}")
+    } else {
+        "nan".to_string()
+    }
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = |f: &mut std::fmt::Formatter<'_>, name: &str, s: &SideFigures| {
+            writeln!(
+                f,
+                "  {name:<9} latency {}; guest->client {} Mbit/s ({} bytes in {:.3} s); client->guest {} Mbit/s ({} bytes in {:.3} s)",
+                s.latency,
+                mbps(s.out_rate()),
+                s.out_bytes,
+                s.out_time.as_secs_f64(),
+                mbps(s.in_rate()),
+                s.in_bytes,
+                s.in_time.as_secs_f64()
+            )
+        };
+        writeln!(f, "colo bench: OK")?;
+        side(f, "lone VM:", &self.lone)?;
+        side(f, "pair:", &self.pair)?;
+        let reasons: Vec<String> = self
+            .checkpoints
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "  checkpoints while the client ran against the pair: {}",
+            if reasons.is_empty() {
+                "none".to_string()
+            } else {
+                reasons.join(", ")
+            }
+        )?;
+        let ms = |d: Option<Duration>| {
+            d.map_or("not seen".to_string(), |d| format!("{} ms", d.as_millis()))
+        };
+        writeln!(
+            f,
+            "  failover: primary SIGKILL -> detection (peer-lost) {} -> takeover (failed-over) {} -> the client's next reply {} ms (INCR {} before, {} after: no write lost or repeated)",
+            ms(self.failover.detected),
+            ms(self.failover.took_over),
+            self.failover.next_reply.as_millis(),
+            self.failover.around_kill.0,
+            self.failover.around_kill.1
+        )?;
+        let lines: Vec<String> = self
+            .key_values()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        write!(f, "{}", lines.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(p50: u64, p99: u64, out: (u64, u64), inn: (u64, u64)) -> SideFigures {
+        SideFigures {
+            latency: Percentiles {
+                count: 100,
+                median_us: p50,
+                p99_us: p99,
+                max_us: p99,
+            },
+            out_bytes: out.0,
+            out_time: Duration::from_millis(out.1),
+            in_bytes: inn.0,
+            in_time: Duration::from_millis(inn.1),
+        }
+    }
+
+    fn value(report: &BenchReport, key: &str) -> String {
+        report
+            .key_values()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no {key}"))
+    }
+
+    #[test]
+    fn ratios_are_the_pair_over_the_lone_vm() {
+        let report = BenchReport {
+            lone: side(100, 400, (10_000_000, 1000), (4_000_000, 1000)),
+            pair: side(150, 1000, (8_000_000, 1000), (4_000_000, 2000)),
+            failover: FailoverFigures {
+                next_reply: Duration::from_micros(123_450),
+                ..FailoverFigures::default()
+            },
+            ..BenchReport::default()
+        };
+        assert_eq!(value(&report, "latency_p50_ratio"), "1.50");
+        assert_eq!(value(&report, "latency_p99_ratio"), "2.50");
+        assert_eq!(value(&report, "throughput_ratio"), "0.80");
+        assert_eq!(value(&report, "throughput_in_ratio"), "0.50");
+        assert_eq!(value(&report, "lone_out_mbps"), "80.0");
+        assert_eq!(value(&report, "failover_next_reply_ms"), "123.5");
+        assert_eq!(value(&report, "failover_detect_ms"), "nan");
+    }
+
+    #[test]
+    fn a_figure_not_measured_gives_nan_not_a_number() {
+        let report = BenchReport::default();
+        assert_eq!(value(&report, "latency_p50_ratio"), "nan");
+        assert_eq!(value(&report, "throughput_ratio"), "nan");
+    }
+
+    #[test]
+    fn the_output_ends_with_the_scripts_keys_in_order() {
+        let text = BenchReport::default().to_string();
+        let last: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(5)
+            .map(|l| l.split('=').next().unwrap())
+            .collect();
+        assert_eq!(
+            last,
+            [
+                "failover_next_reply_ms",
+                "throughput_in_ratio",
+                "throughput_ratio",
+                "latency_p99_ratio",
+                "latency_p50_ratio"
+            ]
+        );
+    }
+}
