@@ -113,8 +113,26 @@ fn metrics_move_between_scrapes_and_json_logs_carry_typed_fields() {
     assert!(done["reason"].is_string(), "{done}");
     let first_epoch = done["epoch"].as_u64().unwrap();
 
-    let p1 = scrape(&p_metrics);
-    let s1 = scrape(&s_metrics);
+    // The node's gauges (mode, link, term) are copied from its status at most every 100 ms:
+    // the first scrape right after the first checkpoint may still show the pairing's start.
+    let paired = "colo_mode{role=\"primary\",mode=\"Paired\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let p1 = loop {
+        let p1 = scrape(&p_metrics);
+        if sample(&p1, paired) == 1.0 || std::time::Instant::now() > deadline {
+            break p1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let s1 = loop {
+        let s1 = scrape(&s_metrics);
+        let done = sample(&s1, "colo_sync_done_bytes{role=\"secondary\"}");
+        let total = sample(&s1, "colo_sync_total_bytes{role=\"secondary\"}");
+        if (total > 0.0 && done == total) || std::time::Instant::now() > deadline {
+            break s1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let series = |role: &str, name: &str| format!("colo_{name}{{role=\"{role}\"}}");
     let done1 = sample(&p1, &series("primary", "checkpoint_pause_seconds_count"));
     let bytes1 = sample(&p1, &series("primary", "checkpoint_bytes_sum"));
