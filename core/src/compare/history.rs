@@ -69,9 +69,6 @@ impl History {
         } else {
             new
         };
-        if self.bytes.capacity() == 0 {
-            self.bytes.reserve_exact(bound);
-        }
         let over = (self.bytes.len() + new.len()).saturating_sub(bound);
         if over >= self.bytes.len() {
             let from = seq.wrapping_add((payload.len() - new.len()) as u32);
@@ -81,7 +78,7 @@ impl History {
             self.bytes.drain(..over);
             self.start = self.start.wrapping_add(over as u32);
         }
-        self.bytes.extend(new.iter().copied());
+        self.bytes.extend(new);
     }
 
     /// Compares `payload` at `seq` with the released bytes at the same sequence numbers.
