@@ -41,9 +41,9 @@ echo "== colo-sim: the Node engine under both executors (release builds): 500 se
 # One engine (two colo-core Nodes on the fabric, sim/src/fabric), two executors: the plain loop
 # (normal build) and the madsim cluster (--cfg madsim, own target dir). Fixed findings are
 # replayed by sim/tests/regression_seeds.rs and sim/tests/madsim_cluster.rs (docs/simulation.md,
-# "Findings"). Every canary: release-before-received, release-without-lease and
-# skip-rewriter-reset planted in colo-core's Node (feature `canaries`), apply-partial-epoch in
-# the VM platform.
+# "Findings"). Every canary: release-before-received, release-without-lease,
+# skip-rewriter-reset and release-control-unguarded planted in colo-core's Node (feature
+# `canaries`), apply-partial-epoch in the VM platform.
 cargo build --release -p colo-sim --bin colo-sim --locked
 CARGO_TARGET_DIR=target/sim-release RUSTFLAGS="--cfg madsim" \
     cargo build --release -p colo-sim --bin colo-sim --locked

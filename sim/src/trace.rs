@@ -27,6 +27,39 @@ use crate::swarm::Host;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrameId(pub u64);
 
+/// The control flags (SYN, FIN, RST) of a TCP segment the comparator holds until the
+/// secondary sent the same (docs/comparator.md, "Control segments"), with what places them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Control {
+    /// The segment's TCP flags.
+    pub flags: u8,
+    /// The end of its payload (primary numbering): where a FIN or RST sits.
+    pub end: u32,
+    /// Its acknowledgement number (meaningful with ACK set).
+    pub ack: u32,
+}
+
+impl Control {
+    /// Each control flag with its position: FIN and RST at `end`; a SYN by kind (`SYN`, or
+    /// `SYN | ACK` at the client ISN + 1 it acknowledges), since its own sequence number is
+    /// the sender's ISN, which the secondary's rewriter cannot map before the handshake ends.
+    pub fn keys(&self) -> impl Iterator<Item = (u8, u32)> + '_ {
+        use colo_core::packet::tcp_flags::{ACK, FIN, RST, SYN};
+        let syn = match (self.flags & SYN != 0, self.flags & ACK != 0) {
+            (true, true) => Some((SYN | ACK, self.ack)),
+            (true, false) => Some((SYN, 0)),
+            _ => None,
+        };
+        [
+            (self.flags & FIN != 0).then_some((FIN, self.end)),
+            (self.flags & RST != 0).then_some((RST, self.end)),
+            syn,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// Why a released frame was allowed out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -38,6 +71,8 @@ pub enum Origin {
         flow: u64,
         /// Its ACK under the min-ACK guard (see `Uncompared`); `None` for other frames.
         ack: Option<u32>,
+        /// Its control flags (see `Uncompared`).
+        control: Option<Control>,
     },
     /// Every payload byte of it (flow, sequence number, value) was emitted by the secondary
     /// before the release, possibly in other segments: the comparator's byte-stream match
@@ -47,6 +82,8 @@ pub enum Origin {
         flow: u64,
         /// Its ACK under the min-ACK guard (see `Uncompared`).
         ack: Option<u32>,
+        /// Its control flags (see `Uncompared`).
+        control: Option<Control>,
     },
     /// Held until the secondary received a checkpoint covering the epoch it was produced in.
     Covered,
@@ -64,6 +101,10 @@ pub enum Origin {
         /// Its acknowledgement number, if the guard applies (ACK set, RST clear); `None` for a
         /// segment the guard exempts.
         ack: Option<u32>,
+        /// Its SYN, FIN or RST, if any: `output_commit` requires the secondary to have sent
+        /// the same flag at the same position first ([`TraceEvent::SvmControl`]), or a
+        /// received checkpoint to cover it.
+        control: Option<Control>,
     },
 }
 
@@ -74,8 +115,20 @@ impl Origin {
     pub fn guarded_ack(&self) -> Option<(u64, u32)> {
         match *self {
             Origin::Matched { flow, ack, .. }
-            | Origin::MatchedStream { flow, ack }
-            | Origin::Uncompared { flow, ack } => ack.map(|a| (flow, a)),
+            | Origin::MatchedStream { flow, ack, .. }
+            | Origin::Uncompared { flow, ack, .. } => ack.map(|a| (flow, a)),
+            Origin::Covered | Origin::Solo => None,
+        }
+    }
+
+    /// The flow and control flags of a paired release carrying SYN, FIN or RST:
+    /// `output_commit` requires the secondary to have sent each at the same position, or a
+    /// received checkpoint to cover it.
+    pub fn control(&self) -> Option<(u64, Control)> {
+        match *self {
+            Origin::Matched { flow, control, .. }
+            | Origin::MatchedStream { flow, control, .. }
+            | Origin::Uncompared { flow, control, .. } => control.map(|c| (flow, c)),
             Origin::Covered | Origin::Solo => None,
         }
     }
@@ -155,6 +208,34 @@ pub enum TraceEvent {
         epoch: Epoch,
         /// The highest acknowledgement number of the flow within that epoch so far.
         ack: u32,
+    },
+    /// The secondary sent control flag `flag` at position `pos` on `flow` (its output after its
+    /// rewriter, as the comparator receives it; [`Control::keys`] says what the position is).
+    /// Emitted once per flow, flag and position.
+    SvmControl {
+        /// When.
+        at: Instant,
+        /// The flow (hashed comparator flow key).
+        flow: u64,
+        /// `FIN`, `RST`, `SYN` or `SYN | ACK`.
+        flag: u8,
+        /// Its position.
+        pos: u32,
+    },
+    /// The primary's guest sent control flag `flag` at `pos` on `flow` in a frame produced in
+    /// `epoch`: a received checkpoint of that epoch or later gives the secondary that state.
+    /// Emitted once per flow, flag, position and epoch.
+    PvmControl {
+        /// When.
+        at: Instant,
+        /// The flow (hashed comparator flow key).
+        flow: u64,
+        /// The epoch the frame was produced in.
+        epoch: Epoch,
+        /// `FIN`, `RST`, `SYN` or `SYN | ACK`.
+        flag: u8,
+        /// Its position.
+        pos: u32,
     },
     /// The secondary's sequence translation when it loaded `epoch` (the rewriter's reset):
     /// the SVM now numbers its bytes like the PVM, so every tracked connection must translate
@@ -284,6 +365,8 @@ impl TraceEvent {
             | TraceEvent::SvmOutput { at, .. }
             | TraceEvent::SvmAck { at, .. }
             | TraceEvent::PvmAck { at, .. }
+            | TraceEvent::SvmControl { at, .. }
+            | TraceEvent::PvmControl { at, .. }
             | TraceEvent::Translation { at, .. }
             | TraceEvent::Paused { at, .. }
             | TraceEvent::Received { at, .. }

@@ -4,13 +4,21 @@
 use colo_sim::platform::Canary;
 use colo_sim::runner::{Verdict, run_seed};
 
-/// Every canary is planted: the release, lease and rewriter ones in the Node itself (colo-core
-/// feature `canaries`), the partial epoch in the VM platform. Each must be caught by its checker
-/// on seed 3 and on other seeds.
+/// Every canary is planted: the release, lease, rewriter and control-segment ones in the Node
+/// itself (colo-core feature `canaries`), the partial epoch in the VM platform. Each must be
+/// caught by its checker on seed 3 and on other seeds. Unguarded control segments show only
+/// where a primary FIN, SYN-ACK or RST reaches the comparator before the secondary's (3, 6,
+/// 8, 9, 10, 12 of seeds 0..12; on the others every secondary flag happened to come first, so
+/// no client saw a close the secondary had not made and there is nothing to catch).
 #[test]
 fn every_canary_is_caught() {
     for canary in Canary::ALL {
-        for seed in [3, 5, 8] {
+        let seeds = if canary == Canary::ReleaseControlUnguarded {
+            [3, 6, 8]
+        } else {
+            [3, 5, 8]
+        };
+        for seed in seeds {
             let r = run_seed(seed, Some(canary), false);
             assert_eq!(
                 r.verdict,

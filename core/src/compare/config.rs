@@ -25,6 +25,17 @@ pub struct CompareConfig {
     /// A TCP flow whose primary sent FIN or RST is forgotten after this much idle time instead
     /// of `flow_idle_timeout` (the connection is over; keep the table small).
     pub closed_flow_linger: Duration,
+    /// How far out of order (in datagrams) the secondary may emit a datagram flow's frames and
+    /// still match without a checkpoint: each secondary datagram is matched against every held
+    /// primary datagram of its flow, and a primary datagram still unmatched once `window`
+    /// datagrams of the secondary have arrived after the flow's last release is a miscompare.
+    /// 1 is QEMU's rule (the primary's oldest against any queued secondary frame).
+    pub datagram_reorder_window: usize,
+    /// Bytes of each TCP flow's released stream kept to check primary retransmissions: a
+    /// retransmitted byte must equal the byte released at its sequence number. A
+    /// retransmission reaching back further than this cannot be checked and is held for a
+    /// checkpoint. Allocated per flow as its stream grows, up to this bound.
+    pub retransmit_history: usize,
 }
 
 impl Default for CompareConfig {
@@ -35,6 +46,8 @@ impl Default for CompareConfig {
             max_flows: 16384,
             flow_idle_timeout: Duration::from_secs(60),
             closed_flow_linger: Duration::from_secs(5),
+            datagram_reorder_window: 8,
+            retransmit_history: 64 * 1024,
         }
     }
 }
@@ -48,6 +61,12 @@ pub enum CompareConfigError {
     /// `max_queue_frames` is zero: every held frame would overflow its queue.
     #[error("max_queue_frames must be at least 1")]
     ZeroQueue,
+    /// `datagram_reorder_window` is zero: no datagram could ever match.
+    #[error("datagram_reorder_window must be at least 1")]
+    ZeroReorderWindow,
+    /// `retransmit_history` is zero: no retransmission could be checked.
+    #[error("retransmit_history must be at least 1 byte")]
+    ZeroHistory,
     /// `max_flows` is zero: every frame would overflow the flow table.
     #[error("max_flows must be at least 1")]
     ZeroFlows,
@@ -65,6 +84,12 @@ impl CompareConfig {
         }
         if self.max_queue_frames == 0 {
             return Err(CompareConfigError::ZeroQueue);
+        }
+        if self.datagram_reorder_window == 0 {
+            return Err(CompareConfigError::ZeroReorderWindow);
+        }
+        if self.retransmit_history == 0 {
+            return Err(CompareConfigError::ZeroHistory);
         }
         if self.max_flows == 0 {
             return Err(CompareConfigError::ZeroFlows);

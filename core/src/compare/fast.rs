@@ -41,7 +41,7 @@ fn release_consumes(tcp: &TcpStream, seg: &SegmentSeq, twin: &SegmentSeq) -> boo
     if seg.uncompared
         || seg.verified != twin.seq
         || seg.end != twin.end
-        || !tcp.ack_allows(seg.ack)
+        || !tcp.may_leave(seg)
         || tcp.next.is_none_or(|n| n.before(seg.seq))
     {
         return false;
@@ -66,7 +66,13 @@ pub(super) fn secondary_completes_pair(
     if flow.primary.len() != 1 || !flow.secondary.is_empty() {
         return false;
     }
-    let Flow { primary, tcp, .. } = flow;
+    let Flow {
+        primary,
+        tcp,
+        history,
+        history_bound,
+        ..
+    } = flow;
     let Some(p) = primary.front_mut() else {
         return false;
     };
@@ -91,6 +97,7 @@ pub(super) fn secondary_completes_pair(
     seg.verified = seg.end;
     tcp.on_release(seg);
     if let Some(p) = primary.pop_front() {
+        history.record(p.tcp.map_or(twin.seq, |t| t.seq), p.body(), *history_bound);
         sink.release_matched(p);
     }
     true
@@ -126,6 +133,7 @@ pub(super) fn primary_completes_pair(
         return false;
     }
     flow.tcp.on_release(&seg);
+    flow.history.record(seg.seq, mine, flow.history_bound);
     if let Some(twin) = flow.secondary.pop_front() {
         sink.secondary_matched(twin);
     }
@@ -214,12 +222,12 @@ pub(crate) fn tcp4_summary(frame: &[u8]) -> Option<(RawTcp4Key, TcpInfo)> {
     Some((raw, info))
 }
 
-/// The datagram fast path (UDP, ICMP, other IP, whole frames), QEMU's any-queued rule on
-/// arrival: a secondary frame `theirs` arriving while the flow holds primary frames and no
-/// secondary one matches the primary head or the general rule reports a miscompare; a primary
-/// frame `mine` arriving while the flow holds no primary frame matches the first equal queued
-/// secondary frame or waits. When the arrival matches, this does what the general rule would
-/// (the primary frame released, the secondary consumed) and returns true; otherwise it changes
+/// The datagram fast path (UDP, ICMP, other IP, whole frames): a secondary frame `theirs`
+/// arriving while the flow holds primary frames and no secondary one, equal to the primary
+/// head, releases it and the paired frames behind it; a primary frame `mine` arriving while
+/// the flow holds no primary frame matches the first equal queued secondary frame. When the
+/// arrival matches, this does what the general rule (`Flow::advance_datagrams`) would (the
+/// primary frames released, the secondary consumed) and returns true; otherwise it changes
 /// nothing and returns false.
 #[inline]
 pub(super) fn datagram_completes_pair(
@@ -246,9 +254,12 @@ pub(super) fn datagram_completes_pair(
         if !flow.secondary.is_empty() || flow.primary.front().is_none_or(|p| p.body() != body) {
             return false;
         }
+        // The general rule pairs it with the first equal unpaired frame: the front (never
+        // paired, or it would have left). Frames paired behind it leave with it.
         if let Some(head) = flow.primary.pop_front() {
             sink.release_matched(head);
         }
+        super::flow::release_paired(&mut flow.primary, sink);
         true
     }
 }

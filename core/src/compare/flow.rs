@@ -2,15 +2,20 @@
 //!
 //! A [`Flow`] holds the primary frames still waiting for their secondary counterpart and the
 //! secondary frames not yet matched. TCP flows are driven by [`super::tcp`]; every other class
-//! is compared here, QEMU's way for UDP and ICMP (`colo_packet_compare_udp/icmp`): the primary's
-//! oldest frame may match *any* queued secondary frame of the flow; a match releases the
-//! primary frame and consumes the secondary one; a non-empty secondary queue with no match is a
-//! miscompare.
+//! is compared here. QEMU (`colo_packet_compare_udp/icmp`) tries only the primary's oldest
+//! frame against the queued secondary ones, so a secondary that emits two datagrams in the
+//! other order after the primary's copies were queued miscompares. colo pairs each secondary
+//! frame with the first equal, not yet paired primary frame of the flow (any position), consumes
+//! the secondary frame at once and releases paired primary frames from the front only, so
+//! frames leave in the primary's order. A primary frame still unpaired at the front once
+//! `datagram_reorder_window` frames have been paired behind it or wait unpaired on the
+//! secondary is a miscompare: an emission order differing by less than the window never is.
 //!
 //! Invariant kept: frames leave a flow only through [`Sink`], which counts each one exactly once
 //! and frees its slot in the arrival ring, so nothing leaves a flow uncounted.
 
 use super::ages::{Ages, FrameId};
+use super::history::History;
 use super::stats::CompareStats;
 use super::tcp::TcpStream;
 use super::{CompareOutput, MiscompareWhy, MismatchReason};
@@ -46,6 +51,10 @@ pub(crate) struct SegmentSeq {
     /// payload or a retransmission (`verified == end`), released uncompared once it reaches
     /// the front of the queue and its ACK is allowed.
     pub(crate) uncompared: bool,
+    /// The control flags (SYN, FIN, RST) it carries, held until the secondary sent the same
+    /// (`TcpStream::control`). Judged on primary segments only: the secondary's are recorded
+    /// in the stream state when they arrive.
+    pub(crate) control: u8,
 }
 
 /// A frame a flow holds.
@@ -58,6 +67,9 @@ pub(crate) struct Held {
     pub(crate) body_end: usize,
     /// Present for TCP segments.
     pub(crate) tcp: Option<SegmentSeq>,
+    /// A datagram (or whole frame) of the primary whose secondary twin was consumed: it leaves
+    /// as matched once every primary frame before it has.
+    pub(crate) paired: bool,
 }
 
 impl Held {
@@ -82,6 +94,12 @@ pub(crate) struct Flow {
     pub(crate) closing: bool,
     /// Time of the last frame, either side.
     pub(crate) last_active: Instant,
+    /// The last bytes released on a TCP flow, to check retransmissions against.
+    pub(crate) history: History,
+    /// `CompareConfig::retransmit_history`.
+    pub(crate) history_bound: usize,
+    /// `CompareConfig::datagram_reorder_window`.
+    pub(crate) reorder_window: usize,
     /// When the garbage collector looks at this flow next (mirrors the table's GC set).
     pub(crate) gc_at: Option<Instant>,
 }
@@ -91,7 +109,12 @@ pub(crate) struct Flow {
 const QUEUE_PREALLOC: usize = 4;
 
 impl Flow {
-    pub(crate) fn new(key: FlowKey, class: FlowClass, now: Instant) -> Flow {
+    pub(crate) fn new(
+        key: FlowKey,
+        class: FlowClass,
+        now: Instant,
+        config: &super::CompareConfig,
+    ) -> Flow {
         Flow {
             key,
             class,
@@ -102,6 +125,9 @@ impl Flow {
             closing: false,
             last_active: now,
             gc_at: None,
+            history: History::default(),
+            history_bound: config.retransmit_history,
+            reorder_window: config.datagram_reorder_window,
         }
     }
 
@@ -125,30 +151,45 @@ impl Flow {
         found
     }
 
-    /// QEMU's rule for UDP/ICMP, applied to every non-TCP class: the primary head matches any
-    /// queued secondary frame with the same compared bytes (same length, same content).
+    /// The rule for every non-TCP class (see the module doc): pair each queued secondary
+    /// frame with the first equal unpaired primary frame, release paired frames from the
+    /// front, and report a miscompare once the unpaired front has a window's worth of the
+    /// secondary's frames paired behind it or waiting unpaired.
     fn advance_datagrams(&mut self, sink: &mut Sink<'_>) -> Option<MiscompareWhy> {
-        while let Some(head) = self.primary.front() {
-            if self.secondary.is_empty() {
-                return None;
-            }
-            let body = head.body();
-            match self.secondary.iter().position(|s| s.body() == body) {
+        let Flow {
+            primary, secondary, ..
+        } = self;
+        let mut i = 0;
+        while i < secondary.len() {
+            let body = secondary[i].body();
+            match primary.iter().position(|p| !p.paired && p.body() == body) {
                 Some(at) => {
-                    if let Some(twin) = self.secondary.remove(at) {
+                    primary[at].paired = true;
+                    if let Some(twin) = secondary.remove(i) {
                         sink.secondary_matched(twin);
                     }
-                    if let Some(head) = self.primary.pop_front() {
-                        sink.release_matched(head);
-                    }
                 }
-                None => {
-                    let other = self.secondary.front().map(Held::body).unwrap_or_default();
-                    return Some(explain(body, other));
-                }
+                None => i += 1,
             }
         }
+        release_paired(primary, sink);
+        let head = primary.front()?;
+        let paired_behind = primary.iter().filter(|p| p.paired).count();
+        if paired_behind + secondary.len() >= self.reorder_window {
+            let other = secondary.front().map(Held::body).unwrap_or_default();
+            return Some(explain(head.body(), other));
+        }
         None
+    }
+}
+
+/// Releases the paired datagrams at the front of a primary queue, in order.
+#[inline]
+pub(crate) fn release_paired(primary: &mut VecDeque<Held>, sink: &mut Sink<'_>) {
+    while primary.front().is_some_and(|p| p.paired) {
+        if let Some(head) = primary.pop_front() {
+            sink.release_matched(head);
+        }
     }
 }
 

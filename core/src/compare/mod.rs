@@ -13,7 +13,8 @@
 //! `checkpoint_done`, released without a secondary), or is still held; every secondary frame is
 //! consumed by a match, dropped for a counted reason, or still held ([`CompareStats`]).
 //!
-//! Files: [`config`] (knobs), `flow` (queues, non-TCP rules), `tcp` (stream alignment), `table`
+//! Files: [`config`] (knobs), `flow` (queues, non-TCP rules), `tcp` (stream alignment, control
+//! flags), `history` (released bytes for retransmission checks), `table`
 //! (flow table and idle-flow GC), `ages` (arrival ring and comparison deadlines), [`stats`],
 //! [`testkit`] (frame builders for tests, fuzzing, benches and the demo).
 
@@ -21,6 +22,7 @@ mod ages;
 pub mod config;
 mod fast;
 mod flow;
+mod history;
 pub mod stats;
 mod table;
 mod tcp;
@@ -75,6 +77,21 @@ pub enum MismatchReason {
     /// TCP payload bytes differ; `seq` is the sequence number of the first differing byte.
     TcpPayload {
         /// Sequence number of the first differing byte.
+        seq: SeqNum,
+    },
+    /// A primary TCP segment's control flag (SYN, FIN or RST, in `flags`) at stream position
+    /// `seq` differs from what the secondary sent: its FIN (or an RST) is at another position,
+    /// or it sent a FIN where the primary reset the connection.
+    TcpControl {
+        /// The end of the primary segment's payload (where its FIN or RST sits).
+        seq: SeqNum,
+        /// The primary segment's control flags.
+        flags: u8,
+    },
+    /// A primary retransmission reaches back before the released bytes the comparator keeps
+    /// (`retransmit_history`): it cannot be checked, so it is held for a checkpoint.
+    RetransmitUnchecked {
+        /// Sequence number of the first byte that could not be checked.
         seq: SeqNum,
     },
     /// The compared regions have different lengths.
@@ -143,6 +160,9 @@ pub struct Comparator {
     /// Whether the TCP fast path (`fast`) runs. Always on outside the differential test, which
     /// turns it off to check that the general path alone produces the same outputs.
     fast_path: bool,
+    /// Planted bug (feature `canaries`): control segments leave without the secondary's.
+    #[cfg(feature = "canaries")]
+    unguarded_control: bool,
     /// Frames the fast path handled (the differential test checks it is exercised).
     #[cfg(test)]
     fast_hits: u64,
@@ -170,9 +190,20 @@ impl Comparator {
             spare: Spare::with_room(),
             last_now: Instant::ZERO,
             fast_path: true,
+            #[cfg(feature = "canaries")]
+            unguarded_control: false,
             #[cfg(test)]
             fast_hits: 0,
         })
+    }
+
+    /// Plants the `release-control-unguarded` canary (feature `canaries`, for the simulator):
+    /// primary segments carrying SYN, FIN or RST leave as QEMU releases them, held by neither
+    /// the secondary's flags nor the min-ACK guard (only by the byte comparison and stream
+    /// order). Flows created from now on behave so.
+    #[cfg(feature = "canaries")]
+    pub fn plant_unguarded_control(&mut self) {
+        self.unguarded_control = true;
     }
 
     /// The same comparator without the TCP fast path: the general path alone, which the
@@ -268,7 +299,13 @@ impl Comparator {
             }
         }
         self.stats.flows_created += 1;
-        let idx = self.table.insert(Flow::new(*key, class, now));
+        #[allow(unused_mut)]
+        let mut flow = Flow::new(*key, class, now, &self.config);
+        #[cfg(feature = "canaries")]
+        {
+            flow.tcp.unguarded_control = self.unguarded_control;
+        }
+        let idx = self.table.insert(flow);
         self.stats.flows = self.table.len() as u64;
         idx
     }
@@ -386,6 +423,9 @@ impl Comparator {
         // advanced.
         let mut seg = None;
         let mut frame = Some(frame);
+        // A primary retransmission (whole or partial) whose bytes differ from the released
+        // ones, or reach back before the kept history: held, the flow diverged.
+        let mut bad_retransmit = None;
         if let Some(info) = &tcp_info {
             if side == Side::Primary && info.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
                 flow.closing = true;
@@ -394,8 +434,16 @@ impl Comparator {
                 Side::Primary => {
                     if info.has(tcp_flags::SYN) {
                         tcp::restart_verification(&mut flow.primary);
+                        flow.history.clear();
                     }
-                    flow.tcp.on_primary(info)
+                    let arrival = flow.tcp.on_primary(info);
+                    let range = tcp::payload_range(info);
+                    if let Some((lo, hi)) = flow.tcp.released_part(range.seq, range.end)
+                        && let Some(f) = frame.as_deref()
+                    {
+                        bad_retransmit = check_retransmit(flow, f, body_start, range.seq, lo, hi);
+                    }
+                    arrival
                 }
                 Side::Secondary => flow.tcp.on_secondary(info),
             };
@@ -406,6 +454,7 @@ impl Comparator {
                 && self.fast_path
                 && self.phase == Phase::Comparing
                 && !flow.diverged
+                && bad_retransmit.is_none()
                 && let Some(buffer) = frame.take()
             {
                 let mut sink = Sink {
@@ -434,7 +483,10 @@ impl Comparator {
                 (_, Ok(s)) => seg = Some(s),
                 (Side::Primary, Err(_)) => {
                     let held = tcp::uncompared_segment(info);
-                    if flow.primary.is_empty() && flow.tcp.ack_allows(held.ack) {
+                    if flow.primary.is_empty()
+                        && bad_retransmit.is_none()
+                        && flow.tcp.may_leave(&held)
+                    {
                         self.stats.released_uncompared += 1;
                         self.out.extend(frame.take().map(CompareOutput::Release));
                     } else {
@@ -493,6 +545,7 @@ impl Comparator {
                 body_start,
                 body_end,
                 tcp: seg,
+                paired: false,
             };
             if seg.is_some() {
                 tcp::insert_sorted(queue, held);
@@ -513,9 +566,16 @@ impl Comparator {
             ages: &mut self.ages,
             spare: &mut self.spare,
         };
+        if bad_retransmit.is_some() && !flow.diverged {
+            flow.diverged = true;
+        } else {
+            bad_retransmit = None;
+        }
         // A compared TCP segment alone in its flow waits without the general walk (`fast`).
         let lone = self.fast_path && seg.is_some_and(|s| !s.uncompared);
-        let miscompare = if lone && fast::lone_segment_waits(flow) {
+        let miscompare = if bad_retransmit.is_some() {
+            bad_retransmit
+        } else if lone && fast::lone_segment_waits(flow) {
             #[cfg(test)]
             {
                 self.fast_hits += 1;
@@ -623,6 +683,10 @@ impl Comparator {
             for held in flow.primary.drain(..) {
                 if let Some(seg) = held.tcp {
                     flushed_end = Some(flushed_end.map_or(seg.end, |e| e.max_seq(seg.end)));
+                    if kind == Flush::Checkpoint {
+                        flow.history
+                            .record(seg.seq, held.body(), flow.history_bound);
+                    }
                 }
                 self.scratch.push((held.id, held.frame));
             }
@@ -659,4 +723,33 @@ impl Comparator {
 enum Side {
     Primary,
     Secondary,
+}
+
+/// Checks the released part `[lo, hi)` of a primary TCP segment whose payload starts at `seq`
+/// (at `body_start` in `frame`) against the flow's released bytes. `None` if equal; else why
+/// the segment must be held (the bytes differ, or they are older than the history).
+fn check_retransmit(
+    flow: &Flow,
+    frame: &[u8],
+    body_start: usize,
+    seq: SeqNum,
+    lo: SeqNum,
+    hi: SeqNum,
+) -> Option<MiscompareWhy> {
+    let from = lo.diff(seq) as usize;
+    let to = hi.diff(seq) as usize;
+    let bytes = frame.get(body_start + from..body_start + to)?;
+    match flow.history.check(lo, bytes) {
+        history::Check::Equal => None,
+        history::Check::Differs(i) => Some(MiscompareWhy {
+            offset: from + i,
+            reason: MismatchReason::TcpPayload {
+                seq: lo.wrapping_add(i as u32),
+            },
+        }),
+        history::Check::Unknown => Some(MiscompareWhy {
+            offset: from,
+            reason: MismatchReason::RetransmitUnchecked { seq: lo },
+        }),
+    }
 }

@@ -52,10 +52,19 @@
 //! arriving while anything of its flow is held waits behind it (a FIN no longer overtakes held
 //! data). Only a late segment from earlier in the stream can be queued ahead of it.
 //!
+//! Control flags (issue 14): a primary segment carrying SYN, FIN or RST is held, whatever its
+//! payload, until the secondary sent the same flag at the same position ([`Controls`],
+//! [`TcpStream::control`]); a FIN or RST the secondary placed otherwise is a miscompare. A
+//! retransmission's bytes are checked against the flow's released bytes (`super::history`)
+//! by the caller on arrival.
+//!
 //! Invariants kept: a primary payload byte is released only if it was found equal to a
-//! secondary byte with the same sequence number, or lies in `[floor, released)`, or a
-//! checkpoint covers it; a primary segment carrying ACK (RST excepted) is released only if the
-//! secondary acknowledged as far, or a checkpoint covers it, or the secondary is gone.
+//! secondary byte with the same sequence number, or lies in `[floor, released)` (and equals
+//! the released byte there, when the history still has it), or a checkpoint covers it; a
+//! primary segment carrying ACK (RST excepted) is released only if the secondary acknowledged
+//! as far, or a checkpoint covers it, or the secondary is gone; a primary SYN, FIN or RST only
+//! if the secondary sent the same flag at the same position, or a checkpoint covers it, or
+//! the secondary is gone.
 
 use super::MiscompareWhy;
 use super::MismatchReason;
@@ -76,6 +85,74 @@ pub(crate) struct TcpStream {
     pub(crate) primary_max_ack: Option<SeqNum>,
     /// Highest ACK number seen on any secondary segment of the flow (dropped ones included).
     pub(crate) secondary_max_ack: Option<SeqNum>,
+    /// The control flags (SYN, FIN, RST) the primary sent, where (see [`Controls`]).
+    pub(crate) primary_controls: Controls,
+    /// The control flags the secondary sent (dropped segments included), or the primary's as
+    /// of the last checkpoint (the secondary is then its copy).
+    pub(crate) secondary_controls: Controls,
+    /// Planted bug (feature `canaries`, `NodeCanary::ReleaseControlUnguarded`): control
+    /// segments leave without the secondary's flags and without the min-ACK guard.
+    #[cfg(feature = "canaries")]
+    pub(crate) unguarded_control: bool,
+}
+
+/// RST positions remembered per side: a guest answers each unacceptable client segment with
+/// its own RST, so a few may be in flight at once.
+const RST_RING: usize = 4;
+
+/// The control flags one side of a flow sent, and where in the stream.
+///
+/// Positions are in primary numbering (the secondary's segments arrive rewritten): a FIN or
+/// an RST sits at the end of its segment's payload. A SYN's sequence number is the sender's
+/// own ISN, which the secondary's rewriter cannot map before the handshake completes (it
+/// learns the offset from it), so a SYN is identified by its kind and, for a SYN-ACK, by the
+/// client ISN it acknowledges (the client's sequence space is shared by both guests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Controls {
+    /// Where the FIN of the current connection is.
+    fin: Option<SeqNum>,
+    /// The last RST positions, newest last.
+    rst: [Option<SeqNum>; RST_RING],
+    /// The SYN of the current connection: `Some(None)` a SYN, `Some(Some(ack))` a SYN-ACK.
+    syn: Option<Option<SeqNum>>,
+}
+
+impl Controls {
+    fn record(&mut self, flags: u8, seg: &SegmentSeq) {
+        if flags & tcp_flags::SYN != 0 {
+            // A new connection: the old one's close no longer says anything.
+            *self = Controls {
+                syn: Some(seg.ack),
+                ..Controls::default()
+            };
+        }
+        if flags & tcp_flags::FIN != 0 {
+            self.fin = Some(seg.end);
+        }
+        if flags & tcp_flags::RST != 0 && !self.has_rst(seg.end) {
+            self.rst.rotate_left(1);
+            self.rst[RST_RING - 1] = Some(seg.end);
+        }
+        if flags & (tcp_flags::FIN | tcp_flags::RST) != 0 && flags & tcp_flags::SYN == 0 {
+            // The connection is closing: a later SYN is a new one, matched by a new SYN.
+            self.syn = None;
+        }
+    }
+
+    fn has_rst(&self, at: SeqNum) -> bool {
+        self.rst.contains(&Some(at))
+    }
+}
+
+/// Whether a held primary segment's control flags may leave (see [`TcpStream::control`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ControlMatch {
+    /// No control flag, or the secondary sent each one at the same position.
+    Matched,
+    /// The secondary has not sent them (yet): the segment waits (deadline: `compare_timeout`).
+    Waiting,
+    /// The secondary ended the stream elsewhere or otherwise: a miscompare.
+    Differs,
 }
 
 /// Why a segment is not queued for comparison.
@@ -96,7 +173,7 @@ fn raise(max: &mut Option<SeqNum>, ack: SeqNum) {
 }
 
 /// The sequence range of a segment's payload (a SYN's own sequence number is not payload).
-fn payload_range(info: &TcpInfo) -> SegmentSeq {
+pub(crate) fn payload_range(info: &TcpInfo) -> SegmentSeq {
     let seq = if info.has(tcp_flags::SYN) {
         info.seq.wrapping_add(1)
     } else {
@@ -108,6 +185,7 @@ fn payload_range(info: &TcpInfo) -> SegmentSeq {
         ack: info.has(tcp_flags::ACK).then_some(info.ack),
         verified: seq,
         uncompared: false,
+        control: info.flags & CONTROL_FLAGS,
     }
 }
 
@@ -127,12 +205,19 @@ pub(crate) fn uncompared_segment(info: &TcpInfo) -> SegmentSeq {
     }
 }
 
+/// The TCP flags that change the connection's state at the client and are held until the
+/// secondary produced the same (see [`TcpStream::control`]).
+pub(crate) const CONTROL_FLAGS: u8 = tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST;
+
 impl TcpStream {
     /// Records a primary segment; returns its range if it must be held for comparison.
     pub(crate) fn on_primary(&mut self, info: &TcpInfo) -> Result<SegmentSeq, Pass> {
         let seg = payload_range(info);
         if let Some(ack) = seg.ack {
             raise(&mut self.primary_max_ack, ack);
+        }
+        if seg.control != 0 {
+            self.primary_controls.record(seg.control, &seg);
         }
         if info.has(tcp_flags::SYN) {
             // The primary's ISN is authoritative: the secondary's segments reach us already
@@ -158,6 +243,9 @@ impl TcpStream {
         if let Some(ack) = seg.ack {
             raise(&mut self.secondary_max_ack, ack);
         }
+        if seg.control != 0 {
+            self.secondary_controls.record(seg.control, &seg);
+        }
         if seg.seq == seg.end {
             Err(Pass::ZeroPayload)
         } else if self.already_released(seg.seq, seg.end) {
@@ -165,6 +253,18 @@ impl TcpStream {
         } else {
             Ok(seg)
         }
+    }
+
+    /// The part of `[seq, end)` the client already has (in `[floor, released)`), if any: a
+    /// retransmission, whole or partial, whose bytes must equal the released ones.
+    pub(crate) fn released_part(&self, seq: SeqNum, end: SeqNum) -> Option<(SeqNum, SeqNum)> {
+        let released = self.released?;
+        let lo = match self.floor {
+            Some(f) if seq.before(f) => f,
+            _ => seq,
+        };
+        let hi = if released.before(end) { released } else { end };
+        lo.before(hi).then_some((lo, hi))
     }
 
     /// True if the client already has every byte of `[seq, end)`.
@@ -189,6 +289,63 @@ impl TcpStream {
             self.floor = None;
         }
         self.secondary_max_ack = self.primary_max_ack;
+        self.secondary_controls = self.primary_controls;
+    }
+
+    /// The control-flag rule: a primary segment carrying SYN, FIN or RST leaves only once the
+    /// secondary sent the same flag at the same position ([`Controls`]), or a checkpoint
+    /// covered it (`on_checkpoint`). A FIN where the secondary's FIN (or an RST) sits
+    /// elsewhere, or an RST where the secondary sent a FIN instead, differs.
+    #[inline]
+    pub(crate) fn control(&self, seg: &SegmentSeq) -> ControlMatch {
+        if seg.control == 0 {
+            return ControlMatch::Matched;
+        }
+        #[cfg(feature = "canaries")]
+        if self.unguarded_control {
+            return ControlMatch::Matched;
+        }
+        let s = &self.secondary_controls;
+        let mut waiting = false;
+        if seg.control & tcp_flags::FIN != 0 {
+            match s.fin {
+                Some(at) if at == seg.end => {}
+                Some(_) => return ControlMatch::Differs,
+                None if s.has_rst(seg.end) => return ControlMatch::Differs,
+                None => waiting = true,
+            }
+        }
+        if seg.control & tcp_flags::RST != 0 && !s.has_rst(seg.end) {
+            if seg.control & tcp_flags::FIN == 0 && s.fin == Some(seg.end) {
+                return ControlMatch::Differs;
+            }
+            waiting = true;
+        }
+        if seg.control & tcp_flags::SYN != 0 && s.syn != Some(seg.ack) {
+            waiting = true;
+        }
+        if waiting {
+            ControlMatch::Waiting
+        } else {
+            ControlMatch::Matched
+        }
+    }
+
+    /// True if the min-ACK guard and the control-flag rule both let `seg` leave now.
+    #[inline]
+    pub(crate) fn may_leave(&self, seg: &SegmentSeq) -> bool {
+        self.guard_allows(seg) && self.control(seg) == ControlMatch::Matched
+    }
+
+    /// The min-ACK guard for a held segment (the canary exempts control segments from it, as
+    /// QEMU does).
+    #[inline]
+    pub(crate) fn guard_allows(&self, seg: &SegmentSeq) -> bool {
+        #[cfg(feature = "canaries")]
+        if self.unguarded_control && seg.control != 0 {
+            return true;
+        }
+        self.ack_allows(seg.ack)
     }
 
     /// The min-ACK guard (see the module doc): true if a primary segment acknowledging `ack`
@@ -290,6 +447,8 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
         primary,
         secondary,
         tcp,
+        history,
+        history_bound,
         ..
     } = flow;
     if tcp.next.is_none() {
@@ -339,8 +498,22 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
 
     // Release from the front only, so nothing overtakes a held segment of the flow.
     while let Some(seg) = primary.front().and_then(|p| p.tcp) {
-        if !tcp.ack_allows(seg.ack) {
+        if !tcp.guard_allows(&seg) {
             break;
+        }
+        match tcp.control(&seg) {
+            ControlMatch::Matched => {}
+            ControlMatch::Waiting => break,
+            ControlMatch::Differs => {
+                found = found.or(Some(MiscompareWhy {
+                    offset: seg.end.diff(seg.seq) as usize,
+                    reason: MismatchReason::TcpControl {
+                        seq: seg.end,
+                        flags: seg.control,
+                    },
+                }));
+                break;
+            }
         }
         if seg.uncompared {
             if let Some(p) = primary.pop_front() {
@@ -354,6 +527,7 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
         }
         tcp.on_release(&seg);
         if let Some(p) = primary.pop_front() {
+            history.record(seg.seq, p.body(), *history_bound);
             sink.release_matched(p);
         }
     }

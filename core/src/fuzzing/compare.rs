@@ -19,6 +19,11 @@
 //! - the min-ACK guard: outside those flushes, a released TCP segment carrying ACK (with or
 //!   without payload; RST exempt) acknowledges no more than the highest ACK the secondary sent
 //!   on its flow (a checkpoint or a new secondary sets that to the primary's highest ACK);
+//! - the control-flag rule: outside those flushes, a released TCP segment carrying FIN or RST
+//!   does so at a stream position where the secondary sent the same flag, and one carrying SYN
+//!   (or SYN-ACK) only after the secondary sent one of the same kind acknowledging the same
+//!   client ISN (a checkpoint or a new secondary gives the secondary every control flag the
+//!   primary had sent);
 //! - `handle_timeout` never releases anything, and afterwards `poll_timeout` is in the future
 //!   (no busy loop);
 //! - the stats' conservation equations hold; and at the end, after a final checkpoint, every
@@ -120,6 +125,37 @@ struct Model {
     /// Per flow: highest ACK the secondary has sent, or the primary's as of the last
     /// checkpoint (the secondary is then its copy).
     secondary_ack: BTreeMap<FlowKey, SeqNum>,
+    /// Control flags the primary sent: (flow, flag, position), see [`controls`].
+    primary_controls: BTreeSet<(FlowKey, u8, u32)>,
+    /// Control flags the secondary sent, plus the primary's as of each checkpoint.
+    secondary_controls: BTreeSet<(FlowKey, u8, u32)>,
+}
+
+/// The control flags of a TCP segment and where they sit: FIN and RST at the end of the
+/// payload; SYN (kind `SYN` or `SYN | ACK`) at the client ISN + 1 it acknowledges (0 without
+/// ACK), since its own sequence number is the sender's ISN, which the rewriter cannot map.
+fn controls(info: &crate::packet::TcpInfo) -> Vec<(u8, u32)> {
+    let start = if info.has(tcp_flags::SYN) {
+        info.seq.wrapping_add(1)
+    } else {
+        info.seq
+    };
+    let end = start.wrapping_add(info.payload_len() as u32).0;
+    let mut out = Vec::new();
+    if info.has(tcp_flags::FIN) {
+        out.push((tcp_flags::FIN, end));
+    }
+    if info.has(tcp_flags::RST) {
+        out.push((tcp_flags::RST, end));
+    }
+    if info.has(tcp_flags::SYN) {
+        if info.has(tcp_flags::ACK) {
+            out.push((tcp_flags::SYN | tcp_flags::ACK, info.ack.0));
+        } else {
+            out.push((tcp_flags::SYN, 0));
+        }
+    }
+    out
 }
 
 fn raise(map: &mut BTreeMap<FlowKey, SeqNum>, key: FlowKey, ack: SeqNum) {
@@ -154,6 +190,9 @@ impl Model {
             if info.has(tcp_flags::ACK) {
                 raise(&mut self.primary_ack, c.key, info.ack);
             }
+            for (flag, at) in controls(&info) {
+                self.primary_controls.insert((c.key, flag, at));
+            }
         }
         assert!(
             self.sent.insert(frame.to_vec(), false).is_none(),
@@ -167,6 +206,9 @@ impl Model {
             Kind::Tcp(info) => {
                 if info.has(tcp_flags::ACK) {
                     raise(&mut self.secondary_ack, c.key, info.ack);
+                }
+                for (flag, at) in controls(&info) {
+                    self.secondary_controls.insert((c.key, flag, at));
                 }
                 let start = if info.has(tcp_flags::SYN) {
                     info.seq.wrapping_add(1)
@@ -209,6 +251,8 @@ impl Model {
         for (key, ack) in &self.primary_ack {
             raise(&mut self.secondary_ack, *key, *ack);
         }
+        self.secondary_controls
+            .extend(self.primary_controls.iter().copied());
     }
 
     fn released(&mut self, frame: &[u8], ctx: Context) {
@@ -229,6 +273,14 @@ impl Model {
                         "TCP segment acknowledging {:?} released, secondary acknowledged {allowed:?}",
                         info.ack
                     );
+                }
+                if ctx == Context::Compared {
+                    for (flag, at) in controls(&info) {
+                        assert!(
+                            self.secondary_controls.contains(&(c.key, flag, at)),
+                            "TCP control flag {flag:#x} at {at} released before the secondary sent it"
+                        );
+                    }
                 }
                 let start = if info.has(tcp_flags::SYN) {
                     info.seq.wrapping_add(1)
@@ -283,6 +335,8 @@ pub fn run(data: &[u8]) {
         compare_timeout: Duration::from_millis(300),
         flow_idle_timeout: Duration::from_millis(2000),
         closed_flow_linger: Duration::from_millis(700),
+        datagram_reorder_window: 3,
+        retransmit_history: 96,
     };
     let mut cmp = Comparator::new(config).expect("fuzz config is valid");
     let mut model = Model::default();
@@ -336,6 +390,8 @@ pub fn run(data: &[u8]) {
                         header_seq = seq.0.wrapping_sub(1);
                     }
                     1 => tcp_flags_set |= tcp_flags::FIN,
+                    // An RST with ACK on odd ACK bytes, without on even ones.
+                    2 if ack % 2 == 1 => tcp_flags_set |= tcp_flags::RST,
                     2 => tcp_flags_set = tcp_flags::RST,
                     _ => {}
                 }

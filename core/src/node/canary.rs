@@ -6,7 +6,8 @@
 //! Invariant kept: without the feature none of this is compiled (the enum, the config field and
 //! every hook are `#[cfg(feature = "canaries")]`), and with the feature but no canary set the
 //! node behaves exactly as the production build: each hook is one `if self.canary(..)` at the
-//! decision point it subverts (primary.rs, solo.rs, secondary.rs).
+//! decision point it subverts (primary.rs, solo.rs, secondary.rs; the comparator's own hook,
+//! `Comparator::plant_unguarded_control`, is set where primary.rs creates it).
 
 use super::Node;
 
@@ -26,6 +27,11 @@ pub enum NodeCanary {
     /// of zeroing them (QEMU filter-rewriter resets its connection offsets at checkpoint): the
     /// SVM now numbers its bytes like the PVM, so the stale offset shifts every later segment.
     SkipRewriterReset,
+    /// The primary's comparator releases TCP segments carrying SYN, FIN or RST as QEMU does,
+    /// held neither until the secondary sent the same flag at the same position (issue 14)
+    /// nor by the min-ACK guard: a client may see the connection closed or reset while the
+    /// secondary's guest still has it open. Caught by `output_commit` (its control-flag rule).
+    ReleaseControlUnguarded,
 }
 
 impl Node {

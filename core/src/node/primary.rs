@@ -39,8 +39,15 @@ pub(super) struct PrimarySide {
 
 impl PrimarySide {
     pub(super) fn new(config: &NodeConfig) -> Result<PrimarySide, NodeConfigError> {
+        #[allow(unused_mut)]
+        let mut comparator = Comparator::new(config.compare.clone())?;
+        #[cfg(feature = "canaries")]
+        if config.canary == Some(super::NodeCanary::ReleaseControlUnguarded) {
+            // Planted (canary.rs): control segments leave without the secondary's.
+            comparator.plant_unguarded_control();
+        }
         Ok(PrimarySide {
-            comparator: Comparator::new(config.compare.clone())?,
+            comparator,
             checkpointer: None,
             checkpoint_config: config.checkpoint,
             released: Epoch(0),

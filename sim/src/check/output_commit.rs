@@ -21,12 +21,21 @@
 //! acknowledged at least as far on the flow (`SvmAck`), or it received a checkpoint of an epoch
 //! at or after the frame's, or of an epoch in which the primary's guest had already
 //! acknowledged as far (`PvmAck`: that checkpoint gave the secondary the acknowledgement).
+//!
+//! Likewise a paired release's SYN, FIN or RST changes the connection's state at the client
+//! (issue 14): if the primary dies after its FIN reached the client but before the
+//! secondary's guest closed, the survivor's connection is still open while the client thinks
+//! it half-closed. A `Matched`, `MatchedStream` or `Uncompared` release carrying one must be
+//! justified before it happens, flag by flag ([`Control::keys`]): the secondary sent the same
+//! flag at the same position on the flow (`SvmControl`), or it received a checkpoint of an
+//! epoch at or after the frame's, or of an epoch in which the primary's guest had already sent
+//! that flag there (`PvmControl`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use colo_core::ids::Epoch;
 
-use crate::trace::{Origin, Trace, TraceEvent, Violation};
+use crate::trace::{Control, Origin, Trace, TraceEvent, Violation};
 
 /// This checker's name.
 pub const NAME: &str = "output_commit";
@@ -84,10 +93,43 @@ impl Acks {
     }
 }
 
+/// Which control flags each side sent where, as `SvmControl` and `PvmControl` tell.
+#[derive(Default)]
+struct Controls {
+    /// (flow, flag, position) the secondary sent.
+    svm: BTreeSet<(u64, u8, u32)>,
+    /// (flow, flag, position) -> the earliest epoch the primary's guest sent it in.
+    pvm: BTreeMap<(u64, u8, u32), Epoch>,
+}
+
+impl Controls {
+    fn on_pvm(&mut self, key: (u64, u8, u32), epoch: Epoch) {
+        let e = self.pvm.entry(key).or_insert(epoch);
+        *e = (*e).min(epoch);
+    }
+
+    /// The first flag of `c` (on `flow`, in a frame of `epoch`) that may not be released yet.
+    fn unjustified(
+        &self,
+        flow: u64,
+        c: &Control,
+        epoch: Epoch,
+        received: Option<Epoch>,
+    ) -> Option<(u8, u32)> {
+        c.keys().find(|&(flag, pos)| {
+            let key = (flow, flag, pos);
+            let covered = received
+                .is_some_and(|r| r >= epoch || self.pvm.get(&key).is_some_and(|first| *first <= r));
+            !self.svm.contains(&key) && !covered
+        })
+    }
+}
+
 /// Checks every release in `trace`.
 pub fn check(trace: &Trace) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut acks = Acks::default();
+    let mut controls = Controls::default();
     // Highest epoch the secondary has received so far.
     let mut received: Option<Epoch> = None;
     // Secondary frames seen (digest -> count not yet matched).
@@ -102,6 +144,18 @@ pub fn check(trace: &Trace) -> Vec<Violation> {
             TraceEvent::PvmAck {
                 flow, epoch, ack, ..
             } => acks.on_pvm(*flow, *epoch, *ack),
+            TraceEvent::SvmControl {
+                flow, flag, pos, ..
+            } => {
+                controls.svm.insert((*flow, *flag, *pos));
+            }
+            TraceEvent::PvmControl {
+                flow,
+                epoch,
+                flag,
+                pos,
+                ..
+            } => controls.on_pvm((*flow, *flag, *pos), *epoch),
             TraceEvent::SvmOutput { digest, .. } => {
                 *svm.entry(*digest).or_default() += 1;
             }
@@ -132,6 +186,20 @@ pub fn check(trace: &Trace) -> Vec<Violation> {
                              received a checkpoint of (received up to {received:?})",
                             epoch.0,
                             acks.svm.get(&flow)
+                        ),
+                    });
+                }
+                if let Some((flow, c)) = origin.control()
+                    && let Some((flag, pos)) = controls.unjustified(flow, &c, *epoch, received)
+                {
+                    out.push(Violation {
+                        checker: NAME,
+                        at: *at,
+                        what: format!(
+                            "{host} released {frame:?} (epoch {}, {origin:?}) with control flag \
+                             {flag:#04x} at {pos}, which the secondary had not sent there nor \
+                             received a checkpoint of (received up to {received:?})",
+                            epoch.0
                         ),
                     });
                 }
@@ -243,6 +311,7 @@ mod tests {
                 svm_digest: 9,
                 flow: 0,
                 ack: None,
+                control: None,
             },
         ));
         assert!(check(&t).is_empty());
@@ -254,13 +323,22 @@ mod tests {
                 svm_digest: 9,
                 flow: 0,
                 ack: None,
+                control: None,
             },
         ));
         assert_eq!(check(&t).len(), 1);
     }
 
     fn uncompared(at: u64, epoch: u64, flow: u64, ack: Option<u32>) -> TraceEvent {
-        release(at, epoch, Origin::Uncompared { flow, ack })
+        release(
+            at,
+            epoch,
+            Origin::Uncompared {
+                flow,
+                ack,
+                control: None,
+            },
+        )
     }
 
     fn svm_ack(at: u64, flow: u64, ack: u32) -> TraceEvent {
@@ -337,6 +415,7 @@ mod tests {
                     svm_digest: 9,
                     flow: 7,
                     ack: Some(100),
+                    control: None,
                 },
             )
         };
@@ -363,6 +442,80 @@ mod tests {
         let mut t = Trace::new();
         t.push(uncompared(1, 1, 7, None));
         assert!(check(&t).is_empty());
+    }
+
+    fn fin(at: u64, epoch: u64, end: u32) -> TraceEvent {
+        release(
+            at,
+            epoch,
+            Origin::Uncompared {
+                flow: 7,
+                ack: None,
+                control: Some(Control {
+                    flags: colo_core::packet::tcp_flags::FIN,
+                    end,
+                    ack: 0,
+                }),
+            },
+        )
+    }
+
+    fn svm_control(at: u64, flag: u8, pos: u32) -> TraceEvent {
+        TraceEvent::SvmControl {
+            at: Instant::from_millis(at),
+            flow: 7,
+            flag,
+            pos,
+        }
+    }
+
+    #[test]
+    fn a_fin_the_secondary_had_not_sent_there_is_caught() {
+        use colo_core::packet::tcp_flags::{FIN, RST};
+        let mut t = Trace::new();
+        t.push(fin(1, 1, 50));
+        t.push(svm_control(2, FIN, 50));
+        let v = check(&t);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].what.contains("control flag 0x01 at 50"), "{v:?}");
+        // Sent, but elsewhere, or another flag: still caught.
+        let mut t = Trace::new();
+        t.push(svm_control(1, FIN, 49));
+        t.push(svm_control(1, RST, 50));
+        t.push(fin(2, 1, 50));
+        assert_eq!(check(&t).len(), 1);
+    }
+
+    #[test]
+    fn a_fin_the_secondary_sent_first_passes() {
+        let mut t = Trace::new();
+        t.push(svm_control(1, colo_core::packet::tcp_flags::FIN, 50));
+        t.push(fin(2, 1, 50));
+        t.push(fin(3, 1, 50));
+        assert!(check(&t).is_empty(), "{:?}", check(&t));
+    }
+
+    #[test]
+    fn a_received_checkpoint_justifies_a_fin() {
+        use colo_core::packet::tcp_flags::FIN;
+        let mut t = Trace::new();
+        t.push(TraceEvent::PvmControl {
+            at: Instant::from_millis(1),
+            flow: 7,
+            epoch: Epoch(2),
+            flag: FIN,
+            pos: 50,
+        });
+        t.push(TraceEvent::Received {
+            at: Instant::from_millis(2),
+            epoch: Epoch(2),
+        });
+        // A retransmission produced in a later epoch: the received one had the close.
+        t.push(fin(3, 3, 50));
+        assert!(check(&t).is_empty(), "{:?}", check(&t));
+        // A FIN elsewhere produced in the epoch not yet received.
+        t.push(fin(4, 3, 60));
+        assert_eq!(check(&t).len(), 1);
     }
 
     #[test]

@@ -89,10 +89,15 @@ fn the_node_run_is_deterministic() {
 
 /// The canaries that need no failover to show, planted in the Node (release on sent, skipped
 /// rewriter reset) or the VM (partial epoch), are caught on a calm run; the lease canary needs
-/// a takeover (`runner::options_for`, tested in tests/regression_seeds.rs).
+/// a takeover (`runner::options_for`, tested in tests/regression_seeds.rs), and unguarded
+/// control segments a primary FIN, SYN-ACK or RST ahead of the secondary's, which a calm run's
+/// fixed link delay never gives (tests/regression_seeds.rs, seeds 3, 6, 8).
 #[test]
 fn canaries_are_caught_under_the_node() {
-    for canary in Canary::ALL.into_iter().filter(|c| !c.needs_failover()) {
+    for canary in Canary::ALL
+        .into_iter()
+        .filter(|c| !c.needs_failover() && *c != Canary::ReleaseControlUnguarded)
+    {
         let out = NodeRun::new(&calm(4), None, Some(canary)).run();
         let h: Vec<&History> = out.histories.iter().collect();
         let v = check::check_safety(&out.trace, &h, None);

@@ -89,11 +89,10 @@ impl Observer {
                 frame: id,
                 epoch,
             });
-            if st.role == Role::Primary
-                && st.mode == NodeMode::Paired
-                && let Some(e) = self.releases.on_primary(now, epoch, frame)
-            {
-                self.trace.push(e);
+            if st.role == Role::Primary && st.mode == NodeMode::Paired {
+                for e in self.releases.on_primary(now, epoch, frame) {
+                    self.trace.push(e);
+                }
             }
         }
         true
@@ -103,13 +102,13 @@ impl Observer {
     /// running epoch (the one its held frames carry: the two checkpointers count an epoch done
     /// at different instants).
     pub fn svm_output(&mut self, now: Instant, frame: &[u8], epoch: Epoch) {
-        let (d, ack) = self.releases.on_secondary(now, frame);
+        let (d, facts) = self.releases.on_secondary(now, frame);
         self.trace.push(TraceEvent::SvmOutput {
             at: now,
             epoch,
             digest: d,
         });
-        if let Some(e) = ack {
+        for e in facts {
             self.trace.push(e);
         }
     }

@@ -7,7 +7,9 @@
 //! release, in order. The facts a checker needs to judge the origin independently go into the
 //! trace too: [`TraceEvent::SvmAck`] and [`TraceEvent::PvmAck`] (each only when a flow's
 //! acknowledgement advances), so `output_commit` can verify an `Uncompared` release's ACK
-//! against the secondary's acknowledgements and the checkpoints the secondary received.
+//! against the secondary's acknowledgements and the checkpoints the secondary received; and
+//! [`TraceEvent::SvmControl`] and [`TraceEvent::PvmControl`] (each the first time a flow's
+//! control flag appears at a position), for a release carrying SYN, FIN or RST.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,7 +20,7 @@ use colo_core::time::Instant;
 use super::stream::{compare_key, record_stream, stream_covered};
 use crate::check::output_commit::seq_at_or_after;
 use crate::hash::Fnv64;
-use crate::trace::{Origin, TraceEvent};
+use crate::trace::{Control, Origin, TraceEvent};
 
 /// The comparator's flow of a frame, hashed (the key `SvmAck`, `PvmAck` and `Uncompared` share).
 pub(super) fn flow_id(frame: &[u8]) -> u64 {
@@ -40,6 +42,23 @@ fn tcp_of(frame: &[u8]) -> Option<TcpInfo> {
 /// data; a segment without ACK acknowledges nothing).
 fn guarded_ack(t: &TcpInfo) -> Option<u32> {
     (t.flags & tcp_flags::ACK != 0 && t.flags & tcp_flags::RST == 0).then_some(t.ack.0)
+}
+
+/// The control flags of a TCP segment (SYN, FIN, RST), if it carries any.
+fn control_of(t: &TcpInfo) -> Option<Control> {
+    if t.flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
+        return None;
+    }
+    let start = if t.flags & tcp_flags::SYN != 0 {
+        t.seq.0.wrapping_add(1)
+    } else {
+        t.seq.0
+    };
+    Some(Control {
+        flags: t.flags,
+        end: start.wrapping_add(t.payload_len() as u32),
+        ack: t.ack.0,
+    })
 }
 
 /// Raises the acknowledgement of `key` (a flow, or a flow in an epoch) in `map` to `ack`;
@@ -70,44 +89,85 @@ pub(super) struct Releases {
     svm_acks: BTreeMap<u64, u32>,
     /// Highest ACK of the primary's guest, per flow and epoch it was produced in.
     pvm_acks: BTreeMap<(u64, Epoch), u32>,
+    /// Control flags the secondary sent: (flow, flag, position).
+    svm_controls: BTreeSet<(u64, u8, u32)>,
+    /// Control flags of the primary's guest: (flow, flag, position, epoch produced in).
+    pvm_controls: BTreeSet<(u64, u8, u32, Epoch)>,
     /// Releases matched against the secondary's output.
     pub(super) matched: u64,
 }
 
 impl Releases {
     /// A frame the secondary sent to the primary's comparator: returns its compare key (the
-    /// digest `SvmOutput` carries) and the `SvmAck` event if its flow's ACK advanced.
-    pub(super) fn on_secondary(&mut self, at: Instant, frame: &[u8]) -> (u64, Option<TraceEvent>) {
+    /// digest `SvmOutput` carries), the `SvmAck` event if its flow's ACK advanced and an
+    /// `SvmControl` event for each control flag new at its position.
+    pub(super) fn on_secondary(&mut self, at: Instant, frame: &[u8]) -> (u64, Vec<TraceEvent>) {
         record_stream(&mut self.svm_bytes, frame);
         let key = compare_key(frame);
         *self.svm_frames.entry(key).or_default() += 1;
+        let tcp = tcp_of(frame);
         // The comparator raises the secondary's highest ACK from every segment with ACK set.
-        let ack = tcp_of(frame)
+        let ack = tcp
             .filter(|t| t.flags & tcp_flags::ACK != 0)
             .map(|t| t.ack.0);
         let flow = flow_id(frame);
-        let event = ack
+        let mut events: Vec<TraceEvent> = ack
             .filter(|a| raise(&mut self.svm_acks, flow, *a))
-            .map(|ack| TraceEvent::SvmAck { at, flow, ack });
-        (key, event)
+            .map(|ack| TraceEvent::SvmAck { at, flow, ack })
+            .into_iter()
+            .collect();
+        if let Some(c) = tcp.as_ref().and_then(control_of) {
+            for (flag, pos) in c.keys() {
+                if self.svm_controls.insert((flow, flag, pos)) {
+                    events.push(TraceEvent::SvmControl {
+                        at,
+                        flow,
+                        flag,
+                        pos,
+                    });
+                }
+            }
+        }
+        (key, events)
     }
 
     /// A frame the primary's guest emitted in `epoch` (the checkpoint whose pause includes its
-    /// production): the `PvmAck` event if its flow's ACK advanced within that epoch.
+    /// production): the `PvmAck` event if its flow's ACK advanced within that epoch, and a
+    /// `PvmControl` event for each control flag new at its position in that epoch.
     pub(super) fn on_primary(
         &mut self,
         at: Instant,
         epoch: Epoch,
         frame: &[u8],
-    ) -> Option<TraceEvent> {
-        let ack = tcp_of(frame).as_ref().and_then(guarded_ack)?;
+    ) -> Vec<TraceEvent> {
+        let Some(tcp) = tcp_of(frame) else {
+            return Vec::new();
+        };
         let flow = flow_id(frame);
-        raise(&mut self.pvm_acks, (flow, epoch), ack).then_some(TraceEvent::PvmAck {
-            at,
-            flow,
-            epoch,
-            ack,
-        })
+        let mut events: Vec<TraceEvent> = guarded_ack(&tcp)
+            .filter(|ack| raise(&mut self.pvm_acks, (flow, epoch), *ack))
+            .map(|ack| TraceEvent::PvmAck {
+                at,
+                flow,
+                epoch,
+                ack,
+            })
+            .into_iter()
+            .collect();
+        if let Some(c) = control_of(&tcp) {
+            for (flag, pos) in c.keys() {
+                if self.pvm_controls.insert((flow, flag, pos, epoch)) {
+                    events.push(TraceEvent::PvmControl {
+                        at,
+                        flow,
+                        epoch,
+                        flag,
+                        pos,
+                    });
+                }
+            }
+        }
+        events
     }
 
     /// Why `frame` may reach the client: `Solo` if its node runs alone; `Uncompared` for a TCP
@@ -121,6 +181,7 @@ impl Releases {
         let key = compare_key(frame);
         let flow = flow_id(frame);
         let ack = tcp.as_ref().and_then(guarded_ack);
+        let control = tcp.as_ref().and_then(control_of);
         let origin = if solo {
             Origin::Solo
         } else if tcp.as_ref().is_some_and(|t| {
@@ -128,7 +189,7 @@ impl Releases {
                 || self.released_keys.contains(&key)
                 || stream_covered(&self.pvm_released, frame)
         }) {
-            Origin::Uncompared { flow, ack }
+            Origin::Uncompared { flow, ack, control }
         } else if let Some(n) = self.svm_frames.get_mut(&key).filter(|n| **n > 0) {
             *n -= 1;
             self.matched += 1;
@@ -136,10 +197,11 @@ impl Releases {
                 svm_digest: key,
                 flow,
                 ack,
+                control,
             }
         } else if stream_covered(&self.svm_bytes, frame) {
             self.matched += 1;
-            Origin::MatchedStream { flow, ack }
+            Origin::MatchedStream { flow, ack, control }
         } else {
             Origin::Covered
         };

@@ -48,15 +48,20 @@ pub enum Canary {
     /// The survivor of a failover releases output before the arbiter granted its lease
     /// (single writer).
     ReleaseWithoutLease,
+    /// The primary's comparator releases TCP segments carrying SYN, FIN or RST as QEMU does,
+    /// without waiting for the secondary's same flag at the same position nor for the min-ACK
+    /// guard (output commit, issue 14).
+    ReleaseControlUnguarded,
 }
 
 impl Canary {
     /// Every canary, in `--list-canaries` order.
-    pub const ALL: [Canary; 4] = [
+    pub const ALL: [Canary; 5] = [
         Canary::ReleaseBeforeReceived,
         Canary::SkipRewriterReset,
         Canary::ApplyPartialEpoch,
         Canary::ReleaseWithoutLease,
+        Canary::ReleaseControlUnguarded,
     ];
 
     /// Its command-line name.
@@ -66,6 +71,7 @@ impl Canary {
             Canary::SkipRewriterReset => "skip-rewriter-reset",
             Canary::ApplyPartialEpoch => "apply-partial-epoch",
             Canary::ReleaseWithoutLease => "release-without-lease",
+            Canary::ReleaseControlUnguarded => "release-control-unguarded",
         }
     }
 
@@ -82,6 +88,7 @@ impl Canary {
             Canary::ReleaseBeforeReceived => Some(NodeCanary::ReleaseBeforeReceived),
             Canary::SkipRewriterReset => Some(NodeCanary::SkipRewriterReset),
             Canary::ReleaseWithoutLease => Some(NodeCanary::ReleaseWithoutLease),
+            Canary::ReleaseControlUnguarded => Some(NodeCanary::ReleaseControlUnguarded),
             Canary::ApplyPartialEpoch => None,
         }
     }
@@ -99,6 +106,7 @@ impl Canary {
             Canary::SkipRewriterReset => crate::check::state_equality::NAME,
             Canary::ApplyPartialEpoch => crate::check::atomic_checkpoint::NAME,
             Canary::ReleaseWithoutLease => crate::check::single_writer::NAME,
+            Canary::ReleaseControlUnguarded => crate::check::output_commit::NAME,
         }
     }
 }

@@ -3,6 +3,8 @@
 //! Every test ends with [`settle`], which checks the stats' conservation equations, so each
 //! test also proves that no frame vanished uncounted.
 
+mod control;
+mod datagrams;
 mod differential;
 mod props;
 mod rules;
@@ -18,6 +20,16 @@ pub(super) fn t(ms: u64) -> Instant {
 
 pub(super) fn comparator() -> Comparator {
     Comparator::new(CompareConfig::default()).expect("default config is valid")
+}
+
+/// A comparator without datagram reordering (`datagram_reorder_window` 1, QEMU's rule): a
+/// datagram differing from the secondary's next one is a miscompare at once.
+pub(super) fn in_order_comparator() -> Comparator {
+    Comparator::new(CompareConfig {
+        datagram_reorder_window: 1,
+        ..CompareConfig::default()
+    })
+    .expect("valid config")
 }
 
 /// Drains every output and checks the stats' conservation equations.
@@ -83,6 +95,12 @@ fn config_with_zero_knobs_is_refused() {
     cfg.max_flows = 0;
     assert_eq!(cfg.validate(), Err(CompareConfigError::ZeroFlows));
     cfg.max_flows = 1;
+    cfg.datagram_reorder_window = 0;
+    assert_eq!(cfg.validate(), Err(CompareConfigError::ZeroReorderWindow));
+    cfg.datagram_reorder_window = 1;
+    cfg.retransmit_history = 0;
+    assert_eq!(cfg.validate(), Err(CompareConfigError::ZeroHistory));
+    cfg.retransmit_history = 1;
     cfg.closed_flow_linger = Duration::ZERO;
     assert_eq!(cfg.validate(), Err(CompareConfigError::ZeroIdle));
     assert_eq!(CompareConfig::default().validate(), Ok(()));

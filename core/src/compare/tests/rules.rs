@@ -40,7 +40,7 @@ fn udp_ignores_the_ip_header() {
 
 #[test]
 fn udp_difference_requests_a_checkpoint() {
-    let mut c = comparator();
+    let mut c = in_order_comparator();
     let h = Headers::default();
     c.handle_primary(t(0), testkit::udp(&h, b"hello"));
     c.handle_secondary(t(0), testkit::udp(&h, b"hellO"));
@@ -70,7 +70,7 @@ fn udp_difference_requests_a_checkpoint() {
 
 #[test]
 fn udp_size_difference_is_a_length_miscompare() {
-    let mut c = comparator();
+    let mut c = in_order_comparator();
     let h = Headers::default();
     c.handle_primary(t(0), testkit::udp(&h, b"four"));
     c.handle_secondary(t(0), testkit::udp(&h, b"five!"));
@@ -90,7 +90,7 @@ fn udp_size_difference_is_a_length_miscompare() {
 
 #[test]
 fn arp_is_compared_as_a_whole_frame() {
-    let mut c = comparator();
+    let mut c = in_order_comparator();
     let reply = testkit::arp(&[0, 1, 8, 0, 6, 4, 0, 2, 1, 2, 3]);
     c.handle_primary(t(0), reply.clone());
     c.handle_secondary(t(0), reply.clone());
@@ -245,7 +245,7 @@ fn full_table_without_idle_flows_requests_a_checkpoint() {
 
 #[test]
 fn triggers_while_pending_are_coalesced() {
-    let mut c = comparator();
+    let mut c = in_order_comparator();
     for port in [1u16, 2, 3] {
         let h = Headers {
             src_port: port,
@@ -409,7 +409,8 @@ fn closed_tcp_flows_are_collected_after_the_linger() {
         crate::packet::tcp_flags::FIN | crate::packet::tcp_flags::ACK,
         &[],
     );
-    c.handle_primary(t(10), fin);
+    c.handle_primary(t(10), fin.clone());
+    c.handle_secondary(t(10), fin);
     assert_eq!(releases(&settle(&mut c)).len(), 2);
     assert_eq!(c.poll_timeout(), Some(t(5_010)));
     c.handle_timeout(t(5_010));

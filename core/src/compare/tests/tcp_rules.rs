@@ -248,17 +248,23 @@ fn a_held_pure_ack_is_not_overtaken_by_later_segments() {
     c.handle_primary(t(2), small.clone());
     c.handle_primary(t(2), rst.clone());
     assert!(releases(&settle(&mut c)).is_empty());
+    c.handle_secondary(t(3), testkit::tcp(&h, 5, 0, RST, &[]));
+    assert!(releases(&settle(&mut c)).is_empty());
     c.handle_secondary(t(3), testkit::tcp(&h, 5, 50, ACK, &[]));
     assert_eq!(releases(&settle(&mut c)), vec![ack, reply, small, rst]);
 }
 
 #[test]
-fn rst_and_a_syn_without_ack_pass_when_nothing_is_held() {
+fn rst_and_a_syn_without_ack_pass_the_ack_guard_once_the_secondary_sent_them() {
     let mut c = comparator();
     let h = Headers::default();
+    // The secondary's SYN (its own ISN: the rewriter cannot map it yet) came first.
+    c.handle_secondary(t(0), testkit::tcp(&h, 7777, 0, SYN, &[]));
     let syn = testkit::tcp(&h, 99, 0, SYN, &[]);
     c.handle_primary(t(0), syn.clone());
     assert_eq!(releases(&settle(&mut c)), vec![syn]);
+    // No ACK from the secondary at all: the RST's ACK is not guarded, its flag is.
+    c.handle_secondary(t(1), testkit::tcp(&h, 100, 7, RST | ACK, &[]));
     let rst = testkit::tcp(&h, 100, 7, RST | ACK, &[]);
     c.handle_primary(t(1), rst.clone());
     assert_eq!(releases(&settle(&mut c)), vec![rst]);
@@ -401,6 +407,7 @@ fn a_syn_with_a_new_isn_restarts_verification() {
     c.handle_primary(t(1), testkit::tcp(&h, 200, 1, SYN | ACK, &[]));
     // A new SYN-ACK at 103 (a new connection on the same ports) covers only bytes below 104.
     c.handle_primary(t(2), testkit::tcp(&h, 103, 1, SYN | ACK, &[]));
+    c.handle_secondary(t(2), testkit::tcp(&h, 5000, 1, SYN | ACK, &[]));
     // The secondary's ACK opens the guard, but 104..110 must now be compared first; the
     // SYN-ACKs (held by the guard until now) stay behind it in stream order.
     c.handle_secondary(t(3), pure_ack(1, 9));
@@ -440,6 +447,7 @@ fn a_held_retransmission_is_compared_again_after_a_new_syn() {
     // A SYN-ACK with ISN 0 starts a new connection: 1..5 is no longer known to be released.
     let syn_ack = testkit::tcp(&h, 0, 50, SYN | ACK, &[]);
     c.handle_primary(t(2), syn_ack.clone());
+    c.handle_secondary(t(2), testkit::tcp(&h, 9000, 50, SYN | ACK, &[]));
     c.handle_secondary(t(3), pure_ack(1, 50));
     assert!(
         releases(&settle(&mut c)).is_empty(),
