@@ -84,6 +84,7 @@ pub struct NodeMetrics {
     pages: Histogram,
     miscompares: Family<Label, Counter>,
     lease_round_trip: Histogram,
+    heartbeat_round_trip: Histogram,
     sync_memory_bytes: Gauge,
     sync_disk_bytes: Gauge,
     sync_done_bytes: Gauge,
@@ -124,6 +125,7 @@ impl NodeMetrics {
             miscompares: Family::default(),
             // 100 us .. ~3.3 s.
             lease_round_trip: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            heartbeat_round_trip: Histogram::new(exponential_buckets(0.00001, 2.0, 18)),
             sync_memory_bytes: Gauge::default(),
             sync_disk_bytes: Gauge::default(),
             sync_done_bytes: Gauge::default(),
@@ -180,6 +182,11 @@ impl NodeMetrics {
             "lease_round_trip_seconds",
             "Arbiter lease request to reply",
             m.lease_round_trip.clone(),
+        );
+        r.register(
+            "heartbeat_round_trip_seconds",
+            "Peer heartbeat to its echo (heartbeats go out on an idle link; sampled at most every 100 ms)",
+            m.heartbeat_round_trip.clone(),
         );
         r.register(
             "sync_memory_bytes",
@@ -305,6 +312,11 @@ impl NodeMetrics {
     /// An arbiter reply arrived this long after its request.
     pub fn on_lease_reply(&self, round_trip_s: f64) {
         self.lease_round_trip.observe(round_trip_s);
+    }
+
+    /// A heartbeat's echo came back after `round_trip_s` seconds.
+    pub fn on_heartbeat_round_trip(&self, round_trip_s: f64) {
+        self.heartbeat_round_trip.observe(round_trip_s);
     }
 
     /// An initial copy is under way: `sent` of `total` bytes are out (scrapes during the copy

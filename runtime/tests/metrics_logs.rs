@@ -201,6 +201,15 @@ fn metrics_move_between_scrapes_and_json_logs_carry_typed_fields() {
         "{p2}"
     );
     assert!(sample(&p2, &series("primary", "guest_step")) > 0.0, "{p2}");
+    // Between checkpoints the link idles and heartbeats go out: their echoes are timed.
+    let echoes = sample(
+        &p2,
+        &series("primary", "heartbeat_round_trip_seconds_count"),
+    ) + sample(
+        &s2,
+        &series("secondary", "heartbeat_round_trip_seconds_count"),
+    );
+    assert!(echoes >= 1.0, "{p2}\n---\n{s2}");
 
     // `colo status`: a short human table; `--json` the machine form.
     let table = std::process::Command::new(common::procs::COLO)

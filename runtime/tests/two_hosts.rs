@@ -19,7 +19,7 @@
 mod common;
 
 use colo_runtime::net::kvclient::KvConnection;
-use colo_runtime::net::linkem::LinkFaults;
+use colo_runtime::net::linkem::{FaultDraw, LinkFaults};
 use common::two_hosts::TwoHosts;
 use std::time::{Duration, Instant};
 
@@ -98,8 +98,7 @@ fn a_primary_cut_from_everyone_loses_the_term_and_the_client_moves_to_host_b() {
     let mut conn = pair.connect();
     increments(&mut conn, 1, 5);
     // Host A loses both of its links at once: replication and management.
-    pair.link.set_down(true);
-    pair.cut_arbiter_link('a', true);
+    pair.isolate_host_a(true);
     let cut_at = Instant::now();
     let b = pair.b_node;
     pair.procs.wait_for(Duration::from_secs(20), |w, l| {
@@ -140,8 +139,7 @@ fn a_primary_cut_from_everyone_loses_the_term_and_the_client_moves_to_host_b() {
         "host A, cut off, put guest frames on the client LAN after host B took over"
     );
     // Host A's links come back: the arbiter refuses it the term host B holds, and it stops.
-    pair.link.set_down(false);
-    pair.cut_arbiter_link('a', false);
+    pair.isolate_host_a(false);
     let a = pair.a_node;
     let deposed = pair.procs.wait_for(Duration::from_secs(20), |w, l| {
         w == a && l.starts_with("primary: deposed ")
@@ -241,15 +239,6 @@ impl SteadyClient {
     }
 }
 
-/// Draws from a fixed seed (splitmix64): the rounds' victims and delays are reproducible.
-fn draw(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[test]
 fn sigkill_rounds_with_reprotection_keep_one_client_served() {
     // A few rounds in CI; COLO_TWO_HOSTS_ROUNDS=60 runs the 20 per victim by hand.
@@ -268,15 +257,15 @@ fn sigkill_rounds_with_reprotection_keep_one_client_served() {
     // (process, host) of the primary-side and secondary-side node.
     let mut primary = (pair.a_node, 0usize);
     let mut secondary = (pair.b_node, 1usize);
-    let mut seed = 0x5eed_2026u64;
+    let mut seed = FaultDraw::new(0x5eed_2026);
     let mut next_id = 10;
     let mut log = Vec::new();
     let t0 = std::time::Instant::now();
     for round in 0..rounds {
         // Kill at a random point of the checkpoint cycle (500 ms), the client running.
         pair.procs
-            .drain_for(Duration::from_millis(draw(&mut seed) % 700 + 100));
-        let victim = draw(&mut seed) % 3;
+            .drain_for(Duration::from_millis(seed.next_u64() % 700 + 100));
+        let victim = seed.next_u64() % 3;
         match victim {
             0 | 1 => {
                 let (dead, survivor) = if victim == 0 {
@@ -292,11 +281,11 @@ fn sigkill_rounds_with_reprotection_keep_one_client_served() {
                 // The survivor (auto_reprotect) takes the dead host's node back as its secondary.
                 let mut newcomer = pair.rejoin(dead.1, next_id, &[]);
                 next_id += 1;
-                if draw(&mut seed).is_multiple_of(3) {
+                if seed.next_u64().is_multiple_of(3) {
                     // Killed again while it is being copied: the survivor stays solo and takes
                     // the next newcomer.
                     pair.procs
-                        .drain_for(Duration::from_millis(draw(&mut seed) % 300));
+                        .drain_for(Duration::from_millis(seed.next_u64() % 300));
                     let copied = pair.procs.seen.iter().any(|(w, at, l)| {
                         *w == survivor.0 && l.contains("event Reprotected") && *at > pair_t0
                     });
@@ -435,8 +424,7 @@ fn a_restarted_arbiter_remembers_the_term_and_the_cut_off_primary_is_deposed() {
     let mut conn = pair.connect();
     increments(&mut conn, 1, 3);
     // Host A is cut off; host B takes term 2 from the arbiter.
-    pair.link.set_down(true);
-    pair.cut_arbiter_link('a', true);
+    pair.isolate_host_a(true);
     let b = pair.b_node;
     pair.procs.wait_for(Duration::from_secs(20), |w, l| {
         w == b && l.starts_with("secondary: claim-client-link ")

@@ -264,6 +264,8 @@ pub struct Node {
     link_up: bool,
     /// The peer link dropped while paired; the next link-up is a reconnection.
     link_dropped_while_paired: bool,
+    /// The last heartbeat sent (its sequence number and when), for its round trip.
+    heartbeat_probe: Option<(u64, Instant)>,
     out: VecDeque<Output>,
     stats: NodeStats,
     now: Instant,
@@ -298,6 +300,7 @@ impl Node {
             failed_over_reported: false,
             link_up: false,
             link_dropped_while_paired: false,
+            heartbeat_probe: None,
             out: VecDeque::new(),
             stats: NodeStats::default(),
             now,

@@ -170,7 +170,18 @@ impl Node {
                 let epoch = self.current_epoch();
                 self.send(Message::HeartbeatEcho { term, seq, epoch });
             }
-            Message::HeartbeatEcho { .. } | Message::Ack { .. } | Message::TermAnnounce { .. } => {}
+            Message::HeartbeatEcho { seq, .. } => {
+                // The echo of the last heartbeat sent: its round trip (an echo of an older one,
+                // overtaken by a newer heartbeat, is not timed).
+                if let Some((sent_seq, at)) = self.heartbeat_probe
+                    && sent_seq == seq
+                {
+                    self.heartbeat_probe = None;
+                    self.stats.heartbeat_round_trips += 1;
+                    self.stats.last_heartbeat_round_trip = now.saturating_duration_since(at);
+                }
+            }
+            Message::Ack { .. } | Message::TermAnnounce { .. } => {}
             Message::Goodbye { reason, .. } => self.on_goodbye(now, reason),
             m @ (Message::SyncStart { .. }
             | Message::SyncPages { .. }

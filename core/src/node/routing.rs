@@ -71,6 +71,7 @@ impl Node {
             progressed = true;
             let term = self.failover.term();
             let epoch = self.current_epoch();
+            self.heartbeat_probe = Some((beat.seq, now));
             self.send(Message::Heartbeat {
                 term,
                 seq: beat.seq,

@@ -101,6 +101,10 @@ pub struct NodeStats {
     /// Peer links that came back after a drop while paired (each one restarts the epoch in
     /// flight, if any, on the new link).
     pub link_resets: u64,
+    /// Heartbeats answered by the peer's echo (a heartbeat goes out only on an idle link).
+    pub heartbeat_round_trips: u64,
+    /// The last heartbeat's round trip: sent to echo received, on this node's clock.
+    pub last_heartbeat_round_trip: crate::time::Duration,
 }
 
 impl Node {

@@ -736,3 +736,37 @@ fn peer_activity_is_only_liveness_and_changes_nothing_on_an_idle_node() {
     assert!(drain(&mut n).is_empty());
     assert_eq!(n.poll_timeout(), None);
 }
+
+#[test]
+fn a_heartbeat_echo_times_the_round_trip_of_the_last_heartbeat() {
+    let mut n = replicating_primary();
+    // Idle link: a heartbeat goes out within an interval.
+    let mut sent = None;
+    let mut t = 2;
+    while sent.is_none() && t < 1000 {
+        t += 10;
+        n.handle(ms(t), Input::Timeout);
+        sent = drain(&mut n).into_iter().find_map(|o| match o {
+            Output::ToPeer {
+                message: Message::Heartbeat { seq, term, epoch },
+                ..
+            } => Some((seq, term, epoch, t)),
+            _ => None,
+        });
+    }
+    let (seq, term, epoch, at) = sent.expect("a heartbeat on an idle link");
+    let echo = |seq| Input::Peer {
+        message: Message::HeartbeatEcho { term, seq, epoch },
+        bulk: PeerBulk::None,
+    };
+    // An echo of another heartbeat is not timed; the right one is, once.
+    n.handle(ms(at + 3), echo(seq + 1));
+    assert_eq!(n.stats().heartbeat_round_trips, 0);
+    n.handle(ms(at + 7), echo(seq));
+    n.handle(ms(at + 9), echo(seq));
+    assert_eq!(n.stats().heartbeat_round_trips, 1);
+    assert_eq!(
+        n.stats().last_heartbeat_round_trip,
+        Duration::from_millis(7)
+    );
+}

@@ -105,7 +105,8 @@ impl FaultDraw {
         FaultDraw { state: seed }
     }
 
-    fn next(&mut self) -> u64 {
+    /// The next raw draw (also used by tests that want reproducible choices of their own).
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -114,7 +115,7 @@ impl FaultDraw {
     }
 
     fn chance(&mut self, ppm: Ppm) -> bool {
-        ppm > 0 && self.next() % 1_000_000 < u64::from(ppm)
+        ppm > 0 && self.next_u64() % 1_000_000 < u64::from(ppm)
     }
 
     /// The fate of the next frame under `faults`.
@@ -138,7 +139,7 @@ impl FaultDraw {
         let micros = if jitter == 0 {
             base
         } else {
-            let offset = self.next() % (2 * jitter + 1);
+            let offset = self.next_u64() % (2 * jitter + 1);
             (base + offset).saturating_sub(jitter)
         };
         Fate::Send {

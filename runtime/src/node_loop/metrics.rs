@@ -29,6 +29,8 @@ pub(super) struct LoopMetrics {
     /// When each outstanding lease request went out.
     lease_sent: HashMap<u64, Instant>,
     last_mirror: Option<Instant>,
+    /// Heartbeat round trips already observed (the node counts them).
+    heartbeat_round_trips: u64,
 }
 
 impl LoopMetrics {
@@ -45,6 +47,7 @@ impl LoopMetrics {
             registry,
             lease_sent: HashMap::new(),
             last_mirror: None,
+            heartbeat_round_trips: 0,
         })
     }
 
@@ -110,6 +113,13 @@ impl NodeLoop {
         self.metrics.last_mirror = Some(now);
         let status = self.node.status(now);
         let stats = self.node.stats();
+        if stats.heartbeat_round_trips > self.metrics.heartbeat_round_trips {
+            // The last round trip since the previous look (one sample per look at most).
+            self.metrics.heartbeat_round_trips = stats.heartbeat_round_trips;
+            self.metrics
+                .registry
+                .on_heartbeat_round_trip(stats.last_heartbeat_round_trip.as_secs_f64());
+        }
         let failover = self.node.failover().stats();
         let disk = self.disk.as_ref().map(|d| d.stats()).unwrap_or_default();
         let mode = format!("{:?}", status.mode);

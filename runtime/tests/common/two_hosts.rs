@@ -131,6 +131,25 @@ pub struct TwoHosts {
     pub client: NetNs,
 }
 
+/// A veth pair: `end` in `here`, `far` in `there`.
+fn veth(here: &NetNs, end: &str, there: &NetNs, far: &str) {
+    ip(
+        here,
+        &[
+            "link",
+            "add",
+            end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            far,
+            "netns",
+            there.name(),
+        ],
+    );
+}
+
 fn ip(ns: &NetNs, words: &[&str]) {
     ns.ip(words)
         .unwrap_or_else(|e| panic!("in namespace {}: {e}", ns.name()));
@@ -168,21 +187,7 @@ impl TwoHosts {
             (&a, "m-a", "192.168.51.1/24"),
             (&b, "m-b", "192.168.51.2/24"),
         ] {
-            ip(
-                &arb,
-                &[
-                    "link",
-                    "add",
-                    end,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "mgmt0",
-                    "netns",
-                    host.name(),
-                ],
-            );
+            veth(&arb, end, host, "mgmt0");
             ip(&arb, &["link", "set", end, "master", "mgmt", "up"]);
             ip(host, &["addr", "add", addr, "dev", "mgmt0"]);
             ip(host, &["link", "set", "mgmt0", "up"]);
@@ -191,21 +196,7 @@ impl TwoHosts {
         // Client LAN: the client's bridge, an uplink to each host's guest bridge.
         add_client_bridge(&client, "cbr", "10.0.0.1/24").unwrap();
         for (host, end) in [(&a, "dn-a"), (&b, "dn-b")] {
-            ip(
-                &client,
-                &[
-                    "link",
-                    "add",
-                    end,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "uplink",
-                    "netns",
-                    host.name(),
-                ],
-            );
+            veth(&client, end, host, "uplink");
             ip(&client, &["link", "set", end, "master", "cbr", "up"]);
             ip(
                 host,
@@ -357,6 +348,13 @@ impl TwoHosts {
             &self.arb,
             &["link", "set", end, if cut { "down" } else { "up" }],
         );
+    }
+
+    /// Cuts (`true`) or restores host A's replication and management links together: host A
+    /// reaches neither host B nor the arbiter.
+    pub fn isolate_host_a(&self, cut: bool) {
+        self.link.set_down(cut);
+        self.cut_arbiter_link('a', cut);
     }
 
     /// Frames from the guest's MAC captured so far on the client end of host A's (0) or
