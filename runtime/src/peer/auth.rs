@@ -12,13 +12,14 @@ use colo_core::wire::auth::{
     parse_auth_hello, proof, session, verify_proof,
 };
 use colo_core::wire::{AuthError, FrameDecoder, Limits, LinkSide, MAGIC, Session};
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::PeerWriter;
@@ -146,7 +147,7 @@ impl PairKey {
 
     /// Remembers a peer's `nonce`; false if a peer already used it (a replayed handshake).
     fn first_use(&self, nonce: &[u8; NONCE_LEN]) -> bool {
-        let mut seen = self.inner.seen.lock().expect("nonce memory poisoned");
+        let mut seen = self.inner.seen.lock();
         if seen.contains(nonce) {
             return false;
         }
