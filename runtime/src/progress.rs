@@ -155,28 +155,7 @@ impl Drop for SyncProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parking_lot::Mutex;
-    use tracing_subscriber::fmt::MakeWriter;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
-        }
-    }
+    use crate::logging::Captured;
 
     fn events(every: Duration, steps: &[u64], total: u64) -> Vec<serde_json::Value> {
         let out = Captured::default();
@@ -191,8 +170,8 @@ mod tests {
                 p.advance(s);
             }
         });
-        let text = String::from_utf8(out.0.lock().clone()).unwrap();
-        text.lines()
+        out.text()
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }

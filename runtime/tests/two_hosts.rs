@@ -21,7 +21,7 @@ mod common;
 
 use colo_runtime::net::kvclient::KvConnection;
 use colo_runtime::net::linkem::{FaultDraw, LinkFaults};
-use common::two_hosts::TwoHosts;
+use common::two_hosts::{LOSSY_LINK, TwoHosts};
 use std::time::{Duration, Instant};
 
 /// `n` increments on `conn`, numbered from `first`, each answered with the running count.
@@ -43,14 +43,7 @@ fn lines_of(pair: &TwoHosts, node: usize, prefix: &str) -> usize {
 
 #[test]
 fn a_delaying_lossy_reordering_link_costs_latency_not_a_failover() {
-    let faults = LinkFaults {
-        delay: Duration::from_millis(5),
-        jitter: Duration::from_millis(2),
-        loss: 10_000,
-        duplicate: 5_000,
-        reorder: 10_000,
-        down: false,
-    };
+    let faults = LOSSY_LINK;
     // On a lossy link TCP's retransmission timeout (at least 200 ms, doubling) stalls the
     // replication stream now and then for longer than the default 500 ms detection: an
     // operator running over such a link sets a longer one (docs/operations.md, "Links").
@@ -477,14 +470,7 @@ fn a_restarted_arbiter_remembers_the_term_and_the_cut_off_primary_is_deposed() {
 #[test]
 fn a_guest_disk_keeps_every_completed_write_through_a_lossy_link_and_a_partition() {
     use common::two_hosts::disk_writer;
-    let faults = LinkFaults {
-        delay: Duration::from_millis(5),
-        jitter: Duration::from_millis(2),
-        loss: 10_000,
-        duplicate: 5_000,
-        reorder: 10_000,
-        down: false,
-    };
+    let faults = LOSSY_LINK;
     let Some(mut pair) = TwoHosts::start_with(
         "a_guest_disk_keeps_every_completed_write_through_a_lossy_link_and_a_partition",
         "heartbeat_misses = 20",

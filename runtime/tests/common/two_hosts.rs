@@ -73,6 +73,17 @@ listen = "{B_PEER}"
     )
 }
 
+/// The replication link of issue 11's fault test: 5 ms +- 2 ms, 1 % loss, 0.5 % duplication,
+/// 1 % reordering.
+pub const LOSSY_LINK: LinkFaults = LinkFaults {
+    delay: Duration::from_millis(5),
+    jitter: Duration::from_millis(2),
+    loss: 10_000,
+    duplicate: 5_000,
+    reorder: 10_000,
+    down: false,
+};
+
 /// The flags of a node's guest: `(temporary dir, host 0 or 1, node id)`.
 pub type NodeFlags = fn(&std::path::Path, usize, u64) -> Vec<String>;
 
