@@ -118,7 +118,9 @@ const SEEDS: &[(u64, &str)] = &[
         "output_commit (harness): after a failover and a re-protection, the primary's rewriter \
          releases frames in the client's sequence space; the observer compared those, not the \
          guest's, with the new secondary's identical output and judged matched releases \
-         `Covered`",
+         `Covered`; then (with the comparator's datagram window of 8) liveness: two takeovers \
+         with a re-protection between them, and the client-facing TCP translation did not \
+         travel to the newcomer (colo-core now sends it, Message::ClientTranslation)",
     ),
     (
         1118,

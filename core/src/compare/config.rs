@@ -46,7 +46,7 @@ impl Default for CompareConfig {
             max_flows: 16384,
             flow_idle_timeout: Duration::from_secs(60),
             closed_flow_linger: Duration::from_secs(5),
-            datagram_reorder_window: 1,
+            datagram_reorder_window: 8,
             retransmit_history: 64 * 1024,
         }
     }

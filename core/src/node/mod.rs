@@ -44,7 +44,7 @@ use crate::compare::Comparator;
 use crate::failover::{Failover, FailoverReason};
 use crate::heartbeat::Heartbeat;
 use crate::ids::{Epoch, NodeId, Role};
-use crate::rewrite::Rewriter;
+use crate::rewrite::{ClientTranslation, Rewriter};
 use crate::time::Instant;
 use crate::wire::Message;
 use disks::Disks;
@@ -453,11 +453,7 @@ impl Node {
             self.stats.link_resets += 1;
             self.disks.handle_link_reset();
             match &mut self.side {
-                Side::Primary(p) => {
-                    if let Some(c) = p.checkpointer.as_mut() {
-                        c.handle_link_reset(now);
-                    }
-                }
+                Side::Primary(p) => p.handle_link_reset(now),
                 Side::Secondary(s) => {
                     if let Some(c) = s.checkpointer.as_mut() {
                         c.handle_link_reset(now);
@@ -554,7 +550,7 @@ impl Node {
     pub fn rewriter(&self) -> Option<&Rewriter> {
         match &self.side {
             Side::Secondary(s) => Some(&s.rewriter),
-            Side::Primary(p) => p.client_xlate.as_ref(),
+            Side::Primary(p) => p.client_xlate.as_ref().map(ClientTranslation::own),
         }
     }
 }

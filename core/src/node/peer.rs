@@ -399,13 +399,10 @@ impl Node {
             let Side::Secondary(old) = std::mem::replace(&mut self.side, placeholder) else {
                 return;
             };
-            let primary = super::primary::PrimarySide::from_survivor(
-                &self.config,
-                applied,
-                old.rewriter,
-                now,
-            )
-            .expect("compare config validated at Node::new");
+            let translation = crate::rewrite::ClientTranslation::new(old.rewriter, old.inherited);
+            let primary =
+                super::primary::PrimarySide::from_survivor(&self.config, applied, translation, now)
+                    .expect("compare config validated at Node::new");
             self.side = Side::Primary(primary);
         }
     }

@@ -15,7 +15,7 @@ use crate::checkpoint::{CheckpointConfig, CheckpointOutput, PrimaryCheckpointer,
 use crate::compare::{Comparator, CompareOutput};
 use crate::failover::Mode;
 use crate::ids::{CheckpointReason, Epoch, NicId};
-use crate::rewrite::Rewriter;
+use crate::rewrite::{ClientTranslation, TRANSLATED_CONNS_PER_MESSAGE, TranslatedConn};
 use crate::time::{Duration, Instant};
 use crate::wire::Message;
 
@@ -30,9 +30,13 @@ pub(super) struct PrimarySide {
     pub(super) released: Epoch,
     /// The last completed checkpoint when no checkpointer exists.
     base_epoch: Epoch,
-    /// A former secondary that took over keeps its rewriter as the client-facing translator:
-    /// clients keep the old primary's sequence numbers for their connections' whole life.
-    pub(super) client_xlate: Option<Rewriter>,
+    /// A former secondary that took over keeps its rewriter (composed with what it inherited)
+    /// as the client-facing translator: clients keep the old primary's sequence numbers for
+    /// their connections' whole life.
+    pub(super) client_xlate: Option<ClientTranslation>,
+    /// The translation snapshot the secondary holds (sent on this link), `None` when nothing
+    /// was sent on it yet: a new pairing and every link reset send it again.
+    translation_sent: Option<Vec<TranslatedConn>>,
     /// Whether the PVM was ever started (created paused; the first checkpoint starts it).
     pub(super) pvm_started: bool,
 }
@@ -53,6 +57,7 @@ impl PrimarySide {
             released: Epoch(0),
             base_epoch: Epoch(0),
             client_xlate: None,
+            translation_sent: None,
             pvm_started: false,
         })
     }
@@ -62,14 +67,14 @@ impl PrimarySide {
     pub(super) fn from_survivor(
         config: &NodeConfig,
         applied: Epoch,
-        rewriter: Rewriter,
+        translation: ClientTranslation,
         now: Instant,
     ) -> Result<PrimarySide, NodeConfigError> {
         let mut p = PrimarySide::new(config)?;
         p.comparator.release_all(now);
         p.base_epoch = applied;
         p.released = applied;
-        p.client_xlate = Some(rewriter);
+        p.client_xlate = Some(translation);
         p.pvm_started = true;
         Ok(p)
     }
@@ -105,7 +110,49 @@ impl PrimarySide {
         self.checkpointer = Some(ck);
         self.released = done;
         self.base_epoch = done;
+        self.translation_sent = None;
         self.comparator.attach_secondary(now);
+    }
+
+    /// The link to the secondary was replaced: what was sent on the old one may be lost.
+    pub(super) fn handle_link_reset(&mut self, now: Instant) {
+        self.translation_sent = None;
+        if let Some(c) = self.checkpointer.as_mut() {
+            c.handle_link_reset(now);
+        }
+    }
+
+    /// The client-facing translation's parts to send before the next checkpoint request, if
+    /// the secondary's copy is not current (see `Message::ClientTranslation`).
+    fn translation_update(&mut self) -> Vec<Message> {
+        let Some(x) = &self.client_xlate else {
+            return Vec::new();
+        };
+        let snapshot = x.snapshot();
+        if self.translation_sent.as_ref() == Some(&snapshot) {
+            return Vec::new();
+        }
+        let mut parts: Vec<Message> = snapshot
+            .chunks(TRANSLATED_CONNS_PER_MESSAGE)
+            .enumerate()
+            .map(|(i, conns)| Message::ClientTranslation {
+                part: i as u32,
+                last: false,
+                conns: conns.to_vec(),
+            })
+            .collect();
+        if parts.is_empty() {
+            parts.push(Message::ClientTranslation {
+                part: 0,
+                last: true,
+                conns: Vec::new(),
+            });
+        }
+        if let Some(Message::ClientTranslation { last, .. }) = parts.last_mut() {
+            *last = true;
+        }
+        self.translation_sent = Some(snapshot);
+        parts
     }
 
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
@@ -166,7 +213,7 @@ impl Node {
             return;
         };
         if let Some(x) = &mut p.client_xlate {
-            x.rewrite_inbound(now, &mut frame);
+            x.translate_inbound(now, &mut frame);
         }
         if replicating {
             // QEMU's filter-mirror: the SVM sees exactly the PVM's input. The tag is the first
@@ -226,6 +273,13 @@ impl Node {
             progressed = true;
             match o {
                 CheckpointOutput::Send(m) => {
+                    if matches!(m, Message::CheckpointRequest { .. }) {
+                        // The secondary must hold the client-facing translation of the state
+                        // it may take over from: it travels ahead of the checkpoint.
+                        for part in p.translation_update() {
+                            self.send_checkpoint_message(part);
+                        }
+                    }
                     #[cfg(feature = "canaries")]
                     if let Message::CheckpointSent { epoch, .. } = &m
                         && self.canary(super::NodeCanary::ReleaseBeforeReceived)
@@ -286,7 +340,7 @@ impl Node {
         if let Side::Primary(p) = &mut self.side
             && let Some(x) = &mut p.client_xlate
         {
-            x.rewrite_outbound(now, &mut frame);
+            x.translate_outbound(now, &mut frame);
         }
         if self.failover.mode() == Mode::Paired {
             self.release_to_client(frame);

@@ -3,7 +3,9 @@
 //! checkpoint messages into the checkpointer, forwarded disk writes into the overlays, and the
 //! checkpointer's `ResetDisk` / `ResetRewriter` into the disk machine and the rewriter. After a
 //! takeover the same rewriter keeps translating between the clients (who hold the old primary's
-//! sequence numbers) and the SVM, and SVM frames go to the client through the solo gate.
+//! sequence numbers) and the SVM, followed by the client-facing translation the primary sent
+//! (`Message::ClientTranslation`, non-empty when that primary had itself taken over), and SVM
+//! frames go to the client through the solo gate.
 //!
 //! Invariant kept: while the primary lives, no SVM frame reaches a client (architecture.md
 //! invariant 1, last sentence): SVM output goes only to the peer until this node's takeover
@@ -14,7 +16,7 @@ use crate::checkpoint::{
     CheckpointConfig, CheckpointOutput, SecondaryCheckpointer, SecondaryPhase,
 };
 use crate::ids::{Epoch, NicId};
-use crate::rewrite::Rewriter;
+use crate::rewrite::{Rewriter, RewriterConfig, TranslatedConn};
 use crate::time::Instant;
 use crate::wire::Message;
 
@@ -22,6 +24,13 @@ use crate::wire::Message;
 #[derive(Debug)]
 pub(super) struct SecondarySide {
     pub(super) rewriter: Rewriter,
+    /// The primary's client-facing translation (its guest's numbering -> the clients'), as of
+    /// its last complete `ClientTranslation` snapshot; empty unless that primary took over.
+    pub(super) inherited: Rewriter,
+    /// Parts of a snapshot still arriving, and the next part number expected.
+    incoming: Vec<TranslatedConn>,
+    incoming_part: u32,
+    rewriter_config: RewriterConfig,
     /// `None` until replication starts (`SyncDone`).
     pub(super) checkpointer: Option<SecondaryCheckpointer>,
     checkpoint_config: CheckpointConfig,
@@ -36,11 +45,59 @@ impl SecondarySide {
     pub(super) fn new(config: &NodeConfig) -> SecondarySide {
         SecondarySide {
             rewriter: Rewriter::new(config.rewriter),
+            inherited: Rewriter::from_translated(config.rewriter, Instant::ZERO, &[]),
+            incoming: Vec::new(),
+            incoming_part: 0,
+            rewriter_config: config.rewriter,
             checkpointer: None,
             checkpoint_config: config.checkpoint,
             backlog: std::collections::VecDeque::new(),
             covered_frames: 0,
         }
+    }
+
+    /// The SVM's output leaves for a client now (after a takeover): the inherited hop last.
+    fn translate_outbound(&mut self, now: Instant, frame: &mut [u8]) {
+        self.inherited.rewrite_outbound(now, frame);
+    }
+
+    /// This node takes over: its rewriter and the inherited hop serve clients from now on
+    /// (`crate::rewrite::ClientTranslation`'s rule: what this node saw open hides older
+    /// inherited incarnations of the same addresses).
+    pub(super) fn enter_failover(&mut self) {
+        self.rewriter.enter_failover();
+        self.inherited.forget_connections_tracked_by(&self.rewriter);
+    }
+
+    /// One part of the primary's client-facing translation snapshot. Returns false for a part
+    /// out of order (a protocol error; the parts so far are dropped).
+    fn translation_part(
+        &mut self,
+        now: Instant,
+        part: u32,
+        last: bool,
+        conns: Vec<TranslatedConn>,
+    ) -> bool {
+        if part == 0 {
+            self.incoming.clear();
+        } else if part != self.incoming_part {
+            self.incoming.clear();
+            self.incoming_part = 0;
+            return false;
+        }
+        // More than the table holds is refused by `from_translated`; never buffer beyond it.
+        let room = self
+            .rewriter_config
+            .connections_max
+            .saturating_sub(self.incoming.len());
+        self.incoming.extend(conns.into_iter().take(room));
+        self.incoming_part = part.wrapping_add(1);
+        if last {
+            let conns = std::mem::take(&mut self.incoming);
+            self.inherited = Rewriter::from_translated(self.rewriter_config, now, &conns);
+            self.incoming_part = 0;
+        }
+        true
     }
 
     /// Whether the SVM is paused for a checkpoint (so a mirrored frame must wait).
@@ -120,6 +177,7 @@ impl Node {
             // never to a client while the primary lives.
             self.stats.stale_secondary_output += 1;
         } else {
+            s.translate_outbound(now, &mut frame);
             self.emit_solo(now, frame);
         }
     }
@@ -131,6 +189,7 @@ impl Node {
             return;
         }
         if let Side::Secondary(s) = &mut self.side {
+            s.inherited.rewrite_inbound(now, &mut frame);
             s.rewriter.rewrite_inbound(now, &mut frame);
             self.out.push_back(Output::ToGuest { nic, frame });
         }
@@ -163,6 +222,14 @@ impl Node {
                 offset,
                 len,
             } => self.disks.handle_peer_write(write_id, epoch, offset, len),
+            Message::ClientTranslation { part, last, conns } => {
+                if !s.translation_part(now, part, last, conns) {
+                    self.protocol_error(
+                        crate::wire::MessageKind::ClientTranslation,
+                        ProtocolViolation::UnexpectedInPhase,
+                    );
+                }
+            }
             m @ (Message::CheckpointRequest { .. }
             | Message::PageBatch { .. }
             | Message::DeviceState { .. }
@@ -289,5 +356,68 @@ impl Node {
             C::VmFailed { epoch, command } => self.event(Event::VmFailed { epoch, command }),
             C::ReadyForTakeover { .. } => self.on_ready_for_takeover(now),
         }
+    }
+}
+
+#[cfg(test)]
+mod translation_tests {
+    use super::*;
+    use crate::rewrite::ConnKey;
+
+    fn conn(port: u16) -> TranslatedConn {
+        TranslatedConn {
+            key: ConnKey {
+                vlan: None,
+                guest_addr: "10.0.0.2".parse().unwrap(),
+                guest_port: 80,
+                peer_addr: "10.0.0.9".parse().unwrap(),
+                peer_port: port,
+            },
+            offset: 5,
+        }
+    }
+
+    fn side(connections_max: usize) -> SecondarySide {
+        let mut config = NodeConfig::new(crate::ids::NodeId(2), crate::ids::ClusterId(7));
+        config.rewriter.connections_max = connections_max;
+        SecondarySide::new(&config)
+    }
+
+    #[test]
+    fn a_snapshot_in_parts_replaces_the_inherited_translation_when_its_last_part_arrives() {
+        let mut s = side(16);
+        let t = Instant::from_nanos(1);
+        assert!(s.translation_part(t, 0, false, vec![conn(1), conn(2)]));
+        assert_eq!(s.inherited.connections(), 0, "nothing before the last part");
+        assert!(s.translation_part(t, 1, true, vec![conn(3)]));
+        assert_eq!(s.inherited.translated().count(), 3);
+        // A new snapshot replaces the old one whole.
+        assert!(s.translation_part(t, 0, true, vec![conn(9)]));
+        let kept: Vec<u16> = s.inherited.translated().map(|c| c.key.peer_port).collect();
+        assert_eq!(kept, vec![9]);
+    }
+
+    #[test]
+    fn a_part_out_of_order_is_refused_and_the_parts_so_far_dropped() {
+        let mut s = side(16);
+        let t = Instant::from_nanos(1);
+        assert!(s.translation_part(t, 0, true, vec![conn(7)]));
+        assert!(s.translation_part(t, 0, false, vec![conn(1)]));
+        assert!(!s.translation_part(t, 2, true, vec![conn(2)]));
+        assert!(
+            !s.translation_part(t, 1, true, vec![conn(3)]),
+            "the snapshot restarts at 0"
+        );
+        let kept: Vec<u16> = s.inherited.translated().map(|c| c.key.peer_port).collect();
+        assert_eq!(kept, vec![7], "the last complete snapshot stays");
+    }
+
+    #[test]
+    fn a_snapshot_larger_than_the_table_keeps_what_fits() {
+        let mut s = side(2);
+        let t = Instant::from_nanos(1);
+        assert!(s.translation_part(t, 0, false, vec![conn(1), conn(2), conn(3)]));
+        assert!(s.translation_part(t, 1, true, vec![conn(4)]));
+        assert_eq!(s.inherited.connections(), 2);
     }
 }

@@ -192,7 +192,7 @@ impl Node {
                 }
             }
             Side::Secondary(s) => {
-                s.rewriter.enter_failover();
+                s.enter_failover();
                 match &mut s.checkpointer {
                     Some(k) => k.handle_failover(now),
                     None => self.on_ready_for_takeover(now),

@@ -12,6 +12,7 @@
 //! checksum ever change; a checksum that verified before a rewrite verifies after it; no frame is
 //! ever dropped or made to panic; every decision is counted in [`RewriterStats`].
 
+mod client;
 mod table;
 
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+pub use client::{ClientTranslation, TRANSLATED_CONNS_PER_MESSAGE, TranslatedConn};
 pub use table::{ConnKey, Phase};
 
 use crate::packet::{FlowKey, Kind, SeqNum, TcpInfo, TcpSegmentMut, classify, tcp_flags};

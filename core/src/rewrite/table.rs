@@ -9,11 +9,12 @@
 use crate::packet::SeqNum;
 use crate::time::Instant;
 use core::net::IpAddr;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A TCP connection as the guest sees it, so that both directions map to one key: inbound
 /// frames (into the SVM) have the guest as destination, outbound frames as source.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct ConnKey {
     /// Innermost 802.1Q VLAN id, if tagged.
     pub vlan: Option<u16>,

@@ -21,7 +21,7 @@ use crate::ids::{CheckpointReason, ClusterId, Epoch, NicId, NodeId, PageRange, R
 
 /// The protocol version this build speaks. It travels in every frame header (so a peer speaking
 /// another version is detected before its message is decoded) and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The guest page size the page-carrying messages use: [`Message::PageBatch`] and
 /// [`Message::SyncPages`] carry exactly `PAGE_SIZE` bytes per page of their ranges. x86 dirty
@@ -417,6 +417,20 @@ pub enum Message {
         /// Length in bytes (equal to the bulk length).
         len: u32,
     },
+    /// P -> S: part of the primary's client-facing TCP translation (a primary that took over
+    /// translates its guest's sequence numbers into the ones its clients hold). Sent in parts
+    /// of at most [`crate::rewrite::TRANSLATED_CONNS_PER_MESSAGE`] connections before a
+    /// checkpoint request whenever it changed (and after every new link); the secondary
+    /// replaces what it held when the `last` part arrives and composes it with its own
+    /// rewriter if it takes over (`crate::rewrite::ClientTranslation`).
+    ClientTranslation {
+        /// Part number, from 0, consecutive; part 0 starts a new snapshot.
+        part: u32,
+        /// The snapshot is complete with this part.
+        last: bool,
+        /// Connections with a non-zero client-facing offset, in key order.
+        conns: Vec<crate::rewrite::TranslatedConn>,
+    },
 }
 
 /// The name of a [`Message`] variant without its fields, for logs, errors and statistics.
@@ -451,11 +465,12 @@ pub enum MessageKind {
     LeaseDenied,
     SyncPages,
     SyncDisk,
+    ClientTranslation,
 }
 
 impl MessageKind {
     /// Every kind, in wire order (the order of [`Message`]'s variants).
-    pub const ALL: [MessageKind; 28] = [
+    pub const ALL: [MessageKind; 29] = [
         MessageKind::Hello,
         MessageKind::HelloAccept,
         MessageKind::HelloReject,
@@ -484,6 +499,7 @@ impl MessageKind {
         MessageKind::LeaseDenied,
         MessageKind::SyncPages,
         MessageKind::SyncDisk,
+        MessageKind::ClientTranslation,
     ];
 
     /// Which way messages of this kind travel (the table in `docs/protocol.md`).
@@ -508,6 +524,7 @@ impl MessageKind {
                 Direction::PrimaryToSecondary
             }
             K::SyncProgress => Direction::SecondaryToPrimary,
+            K::ClientTranslation => Direction::PrimaryToSecondary,
             K::LeaseRequest => Direction::NodeToArbiter,
             K::LeaseGrant | K::LeaseDenied => Direction::ArbiterToNode,
         }
@@ -545,6 +562,7 @@ impl MessageKind {
             K::LeaseDenied => "lease-denied",
             K::SyncPages => "sync-pages",
             K::SyncDisk => "sync-disk",
+            K::ClientTranslation => "client-translation",
         }
     }
 }
@@ -596,6 +614,7 @@ impl Message {
             Message::LeaseDenied { .. } => K::LeaseDenied,
             Message::SyncPages { .. } => K::SyncPages,
             Message::SyncDisk { .. } => K::SyncDisk,
+            Message::ClientTranslation { .. } => K::ClientTranslation,
         }
     }
 

@@ -13,10 +13,7 @@ fn udp(body: &[u8], tag: u16) -> Vec<u8> {
     f
 }
 
-/// The default window is 1 (a datagram must match the oldest held one, as before issue 14):
-/// a wider window exposed a liveness failure after two failovers with a re-protection between
-/// them (colo-sim regression seed 630, docs/comparator.md), so reordering is matched only
-/// where the window is configured wider. These tests set it.
+/// A comparator with another `datagram_reorder_window` than the default (8).
 fn with_window(window: usize) -> Comparator {
     Comparator::new(CompareConfig {
         datagram_reorder_window: window,
@@ -28,7 +25,7 @@ fn with_window(window: usize) -> Comparator {
 /// The issue's case: the primary's copies are queued first, the secondary's come reordered.
 #[test]
 fn secondary_datagrams_in_another_order_match_without_a_checkpoint() {
-    let mut c = with_window(8);
+    let mut c = comparator();
     let (a, b, x) = (udp(b"a", 1), udp(b"b", 2), udp(b"x", 3));
     for f in [&a, &b, &x] {
         c.handle_primary(t(0), f.clone());
@@ -48,7 +45,7 @@ fn secondary_datagrams_in_another_order_match_without_a_checkpoint() {
 
 #[test]
 fn a_secondary_running_ahead_in_another_order_matches_on_the_primary_arrival() {
-    let mut c = with_window(8);
+    let mut c = comparator();
     c.handle_secondary(t(0), udp(b"2", 9));
     c.handle_secondary(t(0), udp(b"1", 9));
     let (one, two) = (udp(b"1", 1), udp(b"2", 2));
@@ -79,8 +76,8 @@ fn a_datagram_without_a_twin_is_a_miscompare_once_the_window_is_full() {
 }
 
 #[test]
-fn by_default_a_differing_datagram_is_a_miscompare_at_once() {
-    let mut c = comparator();
+fn with_a_window_of_one_a_differing_datagram_is_a_miscompare_at_once() {
+    let mut c = with_window(1);
     c.handle_primary(t(0), udp(b"query 1", 1));
     c.handle_secondary(t(0), udp(b"query 2", 9));
     assert_eq!(

@@ -195,6 +195,32 @@ pub(super) fn examples() -> Vec<Message> {
             offset: 0,
             len: 4096,
         },
+        Message::ClientTranslation {
+            part: 0,
+            last: true,
+            conns: vec![
+                crate::rewrite::TranslatedConn {
+                    key: crate::rewrite::ConnKey {
+                        vlan: None,
+                        guest_addr: "10.0.0.2".parse().unwrap(),
+                        guest_port: 80,
+                        peer_addr: "10.0.0.9".parse().unwrap(),
+                        peer_port: 40_000,
+                    },
+                    offset: 0x8000_0001,
+                },
+                crate::rewrite::TranslatedConn {
+                    key: crate::rewrite::ConnKey {
+                        vlan: Some(42),
+                        guest_addr: "fd00::2".parse().unwrap(),
+                        guest_port: 443,
+                        peer_addr: "2001:db8::9".parse().unwrap(),
+                        peer_port: 1,
+                    },
+                    offset: 7,
+                },
+            ],
+        },
     ]
 }
 
@@ -384,8 +410,48 @@ pub(super) fn message() -> BoxedStrategy<Message> {
             offset,
             len,
         }),
+        (
+            any::<u32>(),
+            any::<bool>(),
+            proptest::collection::vec(translated_conn(), 0..4)
+        )
+            .prop_map(|(part, last, conns)| Message::ClientTranslation {
+                part,
+                last,
+                conns
+            }),
     ]
     .boxed()
+}
+
+/// One connection of a client-facing translation snapshot, IPv4 or IPv6, tagged or not.
+fn translated_conn() -> impl Strategy<Value = crate::rewrite::TranslatedConn> {
+    let addr = prop_oneof![
+        any::<[u8; 4]>().prop_map(core::net::IpAddr::from),
+        any::<[u8; 16]>().prop_map(core::net::IpAddr::from),
+    ];
+    (
+        proptest::option::of(0u16..4096),
+        addr.clone(),
+        any::<u16>(),
+        addr,
+        any::<u16>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(vlan, guest_addr, guest_port, peer_addr, peer_port, offset)| {
+                crate::rewrite::TranslatedConn {
+                    key: crate::rewrite::ConnKey {
+                        vlan,
+                        guest_addr,
+                        guest_port,
+                        peer_addr,
+                        peer_port,
+                    },
+                    offset,
+                }
+            },
+        )
 }
 
 /// A message with an arbitrary bulk payload that fits its rule.
