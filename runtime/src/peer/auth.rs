@@ -19,7 +19,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::PeerWriter;
@@ -30,6 +30,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many recent peer nonces a key remembers to name a replayed handshake as such (an
 /// older replay still fails, as a proof that does not verify).
 const REMEMBERED_NONCES: usize = 4096;
+
+/// Handshakes a process runs at once (each on its own thread for up to the handshake timeout).
+/// A connection beyond that is closed at once and counted as refused: a flood of silent
+/// connections costs a bounded number of threads, and the real peer, which retries, gets in
+/// once the flood's handshakes time out.
+pub const MAX_CONCURRENT_HANDSHAKES: usize = 16;
 
 /// The pair's shared secret, with this process's counters of refused links and bad frames.
 /// Clones share the counters and the memory of used nonces.
@@ -43,6 +49,8 @@ struct KeyInner {
     seen: Mutex<VecDeque<[u8; NONCE_LEN]>>,
     refused_links: AtomicU64,
     bad_frames: AtomicU64,
+    /// Accepted connections whose handshake thread runs now.
+    handshakes: AtomicUsize,
 }
 
 impl std::fmt::Debug for PairKey {
@@ -71,6 +79,7 @@ impl PairKey {
                 seen: Mutex::new(VecDeque::new()),
                 refused_links: AtomicU64::new(0),
                 bad_frames: AtomicU64::new(0),
+                handshakes: AtomicUsize::new(0),
             }),
         }
     }
@@ -316,19 +325,33 @@ fn exchange(
 
 /// Authenticates an accepted connection on its own thread (a silent peer never holds up the
 /// acceptor) and hands the link to `on_link`; a refusal is logged as `<who>: link-refused`.
+/// At most [`MAX_CONCURRENT_HANDSHAKES`] run at once: a connection beyond them is closed
+/// unanswered and counted as refused.
 pub fn spawn_accept(
     stream: TcpStream,
     key: &PairKey,
     who: &'static str,
     on_link: impl FnOnce(AuthedLink) + Send + 'static,
 ) {
+    let from = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let Some(slot) = HandshakeSlot::take(key) else {
+        key.count_refused();
+        tracing::warn!(
+            role = who,
+            from,
+            refused_links = key.counts().refused_links,
+            limit = MAX_CONCURRENT_HANDSHAKES,
+            "link-refused: too many handshakes in progress"
+        );
+        return;
+    };
     let key = key.clone();
     let spawned = std::thread::Builder::new()
         .name("colo-handshake".to_string())
         .spawn(move || {
-            let from = stream
-                .peer_addr()
-                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            let _slot = slot;
             match handshake(stream, &key, LinkSide::Acceptor) {
                 Ok(link) => on_link(link),
                 Err(e) => log_refused(who, &from, &e, &key),
@@ -336,6 +359,29 @@ pub fn spawn_accept(
         });
     if let Err(e) = spawned {
         tracing::error!(role = who, "cannot start a handshake thread: {e}");
+    }
+}
+
+/// One of the key's [`MAX_CONCURRENT_HANDSHAKES`] handshake places, given back on drop.
+struct HandshakeSlot {
+    key: PairKey,
+}
+
+impl HandshakeSlot {
+    fn take(key: &PairKey) -> Option<HandshakeSlot> {
+        key.inner
+            .handshakes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CONCURRENT_HANDSHAKES).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HandshakeSlot { key: key.clone() })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.key.inner.handshakes.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

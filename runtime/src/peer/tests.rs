@@ -208,6 +208,54 @@ mod authenticated {
     }
 
     #[test]
+    fn silent_connections_beyond_the_handshake_limit_are_refused_and_the_real_peer_gets_in() {
+        use crate::peer::auth::{MAX_CONCURRENT_HANDSHAKES, spawn_accept};
+        let key = PairKey::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let acceptor_key = key.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let tx = tx.clone();
+                spawn_accept(stream, &acceptor_key, "test", move |link| {
+                    let _ = tx.send(link);
+                });
+            }
+        });
+        // A flood of connections that never say anything: each holds a handshake thread.
+        let extra = 4;
+        let silent: Vec<TcpStream> = (0..MAX_CONCURRENT_HANDSHAKES + extra)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while key.counts().refused_links < extra as u64 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            key.counts().refused_links,
+            extra as u64,
+            "the connections beyond the limit are refused at once, the others wait"
+        );
+        // The flood goes away; the real peer, which retries, is served.
+        drop(silent);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let link = loop {
+            match connect(addr, &key) {
+                Ok(link) => break link,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("the real peer never got in: {e}"),
+            }
+        };
+        drop(link);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the acceptor handed the authenticated link over");
+    }
+
+    #[test]
     fn peers_holding_the_same_key_exchange_sealed_frames() {
         let key = PairKey::generate().unwrap();
         let (addr, rx) = acceptor(&key);
