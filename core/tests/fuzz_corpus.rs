@@ -49,6 +49,14 @@ fn wire_decode_corpus_replays_cleanly() {
 }
 
 #[test]
+fn wire_decode_sealed_corpus_replays_cleanly() {
+    replay(
+        "wire_decode_sealed",
+        colo_core::fuzzing::wire_decode::run_sealed,
+    );
+}
+
+#[test]
 fn node_inputs_corpus_replays_cleanly() {
     replay("node_inputs", colo_core::fuzzing::node_inputs::run);
 }

@@ -1,5 +1,6 @@
-//! The checked-in seed corpus of the `wire_decode` fuzz target (`fuzz/seeds/wire_decode/`),
-//! generated from code so it stays valid as the protocol grows.
+//! The checked-in seed corpora of the `wire_decode` and `wire_decode_sealed` fuzz targets
+//! (`fuzz/seeds/wire_decode/`, `fuzz/seeds/wire_decode_sealed/`), generated from code so they
+//! stay valid as the protocol grows.
 //!
 //! `seed_corpus_matches_its_generator` fails when a file differs from what the generator makes
 //! now; run it with `COLO_WRITE_SEEDS=1` to rewrite the directory. Each seed is one chunking
@@ -84,6 +85,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("failover", seed(0x81, &stream(&ex[18..23]))),
         ("arbiter", seed(255, &stream(&ex[23..26]))),
         ("reprotect", seed(99, &stream(&ex[26..28]))),
+        ("translation", seed(42, &stream(&ex[28..29]))),
         ("truncated_header", seed(3, &whole[..HEADER_LEN - 4])),
         ("truncated_frame", seed(50, &whole[..whole.len() - 3])),
         ("corrupted_crc", seed(17, &corrupted)),
@@ -109,15 +111,42 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-#[test]
-fn seed_corpus_matches_its_generator() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/wire_decode");
-    let seeds = seeds();
+/// The sealed target's seeds: the same message groups as frames of an authenticated link
+/// (each stream numbered from frame 0 under the fuzz key), a flipped tag, and a plain frame.
+fn sealed_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let ex = small_examples();
+    let sealed = |messages: &[Message]| {
+        let mut mac = FrameMac::new(crate::fuzzing::wire_decode::SEALED_KEY);
+        let mut out = Vec::new();
+        for m in messages {
+            encode_sealed(m, &bulk_for(m), &mut out, &mut mac).unwrap();
+        }
+        out
+    };
+    let mut flipped = sealed(&ex[3..5]);
+    let tag_byte = flipped.len() - TRAILER_LEN - 5;
+    flipped[tag_byte] ^= 1;
+    vec![
+        ("handshake", seed(0, &sealed(&ex[0..3]))),
+        ("frames", seed(0x83, &sealed(&ex[6..8]))),
+        ("checkpoint", seed(200, &sealed(&ex[8..16]))),
+        ("reprotect", seed(0x99, &sealed(&ex[26..29]))),
+        ("flipped_tag", seed(0x10, &flipped)),
+        ("plain_frame", seed(4, &stream(&ex[3..4]))),
+    ]
+}
+
+/// Checks `dir` holds exactly `seeds` (rewriting it first under `COLO_WRITE_SEEDS`).
+fn check_corpus(dir: &str, seeds: &[(&'static str, Vec<u8>)]) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/seeds")
+        .join(dir);
     if std::env::var_os("COLO_WRITE_SEEDS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
         for entry in std::fs::read_dir(&dir).unwrap() {
             std::fs::remove_file(entry.unwrap().path()).unwrap();
         }
-        for (name, bytes) in &seeds {
+        for (name, bytes) in seeds {
             std::fs::write(dir.join(name), bytes).unwrap();
         }
     }
@@ -129,13 +158,54 @@ fn seed_corpus_matches_its_generator() {
     let mut expected: Vec<String> = seeds.iter().map(|(n, _)| n.to_string()).collect();
     expected.sort();
     assert_eq!(names, expected, "rerun with COLO_WRITE_SEEDS=1");
-    for (name, bytes) in &seeds {
+    for (name, bytes) in seeds {
         let on_disk = std::fs::read(dir.join(name)).unwrap();
         assert_eq!(
             &on_disk, bytes,
             "seed {name} is stale: rerun with COLO_WRITE_SEEDS=1"
         );
     }
+}
+
+#[test]
+fn seed_corpus_matches_its_generator() {
+    check_corpus("wire_decode", &seeds());
+}
+
+#[test]
+fn sealed_seed_corpus_matches_its_generator() {
+    check_corpus("wire_decode_sealed", &sealed_seeds());
+}
+
+#[test]
+fn sealed_seeds_reach_the_intended_outcomes() {
+    let outcome = |name: &str| {
+        let (_, bytes) = sealed_seeds()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .unwrap();
+        let key = crate::fuzzing::wire_decode::SEALED_KEY;
+        let mut decoder = FrameDecoder::sealed(Limits::default(), FrameMac::new(key));
+        decoder.push(&bytes[1..]);
+        let mut frames = 0;
+        loop {
+            match decoder.poll_frame() {
+                Ok(Some(_)) => frames += 1,
+                Ok(None) => return (frames, decoder.finish()),
+                Err(e) => return (frames, Err(e)),
+            }
+        }
+    };
+    assert_eq!(outcome("checkpoint"), (8, Ok(())));
+    assert_eq!(outcome("reprotect"), (3, Ok(())));
+    assert!(matches!(
+        outcome("flipped_tag"),
+        (1, Err(WireError::MacMismatch { frame: 1 }))
+    ));
+    assert!(matches!(
+        outcome("plain_frame"),
+        (0, Err(WireError::MacMissing { frame: 0 }))
+    ));
 }
 
 #[test]
