@@ -8,7 +8,7 @@ mod common;
 use colo_runtime::net::kvclient::{KvConnection, Timeouts};
 use colo_runtime::net::netns::NetNs;
 use colo_runtime::net::tap::{Tap, TapLink};
-use colo_runtime::vmm::devices::virtio::net::DevicePhase;
+use colo_runtime::vmm::devices::virtio::transport::DevicePhase;
 use colo_runtime::{ConsoleOutput, Machine, MachineConfig};
 use std::time::Duration;
 

@@ -1,18 +1,15 @@
-//! The virtio-mmio (version 2) block device: its register window, feature negotiation, one
-//! request queue, and the host side as a [`BlockBackend`] that executes reads, writes and
+//! The virtio block device ([`Blk`], on its [`MmioTransport`]: [`BlkDevice`]): one request
+//! queue, its config space (the capacity), and the host side as a [`BlockBackend`] that executes reads, writes and
 //! flushes (a file for a lone VM, the node loop and its `colo_core::node::Node` in the pair).
 //!
 //! Offered features: VIRTIO_F_VERSION_1 and VIRTIO_BLK_F_FLUSH (virtio 1.2 section 5.2.3). A
 //! request is a chain of a 16-byte readable header (type, reserved, sector), the data (readable
 //! for OUT, writable for IN and GET_ID) and a writable status byte, last (section 5.2.6).
 //! Requests may complete later and out of order: the device keeps them in flight by
-//! [`BlkRequestId`] until [`BlkDevice::complete`]. Device phases (`DevicePhase` of `net`):
-//! ```text
-//!   Reset --driver writes status bits, FEATURES_OK accepted, DRIVER_OK--> Live
-//!   Live --a broken ring (QueueError) or an invalid queue setup--> NeedsReset (status 0x40)
-//!   any --status 0 written--> Reset (in-flight requests are forgotten; late completions
-//!                                    are counted and ignored)
-//! ```
+//! [`BlkRequestId`] until [`BlkDevice::complete`]. Registers, feature negotiation, status and
+//! the device phases (`DevicePhase`) are the transport's (`transport`); a reset (status 0)
+//! forgets the requests in flight (late completions are counted and ignored).
+//!
 //! Invariant: guest values never panic the VMM nor reach outside RAM (see `queue`). A chain
 //! whose descriptors are unusable, or that has no writable status byte, is returned with
 //! length 0 (counted in [`BlkStats::bad_chains`]); a well-formed chain carrying a bad request
@@ -24,12 +21,9 @@
 //! device submits them again to its backend (as QEMU's virtio-blk restarts migrated requests),
 //! so the guest never waits forever for a request its source had popped.
 
-use super::mmio;
-use super::net::DevicePhase;
-use super::net::{F_VERSION_1, INT_USED_BUFFER};
-use super::queue::{ChainError, QueueError, QueueState, Segment, byte_runs, take_prefix, trim_end};
-use crate::vmm::devices::bus::{BusDevice, DeviceAction};
-use crate::vmm::memory::{self, GuestMemory};
+use super::queue::{ChainError, QueueState, Segment, byte_runs, take_prefix, trim_end};
+use super::transport::{F_VERSION_1, MmioTransport, QueueIo, TransportState, VirtioDevice};
+use crate::vmm::memory::GuestMemory;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use vm_memory::{Bytes, GuestAddress};
@@ -199,20 +193,8 @@ pub struct BlkState {
     pub capacity: u64,
     /// A read-only disk: VIRTIO_BLK_F_RO is offered and writes fail with IOERR.
     pub read_only: bool,
-    /// DeviceFeaturesSel.
-    pub device_features_sel: u32,
-    /// DriverFeaturesSel.
-    pub driver_features_sel: u32,
-    /// Features the driver wrote.
-    pub driver_features: u64,
-    /// Device status.
-    pub status: u32,
-    /// QueueSel.
-    pub queue_sel: u32,
-    /// The request queue.
-    pub queue: QueueState,
-    /// InterruptStatus.
-    pub interrupt_status: u32,
+    /// The transport: features, status, the request queue (index 0), interrupt status.
+    pub transport: TransportState<[QueueState; 1]>,
     /// The next request id.
     pub next_id: u64,
     /// Requests handed to the backend and not completed, by id.
@@ -221,22 +203,37 @@ pub struct BlkState {
     pub stats: BlkStats,
 }
 
-/// The device.
-pub struct BlkDevice {
-    mem: GuestMemory,
-    mem_bytes: u64,
+/// The block device on its virtio-mmio transport.
+pub type BlkDevice = MmioTransport<Blk>;
+
+/// The block device behind the transport: the disk's shape, the backend and the requests in
+/// flight.
+pub struct Blk {
     backend: Box<dyn BlockBackend>,
-    irq: Option<EventFd>,
-    state: BlkState,
+    capacity: u64,
+    read_only: bool,
+    next_id: u64,
+    inflight: BTreeMap<BlkRequestId, Inflight>,
+    stats: BlkStats,
 }
 
-impl std::fmt::Debug for BlkDevice {
+impl std::fmt::Debug for Blk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlkDevice")
-            .field("state", &self.state)
+        f.debug_struct("Blk")
+            .field("capacity", &self.capacity)
+            .field("read_only", &self.read_only)
+            .field("next_id", &self.next_id)
+            .field("inflight", &self.inflight)
+            .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
+
+/// The request queue's index (the only one).
+const REQUESTQ: usize = 0;
+
+/// The block device's view of its one queue.
+type Io<'a, 'b> = &'a mut QueueIo<'b, [QueueState; 1]>;
 
 /// A chain the device understood, or the status to answer at once.
 enum Parsed {
@@ -250,74 +247,130 @@ enum Parsed {
     },
 }
 
-impl BlkDevice {
+impl MmioTransport<Blk> {
     /// A device over `mem` without a medium (capacity 0, [`NoMedia`]) interrupting through
     /// `irq` (an irqfd) until [`BlkDevice::set_backend`].
     pub fn new(mem: GuestMemory, irq: Option<EventFd>) -> BlkDevice {
-        let mem_bytes = memory::size(&mem);
-        BlkDevice {
-            mem,
-            mem_bytes,
+        let blk = Blk {
             backend: Box::new(NoMedia),
-            irq,
-            state: BlkState::default(),
-        }
+            capacity: 0,
+            read_only: false,
+            next_id: 0,
+            inflight: BTreeMap::new(),
+            stats: BlkStats::default(),
+        };
+        MmioTransport::with_device(mem, irq, blk)
     }
 
     /// Attaches a disk of `capacity` bytes (rounded down to whole sectors) served by
     /// `backend`. The capacity is guest-visible: set it before the guest reads it.
     pub fn set_backend(&mut self, backend: Box<dyn BlockBackend>, capacity: u64) {
-        self.backend = backend;
-        self.state.capacity = capacity - capacity % SECTOR;
+        let blk = self.device_mut();
+        blk.backend = backend;
+        blk.capacity = capacity - capacity % SECTOR;
     }
 
     /// Makes the disk read-only (VIRTIO_BLK_F_RO offered, writes refused with IOERR) or not.
     /// Guest-visible: set it before the driver reads the features.
     pub fn set_read_only(&mut self, read_only: bool) {
-        self.state.read_only = read_only;
+        self.device_mut().read_only = read_only;
     }
 
-    /// The features offered: [`F_RO`] on top of the fixed set for a read-only disk.
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.device().capacity
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> BlkStats {
+        self.device().stats
+    }
+
+    /// Requests handed to the backend and not yet completed.
+    pub fn inflight(&self) -> usize {
+        self.device().inflight.len()
+    }
+
+    /// The backend finished request `id`. Reads bring exactly the bytes asked for; anything
+    /// else is an I/O error for the guest. Unknown ids (the driver reset the device since) are
+    /// counted and ignored.
+    pub fn complete(&mut self, id: BlkRequestId, completion: BlkCompletion) {
+        self.with_io(|blk, io| {
+            if blk.finish_request(id, completion, io) {
+                io.interrupt_if_wanted(REQUESTQ);
+            }
+        });
+    }
+}
+
+impl VirtioDevice for Blk {
+    type Queues = [QueueState; 1];
+    type State = BlkState;
+    const DEVICE_ID: u32 = DEVICE_ID_BLK;
+
+    /// The fixed set, and [`F_RO`] on top for a read-only disk.
     fn device_features(&self) -> u64 {
-        if self.state.read_only {
+        if self.read_only {
             DEVICE_FEATURES | F_RO
         } else {
             DEVICE_FEATURES
         }
     }
 
-    /// Capacity in bytes.
-    pub fn capacity(&self) -> u64 {
-        self.state.capacity
+    /// Config space (`virtio_blk_config`): `capacity` in sectors at offset 0, the rest zero
+    /// (no SIZE_MAX, SEG_MAX, GEOMETRY or BLK_SIZE feature is offered).
+    fn config_read(&self, offset: u64) -> u8 {
+        let capacity = (self.capacity / SECTOR).to_le_bytes();
+        usize::try_from(offset)
+            .ok()
+            .and_then(|i| capacity.get(i))
+            .copied()
+            .unwrap_or(0)
     }
 
-    /// The counters.
-    pub fn stats(&self) -> BlkStats {
-        self.state.stats
+    fn process(&mut self, queue: usize, io: Io<'_, '_>) {
+        if queue == REQUESTQ {
+            self.process_queue(io);
+        }
     }
 
-    /// Requests handed to the backend and not yet completed.
-    pub fn inflight(&self) -> usize {
-        self.state.inflight.len()
+    /// Requests in flight are forgotten: their completions will be stale. (QEMU drains them
+    /// before a reset; here the backend may still finish a write the guest no longer waits
+    /// for, which a driver that reset its device must tolerate anyway.) The disk, the request
+    /// numbering and the counters stay.
+    fn reset(&mut self) {
+        self.inflight.clear();
     }
 
-    /// The phase.
-    pub fn phase(&self) -> DevicePhase {
-        mmio::phase(self.state.status)
+    fn record_device_errors(&mut self, count: u64) {
+        self.stats.device_errors += count;
     }
 
-    /// Persist: the driver-visible state, requests in flight included.
-    pub fn save(&self) -> BlkState {
-        self.state.clone()
+    fn save(&self, transport: &TransportState<Self::Queues>) -> BlkState {
+        BlkState {
+            capacity: self.capacity,
+            read_only: self.read_only,
+            transport: transport.clone(),
+            next_id: self.next_id,
+            inflight: self.inflight.clone(),
+            stats: self.stats,
+        }
     }
 
-    /// Persist: continue from a saved state. Requests that were in flight at the source are
-    /// submitted again to this device's backend (their completions at the source never reach
-    /// this copy of the guest). Their ids are kept, so a completion names the same request.
-    pub fn restore(&mut self, state: &BlkState) {
-        self.state = state.clone();
+    fn transport_state(state: &BlkState) -> &TransportState<Self::Queues> {
+        &state.transport
+    }
+
+    /// Requests that were in flight at the source are submitted again to this device's
+    /// backend (their completions at the source never reach this copy of the guest). Their
+    /// ids are kept, so a completion names the same request.
+    fn restore(&mut self, state: &BlkState, io: Io<'_, '_>) {
+        self.capacity = state.capacity;
+        self.read_only = state.read_only;
+        self.next_id = state.next_id;
+        self.inflight = state.inflight.clone();
+        self.stats = state.stats;
         let again: Vec<(BlkRequestId, Inflight)> = self
-            .state
             .inflight
             .iter()
             .map(|(id, r)| (*id, r.clone()))
@@ -329,7 +382,7 @@ impl BlkDevice {
                     len: req.data_len(),
                 },
                 BlkKind::Flush => BlkOp::Flush,
-                BlkKind::Write => match self.gather(&req.data) {
+                BlkKind::Write => match gather(io.mem(), &req.data) {
                     Ok(data) => BlkOp::Write {
                         offset: req.offset,
                         data,
@@ -337,155 +390,91 @@ impl BlkDevice {
                     Err(_) => {
                         // Cannot happen for a state saved by this device over the same RAM
                         // size; a hand-made state gets an IOERR instead of a panic.
-                        self.finish_request(id, Err(BlkIoError("restored buffer".into())));
+                        self.finish_request(id, Err(BlkIoError("restored buffer".into())), io);
                         continue;
                     }
                 },
             };
             if let Some(done) = self.backend.submit(BlkRequest { id, op }) {
-                self.finish_request(id, done);
+                self.finish_request(id, done, io);
             }
         }
-        self.raise_if_pending();
+        io.interrupt_if_wanted(REQUESTQ);
     }
+}
 
-    /// The backend finished request `id`. Reads bring exactly the bytes asked for; anything
-    /// else is an I/O error for the guest. Unknown ids (the driver reset the device since) are
-    /// counted and ignored.
-    pub fn complete(&mut self, id: BlkRequestId, completion: BlkCompletion) {
-        if self.finish_request(id, completion) {
-            self.raise_if_pending();
-        }
-    }
-
-    fn raise_if_pending(&mut self) {
-        if self.state.queue.ready && self.state.queue.wants_interrupt(&self.mem) {
-            self.state.interrupt_status |= INT_USED_BUFFER;
-            self.raise_irq();
-        }
-    }
-
+impl Blk {
     /// Writes a completion into guest RAM and returns the chain; whether one was returned.
-    fn finish_request(&mut self, id: BlkRequestId, completion: BlkCompletion) -> bool {
-        let Some(req) = self.state.inflight.remove(&id) else {
-            self.state.stats.stale_completions += 1;
+    fn finish_request(
+        &mut self,
+        id: BlkRequestId,
+        completion: BlkCompletion,
+        io: Io<'_, '_>,
+    ) -> bool {
+        let Some(req) = self.inflight.remove(&id) else {
+            self.stats.stale_completions += 1;
             return false;
         };
         let mut written = 0u32;
         let status = match (req.kind, completion) {
             (BlkKind::Read, Ok(bytes)) if bytes.len() as u64 == req.data_len() => {
-                match self.scatter(&req.data, &bytes) {
+                match scatter(io.mem(), &req.data, &bytes) {
                     Ok(()) => {
-                        self.state.stats.reads += 1;
-                        self.state.stats.read_bytes += bytes.len() as u64;
+                        self.stats.reads += 1;
+                        self.stats.read_bytes += bytes.len() as u64;
                         written = bytes.len() as u32;
                         S_OK
                     }
                     Err(_) => {
-                        self.state.stats.io_errors += 1;
+                        self.stats.io_errors += 1;
                         S_IOERR
                     }
                 }
             }
             (BlkKind::Write, Ok(_)) => {
-                self.state.stats.writes += 1;
-                self.state.stats.write_bytes += req.data_len();
+                self.stats.writes += 1;
+                self.stats.write_bytes += req.data_len();
                 S_OK
             }
             (BlkKind::Flush, Ok(_)) => {
-                self.state.stats.flushes += 1;
+                self.stats.flushes += 1;
                 S_OK
             }
             _ => {
-                self.state.stats.io_errors += 1;
+                self.stats.io_errors += 1;
                 S_IOERR
             }
         };
-        self.answer(req.head, req.status_addr, status, written)
+        self.answer(req.head, req.status_addr, status, written, io)
     }
 
     /// Writes the status byte and returns the chain with the bytes written (data + status).
-    fn answer(&mut self, head: u16, status_addr: u64, status: u8, written: u32) -> bool {
-        if self.phase() != DevicePhase::Live || !self.state.queue.ready {
+    fn answer(
+        &mut self,
+        head: u16,
+        status_addr: u64,
+        status: u8,
+        written: u32,
+        io: Io<'_, '_>,
+    ) -> bool {
+        if !io.live(REQUESTQ) {
             return false;
         }
         // Through vm-memory: the write marks the VMM's dirty bitmap for the checkpoint.
-        if self
-            .mem
+        if io
+            .mem()
             .write_obj(status, GuestAddress(status_addr))
             .is_err()
         {
-            self.state.stats.bad_chains += 1;
-            return self.push_used(head, 0);
+            self.stats.bad_chains += 1;
+            return io.push_used(REQUESTQ, head, 0);
         }
-        self.push_used(head, written + 1)
-    }
-
-    fn push_used(&mut self, head: u16, len: u32) -> bool {
-        match self.state.queue.push_used(&self.mem, head, len) {
-            Ok(()) => true,
-            Err(e) => {
-                self.fail(e);
-                false
-            }
-        }
-    }
-
-    fn gather(&self, data: &[(u64, u32)]) -> Result<Vec<u8>, ChainError> {
-        let total: u64 = data.iter().map(|&(_, len)| u64::from(len)).sum();
-        let mut bytes = vec![0u8; total as usize];
-        let mut at = 0;
-        for &(addr, len) in data {
-            let end = at + len as usize;
-            self.mem
-                .read_slice(&mut bytes[at..end], GuestAddress(addr))
-                .map_err(|_| ChainError::OutOfRange { addr, len })?;
-            at = end;
-        }
-        Ok(bytes)
-    }
-
-    fn scatter(&self, data: &[(u64, u32)], bytes: &[u8]) -> Result<(), ChainError> {
-        let mut at = 0;
-        for &(addr, len) in data {
-            let end = at + len as usize;
-            self.mem
-                .write_slice(&bytes[at..end], GuestAddress(addr))
-                .map_err(|_| ChainError::OutOfRange { addr, len })?;
-            at = end;
-        }
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        // Requests in flight are forgotten: their completions will be stale. (QEMU drains
-        // them before a reset; here the backend may still finish a write the guest no longer
-        // waits for, which a driver that reset its device must tolerate anyway.)
-        self.state = BlkState {
-            capacity: self.state.capacity,
-            read_only: self.state.read_only,
-            next_id: self.state.next_id,
-            stats: self.state.stats,
-            ..BlkState::default()
-        };
-    }
-
-    fn fail(&mut self, _error: QueueError) {
-        mmio::enter_needs_reset(
-            &mut self.state.status,
-            &mut self.state.interrupt_status,
-            &mut self.state.stats.device_errors,
-            self.irq.as_ref(),
-        );
-    }
-
-    fn raise_irq(&self) {
-        mmio::raise_irq(self.irq.as_ref());
+        io.push_used(REQUESTQ, head, written + 1)
     }
 
     /// Turns one chain into a request (or an immediate answer); `None` if it has no usable
     /// status byte.
-    fn parse(&self, segments: &[Segment]) -> Option<Parsed> {
+    fn parse(&self, mem: &GuestMemory, segments: &[Segment]) -> Option<Parsed> {
         // Readable buffers first, then writable ones (section 2.7.4.2); the status byte is the
         // last byte of the last writable buffer.
         let split = segments
@@ -509,8 +498,7 @@ impl BlkDevice {
         let Some(data_out) = take_prefix(&readable, HEADER_LEN) else {
             return Some(ioerr);
         };
-        if self
-            .gather(&data_out.0)
+        if gather(mem, &data_out.0)
             .map(|b| header.copy_from_slice(&b))
             .is_err()
         {
@@ -521,11 +509,11 @@ impl BlkDevice {
         let (kind, data) = match kind {
             T_IN => (BlkKind::Read, writable),
             // A driver must not write a read-only disk (virtio 1.2 section 5.2.6.2).
-            T_OUT if self.state.read_only => return Some(ioerr),
+            T_OUT if self.read_only => return Some(ioerr),
             T_OUT => (BlkKind::Write, data_out.1),
             T_FLUSH => (BlkKind::Flush, Vec::new()),
             T_GET_ID => {
-                return Some(self.get_id(&writable, status_addr));
+                return Some(get_id(mem, &writable, status_addr));
             }
             _ => {
                 return Some(Parsed::Answer {
@@ -539,7 +527,7 @@ impl BlkDevice {
         let offset = sector.checked_mul(SECTOR);
         let fits = offset
             .and_then(|o| o.checked_add(len))
-            .is_some_and(|end| end <= self.state.capacity);
+            .is_some_and(|end| end <= self.capacity);
         if kind != BlkKind::Flush
             && (!len.is_multiple_of(SECTOR) || len > MAX_REQUEST_BYTES || !fits)
         {
@@ -556,7 +544,7 @@ impl BlkDevice {
         let op = match kind {
             BlkKind::Read => BlkOp::Read { offset, len },
             BlkKind::Flush => BlkOp::Flush,
-            BlkKind::Write => match self.gather(&req.data) {
+            BlkKind::Write => match gather(mem, &req.data) {
                 Ok(data) => BlkOp::Write { offset, data },
                 Err(_) => return Some(ioerr),
             },
@@ -564,45 +552,18 @@ impl BlkDevice {
         Some(Parsed::Submit(req, op))
     }
 
-    /// GET_ID: the serial, NUL-padded, into the writable data (at most [`ID_BYTES`]).
-    fn get_id(&self, writable: &[(u64, u32)], status_addr: u64) -> Parsed {
-        let mut id = [0u8; ID_BYTES];
-        id[..DEVICE_SERIAL.len()].copy_from_slice(DEVICE_SERIAL);
-        let room: u64 = writable.iter().map(|&(_, l)| u64::from(l)).sum();
-        let n = room.min(ID_BYTES as u64) as usize;
-        let mut dest = writable.to_vec();
-        trim_end(&mut dest, room - n as u64);
-        if self.scatter(&dest, &id[..n]).is_err() {
-            return Parsed::Answer {
-                status_addr,
-                status: S_IOERR,
-                written: 0,
-            };
-        }
-        Parsed::Answer {
-            status_addr,
-            status: S_OK,
-            written: n as u32,
-        }
-    }
-
     /// Takes every request the driver queued and hands it to the backend.
-    fn process_queue(&mut self) {
+    fn process_queue(&mut self, io: Io<'_, '_>) {
         let mut returned = false;
-        while self.phase() == DevicePhase::Live && self.state.queue.ready {
-            let popped = match self.state.queue.pop(&self.mem, self.mem_bytes) {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => {
-                    self.fail(e);
-                    break;
-                }
+        while io.live(REQUESTQ) {
+            let Some(popped) = io.pop(REQUESTQ) else {
+                break;
             };
-            let parsed = popped.chain.ok().and_then(|s| self.parse(&s));
+            let parsed = popped.chain.ok().and_then(|s| self.parse(io.mem(), &s));
             match parsed {
                 None => {
-                    self.state.stats.bad_chains += 1;
-                    returned |= self.push_used(popped.head, 0);
+                    self.stats.bad_chains += 1;
+                    returned |= io.push_used(REQUESTQ, popped.head, 0);
                 }
                 Some(Parsed::Answer {
                     status_addr,
@@ -610,110 +571,72 @@ impl BlkDevice {
                     written,
                 }) => {
                     if status != S_OK {
-                        self.state.stats.bad_requests += 1;
+                        self.stats.bad_requests += 1;
                     }
-                    returned |= self.answer(popped.head, status_addr, status, written);
+                    returned |= self.answer(popped.head, status_addr, status, written, io);
                 }
                 Some(Parsed::Submit(mut req, op)) => {
                     req.head = popped.head;
-                    let id = BlkRequestId(self.state.next_id);
-                    self.state.next_id += 1;
-                    self.state.inflight.insert(id, req);
+                    let id = BlkRequestId(self.next_id);
+                    self.next_id += 1;
+                    self.inflight.insert(id, req);
                     if let Some(done) = self.backend.submit(BlkRequest { id, op }) {
-                        returned |= self.finish_request(id, done);
+                        returned |= self.finish_request(id, done, io);
                     }
                 }
             }
         }
         if returned {
-            self.raise_if_pending();
+            io.interrupt_if_wanted(REQUESTQ);
         }
-    }
-
-    fn read_register(&self, offset: u64) -> u32 {
-        let s = &self.state;
-        let view = mmio::RegisterView {
-            device_id: DEVICE_ID_BLK,
-            device_features: self.device_features(),
-            device_features_sel: s.device_features_sel,
-            // There is one queue (index 0).
-            queue: (s.queue_sel == 0).then_some(&s.queue),
-            interrupt_status: s.interrupt_status,
-            status: s.status,
-        };
-        mmio::read_register(&view, offset)
-    }
-
-    fn write_register(&mut self, offset: u64, value: u32) {
-        use mmio::RegisterWrite as W;
-        let sel0 = self.state.queue_sel == 0;
-        match mmio::decode_write(offset, value) {
-            W::DeviceFeaturesSel(v) => self.state.device_features_sel = v,
-            W::DriverFeaturesSel(v) => self.state.driver_features_sel = v,
-            W::DriverFeatures(v) => mmio::write_driver_features(
-                &mut self.state.driver_features,
-                self.state.driver_features_sel,
-                v,
-            ),
-            W::QueueSel(v) => self.state.queue_sel = v,
-            // Queue configuration registers are only writable while the queue is not ready
-            // (virtio 1.2 section 4.2.2.2); there is one queue (index 0).
-            W::QueueConfig(field, v) => {
-                if sel0 && !self.state.queue.ready {
-                    mmio::configure_queue(&mut self.state.queue, field, v);
-                }
-            }
-            W::QueueReady(ready) => {
-                if sel0
-                    && let Err(e) =
-                        mmio::set_queue_ready(&mut self.state.queue, ready, self.mem_bytes)
-                {
-                    self.fail(e);
-                }
-            }
-            W::QueueNotify(0) => self.process_queue(),
-            W::InterruptAck(v) => self.state.interrupt_status &= !v,
-            W::Status(0) => self.reset(),
-            W::Status(v) => {
-                self.state.status = mmio::next_status(
-                    self.state.status,
-                    v,
-                    self.state.driver_features,
-                    self.device_features(),
-                );
-            }
-            W::QueueNotify(_) | W::Ignored => {}
-        }
-    }
-
-    /// Config space (`virtio_blk_config`): `capacity` in sectors at offset 0, the rest zero
-    /// (no SIZE_MAX, SEG_MAX, GEOMETRY or BLK_SIZE feature is offered).
-    fn config_byte(&self, at: u64) -> u8 {
-        let capacity = (self.state.capacity / SECTOR).to_le_bytes();
-        usize::try_from(at)
-            .ok()
-            .and_then(|i| capacity.get(i))
-            .copied()
-            .unwrap_or(0)
     }
 }
 
-impl BusDevice for BlkDevice {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let this = &*self;
-        mmio::bus_read(
-            offset,
-            data,
-            |at| this.config_byte(at),
-            |r| this.read_register(r),
-        );
+/// Copies the guest buffers `data` out of guest RAM, in order.
+fn gather(mem: &GuestMemory, data: &[(u64, u32)]) -> Result<Vec<u8>, ChainError> {
+    let total: u64 = data.iter().map(|&(_, len)| u64::from(len)).sum();
+    let mut bytes = vec![0u8; total as usize];
+    let mut at = 0;
+    for &(addr, len) in data {
+        let end = at + len as usize;
+        mem.read_slice(&mut bytes[at..end], GuestAddress(addr))
+            .map_err(|_| ChainError::OutOfRange { addr, len })?;
+        at = end;
     }
+    Ok(bytes)
+}
 
-    fn write(&mut self, offset: u64, data: &[u8]) -> DeviceAction {
-        if let Some((offset, value)) = mmio::bus_write(offset, data) {
-            self.write_register(offset, value);
-        }
-        DeviceAction::Continue
+/// Copies `bytes` into the guest buffers `data`, in order (through vm-memory: dirty-logged).
+fn scatter(mem: &GuestMemory, data: &[(u64, u32)], bytes: &[u8]) -> Result<(), ChainError> {
+    let mut at = 0;
+    for &(addr, len) in data {
+        let end = at + len as usize;
+        mem.write_slice(&bytes[at..end], GuestAddress(addr))
+            .map_err(|_| ChainError::OutOfRange { addr, len })?;
+        at = end;
+    }
+    Ok(())
+}
+
+/// GET_ID: the serial, NUL-padded, into the writable data (at most [`ID_BYTES`]).
+fn get_id(mem: &GuestMemory, writable: &[(u64, u32)], status_addr: u64) -> Parsed {
+    let mut id = [0u8; ID_BYTES];
+    id[..DEVICE_SERIAL.len()].copy_from_slice(DEVICE_SERIAL);
+    let room: u64 = writable.iter().map(|&(_, l)| u64::from(l)).sum();
+    let n = room.min(ID_BYTES as u64) as usize;
+    let mut dest = writable.to_vec();
+    trim_end(&mut dest, room - n as u64);
+    if scatter(mem, &dest, &id[..n]).is_err() {
+        return Parsed::Answer {
+            status_addr,
+            status: S_IOERR,
+            written: 0,
+        };
+    }
+    Parsed::Answer {
+        status_addr,
+        status: S_OK,
+        written: n as u32,
     }
 }
 

@@ -3,12 +3,15 @@
 //! descriptors and requests.
 
 use super::*;
-use crate::vmm::devices::virtio::net::{
+use crate::vmm::devices::bus::BusDevice;
+use crate::vmm::devices::virtio::testkit::{self, Ring, SIZE};
+use crate::vmm::devices::virtio::transport::DevicePhase;
+use crate::vmm::devices::virtio::transport::{
     MAGIC, REG_CONFIG, REG_DEVICE_FEATURES, REG_DEVICE_FEATURES_SEL, REG_DEVICE_ID,
     REG_DRIVER_FEATURES, REG_MAGIC, REG_QUEUE_NOTIFY, REG_STATUS, REG_VERSION, STATUS_ACKNOWLEDGE,
     STATUS_DRIVER, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
 };
-use crate::vmm::devices::virtio::testkit::{self, Ring, SIZE};
+use crate::vmm::memory;
 use parking_lot::Mutex;
 use std::sync::Arc;
 

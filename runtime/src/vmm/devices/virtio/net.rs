@@ -1,79 +1,35 @@
-//! The virtio-mmio (version 2) network device: its register window, feature negotiation,
-//! the RX (0) and TX (1) split virtqueues, and the host side as a [`FrameSink`] (guest TX
-//! goes there) plus [`NetDevice::deliver`] (a frame for the guest).
+//! The virtio network device ([`Net`], on its [`MmioTransport`]: [`NetDevice`]): the RX (0)
+//! and TX (1) split virtqueues, its config space (the MAC), and the host side as a
+//! [`FrameSink`] (guest TX goes there) plus [`NetDevice::deliver`] (a frame for the guest).
+//! Registers, feature negotiation, status and the device phases (`DevicePhase`) are the
+//! transport's (`transport`).
 //!
 //! Offered features: VIRTIO_F_VERSION_1 and VIRTIO_NET_F_MAC only (no offloads, no mergeable
 //! buffers: every RX chain holds one whole frame). With VERSION_1 the `virtio_net_hdr` is 12
-//! bytes on both queues (virtio 1.2 section 5.1.6). Device phases (`DevicePhase`):
-//! ```text
-//!   Reset --driver writes status bits, FEATURES_OK accepted, DRIVER_OK--> Live
-//!   Live --a broken ring (QueueError) or an invalid queue setup--> NeedsReset (status 0x40)
-//!   any --status 0 written--> Reset
-//! ```
+//! bytes on both queues (virtio 1.2 section 5.1.6). Status 0 drops (counts) the frames waiting
+//! for RX buffers; the MAC and the counters stay.
+//!
 //! Invariant: guest values never panic the VMM nor reach outside RAM (see `queue`); a bad
 //! chain drops one frame (counted in [`NetStats::bad_chains`]); frames for the guest wait in a
 //! bounded queue while the driver has no RX buffer posted, and the oldest are dropped and
 //! counted when it overflows. The driver-visible state is [`NetState`] (Persist), so a
 //! restored or checkpoint-applied VM continues networking where its source was.
 
-use super::mmio;
-use super::queue::{ChainError, Popped, QueueError, QueueState, Segment};
-use crate::vmm::devices::bus::{BusDevice, DeviceAction};
-use crate::vmm::memory::{self, GuestMemory};
+use super::queue::{ChainError, QueueState, Segment};
+use super::transport::{
+    DevicePhase, F_VERSION_1, MmioTransport, QueueIo, TransportState, VirtioDevice,
+};
+use crate::vmm::memory::GuestMemory;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-pub(super) const MAGIC: u32 = 0x7472_6976; // "virt"
-pub(super) const VERSION: u32 = 2;
 const DEVICE_ID_NET: u32 = 1;
-pub(super) const VENDOR_ID: u32 = 0x4f4c_4f43; // "COLO"
-
-pub(super) const REG_MAGIC: u64 = 0x000;
-pub(super) const REG_VERSION: u64 = 0x004;
-pub(super) const REG_DEVICE_ID: u64 = 0x008;
-pub(super) const REG_VENDOR_ID: u64 = 0x00c;
-pub(super) const REG_DEVICE_FEATURES: u64 = 0x010;
-pub(super) const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-pub(super) const REG_DRIVER_FEATURES: u64 = 0x020;
-pub(super) const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-pub(super) const REG_QUEUE_SEL: u64 = 0x030;
-pub(super) const REG_QUEUE_NUM_MAX: u64 = 0x034;
-pub(super) const REG_QUEUE_NUM: u64 = 0x038;
-pub(super) const REG_QUEUE_READY: u64 = 0x044;
-pub(super) const REG_QUEUE_NOTIFY: u64 = 0x050;
-pub(super) const REG_INTERRUPT_STATUS: u64 = 0x060;
-pub(super) const REG_INTERRUPT_ACK: u64 = 0x064;
-pub(super) const REG_STATUS: u64 = 0x070;
-pub(super) const REG_QUEUE_DESC_LOW: u64 = 0x080;
-pub(super) const REG_QUEUE_DESC_HIGH: u64 = 0x084;
-pub(super) const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
-pub(super) const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
-pub(super) const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
-pub(super) const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-pub(super) const REG_CONFIG_GENERATION: u64 = 0x0fc;
-pub(super) const REG_CONFIG: u64 = 0x100;
 
 /// VIRTIO_NET_F_MAC.
 pub const F_MAC: u64 = 1 << 5;
-/// VIRTIO_F_VERSION_1.
-pub const F_VERSION_1: u64 = 1 << 32;
 const DEVICE_FEATURES: u64 = F_VERSION_1 | F_MAC;
-
-/// Device status bits (virtio 1.2 section 2.1).
-pub const STATUS_ACKNOWLEDGE: u32 = 1;
-/// See [`STATUS_ACKNOWLEDGE`].
-pub const STATUS_DRIVER: u32 = 2;
-/// See [`STATUS_ACKNOWLEDGE`].
-pub const STATUS_DRIVER_OK: u32 = 4;
-/// See [`STATUS_ACKNOWLEDGE`].
-pub const STATUS_FEATURES_OK: u32 = 8;
-/// See [`STATUS_ACKNOWLEDGE`].
-pub const STATUS_NEEDS_RESET: u32 = 0x40;
-
-pub(super) const INT_USED_BUFFER: u32 = 1;
-pub(super) const INT_CONFIG_CHANGE: u32 = 2;
 
 /// The RX queue's index.
 pub const RX: usize = 0;
@@ -127,387 +83,266 @@ pub struct NetStats {
 pub struct NetState {
     /// The MAC in config space.
     pub mac: [u8; 6],
-    /// DeviceFeaturesSel.
-    pub device_features_sel: u32,
-    /// DriverFeaturesSel.
-    pub driver_features_sel: u32,
-    /// Features the driver wrote.
-    pub driver_features: u64,
-    /// Device status.
-    pub status: u32,
-    /// QueueSel.
-    pub queue_sel: u32,
-    /// RX and TX.
-    pub queues: [QueueState; 2],
-    /// InterruptStatus.
-    pub interrupt_status: u32,
+    /// The transport: features, status, RX and TX, interrupt status.
+    pub transport: TransportState<[QueueState; 2]>,
     /// Counters.
     pub stats: NetStats,
 }
 
-/// Where the device is in its life (see the module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DevicePhase {
-    /// Status 0 or the driver is still initializing.
-    Reset,
-    /// DRIVER_OK and no error: queues are processed.
-    Live,
-    /// DEVICE_NEEDS_RESET: nothing is processed until the driver writes status 0.
-    NeedsReset,
-}
+/// The network device on its virtio-mmio transport.
+pub type NetDevice = MmioTransport<Net>;
 
-/// The device.
-pub struct NetDevice {
-    mem: GuestMemory,
-    mem_bytes: u64,
+/// The network device behind the transport: its MAC, counters and host side.
+pub struct Net {
+    mac: [u8; 6],
+    stats: NetStats,
     sink: Box<dyn FrameSink>,
-    irq: Option<EventFd>,
-    state: NetState,
     pending_rx: VecDeque<Vec<u8>>,
 }
 
-impl std::fmt::Debug for NetDevice {
+impl std::fmt::Debug for Net {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetDevice")
-            .field("state", &self.state)
+        f.debug_struct("Net")
+            .field("mac", &self.mac)
+            .field("stats", &self.stats)
             .field("pending_rx", &self.pending_rx.len())
             .finish_non_exhaustive()
     }
 }
 
-impl NetDevice {
+impl MmioTransport<Net> {
     /// A device over `mem` with MAC `mac`, interrupting through `irq` (an irqfd), sending the
     /// guest's frames nowhere until [`NetDevice::set_sink`].
     pub fn new(mem: GuestMemory, mac: [u8; 6], irq: Option<EventFd>) -> NetDevice {
-        let mem_bytes = memory::size(&mem);
-        NetDevice {
-            mem,
-            mem_bytes,
+        let net = Net {
+            mac,
+            stats: NetStats::default(),
             sink: Box::new(DiscardSink),
-            irq,
-            state: NetState {
-                mac,
-                ..NetState::default()
-            },
             pending_rx: VecDeque::new(),
-        }
+        };
+        MmioTransport::with_device(mem, irq, net)
     }
 
     /// Replaces the host side of TX.
     pub fn set_sink(&mut self, sink: Box<dyn FrameSink>) {
-        self.sink = sink;
+        self.device_mut().sink = sink;
     }
 
     /// Sets the MAC the guest reads (before the guest reads it).
     pub fn set_mac(&mut self, mac: [u8; 6]) {
-        self.state.mac = mac;
+        self.device_mut().mac = mac;
     }
 
     /// The MAC (without copying the whole state as [`NetDevice::save`] does).
     pub fn mac(&self) -> [u8; 6] {
-        self.state.mac
+        self.device().mac
     }
 
     /// The counters.
     pub fn stats(&self) -> NetStats {
-        self.state.stats
-    }
-
-    /// The phase.
-    pub fn phase(&self) -> DevicePhase {
-        mmio::phase(self.state.status)
-    }
-
-    /// Persist: the driver-visible state.
-    pub fn save(&self) -> NetState {
-        self.state.clone()
-    }
-
-    /// Persist: continue from a saved state. Frames waiting for RX buffers are host-side
-    /// in-flight packets, not guest state: they are dropped (counted), as a lost packet.
-    pub fn restore(&mut self, state: &NetState) {
-        self.state = state.clone();
-        self.state.stats.rx_dropped += self.pending_rx.len() as u64;
-        self.pending_rx.clear();
+        self.device().stats
     }
 
     /// A frame for the guest: written into the next RX buffer now, or kept (bounded) until
     /// the driver posts one.
     pub fn deliver(&mut self, frame: &[u8]) {
-        if self.phase() != DevicePhase::Live || !self.state.queues[RX].ready {
-            self.state.stats.rx_dropped += 1;
+        self.with_io(|net, io| net.deliver(frame, io));
+    }
+}
+
+impl VirtioDevice for Net {
+    type Queues = [QueueState; 2];
+    type State = NetState;
+    const DEVICE_ID: u32 = DEVICE_ID_NET;
+
+    fn device_features(&self) -> u64 {
+        DEVICE_FEATURES
+    }
+
+    /// Config space: the MAC, byte-addressable (virtio_net_config.mac).
+    fn config_read(&self, offset: u64) -> u8 {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|i| self.mac.get(i))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn process(&mut self, queue: usize, io: &mut QueueIo<'_, Self::Queues>) {
+        match queue {
+            RX => self.process_rx(io),
+            TX => self.process_tx(io),
+            _ => {}
+        }
+    }
+
+    fn on_status(&mut self, io: &mut QueueIo<'_, Self::Queues>) {
+        if io.phase() == DevicePhase::Live {
+            self.process_rx(io);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.stats.rx_dropped += self.pending_rx.len() as u64;
+        self.pending_rx.clear();
+    }
+
+    fn record_device_errors(&mut self, count: u64) {
+        self.stats.device_errors += count;
+    }
+
+    fn save(&self, transport: &TransportState<Self::Queues>) -> NetState {
+        NetState {
+            mac: self.mac,
+            transport: transport.clone(),
+            stats: self.stats,
+        }
+    }
+
+    fn transport_state(state: &NetState) -> &TransportState<Self::Queues> {
+        &state.transport
+    }
+
+    /// Frames waiting for RX buffers are host-side in-flight packets, not guest state: they
+    /// are dropped (counted), as a lost packet.
+    fn restore(&mut self, state: &NetState, _io: &mut QueueIo<'_, Self::Queues>) {
+        self.mac = state.mac;
+        self.stats = state.stats;
+        self.stats.rx_dropped += self.pending_rx.len() as u64;
+        self.pending_rx.clear();
+    }
+}
+
+impl Net {
+    fn deliver(&mut self, frame: &[u8], io: &mut QueueIo<'_, [QueueState; 2]>) {
+        if !io.live(RX) {
+            self.stats.rx_dropped += 1;
             return;
         }
         if frame.len() > MAX_FRAME {
-            self.state.stats.oversize += 1;
+            self.stats.oversize += 1;
             return;
         }
         if self.pending_rx.len() >= PENDING_RX_LIMIT {
             self.pending_rx.pop_front();
-            self.state.stats.rx_dropped += 1;
+            self.stats.rx_dropped += 1;
         }
         self.pending_rx.push_back(frame.to_vec());
-        self.process_rx();
-    }
-
-    fn reset(&mut self) {
-        let dropped = self.pending_rx.len() as u64;
-        self.pending_rx.clear();
-        self.state = NetState {
-            mac: self.state.mac,
-            stats: NetStats {
-                rx_dropped: self.state.stats.rx_dropped + dropped,
-                ..self.state.stats
-            },
-            ..NetState::default()
-        };
-    }
-
-    fn fail(&mut self, _error: QueueError) {
-        mmio::enter_needs_reset(
-            &mut self.state.status,
-            &mut self.state.interrupt_status,
-            &mut self.state.stats.device_errors,
-            self.irq.as_ref(),
-        );
-    }
-
-    fn raise_irq(&self) {
-        mmio::raise_irq(self.irq.as_ref());
-    }
-
-    fn selected(&mut self) -> Option<&mut QueueState> {
-        self.state.queues.get_mut(self.state.queue_sel as usize)
-    }
-
-    fn live_queue(&self, index: usize) -> bool {
-        self.phase() == DevicePhase::Live && self.state.queues[index].ready
-    }
-
-    /// Ends a batch: interrupts if any buffer was returned and the driver wants to know.
-    fn finish(&mut self, index: usize, returned: bool) {
-        if returned && self.state.queues[index].wants_interrupt(&self.mem) {
-            self.state.interrupt_status |= INT_USED_BUFFER;
-            self.raise_irq();
-        }
-    }
-
-    fn pop(&mut self, index: usize) -> Option<Popped> {
-        match self.state.queues[index].pop(&self.mem, self.mem_bytes) {
-            Ok(popped) => popped,
-            Err(e) => {
-                self.fail(e);
-                None
-            }
-        }
-    }
-
-    fn push_used(&mut self, index: usize, head: u16, len: u32) -> bool {
-        match self.state.queues[index].push_used(&self.mem, head, len) {
-            Ok(()) => true,
-            Err(e) => {
-                self.fail(e);
-                false
-            }
-        }
+        self.process_rx(io);
     }
 
     /// Moves pending frames into posted RX buffers.
-    fn process_rx(&mut self) {
+    fn process_rx(&mut self, io: &mut QueueIo<'_, [QueueState; 2]>) {
         let mut returned = false;
-        while !self.pending_rx.is_empty() && self.live_queue(RX) {
-            let Some(popped) = self.pop(RX) else { break };
+        while !self.pending_rx.is_empty() && io.live(RX) {
+            let Some(popped) = io.pop(RX) else { break };
             let frame = self.pending_rx.pop_front().expect("checked non-empty");
             let written = match popped.chain {
-                Ok(segments) => match self.write_rx(&segments, &frame) {
+                Ok(segments) => match write_rx(io.mem(), &segments, &frame) {
                     Ok(n) => {
-                        self.state.stats.rx_frames += 1;
-                        self.state.stats.rx_bytes += frame.len() as u64;
+                        self.stats.rx_frames += 1;
+                        self.stats.rx_bytes += frame.len() as u64;
                         n
                     }
                     Err(ChainError::Length(_)) => {
-                        self.state.stats.oversize += 1;
+                        self.stats.oversize += 1;
                         0
                     }
                     Err(_) => {
-                        self.state.stats.bad_chains += 1;
+                        self.stats.bad_chains += 1;
                         0
                     }
                 },
                 Err(_) => {
-                    self.state.stats.bad_chains += 1;
+                    self.stats.bad_chains += 1;
                     0
                 }
             };
-            returned |= self.push_used(RX, popped.head, written);
+            returned |= io.push_used(RX, popped.head, written);
         }
-        self.finish(RX, returned);
-    }
-
-    /// Writes header + frame into a device-writable chain; returns the bytes written.
-    fn write_rx(&self, segments: &[Segment], frame: &[u8]) -> Result<u32, ChainError> {
-        if segments.iter().any(|s| !s.writable) {
-            return Err(ChainError::Direction);
+        if returned {
+            io.interrupt_if_wanted(RX);
         }
-        let capacity: u64 = segments.iter().map(|s| u64::from(s.len)).sum();
-        let needed = (NET_HDR_LEN + frame.len()) as u64;
-        if capacity < needed {
-            return Err(ChainError::Length(capacity));
-        }
-        // num_buffers = 1 (the last two header bytes); no offloads, so the rest is zero.
-        let mut header = [0u8; NET_HDR_LEN];
-        header[10] = 1;
-        let mut data = header.iter().chain(frame.iter()).copied();
-        let mut buf = Vec::new();
-        for s in segments {
-            buf.clear();
-            buf.extend(data.by_ref().take(s.len as usize));
-            if buf.is_empty() {
-                break;
-            }
-            // Through vm-memory: the write marks the VMM's dirty bitmap for the checkpoint.
-            self.mem
-                .write_slice(&buf, GuestAddress(s.addr))
-                .map_err(|_| ChainError::OutOfRange {
-                    addr: s.addr,
-                    len: s.len,
-                })?;
-        }
-        Ok(needed as u32)
     }
 
     /// Sends every frame the driver queued on TX.
-    fn process_tx(&mut self) {
+    fn process_tx(&mut self, io: &mut QueueIo<'_, [QueueState; 2]>) {
         let mut returned = false;
-        while self.live_queue(TX) {
-            let Some(popped) = self.pop(TX) else { break };
-            match popped.chain.and_then(|segments| self.read_tx(&segments)) {
+        while io.live(TX) {
+            let Some(popped) = io.pop(TX) else { break };
+            match popped
+                .chain
+                .and_then(|segments| read_tx(io.mem(), &segments))
+            {
                 Ok(frame) => {
-                    self.state.stats.tx_frames += 1;
-                    self.state.stats.tx_bytes += frame.len() as u64;
+                    self.stats.tx_frames += 1;
+                    self.stats.tx_bytes += frame.len() as u64;
                     self.sink.send_frame(&frame);
                 }
-                Err(ChainError::Length(_)) => self.state.stats.oversize += 1,
-                Err(_) => self.state.stats.bad_chains += 1,
+                Err(ChainError::Length(_)) => self.stats.oversize += 1,
+                Err(_) => self.stats.bad_chains += 1,
             }
-            returned |= self.push_used(TX, popped.head, 0);
+            returned |= io.push_used(TX, popped.head, 0);
         }
-        self.finish(TX, returned);
-    }
-
-    /// Gathers a device-readable chain and strips the virtio header.
-    fn read_tx(&self, segments: &[Segment]) -> Result<Vec<u8>, ChainError> {
-        if segments.iter().any(|s| s.writable) {
-            return Err(ChainError::Direction);
-        }
-        let total: u64 = segments.iter().map(|s| u64::from(s.len)).sum();
-        if total < NET_HDR_LEN as u64 + 14 || total > (NET_HDR_LEN + MAX_FRAME) as u64 {
-            return Err(ChainError::Length(total));
-        }
-        let mut bytes = vec![0u8; total as usize];
-        let mut at = 0;
-        for s in segments {
-            let end = at + s.len as usize;
-            self.mem
-                .read_slice(&mut bytes[at..end], GuestAddress(s.addr))
-                .map_err(|_| ChainError::OutOfRange {
-                    addr: s.addr,
-                    len: s.len,
-                })?;
-            at = end;
-        }
-        bytes.drain(..NET_HDR_LEN);
-        Ok(bytes)
-    }
-
-    fn read_register(&self, offset: u64) -> u32 {
-        let s = &self.state;
-        let view = mmio::RegisterView {
-            device_id: DEVICE_ID_NET,
-            device_features: DEVICE_FEATURES,
-            device_features_sel: s.device_features_sel,
-            queue: s.queues.get(s.queue_sel as usize),
-            interrupt_status: s.interrupt_status,
-            status: s.status,
-        };
-        mmio::read_register(&view, offset)
-    }
-
-    fn write_register(&mut self, offset: u64, value: u32) {
-        use mmio::RegisterWrite as W;
-        match mmio::decode_write(offset, value) {
-            W::DeviceFeaturesSel(v) => self.state.device_features_sel = v,
-            W::DriverFeaturesSel(v) => self.state.driver_features_sel = v,
-            W::DriverFeatures(v) => mmio::write_driver_features(
-                &mut self.state.driver_features,
-                self.state.driver_features_sel,
-                v,
-            ),
-            W::QueueSel(v) => self.state.queue_sel = v,
-            // Queue configuration registers are only writable while the queue is not ready
-            // (virtio 1.2 section 4.2.2.2).
-            W::QueueConfig(field, v) => {
-                if let Some(q) = self.selected()
-                    && !q.ready
-                {
-                    mmio::configure_queue(q, field, v);
-                }
-            }
-            W::QueueReady(ready) => {
-                let mem_bytes = self.mem_bytes;
-                let Some(q) = self.selected() else { return };
-                if let Err(e) = mmio::set_queue_ready(q, ready, mem_bytes) {
-                    self.fail(e);
-                }
-            }
-            W::QueueNotify(q) => match q as usize {
-                RX => self.process_rx(),
-                TX => self.process_tx(),
-                _ => {}
-            },
-            W::InterruptAck(v) => self.state.interrupt_status &= !v,
-            W::Status(v) => self.write_status(v),
-            W::Ignored => {}
-        }
-    }
-
-    fn write_status(&mut self, value: u32) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
-        self.state.status = mmio::next_status(
-            self.state.status,
-            value,
-            self.state.driver_features,
-            DEVICE_FEATURES,
-        );
-        if self.phase() == DevicePhase::Live {
-            self.process_rx();
+        if returned {
+            io.interrupt_if_wanted(TX);
         }
     }
 }
 
-impl BusDevice for NetDevice {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let this = &*self;
-        // Config space: the MAC, byte-addressable (virtio_net_config.mac).
-        let config_byte = |at: u64| {
-            usize::try_from(at)
-                .ok()
-                .and_then(|i| this.state.mac.get(i))
-                .copied()
-                .unwrap_or(0)
-        };
-        mmio::bus_read(offset, data, config_byte, |r| this.read_register(r));
+/// Writes header + frame into a device-writable chain; returns the bytes written.
+fn write_rx(mem: &GuestMemory, segments: &[Segment], frame: &[u8]) -> Result<u32, ChainError> {
+    if segments.iter().any(|s| !s.writable) {
+        return Err(ChainError::Direction);
     }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> DeviceAction {
-        if let Some((offset, value)) = mmio::bus_write(offset, data) {
-            self.write_register(offset, value);
+    let capacity: u64 = segments.iter().map(|s| u64::from(s.len)).sum();
+    let needed = (NET_HDR_LEN + frame.len()) as u64;
+    if capacity < needed {
+        return Err(ChainError::Length(capacity));
+    }
+    // num_buffers = 1 (the last two header bytes); no offloads, so the rest is zero.
+    let mut header = [0u8; NET_HDR_LEN];
+    header[10] = 1;
+    let mut data = header.iter().chain(frame.iter()).copied();
+    let mut buf = Vec::new();
+    for s in segments {
+        buf.clear();
+        buf.extend(data.by_ref().take(s.len as usize));
+        if buf.is_empty() {
+            break;
         }
-        DeviceAction::Continue
+        // Through vm-memory: the write marks the VMM's dirty bitmap for the checkpoint.
+        mem.write_slice(&buf, GuestAddress(s.addr))
+            .map_err(|_| ChainError::OutOfRange {
+                addr: s.addr,
+                len: s.len,
+            })?;
     }
+    Ok(needed as u32)
+}
+
+/// Gathers a device-readable chain and strips the virtio header.
+fn read_tx(mem: &GuestMemory, segments: &[Segment]) -> Result<Vec<u8>, ChainError> {
+    if segments.iter().any(|s| s.writable) {
+        return Err(ChainError::Direction);
+    }
+    let total: u64 = segments.iter().map(|s| u64::from(s.len)).sum();
+    if total < NET_HDR_LEN as u64 + 14 || total > (NET_HDR_LEN + MAX_FRAME) as u64 {
+        return Err(ChainError::Length(total));
+    }
+    let mut bytes = vec![0u8; total as usize];
+    let mut at = 0;
+    for s in segments {
+        let end = at + s.len as usize;
+        mem.read_slice(&mut bytes[at..end], GuestAddress(s.addr))
+            .map_err(|_| ChainError::OutOfRange {
+                addr: s.addr,
+                len: s.len,
+            })?;
+        at = end;
+    }
+    bytes.drain(..NET_HDR_LEN);
+    Ok(bytes)
 }
 
 #[cfg(test)]

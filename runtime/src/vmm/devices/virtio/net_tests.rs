@@ -2,8 +2,11 @@
 //! small guest memory, including hostile descriptors and rings.
 
 use super::*;
+use crate::vmm::devices::bus::BusDevice;
 use crate::vmm::devices::virtio::queue::QUEUE_MAX;
 use crate::vmm::devices::virtio::testkit::{self, Ring, SIZE};
+use crate::vmm::devices::virtio::transport::*;
+use crate::vmm::memory;
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -338,7 +341,7 @@ fn queue_registers_are_frozen_while_the_queue_is_ready() {
     let mut d = Driver::init();
     d.w(REG_QUEUE_SEL, TX as u32);
     d.w(REG_QUEUE_DESC_LOW, 0x9_0000);
-    assert_eq!(d.dev.save().queues[TX].desc, RINGS[TX].0);
+    assert_eq!(d.dev.save().transport.queues[TX].desc, RINGS[TX].0);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! ring index after the entry, used ring read back), so the device under test sees nothing a
 //! real driver could not produce unless a test writes it on purpose.
 
-use super::net::{
+use super::transport::{
     REG_DRIVER_FEATURES, REG_DRIVER_FEATURES_SEL, REG_QUEUE_DESC_HIGH, REG_QUEUE_DESC_LOW,
     REG_QUEUE_DEVICE_HIGH, REG_QUEUE_DEVICE_LOW, REG_QUEUE_DRIVER_HIGH, REG_QUEUE_DRIVER_LOW,
     REG_QUEUE_NUM, REG_QUEUE_READY, REG_QUEUE_SEL, REG_STATUS, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
