@@ -15,8 +15,8 @@
 //! each incremental carries the N pages plus the page the counter's stack and console buffer
 //! touch. Without /dev/kvm the KVM groups are skipped with a message.
 
-use colo_runtime::guest::counter_cmdline;
-use colo_runtime::memory::DirtyPages;
+use colo_runtime::vmm::guest::counter_cmdline;
+use colo_runtime::vmm::memory::DirtyPages;
 use colo_runtime::{CheckpointKind, ConsoleOutput, Machine, MachineConfig};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
@@ -40,7 +40,8 @@ fn guest_machine(pages: u64) -> Machine {
 }
 
 fn guest_machine_with(pages: u64, vcpus: u8) -> Machine {
-    let image = std::fs::read(colo_runtime::guest::test_guest_path()).expect("test guest built");
+    let image =
+        std::fs::read(colo_runtime::vmm::guest::test_guest_path()).expect("test guest built");
     let mut m = Machine::new(
         MachineConfig {
             mem_mib: MEM_MIB,
@@ -56,7 +57,7 @@ fn guest_machine_with(pages: u64, vcpus: u8) -> Machine {
 
 /// The guest's step counter: word 0 of its last working-set page (runtime/guest/src/counter.rs).
 fn guest_step(m: &Machine, pages: u64) -> u64 {
-    let gpa = colo_runtime::layout::GUEST_WORKSET_BASE + (pages - 1) * PAGE as u64;
+    let gpa = colo_runtime::vmm::layout::GUEST_WORKSET_BASE + (pages - 1) * PAGE as u64;
     m.memory()
         .read_obj::<u64>(GuestAddress(gpa))
         .expect("working set inside RAM")
@@ -396,12 +397,12 @@ fn peer_send_pages(c: &mut Criterion) {
     use colo_core::ids::{Epoch, PageRange};
     use colo_core::wire::auth::{Nonces, session};
     use colo_core::wire::{FrameDecoder, Limits, LinkSide, Message};
-    use colo_runtime::peer::{PeerWriter, read_frames};
+    use colo_runtime::pair::peer::{PeerWriter, read_frames};
     use std::net::{TcpListener, TcpStream};
     use std::sync::mpsc;
 
     const PAGES: u64 = 4096;
-    let mem = colo_runtime::memory::create(MEM_MIB << 20).expect("guest memory");
+    let mem = colo_runtime::vmm::memory::create(MEM_MIB << 20).expect("guest memory");
     // Every other page of the first 32 MiB, with distinct bytes.
     let ranges: Vec<PageRange> = (0..PAGES)
         .map(|i| PageRange {

@@ -29,7 +29,7 @@ pub enum LogFormat {
 }
 
 /// Installs the process's subscriber. `level` (a `RUST_LOG`-style directive such as `debug`
-/// or `colo_runtime::arbiter=debug`) wins over the `RUST_LOG` environment variable; neither
+/// or `colo_runtime::pair::arbiter=debug`) wins over the `RUST_LOG` environment variable; neither
 /// means `info`. A second call in the same process is an error, as is a bad directive.
 pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
     let filter = match level {

@@ -10,7 +10,7 @@
 //! description on two hosts gives the same fingerprint, and two descriptions that would build
 //! different VMs do not.
 
-use crate::layout;
+use crate::vmm::layout;
 use std::path::{Path, PathBuf};
 
 /// What the VM boots.

@@ -4,10 +4,10 @@
 
 mod common;
 
-use colo_runtime::devices::console::OutputCapture;
-use colo_runtime::guest::counter_cmdline;
-use colo_runtime::persist::PersistError;
-use colo_runtime::vstate::thread::VcpuPhase;
+use colo_runtime::vmm::devices::console::OutputCapture;
+use colo_runtime::vmm::guest::counter_cmdline;
+use colo_runtime::vmm::persist::PersistError;
+use colo_runtime::vmm::vstate::thread::VcpuPhase;
 use colo_runtime::{Checkpoint, CheckpointKind, ConsoleOutput, Machine, MachineError};
 use std::time::Duration;
 
@@ -194,7 +194,7 @@ fn state_file_errors_are_clear() {
             err,
             PersistError::VersionMismatch {
                 found: 99,
-                supported: colo_runtime::persist::STATE_VERSION
+                supported: colo_runtime::vmm::persist::STATE_VERSION
             }
         ),
         "{err}"

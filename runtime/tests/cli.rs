@@ -16,7 +16,9 @@ fn colo(args: &[&str]) -> Output {
 }
 
 fn guest() -> String {
-    colo_runtime::guest::test_guest_path().display().to_string()
+    colo_runtime::vmm::guest::test_guest_path()
+        .display()
+        .to_string()
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -126,7 +128,7 @@ fn corrupt_and_foreign_state_files_are_refused() {
 #[test]
 fn malformed_inputs_give_one_clear_error_line() {
     let truncated = scratch("truncated.elf");
-    let image = std::fs::read(colo_runtime::guest::test_guest_path()).unwrap();
+    let image = std::fs::read(colo_runtime::vmm::guest::test_guest_path()).unwrap();
     std::fs::write(&truncated, &image[..1000]).unwrap();
     let truncated = truncated.display().to_string();
 
@@ -303,7 +305,7 @@ fn version_names_the_peer_protocol_and_the_state_file_version() {
             "colo {} (peer protocol {}, state file version {})",
             env!("CARGO_PKG_VERSION"),
             colo_core::wire::PROTOCOL_VERSION,
-            colo_runtime::persist::STATE_VERSION
+            colo_runtime::vmm::persist::STATE_VERSION
         )
     );
 }

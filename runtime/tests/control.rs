@@ -176,9 +176,10 @@ fn every_control_command_answers_on_a_live_pair() {
 
     // A paired secondary closes connections on its takeover address: it has its primary
     // (a newcomer that authenticated with the pair key; a keyless one is refused earlier).
-    let key = colo_runtime::peer::auth::PairKey::load(std::path::Path::new(pair.procs.key.path()))
-        .unwrap();
-    let _knock = colo_runtime::peer::auth::handshake(
+    let key =
+        colo_runtime::pair::peer::auth::PairKey::load(std::path::Path::new(pair.procs.key.path()))
+            .unwrap();
+    let _knock = colo_runtime::pair::peer::auth::handshake(
         std::net::TcpStream::connect(&pair.takeover).expect("the secondary listens"),
         &key,
         colo_core::wire::LinkSide::Connector,
@@ -526,7 +527,7 @@ fn auto_reprotect_on_a_secondary_without_listen_is_refused_at_start() {
 fn links_without_the_pair_key_are_refused_and_counted_in_status() {
     use colo_core::ids::Epoch;
     use colo_core::wire::{LinkSide, Message, encode, encode_sealed};
-    use colo_runtime::peer::auth::{PairKey, handshake};
+    use colo_runtime::pair::peer::auth::{PairKey, handshake};
     use std::net::TcpStream;
 
     if !common::kvm_available("links_without_the_pair_key_are_refused_and_counted_in_status") {

@@ -5,11 +5,11 @@
 
 mod common;
 
-use colo_runtime::devices::console::OutputCapture;
-use colo_runtime::devices::virtio::blk::{BlkCompletion, BlkOp, BlkRequest, BlockBackend};
-use colo_runtime::disk::{ImageBackend, RawImage};
-use colo_runtime::guest::disk_writer_cmdline;
-use colo_runtime::vstate::thread::VcpuStop;
+use colo_runtime::vmm::devices::console::OutputCapture;
+use colo_runtime::vmm::devices::virtio::blk::{BlkCompletion, BlkOp, BlkRequest, BlockBackend};
+use colo_runtime::vmm::disk::{ImageBackend, RawImage};
+use colo_runtime::vmm::guest::disk_writer_cmdline;
+use colo_runtime::vmm::vstate::thread::VcpuStop;
 use colo_runtime::{CheckpointKind, ConsoleOutput, Machine};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 
 mod common;
 
-use colo_runtime::guest::counter_cmdline;
-use colo_runtime::vstate::thread::VcpuStop;
+use colo_runtime::vmm::guest::counter_cmdline;
+use colo_runtime::vmm::vstate::thread::VcpuStop;
 use colo_runtime::{ConsoleOutput, Machine, MachineConfig, MachineError};
 use std::time::Duration;
 

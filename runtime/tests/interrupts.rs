@@ -5,9 +5,9 @@
 
 mod common;
 
-use colo_runtime::devices::console::OutputCapture;
-use colo_runtime::guest::idle_cmdline;
-use colo_runtime::vstate::thread::VcpuStop;
+use colo_runtime::vmm::devices::console::OutputCapture;
+use colo_runtime::vmm::guest::idle_cmdline;
+use colo_runtime::vmm::vstate::thread::VcpuStop;
 use colo_runtime::{CheckpointKind, ConsoleOutput, Machine};
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
@@ -151,8 +151,10 @@ fn the_pit_interrupts_on_ioapic_pin_2_as_the_madt_override_says() {
     if !common::kvm_available("the_pit_interrupts_on_ioapic_pin_2_as_the_madt_override_says") {
         return;
     }
-    let text =
-        idle_on_pin_with_the_pit_running(colo_runtime::layout::PIT_GSI, Duration::from_secs(10));
+    let text = idle_on_pin_with_the_pit_running(
+        colo_runtime::vmm::layout::PIT_GSI,
+        Duration::from_secs(10),
+    );
     assert!(wakes(&text) >= 3, "no PIT interrupt on pin 2:\n{text}");
     // Pin 0, where KVM's default routing would put the PIT, stays silent for 30 ticks.
     let text = idle_on_pin_with_the_pit_running(0, Duration::from_millis(300));

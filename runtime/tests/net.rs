@@ -5,10 +5,10 @@
 
 mod common;
 
-use colo_runtime::devices::virtio::net::DevicePhase;
 use colo_runtime::net::kvclient::{KvConnection, Timeouts};
 use colo_runtime::net::netns::NetNs;
 use colo_runtime::net::tap::{Tap, TapLink};
+use colo_runtime::vmm::devices::virtio::transport::DevicePhase;
 use colo_runtime::{ConsoleOutput, Machine, MachineConfig};
 use std::time::Duration;
 
@@ -40,7 +40,7 @@ fn guest_tcp_server_answers_a_real_client_over_a_tap() {
         .unwrap();
     ns.ip(&["link", "set", "colotap0", "up"]).unwrap();
 
-    let capture = colo_runtime::devices::console::OutputCapture::new();
+    let capture = colo_runtime::vmm::devices::console::OutputCapture::new();
     let mut machine = Machine::new(
         MachineConfig {
             mem_mib: 32,

@@ -10,7 +10,7 @@
 mod common;
 
 use colo_core::wire::LinkSide;
-use colo_runtime::peer::auth::{PairKey, handshake};
+use colo_runtime::pair::peer::auth::{PairKey, handshake};
 use common::procs::{COLO, Procs, args};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -304,9 +304,9 @@ fn demo_without_kvm_is_a_clear_error() {
 fn arbiter_grants_a_new_term_once_and_denies_a_rival() {
     use colo_core::failover::{LeaseReply, LeaseRequest, LeaseRequestId};
     use colo_core::ids::{NodeId, Term};
-    use colo_runtime::arbiter::{ArbiterClient, ArbiterServer};
+    use colo_runtime::pair::arbiter::{ArbiterClient, ArbiterServer};
 
-    let key = colo_runtime::peer::auth::PairKey::generate().unwrap();
+    let key = colo_runtime::pair::peer::auth::PairKey::generate().unwrap();
     let server = ArbiterServer::bind("127.0.0.1:0".parse().unwrap(), key.clone()).unwrap();
     let addr = server.local_addr();
     std::thread::spawn(move || server.serve());

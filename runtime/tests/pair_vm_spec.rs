@@ -226,7 +226,7 @@ fn an_initrd_too_large_for_memory_is_a_clear_error() {
     let kernel = dir.join("kernel.elf");
     std::fs::write(
         &kernel,
-        std::fs::read(colo_runtime::guest::test_guest_path()).unwrap(),
+        std::fs::read(colo_runtime::vmm::guest::test_guest_path()).unwrap(),
     )
     .unwrap();
     let initrd = dir.join("initrd.img");

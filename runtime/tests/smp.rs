@@ -8,9 +8,9 @@
 
 mod common;
 
-use colo_runtime::devices::console::OutputCapture;
-use colo_runtime::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
-use colo_runtime::vstate::thread::VcpuPhase;
+use colo_runtime::vmm::devices::console::OutputCapture;
+use colo_runtime::vmm::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
+use colo_runtime::vmm::vstate::thread::VcpuPhase;
 use colo_runtime::{Checkpoint, CheckpointKind, ConsoleOutput, Machine, MachineConfig};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
@@ -240,7 +240,9 @@ fn colo_run_with_two_vcpus_runs_the_smp_counter_to_its_end() {
         .args([
             "run",
             "--guest",
-            &colo_runtime::guest::test_guest_path().display().to_string(),
+            &colo_runtime::vmm::guest::test_guest_path()
+                .display()
+                .to_string(),
             "--memory",
             "64",
             "--vcpus",
@@ -319,7 +321,10 @@ fn a_checkpoint_that_loses_the_aps_pages_makes_the_ap_fail_its_check() {
     assert!(
         matches!(
             stop,
-            Some((1, colo_runtime::vstate::thread::VcpuStop::GuestExit(0xdead)))
+            Some((
+                1,
+                colo_runtime::vmm::vstate::thread::VcpuStop::GuestExit(0xdead)
+            ))
         ),
         "{stop:?}"
     );
@@ -406,7 +411,7 @@ fn four_vcpus_come_online_one_after_another_and_all_progress() {
     assert!(steps.iter().all(|&s| s >= 2), "{steps:?}");
     // The MADT's ids are the ones each vCPU's CPUID and LAPIC report.
     for v in machine.save_devices().unwrap().vcpus {
-        let want = u32::from(colo_runtime::loader::acpi::apic_id(v.index));
+        let want = u32::from(colo_runtime::vmm::loader::acpi::apic_id(v.index));
         let leaf1 = v
             .cpuid
             .iter()
@@ -446,7 +451,9 @@ fn a_two_vcpu_state_file_continues_on_both_vcpus_in_another_process() {
     let first = colo(&[
         "run",
         "--guest",
-        &colo_runtime::guest::test_guest_path().display().to_string(),
+        &colo_runtime::vmm::guest::test_guest_path()
+            .display()
+            .to_string(),
         "--memory",
         "64",
         "--vcpus",

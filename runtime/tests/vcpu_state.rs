@@ -12,11 +12,11 @@
 
 mod common;
 
-use colo_runtime::memory::{self, GuestMemory};
-use colo_runtime::vstate::vcpu::{
+use colo_runtime::vmm::memory::{self, GuestMemory};
+use colo_runtime::vmm::vstate::vcpu::{
     self, BootRegs, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, SaveLayout, VcpuState,
 };
-use colo_runtime::vstate::vm::KvmVm;
+use colo_runtime::vmm::vstate::vm::KvmVm;
 use kvm_bindings::{KVM_MP_STATE_HALTED, KVM_VCPUEVENT_VALID_SHADOW, Msrs, kvm_msr_entry};
 use kvm_ioctls::VcpuFd;
 use std::time::Duration;

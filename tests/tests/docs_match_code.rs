@@ -2,7 +2,7 @@
 //! describes, across crates, and names the first disagreement.
 
 use colo_core::wire::PROTOCOL_VERSION;
-use colo_runtime::config::PairFile;
+use colo_runtime::pair::config::PairFile;
 use colo_sim::check;
 use colo_sim::platform::Canary;
 use colo_tests::{cited_invariants, fenced_blocks, numbered_items, read, rust_sources};

@@ -13,7 +13,7 @@
 //! with a timeout and checks a stop flag), so a test or node never leaks it; a write that
 //! would block (the host is not reading) drops the frame, like a full NIC queue.
 
-use crate::devices::virtio::net::FrameSink;
+use crate::vmm::devices::virtio::net::FrameSink;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -181,7 +181,7 @@ impl TapLink {
     /// the guest, the guest's frames are written to the tap.
     pub fn attach(
         tap: Tap,
-        net: Arc<parking_lot::Mutex<crate::devices::virtio::net::NetDevice>>,
+        net: Arc<parking_lot::Mutex<crate::vmm::devices::virtio::net::NetDevice>>,
     ) -> io::Result<TapLink> {
         net.lock()
             .set_sink(Box::new(TapSink::new(tap.try_clone()?)));

@@ -8,7 +8,7 @@
 //! tests boot.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use colo_runtime::devices::console::OutputCapture;
+use colo_runtime::vmm::devices::console::OutputCapture;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::mpsc;

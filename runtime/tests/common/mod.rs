@@ -7,7 +7,7 @@ pub mod procs;
 pub mod proxy;
 pub mod two_hosts;
 
-use colo_runtime::devices::console::OutputCapture;
+use colo_runtime::vmm::devices::console::OutputCapture;
 use colo_runtime::{ConsoleOutput, Machine, MachineConfig};
 
 /// True if /dev/kvm can be used. Without it the test is skipped with a message, unless
@@ -35,7 +35,7 @@ pub fn kvm_available(test: &str) -> bool {
 
 /// The test guest ELF.
 pub fn guest_image() -> Vec<u8> {
-    std::fs::read(colo_runtime::guest::test_guest_path())
+    std::fs::read(colo_runtime::vmm::guest::test_guest_path())
         .expect("the build script built the test guest")
 }
 
@@ -64,8 +64,8 @@ pub fn steps(text: &str) -> Vec<u64> {
 /// The counter guest's step number: word 0 of its last working-set page.
 pub fn guest_step(machine: &Machine, pages: u64) -> u64 {
     use vm_memory::{Bytes, GuestAddress};
-    let gpa =
-        colo_runtime::layout::GUEST_WORKSET_BASE + (pages - 1) * colo_runtime::layout::PAGE_SIZE;
+    let gpa = colo_runtime::vmm::layout::GUEST_WORKSET_BASE
+        + (pages - 1) * colo_runtime::vmm::layout::PAGE_SIZE;
     machine
         .memory()
         .read_obj::<u64>(GuestAddress(gpa))

@@ -41,7 +41,7 @@ impl TestKey {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_file(&path);
-        colo_runtime::peer::auth::write_key_file(&path).expect("writing a test key");
+        colo_runtime::pair::peer::auth::write_key_file(&path).expect("writing a test key");
         TestKey(path)
     }
 

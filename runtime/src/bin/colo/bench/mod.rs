@@ -1,0 +1,279 @@
+//! `colo bench`: the replicated pair against the lone VM, same test guest, same workload, same
+//! TCP client, one run. Inside a network namespace it creates (see `demo::net`, whose lab,
+//! lone VM, pair processes and client it shares) it measures, first on a lone VM in this
+//! process and then through a pair (arbiter, primary, secondary as child processes):
+//! `INCR` request/response latency, guest -> client throughput (`STREAM n`) and client ->
+//! guest throughput (`SINK n`); then it SIGKILLs the primary while a client runs `INCR`s back
+//! to back and times kill -> detection -> takeover -> the client's next reply.
+//! The report (`report.rs`) ends with `key=value` lines for scripts.
+//!
+//! Invariant: the bench reports, it never judges figures; it fails only when something broke
+//! (a child died, a reply was wrong, a write was lost or repeated, a deadline passed). Every
+//! wait is bounded by the run's deadline and every child is reaped on every path (the
+//! `PairRun` guard), as in the demo.
+
+mod breakdown;
+mod report;
+
+pub use breakdown::Breakdown;
+pub use report::{BenchReport, FailoverFigures, SideFigures};
+
+use crate::demo::net::{Client, LONE_IP, LoneVm, PAIR_IP, PairRun, lab};
+use crate::demo::{DemoOptions, Percentiles, fields};
+use colo_runtime::net::netns::NetNs;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What one bench run does.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Ports, binary and the bound on the whole run (`timeout`).
+    pub pair: DemoOptions,
+    /// `INCR` requests per latency measurement.
+    pub requests: u32,
+    /// Bytes per `STREAM` / `SINK` request.
+    pub bulk_bytes: u64,
+    /// `STREAM` and `SINK` requests per side.
+    pub bulk_rounds: u32,
+    /// How long the failover run's client runs against the pair before the kill.
+    pub before_kill: Duration,
+    /// Extra arguments for both nodes (e.g. `--heartbeat-interval-ms=20`).
+    pub node_args: Vec<String>,
+}
+
+impl BenchOptions {
+    /// `--quick` (a smoke, about a minute here) or the full run.
+    pub fn new(pair: DemoOptions, quick: bool) -> BenchOptions {
+        if quick {
+            BenchOptions {
+                pair,
+                requests: 300,
+                bulk_bytes: 1 << 20,
+                bulk_rounds: 2,
+                before_kill: Duration::from_secs(1),
+                node_args: Vec::new(),
+            }
+        } else {
+            BenchOptions {
+                pair,
+                requests: 3000,
+                bulk_bytes: 8 << 20,
+                bulk_rounds: 4,
+                before_kill: Duration::from_secs(3),
+                node_args: Vec::new(),
+            }
+        }
+    }
+}
+
+/// `colo bench --breakdown`: `requests` requests through a pair whose nodes record their hops
+/// (see `breakdown.rs`).
+pub fn run_breakdown(options: &BenchOptions) -> Result<Breakdown, String> {
+    crate::demo::require_kvm()?;
+    let deadline = Instant::now() + options.pair.timeout;
+    let ns = lab("colo-bench")?;
+    let mut pair = PairRun::start(
+        &ns,
+        &options.pair,
+        deadline,
+        &[("COLO_TRACE_HOPS", "1")],
+        &options.node_args,
+    )?;
+    pair.wait_paired()?;
+    breakdown::run(&ns, &mut pair, options.requests)
+}
+
+/// Latency, then both bulk directions, against the server at `ip`.
+fn measure(ns: &NetNs, ip: &str, options: &BenchOptions) -> Result<SideFigures, String> {
+    let mut client = Client::connect(ns, ip)?;
+    // A few requests first: ARP, the connection's first segments, the guest's first faults.
+    for _ in 0..20 {
+        client.incr()?;
+    }
+    let mut latencies = Vec::with_capacity(options.requests as usize);
+    for _ in 0..options.requests {
+        let t = Instant::now();
+        client.incr()?;
+        latencies.push(t.elapsed());
+    }
+    let mut side = SideFigures {
+        latency: Percentiles::of(&latencies),
+        ..SideFigures::default()
+    };
+    for _ in 0..options.bulk_rounds {
+        let t = Instant::now();
+        client.stream(options.bulk_bytes)?;
+        side.out_time += t.elapsed();
+        side.out_bytes += options.bulk_bytes;
+    }
+    let body: Vec<u8> = (0..options.bulk_bytes).map(|i| (i % 251) as u8).collect();
+    for _ in 0..options.bulk_rounds {
+        let t = Instant::now();
+        client.sink(&body)?;
+        side.in_time += t.elapsed();
+        side.in_bytes += options.bulk_bytes;
+    }
+    Ok(side)
+}
+
+/// Runs the bench (see the module doc).
+pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
+    crate::demo::require_kvm()?;
+    let deadline = Instant::now() + options.pair.timeout;
+    let ns = lab("colo-bench")?;
+    let mut report = BenchReport::default();
+    {
+        let _vm = LoneVm::start(&ns)?;
+        report.lone = measure(&ns, LONE_IP, options)?;
+        println!("[bench] lone VM measured");
+    }
+    let mut pair = PairRun::start(&ns, &options.pair, deadline, &[], &options.node_args)?;
+    pair.wait_paired()?;
+    let started = Instant::now();
+    report.pair = measure(&ns, PAIR_IP, options)?;
+    let measured = Instant::now();
+    println!("[bench] pair measured");
+    // Count the checkpoints of the measured window from the lines that queued meanwhile.
+    while let Some(line) = pair.next("the pair's lines")? {
+        report.failover.false_alarms += u32::from(false_alarm(&line.text));
+        if line.at > measured {
+            break;
+        }
+        if line.at >= started
+            && let Some(f) = fields(&line.text, "primary", "checkpoint-done")
+        {
+            let reason = f.get("reason").cloned().unwrap_or_default();
+            *report.checkpoints.entry(reason).or_default() += 1;
+        }
+    }
+    let before = report.failover.false_alarms;
+    report.failover = failover(&ns, &mut pair, options)?;
+    report.failover.false_alarms += before;
+    Ok(report)
+}
+
+/// A node declared its peer lost (before the bench killed anyone: a false alarm).
+fn false_alarm(text: &str) -> bool {
+    fields(text, "primary", "peer-lost").is_some()
+        || fields(text, "secondary", "peer-lost").is_some()
+}
+
+/// A reply the failover run's client got: when it ended and the counter it carried.
+#[derive(Clone, Copy)]
+struct Reply {
+    end: Instant,
+    value: u64,
+}
+
+/// The failover run: a client runs `INCR`s back to back, the primary is killed, the
+/// survivor must go on from the same count.
+fn failover(
+    ns: &NetNs,
+    pair: &mut PairRun,
+    options: &BenchOptions,
+) -> Result<FailoverFigures, String> {
+    let mut client = Client::connect(ns, PAIR_IP)?;
+    // The latency client's connection counted on the same key: go on from its count.
+    client.count = first_value(&mut client)?;
+    let unblock = client
+        .conn
+        .stream()
+        .try_clone()
+        .map_err(|e| e.to_string())?;
+    let replies: Arc<Mutex<Vec<Reply>>> = Arc::default();
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (replies, failure, stop) = (replies.clone(), failure.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match client.incr() {
+                    Ok(value) => replies.lock().push(Reply {
+                        end: Instant::now(),
+                        value,
+                    }),
+                    Err(e) => {
+                        *failure.lock() = Some(e);
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let result = kill_and_watch(pair, options, &replies, &failure);
+    stop.store(true, Ordering::Relaxed);
+    let _ = unblock.shutdown(std::net::Shutdown::Both);
+    let _ = worker.join();
+    result
+}
+
+/// Reads the counter without changing it (`GET n`): the latency phase's connection counted on
+/// the same key, and this client's checks go on from there.
+fn first_value(client: &mut Client) -> Result<u64, String> {
+    let line = client.conn.ask("0 GET n")?;
+    match line
+        .strip_prefix("0 VAL ")
+        .and_then(|r| r.split(' ').next())
+    {
+        Some(v) => v.parse::<u64>().map_err(|_| format!("GET n got {line:?}")),
+        None if line == "0 NONE" => Ok(0),
+        None => Err(format!("GET n got {line:?}")),
+    }
+}
+
+fn kill_and_watch(
+    pair: &mut PairRun,
+    options: &BenchOptions,
+    replies: &Mutex<Vec<Reply>>,
+    failure: &Mutex<Option<String>>,
+) -> Result<FailoverFigures, String> {
+    let check = || match failure.lock().clone() {
+        Some(e) => Err(format!("the failover run's client failed: {e}")),
+        None => Ok(()),
+    };
+    let until = Instant::now() + options.before_kill;
+    let mut false_alarms = 0;
+    while Instant::now() < until || replies.lock().is_empty() {
+        check()?;
+        if let Some(line) = pair.next("the client's requests before the kill")? {
+            false_alarms += u32::from(false_alarm(&line.text));
+        }
+    }
+    println!("[bench] killing the primary (SIGKILL) while the client runs");
+    let killed = Instant::now();
+    pair.children.kill("primary")?;
+    let mut figures = FailoverFigures {
+        false_alarms,
+        ..FailoverFigures::default()
+    };
+    loop {
+        check()?;
+        if let Some(line) = pair.next("the failover")? {
+            if fields(&line.text, "secondary", "peer-lost").is_some() {
+                figures.detected = Some(line.at.saturating_duration_since(killed));
+            } else if fields(&line.text, "secondary", "failed-over").is_some() {
+                figures.took_over = Some(line.at.saturating_duration_since(killed));
+                break;
+            }
+        }
+    }
+    // The survivor answers: wait for a few replies after the takeover.
+    loop {
+        check()?;
+        let after = replies.lock().iter().filter(|r| r.end > killed).count();
+        if after >= 20 {
+            break;
+        }
+        pair.next("the client's requests to the survivor")?;
+    }
+    let replies = replies.lock().clone();
+    let before = replies.iter().rev().find(|r| r.end <= killed);
+    let after = replies.iter().find(|r| r.end > killed);
+    if let (Some(b), Some(a)) = (before, after) {
+        figures.around_kill = (b.value, a.value);
+        figures.next_reply = a.end - killed;
+    }
+    Ok(figures)
+}

@@ -1,0 +1,380 @@
+//! The node loop's side of the control socket and of re-protection: answers [`ControlCall`]s
+//! from the node's own state (the loop owns the `Node`; the control thread only posts), keeps
+//! what the status reports beyond `Node::status` (the last checkpoint, whether re-protection
+//! is armed), accepts newcomers on a survivor's listen address, and re-arms re-protection
+//! whenever the node runs solo if `--auto-reprotect` asked for it.
+//!
+//! Invariants: a command's answer says whether the node took it (its `commands_ignored` /
+//! `takeovers_refused` counters did not move, and the mode allowed it) and is sent before the
+//! next input, except `checkpoint`'s, which is sent when a checkpoint after the request
+//! completes, or as an error as soon as the node stops being paired (the control thread's
+//! reply timeout bounds the rest); a newcomer's connection is used only while the node runs solo (or is
+//! re-protecting and lost its newcomer) with no peer link, every other one is closed at once;
+//! re-protection is armed only on a node that can accept a newcomer.
+//!
+//! Topology (docs/operations.md "Re-protection"): the survivor is always the new primary and
+//! the newcomer always connects to it. A primary accepts on its `--listen` address for its
+//! whole life; a secondary accepts on its own `--listen` address only once it runs solo.
+
+use super::{LoopEvent, NodeLoop};
+use crate::pair::control::{ControlCall, Request, error_response};
+use colo_core::ids::Role;
+use colo_core::node::{Command, Event, Input, NodeMode, NodeStats};
+use colo_core::time::{Duration, Instant};
+use serde_json::{Value, json};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc;
+use tracing::info;
+
+/// The last checkpoint this node completed (primary side) or applied (secondary side).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LastCheckpoint {
+    epoch: u64,
+    pause_us: u64,
+    bytes: u64,
+    at: Instant,
+}
+
+/// What the loop keeps for the operator.
+#[derive(Debug)]
+pub(super) struct LoopControl {
+    /// The bound control socket (removed when the loop ends).
+    pub(super) server: Option<crate::pair::control::ControlServer>,
+    last_checkpoint: Option<LastCheckpoint>,
+    /// Re-protection armed (`Command::Reprotect` taken, no newcomer paired yet).
+    armed: bool,
+    /// Re-arm whenever the node enters Solo.
+    auto: bool,
+    /// Where newcomers connect (the primary's `--listen`, the secondary's takeover `--listen`).
+    newcomers: Option<SocketAddr>,
+    last_mode: NodeMode,
+    interval: Duration,
+    /// `checkpoint` requests waiting for a checkpoint after this epoch to complete.
+    waiting: Vec<(mpsc::Sender<Value>, u64)>,
+}
+
+impl LoopControl {
+    pub(super) fn new(auto: bool, newcomers: Option<SocketAddr>, interval: Duration) -> Self {
+        LoopControl {
+            server: None,
+            last_checkpoint: None,
+            armed: false,
+            auto,
+            newcomers,
+            last_mode: NodeMode::Idle,
+            interval,
+            waiting: Vec::new(),
+        }
+    }
+}
+
+/// Accepts newcomers for a secondary that may become a survivor; the loop decides whether to
+/// use each connection ([`NodeLoop::on_newcomer`]).
+pub(super) fn spawn_newcomer_acceptor(
+    addr: SocketAddr,
+    key: crate::pair::peer::auth::PairKey,
+    name: &'static str,
+    tx: mpsc::Sender<LoopEvent>,
+) -> Result<(), String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    std::thread::Builder::new()
+        .name("colo-newcomer-accept".to_string())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let tx = tx.clone();
+                crate::pair::peer::auth::spawn_accept(stream, &key, name, move |link| {
+                    let _ = tx.send(LoopEvent::Newcomer(link));
+                });
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the newcomer acceptor: {e}"))
+}
+
+fn refusals(stats: &NodeStats) -> u64 {
+    stats.commands_ignored + stats.takeovers_refused
+}
+
+impl NodeLoop {
+    /// Answers one operator request.
+    pub(super) fn on_control(&mut self, call: ControlCall) {
+        let response = match call.request {
+            Request::Status => self.status_json(),
+            Request::Checkpoint => match self.control_checkpoint() {
+                Ok(after) => {
+                    // Answered when a checkpoint after `after` completes (ctl_on_event).
+                    self.ctl.waiting.push((call.reply, after));
+                    return;
+                }
+                Err(response) => response,
+            },
+            Request::Failover => self.control_failover(),
+            Request::SetCheckpointInterval { ms } => self.control_interval(ms),
+            Request::Reprotect => self.control_reprotect(),
+            Request::SetDigests { on } => {
+                self.config.digests = on;
+                let state = if on { "on" } else { "off" };
+                json!({"ok": true, "message": format!("checkpoint digests {state}")})
+            }
+            Request::Shutdown => {
+                self.input(Input::Command(Command::Shutdown));
+                json!({"ok": true, "message": "shutting down: goodbye sent to the peer"})
+            }
+        };
+        let _ = call.reply.send(response);
+    }
+
+    /// Runs `command` and reports whether the node took it.
+    fn command_taken(&mut self, command: Command) -> bool {
+        let before = refusals(&self.node.stats());
+        self.input(Input::Command(command));
+        refusals(&self.node.stats()) == before
+    }
+
+    fn mode_role(&self) -> (NodeMode, Role) {
+        let status = self.node.status(self.clock.now());
+        (status.mode, status.role)
+    }
+
+    /// Triggers a checkpoint; `Ok(epoch)`: answer once a checkpoint after `epoch` completes.
+    /// A trigger while one is in progress is coalesced into it (QEMU does the same with a
+    /// checkpoint request during a checkpoint): that one answers, with its own reason.
+    fn control_checkpoint(&mut self) -> Result<u64, Value> {
+        let (mode, role) = self.mode_role();
+        if role != Role::Primary || mode != NodeMode::Paired {
+            return Err(error_response(&format!(
+                "checkpoint needs a paired primary; this node is {role:?} in mode {mode:?}"
+            )));
+        }
+        let epoch = self.node.status(self.clock.now()).epoch.0;
+        if self.command_taken(Command::ForceCheckpoint) {
+            Ok(epoch)
+        } else {
+            Err(error_response("the node refused the checkpoint"))
+        }
+    }
+
+    fn control_failover(&mut self) -> Value {
+        let (mode, _) = self.mode_role();
+        if !matches!(
+            mode,
+            NodeMode::Paired | NodeMode::Connecting | NodeMode::Syncing
+        ) {
+            return error_response(&format!(
+                "failover needs a node that depends on a peer; this node is in mode {mode:?}"
+            ));
+        }
+        if !self.command_taken(Command::Failover) {
+            return error_response(
+                "the node refused the failover (its VM is no copy of the primary's yet, or it never started)",
+            );
+        }
+        let (mode, role) = self.mode_role();
+        json!({"ok": true, "message": format!("failover started: now {role:?} in mode {mode:?}"), "mode": format!("{mode:?}")})
+    }
+
+    fn control_interval(&mut self, ms: u64) -> Value {
+        let (mode, role) = self.mode_role();
+        if role != Role::Primary {
+            return error_response(&format!(
+                "the checkpoint interval is the primary's; this node is {role:?}"
+            ));
+        }
+        if self.command_taken(Command::SetCheckpointInterval(Duration::from_millis(ms))) {
+            self.ctl.interval = Duration::from_millis(ms);
+            json!({"ok": true, "message": format!("checkpoint interval set to {ms} ms"), "checkpoint_interval_ms": ms})
+        } else {
+            error_response(&format!(
+                "the node refused the checkpoint interval in mode {mode:?}"
+            ))
+        }
+    }
+
+    fn control_reprotect(&mut self) -> Value {
+        let Some(addr) = self.ctl.newcomers else {
+            return error_response(
+                "this node accepts no newcomers: start the secondary with --listen ADDR",
+            );
+        };
+        let (mode, _) = self.mode_role();
+        if mode != NodeMode::Solo {
+            return error_response(&format!(
+                "re-protection needs a node running solo; this node is in mode {mode:?}"
+            ));
+        }
+        if !self.command_taken(Command::Reprotect) {
+            return error_response("the node refused to arm re-protection");
+        }
+        self.ctl.armed = true;
+        info!(role = self.name, listen = %addr, "reprotect-armed");
+        json!({"ok": true, "message": format!("re-protection armed: start `colo secondary --peer {addr}`"), "listen": addr.to_string()})
+    }
+
+    fn status_json(&self) -> Value {
+        let now = self.clock.now();
+        let st = self.node.status(now);
+        let stats = self.node.stats();
+        let auth = self.config.key.counts();
+        let last = self.ctl.last_checkpoint.map(|c| {
+            json!({
+                "epoch": c.epoch,
+                "pause_us": c.pause_us,
+                "bytes": c.bytes,
+                "ago_ms": now.saturating_duration_since(c.at).as_millis() as u64,
+            })
+        });
+        json!({
+            "ok": true,
+            "process": self.name,
+            "node_id": self.config.node.node_id.0,
+            "role": format!("{:?}", st.role),
+            "mode": format!("{:?}", st.mode),
+            "term": st.term.0,
+            "epoch": st.epoch.0,
+            "last_checkpoint": last,
+            "peer": {
+                "peer_id": st.peer_id.map(|p| p.0),
+                "link": if self.writer.is_some() { "up" } else { "down" },
+                "heartbeat": st.peer.map(|p| format!("{p:?}")),
+            },
+            "lease_held": st.lease_held,
+            "last_failover_reason": st.last_failover_reason.map(|r| format!("{r:?}")),
+            "guest_step": self.guest_step(),
+            "digests": self.config.digests,
+            "checkpoint_interval_ms": self.ctl.interval.as_millis() as u64,
+            "reprotect": {
+                "armed": self.ctl.armed,
+                "auto": self.ctl.auto,
+                "listen": self.ctl.newcomers.map(|a| a.to_string()),
+            },
+            "stats": {
+                "peer_received": stats.peer_received,
+                "peer_sent": stats.peer_sent,
+                "protocol_errors": stats.protocol_errors,
+                "stale_messages": stats.stale_messages,
+                "stale_secondary_output": stats.stale_secondary_output,
+                "ignored_before_start": stats.ignored_before_start,
+                "ignored_after_stop": stats.ignored_after_stop,
+                "commands_ignored": stats.commands_ignored,
+                "client_frames_on_secondary": stats.client_frames_on_secondary,
+                "released": stats.released,
+                "held": stats.held,
+                "held_over_bound": stats.held_over_bound,
+                "fenced_frames": stats.fenced_frames,
+                "takeovers_refused": stats.takeovers_refused,
+                "sends_suppressed": stats.sends_suppressed,
+                "hellos_ignored": stats.hellos_ignored,
+                "stray_vm_completions": stats.stray_vm_completions,
+                "dropped_while_down": self.dropped_while_down,
+            },
+            "auth": {
+                "refused_links": auth.refused_links,
+                "bad_frames": auth.bad_frames,
+            },
+        })
+    }
+
+    /// A newcomer connected to a secondary's takeover address: used only by a survivor with
+    /// no peer link (a paired secondary has its primary; a second pairing is refused).
+    pub(super) fn on_newcomer(&mut self, stream: crate::pair::peer::auth::AuthedLink) {
+        let (mode, _) = self.mode_role();
+        let free = matches!(mode, NodeMode::Solo | NodeMode::Reprotecting) && self.writer.is_none();
+        if free {
+            self.on_connected(stream);
+        } else {
+            let from = stream.peer_addr();
+            info!(role = self.name, from, mode = ?mode, "newcomer-refused");
+        }
+    }
+
+    /// Keeps the control state in step with the node's events.
+    pub(super) fn ctl_on_event(&mut self, event: &Event) {
+        if let Event::CheckpointDone {
+            epoch,
+            reason,
+            pause,
+            pages,
+            bytes,
+        } = event
+        {
+            let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ctl.waiting)
+                .into_iter()
+                .partition(|(_, after)| epoch.0 > *after);
+            self.ctl.waiting = waiting;
+            for (reply, _) in done {
+                let _ = reply.send(json!({
+                    "ok": true,
+                    "message": format!(
+                        "checkpoint {} done ({reason:?}): PVM pause {} us, {pages} pages, {bytes} bytes",
+                        epoch.0,
+                        pause.as_micros()
+                    ),
+                    "epoch": epoch.0,
+                    "reason": format!("{reason:?}"),
+                    "pause_us": pause.as_micros() as u64,
+                    "pages": pages,
+                    "bytes": bytes,
+                }));
+            }
+        }
+        let (epoch, pause, bytes) = match event {
+            Event::CheckpointDone {
+                epoch,
+                pause,
+                bytes,
+                ..
+            }
+            | Event::CheckpointApplied {
+                epoch,
+                pause,
+                bytes,
+                ..
+            } => (epoch.0, pause.as_micros() as u64, *bytes),
+            Event::Paired { .. } => {
+                self.ctl.armed = false;
+                return;
+            }
+            _ => return,
+        };
+        self.ctl.last_checkpoint = Some(LastCheckpoint {
+            epoch,
+            pause_us: pause,
+            bytes,
+            at: self.clock.now(),
+        });
+    }
+
+    /// After every input: the armed flag follows the mode (the node forgets an arming once it
+    /// leaves Solo), and with `--auto-reprotect` a node entering Solo arms itself.
+    pub(super) fn ctl_after_input(&mut self) {
+        let (mode, _) = self.mode_role();
+        let entered = mode != self.ctl.last_mode;
+        self.ctl.last_mode = mode;
+        if mode != NodeMode::Paired {
+            for (reply, _) in self.ctl.waiting.drain(..) {
+                let _ = reply.send(error_response(&format!(
+                    "the pair ended before the checkpoint completed (mode {mode:?})"
+                )));
+            }
+        }
+        if mode != NodeMode::Solo {
+            self.ctl.armed = false;
+            return;
+        }
+        if entered
+            && self.ctl.auto
+            && !self.ctl.armed
+            && self.ctl.newcomers.is_some()
+            && self.command_taken(Command::Reprotect)
+        {
+            self.ctl.armed = true;
+            let listen = self.ctl.newcomers.map(|a| a.to_string());
+            info!(
+                role = self.name,
+                listen = listen.unwrap_or_default(),
+                auto = true,
+                "reprotect-armed"
+            );
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! What a node prints: its periodic report (guest step, frame and disk counters), the VM
+//! milestones (`paused`, `applied`, with digests when asked) and one line per node event
+//! (checkpoints, failover, handshake refusals), plus the loop's reactions that go with an
+//! event (stop the VM when deposed or stopped, gate the console at takeover, claim the
+//! client link).
+//!
+//! Invariant: every event carries the node's role name (`role`) and its figures as typed
+//! fields, which the human format renders as the `<role>: <what> key=value` lines tests and
+//! the demo read (`crate::logging`); nothing here feeds the node an input.
+
+use super::{LoopEnd, NodeLoop};
+use crate::pair::progress::SyncProgress;
+use crate::vmm::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
+use colo_core::checkpoint::VmCompletion;
+use colo_core::node::{Event, NodeMode};
+use colo_core::time::Instant;
+use colo_core::wire::HelloRejectReason;
+use tracing::{debug, error, info, warn};
+use vm_memory::{Bytes, GuestAddress};
+
+impl NodeLoop {
+    pub(super) fn report(&mut self, now: Instant) {
+        let status = self.node.status(now);
+        self.reports += 1;
+        if !self.config.net.links.is_empty() && self.reports.is_multiple_of(4) {
+            let f = self.net.stats();
+            // The devices' counters, all NICs together.
+            let (mut tx_frames, mut rx_frames, mut rx_dropped) = (0, 0, 0);
+            for device in self.machine.nets() {
+                let d = device.lock().stats();
+                tx_frames += d.tx_frames;
+                rx_frames += d.rx_frames;
+                rx_dropped += d.rx_dropped;
+            }
+            let n = self.node.stats();
+            info!(
+                role = self.name,
+                to_guest = f.to_guest,
+                to_client = f.to_client,
+                held_dropped = f.held_dropped,
+                client_dropped = f.client_dropped,
+                guest_tx = tx_frames,
+                guest_rx = rx_frames,
+                rx_dropped,
+                released = n.released,
+                held = n.held,
+                stale_secondary_output = n.stale_secondary_output,
+                "net"
+            );
+        }
+        if self.reports.is_multiple_of(4) {
+            self.report_disk();
+        }
+        if self.config.workload_pages > 0
+            && matches!(status.mode, NodeMode::Paired | NodeMode::Solo)
+        {
+            info!(
+                role = self.name,
+                step = self.guest_step(),
+                mode = ?status.mode,
+                term = status.term.0,
+                "guest-step"
+            );
+        }
+    }
+
+    /// The counter workload's step: word 0 of its last working-set page (the guest keeps
+    /// every page's word 0 equal to the step it last completed).
+    pub(super) fn guest_step(&self) -> u64 {
+        if self.config.workload_pages == 0 {
+            return 0;
+        }
+        let gpa = GUEST_WORKSET_BASE + (self.config.workload_pages - 1) * PAGE_SIZE;
+        self.machine
+            .memory()
+            .read_obj::<u64>(GuestAddress(gpa))
+            .unwrap_or(0)
+    }
+
+    pub(super) fn on_vm_done(&mut self, done: &VmCompletion) {
+        match done {
+            VmCompletion::DirtyCollected { epoch, ranges } => {
+                // The PVM is paused here until the checkpoint completes: this is the state
+                // the secondary will hold after applying `epoch`.
+                let pages: u64 = ranges.iter().map(|r| r.count).sum();
+                let digest = self
+                    .config
+                    .digests
+                    .then(|| format!("{:08x}", self.machine.memory_digest()));
+                let (disk_digest, disk_digest_error) = if self.config.digests {
+                    self.disk_digest()
+                } else {
+                    (None, None)
+                };
+                info!(
+                    role = self.name,
+                    epoch = epoch.0,
+                    step = self.guest_step(),
+                    dirty_pages = pages,
+                    digest = digest.as_deref(),
+                    disk_digest = disk_digest.as_deref(),
+                    disk_digest_error = disk_digest_error.as_deref(),
+                    "paused"
+                );
+            }
+            VmCompletion::Applied { epoch } => {
+                // The SVM is the checkpoint now: what its guest printed since the last apply
+                // was rolled back with it.
+                let dropped = self.machine.output_gate().discard();
+                let digest = self
+                    .config
+                    .digests
+                    .then(|| format!("{:08x}", self.machine.memory_digest()));
+                info!(
+                    role = self.name,
+                    epoch = epoch.0,
+                    step = self.guest_step(),
+                    pages_copied = self.exec.last_apply.pages_copied,
+                    digest = digest.as_deref(),
+                    apply_us = self.exec.timings.apply.as_micros() as u64,
+                    console_dropped = dropped,
+                    "applied"
+                );
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_node_event(&mut self, event: Event) {
+        self.ctl_on_event(&event);
+        self.metrics_on_event(&event);
+        let n = self.name;
+        match &event {
+            Event::CheckpointDone {
+                epoch,
+                reason,
+                pause,
+                pages,
+                bytes,
+            } => {
+                self.exec.on_checkpoint_done(*epoch);
+                let t = self.exec.timings;
+                info!(
+                    role = n,
+                    epoch = epoch.0,
+                    reason = ?reason,
+                    pause_us = pause.as_micros() as u64,
+                    pages,
+                    bytes,
+                    step = self.guest_step(),
+                    vm_pause_us = t.pause.as_micros() as u64,
+                    vm_collect_us = t.collect.as_micros() as u64,
+                    vm_send_us = t.send_pages.as_micros() as u64,
+                    vm_save_us = t.save_devices.as_micros() as u64,
+                    vm_resume_us = t.resume.as_micros() as u64,
+                    "checkpoint-done"
+                );
+            }
+            Event::CheckpointApplied {
+                epoch,
+                pause,
+                pages,
+                bytes,
+            } => {
+                // The first apply of a pairing ends its copy.
+                self.receiving = None;
+                info!(
+                    role = n,
+                    epoch = epoch.0,
+                    pause_us = pause.as_micros() as u64,
+                    pages,
+                    bytes,
+                    step = self.guest_step(),
+                    "checkpoint-applied"
+                )
+            }
+            Event::PeerLost { silent_for } => {
+                info!(
+                    role = n,
+                    silent_ms = silent_for.as_millis() as u64,
+                    "peer-lost"
+                )
+            }
+            Event::TakeoverStarted { term, from, reason } => info!(
+                role = n,
+                term = term.0,
+                from = ?from,
+                reason = ?reason,
+                step = self.guest_step(),
+                "takeover-started"
+            ),
+            Event::FailedOver { term, reason } => {
+                info!(
+                    role = n,
+                    term = term.0,
+                    reason = ?reason,
+                    step = self.guest_step(),
+                    "failed-over"
+                );
+                // The survivor's guest output is real from now on, starting with what it
+                // printed since the last apply.
+                let released = self.machine.output_gate().release();
+                info!(role = n, bytes = released, "console-released");
+            }
+            Event::Deposed { term, .. } => {
+                // The VM stops here; the line reads `<role>: deposed term=T`.
+                info!(role = n, term = term.0, "deposed");
+                self.machine.pause();
+                self.end = Some(LoopEnd::Deposed);
+            }
+            Event::Stopped => {
+                info!(role = n, "stopped");
+                self.machine.pause();
+                self.end = Some(LoopEnd::Stopped);
+            }
+            Event::HandshakeRejected {
+                reason: HelloRejectReason::VmMismatch { expected },
+                by_peer: true,
+            } => {
+                let why = format!(
+                    "the primary refused this node: its VM description (fingerprint {expected:016x}) differs from this node's ({:016x}); compare the `vm` lines both nodes print at start (memory, vCPUs, boot image, initrd, command line, disk sizes, MACs)",
+                    self.config.node.vm_fingerprint
+                );
+                error!(role = n, "{why}");
+                self.machine.pause();
+                self.end = Some(LoopEnd::Refused(why));
+            }
+            Event::HandshakeRejected {
+                reason: HelloRejectReason::VmMismatch { .. },
+                by_peer: false,
+            } => warn!(
+                role = n,
+                "refused a secondary whose VM description differs from this node's (fingerprint {:016x}); waiting for a matching one",
+                self.config.node.vm_fingerprint
+            ),
+            Event::ProtocolError { kind, violation } => {
+                warn!(role = n, "protocol error: {kind:?}: {violation:?}")
+            }
+            Event::VmFailed { epoch, command } => {
+                error!(role = n, "VM command {command:?} failed in {epoch:?}")
+            }
+            Event::Disk(disk_event) => self.on_disk_event(*disk_event),
+            Event::SyncStarted {
+                term,
+                memory_bytes,
+                disk_bytes,
+            } => {
+                info!(
+                    role = n,
+                    term = term.0,
+                    memory_bytes,
+                    disk_bytes,
+                    "sync-started"
+                );
+                // The primary shows its own sending (`mod.rs`); the secondary its storing.
+                if !self.node.is_primary_side() {
+                    let progress = SyncProgress::start(n, "receiving", memory_bytes + disk_bytes)
+                        .with_metrics(self.metrics.registry.clone());
+                    self.receiving = Some(progress);
+                }
+            }
+            Event::SyncProgress {
+                memory_bytes_done,
+                disk_bytes_done,
+                ..
+            } => match &self.receiving {
+                Some(p) => p.set(memory_bytes_done + disk_bytes_done),
+                None => debug!(
+                    role = n,
+                    memory_bytes_done, disk_bytes_done, "sync-progress-acked"
+                ),
+            },
+            Event::ClaimClientLink { term } => info!(
+                role = n,
+                term = term.0,
+                "claim-client-link {}",
+                self.net.claim_client_link()
+            ),
+            other => info!(role = n, "event {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The peer transport: one TCP connection between a primary and a secondary carrying
+//! `colo_core::wire` frames (header, message, bulk, crc32c trailer; docs/protocol.md). In the
+//! runtime every link is authenticated first ([`auth`]: the pair key's handshake); its frames
+//! are then sealed with a MAC by the writer and checked by the reader's decoder.
+//!
+//! A [`PeerReader`] thread owns the receiving half: it pushes whatever the socket gives into a
+//! bounded [`FrameDecoder`] and hands every whole frame (message, bulk borrowed from the
+//! decoder) to a callback on that thread. The first decoding error, a truncated frame at EOF, or a socket
+//! error ends the link with a [`LinkClosed`] carrying a readable reason; a peer's bytes never
+//! make it panic or buffer more than [`Limits::max_frame_len`].
+//!
+//! A [`PeerWriter`] owns the sending half and is used by the node loop's thread only. Guest
+//! pages are streamed straight from guest memory into the socket with [`encode_head`] and a
+//! [`FrameTail`] ([`PeerWriter::send_pages`]): they are never copied into a message or through
+//! the core, and the MAC is hashed as they stream. Invariant: a frame is either written whole
+//! or the writer reports an error and the link is considered down (a half-written frame is
+//! never followed by another one); a frame reaches `on_frame` only after it verified.
+
+use crate::vmm::layout::PAGE_SIZE;
+use crate::vmm::memory::GuestMemory;
+use colo_core::ids::PageRange;
+use colo_core::wire::{
+    FrameDecoder, FrameMac, FrameTail, Message, WireError, encode, encode_head, encode_head_sealed,
+    encode_sealed,
+};
+use std::io::{BufWriter, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use vm_memory::{Bytes, GuestAddress};
+
+pub mod auth;
+
+/// Pages per `PageBatch` / `SyncPages` frame: 4 MiB of bulk, well under the default 16 MiB
+/// bulk limit, and few enough ranges to stay under the 64 KiB message limit (a range encodes
+/// in at most ~20 bytes, so even 1024 single-page ranges fit).
+pub const PAGES_PER_BATCH: u64 = 1024;
+
+/// Why a link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkClosed {
+    /// The peer closed the connection between frames.
+    #[error("the peer closed the link")]
+    Eof,
+    /// The bytes were not frames (corrupt, truncated, oversized, unknown version).
+    #[error("corrupt peer frame: {0}")]
+    Wire(#[from] WireError),
+    /// The socket failed.
+    #[error("peer socket error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The receiver refused a frame and stopped reading.
+    #[error("the receiver stopped reading")]
+    Stopped,
+}
+
+/// The receiving half, run on its own thread by [`PeerReader::spawn`].
+#[derive(Debug)]
+pub struct PeerReader;
+
+impl PeerReader {
+    /// Starts a thread that reads `stream` through `decoder` (a sealed one on an authenticated
+    /// link) until it ends: `on_frame(message, bulk)` runs on
+    /// that thread for every frame, with the bulk borrowed from the decoder (the caller stores
+    /// it where it belongs, e.g. pages straight into the RAM cache, without an intermediate
+    /// copy); it returns `false` to stop reading. `on_closed` runs once at the end.
+    pub fn spawn(
+        mut stream: TcpStream,
+        decoder: FrameDecoder,
+        mut on_frame: impl FnMut(Message, &[u8]) -> bool + Send + 'static,
+        on_closed: impl FnOnce(LinkClosed) + Send + 'static,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("colo-peer-rx".to_string())
+            .spawn(move || {
+                let closed = read_frames(&mut stream, decoder, &mut on_frame);
+                // A refused or corrupt frame is reported with its reason (by `on_frame` or
+                // `on_closed`): stop reading only, so the owner's writes until it handles
+                // that report do not fail first and hide the reason behind a broken pipe.
+                let how = match closed {
+                    LinkClosed::Stopped | LinkClosed::Wire(_) => Shutdown::Read,
+                    _ => Shutdown::Both,
+                };
+                let _ = stream.shutdown(how);
+                on_closed(closed);
+            })
+    }
+}
+
+/// Reads and decodes with `decoder` until the link ends (or `on_frame` returns `false`,
+/// reported as [`LinkClosed::Stopped`]); returns why it ended.
+pub fn read_frames(
+    stream: &mut impl Read,
+    mut decoder: FrameDecoder,
+    on_frame: &mut impl FnMut(Message, &[u8]) -> bool,
+) -> LinkClosed {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => {
+                return match decoder.finish() {
+                    Ok(()) => LinkClosed::Eof,
+                    Err(e) => LinkClosed::Wire(e),
+                };
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return LinkClosed::Io(e),
+        };
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let taken = decoder.push(rest);
+            rest = &rest[taken..];
+            loop {
+                match decoder.poll_frame() {
+                    Ok(Some(frame)) => {
+                        if !on_frame(frame.message, frame.bulk) {
+                            return LinkClosed::Stopped;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return LinkClosed::Wire(e),
+                }
+            }
+        }
+    }
+}
+
+/// Totals of a page stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PagesSent {
+    /// Frames written.
+    pub batches: u32,
+    /// Pages written.
+    pub pages: u64,
+    /// Bulk bytes written.
+    pub bytes: u64,
+}
+
+/// The sending half.
+#[derive(Debug)]
+pub struct PeerWriter {
+    stream: BufWriter<TcpStream>,
+    scratch: Vec<u8>,
+    chunk: Vec<u8>,
+    /// The sending MAC of an authenticated link (None: unsealed frames).
+    mac: Option<FrameMac>,
+}
+
+impl PeerWriter {
+    /// Wraps the sending side of a connected stream; its frames are not sealed (tests and
+    /// benchmarks of the unauthenticated format only: the runtime's links use [`Self::sealed`]).
+    pub fn new(stream: TcpStream) -> PeerWriter {
+        // Heartbeats and checkpoint control messages are small: never let Nagle hold them.
+        let _ = stream.set_nodelay(true);
+        PeerWriter {
+            stream: BufWriter::with_capacity(256 * 1024, stream),
+            scratch: Vec::new(),
+            chunk: vec![0u8; (64 * PAGE_SIZE) as usize],
+            mac: None,
+        }
+    }
+
+    /// Wraps the sending side of an authenticated link: every frame is sealed with `mac`.
+    pub fn sealed(stream: TcpStream, mac: FrameMac) -> PeerWriter {
+        PeerWriter {
+            mac: Some(mac),
+            ..PeerWriter::new(stream)
+        }
+    }
+
+    /// Sends one frame with its bulk bytes and flushes it.
+    pub fn send(&mut self, message: &Message, bulk: &[u8]) -> Result<(), LinkClosed> {
+        self.scratch.clear();
+        match &mut self.mac {
+            Some(mac) => encode_sealed(message, bulk, &mut self.scratch, mac)?,
+            None => encode(message, bulk, &mut self.scratch)?,
+        };
+        self.stream.write_all(&self.scratch)?;
+        self.stream.flush()?;
+        Ok(())
+    }
+
+    /// Streams `ranges` of `mem` as frames built by `frame(batch, ranges)` (a `PageBatch` or
+    /// `SyncPages`), at most [`PAGES_PER_BATCH`] pages each, the bytes read from guest memory
+    /// chunk by chunk into the socket. Ranges outside `mem` are a caller error reported as
+    /// [`LinkClosed::Io`] with `InvalidInput` before anything of the frame is written.
+    pub fn send_pages(
+        &mut self,
+        mem: &GuestMemory,
+        ranges: &[PageRange],
+        frame: impl Fn(u32, Vec<PageRange>) -> Message,
+    ) -> Result<PagesSent, LinkClosed> {
+        let mut sent = PagesSent::default();
+        for batch in split_batches(ranges, PAGES_PER_BATCH) {
+            let pages: u64 = batch.iter().map(|r| r.count).sum();
+            let bulk_len = pages * PAGE_SIZE;
+            let message = frame(sent.batches, batch.clone());
+            self.scratch.clear();
+            let tail = match &mut self.mac {
+                Some(mac) => {
+                    encode_head_sealed(&message, bulk_len as usize, &mut self.scratch, mac)?
+                }
+                None => encode_head(&message, bulk_len as usize, &mut self.scratch)?,
+            };
+            self.stream.write_all(&self.scratch)?;
+            let tail = self.stream_ranges(mem, &batch, tail)?;
+            self.stream.write_all(&tail.finish())?;
+            sent.batches += 1;
+            sent.pages += pages;
+            sent.bytes += bulk_len;
+        }
+        self.stream.flush()?;
+        Ok(sent)
+    }
+
+    fn stream_ranges(
+        &mut self,
+        mem: &GuestMemory,
+        ranges: &[PageRange],
+        mut tail: FrameTail,
+    ) -> Result<FrameTail, LinkClosed> {
+        for r in ranges {
+            let mut addr = r.first * PAGE_SIZE;
+            let end = r.end() * PAGE_SIZE;
+            while addr < end {
+                let len = ((end - addr) as usize).min(self.chunk.len());
+                mem.read_slice(&mut self.chunk[..len], GuestAddress(addr))
+                    .map_err(|e| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("page range {r:?} outside guest memory: {e}"),
+                        )
+                    })?;
+                self.stream.write_all(&self.chunk[..len])?;
+                tail.update(&self.chunk[..len]);
+                addr += len as u64;
+            }
+        }
+        Ok(tail)
+    }
+
+    /// Closes the connection both ways (the peer's reader sees EOF).
+    pub fn close(mut self) {
+        let _ = self.stream.flush();
+        let _ = self.stream.get_ref().shutdown(Shutdown::Both);
+    }
+}
+
+/// Splits `ranges` into batches of at most `max_pages` pages, splitting a range if needed.
+pub fn split_batches(ranges: &[PageRange], max_pages: u64) -> Vec<Vec<PageRange>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut in_current = 0u64;
+    for r in ranges {
+        let mut first = r.first;
+        let mut left = r.count;
+        while left > 0 {
+            let take = left.min(max_pages - in_current);
+            current.push(PageRange { first, count: take });
+            in_current += take;
+            first += take;
+            left -= take;
+            if in_current == max_pages {
+                out.push(std::mem::take(&mut current));
+                in_current = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
