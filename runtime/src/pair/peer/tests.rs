@@ -209,7 +209,7 @@ mod authenticated {
 
     #[test]
     fn silent_connections_beyond_the_handshake_limit_are_refused_and_the_real_peer_gets_in() {
-        use crate::peer::auth::{MAX_CONCURRENT_HANDSHAKES, spawn_accept};
+        use crate::pair::peer::auth::{MAX_CONCURRENT_HANDSHAKES, spawn_accept};
         let key = PairKey::generate().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
