@@ -66,6 +66,35 @@ pub struct ArbiterServer {
     key: PairKey,
 }
 
+/// Why an arbiter could not start (each names the file or address and what the OS said).
+#[derive(Debug, thiserror::Error)]
+pub enum ArbiterError {
+    /// The listening address is taken or not this host's.
+    #[error("arbiter cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The state file exists but cannot be read.
+    #[error("cannot read arbiter state {}: {source}", path.display())]
+    ReadState {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The state file is not an arbiter record (the arbiter refuses to guess its history).
+    #[error("arbiter state {} is not `colo-arbiter-state v1 term=T holder=N`: {text:?}", path.display())]
+    BadState {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What it holds.
+        text: String,
+    },
+}
+
 /// The arbiter's record on stable storage (`colo arbiter --state FILE`): the last term granted
 /// and its holder, one line `colo-arbiter-state v1 term=T holder=N`. It is written (to a
 /// temporary file, synced, renamed over the old one, the directory synced) before a grant of
@@ -84,29 +113,26 @@ impl StateFile {
 
     /// The record, `None` if the file does not exist; an unreadable or malformed file is an
     /// error naming it (an arbiter must not guess its own history).
-    pub fn load(&self) -> Result<Option<(Term, NodeId)>, String> {
+    pub fn load(&self) -> Result<Option<(Term, NodeId)>, ArbiterError> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(format!(
-                    "cannot read arbiter state {}: {e}",
-                    self.path.display()
-                ));
+            Err(source) => {
+                return Err(ArbiterError::ReadState {
+                    path: self.path.clone(),
+                    source,
+                });
             }
         };
-        let bad = || {
-            format!(
-                "arbiter state {} is not `colo-arbiter-state v1 term=T holder=N`: {:?}",
-                self.path.display(),
-                text.trim()
-            )
+        let bad = || ArbiterError::BadState {
+            path: self.path.clone(),
+            text: text.trim().to_string(),
         };
         let mut words = text.split_whitespace();
         if (words.next(), words.next()) != (Some("colo-arbiter-state"), Some("v1")) {
             return Err(bad());
         }
-        let mut field = |key: &str| -> Result<u64, String> {
+        let mut field = |key: &str| -> Result<u64, ArbiterError> {
             words
                 .next()
                 .and_then(|w| w.strip_prefix(key))
@@ -142,7 +168,7 @@ impl ArbiterServer {
     /// Binds `addr` (a busy port is an error naming it), with no state file: a restart
     /// forgets the current term (see [`ArbiterServer::bind_with_state`]). Only nodes holding
     /// `key` are served.
-    pub fn bind(addr: SocketAddr, key: PairKey) -> Result<ArbiterServer, String> {
+    pub fn bind(addr: SocketAddr, key: PairKey) -> Result<ArbiterServer, ArbiterError> {
         ArbiterServer::bind_with_state(addr, key, None)
     }
 
@@ -152,7 +178,7 @@ impl ArbiterServer {
         addr: SocketAddr,
         key: PairKey,
         state: Option<StateFile>,
-    ) -> Result<ArbiterServer, String> {
+    ) -> Result<ArbiterServer, ArbiterError> {
         let clock = MonoClock::start();
         let record = match &state {
             Some(s) => s.load()?,
@@ -163,7 +189,7 @@ impl ArbiterServer {
             None => Arbiter::new(MAX_LEASE, clock.now()),
         };
         let listener =
-            TcpListener::bind(addr).map_err(|e| format!("arbiter cannot listen on {addr}: {e}"))?;
+            TcpListener::bind(addr).map_err(|source| ArbiterError::Bind { addr, source })?;
         Ok(ArbiterServer {
             listener,
             arbiter: Arc::new(Mutex::new(arbiter)),
@@ -434,11 +460,11 @@ mod state_tests {
     fn a_missing_state_file_is_a_first_start_and_a_stored_record_loads_back() {
         let file = StateFile::new(scratch("roundtrip"));
         let _ = std::fs::remove_file(&file.path);
-        assert_eq!(file.load(), Ok(None));
+        assert_eq!(file.load().unwrap(), None);
         file.store(Term(7), NodeId(2)).unwrap();
-        assert_eq!(file.load(), Ok(Some((Term(7), NodeId(2)))));
+        assert_eq!(file.load().unwrap(), Some((Term(7), NodeId(2))));
         file.store(Term(8), NodeId(1)).unwrap();
-        assert_eq!(file.load(), Ok(Some((Term(8), NodeId(1)))));
+        assert_eq!(file.load().unwrap(), Some((Term(8), NodeId(1))));
     }
 
     #[test]
@@ -452,7 +478,11 @@ mod state_tests {
         ] {
             std::fs::write(&path, text).unwrap();
             let err = StateFile::new(path.clone()).load().unwrap_err();
-            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(matches!(err, ArbiterError::BadState { .. }), "{err}");
+            assert!(
+                err.to_string().contains(&path.display().to_string()),
+                "{err}"
+            );
         }
     }
 

@@ -135,12 +135,14 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
                 .state
                 .clone()
                 .map(colo_runtime::pair::arbiter::StateFile::new);
-            let key = colo_runtime::pair::peer::auth::PairKey::load(&args.key_file)?;
+            let key = colo_runtime::pair::peer::auth::PairKey::load(&args.key_file)
+                .map_err(|e| e.to_string())?;
             let server = colo_runtime::pair::arbiter::ArbiterServer::bind_with_state(
                 args.listen,
                 key,
                 state,
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
             match (&args.state, server.record()) {
                 (None, _) => tracing::warn!(
                     role = "arbiter",
@@ -169,7 +171,7 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             server.serve()
         }
         Command::Keygen { path } => {
-            colo_runtime::pair::peer::auth::write_key_file(&path)?;
+            colo_runtime::pair::peer::auth::write_key_file(&path).map_err(|e| e.to_string())?;
             println!("keygen: wrote {} (mode 0600)", path.display());
             Ok(ExitCode::SUCCESS)
         }

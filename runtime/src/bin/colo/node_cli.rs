@@ -387,7 +387,7 @@ fn run_node(
     let key_file = args.key_file.as_deref().ok_or(
         "a node needs --key-file (or `key_file` in the config file's [pair]); create one with `colo keygen PATH`",
     )?;
-    let key = colo_runtime::pair::peer::auth::PairKey::load(key_file)?;
+    let key = colo_runtime::pair::peer::auth::PairKey::load(key_file).map_err(|e| e.to_string())?;
     let mut config = NodeLoopConfig::new(role, node_id, peer, arbiter, key);
     let role_name = match role {
         Role::Primary => "primary",

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -85,48 +85,53 @@ impl PairKey {
     }
 
     /// A fresh key from the OS's random source.
-    pub fn generate() -> Result<PairKey, String> {
+    pub fn generate() -> Result<PairKey, KeyFileError> {
         Ok(PairKey::from_bytes(random_bytes()?))
     }
 
     /// Reads a key file written by [`write_key_file`]: 64 hex digits (one line), readable by
     /// its owner only. Anything else is an error naming the file and what is wrong.
-    pub fn load(path: &Path) -> Result<PairKey, String> {
-        let what = |why: String| format!("key file {}: {why}", path.display());
-        let meta = std::fs::metadata(path).map_err(|e| what(e.to_string()))?;
+    pub fn load(path: &Path) -> Result<PairKey, KeyFileError> {
+        let path_buf = || path.to_path_buf();
+        let io = |source| KeyFileError::Read {
+            path: path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
         if !meta.is_file() {
-            return Err(what("not a regular file".to_string()));
+            return Err(KeyFileError::NotAFile { path: path_buf() });
         }
         // 64 digits and a newline; anything much longer is not a key file (and is not read).
         if meta.len() > 2 * KEY_LEN as u64 + 2 {
-            return Err(what(format!(
-                "{} bytes; a key file holds {} hex digits (the {KEY_LEN}-byte key `colo keygen` writes)",
-                meta.len(),
-                2 * KEY_LEN
-            )));
+            return Err(KeyFileError::WrongLength {
+                path: path_buf(),
+                len: meta.len(),
+            });
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(what(format!(
-                "mode {mode:04o} lets others read it; the key must be readable by its owner only (chmod 600 {})",
-                path.display()
-            )));
+            return Err(KeyFileError::TooOpen {
+                path: path_buf(),
+                mode,
+            });
         }
-        let text = std::fs::read(path).map_err(|e| what(e.to_string()))?;
+        let text = std::fs::read(path).map_err(io)?;
         let hex = text.strip_suffix(b"\n").unwrap_or(&text);
         if hex.len() != 2 * KEY_LEN {
-            return Err(what(format!(
-                "{} bytes; a key file holds {} hex digits (the {KEY_LEN}-byte key `colo keygen` writes)",
-                text.len(),
-                2 * KEY_LEN
-            )));
+            return Err(KeyFileError::WrongLength {
+                path: path_buf(),
+                len: text.len() as u64,
+            });
         }
         let mut key = [0u8; KEY_LEN];
         for (i, pair) in hex.chunks(2).enumerate() {
             let digits = std::str::from_utf8(pair).ok();
-            key[i] = digits
-                .and_then(|d| u8::from_str_radix(d, 16).ok())
-                .ok_or_else(|| what(format!("byte {} is not a hex digit", 2 * i)))?;
+            key[i] = digits.and_then(|d| u8::from_str_radix(d, 16).ok()).ok_or(
+                KeyFileError::NotHex {
+                    path: path_buf(),
+                    at: 2 * i,
+                },
+            )?;
         }
         Ok(PairKey::from_bytes(key))
     }
@@ -168,36 +173,110 @@ impl PairKey {
     }
 }
 
+/// Why a key file could not be read or written (each names the file; the text says what to do).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The OS's random source failed (no key could be made).
+    #[error("the OS random source failed: {0}")]
+    Random(getrandom::Error),
+    /// The file could not be read (missing, unreadable).
+    #[error("key file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The path is a directory or something else than a regular file.
+    #[error("key file {}: not a regular file", path.display())]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file does not hold exactly one key.
+    #[error(
+        "key file {}: {len} bytes; a key file holds {} hex digits (the {KEY_LEN}-byte key `colo keygen` writes)",
+        path.display(),
+        2 * KEY_LEN
+    )]
+    WrongLength {
+        /// The file.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// Others than its owner may read the file.
+    #[error(
+        "key file {}: mode {mode:04o} lets others read it; the key must be readable by its owner only (chmod 600 {})",
+        path.display(),
+        path.display()
+    )]
+    TooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A character of the key is not a hex digit.
+    #[error("key file {}: byte {at} is not a hex digit", path.display())]
+    NotHex {
+        /// The file.
+        path: PathBuf,
+        /// The offset of the pair of digits that is wrong.
+        at: usize,
+    },
+    /// `colo keygen` found a file at the path (it never overwrites a key).
+    #[error(
+        "key file {} already exists; colo keygen never overwrites a key (remove it first if you mean to replace the pair's key)",
+        path.display()
+    )]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The new file could not be created or written.
+    #[error("cannot write key file {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
 /// 32 bytes from the OS's random source.
-pub fn random_bytes() -> Result<[u8; 32], String> {
+pub fn random_bytes() -> Result<[u8; 32], KeyFileError> {
     let mut out = [0u8; 32];
-    getrandom::fill(&mut out).map_err(|e| format!("the OS random source failed: {e}"))?;
+    getrandom::fill(&mut out).map_err(KeyFileError::Random)?;
     Ok(out)
 }
 
 /// `colo keygen PATH`: writes a fresh key to a new file created with mode 0600 (an existing
 /// file is never overwritten).
-pub fn write_key_file(path: &Path) -> Result<(), String> {
+pub fn write_key_file(path: &Path) -> Result<(), KeyFileError> {
     let key = random_bytes()?;
     let mut text: String = key.iter().map(|b| format!("{b:02x}")).collect();
     text.push('\n');
+    let write = |source| KeyFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => format!(
-                "key file {} already exists; colo keygen never overwrites a key (remove it first if you mean to replace the pair's key)",
-                path.display()
-            ),
-            _ => format!("cannot create key file {}: {e}", path.display()),
+            std::io::ErrorKind::AlreadyExists => KeyFileError::Exists {
+                path: path.to_path_buf(),
+            },
+            _ => write(e),
         })?;
     // The umask may have narrowed the mode further, never widened it; set it exactly.
     file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .and_then(|()| file.write_all(text.as_bytes()))
         .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write key file {}: {e}", path.display()))
+        .map_err(write)
 }
 
 /// Why a handshake failed.

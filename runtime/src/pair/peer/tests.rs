@@ -518,3 +518,45 @@ fn the_arbiter_refuses_a_replayed_handshake() {
     assert_eq!(answer.len(), 40, "the arbiter's hello, then the close");
     assert_eq!(key.counts().refused_links, 1);
 }
+
+#[test]
+fn key_file_errors_say_which_rule_the_file_breaks() {
+    use crate::pair::peer::auth::{KeyFileError, PairKey, write_key_file};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("colo-keyfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pair.key");
+    write_key_file(&path).unwrap();
+    PairKey::load(&path).unwrap();
+    assert!(matches!(
+        write_key_file(&path),
+        Err(KeyFileError::Exists { .. })
+    ));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(matches!(
+        PairKey::load(&path),
+        Err(KeyFileError::TooOpen { mode: 0o640, .. })
+    ));
+    std::fs::write(&path, "zz".repeat(32)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(matches!(
+        PairKey::load(&path),
+        Err(KeyFileError::NotHex { at: 0, .. })
+    ));
+    std::fs::write(&path, "ab\n").unwrap();
+    assert!(matches!(
+        PairKey::load(&path),
+        Err(KeyFileError::WrongLength { len: 3, .. })
+    ));
+    assert!(matches!(
+        PairKey::load(&dir),
+        Err(KeyFileError::NotAFile { .. })
+    ));
+    let missing = PairKey::load(&dir.join("missing.key")).unwrap_err();
+    assert!(
+        matches!(&missing, KeyFileError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    );
+    assert!(missing.to_string().contains("missing.key"), "{missing}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

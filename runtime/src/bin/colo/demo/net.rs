@@ -373,7 +373,8 @@ impl PairRun {
         let control = super::reprotect::ControlDir(dir);
         // The pair key the three share (the dir and the key go when the run is dropped).
         let _ = std::fs::remove_file(control.key_file());
-        colo_runtime::pair::peer::auth::write_key_file(&control.key_file())?;
+        colo_runtime::pair::peer::auth::write_key_file(&control.key_file())
+            .map_err(|e| e.to_string())?;
         let key_file = control.key_file().to_string_lossy().into_owned();
         let node = |role: &str, link: &str, addr: &str, tap: &str| -> Vec<String> {
             let socket = control.socket(role).to_string_lossy().into_owned();

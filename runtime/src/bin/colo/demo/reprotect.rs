@@ -34,7 +34,8 @@ impl ControlDir {
         let dir = ControlDir(dir);
         // A key left by an earlier process of the same pid is replaced, never reused.
         let _ = std::fs::remove_file(dir.key_file());
-        colo_runtime::pair::peer::auth::write_key_file(&dir.key_file())?;
+        colo_runtime::pair::peer::auth::write_key_file(&dir.key_file())
+            .map_err(|e| e.to_string())?;
         Ok(dir)
     }
 
