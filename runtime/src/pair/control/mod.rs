@@ -3,8 +3,9 @@
 //! x-checkpoint-delay`, and re-protection), spoken as JSON, one request and one response per
 //! line over a Unix socket.
 //!
-//! This file owns the protocol: [`Request`] parsing (every malformed line becomes a
-//! [`ControlError`], never a panic, and an unknown command is named in the error) and the
+//! This file owns the protocol: [`Request`], a serde type (internally tagged by `cmd`, names
+//! in kebab case), and its parsing (every malformed line becomes a [`ControlError`], never a
+//! panic; an unknown command is named in the error, a bad argument names its command) and the
 //! response shape (`{"ok":true,...}` or `{"ok":false,"error":"..."}`). `server.rs` owns the
 //! socket (stale-file replacement, removal on exit) and hands requests to the node loop as
 //! [`ControlCall`]s: the loop owns the `Node`, the control thread never touches it.
@@ -32,6 +33,7 @@ mod server;
 pub use client::{call, render};
 pub use server::{ControlServer, default_path};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::mpsc;
 
@@ -39,8 +41,11 @@ use std::sync::mpsc;
 /// error, not an allocation).
 pub const MAX_REQUEST_BYTES: usize = 4096;
 
-/// One operator request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One operator request: on the wire, a JSON object whose `cmd` names the variant in kebab
+/// case, with the variant's fields beside it (other fields are ignored, so an older node
+/// accepts a newer operator's extra hints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
     /// The node's state and counters.
     Status,
@@ -111,48 +116,28 @@ impl Request {
             .get("cmd")
             .and_then(Value::as_str)
             .ok_or(ControlError::NoCommand)?;
-        Ok(match cmd {
-            "status" => Request::Status,
-            "checkpoint" => Request::Checkpoint,
-            "failover" => Request::Failover,
-            "reprotect" => Request::Reprotect,
-            "shutdown" => Request::Shutdown,
-            "set-checkpoint-interval" => {
-                let bad = |why: &str| ControlError::BadArgument {
-                    command: "set-checkpoint-interval",
-                    why: why.to_string(),
-                };
-                let ms = value
-                    .get("ms")
-                    .ok_or_else(|| bad("needs \"ms\", the interval in milliseconds"))?
-                    .as_u64()
-                    .ok_or_else(|| bad("\"ms\" must be a whole number of milliseconds"))?;
-                if ms == 0 {
-                    return Err(bad("\"ms\" must be greater than 0"));
+        let Some(command) = COMMANDS.iter().copied().find(|c| *c == cmd) else {
+            return Err(ControlError::Unknown(cmd.to_string()));
+        };
+        let bad = |why: String| ControlError::BadArgument { command, why };
+        let request: Request = serde_json::from_value(value.clone()).map_err(|e| {
+            bad(match command {
+                "set-checkpoint-interval" => {
+                    format!("needs \"ms\", a whole number of milliseconds greater than 0 ({e})")
                 }
-                Request::SetCheckpointInterval { ms }
-            }
-            "set-digests" => Request::SetDigests {
-                on: value.get("on").and_then(Value::as_bool).ok_or_else(|| {
-                    ControlError::BadArgument {
-                        command: "set-digests",
-                        why: "needs \"on\": true or false".to_string(),
-                    }
-                })?,
-            },
-            other => return Err(ControlError::Unknown(other.to_string())),
-        })
+                "set-digests" => format!("needs \"on\": true or false ({e})"),
+                _ => e.to_string(),
+            })
+        })?;
+        if request == (Request::SetCheckpointInterval { ms: 0 }) {
+            return Err(bad("\"ms\" must be greater than 0".to_string()));
+        }
+        Ok(request)
     }
 
     /// The request as one JSON line (without the newline).
     pub fn to_line(self) -> String {
-        match self {
-            Request::SetCheckpointInterval { ms } => {
-                json!({"cmd": "set-checkpoint-interval", "ms": ms}).to_string()
-            }
-            Request::SetDigests { on } => json!({"cmd": "set-digests", "on": on}).to_string(),
-            other => json!({"cmd": other.name()}).to_string(),
-        }
+        serde_json::to_string(&self).expect("a request always serializes")
     }
 
     /// The command's name on the wire.
@@ -217,6 +202,23 @@ mod tests {
         assert_eq!(Request::parse("[1,2]"), Err(ControlError::NoCommand));
         assert_eq!(Request::parse("{\"cmd\":7}"), Err(ControlError::NoCommand));
         assert_eq!(Request::parse("\"status\""), Err(ControlError::NoCommand));
+        assert_eq!(
+            Request::parse("{\"cmd\":\"status\",\"extra\":1}"),
+            Ok(Request::Status)
+        );
+    }
+
+    #[test]
+    fn lines_keep_the_documented_form() {
+        assert_eq!(Request::Status.to_line(), r#"{"cmd":"status"}"#);
+        assert_eq!(
+            Request::SetCheckpointInterval { ms: 200 }.to_line(),
+            r#"{"cmd":"set-checkpoint-interval","ms":200}"#
+        );
+        assert_eq!(
+            Request::SetDigests { on: true }.to_line(),
+            r#"{"cmd":"set-digests","on":true}"#
+        );
     }
 
     #[test]
