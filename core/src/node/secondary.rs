@@ -5,6 +5,10 @@
 //! takeover the same rewriter keeps translating between the clients (who hold the old primary's
 //! sequence numbers) and the SVM, and SVM frames go to the client through the solo gate.
 //!
+//! The SVM's TCP segments the client has not acknowledged are kept (`rewrite::resend`) and
+//! sent again at the takeover (`solo.rs`), instead of waiting for the guest's own
+//! retransmission timer.
+//!
 //! Invariant kept: while the primary lives, no SVM frame reaches a client (architecture.md
 //! invariant 1, last sentence): SVM output goes only to the peer until this node's takeover
 //! holds a lease.
@@ -15,6 +19,7 @@ use crate::checkpoint::{
 };
 use crate::ids::{Epoch, NicId};
 use crate::rewrite::Rewriter;
+use crate::rewrite::resend::{ResendBuffer, ResendConfig};
 use crate::time::Instant;
 use crate::wire::Message;
 
@@ -22,6 +27,8 @@ use crate::wire::Message;
 #[derive(Debug)]
 pub(super) struct SecondarySide {
     pub(super) rewriter: Rewriter,
+    /// The SVM's TCP output the client has not acknowledged, resent at takeover.
+    pub(super) resend: ResendBuffer,
     /// `None` until replication starts (`SyncDone`).
     pub(super) checkpointer: Option<SecondaryCheckpointer>,
     checkpoint_config: CheckpointConfig,
@@ -36,6 +43,7 @@ impl SecondarySide {
     pub(super) fn new(config: &NodeConfig) -> SecondarySide {
         SecondarySide {
             rewriter: Rewriter::new(config.rewriter),
+            resend: ResendBuffer::new(ResendConfig::default()),
             checkpointer: None,
             checkpoint_config: config.checkpoint,
             backlog: std::collections::VecDeque::new(),
@@ -114,6 +122,11 @@ impl Node {
             // QEMU's filter-redirector: SVM output goes to the primary's comparator, tagged
             // with the state it came from so the primary can drop output of replaced state.
             let epoch = s.applied();
+            // Kept for a resend at takeover while the client has not acknowledged it.
+            let rewriter = &s.rewriter;
+            s.resend.record_guest(&frame, |key| {
+                rewriter.phase(key).and_then(|p| p.offset()).is_some()
+            });
             self.send_with(Message::SecondaryOutput { epoch }, OutBulk::Frame(frame));
         } else if paired {
             // Paired but not replicating yet (the SVM is created paused; nothing should come):
@@ -150,6 +163,8 @@ impl Node {
         match message {
             Message::MirroredFrame { epoch, nic } => {
                 let mut frame = frame;
+                // The client's ACK, in the numbering the resend buffer keeps.
+                s.resend.record_client(&frame);
                 s.rewriter.rewrite_inbound(now, &mut frame);
                 if s.paused() || !s.backlog.is_empty() {
                     s.backlog.push_back((epoch, nic, frame));
@@ -203,6 +218,8 @@ impl Node {
                     }
                     if let Side::Secondary(s) = &mut self.side {
                         s.rewriter.reset_offsets();
+                        // The SVM's earlier output belongs to replaced state.
+                        s.resend.clear();
                     }
                 }
                 CheckpointOutput::ReleaseOutput { .. } => {}

@@ -12,6 +12,7 @@
 //! checksum ever change; a checksum that verified before a rewrite verifies after it; no frame is
 //! ever dropped or made to panic; every decision is counted in [`RewriterStats`].
 
+pub mod resend;
 mod table;
 
 #[cfg(test)]
