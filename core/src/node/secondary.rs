@@ -118,15 +118,19 @@ impl Node {
             return;
         };
         s.rewriter.rewrite_outbound(now, &mut frame);
-        if replicating {
-            // QEMU's filter-redirector: SVM output goes to the primary's comparator, tagged
-            // with the state it came from so the primary can drop output of replaced state.
-            let epoch = s.applied();
-            // Kept for a resend at takeover while the client has not acknowledged it.
+        if paired && self.phase == Phase::Running {
+            // Kept for a resend at takeover while the client has not acknowledged it; also
+            // when the peer link is down (the frame then reaches nobody: the primary may have
+            // died just after mirroring the request this answers).
             let rewriter = &s.rewriter;
             s.resend.record_guest(&frame, |key| {
                 rewriter.phase(key).and_then(|p| p.offset()).is_some()
             });
+        }
+        if replicating {
+            // QEMU's filter-redirector: SVM output goes to the primary's comparator, tagged
+            // with the state it came from so the primary can drop output of replaced state.
+            let epoch = s.applied();
             self.send_with(Message::SecondaryOutput { epoch }, OutBulk::Frame(frame));
         } else if paired {
             // Paired but not replicating yet (the SVM is created paused; nothing should come):

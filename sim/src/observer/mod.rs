@@ -39,9 +39,12 @@ pub struct Observer {
     /// client never got) is covered by the same checkpoint.
     covered_end: BTreeMap<(Host, Term, String), (u32, Epoch)>,
     next_frame: u64,
-    /// Digests of every frame a paired secondary sent to the comparator: a survivor sends
-    /// such a frame again at its takeover (`colo_core::rewrite::resend`).
+    /// Digests of every frame a paired secondary sent to the comparator, and loose keys (flow,
+    /// flags, payload) of every frame a paired secondary's guest emitted (its rewriter may
+    /// change the sequence numbers; with the peer link down nothing reaches the comparator):
+    /// a survivor sends such a frame again at its takeover (`colo_core::rewrite::resend`).
     svm_digests: std::collections::BTreeSet<u64>,
+    svm_loose: std::collections::BTreeSet<u64>,
     /// Frames released to clients.
     pub released: u64,
     /// Of those, the secondary's earlier output sent again at a takeover.
@@ -81,7 +84,9 @@ impl Observer {
             return false;
         }
         let compare_only = st.role == Role::Secondary && st.mode == NodeMode::Paired;
-        if !compare_only {
+        if compare_only {
+            self.svm_loose.insert(loose_key(frame));
+        } else {
             let id = FrameId(self.next_frame);
             self.next_frame += 1;
             self.held.insert(
@@ -134,8 +139,11 @@ impl Observer {
         let d = digest(frame);
         let loose = loose_key(frame);
         if st.mode != NodeMode::Paired
-            && self.svm_digests.contains(&d)
-            && !self.held.values().any(|v| v.0 == host && v.1 == d)
+            && (self.svm_digests.contains(&d) || self.svm_loose.contains(&loose))
+            && !self
+                .held
+                .values()
+                .any(|v| v.0 == host && (v.1 == d || v.2 == loose))
         {
             // A survivor sending again its guest's output from before the takeover, which
             // only the comparator saw (`colo_core::rewrite::resend`): held and released at
