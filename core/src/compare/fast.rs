@@ -96,8 +96,10 @@ pub(super) fn secondary_completes_pair(
     }
     seg.verified = seg.end;
     tcp.on_release(seg);
-    if let Some(p) = primary.pop_front() {
+    let seg = *seg;
+    if let Some(mut p) = primary.pop_front() {
         history.record(p.tcp.map_or(twin.seq, |t| t.seq), p.body(), *history_bound);
+        sink.clamp(&mut tcp.windows, &mut p.frame, &seg);
         sink.release_matched(p);
     }
     true

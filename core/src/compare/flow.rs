@@ -18,6 +18,7 @@ use super::ages::{Ages, FrameId};
 use super::history::History;
 use super::stats::CompareStats;
 use super::tcp::TcpStream;
+use super::window::Windows;
 use super::{CompareOutput, MiscompareWhy, MismatchReason};
 use crate::packet::{FlowKey, SeqNum};
 use crate::time::Instant;
@@ -55,6 +56,10 @@ pub(crate) struct SegmentSeq {
     /// (`TcpStream::control`). Judged on primary segments only: the secondary's are recorded
     /// in the stream state when they arrive.
     pub(crate) control: u8,
+    /// The advertised window field (unscaled), for the window clamp (`super::window`).
+    pub(crate) window: u16,
+    /// Offset of the TCP header in the frame.
+    pub(crate) l4: u16,
 }
 
 /// A frame a flow holds.
@@ -257,6 +262,14 @@ pub(crate) struct Sink<'a> {
 }
 
 impl Sink<'_> {
+    /// Clamps the window of a primary TCP frame about to leave (`super::window`), counted.
+    #[inline]
+    pub(crate) fn clamp(&mut self, windows: &mut Windows, frame: &mut [u8], seg: &SegmentSeq) {
+        if windows.clamp(frame, seg) {
+            self.stats.windows_clamped += 1;
+        }
+    }
+
     #[inline]
     pub(crate) fn release_matched(&mut self, held: Held) {
         self.ages.forget(held.id);

@@ -13,8 +13,11 @@
 //! `checkpoint_done`, released without a secondary), or is still held; every secondary frame is
 //! consumed by a match, dropped for a counted reason, or still held ([`CompareStats`]).
 //!
+//! A released TCP segment may have its window lowered (and its checksum updated) to the
+//! secondary's right edge, its only changed bytes (`window`, the window clamp).
+//!
 //! Files: [`config`] (knobs), `flow` (queues, non-TCP rules), `tcp` (stream alignment, control
-//! flags), `history` (released bytes for retransmission checks), `table`
+//! flags), `window` (the window clamp), `history` (released bytes for retransmission checks), `table`
 //! (flow table and idle-flow GC), `ages` (arrival ring and comparison deadlines), [`stats`],
 //! [`testkit`] (frame builders for tests, fuzzing, benches and the demo).
 
@@ -27,6 +30,7 @@ pub mod stats;
 mod table;
 mod tcp;
 pub mod testkit;
+mod window;
 
 #[cfg(test)]
 mod tests;
@@ -436,6 +440,9 @@ impl Comparator {
                         tcp::restart_verification(&mut flow.primary);
                         flow.history.clear();
                     }
+                    if let Some(f) = frame.as_deref() {
+                        flow.tcp.windows.on_primary(f, info);
+                    }
                     let arrival = flow.tcp.on_primary(info);
                     let range = tcp::payload_range(info);
                     if let Some((lo, hi)) = flow.tcp.released_part(range.seq, range.end)
@@ -445,7 +452,12 @@ impl Comparator {
                     }
                     arrival
                 }
-                Side::Secondary => flow.tcp.on_secondary(info),
+                Side::Secondary => {
+                    if let Some(f) = frame.as_deref() {
+                        flow.tcp.windows.on_secondary(f, info);
+                    }
+                    flow.tcp.on_secondary(info)
+                }
             };
             // Fast path (`fast`): the arriving segment completes a pair with the one segment
             // the other side holds, and they are equal. Otherwise the general path below runs
@@ -473,6 +485,10 @@ impl Comparator {
                     {
                         self.fast_hits += 1;
                     }
+                    let mut buffer = buffer;
+                    if side == Side::Primary {
+                        sink.clamp(&mut flow.tcp.windows, &mut buffer, s);
+                    }
                     sink.matched_unheld(side, buffer, body_end - body_start);
                     self.after_frame(idx);
                     return;
@@ -488,7 +504,12 @@ impl Comparator {
                         && flow.tcp.may_leave(&held)
                     {
                         self.stats.released_uncompared += 1;
-                        self.out.extend(frame.take().map(CompareOutput::Release));
+                        if let Some(mut f) = frame.take() {
+                            if flow.tcp.windows.clamp(&mut f, &held) {
+                                self.stats.windows_clamped += 1;
+                            }
+                            self.out.push_back(CompareOutput::Release(f));
+                        }
                     } else {
                         self.stats.uncompared_held += 1;
                         seg = Some(held);

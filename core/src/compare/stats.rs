@@ -69,6 +69,9 @@ pub struct CompareStats {
     pub flows_evicted: u64,
     /// Checkpoints completed (`checkpoint_done` calls).
     pub checkpoints_done: u64,
+    /// Primary TCP segments released with their window lowered to the secondary's right edge
+    /// (the window clamp, `docs/comparator.md`).
+    pub windows_clamped: u64,
     /// Gauge: primary frames held now.
     pub held_primary: u64,
     /// Gauge: secondary frames held now.

@@ -69,6 +69,7 @@
 use super::MiscompareWhy;
 use super::MismatchReason;
 use super::flow::{Flow, Held, SegmentSeq, Sink, first_difference};
+use super::window::Windows;
 use crate::packet::{SeqNum, TcpInfo, tcp_flags};
 use std::collections::VecDeque;
 
@@ -90,6 +91,8 @@ pub(crate) struct TcpStream {
     /// The control flags the secondary sent (dropped segments included), or the primary's as
     /// of the last checkpoint (the secondary is then its copy).
     pub(crate) secondary_controls: Controls,
+    /// The window clamp's state (`super::window`).
+    pub(crate) windows: Windows,
     /// Planted bug (feature `canaries`, `NodeCanary::ReleaseControlUnguarded`): control
     /// segments leave without the secondary's flags and without the min-ACK guard.
     #[cfg(feature = "canaries")]
@@ -186,6 +189,8 @@ pub(crate) fn payload_range(info: &TcpInfo) -> SegmentSeq {
         verified: seq,
         uncompared: false,
         control: info.flags & CONTROL_FLAGS,
+        window: info.window,
+        l4: u16::try_from(info.l4_offset).unwrap_or(u16::MAX),
     }
 }
 
@@ -290,6 +295,7 @@ impl TcpStream {
         }
         self.secondary_max_ack = self.primary_max_ack;
         self.secondary_controls = self.primary_controls;
+        self.windows.on_checkpoint();
     }
 
     /// The control-flag rule: a primary segment carrying SYN, FIN or RST leaves only once the
@@ -345,7 +351,7 @@ impl TcpStream {
         if self.unguarded_control && seg.control != 0 {
             return true;
         }
-        self.ack_allows(seg.ack)
+        self.ack_allows(seg.ack) && !(seg.uncompared && self.windows.holds(seg))
     }
 
     /// The min-ACK guard (see the module doc): true if a primary segment acknowledging `ack`
@@ -516,7 +522,8 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
             }
         }
         if seg.uncompared {
-            if let Some(p) = primary.pop_front() {
+            if let Some(mut p) = primary.pop_front() {
+                sink.clamp(&mut tcp.windows, &mut p.frame, &seg);
                 sink.release_uncompared(p);
             }
             continue;
@@ -526,8 +533,9 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
             break;
         }
         tcp.on_release(&seg);
-        if let Some(p) = primary.pop_front() {
+        if let Some(mut p) = primary.pop_front() {
             history.record(seg.seq, p.body(), *history_bound);
+            sink.clamp(&mut tcp.windows, &mut p.frame, &seg);
             sink.release_matched(p);
         }
     }

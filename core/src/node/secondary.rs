@@ -7,6 +7,10 @@
 //! (`Message::ClientTranslation`, non-empty when that primary had itself taken over), and SVM
 //! frames go to the client through the solo gate.
 //!
+//! The SVM's TCP segments the client has not acknowledged are kept (`rewrite::resend`) and
+//! sent again at the takeover (`solo.rs`), instead of waiting for the guest's own
+//! retransmission timer.
+//!
 //! Invariant kept: while the primary lives, no SVM frame reaches a client (architecture.md
 //! invariant 1, last sentence): SVM output goes only to the peer until this node's takeover
 //! holds a lease.
@@ -17,6 +21,8 @@ use crate::checkpoint::{
 };
 use crate::ids::{Epoch, NicId};
 use crate::rewrite::{Rewriter, RewriterConfig, TranslatedConn};
+
+use crate::rewrite::resend::{ResendBuffer, ResendConfig};
 use crate::time::Instant;
 use crate::wire::Message;
 
@@ -31,6 +37,8 @@ pub(super) struct SecondarySide {
     incoming: Vec<TranslatedConn>,
     incoming_part: u32,
     rewriter_config: RewriterConfig,
+    /// The SVM's TCP output the client has not acknowledged, resent at takeover.
+    pub(super) resend: ResendBuffer,
     /// `None` until replication starts (`SyncDone`).
     pub(super) checkpointer: Option<SecondaryCheckpointer>,
     checkpoint_config: CheckpointConfig,
@@ -49,6 +57,7 @@ impl SecondarySide {
             incoming: Vec::new(),
             incoming_part: 0,
             rewriter_config: config.rewriter,
+            resend: ResendBuffer::new(ResendConfig::default()),
             checkpointer: None,
             checkpoint_config: config.checkpoint,
             backlog: std::collections::VecDeque::new(),
@@ -57,7 +66,7 @@ impl SecondarySide {
     }
 
     /// The SVM's output leaves for a client now (after a takeover): the inherited hop last.
-    fn translate_outbound(&mut self, now: Instant, frame: &mut [u8]) {
+    pub(super) fn translate_outbound(&mut self, now: Instant, frame: &mut [u8]) {
         self.inherited.rewrite_outbound(now, frame);
     }
 
@@ -167,6 +176,15 @@ impl Node {
             return;
         };
         s.rewriter.rewrite_outbound(now, &mut frame);
+        if paired && self.phase == Phase::Running {
+            // Kept for a resend at takeover while the client has not acknowledged it; also
+            // when the peer link is down (the frame then reaches nobody: the primary may have
+            // died just after mirroring the request this answers).
+            let rewriter = &s.rewriter;
+            s.resend.record_guest(&frame, |key| {
+                rewriter.phase(key).and_then(|p| p.offset()).is_some()
+            });
+        }
         if replicating {
             // QEMU's filter-redirector: SVM output goes to the primary's comparator, tagged
             // with the state it came from so the primary can drop output of replaced state.
@@ -209,6 +227,8 @@ impl Node {
         match message {
             Message::MirroredFrame { epoch, nic } => {
                 let mut frame = frame;
+                // The client's ACK, in the numbering the resend buffer keeps.
+                s.resend.record_client(&frame);
                 s.rewriter.rewrite_inbound(now, &mut frame);
                 if s.paused() || !s.backlog.is_empty() {
                     s.backlog.push_back((epoch, nic, frame));
@@ -270,6 +290,8 @@ impl Node {
                     }
                     if let Side::Secondary(s) = &mut self.side {
                         s.rewriter.reset_offsets();
+                        // The SVM's earlier output belongs to replaced state.
+                        s.resend.clear();
                     }
                 }
                 CheckpointOutput::ReleaseOutput { .. } => {}

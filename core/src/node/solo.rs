@@ -6,7 +6,8 @@
 //! secondary discards a partial epoch or finishes an apply in progress (its checkpointer), keeps
 //! its rewriter in failover mode, and merges its disk overlays once the VM is consistent. On
 //! [`FailoverEvent::SoloGranted`] the primary's comparator flushes what it held and the
-//! secondary claims the client link.
+//! secondary claims the client link and sends again its guest's TCP segments the client has
+//! not acknowledged (`rewrite::resend`).
 //!
 //! Invariant kept (single writer, architecture.md invariant 5): a frame passes the solo gate
 //! ([`Node::emit_solo`]) only while [`Failover::may_release_solo`](crate::failover::Failover)
@@ -163,7 +164,10 @@ impl Node {
         self.event(Event::FailedOver { term, reason });
         match &mut self.side {
             Side::Primary(p) => p.comparator.release_all(now),
-            Side::Secondary(_) => self.event(Event::ClaimClientLink { term }),
+            Side::Secondary(_) => {
+                self.event(Event::ClaimClientLink { term });
+                self.resend_unacknowledged(now);
+            }
         }
     }
 
@@ -198,6 +202,26 @@ impl Node {
                     None => self.on_ready_for_takeover(now),
                 }
             }
+        }
+    }
+
+    /// The secondary's takeover: its guest's TCP segments the client has not acknowledged go
+    /// out again at once, through the solo gate (`rewrite::resend`): the client discards
+    /// what it has, and gets what the dead primary held without waiting for the guest's
+    /// retransmission timer.
+    fn resend_unacknowledged(&mut self, now: Instant) {
+        let Side::Secondary(s) = &mut self.side else {
+            return;
+        };
+        let mut frames = s.resend.take_unacknowledged();
+        // Kept in the previous primary's guest numbering: the inherited hop gives the
+        // clients' (`Message::ClientTranslation`).
+        for frame in &mut frames {
+            s.translate_outbound(now, frame);
+        }
+        self.stats.resent_at_takeover += frames.len() as u64;
+        for frame in frames {
+            self.emit_solo(now, frame);
         }
     }
 

@@ -105,6 +105,9 @@ pub struct NodeStats {
     pub heartbeat_round_trips: u64,
     /// The last heartbeat's round trip: sent to echo received, on this node's clock.
     pub last_heartbeat_round_trip: crate::time::Duration,
+    /// Guest TCP segments the client had not acknowledged, sent again by a secondary at its
+    /// takeover (`crate::rewrite::resend`).
+    pub resent_at_takeover: u64,
 }
 
 impl Node {

@@ -13,6 +13,7 @@
 //! ever dropped or made to panic; every decision is counted in [`RewriterStats`].
 
 mod client;
+pub mod resend;
 mod table;
 
 #[cfg(test)]

@@ -39,8 +39,16 @@ pub struct Observer {
     /// client never got) is covered by the same checkpoint.
     covered_end: BTreeMap<(Host, Term, String), (u32, Epoch)>,
     next_frame: u64,
+    /// Digests of every frame a paired secondary sent to the comparator, and loose keys (flow,
+    /// flags, payload) of every frame a paired secondary's guest emitted (its rewriter may
+    /// change the sequence numbers; with the peer link down nothing reaches the comparator):
+    /// a survivor sends such a frame again at its takeover (`colo_core::rewrite::resend`).
+    svm_digests: std::collections::BTreeSet<u64>,
+    svm_loose: std::collections::BTreeSet<u64>,
     /// Frames released to clients.
     pub released: u64,
+    /// Of those, the secondary's earlier output sent again at a takeover.
+    pub resent: u64,
     /// Checkpoints a primary completed.
     pub checkpoints: u64,
 }
@@ -76,7 +84,9 @@ impl Observer {
             return false;
         }
         let compare_only = st.role == Role::Secondary && st.mode == NodeMode::Paired;
-        if !compare_only {
+        if compare_only {
+            self.svm_loose.insert(loose_key(frame));
+        } else {
             let id = FrameId(self.next_frame);
             self.next_frame += 1;
             self.held.insert(
@@ -102,6 +112,7 @@ impl Observer {
     /// running epoch (the one its held frames carry: the two checkpointers count an epoch done
     /// at different instants).
     pub fn svm_output(&mut self, now: Instant, frame: &[u8], epoch: Epoch) {
+        self.svm_digests.insert(digest(frame));
         let (d, facts) = self.releases.on_secondary(now, frame);
         self.trace.push(TraceEvent::SvmOutput {
             at: now,
@@ -127,6 +138,38 @@ impl Observer {
     pub fn release(&mut self, now: Instant, host: Host, frame: &[u8], st: &NodeStatus) {
         let d = digest(frame);
         let loose = loose_key(frame);
+        if st.mode != NodeMode::Paired
+            && (self.svm_digests.contains(&d) || self.svm_loose.contains(&loose))
+            && !self
+                .held
+                .values()
+                .any(|v| v.0 == host && (v.1 == d || v.2 == loose))
+        {
+            // A survivor sending again its guest's output from before the takeover, which
+            // only the comparator saw (`colo_core::rewrite::resend`): held and released at
+            // once, solo (single_writer asks for the lease; tcp_continuity judges the
+            // client's stream).
+            let id = FrameId(self.next_frame);
+            self.next_frame += 1;
+            self.trace.push(TraceEvent::Held {
+                at: now,
+                host,
+                frame: id,
+                epoch: st.epoch,
+            });
+            self.trace.push(TraceEvent::Released {
+                at: now,
+                host,
+                term: st.term,
+                epoch: st.epoch,
+                frame: id,
+                digest: d,
+                origin: Origin::Solo,
+            });
+            self.released += 1;
+            self.resent += 1;
+            return;
+        }
         // The same bytes first; else the same flow and payload (a survivor's rewriter changed
         // its sequence numbers); else the host's oldest held frame.
         let found = self
@@ -275,6 +318,28 @@ mod tests {
             Some(TraceEvent::Released { origin, .. }) => *origin,
             other => panic!("not a release: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_survivor_resending_its_earlier_output_is_held_and_released_solo() {
+        let mut o = Observer::new();
+        let now = Instant::from_millis(1);
+        let reply = segment(700, b"61 OK 3\n");
+        // The paired secondary's guest answered; only the comparator saw it.
+        o.svm_output(now, &reply, Epoch(5));
+        let survivor = NodeStatus {
+            mode: NodeMode::Solo,
+            role: Role::Primary,
+            term: Term(4),
+            lease_held: true,
+            ..paired_primary()
+        };
+        o.release(Instant::from_millis(2), Host::B, &reply, &survivor);
+        assert_eq!(released_origin(&o), Origin::Solo);
+        assert_eq!((o.released, o.resent), (1, 1));
+        let (counts, violations) = crate::check::no_silent_loss::account(&o.trace, None);
+        assert!(violations.is_empty(), "{violations:?}");
+        assert_eq!(counts.released, 1);
     }
 
     #[test]

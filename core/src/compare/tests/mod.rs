@@ -9,6 +9,7 @@ mod differential;
 mod props;
 mod rules;
 mod tcp_rules;
+mod window;
 
 use super::testkit::{self, Headers};
 use super::*;

@@ -55,12 +55,23 @@ fn different_segmentation_still_matches() {
 
 #[test]
 fn tcp_headers_options_ttl_and_window_are_ignored() {
+    // Headers are not compared. (A secondary window smaller than the primary's would lower
+    // the released window, `window.rs`; here the secondary's is the larger one.)
     let mut c = comparator();
-    let p = testkit::tcp(&Headers::default(), 1, 1, ACK | PSH, b"payload");
+    let p = testkit::tcp(
+        &Headers {
+            window: 7,
+            ..Headers::default()
+        },
+        1,
+        1,
+        ACK | PSH,
+        b"payload",
+    );
     let s = testkit::tcp(
         &Headers {
             ttl: 1,
-            window: 7,
+            window: 9000,
             ..Headers::default()
         },
         1,

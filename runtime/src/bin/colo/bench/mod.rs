@@ -160,11 +160,26 @@ fn false_alarm(text: &str) -> bool {
         || fields(text, "secondary", "peer-lost").is_some()
 }
 
-/// A reply the failover run's client got: when it ended and the counter it carried.
-#[derive(Clone, Copy)]
+/// A reply the failover run's client got: when its request was sent, when the reply ended
+/// and the counter it carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Reply {
+    sent: Instant,
     end: Instant,
     value: u64,
+}
+
+/// The client's next reply after the kill: the first reply to a request sent once the primary
+/// was dead (`dead`: SIGKILL sent and the process reaped), so only the survivor can have
+/// answered it, and the reply before it. A reply read just after the kill to a request sent
+/// before it may have left the primary before it died (the 0.1 ms `failover_next_reply_ms`
+/// of an earlier version, which took the first reply read after the kill); the request in
+/// flight at the kill, if the primary died before answering, is answered by the survivor
+/// first, and the next request's reply comes one round trip after it.
+fn next_reply_after(replies: &[Reply], dead: Instant) -> Option<(Reply, Reply)> {
+    let at = replies.iter().position(|r| r.sent >= dead)?;
+    let before = *replies.get(at.checked_sub(1)?)?;
+    Some((before, replies[at]))
 }
 
 /// The failover run: a client runs `INCR`s back to back, the primary is killed, the
@@ -189,8 +204,10 @@ fn failover(
         let (replies, failure, stop) = (replies.clone(), failure.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
                 match client.incr() {
                     Ok(value) => replies.lock().push(Reply {
+                        sent,
                         end: Instant::now(),
                         value,
                     }),
@@ -244,6 +261,8 @@ fn kill_and_watch(
     println!("[bench] killing the primary (SIGKILL) while the client runs");
     let killed = Instant::now();
     pair.children.kill("primary")?;
+    // SIGKILL sent and the primary reaped: nothing it had not sent yet can leave any more.
+    let dead = Instant::now();
     let mut figures = FailoverFigures {
         false_alarms,
         ..FailoverFigures::default()
@@ -259,21 +278,61 @@ fn kill_and_watch(
             }
         }
     }
-    // The survivor answers: wait for a few replies after the takeover.
+    // The survivor answers: wait for a few replies to requests sent after the kill.
     loop {
         check()?;
-        let after = replies.lock().iter().filter(|r| r.end > killed).count();
+        let after = replies.lock().iter().filter(|r| r.sent >= dead).count();
         if after >= 20 {
             break;
         }
         pair.next("the client's requests to the survivor")?;
     }
     let replies = replies.lock().clone();
-    let before = replies.iter().rev().find(|r| r.end <= killed);
-    let after = replies.iter().find(|r| r.end > killed);
-    if let (Some(b), Some(a)) = (before, after) {
+    if let Some((b, a)) = next_reply_after(&replies, dead) {
         figures.around_kill = (b.value, a.value);
         figures.next_reply = a.end - killed;
     }
     Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(base: Instant, sent_us: u64, end_us: u64, value: u64) -> Reply {
+        Reply {
+            sent: base + Duration::from_micros(sent_us),
+            end: base + Duration::from_micros(end_us),
+            value,
+        }
+    }
+
+    #[test]
+    fn a_reply_to_a_request_sent_before_the_kill_is_not_the_next_reply() {
+        let base = Instant::now();
+        // Killed at 1,000 us, reaped at 1,050 us. The reply read at 1,100 us answers a
+        // request sent at 900 us (it left the primary before it died); the survivor answers
+        // the request sent at 1,100 us after the takeover, at 400,000 us.
+        let replies = [
+            reply(base, 0, 900, 7),
+            reply(base, 900, 1_100, 8),
+            reply(base, 1_100, 400_000, 9),
+            reply(base, 400_000, 400_200, 10),
+        ];
+        let dead = base + Duration::from_micros(1_050);
+        let (before, after) = next_reply_after(&replies, dead).expect("a reply after the kill");
+        assert_eq!((before.value, after.value), (8, 9));
+        assert_eq!(after.end - base, Duration::from_micros(400_000));
+        // Reaped only after the request at 1,100 us was sent: the next request counts.
+        let dead = base + Duration::from_micros(1_500);
+        let (before, after) = next_reply_after(&replies, dead).expect("a later request");
+        assert_eq!((before.value, after.value), (9, 10));
+    }
+
+    #[test]
+    fn without_a_reply_before_the_kill_there_is_no_figure() {
+        let base = Instant::now();
+        let replies = [reply(base, 10, 20, 1)];
+        assert_eq!(next_reply_after(&replies, base), None);
+    }
 }

@@ -56,7 +56,8 @@ pub struct FailoverFigures {
     pub detected: Option<Duration>,
     /// Kill -> its `failed-over` line (lease taken, VM running solo, client link claimed).
     pub took_over: Option<Duration>,
-    /// Kill -> the first reply the client got afterwards.
+    /// Kill -> the reply to the client's first request sent once the primary was dead
+    /// (reaped): the first reply only the survivor can have sent.
     pub next_reply: Duration,
     /// The counter in the last reply before the kill and the first after it.
     pub around_kill: (u64, u64),
