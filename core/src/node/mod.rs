@@ -111,7 +111,10 @@ enum Side {
 /// device state are streamed by the runtime on
 /// [`VmCommand::SendPages`](crate::checkpoint::VmCommand::SendPages) and
 /// [`VmCommand::SaveDeviceState`](crate::checkpoint::VmCommand::SaveDeviceState), the
-/// re-protection copy on [`SyncCommand::SendAll`].
+/// re-protection copy on [`SyncCommand::SendAll`]. The runtime sends exactly the ranges a
+/// `SendPages` names and keeps no page bookkeeping of its own: `CollectDirty` reports only
+/// the harvest (read and clear), and the node adds the pages collected by attempts that
+/// aborted since the last completed checkpoint.
 ///
 /// # Lifecycle
 /// Both VMs are created paused. [`Command::Start`] on both nodes: the secondary sends `Hello`,

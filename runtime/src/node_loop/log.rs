@@ -138,7 +138,6 @@ impl NodeLoop {
                 pages,
                 bytes,
             } => {
-                self.exec.on_checkpoint_done(*epoch);
                 let t = self.exec.timings;
                 info!(
                     role = n,
