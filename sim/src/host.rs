@@ -21,8 +21,8 @@ use colo_core::disk::GuestIoId;
 use colo_core::failover::{LeaseReply, LeaseRequest};
 use colo_core::ids::{Epoch, PageRange, Role};
 use colo_core::node::{
-    Command, Event, GuestDiskRequest, Input, LinkState, Node, NodeConfig, NodeStatus, OutBulk,
-    Output, PeerBulk, SyncCommand,
+    Command, Event, GuestDiskRequest, HaltReason, Input, LinkState, Node, NodeConfig, NodeStatus,
+    OutBulk, Output, PeerBulk, SyncCommand,
 };
 use colo_core::rewrite::Phase as RewritePhase;
 use colo_core::time::{Duration, Instant};
@@ -112,6 +112,9 @@ pub struct SimHost {
     next_io: u64,
     out: VecDeque<HostOutput>,
     dead: bool,
+    /// The node ordered its VM stopped for good (`Output::Halt`): the guest is never stepped
+    /// again and frames for it are dropped, as the runtime's paused VM and ended loop do.
+    halted: bool,
     /// Guest disk writes handed to the node.
     pub disk_writes: u64,
     /// Guest disk writes the node completed with an error.
@@ -147,6 +150,7 @@ impl SimHost {
             next_io: 0,
             out: VecDeque::new(),
             dead: false,
+            halted: false,
             disk_writes: 0,
             disk_write_errors: 0,
         }
@@ -269,8 +273,7 @@ impl SimHost {
         if !self.dead && self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.input(now, Input::Timeout, hook);
         }
-        if !self.dead && self.vm.is_running() && self.guest.poll_timeout().is_some_and(|t| t <= now)
-        {
+        if !self.dead && self.guest_runs() && self.guest.poll_timeout().is_some_and(|t| t <= now) {
             self.guest.handle_timeout(now);
             self.drain_guest(now, hook);
         }
@@ -281,7 +284,7 @@ impl SimHost {
         if self.dead {
             return None;
         }
-        let guest = if self.vm.is_running() {
+        let guest = if self.guest_runs() {
             self.guest.poll_timeout()
         } else {
             None
@@ -300,6 +303,11 @@ impl SimHost {
     /// The next output.
     pub fn poll_output(&mut self) -> Option<HostOutput> {
         self.out.pop_front()
+    }
+
+    /// Whether the world steps the guest: its VM runs and the node never halted it.
+    fn guest_runs(&self) -> bool {
+        !self.halted && self.vm.is_running()
     }
 
     fn later(&mut self, at: Instant, input: Input) {
@@ -389,7 +397,9 @@ impl SimHost {
                 self.out.push_back(HostOutput::Release(frame, Box::new(st)));
             }
             Output::ToGuest { frame, .. } => {
-                if self.vm.is_running() {
+                if self.halted {
+                    // A stopped VM receives nothing.
+                } else if self.vm.is_running() {
                     self.guest.handle_frame(now, frame);
                     self.drain_guest(now, hook);
                 } else {
@@ -475,6 +485,14 @@ impl SimHost {
                 self.later(now + Duration::from_millis(5), sent);
             }
             Output::Arbiter(req) => self.out.push_back(HostOutput::ToArbiter(req)),
+            Output::ClaimClientLink { .. } => self.out.push_back(HostOutput::ClaimLink),
+            Output::Halt(reason) => {
+                self.halted = true;
+                self.pending.clear();
+                if reason == HaltReason::Deposed {
+                    self.out.push_back(HostOutput::Deposed);
+                }
+            }
             Output::Event(e) => self.on_event(now, e),
         }
     }
@@ -552,14 +570,6 @@ impl SimHost {
                     host: host(self.index),
                     epoch,
                 })
-            }
-            Event::Deposed { .. } => {
-                self.out.push_back(HostOutput::Deposed);
-                None
-            }
-            Event::ClaimClientLink { .. } => {
-                self.out.push_back(HostOutput::ClaimLink);
-                None
             }
             _ => None,
         };

@@ -36,7 +36,7 @@ mod tests;
 pub use canary::NodeCanary;
 pub use config::{NodeConfig, NodeConfigError};
 pub use input::{Command, GuestDiskRequest, Input, LinkState, PeerBulk};
-pub use output::{Event, OutBulk, Output, ProtocolViolation, SyncCommand};
+pub use output::{Event, HaltReason, OutBulk, Output, ProtocolViolation, SyncCommand};
 pub use status::{NodeMode, NodeStats, NodeStatus};
 
 use crate::checkpoint::{PrimaryCheckpointer, SecondaryCheckpointer};
@@ -129,13 +129,14 @@ enum Side {
 /// write, or on [`Command::Failover`], the node takes over in a new term and releases output
 /// alone only while it holds that term's arbiter lease ([`Output::Arbiter`] /
 /// [`Input::Arbiter`]); a former secondary also claims the client link
-/// ([`Event::ClaimClientLink`]). A secondary
+/// ([`Output::ClaimClientLink`]). A secondary
 /// takes over only once it applied a checkpoint of its pairing (before that its VM is no
 /// copy); a primary whose secondary never came may be run solo with [`Command::Failover`]. A
 /// solo node re-protects with a new secondary after [`Command::Reprotect`] and the newcomer's
 /// `Hello`, through the same copy as the start. A deposed node ([`Event::Deposed`]) never
-/// releases again; the runtime stops its VM. A node whose own VM leaves a checkpoint step
-/// stuck says goodbye and stops ([`Event::Stopped`]), so that its peer takes over.
+/// releases again and orders [`Output::Halt`]; a node whose own VM leaves a checkpoint step
+/// stuck says goodbye, stops ([`Event::Stopped`]) and orders [`Output::Halt`] too, so that its
+/// peer takes over. The runtime acts on outputs only: events are for logs and metrics.
 ///
 /// # Example: two nodes in one process
 /// ```
@@ -437,6 +438,7 @@ impl Node {
                 }
                 self.phase = Phase::Stopped;
                 self.event(Event::Stopped);
+                self.out.push_back(Output::Halt(HaltReason::Stopped));
             }
         }
     }

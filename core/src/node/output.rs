@@ -52,8 +52,28 @@ pub enum Output {
     /// Send this lease request to the arbiter; report with
     /// [`Input::Arbiter`](super::Input::Arbiter).
     Arbiter(LeaseRequest),
+    /// This former secondary now owns the client link in `term`: announce it (gratuitous ARP /
+    /// unsolicited neighbour advertisement for the VM's addresses, RARP of its MACs), so that
+    /// client frames come here. Emitted once per takeover, right after [`Event::FailedOver`].
+    ClaimClientLink {
+        /// The term.
+        term: Term,
+    },
+    /// Stop the VM for good and end the node's service: it orders nothing more. The event that
+    /// says why ([`Event::Deposed`] or [`Event::Stopped`]) comes just before, for the log.
+    Halt(HaltReason),
     /// Something to log, count or act on.
     Event(Event),
+}
+
+/// Why a node halts its VM ([`Output::Halt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaltReason {
+    /// The other node holds the current term: this node never releases again (fencing).
+    Deposed,
+    /// The node stopped: [`Command::Shutdown`](super::Command::Shutdown), or its own VM left a
+    /// checkpoint step stuck and it said goodbye so that its peer takes over.
+    Stopped,
 }
 
 /// The bulk payload of an outbound peer message.
@@ -196,12 +216,6 @@ pub enum Event {
         /// Why.
         reason: FailoverReason,
     },
-    /// A former secondary now owns the client link: announce it (gratuitous ARP / unsolicited
-    /// neighbour advertisement for the VM's addresses), then client frames come here.
-    ClaimClientLink {
-        /// The term.
-        term: Term,
-    },
     /// The takeover is complete: this node runs solo in `term` and releases output.
     FailedOver {
         /// The term.
@@ -226,8 +240,8 @@ pub enum Event {
         /// Frames held.
         held: u64,
     },
-    /// The other node holds the current term: this node never releases again (fencing). Its
-    /// VM must be stopped and re-protected from the holder.
+    /// The other node holds the current term: this node never releases again (fencing). An
+    /// [`Output::Halt`] follows; the VM is to be re-protected from the holder.
     Deposed {
         /// This node's term.
         term: Term,
@@ -277,6 +291,7 @@ pub enum Event {
         /// The term.
         term: Term,
     },
-    /// The node stopped ([`Command::Shutdown`](super::Command::Shutdown)).
+    /// The node stopped ([`Command::Shutdown`](super::Command::Shutdown), or its own VM stuck
+    /// while paired); an [`Output::Halt`] follows.
     Stopped,
 }

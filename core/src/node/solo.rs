@@ -14,7 +14,7 @@
 //! guest is paused), and a deposed node discards what it held, counted, because releasing it
 //! would make a second writer in the term.
 
-use super::{Event, Node, Output, Phase, Side};
+use super::{Event, HaltReason, Node, Output, Phase, Side};
 use crate::checkpoint::VmCommand;
 use crate::checkpoint::VmCompletion;
 use crate::failover::{FailoverEvent, FailoverReason, Mode};
@@ -94,6 +94,7 @@ impl Node {
         self.phase = Phase::Stopped;
         self.hold.frames.clear();
         self.event(Event::Stopped);
+        self.out.push_back(Output::Halt(HaltReason::Stopped));
     }
 
     /// Drains the failover machine's events and lease requests.
@@ -135,6 +136,7 @@ impl Node {
                         current_term,
                         discarded,
                     });
+                    self.out.push_back(Output::Halt(HaltReason::Deposed));
                 }
                 // The node reports its own `Reprotected` with the epoch (reprotect.rs).
                 FailoverEvent::Reprotected { .. } => {}
@@ -163,7 +165,7 @@ impl Node {
         self.event(Event::FailedOver { term, reason });
         match &mut self.side {
             Side::Primary(p) => p.comparator.release_all(now),
-            Side::Secondary(_) => self.event(Event::ClaimClientLink { term }),
+            Side::Secondary(_) => self.out.push_back(Output::ClaimClientLink { term }),
         }
     }
 

@@ -9,7 +9,7 @@
 //!   guest TX (virtio-net sinks, vCPU threads) --> LoopEvent::GuestFrame --> Input::GuestFrame
 //!   Output::ToGuest { nic: i } --> NIC i's virtio-net RX (held while the VM is paused)
 //!   Output::ToClient --> the tap of the NIC whose MAC is the frame's source (else NIC 0's)
-//!   Event::ClaimClientLink --> RARP announcements of each NIC's MAC on its tap, and a
+//!   Output::ClaimClientLink --> RARP announcements of each NIC's MAC on its tap, and a
 //!                              gratuitous ARP for the IPv4 address its guest sends from
 //! ```
 //! Both nodes' client taps are on the client network from the start: while paired, the
@@ -255,7 +255,7 @@ impl GuestNet {
         }
     }
 
-    /// `Event::ClaimClientLink`: announces each NIC's MAC on its client tap (three RARP frames
+    /// `Output::ClaimClientLink`: announces each NIC's MAC on its client tap (three RARP frames
     /// each, QEMU's announce format), so the client networks deliver the guest's traffic to
     /// this node, and sends three gratuitous ARPs for the guest's IPv4 address when one was
     /// learned. Returns what was done, for the log.
