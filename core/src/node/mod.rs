@@ -36,7 +36,9 @@ mod tests;
 pub use canary::NodeCanary;
 pub use config::{NodeConfig, NodeConfigError};
 pub use input::{Command, GuestDiskRequest, Input, LinkState, PeerBulk};
-pub use output::{Event, HaltReason, OutBulk, Output, ProtocolViolation, SyncCommand};
+pub use output::{
+    CommandRefusal, Event, HaltReason, OutBulk, Output, ProtocolViolation, SyncCommand,
+};
 pub use status::{NodeMode, NodeStats, NodeStatus};
 
 use crate::checkpoint::{PrimaryCheckpointer, SecondaryCheckpointer};
@@ -98,6 +100,10 @@ enum Side {
 /// 4. Arm one timer at [`poll_timeout`](Node::poll_timeout) and hand in [`Input::Timeout`] when
 ///    it fires; an early or spurious timeout does nothing. Whenever some phase waits on time
 ///    (a checkpoint step, a lease, a heartbeat, a handshake) `poll_timeout` is `Some`.
+/// 5. An [`Input::Command`] the node refuses is answered, in the outputs of that `handle`, by
+///    [`Event::CommandRefused`] with its [`CommandRefusal`] and changes nothing; one without
+///    it was taken. The runtime answers its operator from that, and checks no precondition of
+///    its own.
 ///
 /// # Peer frames and bulk
 /// The runtime owns the peer socket and runs [`crate::wire::FrameDecoder`] on it (a decoding
@@ -407,27 +413,48 @@ impl Node {
         }
     }
 
+    /// Runs an operator command; a refused one changes nothing and is answered with
+    /// [`Event::CommandRefused`] (and counted: `commands_ignored`, or `takeovers_refused` for
+    /// a failover the node cannot serve).
     fn on_command(&mut self, now: Instant, command: Command) {
-        match command {
-            Command::Start => self.on_start(now),
+        let refused = match command {
+            Command::Start => self.on_start(now).err(),
             Command::ForceCheckpoint => {
-                if let Side::Primary(p) = &mut self.side {
-                    p.force_checkpoint(now);
+                let paired = self.status(now).mode == NodeMode::Paired;
+                match &mut self.side {
+                    Side::Primary(p) if paired => {
+                        p.force_checkpoint(now);
+                        None
+                    }
+                    _ => Some(CommandRefusal::NotPaired),
+                }
+            }
+            Command::SetCheckpointInterval(interval) => match &mut self.side {
+                Side::Secondary(_) => Some(CommandRefusal::NotPrimary),
+                Side::Primary(p) => {
+                    (!p.set_interval(now, interval)).then_some(CommandRefusal::ZeroInterval)
+                }
+            },
+            Command::Failover => {
+                let mode = self.status(now).mode;
+                if !matches!(
+                    mode,
+                    NodeMode::Paired | NodeMode::Connecting | NodeMode::Syncing
+                ) {
+                    Some(CommandRefusal::NoPeerToLeave)
+                } else if self.try_failover(now, FailoverReason::Requested) {
+                    None
                 } else {
-                    self.stats.commands_ignored += 1;
+                    // Counted in `takeovers_refused` by `try_failover`.
+                    let why = CommandRefusal::NoCopyYet;
+                    return self.event(Event::CommandRefused { command, why });
                 }
             }
-            Command::SetCheckpointInterval(interval) => {
-                let taken = match &mut self.side {
-                    Side::Primary(p) => p.set_interval(now, interval),
-                    Side::Secondary(_) => false,
-                };
-                if !taken {
-                    self.stats.commands_ignored += 1;
-                }
+            Command::Reprotect if self.status(now).mode == NodeMode::Solo => {
+                self.on_reprotect_command();
+                None
             }
-            Command::Failover => self.trigger_failover(now, FailoverReason::Requested),
-            Command::Reprotect => self.on_reprotect_command(),
+            Command::Reprotect => Some(CommandRefusal::NotSolo),
             Command::Shutdown => {
                 let term = self.failover.term();
                 if self.phase != Phase::Idle {
@@ -439,7 +466,12 @@ impl Node {
                 self.phase = Phase::Stopped;
                 self.event(Event::Stopped);
                 self.out.push_back(Output::Halt(HaltReason::Stopped));
+                None
             }
+        };
+        if let Some(why) = refused {
+            self.stats.commands_ignored += 1;
+            self.event(Event::CommandRefused { command, why });
         }
     }
 

@@ -15,6 +15,9 @@ use crate::ids::{CheckpointReason, Epoch, NicId, NodeId, Role, Term};
 use crate::packet::FlowKey;
 use crate::time::Duration;
 use crate::wire::{AbortReason, HelloRejectReason, Message, MessageKind};
+use core::fmt;
+
+use super::Command;
 
 /// One thing for the runtime to do, from [`Node::poll_output`](super::Node::poll_output).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +77,43 @@ pub enum HaltReason {
     /// The node stopped: [`Command::Shutdown`](super::Command::Shutdown), or its own VM left a
     /// checkpoint step stuck and it said goodbye so that its peer takes over.
     Stopped,
+}
+
+/// Why the node refused a command ([`Event::CommandRefused`]). The `Display` text is written
+/// for an operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandRefusal {
+    /// `Start` on a node that started already.
+    AlreadyStarted,
+    /// `ForceCheckpoint` on a secondary, or on a primary that is not paired.
+    NotPaired,
+    /// `SetCheckpointInterval` on a secondary: the interval is the primary's.
+    NotPrimary,
+    /// `SetCheckpointInterval` of zero (it would checkpoint continuously).
+    ZeroInterval,
+    /// `Failover` on a node that depends on no peer (solo, taking over, deposed, idle).
+    NoPeerToLeave,
+    /// `Failover` on a node that cannot serve alone: it never started, or (a secondary) its VM
+    /// is no copy of the primary's yet (no checkpoint of this pairing applied).
+    NoCopyYet,
+    /// `Reprotect` on a node that is not running solo.
+    NotSolo,
+}
+
+impl fmt::Display for CommandRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CommandRefusal::AlreadyStarted => "the node started already",
+            CommandRefusal::NotPaired => "a checkpoint needs a paired primary",
+            CommandRefusal::NotPrimary => "the checkpoint interval is the primary's",
+            CommandRefusal::ZeroInterval => "a zero checkpoint interval is refused",
+            CommandRefusal::NoPeerToLeave => "failover needs a node that depends on a peer",
+            CommandRefusal::NoCopyYet => {
+                "the node cannot serve alone: its VM is no copy of the primary's yet, or it never started"
+            }
+            CommandRefusal::NotSolo => "re-protection needs a node running solo",
+        })
+    }
 }
 
 /// The bulk payload of an outbound peer message.
@@ -294,4 +334,13 @@ pub enum Event {
     /// The node stopped ([`Command::Shutdown`](super::Command::Shutdown), or its own VM stuck
     /// while paired); an [`Output::Halt`] follows.
     Stopped,
+    /// An [`Input::Command`](super::Input::Command) was refused; nothing changed. A command
+    /// that is not refused was taken: this event is the whole answer to "did the node take
+    /// it?" (an operator interface replies from it, the simulator counts it).
+    CommandRefused {
+        /// The command.
+        command: Command,
+        /// Why.
+        why: CommandRefusal,
+    },
 }

@@ -64,6 +64,12 @@ impl Hold {
 impl Node {
     /// Stop depending on the peer for `reason`, if this node can serve alone.
     pub(super) fn trigger_failover(&mut self, now: Instant, reason: FailoverReason) {
+        self.try_failover(now, reason);
+    }
+
+    /// [`Node::trigger_failover`], returning whether this node can serve alone (a refusal is
+    /// counted in `takeovers_refused`).
+    pub(super) fn try_failover(&mut self, now: Instant, reason: FailoverReason) -> bool {
         if self.phase == Phase::Connecting && self.is_primary_side() && self.peer.is_none() {
             // A primary whose secondary never came: an operator may run it unprotected (solo
             // under the lease) and re-protect it later. Connecting --Failover--> Running
@@ -73,9 +79,10 @@ impl Node {
             // Before the pairing's first checkpoint a secondary's VM is no copy of anything,
             // and a node that never started has nothing to take over with.
             self.stats.takeovers_refused += 1;
-            return;
+            return false;
         }
         self.failover.handle_trigger(now, reason);
+        true
     }
 
     /// A checkpoint step waited on this node's own VM past its deadline while paired: leave the

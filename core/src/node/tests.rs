@@ -6,6 +6,8 @@ use crate::ids::{ClusterId, NicId, Term};
 use crate::time::Duration;
 use crate::wire::{HelloRejectReason, PROTOCOL_VERSION};
 
+mod commands;
+
 fn ms(n: u64) -> Instant {
     Instant::from_millis(n)
 }
@@ -527,40 +529,6 @@ fn a_new_term_is_announced_to_the_peer_only_once_the_arbiter_granted_it() {
         },
     );
     assert_eq!(announces(&drain(&mut n)), 1);
-}
-
-#[test]
-fn shutdown_says_goodbye_and_stops() {
-    let mut n = replicating_primary();
-    n.handle(ms(3), Input::Command(Command::Shutdown));
-    let outs = drain(&mut n);
-    assert!(outs.iter().any(|o| matches!(
-        o,
-        Output::ToPeer {
-            message: Message::Goodbye { .. },
-            ..
-        }
-    )));
-    assert_eq!(
-        outs.iter()
-            .filter(|o| **o == Output::Halt(HaltReason::Stopped))
-            .count(),
-        1,
-        "{outs:?}"
-    );
-    // A second shutdown orders nothing more.
-    n.handle(ms(3), Input::Command(Command::Shutdown));
-    assert!(drain(&mut n).is_empty());
-    assert_eq!(n.poll_timeout(), None);
-    n.handle(
-        ms(4),
-        Input::ClientFrame {
-            nic: NicId(0),
-            frame: vec![0; 60],
-        },
-    );
-    assert!(drain(&mut n).is_empty());
-    assert_eq!(n.status(ms(4)).mode, NodeMode::Stopped);
 }
 
 #[test]
