@@ -21,8 +21,8 @@ use colo_core::disk::GuestIoId;
 use colo_core::failover::{LeaseReply, LeaseRequest};
 use colo_core::ids::{Epoch, PageRange, Role};
 use colo_core::node::{
-    Command, Event, GuestDiskRequest, HaltReason, Input, LinkState, Node, NodeConfig, NodeStatus,
-    OutBulk, Output, PeerBulk, SyncCommand,
+    Command, Event, GUEST_HOLD_FRAMES_PER_NIC, GuestDiskRequest, HaltReason, Input, LinkState,
+    Node, NodeConfig, NodeStatus, OutBulk, Output, PeerBulk, SyncCommand,
 };
 use colo_core::rewrite::Phase as RewritePhase;
 use colo_core::time::{Duration, Instant};
@@ -104,7 +104,8 @@ pub struct SimHost {
     vm: SimVm,
     disk: LayeredDisk,
     guest: Guest,
-    /// Frames for a paused guest, delivered when it resumes.
+    /// Frames for a paused guest, delivered when it resumes (at most
+    /// [`GUEST_HOLD_FRAMES_PER_NIC`]: the simulated guest has one NIC).
     pending: VecDeque<Vec<u8>>,
     /// Local completions due later: (instant, sequence) -> input.
     timers: BTreeMap<(Instant, u64), Input>,
@@ -119,6 +120,9 @@ pub struct SimHost {
     pub disk_writes: u64,
     /// Guest disk writes the node completed with an error.
     pub disk_write_errors: u64,
+    /// Frames for the paused guest pushed out of `pending` by newer ones (the runtime's
+    /// `held_dropped`).
+    pub held_dropped: u64,
 }
 
 impl SimHost {
@@ -153,6 +157,7 @@ impl SimHost {
             halted: false,
             disk_writes: 0,
             disk_write_errors: 0,
+            held_dropped: 0,
         }
     }
 
@@ -403,6 +408,10 @@ impl SimHost {
                     self.guest.handle_frame(now, frame);
                     self.drain_guest(now, hook);
                 } else {
+                    if self.pending.len() >= GUEST_HOLD_FRAMES_PER_NIC {
+                        self.pending.pop_front();
+                        self.held_dropped += 1;
+                    }
                     self.pending.push_back(frame);
                 }
             }
@@ -585,5 +594,83 @@ pub fn host(h: usize) -> crate::swarm::Host {
         crate::swarm::Host::A
     } else {
         crate::swarm::Host::B
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SimRng;
+    use crate::world::{World, WorldSpec};
+    use colo_core::ids::{ClusterId, NicId, NodeId};
+    use colo_core::node::HaltReason;
+
+    struct NoCrash;
+
+    impl CrashHook for NoCrash {
+        fn crash_point(&mut self, _: Instant, _: usize, _: CrashPoint) -> bool {
+            false
+        }
+    }
+
+    /// A primary host whose VM is paused (as created) and whose node never started.
+    fn paused_host() -> SimHost {
+        let guest = World::new(3, &WorldSpec::default()).guest;
+        let disk = LayeredDisk::new(DISK_BYTES, 0, SimRng::new(4));
+        let config = NodeConfig::new(NodeId(1), ClusterId(1));
+        let timing = VmTiming::default();
+        SimHost::new(
+            0,
+            config,
+            Role::Primary,
+            guest,
+            timing,
+            None,
+            disk,
+            Instant::ZERO,
+        )
+    }
+
+    fn to_guest(i: usize) -> Output {
+        Output::ToGuest {
+            nic: NicId(0),
+            frame: vec![i as u8; 60],
+        }
+    }
+
+    #[test]
+    fn frames_for_a_paused_guest_are_held_up_to_the_cores_bound_oldest_out_first() {
+        let mut h = paused_host();
+        let extra = 5;
+        for i in 0..GUEST_HOLD_FRAMES_PER_NIC + extra {
+            h.execute(Instant::ZERO, to_guest(i), &mut NoCrash);
+        }
+        assert_eq!(h.pending.len(), GUEST_HOLD_FRAMES_PER_NIC);
+        assert_eq!(h.held_dropped, extra as u64);
+        assert_eq!(
+            h.pending.front().map(|f| f[0]),
+            Some(extra as u8),
+            "the oldest frames were pushed out"
+        );
+    }
+
+    #[test]
+    fn a_halted_host_drops_what_it_held_and_its_guest_never_runs_again() {
+        let mut h = paused_host();
+        h.execute(Instant::ZERO, to_guest(1), &mut NoCrash);
+        h.execute(
+            Instant::ZERO,
+            Output::Halt(HaltReason::Deposed),
+            &mut NoCrash,
+        );
+        assert!(h.pending.is_empty());
+        assert!(matches!(h.poll_output(), Some(HostOutput::Deposed)));
+        // Even a VM resumed afterwards (a Resume already queued) steps no guest.
+        h.vm.handle_command(Instant::ZERO, VmCommand::Resume, &mut h.guest);
+        h.handle_timeout(Instant::from_millis(10), &mut NoCrash);
+        assert!(h.vm.is_running());
+        assert!(!h.guest_runs());
+        h.execute(Instant::from_millis(10), to_guest(2), &mut NoCrash);
+        assert!(h.pending.is_empty(), "a stopped VM receives nothing");
     }
 }

@@ -37,7 +37,8 @@ pub use canary::NodeCanary;
 pub use config::{NodeConfig, NodeConfigError};
 pub use input::{Command, GuestDiskRequest, Input, LinkState, PeerBulk};
 pub use output::{
-    CommandRefusal, Event, HaltReason, OutBulk, Output, ProtocolViolation, SyncCommand,
+    CommandRefusal, Event, GUEST_HOLD_FRAMES_PER_NIC, HaltReason, OutBulk, Output,
+    ProtocolViolation, SyncCommand,
 };
 pub use status::{NodeMode, NodeStats, NodeStatus};
 

@@ -26,6 +26,12 @@ pub enum Output {
     ToClient(Vec<u8>),
     /// Deliver this frame to the local VM's NIC `nic`. (Frames for clients carry no NIC: the
     /// runtime sends a guest frame out of the tap of the NIC whose MAC is its source.)
+    ///
+    /// Executor duty: a frame is written into the guest only while its VM runs (a checkpoint
+    /// must never see a half-delivered frame); while the VM is paused the executor holds the
+    /// frames of each NIC, in order, at most [`GUEST_HOLD_FRAMES_PER_NIC`] of them (a newer
+    /// frame pushes out the oldest, which is counted, as a full NIC queue would), and delivers
+    /// them when the VM runs again. A halted VM ([`Output::Halt`]) receives nothing.
     ToGuest {
         /// The NIC.
         nic: NicId,
@@ -68,6 +74,10 @@ pub enum Output {
     /// Something to log, count or act on.
     Event(Event),
 }
+
+/// How many frames for one guest NIC an executor holds while the VM is paused
+/// ([`Output::ToGuest`]): the one bound of the real runtime and the simulator.
+pub const GUEST_HOLD_FRAMES_PER_NIC: usize = 256;
 
 /// Why a node halts its VM ([`Output::Halt`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
