@@ -14,7 +14,7 @@
 //! order the node emitted them; a host that crashed inside a step (a crash point said so)
 //! executes nothing more.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use colo_core::checkpoint::{VmCommand, VmCompletion};
 use colo_core::disk::GuestIoId;
@@ -123,6 +123,10 @@ pub struct SimHost {
     /// Frames for the paused guest pushed out of `pending` by newer ones (the runtime's
     /// `held_dropped`).
     pub held_dropped: u64,
+    /// Primary: pages its VM collected since the last completed checkpoint (or the pairing's
+    /// full copy), which every `SendPages` must carry (traced as `PagesOrdered`); the host's
+    /// own account, kept apart from the core's.
+    owed_pages: BTreeSet<u64>,
 }
 
 impl SimHost {
@@ -158,6 +162,7 @@ impl SimHost {
             disk_writes: 0,
             disk_write_errors: 0,
             held_dropped: 0,
+            owed_pages: BTreeSet::new(),
         }
     }
 
@@ -273,6 +278,13 @@ impl SimHost {
                 self.drain_guest(now, hook);
             }
             self.drain_vm_trace();
+            if let VmCompletion::DirtyCollected { ranges, .. } = &done {
+                // The dirty log is read and cleared: these pages are owed until a checkpoint
+                // completes.
+                for r in ranges {
+                    self.owed_pages.extend(r.first..r.end());
+                }
+            }
             self.input(now, Input::VmDone(done), hook);
         }
         if !self.dead && self.node.poll_timeout().is_some_and(|t| t <= now) {
@@ -444,6 +456,16 @@ impl SimHost {
                     };
                     self.out.push_back(HostOutput::Trace(t));
                 }
+                if let VmCommand::SendPages { epoch, ranges } = &cmd {
+                    let carried = |p: &u64| ranges.iter().any(|r| (r.first..r.end()).contains(p));
+                    let missing = self.owed_pages.iter().filter(|p| !carried(p)).count() as u64;
+                    let t = TraceEvent::PagesOrdered {
+                        at: now,
+                        epoch: *epoch,
+                        missing,
+                    };
+                    self.out.push_back(HostOutput::Trace(t));
+                }
                 if matches!(cmd, VmCommand::Pause)
                     && let Some(p) = self.node.primary_checkpointer()
                 {
@@ -469,6 +491,8 @@ impl SimHost {
                 }
             }
             Output::Sync(SyncCommand::SendAll { term }) => {
+                // The full copy carries every page; tracking restarts from it.
+                self.owed_pages.clear();
                 let pages = Message::SyncPages {
                     term,
                     batch: 0,
@@ -565,6 +589,8 @@ impl SimHost {
     fn on_event(&mut self, now: Instant, e: Event) {
         let trace = match e {
             Event::CheckpointDone { epoch, .. } => {
+                // The secondary holds every page collected up to `epoch`.
+                self.owed_pages.clear();
                 Some(TraceEvent::CheckpointDone { at: now, epoch })
             }
             Event::FailedOver { term, .. } => Some(TraceEvent::TermStarted {
