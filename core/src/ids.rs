@@ -97,6 +97,50 @@ impl PageRange {
     pub fn end(&self) -> u64 {
         self.first.saturating_add(self.count)
     }
+
+    /// Adds every run of `other` (in any order; overlaps and empty runs allowed) to `runs`,
+    /// which is sorted by first page and coalesced (no two runs overlap or touch) and stays
+    /// so: one linear merge when `other` is sorted, which every dirty-log harvest is.
+    pub fn union(runs: &mut Vec<PageRange>, other: &[PageRange]) {
+        if !other.is_sorted_by_key(|r| r.first) {
+            let mut sorted = other.to_vec();
+            sorted.sort_unstable();
+            return PageRange::union(runs, &sorted);
+        }
+        if other.is_empty() {
+            return;
+        }
+        let mut out: Vec<PageRange> = Vec::with_capacity(runs.len() + other.len());
+        let (mut i, mut j) = (0, 0);
+        loop {
+            let next = match (runs.get(i), other.get(j)) {
+                (Some(a), Some(b)) if a.first <= b.first => {
+                    i += 1;
+                    *a
+                }
+                (_, Some(b)) => {
+                    j += 1;
+                    *b
+                }
+                (Some(a), None) => {
+                    i += 1;
+                    *a
+                }
+                (None, None) => break,
+            };
+            // `next` starts at or after every run in `out`: extend the last one or append.
+            if next.count == 0 {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if next.first <= last.end() => {
+                    last.count = last.end().max(next.end()) - last.first;
+                }
+                _ => out.push(next),
+            }
+        }
+        *runs = out;
+    }
 }
 
 /// Why a checkpoint was taken. Reported in events and carried on the wire.
@@ -149,5 +193,54 @@ mod tests {
             .end(),
             u64::MAX
         );
+    }
+
+    fn run(first: u64, count: u64) -> PageRange {
+        PageRange { first, count }
+    }
+
+    #[test]
+    fn page_union_merges_overlapping_and_touching_runs_and_drops_empty_ones() {
+        let mut runs = vec![run(0, 2), run(10, 1)];
+        PageRange::union(&mut runs, &[run(2, 1), run(5, 0), run(9, 3), run(20, 1)]);
+        assert_eq!(runs, vec![run(0, 3), run(9, 3), run(20, 1)]);
+        // Unsorted input, one run spanning several.
+        PageRange::union(&mut runs, &[run(30, 1), run(1, 25)]);
+        assert_eq!(runs, vec![run(0, 26), run(30, 1)]);
+        // Nothing added changes nothing.
+        PageRange::union(&mut runs, &[]);
+        assert_eq!(runs, vec![run(0, 26), run(30, 1)]);
+    }
+
+    #[test]
+    fn page_union_is_the_set_union_of_pages() {
+        // Every combination of two small tables against a bit set of their pages.
+        let tables: [&[PageRange]; 5] = [
+            &[],
+            &[run(0, 1)],
+            &[run(1, 2), run(6, 1)],
+            &[run(0, 8)],
+            &[run(3, 1), run(5, 2)],
+        ];
+        for a in tables {
+            for b in tables {
+                let mut runs = Vec::new();
+                PageRange::union(&mut runs, a);
+                PageRange::union(&mut runs, b);
+                let mut expected = [false; 8];
+                for r in a.iter().chain(b) {
+                    (r.first..r.end()).for_each(|p| expected[p as usize] = true);
+                }
+                let mut got = [false; 8];
+                for r in &runs {
+                    (r.first..r.end()).for_each(|p| got[p as usize] = true);
+                }
+                assert_eq!(got, expected, "{a:?} + {b:?}");
+                assert!(
+                    runs.windows(2).all(|w| w[0].end() < w[1].first),
+                    "sorted, disjoint, not touching: {runs:?}"
+                );
+            }
+        }
     }
 }

@@ -151,7 +151,11 @@ fn crash_primary_at(point: CrashPoint, seed: u64) -> Pair {
         p.summary()
     );
     assert_eq!(p.mode(1), NodeMode::Solo);
-    assert!(p.count_events(1, |e| matches!(e, Event::ClaimClientLink { .. })) == 1);
+    assert_eq!(
+        p.hosts[1].claims.len(),
+        1,
+        "the survivor claimed the client link once"
+    );
     match point {
         CrashPoint::DuringTransfer => {
             // atomic_checkpoint: the partial epoch was discarded, never applied.

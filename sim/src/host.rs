@@ -14,15 +14,15 @@
 //! order the node emitted them; a host that crashed inside a step (a crash point said so)
 //! executes nothing more.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use colo_core::checkpoint::{VmCommand, VmCompletion};
 use colo_core::disk::GuestIoId;
 use colo_core::failover::{LeaseReply, LeaseRequest};
 use colo_core::ids::{Epoch, PageRange, Role};
 use colo_core::node::{
-    Command, Event, GuestDiskRequest, Input, LinkState, Node, NodeConfig, NodeStatus, OutBulk,
-    Output, PeerBulk, SyncCommand,
+    Command, Event, GUEST_HOLD_FRAMES_PER_NIC, GuestDiskRequest, HaltReason, Input, LinkState,
+    Node, NodeConfig, NodeStatus, OutBulk, Output, PeerBulk, SyncCommand,
 };
 use colo_core::rewrite::Phase as RewritePhase;
 use colo_core::time::{Duration, Instant};
@@ -104,7 +104,8 @@ pub struct SimHost {
     vm: SimVm,
     disk: LayeredDisk,
     guest: Guest,
-    /// Frames for a paused guest, delivered when it resumes.
+    /// Frames for a paused guest, delivered when it resumes (at most
+    /// [`GUEST_HOLD_FRAMES_PER_NIC`]: the simulated guest has one NIC).
     pending: VecDeque<Vec<u8>>,
     /// Local completions due later: (instant, sequence) -> input.
     timers: BTreeMap<(Instant, u64), Input>,
@@ -112,10 +113,20 @@ pub struct SimHost {
     next_io: u64,
     out: VecDeque<HostOutput>,
     dead: bool,
+    /// The node ordered its VM stopped for good (`Output::Halt`): the guest is never stepped
+    /// again and frames for it are dropped, as the runtime's paused VM and ended loop do.
+    halted: bool,
     /// Guest disk writes handed to the node.
     pub disk_writes: u64,
     /// Guest disk writes the node completed with an error.
     pub disk_write_errors: u64,
+    /// Frames for the paused guest pushed out of `pending` by newer ones (the runtime's
+    /// `held_dropped`).
+    pub held_dropped: u64,
+    /// Primary: pages its VM collected since the last completed checkpoint (or the pairing's
+    /// full copy), which every `SendPages` must carry (traced as `PagesOrdered`); the host's
+    /// own account, kept apart from the core's.
+    owed_pages: BTreeSet<u64>,
 }
 
 impl SimHost {
@@ -147,8 +158,11 @@ impl SimHost {
             next_io: 0,
             out: VecDeque::new(),
             dead: false,
+            halted: false,
             disk_writes: 0,
             disk_write_errors: 0,
+            held_dropped: 0,
+            owed_pages: BTreeSet::new(),
         }
     }
 
@@ -264,13 +278,19 @@ impl SimHost {
                 self.drain_guest(now, hook);
             }
             self.drain_vm_trace();
+            if let VmCompletion::DirtyCollected { ranges, .. } = &done {
+                // The dirty log is read and cleared: these pages are owed until a checkpoint
+                // completes.
+                for r in ranges {
+                    self.owed_pages.extend(r.first..r.end());
+                }
+            }
             self.input(now, Input::VmDone(done), hook);
         }
         if !self.dead && self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.input(now, Input::Timeout, hook);
         }
-        if !self.dead && self.vm.is_running() && self.guest.poll_timeout().is_some_and(|t| t <= now)
-        {
+        if !self.dead && self.guest_runs() && self.guest.poll_timeout().is_some_and(|t| t <= now) {
             self.guest.handle_timeout(now);
             self.drain_guest(now, hook);
         }
@@ -281,7 +301,7 @@ impl SimHost {
         if self.dead {
             return None;
         }
-        let guest = if self.vm.is_running() {
+        let guest = if self.guest_runs() {
             self.guest.poll_timeout()
         } else {
             None
@@ -300,6 +320,11 @@ impl SimHost {
     /// The next output.
     pub fn poll_output(&mut self) -> Option<HostOutput> {
         self.out.pop_front()
+    }
+
+    /// Whether the world steps the guest: its VM runs and the node never halted it.
+    fn guest_runs(&self) -> bool {
+        !self.halted && self.vm.is_running()
     }
 
     fn later(&mut self, at: Instant, input: Input) {
@@ -389,10 +414,16 @@ impl SimHost {
                 self.out.push_back(HostOutput::Release(frame, Box::new(st)));
             }
             Output::ToGuest { frame, .. } => {
-                if self.vm.is_running() {
+                if self.halted {
+                    // A stopped VM receives nothing.
+                } else if self.vm.is_running() {
                     self.guest.handle_frame(now, frame);
                     self.drain_guest(now, hook);
                 } else {
+                    if self.pending.len() >= GUEST_HOLD_FRAMES_PER_NIC {
+                        self.pending.pop_front();
+                        self.held_dropped += 1;
+                    }
                     self.pending.push_back(frame);
                 }
             }
@@ -425,6 +456,16 @@ impl SimHost {
                     };
                     self.out.push_back(HostOutput::Trace(t));
                 }
+                if let VmCommand::SendPages { epoch, ranges } = &cmd {
+                    let carried = |p: &u64| ranges.iter().any(|r| (r.first..r.end()).contains(p));
+                    let missing = self.owed_pages.iter().filter(|p| !carried(p)).count() as u64;
+                    let t = TraceEvent::PagesOrdered {
+                        at: now,
+                        epoch: *epoch,
+                        missing,
+                    };
+                    self.out.push_back(HostOutput::Trace(t));
+                }
                 if matches!(cmd, VmCommand::Pause)
                     && let Some(p) = self.node.primary_checkpointer()
                 {
@@ -450,6 +491,8 @@ impl SimHost {
                 }
             }
             Output::Sync(SyncCommand::SendAll { term }) => {
+                // The full copy carries every page; tracking restarts from it.
+                self.owed_pages.clear();
                 let pages = Message::SyncPages {
                     term,
                     batch: 0,
@@ -475,6 +518,14 @@ impl SimHost {
                 self.later(now + Duration::from_millis(5), sent);
             }
             Output::Arbiter(req) => self.out.push_back(HostOutput::ToArbiter(req)),
+            Output::ClaimClientLink { .. } => self.out.push_back(HostOutput::ClaimLink),
+            Output::Halt(reason) => {
+                self.halted = true;
+                self.pending.clear();
+                if reason == HaltReason::Deposed {
+                    self.out.push_back(HostOutput::Deposed);
+                }
+            }
             Output::Event(e) => self.on_event(now, e),
         }
     }
@@ -538,6 +589,8 @@ impl SimHost {
     fn on_event(&mut self, now: Instant, e: Event) {
         let trace = match e {
             Event::CheckpointDone { epoch, .. } => {
+                // The secondary holds every page collected up to `epoch`.
+                self.owed_pages.clear();
                 Some(TraceEvent::CheckpointDone { at: now, epoch })
             }
             Event::FailedOver { term, .. } => Some(TraceEvent::TermStarted {
@@ -553,14 +606,6 @@ impl SimHost {
                     epoch,
                 })
             }
-            Event::Deposed { .. } => {
-                self.out.push_back(HostOutput::Deposed);
-                None
-            }
-            Event::ClaimClientLink { .. } => {
-                self.out.push_back(HostOutput::ClaimLink);
-                None
-            }
             _ => None,
         };
         if let Some(t) = trace {
@@ -575,5 +620,83 @@ pub fn host(h: usize) -> crate::swarm::Host {
         crate::swarm::Host::A
     } else {
         crate::swarm::Host::B
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SimRng;
+    use crate::world::{World, WorldSpec};
+    use colo_core::ids::{ClusterId, NicId, NodeId};
+    use colo_core::node::HaltReason;
+
+    struct NoCrash;
+
+    impl CrashHook for NoCrash {
+        fn crash_point(&mut self, _: Instant, _: usize, _: CrashPoint) -> bool {
+            false
+        }
+    }
+
+    /// A primary host whose VM is paused (as created) and whose node never started.
+    fn paused_host() -> SimHost {
+        let guest = World::new(3, &WorldSpec::default()).guest;
+        let disk = LayeredDisk::new(DISK_BYTES, 0, SimRng::new(4));
+        let config = NodeConfig::new(NodeId(1), ClusterId(1));
+        let timing = VmTiming::default();
+        SimHost::new(
+            0,
+            config,
+            Role::Primary,
+            guest,
+            timing,
+            None,
+            disk,
+            Instant::ZERO,
+        )
+    }
+
+    fn to_guest(i: usize) -> Output {
+        Output::ToGuest {
+            nic: NicId(0),
+            frame: vec![i as u8; 60],
+        }
+    }
+
+    #[test]
+    fn frames_for_a_paused_guest_are_held_up_to_the_cores_bound_oldest_out_first() {
+        let mut h = paused_host();
+        let extra = 5;
+        for i in 0..GUEST_HOLD_FRAMES_PER_NIC + extra {
+            h.execute(Instant::ZERO, to_guest(i), &mut NoCrash);
+        }
+        assert_eq!(h.pending.len(), GUEST_HOLD_FRAMES_PER_NIC);
+        assert_eq!(h.held_dropped, extra as u64);
+        assert_eq!(
+            h.pending.front().map(|f| f[0]),
+            Some(extra as u8),
+            "the oldest frames were pushed out"
+        );
+    }
+
+    #[test]
+    fn a_halted_host_drops_what_it_held_and_its_guest_never_runs_again() {
+        let mut h = paused_host();
+        h.execute(Instant::ZERO, to_guest(1), &mut NoCrash);
+        h.execute(
+            Instant::ZERO,
+            Output::Halt(HaltReason::Deposed),
+            &mut NoCrash,
+        );
+        assert!(h.pending.is_empty());
+        assert!(matches!(h.poll_output(), Some(HostOutput::Deposed)));
+        // Even a VM resumed afterwards (a Resume already queued) steps no guest.
+        h.vm.handle_command(Instant::ZERO, VmCommand::Resume, &mut h.guest);
+        h.handle_timeout(Instant::from_millis(10), &mut NoCrash);
+        assert!(h.vm.is_running());
+        assert!(!h.guest_runs());
+        h.execute(Instant::from_millis(10), to_guest(2), &mut NoCrash);
+        assert!(h.pending.is_empty(), "a stopped VM receives nothing");
     }
 }

@@ -248,6 +248,17 @@ pub enum TraceEvent {
         /// Connections still translated with another offset (or none yet).
         skewed: u64,
     },
+    /// The primary ordered `epoch`'s pages (`VmCommand::SendPages`); `missing` pages that its
+    /// VM collected since the last completed checkpoint (or the pairing's full copy) are not
+    /// among them, so the SVM would never receive them (the dirty log forgot them already).
+    PagesOrdered {
+        /// When.
+        at: Instant,
+        /// The checkpoint.
+        epoch: Epoch,
+        /// Owed pages left out.
+        missing: u64,
+    },
     /// The PVM paused for `epoch`: its state at that instant.
     Paused {
         /// When.
@@ -368,6 +379,7 @@ impl TraceEvent {
             | TraceEvent::SvmControl { at, .. }
             | TraceEvent::PvmControl { at, .. }
             | TraceEvent::Translation { at, .. }
+            | TraceEvent::PagesOrdered { at, .. }
             | TraceEvent::Paused { at, .. }
             | TraceEvent::Received { at, .. }
             | TraceEvent::Applied { at, .. }

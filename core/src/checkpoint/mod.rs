@@ -94,7 +94,9 @@ pub enum VmCommand {
         /// The checkpoint.
         epoch: Epoch,
     },
-    /// Primary: stream these pages to the secondary as `PageBatch` frames of `epoch`.
+    /// Primary: stream these pages to the secondary as `PageBatch` frames of `epoch`. The
+    /// ranges are every page collected since the last completed checkpoint (the fresh harvest
+    /// and what aborted attempts collected): send exactly these, keep nothing back.
     SendPages {
         /// The checkpoint.
         epoch: Epoch,
@@ -130,7 +132,8 @@ pub enum VmCompletion {
     DirtyCollected {
         /// The checkpoint.
         epoch: Epoch,
-        /// Pages dirtied since the last collection.
+        /// Pages dirtied since the last collection (this harvest only: the primary
+        /// checkpointer adds the pages of aborted attempts itself).
         ranges: Vec<PageRange>,
     },
     /// `SendPages` done.

@@ -7,6 +7,13 @@
 //! it: the PVM produces no output between its pause and its resume, and output produced before
 //! the pause is covered by the checkpoint in progress.
 //!
+//! Carried-over pages: a collection reads and clears the dirty log, so the pages collected for
+//! an attempt that then aborts are dirty nowhere but here. The checkpointer keeps the union of
+//! every range collected since the last completed checkpoint (`unconfirmed`) and orders
+//! [`VmCommand::SendPages`] with all of it, so a retry carries what the aborted attempts
+//! collected; a completed checkpoint (`CheckpointDone`) forgets them. The runtime sends exactly
+//! the ranges ordered.
+//!
 //! ```text
 //! Idle --interval / trigger--> Requested(e)            [send CheckpointRequest(e)]
 //! Requested --Ready(e)--> Pausing(e)                   [vm Pause]
@@ -24,7 +31,7 @@ use super::{
     CheckpointConfig, CheckpointConfigError, CheckpointEvent, CheckpointOutput, CheckpointStats,
     Outbox, StuckPhase, VmCommand, VmCompletion, advance,
 };
-use crate::ids::{CheckpointReason, Epoch};
+use crate::ids::{CheckpointReason, Epoch, PageRange};
 use crate::time::{Duration, Instant};
 use crate::wire::message::{AbortReason, Message, MessageKind};
 
@@ -77,6 +84,9 @@ pub struct PrimaryCheckpointer {
     /// When the PVM pause was ordered, while it is paused (or pausing).
     paused_at: Option<Instant>,
     dirty_collected: bool,
+    /// Every range collected since the last completed checkpoint, sorted and coalesced (see
+    /// the module doc, "Carried-over pages").
+    unconfirmed: Vec<PageRange>,
     pages_sent: Option<(u32, u64, u64)>,
     device_sent: Option<u64>,
     after_resume: AfterResume,
@@ -107,6 +117,7 @@ impl PrimaryCheckpointer {
             since: now,
             paused_at: None,
             dirty_collected: false,
+            unconfirmed: Vec::new(),
             pages_sent: None,
             device_sent: None,
             after_resume: AfterResume::Done,
@@ -140,6 +151,12 @@ impl PrimaryCheckpointer {
     /// The configuration in force.
     pub fn config(&self) -> &CheckpointConfig {
         &self.config
+    }
+
+    /// The pages collected since the last completed checkpoint, which the next
+    /// [`VmCommand::SendPages`] carries (sorted, coalesced).
+    pub fn unconfirmed_pages(&self) -> &[PageRange] {
+        &self.unconfirmed
     }
 
     /// Ask for a checkpoint (comparator: miscompare, compare timeout, queue or table full;
@@ -256,8 +273,13 @@ impl PrimaryCheckpointer {
             (PrimaryPhase::Transferring, VmCompletion::DirtyCollected { epoch, ranges })
                 if epoch == e && !self.dirty_collected =>
             {
+                // The fresh harvest joins what aborted attempts collected; all of it goes.
                 self.dirty_collected = true;
-                self.out.vm(VmCommand::SendPages { epoch: e, ranges });
+                PageRange::union(&mut self.unconfirmed, &ranges);
+                self.out.vm(VmCommand::SendPages {
+                    epoch: e,
+                    ranges: self.unconfirmed.clone(),
+                });
             }
             (
                 PrimaryPhase::Transferring,
@@ -299,7 +321,7 @@ impl PrimaryCheckpointer {
     /// The peer link came back after a drop while paired. Frames of the epoch in flight may
     /// have been lost with the old connection (a request, pages, `Ready`, `Received`): an
     /// attempt not yet received is abandoned and retried on the new link, its pages carried
-    /// into the retry by the runtime (it keeps every range not yet confirmed). After
+    /// into the retry (they stay in [`PrimaryCheckpointer::unconfirmed_pages`]). After
     /// `Received` nothing is abandoned: the secondary applies the epoch and says `Loaded`
     /// again on the new link (`SecondaryCheckpointer::handle_link_reset`).
     pub fn handle_link_reset(&mut self, now: Instant) {
@@ -434,6 +456,8 @@ impl PrimaryCheckpointer {
                     pages,
                     bytes,
                 });
+                // The secondary holds every collected page now.
+                self.unconfirmed.clear();
                 self.done = self.epoch;
                 self.epoch = self.epoch.next();
                 let next_at = now + self.config.checkpoint_interval;

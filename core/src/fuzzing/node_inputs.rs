@@ -140,7 +140,10 @@ impl World {
                         eprintln!("{:?} host {h}: {e:?}", self.now);
                     }
                 }
-                Output::ToGuest { .. } | Output::GuestDiskDone { .. } => {}
+                Output::ToGuest { .. }
+                | Output::GuestDiskDone { .. }
+                | Output::ClaimClientLink { .. }
+                | Output::Halt(_) => {}
             }
         }
     }

@@ -36,7 +36,10 @@ mod tests;
 pub use canary::NodeCanary;
 pub use config::{NodeConfig, NodeConfigError};
 pub use input::{Command, GuestDiskRequest, Input, LinkState, PeerBulk};
-pub use output::{Event, OutBulk, Output, ProtocolViolation, SyncCommand};
+pub use output::{
+    CommandRefusal, Event, GUEST_HOLD_FRAMES_PER_NIC, HaltReason, OutBulk, Output,
+    ProtocolViolation, SyncCommand,
+};
 pub use status::{NodeMode, NodeStats, NodeStatus};
 
 use crate::checkpoint::{PrimaryCheckpointer, SecondaryCheckpointer};
@@ -98,6 +101,10 @@ enum Side {
 /// 4. Arm one timer at [`poll_timeout`](Node::poll_timeout) and hand in [`Input::Timeout`] when
 ///    it fires; an early or spurious timeout does nothing. Whenever some phase waits on time
 ///    (a checkpoint step, a lease, a heartbeat, a handshake) `poll_timeout` is `Some`.
+/// 5. An [`Input::Command`] the node refuses is answered, in the outputs of that `handle`, by
+///    [`Event::CommandRefused`] with its [`CommandRefusal`] and changes nothing; one without
+///    it was taken. The runtime answers its operator from that, and checks no precondition of
+///    its own.
 ///
 /// # Peer frames and bulk
 /// The runtime owns the peer socket and runs [`crate::wire::FrameDecoder`] on it (a decoding
@@ -111,7 +118,10 @@ enum Side {
 /// device state are streamed by the runtime on
 /// [`VmCommand::SendPages`](crate::checkpoint::VmCommand::SendPages) and
 /// [`VmCommand::SaveDeviceState`](crate::checkpoint::VmCommand::SaveDeviceState), the
-/// re-protection copy on [`SyncCommand::SendAll`].
+/// re-protection copy on [`SyncCommand::SendAll`]. The runtime sends exactly the ranges a
+/// `SendPages` names and keeps no page bookkeeping of its own: `CollectDirty` reports only
+/// the harvest (read and clear), and the node adds the pages collected by attempts that
+/// aborted since the last completed checkpoint.
 ///
 /// # Lifecycle
 /// Both VMs are created paused. [`Command::Start`] on both nodes: the secondary sends `Hello`,
@@ -126,13 +136,14 @@ enum Side {
 /// write, or on [`Command::Failover`], the node takes over in a new term and releases output
 /// alone only while it holds that term's arbiter lease ([`Output::Arbiter`] /
 /// [`Input::Arbiter`]); a former secondary also claims the client link
-/// ([`Event::ClaimClientLink`]). A secondary
+/// ([`Output::ClaimClientLink`]). A secondary
 /// takes over only once it applied a checkpoint of its pairing (before that its VM is no
 /// copy); a primary whose secondary never came may be run solo with [`Command::Failover`]. A
 /// solo node re-protects with a new secondary after [`Command::Reprotect`] and the newcomer's
 /// `Hello`, through the same copy as the start. A deposed node ([`Event::Deposed`]) never
-/// releases again; the runtime stops its VM. A node whose own VM leaves a checkpoint step
-/// stuck says goodbye and stops ([`Event::Stopped`]), so that its peer takes over.
+/// releases again and orders [`Output::Halt`]; a node whose own VM leaves a checkpoint step
+/// stuck says goodbye, stops ([`Event::Stopped`]) and orders [`Output::Halt`] too, so that its
+/// peer takes over. The runtime acts on outputs only: events are for logs and metrics.
 ///
 /// # Example: two nodes in one process
 /// ```
@@ -403,27 +414,48 @@ impl Node {
         }
     }
 
+    /// Runs an operator command; a refused one changes nothing and is answered with
+    /// [`Event::CommandRefused`] (and counted: `commands_ignored`, or `takeovers_refused` for
+    /// a failover the node cannot serve).
     fn on_command(&mut self, now: Instant, command: Command) {
-        match command {
-            Command::Start => self.on_start(now),
+        let refused = match command {
+            Command::Start => self.on_start(now).err(),
             Command::ForceCheckpoint => {
-                if let Side::Primary(p) = &mut self.side {
-                    p.force_checkpoint(now);
+                let paired = self.status(now).mode == NodeMode::Paired;
+                match &mut self.side {
+                    Side::Primary(p) if paired => {
+                        p.force_checkpoint(now);
+                        None
+                    }
+                    _ => Some(CommandRefusal::NotPaired),
+                }
+            }
+            Command::SetCheckpointInterval(interval) => match &mut self.side {
+                Side::Secondary(_) => Some(CommandRefusal::NotPrimary),
+                Side::Primary(p) => {
+                    (!p.set_interval(now, interval)).then_some(CommandRefusal::ZeroInterval)
+                }
+            },
+            Command::Failover => {
+                let mode = self.status(now).mode;
+                if !matches!(
+                    mode,
+                    NodeMode::Paired | NodeMode::Connecting | NodeMode::Syncing
+                ) {
+                    Some(CommandRefusal::NoPeerToLeave)
+                } else if self.try_failover(now, FailoverReason::Requested) {
+                    None
                 } else {
-                    self.stats.commands_ignored += 1;
+                    // Counted in `takeovers_refused` by `try_failover`.
+                    let why = CommandRefusal::NoCopyYet;
+                    return self.event(Event::CommandRefused { command, why });
                 }
             }
-            Command::SetCheckpointInterval(interval) => {
-                let taken = match &mut self.side {
-                    Side::Primary(p) => p.set_interval(now, interval),
-                    Side::Secondary(_) => false,
-                };
-                if !taken {
-                    self.stats.commands_ignored += 1;
-                }
+            Command::Reprotect if self.status(now).mode == NodeMode::Solo => {
+                self.on_reprotect_command();
+                None
             }
-            Command::Failover => self.trigger_failover(now, FailoverReason::Requested),
-            Command::Reprotect => self.on_reprotect_command(),
+            Command::Reprotect => Some(CommandRefusal::NotSolo),
             Command::Shutdown => {
                 let term = self.failover.term();
                 if self.phase != Phase::Idle {
@@ -434,7 +466,13 @@ impl Node {
                 }
                 self.phase = Phase::Stopped;
                 self.event(Event::Stopped);
+                self.out.push_back(Output::Halt(HaltReason::Stopped));
+                None
             }
+        };
+        if let Some(why) = refused {
+            self.stats.commands_ignored += 1;
+            self.event(Event::CommandRefused { command, why });
         }
     }
 

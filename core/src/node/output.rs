@@ -15,6 +15,9 @@ use crate::ids::{CheckpointReason, Epoch, NicId, NodeId, Role, Term};
 use crate::packet::FlowKey;
 use crate::time::Duration;
 use crate::wire::{AbortReason, HelloRejectReason, Message, MessageKind};
+use core::fmt;
+
+use super::Command;
 
 /// One thing for the runtime to do, from [`Node::poll_output`](super::Node::poll_output).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +26,12 @@ pub enum Output {
     ToClient(Vec<u8>),
     /// Deliver this frame to the local VM's NIC `nic`. (Frames for clients carry no NIC: the
     /// runtime sends a guest frame out of the tap of the NIC whose MAC is its source.)
+    ///
+    /// Executor duty: a frame is written into the guest only while its VM runs (a checkpoint
+    /// must never see a half-delivered frame); while the VM is paused the executor holds the
+    /// frames of each NIC, in order, at most [`GUEST_HOLD_FRAMES_PER_NIC`] of them (a newer
+    /// frame pushes out the oldest, which is counted, as a full NIC queue would), and delivers
+    /// them when the VM runs again. A halted VM ([`Output::Halt`]) receives nothing.
     ToGuest {
         /// The NIC.
         nic: NicId,
@@ -52,8 +61,69 @@ pub enum Output {
     /// Send this lease request to the arbiter; report with
     /// [`Input::Arbiter`](super::Input::Arbiter).
     Arbiter(LeaseRequest),
+    /// This former secondary now owns the client link in `term`: announce it (gratuitous ARP /
+    /// unsolicited neighbour advertisement for the VM's addresses, RARP of its MACs), so that
+    /// client frames come here. Emitted once per takeover, right after [`Event::FailedOver`].
+    ClaimClientLink {
+        /// The term.
+        term: Term,
+    },
+    /// Stop the VM for good and end the node's service: it orders nothing more. The event that
+    /// says why ([`Event::Deposed`] or [`Event::Stopped`]) comes just before, for the log.
+    Halt(HaltReason),
     /// Something to log, count or act on.
     Event(Event),
+}
+
+/// How many frames for one guest NIC an executor holds while the VM is paused
+/// ([`Output::ToGuest`]): the one bound of the real runtime and the simulator.
+pub const GUEST_HOLD_FRAMES_PER_NIC: usize = 256;
+
+/// Why a node halts its VM ([`Output::Halt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaltReason {
+    /// The other node holds the current term: this node never releases again (fencing).
+    Deposed,
+    /// The node stopped: [`Command::Shutdown`](super::Command::Shutdown), or its own VM left a
+    /// checkpoint step stuck and it said goodbye so that its peer takes over.
+    Stopped,
+}
+
+/// Why the node refused a command ([`Event::CommandRefused`]). The `Display` text is written
+/// for an operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandRefusal {
+    /// `Start` on a node that started already.
+    AlreadyStarted,
+    /// `ForceCheckpoint` on a secondary, or on a primary that is not paired.
+    NotPaired,
+    /// `SetCheckpointInterval` on a secondary: the interval is the primary's.
+    NotPrimary,
+    /// `SetCheckpointInterval` of zero (it would checkpoint continuously).
+    ZeroInterval,
+    /// `Failover` on a node that depends on no peer (solo, taking over, deposed, idle).
+    NoPeerToLeave,
+    /// `Failover` on a node that cannot serve alone: it never started, or (a secondary) its VM
+    /// is no copy of the primary's yet (no checkpoint of this pairing applied).
+    NoCopyYet,
+    /// `Reprotect` on a node that is not running solo.
+    NotSolo,
+}
+
+impl fmt::Display for CommandRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CommandRefusal::AlreadyStarted => "the node started already",
+            CommandRefusal::NotPaired => "a checkpoint needs a paired primary",
+            CommandRefusal::NotPrimary => "the checkpoint interval is the primary's",
+            CommandRefusal::ZeroInterval => "a zero checkpoint interval is refused",
+            CommandRefusal::NoPeerToLeave => "failover needs a node that depends on a peer",
+            CommandRefusal::NoCopyYet => {
+                "the node cannot serve alone: its VM is no copy of the primary's yet, or it never started"
+            }
+            CommandRefusal::NotSolo => "re-protection needs a node running solo",
+        })
+    }
 }
 
 /// The bulk payload of an outbound peer message.
@@ -196,12 +266,6 @@ pub enum Event {
         /// Why.
         reason: FailoverReason,
     },
-    /// A former secondary now owns the client link: announce it (gratuitous ARP / unsolicited
-    /// neighbour advertisement for the VM's addresses), then client frames come here.
-    ClaimClientLink {
-        /// The term.
-        term: Term,
-    },
     /// The takeover is complete: this node runs solo in `term` and releases output.
     FailedOver {
         /// The term.
@@ -226,8 +290,8 @@ pub enum Event {
         /// Frames held.
         held: u64,
     },
-    /// The other node holds the current term: this node never releases again (fencing). Its
-    /// VM must be stopped and re-protected from the holder.
+    /// The other node holds the current term: this node never releases again (fencing). An
+    /// [`Output::Halt`] follows; the VM is to be re-protected from the holder.
     Deposed {
         /// This node's term.
         term: Term,
@@ -277,6 +341,16 @@ pub enum Event {
         /// The term.
         term: Term,
     },
-    /// The node stopped ([`Command::Shutdown`](super::Command::Shutdown)).
+    /// The node stopped ([`Command::Shutdown`](super::Command::Shutdown), or its own VM stuck
+    /// while paired); an [`Output::Halt`] follows.
     Stopped,
+    /// An [`Input::Command`](super::Input::Command) was refused; nothing changed. A command
+    /// that is not refused was taken: this event is the whole answer to "did the node take
+    /// it?" (an operator interface replies from it, the simulator counts it).
+    CommandRefused {
+        /// The command.
+        command: Command,
+        /// Why.
+        why: CommandRefusal,
+    },
 }

@@ -7,7 +7,7 @@
 //! an [`Event::ProtocolError`]; a message of an older term, or a replication message after a
 //! takeover, is counted as stale and ignored; a newer term deposes this node (fencing).
 
-use super::{Event, Node, PeerBulk, Phase, ProtocolViolation, Side};
+use super::{CommandRefusal, Event, Node, PeerBulk, Phase, ProtocolViolation, Side};
 use crate::failover::{Failover, FailoverReason, Mode};
 use crate::ids::Role;
 use crate::time::Instant;
@@ -217,16 +217,17 @@ impl Node {
         }
     }
 
-    pub(super) fn on_start(&mut self, now: Instant) {
+    /// `Command::Start`; refused (the caller counts and reports it) unless the node is idle.
+    pub(super) fn on_start(&mut self, now: Instant) -> Result<(), CommandRefusal> {
         if self.phase != Phase::Idle {
-            self.stats.commands_ignored += 1;
-            return;
+            return Err(CommandRefusal::AlreadyStarted);
         }
         // Idle --Start--> Connecting
         self.phase = Phase::Connecting;
         if !self.is_primary_side() {
             self.send_hello(now);
         }
+        Ok(())
     }
 
     pub(super) fn send_hello(&mut self, now: Instant) {

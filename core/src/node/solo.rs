@@ -15,7 +15,7 @@
 //! guest is paused), and a deposed node discards what it held, counted, because releasing it
 //! would make a second writer in the term.
 
-use super::{Event, Node, Output, Phase, Side};
+use super::{Event, HaltReason, Node, Output, Phase, Side};
 use crate::checkpoint::VmCommand;
 use crate::checkpoint::VmCompletion;
 use crate::failover::{FailoverEvent, FailoverReason, Mode};
@@ -65,6 +65,12 @@ impl Hold {
 impl Node {
     /// Stop depending on the peer for `reason`, if this node can serve alone.
     pub(super) fn trigger_failover(&mut self, now: Instant, reason: FailoverReason) {
+        self.try_failover(now, reason);
+    }
+
+    /// [`Node::trigger_failover`], returning whether this node can serve alone (a refusal is
+    /// counted in `takeovers_refused`).
+    pub(super) fn try_failover(&mut self, now: Instant, reason: FailoverReason) -> bool {
         if self.phase == Phase::Connecting && self.is_primary_side() && self.peer.is_none() {
             // A primary whose secondary never came: an operator may run it unprotected (solo
             // under the lease) and re-protect it later. Connecting --Failover--> Running
@@ -74,9 +80,10 @@ impl Node {
             // Before the pairing's first checkpoint a secondary's VM is no copy of anything,
             // and a node that never started has nothing to take over with.
             self.stats.takeovers_refused += 1;
-            return;
+            return false;
         }
         self.failover.handle_trigger(now, reason);
+        true
     }
 
     /// A checkpoint step waited on this node's own VM past its deadline while paired: leave the
@@ -95,6 +102,7 @@ impl Node {
         self.phase = Phase::Stopped;
         self.hold.frames.clear();
         self.event(Event::Stopped);
+        self.out.push_back(Output::Halt(HaltReason::Stopped));
     }
 
     /// Drains the failover machine's events and lease requests.
@@ -136,6 +144,7 @@ impl Node {
                         current_term,
                         discarded,
                     });
+                    self.out.push_back(Output::Halt(HaltReason::Deposed));
                 }
                 // The node reports its own `Reprotected` with the epoch (reprotect.rs).
                 FailoverEvent::Reprotected { .. } => {}
@@ -165,7 +174,7 @@ impl Node {
         match &mut self.side {
             Side::Primary(p) => p.comparator.release_all(now),
             Side::Secondary(_) => {
-                self.event(Event::ClaimClientLink { term });
+                self.out.push_back(Output::ClaimClientLink { term });
                 self.resend_unacknowledged(now);
             }
         }

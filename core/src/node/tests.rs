@@ -6,6 +6,8 @@ use crate::ids::{ClusterId, NicId, Term};
 use crate::time::Duration;
 use crate::wire::{HelloRejectReason, PROTOCOL_VERSION};
 
+mod commands;
+
 fn ms(n: u64) -> Instant {
     Instant::from_millis(n)
 }
@@ -318,6 +320,10 @@ fn a_knocking_newcomer_is_not_deposed_by_a_newer_term_and_joins_it() {
             .any(|e| matches!(e, Event::Deposed { .. })),
         "{outs:?}"
     );
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::Halt(_))),
+        "{outs:?}"
+    );
     assert_eq!(n.status(ms(1)).mode, NodeMode::Connecting);
     n.handle(
         ms(2),
@@ -364,13 +370,22 @@ fn older_term_message_is_stale_and_newer_term_deposes() {
         },
     );
     let outs = drain(&mut n);
-    assert!(events(&outs).iter().any(|e| matches!(
-        e,
-        Event::Deposed {
-            holder: Some(NodeId(2)),
-            ..
-        }
-    )));
+    let deposed = outs.iter().position(|o| {
+        matches!(
+            o,
+            Output::Event(Event::Deposed {
+                holder: Some(NodeId(2)),
+                ..
+            })
+        )
+    });
+    let halt = outs
+        .iter()
+        .position(|o| *o == Output::Halt(HaltReason::Deposed));
+    assert!(
+        matches!((deposed, halt), (Some(d), Some(h)) if d < h),
+        "the event, then the order to stop the VM: {outs:?}"
+    );
     assert_eq!(n.status(ms(4)).mode, NodeMode::Deposed);
     // A deposed node delivers nothing to its guest and releases nothing.
     n.handle(
@@ -517,30 +532,6 @@ fn a_new_term_is_announced_to_the_peer_only_once_the_arbiter_granted_it() {
 }
 
 #[test]
-fn shutdown_says_goodbye_and_stops() {
-    let mut n = replicating_primary();
-    n.handle(ms(3), Input::Command(Command::Shutdown));
-    let outs = drain(&mut n);
-    assert!(outs.iter().any(|o| matches!(
-        o,
-        Output::ToPeer {
-            message: Message::Goodbye { .. },
-            ..
-        }
-    )));
-    assert_eq!(n.poll_timeout(), None);
-    n.handle(
-        ms(4),
-        Input::ClientFrame {
-            nic: NicId(0),
-            frame: vec![0; 60],
-        },
-    );
-    assert!(drain(&mut n).is_empty());
-    assert_eq!(n.status(ms(4)).mode, NodeMode::Stopped);
-}
-
-#[test]
 fn zero_checkpoint_interval_is_refused_and_later_pairings_still_work() {
     // Found by the node_inputs fuzzer: a zero interval stored by the node broke the
     // checkpointer of the next pairing.
@@ -668,6 +659,7 @@ fn secondary_whose_own_vm_is_stuck_says_goodbye_and_stops() {
     let mut t = ms(3);
     let deadline = ms(3) + n.config.checkpoint.checkpoint_phase_timeout;
     let mut goodbye = false;
+    let mut halted = 0;
     while t <= deadline + Duration::from_millis(1) {
         t += Duration::from_millis(50);
         n.handle(
@@ -679,7 +671,8 @@ fn secondary_whose_own_vm_is_stuck_says_goodbye_and_stops() {
             }),
         );
         n.handle(t, Input::Timeout);
-        goodbye |= drain(&mut n).iter().any(|o| {
+        let outs = drain(&mut n);
+        goodbye |= outs.iter().any(|o| {
             matches!(
                 o,
                 Output::ToPeer {
@@ -688,8 +681,13 @@ fn secondary_whose_own_vm_is_stuck_says_goodbye_and_stops() {
                 }
             )
         });
+        halted += outs
+            .iter()
+            .filter(|o| **o == Output::Halt(HaltReason::Stopped))
+            .count();
     }
     assert!(goodbye, "the stuck node leaves the pair in order");
+    assert_eq!(halted, 1, "and orders its VM stopped, once");
     assert_eq!(n.status(t).mode, NodeMode::Stopped);
     assert_eq!(
         n.stats().takeovers_refused,

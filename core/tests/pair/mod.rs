@@ -26,8 +26,8 @@ use colo_core::ids::{ClusterId, Epoch, NicId, NodeId, PageRange, Role, Term};
 const CLIENT_NIC: NicId = NicId(1);
 use colo_core::node::Node;
 use colo_core::node::{
-    Command, Event, GuestDiskRequest, Input, NodeConfig, NodeMode, OutBulk, Output, PeerBulk,
-    SyncCommand,
+    Command, Event, GuestDiskRequest, HaltReason, Input, NodeConfig, NodeMode, OutBulk, Output,
+    PeerBulk, SyncCommand,
 };
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::{Message, PAGE_SIZE};
@@ -130,6 +130,10 @@ pub struct Host {
     /// Guest writes not yet completed, and those completed.
     pub writes_pending: BTreeSet<u64>,
     pub writes_done: u64,
+    /// The terms in which this node claimed the client link (`Output::ClaimClientLink`).
+    pub claims: Vec<Term>,
+    /// Why the node halted its VM (`Output::Halt`), once it did.
+    pub halted: Option<HaltReason>,
 }
 
 /// A release, as the client network saw it.
@@ -448,11 +452,20 @@ impl Pair {
                     self.schedule(at, Action::ArbiterReceive(h, req));
                 }
             }
+            Output::ClaimClientLink { term } => {
+                self.client_target = h;
+                self.hosts[h].claims.push(term);
+            }
+            Output::Halt(reason) => {
+                assert!(
+                    self.hosts[h].halted.is_none(),
+                    "host {h} halted twice ({reason:?})"
+                );
+                self.hosts[h].halted = Some(reason);
+            }
             Output::Event(e) => {
-                match &e {
-                    Event::ClaimClientLink { .. } => self.client_target = h,
-                    Event::CheckpointApplied { .. } => self.applied[h] += 1,
-                    _ => {}
+                if let Event::CheckpointApplied { .. } = &e {
+                    self.applied[h] += 1;
                 }
                 self.hosts[h].events.push(e);
             }
@@ -862,6 +875,8 @@ impl Host {
             next_io: 1,
             writes_pending: BTreeSet::new(),
             writes_done: 0,
+            claims: Vec::new(),
+            halted: None,
         }
     }
 }

@@ -133,37 +133,10 @@ impl DirtyPages {
     }
 
     /// Adds every run of `other` (in any order; overlaps allowed) in one linear merge when
-    /// `other` is sorted by first page, which every table and harvest is.
+    /// `other` is sorted by first page, which every table and harvest is (the core's
+    /// [`PageRange::union`], the same arithmetic the primary checkpointer carries pages with).
     pub fn union(&mut self, other: &[PageRange]) {
-        if !other.is_sorted_by_key(|r| r.first) {
-            let mut sorted = other.to_vec();
-            sorted.sort_unstable();
-            return self.union(&sorted);
-        }
-        if other.is_empty() {
-            return;
-        }
-        let mut out: Vec<PageRange> = Vec::with_capacity(self.ranges.len() + other.len());
-        let (mut i, mut j) = (0, 0);
-        while i < self.ranges.len() || j < other.len() {
-            let next = match (self.ranges.get(i), other.get(j)) {
-                (Some(a), Some(b)) if a.first <= b.first => {
-                    i += 1;
-                    *a
-                }
-                (_, Some(b)) => {
-                    j += 1;
-                    *b
-                }
-                (Some(a), None) => {
-                    i += 1;
-                    *a
-                }
-                (None, None) => unreachable!("the loop condition keeps one side non-empty"),
-            };
-            push_sorted(&mut out, next);
-        }
-        self.ranges = out;
+        PageRange::union(&mut self.ranges, other);
     }
 
     /// The runs, sorted.

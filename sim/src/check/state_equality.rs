@@ -12,6 +12,12 @@
 //! Node engine records it as `Translation(e)` when the load is ordered; one with a skewed
 //! connection is reported (a stale offset would shift every later segment of the SVM, and a
 //! survivor's segments to the clients).
+//!
+//! The simulated SVM loads the PVM's snapshot whole, so a page the primary leaves out of a
+//! checkpoint cannot change its state here as it would in the real runtime's RAM cache. The
+//! host therefore records `PagesOrdered(e)` with the pages its VM collected since the last
+//! completed checkpoint that `e`'s `SendPages` does not carry (an attempt that aborted after
+//! the collection cleared the dirty log owes its pages to the retry); any is reported.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +47,17 @@ pub fn check(trace: &Trace) -> Vec<Violation> {
                     what: format!(
                         "epoch {}: the SVM holds the PVM's TCP state but {skewed} connection(s) \
                          still translate with a non-zero sequence offset",
+                        epoch.0
+                    ),
+                });
+            }
+            TraceEvent::PagesOrdered { at, epoch, missing } if *missing > 0 => {
+                out.push(Violation {
+                    checker: NAME,
+                    at: *at,
+                    what: format!(
+                        "epoch {}: the primary sends its pages without {missing} page(s) collected \
+                         since the last completed checkpoint, which the SVM then never receives",
                         epoch.0
                     ),
                 });
@@ -188,5 +205,21 @@ mod tests {
         let v = check(&t);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].what.contains("2 connection(s)"), "{v:?}");
+    }
+
+    #[test]
+    fn pages_left_out_of_a_checkpoint_are_caught() {
+        let ordered = |at, missing| TraceEvent::PagesOrdered {
+            at: Instant::from_millis(at),
+            epoch: Epoch(4),
+            missing,
+        };
+        let mut t = Trace::new();
+        t.push(ordered(1, 0));
+        assert!(check(&t).is_empty());
+        t.push(ordered(2, 3));
+        let v = check(&t);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].what.contains("without 3 page(s)"), "{v:?}");
     }
 }

@@ -10,7 +10,7 @@
 //! steps them in a fixed order at every instant something is due (a crash drops the host).
 //!
 //! Semantics (docs/simulation.md, "The Node engine"): the client link goes to whichever host
-//! last claimed it (`Event::ClaimClientLink`). After a crash and `down_for`, the host boots
+//! last claimed it (`Output::ClaimClientLink`). After a crash and `down_for`, the host boots
 //! again ([`Shared::boot_host`]) as a fresh secondary (new node id, empty VM, fresh disk and
 //! guest) that knocks with Hello; a solo survivor whose peer is back is sent
 //! `Command::Reprotect` (a refused newcomer is started again). The crash rules (one host with

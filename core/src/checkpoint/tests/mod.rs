@@ -464,3 +464,125 @@ fn unrelated_messages_are_ignored() {
     t.drain();
     assert!(t.p_events.is_empty() && t.s_events.is_empty());
 }
+
+fn pages(first: u64, count: u64) -> crate::ids::PageRange {
+    crate::ids::PageRange { first, count }
+}
+
+/// Runs checkpoint `t.p.epoch()` up to the primary's `CheckpointSent` (pages and device state
+/// streamed, nothing received yet).
+fn run_until_sent(t: &mut Pair) {
+    t.p.handle_trigger(t.now, CheckpointReason::Forced);
+    t.drain();
+    for _ in 0..100 {
+        if t.p.phase() == PrimaryPhase::AwaitingReceived {
+            return;
+        }
+        if !t.pvm.is_empty() {
+            t.run_pvm();
+        } else if !t.svm.is_empty() {
+            t.run_svm();
+        } else if !t.s2p.is_empty() {
+            t.deliver_s2p(0);
+        } else if !t.p2s.is_empty() {
+            t.deliver_p2s(0);
+        }
+    }
+    panic!("never reached AwaitingReceived: {:?}", t.p.phase());
+}
+
+#[test]
+fn pages_of_an_attempt_lost_with_the_link_are_carried_into_the_retry() {
+    let mut t = Pair::new();
+    t.dirty = vec![pages(0, 3), pages(10, 1)];
+    run_until_sent(&mut t);
+    assert_eq!(t.pages_ordered[&Epoch(1)], vec![pages(0, 3), pages(10, 1)]);
+    // The connection drops with the pages and `CheckpointSent` of epoch 1 in flight.
+    t.p2s.clear();
+    t.s2p.clear();
+    t.p.handle_link_reset(t.now);
+    t.s.handle_link_reset(t.now);
+    t.drain();
+    t.settle();
+    assert_eq!(t.p.stats().aborts, 1);
+    assert_eq!(
+        t.p.unconfirmed_pages(),
+        &[pages(0, 3), pages(10, 1)],
+        "the aborted attempt's pages are still owed"
+    );
+    // The retry's own harvest overlaps one of them and adds one.
+    t.dirty = vec![pages(2, 2), pages(20, 1)];
+    t.advance(ms(10));
+    t.settle();
+    assert_eq!(t.applied, vec![Epoch(2)]);
+    assert_eq!(
+        t.pages_ordered[&Epoch(2)],
+        vec![pages(0, 4), pages(10, 1), pages(20, 1)],
+        "the retry sends its harvest and everything the aborted attempt collected"
+    );
+    assert!(t.violations.is_empty(), "{:?}", t.violations);
+}
+
+#[test]
+fn a_completed_checkpoint_forgets_the_pages_it_carried() {
+    let mut t = Pair::new();
+    t.dirty = vec![pages(0, 3)];
+    t.p.handle_trigger(ms(0), CheckpointReason::Forced);
+    t.drain();
+    t.settle();
+    assert_eq!(t.applied, vec![Epoch(1)]);
+    assert!(t.p.unconfirmed_pages().is_empty(), "confirmed by Loaded");
+    t.dirty = vec![pages(40, 2)];
+    t.advance(ms(1));
+    t.p.handle_trigger(ms(1), CheckpointReason::Forced);
+    t.drain();
+    t.settle();
+    assert_eq!(t.applied, vec![Epoch(1), Epoch(2)]);
+    assert_eq!(
+        t.pages_ordered[&Epoch(2)],
+        vec![pages(40, 2)],
+        "only what was dirtied since checkpoint 1"
+    );
+}
+
+#[test]
+fn pages_of_an_attempt_whose_vm_command_failed_are_carried_into_the_retry() {
+    let mut t = Pair::new();
+    t.dirty = vec![pages(5, 1)];
+    t.p.handle_trigger(ms(0), CheckpointReason::Forced);
+    t.drain();
+    // Up to the PVM's pause: collection and device-state save are queued.
+    while !matches!(t.p.phase(), PrimaryPhase::Transferring) {
+        if !t.pvm.is_empty() {
+            t.run_pvm();
+        } else if !t.svm.is_empty() {
+            t.run_svm();
+        } else if !t.s2p.is_empty() {
+            t.deliver_s2p(0);
+        } else {
+            t.deliver_p2s(0);
+        }
+    }
+    t.run_pvm(); // CollectDirty: the log is read and cleared.
+    // Saving the device state fails: the attempt aborts after the pages were collected.
+    t.pvm.retain(|c| {
+        !matches!(
+            c,
+            VmCommand::SaveDeviceState { .. } | VmCommand::SendPages { .. }
+        )
+    });
+    t.p.handle_vm_done(
+        t.now,
+        VmCompletion::Failed {
+            command: VmCommandKind::SaveDeviceState,
+        },
+    );
+    t.drain();
+    t.settle();
+    assert_eq!(t.p.stats().aborts, 1);
+    t.dirty = vec![pages(6, 1)];
+    t.advance(ms(10));
+    t.settle();
+    assert_eq!(t.applied, vec![Epoch(2)]);
+    assert_eq!(t.pages_ordered[&Epoch(2)], vec![pages(5, 2)]);
+}

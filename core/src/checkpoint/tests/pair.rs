@@ -39,6 +39,8 @@ pub(super) struct Pair {
     // Checker state.
     pub(super) received_sent: BTreeSet<Epoch>,
     pub(super) batches_sent: BTreeMap<Epoch, u32>,
+    /// The ranges each epoch's `SendPages` ordered.
+    pub(super) pages_ordered: BTreeMap<Epoch, Vec<PageRange>>,
     pub(super) batches_delivered: BTreeMap<Epoch, BTreeSet<u32>>,
     pub(super) device_delivered: BTreeSet<Epoch>,
     pub(super) applied: Vec<Epoch>,
@@ -67,6 +69,7 @@ impl Pair {
             s_events: Vec::new(),
             received_sent: BTreeSet::new(),
             batches_sent: BTreeMap::new(),
+            pages_ordered: BTreeMap::new(),
             batches_delivered: BTreeMap::new(),
             device_delivered: BTreeSet::new(),
             applied: Vec::new(),
@@ -166,6 +169,7 @@ impl Pair {
                 ranges: self.dirty.clone(),
             },
             VmCommand::SendPages { epoch, ranges } => {
+                self.pages_ordered.insert(epoch, ranges.clone());
                 let mut pages = 0;
                 for (batch, r) in ranges.iter().enumerate() {
                     let batch = batch as u32;

@@ -4,13 +4,14 @@
 //! is armed), accepts newcomers on a survivor's listen address, and re-arms re-protection
 //! whenever the node runs solo if `--auto-reprotect` asked for it.
 //!
-//! Invariants: a command's answer says whether the node took it (its `commands_ignored` /
-//! `takeovers_refused` counters did not move, and the mode allowed it) and is sent before the
-//! next input, except `checkpoint`'s, which is sent when a checkpoint after the request
-//! completes, or as an error as soon as the node stops being paired (the control thread's
-//! reply timeout bounds the rest); a newcomer's connection is used only while the node runs solo (or is
-//! re-protecting and lost its newcomer) with no peer link, every other one is closed at once;
-//! re-protection is armed only on a node that can accept a newcomer.
+//! Invariants: a command's answer says whether the node took it (the node answers a refused
+//! command with `Event::CommandRefused` and its reason; the loop checks no precondition of its
+//! own beyond its own configuration) and is sent before the next input, except
+//! `checkpoint`'s, which is sent when a checkpoint after the request completes, or as an error
+//! as soon as the node stops being paired (the control thread's reply timeout bounds the
+//! rest); a newcomer's connection is used only while the node runs solo (or is re-protecting
+//! and lost its newcomer) with no peer link, every other one is closed at once; re-protection
+//! is armed only on a node that can accept a newcomer.
 //!
 //! Topology (docs/operations.md "Re-protection"): the survivor is always the new primary and
 //! the newcomer always connects to it. A primary accepts on its `--listen` address for its
@@ -19,7 +20,7 @@
 use super::{LoopEvent, NodeLoop};
 use crate::pair::control::{ControlCall, Request, error_response};
 use colo_core::ids::Role;
-use colo_core::node::{Command, Event, Input, NodeMode, NodeStats};
+use colo_core::node::{Command, CommandRefusal, Event, Input, NodeMode};
 use colo_core::time::{Duration, Instant};
 use serde_json::{Value, json};
 use std::net::{SocketAddr, TcpListener};
@@ -51,6 +52,8 @@ pub(super) struct LoopControl {
     interval: Duration,
     /// `checkpoint` requests waiting for a checkpoint after this epoch to complete.
     waiting: Vec<(mpsc::Sender<Value>, u64)>,
+    /// The node's answer to the command being run, if it refused it.
+    refused: Option<CommandRefusal>,
 }
 
 impl LoopControl {
@@ -64,6 +67,7 @@ impl LoopControl {
             last_mode: NodeMode::Idle,
             interval,
             waiting: Vec::new(),
+            refused: None,
         }
     }
 }
@@ -89,10 +93,6 @@ pub(super) fn spawn_newcomer_acceptor(
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the newcomer acceptor: {e}"))
-}
-
-fn refusals(stats: &NodeStats) -> u64 {
-    stats.commands_ignored + stats.takeovers_refused
 }
 
 impl NodeLoop {
@@ -124,11 +124,17 @@ impl NodeLoop {
         let _ = call.reply.send(response);
     }
 
-    /// Runs `command` and reports whether the node took it.
-    fn command_taken(&mut self, command: Command) -> bool {
-        let before = refusals(&self.node.stats());
+    /// Runs `command`; `Err` with the node's reason when it refused it.
+    fn run_command(&mut self, command: Command) -> Result<(), CommandRefusal> {
+        self.ctl.refused = None;
         self.input(Input::Command(command));
-        refusals(&self.node.stats()) == before
+        self.ctl.refused.take().map_or(Ok(()), Err)
+    }
+
+    /// The operator's answer to a refused command: the node's reason and where it stands.
+    fn refusal(&self, why: CommandRefusal) -> Value {
+        let (mode, role) = self.mode_role();
+        error_response(&format!("{why}; this node is {role:?} in mode {mode:?}"))
     }
 
     fn mode_role(&self) -> (NodeMode, Role) {
@@ -140,53 +146,28 @@ impl NodeLoop {
     /// A trigger while one is in progress is coalesced into it (QEMU does the same with a
     /// checkpoint request during a checkpoint): that one answers, with its own reason.
     fn control_checkpoint(&mut self) -> Result<u64, Value> {
-        let (mode, role) = self.mode_role();
-        if role != Role::Primary || mode != NodeMode::Paired {
-            return Err(error_response(&format!(
-                "checkpoint needs a paired primary; this node is {role:?} in mode {mode:?}"
-            )));
-        }
         let epoch = self.node.status(self.clock.now()).epoch.0;
-        if self.command_taken(Command::ForceCheckpoint) {
-            Ok(epoch)
-        } else {
-            Err(error_response("the node refused the checkpoint"))
+        match self.run_command(Command::ForceCheckpoint) {
+            Ok(()) => Ok(epoch),
+            Err(why) => Err(self.refusal(why)),
         }
     }
 
     fn control_failover(&mut self) -> Value {
-        let (mode, _) = self.mode_role();
-        if !matches!(
-            mode,
-            NodeMode::Paired | NodeMode::Connecting | NodeMode::Syncing
-        ) {
-            return error_response(&format!(
-                "failover needs a node that depends on a peer; this node is in mode {mode:?}"
-            ));
-        }
-        if !self.command_taken(Command::Failover) {
-            return error_response(
-                "the node refused the failover (its VM is no copy of the primary's yet, or it never started)",
-            );
+        if let Err(why) = self.run_command(Command::Failover) {
+            return self.refusal(why);
         }
         let (mode, role) = self.mode_role();
         json!({"ok": true, "message": format!("failover started: now {role:?} in mode {mode:?}"), "mode": format!("{mode:?}")})
     }
 
     fn control_interval(&mut self, ms: u64) -> Value {
-        let (mode, role) = self.mode_role();
-        if role != Role::Primary {
-            return error_response(&format!(
-                "the checkpoint interval is the primary's; this node is {role:?}"
-            ));
-        }
-        if self.command_taken(Command::SetCheckpointInterval(Duration::from_millis(ms))) {
-            self.ctl.interval = Duration::from_millis(ms);
-            json!({"ok": true, "message": format!("checkpoint interval set to {ms} ms"), "checkpoint_interval_ms": ms})
-        } else {
-            error_response(&format!(
-                "the node refused the checkpoint interval in mode {mode:?}"
-            ))
+        match self.run_command(Command::SetCheckpointInterval(Duration::from_millis(ms))) {
+            Ok(()) => {
+                self.ctl.interval = Duration::from_millis(ms);
+                json!({"ok": true, "message": format!("checkpoint interval set to {ms} ms"), "checkpoint_interval_ms": ms})
+            }
+            Err(why) => self.refusal(why),
         }
     }
 
@@ -196,14 +177,8 @@ impl NodeLoop {
                 "this node accepts no newcomers: start the secondary with --listen ADDR",
             );
         };
-        let (mode, _) = self.mode_role();
-        if mode != NodeMode::Solo {
-            return error_response(&format!(
-                "re-protection needs a node running solo; this node is in mode {mode:?}"
-            ));
-        }
-        if !self.command_taken(Command::Reprotect) {
-            return error_response("the node refused to arm re-protection");
+        if let Err(why) = self.run_command(Command::Reprotect) {
+            return self.refusal(why);
         }
         self.ctl.armed = true;
         info!(role = self.name, listen = %addr, "reprotect-armed");
@@ -289,6 +264,10 @@ impl NodeLoop {
 
     /// Keeps the control state in step with the node's events.
     pub(super) fn ctl_on_event(&mut self, event: &Event) {
+        if let Event::CommandRefused { why, .. } = event {
+            self.ctl.refused = Some(*why);
+            return;
+        }
         if let Event::CheckpointDone {
             epoch,
             reason,
@@ -365,7 +344,7 @@ impl NodeLoop {
             && self.ctl.auto
             && !self.ctl.armed
             && self.ctl.newcomers.is_some()
-            && self.command_taken(Command::Reprotect)
+            && self.run_command(Command::Reprotect).is_ok()
         {
             self.ctl.armed = true;
             let listen = self.ctl.newcomers.map(|a| a.to_string());

@@ -9,7 +9,7 @@
 //!   guest TX (virtio-net sinks, vCPU threads) --> LoopEvent::GuestFrame --> Input::GuestFrame
 //!   Output::ToGuest { nic: i } --> NIC i's virtio-net RX (held while the VM is paused)
 //!   Output::ToClient --> the tap of the NIC whose MAC is the frame's source (else NIC 0's)
-//!   Event::ClaimClientLink --> RARP announcements of each NIC's MAC on its tap, and a
+//!   Output::ClaimClientLink --> RARP announcements of each NIC's MAC on its tap, and a
 //!                              gratuitous ARP for the IPv4 address its guest sends from
 //! ```
 //! Both nodes' client taps are on the client network from the start: while paired, the
@@ -22,16 +22,18 @@
 //! cache the address (and routers whose entry went stale) point it at the guest's MAC again.
 //! Invariants: a frame for the guest is written into guest RAM only while the VM runs, so a
 //! checkpoint's pages and device state never see a half-delivered frame (the node's own rule:
-//! "a paused VM consumes it on resume"); held frames are bounded per NIC (the oldest dropped
-//! and counted, as a NIC queue would); a guest frame sent before a pause reaches the node
+//! "a paused VM consumes it on resume"); held frames are bounded per NIC by colo-core's
+//! `GUEST_HOLD_FRAMES_PER_NIC`, the simulator's bound too (the oldest dropped and counted, as
+//! a NIC queue would); a guest frame sent before a pause reaches the node
 //! before the pause's completion (see `NodeLoop::drain_guest_frames`), so it counts in the
 //! epoch that produced it.
 
 use super::{LoopError, LoopEvent};
 use crate::net::tap::{Tap, TapLink};
-use crate::vmm::devices::virtio::net::{FrameSink, NetDevice, PENDING_RX_LIMIT};
+use crate::vmm::devices::virtio::net::{FrameSink, NetDevice};
 use crate::vmm::machine::{Machine, MachinePhase};
 use colo_core::ids::NicId;
+use colo_core::node::GUEST_HOLD_FRAMES_PER_NIC;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::process::Command;
@@ -197,7 +199,7 @@ impl GuestNet {
             self.stats.held_dropped += 1;
             return;
         };
-        if n.held.len() >= PENDING_RX_LIMIT {
+        if n.held.len() >= GUEST_HOLD_FRAMES_PER_NIC {
             n.held.pop_front();
             self.stats.held_dropped += 1;
         }
@@ -255,7 +257,7 @@ impl GuestNet {
         }
     }
 
-    /// `Event::ClaimClientLink`: announces each NIC's MAC on its client tap (three RARP frames
+    /// `Output::ClaimClientLink`: announces each NIC's MAC on its client tap (three RARP frames
     /// each, QEMU's announce format), so the client networks deliver the guest's traffic to
     /// this node, and sends three gratuitous ARPs for the guest's IPv4 address when one was
     /// learned. Returns what was done, for the log.

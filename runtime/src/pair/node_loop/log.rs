@@ -1,8 +1,9 @@
 //! What a node prints: its periodic report (guest step, frame and disk counters), the VM
 //! milestones (`paused`, `applied`, with digests when asked) and one line per node event
 //! (checkpoints, failover, handshake refusals), plus the loop's reactions that go with an
-//! event (stop the VM when deposed or stopped, gate the console at takeover, claim the
-//! client link).
+//! event (release the console at takeover, end the loop when the primary refused this node).
+//! Stopping the VM when deposed or stopped and claiming the client link are the node's
+//! outputs (`Output::Halt`, `Output::ClaimClientLink`), executed in `mod.rs`.
 //!
 //! Invariant: every event carries the node's role name (`role`) and its figures as typed
 //! fields, which the human format renders as the `<role>: <what> key=value` lines tests and
@@ -138,7 +139,6 @@ impl NodeLoop {
                 pages,
                 bytes,
             } => {
-                self.exec.on_checkpoint_done(*epoch);
                 let t = self.exec.timings;
                 info!(
                     role = n,
@@ -202,17 +202,10 @@ impl NodeLoop {
                 let released = self.machine.output_gate().release();
                 info!(role = n, bytes = released, "console-released");
             }
-            Event::Deposed { term, .. } => {
-                // The VM stops here; the line reads `<role>: deposed term=T`.
-                info!(role = n, term = term.0, "deposed");
-                self.machine.pause();
-                self.end = Some(LoopEnd::Deposed);
-            }
-            Event::Stopped => {
-                info!(role = n, "stopped");
-                self.machine.pause();
-                self.end = Some(LoopEnd::Stopped);
-            }
+            // The node's `Output::Halt` that follows stops the VM; the line reads
+            // `<role>: deposed term=T`.
+            Event::Deposed { term, .. } => info!(role = n, term = term.0, "deposed"),
+            Event::Stopped => info!(role = n, "stopped"),
             Event::HandshakeRejected {
                 reason: HelloRejectReason::VmMismatch { expected },
                 by_peer: true,
@@ -270,12 +263,6 @@ impl NodeLoop {
                     memory_bytes_done, disk_bytes_done, "sync-progress-acked"
                 ),
             },
-            Event::ClaimClientLink { term } => info!(
-                role = n,
-                term = term.0,
-                "claim-client-link {}",
-                self.net.claim_client_link()
-            ),
             other => info!(role = n, "event {other:?}"),
         }
     }

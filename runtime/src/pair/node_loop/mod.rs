@@ -50,7 +50,8 @@ use colo_core::checkpoint::VmCommand;
 use colo_core::failover::{LeaseReply, LeaseRequestId};
 use colo_core::ids::{ClusterId, NodeId, Role};
 use colo_core::node::{
-    Command, Input, LinkState, Node, NodeConfig, NodeMode, OutBulk, Output, PeerBulk, SyncCommand,
+    Command, HaltReason, Input, LinkState, Node, NodeConfig, NodeMode, OutBulk, Output, PeerBulk,
+    SyncCommand,
 };
 use colo_core::time::Duration;
 use colo_core::wire::{Limits, LinkSide, Message};
@@ -732,6 +733,20 @@ impl NodeLoop {
                 );
                 self.metrics.on_lease_request(request.id, self.clock.now());
                 self.arbiter.request(request);
+            }
+            Output::ClaimClientLink { term } => info!(
+                role = self.name,
+                term = term.0,
+                "claim-client-link {}",
+                self.net.claim_client_link()
+            ),
+            Output::Halt(reason) => {
+                // The VM stops for good and the loop ends after this drain.
+                self.machine.pause();
+                self.end = Some(match reason {
+                    HaltReason::Deposed => LoopEnd::Deposed,
+                    HaltReason::Stopped => LoopEnd::Stopped,
+                });
             }
             Output::Event(event) => self.on_node_event(event),
             Output::Disk(command) => self.on_disk(command),

@@ -1,11 +1,12 @@
 //! The VM side of a replicated node: executes the node's [`VmCommand`]s and the initial copy
 //! on a [`Machine`], and keeps the secondary's RAM cache (QEMU's `colo_cache`).
 //!
-//! Primary: `CollectDirty` harvests the dirty logs; `SendPages` streams those pages from guest
-//! memory into the peer socket (never through the core); `SaveDeviceState` sends the Persist
-//! state. Pages collected for an epoch that then aborts are carried into the next collection
-//! ([`VmExecutor::on_checkpoint_done`] forgets them only once an epoch completed), because the
-//! dirty log was already cleared for them and the secondary must still receive them.
+//! Primary: `CollectDirty` harvests the dirty logs (read and clear) and reports that harvest;
+//! `SendPages` streams exactly the ranges the core ordered from guest memory into the peer
+//! socket (never through the core); `SaveDeviceState` sends the Persist state. Which pages a
+//! checkpoint must carry (the harvest plus the pages of aborted attempts) is the core's
+//! decision (`colo_core::checkpoint::PrimaryCheckpointer`, "Carried-over pages"), so the
+//! simulator executes the same rule.
 //!
 //! Secondary: received pages land in the [`RamCache`], never in SVM memory; the device state
 //! waits beside it. `ApplyCheckpoint` copies every page dirtied by either side since the last
@@ -129,7 +130,7 @@ pub struct ApplyStats {
 pub struct VmTimings {
     /// `Pause`.
     pub pause: Duration,
-    /// `CollectDirty` (harvest and merge with unconfirmed pages).
+    /// `CollectDirty` (harvest the dirty logs).
     pub collect: Duration,
     /// `SendPages` (guest memory into the socket).
     pub send_pages: Duration,
@@ -154,8 +155,6 @@ pub struct VmExecutor {
     cache: SharedCache,
     /// Secondary: the device state of the epoch being received.
     device_state: Option<(Epoch, Vec<u8>)>,
-    /// Primary: pages collected for epochs not yet completed (see the module doc).
-    unconfirmed: DirtyPages,
     /// Whether this node's VM has ever held a whole guest (a primary from its load; a
     /// secondary from its first apply): a resume before that would run zeroed memory.
     has_guest: bool,
@@ -172,17 +171,10 @@ impl VmExecutor {
         VmExecutor {
             cache: Arc::new(Mutex::new(RamCache::new(mem_bytes))),
             device_state: None,
-            unconfirmed: DirtyPages::default(),
             has_guest,
             last_apply: ApplyStats::default(),
             timings: VmTimings::default(),
         }
-    }
-
-    /// Primary: epoch `epoch` completed, so every page collected up to it reached the
-    /// secondary's applied state.
-    pub fn on_checkpoint_done(&mut self, _epoch: Epoch) {
-        self.unconfirmed = DirtyPages::default();
     }
 
     /// The RAM cache, for the peer reader to store received pages into.
@@ -245,13 +237,10 @@ impl VmExecutor {
                 VmCompletion::Resumed
             }
             VmCommand::CollectDirty { epoch } => match machine.take_dirty() {
-                Ok(dirty) => {
-                    self.unconfirmed.union(dirty.ranges());
-                    VmCompletion::DirtyCollected {
-                        epoch,
-                        ranges: self.unconfirmed.ranges().to_vec(),
-                    }
-                }
+                Ok(dirty) => VmCompletion::DirtyCollected {
+                    epoch,
+                    ranges: dirty.ranges().to_vec(),
+                },
                 Err(e) => failed(VmCommandKind::CollectDirty, e.to_string()),
             },
             VmCommand::SendPages { epoch, ranges } => {
