@@ -15,8 +15,10 @@
 //! next input (VM completions are queued as inputs, never handled re-entrantly); time fed to
 //! the node is one monotonic clock ([`MonoClock`]); an output the runtime cannot execute
 //! (a disk command on a node without a disk) is logged as an error, never dropped silently.
-//! Guest network frames are routed by `frames.rs` (client tap, virtio-net, the node); guest
-//! disk requests, disk commands and forwarded writes by `disk.rs` (virtio-blk, the files).
+//! The peer link (accept or dial, the reader, up and down, send) is `link.rs`; executing each
+//! output is `exec.rs`. Guest network frames are routed by `frames.rs` (client tap,
+//! virtio-net, the node); guest disk requests, disk commands and forwarded writes by `disk.rs`
+//! (virtio-blk, the files).
 //!
 //! Log events (stderr, `crate::logging`) read `<role>: <what> key=value ...`, one per
 //! milestone, written by `log.rs`; `colo demo` and the tests parse them (names listed in
@@ -26,8 +28,10 @@ mod control;
 mod disk;
 mod disk_routing;
 mod drain;
+mod exec;
 mod frames;
 pub mod hops;
+mod link;
 mod liveness;
 mod log;
 mod metrics;
@@ -40,26 +44,23 @@ pub use vm::{RamCache, SharedCache, VmExecutor};
 
 use disk::GuestDisk;
 use frames::GuestNet;
+use link::{spawn_acceptor, spawn_connector};
 
 use crate::pair::arbiter::{ArbiterClient, MonoClock};
-use crate::pair::peer::auth::{AuthedLink, PairKey, handshake, log_refused, spawn_accept};
-use crate::pair::peer::{PeerReader, PeerWriter};
+use crate::pair::peer::PeerWriter;
+use crate::pair::peer::auth::{AuthedLink, PairKey};
 use crate::pair::progress::SyncProgress;
 use crate::vmm::machine::Machine;
-use colo_core::checkpoint::VmCommand;
 use colo_core::failover::{LeaseReply, LeaseRequestId};
 use colo_core::ids::{ClusterId, NodeId, Role};
-use colo_core::node::{
-    Command, HaltReason, Input, LinkState, Node, NodeConfig, NodeMode, OutBulk, Output, PeerBulk,
-    SyncCommand,
-};
+use colo_core::node::{Command, Input, Node, NodeConfig, PeerBulk};
 use colo_core::time::Duration;
-use colo_core::wire::{Limits, LinkSide, Message};
+use colo_core::wire::Message;
 use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::info;
 
 /// How this node reaches its peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -525,313 +526,4 @@ impl NodeLoop {
             } => self.on_guest_blk(disk, generation, request),
         }
     }
-
-    fn on_connected(&mut self, link: AuthedLink) {
-        if self.writer.is_some() {
-            warn!(role = self.name, "a second peer connection was refused");
-            return;
-        }
-        let split = link
-            .split(Limits::default())
-            .and_then(|(stream, decoder, writer)| {
-                let watch_half = stream.try_clone()?;
-                Ok((stream, decoder, writer, watch_half))
-            });
-        let (stream, decoder, writer, watch_half) = match split {
-            Ok(parts) => parts,
-            Err(e) => {
-                warn!(role = self.name, "peer socket: {e}");
-                return;
-            }
-        };
-        self.link += 1;
-        let (link, tx, closed_tx) = (self.link, self.tx.clone(), self.tx.clone());
-        let cache = self.exec.cache();
-        let on_frame = move |message: Message, bulk: &[u8]| {
-            let bulk = match &message {
-                // QEMU's colo_cache: pages land in the cache on arrival, never in SVM memory.
-                Message::PageBatch { ranges, .. } | Message::SyncPages { ranges, .. } => {
-                    let stored = cache.lock().store(ranges, bulk);
-                    if let Err(why) = stored {
-                        let why = format!("refused {:?} from the peer: {why}", message.kind());
-                        let _ = tx.send(LoopEvent::PeerDown { link, why });
-                        return false;
-                    }
-                    PeerBulk::Stored {
-                        len: bulk.len() as u64,
-                    }
-                }
-                _ if bulk.is_empty() => PeerBulk::None,
-                Message::MirroredFrame { .. } | Message::SecondaryOutput { .. } => {
-                    hops::mark("peer_in", bulk);
-                    PeerBulk::Frame(bulk.to_vec())
-                }
-                _ => PeerBulk::Frame(bulk.to_vec()),
-            };
-            tx.send(LoopEvent::Peer {
-                link,
-                message,
-                bulk,
-            })
-            .is_ok()
-        };
-        let key = self.config.key.clone();
-        let on_closed = move |why: crate::pair::peer::LinkClosed| {
-            if let crate::pair::peer::LinkClosed::Wire(_) = why {
-                // A frame that failed its MAC, CRC or format: nothing of it was applied.
-                key.count_bad_frame();
-            }
-            let why = why.to_string();
-            let _ = closed_tx.send(LoopEvent::PeerDown { link, why });
-        };
-        let spawned = PeerReader::spawn(stream, decoder, on_frame, on_closed);
-        if let Err(e) = spawned {
-            error!(role = self.name, "cannot start the peer reader: {e}");
-            return;
-        }
-        // The socket's options are shared by its halves: the writer's sends time out too.
-        let write_timeout = liveness::peer_write_timeout(self.config.node.heartbeat.lost_after());
-        if let Err(e) = watch_half.set_write_timeout(Some(write_timeout)) {
-            warn!(role = self.name, "peer socket write timeout: {e}");
-        }
-        self.peer_watch = Some(liveness::PeerSocketWatch::new(watch_half));
-        self.writer = Some(writer);
-        info!(role = self.name, "link-up");
-        self.input(Input::PeerLink(LinkState::Up));
-    }
-
-    fn link_down(&mut self, why: &str) {
-        self.receiving = None;
-        if let Some(writer) = self.writer.take() {
-            self.peer_watch = None;
-            writer.close();
-            info!(role = self.name, reason = ?why, "link-down");
-            self.link += 1; // ignore whatever the old reader still posts
-            self.input(Input::PeerLink(LinkState::Down));
-            self.maybe_reconnect();
-        }
-    }
-
-    fn on_frame(&mut self, message: Message, bulk: PeerBulk) {
-        let bulk = match (&message, bulk) {
-            // The device state waits beside the cache until the apply.
-            (Message::DeviceState { epoch }, PeerBulk::Frame(bytes)) => {
-                let len = bytes.len() as u64;
-                self.exec.store_device_state(*epoch, bytes);
-                PeerBulk::Stored { len }
-            }
-            // Disk bulk (the initial copy, forwarded writes) goes to the disk files.
-            (Message::SyncDisk { .. } | Message::DiskWrite { .. }, PeerBulk::Frame(bytes))
-                if self.disk.is_some() =>
-            {
-                self.store_disk_bulk(&message, bytes)
-            }
-            (Message::MirroredFrame { .. } | Message::SecondaryOutput { .. }, bulk) => {
-                if let PeerBulk::Frame(frame) = &bulk {
-                    hops::mark("loop_peer", frame);
-                }
-                bulk
-            }
-            (_, bulk) => bulk,
-        };
-        self.input(Input::Peer { message, bulk });
-    }
-
-    fn execute(&mut self, output: Output) {
-        match output {
-            Output::ToPeer { message, bulk } => {
-                let bytes = match bulk {
-                    OutBulk::None => Vec::new(),
-                    OutBulk::Frame(f) => f,
-                    OutBulk::GuestWrite(io) => match self.guest_write_bulk(&message, io) {
-                        Some(bytes) => bytes,
-                        None => return,
-                    },
-                };
-                self.before_disk_send(&message);
-                if matches!(
-                    message,
-                    Message::MirroredFrame { .. } | Message::SecondaryOutput { .. }
-                ) {
-                    hops::mark("peer_out", &bytes);
-                }
-                self.send(&message, &bytes);
-            }
-            Output::Vm(command) => {
-                self.release_held_pause();
-                let pausing = matches!(command, VmCommand::Pause);
-                if matches!(command, VmCommand::ApplyCheckpoint { .. }) {
-                    self.before_apply();
-                }
-                let result = self
-                    .exec
-                    .execute(&mut self.machine, self.writer.as_mut(), command);
-                let done = match result {
-                    Ok(done) => done,
-                    Err((done, why)) => {
-                        self.link_down(&why.to_string());
-                        done
-                    }
-                };
-                self.on_vm_done(&done);
-                if pausing {
-                    self.drain_guest_frames();
-                }
-                if let Some(done) = self.hold_pause(done) {
-                    self.pending.push_back(Input::VmDone(done));
-                }
-            }
-            Output::Sync(SyncCommand::SendAll { term }) => {
-                let Some(writer) = self.writer.as_mut() else {
-                    warn!(role = self.name, "initial copy ordered with the link down");
-                    return;
-                };
-                let what = match self.node.status(self.clock.now()).mode {
-                    NodeMode::Reprotecting => "re-protection",
-                    _ => "initial-copy",
-                };
-                let total =
-                    self.machine.mem_bytes() + self.disk.as_ref().map_or(0, |d| d.image_size());
-                let progress = SyncProgress::start(self.name, what, total)
-                    .with_metrics(self.metrics.registry.clone());
-                let sent = self
-                    .exec
-                    .send_all(&mut self.machine, writer, term, &progress)
-                    .map_err(|e| e.to_string())
-                    .and_then(|memory| match self.disk.as_ref() {
-                        // The loop handles no guest request until SyncDone is out (the node
-                        // answers SyncSent in this same drain), so the image is stable here.
-                        Some(d) => d
-                            .send_image(writer, term, &progress)
-                            .map(|disk| (memory, disk)),
-                        None => Ok((memory, 0)),
-                    });
-                drop(progress);
-                match sent {
-                    Ok((memory, disk)) => {
-                        info!(
-                            role = self.name,
-                            memory_bytes = memory,
-                            disk_bytes = disk,
-                            "sync-sent"
-                        );
-                        self.metrics.registry.on_sync_sent(memory, disk);
-                        self.pending.push_back(Input::SyncSent {
-                            memory_bytes: memory,
-                            disk_bytes: disk,
-                        });
-                    }
-                    Err(e) => self.link_down(&e),
-                }
-            }
-            Output::Arbiter(request) => {
-                info!(
-                    role = self.name,
-                    id = request.id.0,
-                    term = request.term.0,
-                    "lease-request"
-                );
-                self.metrics.on_lease_request(request.id, self.clock.now());
-                self.arbiter.request(request);
-            }
-            Output::ClaimClientLink { term } => info!(
-                role = self.name,
-                term = term.0,
-                "claim-client-link {}",
-                self.net.claim_client_link()
-            ),
-            Output::Halt(reason) => {
-                // The VM stops for good and the loop ends after this drain.
-                self.machine.pause();
-                self.end = Some(match reason {
-                    HaltReason::Deposed => LoopEnd::Deposed,
-                    HaltReason::Stopped => LoopEnd::Stopped,
-                });
-            }
-            Output::Event(event) => self.on_node_event(event),
-            Output::Disk(command) => self.on_disk(command),
-            Output::ToGuest { nic, frame } => self.net.handle_to_guest(&self.machine, nic, frame),
-            Output::ToClient(frame) => self.net.handle_to_client(&frame),
-            Output::GuestDiskDone { io, result } => self.on_guest_disk_done(io, result),
-        }
-    }
-
-    fn send(&mut self, message: &Message, bulk: &[u8]) {
-        let Some(writer) = self.writer.as_mut() else {
-            // Heartbeats and Hellos while the link is down: the heartbeat machine decides
-            // what that means; counting them is enough.
-            self.dropped_while_down += 1;
-            return;
-        };
-        if let Err(e) = writer.send(message, bulk) {
-            self.link_down(&e.to_string());
-        }
-    }
-}
-
-fn spawn_acceptor(
-    listener: TcpListener,
-    key: PairKey,
-    name: &'static str,
-    tx: mpsc::Sender<LoopEvent>,
-) -> Result<(), LoopError> {
-    std::thread::Builder::new()
-        .name("colo-peer-accept".to_string())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
-                        let tx = tx.clone();
-                        spawn_accept(s, &key, name, move |link| {
-                            let _ = tx.send(LoopEvent::Connected(link));
-                        });
-                    }
-                    Err(e) => warn!("accepting a peer failed: {e}"),
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| LoopError::Endpoint(format!("cannot start the acceptor: {e}")))
-}
-
-/// Connects to `addr` and authenticates as the connecting side. `Err(true)`: the peer
-/// answered but refused or failed the handshake (logged; worth a slower retry).
-fn dial(
-    addr: SocketAddr,
-    key: &PairKey,
-    name: &str,
-    timeout: Duration,
-) -> Result<AuthedLink, bool> {
-    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|_| false)?;
-    handshake(stream, key, LinkSide::Connector).map_err(|e| {
-        log_refused(name, &addr.to_string(), &e, key);
-        true
-    })
-}
-
-fn spawn_connector(
-    addr: SocketAddr,
-    key: PairKey,
-    name: &'static str,
-    tx: mpsc::Sender<LoopEvent>,
-) -> Result<(), LoopError> {
-    std::thread::Builder::new()
-        .name("colo-peer-connect".to_string())
-        .spawn(move || {
-            // The primary may start after us: retry until it answers (the demo starts both
-            // at once; an operator may start them in any order), and until it accepts our key
-            // (an operator may fix a wrong key file and restart it).
-            loop {
-                match dial(addr, &key, name, Duration::from_millis(500)) {
-                    Ok(link) => {
-                        let _ = tx.send(LoopEvent::Connected(link));
-                        return;
-                    }
-                    Err(true) => std::thread::sleep(Duration::from_secs(1)),
-                    Err(false) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| LoopError::Endpoint(format!("cannot start the connector: {e}")))
 }

@@ -16,7 +16,8 @@
 //! heartbeat's `lost_after` (after that the node has failed over and the connection would be
 //! refused anyway); a connection that arrives when the node no longer wants it is closed.
 
-use super::{LoopEvent, NodeLoop, PeerEndpoint, dial};
+use super::link::dial;
+use super::{LoopEvent, NodeLoop, PeerEndpoint};
 use crate::pair::peer::auth::{AuthedLink, PairKey};
 use colo_core::node::NodeMode;
 use std::net::SocketAddr;
