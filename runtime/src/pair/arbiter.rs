@@ -12,11 +12,12 @@
 //! with a monotonic `now` read inside the lock, so decisions are totally ordered and time
 //! never goes backwards for it (docs/failover.md has the fencing argument).
 
+use crate::pair::clock::MonoClock;
 use crate::pair::peer::auth::{AuthedLink, PairKey, handshake_within, spawn_accept};
 use crate::pair::peer::{LinkClosed, PeerWriter, read_frames};
 use colo_core::failover::{Arbiter, LeaseReply, LeaseRequest, LeaseRequestId};
 use colo_core::ids::{NodeId, Term};
-use colo_core::time::{Duration, Instant};
+use colo_core::time::Duration;
 use colo_core::wire::{FrameDecoder, Limits, LinkSide, Message};
 use parking_lot::Mutex;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,27 +33,6 @@ fn arbiter_limits() -> Limits {
     Limits {
         max_message_len: 4096,
         max_bulk_len: 0,
-    }
-}
-
-/// A monotonic clock as colo-core time, counted from the clock's creation.
-#[derive(Clone, Copy, Debug)]
-pub struct MonoClock(std::time::Instant);
-
-impl MonoClock {
-    /// Starts the clock at [`Instant::ZERO`].
-    pub fn start() -> MonoClock {
-        MonoClock(std::time::Instant::now())
-    }
-
-    /// Now, in colo-core time.
-    pub fn now(&self) -> Instant {
-        Instant::from_nanos(u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX))
-    }
-
-    /// The std instant of a colo-core instant of this clock.
-    pub fn to_std(&self, at: Instant) -> std::time::Instant {
-        self.0 + Duration::from_nanos(at.as_nanos())
     }
 }
 

@@ -10,6 +10,7 @@
 //! decided by the sans-IO `Node` in colo-core, and this half executes its outputs.
 
 pub mod arbiter;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod disk;

@@ -46,7 +46,8 @@ use disk::GuestDisk;
 use frames::GuestNet;
 use link::{spawn_acceptor, spawn_connector};
 
-use crate::pair::arbiter::{ArbiterClient, MonoClock};
+use crate::pair::arbiter::ArbiterClient;
+use crate::pair::clock::MonoClock;
 use crate::pair::peer::PeerWriter;
 use crate::pair::peer::auth::{AuthedLink, PairKey};
 use crate::pair::progress::SyncProgress;
