@@ -177,24 +177,31 @@ fn sealed_seed_corpus_matches_its_generator() {
     check_corpus("wire_decode_sealed", &sealed_seeds());
 }
 
+/// Feeds seed `name` of `seeds` (without its control byte) to `decoder`: how many frames it
+/// yields, and how the stream ends.
+fn frames_until_the_end(
+    mut decoder: FrameDecoder,
+    seeds: &[(&'static str, Vec<u8>)],
+    name: &str,
+) -> (usize, Result<(), WireError>) {
+    let (_, bytes) = seeds.iter().find(|(n, _)| *n == name).unwrap();
+    decoder.push(&bytes[1..]);
+    let mut frames = 0;
+    loop {
+        match decoder.poll_frame() {
+            Ok(Some(_)) => frames += 1,
+            Ok(None) => return (frames, decoder.finish()),
+            Err(e) => return (frames, Err(e)),
+        }
+    }
+}
+
 #[test]
 fn sealed_seeds_reach_the_intended_outcomes() {
     let outcome = |name: &str| {
-        let (_, bytes) = sealed_seeds()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .unwrap();
         let key = crate::fuzzing::wire_decode::SEALED_KEY;
-        let mut decoder = FrameDecoder::sealed(Limits::default(), FrameMac::new(key));
-        decoder.push(&bytes[1..]);
-        let mut frames = 0;
-        loop {
-            match decoder.poll_frame() {
-                Ok(Some(_)) => frames += 1,
-                Ok(None) => return (frames, decoder.finish()),
-                Err(e) => return (frames, Err(e)),
-            }
-        }
+        let decoder = FrameDecoder::sealed(Limits::default(), FrameMac::new(key));
+        frames_until_the_end(decoder, &sealed_seeds(), name)
     };
     assert_eq!(outcome("checkpoint"), (8, Ok(())));
     assert_eq!(outcome("reprotect"), (3, Ok(())));
@@ -210,20 +217,8 @@ fn sealed_seeds_reach_the_intended_outcomes() {
 
 #[test]
 fn seeds_reach_the_intended_outcomes() {
-    let limits = Limits::default();
-    let outcome = |name: &str| {
-        let (_, bytes) = seeds().into_iter().find(|(n, _)| *n == name).unwrap();
-        let mut decoder = FrameDecoder::new(limits);
-        decoder.push(&bytes[1..]);
-        let mut frames = 0;
-        loop {
-            match decoder.poll_frame() {
-                Ok(Some(_)) => frames += 1,
-                Ok(None) => return (frames, decoder.finish()),
-                Err(e) => return (frames, Err(e)),
-            }
-        }
-    };
+    let outcome =
+        |name: &str| frames_until_the_end(FrameDecoder::new(Limits::default()), &seeds(), name);
     assert_eq!(outcome("checkpoint"), (8, Ok(())));
     assert_eq!(outcome("failover"), (5, Ok(())));
     assert!(matches!(
