@@ -2,7 +2,8 @@
 //! kills are provided. Two [`SimHost`]s (each its `Node`, VM, disk and own guest), colo-core's
 //! `Arbiter`, the clients and the upstream server exchange every frame through it: the client
 //! LAN (the seed's [`Netem`] behind a [`Lan`]) and the control network (replication link and
-//! arbiter requests, a second FIFO `Netem` with the seed's cuts). Each actor has a step function
+//! arbiter requests, a second FIFO `Netem` with the seed's cuts; the replication link is one TCP
+//! connection, [`link`]: delays, resets, redials). Each actor has a step function
 //! here ([`Shared::step_host`], [`Shared::step_arbiter`], [`Shared::step_lan`],
 //! [`Shared::step_controller`] in [`faults`]) that does everything due for it at an instant and
 //! says when it must be stepped again; the madsim executor ([`crate::cluster_run`]) runs each as
@@ -93,7 +94,7 @@ pub(crate) enum Ctl {
 #[derive(Debug)]
 pub(crate) enum CtlMsg {
     Peer(PeerMsg),
-    /// The host's peer connection went down or came back (a link reset, `faults.rs`).
+    /// The host's peer connection went down or came back (`link.rs`).
     Link(colo_core::node::LinkState),
     Lease(usize, LeaseRequest),
     Reply(LeaseRequestId, LeaseReply),
