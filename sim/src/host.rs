@@ -116,6 +116,8 @@ pub struct SimHost {
     /// The node ordered its VM stopped for good (`Output::Halt`): the guest is never stepped
     /// again and frames for it are dropped, as the runtime's paused VM and ended loop do.
     halted: bool,
+    /// The peer link is up (the fabric's connection, as last told to the node).
+    link_up: bool,
     /// Guest disk writes handed to the node.
     pub disk_writes: u64,
     /// Guest disk writes the node completed with an error.
@@ -159,6 +161,7 @@ impl SimHost {
             out: VecDeque::new(),
             dead: false,
             halted: false,
+            link_up: false,
             disk_writes: 0,
             disk_write_errors: 0,
             held_dropped: 0,
@@ -166,10 +169,24 @@ impl SimHost {
         }
     }
 
-    /// Starts the node and brings the peer link up (a secondary knocks with Hello).
-    pub fn start(&mut self, now: Instant, hook: &mut dyn CrashHook) {
+    /// Starts the node, with the peer link up if the fabric connected it (a secondary then
+    /// knocks with Hello at once; otherwise when the link comes up).
+    pub fn start(&mut self, now: Instant, link_up: bool, hook: &mut dyn CrashHook) {
         self.input(now, Input::Command(Command::Start), hook);
-        self.input(now, Input::PeerLink(LinkState::Up), hook);
+        if link_up {
+            self.handle_link(now, LinkState::Up, hook);
+        }
+    }
+
+    /// Arms (or, with `None`, disarms) a failure of the VM's next command of a kind
+    /// (`SimVm::fail_next`, driven by the swarm's `vm_failures`).
+    pub fn arm_vm_failure(&mut self, command: Option<colo_core::checkpoint::VmCommandKind>) {
+        self.vm.fail_next = command;
+    }
+
+    /// The VM failure armed and not yet consumed by a command.
+    pub fn armed_vm_failure(&self) -> Option<colo_core::checkpoint::VmCommandKind> {
+        self.vm.fail_next
     }
 
     /// The node's status.
@@ -232,6 +249,7 @@ impl SimHost {
 
     /// The peer connection went down or came back.
     pub fn handle_link(&mut self, now: Instant, state: LinkState, hook: &mut dyn CrashHook) {
+        self.link_up = state == LinkState::Up;
         self.input(now, Input::PeerLink(state), hook);
     }
 
@@ -473,7 +491,21 @@ impl SimHost {
                     self.vm.set_pause_epoch(e);
                 }
                 self.set_trace_pauses();
+                // The runtime streams these on the peer connection: without one they fail
+                // (`VmExecutor::execute`: "peer link down"); an armed failure stays armed.
+                let no_link = !self.link_up
+                    && matches!(
+                        cmd,
+                        VmCommand::SendPages { .. } | VmCommand::SaveDeviceState { .. }
+                    );
+                let armed = no_link
+                    .then(|| self.vm.fail_next.replace(cmd.kind()))
+                    .flatten()
+                    .filter(|k| *k != cmd.kind());
                 self.vm.handle_command(now, cmd, &mut self.guest);
+                if armed.is_some() {
+                    self.vm.fail_next = armed;
+                }
                 self.drain_vm_trace();
             }
             Output::Disk(cmd) => {
@@ -606,6 +638,11 @@ impl SimHost {
                     epoch,
                 })
             }
+            Event::VmFailed { command, .. } => Some(TraceEvent::VmFailed {
+                at: now,
+                host: host(self.index),
+                command,
+            }),
             _ => None,
         };
         if let Some(t) = trace {

@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use colo_core::checkpoint::VmCommandKind;
 use colo_core::time::{Duration, Instant};
 
 use crate::netem::LinkConfig;
@@ -89,6 +90,38 @@ pub struct LinkReset {
     pub down_for: Duration,
 }
 
+/// The VM platform of `host` fails the first command of kind `command` it is ordered at or
+/// after `at` (`SimVm::fail_next`): the command completes `VmCompletion::Failed`, as the
+/// runtime reports a `machine` error, and the node handles it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmFailure {
+    /// The host whose VM fails (whichever incarnation runs then).
+    pub host: Host,
+    /// From when the failure is armed.
+    pub at: Instant,
+    /// The command that fails.
+    pub command: VmCommandKind,
+}
+
+/// The VM commands a [`VmFailure`] picks from: the four a checkpoint orders on either side
+/// whatever the link does (`SendPages` and `SaveDeviceState` fail in the runtime when the
+/// peer link is down, which the replication link's resets already drive).
+pub const FAILING_VM_COMMANDS: [VmCommandKind; 4] = [
+    VmCommandKind::Pause,
+    VmCommandKind::Resume,
+    VmCommandKind::CollectDirty,
+    VmCommandKind::ApplyCheckpoint,
+];
+
+/// VM command failures the core does not handle yet (open findings, docs/simulation.md
+/// "Findings"): drawn like the others, so a seed keeps its options once they are fixed, but
+/// not armed while listed in [`SwarmOptions::vm_failures_held_back`]. A failed `Resume` of the
+/// primary leaves the PVM paused for good (no retry, no stuck timer: seeds 231, 332); a
+/// secondary whose `ApplyCheckpoint` failed still takes over, from a state older than the
+/// epoch it reported received (seed 188).
+pub const OPEN_FINDING_VM_COMMANDS: [VmCommandKind; 2] =
+    [VmCommandKind::Resume, VmCommandKind::ApplyCheckpoint];
+
 /// Where a crash lands relative to the checkpoint protocol. `At` is a plain instant; the phase
 /// variants make the platform crash the host when the checkpointer next *enters* that phase
 /// (so crashes inside every checkpoint phase are reached on purpose, not by luck).
@@ -143,6 +176,12 @@ pub struct SwarmOptions {
     pub link_resets: Vec<LinkReset>,
     /// Host crashes.
     pub crashes: Vec<HostCrash>,
+    /// VM commands that fail (drawn after the link resets, so a seed's other options are those
+    /// it had before VM failures existed).
+    pub vm_failures: Vec<VmFailure>,
+    /// Kinds of [`SwarmOptions::vm_failures`] not armed (not drawn: the open findings,
+    /// [`OPEN_FINDING_VM_COMMANDS`], until the core handles them).
+    pub vm_failures_held_back: Vec<VmCommandKind>,
     /// Probability (ppm) that a disk write fails.
     pub disk_write_error_ppm: u32,
     /// Periodic checkpoint interval.
@@ -278,6 +317,8 @@ impl SwarmOptions {
             safety,
             liveness,
             link_resets: Vec::new(),
+            vm_failures: Vec::new(),
+            vm_failures_held_back: OPEN_FINDING_VM_COMMANDS.to_vec(),
         };
         // Blips shorter than the heartbeat's detection (500 ms): the pair must carry on. Longer
         // outages are the cut faults' domain; an 800 ms reset found a failure that is not fixed
@@ -295,6 +336,21 @@ impl SwarmOptions {
             })
             .collect();
         options.link_resets.sort_by_key(|r| (r.at, r.down_for));
+        let n_vm_failures = if rng.chance_ppm(500_000) {
+            0
+        } else {
+            rng.range_inclusive(1, 3)
+        };
+        options.vm_failures = (0..n_vm_failures)
+            .map(|_| VmFailure {
+                host: pick(&mut rng, &[Host::A, Host::B]),
+                at: instant_within(&mut rng, Duration::from_millis(200), safety),
+                command: pick(&mut rng, &FAILING_VM_COMMANDS),
+            })
+            .collect();
+        options
+            .vm_failures
+            .sort_by_key(|v| (v.at, v.host, v.command));
         options
     }
 
@@ -325,6 +381,9 @@ impl SwarmOptions {
         }
         for r in &mut self.link_resets {
             r.at = scale(r.at);
+        }
+        for v in &mut self.vm_failures {
+            v.at = scale(v.at);
         }
         self.safety = safety;
         self.liveness = total.saturating_sub(safety);
@@ -405,6 +464,32 @@ impl fmt::Display for SwarmOptions {
                 ms(c.down_for)
             )?;
         }
+        if self.vm_failures.is_empty() {
+            writeln!(f, "vm_failure = none")?;
+        }
+        for v in &self.vm_failures {
+            writeln!(
+                f,
+                "vm_failure = {} {:?} from {}",
+                v.host,
+                v.command,
+                at(v.at)
+            )?;
+        }
+        writeln!(
+            f,
+            "vm_failure_held_back = {:?} (open findings, docs/simulation.md)",
+            self.vm_failures_held_back
+        )?;
+        writeln!(
+            f,
+            "replication_link = one TCP connection: in order, no loss or duplication; a \
+             host-a<->host-b cut holds its messages (delay only) and one longer than the \
+             runtime's peer write timeout resets the connection (in flight lost, both nodes \
+             see it down); it comes back when the secondary redials (within its reconnect \
+             window, while it depends on its primary) or a restarted host dials; a crashed \
+             host's connection closes after what it sent"
+        )?;
         writeln!(
             f,
             "crash_rule = every crash, each restarted after its downtime and re-protected; a \
@@ -451,6 +536,13 @@ mod tests {
         assert!(some(&|o| !o.crashes.is_empty()));
         assert!(some(&|o| !o.link_faults.is_empty()));
         assert!(some(&|o| o.disk_write_error_ppm > 0));
+        assert!(some(&|o| !o.vm_failures.is_empty()));
+        for command in FAILING_VM_COMMANDS {
+            assert!(
+                runs.iter()
+                    .any(|o| o.vm_failures.iter().any(|v| v.command == command))
+            );
+        }
         // Every cut, mode and crash point is reached by some seed.
         for cut in [
             Cut::HostHost,
@@ -496,6 +588,9 @@ mod tests {
             for c in &o.crashes {
                 assert!(c.not_before <= o.liveness_starts(), "seed {seed}: {c:?}");
             }
+            for v in &o.vm_failures {
+                assert!(v.at <= o.liveness_starts(), "seed {seed}: {v:?}");
+            }
             assert!(o.clients >= 1 && o.connections >= 1);
         }
     }
@@ -528,6 +623,7 @@ mod tests {
                 x.link_faults.clear();
                 x.crashes.clear();
                 x.link_resets.clear();
+                x.vm_failures.clear();
                 x.safety = Duration::ZERO;
                 x.liveness = Duration::ZERO;
                 x
@@ -542,10 +638,13 @@ mod tests {
         let text = o.to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.iter().all(|l| l.contains(" = ")), "{text}");
-        // 19 drawn options, the printed crash rule, and one line per link fault, link reset
-        // and crash.
-        let expected =
-            20 + o.link_faults.len().max(1) + o.link_resets.len().max(1) + o.crashes.len().max(1);
+        // 19 drawn options, the held-back VM failures, the printed link and crash rules, and
+        // one line per link fault, link reset, crash and VM failure.
+        let expected = 22
+            + o.link_faults.len().max(1)
+            + o.link_resets.len().max(1)
+            + o.crashes.len().max(1)
+            + o.vm_failures.len().max(1);
         assert_eq!(lines.len(), expected, "{text}");
         assert_eq!(lines[0], "seed = 7");
         assert!(text.contains("checkpoint_interval = "));

@@ -364,6 +364,16 @@ pub enum TraceEvent {
         /// Broke (true) or back (false).
         down: bool,
     },
+    /// A host's VM command failed (the swarm's `vm_failures`, or the link down under
+    /// `SendPages`) and its node was told.
+    VmFailed {
+        /// When.
+        at: Instant,
+        /// The host.
+        host: Host,
+        /// The command.
+        command: colo_core::checkpoint::VmCommandKind,
+    },
 }
 
 impl TraceEvent {
@@ -391,7 +401,8 @@ impl TraceEvent {
             | TraceEvent::Restart { at, .. }
             | TraceEvent::Reprotected { at, .. }
             | TraceEvent::FaultsStopped { at }
-            | TraceEvent::LinkReset { at, .. } => *at,
+            | TraceEvent::LinkReset { at, .. }
+            | TraceEvent::VmFailed { at, .. } => *at,
         }
     }
 }

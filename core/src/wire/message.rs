@@ -28,6 +28,13 @@ pub const PROTOCOL_VERSION: u16 = 5;
 /// logging (KVM's `KVM_GET_DIRTY_LOG`) tracks 4 KiB pages even when the guest uses huge pages.
 pub const PAGE_SIZE: u64 = 4096;
 
+/// Pages per [`Message::PageBatch`] / [`Message::SyncPages`] frame a sender streams: 4 MiB of
+/// bulk, well under the default 16 MiB bulk limit ([`crate::wire::Limits`]), and few enough
+/// ranges to stay under the 64 KiB message limit (a range encodes in at most ~20 bytes, so even
+/// 1024 single-page ranges fit). The runtime's page writer and the simulator's VM both batch by
+/// it, so a simulated checkpoint has the real one's frame count.
+pub const PAGES_PER_BATCH: u64 = 1024;
+
 /// Identifies one forwarded disk write, so its [`Message::DiskAck`] can be matched to it.
 #[derive(
     Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,

@@ -59,5 +59,5 @@ pub use frame::{
 };
 pub use message::{
     AbortReason, BulkRule, Direction, DiskResult, GoodbyeReason, HelloRejectReason, Message,
-    MessageKind, PAGE_SIZE, PROTOCOL_VERSION, WriteId,
+    MessageKind, PAGE_SIZE, PAGES_PER_BATCH, PROTOCOL_VERSION, WriteId,
 };

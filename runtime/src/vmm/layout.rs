@@ -5,8 +5,9 @@
 //! `MMIO_GAP_START`, so MMIO addresses never alias a memslot (an access there always exits).
 //! The low addresses follow Firecracker's x86_64 layout (arch/src/x86_64/layout.rs).
 
-/// Size of a guest page (dirty tracking granularity).
-pub const PAGE_SIZE: u64 = 4096;
+/// Size of a guest page (dirty tracking granularity): the wire's page size, one definition for
+/// core, runtime and simulator.
+pub use colo_core::wire::PAGE_SIZE;
 /// Boot GDT written by the VMM for the 64-bit entry.
 pub const BOOT_GDT: u64 = 0x500;
 /// Empty boot IDT (right after the GDT).

@@ -1,15 +1,22 @@
 //! The seed's faults on the fabric, for both executors: the controller's step (link cuts on
-//! the two emulators, the liveness phase, which crashed hosts to kill and which to restart after
-//! their downtime: the executor does the killing, madsim's `Handle::kill`/`restart` or the plain
-//! loop dropping and booting the `SimHost`), and the crash rules the hosts consult synchronously
-//! through [`CrashHook`](crate::host::CrashHook) (so a crash at a checkpoint phase happens
-//! before the host executes the command).
+//! the two emulators, the replication connection's resets (its TCP model is [`super::link`]),
+//! the VM command failures it arms, the liveness phase, which crashed hosts to kill and which to
+//! restart after their downtime: the executor does the killing, madsim's `Handle::kill`/`restart`
+//! or the plain loop dropping and booting the `SimHost`), and the crash rules the hosts consult
+//! synchronously through [`CrashHook`](crate::host::CrashHook) (so a crash at a checkpoint phase
+//! happens before the host executes the command).
+//!
+//! A cut of the replication link (`host-a<->host-b`, any mode) holds its messages (a clog: TCP
+//! retransmits them once the path is back), in the cut direction(s); one that lasts longer than
+//! the runtime's peer write timeout breaks the connection then. Cuts of the client LAN drop
+//! frames (`Netem` partitions), and so do cuts of a host's link to the arbiter (datagrams).
 //!
 //! Invariant kept: at any instant at least one host is alive
 //! and holds the guest's state; a crash that would break this waits, and crashes still pending
 //! when the liveness phase starts are dropped. Messages in flight to a crashed host die with it
 //! (a payload is tagged with its receiver's incarnation).
 
+use colo_core::checkpoint::VmCommandKind;
 use colo_core::failover::ArbiterPhase;
 use colo_core::ids::{NodeId, Role};
 use colo_core::node::{Command, NodeMode};
@@ -45,6 +52,11 @@ pub(super) struct FaultState {
     pub(super) link_moved: bool,
     /// Hosts to kill (madsim) at once.
     to_kill: Vec<usize>,
+    /// The seed's VM failures already armed (by index).
+    vm_failures_armed: usize,
+    /// The VM command failure armed on each host and not yet consumed (a later one of the
+    /// same host replaces it).
+    pub(super) vm_armed: [Option<VmCommandKind>; 2],
 }
 
 impl FaultState {
@@ -58,7 +70,21 @@ impl FaultState {
             reset_down: false,
             link_moved: false,
             to_kill: Vec::new(),
+            vm_failures_armed: 0,
+            vm_armed: [None; 2],
         }
+    }
+
+    /// Whether a `LinkReset` window is in force.
+    pub(super) fn reset_down(&self) -> bool {
+        self.reset_down
+    }
+
+    /// Whether a cut of the replication link (any mode) is in force.
+    pub(super) fn host_host_cut_in_force(&self, opts: &SwarmOptions) -> bool {
+        self.applied
+            .iter()
+            .any(|i| opts.link_faults[*i].cut == Cut::HostHost)
     }
 }
 
@@ -107,6 +133,7 @@ impl Shared {
     fn crash_host(&mut self, now: Instant, h: usize, down_for: colo_core::time::Duration) {
         self.dead[h] = true;
         self.views[h] = None;
+        self.connection_closed_by_crash(now, h);
         self.obs.crash(now, host(h));
         self.ctl_inbox.remove(&Ctl::Host(h));
         if self.owner == h {
@@ -212,9 +239,9 @@ impl Shared {
                 self.ctl_net.unclog(now, &a, &b);
             }
             self.faults.applied.clear();
-            if self.faults.reset_down {
-                self.link_reset(now, false);
-            }
+            self.faults.reset_down = false;
+            self.faults.vm_armed = [None; 2];
+            self.try_connect(now, None);
             let delay = self.opts.link.delay;
             self.lan_net.set_default_link(LinkConfig::with_delay(delay));
             self.obs.push(TraceEvent::FaultsStopped { at: now });
@@ -239,58 +266,75 @@ impl Shared {
                 self.faults.applied.push(i);
             } else {
                 self.faults.applied.retain(|x| *x != i);
+                if lf.cut == Cut::HostHost {
+                    // Another cut of the replication link still in force keeps its clog.
+                    for j in self.faults.applied.clone() {
+                        let other = self.opts.link_faults[j];
+                        if other.cut == Cut::HostHost {
+                            self.cut(now, other.cut, other.mode, true);
+                        }
+                    }
+                }
             }
         }
+        // A cut of the replication link that outlasts the runtime's write timeout breaks the
+        // connection.
+        let reset_after = self.reset_after();
+        let long_cut = self.faults.applied.iter().any(|i| {
+            let lf = self.opts.link_faults[*i];
+            lf.cut == Cut::HostHost && now >= lf.from + reset_after
+        });
         let reset_down = self
             .opts
             .link_resets
             .iter()
             .any(|r| r.at <= now && now < r.at + r.down_for);
-        if reset_down != self.faults.reset_down {
-            self.link_reset(now, reset_down);
+        if reset_down && !self.faults.reset_down {
+            self.faults.reset_down = true;
+            self.connection_down(now);
         }
+        self.faults.reset_down = reset_down;
+        if long_cut {
+            self.connection_down(now);
+        }
+        self.try_connect(now, None);
+        self.arm_vm_failures(now);
         self.faults.link_moved = false;
         restarts
     }
 
-    /// The replication link's connection breaks (`down`: what is in flight is lost, nothing
-    /// crosses, both nodes see the link go down) or the reconnection is up (both see it come
-    /// back; a host-host link fault still in force keeps its cut).
-    fn link_reset(&mut self, now: Instant, down: bool) {
-        use colo_core::node::LinkState;
-        let (a, b) = (Ctl::Host(0), Ctl::Host(1));
-        self.faults.reset_down = down;
-        if down {
-            self.ctl_net.drop_between(&a, &b);
-            self.ctl_net.partition(a, b);
-        } else if !self.host_host_cut_applied() {
-            self.ctl_net.heal(&a, &b);
-        }
-        let state = if down { LinkState::Down } else { LinkState::Up };
-        for h in 0..2 {
-            if !self.dead[h] {
-                self.ctl_inbox
-                    .entry(Ctl::Host(h))
-                    .or_default()
-                    .push_back(super::CtlMsg::Link(state));
+    /// Arms the seed's VM failures due by `now` on their hosts.
+    fn arm_vm_failures(&mut self, now: Instant) {
+        while let Some(v) = self.opts.vm_failures.get(self.faults.vm_failures_armed)
+            && v.at <= now
+        {
+            let (h, command) = (index(v.host), v.command);
+            self.faults.vm_failures_armed += 1;
+            if !self.opts.vm_failures_held_back.contains(&command) {
+                self.faults.vm_armed[h] = Some(command);
                 self.ring(Waiter::Host(h));
             }
         }
-        self.obs.push(TraceEvent::LinkReset { at: now, down });
-    }
-
-    /// Whether a host-host link fault (partition or clog) is in force now.
-    fn host_host_cut_applied(&self) -> bool {
-        self.faults
-            .applied
-            .iter()
-            .any(|i| self.opts.link_faults[*i].cut == Cut::HostHost)
     }
 
     /// Applies (`on`) or lifts one cut.
     fn cut(&mut self, now: Instant, cut: Cut, mode: CutMode, on: bool) {
         let (a, b) = match cut {
-            Cut::HostHost => (Ctl::Host(0), Ctl::Host(1)),
+            Cut::HostHost => {
+                // TCP: the path holds what is sent (delay only), in the cut direction(s).
+                let (a, b) = (Ctl::Host(0), Ctl::Host(1));
+                let net = &mut self.ctl_net;
+                if on {
+                    net.clog(a, b);
+                    if mode != CutMode::OneWay {
+                        net.clog(b, a);
+                    }
+                } else {
+                    net.unclog(now, &a, &b);
+                    net.unclog(now, &b, &a);
+                }
+                return;
+            }
             Cut::HostArbiter(h) => (Ctl::Host(index(h)), Ctl::Arbiter),
             Cut::ClientsHost(_) => {
                 for c in 0..self.opts.clients {
@@ -319,8 +363,6 @@ impl Shared {
                 net.unclog(now, &a, &b);
                 net.unclog(now, &b, &a);
             }
-            // A reset of the replication link's connection still in progress keeps its cut.
-            (false, _) if cut == Cut::HostHost && self.faults.reset_down => {}
             (false, _) => net.heal(&a, &b),
         }
     }
@@ -335,9 +377,16 @@ impl Shared {
                     t.push(Some(c.not_before));
                 }
             }
+            let reset_after = self.reset_after();
             for lf in &self.opts.link_faults {
                 t.push(Some(lf.from));
                 t.push(Some(lf.until));
+                if lf.cut == Cut::HostHost {
+                    t.push(Some(lf.from + reset_after));
+                }
+            }
+            if let Some(v) = self.opts.vm_failures.get(self.faults.vm_failures_armed) {
+                t.push(Some(v.at));
             }
             for r in &self.opts.link_resets {
                 t.push(Some(r.at));
@@ -355,6 +404,8 @@ impl Shared {
         now: Instant,
     ) -> (Vec<usize>, Vec<usize>, Option<Instant>) {
         self.deliver(now);
+        // A host crashed outside its own step: nothing more of it leaves, its stream ends.
+        self.connection_finish_close(now);
         let restarts = self.apply_faults(now);
         self.reprotect_if_solo();
         let kills: Vec<usize> = self.faults.to_kill.drain(..).collect();

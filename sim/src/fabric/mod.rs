@@ -2,7 +2,8 @@
 //! kills are provided. Two [`SimHost`]s (each its `Node`, VM, disk and own guest), colo-core's
 //! `Arbiter`, the clients and the upstream server exchange every frame through it: the client
 //! LAN (the seed's [`Netem`] behind a [`Lan`]) and the control network (replication link and
-//! arbiter requests, a second FIFO `Netem` with the seed's cuts). Each actor has a step function
+//! arbiter requests, a second FIFO `Netem` with the seed's cuts; the replication link is one TCP
+//! connection, [`link`]: delays, resets, redials). Each actor has a step function
 //! here ([`Shared::step_host`], [`Shared::step_arbiter`], [`Shared::step_lan`],
 //! [`Shared::step_controller`] in [`faults`]) that does everything due for it at an instant and
 //! says when it must be stepped again; the madsim executor ([`crate::cluster_run`]) runs each as
@@ -45,6 +46,7 @@ use crate::trace::TraceEvent;
 use crate::world::{Endpoint, GUEST_ADDR, UPSTREAM_ADDR, UPSTREAM_PORT, client_addr};
 
 pub(crate) mod faults;
+pub(crate) mod link;
 
 /// The end of a Node run (either executor).
 #[derive(Debug)]
@@ -92,7 +94,7 @@ pub(crate) enum Ctl {
 #[derive(Debug)]
 pub(crate) enum CtlMsg {
     Peer(PeerMsg),
-    /// The host's peer connection went down or came back (a link reset, `faults.rs`).
+    /// The host's peer connection went down or came back (`link.rs`).
     Link(colo_core::node::LinkState),
     Lease(usize, LeaseRequest),
     Reply(LeaseRequestId, LeaseReply),
@@ -139,6 +141,8 @@ pub(crate) struct Shared {
     /// Commands for a host (re-protection, restart of a refused newcomer).
     pub(crate) commands: [VecDeque<Command>; 2],
     faults: faults::FaultState,
+    /// The replication link's TCP connection ([`link`]).
+    pub(crate) repl: link::ReplLink,
     pub(crate) incarnation: [u32; 2],
     /// The two first guests (taken by the hosts' first boot).
     pub(crate) first_guests: [Option<Guest>; 2],
@@ -206,6 +210,7 @@ impl Shared {
             arbiter_phase: ArbiterPhase::Vacant,
             commands: [VecDeque::new(), VecDeque::new()],
             faults: faults::FaultState::new(opts),
+            repl: link::ReplLink::new(),
             incarnation: [0; 2],
             first_guests: [Some(pvm), Some(svm)],
             boot,
@@ -248,6 +253,8 @@ impl Shared {
         let mut cfg = node_config(h, &self.opts, self.canary);
         cfg.node_id = NodeId(h as u64 + 1 + 2 * u64::from(inc));
         let rng = SimRng::new(self.opts.seed);
+        // The first hosts start connected; a restarted one dials its peer.
+        let first_boot = self.first_guests[h].is_some();
         let (guest, role, disk_label) = match self.first_guests[h].take() {
             Some(g) => (
                 g,
@@ -272,7 +279,8 @@ impl Shared {
         let (timing, canary) = (self.timing, self.canary);
         let mut sim = SimHost::new(h, cfg, role, guest, timing, canary, disk, now);
         self.dead[h] = false;
-        sim.start(now, self);
+        let link_up = first_boot || self.connection_dial_on_boot(now, h);
+        sim.start(now, link_up, self);
         self.route(now, h, &mut sim);
         sim
     }
@@ -291,6 +299,7 @@ impl Shared {
             return None;
         }
         self.deliver(now);
+        sim.arm_vm_failure(self.faults.vm_armed[h]);
         let client = if self.owner == h {
             self.lan_inbox.remove(&Endpoint::Guest).unwrap_or_default()
         } else {
@@ -313,6 +322,8 @@ impl Shared {
             sim.handle_command(now, c, self);
         }
         sim.handle_timeout(now, self);
+        // A consumed failure is gone; one not yet consumed stays armed for the host.
+        self.faults.vm_armed[h] = sim.armed_vm_failure();
         self.disk_writes += std::mem::take(&mut sim.disk_writes);
         self.disk_write_errors += std::mem::take(&mut sim.disk_write_errors);
         self.route(now, h, sim);
@@ -477,6 +488,8 @@ impl Shared {
                     let epoch = self.primary_epoch;
                     self.obs.svm_output(now, &frame, epoch);
                 }
+                // No connection: the runtime drops what it cannot send (`dropped_while_down`).
+                HostOutput::ToPeer(_) if !self.connection_sends(h) => self.drop_while_down(),
                 HostOutput::ToPeer(msg) => {
                     self.ctl_send(now, Ctl::Host(h), Ctl::Host(1 - h), CtlMsg::Peer(msg));
                 }
@@ -496,6 +509,7 @@ impl Shared {
                 HostOutput::Trace(e) => self.obs.push(e),
             }
         }
+        self.connection_finish_close(now);
         if let Some(e) = host_.primary_epoch() {
             self.primary_epoch = e;
         }
@@ -505,6 +519,7 @@ impl Shared {
         });
         self.instant_crashes(now);
         self.reprotect_if_solo();
+        self.try_connect(now, None);
     }
 }
 

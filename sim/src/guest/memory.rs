@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 
 use colo_core::ids::PageRange;
 
-/// Bytes in one guest page.
-pub const PAGE_SIZE: u64 = 4096;
+/// Bytes in one guest page (the wire's page size: one definition for core, runtime and sim).
+pub use colo_core::wire::PAGE_SIZE;
 
 /// Pages of the simulated RX descriptor ring and buffers (one page per received frame, cycling).
 pub const RX_RING_PAGES: u64 = 16;

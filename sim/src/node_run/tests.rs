@@ -2,14 +2,17 @@ use super::*;
 use crate::check;
 use crate::client::History;
 use crate::swarm::CrashPoint;
+use crate::swarm::{Cut, CutMode, LinkFault, LinkReset, VmFailure};
 use crate::trace::Origin;
 use crate::trace::TraceEvent;
+use colo_core::checkpoint::VmCommandKind;
 use colo_core::ids::Epoch;
 
 fn calm(seed: u64) -> SwarmOptions {
     let mut o = SwarmOptions::generate(seed);
     o.link_faults.clear();
     o.crashes.clear();
+    o.vm_failures.clear();
     o.disk_write_error_ppm = 0;
     o.link = crate::netem::LinkConfig::with_delay(Duration::from_micros(200));
     o.safety = Duration::from_secs(2);
@@ -266,4 +269,231 @@ fn released_acks_are_justified_by_the_secondary_in_a_real_run() {
             "no {kind} release reported: {v:#?}"
         );
     }
+}
+
+// The fabric's fault model on whole runs: the replication link behaves like one TCP connection
+// (a short cut delays, a long one resets, a reset is redialled, a crash closes it and the
+// restarted host dials back), and the swarm's VM command failures reach the nodes.
+
+/// A seed's options without faults of its own: a fixed workload, a clean client LAN.
+fn quiet(seed: u64) -> SwarmOptions {
+    let mut o = SwarmOptions::generate(seed);
+    o.link_faults.clear();
+    o.link_resets.clear();
+    o.crashes.clear();
+    o.vm_failures.clear();
+    o.disk_write_error_ppm = 0;
+    o.link = crate::netem::LinkConfig::with_delay(Duration::from_micros(200));
+    o.safety = Duration::from_secs(3);
+    o.liveness = Duration::from_secs(3);
+    o.checkpoint_interval = Duration::from_millis(200);
+    o.compare_timeout = Duration::from_millis(20);
+    o.clients = 2;
+    o.connections = 2;
+    o.requests_per_connection = 60;
+    o
+}
+
+fn host_host_cut(mode: CutMode, from_ms: u64, len_ms: u64) -> LinkFault {
+    LinkFault {
+        cut: Cut::HostHost,
+        mode,
+        from: Instant::from_millis(from_ms),
+        until: Instant::from_millis(from_ms + len_ms),
+    }
+}
+
+/// The connection's transitions: (instant, went down).
+fn link_transitions(out: &NodeRunOutput) -> Vec<(Instant, bool)> {
+    out.trace
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::LinkReset { at, down } => Some((*at, *down)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn took_over(out: &NodeRunOutput) -> bool {
+    out.trace
+        .events
+        .iter()
+        .any(|e| matches!(e, TraceEvent::TermStarted { solo: true, .. }))
+}
+
+fn checkpoints_after(out: &NodeRunOutput, after: Instant) -> usize {
+    out.trace
+        .events
+        .iter()
+        .filter(|e| matches!(e, TraceEvent::CheckpointDone { at, .. } if *at > after))
+        .count()
+}
+
+fn assert_safe_and_served(out: &NodeRunOutput, what: &str) {
+    let h: Vec<&History> = out.histories.iter().collect();
+    let v = check::check_safety(&out.trace, &h, None);
+    assert!(v.is_empty(), "{what}: {v:#?}");
+    assert!(
+        out.histories.iter().all(|h| h.pending() == 0),
+        "{what}: clients left waiting"
+    );
+}
+
+#[test]
+fn a_short_cut_of_the_replication_link_only_delays_its_messages() {
+    for mode in [CutMode::Symmetric, CutMode::OneWay, CutMode::Clog] {
+        let mut o = quiet(3);
+        // Shorter than the heartbeat's detection (500 ms): nothing may notice but the delay.
+        o.link_faults = vec![host_host_cut(mode, 1_000, 150)];
+        let out = NodeRun::new(&o, None, None).run();
+        assert_safe_and_served(&out, &format!("{mode:?}"));
+        assert_eq!(
+            link_transitions(&out),
+            vec![],
+            "{mode:?}: the connection broke"
+        );
+        assert!(!took_over(&out), "{mode:?}: a delay caused a takeover");
+        // Replication goes on after the cut: its messages were held, not lost.
+        assert!(
+            checkpoints_after(&out, Instant::from_millis(1_150)) >= 3,
+            "{mode:?}: no checkpoint after the cut"
+        );
+    }
+}
+
+#[test]
+fn a_cut_longer_than_the_write_timeout_resets_the_connection_and_the_survivor_serves() {
+    let mut o = quiet(4);
+    o.link_faults = vec![host_host_cut(CutMode::Symmetric, 1_000, 1_500)];
+    let out = NodeRun::new(&o, None, None).run();
+    assert_safe_and_served(&out, "long cut");
+    let reset_after = {
+        let shared = Shared::new(&o, None);
+        shared.reset_after()
+    };
+    let transitions = link_transitions(&out);
+    // Down once, at the write timeout; the secondary had taken over by then (the heartbeat
+    // lost its primary after 500 ms), so nobody redials.
+    assert_eq!(
+        transitions,
+        vec![(Instant::from_millis(1_000) + reset_after, true)],
+        "{transitions:?}"
+    );
+    assert!(took_over(&out), "host B never took over");
+}
+
+#[test]
+fn a_reset_shorter_than_the_heartbeat_is_redialled_and_the_pair_carries_on() {
+    let mut o = quiet(5);
+    o.link_resets = vec![LinkReset {
+        at: Instant::from_millis(1_000),
+        down_for: Duration::from_millis(100),
+    }];
+    let out = NodeRun::new(&o, None, None).run();
+    assert_safe_and_served(&out, "reset");
+    assert_eq!(
+        link_transitions(&out),
+        vec![
+            (Instant::from_millis(1_000), true),
+            (Instant::from_millis(1_100), false)
+        ]
+    );
+    assert!(!took_over(&out), "a redialled reset caused a takeover");
+    assert!(checkpoints_after(&out, Instant::from_millis(1_100)) >= 3);
+}
+
+#[test]
+fn a_crash_closes_the_connection_and_the_restarted_host_dials_back() {
+    let mut o = quiet(6);
+    o.crashes = vec![HostCrash {
+        host: Host::B,
+        not_before: Instant::from_millis(800),
+        point: CrashPoint::At,
+        down_for: Duration::from_millis(300),
+    }];
+    let out = NodeRun::new(&o, None, None).run();
+    assert_safe_and_served(&out, "crash");
+    let transitions = link_transitions(&out);
+    assert_eq!(
+        transitions.first(),
+        Some(&(Instant::from_millis(800), true))
+    );
+    // The restarted B dials A, the primary's acceptor takes it, and the pair re-forms on it.
+    let (up_at, up) = *transitions
+        .get(1)
+        .expect("the restarted host never connected");
+    assert!(
+        !up && up_at >= Instant::from_millis(1_100),
+        "{transitions:?}"
+    );
+    let reprotected = out
+        .trace
+        .events
+        .iter()
+        .any(|e| matches!(e, TraceEvent::Reprotected { at, .. } if *at >= up_at));
+    assert!(reprotected, "no re-protection on the new connection");
+}
+
+#[test]
+fn swarm_vm_failures_reach_the_nodes_and_the_pair_recovers() {
+    let mut o = quiet(7);
+    o.vm_failures = vec![
+        VmFailure {
+            host: Host::A,
+            at: Instant::from_millis(500),
+            command: VmCommandKind::Pause,
+        },
+        VmFailure {
+            host: Host::A,
+            at: Instant::from_millis(1_000),
+            command: VmCommandKind::CollectDirty,
+        },
+        VmFailure {
+            host: Host::B,
+            at: Instant::from_millis(1_500),
+            command: VmCommandKind::Pause,
+        },
+    ];
+    let out = NodeRun::new(&o, None, None).run();
+    assert_safe_and_served(&out, "vm failures");
+    let failed: Vec<(Host, VmCommandKind)> = out
+        .trace
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::VmFailed { host, command, .. } => Some((*host, *command)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        vec![
+            (Host::A, VmCommandKind::Pause),
+            (Host::A, VmCommandKind::CollectDirty),
+            (Host::B, VmCommandKind::Pause)
+        ]
+    );
+    // Each failure aborted one attempt; the primary retried and replication carried on.
+    assert!(!took_over(&out), "a VM failure caused a takeover");
+    assert!(checkpoints_after(&out, Instant::from_millis(1_500)) >= 3);
+}
+
+#[test]
+fn held_back_vm_failures_are_drawn_but_not_armed() {
+    let mut o = quiet(8);
+    o.vm_failures = vec![VmFailure {
+        host: Host::A,
+        at: Instant::from_millis(500),
+        command: VmCommandKind::Resume,
+    }];
+    assert!(o.vm_failures_held_back.contains(&VmCommandKind::Resume));
+    let out = NodeRun::new(&o, None, None).run();
+    assert!(
+        !out.trace
+            .events
+            .iter()
+            .any(|e| matches!(e, TraceEvent::VmFailed { .. })),
+        "a held-back failure was armed"
+    );
 }

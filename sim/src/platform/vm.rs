@@ -34,10 +34,8 @@ use super::{Canary, ReplFrame};
 use crate::guest::{Guest, GuestSnapshot};
 use crate::trace::TraceEvent;
 
-/// Most pages one `PageBatch` frame carries (QEMU sends RAM in blocks of this order).
-pub const PAGES_PER_BATCH: u64 = 256;
-/// Bytes of one page.
-pub const PAGE_BYTES: u64 = 4096;
+// The runtime's batch and page size, one definition in colo-core's wire module.
+pub use colo_core::wire::{PAGE_SIZE, PAGES_PER_BATCH};
 /// Bytes of a saved device state (vCPU registers, virtio queues, timers: QEMU's non-RAM
 /// sections are tens of KiB for a small guest).
 pub const DEVICE_STATE_BYTES: u64 = 48 * 1024;
@@ -240,13 +238,13 @@ impl SimVm {
                                 batch: batches,
                                 ranges: chunk,
                             },
-                            bulk_len: n * PAGE_BYTES,
+                            bulk_len: n * PAGE_SIZE,
                             snapshot: None,
                         },
                     );
                     batches += 1;
                     pages += n;
-                    bytes += n * PAGE_BYTES;
+                    bytes += n * PAGE_SIZE;
                 }
                 self.complete(
                     done,

@@ -29,10 +29,8 @@ use vm_memory::{Bytes, GuestAddress};
 
 pub mod auth;
 
-/// Pages per `PageBatch` / `SyncPages` frame: 4 MiB of bulk, well under the default 16 MiB
-/// bulk limit, and few enough ranges to stay under the 64 KiB message limit (a range encodes
-/// in at most ~20 bytes, so even 1024 single-page ranges fit).
-pub const PAGES_PER_BATCH: u64 = 1024;
+/// Pages per `PageBatch` / `SyncPages` frame (one definition for core, runtime and simulator).
+pub use colo_core::wire::PAGES_PER_BATCH;
 
 /// Why a link ended.
 #[derive(Debug, thiserror::Error)]

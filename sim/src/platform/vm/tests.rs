@@ -10,27 +10,29 @@ fn busy_guest() -> Guest {
 
 #[test]
 fn batches_hold_at_most_their_page_budget_and_keep_every_page() {
+    // Two full batches and a remainder of 48 pages: one range spans a batch boundary.
+    let b = PAGES_PER_BATCH;
     let ranges = vec![
         PageRange {
             first: 0,
-            count: 300,
+            count: b + 44,
         },
         PageRange {
-            first: 1000,
+            first: 3 * b,
             count: 10,
         },
         PageRange {
-            first: 2000,
-            count: 250,
+            first: 5 * b,
+            count: b - 6,
         },
     ];
     let batches = split_batches(&ranges);
     assert_eq!(batches.len(), 3);
-    for b in &batches {
-        assert!(b.iter().map(|r| r.count).sum::<u64>() <= PAGES_PER_BATCH);
+    for batch in &batches {
+        assert!(batch.iter().map(|r| r.count).sum::<u64>() <= PAGES_PER_BATCH);
     }
     let total: u64 = batches.iter().flatten().map(|r| r.count).sum();
-    assert_eq!(total, 560);
+    assert_eq!(total, 2 * b + 48);
 }
 
 #[test]
@@ -87,7 +89,7 @@ fn a_whole_epoch_moves_from_primary_to_secondary_and_applies_exactly() {
     while let Some(c) = a.poll_completion(end, &mut pvm) {
         if let VmCompletion::PagesSent { pages, bytes, .. } = c {
             assert_eq!(pages, dirty);
-            assert_eq!(bytes, dirty * PAGE_BYTES);
+            assert_eq!(bytes, dirty * PAGE_SIZE);
             sent = Some(pages);
         }
     }
@@ -147,7 +149,7 @@ fn apply_of_an_epoch_not_received_fails_and_discard_keeps_the_applied_state() {
             batch: 0,
             ranges: vec![PageRange { first: 1, count: 1 }],
         },
-        bulk_len: PAGE_BYTES,
+        bulk_len: PAGE_SIZE,
         snapshot: None,
     });
     b.handle_command(now, VmCommand::DiscardPartial { epoch: Epoch(3) }, &mut svm);
