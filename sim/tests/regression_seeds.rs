@@ -1,6 +1,7 @@
 //! Regression seeds: every seed `colo-sim` ever failed on is replayed here and must pass (issue
 //! 4: "`cargo test` replays a fixed list of regression seeds"). Each entry says what it caught.
 
+use colo_core::time::Duration;
 use colo_sim::platform::Canary;
 use colo_sim::runner::{Verdict, run_options, run_seed};
 use colo_sim::swarm::SwarmOptions;
@@ -144,40 +145,56 @@ fn regression_seeds_pass() {
     }
 }
 
-/// Open findings (docs/simulation.md, "Findings"): VM command failures colo-core does not handle
-/// yet, held back from the swarm (`SwarmOptions::vm_failures_held_back`). Each seed fails with
-/// its failures armed; once the core handles them, drop the kinds from
-/// `swarm::OPEN_FINDING_VM_COMMANDS`, remove the `ignore` and move the seeds to [`SEEDS`].
-const OPEN_FINDING_SEEDS: &[(u64, &str)] = &[
+/// Seeds found with the swarm's `vm_failure` once the kinds held back from the swarm
+/// (`swarm::OPEN_FINDING_VM_COMMANDS`) were armed; replayed here with every drawn failure
+/// armed.
+const VM_FAILURE_SEEDS: &[(u64, &str)] = &[
     (
         188,
-        "liveness: host B's ApplyCheckpoint of e7 failed after it had sent CheckpointReceived; a \
-         one-way cut then made B take over from e6, behind what the clients had seen",
+        "liveness: host B's ApplyCheckpoint of e7 failed after it had sent CheckpointReceived; \
+         a one-way cut then made B take over from e6, behind what the clients had seen \
+         (colo-core: a secondary whose apply failed gives up its state and leaves the pair)",
     ),
     (
         231,
-        "no_silent_loss: host A's Resume failed; the PVM stayed paused for good (no retry, no \
-         stuck timer in Resuming), its held frames were never released nor superseded",
+        "no_silent_loss: host A's Resume failed; the PVM stayed paused for \
+         good and its held frames were never released nor superseded (colo-core: a primary \
+         whose resume failed leaves the pair, the secondary takes over)",
     ),
     (
         332,
-        "liveness: host A's Resume failed; the PVM stayed paused, no checkpoint completed again",
+        "liveness: host A's Resume failed; the PVM stayed paused, no \
+         checkpoint completed again",
     ),
 ];
 
 #[test]
-#[ignore = "open findings: colo-core does not handle a failed primary Resume or a failed \
-            secondary ApplyCheckpoint yet (docs/simulation.md)"]
-fn open_finding_vm_failures_pass_once_the_core_handles_them() {
-    for (seed, why) in OPEN_FINDING_SEEDS {
+fn vm_failure_seeds_pass_with_every_failure_armed() {
+    for (seed, why) in VM_FAILURE_SEEDS {
         let mut o = SwarmOptions::generate(*seed);
         o.vm_failures_held_back.clear();
         let r = run_options(o, None, false);
         assert_eq!(
             r.verdict,
             Verdict::Pass,
-            "seed {seed} ({why}) still fails; options:\n{}",
+            "seed {seed} ({why}) failed again; options:\n{}",
             r.options
         );
     }
+}
+
+/// Seed 62 in ten simulated seconds: an 800 ms reset of the replication link outlives the
+/// detection, then two crashes; it failed while the simulated link lost messages one by one
+/// (docs/simulation.md "Findings") and is the scenario that brought 800 ms resets back.
+#[test]
+fn seed_62_in_ten_seconds_with_an_800_ms_link_reset_passes() {
+    let opts = colo_sim::runner::scenario_options(62, None, Some(Duration::from_secs(10)));
+    assert!(
+        opts.link_resets
+            .iter()
+            .any(|r| r.down_for == Duration::from_millis(800)),
+        "the seed's options changed: it no longer draws the 800 ms reset"
+    );
+    let r = run_options(opts, None, false);
+    assert_eq!(r.verdict, Verdict::Pass, "options:\n{}", r.options);
 }

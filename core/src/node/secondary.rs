@@ -300,6 +300,26 @@ impl Node {
         }
     }
 
+    /// A VM command of a checkpoint failed. Most failures abort the checkpoint in progress (the
+    /// checkpointers' rule) and the VM is as it was. Two leave this node's VM unusable: a
+    /// primary whose `Resume` failed keeps its PVM paused, and a secondary whose
+    /// `ApplyCheckpoint` failed holds a half-applied SVM, no copy of any checkpoint, which must
+    /// never serve a takeover (found by colo-sim's `vm_failure`, seeds 188, 231, 332). Either
+    /// way this node is the broken one: while paired it says goodbye and stops, so that the
+    /// peer serves; a secondary also gives up its state for good, so no later trigger makes it
+    /// take over.
+    fn on_vm_command_failed(&mut self, command: crate::checkpoint::VmCommandKind) {
+        use crate::checkpoint::VmCommandKind as K;
+        match (&self.side, command) {
+            (Side::Primary(_), K::Resume) => self.on_own_vm_stuck(),
+            (Side::Secondary(_), K::ApplyCheckpoint) => {
+                self.has_state = false;
+                self.on_own_vm_stuck();
+            }
+            _ => {}
+        }
+    }
+
     /// The disk machine emptied its overlays for `epoch`: the apply may finish.
     pub(super) fn secondary_disk_reset(&mut self, now: Instant, epoch: Epoch) {
         if let Side::Secondary(s) = &mut self.side
@@ -375,7 +395,10 @@ impl Node {
                     crate::checkpoint::StuckPhase::AwaitingVm => self.on_own_vm_stuck(),
                 }
             }
-            C::VmFailed { epoch, command } => self.event(Event::VmFailed { epoch, command }),
+            C::VmFailed { epoch, command } => {
+                self.event(Event::VmFailed { epoch, command });
+                self.on_vm_command_failed(command);
+            }
             C::ReadyForTakeover { .. } => self.on_ready_for_takeover(now),
         }
     }
