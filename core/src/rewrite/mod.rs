@@ -24,7 +24,7 @@ mod tests;
 pub use client::{ClientTranslation, TRANSLATED_CONNS_PER_MESSAGE, TranslatedConn};
 pub use table::{ConnKey, Phase};
 
-use crate::packet::{FlowKey, Kind, SeqNum, TcpInfo, TcpSegmentMut, classify, tcp_flags};
+use crate::packet::{Kind, SeqNum, TcpInfo, TcpSegmentMut, classify, tcp_flags};
 use crate::time::Instant;
 use table::{Conn, Insert, Table};
 
@@ -248,36 +248,11 @@ impl Rewriter {
         let Ok(classified) = classify(frame) else {
             return Verdict::Passed(PassReason::Malformed);
         };
-        let (
-            Kind::Tcp(info),
-            FlowKey::Ip {
-                vlan,
-                src,
-                dst,
-                src_port,
-                dst_port,
-                ..
-            },
-        ) = (&classified.kind, classified.key)
-        else {
+        let Kind::Tcp(info) = classified.kind else {
             return Verdict::Passed(PassReason::NotTcp);
         };
-        let info = *info;
-        let key = match dir {
-            Direction::Inbound => ConnKey {
-                vlan,
-                guest_addr: dst,
-                guest_port: dst_port,
-                peer_addr: src,
-                peer_port: src_port,
-            },
-            Direction::Outbound => ConnKey {
-                vlan,
-                guest_addr: src,
-                guest_port: src_port,
-                peer_addr: dst,
-                peer_port: dst_port,
-            },
+        let Some(key) = ConnKey::of_flow(classified.key, dir == Direction::Outbound) else {
+            return Verdict::Passed(PassReason::NotTcp);
         };
 
         let opens = info.has(tcp_flags::SYN) && info.flags & (tcp_flags::ACK | tcp_flags::RST) == 0;

@@ -32,7 +32,7 @@
 //! most once, in sequence order per connection; memory stays within the bounds.
 
 use super::ConnKey;
-use crate::packet::{FlowKey, Kind, SeqNum, classify, tcp_flags};
+use crate::packet::{Kind, SeqNum, classify, tcp_flags};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Bounds of a [`ResendBuffer`].
@@ -103,37 +103,10 @@ pub struct ResendBuffer {
 /// A TCP frame's connection key, as the guest sees it, and its summary.
 fn tcp_of(frame: &[u8], outbound: bool) -> Option<(ConnKey, crate::packet::TcpInfo)> {
     let classified = classify(frame).ok()?;
-    let (
-        Kind::Tcp(info),
-        FlowKey::Ip {
-            vlan,
-            src,
-            dst,
-            src_port,
-            dst_port,
-            ..
-        },
-    ) = (classified.kind, classified.key)
-    else {
+    let Kind::Tcp(info) = classified.kind else {
         return None;
     };
-    let key = if outbound {
-        ConnKey {
-            vlan,
-            guest_addr: src,
-            guest_port: src_port,
-            peer_addr: dst,
-            peer_port: dst_port,
-        }
-    } else {
-        ConnKey {
-            vlan,
-            guest_addr: dst,
-            guest_port: dst_port,
-            peer_addr: src,
-            peer_port: src_port,
-        }
-    };
+    let key = ConnKey::of_flow(classified.key, outbound)?;
     Some((key, info))
 }
 

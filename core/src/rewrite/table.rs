@@ -6,7 +6,7 @@
 //! other decision depend only on the keys' total order and the entries' contents (a `BTreeMap`,
 //! never a hash map), so the same frames always give the same table.
 
-use crate::packet::SeqNum;
+use crate::packet::{FlowKey, SeqNum};
 use crate::time::Instant;
 use core::net::IpAddr;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,41 @@ pub struct ConnKey {
     pub peer_addr: IpAddr,
     /// The remote peer's port.
     pub peer_port: u16,
+}
+
+impl ConnKey {
+    /// The connection a TCP frame of `flow` belongs to: the guest is the frame's source when
+    /// `from_guest`, its destination otherwise. `None` for a flow without IP addresses.
+    pub fn of_flow(flow: FlowKey, from_guest: bool) -> Option<ConnKey> {
+        let FlowKey::Ip {
+            vlan,
+            src,
+            dst,
+            src_port,
+            dst_port,
+            ..
+        } = flow
+        else {
+            return None;
+        };
+        Some(if from_guest {
+            ConnKey {
+                vlan,
+                guest_addr: src,
+                guest_port: src_port,
+                peer_addr: dst,
+                peer_port: dst_port,
+            }
+        } else {
+            ConnKey {
+                vlan,
+                guest_addr: dst,
+                guest_port: dst_port,
+                peer_addr: src,
+                peer_port: src_port,
+            }
+        })
+    }
 }
 
 /// Where a connection's handshake stands, i.e. what is known of its sequence offset.
