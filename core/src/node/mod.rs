@@ -587,7 +587,7 @@ impl Node {
     /// The rewriter: a secondary's, or the client-edge translator a former secondary keeps.
     pub fn rewriter(&self) -> Option<&Rewriter> {
         match &self.side {
-            Side::Secondary(s) => Some(&s.rewriter),
+            Side::Secondary(s) => Some(s.xlate.own()),
             Side::Primary(p) => p.client_xlate.as_ref().map(ClientTranslation::own),
         }
     }

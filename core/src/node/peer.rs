@@ -400,7 +400,8 @@ impl Node {
             let Side::Secondary(old) = std::mem::replace(&mut self.side, placeholder) else {
                 return;
             };
-            let translation = crate::rewrite::ClientTranslation::new(old.rewriter, old.inherited);
+            let mut translation = old.xlate;
+            translation.enter_failover();
             let primary =
                 super::primary::PrimarySide::from_survivor(&self.config, applied, translation, now)
                     .expect("compare config validated at Node::new");

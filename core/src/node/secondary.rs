@@ -20,7 +20,7 @@ use crate::checkpoint::{
     CheckpointConfig, CheckpointOutput, SecondaryCheckpointer, SecondaryPhase,
 };
 use crate::ids::{Epoch, NicId};
-use crate::rewrite::{Rewriter, RewriterConfig, TranslatedConn};
+use crate::rewrite::{ClientTranslation, Rewriter, RewriterConfig, TranslatedConn};
 
 use crate::rewrite::resend::{ResendBuffer, ResendConfig};
 use crate::time::Instant;
@@ -29,10 +29,10 @@ use crate::wire::Message;
 /// The machines of a secondary-side node.
 #[derive(Debug)]
 pub(super) struct SecondarySide {
-    pub(super) rewriter: Rewriter,
-    /// The primary's client-facing translation (its guest's numbering -> the clients'), as of
-    /// its last complete `ClientTranslation` snapshot; empty unless that primary took over.
-    pub(super) inherited: Rewriter,
+    /// The rewriter (SVM -> primary guest numbering), followed after a takeover by the
+    /// primary's client-facing translation as of its last complete `ClientTranslation`
+    /// snapshot (empty unless that primary had itself taken over).
+    pub(super) xlate: ClientTranslation,
     /// Parts of a snapshot still arriving, and the next part number expected.
     incoming: Vec<TranslatedConn>,
     incoming_part: u32,
@@ -52,8 +52,7 @@ pub(super) struct SecondarySide {
 impl SecondarySide {
     pub(super) fn new(config: &NodeConfig) -> SecondarySide {
         SecondarySide {
-            rewriter: Rewriter::new(config.rewriter),
-            inherited: Rewriter::from_translated(config.rewriter, Instant::ZERO, &[]),
+            xlate: ClientTranslation::new(config.rewriter),
             incoming: Vec::new(),
             incoming_part: 0,
             rewriter_config: config.rewriter,
@@ -63,19 +62,6 @@ impl SecondarySide {
             backlog: std::collections::VecDeque::new(),
             covered_frames: 0,
         }
-    }
-
-    /// The SVM's output leaves for a client now (after a takeover): the inherited hop last.
-    pub(super) fn translate_outbound(&mut self, now: Instant, frame: &mut [u8]) {
-        self.inherited.rewrite_outbound(now, frame);
-    }
-
-    /// This node takes over: its rewriter and the inherited hop serve clients from now on
-    /// (`crate::rewrite::ClientTranslation`'s rule: what this node saw open hides older
-    /// inherited incarnations of the same addresses).
-    pub(super) fn enter_failover(&mut self) {
-        self.rewriter.enter_failover();
-        self.inherited.forget_connections_tracked_by(&self.rewriter);
     }
 
     /// One part of the primary's client-facing translation snapshot. Returns false for a part
@@ -103,7 +89,8 @@ impl SecondarySide {
         self.incoming_part = part.wrapping_add(1);
         if last {
             let conns = std::mem::take(&mut self.incoming);
-            self.inherited = Rewriter::from_translated(self.rewriter_config, now, &conns);
+            self.xlate
+                .inherit(Rewriter::from_translated(self.rewriter_config, now, &conns));
             self.incoming_part = 0;
         }
         true
@@ -175,12 +162,18 @@ impl Node {
         let Side::Secondary(s) = &mut self.side else {
             return;
         };
-        s.rewriter.rewrite_outbound(now, &mut frame);
-        if paired && self.phase == Phase::Running {
+        if !paired {
+            // After the takeover: to the client, in the numbering the client holds.
+            s.xlate.translate_outbound(now, &mut frame);
+            self.emit_solo(now, frame);
+            return;
+        }
+        s.xlate.own_mut().rewrite_outbound(now, &mut frame);
+        if self.phase == Phase::Running {
             // Kept for a resend at takeover while the client has not acknowledged it; also
             // when the peer link is down (the frame then reaches nobody: the primary may have
             // died just after mirroring the request this answers).
-            let rewriter = &s.rewriter;
+            let rewriter = s.xlate.own();
             s.resend.record_guest(&frame, |key| {
                 rewriter.phase(key).and_then(|p| p.offset()).is_some()
             });
@@ -190,13 +183,10 @@ impl Node {
             // with the state it came from so the primary can drop output of replaced state.
             let epoch = s.applied();
             self.send_with(Message::SecondaryOutput { epoch }, OutBulk::Frame(frame));
-        } else if paired {
+        } else {
             // Paired but not replicating yet (the SVM is created paused; nothing should come):
             // never to a client while the primary lives.
             self.stats.stale_secondary_output += 1;
-        } else {
-            s.translate_outbound(now, &mut frame);
-            self.emit_solo(now, frame);
         }
     }
 
@@ -207,8 +197,7 @@ impl Node {
             return;
         }
         if let Side::Secondary(s) = &mut self.side {
-            s.inherited.rewrite_inbound(now, &mut frame);
-            s.rewriter.rewrite_inbound(now, &mut frame);
+            s.xlate.translate_inbound(now, &mut frame);
             self.out.push_back(Output::ToGuest { nic, frame });
         }
     }
@@ -229,7 +218,7 @@ impl Node {
                 let mut frame = frame;
                 // The client's ACK, in the numbering the resend buffer keeps.
                 s.resend.record_client(&frame);
-                s.rewriter.rewrite_inbound(now, &mut frame);
+                s.xlate.own_mut().rewrite_inbound(now, &mut frame);
                 if s.paused() || !s.backlog.is_empty() {
                     s.backlog.push_back((epoch, nic, frame));
                 } else {
@@ -289,7 +278,7 @@ impl Node {
                         continue;
                     }
                     if let Side::Secondary(s) = &mut self.side {
-                        s.rewriter.reset_offsets();
+                        s.xlate.own_mut().reset_offsets();
                         // The SVM's earlier output belongs to replaced state.
                         s.resend.clear();
                     }
@@ -433,12 +422,21 @@ mod translation_tests {
         let mut s = side(16);
         let t = Instant::from_nanos(1);
         assert!(s.translation_part(t, 0, false, vec![conn(1), conn(2)]));
-        assert_eq!(s.inherited.connections(), 0, "nothing before the last part");
+        assert_eq!(
+            s.xlate.inherited().connections(),
+            0,
+            "nothing before the last part"
+        );
         assert!(s.translation_part(t, 1, true, vec![conn(3)]));
-        assert_eq!(s.inherited.translated().count(), 3);
+        assert_eq!(s.xlate.inherited().translated().count(), 3);
         // A new snapshot replaces the old one whole.
         assert!(s.translation_part(t, 0, true, vec![conn(9)]));
-        let kept: Vec<u16> = s.inherited.translated().map(|c| c.key.peer_port).collect();
+        let kept: Vec<u16> = s
+            .xlate
+            .inherited()
+            .translated()
+            .map(|c| c.key.peer_port)
+            .collect();
         assert_eq!(kept, vec![9]);
     }
 
@@ -453,7 +451,12 @@ mod translation_tests {
             !s.translation_part(t, 1, true, vec![conn(3)]),
             "the snapshot restarts at 0"
         );
-        let kept: Vec<u16> = s.inherited.translated().map(|c| c.key.peer_port).collect();
+        let kept: Vec<u16> = s
+            .xlate
+            .inherited()
+            .translated()
+            .map(|c| c.key.peer_port)
+            .collect();
         assert_eq!(kept, vec![7], "the last complete snapshot stays");
     }
 
@@ -463,6 +466,6 @@ mod translation_tests {
         let t = Instant::from_nanos(1);
         assert!(s.translation_part(t, 0, false, vec![conn(1), conn(2), conn(3)]));
         assert!(s.translation_part(t, 1, true, vec![conn(4)]));
-        assert_eq!(s.inherited.connections(), 2);
+        assert_eq!(s.xlate.inherited().connections(), 2);
     }
 }

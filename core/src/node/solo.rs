@@ -205,7 +205,7 @@ impl Node {
                 }
             }
             Side::Secondary(s) => {
-                s.enter_failover();
+                s.xlate.enter_failover();
                 match &mut s.checkpointer {
                     Some(k) => k.handle_failover(now),
                     None => self.on_ready_for_takeover(now),
@@ -226,7 +226,7 @@ impl Node {
         // Kept in the previous primary's guest numbering: the inherited hop gives the
         // clients' (`Message::ClientTranslation`).
         for frame in &mut frames {
-            s.translate_outbound(now, frame);
+            s.xlate.translate_inherited_outbound(now, frame);
         }
         self.stats.resent_at_takeover += frames.len() as u64;
         for frame in frames {

@@ -74,7 +74,7 @@ impl Rewriter {
 
     /// Drops every entry `other` tracks (older incarnations of connections `other` saw open)
     /// and returns how many. Idempotent.
-    pub fn forget_connections_tracked_by(&mut self, other: &Rewriter) -> usize {
+    fn forget_connections_tracked_by(&mut self, other: &Rewriter) -> usize {
         let stale: Vec<ConnKey> = self
             .table
             .iter()
@@ -89,8 +89,10 @@ impl Rewriter {
     }
 }
 
-/// The client-facing translation of a node that took over: its own rewriter, then the
-/// translation it inherited from the primary it replaced.
+/// The client-facing translation of a secondary-side node: its own rewriter, then the
+/// translation it inherited from its primary. Until a takeover only the own hop runs (the
+/// secondary's output goes to the primary's comparator in the primary's guest numbering);
+/// from the takeover on, both run, in failover mode.
 #[derive(Clone, Debug)]
 pub struct ClientTranslation {
     own: Rewriter,
@@ -98,22 +100,39 @@ pub struct ClientTranslation {
 }
 
 impl ClientTranslation {
-    /// Composes this node's rewriter with the inherited hop at takeover. Both run in failover
-    /// mode from now on; inherited entries for addresses `own` tracks are dropped (see the
-    /// module invariant).
-    pub fn new(mut own: Rewriter, mut inherited: Rewriter) -> ClientTranslation {
-        own.enter_failover();
-        inherited.enter_failover();
-        inherited.forget_connections_tracked_by(&own);
-        ClientTranslation { own, inherited }
+    /// A fresh secondary's translation: its own rewriter, nothing inherited yet.
+    pub fn new(config: RewriterConfig) -> ClientTranslation {
+        ClientTranslation {
+            own: Rewriter::new(config),
+            inherited: Rewriter::from_translated(config, Instant::ZERO, &[]),
+        }
+    }
+
+    /// Replaces the inherited hop (a complete snapshot from the primary arrived).
+    pub fn inherit(&mut self, inherited: Rewriter) {
+        self.inherited = inherited;
+    }
+
+    /// This node takes over: both hops run in failover mode from now on, and inherited entries
+    /// for addresses the own hop tracks are dropped (see the module invariant). Idempotent.
+    pub fn enter_failover(&mut self) {
+        self.own.enter_failover();
+        self.inherited.enter_failover();
+        self.inherited.forget_connections_tracked_by(&self.own);
     }
 
     /// A frame from the guest to a client: guest numbering -> the previous primary's guest
     /// numbering -> the clients' numbering. Returns the own hop's verdict.
     pub fn translate_outbound(&mut self, now: Instant, frame: &mut [u8]) -> Verdict {
         let verdict = self.own.rewrite_outbound(now, frame);
-        self.inherited.rewrite_outbound(now, frame);
+        self.translate_inherited_outbound(now, frame);
         verdict
+    }
+
+    /// The inherited hop alone, for a frame the own hop already translated (a segment kept
+    /// for the resend at takeover).
+    pub fn translate_inherited_outbound(&mut self, now: Instant, frame: &mut [u8]) {
+        self.inherited.rewrite_outbound(now, frame);
     }
 
     /// A frame from a client to the guest, the reverse path. Returns the own hop's verdict.
@@ -127,6 +146,12 @@ impl ClientTranslation {
         &self.own
     }
 
+    /// The own rewriter, to drive alone while the primary lives (mirrored frames in, SVM frames
+    /// out to the comparator, offsets reset at each applied checkpoint).
+    pub fn own_mut(&mut self) -> &mut Rewriter {
+        &mut self.own
+    }
+
     /// The inherited hop (the previous primary's guest -> the clients).
     pub fn inherited(&self) -> &Rewriter {
         &self.inherited
@@ -134,7 +159,7 @@ impl ClientTranslation {
 
     /// The whole translation as a snapshot for a new secondary: every connection with a
     /// non-zero client-facing offset, in key order. The hops' keys are disjoint (see
-    /// [`ClientTranslation::new`]), so each connection's offset is the one hop that knows it.
+    /// [`ClientTranslation::enter_failover`]), so each connection's offset is the one hop that knows it.
     pub fn snapshot(&self) -> Vec<TranslatedConn> {
         let mut conns: Vec<TranslatedConn> = self
             .own
@@ -193,6 +218,13 @@ mod tests {
         }
     }
 
+    /// The translation of a node that took over with these two hops.
+    fn composed(own: Rewriter, inherited: Rewriter) -> ClientTranslation {
+        let mut x = ClientTranslation { own, inherited };
+        x.enter_failover();
+        x
+    }
+
     fn conn(port: u16, offset: u32) -> TranslatedConn {
         TranslatedConn {
             key: key(port),
@@ -205,7 +237,7 @@ mod tests {
         let t = Instant::from_nanos(1);
         let inherited =
             Rewriter::from_translated(RewriterConfig::default(), t, &[conn(4000, 1000)]);
-        let mut x = ClientTranslation::new(Rewriter::new(RewriterConfig::default()), inherited);
+        let mut x = composed(Rewriter::new(RewriterConfig::default()), inherited);
         let mut out = segment(true, 4000, 5, 9, ACK | PSH, b"hi");
         x.translate_outbound(t, &mut out);
         assert_eq!(numbers(&out), (1005, 9));
@@ -226,7 +258,7 @@ mod tests {
         own.rewrite_inbound(t, &mut segment(false, 5000, 701, 91, ACK, b""));
         let inherited =
             Rewriter::from_translated(RewriterConfig::default(), t, &[conn(4000, 1000)]);
-        let mut x = ClientTranslation::new(own, inherited);
+        let mut x = composed(own, inherited);
         let mut a = segment(true, 5000, 41, 701, ACK | PSH, b"x");
         x.translate_outbound(t, &mut a);
         assert_eq!(numbers(&a).0, 91);
@@ -247,7 +279,7 @@ mod tests {
         // The secondary saw port 4000 open again (a client SYN) after the snapshot was taken.
         let mut own = Rewriter::new(RewriterConfig::default());
         own.rewrite_inbound(t, &mut segment(false, 4000, 50, 0, SYN, b""));
-        let mut x = ClientTranslation::new(own, inherited);
+        let mut x = composed(own, inherited);
         let mut out = segment(true, 4000, 5, 51, ACK | PSH, b"hi");
         x.translate_outbound(t, &mut out);
         assert_eq!(
