@@ -40,7 +40,7 @@ mod vm;
 
 pub use disk::{BlkBridge, DiskFiles, DiskLoopStats};
 pub use frames::{ClientLink, FrameStats, NetConfig};
-pub use vm::{RamCache, SharedCache, VmExecutor};
+pub use vm::{SharedCache, VmExecutor};
 
 use disk::GuestDisk;
 use frames::GuestNet;
