@@ -31,6 +31,7 @@ pub mod fuzzing;
 pub mod heartbeat;
 pub mod ids;
 pub mod node;
+mod outbox;
 pub mod packet;
 pub mod rewrite;
 pub mod time;

@@ -331,25 +331,18 @@ pub struct CheckpointStats {
     pub pause_nanos: u64,
 }
 
-/// Output queue shared by both roles (FIFO: order is part of the protocol).
-#[derive(Debug, Default)]
-struct Outbox(std::collections::VecDeque<CheckpointOutput>);
+/// The checkpointers' shorthands for queueing (FIFO: order is part of the protocol).
+type Outbox = crate::outbox::Outbox<CheckpointOutput>;
 
 impl Outbox {
     fn send(&mut self, m: Message) {
-        self.0.push_back(CheckpointOutput::Send(m));
+        self.push(CheckpointOutput::Send(m));
     }
     fn vm(&mut self, c: VmCommand) {
-        self.0.push_back(CheckpointOutput::Vm(c));
+        self.push(CheckpointOutput::Vm(c));
     }
     fn event(&mut self, e: CheckpointEvent) {
-        self.0.push_back(CheckpointOutput::Event(e));
-    }
-    fn push(&mut self, o: CheckpointOutput) {
-        self.0.push_back(o);
-    }
-    fn pop(&mut self) -> Option<CheckpointOutput> {
-        self.0.pop_front()
+        self.push(CheckpointOutput::Event(e));
     }
 }
 

@@ -18,7 +18,7 @@ use crate::disk::{
 };
 use crate::ids::{Epoch, Role};
 use crate::wire::{DiskResult, WriteId};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 const GEN_SHIFT: u32 = 48;
 const LOCAL_MASK: u64 = (1 << GEN_SHIFT) - 1;
@@ -64,7 +64,7 @@ pub(super) struct Disks {
     /// Guest reads on a primary, issued straight to its image.
     direct: BTreeMap<u64, GuestIoId>,
     next_direct: u64,
-    out: VecDeque<DiskOutput>,
+    out: crate::outbox::Outbox<DiskOutput>,
 }
 
 fn tag(generation: u64, id: u64) -> u64 {
@@ -140,7 +140,7 @@ impl Disks {
             retired: Vec::new(),
             direct: BTreeMap::new(),
             next_direct: 1,
-            out: VecDeque::new(),
+            out: crate::outbox::Outbox::default(),
         })
     }
 
@@ -212,7 +212,7 @@ impl Disks {
                     .checked_add(len)
                     .is_none_or(|end| end > self.config.disk_size)
                 {
-                    self.out.push_back(DiskOutput::GuestDone {
+                    self.out.push(DiskOutput::GuestDone {
                         io,
                         result: Err(GuestIoError::OutOfRange),
                     });
@@ -221,7 +221,7 @@ impl Disks {
                 let op = self.next_direct;
                 self.next_direct = (self.next_direct + 1) & LOCAL_MASK;
                 self.direct.insert(op, io);
-                self.out.push_back(DiskOutput::Command(DiskCommand::Read {
+                self.out.push(DiskOutput::Command(DiskCommand::Read {
                     op: OpId(tag(DIRECT_GEN, op)),
                     io,
                     layer: Layer::Parent,
@@ -257,13 +257,13 @@ impl Disks {
         let local = OpId(op.0 & LOCAL_MASK);
         if generation == DIRECT_GEN {
             match self.direct.remove(&local.0) {
-                Some(io) => self.out.push_back(DiskOutput::GuestDone {
+                Some(io) => self.out.push(DiskOutput::GuestDone {
                     io,
                     result: result.map_err(GuestIoError::Local),
                 }),
                 None => self
                     .out
-                    .push_back(DiskOutput::Event(DiskEvent::UnknownCompletion { op })),
+                    .push(DiskOutput::Event(DiskEvent::UnknownCompletion { op })),
             }
             return;
         }
@@ -275,7 +275,7 @@ impl Disks {
             Some((_, m)) => m.handle_op_done(local, result),
             None => self
                 .out
-                .push_back(DiskOutput::Event(DiskEvent::UnknownCompletion { op })),
+                .push(DiskOutput::Event(DiskEvent::UnknownCompletion { op })),
         }
     }
 
@@ -283,13 +283,13 @@ impl Disks {
     fn collect(&mut self) {
         while let Some(o) = self.current.poll_output() {
             let o = self.tag_output(self.generation, o);
-            self.out.push_back(o);
+            self.out.push(o);
         }
         let mut retired = std::mem::take(&mut self.retired);
         for (g, m) in &mut retired {
             while let Some(o) = m.poll_output() {
                 let o = self.tag_output(*g, o);
-                self.out.push_back(o);
+                self.out.push(o);
             }
         }
         retired.retain(|(_, m)| m.in_flight() > 0);
@@ -331,6 +331,6 @@ impl Disks {
         if self.out.is_empty() {
             self.collect();
         }
-        self.out.pop_front()
+        self.out.pop()
     }
 }
