@@ -14,6 +14,7 @@
 
 mod breakdown;
 mod report;
+mod sink_trace;
 
 pub use breakdown::Breakdown;
 pub use report::{BenchReport, FailoverFigures, SideFigures};
