@@ -35,6 +35,9 @@ fn drain(cmp: &mut Comparator) -> usize {
                 released += 1;
                 println!("    release to client: {}", describe(&frame));
             }
+            CompareOutput::WindowUpdate(frame) => {
+                println!("    window update to client: {}", describe(&frame));
+            }
             CompareOutput::CheckpointRequest(reason) => {
                 println!("    CHECKPOINT REQUESTED ({})", reason.as_str());
             }

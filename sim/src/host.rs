@@ -73,6 +73,9 @@ pub enum PeerMsg {
 pub enum HostOutput {
     /// The node released this frame to the clients (status at release).
     Release(Vec<u8>, Box<NodeStatus>),
+    /// The primary's comparator announced an opened window to the clients (a pure ACK it
+    /// built, `colo_core::compare::window_update`): no guest frame, nothing held.
+    WindowUpdate(Vec<u8>),
     /// The host's guest emitted this frame and it goes to the node (status, running epoch).
     GuestFrame(Vec<u8>, Box<NodeStatus>, Epoch),
     /// A secondary frame sent to the primary's comparator.
@@ -431,6 +434,8 @@ impl SimHost {
                 let st = self.node.status(now);
                 self.out.push_back(HostOutput::Release(frame, Box::new(st)));
             }
+            // Not a guest frame: it goes to the clients without a release of its own to judge.
+            Output::WindowUpdate(frame) => self.out.push_back(HostOutput::WindowUpdate(frame)),
             Output::ToGuest { frame, .. } => {
                 if self.halted {
                     // A stopped VM receives nothing.

@@ -71,6 +71,7 @@ pub(super) fn secondary_completes_pair(
         tcp,
         history,
         history_bound,
+        update,
         ..
     } = flow;
     let Some(p) = primary.front_mut() else {
@@ -99,7 +100,7 @@ pub(super) fn secondary_completes_pair(
     let seg = *seg;
     if let Some(mut p) = primary.pop_front() {
         history.record(p.tcp.map_or(twin.seq, |t| t.seq), p.body(), *history_bound);
-        sink.clamp(&mut tcp.windows, &mut p.frame, &seg);
+        sink.clamp(&mut tcp.windows, update, &mut p.frame, &seg);
         sink.release_matched(p);
     }
     true

@@ -19,6 +19,7 @@ use super::history::History;
 use super::stats::CompareStats;
 use super::tcp::TcpStream;
 use super::window::Windows;
+use super::window_update::UpdateTemplate;
 use super::{CompareOutput, MiscompareWhy, MismatchReason};
 use crate::packet::{FlowKey, SeqNum};
 use crate::time::Instant;
@@ -107,6 +108,8 @@ pub(crate) struct Flow {
     pub(crate) reorder_window: usize,
     /// When the garbage collector looks at this flow next (mirrors the table's GC set).
     pub(crate) gc_at: Option<Instant>,
+    /// The window update the client may be owed after a clamp (`super::window_update`).
+    pub(crate) update: UpdateTemplate,
 }
 
 /// Preallocated queue depth per side: the usual depth (a frame waiting for its twin) without
@@ -133,6 +136,7 @@ impl Flow {
             history: History::default(),
             history_bound: config.retransmit_history,
             reorder_window: config.datagram_reorder_window,
+            update: UpdateTemplate::default(),
         }
     }
 
@@ -262,11 +266,22 @@ pub(crate) struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    /// Clamps the window of a primary TCP frame about to leave (`super::window`), counted.
+    /// Clamps the window of a primary TCP frame about to leave (`super::window`), counted,
+    /// and keeps `update` (`super::window_update`) in step.
     #[inline]
-    pub(crate) fn clamp(&mut self, windows: &mut Windows, frame: &mut [u8], seg: &SegmentSeq) {
-        if windows.clamp(frame, seg) {
+    pub(crate) fn clamp(
+        &mut self,
+        windows: &mut Windows,
+        update: &mut UpdateTemplate,
+        frame: &mut [u8],
+        seg: &SegmentSeq,
+    ) {
+        let lowered = windows.clamp(frame, seg);
+        if lowered {
             self.stats.windows_clamped += 1;
+        }
+        if lowered || update.is_live() {
+            update.after_clamp(lowered, frame, seg);
         }
     }
 

@@ -31,6 +31,7 @@ mod table;
 mod tcp;
 pub mod testkit;
 mod window;
+mod window_update;
 
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,11 @@ pub enum CompareOutput {
     /// Send this primary frame to the client. Frames of one flow come out in the order the
     /// comparator may release them (TCP: stream order).
     Release(Vec<u8>),
+    /// Send this pure TCP ACK to the client: built by the comparator from the last primary
+    /// segment it released with a clamped window, it announces a window both guests have
+    /// since opened (`window_update`, docs/comparator.md). Not a primary frame: it is not
+    /// counted in the conservation equations.
+    WindowUpdate(Vec<u8>),
     /// Run a checkpoint and call [`Comparator::checkpoint_done`] when the secondary has
     /// received it. Only one is outstanding at a time.
     CheckpointRequest(CheckpointReason),
@@ -439,6 +445,7 @@ impl Comparator {
                     if info.has(tcp_flags::SYN) {
                         tcp::restart_verification(&mut flow.primary);
                         flow.history.clear();
+                        flow.update.clear();
                     }
                     if let Some(f) = frame.as_deref() {
                         flow.tcp.windows.on_primary(f, info);
@@ -487,9 +494,12 @@ impl Comparator {
                     }
                     let mut buffer = buffer;
                     if side == Side::Primary {
-                        sink.clamp(&mut flow.tcp.windows, &mut buffer, s);
+                        sink.clamp(&mut flow.tcp.windows, &mut flow.update, &mut buffer, s);
                     }
                     sink.matched_unheld(side, buffer, body_end - body_start);
+                    if side == Side::Secondary {
+                        self.send_window_update(idx);
+                    }
                     self.after_frame(idx);
                     return;
                 }
@@ -505,8 +515,12 @@ impl Comparator {
                     {
                         self.stats.released_uncompared += 1;
                         if let Some(mut f) = frame.take() {
-                            if flow.tcp.windows.clamp(&mut f, &held) {
+                            let lowered = flow.tcp.windows.clamp(&mut f, &held);
+                            if lowered {
                                 self.stats.windows_clamped += 1;
+                            }
+                            if lowered || flow.update.is_live() {
+                                flow.update.after_clamp(lowered, &f, &held);
                             }
                             self.out.push_back(CompareOutput::Release(f));
                         }
@@ -618,6 +632,9 @@ impl Comparator {
             self.out.push_back(CompareOutput::Miscompare { flow, why });
             self.trigger(CheckpointReason::Miscompare);
         }
+        if tcp_info.is_some() && side == Side::Secondary {
+            self.send_window_update(idx);
+        }
         self.after_frame(idx);
     }
 
@@ -662,6 +679,7 @@ impl Comparator {
         // Every flow is empty now: schedule its GC, then trim a table that grew past its bound.
         let indices: Vec<FlowIdx> = self.table.indices().collect();
         for idx in indices {
+            self.send_window_update(idx);
             self.after_frame(idx);
         }
         while self.table.len() > self.config.max_flows {
@@ -701,6 +719,10 @@ impl Comparator {
         let mut dropped = 0u64;
         for flow in self.table.flows_mut() {
             let mut flushed_end: Option<SeqNum> = None;
+            if !flow.primary.is_empty() {
+                // Released unclamped: the client has the primary's own window.
+                flow.update.clear();
+            }
             for held in flow.primary.drain(..) {
                 if let Some(seg) = held.tcp {
                     flushed_end = Some(flushed_end.map_or(seg.end, |e| e.max_seq(seg.end)));

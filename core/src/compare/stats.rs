@@ -72,6 +72,9 @@ pub struct CompareStats {
     /// Primary TCP segments released with their window lowered to the secondary's right edge
     /// (the window clamp, `docs/comparator.md`).
     pub windows_clamped: u64,
+    /// Window updates the comparator built and released after a clamp, once the secondary
+    /// opened its window (`CompareOutput::WindowUpdate`); not primary frames.
+    pub window_updates: u64,
     /// Gauge: primary frames held now.
     pub held_primary: u64,
     /// Gauge: secondary frames held now.

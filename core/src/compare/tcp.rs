@@ -455,6 +455,7 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
         tcp,
         history,
         history_bound,
+        update,
         ..
     } = flow;
     if tcp.next.is_none() {
@@ -523,7 +524,7 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
         }
         if seg.uncompared {
             if let Some(mut p) = primary.pop_front() {
-                sink.clamp(&mut tcp.windows, &mut p.frame, &seg);
+                sink.clamp(&mut tcp.windows, update, &mut p.frame, &seg);
                 sink.release_uncompared(p);
             }
             continue;
@@ -535,7 +536,7 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
         tcp.on_release(&seg);
         if let Some(mut p) = primary.pop_front() {
             history.record(seg.seq, p.body(), *history_bound);
-            sink.clamp(&mut tcp.windows, &mut p.frame, &seg);
+            sink.clamp(&mut tcp.windows, update, &mut p.frame, &seg);
             sink.release_matched(p);
         }
     }

@@ -198,6 +198,30 @@ impl Windows {
         !new_ack && !new_edge
     }
 
+    /// The window field of a pure ACK for `ack` (the ACK the client was last told) that would
+    /// announce min(primary's edge, secondary's edge), rounded down to the primary's scale
+    /// unit, if that edge is beyond the released one (`super::window_update`); `None` if it
+    /// tells the client nothing new or either edge is unknown.
+    pub(crate) fn owed_window(&self, ack: SeqNum) -> Option<u16> {
+        let limit = self.primary_edge?.min_seq(self.secondary_edge?);
+        let released = self.released_edge?;
+        if self.released_ack != Some(ack) || limit.before(ack) {
+            return None;
+        }
+        let room = SeqNum::offset_to(ack, limit) >> self.primary_shift;
+        let window = u16::try_from(room).unwrap_or(u16::MAX);
+        let edge = ack.wrapping_add(u32::from(window) << self.primary_shift);
+        released.before(edge).then_some(window)
+    }
+
+    /// A window update for `ack` with window field `window` was released.
+    pub(crate) fn note_update(&mut self, ack: SeqNum, window: u16) {
+        raise(
+            &mut self.released_edge,
+            ack.wrapping_add(u32::from(window) << self.primary_shift),
+        );
+    }
+
     /// Clamps the window of a primary segment about to be released (`seg` describes it) and
     /// notes what the client now has. Returns true if the window was lowered.
     pub(crate) fn clamp(&mut self, frame: &mut [u8], seg: &SegmentSeq) -> bool {

@@ -254,6 +254,24 @@ impl Model {
         }
     }
 
+    /// A window update the comparator built (`compare::window_update`): a pure ACK that
+    /// acknowledges nothing the secondary has not (a checkpoint counts as the secondary
+    /// reaching the primary's ACK).
+    fn window_update(&self, frame: &[u8]) {
+        let c = classify_or_opaque(frame);
+        let Kind::Tcp(info) = c.kind else {
+            panic!("a window update that is not TCP")
+        };
+        assert_eq!(info.flags, tcp_flags::ACK, "a window update is a pure ACK");
+        assert_eq!(info.payload_len(), 0, "a window update carries no payload");
+        let allowed = self.secondary_ack.get(&c.key);
+        assert!(
+            allowed.is_some_and(|s| !s.before(info.ack)),
+            "window update acknowledging {:?}, secondary acknowledged {allowed:?}",
+            info.ack
+        );
+    }
+
     fn checkpoint(&mut self) {
         self.secondary_bytes.clear();
         self.secondary_bodies.clear();
@@ -510,8 +528,10 @@ pub fn run(data: &[u8]) {
 
 fn drain(cmp: &mut Comparator, model: &mut Model, ctx: Context) {
     while let Some(out) = cmp.poll_output() {
-        if let CompareOutput::Release(frame) = out {
-            model.released(&frame, ctx);
+        match out {
+            CompareOutput::Release(frame) => model.released(&frame, ctx),
+            CompareOutput::WindowUpdate(frame) => model.window_update(&frame),
+            _ => {}
         }
     }
     assert!(

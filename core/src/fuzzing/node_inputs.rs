@@ -116,6 +116,13 @@ impl World {
                     let first = *self.writers.entry(st.term).or_insert(h);
                     assert_eq!(first, h, "single writer: two writers in {:?}", st.term);
                 }
+                Output::WindowUpdate(_) => {
+                    let st = self.hosts[h].node.status(self.now);
+                    assert!(
+                        st.mode == NodeMode::Paired && st.role == Role::Primary,
+                        "a window update from a node that is not a paired primary: {st:?}"
+                    );
+                }
                 Output::ToPeer { message, bulk } => {
                     let bulk = match bulk {
                         OutBulk::None => PeerBulk::None,

@@ -24,6 +24,13 @@ use super::Command;
 pub enum Output {
     /// Send this frame to the client network.
     ToClient(Vec<u8>),
+    /// Send this pure TCP ACK to the client network: a window update the primary's comparator
+    /// built after a clamp, once the secondary opened its window
+    /// ([`CompareOutput::WindowUpdate`](crate::compare::CompareOutput::WindowUpdate)). It is
+    /// no guest output (no payload, an ACK number the client already has), so it needs no
+    /// output commit; emitted only while paired, as the primary. The runtime sends it like
+    /// [`Output::ToClient`].
+    WindowUpdate(Vec<u8>),
     /// Deliver this frame to the local VM's NIC `nic`. (Frames for clients carry no NIC: the
     /// runtime sends a guest frame out of the tap of the NIC whose MAC is its source.)
     ///

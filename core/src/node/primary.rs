@@ -305,6 +305,7 @@ impl Node {
             progressed = true;
             match o {
                 CompareOutput::Release(frame) => self.primary_release(now, frame),
+                CompareOutput::WindowUpdate(frame) => self.primary_window_update(now, frame),
                 CompareOutput::CheckpointRequest(reason) => {
                     let replicating = self.primary_replicating();
                     if let Side::Primary(p) = &mut self.side
@@ -346,6 +347,19 @@ impl Node {
             self.release_to_client(frame);
         } else {
             self.emit_solo(now, frame);
+        }
+    }
+
+    /// A window update from the comparator (`compare::window_update`): translated like a
+    /// release, sent only while paired (solo, every primary frame leaves unclamped anyway).
+    fn primary_window_update(&mut self, now: Instant, mut frame: Vec<u8>) {
+        if let Side::Primary(p) = &mut self.side
+            && let Some(x) = &mut p.client_xlate
+        {
+            x.translate_outbound(now, &mut frame);
+        }
+        if self.failover.mode() == Mode::Paired {
+            self.out.push_back(Output::WindowUpdate(frame));
         }
     }
 

@@ -349,6 +349,8 @@ impl Pair {
         let now = self.now;
         match o {
             Output::ToClient(frame) => self.on_release(h, frame),
+            // The harness's guests speak UDP: a TCP window update cannot come up.
+            Output::WindowUpdate(_) => panic!("host {h}: a window update without TCP"),
             Output::ToGuest { nic, frame } => {
                 // Every client frame comes in on CLIENT_NIC: whichever way it reached this
                 // guest (direct, mirrored, or from a secondary's backlog), it keeps that NIC.

@@ -481,6 +481,7 @@ impl Shared {
                     self.obs.release(now, host(h), &frame, &st);
                     self.lan_send(now, Endpoint::Guest, frame);
                 }
+                HostOutput::WindowUpdate(frame) => self.lan_send(now, Endpoint::Guest, frame),
                 HostOutput::GuestFrame(frame, st, epoch) => {
                     self.obs.guest_frame(now, host(h), &frame, &st, epoch);
                 }

@@ -10,6 +10,7 @@ mod props;
 mod rules;
 mod tcp_rules;
 mod window;
+mod window_update;
 
 use super::testkit::{self, Headers};
 use super::*;

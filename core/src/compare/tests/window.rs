@@ -3,6 +3,7 @@
 //! scaling and zero windows, the checkpoint hand-over, and a property test over random
 //! interleavings of both sides' ACKs and windows.
 
+use super::window_update::updates;
 use super::*;
 use crate::packet::TcpInfo;
 use crate::packet::checksum::{L4Checksum, verify_l4};
@@ -231,10 +232,13 @@ proptest! {
         let (mut p_ack, mut s_ack) = (SeqNum(base), SeqNum(base));
         let mut s_edge = SeqNum(base).wrapping_add(1000);
         let mut primary_frames = 1;
+        // The primary's latest edge, and the highest edge and ACK the client was told.
+        let mut p_edge = SeqNum(base).wrapping_add(1000);
+        let (mut told, mut told_ack): (Option<SeqNum>, Option<SeqNum>) = (None, None);
         let mut seq = base.wrapping_add(1);
         let mut now = 1;
         let check = |out: &[CompareOutput], s_edge: SeqNum| -> Result<(), TestCaseError> {
-            for frame in releases(out) {
+            for frame in releases(out).into_iter().chain(updates(out)) {
                 let info = tcp_info(&frame);
                 // A SYN's window is never scaled.
                 let unit = if info.has(SYN) { 0 } else { shift };
@@ -244,11 +248,17 @@ proptest! {
             Ok(())
         };
         check(&out, s_edge)?;
+        for frame in releases(&out) {
+            let info = tcp_info(&frame);
+            told = Some(info.ack.wrapping_add(u32::from(info.window)));
+            told_ack = Some(info.ack);
+        }
         for s in &steps {
             now += 1;
             let payload: &[u8] = if s.payload { b"xy" } else { &[] };
             if s.primary {
                 p_ack = p_ack.wrapping_add(u32::from(s.advance));
+                p_edge = p_ack.wrapping_add(u32::from(s.window) << shift);
                 c.handle_primary(t(now), seg(seq, p_ack.0, s.window, payload));
                 primary_frames += 1;
             } else {
@@ -263,11 +273,32 @@ proptest! {
                 seq = seq.wrapping_add(2);
             } else if s.payload {
                 c.handle_primary(t(now), seg(seq, p_ack.0, 0, payload));
+                p_edge = p_ack;
                 primary_frames += 1;
                 seq = seq.wrapping_add(2);
             }
             let step_out = settle(&mut c);
             check(&step_out, s_edge)?;
+            // Liveness (`window_update`): with nothing held, the client has been told the
+            // lower of both guests' edges (to the primary's scale unit, within what one
+            // window field can say past the released ACK).
+            for frame in releases(&step_out).into_iter().chain(updates(&step_out)) {
+                let info = tcp_info(&frame);
+                let unit = if info.has(SYN) { 0 } else { shift };
+                let right = info.ack.wrapping_add(u32::from(info.window) << unit);
+                told = Some(told.map_or(right, |e: SeqNum| e.max_seq(right)));
+                told_ack = Some(told_ack.map_or(info.ack, |a: SeqNum| a.max_seq(info.ack)));
+            }
+            if c.stats().held_primary == 0
+                && let (Some(told), Some(ack)) = (told, told_ack)
+            {
+                let most = ack.wrapping_add(u32::from(u16::MAX) << shift);
+                let owed = p_edge.min_seq(s_edge).min_seq(most);
+                prop_assert!(
+                    !told.before(owed) || SeqNum::offset_to(told, owed) < (1u32 << shift),
+                    "the client was told {:?}, both guests offer {:?}", told, owed
+                );
+            }
             out.extend(step_out);
         }
         c.checkpoint_done(t(now + 1));

@@ -176,6 +176,10 @@ pub(crate) struct BenchArgs {
     /// the pair (the nodes record them with COLO_TRACE_HOPS=1), as medians.
     #[arg(long)]
     pub(crate) breakdown: bool,
+    /// Instead of the comparison: run the pair this many seconds under bulk both ways and
+    /// requests at once, nobody killed, and count false failure detections (`peer-lost`).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) soak: Option<f64>,
     /// Loopback port of the arbiter (inside the bench's network namespace).
     #[arg(long, default_value_t = 17610)]
     pub(crate) arbiter_port: u16,

@@ -209,7 +209,12 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             };
             let mut options = crate::bench::BenchOptions::new(pair, args.quick);
             options.node_args = args.node_args;
-            if args.breakdown {
+            if let Some(soak) = args.soak {
+                println!(
+                    "{}",
+                    crate::bench::run_soak(&options, seconds(soak, "--soak")?)?
+                );
+            } else if args.breakdown {
                 println!("{}", crate::bench::run_breakdown(&options)?);
             } else {
                 println!("{}", crate::bench::run(&options)?);

@@ -128,7 +128,9 @@ impl NodeLoop {
             Output::Event(event) => self.on_node_event(event),
             Output::Disk(command) => self.on_disk(command),
             Output::ToGuest { nic, frame } => self.net.handle_to_guest(&self.machine, nic, frame),
-            Output::ToClient(frame) => self.net.handle_to_client(&frame),
+            Output::ToClient(frame) | Output::WindowUpdate(frame) => {
+                self.net.handle_to_client(&frame)
+            }
             Output::GuestDiskDone { io, result } => self.on_guest_disk_done(io, result),
         }
     }

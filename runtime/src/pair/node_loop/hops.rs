@@ -7,7 +7,8 @@
 //!
 //! Invariant: with the variable unset a hop costs one relaxed load and nothing is recorded or
 //! printed. With it set, recording is a short mutex push on the frame's thread; a printer
-//! thread writes the records as `hop point=P key=K t_ns=T` lines every 50 ms, off the frames'
+//! thread writes the records as `hop point=P key=K t_ns=T seq=S ack=A win=W flags=F len=L`
+//! lines (the TCP header fields, see [`TcpFields`]) every 50 ms, off the frames'
 //! path (a `println!` per hop would itself add microseconds to the measured path).
 
 use parking_lot::Mutex;
@@ -16,7 +17,51 @@ use std::time::Duration;
 
 /// 0: not read yet, 1: off, 2: on.
 static STATE: AtomicU8 = AtomicU8::new(0);
-static RECORDS: Mutex<Vec<(&'static str, u64, u64)>> = Mutex::new(Vec::new());
+/// One record: the point, the frame's key, the time (ns) and its TCP header fields.
+type Record = (&'static str, u64, u64, Option<TcpFields>);
+static RECORDS: Mutex<Vec<Record>> = Mutex::new(Vec::new());
+
+/// The TCP header fields of a recorded frame, for the window and retransmission analysis of
+/// `colo bench --breakdown` (the windows each guest advertises and the comparator releases,
+/// the client's retransmissions and probes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpFields {
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgment number.
+    pub ack: u32,
+    /// The window field, unscaled.
+    pub window: u16,
+    /// The flag byte.
+    pub flags: u8,
+    /// Payload length.
+    pub len: u32,
+}
+
+/// The TCP header fields of an untagged Ethernet/IPv4 TCP frame.
+pub fn tcp_fields(frame: &[u8]) -> Option<TcpFields> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if *ip.get(9)? != 6 || ihl < 20 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let tcp = ip.get(ihl..)?;
+    let doff = usize::from(tcp.get(12)? >> 4) * 4;
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(tcp.get(at..at + 4)?.try_into().ok()?))
+    };
+    Some(TcpFields {
+        seq: word(4)?,
+        ack: word(8)?,
+        window: u16::from_be_bytes([*tcp.get(14)?, *tcp.get(15)?]),
+        flags: *tcp.get(13)?,
+        len: u32::try_from(total.saturating_sub(ihl + doff)).ok()?,
+    })
+}
 
 /// FNV-1a, 64 bits.
 pub fn fnv64(bytes: &[u8]) -> u64 {
@@ -110,8 +155,14 @@ fn print_records() {
     loop {
         std::thread::sleep(Duration::from_millis(50));
         let records = std::mem::take(&mut *RECORDS.lock());
-        for (point, key, t) in records {
-            println!("hop point={point} key={key:016x} t_ns={t}");
+        for (point, key, t, tcp) in records {
+            match tcp {
+                Some(f) => println!(
+                    "hop point={point} key={key:016x} t_ns={t} seq={} ack={} win={} flags={} len={}",
+                    f.seq, f.ack, f.window, f.flags, f.len
+                ),
+                None => println!("hop point={point} key={key:016x} t_ns={t}"),
+            }
         }
     }
 }
@@ -123,7 +174,7 @@ pub fn mark(point: &'static str, frame: &[u8]) {
     }
     if let Some(key) = frame_key(frame) {
         let t = now_ns();
-        RECORDS.lock().push((point, key, t));
+        RECORDS.lock().push((point, key, t, tcp_fields(frame)));
     }
 }
 
@@ -167,6 +218,28 @@ mod tests {
         assert_eq!(frame_key(&f), None, "no ACK flag: no key");
         f[34 + 13] = 0x10;
         assert_eq!(frame_key(&f), Some(ACK_KEY | 0x0102_0304));
+    }
+
+    #[test]
+    fn tcp_fields_read_the_header_and_the_payload_length() {
+        let mut f = tcp_frame(b"hello");
+        f[34 + 4..34 + 8].copy_from_slice(&7u32.to_be_bytes());
+        f[34 + 8..34 + 12].copy_from_slice(&9u32.to_be_bytes());
+        f[34 + 13] = 0x18;
+        f[34 + 14..34 + 16].copy_from_slice(&512u16.to_be_bytes());
+        assert_eq!(
+            tcp_fields(&f),
+            Some(TcpFields {
+                seq: 7,
+                ack: 9,
+                window: 512,
+                flags: 0x18,
+                len: 5
+            })
+        );
+        let mut udp = tcp_frame(b"x");
+        udp[23] = 17;
+        assert_eq!(tcp_fields(&udp), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! segmentation, a line not yet printed) is left out of that hop's median and counted, never
 //! guessed; medians are over the requests that have the hop.
 
+use super::sink_trace::{self, SinkTrace};
 use crate::demo::net::{PAIR_IP, PairRun};
 use colo_runtime::net::netns::NetNs;
 use colo_runtime::pair::node_loop::hops::{ACK_KEY, now_ns, payload_key};
@@ -72,6 +73,31 @@ pub struct Breakdown {
     pub requests: usize,
     /// The guests' bare ACKs during a `SINK` through the pair.
     pub acks: AckFigures,
+    /// The windows and stalls of the same `SINK` (`sink_trace.rs`).
+    pub sink: SinkTrace,
+    /// The client socket's retransmissions during the `SINK` (`TCP_INFO`'s
+    /// `tcpi_total_retrans` after minus before), if the kernel told.
+    pub client_retrans: Option<u32>,
+}
+
+/// The kernel's count of segments `stream` retransmitted (`TCP_INFO`).
+fn total_retrans(stream: &std::net::TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is open (borrowed from `stream`), `info` is writable for `len` bytes and
+    // `len` points to its size, which the kernel lowers to what it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(info.tcpi_total_retrans)
 }
 
 /// What happened to the guests' bare ACKs (keyed by ACK number) while the client sent bulk
@@ -231,6 +257,8 @@ pub fn compute(sent: &[Sent], records: &[(String, String, u64, u64)]) -> Breakdo
         hops,
         requests: sent.len(),
         acks: AckFigures::default(),
+        sink: SinkTrace::default(),
+        client_retrans: None,
     }
 }
 
@@ -279,7 +307,16 @@ impl std::fmt::Display for Breakdown {
             a.held_us.1,
             a.never_released,
             a.svm_dup_acks
-        )
+        )?;
+        writeln!(f)?;
+        write!(f, "{}", self.sink)?;
+        match self.client_retrans {
+            Some(n) => write!(
+                f,
+                "client socket retransmissions during the SINK (TCP_INFO): {n}"
+            ),
+            None => write!(f, "client socket retransmissions during the SINK: unknown"),
+        }
     }
 }
 
@@ -307,17 +344,23 @@ pub fn run(ns: &NetNs, pair: &mut PairRun, requests: u32) -> Result<Breakdown, S
         });
     }
     let body: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let retrans_before = total_retrans(client.conn.stream());
     let sink_from = now_ns();
     client.sink(&body)?;
     let sink_to = now_ns();
+    let retrans_after = total_retrans(client.conn.stream());
     // The nodes print their records every 50 ms: collect until a quiet stretch.
     let mut records = Vec::new();
+    let mut tcp_records = Vec::new();
     let until = std::time::Instant::now() + Duration::from_millis(500);
     while std::time::Instant::now() < until {
-        if let Some(line) = pair.next("the hop records")?
-            && let Some(r) = parse_hop(line.who, &line.text)
-        {
-            records.push(r);
+        if let Some(line) = pair.next("the hop records")? {
+            if let Some(r) = parse_hop(line.who, &line.text) {
+                records.push(r);
+            }
+            if let Some(r) = sink_trace::parse(line.who, &line.text) {
+                tcp_records.push(r);
+            }
         }
     }
     let mut breakdown = compute(&sent, &records);
@@ -325,6 +368,10 @@ pub fn run(ns: &NetNs, pair: &mut PairRun, requests: u32) -> Result<Breakdown, S
         bytes: body.len() as u64,
         ..ack_figures(&records, sink_from, sink_to)
     };
+    breakdown.sink = sink_trace::analyse(&tcp_records, sink_from, sink_to);
+    breakdown.client_retrans = retrans_before
+        .zip(retrans_after)
+        .map(|(b, a)| a.saturating_sub(b));
     Ok(breakdown)
 }
 

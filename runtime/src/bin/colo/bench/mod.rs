@@ -4,7 +4,9 @@
 //! process and then through a pair (arbiter, primary, secondary as child processes):
 //! `INCR` request/response latency, guest -> client throughput (`STREAM n`) and client ->
 //! guest throughput (`SINK n`); then it SIGKILLs the primary while a client runs `INCR`s back
-//! to back and times kill -> detection -> takeover -> the client's next reply.
+//! to back and times kill -> detection -> takeover -> the client's next reply; then, on a fresh
+//! pair, it SIGKILLs the secondary the same way and measures the client's longest stall
+//! (`secondary_kill.rs`).
 //! The report (`report.rs`) ends with `key=value` lines for scripts.
 //!
 //! Invariant: the bench reports, it never judges figures; it fails only when something broke
@@ -14,9 +16,13 @@
 
 mod breakdown;
 mod report;
+mod secondary_kill;
+mod sink_trace;
+mod soak;
 
 pub use breakdown::Breakdown;
 pub use report::{BenchReport, FailoverFigures, SideFigures};
+pub use soak::run as run_soak;
 
 use crate::demo::net::{Client, LONE_IP, LoneVm, PAIR_IP, PairRun, lab};
 use crate::demo::{DemoOptions, Percentiles, fields};
@@ -151,6 +157,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let before = report.failover.false_alarms;
     report.failover = failover(&ns, &mut pair, options)?;
     report.failover.false_alarms += before;
+    drop(pair);
+    report.secondary_kill = secondary_kill::run(&ns, options, deadline)?;
     Ok(report)
 }
 

@@ -76,6 +76,8 @@ pub struct BenchReport {
     pub checkpoints: BTreeMap<String, u32>,
     /// The failover run.
     pub failover: FailoverFigures,
+    /// The secondary's SIGKILL.
+    pub secondary_kill: super::secondary_kill::SecondaryKillFigures,
 }
 
 impl BenchReport {
@@ -97,6 +99,11 @@ impl BenchReport {
             ("pair_in_mbps", mbps(self.pair.in_rate())),
             ("failover_detect_ms", opt_ms(self.failover.detected)),
             ("failover_takeover_ms", opt_ms(self.failover.took_over)),
+            (
+                "secondary_kill_detect_ms",
+                opt_ms(self.secondary_kill.detected),
+            ),
+            ("secondary_kill_stall_ms", ms(self.secondary_kill.stall)),
             (
                 "peer_lost_before_kill",
                 self.failover.false_alarms.to_string(),
@@ -172,6 +179,13 @@ impl std::fmt::Display for BenchReport {
             self.failover.next_reply.as_millis(),
             self.failover.around_kill.0,
             self.failover.around_kill.1
+        )?;
+        writeln!(
+            f,
+            "  secondary SIGKILL -> the primary's peer-lost {} ; the client's longest stall {} ms ({} replies after the kill, the count unbroken)",
+            ms(self.secondary_kill.detected),
+            self.secondary_kill.stall.as_millis(),
+            self.secondary_kill.replies_after
         )?;
         let lines: Vec<String> = self
             .key_values()
