@@ -241,7 +241,7 @@ impl Shared {
             self.faults.applied.clear();
             self.faults.reset_down = false;
             self.faults.vm_armed = [None; 2];
-            self.try_connect(now, None);
+            self.try_connect(now);
             let delay = self.opts.link.delay;
             self.lan_net.set_default_link(LinkConfig::with_delay(delay));
             self.obs.push(TraceEvent::FaultsStopped { at: now });
@@ -297,7 +297,7 @@ impl Shared {
         if long_cut {
             self.connection_down(now);
         }
-        self.try_connect(now, None);
+        self.try_connect(now);
         self.arm_vm_failures(now);
         self.faults.link_moved = false;
         restarts

@@ -9,9 +9,8 @@
 //! own beyond its own configuration) and is sent before the next input, except
 //! `checkpoint`'s, which is sent when a checkpoint after the request completes, or as an error
 //! as soon as the node stops being paired (the control thread's reply timeout bounds the
-//! rest); a newcomer's connection is used only while the node runs solo (or is re-protecting
-//! and lost its newcomer) with no peer link, every other one is closed at once; re-protection
-//! is armed only on a node that can accept a newcomer.
+//! rest); re-protection is armed only on a node that can accept a newcomer (whether a
+//! connection is used is the node's `LinkCommand::Accept`, executed in `link.rs`).
 //!
 //! Topology (docs/operations.md "Re-protection"): the survivor is always the new primary and
 //! the newcomer always connects to it. A primary accepts on its `--listen` address for its
@@ -72,8 +71,8 @@ impl LoopControl {
     }
 }
 
-/// Accepts newcomers for a secondary that may become a survivor; the loop decides whether to
-/// use each connection ([`NodeLoop::on_newcomer`]).
+/// Accepts newcomers for a secondary that may become a survivor; the node decides whether the
+/// loop uses each connection (`LinkCommand::Accept`, executed in `link.rs`).
 pub(super) fn spawn_newcomer_acceptor(
     addr: SocketAddr,
     key: crate::pair::peer::auth::PairKey,
@@ -247,19 +246,6 @@ impl NodeLoop {
                 "bad_frames": auth.bad_frames,
             },
         })
-    }
-
-    /// A newcomer connected to a secondary's takeover address: used only by a survivor with
-    /// no peer link (a paired secondary has its primary; a second pairing is refused).
-    pub(super) fn on_newcomer(&mut self, stream: crate::pair::peer::auth::AuthedLink) {
-        let (mode, _) = self.mode_role();
-        let free = matches!(mode, NodeMode::Solo | NodeMode::Reprotecting) && self.writer.is_none();
-        if free {
-            self.on_connected(stream);
-        } else {
-            let from = stream.peer_addr();
-            info!(role = self.name, from, mode = ?mode, "newcomer-refused");
-        }
     }
 
     /// Keeps the control state in step with the node's events.
