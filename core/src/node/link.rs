@@ -13,6 +13,11 @@
 //! - **Accept.** Inbound connections are welcome, while no link is up (the executor keeps at
 //!   most one), on a primary-side node (its secondary, or a reconnecting one) and on a survivor
 //!   running solo or re-protecting (a newcomer); never on a stopped or deposed node.
+//! - **Close.** The node closes a link whose pairing is over and whose peer did not close it:
+//!   when the heartbeat declares the peer lost, when a takeover completes (after the term
+//!   announcement is on the link), when a re-protection is abandoned, and when the node halts.
+//!   A peer that lost power sends no FIN: without this the survivor kept the dead connection
+//!   and refused the restarted host until TCP gave up on it.
 //!
 //! Invariant kept: the node's view of the link (`link_up`) and of its orders (`dialing`,
 //! `accepting`) changes only here and in `on_link`; every order is emitted once per change
@@ -72,6 +77,16 @@ impl Node {
         self.link.redial_until = None;
     }
 
+    /// Closes the link if it is up (see the module documentation for when).
+    pub(super) fn close_link(&mut self, now: Instant) {
+        if !self.link_up {
+            return;
+        }
+        self.link_up = false;
+        self.out.push_back(Output::Link(LinkCommand::Close));
+        self.link_gone(now);
+    }
+
     /// The node's mode without the lease details of `status`.
     fn mode_now(&self) -> NodeMode {
         self.status(self.now).mode
@@ -111,9 +126,11 @@ impl Node {
         }
     }
 
-    /// The node halts ([`Output::Halt`] follows, after which it orders nothing): it neither
-    /// dials nor accepts any more (the runtime's loop ends and its sockets with it).
+    /// The node halts ([`Output::Halt`] follows, after which it orders nothing): its link
+    /// closes and it neither dials nor accepts any more (the runtime's loop ends and its
+    /// sockets with it).
     pub(super) fn link_before_halt(&mut self, now: Instant) {
+        self.close_link(now);
         self.plan_link(now);
     }
 }

@@ -173,7 +173,9 @@ impl Node {
         });
         let reason = self.takeover_reason.unwrap_or(FailoverReason::Requested);
         self.event(Event::FailedOver { term, reason });
-
+        // The pairing is over and the announcement is on the link: free it for a newcomer
+        // (an old peer that lost power would otherwise hold it until TCP gives up).
+        self.close_link(now);
         match &mut self.side {
             Side::Primary(p) => p.comparator.release_all(now),
             Side::Secondary(_) => {

@@ -20,8 +20,12 @@
 //! stream (`Down`); what was on its way to it is lost. The simulator keeps no rule of its own
 //! about who redials or accepts: the nodes decide, so the swarm tests their decisions.
 //!
+//! A crash is a process crash (its kernel closes the connection: the peer reads the end of the
+//! stream) or, drawn per crash from the seed, a power loss: no FIN, the survivor's connection
+//! stays up and silent, and only the survivor's own `Close` frees it for the restarted host.
+//!
 //! Invariant kept: a message between the hosts is delivered only on the connection it was
-//! sent on, in order, once; the connection is up only while both ends are alive.
+//! sent on, in order, once; a connection both of whose ends were closed is down.
 
 use colo_core::node::{LinkCommand, LinkState};
 use colo_core::time::{Duration, Instant};
@@ -32,8 +36,12 @@ use crate::trace::TraceEvent;
 /// The replication connection's state.
 #[derive(Debug)]
 pub(crate) struct ReplLink {
-    /// The connection is up.
+    /// The connection is up (for a power-lost host's survivor: up on its side, though nobody
+    /// listens at the other end).
     pub(crate) up: bool,
+    /// The incarnation of each host whose end the connection is (a host that lost power and
+    /// booted again does not hold the old connection's end).
+    ends: [u32; 2],
     /// A host whose node ordered a dial that has not ended yet.
     dialing: [bool; 2],
     /// A host whose node accepts inbound connections.
@@ -50,6 +58,7 @@ impl ReplLink {
     pub(crate) fn new() -> ReplLink {
         ReplLink {
             up: true,
+            ends: [0; 2],
             dialing: [false; 2],
             accepting: [false; 2],
             closing: [false; 2],
@@ -77,13 +86,18 @@ impl Shared {
     /// Host `h`'s node orders `cmd` of its peer link.
     pub(crate) fn link_order(&mut self, now: Instant, h: usize, cmd: LinkCommand) {
         match cmd {
-            // A dial while the connection is up is moot: the node learns of the link (its
-            // `Up` is on its way) and the dial ends with it.
-            LinkCommand::Dial => self.repl.dialing[h] = !self.repl.up,
+            // A dial while this host holds the connection is moot: the node learns of the link
+            // (its `Up` is on its way) and the dial ends with it.
+            LinkCommand::Dial => self.repl.dialing[h] = !self.holds_connection(h),
             LinkCommand::StopDialing => self.repl.dialing[h] = false,
             LinkCommand::Accept(on) => self.repl.accepting[h] = on,
             LinkCommand::Close => self.connection_closed_by(now, h),
         }
+    }
+
+    /// Whether host `h`, as it lives now, is an end of the connection that is up.
+    fn holds_connection(&self, h: usize) -> bool {
+        self.repl.up && self.repl.ends[h] == self.incarnation[h]
     }
 
     /// Host `h` closes the connection: what it sent still reaches its peer, then the end of
@@ -95,7 +109,8 @@ impl Shared {
         self.repl.up = false;
         let p = 1 - h;
         self.ctl_net.drop_toward(&Ctl::Host(p), &Ctl::Host(h));
-        if !self.dead[p] {
+        // A peer that lost power and booted again never had this connection.
+        if !self.dead[p] && self.repl.ends[p] == self.incarnation[p] {
             let msg = CtlMsg::Link(LinkState::Down);
             self.ctl_send(now, Ctl::Host(h), Ctl::Host(p), msg);
         }
@@ -129,14 +144,15 @@ impl Shared {
         });
     }
 
-    /// Host `h` crashed: it neither dials nor accepts any more, and its kernel closes the
-    /// connection: the peer reads what `h` had sent (including what it queued in the step that
-    /// crashed it), then the end of the stream (a `Down` behind it on the same link, sent by
-    /// [`Shared::connection_finish_close`]).
-    pub(crate) fn connection_closed_by_crash(&mut self, now: Instant, h: usize) {
+    /// Host `h` crashed: it neither dials nor accepts any more. A process crash closes the
+    /// connection (its kernel does): the peer reads what `h` had sent (including what it
+    /// queued in the step that crashed it), then the end of the stream (a `Down` behind it on
+    /// the same link, sent by [`Shared::connection_finish_close`]). A power loss closes
+    /// nothing: the peer's end stays up and silent until the peer closes it.
+    pub(crate) fn connection_closed_by_crash(&mut self, now: Instant, h: usize, power_loss: bool) {
         self.repl.dialing[h] = false;
         self.repl.accepting[h] = false;
-        if !self.repl.up {
+        if !self.repl.up || power_loss {
             return;
         }
         self.repl.up = false;
@@ -189,6 +205,7 @@ impl Shared {
                 continue;
             }
             self.repl.up = true;
+            self.repl.ends = self.incarnation;
             self.repl.dialing = [false; 2];
             self.ctl_inbox
                 .entry(Ctl::Host(h))

@@ -1,4 +1,5 @@
-//! Unit tests of the node's link orders (`link.rs`): who dials and for how long, who accepts.
+//! Unit tests of the node's link orders (`link.rs`): who dials and for how long, who accepts,
+//! and when the node closes a link whose pairing is over.
 
 use super::*;
 
@@ -113,10 +114,20 @@ fn a_link_back_inside_the_window_ends_the_redial_without_an_order() {
     n.handle(ms(50), Input::PeerLink(LinkState::Up));
     assert!(link_orders(&drain(&mut n)).is_empty());
     let outs = run_timeouts(&mut n, ms(50), ms(5_000));
+    let lost = outs
+        .iter()
+        .position(|(_, o)| matches!(o, Output::Event(Event::PeerLost { .. })))
+        .expect("the primary stays silent");
     assert!(
-        !outs.iter().any(|(_, o)| matches!(o, Output::Link(_))),
-        "no order while the link is up"
+        !outs[..lost]
+            .iter()
+            .any(|(_, o)| matches!(o, Output::Link(_))),
+        "no order while the link is up and the peer not lost"
     );
+    // Lost with no copy to take over with: the node closes the silent link and redials.
+    let after: Vec<&Output> = outs[lost..].iter().map(|(_, o)| o).collect();
+    assert!(after.contains(&&Output::Link(LinkCommand::Close)));
+    assert!(after.contains(&&Output::Link(LinkCommand::Dial)));
 }
 
 #[test]
@@ -149,4 +160,81 @@ fn a_primary_accepts_from_its_start_and_never_dials() {
     n.handle(ms(1), Input::PeerLink(LinkState::Up));
     n.handle(ms(2), Input::PeerLink(LinkState::Down));
     assert!(link_orders(&drain(&mut n)).is_empty());
+}
+
+#[test]
+fn a_primary_closes_the_link_of_a_peer_it_declared_lost_and_still_accepts() {
+    let mut n = replicating_primary();
+    n.handle(ms(3), Input::PeerLink(LinkState::Up));
+    drain(&mut n);
+    // The secondary lost power: its socket stays open and silent.
+    let outs = run_timeouts(&mut n, ms(3), ms(5_000));
+    let lost = outs
+        .iter()
+        .position(|(_, o)| matches!(o, Output::Event(Event::PeerLost { .. })))
+        .expect("the heartbeat declares the silent peer lost");
+    assert_eq!(
+        outs[lost + 1].1,
+        Output::Link(LinkCommand::Close),
+        "the link is closed right after the peer is declared lost"
+    );
+    let closes = outs
+        .iter()
+        .filter(|(_, o)| *o == Output::Link(LinkCommand::Close))
+        .count();
+    assert_eq!(closes, 1, "closed once");
+    assert!(
+        !outs
+            .iter()
+            .any(|(_, o)| *o == Output::Link(LinkCommand::Accept(false))),
+        "a primary keeps accepting: its peer's next incarnation connects here"
+    );
+}
+
+#[test]
+fn a_completed_takeover_closes_the_link_after_announcing_its_term() {
+    let mut n = replicating_primary();
+    n.handle(ms(3), Input::PeerLink(LinkState::Up));
+    n.handle(ms(3), Input::Command(Command::Failover));
+    let req = drain(&mut n)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Arbiter(r) => Some(r),
+            _ => None,
+        })
+        .expect("a lease request");
+    let reply = crate::failover::LeaseReply::Granted {
+        valid_for: Duration::from_secs(2),
+    };
+    n.handle(ms(4), Input::Arbiter { id: req.id, reply });
+    let outs = drain(&mut n);
+    let announce = outs.iter().position(|o| {
+        matches!(
+            o,
+            Output::ToPeer {
+                message: Message::TermAnnounce { .. },
+                ..
+            }
+        )
+    });
+    let close = outs
+        .iter()
+        .position(|o| *o == Output::Link(LinkCommand::Close));
+    assert!(announce.is_some() && close.is_some(), "{outs:?}");
+    assert!(announce < close, "the announcement leaves before the close");
+}
+
+#[test]
+fn a_shutdown_closes_the_link_and_ends_every_link_order_before_the_halt() {
+    let mut n = replicating_primary();
+    n.handle(ms(3), Input::PeerLink(LinkState::Up));
+    drain(&mut n);
+    n.handle(ms(4), Input::Command(Command::Shutdown));
+    let outs = drain(&mut n);
+    let at = |want: &Output| outs.iter().position(|o| o == want);
+    let close = at(&Output::Link(LinkCommand::Close)).expect("closed");
+    let refuse = at(&Output::Link(LinkCommand::Accept(false))).expect("accepts no more");
+    let halt = at(&Output::Halt(HaltReason::Stopped)).expect("halted");
+    assert!(close < halt && refuse < halt, "{outs:?}");
+    assert_eq!(halt, outs.len() - 1, "nothing after the halt: {outs:?}");
 }
