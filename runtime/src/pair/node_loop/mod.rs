@@ -341,11 +341,7 @@ impl NodeLoop {
             }
             (PeerEndpoint::Connect(_), None) => None,
         };
-        let mut ctl = control::LoopControl::new(
-            config.auto_reprotect,
-            newcomers,
-            config.node.checkpoint.checkpoint_interval,
-        );
+        let mut ctl = control::LoopControl::new(config.auto_reprotect, newcomers);
         if let Some(path) = &config.control {
             let control_tx = tx.clone();
             let server = crate::pair::control::ControlServer::bind(path, move |call| {
