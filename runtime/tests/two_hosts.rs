@@ -13,6 +13,9 @@
 //!   re-protection of the dead host's node (whose first newcomer is itself killed during or
 //!   right after its copy in a third of the rounds): one client connection is served throughout and
 //!   every increment is counted exactly once;
+//! - a secondary that loses power (its link cut first, so no FIN or RST ever reaches host A)
+//!   leaves host A a silent connection: host A's node closes it itself when it loses the peer,
+//!   so the restarted host B is taken as a newcomer (never refused) and re-protected;
 //! - a guest writing its virtio-blk disk keeps every completed write through a takeover on
 //!   each host, and through a lossy replication link followed by a partition (the survivor
 //!   merges its overlays; its guest's own checks pass).
@@ -242,6 +245,59 @@ impl SteadyClient {
             .join()
             .unwrap_or_else(|_| Err("the client thread panicked".into()))
     }
+}
+
+#[test]
+fn a_survivor_closes_the_silent_link_of_a_peer_that_lost_power_and_re_protects_its_restart() {
+    let Some(mut pair) = TwoHosts::start(
+        "a_survivor_closes_the_silent_link_of_a_peer_that_lost_power_and_re_protects_its_restart",
+        "auto_reprotect = true",
+        LinkFaults::default(),
+    ) else {
+        return;
+    };
+    let mut conn = pair.connect();
+    increments(&mut conn, 1, 3);
+    // Host B loses power: the replication link goes silent first (the cut drops every frame,
+    // so the FIN or RST of host B's kernel when its node dies never reaches host A).
+    pair.link.set_down(true);
+    let (a, b) = (pair.a_node, pair.b_node);
+    pair.procs.kill(b);
+    pair.procs.wait_for(Duration::from_secs(20), |w, l| {
+        w == a && l.starts_with("primary: failed-over ")
+    });
+    pair.procs.drain_for(Duration::from_millis(500));
+    // Nothing from host B could end host A's connection: host A's node closed it itself.
+    let closed = pair.procs.seen.iter().any(|(w, _, l)| {
+        *w == a && l.starts_with("primary: link-down ") && l.contains("closed by this node")
+    });
+    assert!(
+        closed,
+        "host A kept the silent connection:\n{}",
+        pair.procs.log.join("\n")
+    );
+    increments(&mut conn, 4, 3);
+    // Host B boots again and its node knocks as a newcomer: host A takes it at once.
+    pair.link.set_down(false);
+    let newcomer = pair.rejoin(1, 10, &[]);
+    pair.procs.wait_for(Duration::from_secs(60), |w, l| {
+        w == a && l.contains("event Reprotected")
+    });
+    pair.procs.wait_for(Duration::from_secs(30), |w, l| {
+        w == a && l.contains(": checkpoint-done ")
+    });
+    let refused = pair
+        .procs
+        .seen
+        .iter()
+        .filter(|(w, _, l)| *w == a && l.starts_with("primary: newcomer-refused "))
+        .count();
+    assert_eq!(refused, 0, "host A refused the restarted host B");
+    increments(&mut conn, 7, 3);
+    assert!(
+        pair.procs.seen.iter().any(|(w, _, _)| *w == newcomer),
+        "the newcomer ran"
+    );
 }
 
 #[test]

@@ -88,6 +88,8 @@ pub enum HostOutput {
     ClaimLink,
     /// The node was deposed: its held frames are superseded.
     Deposed,
+    /// The node's order for the peer link (the fabric's connection executes it).
+    Link(colo_core::node::LinkCommand),
     /// A trace event (checkpoint phases, terms, re-protection).
     Trace(TraceEvent),
 }
@@ -556,6 +558,12 @@ impl SimHost {
             }
             Output::Arbiter(req) => self.out.push_back(HostOutput::ToArbiter(req)),
             Output::ClaimClientLink { .. } => self.out.push_back(HostOutput::ClaimLink),
+            Output::Link(cmd) => {
+                if cmd == colo_core::node::LinkCommand::Close {
+                    self.link_up = false;
+                }
+                self.out.push_back(HostOutput::Link(cmd));
+            }
             Output::Halt(reason) => {
                 self.halted = true;
                 self.pending.clear();

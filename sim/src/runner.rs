@@ -103,6 +103,7 @@ pub fn options_for(seed: u64, canary: Option<Canary>) -> SwarmOptions {
         not_before: at,
         point: CrashPoint::At,
         down_for: Duration::from_millis(500),
+        power_loss: false,
     }];
     o.requests_per_connection = o.requests_per_connection.max(FAILOVER_CANARY_REQUESTS);
     if c == Canary::ReleaseWithoutLease {

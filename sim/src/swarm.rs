@@ -153,6 +153,10 @@ pub struct HostCrash {
     pub point: CrashPoint,
     /// How long the host stays down before it restarts (and is re-protected).
     pub down_for: Duration,
+    /// A power loss rather than a process crash: the host's end of the replication connection
+    /// vanishes without a FIN, so its peer's end stays up and silent until the peer closes
+    /// it (`fabric/link.rs`).
+    pub power_loss: bool,
 }
 
 /// Every option of one run.
@@ -287,12 +291,16 @@ impl SwarmOptions {
         } else {
             rng.range_inclusive(1, 2)
         };
+        // Drawn from a fork of their own, so that the draws before this field was added keep
+        // their values.
+        let mut losses = SimRng::new(seed).fork("power-losses");
         let mut crashes: Vec<HostCrash> = (0..n_crashes)
             .map(|_| HostCrash {
                 host: pick(&mut rng, &[Host::A, Host::B]),
                 not_before: instant_within(&mut rng, Duration::from_millis(300), safety),
                 point: pick(&mut rng, &points),
                 down_for: Duration::from_millis(rng.range_inclusive(100, 2_000)),
+                power_loss: losses.chance_ppm(500_000),
             })
             .collect();
         crashes.sort_by_key(|c| (c.not_before, c.host, c.point));
@@ -458,11 +466,12 @@ impl fmt::Display for SwarmOptions {
         for c in &self.crashes {
             writeln!(
                 f,
-                "crash = {} {:?} not before {} down for {}",
+                "crash = {} {:?} not before {} down for {}{}",
                 c.host,
                 c.point,
                 at(c.not_before),
-                ms(c.down_for)
+                ms(c.down_for),
+                if c.power_loss { " (power loss)" } else { "" }
             )?;
         }
         if self.vm_failures.is_empty() {

@@ -357,6 +357,14 @@ pub enum TraceEvent {
         /// When.
         at: Instant,
     },
+    /// The crash of `host` just traced was a power loss: its end of the replication
+    /// connection vanished without a FIN (the peer's end stays up until the peer closes it).
+    PowerLoss {
+        /// When.
+        at: Instant,
+        /// The host.
+        host: Host,
+    },
     /// The replication link's connection broke (`down`) or its reconnection came up.
     LinkReset {
         /// When.
@@ -402,6 +410,7 @@ impl TraceEvent {
             | TraceEvent::Reprotected { at, .. }
             | TraceEvent::FaultsStopped { at }
             | TraceEvent::LinkReset { at, .. }
+            | TraceEvent::PowerLoss { at, .. }
             | TraceEvent::VmFailed { at, .. } => *at,
         }
     }

@@ -37,6 +37,7 @@ fn crash(host: Host, point: CrashPoint) -> HostCrash {
         not_before: Instant::from_millis(400),
         point,
         down_for: Duration::from_millis(300),
+        power_loss: false,
     }
 }
 
@@ -134,6 +135,7 @@ fn a_crash_during_a_failover_and_a_second_crash_after_re_protection() {
             not_before: Instant::from_millis(3_500),
             point: CrashPoint::At,
             down_for: Duration::from_millis(500),
+            power_loss: false,
         },
     ];
     let out = run(&o, None);

@@ -21,6 +21,7 @@ mod canary;
 pub mod config;
 mod disks;
 pub mod input;
+mod link;
 pub mod output;
 mod peer;
 mod primary;
@@ -36,6 +37,7 @@ mod tests;
 pub use canary::NodeCanary;
 pub use config::{NodeConfig, NodeConfigError};
 pub use input::{Command, GuestDiskRequest, Input, LinkState, PeerBulk};
+pub use link::LinkCommand;
 pub use output::{
     CommandRefusal, Event, GUEST_HOLD_FRAMES_PER_NIC, HaltReason, OutBulk, Output,
     ProtocolViolation, SyncCommand,
@@ -273,6 +275,8 @@ pub struct Node {
     /// [`Event::FailedOver`] was reported for the current term.
     failed_over_reported: bool,
     link_up: bool,
+    /// The link orders in force: dial, accept, the reconnect window (`link.rs`).
+    link: link::LinkPlan,
     /// The peer link dropped while paired; the next link-up is a reconnection.
     link_dropped_while_paired: bool,
     /// The last heartbeat sent (its sequence number and when), for its round trip.
@@ -310,6 +314,7 @@ impl Node {
             ready_for_takeover: false,
             failed_over_reported: false,
             link_up: false,
+            link: link::LinkPlan::default(),
             link_dropped_while_paired: false,
             heartbeat_probe: None,
             out: VecDeque::new(),
@@ -355,6 +360,9 @@ impl Node {
             Input::Timeout => self.on_timeout(now),
         }
         self.pump(now);
+        if self.phase != Phase::Stopped {
+            self.plan_link(now);
+        }
     }
 
     /// The next thing for the runtime to do; drain until `None` after every [`handle`].
@@ -380,6 +388,7 @@ impl Node {
         }
         consider(self.failover.poll_timeout());
         consider(self.hello_retry_at);
+        consider(self.link.poll_timeout());
         match &self.side {
             Side::Primary(p) => consider(p.poll_timeout()),
             Side::Secondary(s) => consider(s.poll_timeout()),
@@ -466,6 +475,7 @@ impl Node {
                 }
                 self.phase = Phase::Stopped;
                 self.event(Event::Stopped);
+                self.link_before_halt(now);
                 self.out.push_back(Output::Halt(HaltReason::Stopped));
                 None
             }
@@ -482,6 +492,11 @@ impl Node {
         let paired = self.phase == Phase::Running && self.failover.is_paired();
         if !self.link_up && was_up && paired {
             self.link_dropped_while_paired = true;
+        }
+        match (was_up, self.link_up) {
+            (true, false) => self.link_gone(now),
+            (_, true) => self.link_came_up(),
+            (false, false) => {}
         }
         if self.link_up && !was_up && std::mem::take(&mut self.link_dropped_while_paired) && paired
         {

@@ -17,7 +17,7 @@ use crate::time::Duration;
 use crate::wire::{AbortReason, HelloRejectReason, Message, MessageKind};
 use core::fmt;
 
-use super::Command;
+use super::{Command, LinkCommand};
 
 /// One thing for the runtime to do, from [`Node::poll_output`](super::Node::poll_output).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +75,10 @@ pub enum Output {
         /// The term.
         term: Term,
     },
+    /// Dial, stop dialling, accept or close the peer link ([`LinkCommand`]): the node decides,
+    /// the executor keeps only the mechanics (address, connect timeout, retry pacing,
+    /// generations).
+    Link(LinkCommand),
     /// Stop the VM for good and end the node's service: it orders nothing more. The event that
     /// says why ([`Event::Deposed`] or [`Event::Stopped`]) comes just before, for the log.
     Halt(HaltReason),

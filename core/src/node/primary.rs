@@ -179,6 +179,11 @@ impl PrimarySide {
 
     /// A zero interval is refused (it would checkpoint continuously, and the next pairing's
     /// checkpointer could not be built with it); returns whether the interval was taken.
+    /// The periodic checkpoint interval in force.
+    pub(super) fn checkpoint_interval(&self) -> Duration {
+        self.checkpoint_config.checkpoint_interval
+    }
+
     pub(super) fn set_interval(&mut self, now: Instant, interval: Duration) -> bool {
         if interval.is_zero() {
             return false;

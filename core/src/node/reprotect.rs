@@ -131,6 +131,8 @@ impl Node {
         self.peer = None;
         self.failover.handle_reprotect_done(now, false);
         self.event(Event::ReprotectFailed { term });
+        // The newcomer is gone: its link is free for the next one.
+        self.close_link(now);
     }
 
     pub(super) fn on_sync_message(&mut self, now: Instant, m: Message, bulk_len: u64) {

@@ -87,6 +87,9 @@ impl Node {
                 HeartbeatEvent::PeerRecovered => self.event(Event::PeerRecovered),
                 HeartbeatEvent::PeerLost { silent_for } => {
                     self.event(Event::PeerLost { silent_for });
+                    // Nothing arrives on this link any more: close it, so that the peer's
+                    // next incarnation (a power loss sends no FIN) finds this node free.
+                    self.close_link(now);
                     if self.sync.is_some() && self.failover.mode() == Mode::Reprotecting {
                         self.abandon_reprotect(now);
                     } else if self.phase == Phase::Syncing {

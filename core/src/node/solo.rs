@@ -102,6 +102,7 @@ impl Node {
         self.phase = Phase::Stopped;
         self.hold.frames.clear();
         self.event(Event::Stopped);
+        self.link_before_halt(self.now);
         self.out.push_back(Output::Halt(HaltReason::Stopped));
     }
 
@@ -144,6 +145,7 @@ impl Node {
                         current_term,
                         discarded,
                     });
+                    self.link_before_halt(now);
                     self.out.push_back(Output::Halt(HaltReason::Deposed));
                 }
                 // The node reports its own `Reprotected` with the epoch (reprotect.rs).
@@ -171,6 +173,9 @@ impl Node {
         });
         let reason = self.takeover_reason.unwrap_or(FailoverReason::Requested);
         self.event(Event::FailedOver { term, reason });
+        // The pairing is over and the announcement is on the link: free it for a newcomer
+        // (an old peer that lost power would otherwise hold it until TCP gives up).
+        self.close_link(now);
         match &mut self.side {
             Side::Primary(p) => p.comparator.release_all(now),
             Side::Secondary(_) => {

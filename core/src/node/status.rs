@@ -146,6 +146,22 @@ impl Node {
         }
     }
 
+    /// Whether re-protection is armed: a solo node took [`Command::Reprotect`](super::Command)
+    /// and no newcomer paired yet (an arming is forgotten once the node leaves Solo).
+    pub fn reprotect_armed(&self) -> bool {
+        self.reprotect_armed && self.status(self.now).mode == NodeMode::Solo
+    }
+
+    /// The periodic checkpoint interval in force: the primary side's (as last set by
+    /// [`Command::SetCheckpointInterval`](super::Command)), or the configured one on a
+    /// secondary (which does not checkpoint on its own).
+    pub fn checkpoint_interval(&self) -> crate::time::Duration {
+        match &self.side {
+            Side::Primary(p) => p.checkpoint_interval(),
+            Side::Secondary(_) => self.config.checkpoint.checkpoint_interval,
+        }
+    }
+
     /// Whether the node is primary-side (comparator) rather than secondary-side (rewriter).
     pub fn is_primary_side(&self) -> bool {
         matches!(self.side, Side::Primary(_))

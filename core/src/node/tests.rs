@@ -7,6 +7,7 @@ use crate::time::Duration;
 use crate::wire::{HelloRejectReason, PROTOCOL_VERSION};
 
 mod commands;
+mod link;
 
 fn ms(n: u64) -> Instant {
     Instant::from_millis(n)
@@ -99,10 +100,13 @@ fn secondary_start_sends_hello_and_retries_it() {
     let outs = drain(&mut n);
     assert!(matches!(
         outs.as_slice(),
-        [Output::ToPeer {
-            message: Message::Hello { .. },
-            ..
-        }]
+        [
+            Output::ToPeer {
+                message: Message::Hello { .. },
+                ..
+            },
+            Output::Link(LinkCommand::Dial)
+        ]
     ));
     let retry = n.poll_timeout().expect("connecting waits on time");
     n.handle(retry, Input::Timeout);
@@ -557,6 +561,7 @@ fn zero_checkpoint_interval_is_refused_and_later_pairings_still_work() {
 fn link_up_makes_only_a_secondary_say_hello() {
     let mut p = node(Role::Primary);
     p.handle(ms(0), Input::Command(Command::Start));
+    drain(&mut p);
     p.handle(ms(1), Input::PeerLink(LinkState::Up));
     assert!(drain(&mut p).is_empty());
     let mut s = node(Role::Secondary);

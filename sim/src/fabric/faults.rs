@@ -25,7 +25,7 @@ use colo_core::time::Instant;
 use super::{Ctl, Shared, Waiter};
 use crate::host::host;
 use crate::netem::LinkConfig;
-use crate::swarm::{CrashPoint, Cut, CutMode, Host, SwarmOptions};
+use crate::swarm::{CrashPoint, Cut, CutMode, Host, HostCrash, SwarmOptions};
 use crate::trace::TraceEvent;
 use crate::world::Endpoint;
 
@@ -128,13 +128,25 @@ impl Shared {
             && self.holds_state(1 - h)
     }
 
-    /// Host `h` crashes now: it executes nothing more, its held frames end, what was on its
-    /// way to it is lost; the executor kills it and the controller restarts it `down_for` later.
-    fn crash_host(&mut self, now: Instant, h: usize, down_for: colo_core::time::Duration) {
+    /// Host `h` crashes now (the seed's crash `i`): it executes nothing more, its held frames
+    /// end, what was on its way to it is lost; the executor kills it and the controller
+    /// restarts it the crash's `down_for` later.
+    fn crash_host(&mut self, now: Instant, i: usize, h: usize) {
+        let HostCrash {
+            down_for,
+            power_loss,
+            ..
+        } = self.opts.crashes[i];
         self.dead[h] = true;
         self.views[h] = None;
-        self.connection_closed_by_crash(now, h);
+        self.connection_closed_by_crash(now, h, power_loss);
         self.obs.crash(now, host(h));
+        if power_loss {
+            self.obs.push(TraceEvent::PowerLoss {
+                at: now,
+                host: host(h),
+            });
+        }
         self.ctl_inbox.remove(&Ctl::Host(h));
         if self.owner == h {
             self.lan_inbox.remove(&Endpoint::Guest);
@@ -157,7 +169,7 @@ impl Shared {
                 && self.crash_allowed(index(c.host))
             {
                 self.faults.crash_state[i] = CrashState::Fired;
-                self.crash_host(now, index(c.host), c.down_for);
+                self.crash_host(now, i, index(c.host));
             }
         }
     }
@@ -183,7 +195,7 @@ impl Shared {
                 && self.crash_allowed(index(c.host))
             {
                 self.faults.crash_state[i] = CrashState::Fired;
-                self.crash_host(now, index(c.host), c.down_for);
+                self.crash_host(now, i, index(c.host));
             }
         }
     }
@@ -241,7 +253,7 @@ impl Shared {
             self.faults.applied.clear();
             self.faults.reset_down = false;
             self.faults.vm_armed = [None; 2];
-            self.try_connect(now, None);
+            self.try_connect(now);
             let delay = self.opts.link.delay;
             self.lan_net.set_default_link(LinkConfig::with_delay(delay));
             self.obs.push(TraceEvent::FaultsStopped { at: now });
@@ -297,7 +309,7 @@ impl Shared {
         if long_cut {
             self.connection_down(now);
         }
-        self.try_connect(now, None);
+        self.try_connect(now);
         self.arm_vm_failures(now);
         self.faults.link_moved = false;
         restarts

@@ -10,20 +10,24 @@
 //! and what a node sends meanwhile is dropped at the sender (the runtime's
 //! `dropped_while_down`).
 //!
-//! A new connection comes up the way the runtime makes one: a secondary that still depends on
-//! its primary (Connecting, Syncing or Paired) redials it for twice `lost_after` after the drop
-//! (`node_loop/reconnect.rs`), and a host that booted dials its peer until it gets through
-//! (the initial connector). The side dialled accepts when it listens and has no link: a
-//! primary-side node (the primary's acceptor), or a survivor that is solo or re-protecting (a
-//! secondary's takeover address, `on_newcomer`). A dial succeeds at the first instant the path
-//! is clear (no host-host cut, no reset window) and both conditions hold; both nodes then see
-//! `Input::PeerLink(Up)`, the acceptor's behind anything still in flight to it.
+//! A new connection comes up the way the runtime makes one, on the nodes' orders
+//! (`Output::Link`, colo-core's `node/link.rs`): a node that ordered `Dial` dials until a
+//! connection is up or it orders `StopDialing`, and a node that ordered `Accept(true)` takes a
+//! connection while it has none. A dial succeeds at the first instant the path is clear (no
+//! host-host cut, no reset window, no crashed stream still closing) and the peer accepts; both
+//! nodes then see `Input::PeerLink(Up)`, the acceptor's behind anything still in flight to it.
+//! A node's `Close` is a graceful close: what it sent still arrives, then the end of the
+//! stream (`Down`); what was on its way to it is lost. The simulator keeps no rule of its own
+//! about who redials or accepts: the nodes decide, so the swarm tests their decisions.
+//!
+//! A crash is a process crash (its kernel closes the connection: the peer reads the end of the
+//! stream) or, drawn per crash from the seed, a power loss: no FIN, the survivor's connection
+//! stays up and silent, and only the survivor's own `Close` frees it for the restarted host.
 //!
 //! Invariant kept: a message between the hosts is delivered only on the connection it was
-//! sent on, in order, once; the connection is up only while both ends are alive.
+//! sent on, in order, once; a connection both of whose ends were closed is down.
 
-use colo_core::ids::Role;
-use colo_core::node::{LinkState, NodeMode};
+use colo_core::node::{LinkCommand, LinkState};
 use colo_core::time::{Duration, Instant};
 
 use super::{Ctl, CtlMsg, Shared, Waiter};
@@ -32,12 +36,16 @@ use crate::trace::TraceEvent;
 /// The replication connection's state.
 #[derive(Debug)]
 pub(crate) struct ReplLink {
-    /// The connection is up.
+    /// The connection is up (for a power-lost host's survivor: up on its side, though nobody
+    /// listens at the other end).
     pub(crate) up: bool,
-    /// A host still redialling its primary after a drop, until this instant.
-    redial_until: [Option<Instant>; 2],
-    /// A host that booted and dials its peer until it gets through.
+    /// The incarnation of each host whose end the connection is (a host that lost power and
+    /// booted again does not hold the old connection's end).
+    ends: [u32; 2],
+    /// A host whose node ordered a dial that has not ended yet.
     dialing: [bool; 2],
+    /// A host whose node accepts inbound connections.
+    accepting: [bool; 2],
     /// A host that crashed and whose end of the stream is not yet sent: what it had queued
     /// before the crash (in the step that crashed it) still leaves first.
     closing: [bool; 2],
@@ -50,21 +58,13 @@ impl ReplLink {
     pub(crate) fn new() -> ReplLink {
         ReplLink {
             up: true,
-            redial_until: [None; 2],
+            ends: [0; 2],
             dialing: [false; 2],
+            accepting: [false; 2],
             closing: [false; 2],
             dropped_while_down: 0,
         }
     }
-}
-
-/// Whether a node in `mode` still depends on its primary's link (the runtime's reconnector
-/// redials only for such a node).
-fn depends_on_primary(mode: NodeMode) -> bool {
-    matches!(
-        mode,
-        NodeMode::Connecting | NodeMode::Syncing | NodeMode::Paired
-    )
 }
 
 impl Shared {
@@ -83,8 +83,45 @@ impl Shared {
             .max(Duration::from_millis(100))
     }
 
+    /// Host `h`'s node orders `cmd` of its peer link.
+    pub(crate) fn link_order(&mut self, now: Instant, h: usize, cmd: LinkCommand) {
+        match cmd {
+            // A dial while this host holds the connection is moot: the node learns of the link
+            // (its `Up` is on its way) and the dial ends with it.
+            LinkCommand::Dial => self.repl.dialing[h] = !self.holds_connection(h),
+            LinkCommand::StopDialing => self.repl.dialing[h] = false,
+            LinkCommand::Accept(on) => self.repl.accepting[h] = on,
+            LinkCommand::Close => self.connection_closed_by(now, h),
+        }
+    }
+
+    /// Whether host `h`, as it lives now, is an end of the connection that is up.
+    fn holds_connection(&self, h: usize) -> bool {
+        self.repl.up && self.repl.ends[h] == self.incarnation[h]
+    }
+
+    /// Host `h` closes the connection: what it sent still reaches its peer, then the end of
+    /// the stream; what was on its way to `h` is lost (its socket is gone).
+    fn connection_closed_by(&mut self, now: Instant, h: usize) {
+        if !self.repl.up {
+            return;
+        }
+        self.repl.up = false;
+        let p = 1 - h;
+        self.ctl_net.drop_toward(&Ctl::Host(p), &Ctl::Host(h));
+        // A peer that lost power and booted again never had this connection.
+        if !self.dead[p] && self.repl.ends[p] == self.incarnation[p] {
+            let msg = CtlMsg::Link(LinkState::Down);
+            self.ctl_send(now, Ctl::Host(h), Ctl::Host(p), msg);
+        }
+        self.obs.push(TraceEvent::LinkReset {
+            at: now,
+            down: true,
+        });
+    }
+
     /// The connection breaks now (a long cut or a reset): what is in flight either way is lost,
-    /// both live nodes see the link go down, a dependent secondary starts redialling.
+    /// both live nodes see the link go down.
     pub(crate) fn connection_down(&mut self, now: Instant) {
         if !self.repl.up {
             return;
@@ -94,7 +131,6 @@ impl Shared {
         self.ctl_net.drop_between(&a, &b);
         for h in 0..2 {
             if !self.dead[h] {
-                self.start_redial(now, h);
                 self.ctl_inbox
                     .entry(Ctl::Host(h))
                     .or_default()
@@ -108,21 +144,19 @@ impl Shared {
         });
     }
 
-    /// Host `h` crashed: its kernel closes the connection; the peer reads what `h` had sent
-    /// (including what it queued in the step that crashed it), then the end of the stream (a
-    /// `Down` behind it on the same link, sent by [`Shared::connection_finish_close`]).
-    pub(crate) fn connection_closed_by_crash(&mut self, now: Instant, h: usize) {
+    /// Host `h` crashed: it neither dials nor accepts any more. A process crash closes the
+    /// connection (its kernel does): the peer reads what `h` had sent (including what it
+    /// queued in the step that crashed it), then the end of the stream (a `Down` behind it on
+    /// the same link, sent by [`Shared::connection_finish_close`]). A power loss closes
+    /// nothing: the peer's end stays up and silent until the peer closes it.
+    pub(crate) fn connection_closed_by_crash(&mut self, now: Instant, h: usize, power_loss: bool) {
         self.repl.dialing[h] = false;
-        self.repl.redial_until[h] = None;
-        if !self.repl.up {
+        self.repl.accepting[h] = false;
+        if !self.repl.up || power_loss {
             return;
         }
         self.repl.up = false;
         self.repl.closing[h] = true;
-        let p = 1 - h;
-        if !self.dead[p] {
-            self.start_redial(now, p);
-        }
         self.obs.push(TraceEvent::LinkReset {
             at: now,
             down: true,
@@ -146,26 +180,6 @@ impl Shared {
         }
     }
 
-    /// A dependent secondary redials its primary for twice `lost_after` after a drop.
-    fn start_redial(&mut self, now: Instant, h: usize) {
-        let dependent = self.views[h]
-            .is_some_and(|v| v.status.role == Role::Secondary && depends_on_primary(v.status.mode));
-        self.repl.redial_until[h] = dependent.then(|| now + self.lost_after().saturating_mul(2));
-    }
-
-    /// Host `h` boots and dials its peer until it gets through. Returns whether the connection
-    /// is up at once (the booting host starts with the link up; the peer is told).
-    pub(crate) fn connection_dial_on_boot(&mut self, now: Instant, h: usize) -> bool {
-        self.repl.dialing[h] = true;
-        self.repl.redial_until[h] = None;
-        if self.repl.up {
-            // The peer kept a connection of the previous incarnation open: it cannot be (a
-            // crash closes it), but if it were, the dial waits for it to close.
-            return false;
-        }
-        self.try_connect(now, Some(h))
-    }
-
     /// Counts a message sent while the connection is down (dropped at the sender).
     pub(crate) fn drop_while_down(&mut self) {
         self.repl.dropped_while_down += 1;
@@ -176,10 +190,9 @@ impl Shared {
         !self.faults.reset_down() && !self.faults.host_host_cut_in_force(&self.opts)
     }
 
-    /// A dial that can get through now does: the connection comes up, both nodes are told
-    /// (`booting`, if any, is starting with the link up and is not told again). Returns whether
-    /// the connection is up.
-    pub(crate) fn try_connect(&mut self, now: Instant, booting: Option<usize>) -> bool {
+    /// A dial that can get through now does: the connection comes up and both nodes are told.
+    /// Returns whether the connection is up.
+    pub(crate) fn try_connect(&mut self, now: Instant) -> bool {
         if self.repl.up {
             return true;
         }
@@ -188,33 +201,17 @@ impl Shared {
         }
         for h in 0..2 {
             let p = 1 - h;
-            if self.dead[h] || self.dead[p] {
-                continue;
-            }
-            let redialling = self.repl.redial_until[h].is_some_and(|t| now <= t)
-                && self.views[h].is_some_and(|v| {
-                    v.status.role == Role::Secondary && depends_on_primary(v.status.mode)
-                });
-            if !(self.repl.dialing[h] || redialling) {
-                continue;
-            }
-            let accepts = self.views[p].is_some_and(|v| {
-                v.status.role == Role::Primary
-                    || matches!(v.status.mode, NodeMode::Solo | NodeMode::Reprotecting)
-            });
-            if !accepts {
+            if self.dead[h] || self.dead[p] || !self.repl.dialing[h] || !self.repl.accepting[p] {
                 continue;
             }
             self.repl.up = true;
+            self.repl.ends = self.incarnation;
             self.repl.dialing = [false; 2];
-            self.repl.redial_until = [None; 2];
-            if booting != Some(h) {
-                self.ctl_inbox
-                    .entry(Ctl::Host(h))
-                    .or_default()
-                    .push_back(CtlMsg::Link(LinkState::Up));
-                self.ring(Waiter::Host(h));
-            }
+            self.ctl_inbox
+                .entry(Ctl::Host(h))
+                .or_default()
+                .push_back(CtlMsg::Link(LinkState::Up));
+            self.ring(Waiter::Host(h));
             // Behind whatever the old connection still delivers to the acceptor.
             self.ctl_send(now, Ctl::Host(h), Ctl::Host(p), CtlMsg::Link(LinkState::Up));
             self.obs.push(TraceEvent::LinkReset {

@@ -3,7 +3,7 @@
 //! `Arbiter`, the clients and the upstream server exchange every frame through it: the client
 //! LAN (the seed's [`Netem`] behind a [`Lan`]) and the control network (replication link and
 //! arbiter requests, a second FIFO `Netem` with the seed's cuts; the replication link is one TCP
-//! connection, [`link`]: delays, resets, redials). Each actor has a step function
+//! connection, [`link`]: delays, resets, and the dials and accepts the nodes order). Each actor has a step function
 //! here ([`Shared::step_host`], [`Shared::step_arbiter`], [`Shared::step_lan`],
 //! [`Shared::step_controller`] in [`faults`]) that does everything due for it at an instant and
 //! says when it must be stepped again; the madsim executor ([`crate::cluster_run`]) runs each as
@@ -279,8 +279,8 @@ impl Shared {
         let (timing, canary) = (self.timing, self.canary);
         let mut sim = SimHost::new(h, cfg, role, guest, timing, canary, disk, now);
         self.dead[h] = false;
-        let link_up = first_boot || self.connection_dial_on_boot(now, h);
-        sim.start(now, link_up, self);
+        // A restarted host's node orders its dial (`route` executes it).
+        sim.start(now, first_boot, self);
         self.route(now, h, &mut sim);
         sim
     }
@@ -507,6 +507,7 @@ impl Shared {
                     host(h),
                     "deposed: the arbiter leased the term to the peer",
                 ),
+                HostOutput::Link(cmd) => self.link_order(now, h, cmd),
                 HostOutput::Trace(e) => self.obs.push(e),
             }
         }
@@ -520,7 +521,7 @@ impl Shared {
         });
         self.instant_crashes(now);
         self.reprotect_if_solo();
-        self.try_connect(now, None);
+        self.try_connect(now);
     }
 }
 

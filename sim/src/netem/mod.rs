@@ -288,6 +288,20 @@ impl<E: Clone + Ord + Debug> Netem<E> {
         }
     }
 
+    /// Drops every frame in flight or held from `from` to `to` (one way: the receiving end of
+    /// a TCP connection closed, what was on its way there is gone); counted as cut. Returns
+    /// how many.
+    pub fn drop_toward(&mut self, from: &E, to: &E) -> usize {
+        let before = self.in_flight();
+        self.queue.retain(|_, f| !(&f.from == from && &f.to == to));
+        if let Some(held) = self.clogs.get_mut(&(from.clone(), to.clone())) {
+            held.clear();
+        }
+        let dropped = before - self.in_flight();
+        self.stats.cut += dropped as u64;
+        dropped
+    }
+
     /// Drops every frame in flight or held between `a` and `b`, both ways (a TCP connection
     /// reset: what was on its way is gone); counted as cut. Returns how many.
     pub fn drop_between(&mut self, a: &E, b: &E) -> usize {

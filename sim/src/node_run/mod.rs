@@ -69,6 +69,7 @@ impl NodeRun {
                 not_before: at,
                 point: CrashPoint::At,
                 down_for: FOREVER,
+                power_loss: false,
             });
         }
         let mut fabric = Shared::new(&opts, canary);

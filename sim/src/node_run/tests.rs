@@ -127,6 +127,7 @@ fn crashes_inside_checkpoint_phases_keep_every_safety_checker_green() {
             not_before: Instant::from_millis(400),
             point,
             down_for: Duration::from_millis(300),
+            power_loss: false,
         }];
         let out = NodeRun::new(&o, None, None).run();
         let h: Vec<&History> = out.histories.iter().collect();
@@ -163,6 +164,7 @@ fn crash_and_restart(seed: u64, host: Host, point: CrashPoint) -> NodeRunOutput 
         not_before: Instant::from_millis(400),
         point,
         down_for: Duration::from_millis(300),
+        power_loss: false,
     }];
     NodeRun::new(&o, None, None).run()
 }
@@ -363,7 +365,7 @@ fn a_short_cut_of_the_replication_link_only_delays_its_messages() {
 }
 
 #[test]
-fn a_cut_longer_than_the_write_timeout_resets_the_connection_and_the_survivor_serves() {
+fn a_long_cut_ends_the_connection_once_and_the_survivor_serves() {
     let mut o = quiet(4);
     o.link_faults = vec![host_host_cut(CutMode::Symmetric, 1_000, 1_500)];
     let out = NodeRun::new(&o, None, None).run();
@@ -373,13 +375,14 @@ fn a_cut_longer_than_the_write_timeout_resets_the_connection_and_the_survivor_se
         shared.reset_after()
     };
     let transitions = link_transitions(&out);
-    // Down once, at the write timeout; the secondary had taken over by then (the heartbeat
-    // lost its primary after 500 ms), so nobody redials.
-    assert_eq!(
-        transitions,
-        vec![(Instant::from_millis(1_000) + reset_after, true)],
-        "{transitions:?}"
-    );
+    // Down once, by the time the write timeout would break it: host B's heartbeat lost its
+    // primary (silent since before the cut) and B closed the silent connection. Nobody
+    // redials: B runs solo, A is deposed.
+    let [(at, true)] = transitions[..] else {
+        panic!("{transitions:?}");
+    };
+    let cut = Instant::from_millis(1_000);
+    assert!(at > cut && at <= cut + reset_after, "{transitions:?}");
     assert!(took_over(&out), "host B never took over");
 }
 
@@ -411,6 +414,7 @@ fn a_crash_closes_the_connection_and_the_restarted_host_dials_back() {
         not_before: Instant::from_millis(800),
         point: CrashPoint::At,
         down_for: Duration::from_millis(300),
+        power_loss: false,
     }];
     let out = NodeRun::new(&o, None, None).run();
     assert_safe_and_served(&out, "crash");
@@ -427,6 +431,54 @@ fn a_crash_closes_the_connection_and_the_restarted_host_dials_back() {
         !up && up_at >= Instant::from_millis(1_100),
         "{transitions:?}"
     );
+    let reprotected = out
+        .trace
+        .events
+        .iter()
+        .any(|e| matches!(e, TraceEvent::Reprotected { at, .. } if *at >= up_at));
+    assert!(reprotected, "no re-protection on the new connection");
+}
+
+#[test]
+fn after_a_power_loss_the_survivor_closes_the_silent_connection_and_re_protects_the_host() {
+    // Host B loses power: no FIN, A's end of the connection stays up and silent. A's node
+    // declares B lost and closes it; without that close, A held the dead connection and the
+    // restarted B could never connect (the fabric allows one connection, as the runtime does).
+    let mut o = quiet(6);
+    o.crashes = vec![HostCrash {
+        host: Host::B,
+        not_before: Instant::from_millis(800),
+        point: CrashPoint::At,
+        down_for: Duration::from_millis(300),
+        power_loss: true,
+    }];
+    let out = NodeRun::new(&o, None, None).run();
+    assert_safe_and_served(&out, "power loss");
+    assert!(
+        out.trace
+            .events
+            .iter()
+            .any(|e| matches!(e, TraceEvent::PowerLoss { host: Host::B, .. })),
+        "the crash was no power loss"
+    );
+    let transitions = link_transitions(&out);
+    let (down_at, down) = *transitions
+        .first()
+        .expect("A kept the dead connection: the restarted B could never connect");
+    assert!(down, "{transitions:?}");
+    // Not at the crash (nothing told A): when A's node gave up on B and closed.
+    assert!(
+        down_at > Instant::from_millis(800),
+        "the connection went down with the power: {transitions:?}"
+    );
+    let a_solo = out.trace.events.iter().any(|e| {
+        matches!(e, TraceEvent::TermStarted { host: Host::A, solo: true, at, .. } if *at <= down_at)
+    });
+    assert!(a_solo, "A closed before it ran solo: {transitions:?}");
+    let (up_at, down) = *transitions
+        .get(1)
+        .expect("the restarted host never connected");
+    assert!(!down && up_at >= down_at, "{transitions:?}");
     let reprotected = out
         .trace
         .events

@@ -118,3 +118,51 @@ fn shutdown_says_goodbye_and_stops() {
     assert!(drain(&mut n).is_empty());
     assert_eq!(n.status(ms(4)).mode, NodeMode::Stopped);
 }
+
+#[test]
+fn the_node_reports_its_reprotect_arming_and_checkpoint_interval() {
+    let mut p = replicating_primary();
+    assert_eq!(
+        p.checkpoint_interval(),
+        p.config.checkpoint.checkpoint_interval
+    );
+    command(
+        &mut p,
+        3,
+        Command::SetCheckpointInterval(Duration::from_millis(70)),
+    );
+    assert_eq!(p.checkpoint_interval(), Duration::from_millis(70));
+    // Refused (a zero interval): nothing changed.
+    command(&mut p, 3, Command::SetCheckpointInterval(Duration::ZERO));
+    assert_eq!(p.checkpoint_interval(), Duration::from_millis(70));
+    // Armed only once solo: refused while paired, armed after the takeover.
+    command(&mut p, 3, Command::Reprotect);
+    assert!(!p.reprotect_armed());
+    let req = command(&mut p, 3, Command::Failover)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Arbiter(r) => Some(r),
+            _ => None,
+        })
+        .expect("a lease request");
+    let reply = crate::failover::LeaseReply::Granted {
+        valid_for: Duration::from_secs(2),
+    };
+    p.handle(ms(4), Input::Arbiter { id: req.id, reply });
+    drain(&mut p);
+    assert_eq!(p.status(ms(4)).mode, NodeMode::Solo);
+    assert!(!p.reprotect_armed());
+    command(&mut p, 5, Command::Reprotect);
+    assert!(p.reprotect_armed());
+    // The newcomer's Hello pairs it: the arming is spent.
+    p.handle(ms(6), hello(9, Role::Secondary, 2));
+    drain(&mut p);
+    assert_eq!(p.status(ms(6)).mode, NodeMode::Reprotecting);
+    assert!(!p.reprotect_armed());
+    // A secondary reports the configured interval (the primary's is not its own).
+    let s = node(Role::Secondary);
+    assert_eq!(
+        s.checkpoint_interval(),
+        s.config.checkpoint.checkpoint_interval
+    );
+}

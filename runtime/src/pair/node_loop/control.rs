@@ -1,17 +1,16 @@
 //! The node loop's side of the control socket and of re-protection: answers [`ControlCall`]s
-//! from the node's own state (the loop owns the `Node`; the control thread only posts), keeps
-//! what the status reports beyond `Node::status` (the last checkpoint, whether re-protection
-//! is armed), accepts newcomers on a survivor's listen address, and re-arms re-protection
-//! whenever the node runs solo if `--auto-reprotect` asked for it.
+//! from the node's own state (the loop owns the `Node`; the control thread only posts; the
+//! re-protection arming and the checkpoint interval are the node's), keeps what the status
+//! reports beyond it (the last checkpoint), binds a secondary's newcomer acceptor, and arms
+//! re-protection whenever the node enters Solo if `--auto-reprotect` asked for it.
 //!
 //! Invariants: a command's answer says whether the node took it (the node answers a refused
 //! command with `Event::CommandRefused` and its reason; the loop checks no precondition of its
 //! own beyond its own configuration) and is sent before the next input, except
 //! `checkpoint`'s, which is sent when a checkpoint after the request completes, or as an error
 //! as soon as the node stops being paired (the control thread's reply timeout bounds the
-//! rest); a newcomer's connection is used only while the node runs solo (or is re-protecting
-//! and lost its newcomer) with no peer link, every other one is closed at once; re-protection
-//! is armed only on a node that can accept a newcomer.
+//! rest); re-protection is armed only on a node that can accept a newcomer (whether a
+//! connection is used is the node's `LinkCommand::Accept`, executed in `link.rs`).
 //!
 //! Topology (docs/operations.md "Re-protection"): the survivor is always the new primary and
 //! the newcomer always connects to it. A primary accepts on its `--listen` address for its
@@ -42,14 +41,11 @@ pub(super) struct LoopControl {
     /// The bound control socket (removed when the loop ends).
     pub(super) server: Option<crate::pair::control::ControlServer>,
     last_checkpoint: Option<LastCheckpoint>,
-    /// Re-protection armed (`Command::Reprotect` taken, no newcomer paired yet).
-    armed: bool,
     /// Re-arm whenever the node enters Solo.
     auto: bool,
     /// Where newcomers connect (the primary's `--listen`, the secondary's takeover `--listen`).
     newcomers: Option<SocketAddr>,
     last_mode: NodeMode,
-    interval: Duration,
     /// `checkpoint` requests waiting for a checkpoint after this epoch to complete.
     waiting: Vec<(mpsc::Sender<Value>, u64)>,
     /// The node's answer to the command being run, if it refused it.
@@ -57,23 +53,21 @@ pub(super) struct LoopControl {
 }
 
 impl LoopControl {
-    pub(super) fn new(auto: bool, newcomers: Option<SocketAddr>, interval: Duration) -> Self {
+    pub(super) fn new(auto: bool, newcomers: Option<SocketAddr>) -> Self {
         LoopControl {
             server: None,
             last_checkpoint: None,
-            armed: false,
             auto,
             newcomers,
             last_mode: NodeMode::Idle,
-            interval,
             waiting: Vec::new(),
             refused: None,
         }
     }
 }
 
-/// Accepts newcomers for a secondary that may become a survivor; the loop decides whether to
-/// use each connection ([`NodeLoop::on_newcomer`]).
+/// Accepts newcomers for a secondary that may become a survivor; the node decides whether the
+/// loop uses each connection (`LinkCommand::Accept`, executed in `link.rs`).
 pub(super) fn spawn_newcomer_acceptor(
     addr: SocketAddr,
     key: crate::pair::peer::auth::PairKey,
@@ -164,7 +158,6 @@ impl NodeLoop {
     fn control_interval(&mut self, ms: u64) -> Value {
         match self.run_command(Command::SetCheckpointInterval(Duration::from_millis(ms))) {
             Ok(()) => {
-                self.ctl.interval = Duration::from_millis(ms);
                 json!({"ok": true, "message": format!("checkpoint interval set to {ms} ms"), "checkpoint_interval_ms": ms})
             }
             Err(why) => self.refusal(why),
@@ -180,7 +173,6 @@ impl NodeLoop {
         if let Err(why) = self.run_command(Command::Reprotect) {
             return self.refusal(why);
         }
-        self.ctl.armed = true;
         info!(role = self.name, listen = %addr, "reprotect-armed");
         json!({"ok": true, "message": format!("re-protection armed: start `colo secondary --peer {addr}`"), "listen": addr.to_string()})
     }
@@ -216,9 +208,9 @@ impl NodeLoop {
             "last_failover_reason": st.last_failover_reason.map(|r| format!("{r:?}")),
             "guest_step": self.guest_step(),
             "digests": self.config.digests,
-            "checkpoint_interval_ms": self.ctl.interval.as_millis() as u64,
+            "checkpoint_interval_ms": self.node.checkpoint_interval().as_millis() as u64,
             "reprotect": {
-                "armed": self.ctl.armed,
+                "armed": self.node.reprotect_armed(),
                 "auto": self.ctl.auto,
                 "listen": self.ctl.newcomers.map(|a| a.to_string()),
             },
@@ -247,19 +239,6 @@ impl NodeLoop {
                 "bad_frames": auth.bad_frames,
             },
         })
-    }
-
-    /// A newcomer connected to a secondary's takeover address: used only by a survivor with
-    /// no peer link (a paired secondary has its primary; a second pairing is refused).
-    pub(super) fn on_newcomer(&mut self, stream: crate::pair::peer::auth::AuthedLink) {
-        let (mode, _) = self.mode_role();
-        let free = matches!(mode, NodeMode::Solo | NodeMode::Reprotecting) && self.writer.is_none();
-        if free {
-            self.on_connected(stream);
-        } else {
-            let from = stream.peer_addr();
-            info!(role = self.name, from, mode = ?mode, "newcomer-refused");
-        }
     }
 
     /// Keeps the control state in step with the node's events.
@@ -309,10 +288,6 @@ impl NodeLoop {
                 bytes,
                 ..
             } => (epoch.0, pause.as_micros() as u64, *bytes),
-            Event::Paired { .. } => {
-                self.ctl.armed = false;
-                return;
-            }
             _ => return,
         };
         self.ctl.last_checkpoint = Some(LastCheckpoint {
@@ -323,8 +298,8 @@ impl NodeLoop {
         });
     }
 
-    /// After every input: the armed flag follows the mode (the node forgets an arming once it
-    /// leaves Solo), and with `--auto-reprotect` a node entering Solo arms itself.
+    /// After every input: with `--auto-reprotect` a node entering Solo arms itself (whether
+    /// it is armed is the node's state, `Node::reprotect_armed`).
     pub(super) fn ctl_after_input(&mut self) {
         let (mode, _) = self.mode_role();
         let entered = mode != self.ctl.last_mode;
@@ -336,17 +311,13 @@ impl NodeLoop {
                 )));
             }
         }
-        if mode != NodeMode::Solo {
-            self.ctl.armed = false;
-            return;
-        }
-        if entered
+        if mode == NodeMode::Solo
+            && entered
             && self.ctl.auto
-            && !self.ctl.armed
+            && !self.node.reprotect_armed()
             && self.ctl.newcomers.is_some()
             && self.run_command(Command::Reprotect).is_ok()
         {
-            self.ctl.armed = true;
             let listen = self.ctl.newcomers.map(|a| a.to_string());
             info!(
                 role = self.name,

@@ -1,6 +1,6 @@
 //! Executing the node's outputs: each [`Output`] of colo-core's `Node` becomes its effect
 //! (a peer send, a VM command, a frame to a guest or a client, a disk command, an arbiter
-//! request, a halt), in the order the node emitted them.
+//! request, a link order, a halt), in the order the node emitted them.
 //!
 //! Invariant kept: outputs are executed in order and completely before the next input (VM
 //! completions are queued as inputs, never handled re-entrantly); an output the runtime cannot
@@ -125,6 +125,7 @@ impl NodeLoop {
                     HaltReason::Stopped => LoopEnd::Stopped,
                 });
             }
+            Output::Link(command) => self.on_link_command(command),
             Output::Event(event) => self.on_node_event(event),
             Output::Disk(command) => self.on_disk(command),
             Output::ToGuest { nic, frame } => self.net.handle_to_guest(&self.machine, nic, frame),

@@ -1,28 +1,128 @@
-//! The peer link of the node loop: accepting or dialling the peer (each connection
-//! authenticated with the pair key on a thread of its own before the loop sees it), the
-//! reader's closure that stores page bulk in the RAM cache as it arrives, link up and down,
-//! and sending a message on the current link.
+//! The peer link of the node loop: executing the node's link orders (`Output::Link`: dial the
+//! configured peer address, stop dialling, accept inbound connections or not, close the
+//! link), accepting or dialling the peer (each connection authenticated with the pair key on a
+//! thread of its own before the loop sees it), the reader's closure that stores page bulk in
+//! the RAM cache as it arrives, link up and down, and sending a message on the current link.
+//!
+//! The node decides who dials, for how long after a drop (its reconnect window) and who accepts
+//! (colo-core `node/link.rs`); this file keeps the mechanics: the address, the connect timeout,
+//! the pacing of retries, the generations. What a dropped link costs is what was in flight: a
+//! drop between checkpoints costs only heartbeats and the pair carries on in its term on the
+//! new link; a drop inside a checkpoint makes each side restart that epoch on the new link
+//! (docs/operations.md "Link drops"), or, if no link comes back before the heartbeat's
+//! `lost_after`, the node fails over.
 //!
 //! Invariant kept: every event of a link carries the link's generation (`NodeLoop::link`),
-//! bumped at each new link and at each drop, so a late event of a dead link is ignored; at
-//! most one peer link is up at a time (a second connection is refused while one is up).
+//! bumped at each new link and at each drop, so a late event of a dead link is ignored; every
+//! dial carries its own generation, so a connection of a dial the node stopped is closed
+//! unused; at most one peer link is up at a time (an inbound connection is used only while the
+//! node accepts and no link is up, every other one is closed at once).
 
-use super::{LoopError, LoopEvent, NodeLoop, hops, liveness};
+use super::{LoopError, LoopEvent, NodeLoop, PeerEndpoint, hops, liveness};
 use crate::pair::peer::PeerReader;
 use crate::pair::peer::auth::{AuthedLink, PairKey, handshake, log_refused, spawn_accept};
-use colo_core::node::{Input, LinkState, PeerBulk};
+use colo_core::node::{Input, LinkCommand, LinkState, PeerBulk};
 use colo_core::time::Duration;
 use colo_core::wire::{Limits, LinkSide, Message};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
+
+/// A dial the node ordered and did not end yet.
+#[derive(Debug)]
+pub(super) struct Dialing {
+    /// Its generation: a connection it posts is used only while it is the current dial.
+    dial: u64,
+    /// Tells its thread to give up.
+    stop: Arc<AtomicBool>,
+}
+
+impl Dialing {
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
 
 impl NodeLoop {
-    pub(super) fn on_connected(&mut self, link: AuthedLink) {
-        if self.writer.is_some() {
-            warn!(role = self.name, "a second peer connection was refused");
+    /// Executes one of the node's link orders.
+    pub(super) fn on_link_command(&mut self, command: LinkCommand) {
+        match command {
+            LinkCommand::Dial => self.start_dial(),
+            LinkCommand::StopDialing => {
+                if let Some(d) = self.dialing.take() {
+                    info!(role = self.name, "dial-stopped");
+                    d.stop();
+                }
+            }
+            LinkCommand::Accept(on) => {
+                debug!(role = self.name, on, "accepting");
+                self.accepting = on;
+            }
+            LinkCommand::Close => self.close_link(),
+        }
+    }
+
+    fn start_dial(&mut self) {
+        let PeerEndpoint::Connect(addr) = self.config.peer else {
+            error!(
+                role = self.name,
+                "the node ordered a dial, but this node has no peer address to dial"
+            );
+            return;
+        };
+        if let Some(old) = self.dialing.take() {
+            old.stop();
+        }
+        self.dials += 1;
+        let stop = Arc::new(AtomicBool::new(false));
+        info!(role = self.name, to = %addr, "dialing");
+        let spawned = spawn_dialer(
+            addr,
+            self.config.key.clone(),
+            self.name,
+            self.tx.clone(),
+            self.dials,
+            stop.clone(),
+        );
+        match spawned {
+            Ok(()) => {
+                self.dialing = Some(Dialing {
+                    dial: self.dials,
+                    stop,
+                })
+            }
+            Err(e) => error!(role = self.name, "cannot start the dialler: {e}"),
+        }
+    }
+
+    /// A dial got through: used if it is still the node's current dial and no link is up.
+    pub(super) fn on_dialled(&mut self, dial: u64, link: AuthedLink) {
+        let current = self.dialing.as_ref().is_some_and(|d| d.dial == dial);
+        if !current || self.writer.is_some() {
+            info!(role = self.name, dial, "dial-dropped (no longer wanted)");
             return;
         }
+        if self.link > 0 {
+            info!(role = self.name, "reconnected");
+        }
+        self.use_link(link);
+    }
+
+    /// An inbound connection (the primary's `--listen`, or a secondary's takeover address):
+    /// used only while the node accepts and has no link.
+    pub(super) fn on_inbound(&mut self, link: AuthedLink) {
+        if !self.accepting || self.writer.is_some() {
+            let mode = self.node.status(self.clock.now()).mode;
+            let from = link.peer_addr();
+            info!(role = self.name, from, mode = ?mode, "newcomer-refused");
+            return;
+        }
+        self.use_link(link);
+    }
+
+    fn use_link(&mut self, link: AuthedLink) {
         let split = link
             .split(Limits::default())
             .and_then(|(stream, decoder, writer)| {
@@ -88,20 +188,38 @@ impl NodeLoop {
         }
         self.peer_watch = Some(liveness::PeerSocketWatch::new(watch_half));
         self.writer = Some(writer);
+        // The link ends whatever dial was running (the node counts it ended too).
+        if let Some(d) = self.dialing.take() {
+            d.stop();
+        }
         info!(role = self.name, "link-up");
         self.input(Input::PeerLink(LinkState::Up));
     }
 
+    /// The link ended under the node (the peer closed it, an error): the node is told.
     pub(super) fn link_down(&mut self, why: &str) {
-        self.receiving = None;
-        if let Some(writer) = self.writer.take() {
-            self.peer_watch = None;
-            writer.close();
-            info!(role = self.name, reason = ?why, "link-down");
-            self.link += 1; // ignore whatever the old reader still posts
+        if self.end_link(why) {
             self.input(Input::PeerLink(LinkState::Down));
-            self.maybe_reconnect();
         }
+    }
+
+    /// The node closed the link (`LinkCommand::Close`): it counts the link down already.
+    fn close_link(&mut self) {
+        self.end_link("closed by this node: the pairing is over");
+    }
+
+    /// Closes the current link, if any (what was written is flushed first); returns whether
+    /// there was one.
+    fn end_link(&mut self, why: &str) -> bool {
+        self.receiving = None;
+        let Some(writer) = self.writer.take() else {
+            return false;
+        };
+        self.peer_watch = None;
+        writer.close();
+        info!(role = self.name, reason = ?why, "link-down");
+        self.link += 1; // ignore whatever the old reader still posts
+        true
     }
 
     pub(super) fn on_frame(&mut self, message: Message, bulk: PeerBulk) {
@@ -169,7 +287,7 @@ pub(super) fn spawn_acceptor(
 
 /// Connects to `addr` and authenticates as the connecting side. `Err(true)`: the peer
 /// answered but refused or failed the handshake (logged; worth a slower retry).
-pub(super) fn dial(
+fn dial(
     addr: SocketAddr,
     key: &PairKey,
     name: &str,
@@ -182,22 +300,27 @@ pub(super) fn dial(
     })
 }
 
-pub(super) fn spawn_connector(
+/// Dials `addr` until it gets through (posted as dial `dial`) or `stop` is set: retried every
+/// 50 ms while nobody answers (the primary may start after us), every second while the peer
+/// answers but refuses the handshake (an operator may fix a wrong key file and restart it).
+fn spawn_dialer(
     addr: SocketAddr,
     key: PairKey,
     name: &'static str,
     tx: mpsc::Sender<LoopEvent>,
+    dial_gen: u64,
+    stop: Arc<AtomicBool>,
 ) -> Result<(), LoopError> {
     std::thread::Builder::new()
-        .name("colo-peer-connect".to_string())
+        .name("colo-peer-dial".to_string())
         .spawn(move || {
-            // The primary may start after us: retry until it answers (the demo starts both
-            // at once; an operator may start them in any order), and until it accepts our key
-            // (an operator may fix a wrong key file and restart it).
-            loop {
+            while !stop.load(Ordering::Relaxed) {
                 match dial(addr, &key, name, Duration::from_millis(500)) {
                     Ok(link) => {
-                        let _ = tx.send(LoopEvent::Connected(link));
+                        let _ = tx.send(LoopEvent::Dialled {
+                            dial: dial_gen,
+                            link,
+                        });
                         return;
                     }
                     Err(true) => std::thread::sleep(Duration::from_secs(1)),
@@ -206,5 +329,5 @@ pub(super) fn spawn_connector(
             }
         })
         .map(|_| ())
-        .map_err(|e| LoopError::Endpoint(format!("cannot start the connector: {e}")))
+        .map_err(|e| LoopError::Endpoint(format!("cannot start the dialler: {e}")))
 }

@@ -2,9 +2,9 @@
 //! feeding the node time, peer frames, timeouts, VM completions and arbiter replies, and
 //! executing its outputs (node/mod.rs "The contract").
 //!
-//! Threads: this loop; the peer reader ([`crate::pair::peer::PeerReader`]); the primary's acceptor
-//! or the secondary's connector, which authenticate each connection with the pair key before
-//! posting it (`crate::pair::peer::auth`; a connection that fails is never seen here); the arbiter
+//! Threads: this loop; the peer reader ([`crate::pair::peer::PeerReader`]); the acceptors (a
+//! primary's `--listen`, a secondary's takeover address) and the dialler the node orders
+//! (`link.rs`), which authenticate each connection with the pair key before posting it (`crate::pair::peer::auth`; a connection that fails is never seen here); the arbiter
 //! client. The others only post [`LoopEvent`]s into
 //! one channel, so the node and the VM are touched by this thread alone; the one shared object
 //! is the secondary's RAM cache, into which the reader stores page bulk before posting the
@@ -15,7 +15,8 @@
 //! next input (VM completions are queued as inputs, never handled re-entrantly); time fed to
 //! the node is one monotonic clock ([`MonoClock`]); an output the runtime cannot execute
 //! (a disk command on a node without a disk) is logged as an error, never dropped silently.
-//! The peer link (accept or dial, the reader, up and down, send) is `link.rs`; executing each
+//! The peer link (the node's link orders, accept or dial, the reader, up and down, send) is
+//! `link.rs`; executing each
 //! output is `exec.rs`. Guest network frames are routed by `frames.rs` (client tap,
 //! virtio-net, the node); guest disk requests, disk commands and forwarded writes by `disk.rs`
 //! (virtio-blk, the files).
@@ -35,7 +36,6 @@ mod link;
 mod liveness;
 mod log;
 mod metrics;
-mod reconnect;
 mod vm;
 
 pub use disk::{BlkBridge, DiskFiles, DiskLoopStats};
@@ -44,7 +44,7 @@ pub use vm::{SharedCache, VmExecutor};
 
 use disk::GuestDisk;
 use frames::GuestNet;
-use link::{spawn_acceptor, spawn_connector};
+use link::spawn_acceptor;
 
 use crate::pair::arbiter::ArbiterClient;
 use crate::pair::clock::MonoClock;
@@ -68,7 +68,7 @@ use tracing::info;
 pub enum PeerEndpoint {
     /// Primary: accept the secondary's connection here.
     Listen(SocketAddr),
-    /// Secondary: connect to the primary here (retried until it answers).
+    /// Secondary: connect to the primary here, whenever the node orders a dial.
     Connect(SocketAddr),
 }
 
@@ -145,7 +145,7 @@ impl NodeLoopConfig {
 /// Something another thread tells the loop.
 #[derive(Debug)]
 pub enum LoopEvent {
-    /// A peer connection was established (accepted or connected) and authenticated.
+    /// A peer connected to the primary's `--listen` address and authenticated.
     Connected(AuthedLink),
     /// A frame of peer link `link`; page bulk is already in the RAM cache
     /// ([`PeerBulk::Stored`]), other bulk is carried as [`PeerBulk::Frame`].
@@ -184,8 +184,13 @@ pub enum LoopEvent {
     Control(crate::pair::control::ControlCall),
     /// A newcomer connected to a secondary's takeover address.
     Newcomer(AuthedLink),
-    /// A secondary's reconnection to its primary after a link drop got through.
-    Reconnected(AuthedLink),
+    /// Dial `dial` (a generation of the node's `Dial` orders) got through and authenticated.
+    Dialled {
+        /// The dial's generation.
+        dial: u64,
+        /// The connection.
+        link: AuthedLink,
+    },
     /// The guest's virtio-blk device submitted a request (posted by [`BlkBridge`] on a vCPU
     /// thread), in VM generation `generation`.
     GuestBlk {
@@ -241,6 +246,12 @@ pub struct NodeLoop {
     tx: mpsc::Sender<LoopEvent>,
     rx: mpsc::Receiver<LoopEvent>,
     writer: Option<PeerWriter>,
+    /// The dial the node ordered, while it runs (`link.rs`).
+    dialing: Option<link::Dialing>,
+    /// Dials started so far (each dial's generation).
+    dials: u64,
+    /// The node accepts inbound peer connections (its last `LinkCommand::Accept`).
+    accepting: bool,
     /// Bytes arriving on the peer link before a whole frame has (`liveness.rs`).
     peer_watch: Option<liveness::PeerSocketWatch>,
     link: u64,
@@ -312,9 +323,8 @@ impl NodeLoop {
                     .map_err(|e| LoopError::Endpoint(format!("cannot listen on {addr}: {e}")))?;
                 spawn_acceptor(listener, config.key.clone(), name, tx.clone())?;
             }
-            PeerEndpoint::Connect(addr) => {
-                spawn_connector(addr, config.key.clone(), name, tx.clone())?
-            }
+            // The secondary dials when its node orders it (at its start).
+            PeerEndpoint::Connect(_) => {}
         }
         let newcomers = match (config.peer, config.newcomer_listen) {
             (PeerEndpoint::Listen(addr), _) => Some(addr),
@@ -331,11 +341,7 @@ impl NodeLoop {
             }
             (PeerEndpoint::Connect(_), None) => None,
         };
-        let mut ctl = control::LoopControl::new(
-            config.auto_reprotect,
-            newcomers,
-            config.node.checkpoint.checkpoint_interval,
-        );
+        let mut ctl = control::LoopControl::new(config.auto_reprotect, newcomers);
         if let Some(path) = &config.control {
             let control_tx = tx.clone();
             let server = crate::pair::control::ControlServer::bind(path, move |call| {
@@ -365,6 +371,9 @@ impl NodeLoop {
             tx,
             rx,
             writer: None,
+            dialing: None,
+            dials: 0,
+            accepting: false,
             peer_watch: None,
             link: 0,
             arbiter,
@@ -495,7 +504,7 @@ impl NodeLoop {
 
     fn on_event(&mut self, event: LoopEvent) {
         match event {
-            LoopEvent::Connected(stream) => self.on_connected(stream),
+            LoopEvent::Connected(stream) | LoopEvent::Newcomer(stream) => self.on_inbound(stream),
             LoopEvent::Peer {
                 link,
                 message,
@@ -518,8 +527,7 @@ impl NodeLoop {
                 self.input(Input::Arbiter { id, reply });
             }
             LoopEvent::Control(call) => self.on_control(call),
-            LoopEvent::Newcomer(stream) => self.on_newcomer(stream),
-            LoopEvent::Reconnected(stream) => self.on_reconnected(stream),
+            LoopEvent::Dialled { dial, link } => self.on_dialled(dial, link),
             LoopEvent::GuestBlk {
                 disk,
                 generation,
