@@ -18,6 +18,12 @@ impl<T> Default for Outbox<T> {
 }
 
 impl<T> Outbox<T> {
+    /// An empty outbox with room for `capacity` outputs before it grows (a hot path's queue
+    /// allocates once).
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Outbox(VecDeque::with_capacity(capacity))
+    }
+
     /// Queues `output` after everything queued before it.
     pub(crate) fn push(&mut self, output: T) {
         self.0.push_back(output);

@@ -259,7 +259,7 @@ impl Spare {
 /// Where frames leave a flow: counts them, frees their arrival slot, queues released frames.
 #[derive(Debug)]
 pub(crate) struct Sink<'a> {
-    pub(crate) out: &'a mut VecDeque<CompareOutput>,
+    pub(crate) out: &'a mut crate::outbox::Outbox<CompareOutput>,
     pub(crate) stats: &'a mut CompareStats,
     pub(crate) ages: &'a mut Ages,
     pub(crate) spare: &'a mut Spare,
@@ -291,7 +291,7 @@ impl Sink<'_> {
         self.stats.released_matched += 1;
         self.stats.held_primary -= 1;
         self.stats.bytes_matched += (held.body_end - held.body_start) as u64;
-        self.out.push_back(CompareOutput::Release(held.frame));
+        self.out.push(CompareOutput::Release(held.frame));
     }
 
     /// A held primary segment that needed no comparison (zero payload or retransmission) and
@@ -300,7 +300,7 @@ impl Sink<'_> {
         self.ages.forget(held.id);
         self.stats.released_uncompared += 1;
         self.stats.held_primary -= 1;
-        self.out.push_back(CompareOutput::Release(held.frame));
+        self.out.push(CompareOutput::Release(held.frame));
     }
 
     /// A frame that matched on arrival (the fast path), never held, so without an arrival
@@ -311,7 +311,7 @@ impl Sink<'_> {
             super::Side::Primary => {
                 self.stats.released_matched += 1;
                 self.stats.bytes_matched += body_len as u64;
-                self.out.push_back(CompareOutput::Release(frame));
+                self.out.push(CompareOutput::Release(frame));
             }
             super::Side::Secondary => {
                 self.stats.secondary_matched += 1;

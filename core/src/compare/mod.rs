@@ -45,7 +45,6 @@ use crate::packet::{Classified, FlowKey, Kind, SeqNum, classify, classify_or_opa
 use crate::time::Instant;
 use ages::{Ages, FrameId};
 use flow::{Flow, Held, Sink, Spare};
-use std::collections::VecDeque;
 use table::{FlowIdx, FlowTable};
 
 /// What the comparator wants done, drained with [`Comparator::poll_output`].
@@ -160,7 +159,7 @@ pub struct Comparator {
     phase: Phase,
     table: FlowTable,
     ages: Ages,
-    out: VecDeque<CompareOutput>,
+    out: crate::outbox::Outbox<CompareOutput>,
     stats: CompareStats,
     /// Reused by checkpoint flushes to put held frames back into arrival order.
     scratch: Vec<(FrameId, Vec<u8>)>,
@@ -194,7 +193,7 @@ impl Comparator {
             phase: Phase::Comparing,
             table: FlowTable::default(),
             ages: Ages::with_capacity(256),
-            out: VecDeque::with_capacity(256),
+            out: crate::outbox::Outbox::with_capacity(256),
             stats: CompareStats::default(),
             scratch: Vec::new(),
             spare: Spare::with_room(),
@@ -253,7 +252,7 @@ impl Comparator {
 
     /// The next thing to do, if any.
     pub fn poll_output(&mut self) -> Option<CompareOutput> {
-        self.out.pop_front()
+        self.out.pop()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) has work: the earliest comparison deadline
@@ -281,7 +280,7 @@ impl Comparator {
             Phase::Comparing => {
                 self.phase = Phase::CheckpointPending(reason);
                 self.stats.checkpoint_requests += 1;
-                self.out.push_back(CompareOutput::CheckpointRequest(reason));
+                self.out.push(CompareOutput::CheckpointRequest(reason));
             }
             Phase::CheckpointPending(_) => self.stats.coalesced_requests += 1,
             // No secondary: there is nobody to checkpoint to, and nothing is held.
@@ -368,7 +367,7 @@ impl Comparator {
             match side {
                 Side::Primary => {
                     self.stats.released_solo += 1;
-                    self.out.push_back(CompareOutput::Release(frame));
+                    self.out.push(CompareOutput::Release(frame));
                 }
                 Side::Secondary => {
                     self.stats.secondary_dropped_solo += 1;
@@ -522,7 +521,7 @@ impl Comparator {
                             if lowered || flow.update.is_live() {
                                 flow.update.after_clamp(lowered, &f, &held);
                             }
-                            self.out.push_back(CompareOutput::Release(f));
+                            self.out.push(CompareOutput::Release(f));
                         }
                     } else {
                         self.stats.uncompared_held += 1;
@@ -629,7 +628,7 @@ impl Comparator {
         if let Some(why) = miscompare {
             self.stats.miscompares += 1;
             let flow = self.table.get_mut(idx).key;
-            self.out.push_back(CompareOutput::Miscompare { flow, why });
+            self.out.push(CompareOutput::Miscompare { flow, why });
             self.trigger(CheckpointReason::Miscompare);
         }
         if tcp_info.is_some() && side == Side::Secondary {
@@ -744,7 +743,7 @@ impl Comparator {
         self.scratch.sort_unstable_by_key(|(id, _)| *id);
         let released = self.scratch.len() as u64;
         for (_, frame) in self.scratch.drain(..) {
-            self.out.push_back(CompareOutput::Release(frame));
+            self.out.push(CompareOutput::Release(frame));
         }
         match kind {
             Flush::Checkpoint => {

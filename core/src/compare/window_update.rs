@@ -133,7 +133,6 @@ impl super::Comparator {
             .update
             .with_window(window, self.spare.take().unwrap_or_default());
         self.stats.window_updates += 1;
-        self.out
-            .push_back(super::CompareOutput::WindowUpdate(frame));
+        self.out.push(super::CompareOutput::WindowUpdate(frame));
     }
 }
