@@ -141,6 +141,15 @@ fn malformed_inputs_give_one_clear_error_line() {
             vec!["restore", "--state", "/nonexistent/vm.state"],
             "state file /nonexistent/vm.state",
         ),
+        (
+            vec![
+                "--events",
+                "/nonexistent/dir/events.jsonl",
+                "keygen",
+                "/nonexistent/k",
+            ],
+            "--events /nonexistent/dir/events.jsonl: cannot open for appending",
+        ),
     ];
     for (args, expected) in cases {
         let out = colo(&args);

@@ -7,6 +7,7 @@
 
 mod common;
 
+use colo_runtime::pair::events::Milestone;
 use common::procs::{COLO, Procs, args, free_addr};
 use std::process::Command;
 use std::time::Duration;
@@ -182,8 +183,8 @@ fn secondary_described_for_another_vm_is_refused_and_a_matching_one_pairs() {
         primary_vm.strip_prefix("primary: "),
         secondary_vm.strip_prefix("secondary: ")
     );
-    procs.wait_for(Duration::from_secs(60), |w, l| {
-        w == s && l.starts_with("secondary: applied epoch=")
+    procs.wait_until(Duration::from_secs(60), s, |m| {
+        matches!(m, Milestone::Applied { .. })
     });
 }
 

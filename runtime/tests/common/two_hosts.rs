@@ -22,6 +22,7 @@ use colo_runtime::net::kvclient::{KvConnection, Timeouts, add_client_bridge};
 use colo_runtime::net::linkem::{LinkEmulator, LinkFaults};
 use colo_runtime::net::netns::NetNs;
 use colo_runtime::net::tap::Tap;
+use colo_runtime::pair::events::Milestone;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -273,8 +274,8 @@ impl TwoHosts {
         };
         let a_node = procs.spawn_in(a.name(), &node("primary", 0, &sockets[0]));
         let b_node = procs.spawn_in(b.name(), &node("secondary", 1, &sockets[1]));
-        procs.wait_for(Duration::from_secs(60), |w, l| {
-            w == a_node && l.starts_with("primary: checkpoint-done epoch=1 ")
+        procs.wait_until(Duration::from_secs(60), a_node, |m| {
+            matches!(m, Milestone::CheckpointDone { epoch: 1, .. })
         });
         Some(TwoHosts {
             procs,

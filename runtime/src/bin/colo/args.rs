@@ -29,6 +29,11 @@ pub(crate) struct Cli {
     /// `RUST_LOG`-style directives; overrides RUST_LOG (default `info`).
     #[arg(long, global = true)]
     pub(crate) log_level: Option<String>,
+    /// Write the node's milestones (checkpoints, failover, re-protection, ...) as one JSON
+    /// object per line, for programs: `-` for stdout (beside the guest console), or a file
+    /// (appended to).
+    #[arg(long, global = true, value_name = "FILE|-")]
+    pub(crate) events: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -60,6 +60,13 @@ fn main() -> ExitCode {
         eprintln!("colo: {message}");
         return ExitCode::from(1);
     }
+    if let Some(dest) = &cli.events {
+        let to = colo_runtime::pair::events::EventsTo::parse(dest);
+        if let Err(e) = colo_runtime::pair::events::init(&to) {
+            eprintln!("colo: {e}");
+            return ExitCode::from(1);
+        }
+    }
     match run(cli, given) {
         Ok(code) => code,
         Err(message) => {

@@ -19,6 +19,7 @@
 
 use super::{LoopEvent, NodeLoop};
 use crate::pair::control::{ControlCall, Request, error_response};
+use crate::pair::events::Milestone;
 use colo_core::ids::Role;
 use colo_core::node::{Command, CommandRefusal, Event, Input, NodeMode};
 use colo_core::time::{Duration, Instant};
@@ -182,6 +183,10 @@ impl NodeLoop {
         }
         self.ctl.armed = true;
         info!(role = self.name, listen = %addr, "reprotect-armed");
+        self.milestone(Milestone::ReprotectArmed {
+            listen: addr.to_string(),
+            auto: false,
+        });
         json!({"ok": true, "message": format!("re-protection armed: start `colo secondary --peer {addr}`"), "listen": addr.to_string()})
     }
 
@@ -259,6 +264,10 @@ impl NodeLoop {
         } else {
             let from = stream.peer_addr();
             info!(role = self.name, from, mode = ?mode, "newcomer-refused");
+            self.milestone(Milestone::NewcomerRefused {
+                from: from.to_string(),
+                mode: format!("{mode:?}"),
+            });
         }
     }
 
@@ -347,13 +356,18 @@ impl NodeLoop {
             && self.run_command(Command::Reprotect).is_ok()
         {
             self.ctl.armed = true;
-            let listen = self.ctl.newcomers.map(|a| a.to_string());
+            let listen = self
+                .ctl
+                .newcomers
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             info!(
                 role = self.name,
-                listen = listen.unwrap_or_default(),
+                listen = listen.as_str(),
                 auto = true,
                 "reprotect-armed"
             );
+            self.milestone(Milestone::ReprotectArmed { listen, auto: true });
         }
     }
 }

@@ -98,6 +98,9 @@ impl NodeLoop {
             self.peer_watch = None;
             writer.close();
             info!(role = self.name, reason = ?why, "link-down");
+            self.milestone(crate::pair::events::Milestone::LinkDown {
+                reason: why.to_string(),
+            });
             self.link += 1; // ignore whatever the old reader still posts
             self.input(Input::PeerLink(LinkState::Down));
             self.maybe_reconnect();

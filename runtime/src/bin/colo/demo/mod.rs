@@ -10,13 +10,15 @@
 //!
 //! Invariant: every child is killed and reaped on every path out of [`run`] (the `Children`
 //! guard), and every wait is bounded by the demo's deadline, so the demo always ends.
-//! It reads the children's milestone lines (`<role>: <what> key=value`, see
-//! `node_loop`), echoes them prefixed, and judges only from them and from its own clock.
+//! Every child runs with `--events -`: the demo judges only from their typed milestone
+//! records (`colo_runtime::pair::events`, deserialized, never log text parsed back) and from
+//! its own clock, and echoes their human log lines prefixed.
 
 pub(crate) mod net;
 
 pub use net::{Percentiles, run as run_net};
 
+use colo_runtime::pair::events::{Milestone, Record};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -188,9 +190,22 @@ pub(crate) struct Line {
     pub(crate) who: &'static str,
     pub(crate) text: String,
     pub(crate) at: Instant,
+    /// The milestone record on the line, if it is one (`--events -`).
+    pub(crate) record: Option<Record>,
 }
 
-/// `key=value` fields of a milestone line `<who>: <what> k=v ...`, if it is `what`.
+impl Line {
+    /// The milestone on this line if child `who` printed it.
+    pub(crate) fn milestone(&self, who: &str) -> Option<&Milestone> {
+        match &self.record {
+            Some(record) if self.who == who => Some(&record.milestone),
+            _ => None,
+        }
+    }
+}
+
+/// `key=value` fields of a log line `<who>: <what> k=v ...`, if it is `what` (`colo bench`
+/// still reads its figures this way; the demo reads [`Line::milestone`]).
 pub(crate) fn fields(text: &str, who: &str, what: &str) -> Option<BTreeMap<String, String>> {
     let rest = text.strip_prefix(who)?.strip_prefix(": ")?;
     let rest = rest.strip_prefix(what)?;
@@ -205,10 +220,6 @@ pub(crate) fn fields(text: &str, who: &str, what: &str) -> Option<BTreeMap<Strin
     )
 }
 
-pub(crate) fn num(map: &BTreeMap<String, String>, key: &str) -> u64 {
-    map.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 fn spawn(
     binary: &PathBuf,
     who: &'static str,
@@ -218,9 +229,9 @@ fn spawn(
     spawn_in(None, binary, who, args, &[], lines)
 }
 
-/// Starts `binary args` (inside network namespace `netns` through `ip netns exec`, which
-/// execs the binary: the child is the colo process itself) with `envs` added to its
-/// environment and its lines sent to `lines`.
+/// Starts `binary --events - args` (inside network namespace `netns` through `ip netns exec`,
+/// which execs the binary: the child is the colo process itself) with `envs` added to its
+/// environment and its lines, with the milestone records on them, sent to `lines`.
 pub(crate) fn spawn_in(
     netns: Option<&str>,
     binary: &PathBuf,
@@ -244,6 +255,7 @@ pub(crate) fn spawn_in(
         .try_clone()
         .map_err(|e| format!("cannot clone a pipe: {e}"))?;
     let child = command
+        .args(["--events", "-"])
         .args(args)
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
@@ -258,7 +270,16 @@ pub(crate) fn spawn_in(
     std::thread::spawn(move || {
         for text in BufReader::new(pipe).lines().map_while(Result::ok) {
             let at = Instant::now();
-            if tx.send(Line { who, text, at }).is_err() {
+            let record = Record::from_line(&text);
+            if tx
+                .send(Line {
+                    who,
+                    text,
+                    at,
+                    record,
+                })
+                .is_err()
+            {
                 return;
             }
         }
@@ -403,7 +424,10 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
             }
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {
-                    println!("[{}] {}", line.who, line.text);
+                    // A record says what the log line beside it says: not echoed twice.
+                    if line.record.is_none() {
+                        println!("[{}] {}", line.who, line.text);
+                    }
                     if line.who != "arbiter"
                         && (line.text.contains("PANIC") || line.text.contains("panicked"))
                     {
@@ -425,24 +449,44 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     let mut last_done = 0;
     while summary.checkpoints < options.checkpoints || summary.last_applied.0 < last_done {
         let line = next(&mut children, "the checkpoints")?;
-        if let Some(f) = fields(&line.text, "primary", "paused") {
-            paused_steps.insert(num(&f, "epoch"), num(&f, "step"));
-        } else if let Some(f) = fields(&line.text, "primary", "checkpoint-done") {
-            summary.checkpoints += 1;
-            last_done = num(&f, "epoch");
-            if summary.checkpoints == 1 {
-                summary.first_pause_us = num(&f, "pause_us");
-            } else {
-                summary.pauses_us.push(num(&f, "pause_us"));
-                summary.bytes.push(num(&f, "bytes"));
+        match (line.milestone("primary"), line.milestone("secondary")) {
+            (Some(Milestone::Paused { epoch, step, .. }), _) => {
+                paused_steps.insert(*epoch, *step);
             }
-        } else if let Some(f) = fields(&line.text, "secondary", "applied") {
-            summary.last_applied = (num(&f, "epoch"), num(&f, "step"));
-        } else if let Some(f) = fields(&line.text, "primary", "disk") {
-            summary.disk_writes = num(&f, "guest_writes");
-            summary.disk_forwarded_bytes = num(&f, "forwarded_bytes");
-        } else if fields(&line.text, "secondary", "disk-reset").is_some() {
-            summary.disk_resets += 1;
+            (
+                Some(Milestone::CheckpointDone {
+                    epoch,
+                    pause_us,
+                    bytes,
+                    ..
+                }),
+                _,
+            ) => {
+                summary.checkpoints += 1;
+                last_done = *epoch;
+                if summary.checkpoints == 1 {
+                    summary.first_pause_us = *pause_us;
+                } else {
+                    summary.pauses_us.push(*pause_us);
+                    summary.bytes.push(*bytes);
+                }
+            }
+            (
+                Some(Milestone::Disk {
+                    guest_writes,
+                    forwarded_bytes,
+                    ..
+                }),
+                _,
+            ) => {
+                summary.disk_writes = *guest_writes;
+                summary.disk_forwarded_bytes = *forwarded_bytes;
+            }
+            (_, Some(Milestone::Applied { epoch, step, .. })) => {
+                summary.last_applied = (*epoch, *step);
+            }
+            (_, Some(Milestone::DiskReset { .. })) => summary.disk_resets += 1,
+            _ => {}
         }
     }
 
@@ -454,17 +498,21 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     children.kill("primary")?;
     loop {
         let line = next(&mut children, "the failover")?;
-        if let Some(f) = fields(&line.text, "secondary", "applied") {
+        match line.milestone("secondary") {
             // A checkpoint fully received before the kill may still be applied.
-            summary.last_applied = (num(&f, "epoch"), num(&f, "step"));
-        } else if fields(&line.text, "secondary", "peer-lost").is_some() {
-            summary.kill_to_peer_lost = killed.elapsed();
-        } else if let Some(f) = fields(&line.text, "secondary", "disk-merged") {
-            summary.disk_merged_blocks = Some(num(&f, "blocks"));
-        } else if let Some(f) = fields(&line.text, "secondary", "failed-over") {
-            summary.kill_to_failed_over = killed.elapsed();
-            summary.term = num(&f, "term");
-            break;
+            Some(Milestone::Applied { epoch, step, .. }) => {
+                summary.last_applied = (*epoch, *step);
+            }
+            Some(Milestone::PeerLost { .. }) => summary.kill_to_peer_lost = killed.elapsed(),
+            Some(Milestone::DiskMerged { blocks, .. }) => {
+                summary.disk_merged_blocks = Some(*blocks);
+            }
+            Some(Milestone::FailedOver { term, .. }) => {
+                summary.kill_to_failed_over = killed.elapsed();
+                summary.term = *term;
+                break;
+            }
+            _ => {}
         }
     }
 
@@ -483,11 +531,11 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     // Phase 3: the survivor's guest keeps counting from the last checkpoint.
     while summary.steps_after.len() < 3 {
         let line = next(&mut children, "the survivor's progress")?;
-        if let Some(f) = fields(&line.text, "secondary", "disk-merged") {
-            summary.disk_merged_blocks = Some(num(&f, "blocks"));
+        if let Some(Milestone::DiskMerged { blocks, .. }) = line.milestone("secondary") {
+            summary.disk_merged_blocks = Some(*blocks);
         }
-        if let Some(f) = fields(&line.text, "secondary", "guest-step") {
-            let step = num(&f, "step");
+        if let Some(Milestone::GuestStep { step, .. }) = line.milestone("secondary") {
+            let step = *step;
             let floor = summary
                 .steps_after
                 .last()
@@ -527,9 +575,37 @@ mod tests {
             "applied",
         )
         .unwrap();
-        assert_eq!(num(&f, "epoch"), 4);
-        assert_eq!(num(&f, "step"), 1200);
+        assert_eq!(f["epoch"], "4");
+        assert_eq!(f["step"], "1200");
         assert!(fields("secondary: applied-x epoch=4", "secondary", "applied").is_none());
         assert!(fields("primary: applied epoch=4", "secondary", "applied").is_none());
+    }
+
+    #[test]
+    fn a_line_yields_its_milestone_only_for_the_child_that_printed_it() {
+        let record = Record {
+            milestone: Milestone::FailedOver {
+                term: 3,
+                reason: "PeerLost".into(),
+                step: 10,
+            },
+            role: "secondary".into(),
+        };
+        let text = record.to_line();
+        let line = Line {
+            who: "newcomer",
+            record: Record::from_line(&text),
+            text,
+            at: Instant::now(),
+        };
+        assert_eq!(line.milestone("newcomer"), Some(&record.milestone));
+        assert_eq!(line.milestone("secondary"), None);
+        let log = Line {
+            who: "newcomer",
+            text: "secondary: failed-over term=3".into(),
+            at: Instant::now(),
+            record: None,
+        };
+        assert_eq!(log.milestone("newcomer"), None);
     }
 }

@@ -19,10 +19,11 @@
 //! reply, so no acknowledged write is lost or repeated across checkpoints and the failover
 //! (COLO's output commit: a reply is released only when the secondary can reproduce it).
 
-use super::{Children, DemoOptions, Line, fields, num, spawn_in};
+use super::{Children, DemoOptions, Line, spawn_in};
 use colo_runtime::net::kvclient::{KvConnection, Timeouts, add_client_bridge};
 use colo_runtime::net::netns::NetNs;
 use colo_runtime::net::tap::{Tap, TapLink};
+use colo_runtime::pair::events::Milestone;
 use colo_runtime::vmm::devices::console::OutputCapture;
 use colo_runtime::vmm::machine::{ConsoleOutput, Machine};
 use colo_runtime::vmm::persist::MachineConfig;
@@ -446,8 +447,9 @@ impl PairRun {
         }
         match self.lines.recv_timeout(Duration::from_millis(100)) {
             Ok(line) => {
-                // Hop records (`colo bench --breakdown`) are data, not news.
-                if !line.text.starts_with("hop ") {
+                // Hop records (`colo bench --breakdown`) are data, not news; a milestone
+                // record says what the log line beside it says.
+                if !line.text.starts_with("hop ") && line.record.is_none() {
                     println!("[{}] {}", line.who, line.text);
                 }
                 if line.text.contains("PANIC") || line.text.contains("panicked") {
@@ -469,7 +471,12 @@ impl PairRun {
     pub(crate) fn wait_paired(&mut self) -> Result<(), String> {
         loop {
             let line = self.next("the pairing")?;
-            if line.is_some_and(|l| fields(&l.text, "primary", "checkpoint-done").is_some()) {
+            if line.is_some_and(|l| {
+                matches!(
+                    l.milestone("primary"),
+                    Some(Milestone::CheckpointDone { .. })
+                )
+            }) {
                 return Ok(());
             }
         }
@@ -553,11 +560,10 @@ fn drive(
     while checkpoints < options.checkpoints || samples.lock().len() < options.requests as usize {
         check()?;
         if let Some(line) = pair.next("the client's requests through the pair")?
-            && let Some(f) = fields(&line.text, "primary", "checkpoint-done")
+            && let Some(Milestone::CheckpointDone { reason, .. }) = line.milestone("primary")
         {
             checkpoints += 1;
-            let reason = f.get("reason").cloned().unwrap_or_default();
-            *summary.reasons.entry(reason).or_default() += 1;
+            *summary.reasons.entry(reason.clone()).or_default() += 1;
         }
     }
     summary.paired_for = started.elapsed();
@@ -570,10 +576,10 @@ fn drive(
     let failed_over = loop {
         check()?;
         if let Some(line) = pair.next("the failover")?
-            && let Some(f) = fields(&line.text, "secondary", "failed-over")
+            && let Some(Milestone::FailedOver { term, .. }) = line.milestone("secondary")
         {
             summary.kill_to_failed_over = killed.elapsed();
-            summary.term = num(&f, "term");
+            summary.term = *term;
             break Instant::now();
         }
     };

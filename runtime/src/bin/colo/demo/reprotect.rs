@@ -10,8 +10,9 @@
 //! were compared and every compared digest was equal; one mismatch is an error. Like the rest
 //! of the demo, every wait is bounded by the demo's deadline (through `next`).
 
-use super::{Children, Line, fields, num, spawn};
+use super::{Children, Line, spawn};
 use colo_runtime::pair::control::{Request, call, render};
+use colo_runtime::pair::events::Milestone;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -185,23 +186,19 @@ pub fn run(
     let mut newcomer: BTreeMap<u64, String> = BTreeMap::new();
     while summary.compared.len() < COMPARED {
         let line = next(children, "the re-protection's checkpoints")?;
-        let (who, text) = (line.who, line.text.as_str());
-        if who == "secondary"
-            && let Some(f) = fields(text, "secondary", "sync-sent")
-        {
-            summary.to_synced = armed.elapsed();
-            summary.sync_bytes = num(&f, "memory_bytes");
-            continue;
-        }
-        let (map, epoch, digest) = match (who, fields(text, "secondary", "paused")) {
-            ("secondary", Some(f)) => (&mut survivor, num(&f, "epoch"), f.get("digest").cloned()),
-            ("newcomer", _) => match fields(text, "secondary", "applied") {
-                Some(f) => (&mut newcomer, num(&f, "epoch"), f.get("digest").cloned()),
-                None => continue,
-            },
+        let (map, epoch, digest) = match (line.milestone("secondary"), line.milestone("newcomer")) {
+            (Some(Milestone::SyncSent { memory_bytes, .. }), _) => {
+                summary.to_synced = armed.elapsed();
+                summary.sync_bytes = *memory_bytes;
+                continue;
+            }
+            (Some(Milestone::Paused { epoch, digest, .. }), _) => (&mut survivor, *epoch, digest),
+            (_, Some(Milestone::Applied { epoch, digest, .. })) => (&mut newcomer, *epoch, digest),
             _ => continue,
         };
-        let Some(digest) = digest else { continue };
+        let Some(digest) = digest.clone() else {
+            continue;
+        };
         map.insert(epoch, digest);
         if let (Some(a), Some(b)) = (survivor.get(&epoch), newcomer.get(&epoch)) {
             if a != b {
@@ -221,10 +218,8 @@ pub fn run(
     children.kill("secondary")?;
     loop {
         let line = next(children, "the second failover")?;
-        if line.who == "newcomer"
-            && let Some(f) = fields(&line.text, "secondary", "failed-over")
-        {
-            summary.failback = Some((killed.elapsed(), num(&f, "term")));
+        if let Some(Milestone::FailedOver { term, .. }) = line.milestone("newcomer") {
+            summary.failback = Some((killed.elapsed(), *term));
             break;
         }
     }
