@@ -9,36 +9,59 @@ use super::Request;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Nobody serves the socket (or it cannot be opened).
+    #[error("cannot reach the node's control socket {}: {source}", path.display())]
+    Unreachable {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connected socket could not be set up.
+    #[error("control socket: {0}")]
+    Socket(std::io::Error),
+    /// The request could not be written.
+    #[error("sending the request: {0}")]
+    Send(std::io::Error),
+    /// The answer could not be read (or did not come in time).
+    #[error("reading the node's answer: {0}")]
+    Receive(std::io::Error),
+    /// The node closed the connection without a line.
+    #[error("the node closed the control connection without answering")]
+    NoAnswer,
+    /// The answer is not a response.
+    #[error("the node's answer is not JSON ({0})")]
+    NotJson(serde_json::Error),
+}
+
 /// Sends `request` to the node serving `path` and returns its JSON response.
-pub fn call(path: &Path, request: Request, timeout: Duration) -> Result<Value, String> {
-    let stream = UnixStream::connect(path).map_err(|e| {
-        format!(
-            "cannot reach the node's control socket {}: {e}",
-            path.display()
-        )
+pub fn call(path: &Path, request: Request, timeout: Duration) -> Result<Value, CallError> {
+    let stream = UnixStream::connect(path).map_err(|source| CallError::Unreachable {
+        path: path.to_path_buf(),
+        source,
     })?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| format!("control socket: {e}"))?;
-    let mut out = stream
-        .try_clone()
-        .map_err(|e| format!("control socket: {e}"))?;
+        .map_err(CallError::Socket)?;
+    let mut out = stream.try_clone().map_err(CallError::Socket)?;
     let mut line = request.to_line();
     line.push('\n');
-    out.write_all(line.as_bytes())
-        .map_err(|e| format!("sending the request: {e}"))?;
+    out.write_all(line.as_bytes()).map_err(CallError::Send)?;
     let mut answer = String::new();
     BufReader::new(stream)
         .read_line(&mut answer)
-        .map_err(|e| format!("reading the node's answer: {e}"))?;
+        .map_err(CallError::Receive)?;
     if answer.is_empty() {
-        return Err("the node closed the control connection without answering".to_string());
+        return Err(CallError::NoAnswer);
     }
-    serde_json::from_str(&answer).map_err(|e| format!("the node's answer is not JSON ({e})"))
+    serde_json::from_str(&answer).map_err(CallError::NotJson)
 }
 
 /// A response for a person: the status as a two-column table (one row per item: role, mode,

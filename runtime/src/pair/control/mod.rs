@@ -30,7 +30,7 @@
 mod client;
 mod server;
 
-pub use client::{call, render};
+pub use client::{CallError, call, render};
 pub use server::{ControlServer, default_path};
 
 use serde::{Deserialize, Serialize};

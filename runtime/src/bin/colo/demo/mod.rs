@@ -14,8 +14,10 @@
 //! records (`colo_runtime::pair::events`, deserialized, never log text parsed back) and from
 //! its own clock, and echoes their human log lines prefixed.
 
+mod error;
 pub(crate) mod net;
 
+pub use error::DemoError;
 pub use net::{Percentiles, run as run_net};
 
 use colo_runtime::pair::events::{Milestone, Record};
@@ -158,27 +160,30 @@ impl Drop for Children {
 }
 
 impl Children {
-    pub(crate) fn kill(&mut self, who: &str) -> Result<(), String> {
+    pub(crate) fn kill(&mut self, who: &str) -> Result<(), DemoError> {
         let at = self
             .0
             .iter()
             .position(|(name, _)| *name == who)
-            .ok_or_else(|| format!("no child {who}"))?;
+            .ok_or_else(|| DemoError::NoChild(who.to_string()))?;
         let (_, mut child) = self.0.remove(at);
-        child
-            .kill()
-            .map_err(|e| format!("cannot kill the {who}: {e}"))?;
-        child
-            .wait()
-            .map_err(|e| format!("cannot reap the {who}: {e}"))?;
+        let failed = |action| {
+            move |source| DemoError::Signal {
+                action,
+                who: who.to_string(),
+                source,
+            }
+        };
+        child.kill().map_err(failed("kill"))?;
+        child.wait().map_err(failed("reap"))?;
         Ok(())
     }
 
     /// A child that exited on its own is a failure of the demo.
-    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
-        for (name, child) in &mut self.0 {
+    pub(crate) fn check_alive(&mut self) -> Result<(), DemoError> {
+        for (who, child) in &mut self.0 {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("the {name} exited early ({status})"));
+                return Err(DemoError::ExitedEarly { who, status });
             }
         }
         Ok(())
@@ -225,7 +230,7 @@ fn spawn(
     who: &'static str,
     args: &[String],
     lines: &mpsc::Sender<Line>,
-) -> Result<Child, String> {
+) -> Result<Child, DemoError> {
     spawn_in(None, binary, who, args, &[], lines)
 }
 
@@ -239,7 +244,7 @@ pub(crate) fn spawn_in(
     args: &[String],
     envs: &[(&str, &str)],
     lines: &mpsc::Sender<Line>,
-) -> Result<Child, String> {
+) -> Result<Child, DemoError> {
     let mut command = match netns {
         None => Command::new(binary),
         Some(ns) => {
@@ -250,10 +255,9 @@ pub(crate) fn spawn_in(
     };
     // One pipe for the child's stdout (guest console) and stderr (log lines): its lines come
     // in the order it wrote them.
-    let (pipe, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let stdout = writer
-        .try_clone()
-        .map_err(|e| format!("cannot clone a pipe: {e}"))?;
+    let pipe_error = |action| move |source| DemoError::Pipe { action, source };
+    let (pipe, writer) = std::io::pipe().map_err(pipe_error("create"))?;
+    let stdout = writer.try_clone().map_err(pipe_error("clone"))?;
     let child = command
         .args(["--events", "-"])
         .args(args)
@@ -262,7 +266,11 @@ pub(crate) fn spawn_in(
         .stdout(stdout)
         .stderr(writer)
         .spawn()
-        .map_err(|e| format!("cannot start the {who} ({}): {e}", binary.display()))?;
+        .map_err(|source| DemoError::Spawn {
+            who,
+            binary: binary.clone(),
+            source,
+        })?;
     // The parent's copies of the write end are gone with `command`: the reader sees EOF
     // when the child exits.
     drop(command);
@@ -287,7 +295,7 @@ pub(crate) fn spawn_in(
     Ok(child)
 }
 
-pub(crate) fn require_kvm() -> Result<(), String> {
+pub(crate) fn require_kvm() -> Result<(), DemoError> {
     let kvm = colo_runtime::vmm::vstate::vm::kvm_device_path();
     match std::fs::OpenOptions::new()
         .read(true)
@@ -295,7 +303,10 @@ pub(crate) fn require_kvm() -> Result<(), String> {
         .open(&kvm)
     {
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("the demo needs {kvm}, which cannot be opened: {e}")),
+        Err(source) => Err(DemoError::NoKvm {
+            device: kvm.to_string(),
+            source,
+        }),
     }
 }
 
@@ -307,7 +318,7 @@ fn write_pair_config(
     arbiter: SocketAddr,
     peer: SocketAddr,
     takeover: SocketAddr,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, DemoError> {
     let key_file = dir.key_file();
     let key_file = key_file.display();
     let text = format!(
@@ -343,18 +354,25 @@ control = "{secondary_ctl}"
         secondary_ctl = dir.socket("secondary").display(),
     );
     let path = dir.0.join("pair.toml");
-    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::write(&path, text).map_err(|source| DemoError::File {
+        action: "write",
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 
 /// Runs the demo (see the module doc).
-pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
+pub fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     require_kvm()?;
     let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let (arbiter, peer) = (local(options.arbiter_port), local(options.peer_port));
     let takeover = local(options.reprotect_port);
     for addr in [arbiter, peer, takeover] {
-        TcpListener::bind(addr).map_err(|e| format!("port {} is not free: {e}", addr.port()))?;
+        TcpListener::bind(addr).map_err(|source| DemoError::PortBusy {
+            port: addr.port(),
+            source,
+        })?;
     }
     let deadline = Instant::now() + options.timeout;
     let (tx, rx) = mpsc::channel();
@@ -416,11 +434,11 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
 
     let mut summary = DemoSummary::default();
     let mut paused_steps: BTreeMap<u64, u64> = BTreeMap::new();
-    let next = |children: &mut Children, what: &str| -> Result<Line, String> {
+    let next = |children: &mut Children, what: &str| -> Result<Line, DemoError> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("timed out waiting for {what}"));
+                return Err(DemoError::Timeout(what.to_string()));
             }
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {
@@ -431,13 +449,13 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
                     if line.who != "arbiter"
                         && (line.text.contains("PANIC") || line.text.contains("panicked"))
                     {
-                        return Err(format!("the {}'s guest or node panicked", line.who));
+                        return Err(DemoError::Panicked(line.who));
                     }
                     return Ok(line);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => children.check_alive()?,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(format!("every child ended before {what}"));
+                    return Err(DemoError::ChildrenEnded(what.to_string()));
                 }
             }
         }
@@ -522,10 +540,11 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
         .copied()
         .unwrap_or(0);
     if summary.primary_step_at_last != summary.last_applied.1 {
-        return Err(format!(
-            "checkpoint {} holds step {} on the secondary but the primary paused at step {}",
-            summary.last_applied.0, summary.last_applied.1, summary.primary_step_at_last
-        ));
+        return Err(DemoError::StepMismatch {
+            epoch: summary.last_applied.0,
+            held: summary.last_applied.1,
+            paused: summary.primary_step_at_last,
+        });
     }
 
     // Phase 3: the survivor's guest keeps counting from the last checkpoint.
@@ -542,9 +561,7 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
                 .copied()
                 .unwrap_or(summary.last_applied.1);
             if step <= floor {
-                return Err(format!(
-                    "the survivor's guest did not advance: step {step} after {floor}"
-                ));
+                return Err(DemoError::Stalled { step, floor });
             }
             summary.steps_after.push(step);
         }

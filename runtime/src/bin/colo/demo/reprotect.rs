@@ -10,7 +10,7 @@
 //! were compared and every compared digest was equal; one mismatch is an error. Like the rest
 //! of the demo, every wait is bounded by the demo's deadline (through `next`).
 
-use super::{Children, Line, spawn};
+use super::{Children, DemoError, Line, spawn};
 use colo_runtime::pair::control::{Request, call, render};
 use colo_runtime::pair::events::Milestone;
 use std::collections::BTreeMap;
@@ -28,15 +28,22 @@ pub struct ControlDir(pub PathBuf);
 
 impl ControlDir {
     /// Creates `colo-demo-<pid>` under the temp dir, with a fresh pair key in it.
-    pub fn create() -> Result<ControlDir, String> {
+    pub fn create() -> Result<ControlDir, DemoError> {
         let dir = std::env::temp_dir().join(format!("colo-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        ControlDir::create_at(dir)
+    }
+
+    /// Creates `dir`, with a fresh pair key in it.
+    pub fn create_at(dir: PathBuf) -> Result<ControlDir, DemoError> {
+        std::fs::create_dir_all(&dir).map_err(|source| DemoError::File {
+            action: "create",
+            path: dir.clone(),
+            source,
+        })?;
         let dir = ControlDir(dir);
         // A key left by an earlier process of the same pid is replaced, never reused.
         let _ = std::fs::remove_file(dir.key_file());
-        colo_runtime::pair::peer::auth::write_key_file(&dir.key_file())
-            .map_err(|e| e.to_string())?;
+        colo_runtime::pair::peer::auth::write_key_file(&dir.key_file())?;
         Ok(dir)
     }
 
@@ -117,20 +124,19 @@ pub struct Phase<'a> {
     pub lines: &'a mpsc::Sender<Line>,
 }
 
-fn ask(path: &Path, request: Request) -> Result<serde_json::Value, String> {
+fn ask(path: &Path, request: Request) -> Result<serde_json::Value, DemoError> {
     let response = call(path, request, Duration::from_secs(10))?;
     if response["ok"] != serde_json::Value::Bool(true) {
-        return Err(format!(
-            "`{}` refused: {}",
-            request.name(),
-            render(request, &response)
-        ));
+        return Err(DemoError::Refused {
+            command: request.name(),
+            answer: render(request, &response),
+        });
     }
     Ok(response)
 }
 
 /// Prints the node's status as `colo status` would, prefixed.
-fn show_status(who: &str, path: &Path) -> Result<(), String> {
+fn show_status(who: &str, path: &Path) -> Result<(), DemoError> {
     let status = ask(path, Request::Status)?;
     for line in render(Request::Status, &status).lines() {
         println!("[demo] {who} status: {line}");
@@ -142,8 +148,8 @@ fn show_status(who: &str, path: &Path) -> Result<(), String> {
 pub fn run(
     phase: &Phase<'_>,
     children: &mut Children,
-    next: &dyn Fn(&mut Children, &str) -> Result<Line, String>,
-) -> Result<ReprotectSummary, String> {
+    next: &dyn Fn(&mut Children, &str) -> Result<Line, DemoError>,
+) -> Result<ReprotectSummary, DemoError> {
     let survivor_ctl = phase.dir.socket("secondary");
     show_status("survivor", &survivor_ctl)?;
     println!("[demo] colo set digests on; colo reprotect (survivor's control socket)");
@@ -202,9 +208,11 @@ pub fn run(
         map.insert(epoch, digest);
         if let (Some(a), Some(b)) = (survivor.get(&epoch), newcomer.get(&epoch)) {
             if a != b {
-                return Err(format!(
-                    "checkpoint {epoch}: the newcomer's memory digest {b} differs from the survivor's {a}"
-                ));
+                return Err(DemoError::DigestMismatch {
+                    epoch,
+                    newcomer: b.clone(),
+                    survivor: a.clone(),
+                });
             }
             summary.compared.push((epoch, a.clone()));
         }
