@@ -275,13 +275,13 @@ fn control(request: Request, args: &CtlArgs) -> Result<ExitCode, CliError> {
         request,
         seconds(args.timeout, "--timeout")?,
     )?;
-    let ok = response["ok"] == serde_json::Value::Bool(true);
+    let ok = response.ok();
     // Written, not println!: a reader that closed the pipe (`colo status | head -2`) must not
     // make the tool panic.
     let mut out = std::io::stdout();
-    let rendered = colo_runtime::pair::control::render(request, &response);
+    let rendered = response.render();
     if args.json {
-        let _ = writeln!(out, "{response}");
+        let _ = writeln!(out, "{}", response.to_line());
     } else if ok {
         let _ = writeln!(out, "{rendered}");
     }

@@ -11,7 +11,7 @@
 //! of the demo, every wait is bounded by the demo's deadline (through `next`).
 
 use super::{Children, DemoError, Line, spawn};
-use colo_runtime::pair::control::{Request, call, render};
+use colo_runtime::pair::control::{Request, Response, call};
 use colo_runtime::pair::events::Milestone;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -124,12 +124,12 @@ pub struct Phase<'a> {
     pub lines: &'a mpsc::Sender<Line>,
 }
 
-fn ask(path: &Path, request: Request) -> Result<serde_json::Value, DemoError> {
+fn ask(path: &Path, request: Request) -> Result<Response, DemoError> {
     let response = call(path, request, Duration::from_secs(10))?;
-    if response["ok"] != serde_json::Value::Bool(true) {
+    if !response.ok() {
         return Err(DemoError::Refused {
             command: request.name(),
-            answer: render(request, &response),
+            answer: response.render(),
         });
     }
     Ok(response)
@@ -138,7 +138,7 @@ fn ask(path: &Path, request: Request) -> Result<serde_json::Value, DemoError> {
 /// Prints the node's status as `colo status` would, prefixed.
 fn show_status(who: &str, path: &Path) -> Result<(), DemoError> {
     let status = ask(path, Request::Status)?;
-    for line in render(Request::Status, &status).lines() {
+    for line in status.render().lines() {
         println!("[demo] {who} status: {line}");
     }
     Ok(())
