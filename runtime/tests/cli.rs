@@ -304,6 +304,39 @@ fn disk_image_and_state_file_continue_the_disk_writer_in_another_process() {
 }
 
 #[test]
+fn duration_flags_take_a_unit_and_a_bad_one_is_a_usage_error() {
+    let out = colo(&[
+        "status",
+        "--control",
+        "/nonexistent.sock",
+        "--timeout",
+        "soon",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    let err = stderr(&out);
+    assert!(
+        err.contains("'soon' for '--timeout")
+            && err.contains("a number of seconds, or a duration with its unit"),
+        "{err}"
+    );
+    if !common::kvm_available("duration_flags_take_a_unit_and_a_bad_one_is_a_usage_error") {
+        return;
+    }
+    // The counter guest never exits by itself: the run ends at the timeout, given in ms.
+    let out = colo(&[
+        "run",
+        "--guest",
+        &guest(),
+        "--memory",
+        "32",
+        "--timeout",
+        "300ms",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("timeout reached"), "{}", stderr(&out));
+}
+
+#[test]
 fn version_names_the_peer_protocol_and_the_state_file_version() {
     let out = colo(&["--version"]);
     assert!(out.status.success());

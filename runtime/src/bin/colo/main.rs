@@ -174,7 +174,7 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, CliError> {
                     tracing::info!(role = "arbiter", "state file {} (new)", path.display());
                 }
             }
-            if let Some(limit) = args.run_for.map(|s| seconds(s, "--run-for")).transpose()? {
+            if let Some(limit) = args.run_for {
                 std::thread::spawn(move || {
                     std::thread::sleep(limit);
                     std::process::exit(0);
@@ -194,7 +194,7 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, CliError> {
                 peer_port: args.peer_port,
                 reprotect_port: args.reprotect_port,
                 checkpoints: args.checkpoints,
-                timeout: seconds(args.timeout, "--timeout")?,
+                timeout: args.timeout,
                 binary: current_exe()?,
                 requests: args.requests,
             };
@@ -208,13 +208,13 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
-            let default_timeout = if args.quick { 120.0 } else { 600.0 };
+            let default_timeout = Duration::from_secs(if args.quick { 120 } else { 600 });
             let pair = crate::demo::DemoOptions {
                 arbiter_port: args.arbiter_port,
                 peer_port: args.peer_port,
                 reprotect_port: 0,
                 checkpoints: 0,
-                timeout: seconds(args.timeout.unwrap_or(default_timeout), "--timeout")?,
+                timeout: args.timeout.unwrap_or(default_timeout),
                 binary: current_exe()?,
                 requests: 0,
             };
@@ -249,16 +249,6 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, CliError> {
     }
 }
 
-pub(crate) fn seconds(s: f64, what: &str) -> Result<Duration, CliError> {
-    if s.is_finite() && s >= 0.0 {
-        Ok(Duration::from_secs_f64(s))
-    } else {
-        Err(CliError::Invalid(format!(
-            "{what} {s} is not a number of seconds"
-        )))
-    }
-}
-
 /// This program's path (the demo and bench start their children from it).
 fn current_exe() -> Result<std::path::PathBuf, CliError> {
     std::env::current_exe().map_err(|source| CliError::Read {
@@ -270,11 +260,7 @@ fn current_exe() -> Result<std::path::PathBuf, CliError> {
 
 /// One request to a node's control socket; the response printed readably (or raw).
 fn control(request: Request, args: &CtlArgs) -> Result<ExitCode, CliError> {
-    let response = colo_runtime::pair::control::call(
-        &args.control,
-        request,
-        seconds(args.timeout, "--timeout")?,
-    )?;
+    let response = colo_runtime::pair::control::call(&args.control, request, args.timeout)?;
     let ok = response.ok();
     // Written, not println!: a reader that closed the pipe (`colo status | head -2`) must not
     // make the tool panic.
@@ -307,7 +293,7 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, CliError> {
 fn drive(mut machine: Machine, args: &CommonArgs) -> Result<ExitCode, CliError> {
     let limit = match (args.save_after, args.timeout) {
         (Some(ms), _) => Some(Duration::from_millis(ms)),
-        (None, Some(s)) => Some(seconds(s, "--timeout")?),
+        (None, Some(limit)) => Some(limit),
         (None, None) => None,
     };
     machine.resume();

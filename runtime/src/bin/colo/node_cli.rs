@@ -7,7 +7,6 @@
 //! `VmSpec::check_supported` accepted and a role that matches its host's part of the file.
 
 use crate::error::CliError;
-use crate::seconds;
 use clap::ValueEnum;
 use clap::parser::ValueSource;
 use colo_core::ids::Role;
@@ -71,11 +70,13 @@ pub(crate) struct NodeArgs {
     /// Counter workload: progress line every this many steps.
     #[arg(long, default_value_t = 20_000)]
     print_every: u64,
-    /// Periodic checkpoint interval in milliseconds (primary).
+    /// Periodic checkpoint interval in milliseconds (primary), or a duration with its unit.
     #[arg(long, default_value_t = 500)]
+    #[arg(value_parser = crate::args::millis)]
     checkpoint_interval_ms: u64,
-    /// Heartbeat interval in milliseconds.
+    /// Heartbeat interval in milliseconds, or a duration with its unit.
     #[arg(long, default_value_t = 100)]
+    #[arg(value_parser = crate::args::millis)]
     heartbeat_interval_ms: u64,
     /// Heartbeat intervals without a word from the peer before it is declared lost.
     #[arg(long, default_value_t = 5)]
@@ -83,9 +84,9 @@ pub(crate) struct NodeArgs {
     /// Log a memory digest at every checkpoint (one pass over guest memory per pause).
     #[arg(long)]
     digests: bool,
-    /// Stop after this many seconds.
-    #[arg(long)]
-    run_for: Option<f64>,
+    /// Stop after this many seconds (or a duration with its unit: `90s`, `2h`).
+    #[arg(long, value_parser = crate::args::seconds)]
+    run_for: Option<std::time::Duration>,
     /// Control socket path (default: /run/colo/colo-<role>-<node-id>.sock, or the temp dir).
     #[arg(long)]
     control: Option<PathBuf>,
@@ -462,7 +463,7 @@ fn run_node(
         })
         .collect();
     config.digests = args.digests;
-    config.run_for = args.run_for.map(|s| seconds(s, "--run-for")).transpose()?;
+    config.run_for = args.run_for;
     let images = spec.read_boot(colo_runtime::vmm::guest::test_guest_path())?;
     let fingerprint = spec.fingerprint(&images, &disk_sizes);
     config.node.vm_fingerprint = fingerprint;
