@@ -129,8 +129,8 @@ fn a_pair_runs_from_one_shared_file_with_command_line_overrides() {
     );
 
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     // --memory on the command line beats the file's 32 (on both, or the VMs would differ).
     let node = |role: &str, host: &str| {

@@ -72,8 +72,8 @@ fn start_pair(extra: &[&str]) -> Pair {
     let (p_ctl, s_ctl) = (common::control_path(), common::control_path());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let mut p = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
     p.extend(args(&["--control", &p_ctl]));
@@ -541,8 +541,8 @@ fn links_without_the_pair_key_are_refused_and_counted_in_status() {
     let (arbiter, peer, p_ctl) = (free_addr(), free_addr(), common::control_path());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let mut p = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
     p.extend(args(&["--control", &p_ctl]));

@@ -51,8 +51,8 @@ fn start_pair() -> (Procs, usize, usize, String, String, String) {
     let p_ctl = common::control_path();
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let p = procs.spawn(&args(&[
         "--log-format",

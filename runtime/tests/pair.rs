@@ -33,8 +33,8 @@ fn start_pair(extra: &[&str]) -> (Procs, [usize; 3]) {
     let (arbiter, peer) = (free_addr().to_string(), free_addr().to_string());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let mut p = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
     p.extend(args(extra));
@@ -136,8 +136,15 @@ fn primary_kill_leads_to_failover_and_the_survivor_keeps_running() {
     assert_eq!((term, reason.as_str()), (2, "PeerLost"));
     // Heartbeat 100 ms x 5, then one lease round trip on loopback.
     assert!(took < Duration::from_secs(5), "failover took {took:?}");
-    procs.wait_for(Duration::from_secs(5), |w, l| {
-        w == a && l.starts_with("arbiter: lease-granted term=2 node=2")
+    procs.wait_until(Duration::from_secs(5), a, |m| {
+        matches!(
+            m,
+            Milestone::LeaseGranted {
+                term: 2,
+                node: 2,
+                ..
+            }
+        )
     });
     let mut last = applied.1;
     for _ in 0..3 {
@@ -165,8 +172,8 @@ fn events_to_a_file_are_one_typed_record_per_line() {
     let (arbiter, peer) = (free_addr().to_string(), free_addr().to_string());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let timing = ["--checkpoint-interval-ms", "200"];
     let mut p = args(&["--events", &events, "primary", "--listen", &peer]);
@@ -471,8 +478,15 @@ fn secondary_kill_leaves_the_primary_running_solo_under_a_lease() {
         _ => None,
     });
     assert_eq!(term, 2);
-    procs.wait_for(Duration::from_secs(5), |w, l| {
-        w == a && l.starts_with("arbiter: lease-granted term=2 node=1")
+    procs.wait_until(Duration::from_secs(5), a, |m| {
+        matches!(
+            m,
+            Milestone::LeaseGranted {
+                term: 2,
+                node: 1,
+                ..
+            }
+        )
     });
     let mut last = 0;
     for _ in 0..2 {

@@ -40,8 +40,8 @@ fn start_pair(dir: &Scratch, extra: &[&str]) -> (Procs, [usize; 3]) {
     let (arbiter, peer) = (free_addr(), free_addr());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let common = [
         "--disk-size",
@@ -213,8 +213,8 @@ fn three_disks_replicate_as_one_volume_and_survive_a_primary_kill() {
     let (arbiter, peer) = (free_addr(), free_addr());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     // 520K is not a multiple of the 64 KiB overlay block: one block straddles two files.
     let disks = |who: &str| -> Vec<String> {
@@ -292,8 +292,8 @@ fn a_read_only_disk_is_served_from_each_node_and_never_written() {
     let (arbiter, peer) = (free_addr(), free_addr());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let common = [
         "--checkpoint-interval-ms",

@@ -44,8 +44,8 @@ fn survivor_console_continues_the_linux_boot_from_the_last_checkpoint() {
     let (arbiter, peer) = (free_addr(), free_addr());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     // The same VM description on both nodes. A patient heartbeat (2 s): two emulated kernels
     // share two cores with whatever else runs here.

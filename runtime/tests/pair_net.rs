@@ -39,8 +39,8 @@ fn start_net_pair(test: &str) -> Option<NetPair> {
     let name = ns.name().to_string();
     let mut procs = Procs::new();
     let a = procs.spawn_in(&name, &args(&["arbiter", "--listen", ARBITER]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let node = |role: &str, link: &[&str], tap: &str| {
         let mut v = args(&[role]);
@@ -276,8 +276,8 @@ fn a_second_nic_serves_its_own_network_through_a_primary_kill() {
     let name = ns.name().to_string();
     let mut procs = Procs::new();
     let a = procs.spawn_in(&name, &args(&["arbiter", "--listen", ARBITER]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let node = |role: &str, link: &[&str], tag: &str| {
         let mut v = args(&[role]);

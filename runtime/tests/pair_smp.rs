@@ -46,8 +46,8 @@ fn two_vcpu_pair_is_equal_at_every_epoch_and_the_survivor_runs_both_vcpus() {
     ];
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let mut primary_args = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
     primary_args.extend(args(&vm));

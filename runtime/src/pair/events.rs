@@ -1,5 +1,6 @@
 //! A node's milestone stream: what happened to the pair (checkpoints taken and applied, the
-//! peer lost, failovers, re-protection, disk replication), as typed [`Milestone`]s written one
+//! peer lost, failovers, re-protection, disk replication; and the arbiter's leases), as
+//! typed [`Milestone`]s written one
 //! JSON object per line where the operator's global `--events DEST` says (`-`: stdout, else
 //! a file, appended to). Programs (`colo demo`, the runtime's tests, an operator's scripts)
 //! read this stream with [`Record::from_line`] instead of parsing the human log lines back;
@@ -236,6 +237,31 @@ pub enum Milestone {
         hidden_blocks: u64,
         /// Blocks in the active overlay.
         active_blocks: u64,
+    },
+    /// `colo arbiter` serves leases on `addr`.
+    Listening {
+        /// The address.
+        addr: String,
+    },
+    /// The arbiter granted (or renewed) the lease of `term` to `node`.
+    LeaseGranted {
+        /// The term.
+        term: u64,
+        /// The node.
+        node: u64,
+        /// For how long (milliseconds).
+        valid_for_ms: u64,
+    },
+    /// The arbiter refused `node` the lease of `term`: `holder` holds `current_term`.
+    LeaseDenied {
+        /// The term asked for.
+        term: u64,
+        /// The node that asked.
+        node: u64,
+        /// The holder.
+        holder: u64,
+        /// The holder's term.
+        current_term: u64,
     },
     /// The secondary emptied its overlays: its disk view is the primary's as of `epoch`.
     DiskReset {

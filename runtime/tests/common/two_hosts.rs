@@ -254,8 +254,8 @@ impl TwoHosts {
             arb.name(),
             &args(&["arbiter", "--listen", ARBITER, "--state", &state]),
         );
-        procs.wait_for(Duration::from_secs(10), |w, l| {
-            w == arbiter && l.starts_with("arbiter: listening")
+        procs.wait_until(Duration::from_secs(10), arbiter, |m| {
+            matches!(m, Milestone::Listening { .. })
         });
         let sockets =
             ["a", "b"].map(|h| dir.join(format!("{h}.sock")).to_string_lossy().into_owned());
@@ -335,9 +335,10 @@ impl TwoHosts {
             &ns,
             &args(&["arbiter", "--listen", ARBITER, "--state", &state]),
         );
-        self.procs.wait_for(Duration::from_secs(10), |w, l| {
-            w == arbiter && l.starts_with("arbiter: listening")
-        });
+        self.procs
+            .wait_until(Duration::from_secs(10), arbiter, |m| {
+                matches!(m, Milestone::Listening { .. })
+            });
         self.arbiter = arbiter;
         arbiter
     }

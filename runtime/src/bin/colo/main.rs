@@ -181,6 +181,12 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, CliError> {
                 });
             }
             tracing::info!(role = "arbiter", "listening on {}", server.local_addr());
+            colo_runtime::pair::events::emit(
+                "arbiter",
+                colo_runtime::pair::events::Milestone::Listening {
+                    addr: server.local_addr().to_string(),
+                },
+            );
             server.serve()
         }
         Command::Keygen { path } => {
