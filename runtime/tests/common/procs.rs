@@ -185,8 +185,8 @@ impl Procs {
     pub fn wait_for(&mut self, timeout: Duration, want: impl Fn(usize, &str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Output::Text(line) = self.next_before(deadline)
-                && want(self.seen.last().map_or(0, |s| s.0), &line)
+            if let (who, Output::Text(line)) = self.next_before(deadline)
+                && want(who, &line)
             {
                 return line;
             }
@@ -202,11 +202,7 @@ impl Procs {
     ) -> (usize, Output) {
         let deadline = Instant::now() + timeout;
         loop {
-            let output = self.next_before(deadline);
-            let who = match &output {
-                Output::Text(_) => self.seen.last().map_or(0, |s| s.0),
-                Output::Event(_) => self.events.last().map_or(0, |e| e.0),
-            };
+            let (who, output) = self.next_before(deadline);
             if want(who, &output) {
                 return (who, output);
             }
@@ -222,11 +218,10 @@ impl Procs {
     ) -> (usize, Record) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Output::Event(record) = self.next_before(deadline) {
-                let who = self.events.last().map_or(0, |e| e.0);
-                if want(who, &record) {
-                    return (who, record);
-                }
+            if let (who, Output::Event(record)) = self.next_before(deadline)
+                && want(who, &record)
+            {
+                return (who, record);
             }
         }
     }
@@ -240,8 +235,8 @@ impl Procs {
     ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Output::Event(record) = self.next_before(deadline)
-                && self.events.last().is_some_and(|e| e.0 == who)
+            if let (from, Output::Event(record)) = self.next_before(deadline)
+                && from == who
                 && let Some(value) = pick(&record.milestone)
             {
                 return value;
@@ -259,9 +254,9 @@ impl Procs {
         self.wait_milestone(timeout, who, |m| want(m).then(|| m.clone()))
     }
 
-    /// The next output, recorded in `log`/`seen` or `events`; a panic line or the deadline
-    /// fails the test.
-    fn next_before(&mut self, deadline: Instant) -> Output {
+    /// The next output and its child, recorded in `log`/`seen` or `events`; a panic line or
+    /// the deadline fails the test.
+    fn next_before(&mut self, deadline: Instant) -> (usize, Output) {
         let left = deadline.saturating_duration_since(Instant::now());
         match self.lines.recv_timeout(left) {
             Ok((who, at, Output::Text(line))) => {
@@ -272,11 +267,11 @@ impl Procs {
                     "a panic:\n{}",
                     self.log.join("\n")
                 );
-                Output::Text(line)
+                (who, Output::Text(line))
             }
             Ok((who, at, Output::Event(record))) => {
                 self.events.push((who, at, record.clone()));
-                Output::Event(record)
+                (who, Output::Event(record))
             }
             Err(_) => panic!("timed out; output so far:\n{}", self.log.join("\n")),
         }
