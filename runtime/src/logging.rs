@@ -7,8 +7,8 @@
 //! ...); the rest are `key=value` fields. Invariant: the human format renders an event as
 //! `<role>: <message> key=value ...` (warnings and errors: `colo <role>: <message> ...`; no
 //! role: `colo: <message> ...`), one line per event written with one `write`, so the lines
-//! tests, the demo and operators read stay stable while log shippers get the same fields
-//! typed in JSON.
+//! operators read stay stable while log shippers get the same fields typed in JSON (programs
+//! read the milestones from `crate::pair::events` instead).
 
 use std::fmt::Write as _;
 use tracing::field::{Field, Visit};

@@ -141,6 +141,15 @@ fn malformed_inputs_give_one_clear_error_line() {
             vec!["restore", "--state", "/nonexistent/vm.state"],
             "state file /nonexistent/vm.state",
         ),
+        (
+            vec![
+                "--events",
+                "/nonexistent/dir/events.jsonl",
+                "keygen",
+                "/nonexistent/k",
+            ],
+            "--events /nonexistent/dir/events.jsonl: cannot open for appending",
+        ),
     ];
     for (args, expected) in cases {
         let out = colo(&args);
@@ -292,6 +301,39 @@ fn disk_image_and_state_file_continue_the_disk_writer_in_another_process() {
     ]);
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("multiple of 512"), "{}", stderr(&bad));
+}
+
+#[test]
+fn duration_flags_take_a_unit_and_a_bad_one_is_a_usage_error() {
+    let out = colo(&[
+        "status",
+        "--control",
+        "/nonexistent.sock",
+        "--timeout",
+        "soon",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    let err = stderr(&out);
+    assert!(
+        err.contains("'soon' for '--timeout")
+            && err.contains("a number of seconds, or a duration with its unit"),
+        "{err}"
+    );
+    if !common::kvm_available("duration_flags_take_a_unit_and_a_bad_one_is_a_usage_error") {
+        return;
+    }
+    // The counter guest never exits by itself: the run ends at the timeout, given in ms.
+    let out = colo(&[
+        "run",
+        "--guest",
+        &guest(),
+        "--memory",
+        "32",
+        "--timeout",
+        "300ms",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("timeout reached"), "{}", stderr(&out));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 mod common;
 
+use colo_runtime::pair::events::Milestone;
 use common::procs::{COLO, Procs, args, free_addr};
 use std::path::PathBuf;
 use std::process::Command;
@@ -128,8 +129,8 @@ fn a_pair_runs_from_one_shared_file_with_command_line_overrides() {
     );
 
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     // --memory on the command line beats the file's 32 (on both, or the VMs would differ).
     let node = |role: &str, host: &str| {
@@ -153,8 +154,8 @@ fn a_pair_runs_from_one_shared_file_with_command_line_overrides() {
     assert!(vm.contains("memory_mib=48"), "{vm}");
     // The file's 200 ms interval: several checkpoints applied within a few seconds.
     for _ in 0..3 {
-        procs.wait_for(Duration::from_secs(30), |w, l| {
-            w == s && l.starts_with("secondary: applied epoch=")
+        procs.wait_until(Duration::from_secs(30), s, |m| {
+            matches!(m, Milestone::Applied { .. })
         });
     }
 }

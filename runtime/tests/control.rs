@@ -9,7 +9,8 @@
 
 mod common;
 
-use common::procs::{COLO, Procs, args, field, free_addr};
+use colo_runtime::pair::events::Milestone;
+use common::procs::{COLO, Procs, args, free_addr};
 use common::proxy::Proxy;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -71,8 +72,8 @@ fn start_pair(extra: &[&str]) -> Pair {
     let (p_ctl, s_ctl) = (common::control_path(), common::control_path());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let mut p = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
     p.extend(args(&["--control", &p_ctl]));
@@ -97,14 +98,11 @@ impl Pair {
     /// Waits until the secondary applied checkpoint `epoch` or a later one.
     fn applied(&mut self, epoch: u64) {
         let s = self.secondary;
-        loop {
-            let line = self.procs.wait_for(Duration::from_secs(60), |w, l| {
-                w == s && l.starts_with("secondary: applied ")
-            });
-            if field(&line, "epoch").unwrap().parse::<u64>().unwrap() >= epoch {
-                return;
-            }
-        }
+        self.procs.wait_until(
+            Duration::from_secs(60),
+            s,
+            |m| matches!(m, Milestone::Applied { epoch: e, .. } if *e >= epoch),
+        );
     }
 }
 
@@ -146,12 +144,9 @@ fn every_control_command_answers_on_a_live_pair() {
     assert!(answer["pause_us"].as_u64().is_some(), "{answer}");
     let reason = answer["reason"].as_str().unwrap().to_string();
     assert!(reason == "Forced" || reason == "Periodic", "{answer}");
-    let epoch = answer["epoch"].to_string();
-    pair.procs.wait_for(Duration::from_secs(30), |w, l| {
-        w == p
-            && l.starts_with("primary: checkpoint-done ")
-            && field(l, "epoch").as_deref() == Some(epoch.as_str())
-            && field(l, "reason").as_deref() == Some(reason.as_str())
+    let epoch = answer["epoch"].as_u64().unwrap();
+    pair.procs.wait_until(Duration::from_secs(30), p, |m| {
+        matches!(m, Milestone::CheckpointDone { epoch: e, reason: r, .. } if *e == epoch && *r == reason)
     });
     let (ok, answer) = ctl(&pair.s_ctl, &["checkpoint"]);
     assert!(!ok, "a secondary takes no checkpoint: {answer}");
@@ -170,8 +165,14 @@ fn every_control_command_answers_on_a_live_pair() {
     // Digests come on from the next checkpoint (lines printed before the request may still
     // be unread here, so wait for the first one with a digest).
     assert!(ctl(&pair.p_ctl, &["set", "digests", "on"]).0);
-    pair.procs.wait_for(Duration::from_secs(30), |w, l| {
-        w == p && l.starts_with("primary: paused ") && l.contains(" digest=")
+    pair.procs.wait_until(Duration::from_secs(30), p, |m| {
+        matches!(
+            m,
+            Milestone::Paused {
+                digest: Some(_),
+                ..
+            }
+        )
     });
 
     // A paired secondary closes connections on its takeover address: it has its primary
@@ -185,9 +186,11 @@ fn every_control_command_answers_on_a_live_pair() {
         colo_core::wire::LinkSide::Connector,
     )
     .expect("the secondary holds the same key");
-    pair.procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == s && l.starts_with("secondary: newcomer-refused ") && l.contains("mode=Paired")
-    });
+    pair.procs.wait_until(
+        Duration::from_secs(10),
+        s,
+        |m| matches!(m, Milestone::NewcomerRefused { mode, .. } if mode == "Paired"),
+    );
 
     // Re-protection needs a solo node.
     let (ok, answer) = ctl(&pair.p_ctl, &["reprotect"]);
@@ -238,15 +241,13 @@ fn failover_by_command_makes_the_secondary_primary_in_a_new_term() {
     let s = pair.secondary;
     let (ok, answer) = ctl(&pair.s_ctl, &["failover"]);
     assert!(ok, "{answer}");
-    let over = pair.procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == s && l.starts_with("secondary: failed-over ")
-    });
-    assert_eq!(field(&over, "term").as_deref(), Some("2"), "{over}");
-    assert_eq!(
-        field(&over, "reason").as_deref(),
-        Some("Requested"),
-        "{over}"
-    );
+    let over = pair
+        .procs
+        .wait_milestone(Duration::from_secs(10), s, |m| match m {
+            Milestone::FailedOver { term, reason, .. } => Some((*term, reason.clone())),
+            _ => None,
+        });
+    assert_eq!(over, (2, "Requested".to_string()));
     let st = ctl(&pair.s_ctl, &["status"]).1;
     assert_eq!(
         (&st["role"], &st["mode"]),
@@ -275,8 +276,8 @@ fn reprotection_after_a_primary_kill_copies_the_survivor_exactly() {
     pair.applied(2);
     let s = pair.secondary;
     pair.procs.kill(pair.primary);
-    pair.procs.wait_for(Duration::from_secs(15), |w, l| {
-        w == s && l.starts_with("secondary: failed-over ")
+    pair.procs.wait_until(Duration::from_secs(15), s, |m| {
+        matches!(m, Milestone::FailedOver { .. })
     });
     // Not armed: a newcomer would be ignored. Arm, and verify at every checkpoint.
     assert_eq!(ctl(&pair.s_ctl, &["status"]).1["reprotect"]["armed"], false);
@@ -299,13 +300,17 @@ fn reprotection_after_a_primary_kill_copies_the_survivor_exactly() {
     let mut joined: BTreeMap<u64, String> = BTreeMap::new();
     let mut compared = Vec::new();
     while compared.len() < 4 {
-        let line = pair.procs.wait_for(Duration::from_secs(60), |w, l| {
-            (w == s && l.starts_with("secondary: paused "))
-                || (w == newcomer && l.starts_with("secondary: applied "))
+        let (who, record) = pair.procs.wait_event(Duration::from_secs(60), |w, r| {
+            (w == s && matches!(r.milestone, Milestone::Paused { .. }))
+                || (w == newcomer && matches!(r.milestone, Milestone::Applied { .. }))
         });
-        let epoch: u64 = field(&line, "epoch").unwrap().parse().unwrap();
-        let digest = field(&line, "digest").expect("digests are on");
-        if line.contains("paused") {
+        let (epoch, digest) = match record.milestone {
+            Milestone::Paused { epoch, digest, .. } | Milestone::Applied { epoch, digest, .. } => {
+                (epoch, digest.expect("digests are on"))
+            }
+            other => unreachable!("{other:?}"),
+        };
+        if who == s {
             survivor.insert(epoch, digest);
         } else {
             joined.insert(epoch, digest);
@@ -369,25 +374,22 @@ fn auto_reprotect_arms_a_solo_primary_for_the_next_secondary() {
     let mut s_args = node("secondary", "--peer", "2");
     s_args.extend(args(&["--control", &common::control_path()]));
     let s = procs.spawn(&s_args);
-    procs.wait_for(Duration::from_secs(60), |w, l| {
-        w == s && l.starts_with("secondary: applied ")
+    procs.wait_until(Duration::from_secs(60), s, |m| {
+        matches!(m, Milestone::Applied { .. })
     });
     procs.kill(s);
-    procs.wait_for(Duration::from_secs(15), |w, l| {
-        w == p && l.starts_with("primary: reprotect-armed ") && l.contains("auto=true")
+    procs.wait_until(Duration::from_secs(15), p, |m| {
+        matches!(m, Milestone::ReprotectArmed { auto: true, .. })
     });
     let mut s2_args = node("secondary", "--peer", "3");
     s2_args.extend(args(&["--control", &common::control_path()]));
     let s2 = procs.spawn(&s2_args);
     // The newcomer's first apply carries the whole copy.
-    let line = procs.wait_for(Duration::from_secs(60), |w, l| {
-        w == s2 && l.starts_with("secondary: applied ")
+    let pages_copied = procs.wait_milestone(Duration::from_secs(60), s2, |m| match m {
+        Milestone::Applied { pages_copied, .. } => Some(*pages_copied),
+        _ => None,
     });
-    assert_eq!(
-        field(&line, "pages_copied").as_deref(),
-        Some("8192"),
-        "{line}"
-    );
+    assert_eq!(pages_copied, 8192);
     let st = ctl(&p_ctl, &["status"]).1;
     assert_eq!(
         (&st["mode"], &st["term"], &st["peer"]["peer_id"]),
@@ -462,30 +464,33 @@ fn link_drop_between_checkpoints_reconnects_without_a_failover() {
     s.extend(args(&timing));
     let s = procs.spawn(&s);
     // Right after a checkpoint completes nothing but heartbeats is on the link for 1.5 s.
-    let done = procs.wait_for(Duration::from_secs(60), |w, l| {
-        w == p && l.starts_with("primary: checkpoint-done epoch=2 ")
+    procs.wait_until(Duration::from_secs(60), p, |m| {
+        matches!(m, Milestone::CheckpointDone { epoch: 2, .. })
     });
     proxy.cut();
-    let cut_epoch: u64 = field(&done, "epoch").unwrap().parse().unwrap();
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == s && l.starts_with("secondary: link-down ")
+    let cut_epoch = 2;
+    procs.wait_until(Duration::from_secs(10), s, |m| {
+        matches!(m, Milestone::LinkDown { .. })
     });
     procs.wait_for(Duration::from_secs(10), |w, l| {
         w == s && l == "secondary: reconnected"
     });
     // Two more checkpoints applied over the new link, in the same term, no failover.
     loop {
-        let line = procs.wait_for(Duration::from_secs(30), |w, l| {
-            (w == s && l.starts_with("secondary: checkpoint-applied "))
-                || l.contains("failed-over")
-                || l.contains("takeover-started")
+        let (_, record) = procs.wait_event(Duration::from_secs(30), |w, r| {
+            (w == s && matches!(r.milestone, Milestone::CheckpointApplied { .. }))
+                || matches!(
+                    r.milestone,
+                    Milestone::FailedOver { .. } | Milestone::TakeoverStarted { .. }
+                )
         });
-        assert!(
-            line.contains("checkpoint-applied"),
-            "a failover after a link flap between checkpoints: {line}\n{}",
-            procs.log.join("\n")
-        );
-        if field(&line, "epoch").unwrap().parse::<u64>().unwrap() >= cut_epoch + 2 {
+        let Milestone::CheckpointApplied { epoch, .. } = record.milestone else {
+            panic!(
+                "a failover after a link flap between checkpoints: {record:?}\n{}",
+                procs.log.join("\n")
+            );
+        };
+        if epoch >= cut_epoch + 2 {
             break;
         }
     }
@@ -536,8 +541,8 @@ fn links_without_the_pair_key_are_refused_and_counted_in_status() {
     let (arbiter, peer, p_ctl) = (free_addr(), free_addr(), common::control_path());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let mut p = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
     p.extend(args(&["--control", &p_ctl]));
@@ -593,8 +598,9 @@ fn links_without_the_pair_key_are_refused_and_counted_in_status() {
     .unwrap();
     bytes[21] ^= 0x80;
     stream.write_all(&bytes).unwrap();
-    let down = procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == primary && l.starts_with("primary: link-down")
+    let down = procs.wait_milestone(Duration::from_secs(10), primary, |m| match m {
+        Milestone::LinkDown { reason } => Some(reason.clone()),
+        _ => None,
     });
     assert!(down.contains("MAC tag does not verify"), "{down}");
 
@@ -611,7 +617,7 @@ fn links_without_the_pair_key_are_refused_and_counted_in_status() {
         "--arbiter",
         &arbiter,
     ]));
-    procs.wait_for(Duration::from_secs(60), |w, l| {
-        w == s && l.starts_with("secondary: applied ")
+    procs.wait_until(Duration::from_secs(60), s, |m| {
+        matches!(m, Milestone::Applied { .. })
     });
 }

@@ -9,7 +9,8 @@
 
 mod common;
 
-use common::procs::{Procs, args, field, free_addr};
+use colo_runtime::pair::events::Milestone;
+use common::procs::{Procs, args, free_addr};
 use common::proxy::Proxy;
 use std::time::Duration;
 
@@ -37,14 +38,14 @@ fn link_drops_inside_checkpoints_restart_the_epoch_without_a_failover() {
     let mut s = args(&["secondary", "--peer", &proxy.front, "--arbiter", &arbiter]);
     s.extend(args(&vm));
     let s = procs.spawn(&s);
-    procs.wait_for(Duration::from_secs(60), |w, l| {
-        w == p && l.starts_with("primary: checkpoint-done epoch=2 ")
+    procs.wait_until(Duration::from_secs(60), p, |m| {
+        matches!(m, Milestone::CheckpointDone { epoch: 2, .. })
     });
     let cuts = 6;
     for _ in 0..cuts {
         // The primary just paused for a checkpoint: its pages are about to cross, or crossing.
-        procs.wait_for(Duration::from_secs(30), |w, l| {
-            w == p && l.starts_with("primary: paused epoch=")
+        procs.wait_until(Duration::from_secs(30), p, |m| {
+            matches!(m, Milestone::Paused { .. })
         });
         proxy.cut();
         procs.wait_for(Duration::from_secs(10), |w, l| {
@@ -54,26 +55,30 @@ fn link_drops_inside_checkpoints_restart_the_epoch_without_a_failover() {
     // Checkpoints go on over the last connection, in term 1, with no failover anywhere.
     let mut last = 0;
     for _ in 0..3 {
-        let line = procs.wait_for(Duration::from_secs(30), |w, l| {
-            (w == s && l.starts_with("secondary: checkpoint-applied "))
-                || l.contains("failed-over")
-                || l.contains("takeover-started")
-                || l.contains("CheckpointStuck")
+        let (_, record) = procs.wait_event(Duration::from_secs(30), |w, r| {
+            (w == s && matches!(r.milestone, Milestone::CheckpointApplied { .. }))
+                || matches!(
+                    r.milestone,
+                    Milestone::FailedOver { .. }
+                        | Milestone::TakeoverStarted { .. }
+                        | Milestone::CheckpointStuck { .. }
+                )
         });
-        assert!(
-            line.contains("checkpoint-applied"),
-            "a link drop inside a checkpoint ended in a failover: {line}\n{}",
-            procs.log.join("\n")
-        );
-        last = field(&line, "epoch").unwrap().parse::<u64>().unwrap();
+        let Milestone::CheckpointApplied { epoch, .. } = record.milestone else {
+            panic!(
+                "a link drop inside a checkpoint ended in a failover: {record:?}\n{}",
+                procs.log.join("\n")
+            );
+        };
+        last = epoch;
     }
     // A cut inside a transfer fails the primary's send (the epoch is aborted as a failed VM
     // command); one after the pages left is found by the link reset (LinkReset). Either way
     // the epoch is retried on the new link.
     let restarted = procs
-        .seen
+        .events
         .iter()
-        .filter(|(w, _, l)| *w == p && l.contains("CheckpointAborted"))
+        .filter(|(w, _, r)| *w == p && matches!(r.milestone, Milestone::CheckpointAborted { .. }))
         .count();
     assert!(
         restarted >= 1,

@@ -6,6 +6,7 @@
 
 mod common;
 
+use colo_runtime::pair::events::Milestone;
 use common::procs::{Procs, args, free_addr};
 use std::time::Duration;
 
@@ -50,8 +51,8 @@ fn start_pair() -> (Procs, usize, usize, String, String, String) {
     let p_ctl = common::control_path();
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let p = procs.spawn(&args(&[
         "--log-format",
@@ -177,8 +178,8 @@ fn metrics_move_between_scrapes_and_json_logs_carry_typed_fields() {
             break;
         }
     }
-    procs.wait_for(Duration::from_secs(30), |w, l| {
-        w == s && l.starts_with("secondary: checkpoint-applied ")
+    procs.wait_until(Duration::from_secs(30), s, |m| {
+        matches!(m, Milestone::CheckpointApplied { .. })
     });
     // Mirrored counters are refreshed every 100 ms by the loop.
     std::thread::sleep(Duration::from_millis(300));

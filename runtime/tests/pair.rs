@@ -10,6 +10,7 @@
 mod common;
 
 use colo_core::wire::LinkSide;
+use colo_runtime::pair::events::{Milestone, Record};
 use colo_runtime::pair::peer::auth::{PairKey, handshake};
 use common::procs::{COLO, Procs, args};
 use std::collections::BTreeMap;
@@ -26,20 +27,14 @@ fn free_addr() -> SocketAddr {
         .expect("binding an ephemeral loopback port")
 }
 
-fn field(line: &str, key: &str) -> Option<String> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_string)
-}
-
 /// Starts an arbiter, a primary and a secondary, both with `extra` args; returns the
 /// processes and the indices (arbiter, primary, secondary).
 fn start_pair(extra: &[&str]) -> (Procs, [usize; 3]) {
     let (arbiter, peer) = (free_addr().to_string(), free_addr().to_string());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let mut p = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
     p.extend(args(extra));
@@ -64,17 +59,29 @@ fn secondary_memory_equals_the_primary_at_every_checkpoint_pause() {
         "--heartbeat-misses",
         "20",
     ]);
-    let mut primary: BTreeMap<u64, (String, String)> = BTreeMap::new();
+    let mut primary: BTreeMap<u64, (String, u64)> = BTreeMap::new();
     let mut compared = 0;
     while compared < 5 {
-        let line = procs.wait_for(Duration::from_secs(30), |w, l| {
-            (w == p && l.starts_with("primary: paused "))
-                || (w == s && l.starts_with("secondary: applied "))
+        let (who, record) = procs.wait_event(Duration::from_secs(30), |w, r| {
+            (w == p && matches!(r.milestone, Milestone::Paused { .. }))
+                || (w == s && matches!(r.milestone, Milestone::Applied { .. }))
         });
-        let epoch: u64 = field(&line, "epoch").unwrap().parse().unwrap();
-        let digest = field(&line, "digest").expect("digests are on");
-        let step = field(&line, "step").unwrap();
-        if line.starts_with("primary") {
+        let (epoch, digest, step) = match record.milestone {
+            Milestone::Paused {
+                epoch,
+                digest,
+                step,
+                ..
+            }
+            | Milestone::Applied {
+                epoch,
+                digest,
+                step,
+                ..
+            } => (epoch, digest.expect("digests are on"), step),
+            other => unreachable!("{other:?}"),
+        };
+        if who == p {
             primary.insert(epoch, (digest, step));
         } else {
             let (want, want_step) = primary
@@ -91,7 +98,7 @@ fn secondary_memory_equals_the_primary_at_every_checkpoint_pause() {
         }
     }
     // The guest really ran between the checkpoints compared (not an idle, equal memory).
-    let steps: Vec<u64> = primary.values().map(|(_, s)| s.parse().unwrap()).collect();
+    let steps: Vec<u64> = primary.values().map(|(_, s)| *s).collect();
     assert!(
         steps.windows(2).any(|w| w[1] > w[0]),
         "guest steps {steps:?}"
@@ -106,54 +113,103 @@ fn primary_kill_leads_to_failover_and_the_survivor_keeps_running() {
     let (mut procs, [a, p, s]) = start_pair(&["--checkpoint-interval-ms", "200"]);
     let mut applied = (0u64, 0u64);
     while applied.0 < 3 {
-        let line = procs.wait_for(Duration::from_secs(30), |w, l| {
-            w == s && l.starts_with("secondary: applied ")
+        applied = procs.wait_milestone(Duration::from_secs(30), s, |m| match m {
+            Milestone::Applied { epoch, step, .. } => Some((*epoch, *step)),
+            _ => None,
         });
-        applied = (
-            field(&line, "epoch").unwrap().parse().unwrap(),
-            field(&line, "step").unwrap().parse().unwrap(),
-        );
     }
     procs.kill(p);
     let killed = Instant::now();
     // A checkpoint fully received before the kill may still be applied after it.
-    let over = loop {
-        let line = procs.wait_for(Duration::from_secs(10), |w, l| {
-            w == s
-                && (l.starts_with("secondary: failed-over ")
-                    || l.starts_with("secondary: applied "))
+    let (term, reason) = loop {
+        let over = procs.wait_milestone(Duration::from_secs(10), s, |m| match m {
+            Milestone::Applied { step, .. } => Some(Err(*step)),
+            Milestone::FailedOver { term, reason, .. } => Some(Ok((*term, reason.clone()))),
+            _ => None,
         });
-        if line.starts_with("secondary: applied ") {
-            applied.1 = field(&line, "step").unwrap().parse().unwrap();
-        } else {
-            break line;
+        match over {
+            Err(step) => applied.1 = step,
+            Ok(over) => break over,
         }
     };
     let took = killed.elapsed();
-    assert_eq!(field(&over, "term").as_deref(), Some("2"), "{over}");
-    assert_eq!(
-        field(&over, "reason").as_deref(),
-        Some("PeerLost"),
-        "{over}"
-    );
+    assert_eq!((term, reason.as_str()), (2, "PeerLost"));
     // Heartbeat 100 ms x 5, then one lease round trip on loopback.
     assert!(took < Duration::from_secs(5), "failover took {took:?}");
-    procs.wait_for(Duration::from_secs(5), |w, l| {
-        w == a && l.starts_with("arbiter: lease-granted term=2 node=2")
+    procs.wait_until(Duration::from_secs(5), a, |m| {
+        matches!(
+            m,
+            Milestone::LeaseGranted {
+                term: 2,
+                node: 2,
+                ..
+            }
+        )
     });
     let mut last = applied.1;
     for _ in 0..3 {
-        let line = procs.wait_for(Duration::from_secs(10), |w, l| {
-            w == s && l.starts_with("secondary: guest-step ")
+        let (mode, step) = procs.wait_milestone(Duration::from_secs(10), s, |m| match m {
+            Milestone::GuestStep { mode, step, .. } => Some((mode.clone(), *step)),
+            _ => None,
         });
-        assert_eq!(field(&line, "mode").as_deref(), Some("Solo"), "{line}");
-        let step: u64 = field(&line, "step").unwrap().parse().unwrap();
+        assert_eq!(mode, "Solo");
         assert!(
             step > last,
             "the survivor's guest stalled at {step} (after {last})"
         );
         last = step;
     }
+}
+
+#[test]
+fn events_to_a_file_are_one_typed_record_per_line() {
+    if !common::kvm_available("events_to_a_file_are_one_typed_record_per_line") {
+        return;
+    }
+    let file = std::env::temp_dir().join(format!("colo-events-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let events = file.to_string_lossy().into_owned();
+    let (arbiter, peer) = (free_addr().to_string(), free_addr().to_string());
+    let mut procs = Procs::new();
+    let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
+    });
+    let timing = ["--checkpoint-interval-ms", "200"];
+    let mut p = args(&["--events", &events, "primary", "--listen", &peer]);
+    p.extend(args(&["--arbiter", &arbiter]));
+    p.extend(args(&timing));
+    let p = procs.spawn(&p);
+    let mut s = args(&["secondary", "--peer", &peer, "--arbiter", &arbiter]);
+    s.extend(args(&timing));
+    let s = procs.spawn(&s);
+    // The secondary's records come on its stdout; once it applied epoch 3 the primary has
+    // completed epochs 1 and 2 and written them to its file.
+    procs.wait_until(Duration::from_secs(30), s, |m| {
+        matches!(m, Milestone::Applied { epoch: 3.., .. })
+    });
+    procs.kill(p);
+    let text = std::fs::read_to_string(&file).expect("the primary wrote its events file");
+    let _ = std::fs::remove_file(&file);
+    let records: Vec<Record> = text
+        .lines()
+        .map(|l| Record::from_line(l).unwrap_or_else(|| panic!("not a record: {l:?}")))
+        .collect();
+    assert!(records.iter().all(|r| r.role == "primary"), "{records:?}");
+    let done: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match r.milestone {
+            Milestone::CheckpointDone { epoch, .. } => Some(epoch),
+            _ => None,
+        })
+        .collect();
+    assert!(done.starts_with(&[1, 2]), "{done:?}");
+    // The primary's stdout carried no record: its stream went to the file.
+    assert!(
+        !procs.events.iter().any(|(w, _, _)| *w == p),
+        "{:?}",
+        procs.events
+    );
 }
 
 #[test]
@@ -189,10 +245,11 @@ fn corrupt_peer_frame_ends_the_link_with_a_clear_error() {
     bytes.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
     bytes.extend_from_slice(&[0u8; 12]);
     stream.write_all(&bytes).unwrap();
-    let line = procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == p && l.starts_with("primary: link-down ")
+    let reason = procs.wait_milestone(Duration::from_secs(10), p, |m| match m {
+        Milestone::LinkDown { reason } => Some(reason.clone()),
+        _ => None,
     });
-    assert!(line.contains("corrupt peer frame"), "{line}");
+    assert!(reason.contains("corrupt peer frame"), "{reason}");
     // No panic, and the node is still alive and serving (it accepts a new link).
     std::thread::sleep(Duration::from_millis(200));
     assert!(
@@ -392,12 +449,13 @@ fn secondary_refuses_pages_outside_guest_memory() {
     )
     .unwrap();
     stream.write_all(&frame).unwrap();
-    let line = procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == s && l.starts_with("secondary: link-down ")
+    let reason = procs.wait_milestone(Duration::from_secs(10), s, |m| match m {
+        Milestone::LinkDown { reason } => Some(reason.clone()),
+        _ => None,
     });
     assert!(
-        line.contains("refused PageBatch from the peer: page range 1073741824+1 outside"),
-        "{line}"
+        reason.contains("refused PageBatch from the peer: page range 1073741824+1 outside"),
+        "{reason}"
     );
     assert!(
         procs.children[s].try_wait().unwrap().is_none(),
@@ -411,24 +469,32 @@ fn secondary_kill_leaves_the_primary_running_solo_under_a_lease() {
         return;
     }
     let (mut procs, [a, p, s]) = start_pair(&["--checkpoint-interval-ms", "200"]);
-    procs.wait_for(Duration::from_secs(30), |w, l| {
-        w == p && l.starts_with("primary: checkpoint-done epoch=2 ")
+    procs.wait_milestone(Duration::from_secs(30), p, |m| {
+        matches!(m, Milestone::CheckpointDone { epoch: 2, .. }).then_some(())
     });
     procs.kill(s);
-    let over = procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == p && l.starts_with("primary: failed-over ")
+    let term = procs.wait_milestone(Duration::from_secs(10), p, |m| match m {
+        Milestone::FailedOver { term, .. } => Some(*term),
+        _ => None,
     });
-    assert_eq!(field(&over, "term").as_deref(), Some("2"), "{over}");
-    procs.wait_for(Duration::from_secs(5), |w, l| {
-        w == a && l.starts_with("arbiter: lease-granted term=2 node=1")
+    assert_eq!(term, 2);
+    procs.wait_until(Duration::from_secs(5), a, |m| {
+        matches!(
+            m,
+            Milestone::LeaseGranted {
+                term: 2,
+                node: 1,
+                ..
+            }
+        )
     });
     let mut last = 0;
     for _ in 0..2 {
-        let line = procs.wait_for(Duration::from_secs(10), |w, l| {
-            w == p && l.starts_with("primary: guest-step ")
+        let (mode, step) = procs.wait_milestone(Duration::from_secs(10), p, |m| match m {
+            Milestone::GuestStep { mode, step, .. } => Some((mode.clone(), *step)),
+            _ => None,
         });
-        assert_eq!(field(&line, "mode").as_deref(), Some("Solo"), "{line}");
-        let step: u64 = field(&line, "step").unwrap().parse().unwrap();
+        assert_eq!(mode, "Solo");
         assert!(step > last, "the primary's guest stalled at {step}");
         last = step;
     }

@@ -9,7 +9,8 @@
 
 mod common;
 
-use common::procs::{Procs, args, field, free_addr};
+use colo_runtime::pair::events::Milestone;
+use common::procs::{Procs, args, free_addr};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,8 +40,8 @@ fn start_pair(dir: &Scratch, extra: &[&str]) -> (Procs, [usize; 3]) {
     let (arbiter, peer) = (free_addr(), free_addr());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let common = [
         "--disk-size",
@@ -72,13 +73,20 @@ fn compare_disk_digests(procs: &mut Procs, p: usize, s: usize, count: usize) {
     let mut primary: BTreeMap<u64, String> = BTreeMap::new();
     let mut compared = Vec::new();
     while compared.len() < count {
-        let line = procs.wait_for(Duration::from_secs(30), |w, l| {
-            (w == p && l.starts_with("primary: paused "))
-                || (w == s && l.starts_with("secondary: disk-reset "))
+        let (who, record) = procs.wait_event(Duration::from_secs(30), |w, r| {
+            (w == p && matches!(r.milestone, Milestone::Paused { .. }))
+                || (w == s && matches!(r.milestone, Milestone::DiskReset { .. }))
         });
-        let epoch: u64 = field(&line, "epoch").unwrap().parse().unwrap();
-        let digest = field(&line, "disk_digest").expect("disk digests are on");
-        if line.starts_with("primary") {
+        let (epoch, digest) = match record.milestone {
+            Milestone::Paused {
+                epoch, disk_digest, ..
+            }
+            | Milestone::DiskReset { epoch, disk_digest } => {
+                (epoch, disk_digest.expect("disk digests are on"))
+            }
+            other => unreachable!("{other:?}"),
+        };
+        if who == p {
             primary.insert(epoch, digest);
         } else {
             assert_eq!(
@@ -140,23 +148,22 @@ fn after_a_primary_kill_the_survivor_disk_keeps_every_completed_write() {
     let dir = Scratch::new("kill");
     let (mut procs, [_, p, s]) = start_pair(&dir, &[]);
     for _ in 0..4 {
-        procs.wait_for(Duration::from_secs(30), |w, l| {
-            w == s && l.starts_with("secondary: disk-reset ")
+        procs.wait_until(Duration::from_secs(30), s, |m| {
+            matches!(m, Milestone::DiskReset { .. })
         });
     }
     procs.kill(p);
     // The merge runs inside the takeover, before or after the failed-over line.
     let mut seen = (false, false);
     while seen != (true, true) {
-        let line = procs.wait_for(Duration::from_secs(15), |w, l| {
-            w == s
-                && (l.starts_with("secondary: failed-over ")
-                    || l.starts_with("secondary: disk-merged "))
-        });
-        if line.starts_with("secondary: failed-over ") {
-            seen.0 = true;
-        } else {
-            seen.1 = true;
+        match procs.wait_until(Duration::from_secs(15), s, |m| {
+            matches!(
+                m,
+                Milestone::FailedOver { .. } | Milestone::DiskMerged { .. }
+            )
+        }) {
+            Milestone::FailedOver { .. } => seen.0 = true,
+            _ => seen.1 = true,
         }
     }
     // The survivor's guest checks every slot at each progress line: three more lines mean the
@@ -176,14 +183,11 @@ fn after_a_primary_kill_the_survivor_disk_keeps_every_completed_write() {
         assert!(step > last, "{line} after {last}");
         last = step;
     }
-    let disk = procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == s && l.starts_with("secondary: disk ")
+    let command_errors = procs.wait_milestone(Duration::from_secs(10), s, |m| match m {
+        Milestone::Disk { command_errors, .. } => Some(*command_errors),
+        _ => None,
     });
-    assert_eq!(
-        field(&disk, "command_errors").as_deref(),
-        Some("0"),
-        "{disk}"
-    );
+    assert_eq!(command_errors, 0);
 }
 
 /// The primary's or survivor's disk `file`: every one of its first `slots` 4 KiB slots was
@@ -209,8 +213,8 @@ fn three_disks_replicate_as_one_volume_and_survive_a_primary_kill() {
     let (arbiter, peer) = (free_addr(), free_addr());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     // 520K is not a multiple of the 64 KiB overlay block: one block straddles two files.
     let disks = |who: &str| -> Vec<String> {
@@ -255,8 +259,8 @@ fn three_disks_replicate_as_one_volume_and_survive_a_primary_kill() {
     }
 
     procs.kill(p);
-    procs.wait_for(Duration::from_secs(15), |w, l| {
-        w == s && l.starts_with("secondary: failed-over ")
+    procs.wait_until(Duration::from_secs(15), s, |m| {
+        matches!(m, Milestone::FailedOver { .. })
     });
     // The survivor's counter checks each disk's slots at every step: more progress lines mean
     // every write it saw completed is on each disk, in its own file.
@@ -288,8 +292,8 @@ fn a_read_only_disk_is_served_from_each_node_and_never_written() {
     let (arbiter, peer) = (free_addr(), free_addr());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let common = [
         "--checkpoint-interval-ms",
@@ -315,13 +319,13 @@ fn a_read_only_disk_is_served_from_each_node_and_never_written() {
     });
     assert!(vm.contains("disks=[1048576B 262144B,ro]"), "{vm}");
     for _ in 0..3 {
-        procs.wait_for(Duration::from_secs(30), |w, l| {
-            w == s && l.starts_with("secondary: applied epoch=")
+        procs.wait_until(Duration::from_secs(30), s, |m| {
+            matches!(m, Milestone::Applied { .. })
         });
     }
     procs.kill(p);
-    procs.wait_for(Duration::from_secs(15), |w, l| {
-        w == s && l.starts_with("secondary: failed-over ")
+    procs.wait_until(Duration::from_secs(15), s, |m| {
+        matches!(m, Milestone::FailedOver { .. })
     });
     let line = procs.wait_for(Duration::from_secs(30), |w, l| {
         w == s && (l.starts_with("colo-guest: step ") || l.contains("PANIC"))

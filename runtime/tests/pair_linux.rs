@@ -12,8 +12,9 @@
 
 mod common;
 
+use colo_runtime::pair::events::Milestone;
 use common::linux::{self, SeenLine};
-use common::procs::{Procs, args, field, free_addr};
+use common::procs::{Procs, args, free_addr};
 use std::time::Duration;
 
 /// The primary's console line after which the primary is killed (~20-35 s into the pair's
@@ -43,8 +44,8 @@ fn survivor_console_continues_the_linux_boot_from_the_last_checkpoint() {
     let (arbiter, peer) = (free_addr(), free_addr());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     // The same VM description on both nodes. A patient heartbeat (2 s): two emulated kernels
     // share two cores with whatever else runs here.
@@ -73,77 +74,95 @@ fn survivor_console_continues_the_linux_boot_from_the_last_checkpoint() {
         w == p && l.contains(KILL_AFTER_LINE)
     });
     for _ in 0..APPLIED_AFTER_LINE {
-        procs.wait_for(Duration::from_secs(60), |w, l| {
-            w == s && l.starts_with("secondary: applied ")
+        procs.wait_until(Duration::from_secs(60), s, |m| {
+            matches!(m, Milestone::Applied { .. })
         });
     }
     procs.kill(p);
-    let released = procs.wait_for(Duration::from_secs(60), |w, l| {
-        w == s && l.starts_with("secondary: console-released ")
+    let released = procs.wait_milestone(Duration::from_secs(60), s, |m| match m {
+        Milestone::ConsoleReleased { bytes } => Some(format!("console-released bytes={bytes}")),
+        _ => None,
     });
     procs.wait_for(Duration::from_secs(150), |w, l| {
         w == s && l.contains(SURVIVOR_REACHES)
     });
 
     // The cut: the last checkpoint the secondary applied, i.e. the primary's pause for it.
+    // Text lines and records of one child are read in the order written, each stamped when
+    // read (one reader thread per child): a record's stamp splits that child's lines.
     let seen = procs.seen.clone();
-    let last_applied = seen
-        .iter()
-        .filter(|(w, _, l)| *w == s && l.starts_with("secondary: applied "))
-        .filter_map(|(_, _, l)| field(l, "epoch"))
+    let events = procs.events.clone();
+    let at_of = |who: usize, want: &dyn Fn(&Milestone) -> bool| {
+        events
+            .iter()
+            .filter(|(w, _, r)| *w == who && want(&r.milestone))
+            .map(|(_, at, r)| (*at, r.milestone.clone()))
+            .collect::<Vec<_>>()
+    };
+    let last_applied = at_of(s, &|m| matches!(m, Milestone::Applied { .. }))
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Milestone::Applied { epoch, .. } => Some(epoch),
+            _ => None,
+        })
         .next_back()
         .expect("the secondary applied checkpoints");
-    let pause_line = format!("primary: paused epoch={last_applied} ");
-    let cut = seen
-        .iter()
-        .position(|(w, _, l)| *w == p && l.starts_with(&pause_line))
-        .unwrap_or_else(|| panic!("no {pause_line:?} line\n{}", procs.log.join("\n")));
+    let paused_at = at_of(
+        p,
+        &|m| matches!(m, Milestone::Paused { epoch, .. } if *epoch == last_applied),
+    )
+    .first()
+    .map(|(at, _)| *at)
+    .unwrap_or_else(|| panic!("no pause of epoch {last_applied}\n{}", procs.log.join("\n")));
     let stamped = |(_, at, text): &(usize, std::time::Instant, String)| SeenLine {
         at: *at,
         text: text.clone(),
         complete: true,
     };
-    let before: Vec<SeenLine> = seen[..cut]
+    let before: Vec<SeenLine> = seen
         .iter()
-        .filter(|(w, _, l)| *w == p && kernel_line(l))
+        .filter(|(w, at, l)| *w == p && *at < paused_at && kernel_line(l))
         .map(stamped)
         .collect();
-    // The survivor writes its held output right after this line (then `console-released`).
-    let takeover = seen
-        .iter()
-        .position(|(w, _, l)| *w == s && l.starts_with("secondary: failed-over "))
+    // The survivor writes its held output right after this record (then `console-released`).
+    let failed_over_at = at_of(s, &|m| matches!(m, Milestone::FailedOver { .. }))
+        .first()
+        .map(|(at, _)| *at)
         .expect("a failover precedes console-released");
-    let speculative: Vec<&String> = seen[..takeover]
+    let speculative: Vec<&String> = seen
         .iter()
-        .filter(|(w, _, l)| *w == s && kernel_line(l))
+        .filter(|(w, at, l)| *w == s && *at < failed_over_at && kernel_line(l))
         .map(|(_, _, l)| l)
         .collect();
     assert!(
         speculative.is_empty(),
         "the paired secondary printed guest output: {speculative:?}"
     );
-    let after: Vec<SeenLine> = seen[takeover..]
+    let after: Vec<SeenLine> = seen
         .iter()
-        .filter(|(w, _, l)| *w == s && kernel_line(l))
+        .filter(|(w, at, l)| *w == s && *at >= failed_over_at && kernel_line(l))
         .map(stamped)
         .collect();
-    let dropped: u64 = seen
-        .iter()
-        .filter(|(w, _, l)| *w == s && l.starts_with("secondary: applied "))
-        .filter_map(|(_, _, l)| field(l, "console_dropped")?.parse::<u64>().ok())
+    let dropped: u64 = at_of(s, &|_| true)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Milestone::Applied {
+                console_dropped, ..
+            } => Some(console_dropped),
+            _ => None,
+        })
         .sum();
     let continuation =
         linux::check_continuation(&before, &after).unwrap_or_else(|why| panic!("{why}"));
 
     // Figures: the checkpoints' pauses and sizes while the kernel booted.
-    let mut pauses: Vec<(u64, u64)> = seen
-        .iter()
-        .filter(|(w, _, l)| *w == p && l.starts_with("primary: checkpoint-done "))
-        .filter_map(|(_, _, l)| {
-            Some((
-                field(l, "pause_us")?.parse().ok()?,
-                field(l, "pages")?.parse().ok()?,
-            ))
+    let mut pauses: Vec<(u64, u64)> = at_of(p, &|_| true)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Milestone::CheckpointDone {
+                pause_us, pages, ..
+            } => Some((pause_us, pages)),
+            _ => None,
         })
         .collect();
     let checkpoints = pauses.len();

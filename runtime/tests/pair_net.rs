@@ -13,6 +13,7 @@ mod common;
 
 use colo_runtime::net::kvclient::{KvConnection, Timeouts, add_client_bridge};
 use colo_runtime::net::netns::NetNs;
+use colo_runtime::pair::events::Milestone;
 use common::procs::{Procs, args};
 use std::time::Duration;
 
@@ -38,8 +39,8 @@ fn start_net_pair(test: &str) -> Option<NetPair> {
     let name = ns.name().to_string();
     let mut procs = Procs::new();
     let a = procs.spawn_in(&name, &args(&["arbiter", "--listen", ARBITER]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let node = |role: &str, link: &[&str], tap: &str| {
         let mut v = args(&[role]);
@@ -59,8 +60,8 @@ fn start_net_pair(test: &str) -> Option<NetPair> {
     let p = procs.spawn_in(&name, &node("primary", &["--listen", PEER], "colop0"));
     let s = procs.spawn_in(&name, &node("secondary", &["--peer", PEER], "colos0"));
     // The pairing's first checkpoint: from here on both guests run and are compared.
-    procs.wait_for(Duration::from_secs(30), |w, l| {
-        w == p && l.starts_with("primary: checkpoint-done epoch=1 ")
+    procs.wait_until(Duration::from_secs(30), p, |m| {
+        matches!(m, Milestone::CheckpointDone { epoch: 1, .. })
     });
     Some(NetPair {
         procs,
@@ -113,8 +114,8 @@ fn replies_through_the_pair_are_correct() {
     );
     // The pair keeps checkpointing while it serves.
     let p = pair.ids[1];
-    pair.procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == p && l.starts_with("primary: checkpoint-done ")
+    pair.procs.wait_until(Duration::from_secs(10), p, |m| {
+        matches!(m, Milestone::CheckpointDone { .. })
     });
 }
 
@@ -169,10 +170,11 @@ fn differing_replies_force_a_miscompare_checkpoint_and_the_client_gets_one_reply
         "{nonce:?}"
     );
     let p = pair.ids[1];
-    let line = pair.procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == p && l.starts_with("primary: checkpoint-done ") && l.contains("reason=Miscompare")
-    });
-    assert!(line.contains("reason=Miscompare"), "{line}");
+    pair.procs.wait_until(
+        Duration::from_secs(10),
+        p,
+        |m| matches!(m, Milestone::CheckpointDone { reason, .. } if reason == "Miscompare"),
+    );
     // The connection goes on with the state both guests share after the checkpoint.
     assert_eq!(ask(&mut conn, "3 INCR n"), "3 VAL 2 2");
 }
@@ -191,12 +193,15 @@ fn a_client_connection_survives_a_primary_kill() {
         );
     }
     pair.procs.kill(p);
-    pair.procs.wait_for(Duration::from_secs(20), |w, l| {
-        w == s && l.starts_with("secondary: failed-over ")
+    pair.procs.wait_until(Duration::from_secs(20), s, |m| {
+        matches!(m, Milestone::FailedOver { .. })
     });
-    let claim = pair.procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == s && l.starts_with("secondary: claim-client-link ")
-    });
+    let claim = pair
+        .procs
+        .wait_milestone(Duration::from_secs(10), s, |m| match m {
+            Milestone::ClaimClientLink { announced, .. } => Some(announced.clone()),
+            _ => None,
+        });
     assert!(
         claim.contains("announced mac=52:54:00:c0:10:01 frames=3 garp ip=10.0.0.2 frames=3"),
         "the survivor announces the MAC (RARP) and the guest's address (gratuitous ARP): {claim}"
@@ -271,8 +276,8 @@ fn a_second_nic_serves_its_own_network_through_a_primary_kill() {
     let name = ns.name().to_string();
     let mut procs = Procs::new();
     let a = procs.spawn_in(&name, &args(&["arbiter", "--listen", ARBITER]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let node = |role: &str, link: &[&str], tag: &str| {
         let mut v = args(&[role]);
@@ -294,8 +299,8 @@ fn a_second_nic_serves_its_own_network_through_a_primary_kill() {
     };
     let p = procs.spawn_in(&name, &node("primary", &["--listen", PEER], "p"));
     let s = procs.spawn_in(&name, &node("secondary", &["--peer", PEER], "s"));
-    procs.wait_for(Duration::from_secs(30), |w, l| {
-        w == p && l.starts_with("primary: checkpoint-done epoch=1 ")
+    procs.wait_until(Duration::from_secs(30), p, |m| {
+        matches!(m, Milestone::CheckpointDone { epoch: 1, .. })
     });
     let timeouts = Timeouts {
         connect: Duration::from_secs(20),
@@ -310,11 +315,12 @@ fn a_second_nic_serves_its_own_network_through_a_primary_kill() {
         );
     }
     procs.kill(p);
-    procs.wait_for(Duration::from_secs(20), |w, l| {
-        w == s && l.starts_with("secondary: failed-over ")
+    procs.wait_until(Duration::from_secs(20), s, |m| {
+        matches!(m, Milestone::FailedOver { .. })
     });
-    let claim = procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == s && l.starts_with("secondary: claim-client-link ")
+    let claim = procs.wait_milestone(Duration::from_secs(10), s, |m| match m {
+        Milestone::ClaimClientLink { announced, .. } => Some(announced.clone()),
+        _ => None,
     });
     assert!(
         claim.contains("tap=colos0 announced mac=52:54:00:c0:10:01 frames=3")

@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::procs::{Procs, args, field, free_addr};
+use colo_runtime::pair::events::Milestone;
+use common::procs::{Output, Procs, args, free_addr};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -45,8 +46,8 @@ fn two_vcpu_pair_is_equal_at_every_epoch_and_the_survivor_runs_both_vcpus() {
     ];
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let mut primary_args = args(&["primary", "--listen", &peer, "--arbiter", &arbiter]);
     primary_args.extend(args(&vm));
@@ -60,18 +61,29 @@ fn two_vcpu_pair_is_equal_at_every_epoch_and_the_survivor_runs_both_vcpus() {
     let mut primary_ap = Vec::new();
     let mut compared = 0;
     while compared < 4 || primary_ap.len() < 2 {
-        let line = procs.wait_for(Duration::from_secs(30), |w, l| {
-            (w == p && (l.starts_with("primary: paused ") || l.contains(" cpu-steps ")))
-                || (w == s && l.starts_with("secondary: applied "))
+        let (who, output) = procs.wait_output(Duration::from_secs(30), |w, o| match o {
+            Output::Text(l) => w == p && l.contains(" cpu-steps "),
+            Output::Event(r) => {
+                (w == p && matches!(r.milestone, Milestone::Paused { .. }))
+                    || (w == s && matches!(r.milestone, Milestone::Applied { .. }))
+            }
         });
-        if let Some(steps) = cpu_steps(&line) {
-            assert_eq!(steps.len(), 2, "{line}");
-            primary_ap.push(steps[1]);
-            continue;
-        }
-        let epoch: u64 = field(&line, "epoch").unwrap().parse().unwrap();
-        let digest = field(&line, "digest").expect("digests are on");
-        if line.starts_with("primary") {
+        let record = match output {
+            Output::Text(line) => {
+                let steps = cpu_steps(&line).unwrap_or_else(|| panic!("{line}"));
+                assert_eq!(steps.len(), 2, "{line}");
+                primary_ap.push(steps[1]);
+                continue;
+            }
+            Output::Event(record) => record,
+        };
+        let (epoch, digest) = match record.milestone {
+            Milestone::Paused { epoch, digest, .. } | Milestone::Applied { epoch, digest, .. } => {
+                (epoch, digest.expect("digests are on"))
+            }
+            other => unreachable!("{other:?}"),
+        };
+        if who == p {
             paused.insert(epoch, digest);
         } else {
             let want = paused
@@ -92,10 +104,11 @@ fn two_vcpu_pair_is_equal_at_every_epoch_and_the_survivor_runs_both_vcpus() {
     );
 
     procs.kill(p);
-    let over = procs.wait_for(Duration::from_secs(20), |w, l| {
-        w == s && l.starts_with("secondary: failed-over ")
+    let term = procs.wait_milestone(Duration::from_secs(20), s, |m| match m {
+        Milestone::FailedOver { term, .. } => Some(*term),
+        _ => None,
     });
-    assert_eq!(field(&over, "term").as_deref(), Some("2"), "{over}");
+    assert_eq!(term, 2);
     // The survivor's guest: both vCPUs' counters keep rising (wait_for fails on a PANIC,
     // which either vCPU raises on a page that is not what its previous step wrote).
     let mut last: Option<Vec<u64>> = None;

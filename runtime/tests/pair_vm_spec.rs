@@ -7,6 +7,7 @@
 
 mod common;
 
+use colo_runtime::pair::events::Milestone;
 use common::procs::{COLO, Procs, args, free_addr};
 use std::process::Command;
 use std::time::Duration;
@@ -100,8 +101,8 @@ fn secondary_described_for_another_vm_is_refused_and_a_matching_one_pairs() {
     let (arbiter, peer) = (free_addr(), free_addr());
     let mut procs = Procs::new();
     let a = procs.spawn(&args(&["arbiter", "--listen", &arbiter]));
-    procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == a && l.starts_with("arbiter: listening")
+    procs.wait_until(Duration::from_secs(10), a, |m| {
+        matches!(m, Milestone::Listening { .. })
     });
     let common_args = ["--arbiter", &arbiter, "--run-for", "60"];
     let mut p = args(&[
@@ -182,8 +183,8 @@ fn secondary_described_for_another_vm_is_refused_and_a_matching_one_pairs() {
         primary_vm.strip_prefix("primary: "),
         secondary_vm.strip_prefix("secondary: ")
     );
-    procs.wait_for(Duration::from_secs(60), |w, l| {
-        w == s && l.starts_with("secondary: applied epoch=")
+    procs.wait_until(Duration::from_secs(60), s, |m| {
+        matches!(m, Milestone::Applied { .. })
     });
 }
 

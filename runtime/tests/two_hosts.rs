@@ -24,6 +24,7 @@ mod common;
 
 use colo_runtime::net::kvclient::KvConnection;
 use colo_runtime::net::linkem::{FaultDraw, LinkFaults};
+use colo_runtime::pair::events::Milestone;
 use common::two_hosts::{LOSSY_LINK, TwoHosts};
 use std::time::{Duration, Instant};
 
@@ -35,13 +36,21 @@ fn increments(conn: &mut KvConnection, first: u64, n: u64) {
     }
 }
 
-/// Lines of `node` seen so far that start with `prefix`.
-fn lines_of(pair: &TwoHosts, node: usize, prefix: &str) -> usize {
+/// Milestones of `node` seen so far that satisfy `want`.
+fn milestones_of(pair: &TwoHosts, node: usize, want: impl Fn(&Milestone) -> bool) -> usize {
     pair.procs
-        .seen
+        .events
         .iter()
-        .filter(|(w, _, l)| *w == node && l.starts_with(prefix))
+        .filter(|(w, _, r)| *w == node && want(&r.milestone))
         .count()
+}
+
+fn checkpoint_done(m: &Milestone) -> bool {
+    matches!(m, Milestone::CheckpointDone { .. })
+}
+
+fn failed_over(m: &Milestone) -> bool {
+    matches!(m, Milestone::FailedOver { .. })
 }
 
 #[test]
@@ -59,11 +68,11 @@ fn a_delaying_lossy_reordering_link_costs_latency_not_a_failover() {
     };
     let mut conn = pair.connect();
     increments(&mut conn, 1, 20);
-    let before = lines_of(&pair, pair.a_node, "primary: checkpoint-done ");
+    let before = milestones_of(&pair, pair.a_node, checkpoint_done);
     let a = pair.a_node;
     for _ in 0..3 {
-        pair.procs.wait_for(Duration::from_secs(20), |w, l| {
-            w == a && l.starts_with("primary: checkpoint-done ")
+        pair.procs.wait_until(Duration::from_secs(20), a, |m| {
+            matches!(m, Milestone::CheckpointDone { .. })
         });
     }
     increments(&mut conn, 21, 10);
@@ -72,15 +81,15 @@ fn a_delaying_lossy_reordering_link_costs_latency_not_a_failover() {
         stats.lost > 0 && stats.duplicated > 0 && stats.reordered > 0,
         "the link applied its faults: {stats:?}"
     );
-    for (node, role) in [(pair.a_node, "primary"), (pair.b_node, "secondary")] {
+    for node in [pair.a_node, pair.b_node] {
         assert_eq!(
-            lines_of(&pair, node, &format!("{role}: failed-over")),
+            milestones_of(&pair, node, failed_over),
             0,
             "no failover over a slow lossy link:\n{}",
             pair.procs.log.join("\n")
         );
     }
-    assert!(lines_of(&pair, pair.a_node, "primary: checkpoint-done ") >= before + 3);
+    assert!(milestones_of(&pair, pair.a_node, checkpoint_done) >= before + 3);
 }
 
 #[test]
@@ -98,11 +107,11 @@ fn a_primary_cut_from_everyone_loses_the_term_and_the_client_moves_to_host_b() {
     pair.isolate_host_a(true);
     let cut_at = Instant::now();
     let b = pair.b_node;
-    pair.procs.wait_for(Duration::from_secs(20), |w, l| {
-        w == b && l.starts_with("secondary: failed-over ")
+    pair.procs.wait_until(Duration::from_secs(20), b, |m| {
+        matches!(m, Milestone::FailedOver { .. })
     });
-    pair.procs.wait_for(Duration::from_secs(10), |w, l| {
-        w == b && l.starts_with("secondary: claim-client-link ")
+    pair.procs.wait_until(Duration::from_secs(10), b, |m| {
+        matches!(m, Milestone::ClaimClientLink { .. })
     });
     // The same connection goes on through host B, every acknowledged write kept once.
     increments(&mut conn, 6, 5);
@@ -149,10 +158,10 @@ fn a_primary_cut_from_everyone_loses_the_term_and_the_client_moves_to_host_b() {
     // Host A's links come back: the arbiter refuses it the term host B holds, and it stops.
     pair.isolate_host_a(false);
     let a = pair.a_node;
-    let deposed = pair.procs.wait_for(Duration::from_secs(20), |w, l| {
-        w == a && l.starts_with("primary: deposed ")
+    let deposed = pair.procs.wait_until(Duration::from_secs(20), a, |m| {
+        matches!(m, Milestone::Deposed { .. })
     });
-    assert!(deposed.contains("term=2"), "{deposed}");
+    assert_eq!(deposed, Milestone::Deposed { term: 2 });
     let exit = pair.procs.wait_exit(a, Duration::from_secs(10));
     assert!(
         !exit.success(),
@@ -181,8 +190,8 @@ fn the_secondary_cut_from_the_arbiter_or_the_arbiter_gone_changes_nothing() {
     // The secondary loses the arbiter: replication goes on.
     pair.cut_arbiter_link('b', true);
     for _ in 0..3 {
-        pair.procs.wait_for(Duration::from_secs(20), |w, l| {
-            w == a && l.starts_with("primary: checkpoint-done ")
+        pair.procs.wait_until(Duration::from_secs(20), a, |m| {
+            matches!(m, Milestone::CheckpointDone { .. })
         });
     }
     increments(&mut conn, 6, 5);
@@ -191,14 +200,14 @@ fn the_secondary_cut_from_the_arbiter_or_the_arbiter_gone_changes_nothing() {
     let arbiter = pair.arbiter;
     pair.procs.kill(arbiter);
     for _ in 0..3 {
-        pair.procs.wait_for(Duration::from_secs(20), |w, l| {
-            w == a && l.starts_with("primary: checkpoint-done ")
+        pair.procs.wait_until(Duration::from_secs(20), a, |m| {
+            matches!(m, Milestone::CheckpointDone { .. })
         });
     }
     increments(&mut conn, 11, 5);
-    for (node, role) in [(pair.a_node, "primary"), (pair.b_node, "secondary")] {
+    for node in [pair.a_node, pair.b_node] {
         assert_eq!(
-            lines_of(&pair, node, &format!("{role}: failed-over")),
+            milestones_of(&pair, node, failed_over),
             0,
             "{}",
             pair.procs.log.join("\n")
@@ -335,9 +344,10 @@ fn sigkill_rounds_with_reprotection_keep_one_client_served() {
                     (secondary, primary)
                 };
                 pair.procs.kill(dead.0);
-                pair.procs.wait_for(Duration::from_secs(20), |w, l| {
-                    w == survivor.0 && l.contains(": failed-over ")
-                });
+                pair.procs
+                    .wait_until(Duration::from_secs(20), survivor.0, |m| {
+                        matches!(m, Milestone::FailedOver { .. })
+                    });
                 let pair_t0 = std::time::Instant::now();
                 // The survivor (auto_reprotect) takes the dead host's node back as its secondary.
                 let mut newcomer = pair.rejoin(dead.1, next_id, &[]);
@@ -347,8 +357,10 @@ fn sigkill_rounds_with_reprotection_keep_one_client_served() {
                     // the next newcomer.
                     pair.procs
                         .drain_for(Duration::from_millis(seed.next_u64() % 300));
-                    let copied = pair.procs.seen.iter().any(|(w, at, l)| {
-                        *w == survivor.0 && l.contains("event Reprotected") && *at > pair_t0
+                    let copied = pair.procs.events.iter().any(|(w, at, r)| {
+                        *w == survivor.0
+                            && matches!(r.milestone, Milestone::Reprotected { .. })
+                            && *at > pair_t0
                     });
                     pair.procs.kill(newcomer);
                     log.push(format!(
@@ -360,9 +372,10 @@ fn sigkill_rounds_with_reprotection_keep_one_client_served() {
                     newcomer = pair.rejoin(dead.1, next_id, &[]);
                     next_id += 1;
                 }
-                pair.procs.wait_for(Duration::from_secs(60), |w, l| {
-                    w == survivor.0 && l.contains("event Reprotected")
-                });
+                pair.procs
+                    .wait_until(Duration::from_secs(60), survivor.0, |m| {
+                        matches!(m, Milestone::Reprotected { .. })
+                    });
                 primary = survivor;
                 secondary = (newcomer, dead.1);
                 log.push(format!(
@@ -386,9 +399,10 @@ fn sigkill_rounds_with_reprotection_keep_one_client_served() {
         }
         // The pair checkpoints again before the next round.
         for _ in 0..2 {
-            pair.procs.wait_for(Duration::from_secs(30), |w, l| {
-                w == primary.0 && l.contains(": checkpoint-done ")
-            });
+            pair.procs
+                .wait_until(Duration::from_secs(30), primary.0, |m| {
+                    matches!(m, Milestone::CheckpointDone { .. })
+                });
         }
     }
     let answered = client.finish().unwrap_or_else(|e| {
@@ -445,29 +459,30 @@ fn a_guest_disk_keeps_every_completed_write_through_kills_on_both_hosts() {
     // through two takeovers, one on each host, and a full copy of the disk to each newcomer.
     for round in 0..2 {
         for _ in 0..3 {
-            pair.procs.wait_for(Duration::from_secs(30), |w, l| {
-                w == primary.0 && l.contains(": checkpoint-done ")
-            });
+            pair.procs
+                .wait_until(Duration::from_secs(30), primary.0, |m| {
+                    matches!(m, Milestone::CheckpointDone { .. })
+                });
         }
         pair.procs.kill(primary.0);
         let survivor = secondary;
-        pair.procs.wait_for(Duration::from_secs(20), |w, l| {
-            w == survivor.0 && l.contains(": failed-over ")
-        });
+        pair.procs
+            .wait_until(Duration::from_secs(20), survivor.0, |m| {
+                matches!(m, Milestone::FailedOver { .. })
+            });
         guest_disk_checks_pass(&mut pair, survivor.0);
-        let merged = pair
-            .procs
-            .seen
-            .iter()
-            .any(|(w, _, l)| *w == survivor.0 && l.contains(": disk-merged "));
+        let merged = milestones_of(&pair, survivor.0, |m| {
+            matches!(m, Milestone::DiskMerged { .. })
+        }) > 0;
         assert!(merged, "the survivor merged its overlays into its image");
         if round == 1 {
             break;
         }
         let newcomer = pair.rejoin(primary.1, 10 + round, &[]);
-        pair.procs.wait_for(Duration::from_secs(60), |w, l| {
-            w == survivor.0 && l.contains("event Reprotected")
-        });
+        pair.procs
+            .wait_until(Duration::from_secs(60), survivor.0, |m| {
+                matches!(m, Milestone::Reprotected { .. })
+            });
         secondary = (newcomer, primary.1);
         primary = survivor;
     }
@@ -487,8 +502,8 @@ fn a_restarted_arbiter_remembers_the_term_and_the_cut_off_primary_is_deposed() {
     // Host A is cut off; host B takes term 2 from the arbiter.
     pair.isolate_host_a(true);
     let b = pair.b_node;
-    pair.procs.wait_for(Duration::from_secs(20), |w, l| {
-        w == b && l.starts_with("secondary: claim-client-link ")
+    pair.procs.wait_until(Duration::from_secs(20), b, |m| {
+        matches!(m, Milestone::ClaimClientLink { .. })
     });
     increments(&mut conn, 4, 3);
     // The arbiter dies and comes back from its state file; then host A reaches it again
@@ -505,12 +520,13 @@ fn a_restarted_arbiter_remembers_the_term_and_the_cut_off_primary_is_deposed() {
     let a_frames = pair.guest_frames(0).len();
     pair.cut_arbiter_link('a', false);
     let a = pair.a_node;
-    let deposed = pair.procs.wait_for(Duration::from_secs(20), |w, l| {
-        w == a && (l.starts_with("primary: deposed ") || l.starts_with("primary: failed-over "))
+    let deposed = pair.procs.wait_until(Duration::from_secs(20), a, |m| {
+        matches!(m, Milestone::Deposed { .. } | Milestone::FailedOver { .. })
     });
-    assert!(
-        deposed.starts_with("primary: deposed term=2"),
-        "the restarted arbiter granted host A the term host B holds: {deposed}\n{}",
+    assert_eq!(
+        deposed,
+        Milestone::Deposed { term: 2 },
+        "the restarted arbiter granted host A the term host B holds\n{}",
         pair.procs.log.join("\n")
     );
     assert_eq!(
@@ -540,21 +556,17 @@ fn a_guest_disk_keeps_every_completed_write_through_a_lossy_link_and_a_partition
     let (a, b) = (pair.a_node, pair.b_node);
     guest_disk_checks_pass(&mut pair, a);
     for _ in 0..3 {
-        pair.procs.wait_for(Duration::from_secs(30), |w, l| {
-            w == a && l.contains(": checkpoint-done ")
+        pair.procs.wait_until(Duration::from_secs(30), a, |m| {
+            matches!(m, Milestone::CheckpointDone { .. })
         });
     }
     // Host A is cut off from everyone: host B takes over with the disk as of the last
     // checkpoint plus every write acknowledged since, and its guest's checks pass.
     pair.isolate_host_a(true);
-    pair.procs.wait_for(Duration::from_secs(30), |w, l| {
-        w == b && l.contains(": failed-over ")
+    pair.procs.wait_until(Duration::from_secs(30), b, |m| {
+        matches!(m, Milestone::FailedOver { .. })
     });
     guest_disk_checks_pass(&mut pair, b);
-    let merged = pair
-        .procs
-        .seen
-        .iter()
-        .any(|(w, _, l)| *w == b && l.contains(": disk-merged "));
+    let merged = milestones_of(&pair, b, |m| matches!(m, Milestone::DiskMerged { .. })) > 0;
     assert!(merged, "host B merged its overlays into its image");
 }

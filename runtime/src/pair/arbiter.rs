@@ -276,6 +276,14 @@ fn serve_connection(
                     valid_for_ms = valid_for.as_millis() as u64,
                     "lease-granted"
                 );
+                crate::pair::events::emit(
+                    "arbiter",
+                    crate::pair::events::Milestone::LeaseGranted {
+                        term: term.0,
+                        node: node_id.0,
+                        valid_for_ms: valid_for.as_millis() as u64,
+                    },
+                );
                 Message::LeaseGrant {
                     term,
                     node_id,
@@ -293,6 +301,15 @@ fn serve_connection(
                     holder = holder.0,
                     current_term = current_term.0,
                     "lease-denied"
+                );
+                crate::pair::events::emit(
+                    "arbiter",
+                    crate::pair::events::Milestone::LeaseDenied {
+                        term: term.0,
+                        node: node_id.0,
+                        holder: holder.0,
+                        current_term: current_term.0,
+                    },
                 );
                 Message::LeaseDenied {
                     term,

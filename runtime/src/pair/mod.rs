@@ -3,7 +3,7 @@
 //! cache), `peer` (the authenticated TCP transport carrying `colo_core::wire` frames),
 //! `arbiter` (the lease arbiter server and client), `control` (the local control socket),
 //! `disk` (the replicated block space and the store executing the core's disk commands),
-//! `config` (the pair config file), `metrics` (a node's Prometheus endpoint) and `progress`
+//! `config` (the pair config file), `events` (the milestone stream of `--events`), `metrics` (a node's Prometheus endpoint) and `progress`
 //! (the initial copy's progress display).
 //!
 //! Invariant: the pair reaches the VM only through `crate::vmm`'s public API; what to do is
@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod disk;
+pub mod events;
 pub mod metrics;
 pub mod node_loop;
 pub mod peer;

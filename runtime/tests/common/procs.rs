@@ -1,8 +1,11 @@
 //! `colo` child processes of a test (on the host or inside a network namespace): each child's output
 //! lines (stdout and stderr through one pipe, in the order written) go into one channel tagged
-//! with the child's index; every child is killed when the
-//! test ends; waits are bounded and a timeout panics with everything seen so far.
+//! with the child's index; every child runs with `--events -`, and its milestone records come
+//! out of that channel typed ([`Procs::wait_event`]), apart from its text lines
+//! ([`Procs::wait_for`]); every child is killed when the test ends; waits are bounded and a
+//! timeout panics with everything seen so far.
 
+use colo_runtime::pair::events::{Milestone, Record};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +23,7 @@ pub fn free_addr() -> String {
         .expect("binding an ephemeral loopback port")
 }
 
-/// `key=value` in a milestone line.
+/// `key=value` in a log line.
 pub fn field(line: &str, key: &str) -> Option<String> {
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
@@ -62,16 +65,26 @@ pub fn args(words: &[&str]) -> Vec<String> {
     words.iter().map(|s| s.to_string()).collect()
 }
 
+/// What a child printed: a text line (log or console) or a milestone record.
+pub enum Output {
+    /// A log or guest console line.
+    Text(String),
+    /// A milestone record (`--events -`).
+    Event(Record),
+}
+
 /// The running children.
 pub struct Procs {
     /// The children, by index.
     pub children: Vec<Child>,
-    lines: mpsc::Receiver<(usize, Instant, String)>,
-    tx: mpsc::Sender<(usize, Instant, String)>,
-    /// Every line seen, for failure messages.
+    lines: mpsc::Receiver<(usize, Instant, Output)>,
+    tx: mpsc::Sender<(usize, Instant, Output)>,
+    /// Every text line seen, for failure messages.
     pub log: Vec<String>,
-    /// Every line seen: the child, when the test read it, the text.
+    /// Every text line seen: the child, when the test read it, the text.
     pub seen: Vec<(usize, Instant, String)>,
+    /// Every milestone record seen: the child, when the test read it, the record.
+    pub events: Vec<(usize, Instant, Record)>,
     /// Control sockets of the children: a killed node leaves its file behind.
     sockets: Vec<String>,
     /// The pair key of this test's nodes and arbiter.
@@ -88,6 +101,7 @@ impl Procs {
             tx,
             log: Vec::new(),
             seen: Vec::new(),
+            events: Vec::new(),
             sockets: Vec::new(),
             key: TestKey::new(),
         }
@@ -128,6 +142,11 @@ impl Procs {
         if !keyed && needs_key {
             args.extend(["--key-file".to_string(), self.key.path().to_string()]);
         }
+        // Global flags go anywhere: first, before any trailing arguments of the command. A
+        // test that names its own destination keeps it.
+        if !args.iter().any(|a| a == "--events") {
+            args.splice(0..0, ["--events".to_string(), "-".to_string()]);
+        }
         // One pipe for stdout (the guest console) and stderr (the log lines), as journald
         // gives a unit: the lines arrive in the order the node wrote them.
         let (pipe, writer) = std::io::pipe().expect("creating a pipe");
@@ -142,8 +161,18 @@ impl Procs {
         let tx = self.tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send((index, Instant::now(), line)).is_err() {
-                    return;
+                let at = Instant::now();
+                // A record may follow console bytes the guest printed without a newline.
+                let (text, record) = Record::split(&line);
+                let mut out = Vec::new();
+                if record.is_none() || !text.is_empty() {
+                    out.push(Output::Text(text.to_string()));
+                }
+                out.extend(record.map(Output::Event));
+                for item in out {
+                    if tx.send((index, at, item)).is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -151,26 +180,100 @@ impl Procs {
         index
     }
 
-    /// The next line whose child and text satisfy `want`, within `timeout`.
+    /// The next text line whose child and text satisfy `want`, within `timeout` (records
+    /// arriving meanwhile go to [`Procs::events`]).
     pub fn wait_for(&mut self, timeout: Duration, want: impl Fn(usize, &str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((who, at, line)) => {
-                    self.log.push(format!("[{who}] {line}"));
-                    self.seen.push((who, at, line.clone()));
-                    assert!(
-                        !line.contains("panicked") && !line.contains("PANIC"),
-                        "a panic:\n{}",
-                        self.log.join("\n")
-                    );
-                    if want(who, &line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("timed out; output so far:\n{}", self.log.join("\n")),
+            if let (who, Output::Text(line)) = self.next_before(deadline)
+                && want(who, &line)
+            {
+                return line;
             }
+        }
+    }
+
+    /// The next text line or record whose child and content satisfy `want`, within
+    /// `timeout`: the child's index and what it printed.
+    pub fn wait_output(
+        &mut self,
+        timeout: Duration,
+        want: impl Fn(usize, &Output) -> bool,
+    ) -> (usize, Output) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (who, output) = self.next_before(deadline);
+            if want(who, &output) {
+                return (who, output);
+            }
+        }
+    }
+
+    /// The next milestone record whose child and content satisfy `want`, within `timeout`:
+    /// the child's index and the record.
+    pub fn wait_event(
+        &mut self,
+        timeout: Duration,
+        want: impl Fn(usize, &Record) -> bool,
+    ) -> (usize, Record) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let (who, Output::Event(record)) = self.next_before(deadline)
+                && want(who, &record)
+            {
+                return (who, record);
+            }
+        }
+    }
+
+    /// The next milestone of child `who` that `pick` maps to a value, within `timeout`.
+    pub fn wait_milestone<T>(
+        &mut self,
+        timeout: Duration,
+        who: usize,
+        pick: impl Fn(&Milestone) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let (from, Output::Event(record)) = self.next_before(deadline)
+                && from == who
+                && let Some(value) = pick(&record.milestone)
+            {
+                return value;
+            }
+        }
+    }
+
+    /// The next milestone of child `who` that satisfies `want`, within `timeout`.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        who: usize,
+        want: impl Fn(&Milestone) -> bool,
+    ) -> Milestone {
+        self.wait_milestone(timeout, who, |m| want(m).then(|| m.clone()))
+    }
+
+    /// The next output and its child, recorded in `log`/`seen` or `events`; a panic line or
+    /// the deadline fails the test.
+    fn next_before(&mut self, deadline: Instant) -> (usize, Output) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok((who, at, Output::Text(line))) => {
+                self.log.push(format!("[{who}] {line}"));
+                self.seen.push((who, at, line.clone()));
+                assert!(
+                    !line.contains("panicked") && !line.contains("PANIC"),
+                    "a panic:\n{}",
+                    self.log.join("\n")
+                );
+                (who, Output::Text(line))
+            }
+            Ok((who, at, Output::Event(record))) => {
+                self.events.push((who, at, record.clone()));
+                (who, Output::Event(record))
+            }
+            Err(_) => panic!("timed out; output so far:\n{}", self.log.join("\n")),
         }
     }
 
@@ -179,16 +282,21 @@ impl Procs {
     pub fn drain_for(&mut self, span: Duration) {
         let deadline = Instant::now() + span;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Ok((who, at, line)) = self.lines.recv_timeout(left) else {
+            let Ok((who, at, output)) = self.lines.recv_timeout(left) else {
                 return;
             };
-            self.log.push(format!("[{who}] {line}"));
-            assert!(
-                !line.contains("panicked") && !line.contains("PANIC"),
-                "a panic:\n{}",
-                self.log.join("\n")
-            );
-            self.seen.push((who, at, line));
+            match output {
+                Output::Text(line) => {
+                    self.log.push(format!("[{who}] {line}"));
+                    assert!(
+                        !line.contains("panicked") && !line.contains("PANIC"),
+                        "a panic:\n{}",
+                        self.log.join("\n")
+                    );
+                    self.seen.push((who, at, line));
+                }
+                Output::Event(record) => self.events.push((who, at, record)),
+            }
         }
     }
 

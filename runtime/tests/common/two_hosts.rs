@@ -22,6 +22,7 @@ use colo_runtime::net::kvclient::{KvConnection, Timeouts, add_client_bridge};
 use colo_runtime::net::linkem::{LinkEmulator, LinkFaults};
 use colo_runtime::net::netns::NetNs;
 use colo_runtime::net::tap::Tap;
+use colo_runtime::pair::events::Milestone;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -253,8 +254,8 @@ impl TwoHosts {
             arb.name(),
             &args(&["arbiter", "--listen", ARBITER, "--state", &state]),
         );
-        procs.wait_for(Duration::from_secs(10), |w, l| {
-            w == arbiter && l.starts_with("arbiter: listening")
+        procs.wait_until(Duration::from_secs(10), arbiter, |m| {
+            matches!(m, Milestone::Listening { .. })
         });
         let sockets =
             ["a", "b"].map(|h| dir.join(format!("{h}.sock")).to_string_lossy().into_owned());
@@ -273,8 +274,8 @@ impl TwoHosts {
         };
         let a_node = procs.spawn_in(a.name(), &node("primary", 0, &sockets[0]));
         let b_node = procs.spawn_in(b.name(), &node("secondary", 1, &sockets[1]));
-        procs.wait_for(Duration::from_secs(60), |w, l| {
-            w == a_node && l.starts_with("primary: checkpoint-done epoch=1 ")
+        procs.wait_until(Duration::from_secs(60), a_node, |m| {
+            matches!(m, Milestone::CheckpointDone { epoch: 1, .. })
         });
         Some(TwoHosts {
             procs,
@@ -334,9 +335,10 @@ impl TwoHosts {
             &ns,
             &args(&["arbiter", "--listen", ARBITER, "--state", &state]),
         );
-        self.procs.wait_for(Duration::from_secs(10), |w, l| {
-            w == arbiter && l.starts_with("arbiter: listening")
-        });
+        self.procs
+            .wait_until(Duration::from_secs(10), arbiter, |m| {
+                matches!(m, Milestone::Listening { .. })
+            });
         self.arbiter = arbiter;
         arbiter
     }

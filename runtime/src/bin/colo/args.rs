@@ -3,14 +3,48 @@
 //! command does is in `main.rs`.
 //!
 //! Invariant: a value clap accepts here is well-formed for the command (sizes, addresses,
-//! enumerations are parsed by their value parsers); what depends on the host (files, sockets,
-//! /dev/kvm) is checked when the command runs, with a one-line error.
+//! enumerations, durations are parsed by their value parsers); what depends on the host
+//! (files, sockets, /dev/kvm) is checked when the command runs, with a one-line error. A
+//! duration flag takes a bare number in the unit its name or help gives (seconds for
+//! `--timeout` and `--run-for`, milliseconds for `--*-ms`, `--save-after` and `set
+//! checkpoint-interval`), as it always has, or a duration with its unit (`humantime`:
+//! `500ms`, `2s`, `1m 30s`).
 
 use crate::node_cli::{PrimaryArgs, SecondaryArgs};
 use clap::{Parser, Subcommand, ValueEnum};
 use colo_runtime::vm_spec::parse_size;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// A duration flag's value: a bare number counts `unit`s (`unit_name` for the error), else a
+/// humantime duration.
+fn duration(text: &str, unit: Duration, unit_name: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let help = || {
+        format!("a number of {unit_name}, or a duration with its unit such as 500ms, 2s or 1m 30s")
+    };
+    if let Ok(n) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(n * unit.as_secs_f64())
+            .map_err(|_| format!("{text} is not {}", help()));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (give {})", help()))
+}
+
+/// `--timeout`, `--run-for`: seconds, or a duration with its unit.
+pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
+    duration(text, Duration::from_secs(1), "seconds")
+}
+
+/// `--*-ms`, `--save-after`, `set checkpoint-interval`: whole milliseconds, or a duration with
+/// its unit (rounded down to whole milliseconds).
+pub(crate) fn millis(text: &str) -> Result<u64, String> {
+    if let Ok(ms) = text.trim().parse::<u64>() {
+        return Ok(ms);
+    }
+    let d = duration(text, Duration::from_millis(1), "milliseconds")?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("{text} is too long"))
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,6 +63,11 @@ pub(crate) struct Cli {
     /// `RUST_LOG`-style directives; overrides RUST_LOG (default `info`).
     #[arg(long, global = true)]
     pub(crate) log_level: Option<String>,
+    /// Write the node's milestones (checkpoints, failover, re-protection, ...) as one JSON
+    /// object per line, for programs: `-` for stdout (beside the guest console), or a file
+    /// (appended to).
+    #[arg(long, global = true, value_name = "FILE|-")]
+    pub(crate) events: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -96,7 +135,8 @@ pub(crate) enum ConfigCommand {
 pub(crate) enum SetCommand {
     /// The primary's periodic checkpoint interval.
     CheckpointInterval {
-        /// Milliseconds (> 0).
+        /// Milliseconds (> 0), or a duration with its unit (`200ms`, `1s`).
+        #[arg(value_parser = millis)]
         ms: u64,
         #[command(flatten)]
         ctl: CtlArgs,
@@ -119,9 +159,9 @@ pub(crate) struct CtlArgs {
     /// Print the node's JSON response as is.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 15.0)]
-    pub(crate) timeout: f64,
+    /// Give up after this many seconds (or a duration with its unit: `500ms`, `1m`).
+    #[arg(long, default_value = "15", value_parser = seconds)]
+    pub(crate) timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -132,9 +172,9 @@ pub(crate) struct ArbiterArgs {
     /// The pair's key file (`colo keygen`): nodes without it are refused.
     #[arg(long)]
     pub(crate) key_file: PathBuf,
-    /// Exit after this many seconds.
-    #[arg(long)]
-    pub(crate) run_for: Option<f64>,
+    /// Exit after this many seconds (or a duration with its unit: `90s`, `2h`).
+    #[arg(long, value_parser = seconds)]
+    pub(crate) run_for: Option<Duration>,
     /// Record the current term and its holder in FILE and start from it: an arbiter restarted
     /// without it forgets the term and could grant it to a second node.
     #[arg(long, value_name = "FILE")]
@@ -155,9 +195,9 @@ pub(crate) struct DemoArgs {
     /// Checkpoints to complete before the primary is killed.
     #[arg(long, default_value_t = 5)]
     pub(crate) checkpoints: u32,
-    /// Give up (exit 1) after this many seconds.
-    #[arg(long, default_value_t = 60.0)]
-    pub(crate) timeout: f64,
+    /// Give up (exit 1) after this many seconds (or a duration with its unit: `2m`).
+    #[arg(long, default_value = "60", value_parser = seconds)]
+    pub(crate) timeout: Duration,
     /// The guest's TCP server and a real client across the failover, in a network
     /// namespace the demo creates (root, iproute2, /dev/net/tun).
     #[arg(long)]
@@ -176,19 +216,21 @@ pub(crate) struct BenchArgs {
     /// the pair (the nodes record them with COLO_TRACE_HOPS=1), as medians.
     #[arg(long)]
     pub(crate) breakdown: bool,
-    /// Instead of the comparison: run the pair this many seconds under bulk both ways and
-    /// requests at once, nobody killed, and count false failure detections (`peer-lost`).
-    #[arg(long, value_name = "SECS")]
-    pub(crate) soak: Option<f64>,
+    /// Instead of the comparison: run the pair this many seconds (or a duration with its
+    /// unit: `90s`, `10m`) under bulk both ways and requests at once, nobody killed, and count
+    /// false failure detections (`peer-lost`).
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    pub(crate) soak: Option<Duration>,
     /// Loopback port of the arbiter (inside the bench's network namespace).
     #[arg(long, default_value_t = 17610)]
     pub(crate) arbiter_port: u16,
     /// Loopback port of the primary's peer link (inside the namespace).
     #[arg(long, default_value_t = 17611)]
     pub(crate) peer_port: u16,
-    /// Give up (exit 1) after this many seconds (default: 120 with --quick, 600 without).
-    #[arg(long)]
-    pub(crate) timeout: Option<f64>,
+    /// Give up (exit 1) after this many seconds, or a duration with its unit (default: 120
+    /// with --quick, 600 without).
+    #[arg(long, value_parser = seconds)]
+    pub(crate) timeout: Option<Duration>,
     /// An extra argument for both nodes, e.g. `--node-arg=--heartbeat-interval-ms=20`
     /// (repeatable).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
@@ -259,13 +301,45 @@ pub(crate) struct RestoreArgs {
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct CommonArgs {
-    /// Stop after this many seconds (pausing the VM) instead of waiting for the guest.
-    #[arg(long)]
-    pub(crate) timeout: Option<f64>,
-    /// After this many milliseconds, pause the VM, save its full state to --state-out and exit.
-    #[arg(long, requires = "state_out")]
+    /// Stop after this many seconds (pausing the VM) instead of waiting for the guest (or a
+    /// duration with its unit: `1.5` or `1500ms`).
+    #[arg(long, value_parser = seconds)]
+    pub(crate) timeout: Option<Duration>,
+    /// After this many milliseconds (or a duration with its unit: `2s`), pause the VM, save
+    /// its full state to --state-out and exit.
+    #[arg(long, requires = "state_out", value_parser = millis)]
     pub(crate) save_after: Option<u64>,
     /// Where --save-after writes the state.
     #[arg(long)]
     pub(crate) state_out: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_numbers_keep_their_unit_and_units_are_humantime() {
+        assert_eq!(seconds("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(seconds("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(seconds("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(millis("200"), Ok(200));
+        assert_eq!(millis("2s"), Ok(2000));
+        assert_eq!(millis("1.5"), Ok(1));
+        assert_eq!(millis("250ms"), Ok(250));
+    }
+
+    #[test]
+    fn a_bad_duration_says_what_is_expected() {
+        for bad in ["soon", "NaN", "inf", "5 parsecs"] {
+            let err = seconds(bad).expect_err(bad);
+            assert!(
+                err.contains("a number of seconds, or a duration"),
+                "{bad}: {err}"
+            );
+        }
+        let err = millis("fast").unwrap_err();
+        assert!(err.contains("a number of milliseconds"), "{err}");
+    }
 }

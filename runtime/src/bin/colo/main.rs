@@ -6,8 +6,9 @@
 //! re-protection (docs/operations.md). `colo status|checkpoint|failover|reprotect|shutdown` and
 //! `colo set checkpoint-interval` talk to a running node over its control socket.
 //!
-//! Errors are printed as one clear line on stderr (`colo: ...`) with exit code 1; a guest that
-//! faults exits 2; a guest's own exit code is passed through (low 8 bits). Log events go to
+//! Errors are `error::CliError`s, printed as one clear line on stderr (`colo: ...`) with
+//! exit code 1; a guest that faults exits 2; a guest's own exit code is passed through (low 8
+//! bits). Log events go to
 //! stderr through `colo_runtime::logging` (global `--log-format human|json`, `--log-level` or
 //! `RUST_LOG`); stdout carries only a command's output and the guest console.
 //!
@@ -18,6 +19,7 @@
 mod args;
 mod bench;
 mod demo;
+mod error;
 mod node_cli;
 
 use args::{
@@ -27,6 +29,7 @@ use clap::{CommandFactory, FromArgMatches};
 use colo_runtime::pair::control::Request;
 use colo_runtime::vmm::vstate::thread::VcpuStop;
 use colo_runtime::{Checkpoint, CheckpointKind, ConsoleOutput, Machine, MachineConfig};
+use error::CliError;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -56,20 +59,30 @@ fn main() -> ExitCode {
         LogFormatArg::Human => colo_runtime::logging::LogFormat::Human,
         LogFormatArg::Json => colo_runtime::logging::LogFormat::Json,
     };
-    if let Err(message) = colo_runtime::logging::init(format, cli.log_level.as_deref()) {
-        eprintln!("colo: {message}");
-        return ExitCode::from(1);
-    }
-    match run(cli, given) {
+    let setup = colo_runtime::logging::init(format, cli.log_level.as_deref())
+        .map_err(CliError::Logging)
+        .and_then(|()| match &cli.events {
+            Some(dest) => {
+                let to = colo_runtime::pair::events::EventsTo::parse(dest);
+                Ok(colo_runtime::pair::events::init(&to)?)
+            }
+            None => Ok(()),
+        });
+    match setup.and_then(|()| run(cli, given)) {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("colo: {message}");
-            ExitCode::from(1)
+        // A guest fault is a log event (it was the VM's, not the command line's, failure).
+        Err(e @ CliError::GuestFault { .. }) => {
+            tracing::error!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+        Err(e) => {
+            eprintln!("colo: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
+fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Run(args) => {
             let guest_path = if args.guest.as_os_str() == "test-guest" {
@@ -92,8 +105,7 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
                 mem_mib: args.memory,
                 vcpus: args.vcpus,
             };
-            let mut machine =
-                Machine::new(config, ConsoleOutput::Stdout).map_err(|e| e.to_string())?;
+            let mut machine = Machine::new(config, ConsoleOutput::Stdout)?;
             attach_disk(&machine, &args.disk)?;
             match kind {
                 ImageKind::Linux => {
@@ -113,7 +125,10 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
                     machine.load_test_guest(&image, args.cmdline.as_deref().unwrap_or(&default))
                 }
             }
-            .map_err(|e| format!("{}: {e}", guest_path.display()))?;
+            .map_err(|source| CliError::Boot {
+                what: guest_path.display().to_string(),
+                source,
+            })?;
             drive(machine, &args.common)
         }
         Command::Primary(args) => node_cli::primary(args, given),
@@ -135,14 +150,12 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
                 .state
                 .clone()
                 .map(colo_runtime::pair::arbiter::StateFile::new);
-            let key = colo_runtime::pair::peer::auth::PairKey::load(&args.key_file)
-                .map_err(|e| e.to_string())?;
+            let key = colo_runtime::pair::peer::auth::PairKey::load(&args.key_file)?;
             let server = colo_runtime::pair::arbiter::ArbiterServer::bind_with_state(
                 args.listen,
                 key,
                 state,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             match (&args.state, server.record()) {
                 (None, _) => tracing::warn!(
                     role = "arbiter",
@@ -161,17 +174,23 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
                     tracing::info!(role = "arbiter", "state file {} (new)", path.display());
                 }
             }
-            if let Some(limit) = args.run_for.map(|s| seconds(s, "--run-for")).transpose()? {
+            if let Some(limit) = args.run_for {
                 std::thread::spawn(move || {
                     std::thread::sleep(limit);
                     std::process::exit(0);
                 });
             }
             tracing::info!(role = "arbiter", "listening on {}", server.local_addr());
+            colo_runtime::pair::events::emit(
+                "arbiter",
+                colo_runtime::pair::events::Milestone::Listening {
+                    addr: server.local_addr().to_string(),
+                },
+            );
             server.serve()
         }
         Command::Keygen { path } => {
-            colo_runtime::pair::peer::auth::write_key_file(&path).map_err(|e| e.to_string())?;
+            colo_runtime::pair::peer::auth::write_key_file(&path)?;
             println!("keygen: wrote {} (mode 0600)", path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -181,9 +200,8 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
                 peer_port: args.peer_port,
                 reprotect_port: args.reprotect_port,
                 checkpoints: args.checkpoints,
-                timeout: seconds(args.timeout, "--timeout")?,
-                binary: std::env::current_exe()
-                    .map_err(|e| format!("cannot find the colo binary: {e}"))?,
+                timeout: args.timeout,
+                binary: current_exe()?,
                 requests: args.requests,
             };
             if args.net {
@@ -196,15 +214,14 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
-            let default_timeout = if args.quick { 120.0 } else { 600.0 };
+            let default_timeout = Duration::from_secs(if args.quick { 120 } else { 600 });
             let pair = crate::demo::DemoOptions {
                 arbiter_port: args.arbiter_port,
                 peer_port: args.peer_port,
                 reprotect_port: 0,
                 checkpoints: 0,
-                timeout: seconds(args.timeout.unwrap_or(default_timeout), "--timeout")?,
-                binary: std::env::current_exe()
-                    .map_err(|e| format!("cannot find the colo binary: {e}"))?,
+                timeout: args.timeout.unwrap_or(default_timeout),
+                binary: current_exe()?,
                 requests: 0,
             };
             let mut options = crate::bench::BenchOptions::new(pair, args.quick);
@@ -212,23 +229,25 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
             if let Some(soak) = args.soak {
                 println!(
                     "{}",
-                    crate::bench::run_soak(&options, seconds(soak, "--soak")?)?
+                    crate::bench::run_soak(&options, soak).map_err(CliError::Bench)?
                 );
             } else if args.breakdown {
-                println!("{}", crate::bench::run_breakdown(&options)?);
+                println!(
+                    "{}",
+                    crate::bench::run_breakdown(&options).map_err(CliError::Bench)?
+                );
             } else {
-                println!("{}", crate::bench::run(&options)?);
+                println!("{}", crate::bench::run(&options).map_err(CliError::Bench)?);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore(args) => {
-            let checkpoint = Checkpoint::load_file(&args.state).map_err(|e| e.to_string())?;
-            let machine = Machine::from_checkpoint(&checkpoint, ConsoleOutput::Stdout)
-                .map_err(|e| e.to_string())?;
+            let checkpoint = Checkpoint::load_file(&args.state)?;
+            let machine = Machine::from_checkpoint(&checkpoint, ConsoleOutput::Stdout)?;
             if let Some(path) = args.disk {
                 let disk_size = machine.blk().lock().capacity();
                 if disk_size == 0 {
-                    return Err("--disk: the saved VM had no disk".to_string());
+                    return Err("--disk: the saved VM had no disk".into());
                 }
                 let disk = DiskArgs {
                     disk: Some(path),
@@ -241,56 +260,51 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, String> {
     }
 }
 
-pub(crate) fn seconds(s: f64, what: &str) -> Result<Duration, String> {
-    if s.is_finite() && s >= 0.0 {
-        Ok(Duration::from_secs_f64(s))
-    } else {
-        Err(format!("{what} {s} is not a number of seconds"))
-    }
-}
-
-/// One request to a node's control socket; the response printed readably (or raw).
-fn control(request: Request, args: &CtlArgs) -> Result<ExitCode, String> {
-    let response = colo_runtime::pair::control::call(
-        &args.control,
-        request,
-        seconds(args.timeout, "--timeout")?,
-    )?;
-    let ok = response["ok"] == serde_json::Value::Bool(true);
-    // Written, not println!: a reader that closed the pipe (`colo status | head -2`) must not
-    // make the tool panic.
-    let mut out = std::io::stdout();
-    if args.json {
-        let _ = writeln!(out, "{response}");
-    } else if ok {
-        let _ = writeln!(
-            out,
-            "{}",
-            colo_runtime::pair::control::render(request, &response)
-        );
-    } else {
-        eprintln!(
-            "colo: {}",
-            colo_runtime::pair::control::render(request, &response)
-        );
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+/// This program's path (the demo and bench start their children from it).
+fn current_exe() -> Result<std::path::PathBuf, CliError> {
+    std::env::current_exe().map_err(|source| CliError::Read {
+        what: "the colo binary's path",
+        path: "/proc/self/exe".into(),
+        source,
     })
 }
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+/// One request to a node's control socket; the response printed readably (or raw).
+fn control(request: Request, args: &CtlArgs) -> Result<ExitCode, CliError> {
+    let response = colo_runtime::pair::control::call(&args.control, request, args.timeout)?;
+    let ok = response.ok();
+    // Written, not println!: a reader that closed the pipe (`colo status | head -2`) must not
+    // make the tool panic.
+    let mut out = std::io::stdout();
+    let rendered = response.render();
+    if args.json {
+        let _ = writeln!(out, "{}", response.to_line());
+    } else if ok {
+        let _ = writeln!(out, "{rendered}");
+    }
+    match (ok, args.json) {
+        (true, _) => Ok(ExitCode::SUCCESS),
+        (false, false) => Err(CliError::CommandRefused(rendered)),
+        // The answer is on stdout already, as asked: only the exit code says it was refused.
+        (false, true) => Ok(ExitCode::from(
+            CliError::CommandRefused(rendered).exit_code(),
+        )),
+    }
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|source| CliError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Runs the machine until the guest stops, the timeout passes, or the state is saved.
-fn drive(mut machine: Machine, args: &CommonArgs) -> Result<ExitCode, String> {
+fn drive(mut machine: Machine, args: &CommonArgs) -> Result<ExitCode, CliError> {
     let limit = match (args.save_after, args.timeout) {
         (Some(ms), _) => Some(Duration::from_millis(ms)),
-        (None, Some(s)) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
-        (None, Some(s)) => return Err(format!("--timeout {s} is not a number of seconds")),
+        (None, Some(limit)) => Some(limit),
         (None, None) => None,
     };
     machine.resume();
@@ -308,16 +322,14 @@ fn drive(mut machine: Machine, args: &CommonArgs) -> Result<ExitCode, String> {
             tracing::info!("guest exited with code {code}");
             Ok(ExitCode::from(code as u8))
         }
-        Some((vcpu, why)) => {
-            tracing::error!("vCPU {vcpu} stopped: {why:?}");
-            Ok(ExitCode::from(2))
-        }
+        Some((vcpu, why)) => Err(CliError::GuestFault {
+            vcpu,
+            why: format!("{why:?}"),
+        }),
         None => {
             if let (Some(_), Some(path)) = (args.save_after, &args.state_out) {
-                let (checkpoint, stats) = machine
-                    .capture(CheckpointKind::Full)
-                    .map_err(|e| e.to_string())?;
-                checkpoint.save_file(path).map_err(|e| e.to_string())?;
+                let (checkpoint, stats) = machine.capture(CheckpointKind::Full)?;
+                checkpoint.save_file(path)?;
                 tracing::info!(
                     "state saved to {} ({} pages, {:?} device state)",
                     path.display(),
@@ -333,12 +345,11 @@ fn drive(mut machine: Machine, args: &CommonArgs) -> Result<ExitCode, String> {
 }
 
 /// Attaches `--disk` to the machine's virtio-blk device.
-fn attach_disk(machine: &Machine, args: &DiskArgs) -> Result<(), String> {
+fn attach_disk(machine: &Machine, args: &DiskArgs) -> Result<(), CliError> {
     let Some(path) = &args.disk else {
         return Ok(());
     };
-    let image =
-        colo_runtime::vmm::disk::RawImage::open(path, args.disk_size).map_err(|e| e.to_string())?;
+    let image = colo_runtime::vmm::disk::RawImage::open(path, args.disk_size)?;
     let backend = colo_runtime::vmm::disk::ImageBackend::new(std::sync::Arc::new(image));
     machine
         .blk()

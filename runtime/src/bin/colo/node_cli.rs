@@ -6,7 +6,7 @@
 //! takes the flag's default, and a node starts only with a VM description that
 //! `VmSpec::check_supported` accepted and a role that matches its host's part of the file.
 
-use crate::seconds;
+use crate::error::CliError;
 use clap::ValueEnum;
 use clap::parser::ValueSource;
 use colo_core::ids::Role;
@@ -70,11 +70,13 @@ pub(crate) struct NodeArgs {
     /// Counter workload: progress line every this many steps.
     #[arg(long, default_value_t = 20_000)]
     print_every: u64,
-    /// Periodic checkpoint interval in milliseconds (primary).
+    /// Periodic checkpoint interval in milliseconds (primary), or a duration with its unit.
     #[arg(long, default_value_t = 500)]
+    #[arg(value_parser = crate::args::millis)]
     checkpoint_interval_ms: u64,
-    /// Heartbeat interval in milliseconds.
+    /// Heartbeat interval in milliseconds, or a duration with its unit.
     #[arg(long, default_value_t = 100)]
+    #[arg(value_parser = crate::args::millis)]
     heartbeat_interval_ms: u64,
     /// Heartbeat intervals without a word from the peer before it is declared lost.
     #[arg(long, default_value_t = 5)]
@@ -82,9 +84,9 @@ pub(crate) struct NodeArgs {
     /// Log a memory digest at every checkpoint (one pass over guest memory per pause).
     #[arg(long)]
     digests: bool,
-    /// Stop after this many seconds.
-    #[arg(long)]
-    run_for: Option<f64>,
+    /// Stop after this many seconds (or a duration with its unit: `90s`, `2h`).
+    #[arg(long, value_parser = crate::args::seconds)]
+    run_for: Option<std::time::Duration>,
     /// Control socket path (default: /run/colo/colo-<role>-<node-id>.sock, or the temp dir).
     #[arg(long)]
     control: Option<PathBuf>,
@@ -124,20 +126,24 @@ pub(crate) struct NodeArgs {
 }
 
 /// The size of a pair's disk: `--disk-size`, else the image's own size, else 64 MiB (created).
-fn pair_disk_size(path: &Path, explicit: Option<u64>) -> Result<u64, String> {
+fn pair_disk_size(path: &Path, explicit: Option<u64>) -> Result<u64, CliError> {
     if let Some(size) = explicit {
         return Ok(size);
     }
     match std::fs::metadata(path) {
         Ok(meta) if meta.len() > 0 && meta.len() % 512 == 0 => Ok(meta.len()),
-        Ok(meta) if meta.len() > 0 => Err(format!(
+        Ok(meta) if meta.len() > 0 => Err(CliError::Invalid(format!(
             "disk image {} is {} bytes, not a whole number of 512-byte sectors",
             path.display(),
             meta.len()
-        )),
+        ))),
         Ok(_) => Ok(64 << 20),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(64 << 20),
-        Err(e) => Err(format!("cannot read disk image {}: {e}", path.display())),
+        Err(source) => Err(CliError::Read {
+            what: "disk image",
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -175,7 +181,7 @@ pub(crate) struct SecondaryArgs {
 pub(crate) fn primary(
     mut args: PrimaryArgs,
     given: impl Fn(&str) -> bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, CliError> {
     let mut peer = None;
     merge_config(
         Role::Primary,
@@ -199,7 +205,7 @@ pub(crate) fn primary(
 pub(crate) fn secondary(
     mut args: SecondaryArgs,
     given: impl Fn(&str) -> bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, CliError> {
     merge_config(
         Role::Secondary,
         &mut args.listen,
@@ -233,23 +239,23 @@ fn merge_config(
     peer: &mut Option<SocketAddr>,
     args: &mut NodeArgs,
     given: &impl Fn(&str) -> bool,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let (Some(path), Some(name)) = (args.config.clone(), args.host.clone()) else {
         return Ok(());
     };
-    let file = PairFile::load(&path).map_err(|e| e.to_string())?;
-    let host = file.host(&name, &path).map_err(|e| e.to_string())?;
+    let file = PairFile::load(&path)?;
+    let host = file.host(&name, &path)?;
     let wanted = match role {
         Role::Primary => HostRole::Primary,
         Role::Secondary => HostRole::Secondary,
     };
     if host.role != wanted {
-        return Err(format!(
+        return Err(CliError::Invalid(format!(
             "config file {}: [host.{name}] is the {}, not the {} (run the other command, or pick the other host)",
             path.display(),
             host.role.name(),
             wanted.name()
-        ));
+        )));
     }
     // The host's part.
     if !given("listen") {
@@ -325,25 +331,26 @@ fn merge_config(
 
 /// `colo config check FILE`: parses and checks the file, then prints each host's part and the
 /// VM it describes (reading the boot files and disk sizes this host can see, as a node would).
-pub(crate) fn check_config(path: &Path) -> Result<ExitCode, String> {
-    let file = PairFile::load(path).map_err(|e| e.to_string())?;
+pub(crate) fn check_config(path: &Path) -> Result<ExitCode, CliError> {
+    let file = PairFile::load(path)?;
     let spec = file.vm_spec(None);
     let images = spec
         .read_boot(colo_runtime::vmm::guest::test_guest_path())
-        .map_err(|e| format!("config file {}: [vm]: {e}", path.display()))?;
+        .map_err(|source| CliError::ConfigVm {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let sizes = spec
         .disks
         .iter()
         .map(|d| {
             if d.readonly {
-                colo_runtime::vmm::disk::RawImage::open_read_only(&d.path)
-                    .map(|i| i.size())
-                    .map_err(|e| e.to_string())
+                Ok(colo_runtime::vmm::disk::RawImage::open_read_only(&d.path)?.size())
             } else {
                 pair_disk_size(&d.path, d.size)
             }
         })
-        .collect::<Result<Vec<u64>, String>>()?;
+        .collect::<Result<Vec<u64>, CliError>>()?;
     let fingerprint = spec.fingerprint(&images, &sizes);
     println!("{}: {}", path.display(), spec.summary(fingerprint, &sizes));
     if let Some(arbiter) = file.pair.arbiter {
@@ -373,7 +380,7 @@ fn run_node(
     peer: PeerEndpoint,
     newcomer_listen: Option<SocketAddr>,
     args: &NodeArgs,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, CliError> {
     let default_id = match role {
         Role::Primary => 1,
         Role::Secondary => 2,
@@ -387,7 +394,7 @@ fn run_node(
     let key_file = args.key_file.as_deref().ok_or(
         "a node needs --key-file (or `key_file` in the config file's [pair]); create one with `colo keygen PATH`",
     )?;
-    let key = colo_runtime::pair::peer::auth::PairKey::load(key_file).map_err(|e| e.to_string())?;
+    let key = colo_runtime::pair::peer::auth::PairKey::load(key_file)?;
     let mut config = NodeLoopConfig::new(role, node_id, peer, arbiter, key);
     let role_name = match role {
         Role::Primary => "primary",
@@ -410,7 +417,7 @@ fn run_node(
         _ => 0,
     };
     if test_guest && args.workload == Workload::DiskWriter && spec.disks.is_empty() {
-        return Err("--workload disk-writer needs --disk".to_string());
+        return Err("--workload disk-writer needs --disk".into());
     }
     // Replicated disks go to the node loop (its disk machines and files); a read-only disk is
     // never written, so each node serves it from its own copy of the image.
@@ -419,13 +426,13 @@ fn run_node(
     for (device, disk) in spec.disks.iter().enumerate() {
         if disk.readonly {
             let image = colo_runtime::vmm::disk::RawImage::open_read_only(&disk.path)
-                .map_err(|e| format!("read-only disk: {e}"))?;
+                .map_err(CliError::ReadOnlyDisk)?;
             if let Some(size) = disk.size.filter(|&s| s != image.size()) {
-                return Err(format!(
+                return Err(CliError::Invalid(format!(
                     "--disk {},readonly,size={size}: the image is {} bytes (a read-only disk keeps its image's size)",
                     disk.path.display(),
                     image.size()
-                ));
+                )));
             }
             disk_sizes.push(image.size());
             read_only.push((device, std::sync::Arc::new(image)));
@@ -440,7 +447,7 @@ fn run_node(
         }
     }
     if args.client_bridge.is_some() && spec.nets.is_empty() {
-        return Err("--client-bridge needs a NIC (--net tap=NAME)".to_string());
+        return Err("--client-bridge needs a NIC (--net tap=NAME)".into());
     }
     config.net.links = spec
         .nets
@@ -456,10 +463,8 @@ fn run_node(
         })
         .collect();
     config.digests = args.digests;
-    config.run_for = args.run_for.map(|s| seconds(s, "--run-for")).transpose()?;
-    let images = spec
-        .read_boot(colo_runtime::vmm::guest::test_guest_path())
-        .map_err(|e| e.to_string())?;
+    config.run_for = args.run_for;
+    let images = spec.read_boot(colo_runtime::vmm::guest::test_guest_path())?;
     let fingerprint = spec.fingerprint(&images, &disk_sizes);
     config.node.vm_fingerprint = fingerprint;
     tracing::info!(
@@ -476,8 +481,7 @@ fn run_node(
         ConsoleOutput::Stdout,
         spec.disks.len().max(1),
         spec.nets.len().max(1),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     for (device, image) in read_only {
         let size = image.size();
         let mut blk = machine.blks()[device].lock();
@@ -499,7 +503,10 @@ fn run_node(
                 let cmdline = test_guest_cmdline(args, &machine, &disk_sizes[..writable])?;
                 machine
                     .load_test_guest(&images.image, &cmdline)
-                    .map_err(|e| format!("test guest: {e}"))?;
+                    .map_err(|source| CliError::Boot {
+                        what: "test guest".to_string(),
+                        source,
+                    })?;
             }
             BootSource::Kernel { kernel, initrd } => {
                 let cmdline = spec.cmdline.as_deref().unwrap_or(DEFAULT_LINUX_CMDLINE);
@@ -509,20 +516,23 @@ fn run_node(
                 };
                 machine
                     .load_linux(&images.image, cmdline, images.initrd.as_deref())
-                    .map_err(|e| format!("{what}: {e} (--memory {} MiB)", spec.mem_mib))?;
+                    .map_err(|source| CliError::Boot {
+                        what: format!("{what} (--memory {} MiB)", spec.mem_mib),
+                        source,
+                    })?;
             }
         }
     }
-    let node = NodeLoop::new(config, machine).map_err(|e| e.to_string())?;
+    let node = NodeLoop::new(config, machine)?;
     tracing::info!(
         role = role_name,
         "control socket={}",
         control_path.display()
     );
-    match node.run().map_err(|e| e.to_string())? {
+    match node.run()? {
         LoopEnd::TimeUp | LoopEnd::Stopped => Ok(ExitCode::SUCCESS),
-        LoopEnd::Deposed => Err("this node was deposed (another node holds the term)".to_string()),
-        LoopEnd::Refused(why) => Err(why),
+        LoopEnd::Deposed => Err(CliError::Deposed),
+        LoopEnd::Refused(why) => Err(CliError::RefusedByPrimary(why)),
     }
 }
 
@@ -530,7 +540,7 @@ fn run_node(
 const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
 /// The VM description of a node's flags, checked for what colo supports.
-fn vm_spec(args: &NodeArgs) -> Result<VmSpec, String> {
+fn vm_spec(args: &NodeArgs) -> Result<VmSpec, CliError> {
     let boot = match &args.kernel {
         Some(kernel) => BootSource::Kernel {
             kernel: kernel.clone(),
@@ -543,7 +553,7 @@ fn vm_spec(args: &NodeArgs) -> Result<VmSpec, String> {
         nets.push(
             format!("tap={tap}")
                 .parse::<NetSpec>()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| CliError::Invalid(format!("--client-tap {tap}: {e}")))?,
         );
     }
     let spec = VmSpec {
@@ -554,7 +564,7 @@ fn vm_spec(args: &NodeArgs) -> Result<VmSpec, String> {
         disks: args.disks.clone(),
         nets,
     };
-    spec.check_supported().map_err(|e| e.to_string())?;
+    spec.check_supported()?;
     Ok(spec)
 }
 
@@ -563,7 +573,7 @@ fn test_guest_cmdline(
     args: &NodeArgs,
     machine: &Machine,
     disk_sizes: &[u64],
-) -> Result<String, String> {
+) -> Result<String, CliError> {
     use colo_runtime::vmm::guest;
     let line = match (args.workload, disk_sizes.iter().min()) {
         // With disks the counter also writes one 4 KiB slot of each per step.
@@ -575,11 +585,9 @@ fn test_guest_cmdline(
         ),
         (Workload::Counter, None) => guest::counter_cmdline(args.pages, 0, args.print_every, 0),
         (Workload::DiskWriter, _) => guest::disk_writer_cmdline(args.pages, 0, args.print_every, 0),
-        (Workload::NetServer, _) => guest::net_server_cmdline(
-            &args.guest_ip,
-            args.guest_port,
-            machine.tsc_khz().map_err(|e| e.to_string())?,
-        ),
+        (Workload::NetServer, _) => {
+            guest::net_server_cmdline(&args.guest_ip, args.guest_port, machine.tsc_khz()?)
+        }
     };
     Ok(match &args.cmdline {
         Some(extra) => format!("{line} {extra}"),

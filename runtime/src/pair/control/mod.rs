@@ -5,8 +5,9 @@
 //!
 //! This file owns the protocol: [`Request`], a serde type (internally tagged by `cmd`, names
 //! in kebab case), and its parsing (every malformed line becomes a [`ControlError`], never a
-//! panic; an unknown command is named in the error, a bad argument names its command) and the
-//! response shape (`{"ok":true,...}` or `{"ok":false,"error":"..."}`). `server.rs` owns the
+//! panic; an unknown command is named in the error, a bad argument names its command);
+//! `response.rs` owns the answers ([`Response`], `{"ok":true,...}` or
+//! `{"ok":false,"error":"..."}`). `server.rs` owns the
 //! socket (stale-file replacement, removal on exit) and hands requests to the node loop as
 //! [`ControlCall`]s: the loop owns the `Node`, the control thread never touches it.
 //! `client.rs` is the `colo status|checkpoint|...` side.
@@ -28,13 +29,17 @@
 //! pass over memory during the whole earlier pairing.
 
 mod client;
+mod response;
 mod server;
 
-pub use client::{call, render};
+pub use client::{CallError, call};
+pub use response::{
+    Answer, Auth, CheckpointAnswer, LastCheckpoint, Peer, Refusal, Reprotect, Response, Status,
+};
 pub use server::{ControlServer, default_path};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::mpsc;
 
 /// The longest request line accepted (a request is a few dozen bytes; a longer line is an
@@ -159,13 +164,13 @@ impl Request {
 pub struct ControlCall {
     /// The request.
     pub request: Request,
-    /// The response (a JSON object with `ok`).
-    pub reply: mpsc::Sender<Value>,
+    /// Where the answer goes.
+    pub reply: mpsc::Sender<Response>,
 }
 
-/// `{"ok":false,"error":why}`.
-pub fn error_response(why: &str) -> Value {
-    json!({"ok": false, "error": why})
+/// A refusal, `{"ok":false,"error":why}` on the wire.
+pub fn error_response(why: &str) -> Response {
+    Response::refused(why)
 }
 
 #[cfg(test)]

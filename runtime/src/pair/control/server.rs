@@ -8,8 +8,7 @@
 //! malformed or over-long line gets a JSON error and the connection stays usable; a loop that
 //! does not answer within [`REPLY_TIMEOUT`] (it is gone) gets the operator an error, not a hang.
 
-use super::{ControlCall, ControlError, MAX_REQUEST_BYTES, Request, error_response};
-use serde_json::Value;
+use super::{ControlCall, ControlError, MAX_REQUEST_BYTES, Request, Response, error_response};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -159,13 +158,13 @@ fn serve(stream: UnixStream, post: &dyn Fn(ControlCall) -> bool, in_flight: &Ato
     }
 }
 
-fn write_line(out: &mut UnixStream, response: &Value) -> std::io::Result<()> {
-    let mut bytes = response.to_string().into_bytes();
+fn write_line(out: &mut UnixStream, response: &Response) -> std::io::Result<()> {
+    let mut bytes = response.to_line().into_bytes();
     bytes.push(b'\n');
     out.write_all(&bytes)
 }
 
-fn ask(post: &dyn Fn(ControlCall) -> bool, request: Request) -> Value {
+fn ask(post: &dyn Fn(ControlCall) -> bool, request: Request) -> Response {
     let (reply, answer) = mpsc::channel();
     if !post(ControlCall { request, reply }) {
         return error_response("the node is stopping");
@@ -178,6 +177,7 @@ fn ask(post: &dyn Fn(ControlCall) -> bool, request: Request) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pair::control::Answer;
 
     fn temp_socket(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("colo-ctl-test-{}", std::process::id()));
@@ -191,11 +191,11 @@ mod tests {
     fn echo(call: ControlCall) -> bool {
         let _ = call
             .reply
-            .send(serde_json::json!({"ok": true, "cmd": call.request.name()}));
+            .send(Response::Done(Answer::message(call.request.name())));
         true
     }
 
-    fn roundtrip(path: &Path, lines: &[&str]) -> Vec<Value> {
+    fn roundtrip(path: &Path, lines: &[&str]) -> Vec<serde_json::Value> {
         let stream = UnixStream::connect(path).expect("connect");
         let mut out = stream.try_clone().expect("clone");
         let mut input = BufReader::new(stream);
@@ -257,7 +257,10 @@ mod tests {
                 .contains("longer than")
         );
         assert!(answers[2]["error"].as_str().unwrap().contains("\"warp\""));
-        assert_eq!(answers[3], serde_json::json!({"ok": true, "cmd": "status"}));
+        assert_eq!(
+            answers[3],
+            serde_json::json!({"ok": true, "message": "status"})
+        );
     }
 
     #[test]

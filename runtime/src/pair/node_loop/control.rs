@@ -17,11 +17,14 @@
 //! whole life; a secondary accepts on its own `--listen` address only once it runs solo.
 
 use super::{LoopEvent, NodeLoop};
-use crate::pair::control::{ControlCall, Request, error_response};
+use crate::pair::control::{
+    Answer, Auth, CheckpointAnswer, ControlCall, LastCheckpoint as LastCheckpointAnswer, Peer,
+    Reprotect, Request, Response, Status, error_response,
+};
+use crate::pair::events::Milestone;
 use colo_core::ids::Role;
 use colo_core::node::{Command, CommandRefusal, Event, Input, NodeMode};
 use colo_core::time::{Duration, Instant};
-use serde_json::{Value, json};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 use tracing::info;
@@ -47,7 +50,7 @@ pub(super) struct LoopControl {
     newcomers: Option<SocketAddr>,
     last_mode: NodeMode,
     /// `checkpoint` requests waiting for a checkpoint after this epoch to complete.
-    waiting: Vec<(mpsc::Sender<Value>, u64)>,
+    waiting: Vec<(mpsc::Sender<Response>, u64)>,
     /// The node's answer to the command being run, if it refused it.
     refused: Option<CommandRefusal>,
 }
@@ -93,7 +96,7 @@ impl NodeLoop {
     /// Answers one operator request.
     pub(super) fn on_control(&mut self, call: ControlCall) {
         let response = match call.request {
-            Request::Status => self.status_json(),
+            Request::Status => Response::Status(Box::new(self.status())),
             Request::Checkpoint => match self.control_checkpoint() {
                 Ok(after) => {
                     // Answered when a checkpoint after `after` completes (ctl_on_event).
@@ -108,11 +111,11 @@ impl NodeLoop {
             Request::SetDigests { on } => {
                 self.config.digests = on;
                 let state = if on { "on" } else { "off" };
-                json!({"ok": true, "message": format!("checkpoint digests {state}")})
+                Response::Done(Answer::message(format!("checkpoint digests {state}")))
             }
             Request::Shutdown => {
                 self.input(Input::Command(Command::Shutdown));
-                json!({"ok": true, "message": "shutting down: goodbye sent to the peer"})
+                Response::Done(Answer::message("shutting down: goodbye sent to the peer"))
             }
         };
         let _ = call.reply.send(response);
@@ -126,7 +129,7 @@ impl NodeLoop {
     }
 
     /// The operator's answer to a refused command: the node's reason and where it stands.
-    fn refusal(&self, why: CommandRefusal) -> Value {
+    fn refusal(&self, why: CommandRefusal) -> Response {
         let (mode, role) = self.mode_role();
         error_response(&format!("{why}; this node is {role:?} in mode {mode:?}"))
     }
@@ -139,7 +142,7 @@ impl NodeLoop {
     /// Triggers a checkpoint; `Ok(epoch)`: answer once a checkpoint after `epoch` completes.
     /// A trigger while one is in progress is coalesced into it (QEMU does the same with a
     /// checkpoint request during a checkpoint): that one answers, with its own reason.
-    fn control_checkpoint(&mut self) -> Result<u64, Value> {
+    fn control_checkpoint(&mut self) -> Result<u64, Response> {
         let epoch = self.node.status(self.clock.now()).epoch.0;
         match self.run_command(Command::ForceCheckpoint) {
             Ok(()) => Ok(epoch),
@@ -147,24 +150,28 @@ impl NodeLoop {
         }
     }
 
-    fn control_failover(&mut self) -> Value {
+    fn control_failover(&mut self) -> Response {
         if let Err(why) = self.run_command(Command::Failover) {
             return self.refusal(why);
         }
         let (mode, role) = self.mode_role();
-        json!({"ok": true, "message": format!("failover started: now {role:?} in mode {mode:?}"), "mode": format!("{mode:?}")})
+        Response::Done(Answer {
+            mode: Some(format!("{mode:?}")),
+            ..Answer::message(format!("failover started: now {role:?} in mode {mode:?}"))
+        })
     }
 
-    fn control_interval(&mut self, ms: u64) -> Value {
+    fn control_interval(&mut self, ms: u64) -> Response {
         match self.run_command(Command::SetCheckpointInterval(Duration::from_millis(ms))) {
-            Ok(()) => {
-                json!({"ok": true, "message": format!("checkpoint interval set to {ms} ms"), "checkpoint_interval_ms": ms})
-            }
+            Ok(()) => Response::Done(Answer {
+                checkpoint_interval_ms: Some(ms),
+                ..Answer::message(format!("checkpoint interval set to {ms} ms"))
+            }),
             Err(why) => self.refusal(why),
         }
     }
 
-    fn control_reprotect(&mut self) -> Value {
+    fn control_reprotect(&mut self) -> Response {
         let Some(addr) = self.ctl.newcomers else {
             return error_response(
                 "this node accepts no newcomers: start the secondary with --listen ADDR",
@@ -174,71 +181,84 @@ impl NodeLoop {
             return self.refusal(why);
         }
         info!(role = self.name, listen = %addr, "reprotect-armed");
-        json!({"ok": true, "message": format!("re-protection armed: start `colo secondary --peer {addr}`"), "listen": addr.to_string()})
+        self.milestone(Milestone::ReprotectArmed {
+            listen: addr.to_string(),
+            auto: false,
+        });
+        Response::Done(Answer {
+            listen: Some(addr.to_string()),
+            ..Answer::message(format!(
+                "re-protection armed: start `colo secondary --peer {addr}`"
+            ))
+        })
     }
 
-    fn status_json(&self) -> Value {
+    fn status(&self) -> Status {
         let now = self.clock.now();
         let st = self.node.status(now);
         let stats = self.node.stats();
         let auth = self.config.key.counts();
-        let last = self.ctl.last_checkpoint.map(|c| {
-            json!({
-                "epoch": c.epoch,
-                "pause_us": c.pause_us,
-                "bytes": c.bytes,
-                "ago_ms": now.saturating_duration_since(c.at).as_millis() as u64,
-            })
+        let last_checkpoint = self.ctl.last_checkpoint.map(|c| LastCheckpointAnswer {
+            epoch: c.epoch,
+            pause_us: c.pause_us,
+            bytes: c.bytes,
+            ago_ms: now.saturating_duration_since(c.at).as_millis() as u64,
         });
-        json!({
-            "ok": true,
-            "process": self.name,
-            "node_id": self.config.node.node_id.0,
-            "role": format!("{:?}", st.role),
-            "mode": format!("{:?}", st.mode),
-            "term": st.term.0,
-            "epoch": st.epoch.0,
-            "last_checkpoint": last,
-            "peer": {
-                "peer_id": st.peer_id.map(|p| p.0),
-                "link": if self.writer.is_some() { "up" } else { "down" },
-                "heartbeat": st.peer.map(|p| format!("{p:?}")),
+        let stats = [
+            ("peer_received", stats.peer_received),
+            ("peer_sent", stats.peer_sent),
+            ("protocol_errors", stats.protocol_errors),
+            ("stale_messages", stats.stale_messages),
+            ("stale_secondary_output", stats.stale_secondary_output),
+            ("ignored_before_start", stats.ignored_before_start),
+            ("ignored_after_stop", stats.ignored_after_stop),
+            ("commands_ignored", stats.commands_ignored),
+            (
+                "client_frames_on_secondary",
+                stats.client_frames_on_secondary,
+            ),
+            ("released", stats.released),
+            ("held", stats.held),
+            ("held_over_bound", stats.held_over_bound),
+            ("fenced_frames", stats.fenced_frames),
+            ("takeovers_refused", stats.takeovers_refused),
+            ("sends_suppressed", stats.sends_suppressed),
+            ("hellos_ignored", stats.hellos_ignored),
+            ("stray_vm_completions", stats.stray_vm_completions),
+            ("dropped_while_down", self.dropped_while_down),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+        Status {
+            process: self.name.to_string(),
+            node_id: self.config.node.node_id.0,
+            role: format!("{:?}", st.role),
+            mode: format!("{:?}", st.mode),
+            term: st.term.0,
+            epoch: st.epoch.0,
+            last_checkpoint,
+            peer: Peer {
+                peer_id: st.peer_id.map(|p| p.0),
+                link: if self.writer.is_some() { "up" } else { "down" }.to_string(),
+                heartbeat: st.peer.map(|p| format!("{p:?}")),
             },
-            "lease_held": st.lease_held,
-            "last_failover_reason": st.last_failover_reason.map(|r| format!("{r:?}")),
-            "guest_step": self.guest_step(),
-            "digests": self.config.digests,
-            "checkpoint_interval_ms": self.node.checkpoint_interval().as_millis() as u64,
-            "reprotect": {
-                "armed": self.node.reprotect_armed(),
-                "auto": self.ctl.auto,
-                "listen": self.ctl.newcomers.map(|a| a.to_string()),
+            lease_held: st.lease_held,
+            last_failover_reason: st.last_failover_reason.map(|r| format!("{r:?}")),
+            guest_step: self.guest_step(),
+            digests: self.config.digests,
+            checkpoint_interval_ms: self.node.checkpoint_interval().as_millis() as u64,
+            reprotect: Reprotect {
+                armed: self.node.reprotect_armed(),
+                auto: self.ctl.auto,
+                listen: self.ctl.newcomers.map(|a| a.to_string()),
             },
-            "stats": {
-                "peer_received": stats.peer_received,
-                "peer_sent": stats.peer_sent,
-                "protocol_errors": stats.protocol_errors,
-                "stale_messages": stats.stale_messages,
-                "stale_secondary_output": stats.stale_secondary_output,
-                "ignored_before_start": stats.ignored_before_start,
-                "ignored_after_stop": stats.ignored_after_stop,
-                "commands_ignored": stats.commands_ignored,
-                "client_frames_on_secondary": stats.client_frames_on_secondary,
-                "released": stats.released,
-                "held": stats.held,
-                "held_over_bound": stats.held_over_bound,
-                "fenced_frames": stats.fenced_frames,
-                "takeovers_refused": stats.takeovers_refused,
-                "sends_suppressed": stats.sends_suppressed,
-                "hellos_ignored": stats.hellos_ignored,
-                "stray_vm_completions": stats.stray_vm_completions,
-                "dropped_while_down": self.dropped_while_down,
-            },
-            "auth": {
-                "refused_links": auth.refused_links,
-                "bad_frames": auth.bad_frames,
-            },
-        })
+            stats,
+            auth: Some(Auth {
+                refused_links: auth.refused_links,
+                bad_frames: auth.bad_frames,
+            }),
+        }
     }
 
     /// Keeps the control state in step with the node's events.
@@ -260,18 +280,17 @@ impl NodeLoop {
                 .partition(|(_, after)| epoch.0 > *after);
             self.ctl.waiting = waiting;
             for (reply, _) in done {
-                let _ = reply.send(json!({
-                    "ok": true,
-                    "message": format!(
+                let _ = reply.send(Response::Checkpoint(CheckpointAnswer {
+                    message: format!(
                         "checkpoint {} done ({reason:?}): PVM pause {} us, {pages} pages, {bytes} bytes",
                         epoch.0,
                         pause.as_micros()
                     ),
-                    "epoch": epoch.0,
-                    "reason": format!("{reason:?}"),
-                    "pause_us": pause.as_micros() as u64,
-                    "pages": pages,
-                    "bytes": bytes,
+                    epoch: epoch.0,
+                    reason: format!("{reason:?}"),
+                    pause_us: pause.as_micros() as u64,
+                    pages: *pages,
+                    bytes: *bytes,
                 }));
             }
         }
@@ -318,13 +337,18 @@ impl NodeLoop {
             && self.ctl.newcomers.is_some()
             && self.run_command(Command::Reprotect).is_ok()
         {
-            let listen = self.ctl.newcomers.map(|a| a.to_string());
+            let listen = self
+                .ctl
+                .newcomers
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             info!(
                 role = self.name,
-                listen = listen.unwrap_or_default(),
+                listen = listen.as_str(),
                 auto = true,
                 "reprotect-armed"
             );
+            self.milestone(Milestone::ReprotectArmed { listen, auto: true });
         }
     }
 }

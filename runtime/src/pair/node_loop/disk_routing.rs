@@ -8,6 +8,7 @@
 //! overlay reset completes, because a zero-size disk has empty overlays.
 
 use super::NodeLoop;
+use crate::pair::events::Milestone;
 use crate::vmm::devices::virtio::blk::BlkRequest;
 use colo_core::disk::{DiskCommand, DiskEvent, DiskIoError, GuestIoError, GuestIoId};
 use colo_core::node::{Input, PeerBulk};
@@ -132,6 +133,10 @@ impl NodeLoop {
                     disk_digest_error = disk_digest_error.as_deref(),
                     "disk-reset"
                 );
+                self.milestone(Milestone::DiskReset {
+                    epoch: epoch.0,
+                    disk_digest,
+                });
             }
             DiskEvent::Merged { blocks } => {
                 let (disk_digest, disk_digest_error) = self.disk_digest();
@@ -142,6 +147,10 @@ impl NodeLoop {
                     disk_digest_error = disk_digest_error.as_deref(),
                     "disk-merged"
                 );
+                self.milestone(Milestone::DiskMerged {
+                    blocks,
+                    disk_digest,
+                });
             }
             other => info!(role = n, "event Disk({other:?})"),
         }
@@ -175,5 +184,16 @@ impl NodeLoop {
             active_blocks = active,
             "disk"
         );
+        self.milestone(Milestone::Disk {
+            guest_writes: st.guest_writes,
+            guest_reads: st.guest_reads,
+            forwarded_bytes: st.forwarded_bytes,
+            peer_writes: st.peer_writes,
+            commands: st.commands,
+            command_errors: st.command_errors,
+            stale: st.stale,
+            hidden_blocks: hidden as u64,
+            active_blocks: active as u64,
+        });
     }
 }

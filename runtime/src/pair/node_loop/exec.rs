@@ -7,6 +7,7 @@
 //! execute is logged as an error, never dropped silently.
 
 use super::{LoopEnd, NodeLoop, hops};
+use crate::pair::events::Milestone;
 use crate::pair::progress::SyncProgress;
 use colo_core::checkpoint::VmCommand;
 use colo_core::node::{HaltReason, Input, NodeMode, OutBulk, Output, SyncCommand};
@@ -92,6 +93,10 @@ impl NodeLoop {
                             disk_bytes = disk,
                             "sync-sent"
                         );
+                        self.milestone(Milestone::SyncSent {
+                            memory_bytes: memory,
+                            disk_bytes: disk,
+                        });
                         self.metrics.registry.on_sync_sent(memory, disk);
                         self.pending.push_back(Input::SyncSent {
                             memory_bytes: memory,
@@ -111,12 +116,18 @@ impl NodeLoop {
                 self.metrics.on_lease_request(request.id, self.clock.now());
                 self.arbiter.request(request);
             }
-            Output::ClaimClientLink { term } => info!(
-                role = self.name,
-                term = term.0,
-                "claim-client-link {}",
-                self.net.claim_client_link()
-            ),
+            Output::ClaimClientLink { term } => {
+                let announced = self.net.claim_client_link();
+                info!(
+                    role = self.name,
+                    term = term.0,
+                    "claim-client-link {announced}"
+                );
+                self.milestone(Milestone::ClaimClientLink {
+                    term: term.0,
+                    announced,
+                });
+            }
             Output::Halt(reason) => {
                 // The VM stops for good and the loop ends after this drain.
                 self.machine.pause();

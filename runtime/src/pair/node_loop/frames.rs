@@ -148,8 +148,10 @@ impl GuestNet {
                 None => (None, None),
                 Some(link) => {
                     let name = &link.tap;
-                    let fail =
-                        |e: std::io::Error| LoopError::Endpoint(format!("client tap {name}: {e}"));
+                    let fail = |source| LoopError::Tap {
+                        name: name.clone(),
+                        source,
+                    };
                     let tap = Tap::open(name).map_err(fail)?;
                     let writer = tap.try_clone().map_err(fail)?;
                     let tx = tx.clone();

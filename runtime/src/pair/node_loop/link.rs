@@ -117,6 +117,10 @@ impl NodeLoop {
             let mode = self.node.status(self.clock.now()).mode;
             let from = link.peer_addr();
             info!(role = self.name, from, mode = ?mode, "newcomer-refused");
+            self.milestone(crate::pair::events::Milestone::NewcomerRefused {
+                from: from.to_string(),
+                mode: format!("{mode:?}"),
+            });
             return;
         }
         self.use_link(link);
@@ -218,6 +222,9 @@ impl NodeLoop {
         self.peer_watch = None;
         writer.close();
         info!(role = self.name, reason = ?why, "link-down");
+        self.milestone(crate::pair::events::Milestone::LinkDown {
+            reason: why.to_string(),
+        });
         self.link += 1; // ignore whatever the old reader still posts
         true
     }

@@ -5,11 +5,16 @@
 //! Stopping the VM when deposed or stopped and claiming the client link are the node's
 //! outputs (`Output::Halt`, `Output::ClaimClientLink`), executed in `mod.rs`.
 //!
+//! Each milestone also goes to the typed event stream (`crate::pair::events`, `--events`),
+//! which is what the demo, the tests and scripts read.
+//!
 //! Invariant: every event carries the node's role name (`role`) and its figures as typed
-//! fields, which the human format renders as the `<role>: <what> key=value` lines tests and
-//! the demo read (`crate::logging`); nothing here feeds the node an input.
+//! fields, which the human format renders as the `<role>: <what> key=value` lines operators
+//! read (`crate::logging`); a milestone's log line and its event record carry the same
+//! figures; nothing here feeds the node an input.
 
 use super::{LoopEnd, NodeLoop};
+use crate::pair::events::{self, Milestone};
 use crate::pair::progress::SyncProgress;
 use crate::vmm::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
 use colo_core::checkpoint::VmCompletion;
@@ -55,13 +60,19 @@ impl NodeLoop {
         if self.config.workload_pages > 0
             && matches!(status.mode, NodeMode::Paired | NodeMode::Solo)
         {
+            let step = self.guest_step();
             info!(
                 role = self.name,
-                step = self.guest_step(),
+                step,
                 mode = ?status.mode,
                 term = status.term.0,
                 "guest-step"
             );
+            self.milestone(Milestone::GuestStep {
+                step,
+                mode: format!("{:?}", status.mode),
+                term: status.term.0,
+            });
         }
     }
 
@@ -93,16 +104,25 @@ impl NodeLoop {
                 } else {
                     (None, None)
                 };
+                let step = self.guest_step();
                 info!(
                     role = self.name,
                     epoch = epoch.0,
-                    step = self.guest_step(),
+                    step,
                     dirty_pages = pages,
                     digest = digest.as_deref(),
                     disk_digest = disk_digest.as_deref(),
                     disk_digest_error = disk_digest_error.as_deref(),
                     "paused"
                 );
+                self.milestone(Milestone::Paused {
+                    epoch: epoch.0,
+                    step,
+                    dirty_pages: pages,
+                    digest,
+                    disk_digest,
+                    disk_digest_error: disk_digest_error.map(|e| e.trim_matches('"').to_string()),
+                });
             }
             VmCompletion::Applied { epoch } => {
                 // The SVM is the checkpoint now: what its guest printed since the last apply
@@ -112,24 +132,42 @@ impl NodeLoop {
                     .config
                     .digests
                     .then(|| format!("{:08x}", self.machine.memory_digest()));
+                let (step, pages_copied) = (self.guest_step(), self.exec.last_apply.pages_copied);
+                let apply_us = self.exec.timings.apply.as_micros() as u64;
                 info!(
                     role = self.name,
                     epoch = epoch.0,
-                    step = self.guest_step(),
-                    pages_copied = self.exec.last_apply.pages_copied,
+                    step,
+                    pages_copied,
                     digest = digest.as_deref(),
-                    apply_us = self.exec.timings.apply.as_micros() as u64,
+                    apply_us,
                     console_dropped = dropped,
                     "applied"
                 );
+                self.milestone(Milestone::Applied {
+                    epoch: epoch.0,
+                    step,
+                    pages_copied,
+                    digest,
+                    apply_us,
+                    console_dropped: dropped as u64,
+                });
             }
             _ => {}
         }
     }
 
+    /// Writes `milestone` of this node to the event stream.
+    pub(super) fn milestone(&self, milestone: Milestone) {
+        events::emit(self.name, milestone);
+    }
+
     pub(super) fn on_node_event(&mut self, event: Event) {
         self.ctl_on_event(&event);
         self.metrics_on_event(&event);
+        if let Some(milestone) = self.milestone_of(&event) {
+            self.milestone(milestone);
+        }
         let n = self.name;
         match &event {
             Event::CheckpointDone {
@@ -201,6 +239,9 @@ impl NodeLoop {
                 // printed since the last apply.
                 let released = self.machine.output_gate().release();
                 info!(role = n, bytes = released, "console-released");
+                self.milestone(Milestone::ConsoleReleased {
+                    bytes: released as u64,
+                });
             }
             // The node's `Output::Halt` that follows stops the VM; the line reads
             // `<role>: deposed term=T`.
@@ -265,5 +306,87 @@ impl NodeLoop {
             },
             other => info!(role = n, "event {other:?}"),
         }
+    }
+
+    /// The stream's record of a node event (the periodic and per-step figures the log line
+    /// adds come from the loop: the guest step).
+    fn milestone_of(&self, event: &Event) -> Option<Milestone> {
+        let step = self.guest_step();
+        Some(match event {
+            Event::Paired { peer, term, role } => Milestone::Paired {
+                peer: peer.0,
+                term: term.0,
+                side: format!("{role:?}"),
+            },
+            Event::CheckpointDone {
+                epoch,
+                reason,
+                pause,
+                pages,
+                bytes,
+            } => Milestone::CheckpointDone {
+                epoch: epoch.0,
+                reason: format!("{reason:?}"),
+                pause_us: pause.as_micros() as u64,
+                pages: *pages,
+                bytes: *bytes,
+                step,
+            },
+            Event::CheckpointApplied {
+                epoch,
+                pause,
+                pages,
+                bytes,
+            } => Milestone::CheckpointApplied {
+                epoch: epoch.0,
+                pause_us: pause.as_micros() as u64,
+                pages: *pages,
+                bytes: *bytes,
+                step,
+            },
+            Event::CheckpointAborted { epoch, reason } => Milestone::CheckpointAborted {
+                epoch: epoch.0,
+                reason: format!("{reason:?}"),
+            },
+            Event::CheckpointStuck { epoch, phase } => Milestone::CheckpointStuck {
+                epoch: epoch.0,
+                phase: format!("{phase:?}"),
+            },
+            Event::VmFailed { epoch, command } => Milestone::VmFailed {
+                epoch: epoch.0,
+                command: format!("{command:?}"),
+            },
+            Event::PeerLost { silent_for } => Milestone::PeerLost {
+                silent_ms: silent_for.as_millis() as u64,
+            },
+            Event::TakeoverStarted { term, from, reason } => Milestone::TakeoverStarted {
+                term: term.0,
+                from: format!("{from:?}"),
+                reason: format!("{reason:?}"),
+                step,
+            },
+            Event::FailedOver { term, reason } => Milestone::FailedOver {
+                term: term.0,
+                reason: format!("{reason:?}"),
+                step,
+            },
+            Event::Deposed { term, .. } => Milestone::Deposed { term: term.0 },
+            Event::Stopped => Milestone::Stopped,
+            Event::SyncStarted {
+                term,
+                memory_bytes,
+                disk_bytes,
+            } => Milestone::SyncStarted {
+                term: term.0,
+                memory_bytes: *memory_bytes,
+                disk_bytes: *disk_bytes,
+            },
+            Event::Reprotected { term, epoch } => Milestone::Reprotected {
+                term: term.0,
+                epoch: epoch.0,
+            },
+            Event::ReprotectFailed { term } => Milestone::ReprotectFailed { term: term.0 },
+            _ => return None,
+        })
     }
 }

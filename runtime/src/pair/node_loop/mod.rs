@@ -223,9 +223,31 @@ pub enum LoopError {
     /// The node configuration was refused.
     #[error("node configuration: {0}")]
     Config(#[from] colo_core::node::NodeConfigError),
-    /// The peer endpoint cannot be used.
+    /// The peer endpoint (or another of the node's endpoints) cannot be used.
     #[error("{0}")]
     Endpoint(String),
+    /// The peer listener cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A client tap cannot be opened or read.
+    #[error("client tap {name}: {source}")]
+    Tap {
+        /// The tap.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The replicated disk's images cannot be opened.
+    #[error(transparent)]
+    Disk(#[from] crate::vmm::disk::ImageError),
+    /// The arbiter client's thread cannot be started.
+    #[error("cannot start the arbiter client: {0}")]
+    ArbiterClient(std::io::Error),
     /// A vCPU stopped (guest exit or fault): a protected guest must not stop on its own.
     #[error("vCPU {vcpu} stopped: {why}")]
     GuestStopped {
@@ -311,16 +333,15 @@ impl NodeLoop {
             gate.hold();
         }
         let net = GuestNet::new(&config.net, &machine, tx.clone())?;
-        let disk = GuestDisk::for_loop(&config, &machine, tx.clone())
-            .map_err(|e| LoopError::Endpoint(e.to_string()))?;
+        let disk = GuestDisk::for_loop(&config, &machine, tx.clone())?;
         let name = match config.role {
             Role::Primary => "primary",
             Role::Secondary => "secondary",
         };
         match config.peer {
             PeerEndpoint::Listen(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .map_err(|e| LoopError::Endpoint(format!("cannot listen on {addr}: {e}")))?;
+                let listener =
+                    TcpListener::bind(addr).map_err(|source| LoopError::Bind { addr, source })?;
                 spawn_acceptor(listener, config.key.clone(), name, tx.clone())?;
             }
             // The secondary dials when its node orders it (at its start).
@@ -359,7 +380,7 @@ impl NodeLoop {
                 let _ = arbiter_tx.send(LoopEvent::Arbiter { id, reply });
             },
         )
-        .map_err(|e| LoopError::Endpoint(format!("cannot start the arbiter client: {e}")))?;
+        .map_err(LoopError::ArbiterClient)?;
         let metrics =
             metrics::LoopMetrics::new(name, config.metrics_listen).map_err(LoopError::Endpoint)?;
         Ok(NodeLoop {

@@ -111,7 +111,8 @@ impl Load {
                             .map(|()| inn.fetch_add(bulk, Ordering::Relaxed)),
                         _ => client
                             .incr()
-                            .map(|_| requests.fetch_add(1, Ordering::Relaxed)),
+                            .map(|_| requests.fetch_add(1, Ordering::Relaxed))
+                            .map_err(crate::demo::DemoError::Client),
                     };
                     if done.is_err() {
                         return;
@@ -173,7 +174,7 @@ pub fn run(options: &BenchOptions, soak: Duration) -> Result<SoakReport, String>
                 }
                 Err(e) => {
                     load.finish(&mut report);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
             if fields(&line.text, "primary", "checkpoint-done").is_some() {

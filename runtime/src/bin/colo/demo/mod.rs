@@ -10,13 +10,17 @@
 //!
 //! Invariant: every child is killed and reaped on every path out of [`run`] (the `Children`
 //! guard), and every wait is bounded by the demo's deadline, so the demo always ends.
-//! It reads the children's milestone lines (`<role>: <what> key=value`, see
-//! `node_loop`), echoes them prefixed, and judges only from them and from its own clock.
+//! Every child runs with `--events -`: the demo judges only from their typed milestone
+//! records (`colo_runtime::pair::events`, deserialized, never log text parsed back) and from
+//! its own clock, and echoes their human log lines prefixed.
 
+mod error;
 pub(crate) mod net;
 
+pub use error::DemoError;
 pub use net::{Percentiles, run as run_net};
 
+use colo_runtime::pair::events::{Milestone, Record};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -156,27 +160,30 @@ impl Drop for Children {
 }
 
 impl Children {
-    pub(crate) fn kill(&mut self, who: &str) -> Result<(), String> {
+    pub(crate) fn kill(&mut self, who: &str) -> Result<(), DemoError> {
         let at = self
             .0
             .iter()
             .position(|(name, _)| *name == who)
-            .ok_or_else(|| format!("no child {who}"))?;
+            .ok_or_else(|| DemoError::NoChild(who.to_string()))?;
         let (_, mut child) = self.0.remove(at);
-        child
-            .kill()
-            .map_err(|e| format!("cannot kill the {who}: {e}"))?;
-        child
-            .wait()
-            .map_err(|e| format!("cannot reap the {who}: {e}"))?;
+        let failed = |action| {
+            move |source| DemoError::Signal {
+                action,
+                who: who.to_string(),
+                source,
+            }
+        };
+        child.kill().map_err(failed("kill"))?;
+        child.wait().map_err(failed("reap"))?;
         Ok(())
     }
 
     /// A child that exited on its own is a failure of the demo.
-    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
-        for (name, child) in &mut self.0 {
+    pub(crate) fn check_alive(&mut self) -> Result<(), DemoError> {
+        for (who, child) in &mut self.0 {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("the {name} exited early ({status})"));
+                return Err(DemoError::ExitedEarly { who, status });
             }
         }
         Ok(())
@@ -188,9 +195,22 @@ pub(crate) struct Line {
     pub(crate) who: &'static str,
     pub(crate) text: String,
     pub(crate) at: Instant,
+    /// The milestone record on the line, if it is one (`--events -`).
+    pub(crate) record: Option<Record>,
 }
 
-/// `key=value` fields of a milestone line `<who>: <what> k=v ...`, if it is `what`.
+impl Line {
+    /// The milestone on this line if child `who` printed it.
+    pub(crate) fn milestone(&self, who: &str) -> Option<&Milestone> {
+        match &self.record {
+            Some(record) if self.who == who => Some(&record.milestone),
+            _ => None,
+        }
+    }
+}
+
+/// `key=value` fields of a log line `<who>: <what> k=v ...`, if it is `what` (`colo bench`
+/// still reads its figures this way; the demo reads [`Line::milestone`]).
 pub(crate) fn fields(text: &str, who: &str, what: &str) -> Option<BTreeMap<String, String>> {
     let rest = text.strip_prefix(who)?.strip_prefix(": ")?;
     let rest = rest.strip_prefix(what)?;
@@ -205,22 +225,18 @@ pub(crate) fn fields(text: &str, who: &str, what: &str) -> Option<BTreeMap<Strin
     )
 }
 
-pub(crate) fn num(map: &BTreeMap<String, String>, key: &str) -> u64 {
-    map.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 fn spawn(
     binary: &PathBuf,
     who: &'static str,
     args: &[String],
     lines: &mpsc::Sender<Line>,
-) -> Result<Child, String> {
+) -> Result<Child, DemoError> {
     spawn_in(None, binary, who, args, &[], lines)
 }
 
-/// Starts `binary args` (inside network namespace `netns` through `ip netns exec`, which
-/// execs the binary: the child is the colo process itself) with `envs` added to its
-/// environment and its lines sent to `lines`.
+/// Starts `binary --events - args` (inside network namespace `netns` through `ip netns exec`,
+/// which execs the binary: the child is the colo process itself) with `envs` added to its
+/// environment and its lines, with the milestone records on them, sent to `lines`.
 pub(crate) fn spawn_in(
     netns: Option<&str>,
     binary: &PathBuf,
@@ -228,7 +244,7 @@ pub(crate) fn spawn_in(
     args: &[String],
     envs: &[(&str, &str)],
     lines: &mpsc::Sender<Line>,
-) -> Result<Child, String> {
+) -> Result<Child, DemoError> {
     let mut command = match netns {
         None => Command::new(binary),
         Some(ns) => {
@@ -239,18 +255,22 @@ pub(crate) fn spawn_in(
     };
     // One pipe for the child's stdout (guest console) and stderr (log lines): its lines come
     // in the order it wrote them.
-    let (pipe, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let stdout = writer
-        .try_clone()
-        .map_err(|e| format!("cannot clone a pipe: {e}"))?;
+    let pipe_error = |action| move |source| DemoError::Pipe { action, source };
+    let (pipe, writer) = std::io::pipe().map_err(pipe_error("create"))?;
+    let stdout = writer.try_clone().map_err(pipe_error("clone"))?;
     let child = command
+        .args(["--events", "-"])
         .args(args)
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(writer)
         .spawn()
-        .map_err(|e| format!("cannot start the {who} ({}): {e}", binary.display()))?;
+        .map_err(|source| DemoError::Spawn {
+            who,
+            binary: binary.clone(),
+            source,
+        })?;
     // The parent's copies of the write end are gone with `command`: the reader sees EOF
     // when the child exits.
     drop(command);
@@ -258,7 +278,16 @@ pub(crate) fn spawn_in(
     std::thread::spawn(move || {
         for text in BufReader::new(pipe).lines().map_while(Result::ok) {
             let at = Instant::now();
-            if tx.send(Line { who, text, at }).is_err() {
+            let record = Record::from_line(&text);
+            if tx
+                .send(Line {
+                    who,
+                    text,
+                    at,
+                    record,
+                })
+                .is_err()
+            {
                 return;
             }
         }
@@ -266,7 +295,7 @@ pub(crate) fn spawn_in(
     Ok(child)
 }
 
-pub(crate) fn require_kvm() -> Result<(), String> {
+pub(crate) fn require_kvm() -> Result<(), DemoError> {
     let kvm = colo_runtime::vmm::vstate::vm::kvm_device_path();
     match std::fs::OpenOptions::new()
         .read(true)
@@ -274,7 +303,10 @@ pub(crate) fn require_kvm() -> Result<(), String> {
         .open(&kvm)
     {
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("the demo needs {kvm}, which cannot be opened: {e}")),
+        Err(source) => Err(DemoError::NoKvm {
+            device: kvm.to_string(),
+            source,
+        }),
     }
 }
 
@@ -286,7 +318,7 @@ fn write_pair_config(
     arbiter: SocketAddr,
     peer: SocketAddr,
     takeover: SocketAddr,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, DemoError> {
     let key_file = dir.key_file();
     let key_file = key_file.display();
     let text = format!(
@@ -322,18 +354,25 @@ control = "{secondary_ctl}"
         secondary_ctl = dir.socket("secondary").display(),
     );
     let path = dir.0.join("pair.toml");
-    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::write(&path, text).map_err(|source| DemoError::File {
+        action: "write",
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 
 /// Runs the demo (see the module doc).
-pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
+pub fn run(options: &DemoOptions) -> Result<DemoSummary, DemoError> {
     require_kvm()?;
     let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let (arbiter, peer) = (local(options.arbiter_port), local(options.peer_port));
     let takeover = local(options.reprotect_port);
     for addr in [arbiter, peer, takeover] {
-        TcpListener::bind(addr).map_err(|e| format!("port {} is not free: {e}", addr.port()))?;
+        TcpListener::bind(addr).map_err(|source| DemoError::PortBusy {
+            port: addr.port(),
+            source,
+        })?;
     }
     let deadline = Instant::now() + options.timeout;
     let (tx, rx) = mpsc::channel();
@@ -395,25 +434,28 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
 
     let mut summary = DemoSummary::default();
     let mut paused_steps: BTreeMap<u64, u64> = BTreeMap::new();
-    let next = |children: &mut Children, what: &str| -> Result<Line, String> {
+    let next = |children: &mut Children, what: &str| -> Result<Line, DemoError> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("timed out waiting for {what}"));
+                return Err(DemoError::Timeout(what.to_string()));
             }
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(line) => {
-                    println!("[{}] {}", line.who, line.text);
+                    // A record says what the log line beside it says: not echoed twice.
+                    if line.record.is_none() {
+                        println!("[{}] {}", line.who, line.text);
+                    }
                     if line.who != "arbiter"
                         && (line.text.contains("PANIC") || line.text.contains("panicked"))
                     {
-                        return Err(format!("the {}'s guest or node panicked", line.who));
+                        return Err(DemoError::Panicked(line.who));
                     }
                     return Ok(line);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => children.check_alive()?,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(format!("every child ended before {what}"));
+                    return Err(DemoError::ChildrenEnded(what.to_string()));
                 }
             }
         }
@@ -425,24 +467,44 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     let mut last_done = 0;
     while summary.checkpoints < options.checkpoints || summary.last_applied.0 < last_done {
         let line = next(&mut children, "the checkpoints")?;
-        if let Some(f) = fields(&line.text, "primary", "paused") {
-            paused_steps.insert(num(&f, "epoch"), num(&f, "step"));
-        } else if let Some(f) = fields(&line.text, "primary", "checkpoint-done") {
-            summary.checkpoints += 1;
-            last_done = num(&f, "epoch");
-            if summary.checkpoints == 1 {
-                summary.first_pause_us = num(&f, "pause_us");
-            } else {
-                summary.pauses_us.push(num(&f, "pause_us"));
-                summary.bytes.push(num(&f, "bytes"));
+        match (line.milestone("primary"), line.milestone("secondary")) {
+            (Some(Milestone::Paused { epoch, step, .. }), _) => {
+                paused_steps.insert(*epoch, *step);
             }
-        } else if let Some(f) = fields(&line.text, "secondary", "applied") {
-            summary.last_applied = (num(&f, "epoch"), num(&f, "step"));
-        } else if let Some(f) = fields(&line.text, "primary", "disk") {
-            summary.disk_writes = num(&f, "guest_writes");
-            summary.disk_forwarded_bytes = num(&f, "forwarded_bytes");
-        } else if fields(&line.text, "secondary", "disk-reset").is_some() {
-            summary.disk_resets += 1;
+            (
+                Some(Milestone::CheckpointDone {
+                    epoch,
+                    pause_us,
+                    bytes,
+                    ..
+                }),
+                _,
+            ) => {
+                summary.checkpoints += 1;
+                last_done = *epoch;
+                if summary.checkpoints == 1 {
+                    summary.first_pause_us = *pause_us;
+                } else {
+                    summary.pauses_us.push(*pause_us);
+                    summary.bytes.push(*bytes);
+                }
+            }
+            (
+                Some(Milestone::Disk {
+                    guest_writes,
+                    forwarded_bytes,
+                    ..
+                }),
+                _,
+            ) => {
+                summary.disk_writes = *guest_writes;
+                summary.disk_forwarded_bytes = *forwarded_bytes;
+            }
+            (_, Some(Milestone::Applied { epoch, step, .. })) => {
+                summary.last_applied = (*epoch, *step);
+            }
+            (_, Some(Milestone::DiskReset { .. })) => summary.disk_resets += 1,
+            _ => {}
         }
     }
 
@@ -454,17 +516,21 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
     children.kill("primary")?;
     loop {
         let line = next(&mut children, "the failover")?;
-        if let Some(f) = fields(&line.text, "secondary", "applied") {
+        match line.milestone("secondary") {
             // A checkpoint fully received before the kill may still be applied.
-            summary.last_applied = (num(&f, "epoch"), num(&f, "step"));
-        } else if fields(&line.text, "secondary", "peer-lost").is_some() {
-            summary.kill_to_peer_lost = killed.elapsed();
-        } else if let Some(f) = fields(&line.text, "secondary", "disk-merged") {
-            summary.disk_merged_blocks = Some(num(&f, "blocks"));
-        } else if let Some(f) = fields(&line.text, "secondary", "failed-over") {
-            summary.kill_to_failed_over = killed.elapsed();
-            summary.term = num(&f, "term");
-            break;
+            Some(Milestone::Applied { epoch, step, .. }) => {
+                summary.last_applied = (*epoch, *step);
+            }
+            Some(Milestone::PeerLost { .. }) => summary.kill_to_peer_lost = killed.elapsed(),
+            Some(Milestone::DiskMerged { blocks, .. }) => {
+                summary.disk_merged_blocks = Some(*blocks);
+            }
+            Some(Milestone::FailedOver { term, .. }) => {
+                summary.kill_to_failed_over = killed.elapsed();
+                summary.term = *term;
+                break;
+            }
+            _ => {}
         }
     }
 
@@ -474,29 +540,28 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary, String> {
         .copied()
         .unwrap_or(0);
     if summary.primary_step_at_last != summary.last_applied.1 {
-        return Err(format!(
-            "checkpoint {} holds step {} on the secondary but the primary paused at step {}",
-            summary.last_applied.0, summary.last_applied.1, summary.primary_step_at_last
-        ));
+        return Err(DemoError::StepMismatch {
+            epoch: summary.last_applied.0,
+            held: summary.last_applied.1,
+            paused: summary.primary_step_at_last,
+        });
     }
 
     // Phase 3: the survivor's guest keeps counting from the last checkpoint.
     while summary.steps_after.len() < 3 {
         let line = next(&mut children, "the survivor's progress")?;
-        if let Some(f) = fields(&line.text, "secondary", "disk-merged") {
-            summary.disk_merged_blocks = Some(num(&f, "blocks"));
+        if let Some(Milestone::DiskMerged { blocks, .. }) = line.milestone("secondary") {
+            summary.disk_merged_blocks = Some(*blocks);
         }
-        if let Some(f) = fields(&line.text, "secondary", "guest-step") {
-            let step = num(&f, "step");
+        if let Some(Milestone::GuestStep { step, .. }) = line.milestone("secondary") {
+            let step = *step;
             let floor = summary
                 .steps_after
                 .last()
                 .copied()
                 .unwrap_or(summary.last_applied.1);
             if step <= floor {
-                return Err(format!(
-                    "the survivor's guest did not advance: step {step} after {floor}"
-                ));
+                return Err(DemoError::Stalled { step, floor });
             }
             summary.steps_after.push(step);
         }
@@ -527,9 +592,37 @@ mod tests {
             "applied",
         )
         .unwrap();
-        assert_eq!(num(&f, "epoch"), 4);
-        assert_eq!(num(&f, "step"), 1200);
+        assert_eq!(f["epoch"], "4");
+        assert_eq!(f["step"], "1200");
         assert!(fields("secondary: applied-x epoch=4", "secondary", "applied").is_none());
         assert!(fields("primary: applied epoch=4", "secondary", "applied").is_none());
+    }
+
+    #[test]
+    fn a_line_yields_its_milestone_only_for_the_child_that_printed_it() {
+        let record = Record {
+            milestone: Milestone::FailedOver {
+                term: 3,
+                reason: "PeerLost".into(),
+                step: 10,
+            },
+            role: "secondary".into(),
+        };
+        let text = record.to_line();
+        let line = Line {
+            who: "newcomer",
+            record: Record::from_line(&text),
+            text,
+            at: Instant::now(),
+        };
+        assert_eq!(line.milestone("newcomer"), Some(&record.milestone));
+        assert_eq!(line.milestone("secondary"), None);
+        let log = Line {
+            who: "newcomer",
+            text: "secondary: failed-over term=3".into(),
+            at: Instant::now(),
+            record: None,
+        };
+        assert_eq!(log.milestone("newcomer"), None);
     }
 }

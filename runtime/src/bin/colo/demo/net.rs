@@ -19,10 +19,11 @@
 //! reply, so no acknowledged write is lost or repeated across checkpoints and the failover
 //! (COLO's output commit: a reply is released only when the secondary can reproduce it).
 
-use super::{Children, DemoOptions, Line, fields, num, spawn_in};
+use super::{Children, DemoError, DemoOptions, Line, spawn_in};
 use colo_runtime::net::kvclient::{KvConnection, Timeouts, add_client_bridge};
 use colo_runtime::net::netns::NetNs;
 use colo_runtime::net::tap::{Tap, TapLink};
+use colo_runtime::pair::events::Milestone;
 use colo_runtime::vmm::devices::console::OutputCapture;
 use colo_runtime::vmm::machine::{ConsoleOutput, Machine};
 use colo_runtime::vmm::persist::MachineConfig;
@@ -147,17 +148,19 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn connect(ns: &NetNs, ip: &str) -> Result<Client, String> {
-        let addr: SocketAddr = format!("{ip}:{PORT}").parse().map_err(|e| format!("{e}"))?;
+    pub(crate) fn connect(ns: &NetNs, ip: &str) -> Result<Client, DemoError> {
+        let addr: SocketAddr = format!("{ip}:{PORT}")
+            .parse()
+            .map_err(|e| DemoError::Client(format!("{ip}:{PORT}: {e}")))?;
         let timeouts = Timeouts {
             connect: Duration::from_secs(10),
             read: Duration::from_secs(20),
         };
-        let conn = KvConnection::connect(ns, addr, timeouts)?;
+        let conn = KvConnection::connect(ns, addr, timeouts).map_err(DemoError::Client)?;
         // A `SINK` body into a wedged guest must not block forever either.
         conn.stream()
             .set_write_timeout(Some(timeouts.read))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DemoError::Client(e.to_string()))?;
         Ok(Client {
             conn,
             next_id: 1,
@@ -165,7 +168,8 @@ impl Client {
         })
     }
 
-    /// One request; returns the counter's new value.
+    /// One request; returns the counter's new value. (Its error stays a string: `colo
+    /// bench`'s client thread stores it as one.)
     pub(crate) fn incr(&mut self) -> Result<u64, String> {
         let id = self.next_id;
         self.next_id += 1;
@@ -185,48 +189,67 @@ impl Client {
 
     /// A `NONCE` request: the two guests answer it differently (their TSCs), so the primary's
     /// comparator sees a real difference and forces a checkpoint; the client gets one reply.
-    fn nonce(&mut self) -> Result<(), String> {
+    fn nonce(&mut self) -> Result<(), DemoError> {
         let id = self.next_id;
         self.next_id += 1;
-        let line = self.conn.ask(&format!("{id} NONCE"))?;
+        let line = self
+            .conn
+            .ask(&format!("{id} NONCE"))
+            .map_err(DemoError::Client)?;
         match line.strip_prefix(&format!("{id} NONCE ")) {
             Some(t) if t.len() == 16 && u64::from_str_radix(t, 16).is_ok() => Ok(()),
-            _ => Err(format!("request {id} (NONCE) got {line:?}")),
+            _ => Err(DemoError::Client(format!(
+                "request {id} (NONCE) got {line:?}"
+            ))),
         }
     }
 
     /// `STREAM n`: the guest sends `n` bytes; every one is checked against the pattern.
-    pub(crate) fn stream(&mut self, n: u64) -> Result<(), String> {
+    pub(crate) fn stream(&mut self, n: u64) -> Result<(), DemoError> {
         let id = self.next_id;
         self.next_id += 1;
-        let line = self.conn.ask(&format!("{id} STREAM {n}"))?;
+        let line = self
+            .conn
+            .ask(&format!("{id} STREAM {n}"))
+            .map_err(DemoError::Client)?;
         if line != format!("{id} STREAM {n}") {
-            return Err(format!("request {id} (STREAM {n}) got {line:?}"));
+            return Err(DemoError::Client(format!(
+                "request {id} (STREAM {n}) got {line:?}"
+            )));
         }
         let mut at = 0u64;
         let mut bad = None;
-        self.conn.read_body(n, |chunk| {
-            for &b in chunk {
-                if bad.is_none() && b != stream_byte(at) {
-                    bad = Some(at);
+        self.conn
+            .read_body(n, |chunk| {
+                for &b in chunk {
+                    if bad.is_none() && b != stream_byte(at) {
+                        bad = Some(at);
+                    }
+                    at += 1;
                 }
-                at += 1;
-            }
-        })?;
+            })
+            .map_err(DemoError::Client)?;
         match bad {
-            Some(at) => Err(format!("request {id} (STREAM {n}): byte {at} is wrong")),
+            Some(at) => Err(DemoError::Client(format!(
+                "request {id} (STREAM {n}): byte {at} is wrong"
+            ))),
             None => Ok(()),
         }
     }
 
     /// `SINK n`: sends `n` bytes to the guest, which answers once it counted them all.
-    pub(crate) fn sink(&mut self, body: &[u8]) -> Result<(), String> {
+    pub(crate) fn sink(&mut self, body: &[u8]) -> Result<(), DemoError> {
         let id = self.next_id;
         self.next_id += 1;
         let n = body.len();
-        let line = self.conn.ask_with_body(&format!("{id} SINK {n}"), body)?;
+        let line = self
+            .conn
+            .ask_with_body(&format!("{id} SINK {n}"), body)
+            .map_err(DemoError::Client)?;
         if line != format!("{id} SUNK {n}") {
-            return Err(format!("request {id} (SINK {n}) got {line:?}"));
+            return Err(DemoError::Client(format!(
+                "request {id} (SINK {n}) got {line:?}"
+            )));
         }
         Ok(())
     }
@@ -253,11 +276,17 @@ struct Sample {
 }
 
 /// Creates the namespace `<prefix>-<pid>` with the clients' bridge (10.0.0.1/24, no route out).
-pub(crate) fn lab(prefix: &str) -> Result<NetNs, String> {
-    let ns = NetNs::create(&format!("{prefix}-{}", std::process::id())).map_err(|e| {
-        format!("cannot create the network namespace (root and iproute2 needed): {e}")
+pub(crate) fn lab(prefix: &str) -> Result<NetNs, DemoError> {
+    let ns = NetNs::create(&format!("{prefix}-{}", std::process::id())).map_err(|source| {
+        DemoError::Lab {
+            what: "cannot create the network namespace (root and iproute2 needed)".to_string(),
+            source,
+        }
     })?;
-    add_client_bridge(&ns, BRIDGE, "10.0.0.1/24").map_err(|e| e.to_string())?;
+    add_client_bridge(&ns, BRIDGE, "10.0.0.1/24").map_err(|source| DemoError::Lab {
+        what: format!("the clients' bridge {BRIDGE}"),
+        source,
+    })?;
     Ok(ns)
 }
 
@@ -281,7 +310,7 @@ impl Drop for LoneVm {
 
 impl LoneVm {
     /// Boots it and waits until its server listens.
-    pub(crate) fn start(ns: &NetNs) -> Result<LoneVm, String> {
+    pub(crate) fn start(ns: &NetNs) -> Result<LoneVm, DemoError> {
         let capture = OutputCapture::new();
         let mut machine = Machine::new(
             MachineConfig {
@@ -289,29 +318,30 @@ impl LoneVm {
                 vcpus: 1,
             },
             ConsoleOutput::Capture(capture.clone()),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         // Not the pair's MAC: the bridge must not learn the pair's guest on this port.
         machine
             .net()
             .lock()
             .set_mac([0x52, 0x54, 0x00, 0xc0, 0x10, 0x03]);
-        let tsc = machine.tsc_khz().map_err(|e| e.to_string())?;
+        let tsc = machine.tsc_khz()?;
         let image = std::fs::read(colo_runtime::vmm::guest::test_guest_path())
-            .map_err(|e| format!("cannot read the test guest: {e}"))?;
-        machine
-            .load_test_guest(
-                &image,
-                &colo_runtime::vmm::guest::net_server_cmdline(&format!("{LONE_IP}/24"), PORT, tsc),
-            )
-            .map_err(|e| e.to_string())?;
+            .map_err(DemoError::TestGuest)?;
+        machine.load_test_guest(
+            &image,
+            &colo_runtime::vmm::guest::net_server_cmdline(&format!("{LONE_IP}/24"), PORT, tsc),
+        )?;
+        let lab = |what: &str| {
+            let what = what.to_string();
+            move |source| DemoError::Lab { what, source }
+        };
         let tap = ns
             .run(|| Tap::open("colol0"))
             .and_then(|r| r)
-            .map_err(|e| format!("tap colol0: {e}"))?;
+            .map_err(lab("tap colol0"))?;
         ns.ip(&["link", "set", "colol0", "master", BRIDGE, "up"])
-            .map_err(|e| e.to_string())?;
-        let link = TapLink::attach(tap, machine.net()).map_err(|e| e.to_string())?;
+            .map_err(lab("tap colol0 on the bridge"))?;
+        let link = TapLink::attach(tap, machine.net()).map_err(lab("tap colol0's link"))?;
         machine.resume();
         let lone = LoneVm {
             _link: link,
@@ -320,20 +350,20 @@ impl LoneVm {
         let (text, up) =
             capture.wait_until(Duration::from_secs(20), |t| t.contains("net-server on"));
         if !up {
-            return Err(format!("the lone VM's server did not start: {text}"));
+            return Err(DemoError::LoneVmDown(text));
         }
         Ok(lone)
     }
 }
 
 /// Phase 0: a lone VM in this process answers `requests` requests.
-fn lone_vm(ns: &NetNs, requests: u32) -> Result<Percentiles, String> {
+fn lone_vm(ns: &NetNs, requests: u32) -> Result<Percentiles, DemoError> {
     let _vm = LoneVm::start(ns)?;
     let mut client = Client::connect(ns, LONE_IP)?;
     let mut latencies = Vec::new();
     for _ in 0..requests {
         let t = Instant::now();
-        client.incr()?;
+        client.incr().map_err(DemoError::Client)?;
         latencies.push(t.elapsed());
     }
     println!("[demo] lone VM: {} requests answered", latencies.len());
@@ -360,7 +390,7 @@ impl PairRun {
         deadline: Instant,
         envs: &[(&str, &str)],
         node_args: &[String],
-    ) -> Result<PairRun, String> {
+    ) -> Result<PairRun, DemoError> {
         let (tx, rx) = mpsc::channel();
         let lifetime = format!("{}", options.timeout.as_secs() + 10);
         let arbiter = format!("127.0.0.1:{}", options.arbiter_port);
@@ -368,13 +398,8 @@ impl PairRun {
         static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("colo-pair-{}-{run}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let control = super::reprotect::ControlDir(dir);
-        // The pair key the three share (the dir and the key go when the run is dropped).
-        let _ = std::fs::remove_file(control.key_file());
-        colo_runtime::pair::peer::auth::write_key_file(&control.key_file())
-            .map_err(|e| e.to_string())?;
+        // With the pair key the three share (the dir and the key go when the run is dropped).
+        let control = super::reprotect::ControlDir::create_at(dir)?;
         let key_file = control.key_file().to_string_lossy().into_owned();
         let node = |role: &str, link: &str, addr: &str, tap: &str| -> Vec<String> {
             let socket = control.socket(role).to_string_lossy().into_owned();
@@ -440,18 +465,19 @@ impl PairRun {
 
     /// The next line within 100 ms (`None` if none came and every child still runs); an
     /// error past the deadline, when a child exited or panicked.
-    pub(crate) fn next(&mut self, what: &str) -> Result<Option<Line>, String> {
+    pub(crate) fn next(&mut self, what: &str) -> Result<Option<Line>, DemoError> {
         if Instant::now() >= self.deadline {
-            return Err(format!("timed out waiting for {what}"));
+            return Err(DemoError::Timeout(what.to_string()));
         }
         match self.lines.recv_timeout(Duration::from_millis(100)) {
             Ok(line) => {
-                // Hop records (`colo bench --breakdown`) are data, not news.
-                if !line.text.starts_with("hop ") {
+                // Hop records (`colo bench --breakdown`) are data, not news; a milestone
+                // record says what the log line beside it says.
+                if !line.text.starts_with("hop ") && line.record.is_none() {
                     println!("[{}] {}", line.who, line.text);
                 }
                 if line.text.contains("PANIC") || line.text.contains("panicked") {
-                    return Err(format!("the {}'s guest or node panicked", line.who));
+                    return Err(DemoError::Panicked(line.who));
                 }
                 Ok(Some(line))
             }
@@ -460,16 +486,21 @@ impl PairRun {
                 Ok(None)
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(format!("every child ended before {what}"))
+                Err(DemoError::ChildrenEnded(what.to_string()))
             }
         }
     }
 
     /// Waits for the primary's first `checkpoint-done` (the pair is protecting the guest).
-    pub(crate) fn wait_paired(&mut self) -> Result<(), String> {
+    pub(crate) fn wait_paired(&mut self) -> Result<(), DemoError> {
         loop {
             let line = self.next("the pairing")?;
-            if line.is_some_and(|l| fields(&l.text, "primary", "checkpoint-done").is_some()) {
+            if line.is_some_and(|l| {
+                matches!(
+                    l.milestone("primary"),
+                    Some(Milestone::CheckpointDone { .. })
+                )
+            }) {
                 return Ok(());
             }
         }
@@ -477,7 +508,7 @@ impl PairRun {
 }
 
 /// Runs the network demo (see the module doc).
-pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
+pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, DemoError> {
     super::require_kvm()?;
     let deadline = Instant::now() + options.timeout;
     let ns = lab("colo-demo")?;
@@ -493,7 +524,7 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
         .conn
         .stream()
         .try_clone()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| DemoError::Client(e.to_string()))?;
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -507,7 +538,10 @@ pub fn run(options: &DemoOptions) -> Result<NetDemoSummary, String> {
                 let nonce = sent % NONCE_EVERY == NONCE_EVERY / 2;
                 let start = Instant::now();
                 let result = if nonce {
-                    client.nonce().map(|()| client.count)
+                    client
+                        .nonce()
+                        .map(|()| client.count)
+                        .map_err(|e| e.to_string())
                 } else {
                     client.incr()
                 };
@@ -543,9 +577,9 @@ fn drive(
     pair: &mut PairRun,
     samples: &Mutex<Vec<Sample>>,
     failure: &Mutex<Option<String>>,
-) -> Result<(), String> {
+) -> Result<(), DemoError> {
     let check = || match failure.lock().clone() {
-        Some(e) => Err(format!("the client failed: {e}")),
+        Some(e) => Err(DemoError::ClientFailed(e)),
         None => Ok(()),
     };
     let started = Instant::now();
@@ -553,11 +587,10 @@ fn drive(
     while checkpoints < options.checkpoints || samples.lock().len() < options.requests as usize {
         check()?;
         if let Some(line) = pair.next("the client's requests through the pair")?
-            && let Some(f) = fields(&line.text, "primary", "checkpoint-done")
+            && let Some(Milestone::CheckpointDone { reason, .. }) = line.milestone("primary")
         {
             checkpoints += 1;
-            let reason = f.get("reason").cloned().unwrap_or_default();
-            *summary.reasons.entry(reason).or_default() += 1;
+            *summary.reasons.entry(reason.clone()).or_default() += 1;
         }
     }
     summary.paired_for = started.elapsed();
@@ -570,10 +603,10 @@ fn drive(
     let failed_over = loop {
         check()?;
         if let Some(line) = pair.next("the failover")?
-            && let Some(f) = fields(&line.text, "secondary", "failed-over")
+            && let Some(Milestone::FailedOver { term, .. }) = line.milestone("secondary")
         {
             summary.kill_to_failed_over = killed.elapsed();
-            summary.term = num(&f, "term");
+            summary.term = *term;
             break Instant::now();
         }
     };

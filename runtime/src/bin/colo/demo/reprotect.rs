@@ -10,8 +10,9 @@
 //! were compared and every compared digest was equal; one mismatch is an error. Like the rest
 //! of the demo, every wait is bounded by the demo's deadline (through `next`).
 
-use super::{Children, Line, fields, num, spawn};
-use colo_runtime::pair::control::{Request, call, render};
+use super::{Children, DemoError, Line, spawn};
+use colo_runtime::pair::control::{Request, Response, call};
+use colo_runtime::pair::events::Milestone;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,15 +28,22 @@ pub struct ControlDir(pub PathBuf);
 
 impl ControlDir {
     /// Creates `colo-demo-<pid>` under the temp dir, with a fresh pair key in it.
-    pub fn create() -> Result<ControlDir, String> {
+    pub fn create() -> Result<ControlDir, DemoError> {
         let dir = std::env::temp_dir().join(format!("colo-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        ControlDir::create_at(dir)
+    }
+
+    /// Creates `dir`, with a fresh pair key in it.
+    pub fn create_at(dir: PathBuf) -> Result<ControlDir, DemoError> {
+        std::fs::create_dir_all(&dir).map_err(|source| DemoError::File {
+            action: "create",
+            path: dir.clone(),
+            source,
+        })?;
         let dir = ControlDir(dir);
         // A key left by an earlier process of the same pid is replaced, never reused.
         let _ = std::fs::remove_file(dir.key_file());
-        colo_runtime::pair::peer::auth::write_key_file(&dir.key_file())
-            .map_err(|e| e.to_string())?;
+        colo_runtime::pair::peer::auth::write_key_file(&dir.key_file())?;
         Ok(dir)
     }
 
@@ -116,22 +124,21 @@ pub struct Phase<'a> {
     pub lines: &'a mpsc::Sender<Line>,
 }
 
-fn ask(path: &Path, request: Request) -> Result<serde_json::Value, String> {
+fn ask(path: &Path, request: Request) -> Result<Response, DemoError> {
     let response = call(path, request, Duration::from_secs(10))?;
-    if response["ok"] != serde_json::Value::Bool(true) {
-        return Err(format!(
-            "`{}` refused: {}",
-            request.name(),
-            render(request, &response)
-        ));
+    if !response.ok() {
+        return Err(DemoError::Refused {
+            command: request.name(),
+            answer: response.render(),
+        });
     }
     Ok(response)
 }
 
 /// Prints the node's status as `colo status` would, prefixed.
-fn show_status(who: &str, path: &Path) -> Result<(), String> {
+fn show_status(who: &str, path: &Path) -> Result<(), DemoError> {
     let status = ask(path, Request::Status)?;
-    for line in render(Request::Status, &status).lines() {
+    for line in status.render().lines() {
         println!("[demo] {who} status: {line}");
     }
     Ok(())
@@ -141,8 +148,8 @@ fn show_status(who: &str, path: &Path) -> Result<(), String> {
 pub fn run(
     phase: &Phase<'_>,
     children: &mut Children,
-    next: &dyn Fn(&mut Children, &str) -> Result<Line, String>,
-) -> Result<ReprotectSummary, String> {
+    next: &dyn Fn(&mut Children, &str) -> Result<Line, DemoError>,
+) -> Result<ReprotectSummary, DemoError> {
     let survivor_ctl = phase.dir.socket("secondary");
     show_status("survivor", &survivor_ctl)?;
     println!("[demo] colo set digests on; colo reprotect (survivor's control socket)");
@@ -185,29 +192,27 @@ pub fn run(
     let mut newcomer: BTreeMap<u64, String> = BTreeMap::new();
     while summary.compared.len() < COMPARED {
         let line = next(children, "the re-protection's checkpoints")?;
-        let (who, text) = (line.who, line.text.as_str());
-        if who == "secondary"
-            && let Some(f) = fields(text, "secondary", "sync-sent")
-        {
-            summary.to_synced = armed.elapsed();
-            summary.sync_bytes = num(&f, "memory_bytes");
-            continue;
-        }
-        let (map, epoch, digest) = match (who, fields(text, "secondary", "paused")) {
-            ("secondary", Some(f)) => (&mut survivor, num(&f, "epoch"), f.get("digest").cloned()),
-            ("newcomer", _) => match fields(text, "secondary", "applied") {
-                Some(f) => (&mut newcomer, num(&f, "epoch"), f.get("digest").cloned()),
-                None => continue,
-            },
+        let (map, epoch, digest) = match (line.milestone("secondary"), line.milestone("newcomer")) {
+            (Some(Milestone::SyncSent { memory_bytes, .. }), _) => {
+                summary.to_synced = armed.elapsed();
+                summary.sync_bytes = *memory_bytes;
+                continue;
+            }
+            (Some(Milestone::Paused { epoch, digest, .. }), _) => (&mut survivor, *epoch, digest),
+            (_, Some(Milestone::Applied { epoch, digest, .. })) => (&mut newcomer, *epoch, digest),
             _ => continue,
         };
-        let Some(digest) = digest else { continue };
+        let Some(digest) = digest.clone() else {
+            continue;
+        };
         map.insert(epoch, digest);
         if let (Some(a), Some(b)) = (survivor.get(&epoch), newcomer.get(&epoch)) {
             if a != b {
-                return Err(format!(
-                    "checkpoint {epoch}: the newcomer's memory digest {b} differs from the survivor's {a}"
-                ));
+                return Err(DemoError::DigestMismatch {
+                    epoch,
+                    newcomer: b.clone(),
+                    survivor: a.clone(),
+                });
             }
             summary.compared.push((epoch, a.clone()));
         }
@@ -221,10 +226,8 @@ pub fn run(
     children.kill("secondary")?;
     loop {
         let line = next(children, "the second failover")?;
-        if line.who == "newcomer"
-            && let Some(f) = fields(&line.text, "secondary", "failed-over")
-        {
-            summary.failback = Some((killed.elapsed(), num(&f, "term")));
+        if let Some(Milestone::FailedOver { term, .. }) = line.milestone("newcomer") {
+            summary.failback = Some((killed.elapsed(), *term));
             break;
         }
     }
