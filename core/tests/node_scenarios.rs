@@ -4,7 +4,7 @@
 
 mod pair;
 
-use colo_core::node::{Event, NodeMode};
+use colo_core::node::{ConsoleCommand, Event, NodeMode};
 use colo_core::time::Duration;
 use pair::{Knobs, Pair};
 
@@ -155,6 +155,23 @@ fn crash_primary_at(point: CrashPoint, seed: u64) -> Pair {
         p.hosts[1].claims.len(),
         1,
         "the survivor claimed the client link once"
+    );
+    // Its console: dropped at every apply (rolled back with the SVM), released once, last.
+    let console = &p.hosts[1].console;
+    let discards = console
+        .iter()
+        .filter(|c| **c == ConsoleCommand::Discard)
+        .count();
+    assert_eq!(discards as u64, p.applied[1], "one discard per apply");
+    assert_eq!(
+        console.last(),
+        Some(&ConsoleCommand::Release),
+        "the takeover releases the console, after the last discard"
+    );
+    assert_eq!(console.len() as u64, p.applied[1] + 1);
+    assert!(
+        p.hosts[0].console.is_empty(),
+        "a primary never holds its console"
     );
     match point {
         CrashPoint::DuringTransfer => {

@@ -146,9 +146,7 @@ fn survivor_console_continues_the_linux_boot_from_the_last_checkpoint() {
     let dropped: u64 = at_of(s, &|_| true)
         .into_iter()
         .filter_map(|(_, m)| match m {
-            Milestone::Applied {
-                console_dropped, ..
-            } => Some(console_dropped),
+            Milestone::ConsoleDiscarded { bytes } => Some(bytes),
             _ => None,
         })
         .sum();

@@ -17,8 +17,8 @@ use crate::disk::{DiskCommand, DiskIoError, GuestIoId};
 use crate::failover::{Arbiter, LeaseReply, LeaseRequest};
 use crate::ids::{CheckpointReason, ClusterId, Epoch, NicId, NodeId, PageRange, Role, Term};
 use crate::node::{
-    Command, GuestDiskRequest, Input, LinkState, Node, NodeConfig, NodeMode, OutBulk, Output,
-    PeerBulk, SyncCommand,
+    Command, ConsoleCommand, GuestDiskRequest, Input, LinkState, Node, NodeConfig, NodeMode,
+    OutBulk, Output, PeerBulk, SyncCommand,
 };
 use crate::time::{Duration, Instant};
 use crate::wire::{AbortReason, DiskResult, GoodbyeReason, Message, PAGE_SIZE, WriteId};
@@ -145,6 +145,21 @@ impl World {
                 Output::Event(e) => {
                     if std::env::var_os("NODE_FUZZ_TRACE").is_some() {
                         eprintln!("{:?} host {h}: {e:?}", self.now);
+                    }
+                }
+                Output::Console(command) => {
+                    let st = self.hosts[h].node.status(self.now);
+                    match command {
+                        // Speculative output becomes real only with the term's lease.
+                        ConsoleCommand::Release => assert!(
+                            st.lease_held,
+                            "a console released without the lease: {st:?}"
+                        ),
+                        ConsoleCommand::Discard => assert_eq!(
+                            st.role,
+                            Role::Secondary,
+                            "a console discarded by a node that is not a secondary: {st:?}"
+                        ),
                     }
                 }
                 Output::ToGuest { .. }

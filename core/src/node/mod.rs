@@ -39,7 +39,7 @@ pub use config::{NodeConfig, NodeConfigError};
 pub use input::{Command, GuestDiskRequest, Input, LinkState, PeerBulk};
 pub use link::LinkCommand;
 pub use output::{
-    CommandRefusal, Event, GUEST_HOLD_FRAMES_PER_NIC, HaltReason, OutBulk, Output,
+    CommandRefusal, ConsoleCommand, Event, GUEST_HOLD_FRAMES_PER_NIC, HaltReason, OutBulk, Output,
     ProtocolViolation, SyncCommand,
 };
 pub use status::{NodeMode, NodeStats, NodeStatus};

@@ -80,8 +80,12 @@ pub enum Output {
     /// generations).
     Link(LinkCommand),
     /// Stop the VM for good and end the node's service: it orders nothing more. The event that
-    /// says why ([`Event::Deposed`] or [`Event::Stopped`]) comes just before, for the log.
+    /// says why ([`Event::Deposed`], [`Event::Stopped`] or [`Event::HandshakeRejected`]) comes
+    /// just before, for the log.
     Halt(HaltReason),
+    /// The guest's console output (the executor's output gate): a secondary's console is held
+    /// from its start, because what its guest prints is speculative until it takes over.
+    Console(ConsoleCommand),
     /// Something to log, count or act on.
     Event(Event),
 }
@@ -89,6 +93,19 @@ pub enum Output {
 /// How many frames for one guest NIC an executor holds while the VM is paused
 /// ([`Output::ToGuest`]): the one bound of the real runtime and the simulator.
 pub const GUEST_HOLD_FRAMES_PER_NIC: usize = 256;
+
+/// What to do with the guest console output the executor holds ([`Output::Console`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleCommand {
+    /// The SVM just became the checkpoint (emitted on its `Applied` completion, before the
+    /// checkpointer resumes it): what its guest printed since the last apply was rolled back
+    /// with it, so drop it.
+    Discard,
+    /// This former secondary took over: its guest's output is real from now on, starting with
+    /// what it printed since the last apply; release it and stop holding. Emitted once per
+    /// takeover, right after [`Event::FailedOver`].
+    Release,
+}
 
 /// Why a node halts its VM ([`Output::Halt`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +115,10 @@ pub enum HaltReason {
     /// The node stopped: [`Command::Shutdown`](super::Command::Shutdown), or its own VM left a
     /// checkpoint step stuck and it said goodbye so that its peer takes over.
     Stopped,
+    /// The primary refused this connecting node ([`Event::HandshakeRejected`] just before):
+    /// its VM description differs from the primary's, which no retry can change; an operator
+    /// must start it with the same VM.
+    Refused(HelloRejectReason),
 }
 
 /// Why the node refused a command ([`Event::CommandRefused`]). The `Display` text is written

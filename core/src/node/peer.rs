@@ -7,7 +7,9 @@
 //! an [`Event::ProtocolError`]; a message of an older term, or a replication message after a
 //! takeover, is counted as stale and ignored; a newer term deposes this node (fencing).
 
-use super::{CommandRefusal, Event, Node, PeerBulk, Phase, ProtocolViolation, Side};
+use super::{
+    CommandRefusal, Event, HaltReason, Node, Output, PeerBulk, Phase, ProtocolViolation, Side,
+};
 use crate::failover::{Failover, FailoverReason, Mode};
 use crate::ids::Role;
 use crate::time::Instant;
@@ -155,7 +157,8 @@ impl Node {
                 ..
             } => self.on_hello_accept(now, protocol_version, cluster_id, node_id, role, term),
             Message::HelloReject { reason, .. } => {
-                if self.phase == Phase::Connecting {
+                let connecting = self.phase == Phase::Connecting;
+                if connecting {
                     // Refused: stop knocking; an operator must fix the cause and start again.
                     self.phase = Phase::Idle;
                     self.hello_retry_at = None;
@@ -164,6 +167,14 @@ impl Node {
                     reason,
                     by_peer: true,
                 });
+                if connecting && matches!(reason, HelloRejectReason::VmMismatch { .. }) {
+                    // A different VM: no retry, no later pairing can fix it, so the node
+                    // ends with the reason rather than idling (the runtime exits with it).
+                    self.phase = Phase::Stopped;
+                    self.link_before_halt(now);
+                    self.out
+                        .push_back(Output::Halt(HaltReason::Refused(reason)));
+                }
             }
             Message::Heartbeat { seq, .. } => {
                 let term = self.failover.term();

@@ -179,6 +179,8 @@ impl Node {
         match &mut self.side {
             Side::Primary(p) => p.comparator.release_all(now),
             Side::Secondary(_) => {
+                self.out
+                    .push_back(Output::Console(super::ConsoleCommand::Release));
                 self.out.push_back(Output::ClaimClientLink { term });
                 self.resend_unacknowledged(now);
             }
@@ -368,7 +370,15 @@ impl Node {
                 None => self.stats.stray_vm_completions += 1,
             },
             Side::Secondary(s) => match &mut s.checkpointer {
-                Some(k) => k.handle_vm_done(now, done),
+                Some(k) => {
+                    if matches!(done, VmCompletion::Applied { .. }) {
+                        // Before the checkpointer orders the resume: the SVM's console output
+                        // of the epoch just rolled back goes, nothing printed after it.
+                        self.out
+                            .push_back(Output::Console(super::ConsoleCommand::Discard));
+                    }
+                    k.handle_vm_done(now, done)
+                }
                 None => self.stats.stray_vm_completions += 1,
             },
         }

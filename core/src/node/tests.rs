@@ -170,6 +170,41 @@ fn primary_rejects_a_secondary_described_for_another_vm() {
 }
 
 #[test]
+fn a_secondary_refused_for_another_vm_halts_and_one_refused_otherwise_idles() {
+    let refused = |reason: HelloRejectReason| {
+        let mut n = node(Role::Secondary);
+        n.handle(ms(0), Input::Command(Command::Start));
+        n.handle(ms(1), Input::PeerLink(LinkState::Up));
+        drain(&mut n);
+        let term = n.status(ms(1)).term;
+        n.handle(
+            ms(2),
+            Input::Peer {
+                message: Message::HelloReject { reason, term },
+                bulk: PeerBulk::None,
+            },
+        );
+        let outs = drain(&mut n);
+        let halt = outs.iter().find_map(|o| match o {
+            Output::Halt(why) => Some(*why),
+            _ => None,
+        });
+        (halt, n.status(ms(3)).mode)
+    };
+    // No retry can change the VM: the node ends with the reason (the runtime exits with it).
+    let vm = HelloRejectReason::VmMismatch { expected: 0xfeed };
+    assert_eq!(
+        refused(vm),
+        (Some(HaltReason::Refused(vm)), NodeMode::Stopped)
+    );
+    // Another refusal leaves it waiting for an operator, as before.
+    let (halt, _) = refused(HelloRejectReason::ClusterMismatch {
+        expected: ClusterId(3),
+    });
+    assert_eq!(halt, None);
+}
+
+#[test]
 fn primary_rejects_a_second_primary() {
     let mut n = node(Role::Primary);
     n.handle(ms(0), Input::Command(Command::Start));

@@ -26,8 +26,8 @@ use colo_core::ids::{ClusterId, Epoch, NicId, NodeId, PageRange, Role, Term};
 const CLIENT_NIC: NicId = NicId(1);
 use colo_core::node::Node;
 use colo_core::node::{
-    Command, Event, GuestDiskRequest, HaltReason, Input, NodeConfig, NodeMode, OutBulk, Output,
-    PeerBulk, SyncCommand,
+    Command, ConsoleCommand, Event, GuestDiskRequest, HaltReason, Input, NodeConfig, NodeMode,
+    OutBulk, Output, PeerBulk, SyncCommand,
 };
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::{Message, PAGE_SIZE};
@@ -134,6 +134,8 @@ pub struct Host {
     pub claims: Vec<Term>,
     /// Why the node halted its VM (`Output::Halt`), once it did.
     pub halted: Option<HaltReason>,
+    /// The node's orders to its console gate (`Output::Console`), in order.
+    pub console: Vec<ConsoleCommand>,
 }
 
 /// A release, as the client network saw it.
@@ -454,6 +456,7 @@ impl Pair {
                     self.schedule(at, Action::ArbiterReceive(h, req));
                 }
             }
+            Output::Console(command) => self.hosts[h].console.push(command),
             Output::ClaimClientLink { term } => {
                 self.client_target = h;
                 self.hosts[h].claims.push(term);
@@ -881,6 +884,7 @@ impl Host {
             writes_pending: BTreeSet::new(),
             writes_done: 0,
             claims: Vec::new(),
+            console: Vec::new(),
             halted: None,
         }
     }

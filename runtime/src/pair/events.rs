@@ -65,8 +65,12 @@ pub enum Milestone {
         digest: Option<String>,
         /// How long the apply took (microseconds).
         apply_us: u64,
-        /// Console bytes the guest printed since the last apply, rolled back with it.
-        console_dropped: u64,
+    },
+    /// The secondary dropped what its guest printed since the last apply (rolled back with
+    /// it); only written when there was something to drop.
+    ConsoleDiscarded {
+        /// Bytes dropped.
+        bytes: u64,
     },
     /// The primary completed checkpoint `epoch` (the secondary acknowledged it).
     CheckpointDone {
@@ -466,7 +470,6 @@ mod tests {
             pages_copied: 70,
             digest: Some("0badcafe".into()),
             apply_us: 900,
-            console_dropped: 0,
         }
     }
 

@@ -134,8 +134,10 @@ impl NodeLoop {
                 self.end = Some(match reason {
                     HaltReason::Deposed => LoopEnd::Deposed,
                     HaltReason::Stopped => LoopEnd::Stopped,
+                    HaltReason::Refused(reason) => LoopEnd::Refused(self.refusal_text(reason)),
                 });
             }
+            Output::Console(command) => self.on_console(command),
             Output::Link(command) => self.on_link_command(command),
             Output::Event(event) => self.on_node_event(event),
             Output::Disk(command) => self.on_disk(command),

@@ -13,12 +13,12 @@
 //! read (`crate::logging`); a milestone's log line and its event record carry the same
 //! figures; nothing here feeds the node an input.
 
-use super::{LoopEnd, NodeLoop};
+use super::NodeLoop;
 use crate::pair::events::{self, Milestone};
 use crate::pair::progress::SyncProgress;
 use crate::vmm::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
 use colo_core::checkpoint::VmCompletion;
-use colo_core::node::{Event, NodeMode};
+use colo_core::node::{ConsoleCommand, Event, NodeMode};
 use colo_core::time::Instant;
 use colo_core::wire::HelloRejectReason;
 use tracing::{debug, error, info, warn};
@@ -125,9 +125,6 @@ impl NodeLoop {
                 });
             }
             VmCompletion::Applied { epoch } => {
-                // The SVM is the checkpoint now: what its guest printed since the last apply
-                // was rolled back with it.
-                let dropped = self.machine.output_gate().discard();
                 let digest = self
                     .config
                     .digests
@@ -141,7 +138,6 @@ impl NodeLoop {
                     pages_copied,
                     digest = digest.as_deref(),
                     apply_us,
-                    console_dropped = dropped,
                     "applied"
                 );
                 self.milestone(Milestone::Applied {
@@ -150,10 +146,42 @@ impl NodeLoop {
                     pages_copied,
                     digest,
                     apply_us,
-                    console_dropped: dropped as u64,
                 });
             }
             _ => {}
+        }
+    }
+
+    /// The node's order to the console gate ([`Output::Console`](colo_core::node::Output)).
+    pub(super) fn on_console(&mut self, command: ConsoleCommand) {
+        match command {
+            // The SVM is the checkpoint now: what its guest printed since the last apply was
+            // rolled back with it.
+            ConsoleCommand::Discard => {
+                let dropped = self.machine.output_gate().discard() as u64;
+                if dropped > 0 {
+                    info!(role = self.name, bytes = dropped, "console-discarded");
+                    self.milestone(Milestone::ConsoleDiscarded { bytes: dropped });
+                }
+            }
+            // The survivor's guest output is real from now on, starting with what it printed
+            // since the last apply.
+            ConsoleCommand::Release => {
+                let released = self.machine.output_gate().release() as u64;
+                info!(role = self.name, bytes = released, "console-released");
+                self.milestone(Milestone::ConsoleReleased { bytes: released });
+            }
+        }
+    }
+
+    /// What an operator reads when the primary refused this node for good.
+    pub(super) fn refusal_text(&self, reason: HelloRejectReason) -> String {
+        match reason {
+            HelloRejectReason::VmMismatch { expected } => format!(
+                "the primary refused this node: its VM description (fingerprint {expected:016x}) differs from this node's ({:016x}); compare the `vm` lines both nodes print at start (memory, vCPUs, boot image, initrd, command line, disk sizes, MACs)",
+                self.config.node.vm_fingerprint
+            ),
+            other => format!("the primary refused this node: {other:?}"),
         }
     }
 
@@ -235,13 +263,6 @@ impl NodeLoop {
                     step = self.guest_step(),
                     "failed-over"
                 );
-                // The survivor's guest output is real from now on, starting with what it
-                // printed since the last apply.
-                let released = self.machine.output_gate().release();
-                info!(role = n, bytes = released, "console-released");
-                self.milestone(Milestone::ConsoleReleased {
-                    bytes: released as u64,
-                });
             }
             // The node's `Output::Halt` that follows stops the VM; the line reads
             // `<role>: deposed term=T`.
@@ -251,13 +272,11 @@ impl NodeLoop {
                 reason: HelloRejectReason::VmMismatch { expected },
                 by_peer: true,
             } => {
-                let why = format!(
-                    "the primary refused this node: its VM description (fingerprint {expected:016x}) differs from this node's ({:016x}); compare the `vm` lines both nodes print at start (memory, vCPUs, boot image, initrd, command line, disk sizes, MACs)",
-                    self.config.node.vm_fingerprint
-                );
+                // The node's `Output::Halt(Refused)` that follows ends the loop with it.
+                let why = self.refusal_text(HelloRejectReason::VmMismatch {
+                    expected: *expected,
+                });
                 error!(role = n, "{why}");
-                self.machine.pause();
-                self.end = Some(LoopEnd::Refused(why));
             }
             Event::HandshakeRejected {
                 reason: HelloRejectReason::VmMismatch { .. },
