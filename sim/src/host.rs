@@ -87,7 +87,7 @@ pub enum HostOutput {
     /// The node claimed the client link (failover).
     ClaimLink,
     /// The node halted (deposed, or stopped because its own VM failed): its held frames are
-    /// superseded, and a stopped node's process ends (the fabric's supervisor restarts it).
+    /// superseded, and its process ends (the fabric's supervisor restarts it).
     Halted(HaltReason),
     /// The node's order for the peer link (the fabric's connection executes it).
     Link(colo_core::node::LinkCommand),

@@ -114,7 +114,8 @@ pub const FAILING_VM_COMMANDS: [VmCommandKind; 4] = [
 ];
 
 /// The supervisor's restart delays a seed draws [`SwarmOptions::restart_delay`] from: how long
-/// after a node stopped (its own VM failed) its process is started again, as systemd's
+/// after a node halted for good (it stopped because its own VM failed, or was deposed) its
+/// process is started again, as systemd's
 /// `RestartSec` (docs/operations.md uses 2 s for the secondary's unit) or an operator would.
 pub const RESTART_DELAYS_MS: [u64; 4] = [100, 500, 1_000, 2_000];
 
@@ -179,8 +180,9 @@ pub struct SwarmOptions {
     /// VM commands that fail (drawn after the link resets, so a seed's other options are those
     /// it had before VM failures existed).
     pub vm_failures: Vec<VmFailure>,
-    /// How long after a node stopped (it left the pair because its own VM failed: a failed
-    /// `Resume` or `ApplyCheckpoint`, or a VM step stuck) the supervisor starts the host's
+    /// How long after a node halted for good (it stopped, leaving the pair because its own VM
+    /// failed: a failed `Resume` or `ApplyCheckpoint`, or a VM step stuck; or it was deposed:
+    /// the peer holds a newer term) the supervisor starts the host's
     /// process again, as a fresh secondary that joins as a newcomer (drawn last, from
     /// [`RESTART_DELAYS_MS`], so a seed's other options are those it had before).
     pub restart_delay: Duration,
@@ -490,8 +492,8 @@ impl fmt::Display for SwarmOptions {
         )?;
         writeln!(
             f,
-            "restart_delay = {} (the supervisor starts a node that stopped again as a \
-             newcomer)",
+            "restart_delay = {} (the supervisor starts a node that stopped or was \
+             deposed again, as a newcomer)",
             ms(self.restart_delay)
         )?;
         writeln!(

@@ -335,7 +335,7 @@ pub enum TraceEvent {
         /// Which host.
         host: Host,
     },
-    /// `host`'s node stopped (it left the pair because its own VM failed) and its process
+    /// `host`'s node halted for good (stopped: its own VM failed; or deposed) and its process
     /// ended; the supervisor restarts it after the seed's `restart_delay`.
     Exited {
         /// When.

@@ -3,7 +3,7 @@
 //! the VM command failures it arms, the liveness phase, which crashed hosts to kill and which to
 //! restart after their downtime: the executor does the killing, madsim's `Handle::kill`/`restart`
 //! or the plain loop dropping and booting the `SimHost`), the supervisor (a host whose node
-//! stopped ends its process and is started again after the seed's `restart_delay`, as a
+//! stopped or was deposed ends its process and is started again after the seed's `restart_delay`, as a
 //! crashed one is after its downtime), and the crash and VM failure rules the hosts consult
 //! synchronously through [`CrashHook`](crate::host::CrashHook) (so a crash at a checkpoint phase
 //! happens before the host executes the command, and a failure that would take the node out
@@ -152,13 +152,16 @@ impl Shared {
         self.restart_later(now, h, down_for);
     }
 
-    /// The supervisor (systemd's `Restart=`, or an operator): a live host whose node stopped
-    /// (it left the pair because its own VM failed; the goodbye is already on its way) ends
-    /// its process, and is started again `restart_delay` later as a fresh secondary that
-    /// joins as a newcomer, the way a crashed host restarts. Its held frames were superseded
-    /// at the halt.
+    /// The supervisor (systemd's `Restart=`, or an operator): a live host whose node halted
+    /// for good (stopped: it left the pair because its own VM failed, the goodbye already on
+    /// its way; or deposed: the peer holds a newer term) ends its process, and is started
+    /// again `restart_delay` later as a fresh secondary that joins as a newcomer, the way a
+    /// crashed host restarts. Its held frames were superseded at the halt.
     pub(super) fn supervise(&mut self, now: Instant, h: usize) {
-        if self.dead[h] || !self.views[h].is_some_and(|v| v.status.mode == NodeMode::Stopped) {
+        if self.dead[h]
+            || !self.views[h]
+                .is_some_and(|v| matches!(v.status.mode, NodeMode::Stopped | NodeMode::Deposed))
+        {
             return;
         }
         // A process that exits: its kernel closes what connection is left (not a power loss).

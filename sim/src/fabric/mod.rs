@@ -12,7 +12,7 @@
 //!
 //! Semantics (docs/simulation.md, "The Node engine"): the client link goes to whichever host
 //! last claimed it (`Output::ClaimClientLink`). After a crash and `down_for`, or after its
-//! node stopped and the seed's `restart_delay` (the supervisor, [`faults`]), the host boots
+//! node stopped or was deposed and the seed's `restart_delay` (the supervisor, [`faults`]), the host boots
 //! again ([`Shared::boot_host`]) as a fresh secondary (new node id, empty VM, fresh disk and
 //! guest) that knocks with Hello; a solo survivor whose peer is back is sent
 //! `Command::Reprotect` (a refused newcomer is started again). The crash rules (one host with

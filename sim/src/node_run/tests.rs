@@ -375,15 +375,58 @@ fn a_long_cut_ends_the_connection_once_and_the_survivor_serves() {
         shared.reset_after()
     };
     let transitions = link_transitions(&out);
-    // Down once, by the time the write timeout would break it: host B's heartbeat lost its
-    // primary (silent since before the cut) and B closed the silent connection. Nobody
-    // redials: B runs solo, A is deposed.
-    let [(at, true)] = transitions[..] else {
+    // Down by the time the write timeout would break it: host B's heartbeat lost its primary
+    // (silent since before the cut) and B closed the silent connection. Nobody redials: B
+    // runs solo, A is deposed; the link comes back only when A, restarted by the supervisor,
+    // dials the survivor.
+    let Some(&(at, true)) = transitions.first() else {
         panic!("{transitions:?}");
     };
     let cut = Instant::from_millis(1_000);
     assert!(at > cut && at <= cut + reset_after, "{transitions:?}");
     assert!(took_over(&out), "host B never took over");
+    let (_, restart, _) = exit_restart_applied(&out, Host::A);
+    assert!(
+        transitions[1..].iter().all(|(at, _)| *at >= restart),
+        "the link came back before the deposed host restarted: {transitions:?}"
+    );
+}
+
+#[test]
+fn a_deposed_node_is_restarted_and_re_protected() {
+    // A cut outlasting the detection: B takes over, A is deposed and halts; the supervisor
+    // starts A again as a newcomer and B re-protects it.
+    let mut o = quiet(4);
+    o.restart_delay = Duration::from_millis(500);
+    o.link_faults = vec![host_host_cut(CutMode::Symmetric, 1_000, 1_500)];
+    let out = NodeRun::new(&o, None, None).run();
+    assert_safe_and_served(&out, "deposed");
+    let b_solo = out.trace.events.iter().find_map(|e| match e {
+        TraceEvent::TermStarted {
+            at,
+            host: Host::B,
+            solo: true,
+            ..
+        } => Some(*at),
+        _ => None,
+    });
+    let (exited, restart, applied) = exit_restart_applied(&out, Host::A);
+    assert!(
+        b_solo.is_some_and(|t| t > Instant::from_millis(1_000) && t <= exited),
+        "A exited at {exited:?}, not after B's takeover ({b_solo:?})"
+    );
+    assert!(
+        !out.trace
+            .events
+            .iter()
+            .any(|e| matches!(e, TraceEvent::VmFailed { .. })),
+        "no VM failed: A halted because it was deposed"
+    );
+    assert_eq!(restart, exited + o.restart_delay, "the drawn delay");
+    assert!(
+        checkpoints_after(&out, applied) >= 3,
+        "replication did not resume after the re-protection"
+    );
 }
 
 #[test]
