@@ -299,8 +299,9 @@ impl Node {
     /// supervisor restarts it as a newcomer); a secondary also gives up its state for good,
     /// so no later trigger makes it take over.
     ///
-    /// Neither is retried. The runtime's apply (`VmExecutor::apply`) takes the epoch's device
-    /// state out before it can fail and reads and clears the SVM's dirty log before the copy,
+    /// Neither is retried. The runtime's apply (`VmExecutor::apply`, then
+    /// `vmm::checkpoint::apply_checkpoint`) takes the epoch's device state out before it can
+    /// fail and reads and clears the SVM's dirty log before the copy,
     /// so a second attempt would have no device state and would not know which pages the SVM
     /// wrote; and each way it fails (a device state that does not decode or load, a page range
     /// outside memory, a dirty-log or register ioctl error) fails again on the same input. Its
