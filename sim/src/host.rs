@@ -86,8 +86,9 @@ pub enum HostOutput {
     ToArbiter(LeaseRequest),
     /// The node claimed the client link (failover).
     ClaimLink,
-    /// The node was deposed: its held frames are superseded.
-    Deposed,
+    /// The node halted (deposed, or stopped because its own VM failed): its held frames are
+    /// superseded, and its process ends (the fabric's supervisor restarts it).
+    Halted(HaltReason),
     /// The node's order for the peer link (the fabric's connection executes it).
     Link(colo_core::node::LinkCommand),
     /// A trace event (checkpoint phases, terms, re-protection).
@@ -96,10 +97,23 @@ pub enum HostOutput {
 
 /// The engine's say on crash points: `crash_point` is asked when this host's checkpoint enters
 /// `point`; it returns `true` if *this* host crashes right now (it may also crash the peer).
+/// `vm_failure_allowed` is asked before an armed failure of a kind that takes the node out of
+/// the pair ([`ENDING_VM_FAILURES`]) is consumed: `false` keeps it armed for a later command.
 pub trait CrashHook {
     /// See the trait.
     fn crash_point(&mut self, now: Instant, me: usize, point: CrashPoint) -> bool;
+
+    /// See the trait; `paired` says whether this host's node is paired right now.
+    fn vm_failure_allowed(&mut self, now: Instant, me: usize, paired: bool) -> bool;
 }
+
+/// The VM command failures after which colo-core has the node leave the pair and stop (its VM
+/// holds no usable guest): a failed `Resume` (a paused VM that cannot run) and a failed
+/// `ApplyCheckpoint` (a half-applied one).
+pub const ENDING_VM_FAILURES: [colo_core::checkpoint::VmCommandKind; 2] = [
+    colo_core::checkpoint::VmCommandKind::Resume,
+    colo_core::checkpoint::VmCommandKind::ApplyCheckpoint,
+];
 
 /// One host (see the module documentation).
 #[derive(Debug)]
@@ -345,6 +359,11 @@ impl SimHost {
         self.out.pop_front()
     }
 
+    /// Whether the node is paired right now.
+    fn paired(&self, now: Instant) -> bool {
+        self.node.status(now).mode == colo_core::node::NodeMode::Paired
+    }
+
     /// Whether the world steps the guest: its VM runs and the node never halted it.
     fn guest_runs(&self) -> bool {
         !self.halted && self.vm.is_running()
@@ -509,9 +528,19 @@ impl SimHost {
                     .then(|| self.vm.fail_next.replace(cmd.kind()))
                     .flatten()
                     .filter(|k| *k != cmd.kind());
+                // A failure that would take this node out waits while the engine says no (the
+                // crash rule's counterpart: the peer must be able to carry the guest on).
+                let held = (self.vm.fail_next == Some(cmd.kind())
+                    && ENDING_VM_FAILURES.contains(&cmd.kind())
+                    && !hook.vm_failure_allowed(now, self.index, self.paired(now)))
+                .then(|| self.vm.fail_next.take())
+                .flatten();
                 self.vm.handle_command(now, cmd, &mut self.guest);
                 if armed.is_some() {
                     self.vm.fail_next = armed;
+                }
+                if held.is_some() {
+                    self.vm.fail_next = held;
                 }
                 self.drain_vm_trace();
             }
@@ -570,9 +599,7 @@ impl SimHost {
             Output::Halt(reason) => {
                 self.halted = true;
                 self.pending.clear();
-                if reason == HaltReason::Deposed {
-                    self.out.push_back(HostOutput::Deposed);
-                }
+                self.out.push_back(HostOutput::Halted(reason));
             }
             Output::Event(e) => self.on_event(now, e),
         }
@@ -690,6 +717,10 @@ mod tests {
         fn crash_point(&mut self, _: Instant, _: usize, _: CrashPoint) -> bool {
             false
         }
+
+        fn vm_failure_allowed(&mut self, _: Instant, _: usize, _: bool) -> bool {
+            true
+        }
     }
 
     /// A primary host whose VM is paused (as created) and whose node never started.
@@ -743,7 +774,10 @@ mod tests {
             &mut NoCrash,
         );
         assert!(h.pending.is_empty());
-        assert!(matches!(h.poll_output(), Some(HostOutput::Deposed)));
+        assert!(matches!(
+            h.poll_output(),
+            Some(HostOutput::Halted(HaltReason::Deposed))
+        ));
         // Even a VM resumed afterwards (a Resume already queued) steps no guest.
         h.vm.handle_command(Instant::ZERO, VmCommand::Resume, &mut h.guest);
         h.handle_timeout(Instant::from_millis(10), &mut NoCrash);

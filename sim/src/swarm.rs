@@ -113,15 +113,11 @@ pub const FAILING_VM_COMMANDS: [VmCommandKind; 4] = [
     VmCommandKind::ApplyCheckpoint,
 ];
 
-/// VM command failures held back from the swarm (docs/simulation.md "Findings"): drawn like
-/// the others, so a seed keeps its options, but not armed while listed in
-/// [`SwarmOptions::vm_failures_held_back`]. A failed primary `Resume` or secondary
-/// `ApplyCheckpoint` now stops the node that failed (colo-core, seeds 188, 231, 332 replay
-/// them armed), but the simulator does not restart a node that stopped, as an operator or a
-/// service manager would, so with both kinds armed a few seeds end with no node left serving
-/// (seeds 39, 86, 194 under `--duration 10s`, 818, 828) and fail liveness.
-pub const OPEN_FINDING_VM_COMMANDS: [VmCommandKind; 2] =
-    [VmCommandKind::Resume, VmCommandKind::ApplyCheckpoint];
+/// The supervisor's restart delays a seed draws [`SwarmOptions::restart_delay`] from: how long
+/// after a node halted for good (it stopped because its own VM failed, or was deposed) its
+/// process is started again, as systemd's
+/// `RestartSec` (docs/operations.md uses 2 s for the secondary's unit) or an operator would.
+pub const RESTART_DELAYS_MS: [u64; 4] = [100, 500, 1_000, 2_000];
 
 /// Where a crash lands relative to the checkpoint protocol. `At` is a plain instant; the phase
 /// variants make the platform crash the host when the checkpointer next *enters* that phase
@@ -184,9 +180,12 @@ pub struct SwarmOptions {
     /// VM commands that fail (drawn after the link resets, so a seed's other options are those
     /// it had before VM failures existed).
     pub vm_failures: Vec<VmFailure>,
-    /// Kinds of [`SwarmOptions::vm_failures`] not armed (not drawn: the open findings,
-    /// [`OPEN_FINDING_VM_COMMANDS`], until the core handles them).
-    pub vm_failures_held_back: Vec<VmCommandKind>,
+    /// How long after a node halted for good (it stopped, leaving the pair because its own VM
+    /// failed: a failed `Resume` or `ApplyCheckpoint`, or a VM step stuck; or it was deposed:
+    /// the peer holds a newer term) the supervisor starts the host's
+    /// process again, as a fresh secondary that joins as a newcomer (drawn last, from
+    /// [`RESTART_DELAYS_MS`], so a seed's other options are those it had before).
+    pub restart_delay: Duration,
     /// Probability (ppm) that a disk write fails.
     pub disk_write_error_ppm: u32,
     /// Periodic checkpoint interval.
@@ -327,12 +326,10 @@ impl SwarmOptions {
             liveness,
             link_resets: Vec::new(),
             vm_failures: Vec::new(),
-            vm_failures_held_back: OPEN_FINDING_VM_COMMANDS.to_vec(),
+            restart_delay: Duration::ZERO,
         };
-        // Blips shorter than the heartbeat's detection (500 ms): the pair must carry on. Longer
-        // outages are the cut faults' domain; an 800 ms reset found a failure that is not fixed
-        // yet (docs/simulation.md, "Findings": the client-facing translation does not survive
-        // a re-protection), so resets stay below detection until it is.
+        // Mostly blips shorter than the heartbeat's detection (500 ms), which the pair must
+        // carry on through; the 800 ms one outlives it, so a takeover races the reconnection.
         let n_resets = if rng.chance_ppm(500_000) {
             0
         } else {
@@ -360,6 +357,7 @@ impl SwarmOptions {
         options
             .vm_failures
             .sort_by_key(|v| (v.at, v.host, v.command));
+        options.restart_delay = Duration::from_millis(pick(&mut rng, &RESTART_DELAYS_MS));
         options
     }
 
@@ -488,8 +486,15 @@ impl fmt::Display for SwarmOptions {
         }
         writeln!(
             f,
-            "vm_failure_held_back = {:?} (open findings, docs/simulation.md)",
-            self.vm_failures_held_back
+            "vm_failure_rule = a failure that takes its node out of the pair (Resume; \
+             ApplyCheckpoint) fires only while that node is paired with a peer holding the \
+             guest's state, else it waits for the host's next such command"
+        )?;
+        writeln!(
+            f,
+            "restart_delay = {} (the supervisor starts a node that stopped or was \
+             deposed again, as a newcomer)",
+            ms(self.restart_delay)
         )?;
         writeln!(
             f,
@@ -551,6 +556,12 @@ mod tests {
             assert!(
                 runs.iter()
                     .any(|o| o.vm_failures.iter().any(|v| v.command == command))
+            );
+        }
+        for delay in RESTART_DELAYS_MS {
+            assert!(
+                runs.iter()
+                    .any(|o| o.restart_delay == Duration::from_millis(delay))
             );
         }
         // Every cut, mode and crash point is reached by some seed.
@@ -648,9 +659,9 @@ mod tests {
         let text = o.to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.iter().all(|l| l.contains(" = ")), "{text}");
-        // 19 drawn options, the held-back VM failures, the printed link and crash rules, and
-        // one line per link fault, link reset, crash and VM failure.
-        let expected = 22
+        // 20 drawn options, the printed VM failure, link and crash rules, and one line per link
+        // fault, link reset, crash and VM failure.
+        let expected = 23
             + o.link_faults.len().max(1)
             + o.link_resets.len().max(1)
             + o.crashes.len().max(1)

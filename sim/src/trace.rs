@@ -335,7 +335,15 @@ pub enum TraceEvent {
         /// Which host.
         host: Host,
     },
-    /// `host` restarted.
+    /// `host`'s node halted for good (stopped: its own VM failed; or deposed) and its process
+    /// ended; the supervisor restarts it after the seed's `restart_delay`.
+    Exited {
+        /// When.
+        at: Instant,
+        /// Which host.
+        host: Host,
+    },
+    /// `host` restarted (after a crash or an exit).
     Restart {
         /// When.
         at: Instant,
@@ -406,6 +414,7 @@ impl TraceEvent {
             | TraceEvent::Lease { at, .. }
             | TraceEvent::TermStarted { at, .. }
             | TraceEvent::Crash { at, .. }
+            | TraceEvent::Exited { at, .. }
             | TraceEvent::Restart { at, .. }
             | TraceEvent::Reprotected { at, .. }
             | TraceEvent::FaultsStopped { at }

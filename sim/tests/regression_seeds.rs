@@ -4,7 +4,6 @@
 use colo_core::time::Duration;
 use colo_sim::platform::Canary;
 use colo_sim::runner::{Verdict, run_options, run_seed};
-use colo_sim::swarm::SwarmOptions;
 
 /// Every canary is planted: the release, lease, rewriter and control-segment ones in the Node
 /// itself (colo-core feature `canaries`), the partial epoch in the VM platform. Each must be
@@ -145,34 +144,84 @@ fn regression_seeds_pass() {
     }
 }
 
-/// Seeds found with the swarm's `vm_failure` once the kinds held back from the swarm
-/// (`swarm::OPEN_FINDING_VM_COMMANDS`) were armed; replayed here with every drawn failure
-/// armed.
-const VM_FAILURE_SEEDS: &[(u64, &str)] = &[
+/// Seeds found with the swarm's `vm_failure` once a failed `Resume` or `ApplyCheckpoint`
+/// was armed, with the simulated duration they failed under (`None`: the seed's own).
+const VM_FAILURE_SEEDS: &[(u64, Option<u64>, &str)] = &[
     (
         188,
+        None,
         "liveness: host B's ApplyCheckpoint of e7 failed after it had sent CheckpointReceived; \
          a one-way cut then made B take over from e6, behind what the clients had seen \
          (colo-core: a secondary whose apply failed gives up its state and leaves the pair)",
     ),
     (
         231,
+        None,
         "no_silent_loss: host A's Resume failed; the PVM stayed paused for \
          good and its held frames were never released nor superseded (colo-core: a primary \
          whose resume failed leaves the pair, the secondary takes over)",
     ),
     (
         332,
+        None,
         "liveness: host A's Resume failed; the PVM stayed paused, no \
          checkpoint completed again",
+    ),
+    (
+        194,
+        Some(10),
+        "liveness: host B's Resume failed after an apply; an 800 ms link reset then made B \
+         take over with its SVM paused for good (colo-core: a secondary whose resume failed \
+         leaves the pair like one whose apply failed)",
+    ),
+    (
+        1180,
+        None,
+        "liveness: host B's Resume failed; B left only when its stuck timer fired 2 s later, \
+         and A's Resume then failed while A ran alone (same core fix; the VM failure rule)",
+    ),
+    (
+        39,
+        Some(10),
+        "liveness: host A crashed as B confirmed e-receipt, then B's apply failed: no host \
+         kept the guest (the VM failure rule: B's failure waits, B takes over)",
+    ),
+    (
+        828,
+        None,
+        "liveness: host A crashed at B's apply, which then failed: no host kept the guest \
+         (the VM failure rule)",
+    ),
+    (
+        86,
+        Some(10),
+        "liveness: the restarted A's apply failed (A stopped) and B's Resume failed as it was \
+         left alone, so B stayed paused; now A exits and is restarted by the supervisor, B's \
+         failure waits until A holds the guest again, then B exits and is restarted too",
+    ),
+    (
+        818,
+        None,
+        "liveness: B's apply failed and A's Resume failed right after B's goodbye made A \
+         solo: both VMs gone (the VM failure rule, the supervisor)",
+    ),
+    (
+        1181,
+        None,
+        "liveness: A lost its peer mid-checkpoint and its Resume failed as it went on alone: \
+         the PVM stayed paused (the VM failure rule)",
     ),
 ];
 
 #[test]
 fn vm_failure_seeds_pass_with_every_failure_armed() {
-    for (seed, why) in VM_FAILURE_SEEDS {
-        let mut o = SwarmOptions::generate(*seed);
-        o.vm_failures_held_back.clear();
+    for (seed, secs, why) in VM_FAILURE_SEEDS {
+        let duration = secs.map(Duration::from_secs);
+        let o = colo_sim::runner::scenario_options(*seed, None, duration);
+        assert!(
+            !o.vm_failures.is_empty(),
+            "seed {seed}: its options changed, it draws no VM failure"
+        );
         let r = run_options(o, None, false);
         assert_eq!(
             r.verdict,

@@ -310,7 +310,8 @@ impl PrimaryCheckpointer {
                     PrimaryPhase::Pausing | PrimaryPhase::Transferring => {
                         self.abort(now, AbortReason::VmFailure, true);
                     }
-                    // A failed resume leaves the PVM paused: only the stuck path is left.
+                    // A failed resume leaves the PVM paused: the node leaves the pair on the
+                    // `VmFailed` event (`Node::on_vm_command_failed`), nothing is retried.
                     _ => self.stats.stray_completions += 1,
                 }
             }

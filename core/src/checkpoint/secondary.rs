@@ -354,8 +354,9 @@ impl SecondaryCheckpointer {
                         // epoch; it is never applied, so resuming is still safe.
                         self.resume(now, self.after);
                     }
-                    // A failed apply or resume leaves the SVM unusable: the stuck timer and
-                    // the node's failover path take it from here.
+                    // A failed apply or resume leaves the SVM unusable: the node leaves the
+                    // pair and gives up its state on the `VmFailed` event
+                    // (`Node::on_vm_command_failed`), nothing is retried.
                     _ => self.stats.stray_completions += 1,
                 }
             }

@@ -291,17 +291,27 @@ impl Node {
 
     /// A VM command of a checkpoint failed. Most failures abort the checkpoint in progress (the
     /// checkpointers' rule) and the VM is as it was. Two leave this node's VM unusable: a
-    /// primary whose `Resume` failed keeps its PVM paused, and a secondary whose
-    /// `ApplyCheckpoint` failed holds a half-applied SVM, no copy of any checkpoint, which must
-    /// never serve a takeover (found by colo-sim's `vm_failure`, seeds 188, 231, 332). Either
-    /// way this node is the broken one: while paired it says goodbye and stops, so that the
-    /// peer serves; a secondary also gives up its state for good, so no later trigger makes it
-    /// take over.
+    /// failed `Resume` leaves it paused (a PVM, or an SVM that then could only take over
+    /// paused), and a secondary whose `ApplyCheckpoint` failed holds a half-applied SVM, no
+    /// copy of any checkpoint, which must never serve a takeover (found by colo-sim's
+    /// `vm_failure`, seeds 188, 231, 332, and 194 for the SVM's resume). Either way this node
+    /// is the broken one: while paired it says goodbye and stops, so that the peer serves (the
+    /// supervisor restarts it as a newcomer); a secondary also gives up its state for good,
+    /// so no later trigger makes it take over.
+    ///
+    /// Neither is retried. The runtime's apply (`VmExecutor::apply`, then
+    /// `vmm::checkpoint::apply_checkpoint`) takes the epoch's device state out before it can
+    /// fail and reads and clears the SVM's dirty log before the copy,
+    /// so a second attempt would have no device state and would not know which pages the SVM
+    /// wrote; and each way it fails (a device state that does not decode or load, a page range
+    /// outside memory, a dirty-log or register ioctl error) fails again on the same input. Its
+    /// `Machine::resume` cannot fail on a VM holding a guest, and fails for good on one that
+    /// never received a checkpoint. A fresh process with a full copy is the recovery.
     fn on_vm_command_failed(&mut self, command: crate::checkpoint::VmCommandKind) {
         use crate::checkpoint::VmCommandKind as K;
         match (&self.side, command) {
             (Side::Primary(_), K::Resume) => self.on_own_vm_stuck(),
-            (Side::Secondary(_), K::ApplyCheckpoint) => {
+            (Side::Secondary(_), K::ApplyCheckpoint | K::Resume) => {
                 self.has_state = false;
                 self.on_own_vm_stuck();
             }

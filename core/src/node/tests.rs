@@ -8,6 +8,7 @@ use crate::wire::{HelloRejectReason, PROTOCOL_VERSION};
 
 mod commands;
 mod link;
+mod vm_failures;
 
 fn ms(n: u64) -> Instant {
     Instant::from_millis(n)

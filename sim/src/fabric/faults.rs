@@ -2,9 +2,12 @@
 //! the two emulators, the replication connection's resets (its TCP model is [`super::link`]),
 //! the VM command failures it arms, the liveness phase, which crashed hosts to kill and which to
 //! restart after their downtime: the executor does the killing, madsim's `Handle::kill`/`restart`
-//! or the plain loop dropping and booting the `SimHost`), and the crash rules the hosts consult
+//! or the plain loop dropping and booting the `SimHost`), the supervisor (a host whose node
+//! stopped or was deposed ends its process and is started again after the seed's `restart_delay`, as a
+//! crashed one is after its downtime), and the crash and VM failure rules the hosts consult
 //! synchronously through [`CrashHook`](crate::host::CrashHook) (so a crash at a checkpoint phase
-//! happens before the host executes the command).
+//! happens before the host executes the command, and a failure that would take the node out
+//! fires only when the peer can carry the guest on).
 //!
 //! A cut of the replication link (`host-a<->host-b`, any mode) holds its messages (a clog: TCP
 //! retransmits them once the path is back), in the cut direction(s); one that lasts longer than
@@ -12,8 +15,9 @@
 //! frames (`Netem` partitions), and so do cuts of a host's link to the arbiter (datagrams).
 //!
 //! Invariant kept: at any instant at least one host is alive
-//! and holds the guest's state; a crash that would break this waits, and crashes still pending
-//! when the liveness phase starts are dropped. Messages in flight to a crashed host die with it
+//! and holds the guest's state; a crash or a VM failure that would break this waits, and
+//! crashes still pending when the liveness phase starts are dropped (as are unconsumed VM
+//! failures). Messages in flight to a crashed host die with it
 //! (a payload is tagged with its receiver's incarnation).
 
 use colo_core::checkpoint::VmCommandKind;
@@ -137,9 +141,7 @@ impl Shared {
             power_loss,
             ..
         } = self.opts.crashes[i];
-        self.dead[h] = true;
-        self.views[h] = None;
-        self.connection_closed_by_crash(now, h, power_loss);
+        self.process_gone(now, h, power_loss);
         self.obs.crash(now, host(h));
         if power_loss {
             self.obs.push(TraceEvent::PowerLoss {
@@ -147,6 +149,41 @@ impl Shared {
                 host: host(h),
             });
         }
+        self.restart_later(now, h, down_for);
+    }
+
+    /// The supervisor (systemd's `Restart=`, or an operator): a live host whose node halted
+    /// for good (stopped: it left the pair because its own VM failed, the goodbye already on
+    /// its way; or deposed: the peer holds a newer term) ends its process, and is started
+    /// again `restart_delay` later as a fresh secondary that joins as a newcomer, the way a
+    /// crashed host restarts. Its held frames were superseded at the halt.
+    pub(super) fn supervise(&mut self, now: Instant, h: usize) {
+        if self.dead[h]
+            || !self.views[h]
+                .is_some_and(|v| matches!(v.status.mode, NodeMode::Stopped | NodeMode::Deposed))
+        {
+            return;
+        }
+        // A process that exits: its kernel closes what connection is left (not a power loss).
+        self.process_gone(now, h, false);
+        self.obs.push(TraceEvent::Exited {
+            at: now,
+            host: host(h),
+        });
+        self.restart_later(now, h, self.opts.restart_delay);
+    }
+
+    /// Host `h`'s process is gone (crash, power loss or exit): it executes nothing more, and
+    /// its end of the replication connection closes (or, on a power loss, goes silent).
+    fn process_gone(&mut self, now: Instant, h: usize, power_loss: bool) {
+        self.dead[h] = true;
+        self.views[h] = None;
+        self.connection_closed_by_crash(now, h, power_loss);
+    }
+
+    /// What was on its way to the gone host `h` is lost; the executor kills it and the
+    /// controller boots it again `down_for` later.
+    fn restart_later(&mut self, now: Instant, h: usize, down_for: colo_core::time::Duration) {
         self.ctl_inbox.remove(&Ctl::Host(h));
         if self.owner == h {
             self.lan_inbox.remove(&Endpoint::Guest);
@@ -154,6 +191,15 @@ impl Shared {
         self.faults.restart_at[h] = Some(now + down_for);
         self.faults.to_kill.push(h);
         self.ring(Waiter::Controller);
+    }
+
+    /// The VM failure rule, the crash rule's counterpart: a failure after which the node
+    /// leaves the pair and stops ([`crate::host::ENDING_VM_FAILURES`]) fires only while host
+    /// `h` is `paired` with a peer that holds the guest's state (which then carries on alone);
+    /// otherwise it waits for the host's next such command. So no VM failure, alone or on top
+    /// of a crash or of the other VM's failure, leaves no host with the guest.
+    pub(super) fn ending_vm_failure_allowed(&self, h: usize, paired: bool) -> bool {
+        paired && self.holds_state(1 - h)
     }
 
     /// Some host's checkpoint entered `point`: pending crashes waiting for it fire if allowed.
@@ -322,10 +368,8 @@ impl Shared {
         {
             let (h, command) = (index(v.host), v.command);
             self.faults.vm_failures_armed += 1;
-            if !self.opts.vm_failures_held_back.contains(&command) {
-                self.faults.vm_armed[h] = Some(command);
-                self.ring(Waiter::Host(h));
-            }
+            self.faults.vm_armed[h] = Some(command);
+            self.ring(Waiter::Host(h));
         }
     }
 

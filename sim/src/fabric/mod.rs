@@ -11,7 +11,8 @@
 //! steps them in a fixed order at every instant something is due (a crash drops the host).
 //!
 //! Semantics (docs/simulation.md, "The Node engine"): the client link goes to whichever host
-//! last claimed it (`Output::ClaimClientLink`). After a crash and `down_for`, the host boots
+//! last claimed it (`Output::ClaimClientLink`). After a crash and `down_for`, or after its
+//! node stopped or was deposed and the seed's `restart_delay` (the supervisor, [`faults`]), the host boots
 //! again ([`Shared::boot_host`]) as a fresh secondary (new node id, empty VM, fresh disk and
 //! guest) that knocks with Hello; a solo survivor whose peer is back is sent
 //! `Command::Reprotect` (a refused newcomer is started again). The crash rules (one host with
@@ -26,7 +27,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use colo_core::failover::{Arbiter, ArbiterPhase, LeaseReply, LeaseRequest, LeaseRequestId};
 use colo_core::ids::{ClusterId, Epoch, NodeId, Role, Term};
-use colo_core::node::{Command, NodeConfig, NodeStatus};
+use colo_core::node::{Command, HaltReason, NodeConfig, NodeStatus};
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::PAGE_SIZE;
 
@@ -502,10 +503,13 @@ impl Shared {
                     self.faults.link_moved = true;
                     self.ring(Waiter::Controller);
                 }
-                HostOutput::Deposed => self.obs.supersede_all(
+                HostOutput::Halted(reason) => self.obs.supersede_all(
                     now,
                     host(h),
-                    "deposed: the arbiter leased the term to the peer",
+                    match reason {
+                        HaltReason::Deposed => "deposed: the arbiter leased the term to the peer",
+                        HaltReason::Stopped => "stopped: the node left the pair, its peer serves",
+                    },
                 ),
                 HostOutput::Link(cmd) => self.link_order(now, h, cmd),
                 HostOutput::Trace(e) => self.obs.push(e),
@@ -519,6 +523,7 @@ impl Shared {
             status: host_.status(now),
             has_applied: host_.has_applied(),
         });
+        self.supervise(now, h);
         self.instant_crashes(now);
         self.reprotect_if_solo();
         self.try_connect(now);
@@ -529,6 +534,10 @@ impl CrashHook for Shared {
     fn crash_point(&mut self, now: Instant, me: usize, point: CrashPoint) -> bool {
         self.crash_at_point(now, point);
         self.dead[me]
+    }
+
+    fn vm_failure_allowed(&mut self, _now: Instant, me: usize, paired: bool) -> bool {
+        self.ending_vm_failure_allowed(me, paired)
     }
 }
 

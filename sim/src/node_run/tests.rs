@@ -375,15 +375,58 @@ fn a_long_cut_ends_the_connection_once_and_the_survivor_serves() {
         shared.reset_after()
     };
     let transitions = link_transitions(&out);
-    // Down once, by the time the write timeout would break it: host B's heartbeat lost its
-    // primary (silent since before the cut) and B closed the silent connection. Nobody
-    // redials: B runs solo, A is deposed.
-    let [(at, true)] = transitions[..] else {
+    // Down by the time the write timeout would break it: host B's heartbeat lost its primary
+    // (silent since before the cut) and B closed the silent connection. Nobody redials: B
+    // runs solo, A is deposed; the link comes back only when A, restarted by the supervisor,
+    // dials the survivor.
+    let Some(&(at, true)) = transitions.first() else {
         panic!("{transitions:?}");
     };
     let cut = Instant::from_millis(1_000);
     assert!(at > cut && at <= cut + reset_after, "{transitions:?}");
     assert!(took_over(&out), "host B never took over");
+    let (_, restart, _) = exit_restart_applied(&out, Host::A);
+    assert!(
+        transitions[1..].iter().all(|(at, _)| *at >= restart),
+        "the link came back before the deposed host restarted: {transitions:?}"
+    );
+}
+
+#[test]
+fn a_deposed_node_is_restarted_and_re_protected() {
+    // A cut outlasting the detection: B takes over, A is deposed and halts; the supervisor
+    // starts A again as a newcomer and B re-protects it.
+    let mut o = quiet(4);
+    o.restart_delay = Duration::from_millis(500);
+    o.link_faults = vec![host_host_cut(CutMode::Symmetric, 1_000, 1_500)];
+    let out = NodeRun::new(&o, None, None).run();
+    assert_safe_and_served(&out, "deposed");
+    let b_solo = out.trace.events.iter().find_map(|e| match e {
+        TraceEvent::TermStarted {
+            at,
+            host: Host::B,
+            solo: true,
+            ..
+        } => Some(*at),
+        _ => None,
+    });
+    let (exited, restart, applied) = exit_restart_applied(&out, Host::A);
+    assert!(
+        b_solo.is_some_and(|t| t > Instant::from_millis(1_000) && t <= exited),
+        "A exited at {exited:?}, not after B's takeover ({b_solo:?})"
+    );
+    assert!(
+        !out.trace
+            .events
+            .iter()
+            .any(|e| matches!(e, TraceEvent::VmFailed { .. })),
+        "no VM failed: A halted because it was deposed"
+    );
+    assert_eq!(restart, exited + o.restart_delay, "the drawn delay");
+    assert!(
+        checkpoints_after(&out, applied) >= 3,
+        "replication did not resume after the re-protection"
+    );
 }
 
 #[test]
@@ -531,21 +574,95 @@ fn swarm_vm_failures_reach_the_nodes_and_the_pair_recovers() {
     assert!(checkpoints_after(&out, Instant::from_millis(1_500)) >= 3);
 }
 
+/// When `host` exited, restarted, and its first `Applied` after the restart.
+fn exit_restart_applied(out: &NodeRunOutput, host: Host) -> (Instant, Instant, Instant) {
+    let find = |p: &dyn Fn(&TraceEvent) -> Option<Instant>| out.trace.events.iter().find_map(p);
+    let exited = find(&|e| match e {
+        TraceEvent::Exited { at, host: h } if *h == host => Some(*at),
+        _ => None,
+    })
+    .unwrap_or_else(|| panic!("{host} never exited"));
+    let restart = find(&|e| match e {
+        TraceEvent::Restart { at, host: h } if *h == host && *at >= exited => Some(*at),
+        _ => None,
+    })
+    .unwrap_or_else(|| panic!("{host} was never restarted"));
+    let applied = find(&|e| match e {
+        TraceEvent::Applied { at, .. } if *at > restart => Some(*at),
+        _ => None,
+    })
+    .unwrap_or_else(|| panic!("{host} was never re-protected"));
+    (exited, restart, applied)
+}
+
 #[test]
-fn held_back_vm_failures_are_drawn_but_not_armed() {
-    let mut o = quiet(8);
+fn a_node_that_stopped_after_its_vm_failed_is_restarted_and_re_protected() {
+    // The primary's failed Resume (the secondary takes over) and the secondary's failed
+    // apply (the primary carries on alone): either way the failed node stops, the supervisor
+    // starts it again after the seed's delay, and it rejoins as a newcomer.
+    for (host, command) in [
+        (Host::A, VmCommandKind::Resume),
+        (Host::B, VmCommandKind::ApplyCheckpoint),
+        (Host::B, VmCommandKind::Resume),
+    ] {
+        let what = format!("{host} {command:?}");
+        let mut o = quiet(7);
+        o.restart_delay = Duration::from_millis(500);
+        o.vm_failures = vec![VmFailure {
+            host,
+            at: Instant::from_millis(800),
+            command,
+        }];
+        let out = NodeRun::new(&o, None, None).run();
+        assert_safe_and_served(&out, &what);
+        let failed_at = out
+            .trace
+            .events
+            .iter()
+            .find_map(|e| match e {
+                TraceEvent::VmFailed { at, host: h, .. } if *h == host => Some(*at),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{what}: the failure never fired"));
+        let (exited, restart, applied) = exit_restart_applied(&out, host);
+        assert!(failed_at <= exited, "{what}");
+        assert_eq!(restart, exited + o.restart_delay, "{what}: the drawn delay");
+        let solo = out.trace.events.iter().find_map(|e| match e {
+            TraceEvent::TermStarted {
+                at,
+                host: h,
+                solo: true,
+                ..
+            } if *at >= failed_at => Some(*h),
+            _ => None,
+        });
+        let peer = if host == Host::A { Host::B } else { Host::A };
+        assert_eq!(solo, Some(peer), "{what}: the peer carries the guest on");
+        assert!(
+            checkpoints_after(&out, applied) >= 3,
+            "{what}: replication did not resume after the re-protection"
+        );
+    }
+}
+
+#[test]
+fn a_vm_failure_that_would_leave_no_host_with_the_guest_waits() {
+    // Host A crashes for good at 1 s; B's Resume fails from 1.1 s on. B now holds the only
+    // copy of the guest: its failure must not fire (nobody could carry the guest on).
+    let mut o = quiet(7);
     o.vm_failures = vec![VmFailure {
-        host: Host::A,
-        at: Instant::from_millis(500),
+        host: Host::B,
+        at: Instant::from_millis(1_100),
         command: VmCommandKind::Resume,
     }];
-    assert!(o.vm_failures_held_back.contains(&VmCommandKind::Resume));
-    let out = NodeRun::new(&o, None, None).run();
+    let out = NodeRun::new(&o, Some(Instant::from_millis(1_000)), None).run();
+    assert_safe_and_served(&out, "failure of the last host");
+    assert!(took_over(&out), "B took over");
     assert!(
         !out.trace
             .events
             .iter()
-            .any(|e| matches!(e, TraceEvent::VmFailed { .. })),
-        "a held-back failure was armed"
+            .any(|e| matches!(e, TraceEvent::VmFailed { .. } | TraceEvent::Exited { .. })),
+        "the last host's VM failed"
     );
 }
