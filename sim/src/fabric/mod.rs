@@ -509,6 +509,8 @@ impl Shared {
                     match reason {
                         HaltReason::Deposed => "deposed: the arbiter leased the term to the peer",
                         HaltReason::Stopped => "stopped: the node left the pair, its peer serves",
+                        // Both simulated hosts run the same VM: the refusal never happens here.
+                        HaltReason::Refused(_) => "refused: the primary runs another VM",
                     },
                 ),
                 HostOutput::Link(cmd) => self.link_order(now, h, cmd),
