@@ -1,6 +1,7 @@
-//! The one output queue every state machine of the core uses: outputs come out in the order
-//! the machine pushed them (FIFO), because that order is part of the protocol (a `Send`
-//! before the `Vm` command that follows it, a checkpoint's frames in sequence).
+//! The one output queue every state machine of the core uses (the node, the checkpointers,
+//! the comparator, the disk router): outputs come out in the order the machine pushed them
+//! (FIFO), because that order is part of the protocol (a `Send` before the `Vm` command that
+//! follows it, a checkpoint's frames in sequence).
 //!
 //! Invariant kept: nothing is reordered or dropped; a caller drains it with [`Outbox::pop`]
 //! until `None`.

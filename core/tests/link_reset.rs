@@ -9,6 +9,7 @@
 
 mod pair;
 
+use colo_core::checkpoint::CheckpointEvent;
 use colo_core::node::{Event, NodeMode};
 use colo_core::time::Duration;
 use colo_core::wire::AbortReason;
@@ -36,7 +37,9 @@ fn a_link_reset_at_any_point_of_the_checkpoint_cycle_costs_no_failover() {
         assert_eq!(p.mode(0), NodeMode::Paired, "{}", p.summary());
         p.requests_enabled = true;
         p.run_for(ms(400 + offset));
-        let done_before = p.count_events(0, |e| matches!(e, Event::CheckpointDone { .. }));
+        let done_before = p.count_events(0, |e| {
+            matches!(e, Event::Checkpoint(CheckpointEvent::CheckpointDone { .. }))
+        });
         p.reset_link_for(ms(50));
         p.run_for(ms(1500));
         let summary = p.summary();
@@ -48,7 +51,9 @@ fn a_link_reset_at_any_point_of_the_checkpoint_cycle_costs_no_failover() {
             );
             for bad in [
                 p.count_events(h, |e| matches!(e, Event::TakeoverStarted { .. })),
-                p.count_events(h, |e| matches!(e, Event::CheckpointStuck { .. })),
+                p.count_events(h, |e| {
+                    matches!(e, Event::Checkpoint(CheckpointEvent::Stuck { .. }))
+                }),
                 p.count_events(h, |e| matches!(e, Event::ProtocolError { .. })),
             ] {
                 assert_eq!(bad, 0, "host {h}, offset {offset}\n{summary}");
@@ -59,7 +64,9 @@ fn a_link_reset_at_any_point_of_the_checkpoint_cycle_costs_no_failover() {
                 "host {h} counted the reset"
             );
         }
-        let done_after = p.count_events(0, |e| matches!(e, Event::CheckpointDone { .. }));
+        let done_after = p.count_events(0, |e| {
+            matches!(e, Event::Checkpoint(CheckpointEvent::CheckpointDone { .. }))
+        });
         assert!(
             done_after >= done_before + 5,
             "checkpoints go on after the reset (offset {offset}): {done_before} -> {done_after}\n{summary}"
@@ -67,10 +74,10 @@ fn a_link_reset_at_any_point_of_the_checkpoint_cycle_costs_no_failover() {
         restarted += p.count_events(0, |e| {
             matches!(
                 e,
-                Event::CheckpointAborted {
+                Event::Checkpoint(CheckpointEvent::Aborted {
                     reason: AbortReason::LinkReset,
                     ..
-                }
+                })
             )
         });
         // Every request is answered: nothing the client sent was lost with the connection.
@@ -129,7 +136,10 @@ fn a_secondary_restarted_before_its_loss_was_detected_is_failed_over_at_once() {
         p.summary()
     );
     assert_eq!(
-        p.count_events(0, |e| matches!(e, Event::CheckpointStuck { .. })),
+        p.count_events(0, |e| matches!(
+            e,
+            Event::Checkpoint(CheckpointEvent::Stuck { .. })
+        )),
         0,
         "{}",
         p.summary()

@@ -7,6 +7,7 @@
 
 mod pair;
 
+use colo_core::checkpoint::CheckpointEvent;
 use colo_core::node::{Event, NodeCanary, NodeMode};
 use colo_core::time::Duration;
 use pair::{Knobs, Pair, config};
@@ -67,7 +68,12 @@ fn release_without_lease_breaks_single_writer() {
 fn skip_rewriter_reset_keeps_the_offsets_a_checkpoint_must_clear() {
     let mut p = planted(4, 1, NodeCanary::SkipRewriterReset);
     p.run_for(Duration::from_millis(600));
-    let applied = p.count_events(1, |e| matches!(e, Event::CheckpointApplied { .. }));
+    let applied = p.count_events(1, |e| {
+        matches!(
+            e,
+            Event::Checkpoint(CheckpointEvent::CheckpointApplied { .. })
+        )
+    });
     assert!(applied > 1, "{}", p.summary());
     let stats = p.hosts[1].node.rewriter().expect("secondary").stats();
     assert_eq!(stats.resets, 0, "the planted node reset its rewriter");
@@ -76,7 +82,12 @@ fn skip_rewriter_reset_keeps_the_offsets_a_checkpoint_must_clear() {
     p.run_for(Duration::from_millis(100));
     p.requests_enabled = true;
     p.run_for(Duration::from_millis(600));
-    let applied = p.count_events(1, |e| matches!(e, Event::CheckpointApplied { .. }));
+    let applied = p.count_events(1, |e| {
+        matches!(
+            e,
+            Event::Checkpoint(CheckpointEvent::CheckpointApplied { .. })
+        )
+    });
     let stats = p.hosts[1].node.rewriter().expect("secondary").stats();
     assert!(
         stats.resets >= applied as u64 && applied > 1,

@@ -4,6 +4,7 @@
 
 mod pair;
 
+use colo_core::checkpoint::CheckpointEvent;
 use colo_core::node::{ConsoleCommand, Event, NodeMode};
 use colo_core::time::Duration;
 use pair::{Knobs, Pair};
@@ -29,7 +30,9 @@ fn steady_state_pairs_and_checkpoints_periodically() {
     assert!(p.hosts[0].writes_done > 150, "{}", p.summary());
     assert!(p.hosts[0].writes_pending.len() <= 2, "{}", p.summary());
     assert!(p.hosts[1].writes_done > 150, "{}", p.summary());
-    let done = p.count_events(0, |e| matches!(e, Event::CheckpointDone { .. }));
+    let done = p.count_events(0, |e| {
+        matches!(e, Event::Checkpoint(CheckpointEvent::CheckpointDone { .. }))
+    });
     assert!(
         done >= 8,
         "periodic checkpoints every 200 ms: {done} in 2 s"
@@ -94,10 +97,10 @@ fn miscompare_triggers_checkpoint_and_releases_in_order() {
     let by_miscompare = p.count_events(0, |e| {
         matches!(
             e,
-            Event::CheckpointDone {
+            Event::Checkpoint(CheckpointEvent::CheckpointDone {
                 reason: colo_core::ids::CheckpointReason::Miscompare,
                 ..
-            }
+            })
         )
     });
     assert!(by_miscompare > 0, "{}", p.summary());
@@ -178,7 +181,7 @@ fn crash_primary_at(point: CrashPoint, seed: u64) -> Pair {
             // atomic_checkpoint: the partial epoch was discarded, never applied.
             assert!(p.hosts[1].events.iter().all(|e| !matches!(
                 e,
-                Event::CheckpointApplied { epoch, .. } if *epoch == epoch_in_progress
+                Event::Checkpoint(CheckpointEvent::CheckpointApplied { epoch, .. }) if *epoch == epoch_in_progress
             )));
             assert_eq!(p.applied[1], applied_before);
         }
@@ -187,7 +190,7 @@ fn crash_primary_at(point: CrashPoint, seed: u64) -> Pair {
             assert!(
                 p.hosts[1].events.iter().any(|e| matches!(
                     e,
-                    Event::CheckpointApplied { epoch, .. } if *epoch == epoch_in_progress
+                    Event::Checkpoint(CheckpointEvent::CheckpointApplied { epoch, .. }) if *epoch == epoch_in_progress
                 )),
                 "{}",
                 p.summary()

@@ -14,6 +14,7 @@
 //! order the node emitted them; a host that crashed inside a step (a crash point said so)
 //! executes nothing more.
 
+use colo_core::checkpoint::CheckpointEvent;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use colo_core::checkpoint::{VmCommand, VmCompletion};
@@ -663,7 +664,7 @@ impl SimHost {
 
     fn on_event(&mut self, now: Instant, e: Event) {
         let trace = match e {
-            Event::CheckpointDone { epoch, .. } => {
+            Event::Checkpoint(CheckpointEvent::CheckpointDone { epoch, .. }) => {
                 // The secondary holds every page collected up to `epoch`.
                 self.owed_pages.clear();
                 Some(TraceEvent::CheckpointDone { at: now, epoch })
@@ -681,11 +682,13 @@ impl SimHost {
                     epoch,
                 })
             }
-            Event::VmFailed { command, .. } => Some(TraceEvent::VmFailed {
-                at: now,
-                host: host(self.index),
-                command,
-            }),
+            Event::Checkpoint(CheckpointEvent::VmFailed { command, .. }) => {
+                Some(TraceEvent::VmFailed {
+                    at: now,
+                    host: host(self.index),
+                    command,
+                })
+            }
             _ => None,
         };
         if let Some(t) = trace {

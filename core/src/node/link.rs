@@ -83,7 +83,7 @@ impl Node {
             return;
         }
         self.link_up = false;
-        self.out.push_back(Output::Link(LinkCommand::Close));
+        self.out.push(Output::Link(LinkCommand::Close));
         self.link_gone(now);
     }
 
@@ -104,8 +104,7 @@ impl Node {
             && (self.is_primary_side() || matches!(mode, NodeMode::Solo | NodeMode::Reprotecting));
         if accept != self.link.accepting {
             self.link.accepting = accept;
-            self.out
-                .push_back(Output::Link(LinkCommand::Accept(accept)));
+            self.out.push(Output::Link(LinkCommand::Accept(accept)));
         }
         let dial = !self.link_up
             && !self.is_primary_side()
@@ -116,10 +115,10 @@ impl Node {
             };
         if dial && !self.link.dialing {
             self.link.dialing = true;
-            self.out.push_back(Output::Link(LinkCommand::Dial));
+            self.out.push(Output::Link(LinkCommand::Dial));
         } else if !dial && self.link.dialing {
             self.link.dialing = false;
-            self.out.push_back(Output::Link(LinkCommand::StopDialing));
+            self.out.push(Output::Link(LinkCommand::StopDialing));
         }
         if !dial {
             self.link.redial_until = None;

@@ -55,7 +55,6 @@ use crate::wire::Message;
 use disks::Disks;
 use reprotect::Sync;
 use solo::Hold;
-use std::collections::VecDeque;
 
 /// The node's own lifecycle; the replication mode while running is the [`Failover`]'s.
 ///
@@ -149,7 +148,7 @@ enum Side {
 ///
 /// # Example: two nodes in one process
 /// ```
-/// use colo_core::checkpoint::{VmCommand, VmCompletion};
+/// use colo_core::checkpoint::{CheckpointEvent, VmCommand, VmCompletion};
 /// use colo_core::ids::{ClusterId, NodeId, PageRange, Role};
 /// use colo_core::node::{Command, Event, Input, Node, NodeConfig, NodeMode, OutBulk, Output,
 ///     PeerBulk, SyncCommand};
@@ -232,7 +231,7 @@ enum Side {
 ///                 Output::Disk(cmd) => {
 ///                     inbox.push((h, Input::DiskDone { op: cmd.op(), result: Ok(()) }))
 ///                 }
-///                 Output::Event(Event::CheckpointDone { .. }) => done += 1,
+///                 Output::Event(Event::Checkpoint(CheckpointEvent::CheckpointDone { .. })) => done += 1,
 ///                 _ => {}
 ///             }
 ///         }
@@ -281,7 +280,7 @@ pub struct Node {
     link_dropped_while_paired: bool,
     /// The last heartbeat sent (its sequence number and when), for its round trip.
     heartbeat_probe: Option<(u64, Instant)>,
-    out: VecDeque<Output>,
+    out: crate::outbox::Outbox<Output>,
     stats: NodeStats,
     now: Instant,
 }
@@ -317,7 +316,7 @@ impl Node {
             link: link::LinkPlan::default(),
             link_dropped_while_paired: false,
             heartbeat_probe: None,
-            out: VecDeque::new(),
+            out: crate::outbox::Outbox::default(),
             stats: NodeStats::default(),
             now,
         })
@@ -369,7 +368,7 @@ impl Node {
     ///
     /// [`handle`]: Node::handle
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        self.out.pop()
     }
 
     /// The earliest instant at which [`Input::Timeout`] has work, over every sub-machine.
@@ -476,7 +475,7 @@ impl Node {
                 self.phase = Phase::Stopped;
                 self.event(Event::Stopped);
                 self.link_before_halt(now);
-                self.out.push_back(Output::Halt(HaltReason::Stopped));
+                self.out.push(Output::Halt(HaltReason::Stopped));
                 None
             }
         };
@@ -555,11 +554,11 @@ impl Node {
         if self.heartbeat_active() {
             self.heartbeat.handle_sent(self.now);
         }
-        self.out.push_back(Output::ToPeer { message, bulk });
+        self.out.push(Output::ToPeer { message, bulk });
     }
 
     fn event(&mut self, event: Event) {
-        self.out.push_back(Output::Event(event));
+        self.out.push(Output::Event(event));
     }
 
     /// The epoch this node reports in heartbeats and Hellos.

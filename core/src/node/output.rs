@@ -7,14 +7,14 @@
 //! will not release now is either held (and counted) or reported by an event, never dropped
 //! silently.
 
-use crate::checkpoint::{StuckPhase, VmCommand, VmCommandKind};
+use crate::checkpoint::{CheckpointEvent, VmCommand};
 use crate::compare::MiscompareWhy;
 use crate::disk::{DiskCommand, DiskEvent, GuestIoError, GuestIoId};
 use crate::failover::{FailoverReason, LeaseRequest};
-use crate::ids::{CheckpointReason, Epoch, NicId, NodeId, Role, Term};
+use crate::heartbeat::HeartbeatEvent;
+use crate::ids::{Epoch, NicId, NodeId, Role, Term};
 use crate::packet::FlowKey;
-use crate::time::Duration;
-use crate::wire::{AbortReason, HelloRejectReason, Message, MessageKind};
+use crate::wire::{HelloRejectReason, Message, MessageKind};
 use core::fmt;
 
 use super::{Command, LinkCommand};
@@ -225,51 +225,12 @@ pub enum Event {
         /// Who refused.
         by_peer: bool,
     },
-    /// Primary: checkpoint `epoch` completed (secondary loaded, primary resumed).
-    CheckpointDone {
-        /// The checkpoint.
-        epoch: Epoch,
-        /// Why it was taken.
-        reason: CheckpointReason,
-        /// How long the PVM was paused.
-        pause: Duration,
-        /// Pages sent.
-        pages: u64,
-        /// Bulk bytes sent (pages and device state).
-        bytes: u64,
-    },
-    /// Secondary: checkpoint `epoch` applied and the SVM runs again.
-    CheckpointApplied {
-        /// The checkpoint.
-        epoch: Epoch,
-        /// How long the SVM was paused.
-        pause: Duration,
-        /// Pages received.
-        pages: u64,
-        /// Bulk bytes received.
-        bytes: u64,
-    },
-    /// A checkpoint attempt was abandoned (retried later).
-    CheckpointAborted {
-        /// The checkpoint.
-        epoch: Epoch,
-        /// Why.
-        reason: AbortReason,
-    },
-    /// A checkpoint phase timed out; the failover path follows.
-    CheckpointStuck {
-        /// The checkpoint.
-        epoch: Epoch,
-        /// What it waited for.
-        phase: StuckPhase,
-    },
-    /// A VM command failed.
-    VmFailed {
-        /// The checkpoint in progress.
-        epoch: Epoch,
-        /// The command.
-        command: VmCommandKind,
-    },
+    /// A checkpoint milestone or fault, as the checkpointer reported it: `CheckpointDone`
+    /// (primary: the secondary loaded it, the primary resumed), `CheckpointApplied`
+    /// (secondary: applied, the SVM runs again), `Aborted` (retried later), `Stuck` (the
+    /// failover path follows) or `VmFailed`. Never `ProtocolError` (reported as
+    /// [`Event::ProtocolError`]) nor `ReadyForTakeover` (the node acts on it instead).
+    Checkpoint(CheckpointEvent),
     /// The two VMs' output differed (a checkpoint follows).
     Miscompare {
         /// The flow.
@@ -277,18 +238,10 @@ pub enum Event {
         /// Where and how.
         why: MiscompareWhy,
     },
-    /// The peer has been silent for a while.
-    PeerSuspect {
-        /// Silence so far.
-        silent_for: Duration,
-    },
-    /// The peer spoke again before being declared lost.
-    PeerRecovered,
-    /// The peer is lost; failover follows.
-    PeerLost {
-        /// Silence that declared it.
-        silent_for: Duration,
-    },
+    /// The peer's liveness as the heartbeat sees it: `PeerSuspect` (silent for a while),
+    /// `PeerRecovered` (it spoke again before being declared lost) or `PeerLost` (failover
+    /// follows).
+    Peer(HeartbeatEvent),
     /// This node stopped depending on its peer and asks the arbiter for `term`.
     TakeoverStarted {
         /// The term acquired.

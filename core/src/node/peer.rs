@@ -172,8 +172,7 @@ impl Node {
                     // ends with the reason rather than idling (the runtime exits with it).
                     self.phase = Phase::Stopped;
                     self.link_before_halt(now);
-                    self.out
-                        .push_back(Output::Halt(HaltReason::Refused(reason)));
+                    self.out.push(Output::Halt(HaltReason::Refused(reason)));
                 }
             }
             Message::Heartbeat { seq, .. } => {

@@ -236,14 +236,14 @@ impl Node {
                     k.epoch()
                 }
             });
-            self.out.push_back(Output::ToGuest {
+            self.out.push(Output::ToGuest {
                 nic,
                 frame: frame.clone(),
             });
             self.send_with(Message::MirroredFrame { epoch, nic }, OutBulk::Frame(frame));
         } else {
             // Alone, or before the pairing's copy (which covers what the PVM saw until then).
-            self.out.push_back(Output::ToGuest { nic, frame });
+            self.out.push(Output::ToGuest { nic, frame });
         }
     }
 
@@ -294,7 +294,7 @@ impl Node {
                     }
                     self.send_checkpoint_message(m);
                 }
-                CheckpointOutput::Vm(c) => self.out.push_back(Output::Vm(c)),
+                CheckpointOutput::Vm(c) => self.out.push(Output::Vm(c)),
                 CheckpointOutput::ReleaseOutput { epoch } => self.commit_output(now, epoch),
                 CheckpointOutput::ResetDisk { .. } | CheckpointOutput::ResetRewriter { .. } => {}
                 CheckpointOutput::Event(e) => self.on_checkpoint_event(now, e),
@@ -364,7 +364,7 @@ impl Node {
             x.translate_outbound(now, &mut frame);
         }
         if self.failover.mode() == Mode::Paired {
-            self.out.push_back(Output::WindowUpdate(frame));
+            self.out.push(Output::WindowUpdate(frame));
         }
     }
 

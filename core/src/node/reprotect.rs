@@ -74,8 +74,7 @@ impl Node {
             memory_bytes: sync.memory_bytes,
             disk_bytes: sync.disk_bytes,
         });
-        self.out
-            .push_back(Output::Sync(SyncCommand::SendAll { term }));
+        self.out.push(Output::Sync(SyncCommand::SendAll { term }));
         self.event(Event::SyncStarted {
             term,
             memory_bytes: sync.memory_bytes,

@@ -80,13 +80,10 @@ impl Node {
         }
         while let Some(ev) = self.heartbeat.poll_event() {
             progressed = true;
+            self.event(Event::Peer(ev));
             match ev {
-                HeartbeatEvent::PeerSuspect { silent_for } => {
-                    self.event(Event::PeerSuspect { silent_for });
-                }
-                HeartbeatEvent::PeerRecovered => self.event(Event::PeerRecovered),
-                HeartbeatEvent::PeerLost { silent_for } => {
-                    self.event(Event::PeerLost { silent_for });
+                HeartbeatEvent::PeerSuspect { .. } | HeartbeatEvent::PeerRecovered => {}
+                HeartbeatEvent::PeerLost { .. } => {
                     // Nothing arrives on this link any more: close it, so that the peer's
                     // next incarnation (a power loss sends no FIN) finds this node free.
                     self.close_link(now);
@@ -119,9 +116,9 @@ impl Node {
         while let Some(o) = self.disks.poll_output() {
             progressed = true;
             match o {
-                DiskOutput::Command(c) => self.out.push_back(Output::Disk(c)),
+                DiskOutput::Command(c) => self.out.push(Output::Disk(c)),
                 DiskOutput::GuestDone { io, result } => {
-                    self.out.push_back(Output::GuestDiskDone { io, result });
+                    self.out.push(Output::GuestDiskDone { io, result });
                 }
                 DiskOutput::Forward {
                     write_id,

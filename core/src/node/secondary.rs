@@ -198,7 +198,7 @@ impl Node {
         }
         if let Side::Secondary(s) = &mut self.side {
             s.xlate.translate_inbound(now, &mut frame);
-            self.out.push_back(Output::ToGuest { nic, frame });
+            self.out.push(Output::ToGuest { nic, frame });
         }
     }
 
@@ -222,7 +222,7 @@ impl Node {
                 if s.paused() || !s.backlog.is_empty() {
                     s.backlog.push_back((epoch, nic, frame));
                 } else {
-                    self.out.push_back(Output::ToGuest { nic, frame });
+                    self.out.push(Output::ToGuest { nic, frame });
                 }
             }
             Message::DiskWrite {
@@ -261,7 +261,7 @@ impl Node {
             let Some(o) = s.checkpointer.as_mut().and_then(|k| k.poll_output()) else {
                 if !s.backlog.is_empty() {
                     for (nic, frame) in s.release_backlog() {
-                        self.out.push_back(Output::ToGuest { nic, frame });
+                        self.out.push(Output::ToGuest { nic, frame });
                     }
                 }
                 return progressed;
@@ -269,7 +269,7 @@ impl Node {
             progressed = true;
             match o {
                 CheckpointOutput::Send(m) => self.send_checkpoint_message(m),
-                CheckpointOutput::Vm(c) => self.out.push_back(Output::Vm(c)),
+                CheckpointOutput::Vm(c) => self.out.push(Output::Vm(c)),
                 CheckpointOutput::ResetDisk { epoch } => self.disks.handle_checkpoint(epoch),
                 CheckpointOutput::ResetRewriter { .. } => {
                     #[cfg(feature = "canaries")]
@@ -328,7 +328,9 @@ impl Node {
         }
     }
 
-    /// A checkpoint milestone or fault, from either role's checkpointer.
+    /// A checkpoint milestone or fault, from either role's checkpointer: acted on, then
+    /// reported as it came ([`Event::Checkpoint`]), except a protocol error (reported as the
+    /// node's own) and the readiness for a takeover (acted on only).
     pub(super) fn on_checkpoint_event(
         &mut self,
         now: Instant,
@@ -336,69 +338,44 @@ impl Node {
     ) {
         use crate::checkpoint::CheckpointEvent as C;
         match e {
-            C::CheckpointDone {
-                epoch,
-                reason,
-                pause,
-                pages,
-                bytes,
-            } => {
-                if let Side::Primary(p) = &mut self.side {
-                    p.pvm_started = true;
-                }
-                self.event(Event::CheckpointDone {
-                    epoch,
-                    reason,
-                    pause,
-                    pages,
-                    bytes,
-                });
-            }
-            C::CheckpointApplied {
-                epoch,
-                pause,
-                pages,
-                bytes,
-            } => {
-                // The SVM is now a copy of the PVM: it may serve a takeover.
-                self.has_state = true;
-                self.event(Event::CheckpointApplied {
-                    epoch,
-                    pause,
-                    pages,
-                    bytes,
-                });
-            }
-            C::Aborted { epoch, reason } => self.event(Event::CheckpointAborted { epoch, reason }),
             C::ProtocolError {
                 epoch,
                 kind,
                 message_epoch,
-            } => self.protocol_error(
-                kind,
-                ProtocolViolation::Checkpoint {
-                    epoch,
-                    message_epoch,
-                },
-            ),
-            C::Stuck { epoch, phase } => {
-                self.event(Event::CheckpointStuck { epoch, phase });
-                match phase {
-                    // The peer stopped answering: stop depending on it.
-                    crate::checkpoint::StuckPhase::AwaitingPeer => {
-                        self.trigger_failover(now, crate::failover::FailoverReason::CheckpointStuck)
-                    }
-                    // Our own VM stopped answering: this node is the broken one. Taking over
-                    // would leave the service on a stuck VM; say goodbye so the peer takes
-                    // over, and stop.
-                    crate::checkpoint::StuckPhase::AwaitingVm => self.on_own_vm_stuck(),
+            } => {
+                return self.protocol_error(
+                    kind,
+                    ProtocolViolation::Checkpoint {
+                        epoch,
+                        message_epoch,
+                    },
+                );
+            }
+            C::ReadyForTakeover { .. } => return self.on_ready_for_takeover(now),
+            C::CheckpointDone { .. } => {
+                if let Side::Primary(p) = &mut self.side {
+                    p.pvm_started = true;
                 }
             }
-            C::VmFailed { epoch, command } => {
-                self.event(Event::VmFailed { epoch, command });
-                self.on_vm_command_failed(command);
-            }
-            C::ReadyForTakeover { .. } => self.on_ready_for_takeover(now),
+            // The SVM is now a copy of the PVM: it may serve a takeover.
+            C::CheckpointApplied { .. } => self.has_state = true,
+            C::Aborted { .. } | C::Stuck { .. } | C::VmFailed { .. } => {}
+        }
+        // Reported before what it causes (a failover, a goodbye and a halt).
+        self.event(Event::Checkpoint(e.clone()));
+        match e {
+            C::Stuck { phase, .. } => match phase {
+                // The peer stopped answering: stop depending on it.
+                crate::checkpoint::StuckPhase::AwaitingPeer => {
+                    self.trigger_failover(now, crate::failover::FailoverReason::CheckpointStuck)
+                }
+                // Our own VM stopped answering: this node is the broken one. Taking over
+                // would leave the service on a stuck VM; say goodbye so the peer takes
+                // over, and stop.
+                crate::checkpoint::StuckPhase::AwaitingVm => self.on_own_vm_stuck(),
+            },
+            C::VmFailed { command, .. } => self.on_vm_command_failed(command),
+            _ => {}
         }
     }
 }

@@ -103,7 +103,7 @@ impl Node {
         self.hold.frames.clear();
         self.event(Event::Stopped);
         self.link_before_halt(self.now);
-        self.out.push_back(Output::Halt(HaltReason::Stopped));
+        self.out.push(Output::Halt(HaltReason::Stopped));
     }
 
     /// Drains the failover machine's events and lease requests.
@@ -111,7 +111,7 @@ impl Node {
         let mut progressed = false;
         while let Some(req) = self.failover.poll_lease_request() {
             progressed = true;
-            self.out.push_back(Output::Arbiter(req));
+            self.out.push(Output::Arbiter(req));
         }
         while let Some(ev) = self.failover.poll_event() {
             progressed = true;
@@ -146,7 +146,7 @@ impl Node {
                         discarded,
                     });
                     self.link_before_halt(now);
-                    self.out.push_back(Output::Halt(HaltReason::Deposed));
+                    self.out.push(Output::Halt(HaltReason::Deposed));
                 }
                 // The node reports its own `Reprotected` with the epoch (reprotect.rs).
                 FailoverEvent::Reprotected { .. } => {}
@@ -180,8 +180,8 @@ impl Node {
             Side::Primary(p) => p.comparator.release_all(now),
             Side::Secondary(_) => {
                 self.out
-                    .push_back(Output::Console(super::ConsoleCommand::Release));
-                self.out.push_back(Output::ClaimClientLink { term });
+                    .push(Output::Console(super::ConsoleCommand::Release));
+                self.out.push(Output::ClaimClientLink { term });
                 self.resend_unacknowledged(now);
             }
         }
@@ -206,7 +206,7 @@ impl Node {
                     if p.vm_idle() {
                         // The pairing's first checkpoint never paused the PVM: it was never
                         // started. (Otherwise the checkpointer's own Resume starts it.)
-                        self.out.push_back(Output::Vm(VmCommand::Resume));
+                        self.out.push(Output::Vm(VmCommand::Resume));
                         self.hold.guest = GuestHold::Resuming;
                     }
                 }
@@ -257,7 +257,7 @@ impl Node {
     /// Sends a confirmed frame to the client.
     pub(super) fn release_to_client(&mut self, frame: Vec<u8>) {
         self.stats.released += 1;
-        self.out.push_back(Output::ToClient(frame));
+        self.out.push(Output::ToClient(frame));
     }
 
     /// Whether the solo gate is open at `now`: this node holds an unexpired lease of its term.
@@ -300,7 +300,7 @@ impl Node {
         if self.hold.guest == GuestHold::Running && vm_idle {
             // Backpressure instead of loss: the guest stops producing until release resumes.
             self.hold.guest = GuestHold::Pausing;
-            self.out.push_back(Output::Vm(VmCommand::Pause));
+            self.out.push(Output::Vm(VmCommand::Pause));
             self.event(Event::Backpressure {
                 held: self.hold.frames.len() as u64,
             });
@@ -341,7 +341,7 @@ impl Node {
     fn maybe_resume_guest(&mut self) -> bool {
         if self.hold.guest == GuestHold::Paused && self.hold.frames.is_empty() {
             self.hold.guest = GuestHold::Resuming;
-            self.out.push_back(Output::Vm(VmCommand::Resume));
+            self.out.push(Output::Vm(VmCommand::Resume));
             return true;
         }
         false
@@ -375,7 +375,7 @@ impl Node {
                         // Before the checkpointer orders the resume: the SVM's console output
                         // of the epoch just rolled back goes, nothing printed after it.
                         self.out
-                            .push_back(Output::Console(super::ConsoleCommand::Discard));
+                            .push(Output::Console(super::ConsoleCommand::Discard));
                     }
                     k.handle_vm_done(now, done)
                 }

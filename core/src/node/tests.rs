@@ -2,6 +2,7 @@
 //! rules, handshake checks and the validation of peer messages.
 
 use super::*;
+use crate::heartbeat::HeartbeatEvent;
 use crate::ids::{ClusterId, NicId, Term};
 use crate::time::Duration;
 use crate::wire::{HelloRejectReason, PROTOCOL_VERSION};
@@ -745,7 +746,7 @@ fn bytes_arriving_without_a_whole_frame_keep_the_peer_alive() {
     let lost = |outs: &[Output]| {
         events(outs)
             .iter()
-            .any(|e| matches!(e, Event::PeerLost { .. }))
+            .any(|e| matches!(e, Event::Peer(HeartbeatEvent::PeerLost { .. })))
     };
     let mut t = 2;
     while t < 1500 {

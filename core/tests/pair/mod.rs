@@ -17,6 +17,7 @@
 
 pub mod guest;
 
+use colo_core::checkpoint::CheckpointEvent;
 use colo_core::checkpoint::{VmCommand, VmCompletion};
 use colo_core::disk::GuestIoId;
 use colo_core::failover::{Arbiter, LeaseRequest, Mode};
@@ -472,7 +473,7 @@ impl Pair {
                 self.hosts[h].halted = Some(reason);
             }
             Output::Event(e) => {
-                if let Event::CheckpointApplied { .. } = &e {
+                if let Event::Checkpoint(CheckpointEvent::CheckpointApplied { .. }) = &e {
                     self.applied[h] += 1;
                 }
                 self.hosts[h].events.push(e);

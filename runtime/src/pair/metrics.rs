@@ -366,24 +366,51 @@ impl NodeMetrics {
     }
 }
 
+/// Why the metrics endpoint cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsServeError {
+    /// The address cannot be listened on.
+    #[error("--metrics-listen {addr}: cannot listen: {why}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why (the HTTP server's error).
+        why: String,
+    },
+    /// The bound address is not an IP address.
+    #[error("--metrics-listen {addr}: not an IP address")]
+    NotIp {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The content type header is malformed (a bug).
+    #[error("a malformed Content-Type header")]
+    Header,
+    /// The serving thread cannot be started.
+    #[error("cannot start the metrics server: {0}")]
+    Thread(std::io::Error),
+}
+
 /// Serves `metrics` at `http://ADDR/metrics` on a thread of its own; returns the bound
 /// address (port 0 picks one). Any other path is a 404.
 pub fn serve(
     addr: SocketAddr,
     role: &'static str,
     metrics: Arc<NodeMetrics>,
-) -> Result<SocketAddr, String> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| format!("--metrics-listen {addr}: cannot listen: {e}"))?;
+) -> Result<SocketAddr, MetricsServeError> {
+    let server = tiny_http::Server::http(addr).map_err(|e| MetricsServeError::Listen {
+        addr,
+        why: e.to_string(),
+    })?;
     let bound = server
         .server_addr()
         .to_ip()
-        .ok_or_else(|| format!("--metrics-listen {addr}: not an IP address"))?;
+        .ok_or(MetricsServeError::NotIp { addr })?;
     let content_type = tiny_http::Header::from_bytes(
         "Content-Type",
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
     )
-    .map_err(|()| "a malformed Content-Type header".to_string())?;
+    .map_err(|()| MetricsServeError::Header)?;
     std::thread::Builder::new()
         .name("colo-metrics".to_string())
         .spawn(move || {
@@ -400,7 +427,7 @@ pub fn serve(
                 }
             }
         })
-        .map_err(|e| format!("cannot start the metrics server: {e}"))?;
+        .map_err(MetricsServeError::Thread)?;
     info!(role, listen = %bound, "metrics-listening");
     Ok(bound)
 }

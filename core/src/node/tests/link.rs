@@ -2,6 +2,7 @@
 //! and when the node closes a link whose pairing is over.
 
 use super::*;
+use crate::heartbeat::HeartbeatEvent;
 
 fn link_orders(outs: &[Output]) -> Vec<LinkCommand> {
     outs.iter()
@@ -116,7 +117,12 @@ fn a_link_back_inside_the_window_ends_the_redial_without_an_order() {
     let outs = run_timeouts(&mut n, ms(50), ms(5_000));
     let lost = outs
         .iter()
-        .position(|(_, o)| matches!(o, Output::Event(Event::PeerLost { .. })))
+        .position(|(_, o)| {
+            matches!(
+                o,
+                Output::Event(Event::Peer(HeartbeatEvent::PeerLost { .. }))
+            )
+        })
         .expect("the primary stays silent");
     assert!(
         !outs[..lost]
@@ -171,7 +177,12 @@ fn a_primary_closes_the_link_of_a_peer_it_declared_lost_and_still_accepts() {
     let outs = run_timeouts(&mut n, ms(3), ms(5_000));
     let lost = outs
         .iter()
-        .position(|(_, o)| matches!(o, Output::Event(Event::PeerLost { .. })))
+        .position(|(_, o)| {
+            matches!(
+                o,
+                Output::Event(Event::Peer(HeartbeatEvent::PeerLost { .. }))
+            )
+        })
         .expect("the heartbeat declares the silent peer lost");
     assert_eq!(
         outs[lost + 1].1,

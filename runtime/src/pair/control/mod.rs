@@ -36,7 +36,7 @@ pub use client::{CallError, call};
 pub use response::{
     Answer, Auth, CheckpointAnswer, LastCheckpoint, Peer, Refusal, Reprotect, Response, Status,
 };
-pub use server::{ControlServer, default_path};
+pub use server::{ControlServer, ControlServerError, default_path};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

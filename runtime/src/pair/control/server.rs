@@ -42,16 +42,54 @@ pub struct ControlServer {
     in_flight: Arc<AtomicUsize>,
 }
 
+/// Why the control socket cannot be served (each names the path; sources kept).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlServerError {
+    /// Something that is not a socket is at the path: never deleted.
+    #[error("{} exists and is not a socket: not replacing it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A running node answers on the path.
+    #[error("a running node already serves the control socket {}", path.display())]
+    InUse {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A stale socket file cannot be removed.
+    #[error("cannot remove the stale socket {}: {source}", path.display())]
+    RemoveStale {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The socket cannot be bound.
+    #[error("cannot bind the control socket {}: {source}", path.display())]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The serving thread cannot be started.
+    #[error("cannot start the control thread: {0}")]
+    Thread(std::io::Error),
+}
+
 impl ControlServer {
     /// Binds `path` (replacing a stale socket file) and serves it on a thread; every request
     /// goes to `post`, which returns false once the loop is gone.
-    pub fn bind<F>(path: &Path, post: F) -> Result<ControlServer, String>
+    pub fn bind<F>(path: &Path, post: F) -> Result<ControlServer, ControlServerError>
     where
         F: Fn(ControlCall) -> bool + Send + Sync + 'static,
     {
         replace_stale(path)?;
-        let listener = UnixListener::bind(path)
-            .map_err(|e| format!("cannot bind the control socket {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(path).map_err(|source| ControlServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let in_flight = Arc::new(AtomicUsize::new(0));
         let server = ControlServer {
             path: path.to_path_buf(),
@@ -69,7 +107,7 @@ impl ControlServer {
                         .spawn(move || serve(stream, &*post, &in_flight));
                 }
             })
-            .map_err(|e| format!("cannot start the control thread: {e}"))?;
+            .map_err(ControlServerError::Thread)?;
         Ok(server)
     }
 
@@ -91,24 +129,21 @@ impl Drop for ControlServer {
 
 /// A socket file nobody answers on is left by a node that was killed: replace it. A live one
 /// belongs to a running node, and anything else is not ours to delete.
-fn replace_stale(path: &Path) -> Result<(), String> {
+fn replace_stale(path: &Path) -> Result<(), ControlServerError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };
+    let path_buf = || path.to_path_buf();
     if !meta.file_type().is_socket() {
-        return Err(format!(
-            "{} exists and is not a socket: not replacing it",
-            path.display()
-        ));
+        return Err(ControlServerError::NotASocket { path: path_buf() });
     }
     if UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "a running node already serves the control socket {}",
-            path.display()
-        ));
+        return Err(ControlServerError::InUse { path: path_buf() });
     }
-    std::fs::remove_file(path)
-        .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))
+    std::fs::remove_file(path).map_err(|source| ControlServerError::RemoveStale {
+        path: path_buf(),
+        source,
+    })
 }
 
 /// One operator connection: a response line per request line, until EOF.
@@ -219,7 +254,8 @@ mod tests {
         assert!(path.exists());
         let server = ControlServer::bind(&path, echo).expect("a stale file is replaced");
         let err = ControlServer::bind(&path, echo).expect_err("a live socket is refused");
-        assert!(err.contains("already serves"), "{err}");
+        assert!(matches!(err, ControlServerError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("already serves"), "{err}");
         drop(server);
         assert!(!path.exists(), "the socket file is removed on drop");
     }
@@ -229,7 +265,11 @@ mod tests {
         let path = temp_socket("plain.sock");
         std::fs::write(&path, b"keep me").expect("write");
         let err = ControlServer::bind(&path, echo).expect_err("not a socket");
-        assert!(err.contains("not a socket"), "{err}");
+        assert!(
+            matches!(err, ControlServerError::NotASocket { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).expect("still there"), b"keep me");
         std::fs::remove_file(&path).expect("cleanup");
     }

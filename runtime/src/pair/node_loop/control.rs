@@ -22,6 +22,7 @@ use crate::pair::control::{
     Reprotect, Request, Response, Status, error_response,
 };
 use crate::pair::events::Milestone;
+use colo_core::checkpoint::CheckpointEvent;
 use colo_core::ids::Role;
 use colo_core::node::{Command, CommandRefusal, Event, Input, NodeMode};
 use colo_core::time::{Duration, Instant};
@@ -267,13 +268,13 @@ impl NodeLoop {
             self.ctl.refused = Some(*why);
             return;
         }
-        if let Event::CheckpointDone {
+        if let Event::Checkpoint(CheckpointEvent::CheckpointDone {
             epoch,
             reason,
             pause,
             pages,
             bytes,
-        } = event
+        }) = event
         {
             let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ctl.waiting)
                 .into_iter()
@@ -295,18 +296,18 @@ impl NodeLoop {
             }
         }
         let (epoch, pause, bytes) = match event {
-            Event::CheckpointDone {
+            Event::Checkpoint(CheckpointEvent::CheckpointDone {
                 epoch,
                 pause,
                 bytes,
                 ..
-            }
-            | Event::CheckpointApplied {
+            })
+            | Event::Checkpoint(CheckpointEvent::CheckpointApplied {
                 epoch,
                 pause,
                 bytes,
                 ..
-            } => (epoch.0, pause.as_micros() as u64, *bytes),
+            }) => (epoch.0, pause.as_micros() as u64, *bytes),
             _ => return,
         };
         self.ctl.last_checkpoint = Some(LastCheckpoint {

@@ -17,7 +17,9 @@ use super::NodeLoop;
 use crate::pair::events::{self, Milestone};
 use crate::pair::progress::SyncProgress;
 use crate::vmm::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
+use colo_core::checkpoint::CheckpointEvent;
 use colo_core::checkpoint::VmCompletion;
+use colo_core::heartbeat::HeartbeatEvent;
 use colo_core::node::{ConsoleCommand, Event, NodeMode};
 use colo_core::time::Instant;
 use colo_core::wire::HelloRejectReason;
@@ -198,13 +200,13 @@ impl NodeLoop {
         }
         let n = self.name;
         match &event {
-            Event::CheckpointDone {
+            Event::Checkpoint(CheckpointEvent::CheckpointDone {
                 epoch,
                 reason,
                 pause,
                 pages,
                 bytes,
-            } => {
+            }) => {
                 let t = self.exec.timings;
                 info!(
                     role = n,
@@ -222,12 +224,12 @@ impl NodeLoop {
                     "checkpoint-done"
                 );
             }
-            Event::CheckpointApplied {
+            Event::Checkpoint(CheckpointEvent::CheckpointApplied {
                 epoch,
                 pause,
                 pages,
                 bytes,
-            } => {
+            }) => {
                 // The first apply of a pairing ends its copy.
                 self.receiving = None;
                 info!(
@@ -240,7 +242,7 @@ impl NodeLoop {
                     "checkpoint-applied"
                 )
             }
-            Event::PeerLost { silent_for } => {
+            Event::Peer(HeartbeatEvent::PeerLost { silent_for }) => {
                 info!(
                     role = n,
                     silent_ms = silent_for.as_millis() as u64,
@@ -289,7 +291,7 @@ impl NodeLoop {
             Event::ProtocolError { kind, violation } => {
                 warn!(role = n, "protocol error: {kind:?}: {violation:?}")
             }
-            Event::VmFailed { epoch, command } => {
+            Event::Checkpoint(CheckpointEvent::VmFailed { epoch, command }) => {
                 error!(role = n, "VM command {command:?} failed in {epoch:?}")
             }
             Event::Disk(disk_event) => self.on_disk_event(*disk_event),
@@ -337,13 +339,13 @@ impl NodeLoop {
                 term: term.0,
                 side: format!("{role:?}"),
             },
-            Event::CheckpointDone {
+            Event::Checkpoint(CheckpointEvent::CheckpointDone {
                 epoch,
                 reason,
                 pause,
                 pages,
                 bytes,
-            } => Milestone::CheckpointDone {
+            }) => Milestone::CheckpointDone {
                 epoch: epoch.0,
                 reason: format!("{reason:?}"),
                 pause_us: pause.as_micros() as u64,
@@ -351,31 +353,37 @@ impl NodeLoop {
                 bytes: *bytes,
                 step,
             },
-            Event::CheckpointApplied {
+            Event::Checkpoint(CheckpointEvent::CheckpointApplied {
                 epoch,
                 pause,
                 pages,
                 bytes,
-            } => Milestone::CheckpointApplied {
+            }) => Milestone::CheckpointApplied {
                 epoch: epoch.0,
                 pause_us: pause.as_micros() as u64,
                 pages: *pages,
                 bytes: *bytes,
                 step,
             },
-            Event::CheckpointAborted { epoch, reason } => Milestone::CheckpointAborted {
-                epoch: epoch.0,
-                reason: format!("{reason:?}"),
-            },
-            Event::CheckpointStuck { epoch, phase } => Milestone::CheckpointStuck {
-                epoch: epoch.0,
-                phase: format!("{phase:?}"),
-            },
-            Event::VmFailed { epoch, command } => Milestone::VmFailed {
-                epoch: epoch.0,
-                command: format!("{command:?}"),
-            },
-            Event::PeerLost { silent_for } => Milestone::PeerLost {
+            Event::Checkpoint(CheckpointEvent::Aborted { epoch, reason }) => {
+                Milestone::CheckpointAborted {
+                    epoch: epoch.0,
+                    reason: format!("{reason:?}"),
+                }
+            }
+            Event::Checkpoint(CheckpointEvent::Stuck { epoch, phase }) => {
+                Milestone::CheckpointStuck {
+                    epoch: epoch.0,
+                    phase: format!("{phase:?}"),
+                }
+            }
+            Event::Checkpoint(CheckpointEvent::VmFailed { epoch, command }) => {
+                Milestone::VmFailed {
+                    epoch: epoch.0,
+                    command: format!("{command:?}"),
+                }
+            }
+            Event::Peer(HeartbeatEvent::PeerLost { silent_for }) => Milestone::PeerLost {
                 silent_ms: silent_for.as_millis() as u64,
             },
             Event::TakeoverStarted { term, from, reason } => Milestone::TakeoverStarted {

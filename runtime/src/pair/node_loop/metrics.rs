@@ -8,6 +8,7 @@
 
 use super::NodeLoop;
 use crate::pair::metrics::{Mirror, NodeMetrics};
+use colo_core::checkpoint::CheckpointEvent;
 use colo_core::failover::LeaseRequestId;
 use colo_core::node::Event;
 use colo_core::time::{Duration, Instant};
@@ -38,7 +39,7 @@ impl LoopMetrics {
     pub(super) fn new(
         role: &'static str,
         listen: Option<SocketAddr>,
-    ) -> Result<LoopMetrics, String> {
+    ) -> Result<LoopMetrics, crate::pair::metrics::MetricsServeError> {
         let registry = Arc::new(NodeMetrics::new(role));
         if let Some(addr) = listen {
             crate::pair::metrics::serve(addr, role, registry.clone())?;
@@ -70,24 +71,24 @@ impl NodeLoop {
     pub(super) fn metrics_on_event(&self, event: &Event) {
         let m = &self.metrics.registry;
         match event {
-            Event::CheckpointDone {
+            Event::Checkpoint(CheckpointEvent::CheckpointDone {
                 reason,
                 pause,
                 pages,
                 bytes,
                 ..
-            } => m.on_checkpoint_done(
+            }) => m.on_checkpoint_done(
                 reason.as_str(),
                 pause.as_micros() as f64 / 1e6,
                 *pages,
                 *bytes,
             ),
-            Event::CheckpointApplied {
+            Event::Checkpoint(CheckpointEvent::CheckpointApplied {
                 pause,
                 pages,
                 bytes,
                 ..
-            } => m.on_checkpoint_applied(pause.as_micros() as f64 / 1e6, *pages, *bytes),
+            }) => m.on_checkpoint_applied(pause.as_micros() as f64 / 1e6, *pages, *bytes),
             Event::Miscompare { why, .. } => {
                 // The variant's name (`TcpPayload`, `LengthDiffers`, ...), not its data.
                 let reason = format!("{:?}", why.reason);

@@ -245,6 +245,12 @@ pub enum LoopError {
     /// The replicated disk's images cannot be opened.
     #[error(transparent)]
     Disk(#[from] crate::vmm::disk::ImageError),
+    /// The control socket cannot be served.
+    #[error(transparent)]
+    Control(#[from] crate::pair::control::ControlServerError),
+    /// The metrics endpoint cannot be served.
+    #[error(transparent)]
+    Metrics(#[from] crate::pair::metrics::MetricsServeError),
     /// The arbiter client's thread cannot be started.
     #[error("cannot start the arbiter client: {0}")]
     ArbiterClient(std::io::Error),
@@ -367,8 +373,7 @@ impl NodeLoop {
             let control_tx = tx.clone();
             let server = crate::pair::control::ControlServer::bind(path, move |call| {
                 control_tx.send(LoopEvent::Control(call)).is_ok()
-            })
-            .map_err(LoopError::Endpoint)?;
+            })?;
             ctl.server = Some(server);
         }
         let arbiter_tx = tx.clone();
@@ -381,8 +386,7 @@ impl NodeLoop {
             },
         )
         .map_err(LoopError::ArbiterClient)?;
-        let metrics =
-            metrics::LoopMetrics::new(name, config.metrics_listen).map_err(LoopError::Endpoint)?;
+        let metrics = metrics::LoopMetrics::new(name, config.metrics_listen)?;
         Ok(NodeLoop {
             node,
             machine,
