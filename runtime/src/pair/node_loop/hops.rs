@@ -11,6 +11,7 @@
 //! lines (the TCP header fields, see [`TcpFields`]) every 50 ms, off the frames'
 //! path (a `println!` per hop would itself add microseconds to the measured path).
 
+use colo_core::packet::{Kind, TcpInfo, classify, tcp_flags};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -38,28 +39,23 @@ pub struct TcpFields {
     pub len: u32,
 }
 
-/// The TCP header fields of an untagged Ethernet/IPv4 TCP frame.
+/// The TCP segment of a frame, as the comparator classifies it (`colo_core::packet`).
+fn tcp_info(frame: &[u8]) -> Option<TcpInfo> {
+    match classify(frame).ok()?.kind {
+        Kind::Tcp(tcp) => Some(tcp),
+        _ => None,
+    }
+}
+
+/// The TCP header fields of a TCP frame.
 pub fn tcp_fields(frame: &[u8]) -> Option<TcpFields> {
-    if frame.get(12..14)? != [0x08, 0x00] {
-        return None;
-    }
-    let ip = frame.get(14..)?;
-    let ihl = usize::from(ip.first()? & 0x0f) * 4;
-    if *ip.get(9)? != 6 || ihl < 20 {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-    let tcp = ip.get(ihl..)?;
-    let doff = usize::from(tcp.get(12)? >> 4) * 4;
-    let word = |at: usize| -> Option<u32> {
-        Some(u32::from_be_bytes(tcp.get(at..at + 4)?.try_into().ok()?))
-    };
+    let tcp = tcp_info(frame)?;
     Some(TcpFields {
-        seq: word(4)?,
-        ack: word(8)?,
-        window: u16::from_be_bytes([*tcp.get(14)?, *tcp.get(15)?]),
-        flags: *tcp.get(13)?,
-        len: u32::try_from(total.saturating_sub(ihl + doff)).ok()?,
+        seq: tcp.seq.0,
+        ack: tcp.ack.0,
+        window: tcp.window,
+        flags: tcp.flags,
+        len: u32::try_from(tcp.payload_len()).ok()?,
     })
 }
 
@@ -96,34 +92,18 @@ pub fn payload_key(payload: &[u8]) -> u64 {
 /// The key of a frame: [`payload_key`] of its TCP payload, or [`ACK_KEY`] | its ACK number for a TCP
 /// segment without payload that carries ACK; `None` for anything else.
 pub fn frame_key(frame: &[u8]) -> Option<u64> {
-    match tcp_payload(frame) {
-        Some(payload) => Some(payload_key(payload)),
-        None => {
-            let ip = frame.get(14..)?;
-            let ihl = usize::from(ip.first()? & 0x0f) * 4;
-            let tcp = ip.get(ihl..)?;
-            let ack = u32::from_be_bytes(tcp.get(8..12)?.try_into().ok()?);
-            (frame.get(12..14)? == [0x08, 0x00] && *ip.get(9)? == 6 && tcp.get(13)? & 0x10 != 0)
-                .then_some(ACK_KEY | u64::from(ack))
-        }
+    let tcp = tcp_info(frame)?;
+    if tcp.payload_len() > 0 {
+        Some(payload_key(&frame[tcp.payload_start..tcp.payload_end]))
+    } else {
+        (tcp.flags & tcp_flags::ACK != 0).then_some(ACK_KEY | u64::from(tcp.ack.0))
     }
 }
 
-/// The TCP payload of an untagged Ethernet/IPv4 frame, if it carries any.
+/// The TCP payload of a frame, if it carries any.
 pub fn tcp_payload(frame: &[u8]) -> Option<&[u8]> {
-    if frame.get(12..14)? != [0x08, 0x00] {
-        return None;
-    }
-    let ip = frame.get(14..)?;
-    let ihl = usize::from(ip.first()? & 0x0f) * 4;
-    if *ip.get(9)? != 6 || ihl < 20 {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
-    let tcp = ip.get(ihl..total.max(ihl))?;
-    let doff = usize::from(tcp.get(12)? >> 4) * 4;
-    let payload = tcp.get(doff..)?;
-    (!payload.is_empty()).then_some(payload)
+    let tcp = tcp_info(frame)?;
+    (tcp.payload_len() > 0).then(|| &frame[tcp.payload_start..tcp.payload_end])
 }
 
 fn enabled() -> bool {
