@@ -197,41 +197,73 @@ fn failover(
     pair: &mut PairRun,
     options: &BenchOptions,
 ) -> Result<FailoverFigures, String> {
-    let mut client = Client::connect(ns, PAIR_IP)?;
-    // The latency client's connection counted on the same key: go on from its count.
-    client.count = first_value(&mut client)?;
-    let unblock = client
-        .conn
-        .stream()
-        .try_clone()
-        .map_err(|e| e.to_string())?;
-    let replies: Arc<Mutex<Vec<Reply>>> = Arc::default();
-    let failure: Arc<Mutex<Option<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (replies, failure, stop) = (replies.clone(), failure.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let sent = Instant::now();
-                match client.incr() {
-                    Ok(value) => replies.lock().push(Reply {
-                        sent,
-                        end: Instant::now(),
-                        value,
-                    }),
-                    Err(e) => {
-                        *failure.lock() = Some(e);
-                        return;
+    let requests = RequestLoop::start(ns)?;
+    let result = kill_and_watch(pair, options, &requests.replies, &requests.failure);
+    requests.stop();
+    result
+}
+
+/// A client sending `INCR`s back to back on a thread of its own and recording each reply,
+/// until stopped: the load both kill runs watch.
+struct RequestLoop {
+    /// Every reply, in order.
+    replies: Arc<Mutex<Vec<Reply>>>,
+    /// The client's error, which ended its thread.
+    failure: Arc<Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+    /// The client's socket, shut down to unblock a request in flight at the stop.
+    unblock: std::net::TcpStream,
+    worker: std::thread::JoinHandle<()>,
+}
+
+impl RequestLoop {
+    /// Connects to the pair and starts sending. The latency client's connection counted on the
+    /// same key: this one goes on from its count.
+    fn start(ns: &NetNs) -> Result<RequestLoop, String> {
+        let mut client = Client::connect(ns, PAIR_IP)?;
+        client.count = first_value(&mut client)?;
+        let unblock = client
+            .conn
+            .stream()
+            .try_clone()
+            .map_err(|e| e.to_string())?;
+        let replies: Arc<Mutex<Vec<Reply>>> = Arc::default();
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (replies, failure, stop) = (replies.clone(), failure.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    match client.incr() {
+                        Ok(value) => replies.lock().push(Reply {
+                            sent,
+                            end: Instant::now(),
+                            value,
+                        }),
+                        Err(e) => {
+                            *failure.lock() = Some(e);
+                            return;
+                        }
                     }
                 }
-            }
+            })
+        };
+        Ok(RequestLoop {
+            replies,
+            failure,
+            stop,
+            unblock,
+            worker,
         })
-    };
-    let result = kill_and_watch(pair, options, &replies, &failure);
-    stop.store(true, Ordering::Relaxed);
-    let _ = unblock.shutdown(std::net::Shutdown::Both);
-    let _ = worker.join();
-    result
+    }
+
+    /// Stops the client and waits for its thread.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.unblock.shutdown(std::net::Shutdown::Both);
+        let _ = self.worker.join();
+    }
 }
 
 /// Reads the counter without changing it (`GET n`): the latency phase's connection counted on

@@ -8,13 +8,11 @@
 //! request in flight at the kill or sent after it, counted from the later of its sending and
 //! the kill; the counter must go on without a gap or a repeat (checked on every reply).
 
-use super::{BenchOptions, Reply, first_value};
+use super::{BenchOptions, Reply, RequestLoop};
 use crate::demo::fields;
-use crate::demo::net::{Client, PAIR_IP, PairRun};
+use crate::demo::net::PairRun;
 use colo_runtime::net::netns::NetNs;
 use parking_lot::Mutex;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// What the secondary's SIGKILL did to the client.
@@ -47,39 +45,9 @@ pub fn run(
 ) -> Result<SecondaryKillFigures, String> {
     let mut pair = PairRun::start(ns, &options.pair, deadline, &[], &options.node_args)?;
     pair.wait_paired()?;
-    let mut client = Client::connect(ns, PAIR_IP)?;
-    client.count = first_value(&mut client)?;
-    let unblock = client
-        .conn
-        .stream()
-        .try_clone()
-        .map_err(|e| e.to_string())?;
-    let replies: Arc<Mutex<Vec<Reply>>> = Arc::default();
-    let failure: Arc<Mutex<Option<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (replies, failure, stop) = (replies.clone(), failure.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let sent = Instant::now();
-                match client.incr() {
-                    Ok(value) => replies.lock().push(Reply {
-                        sent,
-                        end: Instant::now(),
-                        value,
-                    }),
-                    Err(e) => {
-                        *failure.lock() = Some(e);
-                        return;
-                    }
-                }
-            }
-        })
-    };
-    let result = watch(&mut pair, options, &replies, &failure);
-    stop.store(true, Ordering::Relaxed);
-    let _ = unblock.shutdown(std::net::Shutdown::Both);
-    let _ = worker.join();
+    let requests = RequestLoop::start(ns)?;
+    let result = watch(&mut pair, options, &requests.replies, &requests.failure);
+    requests.stop();
     result
 }
 
