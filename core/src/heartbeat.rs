@@ -7,10 +7,19 @@
 //! detects loss itself. Any valid peer message counts as liveness (a checkpoint transfer is
 //! better evidence than a heartbeat), so heartbeats only flow on an otherwise idle link.
 //!
+//! A peer whose end *closed* the link (an end of stream or a reset: its process exited, or it
+//! closed the link itself) is not merely silent: a live peer whose link broke under it
+//! reconnects at once (a secondary redials, a primary accepts), so the detector gives it only
+//! `closed_link_grace` (150 ms by default, never more than the silence rule) to be back on a new
+//! link before it is lost. A process that was killed is so detected in a fraction of the
+//! silence rule; a host that lost power or a cut path close nothing and fall to the silence
+//! rule. A wrong guess costs a failover the arbiter still fences, never a second writer.
+//!
 //! Invariant kept: the peer is never declared [`PeerState::Lost`] while valid traffic keeps
-//! arriving less than `heartbeat_interval * heartbeat_misses_max` apart, and once the link has
-//! been silent that long, the next timeout declares it lost (`poll_timeout` always names the
-//! next deadline, so a driver that honours it never misses one).
+//! arriving less than `heartbeat_interval * heartbeat_misses_max` apart and no closed link
+//! stays without a new one for `closed_link_grace`; once either happened, the next timeout
+//! declares it lost (`poll_timeout` always names the next deadline, so a driver that honours
+//! it never misses one).
 //!
 //! ```text
 //!            traffic                     traffic
@@ -30,16 +39,23 @@ pub struct HeartbeatConfig {
     pub heartbeat_interval: Duration,
     /// How many whole intervals of silence declare the peer lost.
     pub heartbeat_misses_max: u32,
+    /// How long a peer that closed the link has to be back on a new one before it is lost
+    /// (capped at [`HeartbeatConfig::lost_after`]; see the module documentation).
+    pub closed_link_grace: Duration,
 }
 
 impl Default for HeartbeatConfig {
     /// 100 ms and 5 misses: a dead peer is detected within 0.5 s, an order of magnitude below
     /// a client's TCP retransmission timeout (RFC 6298 §2.4: at least 1 s), so a takeover is
-    /// invisible to most clients.
+    /// invisible to most clients. A peer that closed the link is lost after 150 ms without a
+    /// new one: a live peer reconnects in a few milliseconds (tens under heavy load here, see
+    /// docs/benchmarks.md), a killed one never does, and a client then waits less than the
+    /// 200 ms of Linux's minimum TCP retransmission timeout.
     fn default() -> Self {
         HeartbeatConfig {
             heartbeat_interval: Duration::from_millis(100),
             heartbeat_misses_max: 5,
+            closed_link_grace: Duration::from_millis(150),
         }
     }
 }
@@ -80,6 +96,12 @@ impl HeartbeatConfig {
         self.heartbeat_interval
             .saturating_mul(self.heartbeat_misses_max)
     }
+
+    /// How long after the peer closed the link, with no new link, it is lost: the configured
+    /// grace, never longer than [`HeartbeatConfig::lost_after`].
+    pub fn closed_grace(&self) -> Duration {
+        self.closed_link_grace.min(self.lost_after())
+    }
 }
 
 /// What this node believes about its peer.
@@ -107,6 +129,9 @@ pub enum HeartbeatEvent {
     PeerLost {
         /// Silence that declared it.
         silent_for: Duration,
+        /// The peer had closed the link and no new link came within `closed_link_grace`
+        /// (`false`: the silence rule declared it).
+        link_closed: bool,
     },
 }
 
@@ -146,6 +171,8 @@ pub struct Heartbeat {
     last_sent: Instant,
     /// Latest `now` seen, to enforce monotone time.
     now: Instant,
+    /// When the peer closed the link, while no new link is up.
+    closed_at: Option<Instant>,
     next_seq: u64,
     pending_send: Option<HeartbeatSend>,
     events: Vec<HeartbeatEvent>,
@@ -162,6 +189,7 @@ impl Heartbeat {
             last_heard: now,
             last_sent: now,
             now,
+            closed_at: None,
             next_seq: 1,
             pending_send: None,
             events: Vec::new(),
@@ -210,6 +238,23 @@ impl Heartbeat {
         self.last_sent = now;
     }
 
+    /// The peer's end closed the link (end of stream or reset), as opposed to a link that
+    /// failed or went silent: unless a new link comes up within `closed_link_grace`, the peer
+    /// is lost. A second close before a new link keeps the first one's deadline.
+    pub fn handle_link_closed_by_peer(&mut self, now: Instant) {
+        self.advance(now);
+        if self.state != PeerState::Lost && self.closed_at.is_none() {
+            self.closed_at = Some(now);
+        }
+    }
+
+    /// A new link is up: the peer (or whoever accepted for it) is reachable again, and only
+    /// the silence rule applies.
+    pub fn handle_link_up(&mut self, now: Instant) {
+        self.advance(now);
+        self.closed_at = None;
+    }
+
     /// A deadline may have passed. Spurious calls are no-ops.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
@@ -217,12 +262,20 @@ impl Heartbeat {
             return;
         }
         let silent_for = now.saturating_duration_since(self.last_heard);
-        if silent_for >= self.config.lost_after() {
-            // Alive/Suspect --silent lost_after--> Lost
+        let closed_out = self
+            .closed_at
+            .is_some_and(|at| now >= at + self.config.closed_grace());
+        if silent_for >= self.config.lost_after() || closed_out {
+            // Alive/Suspect --silent lost_after, or closed for closed_grace--> Lost
             self.state = PeerState::Lost;
             self.stats.losses += 1;
             self.pending_send = None;
-            self.events.push(HeartbeatEvent::PeerLost { silent_for });
+            self.closed_at = None;
+            let link_closed = closed_out && silent_for < self.config.lost_after();
+            self.events.push(HeartbeatEvent::PeerLost {
+                silent_for,
+                link_closed,
+            });
             return;
         }
         if self.state == PeerState::Alive && silent_for >= self.config.suspect_after() {
@@ -250,6 +303,7 @@ impl Heartbeat {
         self.last_heard = now;
         self.last_sent = now;
         self.pending_send = None;
+        self.closed_at = None;
     }
 
     /// The heartbeat to send, if one is due.
@@ -274,6 +328,9 @@ impl Heartbeat {
         let lost_at = self.last_heard + self.config.lost_after();
         let send_at = self.last_sent + self.config.heartbeat_interval;
         let mut next = lost_at.min(send_at);
+        if let Some(at) = self.closed_at {
+            next = next.min(at + self.config.closed_grace());
+        }
         if self.state == PeerState::Alive {
             next = next.min(self.last_heard + self.config.suspect_after());
         }
@@ -303,6 +360,7 @@ mod tests {
         HeartbeatConfig {
             heartbeat_interval: Duration::from_millis(interval_ms),
             heartbeat_misses_max: misses,
+            closed_link_grace: Duration::from_millis(interval_ms * 3 / 2),
         }
     }
 
@@ -361,7 +419,8 @@ mod tests {
                     silent_for: Duration::from_millis(200)
                 },
                 HeartbeatEvent::PeerLost {
-                    silent_for: Duration::from_millis(400)
+                    silent_for: Duration::from_millis(400),
+                    link_closed: false,
                 }
             ]
         );
@@ -409,11 +468,90 @@ mod tests {
         hb.handle_timeout(ms(5));
     }
 
+    #[test]
+    fn a_peer_that_closed_the_link_and_stays_away_is_lost_after_the_grace() {
+        let mut hb = Heartbeat::new(config(100, 5), ms(0)).unwrap();
+        hb.handle_peer_traffic(ms(40));
+        hb.handle_link_closed_by_peer(ms(50));
+        assert_eq!(
+            hb.poll_timeout(),
+            Some(ms(100)),
+            "the heartbeat send comes first"
+        );
+        hb.handle_timeout(ms(100));
+        assert_eq!(
+            hb.poll_timeout(),
+            Some(ms(200)),
+            "grace: 150 ms after the close"
+        );
+        hb.handle_timeout(ms(199));
+        assert_eq!(hb.state(), PeerState::Alive);
+        hb.handle_timeout(ms(200));
+        assert_eq!(hb.state(), PeerState::Lost);
+        assert_eq!(
+            drain(&mut hb),
+            vec![HeartbeatEvent::PeerLost {
+                silent_for: Duration::from_millis(160),
+                link_closed: true,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_new_link_within_the_grace_leaves_only_the_silence_rule() {
+        let mut hb = Heartbeat::new(config(100, 5), ms(0)).unwrap();
+        hb.handle_link_closed_by_peer(ms(10));
+        hb.handle_link_up(ms(60));
+        hb.handle_timeout(ms(160));
+        hb.handle_timeout(ms(499));
+        assert_ne!(hb.state(), PeerState::Lost);
+        hb.handle_timeout(ms(500));
+        assert_eq!(
+            drain(&mut hb).last(),
+            Some(&HeartbeatEvent::PeerLost {
+                silent_for: Duration::from_millis(500),
+                link_closed: false,
+            })
+        );
+    }
+
+    #[test]
+    fn a_second_close_keeps_the_first_deadline_and_the_grace_never_exceeds_the_silence_rule() {
+        let mut hb = Heartbeat::new(config(100, 5), ms(0)).unwrap();
+        hb.handle_link_closed_by_peer(ms(10));
+        hb.handle_link_closed_by_peer(ms(100));
+        hb.handle_timeout(ms(160));
+        assert_eq!(hb.state(), PeerState::Lost);
+
+        let long = HeartbeatConfig {
+            closed_link_grace: Duration::from_secs(10),
+            ..config(100, 5)
+        };
+        assert_eq!(long.closed_grace(), Duration::from_millis(500));
+        let mut hb = Heartbeat::new(long, ms(0)).unwrap();
+        hb.handle_link_closed_by_peer(ms(0));
+        hb.handle_timeout(ms(499));
+        assert_ne!(hb.state(), PeerState::Lost);
+        hb.handle_timeout(ms(500));
+        assert_eq!(hb.state(), PeerState::Lost);
+    }
+
+    #[test]
+    fn a_reset_forgets_a_close() {
+        let mut hb = Heartbeat::new(config(100, 5), ms(0)).unwrap();
+        hb.handle_link_closed_by_peer(ms(10));
+        hb.reset(ms(20));
+        hb.handle_timeout(ms(300));
+        assert_ne!(hb.state(), PeerState::Lost);
+    }
+
     #[derive(Clone, Debug)]
     enum Step {
         Traffic(u64),
         Sent(u64),
         Timeout(u64),
+        Closed(u64),
+        Up(u64),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -421,12 +559,15 @@ mod tests {
             (0u64..300).prop_map(Step::Traffic),
             (0u64..300).prop_map(Step::Sent),
             (0u64..300).prop_map(Step::Timeout),
+            (0u64..300).prop_map(Step::Closed),
+            (0u64..300).prop_map(Step::Up),
         ]
     }
 
     proptest! {
-        /// Never Lost while traffic arrives within interval * misses; and a driver that wakes
-        /// at every `poll_timeout` declares Lost no later than that silence.
+        /// Never Lost while traffic arrives within interval * misses and no closed link
+        /// stays without a new one for the grace; and a driver that wakes at every
+        /// `poll_timeout` declares Lost exactly at the first of those two deadlines.
         #[test]
         fn never_lost_while_traffic_arrives_in_time(
             interval in 1u64..50,
@@ -435,15 +576,22 @@ mod tests {
         ) {
             let cfg = config(interval, misses);
             let lost_after = interval * u64::from(misses);
+            let grace = (interval * 3 / 2).min(lost_after);
             let mut hb = Heartbeat::new(cfg, ms(0)).unwrap();
             let mut now = 0u64;
             let mut last_heard = 0u64;
+            let mut closed_at: Option<u64> = None;
             let mut lost_seen = false;
+            let deadline_of = |heard: u64, closed: Option<u64>| {
+                closed.map_or(heard + lost_after, |c| (heard + lost_after).min(c + grace))
+            };
             for s in steps {
                 let (gap, kind) = match s {
                     Step::Traffic(g) => (g, 0),
                     Step::Sent(g) => (g, 1),
                     Step::Timeout(g) => (g, 2),
+                    Step::Closed(g) => (g, 3),
+                    Step::Up(g) => (g, 4),
                 };
                 let target = now + gap;
                 // Honour every deadline on the way, as a driver would.
@@ -456,8 +604,7 @@ mod tests {
                     let _ = hb.poll_send();
                     if hb.state() == PeerState::Lost && !lost_seen {
                         lost_seen = true;
-                        prop_assert!(now - last_heard >= lost_after, "lost too early");
-                        prop_assert_eq!(now - last_heard, lost_after, "lost later than the deadline");
+                        prop_assert_eq!(now, deadline_of(last_heard, closed_at), "lost off its deadline");
                     }
                 }
                 now = target;
@@ -467,11 +614,19 @@ mod tests {
                         if !lost_seen { last_heard = now; }
                     }
                     1 => hb.handle_sent(ms(now)),
+                    3 => {
+                        hb.handle_link_closed_by_peer(ms(now));
+                        if closed_at.is_none() { closed_at = Some(now); }
+                    }
+                    4 => {
+                        hb.handle_link_up(ms(now));
+                        closed_at = None;
+                    }
                     _ => hb.handle_timeout(ms(now)),
                 }
                 if hb.state() == PeerState::Lost && !lost_seen {
                     lost_seen = true;
-                    prop_assert!(now - last_heard >= lost_after, "lost too early");
+                    prop_assert!(now >= deadline_of(last_heard, closed_at), "lost too early");
                 }
                 prop_assert_eq!(hb.poll_timeout().is_some(), hb.state() != PeerState::Lost);
             }

@@ -599,7 +599,7 @@ fn links_without_the_pair_key_are_refused_and_counted_in_status() {
     bytes[21] ^= 0x80;
     stream.write_all(&bytes).unwrap();
     let down = procs.wait_milestone(Duration::from_secs(10), primary, |m| match m {
-        Milestone::LinkDown { reason } => Some(reason.clone()),
+        Milestone::LinkDown { reason, .. } => Some(reason.clone()),
         _ => None,
     });
     assert!(down.contains("MAC tag does not verify"), "{down}");

@@ -246,7 +246,7 @@ fn corrupt_peer_frame_ends_the_link_with_a_clear_error() {
     bytes.extend_from_slice(&[0u8; 12]);
     stream.write_all(&bytes).unwrap();
     let reason = procs.wait_milestone(Duration::from_secs(10), p, |m| match m {
-        Milestone::LinkDown { reason } => Some(reason.clone()),
+        Milestone::LinkDown { reason, .. } => Some(reason.clone()),
         _ => None,
     });
     assert!(reason.contains("corrupt peer frame"), "{reason}");
@@ -450,7 +450,7 @@ fn secondary_refuses_pages_outside_guest_memory() {
     .unwrap();
     stream.write_all(&frame).unwrap();
     let reason = procs.wait_milestone(Duration::from_secs(10), s, |m| match m {
-        Milestone::LinkDown { reason } => Some(reason.clone()),
+        Milestone::LinkDown { reason, .. } => Some(reason.clone()),
         _ => None,
     });
     assert!(

@@ -519,9 +519,10 @@ fn run_world(data: &[u8]) -> World {
                 }
             }
             101..=103 => {
-                let input = match b.u8() % 3 {
+                let input = match b.u8() % 4 {
                     0 => Input::PeerLink(LinkState::Up),
                     1 => Input::PeerLink(LinkState::Down),
+                    2 => Input::PeerLink(LinkState::PeerClosed),
                     _ => Input::PeerActivity,
                 };
                 w.handle(h, input);

@@ -116,8 +116,14 @@ impl PeerBulk {
 pub enum LinkState {
     /// Connected.
     Up,
-    /// Disconnected.
+    /// Disconnected: the path failed or went silent (a write or read timeout, an unreachable
+    /// host, a corrupt frame), or this side ended it.
     Down,
+    /// Disconnected by the peer's end: an end of stream or a reset (its process exited, its
+    /// kernel closed the socket, or it closed the link itself). A live peer comes back on a
+    /// new link at once, so a paired node gives it only `closed_link_grace` before it counts
+    /// the peer lost (`core/src/heartbeat.rs`).
+    PeerClosed,
 }
 
 /// A guest disk request.

@@ -488,6 +488,12 @@ impl Node {
     fn on_link(&mut self, now: Instant, state: LinkState) {
         let was_up = self.link_up;
         self.link_up = state == LinkState::Up;
+        if self.link_up {
+            self.heartbeat.handle_link_up(now);
+        } else if was_up && state == LinkState::PeerClosed && self.heartbeat_active() {
+            // Not a silence: the peer's end closed. Give it the grace to come back.
+            self.heartbeat.handle_link_closed_by_peer(now);
+        }
         let paired = self.phase == Phase::Running && self.failover.is_paired();
         if !self.link_up && was_up && paired {
             self.link_dropped_while_paired = true;

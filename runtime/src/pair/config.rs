@@ -104,6 +104,8 @@ pub struct PairSection {
     pub heartbeat_interval_ms: Option<u64>,
     /// Heartbeat intervals without a word before the peer is lost.
     pub heartbeat_misses: Option<u32>,
+    /// How long a peer that closed the link has to reconnect before it is lost.
+    pub closed_link_grace_ms: Option<u64>,
     /// Arm re-protection whenever a node runs solo.
     pub auto_reprotect: Option<bool>,
 }

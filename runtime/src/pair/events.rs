@@ -125,6 +125,10 @@ pub enum Milestone {
     PeerLost {
         /// For how long (milliseconds).
         silent_ms: u64,
+        /// The peer had closed the link and did not come back within the closed-link grace
+        /// (`false`: the heartbeat's silence rule declared it).
+        #[serde(default)]
+        link_closed: bool,
     },
     /// The node asked the arbiter for the lease of `term` to take over.
     TakeoverStarted {
@@ -204,6 +208,10 @@ pub enum Milestone {
     LinkDown {
         /// Why.
         reason: String,
+        /// The peer's end closed it (an end of stream or a reset), rather than the path
+        /// failing or this node closing it.
+        #[serde(default)]
+        peer_closed: bool,
     },
     /// The survivor claimed the client link (announced the guest's MACs).
     ClaimClientLink {

@@ -23,7 +23,7 @@
 use colo_core::checkpoint::VmCommandKind;
 use colo_core::failover::ArbiterPhase;
 use colo_core::ids::{NodeId, Role};
-use colo_core::node::{Command, NodeMode};
+use colo_core::node::{Command, LinkState, NodeMode};
 use colo_core::time::Instant;
 
 use super::{Ctl, Shared, Waiter};
@@ -349,11 +349,11 @@ impl Shared {
             .any(|r| r.at <= now && now < r.at + r.down_for);
         if reset_down && !self.faults.reset_down {
             self.faults.reset_down = true;
-            self.connection_down(now);
+            self.connection_down(now, LinkState::PeerClosed);
         }
         self.faults.reset_down = reset_down;
         if long_cut {
-            self.connection_down(now);
+            self.connection_down(now, LinkState::Down);
         }
         self.try_connect(now);
         self.arm_vm_failures(now);

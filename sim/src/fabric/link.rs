@@ -111,7 +111,7 @@ impl Shared {
         self.ctl_net.drop_toward(&Ctl::Host(p), &Ctl::Host(h));
         // A peer that lost power and booted again never had this connection.
         if !self.dead[p] && self.repl.ends[p] == self.incarnation[p] {
-            let msg = CtlMsg::Link(LinkState::Down);
+            let msg = CtlMsg::Link(LinkState::PeerClosed);
             self.ctl_send(now, Ctl::Host(h), Ctl::Host(p), msg);
         }
         self.obs.push(TraceEvent::LinkReset {
@@ -120,9 +120,11 @@ impl Shared {
         });
     }
 
-    /// The connection breaks now (a long cut or a reset): what is in flight either way is lost,
-    /// both live nodes see the link go down.
-    pub(crate) fn connection_down(&mut self, now: Instant) {
+    /// The connection breaks now: what is in flight either way is lost, both live nodes see the
+    /// link go down as `state` says: a reset arrives as each end's peer closing it
+    /// ([`LinkState::PeerClosed`]), a cut that outlasted the write timeout as a failed link
+    /// ([`LinkState::Down`]).
+    pub(crate) fn connection_down(&mut self, now: Instant, state: LinkState) {
         if !self.repl.up {
             return;
         }
@@ -134,7 +136,7 @@ impl Shared {
                 self.ctl_inbox
                     .entry(Ctl::Host(h))
                     .or_default()
-                    .push_back(CtlMsg::Link(LinkState::Down));
+                    .push_back(CtlMsg::Link(state));
                 self.ring(Waiter::Host(h));
             }
         }
@@ -174,7 +176,7 @@ impl Shared {
     pub(crate) fn connection_finish_close(&mut self, now: Instant) {
         for h in 0..2 {
             if std::mem::take(&mut self.repl.closing[h]) && !self.dead[1 - h] {
-                let msg = CtlMsg::Link(LinkState::Down);
+                let msg = CtlMsg::Link(LinkState::PeerClosed);
                 self.ctl_send(now, Ctl::Host(h), Ctl::Host(1 - h), msg);
             }
         }

@@ -249,3 +249,76 @@ fn a_shutdown_closes_the_link_and_ends_every_link_order_before_the_halt() {
     assert!(close < halt && refuse < halt, "{outs:?}");
     assert_eq!(halt, outs.len() - 1, "nothing after the halt: {outs:?}");
 }
+
+/// The first `PeerLost` in `outs`: when, and whether the closed-link grace declared it.
+fn first_loss(outs: &[(Instant, Output)]) -> Option<(Instant, bool)> {
+    outs.iter().find_map(|(t, o)| match o {
+        Output::Event(Event::Peer(HeartbeatEvent::PeerLost { link_closed, .. })) => {
+            Some((*t, *link_closed))
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn a_primary_whose_secondary_closed_the_link_takes_over_after_the_grace() {
+    let mut n = replicating_primary();
+    n.handle(ms(3), Input::PeerLink(LinkState::Up));
+    drain(&mut n);
+    let grace = n.config.heartbeat.closed_grace();
+    assert!(grace < n.config.heartbeat.lost_after());
+    // The secondary's process was killed: its kernel closed the socket.
+    n.handle(ms(10), Input::PeerLink(LinkState::PeerClosed));
+    let outs = run_timeouts(&mut n, ms(10), ms(2_000));
+    assert_eq!(first_loss(&outs), Some((ms(10) + grace, true)));
+    let status = n.status(ms(2_000));
+    assert_ne!(
+        status.mode,
+        NodeMode::Paired,
+        "the failover started at the grace"
+    );
+}
+
+#[test]
+fn a_secondary_back_on_a_new_link_within_the_grace_keeps_the_pairing() {
+    let mut n = replicating_primary();
+    n.handle(ms(3), Input::PeerLink(LinkState::Up));
+    drain(&mut n);
+    let lost_after = n.config.heartbeat.lost_after();
+    // A middlebox reset the connection; the live secondary redialled at once.
+    n.handle(ms(10), Input::PeerLink(LinkState::PeerClosed));
+    n.handle(ms(40), Input::PeerLink(LinkState::Up));
+    let outs = run_timeouts(&mut n, ms(40), ms(2_000));
+    let (at, link_closed) = first_loss(&outs).expect("the secondary stays silent");
+    assert!(!link_closed, "only the silence rule declared it");
+    assert!(
+        at >= ms(1) + lost_after,
+        "not before the silence rule's deadline: {at:?}"
+    );
+}
+
+#[test]
+fn a_link_that_failed_without_a_close_falls_to_the_silence_rule() {
+    let mut n = replicating_primary();
+    n.handle(ms(3), Input::PeerLink(LinkState::Up));
+    drain(&mut n);
+    let lost_after = n.config.heartbeat.lost_after();
+    // A write timeout, a cut path: nothing says the peer's process is gone.
+    n.handle(ms(10), Input::PeerLink(LinkState::Down));
+    let outs = run_timeouts(&mut n, ms(10), ms(2_000));
+    let (at, link_closed) = first_loss(&outs).expect("the secondary stays silent");
+    assert!(!link_closed);
+    assert!(at >= ms(1) + lost_after, "{at:?}");
+}
+
+#[test]
+fn a_paired_secondary_whose_primary_closed_the_link_redials_then_counts_it_lost_at_the_grace() {
+    let mut n = paired_secondary_without_state();
+    let grace = n.config.heartbeat.closed_grace();
+    n.handle(ms(5), Input::PeerLink(LinkState::PeerClosed));
+    assert_eq!(link_orders(&drain(&mut n)), [LinkCommand::Dial]);
+    let outs = run_timeouts(&mut n, ms(5), ms(2_000));
+    assert_eq!(first_loss(&outs), Some((ms(5) + grace, true)));
+    // This one applied no checkpoint: it has nothing to take over with.
+    assert_eq!(n.stats().takeovers_refused, 1);
+}

@@ -81,6 +81,12 @@ pub(crate) struct NodeArgs {
     /// Heartbeat intervals without a word from the peer before it is declared lost.
     #[arg(long, default_value_t = 5)]
     heartbeat_misses: u32,
+    /// How long a peer whose end closed the link (its process exited) has to reconnect before
+    /// it is declared lost, in milliseconds or a duration with its unit (at most the
+    /// heartbeat's interval x misses, which applies to a silent peer).
+    #[arg(long, default_value_t = 150)]
+    #[arg(value_parser = crate::args::millis)]
+    closed_link_grace_ms: u64,
     /// Log a memory digest at every checkpoint (one pass over guest memory per pause).
     #[arg(long)]
     digests: bool,
@@ -299,6 +305,11 @@ fn merge_config(
     if let (false, Some(m)) = (given("heartbeat_misses"), pair.heartbeat_misses) {
         args.heartbeat_misses = m;
     }
+    set(
+        "closed_link_grace_ms",
+        &mut args.closed_link_grace_ms,
+        pair.closed_link_grace_ms,
+    );
     if let (false, Some(on)) = (given("auto_reprotect"), pair.auto_reprotect) {
         args.auto_reprotect = on;
     }
@@ -411,6 +422,7 @@ fn run_node(
     config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
     config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
+    config.node.heartbeat.closed_link_grace = Duration::from_millis(args.closed_link_grace_ms);
     let test_guest = spec.boot == BootSource::TestGuest;
     config.workload_pages = match args.workload {
         Workload::Counter if test_guest => args.pages,

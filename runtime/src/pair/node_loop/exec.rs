@@ -47,7 +47,7 @@ impl NodeLoop {
                 let done = match result {
                     Ok(done) => done,
                     Err((done, why)) => {
-                        self.link_down(&why.to_string());
+                        self.link_down(&why.to_string(), why.closed_by_peer());
                         done
                     }
                 };
@@ -103,7 +103,8 @@ impl NodeLoop {
                             disk_bytes: disk,
                         });
                     }
-                    Err(e) => self.link_down(&e),
+                    // A string by now: counted as a failed link (the silence rule decides).
+                    Err(e) => self.link_down(&e, false),
                 }
             }
             Output::Arbiter(request) => {

@@ -150,7 +150,11 @@ impl NodeLoop {
                     let stored = cache.lock().store(ranges, bulk);
                     if let Err(why) = stored {
                         let why = format!("refused {:?} from the peer: {why}", message.kind());
-                        let _ = tx.send(LoopEvent::PeerDown { link, why });
+                        let _ = tx.send(LoopEvent::PeerDown {
+                            link,
+                            why,
+                            closed_by_peer: false,
+                        });
                         return false;
                     }
                     PeerBulk::Stored {
@@ -177,8 +181,13 @@ impl NodeLoop {
                 // A frame that failed its MAC, CRC or format: nothing of it was applied.
                 key.count_bad_frame();
             }
+            let closed_by_peer = why.closed_by_peer();
             let why = why.to_string();
-            let _ = closed_tx.send(LoopEvent::PeerDown { link, why });
+            let _ = closed_tx.send(LoopEvent::PeerDown {
+                link,
+                why,
+                closed_by_peer,
+            });
         };
         let spawned = PeerReader::spawn(stream, decoder, on_frame, on_closed);
         if let Err(e) = spawned {
@@ -200,30 +209,37 @@ impl NodeLoop {
         self.input(Input::PeerLink(LinkState::Up));
     }
 
-    /// The link ended under the node (the peer closed it, an error): the node is told.
-    pub(super) fn link_down(&mut self, why: &str) {
-        if self.end_link(why) {
-            self.input(Input::PeerLink(LinkState::Down));
+    /// The link ended under the node (the peer closed it, an error): the node is told which
+    /// (a peer that closed its end gets only a short grace to come back).
+    pub(super) fn link_down(&mut self, why: &str, closed_by_peer: bool) {
+        if self.end_link(why, closed_by_peer) {
+            let state = if closed_by_peer {
+                LinkState::PeerClosed
+            } else {
+                LinkState::Down
+            };
+            self.input(Input::PeerLink(state));
         }
     }
 
     /// The node closed the link (`LinkCommand::Close`): it counts the link down already.
     fn close_link(&mut self) {
-        self.end_link("closed by this node: the pairing is over");
+        self.end_link("closed by this node: the pairing is over", false);
     }
 
     /// Closes the current link, if any (what was written is flushed first); returns whether
     /// there was one.
-    fn end_link(&mut self, why: &str) -> bool {
+    fn end_link(&mut self, why: &str, peer_closed: bool) -> bool {
         self.receiving = None;
         let Some(writer) = self.writer.take() else {
             return false;
         };
         self.peer_watch = None;
         writer.close();
-        info!(role = self.name, reason = ?why, "link-down");
+        info!(role = self.name, reason = ?why, peer_closed, "link-down");
         self.milestone(crate::pair::events::Milestone::LinkDown {
             reason: why.to_string(),
+            peer_closed,
         });
         self.link += 1; // ignore whatever the old reader still posts
         true
@@ -262,7 +278,7 @@ impl NodeLoop {
             return;
         };
         if let Err(e) = writer.send(message, bulk) {
-            self.link_down(&e.to_string());
+            self.link_down(&e.to_string(), e.closed_by_peer());
         }
     }
 }

@@ -242,10 +242,14 @@ impl NodeLoop {
                     "checkpoint-applied"
                 )
             }
-            Event::Peer(HeartbeatEvent::PeerLost { silent_for }) => {
+            Event::Peer(HeartbeatEvent::PeerLost {
+                silent_for,
+                link_closed,
+            }) => {
                 info!(
                     role = n,
                     silent_ms = silent_for.as_millis() as u64,
+                    link_closed,
                     "peer-lost"
                 )
             }
@@ -383,8 +387,12 @@ impl NodeLoop {
                     command: format!("{command:?}"),
                 }
             }
-            Event::Peer(HeartbeatEvent::PeerLost { silent_for }) => Milestone::PeerLost {
+            Event::Peer(HeartbeatEvent::PeerLost {
+                silent_for,
+                link_closed,
+            }) => Milestone::PeerLost {
                 silent_ms: silent_for.as_millis() as u64,
+                link_closed: *link_closed,
             },
             Event::TakeoverStarted { term, from, reason } => Milestone::TakeoverStarted {
                 term: term.0,

@@ -163,6 +163,8 @@ pub enum LoopEvent {
         link: u64,
         /// Why, readable.
         why: String,
+        /// The peer's end closed it (`LinkClosed::closed_by_peer`).
+        closed_by_peer: bool,
     },
     /// The guest sent a frame (posted by the virtio-net sink on a vCPU thread).
     GuestFrame(Vec<u8>),
@@ -535,7 +537,11 @@ impl NodeLoop {
                 message,
                 bulk,
             } if link == self.link => self.on_frame(message, bulk),
-            LoopEvent::PeerDown { link, why } if link == self.link => self.link_down(&why),
+            LoopEvent::PeerDown {
+                link,
+                why,
+                closed_by_peer,
+            } if link == self.link => self.link_down(&why, closed_by_peer),
             LoopEvent::Peer { .. } | LoopEvent::PeerDown { .. } => {} // a dead link's straggler
             LoopEvent::GuestFrame(frame) => {
                 hops::mark("loop_guest", &frame);

@@ -49,6 +49,23 @@ pub enum LinkClosed {
     Stopped,
 }
 
+impl LinkClosed {
+    /// Whether the peer's end closed the connection (an end of stream, even inside a frame,
+    /// or a reset): its process exited or closed the link, as opposed to a path that failed
+    /// or timed out, or a frame this side refused. The node gives such a peer only a short
+    /// grace to come back (`LinkState::PeerClosed`).
+    pub fn closed_by_peer(&self) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        match self {
+            LinkClosed::Eof | LinkClosed::Wire(WireError::Truncated { .. }) => true,
+            LinkClosed::Io(e) => {
+                matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+            }
+            LinkClosed::Wire(_) | LinkClosed::Stopped => false,
+        }
+    }
+}
+
 /// The receiving half, run on its own thread by [`PeerReader::spawn`].
 #[derive(Debug)]
 pub struct PeerReader;
