@@ -112,9 +112,13 @@ pub enum ConsoleCommand {
 pub enum HaltReason {
     /// The other node holds the current term: this node never releases again (fencing).
     Deposed,
-    /// The node stopped: [`Command::Shutdown`](super::Command::Shutdown), or its own VM left a
-    /// checkpoint step stuck and it said goodbye so that its peer takes over.
+    /// The node stopped on [`Command::Shutdown`](super::Command::Shutdown): an orderly end.
     Stopped,
+    /// The node's own VM failed a command or left a checkpoint step stuck while paired: it
+    /// said goodbye so that its peer takes over, and stopped. A failure of this host, not an
+    /// orderly end: a supervisor should restart the node (it comes back as a newcomer and is
+    /// re-protected), so a runtime exits with a failure status.
+    VmFailed,
     /// The primary refused this connecting node ([`Event::HandshakeRejected`] just before):
     /// its VM description differs from the primary's, which no retry can change; an operator
     /// must start it with the same VM.

@@ -103,7 +103,7 @@ impl Node {
         self.hold.frames.clear();
         self.event(Event::Stopped);
         self.link_before_halt(self.now);
-        self.out.push(Output::Halt(HaltReason::Stopped));
+        self.out.push(Output::Halt(HaltReason::VmFailed));
     }
 
     /// Drains the failover machine's events and lease requests.

@@ -725,7 +725,7 @@ fn secondary_whose_own_vm_is_stuck_says_goodbye_and_stops() {
         });
         halted += outs
             .iter()
-            .filter(|o| **o == Output::Halt(HaltReason::Stopped))
+            .filter(|o| **o == Output::Halt(HaltReason::VmFailed))
             .count();
     }
     assert!(goodbye, "the stuck node leaves the pair in order");

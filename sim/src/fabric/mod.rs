@@ -509,6 +509,9 @@ impl Shared {
                     match reason {
                         HaltReason::Deposed => "deposed: the arbiter leased the term to the peer",
                         HaltReason::Stopped => "stopped: the node left the pair, its peer serves",
+                        HaltReason::VmFailed => {
+                            "stopped: its own VM failed, the node left the pair, its peer serves"
+                        }
                         // Both simulated hosts run the same VM: the refusal never happens here.
                         HaltReason::Refused(_) => "refused: the primary runs another VM",
                     },

@@ -92,7 +92,7 @@ fn said_goodbye(outs: &[Output]) -> bool {
 
 fn halts(outs: &[Output]) -> usize {
     outs.iter()
-        .filter(|o| **o == Output::Halt(HaltReason::Stopped))
+        .filter(|o| **o == Output::Halt(HaltReason::VmFailed))
         .count()
 }
 

@@ -87,6 +87,11 @@ pub(crate) enum CliError {
     /// The node ended because another node holds the term.
     #[error("this node was deposed (another node holds the term)")]
     Deposed,
+    /// The node's own VM failed while paired; it left the pair to its peer.
+    #[error(
+        "this node's VM failed (see the log above); it left the pair and its peer serves: restart it to re-protect"
+    )]
+    VmFailed,
     /// The node ended because the primary refused it (the message says why and what to do).
     #[error("{0}")]
     RefusedByPrimary(String),
@@ -144,6 +149,7 @@ mod tests {
         assert_eq!(fault.to_string(), "vCPU 0 stopped: Fault");
         for other in [
             CliError::Deposed,
+            CliError::VmFailed,
             CliError::Invalid("a node needs --arbiter".into()),
             CliError::Bench("timed out".into()),
         ] {

@@ -544,6 +544,7 @@ fn run_node(
     match node.run()? {
         LoopEnd::TimeUp | LoopEnd::Stopped => Ok(ExitCode::SUCCESS),
         LoopEnd::Deposed => Err(CliError::Deposed),
+        LoopEnd::VmFailed => Err(CliError::VmFailed),
         LoopEnd::Refused(why) => Err(CliError::RefusedByPrimary(why)),
     }
 }

@@ -135,6 +135,7 @@ impl NodeLoop {
                 self.end = Some(match reason {
                     HaltReason::Deposed => LoopEnd::Deposed,
                     HaltReason::Stopped => LoopEnd::Stopped,
+                    HaltReason::VmFailed => LoopEnd::VmFailed,
                     HaltReason::Refused(reason) => LoopEnd::Refused(self.refusal_text(reason)),
                 });
             }

@@ -210,8 +210,11 @@ pub enum LoopEvent {
 pub enum LoopEnd {
     /// `run_for` elapsed.
     TimeUp,
-    /// The node stopped (shutdown or a VM it could not drive).
+    /// The node stopped on a shutdown.
     Stopped,
+    /// The node's own VM failed while paired: it left the pair (its peer takes over) and
+    /// stopped; the process should exit with a failure so that a supervisor restarts it.
+    VmFailed,
     /// The node was fenced off; its VM is paused for good.
     Deposed,
     /// The peer refused this node for good at the handshake (it describes another VM, or
