@@ -171,7 +171,11 @@ impl SimHost {
             node: Node::new(config, role, now).expect("valid node config"),
             // A canary the Node plants is in `config` already ([`crate::node_run::node_config`]);
             // the others go to the VM platform.
-            vm: SimVm::new_paused(timing, canary.filter(|c| c.node_canary().is_none())),
+            vm: SimVm::new_paused(
+                timing,
+                canary.filter(|c| c.node_canary().is_none()),
+                role == Role::Primary,
+            ),
             disk,
             guest,
             pending: VecDeque::new(),

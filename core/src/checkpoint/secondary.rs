@@ -23,6 +23,7 @@
 //! Applying --abort--> Applying (counted stale: the primary's retry covers it again)
 //! Running (applied e) --link reset--> Running           [send Loaded(e) again]
 //! Discarding --Discarded--> Resuming --> Running, or Solo after a failover
+//! Discarding --Discarded, no checkpoint applied yet--> Running  [no vm Resume: nothing to run]
 //! Applying --failover--> (finish apply) --> Resuming --> Solo
 //! ```
 
@@ -82,6 +83,9 @@ pub struct SecondaryCheckpointer {
     after: After,
     /// Set by a failover that arrives while the epoch must be finished first.
     failover_pending: bool,
+    /// The SVM holds a guest: the state of `applied` (false for a pairing's newcomer until
+    /// its first apply: its VM has no device state, and a runtime cannot resume it).
+    holds_guest: bool,
     /// A request that arrived while an aborted epoch was still being discarded.
     deferred_request: Option<(Epoch, CheckpointReason)>,
     stuck_reported: bool,
@@ -96,6 +100,26 @@ impl SecondaryCheckpointer {
         config: CheckpointConfig,
         applied: Epoch,
         now: Instant,
+    ) -> Result<SecondaryCheckpointer, CheckpointConfigError> {
+        Self::with_guest(config, applied, now, true)
+    }
+
+    /// A pairing's secondary before its first checkpoint: its VM holds no guest yet (the
+    /// copy brought memory, not device state), so an epoch it discards leaves the VM paused
+    /// instead of resuming it; the next checkpoint is `applied + 1`.
+    pub fn before_first_apply(
+        config: CheckpointConfig,
+        applied: Epoch,
+        now: Instant,
+    ) -> Result<SecondaryCheckpointer, CheckpointConfigError> {
+        Self::with_guest(config, applied, now, false)
+    }
+
+    fn with_guest(
+        config: CheckpointConfig,
+        applied: Epoch,
+        now: Instant,
+        holds_guest: bool,
     ) -> Result<SecondaryCheckpointer, CheckpointConfigError> {
         config.validate()?;
         Ok(SecondaryCheckpointer {
@@ -114,6 +138,7 @@ impl SecondaryCheckpointer {
             disk_reset: false,
             after: After::Running,
             failover_pending: false,
+            holds_guest,
             deferred_request: None,
             stuck_reported: false,
             out: Outbox::default(),
@@ -323,7 +348,13 @@ impl SecondaryCheckpointer {
             (SecondaryPhase::Discarding, VmCompletion::Discarded { epoch })
                 if epoch == self.epoch =>
             {
-                self.resume(now, self.after);
+                if self.holds_guest {
+                    self.resume(now, self.after);
+                } else {
+                    // Discarding --Discarded, nothing applied yet--> Running: the VM stays
+                    // paused until a checkpoint gives it a guest.
+                    self.on_resumed(now);
+                }
             }
             (SecondaryPhase::Discarding, VmCompletion::Paused) => {
                 // The pause an abort overtook; the discard and resume follow it.
@@ -443,6 +474,7 @@ impl SecondaryCheckpointer {
         if self.vm_applied && self.disk_reset {
             // Applying --Applied + disk reset--> Resuming
             self.applied = self.epoch;
+            self.holds_guest = true;
             self.resume(now, After::Loaded);
         }
     }

@@ -132,7 +132,7 @@ impl SecondarySide {
     /// Replication starts; the next checkpoint is `epoch`.
     pub(super) fn start_replication(&mut self, now: Instant, epoch: Epoch) {
         let applied = Epoch(epoch.0.saturating_sub(1));
-        let ck = SecondaryCheckpointer::new(self.checkpoint_config, applied, now)
+        let ck = SecondaryCheckpointer::before_first_apply(self.checkpoint_config, applied, now)
             .expect("checkpoint config validated at Node::new");
         self.checkpointer = Some(ck);
     }

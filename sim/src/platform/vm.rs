@@ -22,6 +22,8 @@
 //! ```
 //! Invariant kept: the guest is stepped by the world only in `Running` (the host queues frames
 //! for a paused VM), so the state captured at `SaveDeviceState` is the state at the pause.
+//! Like the runtime's `Machine::resume`, a `Resume` of a VM that holds no guest (a
+//! secondary's, before its first `ApplyCheckpoint`) fails.
 
 use std::collections::VecDeque;
 
@@ -107,6 +109,9 @@ pub struct SimVm {
     /// Whether a pause is traced (`Paused` with the guest's state hash); see
     /// [`SimVm::set_trace_pauses`].
     trace_pauses: bool,
+    /// The VM holds a guest it could run: a primary's (its boot image), or a secondary's
+    /// once a checkpoint applied. A `Resume` without one fails, as in the runtime.
+    holds_guest: bool,
 }
 
 impl SimVm {
@@ -126,6 +131,7 @@ impl SimVm {
             canary,
             fail_next: None,
             trace_pauses: true,
+            holds_guest: true,
         }
     }
 
@@ -137,10 +143,12 @@ impl SimVm {
         self.trace_pauses = on;
     }
 
-    /// A VM platform whose VM is created paused (the Node starts VMs at the first checkpoint).
-    pub fn new_paused(timing: VmTiming, canary: Option<Canary>) -> SimVm {
+    /// A VM platform whose VM is created paused (the Node starts VMs at the first checkpoint),
+    /// holding a guest (a primary's boot image) or not (a secondary's, until its first apply).
+    pub fn new_paused(timing: VmTiming, canary: Option<Canary>, holds_guest: bool) -> SimVm {
         let mut vm = SimVm::new(timing, canary);
         vm.phase = VmPhase::Paused;
+        vm.holds_guest = holds_guest;
         vm
     }
 
@@ -190,6 +198,11 @@ impl SimVm {
         let kind = cmd.kind();
         if self.fail_next == Some(kind) {
             self.fail_next = None;
+            self.complete(now, VmCompletion::Failed { command: kind });
+            return;
+        }
+        if cmd == VmCommand::Resume && !self.holds_guest {
+            // Nothing to run: the runtime's resume fails the same way.
             self.complete(now, VmCompletion::Failed { command: kind });
             return;
         }
@@ -316,6 +329,7 @@ impl SimVm {
             pages_applied -= pages_applied.clamp(1, PAGES_PER_BATCH);
         }
         guest.restore(&snapshot);
+        self.holds_guest = true;
         self.applied = Some((epoch, snapshot));
         self.trace.push_back(TraceEvent::Applied {
             at: now,

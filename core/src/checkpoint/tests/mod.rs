@@ -450,6 +450,43 @@ fn a_retry_during_our_discard_is_served_afterwards_and_stragglers_are_stale() {
 }
 
 #[test]
+fn a_newcomer_that_discards_its_first_epoch_keeps_its_empty_vm_paused() {
+    // Before its first apply the SVM holds no guest (the copy brought memory, not device
+    // state): a runtime cannot resume it, so the discard leaves it paused; the first
+    // checkpoint that applies resumes it as usual.
+    let mut s = SecondaryCheckpointer::before_first_apply(cfg(), Epoch(0), ms(0)).unwrap();
+    let req = |e| Message::CheckpointRequest {
+        epoch: Epoch(e),
+        reason: CheckpointReason::Periodic,
+    };
+    let resumes = |s: &mut SecondaryCheckpointer| {
+        std::iter::from_fn(|| s.poll_output())
+            .filter(|o| matches!(o, CheckpointOutput::Vm(VmCommand::Resume)))
+            .count()
+    };
+    s.handle_message(ms(0), &req(1), 0);
+    s.handle_vm_done(ms(0), VmCompletion::Paused);
+    let abort = Message::CheckpointAbort {
+        epoch: Epoch(1),
+        reason: AbortReason::VmFailure,
+    };
+    s.handle_message(ms(1), &abort, 0);
+    s.handle_vm_done(ms(2), VmCompletion::Discarded { epoch: Epoch(1) });
+    assert_eq!(s.phase(), SecondaryPhase::Running);
+    assert_eq!(resumes(&mut s), 0, "no Resume of a VM with nothing applied");
+    assert_eq!(s.applied(), Epoch(0));
+
+    // The same abort on a secondary whose VM holds a checkpoint resumes it.
+    let mut s = SecondaryCheckpointer::new(cfg(), Epoch(0), ms(0)).unwrap();
+    s.handle_message(ms(0), &req(1), 0);
+    s.handle_vm_done(ms(0), VmCompletion::Paused);
+    s.handle_message(ms(1), &abort, 0);
+    s.handle_vm_done(ms(2), VmCompletion::Discarded { epoch: Epoch(1) });
+    assert_eq!(s.phase(), SecondaryPhase::Resuming);
+    assert_eq!(resumes(&mut s), 1);
+}
+
+#[test]
 fn unrelated_messages_are_ignored() {
     let mut t = Pair::new();
     t.s.handle_message(

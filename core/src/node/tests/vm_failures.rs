@@ -170,3 +170,61 @@ fn a_failed_pause_of_the_secondary_aborts_the_attempt_and_keeps_the_pair() {
     );
     assert_eq!(n.status(ms(10)).mode, NodeMode::Paired);
 }
+
+#[test]
+fn a_newcomer_whose_first_checkpoint_is_aborted_keeps_its_empty_vm_paused_and_the_pair() {
+    // The primary gives up on checkpoint 1 (its own pause failed, a link reset) after the
+    // newcomer paused: the newcomer discards it. Its VM holds no guest yet (the runtime's
+    // resume fails on it), so it is not resumed; the retry's apply gives it one.
+    let mut n = node(Role::Secondary);
+    feed(&mut n, 0, Input::Command(Command::Start));
+    feed(
+        &mut n,
+        1,
+        peer(Message::HelloAccept {
+            protocol_version: PROTOCOL_VERSION,
+            cluster_id: ClusterId(9),
+            node_id: NodeId(2),
+            role: Role::Primary,
+            term: Term(1),
+            last_applied_epoch: Epoch(0),
+        }),
+    );
+    let sync = Message::SyncStart {
+        term: Term(1),
+        memory_bytes: 0,
+        disk_bytes: 0,
+    };
+    feed(&mut n, 1, peer(sync));
+    let done = Message::SyncDone {
+        term: Term(1),
+        epoch: Epoch(1),
+    };
+    feed(&mut n, 2, peer(done));
+    let request = Message::CheckpointRequest {
+        epoch: Epoch(1),
+        reason: CheckpointReason::Forced,
+    };
+    feed(&mut n, 3, peer(request));
+    feed(&mut n, 4, Input::VmDone(VmCompletion::Paused));
+    let abort = Message::CheckpointAbort {
+        epoch: Epoch(1),
+        reason: crate::wire::message::AbortReason::VmFailure,
+    };
+    let mut outs = feed(&mut n, 5, peer(abort));
+    let discarded = VmCompletion::Discarded { epoch: Epoch(1) };
+    outs.extend(feed(&mut n, 6, Input::VmDone(discarded)));
+    assert!(
+        !outs.contains(&Output::Vm(VmCommand::Resume)),
+        "an empty VM is never resumed: {outs:?}"
+    );
+    assert!(!said_goodbye(&outs) && halts(&outs) == 0, "{outs:?}");
+    assert_eq!(n.status(ms(6)).mode, NodeMode::Paired);
+    // The retry applies and resumes as usual.
+    let request = Message::CheckpointRequest {
+        epoch: Epoch(2),
+        reason: CheckpointReason::Forced,
+    };
+    let outs = feed(&mut n, 7, peer(request));
+    assert!(outs.contains(&Output::Vm(VmCommand::Pause)), "{outs:?}");
+}
