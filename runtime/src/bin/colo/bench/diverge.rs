@@ -12,6 +12,11 @@
 //! link (the writer, the socket, the other node's reader thread and loop, and back), with no
 //! VM work in it.
 //!
+//! Before each `NONCE` the client asks the guests to write `touch` pages (`<id> TOUCH n`, whose
+//! replies are equal), so the checkpoint the `NONCE` forces carries a few hundred dirty pages,
+//! the size issue 10's pause goal names, rather than the handful the guest dirties on its own
+//! between two checkpoints a few milliseconds apart.
+//!
 //! Pacing: a `NONCE` is sent only once the `checkpoint-done` of the previous one was read,
 //! i.e. the primary resumed and went idle; its periodic timer was re-armed for a whole
 //! interval at that resume (500 ms by default), while a `NONCE` and its checkpoint take a few
@@ -229,12 +234,23 @@ impl Lines {
     }
 }
 
-/// Runs `count` paced `NONCE`s against the pair (see the module doc); `since` starts the
-/// window whose checkpoints the bench counts.
+/// `<id> TOUCH n`: the guest writes `n` pages and says so.
+fn touch(client: &mut Client, id: u64, pages: u32) -> Result<(), String> {
+    let line = client.conn.ask(&format!("{id} TOUCH {pages}"))?;
+    if line == format!("{id} TOUCHED {pages}") {
+        Ok(())
+    } else {
+        Err(format!("request {id} (TOUCH {pages}) got {line:?}"))
+    }
+}
+
+/// Runs `count` paced `NONCE`s against the pair, each after a `TOUCH` of `pages` pages (see
+/// the module doc); `since` starts the window whose checkpoints the bench counts.
 pub fn run(
     ns: &NetNs,
     pair: &mut PairRun,
     count: u32,
+    pages: u32,
     since: Instant,
 ) -> Result<DivergeFigures, String> {
     let mut client = Client::connect(ns, PAIR_IP)?;
@@ -242,7 +258,9 @@ pub fn run(
     // In step with the pair's own checkpoints first (see the module doc, "Pacing").
     lines.next_done(pair, Instant::now(), since)?;
     let mut samples = Vec::with_capacity(count as usize);
-    for _ in 0..count {
+    for i in 0..count {
+        // Ids of their own, far from the `NONCE`s' (the client numbers those from 1).
+        touch(&mut client, 1_000_000 + u64::from(i), pages)?;
         let sent = Instant::now();
         client.nonce()?;
         let latency = sent.elapsed();

@@ -44,6 +44,8 @@ pub struct BenchOptions {
     pub requests: u32,
     /// `NONCE` requests (replies that differ between the guests) through the pair.
     pub diverge_requests: u32,
+    /// Pages the guests write before each `NONCE` (`TOUCH n`).
+    pub diverge_pages: u32,
     /// Bytes per `STREAM` / `SINK` request.
     pub bulk_bytes: u64,
     /// `STREAM` and `SINK` requests per side.
@@ -62,6 +64,7 @@ impl BenchOptions {
                 pair,
                 requests: 300,
                 diverge_requests: 50,
+                diverge_pages: 256,
                 bulk_bytes: 1 << 20,
                 bulk_rounds: 2,
                 before_kill: Duration::from_secs(1),
@@ -72,6 +75,7 @@ impl BenchOptions {
                 pair,
                 requests: 3000,
                 diverge_requests: 300,
+                diverge_pages: 256,
                 bulk_bytes: 8 << 20,
                 bulk_rounds: 4,
                 before_kill: Duration::from_secs(3),
@@ -154,7 +158,13 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let started = Instant::now();
     let mut diverge = DivergeFigures::default();
     report.pair = measure(&ns, PAIR_IP, options, &mut || {
-        diverge = diverge::run(&ns, &mut pair, options.diverge_requests, started)?;
+        diverge = diverge::run(
+            &ns,
+            &mut pair,
+            options.diverge_requests,
+            options.diverge_pages,
+            started,
+        )?;
         println!("[bench] differing replies measured");
         Ok(())
     })?;
