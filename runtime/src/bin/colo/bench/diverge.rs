@@ -30,9 +30,11 @@
 //! lines were not seen is absent (`None`, printed `nan`), never made up; the phase fails only
 //! when something broke (a wrong reply, a child gone, the run's deadline).
 
+use super::breakdown::{Record, Sent, parse_hop};
 use crate::demo::net::{Client, PAIR_IP, PairRun};
 use crate::demo::{Percentiles, fields};
 use colo_runtime::net::netns::NetNs;
+use colo_runtime::pair::node_loop::hops::{now_ns, payload_key};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -95,6 +97,8 @@ pub fn parse_applied(text: &str) -> Option<(u64, Option<u64>)> {
 struct Sample {
     latency: Duration,
     done: Done,
+    /// The hop keys and the host clock's times of the request and its reply (`--breakdown`).
+    sent: Sent,
 }
 
 /// The phase's figures.
@@ -118,6 +122,11 @@ pub struct DivergeFigures {
     pub seen_checkpoints: BTreeMap<String, u32>,
     /// See [`DivergeFigures::seen_checkpoints`].
     pub false_alarms: u32,
+    /// Every `NONCE` with the epoch of its checkpoint, and the hop records read meanwhile
+    /// (none unless the nodes trace their hops): `diverge_trace.rs` lines them up.
+    pub traced: Vec<(Sent, u64)>,
+    /// See [`DivergeFigures::traced`].
+    pub records: Vec<Record>,
 }
 
 /// The parts of a `NONCE`'s time, in the order they happen (the first four are the client's
@@ -201,6 +210,7 @@ struct Lines {
     holds: BTreeMap<u64, u64>,
     seen: BTreeMap<String, u32>,
     false_alarms: u32,
+    records: Vec<Record>,
 }
 
 impl Lines {
@@ -218,6 +228,10 @@ impl Lines {
             if super::false_alarm(&line.text) {
                 self.false_alarms += 1;
             }
+            if let Some(r) = parse_hop(line.who, &line.text) {
+                self.records.push(r);
+                continue;
+            }
             if let Some((epoch, Some(hold))) = parse_applied(&line.text) {
                 self.holds.insert(epoch, hold);
             }
@@ -231,6 +245,24 @@ impl Lines {
                 return Ok(done);
             }
         }
+    }
+}
+
+/// `<id> NONCE`: one reply, which the two guests make differently; returns it with the hop
+/// keys and the host clock's times.
+fn nonce(client: &mut Client, id: u64) -> Result<Sent, String> {
+    let request = format!("{id} NONCE");
+    let sent_ns = now_ns();
+    let reply = client.conn.ask(&request)?;
+    let replied_ns = now_ns();
+    match reply.strip_prefix(&format!("{id} NONCE ")) {
+        Some(t) if t.len() == 16 && u64::from_str_radix(t, 16).is_ok() => Ok(Sent {
+            request_key: payload_key(format!("{request}\n").as_bytes()),
+            reply_key: payload_key(format!("{reply}\n").as_bytes()),
+            sent_ns,
+            replied_ns,
+        }),
+        _ => Err(format!("request {request:?} got {reply:?}")),
     }
 }
 
@@ -258,28 +290,36 @@ pub fn run(
     // In step with the pair's own checkpoints first (see the module doc, "Pacing").
     lines.next_done(pair, Instant::now(), since)?;
     let mut samples = Vec::with_capacity(count as usize);
-    for i in 0..count {
-        // Ids of their own, far from the `NONCE`s' (the client numbers those from 1).
-        touch(&mut client, 1_000_000 + u64::from(i), pages)?;
-        let sent = Instant::now();
-        client.nonce()?;
-        let latency = sent.elapsed();
-        let done = lines.next_done(pair, sent, since)?;
-        samples.push(Sample { latency, done });
+    for i in 0..u64::from(count) {
+        touch(&mut client, 2 * i + 1, pages)?;
+        let at = Instant::now();
+        let sent = nonce(&mut client, 2 * i + 2)?;
+        let latency = at.elapsed();
+        let done = lines.next_done(pair, at, since)?;
+        samples.push(Sample {
+            latency,
+            done,
+            sent,
+        });
     }
     // The secondary's line of the last epoch may still be on its way.
     let last = samples.last().map(|s| s.done.epoch);
     let until = Instant::now() + Duration::from_millis(200);
     while last.is_some_and(|e| !lines.holds.contains_key(&e)) && Instant::now() < until {
-        if let Some(line) = pair.next("the secondary's last checkpoint line")?
-            && let Some((epoch, Some(hold))) = parse_applied(&line.text)
-        {
-            lines.holds.insert(epoch, hold);
+        if let Some(line) = pair.next("the secondary's last checkpoint line")? {
+            if let Some((epoch, Some(hold))) = parse_applied(&line.text) {
+                lines.holds.insert(epoch, hold);
+            }
+            if let Some(r) = parse_hop(line.who, &line.text) {
+                lines.records.push(r);
+            }
         }
     }
     let mut figures = DivergeFigures::of(&samples, &lines.holds);
     figures.seen_checkpoints = lines.seen;
     figures.false_alarms = lines.false_alarms;
+    figures.traced = samples.iter().map(|s| (s.sent, s.done.epoch)).collect();
+    figures.records = lines.records;
     Ok(figures)
 }
 
@@ -327,6 +367,12 @@ mod tests {
 
     fn sample(latency_us: u64, epoch: u64, pause_us: u64, steps: [u64; 4]) -> Sample {
         Sample {
+            sent: Sent {
+                request_key: 1,
+                reply_key: 2,
+                sent_ns: 0,
+                replied_ns: latency_us * 1000,
+            },
             latency: Duration::from_micros(latency_us),
             done: Done {
                 epoch,

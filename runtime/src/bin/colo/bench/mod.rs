@@ -17,6 +17,7 @@
 
 mod breakdown;
 mod diverge;
+mod diverge_trace;
 mod report;
 mod secondary_kill;
 mod sink_trace;
@@ -99,7 +100,13 @@ pub fn run_breakdown(options: &BenchOptions) -> Result<Breakdown, String> {
         &options.node_args,
     )?;
     pair.wait_paired()?;
-    breakdown::run(&ns, &mut pair, options.requests)
+    breakdown::run(
+        &ns,
+        &mut pair,
+        options.requests,
+        options.diverge_requests,
+        options.diverge_pages,
+    )
 }
 
 /// Latency, then `between` (the pair's differing replies), then both bulk directions, against

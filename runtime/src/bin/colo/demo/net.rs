@@ -189,7 +189,7 @@ impl Client {
 
     /// A `NONCE` request: the two guests answer it differently (their TSCs), so the primary's
     /// comparator sees a real difference and forces a checkpoint; the client gets one reply.
-    pub(crate) fn nonce(&mut self) -> Result<(), DemoError> {
+    fn nonce(&mut self) -> Result<(), DemoError> {
         let id = self.next_id;
         self.next_id += 1;
         let line = self
