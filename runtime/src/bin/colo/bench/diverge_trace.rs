@@ -12,6 +12,7 @@
 //! difference of medians.
 
 use super::breakdown::{Record, Sent};
+use colo_runtime::pair::node_loop::hops::ACK_KEY;
 use std::collections::HashMap;
 
 /// The points, in the order they happen: who records it, its point name, and whether it is
@@ -46,9 +47,24 @@ pub const STEPS: [&str; 8] = [
     "-> the client has the reply",
 ];
 
+/// The two guests' sides of the miscompare, as times since the client sent: the request at
+/// each guest, each reply at the primary's loop (the SVM's reply is the first frame with a
+/// payload the primary's loop got from the peer after the client sent and before the
+/// miscompare: the bench's client is the only one, so no other reply is in flight then).
+pub const SIDES: [&str; 5] = [
+    "the request into the PVM (primary.to_guest)",
+    "the request into the SVM (secondary.to_guest)",
+    "the PVM's reply at the primary's loop (primary.loop_guest)",
+    "the SVM's reply at the primary's loop (primary.loop_peer)",
+    "the miscompare (primary.ckpt_request)",
+];
+
 /// The steps' medians over the traced `NONCE`s.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DivergeTrace {
+    /// Per line of [`SIDES`]: the median time since the client sent (microseconds) and how
+    /// many `NONCE`s had it.
+    pub sides: Vec<(Option<u64>, usize)>,
     /// `NONCE`s traced.
     pub nonces: usize,
     /// Per step of [`STEPS`]: the median (microseconds) and how many `NONCE`s had both ends.
@@ -73,7 +89,34 @@ pub fn compute(traced: &[(Sent, u64)], records: &[Record]) -> DivergeTrace {
             .or_insert(*t);
     }
     let mut per_step: Vec<Vec<u64>> = vec![Vec::new(); STEPS.len()];
+    let mut per_side: Vec<Vec<u64>> = vec![Vec::new(); SIDES.len()];
     for (sent, epoch) in traced {
+        let at = |who: &str, point: &str, key: u64| first.get(&(who, point, key)).copied();
+        let detected = at("primary", "ckpt_request", *epoch);
+        let svm_reply = detected.and_then(|until| {
+            records
+                .iter()
+                .filter(|(who, point, key, t)| {
+                    who == "primary"
+                        && point == "loop_peer"
+                        && key & ACK_KEY == 0
+                        && (sent.sent_ns..=until).contains(t)
+                })
+                .map(|r| r.3)
+                .min()
+        });
+        let sides = [
+            at("primary", "to_guest", sent.request_key),
+            at("secondary", "to_guest", sent.request_key),
+            at("primary", "loop_guest", sent.reply_key),
+            svm_reply,
+            detected,
+        ];
+        for (i, t) in sides.iter().enumerate() {
+            if let Some(t) = t {
+                per_side[i].push(t.saturating_sub(sent.sent_ns) / 1000);
+            }
+        }
         let times: Vec<Option<u64>> = std::iter::once(Some(sent.sent_ns))
             .chain(POINTS.iter().map(|(who, point, key)| {
                 let k = match key {
@@ -91,15 +134,18 @@ pub fn compute(traced: &[(Sent, u64)], records: &[Record]) -> DivergeTrace {
             }
         }
     }
-    DivergeTrace {
-        nonces: traced.len(),
-        steps: per_step
-            .into_iter()
+    let medians = |v: Vec<Vec<u64>>| {
+        v.into_iter()
             .map(|v| {
                 let n = v.len();
                 (median(v), n)
             })
-            .collect(),
+            .collect()
+    };
+    DivergeTrace {
+        sides: medians(per_side),
+        nonces: traced.len(),
+        steps: medians(per_step),
         total_us: median(
             traced
                 .iter()
@@ -117,8 +163,8 @@ impl std::fmt::Display for DivergeTrace {
             self.nonces,
             self.total_us.map_or("-".to_string(), |v| format!("{v} us"))
         )?;
-        for ((median, seen), what) in self.steps.iter().zip(STEPS) {
-            let missing = if *seen < self.nonces {
+        let line = |f: &mut std::fmt::Formatter<'_>, (median, seen): (Option<u64>, usize), what| {
+            let missing = if seen < self.nonces {
                 format!(" (seen for {seen} of {})", self.nonces)
             } else {
                 String::new()
@@ -127,7 +173,17 @@ impl std::fmt::Display for DivergeTrace {
                 f,
                 "  {:>7}  {what}{missing}",
                 median.map_or("-".to_string(), |v| v.to_string())
-            )?;
+            )
+        };
+        for (step, what) in self.steps.iter().zip(STEPS) {
+            line(f, *step, what)?;
+        }
+        writeln!(
+            f,
+            "the guests' sides of the miscompare: median microseconds since the client sent"
+        )?;
+        for (side, what) in self.sides.iter().zip(SIDES) {
+            line(f, *side, what)?;
         }
         Ok(())
     }
@@ -169,6 +225,38 @@ mod tests {
             [50, 150, 200, 100, 1_200, 300, 20, 980].map(Some).to_vec()
         );
         assert_eq!(t.total_us, Some(3_000));
+        assert_eq!(t.sides[4], (Some(400), 1), "the miscompare");
+        assert_eq!(t.sides[3], (None, 0), "no SVM reply recorded");
+    }
+
+    #[test]
+    fn the_svms_reply_is_the_first_payload_from_the_peer_before_the_miscompare() {
+        let sent = Sent {
+            request_key: 11,
+            reply_key: 22,
+            sent_ns: 1_000_000,
+            replied_ns: 4_000_000,
+        };
+        let records = vec![
+            // Before the client sent: another request's.
+            rec("loop_peer", 90, 900),
+            // The SVM's bare ACK of the request: not a reply.
+            rec("loop_peer", ACK_KEY | 5, 1_100),
+            rec("loop_peer", 33, 1_300),
+            rec("loop_peer", 44, 1_350),
+            rec("ckpt_request", 7, 1_400),
+            // After the miscompare: not this reply.
+            rec("loop_peer", 55, 1_380 + 500),
+            (
+                "secondary".to_string(),
+                "to_guest".to_string(),
+                11,
+                1_090_000,
+            ),
+        ];
+        let t = compute(&[(sent, 7)], &records);
+        assert_eq!(t.sides[1], (Some(90), 1), "the request at the SVM");
+        assert_eq!(t.sides[3], (Some(300), 1), "the SVM's reply");
     }
 
     #[test]
