@@ -51,12 +51,19 @@ pub const STEPS: [&str; 8] = [
 /// each guest, each reply at the primary's loop (the SVM's reply is the first frame with a
 /// payload the primary's loop got from the peer after the client sent and before the
 /// miscompare: the bench's client is the only one, so no other reply is in flight then).
-pub const SIDES: [&str; 5] = [
+/// The last line is not a time since the client sent but, per `NONCE`, the miscompare after
+/// the later of the two replies reached the primary's loop (the detection itself).
+pub const SIDES: [&str; 10] = [
     "the request into the PVM (primary.to_guest)",
     "the request into the SVM (secondary.to_guest)",
     "the PVM's reply at the primary's loop (primary.loop_guest)",
+    "the SVM sent its reply (secondary.guest_out)",
+    "  at the secondary's loop (secondary.loop_guest)",
+    "  onto the peer link (secondary.peer_out)",
+    "  at the primary's peer reader (primary.peer_in)",
     "the SVM's reply at the primary's loop (primary.loop_peer)",
     "the miscompare (primary.ckpt_request)",
+    "(per NONCE: the miscompare after the later reply reached the primary's loop)",
 ];
 
 /// The steps' medians over the traced `NONCE`s.
@@ -93,29 +100,39 @@ pub fn compute(traced: &[(Sent, u64)], records: &[Record]) -> DivergeTrace {
     for (sent, epoch) in traced {
         let at = |who: &str, point: &str, key: u64| first.get(&(who, point, key)).copied();
         let detected = at("primary", "ckpt_request", *epoch);
-        let svm_reply = detected.and_then(|until| {
+        // The first payload frame at `who`'s `point` after the client sent, before the
+        // miscompare.
+        let first_payload = |who: &str, point: &str| {
+            let until = detected?;
             records
                 .iter()
-                .filter(|(who, point, key, t)| {
-                    who == "primary"
-                        && point == "loop_peer"
+                .filter(|(w, p, key, t)| {
+                    w == who
+                        && p == point
                         && key & ACK_KEY == 0
                         && (sent.sent_ns..=until).contains(t)
                 })
                 .map(|r| r.3)
                 .min()
-        });
+        };
         let sides = [
             at("primary", "to_guest", sent.request_key),
             at("secondary", "to_guest", sent.request_key),
             at("primary", "loop_guest", sent.reply_key),
-            svm_reply,
+            first_payload("secondary", "guest_out"),
+            first_payload("secondary", "loop_guest"),
+            first_payload("secondary", "peer_out"),
+            first_payload("primary", "peer_in"),
+            first_payload("primary", "loop_peer"),
             detected,
         ];
         for (i, t) in sides.iter().enumerate() {
             if let Some(t) = t {
                 per_side[i].push(t.saturating_sub(sent.sent_ns) / 1000);
             }
+        }
+        if let [_, _, Some(pvm), _, _, _, _, Some(svm), Some(detected)] = sides {
+            per_side[9].push(detected.saturating_sub(pvm.max(svm)) / 1000);
         }
         let times: Vec<Option<u64>> = std::iter::once(Some(sent.sent_ns))
             .chain(POINTS.iter().map(|(who, point, key)| {
@@ -225,8 +242,8 @@ mod tests {
             [50, 150, 200, 100, 1_200, 300, 20, 980].map(Some).to_vec()
         );
         assert_eq!(t.total_us, Some(3_000));
-        assert_eq!(t.sides[4], (Some(400), 1), "the miscompare");
-        assert_eq!(t.sides[3], (None, 0), "no SVM reply recorded");
+        assert_eq!(t.sides[8], (Some(400), 1), "the miscompare");
+        assert_eq!(t.sides[7], (None, 0), "no SVM reply recorded");
     }
 
     #[test]
@@ -253,10 +270,30 @@ mod tests {
                 11,
                 1_090_000,
             ),
+            (
+                "secondary".to_string(),
+                "guest_out".to_string(),
+                66,
+                1_150_000,
+            ),
         ];
         let t = compute(&[(sent, 7)], &records);
         assert_eq!(t.sides[1], (Some(90), 1), "the request at the SVM");
-        assert_eq!(t.sides[3], (Some(300), 1), "the SVM's reply");
+        assert_eq!(t.sides[3], (Some(150), 1), "the SVM sent it");
+        assert_eq!(t.sides[7], (Some(300), 1), "the SVM's reply at the primary");
+        assert_eq!(
+            t.sides[9],
+            (None, 0),
+            "no PVM reply recorded: no detection figure"
+        );
+        let mut with_pvm = records.clone();
+        with_pvm.push(rec("loop_guest", 22, 1_200));
+        let t = compute(&[(sent, 7)], &with_pvm);
+        assert_eq!(
+            t.sides[9],
+            (Some(100), 1),
+            "1,400 us after the SVM's at 1,300"
+        );
     }
 
     #[test]
