@@ -2,6 +2,10 @@
 //! as a line protocol (the same requests and replies as colo-sim's `proto.rs`):
 //! `<id> SET k v` -> `<id> OK <version>`, `<id> GET k` -> `<id> VAL <v> <version>` or
 //! `<id> NONE`, `<id> INCR k` -> `<id> VAL <n> <version>`, `<id> NONCE` -> `<id> NONCE <hex>`.
+//! `<id> TOUCH n` -> `<id> TOUCHED n` writes one byte into each of `n` pages (at most
+//! [`MAX_TOUCH`]) of a buffer the store keeps, so the next checkpoint carries them (`colo
+//! bench`'s differing replies: the pause for a few hundred dirty pages; colo-sim has no pages
+//! and does not speak it).
 //! Two bulk requests (for throughput, `colo bench`) are recognised by [`bulk`] and carried out
 //! by the server: `<id> STREAM n` -> the line `<id> STREAM n` followed by `n` bytes of
 //! [`stream_byte`]; `<id> SINK n` followed by `n` raw bytes -> `<id> SUNK n` once all arrived.
@@ -16,6 +20,8 @@
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
 
 /// Longest request line accepted; a longer one is answered `? ERR` and dropped.
 pub const MAX_LINE: usize = 512;
@@ -55,10 +61,19 @@ pub fn stream_byte(offset: u64) -> u8 {
     b'a' + (offset % 26) as u8
 }
 
+/// Most pages one `TOUCH` writes (4 MiB of the heap, taken at the first `TOUCH`).
+pub const MAX_TOUCH: usize = 1024;
+
+const PAGE: usize = 4096;
+
 /// The store.
 #[derive(Default)]
 pub struct Store {
     entries: BTreeMap<String, (String, u64)>,
+    /// `TOUCH`'s pages (empty until the first `TOUCH`).
+    touched: Vec<u8>,
+    /// `TOUCH`es so far: the byte each writes, so every write changes the page.
+    touches: u8,
 }
 
 fn word_ok(w: &str) -> bool {
@@ -66,6 +81,19 @@ fn word_ok(w: &str) -> bool {
 }
 
 impl Store {
+    /// Writes one byte into each of the first `n` pages of the `TOUCH` buffer.
+    fn touch(&mut self, n: usize) {
+        if self.touched.is_empty() {
+            self.touched = vec![0u8; MAX_TOUCH * PAGE];
+        }
+        self.touches = self.touches.wrapping_add(1);
+        for page in self.touched.chunks_mut(PAGE).take(n) {
+            // SAFETY: `page` is a live, exclusively borrowed slice of PAGE bytes; the volatile
+            // write keeps the compiler from dropping a store nothing reads back.
+            unsafe { core::ptr::write_volatile(page.as_mut_ptr(), self.touches) };
+        }
+    }
+
     /// Applies one request line (without its newline) and returns the reply line (with it).
     /// `nonce` is read only for `NONCE`.
     pub fn apply(&mut self, line: &str, nonce: impl FnOnce() -> u64) -> String {
@@ -100,6 +128,13 @@ impl Store {
                 }
             }
             (Some("NONCE"), None, None, None) => format!("NONCE {:016x}", nonce()),
+            (Some("TOUCH"), Some(n), None, None) => match n.parse::<usize>() {
+                Ok(n) if n <= MAX_TOUCH => {
+                    self.touch(n);
+                    format!("TOUCHED {n}")
+                }
+                _ => String::from("ERR"),
+            },
             _ => String::from("ERR"),
         };
         format!("{id} {reply}\n")

@@ -213,7 +213,8 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) quick: bool,
     /// Instead of the comparison: the time of each hop of a request and its reply through
-    /// the pair (the nodes record them with COLO_TRACE_HOPS=1), as medians.
+    /// the pair (the nodes record them with COLO_TRACE_HOPS=1), as medians; then of a reply
+    /// that differs between the guests and the checkpoint it forces.
     #[arg(long)]
     pub(crate) breakdown: bool,
     /// Instead of the comparison: run the pair this many seconds (or a duration with its

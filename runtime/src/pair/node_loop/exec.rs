@@ -33,6 +33,7 @@ impl NodeLoop {
                 ) {
                     hops::mark("peer_out", &bytes);
                 }
+                self.timeline.record(&message, std::time::Instant::now());
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {

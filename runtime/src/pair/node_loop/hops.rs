@@ -158,6 +158,16 @@ pub fn mark(point: &'static str, frame: &[u8]) {
     }
 }
 
+/// Records that a step keyed by `key` (not a frame: a checkpoint message of epoch `key`,
+/// `timeline.rs`) passed `point`, if tracing is on.
+pub fn mark_key(point: &'static str, key: u64) {
+    if !enabled() {
+        return;
+    }
+    let t = now_ns();
+    RECORDS.lock().push((point, key, t, None));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@
 //! figures; nothing here feeds the node an input.
 
 use super::NodeLoop;
+use super::timeline::micros;
 use crate::pair::events::{self, Milestone};
 use crate::pair::progress::SyncProgress;
 use crate::vmm::layout::{GUEST_WORKSET_BASE, PAGE_SIZE};
@@ -208,6 +209,7 @@ impl NodeLoop {
                 bytes,
             }) => {
                 let t = self.exec.timings;
+                let spans = self.timeline.spans(epoch.0);
                 info!(
                     role = n,
                     epoch = epoch.0,
@@ -221,6 +223,10 @@ impl NodeLoop {
                     vm_send_us = t.send_pages.as_micros() as u64,
                     vm_save_us = t.save_devices.as_micros() as u64,
                     vm_resume_us = t.resume.as_micros() as u64,
+                    request_ready_us = micros(spans.request_ready),
+                    ready_sent_us = micros(spans.ready_sent),
+                    sent_received_us = micros(spans.sent_received),
+                    received_loaded_us = micros(spans.received_loaded),
                     "checkpoint-done"
                 );
             }
@@ -239,6 +245,7 @@ impl NodeLoop {
                     pages,
                     bytes,
                     step = self.guest_step(),
+                    request_ready_us = micros(self.timeline.spans(epoch.0).request_ready),
                     "checkpoint-applied"
                 )
             }

@@ -36,6 +36,7 @@ mod link;
 mod liveness;
 mod log;
 mod metrics;
+mod timeline;
 mod vm;
 
 pub use disk::{BlkBridge, DiskFiles, DiskLoopStats};
@@ -305,6 +306,8 @@ pub struct NodeLoop {
     metrics: metrics::LoopMetrics,
     /// Secondary: the initial copy being received (from `SyncStarted` to the first apply).
     receiving: Option<SyncProgress>,
+    /// The checkpoint messages of the epoch in progress, timed (`timeline.rs`).
+    timeline: timeline::CheckpointTimeline,
 }
 
 impl std::fmt::Debug for NodeLoop {
@@ -419,6 +422,7 @@ impl NodeLoop {
             drain: None,
             metrics,
             receiving: None,
+            timeline: timeline::CheckpointTimeline::default(),
         })
     }
 
@@ -539,7 +543,10 @@ impl NodeLoop {
                 link,
                 message,
                 bulk,
-            } if link == self.link => self.on_frame(message, bulk),
+            } if link == self.link => {
+                self.timeline.record(&message, std::time::Instant::now());
+                self.on_frame(message, bulk)
+            }
             LoopEvent::PeerDown {
                 link,
                 why,

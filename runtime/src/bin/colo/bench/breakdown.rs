@@ -4,11 +4,14 @@
 //! notes on the same clock when each left the client and when its reply arrived, and lines up
 //! every hop of a request (its payload's key) and of its reply (the reply line's key, the
 //! same in both guests' copies). It prints, per hop, the median time since the client sent.
+//! Then a `SINK` (`sink_trace.rs`) and, last, the differing replies (`NONCE`s, each forcing a
+//! checkpoint) step by step (`diverge_trace.rs`).
 //!
 //! Invariant: a hop missing for a request (a frame lost and retransmitted under another
 //! segmentation, a line not yet printed) is left out of that hop's median and counted, never
 //! guessed; medians are over the requests that have the hop.
 
+use super::diverge_trace::DivergeTrace;
 use super::sink_trace::{self, SinkTrace};
 use crate::demo::net::{PAIR_IP, PairRun};
 use colo_runtime::net::netns::NetNs;
@@ -78,6 +81,8 @@ pub struct Breakdown {
     /// The client socket's retransmissions during the `SINK` (`TCP_INFO`'s
     /// `tcpi_total_retrans` after minus before), if the kernel told.
     pub client_retrans: Option<u32>,
+    /// The differing replies' steps (`diverge_trace.rs`).
+    pub diverge: DivergeTrace,
 }
 
 /// The kernel's count of segments `stream` retransmitted (`TCP_INFO`).
@@ -184,8 +189,11 @@ pub fn ack_figures(records: &[(String, String, u64, u64)], from_ns: u64, to_ns: 
     }
 }
 
+/// A hop record: who printed it, its point, its key and its time (ns, `CLOCK_MONOTONIC`).
+pub type Record = (String, String, u64, u64);
+
 /// One request as the client saw it: its key, its reply's key, send and reply times (ns).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sent {
     pub request_key: u64,
     pub reply_key: u64,
@@ -259,6 +267,7 @@ pub fn compute(sent: &[Sent], records: &[(String, String, u64, u64)]) -> Breakdo
         acks: AckFigures::default(),
         sink: SinkTrace::default(),
         client_retrans: None,
+        diverge: DivergeTrace::default(),
     }
 }
 
@@ -311,17 +320,25 @@ impl std::fmt::Display for Breakdown {
         writeln!(f)?;
         write!(f, "{}", self.sink)?;
         match self.client_retrans {
-            Some(n) => write!(
+            Some(n) => writeln!(
                 f,
                 "client socket retransmissions during the SINK (TCP_INFO): {n}"
-            ),
-            None => write!(f, "client socket retransmissions during the SINK: unknown"),
+            )?,
+            None => writeln!(f, "client socket retransmissions during the SINK: unknown")?,
         }
+        write!(f, "{}", self.diverge)
     }
 }
 
-/// Runs `requests` `INCR`s against the traced pair and builds the breakdown.
-pub fn run(ns: &NetNs, pair: &mut PairRun, requests: u32) -> Result<Breakdown, String> {
+/// Runs `requests` `INCR`s, a `SINK` and `nonces` `NONCE`s (each after a `TOUCH` of `pages`)
+/// against the traced pair and builds the breakdown.
+pub fn run(
+    ns: &NetNs,
+    pair: &mut PairRun,
+    requests: u32,
+    nonces: u32,
+    pages: u32,
+) -> Result<Breakdown, String> {
     let mut client = crate::demo::net::Client::connect(ns, PAIR_IP)?;
     for _ in 0..20 {
         client.incr()?;
@@ -372,6 +389,17 @@ pub fn run(ns: &NetNs, pair: &mut PairRun, requests: u32) -> Result<Breakdown, S
     breakdown.client_retrans = retrans_before
         .zip(retrans_after)
         .map(|(b, a)| a.saturating_sub(b));
+    // Last, so its reading of the pair's lines takes none of the records above.
+    let mut diverge = super::diverge::run(ns, pair, nonces, pages, std::time::Instant::now())?;
+    let until = std::time::Instant::now() + Duration::from_millis(300);
+    while std::time::Instant::now() < until {
+        if let Some(line) = pair.next("the differing replies' hop records")?
+            && let Some(r) = parse_hop(line.who, &line.text)
+        {
+            diverge.records.push(r);
+        }
+    }
+    breakdown.diverge = super::diverge_trace::compute(&diverge.traced, &diverge.records);
     Ok(breakdown)
 }
 

@@ -2,8 +2,9 @@
 //! TCP client, one run. Inside a network namespace it creates (see `demo::net`, whose lab,
 //! lone VM, pair processes and client it shares) it measures, first on a lone VM in this
 //! process and then through a pair (arbiter, primary, secondary as child processes):
-//! `INCR` request/response latency, guest -> client throughput (`STREAM n`) and client ->
-//! guest throughput (`SINK n`); then it SIGKILLs the primary while a client runs `INCR`s back
+//! `INCR` request/response latency, on the pair the reply that differs between the guests
+//! and the checkpoint it forces (`diverge.rs`), guest -> client throughput (`STREAM n`) and
+//! client -> guest throughput (`SINK n`); then it SIGKILLs the primary while a client runs `INCR`s back
 //! to back and times kill -> detection -> takeover -> the client's next reply; then, on a fresh
 //! pair, it SIGKILLs the secondary the same way and measures the client's longest stall
 //! (`secondary_kill.rs`).
@@ -15,12 +16,15 @@
 //! `PairRun` guard), as in the demo.
 
 mod breakdown;
+mod diverge;
+mod diverge_trace;
 mod report;
 mod secondary_kill;
 mod sink_trace;
 mod soak;
 
 pub use breakdown::Breakdown;
+pub use diverge::DivergeFigures;
 pub use report::{BenchReport, FailoverFigures, SideFigures};
 pub use soak::run as run_soak;
 
@@ -39,6 +43,10 @@ pub struct BenchOptions {
     pub pair: DemoOptions,
     /// `INCR` requests per latency measurement.
     pub requests: u32,
+    /// `NONCE` requests (replies that differ between the guests) through the pair.
+    pub diverge_requests: u32,
+    /// Pages the guests write before each `NONCE` (`TOUCH n`).
+    pub diverge_pages: u32,
     /// Bytes per `STREAM` / `SINK` request.
     pub bulk_bytes: u64,
     /// `STREAM` and `SINK` requests per side.
@@ -56,6 +64,8 @@ impl BenchOptions {
             BenchOptions {
                 pair,
                 requests: 300,
+                diverge_requests: 50,
+                diverge_pages: 256,
                 bulk_bytes: 1 << 20,
                 bulk_rounds: 2,
                 before_kill: Duration::from_secs(1),
@@ -65,6 +75,8 @@ impl BenchOptions {
             BenchOptions {
                 pair,
                 requests: 3000,
+                diverge_requests: 300,
+                diverge_pages: 256,
                 bulk_bytes: 8 << 20,
                 bulk_rounds: 4,
                 before_kill: Duration::from_secs(3),
@@ -88,11 +100,23 @@ pub fn run_breakdown(options: &BenchOptions) -> Result<Breakdown, String> {
         &options.node_args,
     )?;
     pair.wait_paired()?;
-    breakdown::run(&ns, &mut pair, options.requests)
+    breakdown::run(
+        &ns,
+        &mut pair,
+        options.requests,
+        options.diverge_requests,
+        options.diverge_pages,
+    )
 }
 
-/// Latency, then both bulk directions, against the server at `ip`.
-fn measure(ns: &NetNs, ip: &str, options: &BenchOptions) -> Result<SideFigures, String> {
+/// Latency, then `between` (the pair's differing replies), then both bulk directions, against
+/// the server at `ip`.
+fn measure(
+    ns: &NetNs,
+    ip: &str,
+    options: &BenchOptions,
+    between: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<SideFigures, String> {
     let mut client = Client::connect(ns, ip)?;
     // A few requests first: ARP, the connection's first segments, the guest's first faults.
     for _ in 0..20 {
@@ -108,6 +132,7 @@ fn measure(ns: &NetNs, ip: &str, options: &BenchOptions) -> Result<SideFigures, 
         latency: Percentiles::of(&latencies),
         ..SideFigures::default()
     };
+    between()?;
     for _ in 0..options.bulk_rounds {
         let t = Instant::now();
         client.stream(options.bulk_bytes)?;
@@ -132,15 +157,32 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let mut report = BenchReport::default();
     {
         let _vm = LoneVm::start(&ns)?;
-        report.lone = measure(&ns, LONE_IP, options)?;
+        report.lone = measure(&ns, LONE_IP, options, &mut || Ok(()))?;
         println!("[bench] lone VM measured");
     }
     let mut pair = PairRun::start(&ns, &options.pair, deadline, &[], &options.node_args)?;
     pair.wait_paired()?;
     let started = Instant::now();
-    report.pair = measure(&ns, PAIR_IP, options)?;
+    let mut diverge = DivergeFigures::default();
+    report.pair = measure(&ns, PAIR_IP, options, &mut || {
+        diverge = diverge::run(
+            &ns,
+            &mut pair,
+            options.diverge_requests,
+            options.diverge_pages,
+            started,
+        )?;
+        println!("[bench] differing replies measured");
+        Ok(())
+    })?;
     let measured = Instant::now();
     println!("[bench] pair measured");
+    // The lines the differing replies' phase read are counted there.
+    for (reason, n) in &diverge.seen_checkpoints {
+        *report.checkpoints.entry(reason.clone()).or_default() += n;
+    }
+    report.failover.false_alarms += diverge.false_alarms;
+    report.diverge = diverge;
     // Count the checkpoints of the measured window from the lines that queued meanwhile.
     while let Some(line) = pair.next("the pair's lines")? {
         report.failover.false_alarms += u32::from(false_alarm(&line.text));
@@ -163,7 +205,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
 }
 
 /// A node declared its peer lost (before the bench killed anyone: a false alarm).
-fn false_alarm(text: &str) -> bool {
+pub(crate) fn false_alarm(text: &str) -> bool {
     fields(text, "primary", "peer-lost").is_some()
         || fields(text, "secondary", "peer-lost").is_some()
 }

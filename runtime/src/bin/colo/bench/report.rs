@@ -78,6 +78,8 @@ pub struct BenchReport {
     pub failover: FailoverFigures,
     /// The secondary's SIGKILL.
     pub secondary_kill: super::secondary_kill::SecondaryKillFigures,
+    /// The replies that differ between the guests (`NONCE`), and the checkpoints they forced.
+    pub diverge: super::DivergeFigures,
 }
 
 impl BenchReport {
@@ -108,6 +110,27 @@ impl BenchReport {
                 "peer_lost_before_kill",
                 self.failover.false_alarms.to_string(),
             ),
+            (
+                "diverge_p50_us",
+                opt_num(self.diverge_latency().map(|p| p.median_us)),
+            ),
+            (
+                "diverge_p99_us",
+                opt_num(self.diverge_latency().map(|p| p.p99_us)),
+            ),
+            (
+                "diverge_bound_us",
+                opt_num(self.diverge.bound_us(self.lone.latency.median_us)),
+            ),
+            (
+                "checkpoint_pause_p50_us",
+                opt_num((self.diverge.pause.count > 0).then_some(self.diverge.pause.median_us)),
+            ),
+            (
+                "checkpoint_pause_pages_p50",
+                opt_num(self.diverge.pages_p50),
+            ),
+            ("link_rtt_p50_us", opt_num(self.diverge.rtt_p50_us)),
             ("latency_p50_ratio", fmt_ratio(ratio(pair50, lone50))),
             ("latency_p99_ratio", fmt_ratio(ratio(pair99, lone99))),
             (
@@ -121,6 +144,18 @@ impl BenchReport {
             ("failover_next_reply_ms", ms(self.failover.next_reply)),
         ]
     }
+}
+
+impl BenchReport {
+    /// The `NONCE` latency, if any was measured.
+    fn diverge_latency(&self) -> Option<&Percentiles> {
+        (self.diverge.latency.count > 0).then_some(&self.diverge.latency)
+    }
+}
+
+/// A whole number, or `nan` when it was not measured.
+fn opt_num(v: Option<u64>) -> String {
+    v.map_or_else(|| "nan".to_string(), |v| v.to_string())
 }
 
 /// Megabits per second, one decimal.
@@ -168,6 +203,7 @@ impl std::fmt::Display for BenchReport {
                 reasons.join(", ")
             }
         )?;
+        self.fmt_diverge(f)?;
         let ms = |d: Option<Duration>| {
             d.map_or("not seen".to_string(), |d| format!("{} ms", d.as_millis()))
         };
@@ -193,6 +229,38 @@ impl std::fmt::Display for BenchReport {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         write!(f, "{}", lines.join("\n"))
+    }
+}
+
+impl BenchReport {
+    /// The differing replies' lines of the table.
+    fn fmt_diverge(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.diverge;
+        let us = |v: Option<u64>| v.map_or("not seen".to_string(), |v| format!("{v} us"));
+        let reasons: Vec<String> = d.reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        writeln!(
+            f,
+            "  differing replies (NONCE, each forcing a checkpoint: {}): latency {}",
+            if reasons.is_empty() {
+                "none".to_string()
+            } else {
+                reasons.join(", ")
+            },
+            d.latency
+        )?;
+        writeln!(
+            f,
+            "    the goal's bound: lone median {} us + PVM pause median {} us ({} pages median) + link round trip median {} = {}",
+            self.lone.latency.median_us,
+            d.pause.median_us,
+            opt_num(d.pages_p50),
+            us(d.rtt_p50_us),
+            us(d.bound_us(self.lone.latency.median_us))
+        )?;
+        for (part, v) in &d.parts {
+            writeln!(f, "    {:>9}  {part}", us(*v))?;
+        }
+        Ok(())
     }
 }
 
@@ -249,6 +317,28 @@ mod tests {
         let report = BenchReport::default();
         assert_eq!(value(&report, "latency_p50_ratio"), "nan");
         assert_eq!(value(&report, "throughput_ratio"), "nan");
+    }
+
+    #[test]
+    fn the_differing_replys_keys_come_before_the_ratios_and_read_nan_unmeasured() {
+        let keys: Vec<&str> = BenchReport::default()
+            .key_values()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let at = |k: &str| keys.iter().position(|x| *x == k).expect(k);
+        assert!(at("peer_lost_before_kill") < at("diverge_p50_us"));
+        assert!(at("link_rtt_p50_us") < at("latency_p50_ratio"));
+        let report = BenchReport::default();
+        for key in [
+            "diverge_p50_us",
+            "diverge_bound_us",
+            "checkpoint_pause_p50_us",
+            "checkpoint_pause_pages_p50",
+            "link_rtt_p50_us",
+        ] {
+            assert_eq!(value(&report, key), "nan", "{key}");
+        }
     }
 
     #[test]
