@@ -13,7 +13,9 @@
 //! `closed_link_grace` (150 ms by default, never more than the silence rule) to be back on a new
 //! link before it is lost. A process that was killed is so detected in a fraction of the
 //! silence rule; a host that lost power or a cut path close nothing and fall to the silence
-//! rule. A wrong guess costs a failover the arbiter still fences, never a second writer.
+//! rule. A wrong guess costs a failover the arbiter still fences, never a second writer. A
+//! dial to the peer that is *refused* after it closed the link (nothing listens at its
+//! address: its process is gone) declares it lost at once, without waiting for the grace.
 //!
 //! Invariant kept: the peer is never declared [`PeerState::Lost`] while valid traffic keeps
 //! arriving less than `heartbeat_interval * heartbeat_misses_max` apart and no closed link
@@ -255,6 +257,17 @@ impl Heartbeat {
         self.closed_at = None;
     }
 
+    /// A dial to the peer's address was refused (nothing listens there). After the peer
+    /// closed the link that means its process is gone: the peer is lost now. Otherwise (the
+    /// peer not started yet, a link that failed without a close) it changes nothing.
+    pub fn handle_dial_refused(&mut self, now: Instant) {
+        self.advance(now);
+        if self.state != PeerState::Lost && self.closed_at.is_some() {
+            // Alive/Suspect --closed, then refused--> Lost
+            self.declare_lost(now, true);
+        }
+    }
+
     /// A deadline may have passed. Spurious calls are no-ops.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
@@ -267,15 +280,7 @@ impl Heartbeat {
             .is_some_and(|at| now >= at + self.config.closed_grace());
         if silent_for >= self.config.lost_after() || closed_out {
             // Alive/Suspect --silent lost_after, or closed for closed_grace--> Lost
-            self.state = PeerState::Lost;
-            self.stats.losses += 1;
-            self.pending_send = None;
-            self.closed_at = None;
-            let link_closed = closed_out && silent_for < self.config.lost_after();
-            self.events.push(HeartbeatEvent::PeerLost {
-                silent_for,
-                link_closed,
-            });
+            self.declare_lost(now, closed_out && silent_for < self.config.lost_after());
             return;
         }
         if self.state == PeerState::Alive && silent_for >= self.config.suspect_after() {
@@ -292,6 +297,17 @@ impl Heartbeat {
             // even if the driver is slow to drain.
             self.last_sent = now;
         }
+    }
+
+    fn declare_lost(&mut self, now: Instant, link_closed: bool) {
+        self.state = PeerState::Lost;
+        self.stats.losses += 1;
+        self.pending_send = None;
+        self.closed_at = None;
+        self.events.push(HeartbeatEvent::PeerLost {
+            silent_for: now.saturating_duration_since(self.last_heard),
+            link_closed,
+        });
     }
 
     /// Restarts detection as of `now` (a new peer joined through re-protection, or the link
@@ -534,6 +550,33 @@ mod tests {
         assert_ne!(hb.state(), PeerState::Lost);
         hb.handle_timeout(ms(500));
         assert_eq!(hb.state(), PeerState::Lost);
+    }
+
+    #[test]
+    fn a_refused_dial_after_a_close_declares_the_peer_lost_at_once_and_alone_changes_nothing() {
+        let mut hb = Heartbeat::new(config(100, 5), ms(0)).unwrap();
+        hb.handle_dial_refused(ms(5));
+        assert_eq!(
+            hb.state(),
+            PeerState::Alive,
+            "no close: the peer may start later"
+        );
+        hb.handle_link_closed_by_peer(ms(10));
+        hb.handle_dial_refused(ms(12));
+        assert_eq!(hb.state(), PeerState::Lost);
+        assert_eq!(
+            drain(&mut hb),
+            vec![HeartbeatEvent::PeerLost {
+                silent_for: Duration::from_millis(12),
+                link_closed: true,
+            }]
+        );
+        // After a new link, a refusal (a later dial of another connection) is no evidence.
+        let mut hb = Heartbeat::new(config(100, 5), ms(0)).unwrap();
+        hb.handle_link_closed_by_peer(ms(10));
+        hb.handle_link_up(ms(11));
+        hb.handle_dial_refused(ms(12));
+        assert_eq!(hb.state(), PeerState::Alive);
     }
 
     #[test]

@@ -277,6 +277,11 @@ impl SimHost {
         self.input(now, Input::PeerLink(state), hook);
     }
 
+    /// A dial the node ordered was refused (its peer's process is gone).
+    pub fn handle_dial_refused(&mut self, now: Instant, hook: &mut dyn CrashHook) {
+        self.input(now, Input::PeerDialRefused, hook);
+    }
+
     /// The arbiter's reply to request `id`.
     pub fn handle_arbiter(
         &mut self,

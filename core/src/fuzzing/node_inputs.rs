@@ -519,10 +519,11 @@ fn run_world(data: &[u8]) -> World {
                 }
             }
             101..=103 => {
-                let input = match b.u8() % 4 {
+                let input = match b.u8() % 5 {
                     0 => Input::PeerLink(LinkState::Up),
                     1 => Input::PeerLink(LinkState::Down),
                     2 => Input::PeerLink(LinkState::PeerClosed),
+                    3 => Input::PeerDialRefused,
                     _ => Input::PeerActivity,
                 };
                 w.handle(h, input);

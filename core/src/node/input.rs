@@ -35,6 +35,11 @@ pub enum Input {
     /// The peer link went up or down. Only informative: the heartbeat decides when a peer is
     /// lost (a link can flap without the peer dying; a peer can die with the link up).
     PeerLink(LinkState),
+    /// A dial the node ordered was refused: the peer's host answered that nothing listens at
+    /// its address (TCP's connection refused). After the peer closed the link this means its
+    /// process is gone, and a paired node counts it lost at once instead of after the
+    /// closed-link grace; otherwise it changes nothing (core/src/heartbeat.rs).
+    PeerDialRefused,
     /// Bytes from the peer arrived on the link although no whole frame did yet: a large frame
     /// (a page batch, the initial copy) is crawling over a slow or lossy link. Only liveness:
     /// the heartbeat counts it as traffic while it watches a peer, nothing else changes. A

@@ -342,6 +342,11 @@ impl Node {
             Input::GuestFrame(frame) => self.on_guest_frame(now, frame),
             Input::Peer { message, bulk } => self.on_peer(now, message, bulk),
             Input::PeerLink(state) => self.on_link(now, state),
+            Input::PeerDialRefused => {
+                if !self.link_up && self.heartbeat_active() {
+                    self.heartbeat.handle_dial_refused(now);
+                }
+            }
             Input::PeerActivity => {
                 if self.heartbeat_active() {
                     self.heartbeat.handle_peer_traffic(now);

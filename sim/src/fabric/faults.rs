@@ -467,6 +467,7 @@ impl Shared {
         let kills: Vec<usize> = self.faults.to_kill.drain(..).collect();
         for h in &restarts {
             self.incarnation[*h] += 1;
+            self.host_restarted(*h);
             self.faults.reprotect_asked[1 - *h] = false;
             self.ctl_inbox.remove(&Ctl::Host(*h));
             self.obs.push(TraceEvent::Restart {

@@ -51,6 +51,11 @@ pub(crate) struct ReplLink {
     closing: [bool; 2],
     /// Messages a node sent while the connection was down (dropped at the sender).
     pub(crate) dropped_while_down: u64,
+    /// A host that lost power and has not booted again: it answers nothing (a dial to it goes
+    /// unanswered), where a host whose process crashed refuses connections.
+    unpowered: [bool; 2],
+    /// The host's current dial was told it was refused (once per dial, as the runtime does).
+    refusal_told: [bool; 2],
 }
 
 impl ReplLink {
@@ -63,6 +68,8 @@ impl ReplLink {
             accepting: [false; 2],
             closing: [false; 2],
             dropped_while_down: 0,
+            unpowered: [false; 2],
+            refusal_told: [false; 2],
         }
     }
 }
@@ -88,7 +95,10 @@ impl Shared {
         match cmd {
             // A dial while this host holds the connection is moot: the node learns of the link
             // (its `Up` is on its way) and the dial ends with it.
-            LinkCommand::Dial => self.repl.dialing[h] = !self.holds_connection(h),
+            LinkCommand::Dial => {
+                self.repl.dialing[h] = !self.holds_connection(h);
+                self.repl.refusal_told[h] = false;
+            }
             LinkCommand::StopDialing => self.repl.dialing[h] = false,
             LinkCommand::Accept(on) => self.repl.accepting[h] = on,
             LinkCommand::Close => self.connection_closed_by(now, h),
@@ -154,6 +164,7 @@ impl Shared {
     pub(crate) fn connection_closed_by_crash(&mut self, now: Instant, h: usize, power_loss: bool) {
         self.repl.dialing[h] = false;
         self.repl.accepting[h] = false;
+        self.repl.unpowered[h] = power_loss;
         if !self.repl.up || power_loss {
             return;
         }
@@ -192,14 +203,33 @@ impl Shared {
         !self.faults.reset_down() && !self.faults.host_host_cut_in_force(&self.opts)
     }
 
+    /// Host `h` boots again (its new process has not ordered anything yet).
+    pub(crate) fn host_restarted(&mut self, h: usize) {
+        self.repl.unpowered[h] = false;
+    }
+
     /// A dial that can get through now does: the connection comes up and both nodes are told.
-    /// Returns whether the connection is up.
+    /// A dial to a host whose process is gone (crashed or exited, the host powered) is refused:
+    /// its dialler is told once per dial, as the runtime's is. Returns whether the connection
+    /// is up.
     pub(crate) fn try_connect(&mut self, now: Instant) -> bool {
         if self.repl.up {
             return true;
         }
         if !self.path_clear() || self.repl.closing.iter().any(|c| *c) {
             return false;
+        }
+        for h in 0..2 {
+            let p = 1 - h;
+            let refused = self.dead[p] && !self.repl.unpowered[p];
+            if !self.dead[h] && self.repl.dialing[h] && refused && !self.repl.refusal_told[h] {
+                self.repl.refusal_told[h] = true;
+                self.ctl_inbox
+                    .entry(Ctl::Host(h))
+                    .or_default()
+                    .push_back(CtlMsg::DialRefused);
+                self.ring(Waiter::Host(h));
+            }
         }
         for h in 0..2 {
             let p = 1 - h;

@@ -97,6 +97,8 @@ pub(crate) enum CtlMsg {
     Peer(PeerMsg),
     /// The host's peer connection went down or came back (`link.rs`).
     Link(colo_core::node::LinkState),
+    /// The host's dial was refused: its peer's process is gone (`link.rs`).
+    DialRefused,
     Lease(usize, LeaseRequest),
     Reply(LeaseRequestId, LeaseReply),
 }
@@ -314,6 +316,7 @@ impl Shared {
             match m {
                 CtlMsg::Peer(p) => sim.handle_peer(now, p, self),
                 CtlMsg::Link(state) => sim.handle_link(now, state, self),
+                CtlMsg::DialRefused => sim.handle_dial_refused(now, self),
                 CtlMsg::Reply(id, reply) => sim.handle_arbiter(now, id, reply, self),
                 CtlMsg::Lease(..) => {}
             }

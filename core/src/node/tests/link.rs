@@ -322,3 +322,25 @@ fn a_paired_secondary_whose_primary_closed_the_link_redials_then_counts_it_lost_
     // This one applied no checkpoint: it has nothing to take over with.
     assert_eq!(n.stats().takeovers_refused, 1);
 }
+
+#[test]
+fn a_refused_redial_after_the_primary_closed_the_link_counts_it_lost_at_once() {
+    let mut n = paired_secondary_without_state();
+    // Before any close, a refusal is no evidence (the primary may not listen yet).
+    n.handle(ms(4), Input::PeerDialRefused);
+    assert!(
+        first_loss(
+            &drain(&mut n)
+                .into_iter()
+                .map(|o| (ms(4), o))
+                .collect::<Vec<_>>()
+        )
+        .is_none()
+    );
+    n.handle(ms(5), Input::PeerLink(LinkState::PeerClosed));
+    assert_eq!(link_orders(&drain(&mut n)), [LinkCommand::Dial]);
+    // Its host answers that nothing listens: the process is gone.
+    n.handle(ms(7), Input::PeerDialRefused);
+    let outs: Vec<(Instant, Output)> = drain(&mut n).into_iter().map(|o| (ms(7), o)).collect();
+    assert_eq!(first_loss(&outs), Some((ms(7), true)));
+}

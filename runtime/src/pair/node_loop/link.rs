@@ -37,6 +37,8 @@ pub(super) struct Dialing {
     dial: u64,
     /// Tells its thread to give up.
     stop: Arc<AtomicBool>,
+    /// The node was told this dial was refused (once per dial is enough).
+    refusal_told: bool,
 }
 
 impl Dialing {
@@ -91,6 +93,7 @@ impl NodeLoop {
                 self.dialing = Some(Dialing {
                     dial: self.dials,
                     stop,
+                    refusal_told: false,
                 })
             }
             Err(e) => error!(role = self.name, "cannot start the dialler: {e}"),
@@ -108,6 +111,20 @@ impl NodeLoop {
             info!(role = self.name, "reconnected");
         }
         self.use_link(link);
+    }
+
+    /// An attempt of the current dial was refused (connection refused: the peer's process is
+    /// not there): the node is told once per dial (it decides what that means).
+    pub(super) fn on_dial_refused(&mut self, dial: u64) {
+        let Some(d) = self.dialing.as_mut() else {
+            return;
+        };
+        if d.dial != dial || d.refusal_told || self.writer.is_some() {
+            return;
+        }
+        d.refusal_told = true;
+        info!(role = self.name, dial, "dial-refused");
+        self.input(Input::PeerDialRefused);
     }
 
     /// An inbound connection (the primary's `--listen`, or a secondary's takeover address):
@@ -308,18 +325,33 @@ pub(super) fn spawn_acceptor(
         .map_err(|e| LoopError::Endpoint(format!("cannot start the acceptor: {e}")))
 }
 
-/// Connects to `addr` and authenticates as the connecting side. `Err(true)`: the peer
-/// answered but refused or failed the handshake (logged; worth a slower retry).
+/// Why a dial attempt failed.
+enum DialFailure {
+    /// Nobody answered in time, or the path failed (the primary may start after us).
+    Unanswered,
+    /// The peer's host refused the connection: nothing listens at the address.
+    Refused,
+    /// The peer answered but refused or failed the handshake (logged; worth a slower retry).
+    Handshake,
+}
+
+/// Connects to `addr` and authenticates as the connecting side.
 fn dial(
     addr: SocketAddr,
     key: &PairKey,
     name: &str,
     timeout: Duration,
-) -> Result<AuthedLink, bool> {
-    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|_| false)?;
+) -> Result<AuthedLink, DialFailure> {
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            DialFailure::Refused
+        } else {
+            DialFailure::Unanswered
+        }
+    })?;
     handshake(stream, key, LinkSide::Connector).map_err(|e| {
         log_refused(name, &addr.to_string(), &e, key);
-        true
+        DialFailure::Handshake
     })
 }
 
@@ -346,8 +378,12 @@ fn spawn_dialer(
                         });
                         return;
                     }
-                    Err(true) => std::thread::sleep(Duration::from_secs(1)),
-                    Err(false) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(DialFailure::Handshake) => std::thread::sleep(Duration::from_secs(1)),
+                    Err(DialFailure::Refused) => {
+                        let _ = tx.send(LoopEvent::DialRefused { dial: dial_gen });
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(DialFailure::Unanswered) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
         })

@@ -194,6 +194,11 @@ pub enum LoopEvent {
         /// The connection.
         link: AuthedLink,
     },
+    /// An attempt of dial `dial` was refused: nothing listens at the peer's address.
+    DialRefused {
+        /// The dial's generation.
+        dial: u64,
+    },
     /// The guest's virtio-blk device submitted a request (posted by [`BlkBridge`] on a vCPU
     /// thread), in VM generation `generation`.
     GuestBlk {
@@ -569,6 +574,7 @@ impl NodeLoop {
             }
             LoopEvent::Control(call) => self.on_control(call),
             LoopEvent::Dialled { dial, link } => self.on_dialled(dial, link),
+            LoopEvent::DialRefused { dial } => self.on_dial_refused(dial),
             LoopEvent::GuestBlk {
                 disk,
                 generation,
