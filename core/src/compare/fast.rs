@@ -31,6 +31,7 @@
 use super::flow::{Flow, SegmentSeq, Sink};
 use super::tcp::TcpStream;
 use crate::packet::{ETHERTYPE_IPV4, IPPROTO_TCP, SeqNum, TcpInfo};
+use core::ops::Range;
 
 /// True if the general path would release the fully verified primary segment `seg` now and
 /// then consume the secondary segment `twin` (the caller then applies `on_release`). Reads the
@@ -51,20 +52,22 @@ fn release_consumes(tcp: &TcpStream, seg: &SegmentSeq, twin: &SegmentSeq) -> boo
     !released.before(twin.end) && floor.is_none_or(|f| twin.seq.at_or_after(f))
 }
 
-/// A secondary segment `twin` (payload `theirs`) arrived on a flow holding one primary segment
-/// and no secondary one. If they complete the pair and are equal, releases the primary segment
-/// through `sink` and returns true: the caller then counts the secondary frame as matched
-/// without queueing it. Returns false, having changed nothing the general path would not, in
-/// every other case.
+/// A secondary segment `twin` (payload `frame[body]`) arrived on a flow holding one primary
+/// segment and no secondary one. If they complete the pair and are equal, releases the primary
+/// segment through `sink`, counts the secondary frame as matched (never queued) and keeps its
+/// buffer as the released bytes' history (`History::record_adopting`), and returns `Ok`.
+/// Returns the frame back, having changed nothing the general path would not, in every other
+/// case.
 #[inline]
 pub(super) fn secondary_completes_pair(
     flow: &mut Flow,
     twin: &SegmentSeq,
-    theirs: &[u8],
+    frame: Vec<u8>,
+    body: Range<usize>,
     sink: &mut Sink<'_>,
-) -> bool {
+) -> Result<(), Vec<u8>> {
     if flow.primary.len() != 1 || !flow.secondary.is_empty() {
-        return false;
+        return Err(frame);
     }
     let Flow {
         primary,
@@ -75,35 +78,40 @@ pub(super) fn secondary_completes_pair(
         ..
     } = flow;
     let Some(p) = primary.front_mut() else {
-        return false;
+        return Err(frame);
     };
     let Some(seg) = p.tcp.as_mut() else {
-        return false;
+        return Err(frame);
     };
     if seg.uncompared {
-        return false;
+        return Err(frame);
     }
     // The general walk starts every primary segment with this (idempotent) step.
     tcp.skip_released(seg);
     if !release_consumes(tcp, seg, twin) {
-        return false;
+        return Err(frame);
     }
     let from = p.body_start + seg.verified.diff(seg.seq) as usize;
-    let Some(mine) = p.frame.get(from..from + theirs.len()) else {
-        return false;
+    let (Some(mine), Some(theirs)) = (
+        p.frame.get(from..from + body.len()),
+        frame.get(body.clone()),
+    ) else {
+        return Err(frame);
     };
     if mine != theirs {
-        return false;
+        return Err(frame);
     }
     seg.verified = seg.end;
     tcp.on_release(seg);
     let seg = *seg;
+    sink.secondary_matched_unheld();
     if let Some(mut p) = primary.pop_front() {
-        history.record(p.tcp.map_or(twin.seq, |t| t.seq), p.body(), *history_bound);
+        // `frame[body]` equals the end of the primary payload (the part not released before).
+        history.record_adopting(seg.seq, p.body(), *history_bound, frame, body, sink.spare);
         sink.clamp(&mut tcp.windows, update, &mut p.frame, &seg);
         sink.release_matched(p);
     }
-    true
+    Ok(())
 }
 
 /// A primary segment `seg` (payload `mine`, after `on_primary`) arrived on a flow holding one
@@ -136,9 +144,18 @@ pub(super) fn primary_completes_pair(
         return false;
     }
     flow.tcp.on_release(&seg);
-    flow.history.record(seg.seq, mine, flow.history_bound);
     if let Some(twin) = flow.secondary.pop_front() {
-        sink.secondary_matched(twin);
+        sink.forget_secondary_matched(&twin);
+        let body = twin.body_start..twin.body_end;
+        // The twin's body equals the end of `mine` (the part not released before).
+        flow.history.record_adopting(
+            seg.seq,
+            mine,
+            flow.history_bound,
+            twin.frame,
+            body,
+            sink.spare,
+        );
     }
     true
 }

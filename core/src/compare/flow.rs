@@ -322,10 +322,24 @@ impl Sink<'_> {
 
     #[inline]
     pub(crate) fn secondary_matched(&mut self, held: Held) {
+        self.forget_secondary_matched(&held);
+        self.spare.keep(held.frame);
+    }
+
+    /// Counts a held secondary frame as matched and frees its arrival slot; the caller keeps
+    /// its buffer (the released bytes' history adopts it).
+    #[inline]
+    pub(crate) fn forget_secondary_matched(&mut self, held: &Held) {
         self.ages.forget(held.id);
         self.stats.secondary_matched += 1;
         self.stats.held_secondary -= 1;
-        self.spare.keep(held.frame);
+    }
+
+    /// Counts a secondary frame that matched on arrival (never held) whose buffer the
+    /// released bytes' history adopted or recycled.
+    #[inline]
+    pub(crate) fn secondary_matched_unheld(&mut self) {
+        self.stats.secondary_matched += 1;
     }
 }
 

@@ -443,7 +443,7 @@ impl Comparator {
                 Side::Primary => {
                     if info.has(tcp_flags::SYN) {
                         tcp::restart_verification(&mut flow.primary);
-                        flow.history.clear();
+                        flow.history.clear(&mut self.spare);
                         flow.update.clear();
                     }
                     if let Some(f) = frame.as_deref() {
@@ -481,28 +481,37 @@ impl Comparator {
                     ages: &mut self.ages,
                     spare: &mut self.spare,
                 };
-                let body = &buffer[body_start..body_end];
                 let done = match side {
-                    Side::Primary => fast::primary_completes_pair(flow, *s, body, &mut sink),
-                    Side::Secondary => fast::secondary_completes_pair(flow, s, body, &mut sink),
+                    Side::Primary => {
+                        let body = &buffer[body_start..body_end];
+                        if fast::primary_completes_pair(flow, *s, body, &mut sink) {
+                            let mut buffer = buffer;
+                            sink.clamp(&mut flow.tcp.windows, &mut flow.update, &mut buffer, s);
+                            sink.matched_unheld(side, buffer, body_end - body_start);
+                            Ok(())
+                        } else {
+                            Err(buffer)
+                        }
+                    }
+                    Side::Secondary => {
+                        let body = body_start..body_end;
+                        fast::secondary_completes_pair(flow, s, buffer, body, &mut sink)
+                    }
                 };
-                if done {
-                    #[cfg(test)]
-                    {
-                        self.fast_hits += 1;
+                match done {
+                    Ok(()) => {
+                        #[cfg(test)]
+                        {
+                            self.fast_hits += 1;
+                        }
+                        if side == Side::Secondary {
+                            self.send_window_update(idx);
+                        }
+                        self.after_frame(idx);
+                        return;
                     }
-                    let mut buffer = buffer;
-                    if side == Side::Primary {
-                        sink.clamp(&mut flow.tcp.windows, &mut flow.update, &mut buffer, s);
-                    }
-                    sink.matched_unheld(side, buffer, body_end - body_start);
-                    if side == Side::Secondary {
-                        self.send_window_update(idx);
-                    }
-                    self.after_frame(idx);
-                    return;
+                    Err(buffer) => frame = Some(buffer),
                 }
-                frame = Some(buffer);
             }
             match (side, arrival) {
                 (_, Ok(s)) => seg = Some(s),
@@ -726,8 +735,9 @@ impl Comparator {
                 if let Some(seg) = held.tcp {
                     flushed_end = Some(flushed_end.map_or(seg.end, |e| e.max_seq(seg.end)));
                     if kind == Flush::Checkpoint {
+                        let bound = flow.history_bound;
                         flow.history
-                            .record(seg.seq, held.body(), flow.history_bound);
+                            .record(seg.seq, held.body(), bound, &mut self.spare);
                     }
                 }
                 self.scratch.push((held.id, held.frame));

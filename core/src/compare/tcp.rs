@@ -535,7 +535,7 @@ pub(crate) fn advance(flow: &mut Flow, sink: &mut Sink<'_>) -> Option<Miscompare
         }
         tcp.on_release(&seg);
         if let Some(mut p) = primary.pop_front() {
-            history.record(seg.seq, p.body(), *history_bound);
+            history.record(seg.seq, p.body(), *history_bound, sink.spare);
             sink.clamp(&mut tcp.windows, update, &mut p.frame, &seg);
             sink.release_matched(p);
         }

@@ -7,8 +7,11 @@
 //! stalls"): 1 MiB uploads through the pair stalled 1.8-3.3 s this way.
 //!
 //! So the flow keeps a template of the last primary segment released with a lowered window:
-//! its headers only, as a pure ACK (flags ACK, sequence number at the end of its payload,
-//! lengths and checksums fixed). When a secondary segment moves the secondary's edge and
+//! its headers only, made a pure ACK (flags ACK, sequence number at the end of its payload,
+//! lengths and checksums fixed) only when an update is about to be sent. On a flow whose
+//! secondary advertises less than the primary, every release is clamped and replaces the
+//! template, while updates are rare: the headers are copied per release, the pure ACK (two
+//! checksums and a parse) is built once per update. When a secondary segment moves the secondary's edge and
 //! min(primary's edge, secondary's edge), rounded down to the primary's scale unit, is now
 //! beyond what the client was told, the comparator releases the template with that window
 //! ([`CompareOutput::WindowUpdate`](super::CompareOutput::WindowUpdate)), as a receiver
@@ -35,19 +38,38 @@ const CHECKSUM_AT: usize = 16;
 /// The template of a flow's owed window update (see the module doc).
 #[derive(Debug, Default)]
 pub(crate) struct UpdateTemplate {
-    /// The pure ACK's headers (valid checksums); empty until a first clamp.
+    /// The released segment's headers (as released: its ACK number is the update's), made
+    /// the pure ACK by [`build`](Self::build) once `built`; empty until a first clamp.
     frame: Vec<u8>,
     /// Offset of its TCP header.
     l4: usize,
+    /// Sequence number at the end of the released segment's payload: the pure ACK's.
+    end: SeqNum,
     /// True while the client may be owed an update.
     live: bool,
+    /// `frame` is the pure ACK (valid checksums).
+    built: bool,
 }
 
 impl UpdateTemplate {
     /// A primary segment left through the clamp (`frame` as released, `seg` describing it):
-    /// with its window lowered it becomes the template, otherwise the debt ends.
+    /// with its window lowered its headers become the template, otherwise the debt ends.
     pub(crate) fn after_clamp(&mut self, lowered: bool, frame: &[u8], seg: &SegmentSeq) {
-        self.live = lowered && seg.control == 0 && self.build(frame, seg).is_some();
+        self.live = lowered && seg.control == 0 && self.keep(frame, seg).is_some();
+    }
+
+    /// Copies the headers of `frame` (up to the end of its TCP header).
+    #[inline]
+    fn keep(&mut self, frame: &[u8], seg: &SegmentSeq) -> Option<()> {
+        let l4 = usize::from(seg.l4);
+        let header_len = usize::from(frame.get(l4 + 12)? >> 4) * 4;
+        let headers = frame.get(..l4 + header_len)?;
+        self.frame.clear();
+        self.frame.extend_from_slice(headers);
+        self.l4 = l4;
+        self.end = seg.end;
+        self.built = false;
+        Some(())
     }
 
     /// True while an update may be owed.
@@ -61,14 +83,13 @@ impl UpdateTemplate {
         self.live = false;
     }
 
-    /// Makes `frame`'s headers a pure ACK at the end of `seg`'s payload.
-    fn build(&mut self, frame: &[u8], seg: &SegmentSeq) -> Option<()> {
-        let l4 = usize::from(seg.l4);
-        let header_len = usize::from(frame.get(l4 + 12)? >> 4) * 4;
-        let end = l4 + header_len;
-        let (_, ethertype, l3) = ethernet(frame).ok()?;
-        self.frame.clear();
-        self.frame.extend_from_slice(frame.get(..end)?);
+    /// Makes the kept headers a pure ACK at the end of the released segment's payload;
+    /// `None` if they cannot be (an IPv6 header with extensions, an unreadable copy), and then
+    /// no update is owed.
+    fn build(&mut self) -> Option<()> {
+        let (l4, end) = (self.l4, self.frame.len());
+        let header_len = end - l4;
+        let (_, ethertype, l3) = ethernet(&self.frame).ok()?;
         let f = &mut self.frame;
         match ethertype {
             ETHERTYPE_IPV4 => {
@@ -83,24 +104,34 @@ impl UpdateTemplate {
             }
             _ => return None,
         }
-        f[l4 + SEQ_AT..l4 + SEQ_AT + 4].copy_from_slice(&seg.end.0.to_be_bytes());
+        f[l4 + SEQ_AT..l4 + SEQ_AT + 4].copy_from_slice(&self.end.0.to_be_bytes());
         f[l4 + FLAGS_AT] = tcp_flags::ACK;
         let classified = classify(f).ok()?;
         if !matches!(classified.kind, Kind::Tcp(_)) {
             return None;
         }
         fill_l4(f, &classified).then_some(())?;
-        self.l4 = l4;
+        self.built = true;
         Some(())
     }
 
-    /// The ACK number of the template, while an update may be owed.
+    /// The ACK number of the template, while an update may be owed (building does not change
+    /// it).
     fn ack(&self) -> Option<SeqNum> {
         if !self.live {
             return None;
         }
         let t = self.frame.get(self.l4 + ACK_AT..self.l4 + ACK_AT + 4)?;
         Some(SeqNum(u32::from_be_bytes([t[0], t[1], t[2], t[3]])))
+    }
+
+    /// Builds the pure ACK if not done yet; a template that cannot be built ends the debt
+    /// (as if the segment had never become one).
+    fn ready(&mut self) -> bool {
+        if self.live && !self.built && self.build().is_none() {
+            self.live = false;
+        }
+        self.live
     }
 
     /// The template with window field `window`, in `buffer` (cleared here).
@@ -128,6 +159,9 @@ impl super::Comparator {
         let Some(window) = flow.tcp.windows.owed_window(ack) else {
             return;
         };
+        if !flow.update.ready() {
+            return;
+        }
         flow.tcp.windows.note_update(ack, window);
         let frame = flow
             .update

@@ -6,6 +6,7 @@
 mod control;
 mod datagrams;
 mod differential;
+mod history;
 mod props;
 mod rules;
 mod tcp_rules;

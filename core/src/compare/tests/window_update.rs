@@ -122,6 +122,32 @@ fn a_data_segment_released_clamped_leaves_an_update_after_its_payload() {
 }
 
 #[test]
+fn the_update_follows_the_last_of_many_clamped_releases_and_is_sent_again_rebuilt() {
+    // Every reply leaves clamped (the secondary's window is smaller, its edge unmoved) and
+    // replaces the kept headers; only the last one's become the update, after its payload.
+    let mut c = comparator();
+    for i in 0..3u32 {
+        let (at, ack) = (100 + 5 * i, 720);
+        c.handle_secondary(t(i.into()), seg(at, ack, 1000, b"reply"));
+        c.handle_primary(t(i.into()), seg(at, ack, 8192, b"reply"));
+        let out = settle(&mut c);
+        assert_eq!(releases(&out).len(), 1);
+        assert!(updates(&out).is_empty());
+    }
+    c.handle_secondary(t(5), seg(115, 720, 4000, &[]));
+    let sent = updates(&settle(&mut c));
+    assert_eq!(sent.len(), 1);
+    let info = checked(&sent[0]);
+    assert_eq!((info.seq.0, info.ack.0, info.window), (115, 720, 4000));
+    // A second opening reuses the pure ACK already built, with the new window.
+    c.handle_secondary(t(6), seg(115, 720, 8192, &[]));
+    let sent = updates(&settle(&mut c));
+    assert_eq!(sent.len(), 1);
+    let info = checked(&sent[0]);
+    assert_eq!((info.seq.0, info.ack.0, info.window), (115, 720, 8192));
+}
+
+#[test]
 fn an_unclamped_release_or_a_new_connection_ends_the_debt() {
     let mut c = clamped_to_zero(Headers::default());
     // The primary's next ACK waits for the secondary's, then leaves unclamped.
