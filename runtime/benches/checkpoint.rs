@@ -457,10 +457,11 @@ fn peer_send_pages(c: &mut Criterion) {
         group.bench_function(name, |bench| {
             bench.iter(|| {
                 let sent = writer
-                    .send_pages(&mem, &ranges, |batch, ranges| Message::PageBatch {
+                    .send_pages(&mem, &ranges, |batch, ranges, zero| Message::PageBatch {
                         epoch: Epoch(1),
                         batch,
                         ranges,
+                        zero,
                     })
                     .unwrap();
                 writer
