@@ -10,8 +10,8 @@ use std::hint::black_box;
 
 use colo_core::ids::{Epoch, NicId, PageRange, Term};
 use colo_core::wire::{
-    FrameDecoder, FrameMac, Limits, Message, PAGE_SIZE, decode, decode_sealed, encode, encode_head,
-    encode_head_sealed, encode_sealed,
+    FrameDecoder, FrameMac, Limits, Message, PAGE_SIZE, ZeroPages, decode, decode_sealed, encode,
+    encode_head, encode_head_sealed, encode_sealed,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -107,6 +107,7 @@ fn page_batch(c: &mut Criterion) {
         epoch: Epoch(1),
         batch: 0,
         ranges,
+        zero: ZeroPages::none(4096),
     };
     let bulk = vec![0x5au8; (4096 * PAGE_SIZE) as usize];
     let mut frame = Vec::new();

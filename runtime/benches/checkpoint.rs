@@ -7,7 +7,8 @@
 //! merging of scattered runs (`dirty_table`, no KVM), and the dirty-log harvest over the whole
 //! memory, and the peer link's page path (`peer_send_pages`: 16 MiB of guest pages from guest
 //! memory through `PeerWriter::send_pages`, loopback TCP and a reader thread's decoder, plain
-//! and with the authenticated link's MAC on both ends). Results and their reading:
+//! and with the authenticated link's MAC on both ends; pages with data, half of them zero, all
+//! zero; and the memcpy of the same pages in the same run). Results and their reading:
 //! docs/benchmarks.md, "VMM".
 //!
 //! The guest rewrites a working set of N pages every step; before each timed checkpoint it
@@ -392,7 +393,9 @@ fn dirty_table(c: &mut Criterion) {
 }
 
 /// 16 MiB of guest pages over loopback TCP from guest memory to a decoding reader thread, plain
-/// and sealed (BLAKE3 keyed MAC hashed as the pages stream, verified before delivery).
+/// and sealed (BLAKE3 keyed MAC hashed as the pages stream, verified before delivery), with
+/// every page holding data, with every second page zero and with every page zero (zero pages
+/// travel as a bit in the frame's map); and the memcpy of the same pages in the same run.
 fn peer_send_pages(c: &mut Criterion) {
     use colo_core::ids::{Epoch, PageRange};
     use colo_core::wire::auth::{Nonces, session};
@@ -403,20 +406,34 @@ fn peer_send_pages(c: &mut Criterion) {
 
     const PAGES: u64 = 4096;
     let mem = colo_runtime::vmm::memory::create(MEM_MIB << 20).expect("guest memory");
-    // Every other page of the first 32 MiB, with distinct bytes.
-    let ranges: Vec<PageRange> = (0..PAGES)
-        .map(|i| PageRange {
-            first: i * 2,
-            count: 1,
-        })
-        .collect();
-    for r in &ranges {
-        mem.write_slice(&[r.first as u8; PAGE], GuestAddress(r.first * PAGE as u64))
+    // Every other page of the first 32 MiB, with distinct bytes; the same pattern 32 MiB up
+    // with every second page of it left zero, and 64 MiB up with all of them zero.
+    let ranges_at = |base: u64| -> Vec<PageRange> {
+        (0..PAGES)
+            .map(|i| PageRange {
+                first: base + i * 2,
+                count: 1,
+            })
+            .collect()
+    };
+    let (data, half, zero) = (ranges_at(0), ranges_at(8192), ranges_at(16384));
+    for (i, r) in data.iter().chain(half.iter().step_by(2)).enumerate() {
+        mem.write_slice(&[i as u8 | 1; PAGE], GuestAddress(r.first * PAGE as u64))
             .unwrap();
     }
     let mut group = c.benchmark_group("peer_send_pages_16MiB");
     group.throughput(Throughput::Bytes(PAGES * PAGE as u64));
     group.sample_size(20);
+    let mut copy = vec![0u8; (PAGES as usize) * PAGE];
+    group.bench_function("memcpy", |bench| {
+        bench.iter(|| {
+            for (r, to) in data.iter().zip(copy.chunks_exact_mut(PAGE)) {
+                mem.read_slice(to, GuestAddress(r.first * PAGE as u64))
+                    .unwrap();
+            }
+            black_box(&copy);
+        })
+    });
     for sealed in [false, true] {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -453,30 +470,33 @@ fn peer_send_pages(c: &mut Criterion) {
                 true
             });
         });
-        let name = if sealed { "sealed" } else { "plain" };
-        group.bench_function(name, |bench| {
-            bench.iter(|| {
-                let sent = writer
-                    .send_pages(&mem, &ranges, |batch, ranges| Message::PageBatch {
-                        epoch: Epoch(1),
-                        batch,
-                        ranges,
-                    })
-                    .unwrap();
-                writer
-                    .send(
-                        &Message::CheckpointSent {
+        let link = if sealed { "sealed" } else { "plain" };
+        for (pages, what) in [(&data, ""), (&half, "_half_zero"), (&zero, "_all_zero")] {
+            group.bench_function(format!("{link}{what}"), |bench| {
+                bench.iter(|| {
+                    let sent = writer
+                        .send_pages(&mem, pages, |batch, ranges, zero| Message::PageBatch {
                             epoch: Epoch(1),
-                            batches: sent.batches,
-                            pages: sent.pages,
-                            bytes: sent.bytes,
-                        },
-                        &[],
-                    )
-                    .unwrap();
-                assert_eq!(done.recv().unwrap(), sent.bytes);
-            })
-        });
+                            batch,
+                            ranges,
+                            zero,
+                        })
+                        .unwrap();
+                    writer
+                        .send(
+                            &Message::CheckpointSent {
+                                epoch: Epoch(1),
+                                batches: sent.batches,
+                                pages: sent.pages,
+                                bytes: sent.bytes,
+                            },
+                            &[],
+                        )
+                        .unwrap();
+                    assert_eq!(done.recv().unwrap(), sent.bytes);
+                })
+            });
+        }
         writer.close();
     }
     group.finish();

@@ -28,7 +28,7 @@ use colo_core::node::{
 use colo_core::rewrite::Phase as RewritePhase;
 use colo_core::time::{Duration, Instant};
 use colo_core::wire::message::WriteId;
-use colo_core::wire::{Message, PAGE_SIZE};
+use colo_core::wire::{Message, PAGE_SIZE, ZeroPages};
 
 use crate::guest::Guest;
 use crate::guest::disk::{BLOCK_SIZE, DiskWrite};
@@ -578,6 +578,7 @@ impl SimHost {
                         first: 0,
                         count: MEMORY_PAGES,
                     }],
+                    zero: ZeroPages::none(MEMORY_PAGES),
                 };
                 let disk = Message::SyncDisk {
                     term,

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::ids::{CheckpointReason, Epoch};
 use crate::time::{Duration, Instant};
-use crate::wire::message::{AbortReason, Message, PAGE_SIZE};
+use crate::wire::message::{AbortReason, Message};
 
 /// Where the secondary's checkpoint stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,7 +243,8 @@ impl SecondaryCheckpointer {
                     let pages = ranges
                         .iter()
                         .fold(0u64, |acc, r| acc.saturating_add(r.count));
-                    if pages.saturating_mul(PAGE_SIZE) != bulk_len {
+                    // Pages the zero map marks are counted but carry no bulk.
+                    if !message.bulk_rule().allows(bulk_len) {
                         return self.protocol_error(now, message, m_epoch);
                     }
                     self.batches += 1;

@@ -18,6 +18,7 @@ use crate::checkpoint::{
 use crate::ids::{CheckpointReason, Epoch, PageRange};
 use crate::time::{Duration, Instant};
 use crate::wire::message::{AbortReason, Message, PAGE_SIZE};
+use crate::wire::zero::ZeroPages;
 
 /// Reads the input a byte at a time; the end of input reads as zeros.
 struct Bytes<'a>(&'a [u8]);
@@ -149,6 +150,7 @@ impl Harness {
                         epoch,
                         batch,
                         ranges: vec![*r],
+                        zero: ZeroPages::none(r.count),
                     };
                     self.p2s.push_back((m, r.count.saturating_mul(PAGE_SIZE)));
                     pages = pages.saturating_add(r.count);
@@ -205,12 +207,17 @@ fn message(b: &mut Bytes<'_>) -> (Message, u64) {
         ),
         1 => {
             let count = u64::from(b.u8() % 4);
+            // Some pages of the batch zero (left out of the bulk), chosen by the input.
+            let zeros = b.u8();
+            let zero = ZeroPages::from_flags((0..count).map(|i| zeros & (1 << i) != 0));
+            let sent = count - zero.count();
             let m = Message::PageBatch {
                 epoch,
                 batch: u32::from(b.u8() % 4),
                 ranges: vec![PageRange { first: 0, count }],
+                zero,
             };
-            (m, count * PAGE_SIZE)
+            (m, sent * PAGE_SIZE)
         }
         2 => (Message::DeviceState { epoch }, u64::from(b.u8())),
         3 => (

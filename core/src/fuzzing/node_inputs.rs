@@ -21,7 +21,7 @@ use crate::node::{
     OutBulk, Output, PeerBulk, SyncCommand,
 };
 use crate::time::{Duration, Instant};
-use crate::wire::{AbortReason, DiskResult, GoodbyeReason, Message, PAGE_SIZE, WriteId};
+use crate::wire::{AbortReason, DiskResult, GoodbyeReason, Message, PAGE_SIZE, WriteId, ZeroPages};
 
 /// Reads the input a byte at a time; the end of input reads as zeros.
 struct Bytes<'a>(&'a [u8]);
@@ -194,21 +194,23 @@ impl World {
                 },
                 VmCommand::SendPages { epoch, ranges } => {
                     let pages: u64 = ranges.iter().map(|r| r.count).sum();
+                    // The batch's first page is a zero page: it is counted, not sent.
+                    let zero = ZeroPages::from_flags((0..pages).map(|i| i == 0));
+                    let bytes = (pages - zero.count()) * PAGE_SIZE;
                     self.hosts[other].inbox.push_back((
                         Message::PageBatch {
                             epoch,
                             batch: 0,
                             ranges,
+                            zero,
                         },
-                        PeerBulk::Stored {
-                            len: pages * PAGE_SIZE,
-                        },
+                        PeerBulk::Stored { len: bytes },
                     ));
                     VmCompletion::PagesSent {
                         epoch,
                         batches: 1,
                         pages,
-                        bytes: pages * PAGE_SIZE,
+                        bytes,
                     }
                 }
                 VmCommand::SaveDeviceState { epoch } => {
@@ -232,13 +234,15 @@ impl World {
         let other = 1 - h;
         let mem = 4 * PAGE_SIZE;
         let ranges = vec![PageRange { first: 0, count: 4 }];
+        // Pages 1 and 3 are zero: the bulk carries pages 0 and 2 only.
         self.hosts[other].inbox.push_back((
             Message::SyncPages {
                 term,
                 batch: 0,
                 ranges,
+                zero: ZeroPages::from_flags([false, true, false, true]),
             },
-            PeerBulk::Stored { len: mem },
+            PeerBulk::Stored { len: 2 * PAGE_SIZE },
         ));
         self.hosts[other].inbox.push_back((
             Message::SyncDisk {
@@ -297,14 +301,15 @@ impl World {
                 reason: REASONS[usize::from(b.u8()) % REASONS.len()],
             },
             6 => Message::CheckpointReady { epoch },
-            7 => Message::PageBatch {
-                epoch,
-                batch: u32::from(b.u8() % 3),
-                ranges: vec![PageRange {
-                    first: 0,
-                    count: u64::from(b.u8() % 3),
-                }],
-            },
+            7 => {
+                let count = u64::from(b.u8() % 3);
+                Message::PageBatch {
+                    epoch,
+                    batch: u32::from(b.u8() % 3),
+                    ranges: vec![PageRange { first: 0, count }],
+                    zero: ZeroPages::none(count),
+                }
+            }
             8 => Message::DeviceState { epoch },
             9 => Message::CheckpointSent {
                 epoch,
@@ -551,13 +556,15 @@ fn run_world(data: &[u8]) -> World {
                 if let Some(term) = w.hosts[h].syncs.pop_front() {
                     let other = 1 - h;
                     let mem = 4 * PAGE_SIZE;
+                    // Page 2 is zero: three pages of bulk for four pages of memory.
                     w.hosts[other].inbox.push_back((
                         Message::SyncPages {
                             term,
                             batch: 0,
                             ranges: vec![PageRange { first: 0, count: 4 }],
+                            zero: ZeroPages::from_flags([false, false, true, false]),
                         },
-                        PeerBulk::Stored { len: mem },
+                        PeerBulk::Stored { len: 3 * PAGE_SIZE },
                     ));
                     w.hosts[other].inbox.push_back((
                         Message::SyncDisk {

@@ -223,6 +223,7 @@ enum Side {
 ///                             term,
 ///                             batch: 0,
 ///                             ranges: vec![PageRange { first: 0, count: pages }],
+///                             zero: colo_core::wire::ZeroPages::none(pages),
 ///                         },
 ///                         bulk: PeerBulk::Stored { len: pages * PAGE_SIZE },
 ///                     }));

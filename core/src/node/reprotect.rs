@@ -20,7 +20,7 @@ use super::{Event, Node, Output, Phase, ProtocolViolation, Side, SyncCommand};
 use crate::failover::Mode;
 use crate::ids::{Epoch, Term};
 use crate::time::Instant;
-use crate::wire::{GoodbyeReason, Message};
+use crate::wire::{GoodbyeReason, Message, PAGE_SIZE};
 
 /// The copy in progress (either side).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,8 +179,13 @@ impl Node {
             Message::SyncPages { .. } | Message::SyncDisk { .. } if !sync.started => {
                 self.protocol_error(m.kind(), ProtocolViolation::UnexpectedInPhase);
             }
-            Message::SyncPages { .. } => {
-                sync.memory_done = sync.memory_done.saturating_add(bulk_len);
+            Message::SyncPages { ranges, .. } => {
+                // Guest memory covered, zero pages included (they carry no bulk).
+                let pages = ranges
+                    .iter()
+                    .fold(0u64, |acc, r| acc.saturating_add(r.count));
+                let covered = pages.saturating_mul(PAGE_SIZE);
+                sync.memory_done = sync.memory_done.saturating_add(covered);
                 self.maybe_report_progress(false);
             }
             Message::SyncDisk { .. } => {

@@ -7,6 +7,7 @@
 //! the link: a byte stream that produced one has lost framing, so the link must be reset.
 
 use super::message::{BulkRule, MessageKind};
+use super::zero::ZeroMapFault;
 
 /// Why bytes on the link are not a valid frame, or why a frame cannot be encoded.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
@@ -109,5 +110,16 @@ pub enum WireError {
         len: u64,
         /// The rule the message sets.
         rule: BulkRule,
+    },
+    /// A page-carrying message's zero map does not fit its page count (wrong length, or a bit
+    /// set past its last page): the bulk it announces cannot be known.
+    #[error("{kind} message covers {pages} pages but its zero-page map does not fit them: {fault}")]
+    ZeroMapMismatch {
+        /// The message's kind.
+        kind: MessageKind,
+        /// The pages its ranges cover (saturating).
+        pages: u64,
+        /// What is wrong with the map.
+        fault: ZeroMapFault,
     },
 }

@@ -287,6 +287,19 @@ pub(crate) fn decode_with<'a>(
 }
 
 fn check_bulk(message: &Message, len: usize) -> Result<(), WireError> {
+    if let Some((ranges, zero)) = message.pages() {
+        // The map must fit the ranges before the bulk rule (which counts it) means anything.
+        let pages = ranges
+            .iter()
+            .fold(0u64, |pages, r| pages.saturating_add(r.count));
+        if let Err(fault) = zero.check(pages) {
+            return Err(WireError::ZeroMapMismatch {
+                kind: message.kind(),
+                pages,
+                fault,
+            });
+        }
+    }
     let rule = message.bulk_rule();
     let len = len as u64;
     if rule.allows(len) {

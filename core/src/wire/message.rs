@@ -17,14 +17,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::zero::ZeroPages;
 use crate::ids::{CheckpointReason, ClusterId, Epoch, NicId, NodeId, PageRange, Role, Term};
 
 /// The protocol version this build speaks. It travels in every frame header (so a peer speaking
 /// another version is detected before its message is decoded) and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The guest page size the page-carrying messages use: [`Message::PageBatch`] and
-/// [`Message::SyncPages`] carry exactly `PAGE_SIZE` bytes per page of their ranges. x86 dirty
+/// [`Message::SyncPages`] carry exactly `PAGE_SIZE` bytes per page of their ranges that their
+/// [`ZeroPages`] map does not mark zero. x86 dirty
 /// logging (KVM's `KVM_GET_DIRTY_LOG`) tracks 4 KiB pages even when the guest uses huge pages.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -265,8 +267,8 @@ pub enum Message {
         epoch: Epoch,
     },
     /// P -> S, + bulk: dirty pages of `epoch`, exactly [`PAGE_SIZE`] bytes per page of
-    /// `ranges`, in range order. Pages land in the secondary's RAM cache, never straight in SVM
-    /// memory (QEMU's colo_cache).
+    /// `ranges` that `zero` does not mark, in range order. Pages land in the secondary's RAM
+    /// cache, never straight in SVM memory (QEMU's colo_cache).
     PageBatch {
         /// The checkpoint the pages belong to.
         epoch: Epoch,
@@ -274,6 +276,8 @@ pub enum Message {
         batch: u32,
         /// The pages in this batch.
         ranges: Vec<PageRange>,
+        /// Which pages of `ranges` (counted in order) are all-zero and not in the bulk.
+        zero: ZeroPages,
     },
     /// P -> S, + bulk: the PVM's saved device state for `epoch` (vCPUs, irqchip, timers,
     /// devices), an opaque blob to the codec.
@@ -406,7 +410,8 @@ pub enum Message {
     },
 
     // ---- Re-protection bulk (added after the table above; keep new variants last) -------------
-    /// P -> S, + bulk: guest pages of the re-protection copy, [`PAGE_SIZE`] bytes per page.
+    /// P -> S, + bulk: guest pages of the re-protection copy, [`PAGE_SIZE`] bytes per page
+    /// that `zero` does not mark.
     SyncPages {
         /// The term the re-protection belongs to.
         term: Term,
@@ -414,6 +419,8 @@ pub enum Message {
         batch: u32,
         /// The pages in this batch.
         ranges: Vec<PageRange>,
+        /// Which pages of `ranges` (counted in order) are all-zero and not in the bulk.
+        zero: ZeroPages,
     },
     /// P -> S, + bulk: a chunk of the re-protection disk copy, exactly `len` bytes.
     SyncDisk {
@@ -580,12 +587,19 @@ impl core::fmt::Display for MessageKind {
     }
 }
 
-/// Bytes of bulk that `ranges` of whole pages occupy, `None` on overflow (a lying header).
-fn pages_bulk_len(ranges: &[PageRange]) -> Option<u64> {
+/// Pages `ranges` cover, `None` on overflow (a lying header).
+pub fn pages_in(ranges: &[PageRange]) -> Option<u64> {
     ranges
         .iter()
-        .try_fold(0u64, |pages, r| pages.checked_add(r.count))?
-        .checked_mul(PAGE_SIZE)
+        .try_fold(0u64, |pages, r| pages.checked_add(r.count))
+}
+
+/// Bytes of bulk the pages of `ranges` that `zero` does not mark occupy; `None` on overflow or
+/// a map that does not fit the ranges (a lying header).
+fn pages_bulk_len(ranges: &[PageRange], zero: &ZeroPages) -> Option<u64> {
+    let pages = pages_in(ranges)?;
+    let zero = zero.check(pages).ok()?;
+    (pages - zero).checked_mul(PAGE_SIZE)
 }
 
 impl Message {
@@ -631,13 +645,24 @@ impl Message {
             Message::MirroredFrame { .. }
             | Message::SecondaryOutput { .. }
             | Message::DeviceState { .. } => BulkRule::Any,
-            Message::PageBatch { ranges, .. } | Message::SyncPages { ranges, .. } => {
-                BulkRule::Exact(pages_bulk_len(ranges))
+            Message::PageBatch { ranges, zero, .. } | Message::SyncPages { ranges, zero, .. } => {
+                BulkRule::Exact(pages_bulk_len(ranges, zero))
             }
             Message::DiskWrite { len, .. } | Message::SyncDisk { len, .. } => {
                 BulkRule::Exact(Some(u64::from(*len)))
             }
             _ => BulkRule::None,
+        }
+    }
+
+    /// The ranges and zero map of a page-carrying message ([`Message::PageBatch`],
+    /// [`Message::SyncPages`]).
+    pub fn pages(&self) -> Option<(&[PageRange], &ZeroPages)> {
+        match self {
+            Message::PageBatch { ranges, zero, .. } | Message::SyncPages { ranges, zero, .. } => {
+                Some((ranges, zero))
+            }
+            _ => None,
         }
     }
 

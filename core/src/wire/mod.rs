@@ -6,6 +6,7 @@
 //!   [`encode_head`] for bulk the runtime sends itself.
 //! - [`decoder`]: [`FrameDecoder`], which reassembles frames from arbitrary chunks.
 //! - [`error`]: [`WireError`], one variant per way bytes can fail to be a frame.
+//! - [`zero`]: the zero-page map of page-carrying frames ([`ZeroPages`]) and the sender's scan.
 //! - [`auth`]: the pair key's handshake and the per-frame MAC of an authenticated link
 //!   ([`encode_sealed`], [`decode_sealed`], [`FrameDecoder::sealed`]).
 //! - `codec` (private): the bincode configuration, the only place that names bincode.
@@ -44,6 +45,7 @@ pub mod decoder;
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod zero;
 
 #[cfg(test)]
 mod tests;
@@ -59,5 +61,6 @@ pub use frame::{
 };
 pub use message::{
     AbortReason, BulkRule, Direction, DiskResult, GoodbyeReason, HelloRejectReason, Message,
-    MessageKind, PAGE_SIZE, PAGES_PER_BATCH, PROTOCOL_VERSION, WriteId,
+    MessageKind, PAGE_SIZE, PAGES_PER_BATCH, PROTOCOL_VERSION, WriteId, pages_in,
 };
+pub use zero::{ZeroMapFault, ZeroPages, is_zero_page};

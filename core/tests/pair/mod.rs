@@ -31,7 +31,7 @@ use colo_core::node::{
     OutBulk, Output, PeerBulk, SyncCommand,
 };
 use colo_core::time::{Duration, Instant};
-use colo_core::wire::{Message, PAGE_SIZE};
+use colo_core::wire::{Message, PAGE_SIZE, ZeroPages};
 use guest::Guest;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -412,7 +412,9 @@ impl Pair {
                 }
             }
             Output::Sync(SyncCommand::SendAll { term }) => {
-                let mem_pages = 64;
+                // A mostly-empty guest: only its first 8 pages hold data, the zero ones are
+                // counted as copied memory without bulk.
+                let (mem_pages, data_pages) = (64, 8);
                 self.send_peer(
                     h,
                     Message::SyncPages {
@@ -422,9 +424,10 @@ impl Pair {
                             first: 0,
                             count: mem_pages,
                         }],
+                        zero: ZeroPages::from_flags((0..mem_pages).map(|i| i >= data_pages)),
                     },
                     PeerBulk::Stored {
-                        len: mem_pages * PAGE_SIZE,
+                        len: data_pages * PAGE_SIZE,
                     },
                 );
                 self.send_peer(
@@ -574,6 +577,7 @@ impl Pair {
                         epoch,
                         batch: 0,
                         ranges,
+                        zero: ZeroPages::none(pages),
                     },
                     PeerBulk::Stored {
                         len: pages * PAGE_SIZE,

@@ -173,10 +173,14 @@ pub enum Milestone {
     },
     /// The primary side wrote the whole full copy on the link.
     SyncSent {
-        /// Memory bytes sent.
+        /// Guest memory bytes copied (zero pages included).
         memory_bytes: u64,
         /// Disk bytes sent.
         disk_bytes: u64,
+        /// Pages of the memory copy sent as zero pages (marked, no bulk): the link carried
+        /// `memory_bytes - zero_pages * 4096` bytes of pages. 0 in streams of older nodes.
+        #[serde(default)]
+        zero_pages: u64,
     },
     /// A re-protection completed: the pair protects the guest again from `epoch`.
     Reprotected {

@@ -190,7 +190,7 @@ impl NodeMetrics {
         );
         r.register(
             "sync_memory_bytes",
-            "Memory bytes sent by the last initial copy or re-protection",
+            "Guest memory bytes copied by the last initial copy or re-protection (zero pages included)",
             m.sync_memory_bytes.clone(),
         );
         r.register(

@@ -2,7 +2,8 @@
 //! (QEMU's `colo_cache`) and the apply that turns a paused SVM into the PVM's checkpoint.
 //!
 //! Pages streamed by the primary never touch SVM memory on arrival: they land in the
-//! [`RamCache`] and are marked received. [`apply_checkpoint`] then copies, while the SVM is
+//! [`RamCache`] and are marked received (a page the frame's zero map marks is stored as zeros:
+//! the primary sends no bytes for it). [`apply_checkpoint`] then copies, while the SVM is
 //! paused, every page dirtied by either side since the last apply (received into the cache, or
 //! written by the SVM itself) from the cache into SVM memory, and loads the device state.
 //!
@@ -11,13 +12,14 @@
 //! "Checkpoint in the real runtime"). A failed apply leaves the SVM a copy of no checkpoint
 //! (the SVM's own dirty log was already read): the node must never run it as one, which the
 //! core ensures (a secondary whose apply failed gives up its state and stops). A refused
-//! store (ranges outside memory, wrong length) stores nothing.
+//! store (ranges outside memory, a zero map that does not fit, wrong length) stores nothing.
 
 use crate::vmm::layout::PAGE_SIZE;
 use crate::vmm::machine::{Machine, MachineError};
 use crate::vmm::memory::DirtyPages;
 use crate::vmm::persist::DeviceState;
 use colo_core::ids::PageRange;
+use colo_core::wire::{ZeroMapFault, ZeroPages, is_zero_page};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Pages the peer sent that the cache refuses (the peer's fault: nothing is stored).
@@ -33,8 +35,16 @@ pub enum CacheError {
         /// Pages of guest memory.
         pages: u64,
     },
-    /// The bulk's length does not match the ranges.
-    #[error("{got} bulk bytes for ranges covering {expected}")]
+    /// The zero-page map does not fit the ranges' page count.
+    #[error("zero-page map for {pages} pages: {fault}")]
+    ZeroMap {
+        /// Pages the ranges cover.
+        pages: u64,
+        /// What is wrong with the map.
+        fault: ZeroMapFault,
+    },
+    /// The bulk's length does not match the ranges' pages that are not zero pages.
+    #[error("{got} bulk bytes for ranges carrying {expected}")]
     WrongLength {
         /// Bytes the ranges cover.
         expected: u64,
@@ -81,10 +91,17 @@ impl RamCache {
         }
     }
 
-    /// Stores `data` (pages of `ranges`, concatenated) and marks them. Ranges outside guest
-    /// memory or a length mismatch are the peer's fault: an error, nothing stored.
-    pub fn store(&mut self, ranges: &[PageRange], data: &[u8]) -> Result<(), CacheError> {
-        let mut expected = 0u64;
+    /// Stores the pages of `ranges` and marks them: those `zero` marks as zeros, the others
+    /// from `data` (their bytes, concatenated in order). Ranges outside guest memory, a map
+    /// that does not fit the ranges or a length mismatch are the peer's fault: an error,
+    /// nothing stored.
+    pub fn store(
+        &mut self,
+        ranges: &[PageRange],
+        zero: &ZeroPages,
+        data: &[u8],
+    ) -> Result<(), CacheError> {
+        let mut pages = 0u64;
         for r in ranges {
             if r.first
                 .checked_add(r.count)
@@ -96,22 +113,38 @@ impl RamCache {
                     pages: self.pages,
                 });
             }
-            expected += r.count * PAGE_SIZE;
+            // No overflow: every range lies inside memory, so their sum fits a u64 for any
+            // realistic count of ranges (and saturates otherwise, failing the map check).
+            pages = pages.saturating_add(r.count);
         }
+        let zero_pages = zero
+            .check(pages)
+            .map_err(|fault| CacheError::ZeroMap { pages, fault })?;
+        let expected = (pages - zero_pages) * PAGE_SIZE;
         if expected != data.len() as u64 {
             return Err(CacheError::WrongLength {
                 expected,
                 got: data.len() as u64,
             });
         }
-        let mut at = 0usize;
+        let page_len = PAGE_SIZE as usize;
+        let (mut index, mut at) = (0u64, 0usize);
         for r in ranges {
-            let len = (r.count * PAGE_SIZE) as usize;
-            let start = (r.first * PAGE_SIZE) as usize;
-            self.bytes[start..start + len].copy_from_slice(&data[at..at + len]);
-            at += len;
             for page in r.first..r.end() {
+                let start = (page * PAGE_SIZE) as usize;
+                let into = &mut self.bytes[start..start + page_len];
+                if zero.is_zero(index) {
+                    // Reading an untouched page of the lazily mapped cache costs no memory;
+                    // writing it would allocate one for nothing.
+                    if !is_zero_page(into) {
+                        into.fill(0);
+                    }
+                } else {
+                    into.copy_from_slice(&data[at..at + page_len]);
+                    at += page_len;
+                }
                 self.received[(page / 64) as usize] |= 1 << (page % 64);
+                index += 1;
             }
         }
         Ok(())
@@ -188,7 +221,7 @@ mod tests {
             .map(|i| (i / PAGE_SIZE) as u8 + 1)
             .collect();
         cache
-            .store(&[range(2, 1), range(60, 2)], &data)
+            .store(&[range(2, 1), range(60, 2)], &ZeroPages::none(3), &data)
             .expect("in range");
         assert_eq!(cache.received().ranges(), &[range(2, 1), range(60, 2)]);
         let at = |page: u64| cache.bytes[(page * PAGE_SIZE) as usize];
@@ -207,7 +240,7 @@ mod tests {
         let mut cache = RamCache::new(64 * PAGE_SIZE);
         let page = vec![9u8; PAGE_SIZE as usize];
         assert_eq!(
-            cache.store(&[range(64, 1)], &page),
+            cache.store(&[range(64, 1)], &ZeroPages::none(1), &page),
             Err(CacheError::OutsideMemory {
                 first: 64,
                 count: 1,
@@ -215,14 +248,37 @@ mod tests {
             })
         );
         assert!(matches!(
-            cache.store(&[range(u64::MAX, 2)], &page),
+            cache.store(&[range(u64::MAX, 2)], &ZeroPages::none(2), &page),
             Err(CacheError::OutsideMemory { .. })
         ));
         assert_eq!(
-            cache.store(&[range(0, 2)], &page),
+            cache.store(&[range(0, 2)], &ZeroPages::none(2), &page),
             Err(CacheError::WrongLength {
                 expected: 2 * PAGE_SIZE,
                 got: PAGE_SIZE
+            })
+        );
+        assert_eq!(
+            cache.store(&[range(0, 2)], &ZeroPages::none(9), &page),
+            Err(CacheError::ZeroMap {
+                pages: 2,
+                fault: ZeroMapFault::Length {
+                    map_bytes: 2,
+                    expected_bytes: 1
+                }
+            })
+        );
+        // The map marks page 1 zero: the bulk must carry page 0 only.
+        let one_zero = ZeroPages::from_flags([false, true]);
+        assert_eq!(
+            cache.store(
+                &[range(0, 2)],
+                &one_zero,
+                &[page.clone(), page.clone()].concat()
+            ),
+            Err(CacheError::WrongLength {
+                expected: PAGE_SIZE,
+                got: 2 * PAGE_SIZE
             })
         );
         assert!(
@@ -230,5 +286,32 @@ mod tests {
             "a refused batch stores nothing"
         );
         assert!(cache.bytes.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn zero_pages_are_stored_as_zeros_and_marked_without_bulk() {
+        let mut cache = RamCache::new(16 * PAGE_SIZE);
+        let old = vec![0xeeu8; (4 * PAGE_SIZE) as usize];
+        cache
+            .store(&[range(4, 4)], &ZeroPages::none(4), &old)
+            .expect("in range");
+        cache.clear_received();
+        // Pages 4..8 held data; now 5 and 6 become zero, 4 and 7 get new data, and page 12
+        // (never written) is sent as a zero page too.
+        let data: Vec<u8> = [vec![1u8; PAGE_SIZE as usize], vec![2u8; PAGE_SIZE as usize]].concat();
+        let zero = ZeroPages::from_flags([false, true, true, false, true]);
+        cache
+            .store(&[range(4, 4), range(12, 1)], &zero, &data)
+            .expect("in range");
+        let page = |p: u64| &cache.bytes[(p * PAGE_SIZE) as usize..((p + 1) * PAGE_SIZE) as usize];
+        assert!(page(4).iter().all(|&b| b == 1));
+        assert!(page(5).iter().all(|&b| b == 0) && page(6).iter().all(|&b| b == 0));
+        assert!(page(7).iter().all(|&b| b == 2));
+        assert!(page(12).iter().all(|&b| b == 0));
+        assert_eq!(
+            cache.received().ranges(),
+            &[range(4, 4), range(12, 1)],
+            "zero pages are received pages: the apply copies them into the SVM"
+        );
     }
 }

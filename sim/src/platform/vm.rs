@@ -4,7 +4,8 @@
 //! Primary side: `Pause`/`Resume` take the configured latency (QEMU's `vm_stop` drains I/O);
 //! `CollectDirty` harvests the guest's dirty log (the `KVM_GET_DIRTY_LOG` contract: read and
 //! clear); `SendPages` streams `PageBatch` frames of at most [`PAGES_PER_BATCH`] pages, each
-//! `pages × 4096` bulk bytes, queued behind one another on the replication link at its
+//! `pages × 4096` bulk bytes (the simulated guest has no page contents, so no page is sent as
+//! a zero page), queued behind one another on the replication link at its
 //! bandwidth, and reports `PagesSent` when the last one has left; `SaveDeviceState` captures
 //! the guest (its snapshot rides on the `DeviceState` frame) and reports `DeviceStateSent`.
 //!
@@ -30,7 +31,7 @@ use std::collections::VecDeque;
 use colo_core::checkpoint::{VmCommand, VmCommandKind, VmCompletion};
 use colo_core::ids::{Epoch, PageRange};
 use colo_core::time::{Duration, Instant};
-use colo_core::wire::Message;
+use colo_core::wire::{Message, ZeroPages};
 
 use super::{Canary, ReplFrame};
 use crate::guest::{Guest, GuestSnapshot};
@@ -246,10 +247,13 @@ impl SimVm {
                     done = self.transmit(
                         now,
                         ReplFrame {
+                            // The simulated guest has no page contents: no page is known
+                            // to be zero, every one travels (the real link's worst case).
                             message: Message::PageBatch {
                                 epoch,
                                 batch: batches,
                                 ranges: chunk,
+                                zero: ZeroPages::none(n),
                             },
                             bulk_len: n * PAGE_SIZE,
                             snapshot: None,

@@ -6,6 +6,7 @@ use super::super::*;
 use crate::ids::{Epoch, PageRange};
 use crate::time::{Duration, Instant};
 use crate::wire::message::{Message, PAGE_SIZE};
+use crate::wire::zero::ZeroPages;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub(super) fn ms(n: u64) -> Instant {
@@ -170,25 +171,30 @@ impl Pair {
             },
             VmCommand::SendPages { epoch, ranges } => {
                 self.pages_ordered.insert(epoch, ranges.clone());
-                let mut pages = 0;
+                let (mut pages, mut bytes) = (0, 0);
                 for (batch, r) in ranges.iter().enumerate() {
                     let batch = batch as u32;
+                    // Every second page of a range is a zero page: counted, not carried.
+                    let zero = ZeroPages::from_flags((0..r.count).map(|i| i % 2 == 1));
+                    let bulk = (r.count - zero.count()) * PAGE_SIZE;
                     self.p2s.push_back((
                         Message::PageBatch {
                             epoch,
                             batch,
                             ranges: vec![*r],
+                            zero,
                         },
-                        r.count * PAGE_SIZE,
+                        bulk,
                     ));
                     pages += r.count;
+                    bytes += bulk;
                 }
                 self.batches_sent.insert(epoch, ranges.len() as u32);
                 VmCompletion::PagesSent {
                     epoch,
                     batches: ranges.len() as u32,
                     pages,
-                    bytes: pages * PAGE_SIZE,
+                    bytes,
                 }
             }
             VmCommand::SaveDeviceState { epoch } => {

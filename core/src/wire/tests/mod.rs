@@ -9,6 +9,7 @@ mod auth;
 mod props;
 mod rules;
 mod seeds;
+mod zero_pages;
 
 use proptest::prelude::*;
 
@@ -120,17 +121,19 @@ pub(super) fn examples() -> Vec<Message> {
             reason: CheckpointReason::Miscompare,
         },
         Message::CheckpointReady { epoch: Epoch(42) },
+        // Its second page is zero: two pages of bulk.
         Message::PageBatch {
             epoch: Epoch(42),
             batch: 0,
             ranges: ranges.clone(),
+            zero: ZeroPages::from_flags([false, true, false]),
         },
         Message::DeviceState { epoch: Epoch(42) },
         Message::CheckpointSent {
             epoch: Epoch(42),
             batches: 1,
             pages: 3,
-            bytes: 3 * PAGE_SIZE + 64,
+            bytes: 2 * PAGE_SIZE + 64,
         },
         Message::CheckpointReceived { epoch: Epoch(42) },
         Message::CheckpointLoaded { epoch: Epoch(42) },
@@ -188,6 +191,7 @@ pub(super) fn examples() -> Vec<Message> {
         Message::SyncPages {
             term: Term(4),
             batch: 9,
+            zero: ZeroPages::none(3),
             ranges,
         },
         Message::SyncDisk {
@@ -260,6 +264,12 @@ fn ranges() -> impl Strategy<Value = Vec<PageRange>> {
         (any::<u64>(), 0u64..3).prop_map(|(first, count)| PageRange { first, count }),
         0..4,
     )
+}
+
+/// A zero map for `ranges` whose page `i` is zero when bit `i % 64` of `bits` is set.
+fn zero_map(ranges: &[PageRange], bits: u64) -> ZeroPages {
+    let pages: u64 = ranges.iter().map(|r| r.count).sum();
+    ZeroPages::from_flags((0..pages).map(|i| bits & (1 << (i % 64)) != 0))
 }
 
 fn hello_reject_reason() -> impl Strategy<Value = HelloRejectReason> {
@@ -335,10 +345,11 @@ pub(super) fn message() -> BoxedStrategy<Message> {
         (epoch(), reason())
             .prop_map(|(epoch, reason)| Message::CheckpointRequest { epoch, reason }),
         epoch().prop_map(|epoch| Message::CheckpointReady { epoch }),
-        (epoch(), any::<u32>(), ranges()).prop_map(|(epoch, batch, ranges)| {
+        (epoch(), any::<u32>(), ranges(), any::<u64>()).prop_map(|(epoch, batch, ranges, z)| {
             Message::PageBatch {
                 epoch,
                 batch,
+                zero: zero_map(&ranges, z),
                 ranges,
             }
         }),
@@ -398,10 +409,11 @@ pub(super) fn message() -> BoxedStrategy<Message> {
                 current_term,
             }
         }),
-        (term(), any::<u32>(), ranges()).prop_map(|(term, batch, ranges)| {
+        (term(), any::<u32>(), ranges(), any::<u64>()).prop_map(|(term, batch, ranges, z)| {
             Message::SyncPages {
                 term,
                 batch,
+                zero: zero_map(&ranges, z),
                 ranges,
             }
         }),

@@ -290,8 +290,9 @@ fn disk_write_bulk_must_match_its_len() {
 
 #[test]
 fn page_batch_bulk_must_be_whole_pages_of_its_ranges() {
+    // The example batch covers three pages, one of them zero: two pages of bulk.
     let batch = examples()[10].clone();
-    let short = vec![0u8; 3 * PAGE_SIZE as usize - 1];
+    let short = vec![0u8; 2 * PAGE_SIZE as usize - 1];
     let frame = raw_frame(PROTOCOL_VERSION, 0, &message_bytes(&batch), &short);
     assert!(matches!(
         decode(&frame, &limits()),
@@ -311,23 +312,30 @@ fn page_count_overflow_matches_no_bulk() {
             },
             PageRange { first: 0, count: 2 },
         ],
+        zero: ZeroPages::none(0),
     };
     assert_eq!(lying.bulk_rule(), BulkRule::Exact(None));
-    let frame = raw_frame(PROTOCOL_VERSION, 0, &message_bytes_unchecked(&lying), &[]);
+    // No zero map can fit that many pages: the map check refuses the frame first.
+    let frame = raw_frame(PROTOCOL_VERSION, 0, &page_message_unchecked(&lying), &[]);
     assert!(matches!(
         decode(&frame, &limits()),
-        Err(WireError::BulkMismatch { .. })
+        Err(WireError::ZeroMapMismatch {
+            kind: MessageKind::PageBatch,
+            pages: u64::MAX,
+            ..
+        })
     ));
 }
 
-/// The message part of a page batch whose bulk rule no payload satisfies (the encoder refuses
-/// such a frame): the encoding of the same batch without ranges, with the sequence length and
-/// the `(first, count)` pairs written out by hand.
-fn message_bytes_unchecked(message: &Message) -> Vec<u8> {
+/// The message part of a page batch the encoder would refuse (its ranges or map do not fit
+/// any bulk): the encoding of the same batch without ranges and map, with the sequence lengths,
+/// the `(first, count)` pairs and the map bytes written out by hand.
+pub(super) fn page_message_unchecked(message: &Message) -> Vec<u8> {
     let Message::PageBatch {
         epoch,
         batch,
         ranges,
+        zero,
     } = message
     else {
         panic!("only page batches")
@@ -336,7 +344,9 @@ fn message_bytes_unchecked(message: &Message) -> Vec<u8> {
         epoch: *epoch,
         batch: *batch,
         ranges: Vec::new(),
+        zero: ZeroPages::none(0),
     });
+    assert_eq!(out.pop(), Some(0), "an empty map ends with its zero length");
     assert_eq!(
         out.pop(),
         Some(0),
@@ -347,6 +357,8 @@ fn message_bytes_unchecked(message: &Message) -> Vec<u8> {
         out.extend(varint(r.first));
         out.extend(varint(r.count));
     }
+    out.extend(varint(zero.as_bytes().len() as u64));
+    out.extend_from_slice(zero.as_bytes());
     out
 }
 
@@ -368,7 +380,9 @@ fn lying_range_count_ends_as_truncated() {
         epoch: Epoch(1),
         batch: 0,
         ranges: Vec::new(),
+        zero: ZeroPages::none(0),
     });
+    assert_eq!(body.pop(), Some(0));
     assert_eq!(body.pop(), Some(0));
     body.extend(varint(1 << 60));
     let frame = raw_frame(PROTOCOL_VERSION, 0, &body, &[]);

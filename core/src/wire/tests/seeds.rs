@@ -39,11 +39,14 @@ fn small_examples() -> Vec<Message> {
                 epoch,
                 batch,
                 ranges: one_page.clone(),
+                zero: ZeroPages::none(1),
             },
+            // A zero page: the frame carries no bulk for it.
             Message::SyncPages { term, batch, .. } => Message::SyncPages {
                 term,
                 batch,
                 ranges: one_page.clone(),
+                zero: ZeroPages::from_flags([true]),
             },
             Message::DiskWrite {
                 epoch,

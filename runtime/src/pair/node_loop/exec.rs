@@ -11,7 +11,7 @@ use crate::pair::events::Milestone;
 use crate::pair::progress::SyncProgress;
 use colo_core::checkpoint::VmCommand;
 use colo_core::node::{HaltReason, Input, NodeMode, OutBulk, Output, SyncCommand};
-use colo_core::wire::Message;
+use colo_core::wire::{Message, PAGE_SIZE};
 use tracing::{info, warn};
 
 impl NodeLoop {
@@ -87,16 +87,22 @@ impl NodeLoop {
                     });
                 drop(progress);
                 match sent {
-                    Ok((memory, disk)) => {
+                    Ok((pages, disk)) => {
+                        // Guest memory copied, zero pages included; the link carried
+                        // `memory_wire_bytes` of it.
+                        let memory = pages.pages * PAGE_SIZE;
                         info!(
                             role = self.name,
                             memory_bytes = memory,
+                            zero_pages = pages.zero_pages,
+                            memory_wire_bytes = pages.bytes,
                             disk_bytes = disk,
                             "sync-sent"
                         );
                         self.milestone(Milestone::SyncSent {
                             memory_bytes: memory,
                             disk_bytes: disk,
+                            zero_pages: pages.zero_pages,
                         });
                         self.metrics.registry.on_sync_sent(memory, disk);
                         self.pending.push_back(Input::SyncSent {

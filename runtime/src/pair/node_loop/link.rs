@@ -163,8 +163,9 @@ impl NodeLoop {
         let on_frame = move |message: Message, bulk: &[u8]| {
             let bulk = match &message {
                 // QEMU's colo_cache: pages land in the cache on arrival, never in SVM memory.
-                Message::PageBatch { ranges, .. } | Message::SyncPages { ranges, .. } => {
-                    let stored = cache.lock().store(ranges, bulk);
+                Message::PageBatch { ranges, zero, .. }
+                | Message::SyncPages { ranges, zero, .. } => {
+                    let stored = cache.lock().store(ranges, zero, bulk);
                     if let Err(why) = stored {
                         let why = format!("refused {:?} from the peer: {why}", message.kind());
                         let _ = tx.send(LoopEvent::PeerDown {

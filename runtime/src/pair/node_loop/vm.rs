@@ -30,7 +30,7 @@ use colo_core::wire::Message;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::error;
+use tracing::{debug, error};
 
 /// Wall time of the last VM command of each kind (each overwrites its own slot), so the
 /// node's checkpoint log lines can split a pause into the VMM's parts and the protocol's
@@ -156,24 +156,29 @@ impl VmExecutor {
                 let Some(writer) = writer else {
                     return Ok(failed(VmCommandKind::SendPages, "peer link down".into()));
                 };
-                let sent = writer.send_pages(machine.memory(), &ranges, |batch, ranges| {
+                let sent = writer.send_pages(machine.memory(), &ranges, |batch, ranges, zero| {
                     Message::PageBatch {
                         epoch,
                         batch,
                         ranges,
+                        zero,
                     }
                 });
                 match sent {
                     Ok(PagesSent {
                         batches,
                         pages,
+                        zero_pages,
                         bytes,
-                    }) => VmCompletion::PagesSent {
-                        epoch,
-                        batches,
-                        pages,
-                        bytes,
-                    },
+                    }) => {
+                        debug!(epoch = epoch.0, pages, zero_pages, bytes, "pages-sent");
+                        VmCompletion::PagesSent {
+                            epoch,
+                            batches,
+                            pages,
+                            bytes,
+                        }
+                    }
                     Err(e) => {
                         return Err((
                             VmCompletion::Failed {
@@ -239,27 +244,28 @@ impl VmExecutor {
     }
 
     /// Primary: the initial copy (`SyncCommand::SendAll`): restarts dirty tracking, then
-    /// streams every page of guest memory as `SyncPages` of `term`. Returns the bytes sent.
+    /// streams every page of guest memory as `SyncPages` of `term` (zero pages only marked).
+    /// Returns what was sent.
     pub fn send_all(
         &mut self,
         machine: &mut Machine,
         writer: &mut PeerWriter,
         term: Term,
         progress: &SyncProgress,
-    ) -> Result<u64, LinkClosed> {
+    ) -> Result<PagesSent, LinkClosed> {
         // From this command on the dirty logs track what the first checkpoint must carry.
         if let Err(e) = machine.take_dirty() {
             error!("clearing the dirty log before the initial copy failed: {e}");
         }
         let all = DirtyPages::all(machine.memory());
-        let sent = writer.send_pages(machine.memory(), all.ranges(), |batch, ranges| {
+        writer.send_pages(machine.memory(), all.ranges(), |batch, ranges, zero| {
             progress.advance(ranges.iter().map(|r| r.count).sum::<u64>() * PAGE_SIZE);
             Message::SyncPages {
                 term,
                 batch,
                 ranges,
+                zero,
             }
-        })?;
-        Ok(sent.bytes)
+        })
     }
 }

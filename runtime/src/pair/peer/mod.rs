@@ -10,9 +10,11 @@
 //! make it panic or buffer more than [`Limits::max_frame_len`].
 //!
 //! A [`PeerWriter`] owns the sending half and is used by the node loop's thread only. Guest
-//! pages are streamed straight from guest memory into the socket with [`encode_head`] and a
-//! [`FrameTail`] ([`PeerWriter::send_pages`]): they are never copied into a message or through
-//! the core, and the MAC is hashed as they stream. Invariant: a frame is either written whole
+//! pages are read from guest memory once per batch into the writer's batch buffer and streamed
+//! from there into the socket with [`encode_head`] and a `FrameTail`
+//! ([`PeerWriter::send_pages`]): all-zero pages are only marked in the frame's zero map, never
+//! sent; the others are never copied into a message or through the core, and the MAC is
+//! hashed as they stream. Invariant: a frame is either written whole
 //! or the writer reports an error and the link is considered down (a half-written frame is
 //! never followed by another one); a frame reaches `on_frame` only after it verified.
 
@@ -20,8 +22,8 @@ use crate::vmm::layout::PAGE_SIZE;
 use crate::vmm::memory::GuestMemory;
 use colo_core::ids::PageRange;
 use colo_core::wire::{
-    FrameDecoder, FrameMac, FrameTail, Message, WireError, encode, encode_head, encode_head_sealed,
-    encode_sealed,
+    FrameDecoder, FrameMac, Message, WireError, ZeroPages, encode, encode_head, encode_head_sealed,
+    encode_sealed, is_zero_page,
 };
 use std::io::{BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -143,9 +145,11 @@ pub fn read_frames(
 pub struct PagesSent {
     /// Frames written.
     pub batches: u32,
-    /// Pages written.
+    /// Pages the frames cover, zero pages included.
     pub pages: u64,
-    /// Bulk bytes written.
+    /// Of those, pages sent as zero pages (marked in the frame's map, no bulk).
+    pub zero_pages: u64,
+    /// Bulk bytes written (`PAGE_SIZE` per page that is not a zero page).
     pub bytes: u64,
 }
 
@@ -154,7 +158,9 @@ pub struct PagesSent {
 pub struct PeerWriter {
     stream: BufWriter<TcpStream>,
     scratch: Vec<u8>,
-    chunk: Vec<u8>,
+    /// One batch of pages read from guest memory (grown to at most
+    /// `PAGES_PER_BATCH * PAGE_SIZE` on the first page stream).
+    pages: Vec<u8>,
     /// The sending MAC of an authenticated link (None: unsealed frames).
     mac: Option<FrameMac>,
 }
@@ -168,7 +174,7 @@ impl PeerWriter {
         PeerWriter {
             stream: BufWriter::with_capacity(256 * 1024, stream),
             scratch: Vec::new(),
-            chunk: vec![0u8; (64 * PAGE_SIZE) as usize],
+            pages: Vec::new(),
             mac: None,
         }
     }
@@ -193,63 +199,89 @@ impl PeerWriter {
         Ok(())
     }
 
-    /// Streams `ranges` of `mem` as frames built by `frame(batch, ranges)` (a `PageBatch` or
-    /// `SyncPages`), at most [`PAGES_PER_BATCH`] pages each, the bytes read from guest memory
-    /// chunk by chunk into the socket. Ranges outside `mem` are a caller error reported as
-    /// [`LinkClosed::Io`] with `InvalidInput` before anything of the frame is written.
+    /// Streams `ranges` of `mem` as frames built by `frame(batch, ranges, zero)` (a
+    /// `PageBatch` or `SyncPages`), at most [`PAGES_PER_BATCH`] pages each. Each batch is read
+    /// from guest memory once, its all-zero pages found ([`is_zero_page`]) and marked in the
+    /// frame's map, and only the other pages written as its bulk. Ranges outside `mem` are a
+    /// caller error reported as [`LinkClosed::Io`] with `InvalidInput` before anything of the
+    /// frame is written.
     pub fn send_pages(
         &mut self,
         mem: &GuestMemory,
         ranges: &[PageRange],
-        frame: impl Fn(u32, Vec<PageRange>) -> Message,
+        frame: impl Fn(u32, Vec<PageRange>, ZeroPages) -> Message,
     ) -> Result<PagesSent, LinkClosed> {
         let mut sent = PagesSent::default();
         for batch in split_batches(ranges, PAGES_PER_BATCH) {
             let pages: u64 = batch.iter().map(|r| r.count).sum();
-            let bulk_len = pages * PAGE_SIZE;
-            let message = frame(sent.batches, batch.clone());
+            self.read_batch(mem, &batch, pages)?;
+            let zero = ZeroPages::from_flags(
+                self.pages
+                    .chunks_exact(PAGE_SIZE as usize)
+                    .map(is_zero_page),
+            );
+            let zero_pages = zero.count();
+            let bulk_len = (pages - zero_pages) * PAGE_SIZE;
+            // (The map is small: at most PAGES_PER_BATCH / 8 bytes.)
+            let message = frame(sent.batches, batch, zero.clone());
             self.scratch.clear();
-            let tail = match &mut self.mac {
+            let mut tail = match &mut self.mac {
                 Some(mac) => {
                     encode_head_sealed(&message, bulk_len as usize, &mut self.scratch, mac)?
                 }
                 None => encode_head(&message, bulk_len as usize, &mut self.scratch)?,
             };
             self.stream.write_all(&self.scratch)?;
-            let tail = self.stream_ranges(mem, &batch, tail)?;
+            // The bulk: every run of consecutive pages the map does not mark, in order.
+            let page = PAGE_SIZE as usize;
+            let mut run_start = None;
+            for i in 0..=pages {
+                let carried = i < pages && !zero.is_zero(i);
+                match (carried, run_start) {
+                    (true, None) => run_start = Some(i as usize),
+                    (false, Some(start)) => {
+                        let run = &self.pages[start * page..i as usize * page];
+                        self.stream.write_all(run)?;
+                        tail.update(run);
+                        run_start = None;
+                    }
+                    _ => {}
+                }
+            }
             self.stream.write_all(&tail.finish())?;
             sent.batches += 1;
             sent.pages += pages;
+            sent.zero_pages += zero_pages;
             sent.bytes += bulk_len;
         }
         self.stream.flush()?;
         Ok(sent)
     }
 
-    fn stream_ranges(
+    /// Reads the `pages` pages of `ranges` from `mem` into `self.pages`, in order.
+    fn read_batch(
         &mut self,
         mem: &GuestMemory,
         ranges: &[PageRange],
-        mut tail: FrameTail,
-    ) -> Result<FrameTail, LinkClosed> {
+        pages: u64,
+    ) -> Result<(), LinkClosed> {
+        self.pages.resize((pages * PAGE_SIZE) as usize, 0);
+        let mut at = 0usize;
         for r in ranges {
-            let mut addr = r.first * PAGE_SIZE;
-            let end = r.end() * PAGE_SIZE;
-            while addr < end {
-                let len = ((end - addr) as usize).min(self.chunk.len());
-                mem.read_slice(&mut self.chunk[..len], GuestAddress(addr))
-                    .map_err(|e| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::InvalidInput,
-                            format!("page range {r:?} outside guest memory: {e}"),
-                        )
-                    })?;
-                self.stream.write_all(&self.chunk[..len])?;
-                tail.update(&self.chunk[..len]);
-                addr += len as u64;
-            }
+            let len = (r.count * PAGE_SIZE) as usize;
+            mem.read_slice(
+                &mut self.pages[at..at + len],
+                GuestAddress(r.first * PAGE_SIZE),
+            )
+            .map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("page range {r:?} outside guest memory: {e}"),
+                )
+            })?;
+            at += len;
         }
-        Ok(tail)
+        Ok(())
     }
 
     /// Closes the connection both ways (the peer's reader sees EOF).

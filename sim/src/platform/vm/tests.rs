@@ -148,6 +148,7 @@ fn apply_of_an_epoch_not_received_fails_and_discard_keeps_the_applied_state() {
             epoch: Epoch(3),
             batch: 0,
             ranges: vec![PageRange { first: 1, count: 1 }],
+            zero: ZeroPages::none(1),
         },
         bulk_len: PAGE_SIZE,
         snapshot: None,

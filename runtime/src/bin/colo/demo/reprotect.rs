@@ -74,8 +74,10 @@ impl Drop for ControlDir {
 pub struct ReprotectSummary {
     /// From `colo reprotect` to the survivor's `sync-sent` (the whole memory on the link).
     pub to_synced: Duration,
-    /// Memory bytes of the full copy.
+    /// Memory bytes of the full copy (zero pages included).
     pub sync_bytes: u64,
+    /// Pages of it sent as zero pages (no bulk).
+    pub sync_zero_pages: u64,
     /// Compared checkpoints: (epoch, digest) equal on both sides.
     pub compared: Vec<(u64, String)>,
     /// The second failover: survivor killed -> newcomer failed over, and its term.
@@ -87,8 +89,9 @@ impl std::fmt::Display for ReprotectSummary {
         let epochs: Vec<String> = self.compared.iter().map(|(e, _)| e.to_string()).collect();
         writeln!(
             f,
-            "  re-protected: survivor armed over its control socket, newcomer (node 3) got the full copy ({} bytes) {} ms after `reprotect`",
+            "  re-protected: survivor armed over its control socket, newcomer (node 3) got the full copy ({} bytes, {} of its pages sent as zero pages) {} ms after `reprotect`",
             self.sync_bytes,
+            self.sync_zero_pages,
             self.to_synced.as_millis()
         )?;
         write!(
@@ -193,9 +196,17 @@ pub fn run(
     while summary.compared.len() < COMPARED {
         let line = next(children, "the re-protection's checkpoints")?;
         let (map, epoch, digest) = match (line.milestone("secondary"), line.milestone("newcomer")) {
-            (Some(Milestone::SyncSent { memory_bytes, .. }), _) => {
+            (
+                Some(Milestone::SyncSent {
+                    memory_bytes,
+                    zero_pages,
+                    ..
+                }),
+                _,
+            ) => {
                 summary.to_synced = armed.elapsed();
                 summary.sync_bytes = *memory_bytes;
+                summary.sync_zero_pages = *zero_pages;
                 continue;
             }
             (Some(Milestone::Paused { epoch, digest, .. }), _) => (&mut survivor, *epoch, digest),
