@@ -680,32 +680,41 @@ fn solo_since(out: &NodeRunOutput, host: Host) -> Option<Instant> {
     })
 }
 
-#[test]
-fn a_killed_primary_is_taken_over_at_once_its_host_refusing_the_redial() {
-    // A process crash: the kernel closes the connection, so B sees its peer close the link and
-    // redials; A's host refuses the connection (nothing listens), so B takes over at once, not
-    // after the closed-link grace (150 ms) nor the heartbeat's 500 ms of silence.
-    let mut o = quiet(8);
+/// Kills `host`'s process (its kernel closes the connection; the host stays powered) at
+/// 800 ms of a quiet run of `seed`, checks the run, and returns when it crashed and when the
+/// other host started running solo.
+fn process_kill(seed: u64, host: Host) -> (Instant, Instant) {
+    let mut o = quiet(seed);
     o.crashes = vec![HostCrash {
-        host: Host::A,
+        host,
         not_before: Instant::from_millis(800),
         point: CrashPoint::At,
         down_for: Duration::from_secs(5),
         power_loss: false,
     }];
     let out = NodeRun::new(&o, None, None).run();
-    assert_safe_and_served(&out, "primary crash");
+    assert_safe_and_served(&out, "process kill");
     let crashed = out
         .trace
         .events
         .iter()
         .find_map(|e| match e {
-            TraceEvent::Crash { at, host: Host::A } => Some(*at),
+            TraceEvent::Crash { at, host: h } if *h == host => Some(*at),
             _ => None,
         })
-        .expect("A crashed");
-    let solo = solo_since(&out, Host::B).expect("B took over");
-    // The end of the stream, the refusal and the lease's round trip to the arbiter.
+        .expect("the host crashed");
+    let survivor = if host == Host::A { Host::B } else { Host::A };
+    let solo = solo_since(&out, survivor).expect("the survivor runs solo");
+    (crashed, solo)
+}
+
+#[test]
+fn a_killed_primary_is_taken_over_at_once_its_host_refusing_the_redial() {
+    // A process crash: the kernel closes the connection, so B sees its peer close the link and
+    // redials; A's host refuses the connection (nothing listens), so B takes over at once, not
+    // after the closed-link grace (150 ms) nor the heartbeat's 500 ms of silence. The end of
+    // the stream, the refusal and the lease's round trip to the arbiter remain.
+    let (crashed, solo) = process_kill(8, Host::A);
     assert!(
         solo < crashed + Duration::from_millis(50),
         "crash at {crashed:?}, B solo at {solo:?}"
@@ -716,26 +725,7 @@ fn a_killed_primary_is_taken_over_at_once_its_host_refusing_the_redial() {
 fn a_killed_secondary_is_counted_lost_at_the_closed_link_grace_not_the_silence_rule() {
     // The primary does not dial: it waits the grace (150 ms) for its secondary to come back
     // on a new link, then takes the lease and serves alone.
-    let mut o = quiet(9);
-    o.crashes = vec![HostCrash {
-        host: Host::B,
-        not_before: Instant::from_millis(800),
-        point: CrashPoint::At,
-        down_for: Duration::from_secs(5),
-        power_loss: false,
-    }];
-    let out = NodeRun::new(&o, None, None).run();
-    assert_safe_and_served(&out, "secondary crash");
-    let crashed = out
-        .trace
-        .events
-        .iter()
-        .find_map(|e| match e {
-            TraceEvent::Crash { at, host: Host::B } => Some(*at),
-            _ => None,
-        })
-        .expect("B crashed");
-    let solo = solo_since(&out, Host::A).expect("A went solo");
+    let (crashed, solo) = process_kill(9, Host::B);
     let grace = Duration::from_millis(150);
     assert!(
         solo >= crashed + grace && solo < crashed + grace + Duration::from_millis(100),

@@ -29,9 +29,9 @@ fn feed(n: &mut Node, at: u64, input: Input) -> Vec<Output> {
     outs
 }
 
-/// A secondary paired with its primary (term 1) that received the whole of checkpoint 1 and
-/// was ordered to apply it: returns the node and what it emitted for the last step.
-fn secondary_applying_epoch_1() -> (Node, Vec<Output>) {
+/// A secondary that got through the handshake and the copy (term 1): paired, its VM holding
+/// no guest until checkpoint 1 applies.
+fn newcomer_paired() -> Node {
     let mut n = node(Role::Secondary);
     feed(&mut n, 0, Input::Command(Command::Start));
     feed(
@@ -57,6 +57,13 @@ fn secondary_applying_epoch_1() -> (Node, Vec<Output>) {
         epoch: Epoch(1),
     };
     feed(&mut n, 2, peer(done));
+    n
+}
+
+/// A secondary paired with its primary (term 1) that received the whole of checkpoint 1 and
+/// was ordered to apply it: returns the node and what it emitted for the last step.
+fn secondary_applying_epoch_1() -> (Node, Vec<Output>) {
+    let mut n = newcomer_paired();
     let request = Message::CheckpointRequest {
         epoch: Epoch(1),
         reason: CheckpointReason::Forced,
@@ -176,31 +183,7 @@ fn a_newcomer_whose_first_checkpoint_is_aborted_keeps_its_empty_vm_paused_and_th
     // The primary gives up on checkpoint 1 (its own pause failed, a link reset) after the
     // newcomer paused: the newcomer discards it. Its VM holds no guest yet (the runtime's
     // resume fails on it), so it is not resumed; the retry's apply gives it one.
-    let mut n = node(Role::Secondary);
-    feed(&mut n, 0, Input::Command(Command::Start));
-    feed(
-        &mut n,
-        1,
-        peer(Message::HelloAccept {
-            protocol_version: PROTOCOL_VERSION,
-            cluster_id: ClusterId(9),
-            node_id: NodeId(2),
-            role: Role::Primary,
-            term: Term(1),
-            last_applied_epoch: Epoch(0),
-        }),
-    );
-    let sync = Message::SyncStart {
-        term: Term(1),
-        memory_bytes: 0,
-        disk_bytes: 0,
-    };
-    feed(&mut n, 1, peer(sync));
-    let done = Message::SyncDone {
-        term: Term(1),
-        epoch: Epoch(1),
-    };
-    feed(&mut n, 2, peer(done));
+    let mut n = newcomer_paired();
     let request = Message::CheckpointRequest {
         epoch: Epoch(1),
         reason: CheckpointReason::Forced,
