@@ -343,7 +343,7 @@ impl GuestDisk {
         writer: &mut crate::pair::peer::PeerWriter,
         term: colo_core::ids::Term,
         progress: &crate::pair::progress::SyncProgress,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, SyncSendError> {
         const CHUNK: u64 = 1 << 20;
         let size = self.store.size();
         let mut buf = vec![0u8; CHUNK.min(size) as usize];
@@ -353,15 +353,13 @@ impl GuestDisk {
             self.store
                 .parent()
                 .read_at(offset, &mut buf[..n])
-                .map_err(|e| e.to_string())?;
+                .map_err(SyncSendError::DiskRead)?;
             let message = colo_core::wire::message::Message::SyncDisk {
                 term,
                 offset,
                 len: n as u32,
             };
-            writer
-                .send(&message, &buf[..n])
-                .map_err(|e| e.to_string())?;
+            writer.send(&message, &buf[..n])?;
             progress.advance(n as u64);
             offset += n as u64;
         }
@@ -381,5 +379,23 @@ impl GuestDisk {
     /// The node acknowledged forwarded write `id`.
     pub(super) fn on_ack_sent(&mut self, id: WriteId) {
         self.store.finish_peer(id);
+    }
+}
+
+/// Why the initial copy or a re-protection copy could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SyncSendError {
+    /// The peer link failed under the copy.
+    #[error(transparent)]
+    Link(#[from] crate::pair::peer::LinkClosed),
+    /// The primary's own disk image could not be read for the copy.
+    #[error("reading the disk image for the copy: {0}")]
+    DiskRead(ImageError),
+}
+
+impl SyncSendError {
+    /// Whether the peer's end closed the link (`LinkClosed::closed_by_peer`).
+    pub(super) fn closed_by_peer(&self) -> bool {
+        matches!(self, SyncSendError::Link(l) if l.closed_by_peer())
     }
 }

@@ -6,7 +6,7 @@
 //! completions are queued as inputs, never handled re-entrantly); an output the runtime cannot
 //! execute is logged as an error, never dropped silently.
 
-use super::{LoopEnd, NodeLoop, hops};
+use super::{LoopEnd, NodeLoop, disk, hops};
 use crate::pair::events::Milestone;
 use crate::pair::progress::SyncProgress;
 use colo_core::checkpoint::VmCommand;
@@ -76,7 +76,7 @@ impl NodeLoop {
                 let sent = self
                     .exec
                     .send_all(&mut self.machine, writer, term, &progress)
-                    .map_err(|e| e.to_string())
+                    .map_err(disk::SyncSendError::Link)
                     .and_then(|memory| match self.disk.as_ref() {
                         // The loop handles no guest request until SyncDone is out (the node
                         // answers SyncSent in this same drain), so the image is stable here.
@@ -110,8 +110,7 @@ impl NodeLoop {
                             disk_bytes: disk,
                         });
                     }
-                    // A string by now: counted as a failed link (the silence rule decides).
-                    Err(e) => self.link_down(&e, false),
+                    Err(e) => self.link_down(&e.to_string(), e.closed_by_peer()),
                 }
             }
             Output::Arbiter(request) => {
