@@ -462,6 +462,14 @@ impl SecondaryCheckpointer {
         self.out.pop()
     }
 
+    /// The whole of an epoch arrived and was confirmed (`CheckpointReceived` sent): it is being
+    /// applied, or the VM is resuming after its apply. A takeover now finishes it first, so
+    /// the SVM holds that epoch's state even if it is the pairing's first.
+    pub fn completing_an_epoch(&self) -> bool {
+        self.phase == SecondaryPhase::Applying
+            || (self.phase == SecondaryPhase::Resuming && self.after == After::Loaded)
+    }
+
     /// The stuck timer of a waiting phase.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {

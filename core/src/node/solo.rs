@@ -68,6 +68,13 @@ impl Node {
         self.try_failover(now, reason);
     }
 
+    /// A secondary that received the whole of an epoch and confirmed it, and is applying it
+    /// or resuming after the apply (its checkpointer finishes that before a takeover).
+    fn applying_a_received_epoch(&self) -> bool {
+        matches!(&self.side, Side::Secondary(s)
+            if s.checkpointer.as_ref().is_some_and(|c| c.completing_an_epoch()))
+    }
+
     /// [`Node::trigger_failover`], returning whether this node can serve alone (a refusal is
     /// counted in `takeovers_refused`).
     pub(super) fn try_failover(&mut self, now: Instant, reason: FailoverReason) -> bool {
@@ -76,9 +83,11 @@ impl Node {
             // under the lease) and re-protect it later. Connecting --Failover--> Running
             self.phase = Phase::Running;
         }
-        if self.phase != Phase::Running || !self.has_state {
+        if self.phase != Phase::Running || !(self.has_state || self.applying_a_received_epoch()) {
             // Before the pairing's first checkpoint a secondary's VM is no copy of anything,
-            // and a node that never started has nothing to take over with.
+            // and a node that never started has nothing to take over with. One that confirmed
+            // the whole of its first epoch (`CheckpointReceived`) and is applying it, or
+            // resuming after the apply, has one: its checkpointer finishes that first.
             self.stats.takeovers_refused += 1;
             return false;
         }

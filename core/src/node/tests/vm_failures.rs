@@ -1,7 +1,8 @@
 //! Unit tests of the node's answer to a VM command that failed in a way that leaves its VM
 //! unusable (`Node::on_vm_command_failed`): the node leaves the pair in order (goodbye, halt,
 //! `Stopped`) and a secondary never takes over afterwards; a failure that only aborts the
-//! attempt leaves the pairing as it was.
+//! attempt leaves the pairing as it was. Also: a newcomer that loses its primary inside its first
+//! apply still takes over with that epoch.
 
 use super::*;
 use crate::checkpoint::{VmCommand, VmCommandKind, VmCompletion};
@@ -210,4 +211,22 @@ fn a_newcomer_whose_first_checkpoint_is_aborted_keeps_its_empty_vm_paused_and_th
     };
     let outs = feed(&mut n, 7, peer(request));
     assert!(outs.contains(&Output::Vm(VmCommand::Pause)), "{outs:?}");
+}
+
+#[test]
+fn a_newcomer_that_loses_its_primary_while_applying_its_first_checkpoint_takes_over_with_it() {
+    // It confirmed the whole of epoch 1 (the primary may have released output that only
+    // epoch 1 explains), so it holds the state to serve with: the checkpointer finishes the
+    // apply and the resume, then the node runs solo. Refusing here left nobody serving.
+    let (mut n, _) = secondary_applying_epoch_1();
+    feed(&mut n, 7, Input::PeerLink(LinkState::Up));
+    feed(&mut n, 7, Input::PeerLink(LinkState::PeerClosed));
+    feed(&mut n, 7, Input::PeerDialRefused);
+    assert_eq!(n.stats().takeovers_refused, 0);
+    assert_eq!(n.status(ms(7)).mode, NodeMode::TakingOver);
+    let applied = VmCompletion::Applied { epoch: Epoch(1) };
+    let outs = feed(&mut n, 8, Input::VmDone(applied));
+    assert!(outs.contains(&Output::Vm(VmCommand::Resume)), "{outs:?}");
+    feed(&mut n, 9, Input::VmDone(VmCompletion::Resumed));
+    assert_eq!(n.stats().takeovers_refused, 0);
 }
