@@ -138,8 +138,8 @@ enum Side {
 /// alone only while it holds that term's arbiter lease ([`Output::Arbiter`] /
 /// [`Input::Arbiter`]); a former secondary also claims the client link
 /// ([`Output::ClaimClientLink`]). A secondary
-/// takes over only once it applied a checkpoint of its pairing (before that its VM is no
-/// copy); a primary whose secondary never came may be run solo with [`Command::Failover`]. A
+/// takes over only once it applied a checkpoint of its pairing, or confirmed the whole of one
+/// and is applying it (before that its VM is no copy); a primary whose secondary never came may be run solo with [`Command::Failover`]. A
 /// solo node re-protects with a new secondary after [`Command::Reprotect`] and the newcomer's
 /// `Hello`, through the same copy as the start. A deposed node ([`Event::Deposed`]) never
 /// releases again and orders [`Output::Halt`]; a node whose own VM leaves a checkpoint step
