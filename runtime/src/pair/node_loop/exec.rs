@@ -33,7 +33,7 @@ impl NodeLoop {
                 ) {
                     hops::mark("peer_out", &bytes);
                 }
-                self.timeline.record(&message, std::time::Instant::now());
+                self.timeline.record_now(&message);
                 self.send(&message, &bytes);
             }
             Output::Vm(command) => {

@@ -549,7 +549,7 @@ impl NodeLoop {
                 message,
                 bulk,
             } if link == self.link => {
-                self.timeline.record(&message, std::time::Instant::now());
+                self.timeline.record_now(&message);
                 self.on_frame(message, bulk)
             }
             LoopEvent::PeerDown {

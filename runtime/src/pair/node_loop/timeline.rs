@@ -48,6 +48,21 @@ fn span(from: Option<Instant>, to: Option<Instant>) -> Option<Duration> {
 }
 
 impl CheckpointTimeline {
+    /// Records `message` crossing the loop now if it is a checkpoint step: the clock is read
+    /// only for those, not for every mirrored frame on the hot path.
+    pub fn record_now(&mut self, message: &Message) {
+        if matches!(
+            message,
+            Message::CheckpointRequest { .. }
+                | Message::CheckpointReady { .. }
+                | Message::CheckpointSent { .. }
+                | Message::CheckpointReceived { .. }
+                | Message::CheckpointLoaded { .. }
+        ) {
+            self.record(message, Instant::now());
+        }
+    }
+
     /// Records `message` crossing the loop at `now` (handed to the peer writer, or handed to
     /// the loop by the peer reader), if it is a checkpoint step.
     pub fn record(&mut self, message: &Message, now: Instant) {

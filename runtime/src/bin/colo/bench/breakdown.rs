@@ -214,9 +214,9 @@ pub fn parse_hop(who: &str, text: &str) -> Option<(String, String, u64, u64)> {
     Some((who.to_string(), point, key, t))
 }
 
-/// Lines up the hops of `sent` from the recorded `(who, point, key, t_ns)` (the first record
-/// of a key at a point counts: a retransmission comes later).
-pub fn compute(sent: &[Sent], records: &[(String, String, u64, u64)]) -> Breakdown {
+/// The earliest time of each `(who, point, key)` in `records` (a retransmission or a later
+/// copy of a frame comes later and does not count).
+pub fn first_records(records: &[Record]) -> HashMap<(&str, &str, u64), u64> {
     let mut first: HashMap<(&str, &str, u64), u64> = HashMap::new();
     for (who, point, key, t) in records {
         first
@@ -224,10 +224,19 @@ pub fn compute(sent: &[Sent], records: &[(String, String, u64, u64)]) -> Breakdo
             .and_modify(|v| *v = (*v).min(*t))
             .or_insert(*t);
     }
-    let median = |mut v: Vec<u64>| -> Option<u64> {
-        v.sort_unstable();
-        v.get(v.len() / 2).copied()
-    };
+    first
+}
+
+/// The median of `v` (the upper one of an even count), `None` when empty.
+pub fn median(mut v: Vec<u64>) -> Option<u64> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// Lines up the hops of `sent` from the recorded `(who, point, key, t_ns)` (the first record
+/// of a key at a point counts: a retransmission comes later).
+pub fn compute(sent: &[Sent], records: &[Record]) -> Breakdown {
+    let first = first_records(records);
     let mut hops = Vec::new();
     for (i, (who, point, what)) in HOPS.iter().enumerate() {
         let offsets: Vec<u64> = sent

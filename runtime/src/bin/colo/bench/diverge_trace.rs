@@ -11,9 +11,8 @@
 //! (counted, never guessed); a step is the median of per-`NONCE` differences, never a
 //! difference of medians.
 
-use super::breakdown::{Record, Sent};
+use super::breakdown::{Record, Sent, first_records, median};
 use colo_runtime::pair::node_loop::hops::ACK_KEY;
-use std::collections::HashMap;
 
 /// The points, in the order they happen: who records it, its point name, and whether it is
 /// keyed by the request (`Request`), the released reply (`Reply`) or the epoch (`Epoch`).
@@ -80,21 +79,10 @@ pub struct DivergeTrace {
     pub total_us: Option<u64>,
 }
 
-fn median(mut v: Vec<u64>) -> Option<u64> {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied()
-}
-
 /// Lines up each `(NONCE, epoch)` of `traced` in `records` (the first record of a key at a
 /// point counts).
 pub fn compute(traced: &[(Sent, u64)], records: &[Record]) -> DivergeTrace {
-    let mut first: HashMap<(&str, &str, u64), u64> = HashMap::new();
-    for (who, point, key, t) in records {
-        first
-            .entry((who.as_str(), point.as_str(), *key))
-            .and_modify(|v| *v = (*v).min(*t))
-            .or_insert(*t);
-    }
+    let first = first_records(records);
     let mut per_step: Vec<Vec<u64>> = vec![Vec::new(); STEPS.len()];
     let mut per_side: Vec<Vec<u64>> = vec![Vec::new(); SIDES.len()];
     for (sent, epoch) in traced {
