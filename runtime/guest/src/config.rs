@@ -34,6 +34,9 @@ pub struct Config {
     pub disks: u64,
     /// net-server: which virtio-net device it serves on (0: the first).
     pub net_index: u64,
+    /// net-server: how long to keep polling after the last activity before halting (µs);
+    /// 0 halts as soon as nothing is left to do, as an OS's idle loop does.
+    pub idle_spin_us: u64,
 }
 
 fn parse_cidr(value: &str) -> Option<([u8; 4], u8)> {
@@ -64,6 +67,7 @@ impl Config {
             disk_index: 0,
             disks: 1,
             net_index: 0,
+            idle_spin_us: 0,
         };
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -85,6 +89,7 @@ impl Config {
                 ("colo.disk_index", Some(n)) if n < 4 => config.disk_index = n,
                 ("colo.disks", Some(n)) if (1..=4).contains(&n) => config.disks = n,
                 ("colo.net_index", Some(n)) if n < 4 => config.net_index = n,
+                ("colo.idle_spin_us", Some(n)) => config.idle_spin_us = n,
                 _ => {}
             }
         }

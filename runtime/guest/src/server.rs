@@ -3,10 +3,12 @@
 //!
 //! Loop: poll the interface, serve every socket's complete lines, tell the device about
 //! re-posted RX buffers, then either keep polling (something happened in the last
-//! `SPIN_US`: back-to-back packets should not pay a halt and a wake-up, ~100 µs of emulated
-//! shim code each) or halt until the RX interrupt or the LAPIC timer armed for smoltcp's
-//! next deadline. Invariant: the interrupt count is read before the poll, so a frame that
-//! arrives after the poll wakes the halt at once (the shim's halt service compares it).
+//! `colo.idle_spin_us`, default 0) or halt until the RX interrupt or the LAPIC timer armed for
+//! smoltcp's next deadline. Halting at once is the default: a polling vCPU holds a host core
+//! the replicated pair's own threads need (docs/benchmarks.md, "The guest that halts"), and
+//! on this host a halt and its wake-up cost the lone VM nothing measurable. Invariant: the
+//! interrupt count is read before the poll, so a frame that arrives after the poll wakes the
+//! halt at once (the shim's halt service compares it).
 
 use crate::abi::VIRTIO_NET_GSI;
 use crate::clock::{self, Clock};
@@ -29,8 +31,6 @@ const SOCKETS: usize = 4;
 /// Each direction of each socket: 32 KiB lets a `STREAM`/`SINK` keep a few MTU-size
 /// segments in flight (smoltcp advertises at most 64 KiB without window scaling).
 const SOCKET_BUFFER: usize = 32 * 1024;
-/// Keep polling this long after the last activity before halting.
-const SPIN_US: u64 = 2000;
 /// Longest halt when smoltcp has no deadline.
 const MAX_SLEEP_US: u64 = 100_000;
 
@@ -282,7 +282,7 @@ pub fn run(config: &Config) -> ! {
             last_activity = now_us;
             continue;
         }
-        if now_us.saturating_sub(last_activity) < SPIN_US {
+        if now_us.saturating_sub(last_activity) < config.idle_spin_us {
             core::hint::spin_loop();
             continue;
         }

@@ -236,6 +236,10 @@ pub(crate) struct BenchArgs {
     /// (repeatable).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub(crate) node_args: Vec<String>,
+    /// Words appended to the test guest's command line on the lone VM and both nodes alike,
+    /// e.g. `--guest-cmdline colo.idle_spin_us=2000` (a guest that polls 2 ms before halting).
+    #[arg(long, value_name = "WORDS")]
+    pub(crate) guest_cmdline: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

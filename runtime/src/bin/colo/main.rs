@@ -226,6 +226,7 @@ fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<ExitCode, CliError> {
             };
             let mut options = crate::bench::BenchOptions::new(pair, args.quick);
             options.node_args = args.node_args;
+            options.guest_cmdline = args.guest_cmdline;
             if let Some(soak) = args.soak {
                 println!(
                     "{}",

@@ -65,6 +65,9 @@ pub struct HopFigure {
     pub median_us: Option<u64>,
     /// Requests that had this hop.
     pub seen: usize,
+    /// The same median over the slowest tenth of the requests (client latency at or above
+    /// its 90th percentile): where the tail's time goes.
+    pub tail_median_us: Option<u64>,
 }
 
 /// The breakdown of `requests` requests.
@@ -237,26 +240,37 @@ pub fn median(mut v: Vec<u64>) -> Option<u64> {
 /// of a key at a point counts: a retransmission comes later).
 pub fn compute(sent: &[Sent], records: &[Record]) -> Breakdown {
     let first = first_records(records);
+    let latency = |s: &Sent| s.replied_ns.saturating_sub(s.sent_ns);
+    let mut latencies: Vec<u64> = sent.iter().map(latency).collect();
+    latencies.sort_unstable();
+    let p90 = latencies
+        .get(latencies.len() * 9 / 10)
+        .copied()
+        .unwrap_or(u64::MAX);
+    let tail: Vec<&Sent> = sent.iter().filter(|s| latency(s) >= p90).collect();
+    let offsets = |i: usize, who: &str, point: &str, of: &mut dyn Iterator<Item = &Sent>| {
+        of.filter_map(|s| {
+            let key = if i < FIRST_REPLY_HOP {
+                s.request_key
+            } else {
+                s.reply_key
+            };
+            let t = *first.get(&(who, point, key))?;
+            Some(t.saturating_sub(s.sent_ns) / 1000)
+        })
+        .collect::<Vec<u64>>()
+    };
     let mut hops = Vec::new();
     for (i, (who, point, what)) in HOPS.iter().enumerate() {
-        let offsets: Vec<u64> = sent
-            .iter()
-            .filter_map(|s| {
-                let key = if i < FIRST_REPLY_HOP {
-                    s.request_key
-                } else {
-                    s.reply_key
-                };
-                let t = *first.get(&(*who, *point, key))?;
-                Some(t.saturating_sub(s.sent_ns) / 1000)
-            })
-            .collect();
+        let all = offsets(i, who, point, &mut sent.iter());
+        let slow = offsets(i, who, point, &mut tail.iter().copied());
         hops.push(HopFigure {
             who,
             point,
             what,
-            seen: offsets.len(),
-            median_us: median(offsets),
+            seen: all.len(),
+            median_us: median(all),
+            tail_median_us: median(slow),
         });
     }
     hops.push(HopFigure {
@@ -264,11 +278,8 @@ pub fn compute(sent: &[Sent], records: &[Record]) -> Breakdown {
         point: "reply",
         what: "-> the client has the reply",
         seen: sent.len(),
-        median_us: median(
-            sent.iter()
-                .map(|s| s.replied_ns.saturating_sub(s.sent_ns) / 1000)
-                .collect(),
-        ),
+        median_us: median(sent.iter().map(|s| latency(s) / 1000).collect()),
+        tail_median_us: median(tail.iter().map(|s| latency(s) / 1000).collect()),
     });
     Breakdown {
         hops,
@@ -284,17 +295,28 @@ impl std::fmt::Display for Breakdown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "colo bench --breakdown: {} INCR requests through the pair; median microseconds since the client sent",
+            "colo bench --breakdown: {} INCR requests through the pair; median microseconds since the client sent (tail: over the slowest tenth)",
             self.requests
         )?;
-        writeln!(f, "  {:>7} {:>7}  {:<22} what", "at_us", "step_us", "hop")?;
+        writeln!(
+            f,
+            "  {:>7} {:>7} {:>8} {:>9}  {:<22} what",
+            "at_us", "step_us", "tail_at", "tail_step", "hop"
+        )?;
+        let step_of = |v: Option<u64>, l: Option<u64>| match (v, l) {
+            (Some(v), Some(l)) => (v as i64 - l as i64).to_string(),
+            _ => "-".to_string(),
+        };
         let mut last = Some(0);
+        let mut tail_last = Some(0);
         for h in &self.hops {
             let at = h.median_us.map_or("-".to_string(), |v| v.to_string());
-            let step = match (h.median_us, last) {
-                (Some(v), Some(l)) => (v as i64 - l as i64).to_string(),
-                _ => "-".to_string(),
-            };
+            let step = step_of(h.median_us, last);
+            let tail_at = h.tail_median_us.map_or("-".to_string(), |v| v.to_string());
+            let tail_step = step_of(h.tail_median_us, tail_last);
+            if h.tail_median_us.is_some() {
+                tail_last = h.tail_median_us;
+            }
             let missing = if h.seen < self.requests {
                 format!(" (seen for {} of {})", h.seen, self.requests)
             } else {
@@ -302,7 +324,7 @@ impl std::fmt::Display for Breakdown {
             };
             writeln!(
                 f,
-                "  {at:>7} {step:>7}  {:<22} {}{missing}",
+                "  {at:>7} {step:>7} {tail_at:>8} {tail_step:>9}  {:<22} {}{missing}",
                 format!("{}.{}", h.who, h.point),
                 h.what
             )?;
@@ -445,6 +467,47 @@ mod tests {
         assert_eq!(at("primary", "to_client"), Some(490));
         assert_eq!(at("primary", "loop_in"), None);
         assert_eq!(at("client", "reply"), Some(500));
+    }
+
+    #[test]
+    fn the_tail_column_is_the_median_over_the_slowest_tenth() {
+        // Ten requests 1 ms apart: nine answered in 100 us whose SVM reply reached the
+        // primary's peer reader 50 us after the send, one answered in 2,000 us whose reply
+        // waited there until 1,900 us.
+        let mut sent = Vec::new();
+        let mut records = Vec::new();
+        for i in 0..10u64 {
+            let base = i * 1_000_000;
+            let slow = i == 7;
+            sent.push(Sent {
+                request_key: 100 + i,
+                reply_key: 200 + i,
+                sent_ns: base,
+                replied_ns: base + if slow { 2_000_000 } else { 100_000 },
+            });
+            let reader = if slow { 1_900_000 } else { 50_000 };
+            records.push((
+                "primary".to_string(),
+                "peer_in".to_string(),
+                200 + i,
+                base + reader,
+            ));
+        }
+        let b = compute(&sent, &records);
+        let hop = |who: &str, point: &str| {
+            b.hops
+                .iter()
+                .find(|h| h.who == who && h.point == point)
+                .unwrap()
+        };
+        assert_eq!(hop("primary", "peer_in").median_us, Some(50));
+        assert_eq!(hop("primary", "peer_in").tail_median_us, Some(1_900));
+        assert_eq!(hop("client", "reply").median_us, Some(100));
+        assert_eq!(hop("client", "reply").tail_median_us, Some(2_000));
+        let missing = hop("primary", "tap_in");
+        assert_eq!(missing.tail_median_us, None, "no record, no figure");
+        let text = b.to_string();
+        assert!(text.contains("tail_at"), "{text}");
     }
 
     #[test]

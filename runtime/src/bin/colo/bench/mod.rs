@@ -55,9 +55,21 @@ pub struct BenchOptions {
     pub before_kill: Duration,
     /// Extra arguments for both nodes (e.g. `--heartbeat-interval-ms=20`).
     pub node_args: Vec<String>,
+    /// Words appended to the test guest's command line, the lone VM's and both nodes' alike
+    /// (e.g. `colo.idle_spin_us=2000`).
+    pub guest_cmdline: Option<String>,
 }
 
 impl BenchOptions {
+    /// The nodes' extra arguments: `node_args`, then the guest's extra command line.
+    pub fn all_node_args(&self) -> Vec<String> {
+        let mut args = self.node_args.clone();
+        if let Some(extra) = &self.guest_cmdline {
+            args.push(format!("--cmdline={extra}"));
+        }
+        args
+    }
+
     /// `--quick` (a smoke, about a minute here) or the full run.
     pub fn new(pair: DemoOptions, quick: bool) -> BenchOptions {
         if quick {
@@ -70,6 +82,7 @@ impl BenchOptions {
                 bulk_rounds: 2,
                 before_kill: Duration::from_secs(1),
                 node_args: Vec::new(),
+                guest_cmdline: None,
             }
         } else {
             BenchOptions {
@@ -81,6 +94,7 @@ impl BenchOptions {
                 bulk_rounds: 4,
                 before_kill: Duration::from_secs(3),
                 node_args: Vec::new(),
+                guest_cmdline: None,
             }
         }
     }
@@ -97,7 +111,7 @@ pub fn run_breakdown(options: &BenchOptions) -> Result<Breakdown, String> {
         &options.pair,
         deadline,
         &[("COLO_TRACE_HOPS", "1")],
-        &options.node_args,
+        &options.all_node_args(),
     )?;
     pair.wait_paired()?;
     breakdown::run(
@@ -156,11 +170,11 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     let ns = lab("colo-bench")?;
     let mut report = BenchReport::default();
     {
-        let _vm = LoneVm::start(&ns)?;
+        let _vm = LoneVm::start(&ns, options.guest_cmdline.as_deref())?;
         report.lone = measure(&ns, LONE_IP, options, &mut || Ok(()))?;
         println!("[bench] lone VM measured");
     }
-    let mut pair = PairRun::start(&ns, &options.pair, deadline, &[], &options.node_args)?;
+    let mut pair = PairRun::start(&ns, &options.pair, deadline, &[], &options.all_node_args())?;
     pair.wait_paired()?;
     let started = Instant::now();
     let mut diverge = DivergeFigures::default();

@@ -43,7 +43,7 @@ pub fn run(
     options: &BenchOptions,
     deadline: Instant,
 ) -> Result<SecondaryKillFigures, String> {
-    let mut pair = PairRun::start(ns, &options.pair, deadline, &[], &options.node_args)?;
+    let mut pair = PairRun::start(ns, &options.pair, deadline, &[], &options.all_node_args())?;
     pair.wait_paired()?;
     let requests = RequestLoop::start(ns)?;
     let result = watch(&mut pair, options, &requests.replies, &requests.failure);

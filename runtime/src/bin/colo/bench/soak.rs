@@ -157,7 +157,7 @@ pub fn run(options: &BenchOptions, soak: Duration) -> Result<SoakReport, String>
             ..options.pair.clone()
         };
         let deadline = Instant::now() + pair_options.timeout;
-        let mut pair = PairRun::start(&ns, &pair_options, deadline, &[], &options.node_args)?;
+        let mut pair = PairRun::start(&ns, &pair_options, deadline, &[], &options.all_node_args())?;
         pair.wait_paired()?;
         report.pairs += 1;
         let protected_from = Instant::now();

@@ -309,8 +309,9 @@ impl Drop for LoneVm {
 }
 
 impl LoneVm {
-    /// Boots it and waits until its server listens.
-    pub(crate) fn start(ns: &NetNs) -> Result<LoneVm, DemoError> {
+    /// Boots it (`extra_cmdline`: words appended to the test guest's command line) and waits
+    /// until its server listens.
+    pub(crate) fn start(ns: &NetNs, extra_cmdline: Option<&str>) -> Result<LoneVm, DemoError> {
         let capture = OutputCapture::new();
         let mut machine = Machine::new(
             MachineConfig {
@@ -327,10 +328,12 @@ impl LoneVm {
         let tsc = machine.tsc_khz()?;
         let image = std::fs::read(colo_runtime::vmm::guest::test_guest_path())
             .map_err(DemoError::TestGuest)?;
-        machine.load_test_guest(
-            &image,
-            &colo_runtime::vmm::guest::net_server_cmdline(&format!("{LONE_IP}/24"), PORT, tsc),
-        )?;
+        let mut cmdline =
+            colo_runtime::vmm::guest::net_server_cmdline(&format!("{LONE_IP}/24"), PORT, tsc);
+        if let Some(extra) = extra_cmdline {
+            cmdline = format!("{cmdline} {extra}");
+        }
+        machine.load_test_guest(&image, &cmdline)?;
         let lab = |what: &str| {
             let what = what.to_string();
             move |source| DemoError::Lab { what, source }
@@ -358,7 +361,7 @@ impl LoneVm {
 
 /// Phase 0: a lone VM in this process answers `requests` requests.
 fn lone_vm(ns: &NetNs, requests: u32) -> Result<Percentiles, DemoError> {
-    let _vm = LoneVm::start(ns)?;
+    let _vm = LoneVm::start(ns, None)?;
     let mut client = Client::connect(ns, LONE_IP)?;
     let mut latencies = Vec::new();
     for _ in 0..requests {
