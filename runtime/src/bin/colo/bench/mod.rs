@@ -124,10 +124,11 @@ pub fn run_breakdown(options: &BenchOptions) -> Result<Breakdown, String> {
 }
 
 /// Latency, then `between` (the pair's differing replies), then both bulk directions, against
-/// the server at `ip`.
+/// the server at `ip`; the bulk phases' host CPU is that of the processes `pids`.
 fn measure(
     ns: &NetNs,
     ip: &str,
+    pids: &[u32],
     options: &BenchOptions,
     between: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<SideFigures, String> {
@@ -147,12 +148,14 @@ fn measure(
         ..SideFigures::default()
     };
     between()?;
+    let cpu_before = cpu_time(pids);
     for _ in 0..options.bulk_rounds {
         let t = Instant::now();
         client.stream(options.bulk_bytes)?;
         side.out_time += t.elapsed();
         side.out_bytes += options.bulk_bytes;
     }
+    let cpu_between = cpu_time(pids);
     let body: Vec<u8> = (0..options.bulk_bytes).map(|i| (i % 251) as u8).collect();
     for _ in 0..options.bulk_rounds {
         let t = Instant::now();
@@ -160,7 +163,35 @@ fn measure(
         side.in_time += t.elapsed();
         side.in_bytes += options.bulk_bytes;
     }
+    let cpu_after = cpu_time(pids);
+    side.out_cpu = cpu_before
+        .zip(cpu_between)
+        .map(|(a, b)| b.saturating_sub(a));
+    side.in_cpu = cpu_between.zip(cpu_after).map(|(a, b)| b.saturating_sub(a));
     Ok(side)
+}
+
+/// The CPU time every thread of `pids` has run so far (the first field of each
+/// `/proc/PID/task/TID/schedstat`, nanoseconds on a CPU), `None` if a process could not be read.
+/// A thread that ends between two readings takes its time with it: the bench's processes keep
+/// their threads for the whole run.
+pub fn cpu_time(pids: &[u32]) -> Option<Duration> {
+    let mut total = 0u64;
+    for pid in pids {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue; // the thread ended while the directory was read
+            };
+            total += schedstat_run_ns(&text)?;
+        }
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// The time on a CPU in one `schedstat` line (`run_ns wait_ns slices`).
+fn schedstat_run_ns(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// Runs the bench (see the module doc).
@@ -168,17 +199,22 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     crate::demo::require_kvm()?;
     let deadline = Instant::now() + options.pair.timeout;
     let ns = lab("colo-bench")?;
-    let mut report = BenchReport::default();
+    let mut report = BenchReport {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+        ..BenchReport::default()
+    };
     {
         let _vm = LoneVm::start(&ns, options.guest_cmdline.as_deref())?;
-        report.lone = measure(&ns, LONE_IP, options, &mut || Ok(()))?;
+        report.lone = measure(&ns, LONE_IP, &[std::process::id()], options, &mut || Ok(()))?;
         println!("[bench] lone VM measured");
     }
     let mut pair = PairRun::start(&ns, &options.pair, deadline, &[], &options.all_node_args())?;
     pair.wait_paired()?;
     let started = Instant::now();
     let mut diverge = DivergeFigures::default();
-    report.pair = measure(&ns, PAIR_IP, options, &mut || {
+    let mut pids = vec![std::process::id()];
+    pids.extend(pair.children.pids());
+    report.pair = measure(&ns, PAIR_IP, &pids, options, &mut || {
         diverge = diverge::run(
             &ns,
             &mut pair,
@@ -423,6 +459,17 @@ mod tests {
         let dead = base + Duration::from_micros(1_500);
         let (before, after) = next_reply_after(&replies, dead).expect("a later request");
         assert_eq!((before.value, after.value), (9, 10));
+    }
+
+    #[test]
+    fn schedstat_gives_the_time_on_a_cpu() {
+        assert_eq!(schedstat_run_ns("123456 789 10\n"), Some(123_456));
+        assert_eq!(schedstat_run_ns(""), None);
+        assert_eq!(schedstat_run_ns("x 1 2"), None);
+        // This process has run for some time already.
+        let own = cpu_time(&[std::process::id()]).expect("this process's schedstat");
+        assert!(own > Duration::ZERO);
+        assert_eq!(cpu_time(&[u32::MAX]), None, "no such process");
     }
 
     #[test]

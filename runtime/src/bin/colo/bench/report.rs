@@ -22,6 +22,12 @@ pub struct SideFigures {
     pub in_bytes: u64,
     /// See [`SideFigures::in_bytes`].
     pub in_time: Duration,
+    /// Host CPU time spent during the `STREAM`s and during the `SINK`s by every thread of the
+    /// bench process (its client, and the lone VM when it is in this process) and of the
+    /// pair's processes ([`super::cpu_time`]); `None` where the kernel did not tell.
+    pub out_cpu: Option<Duration>,
+    /// See [`SideFigures::out_cpu`].
+    pub in_cpu: Option<Duration>,
 }
 
 impl SideFigures {
@@ -33,6 +39,25 @@ impl SideFigures {
     /// Client -> guest throughput in bytes per second.
     pub fn in_rate(&self) -> f64 {
         rate(self.in_bytes, self.in_time)
+    }
+
+    /// Host CPU per MiB of `STREAM` and of `SINK` (milliseconds), and the share of the
+    /// host's cores busy meanwhile (1.0: every core all the time).
+    pub fn cpu_figures(&self, cores: u32) -> (Option<f64>, Option<f64>, Option<f64>, Option<f64>) {
+        let per_mib = |cpu: Option<Duration>, bytes: u64| {
+            cpu.filter(|_| bytes > 0)
+                .map(|c| c.as_secs_f64() * 1e3 / (bytes as f64 / f64::from(1u32 << 20)))
+        };
+        let busy = |cpu: Option<Duration>, wall: Duration| {
+            cpu.filter(|_| !wall.is_zero() && cores > 0)
+                .map(|c| c.as_secs_f64() / (wall.as_secs_f64() * f64::from(cores)))
+        };
+        (
+            per_mib(self.out_cpu, self.out_bytes),
+            busy(self.out_cpu, self.out_time),
+            per_mib(self.in_cpu, self.in_bytes),
+            busy(self.in_cpu, self.in_time),
+        )
     }
 }
 
@@ -80,6 +105,8 @@ pub struct BenchReport {
     pub secondary_kill: super::secondary_kill::SecondaryKillFigures,
     /// The replies that differ between the guests (`NONCE`), and the checkpoints they forced.
     pub diverge: super::DivergeFigures,
+    /// The host's cores (for the CPU figures' busy share).
+    pub cores: u32,
 }
 
 impl BenchReport {
@@ -131,6 +158,22 @@ impl BenchReport {
                 opt_num(self.diverge.pages_p50),
             ),
             ("link_rtt_p50_us", opt_num(self.diverge.rtt_p50_us)),
+            (
+                "lone_out_busy",
+                opt_share(self.lone.cpu_figures(self.cores).1),
+            ),
+            (
+                "pair_out_busy",
+                opt_share(self.pair.cpu_figures(self.cores).1),
+            ),
+            (
+                "lone_in_busy",
+                opt_share(self.lone.cpu_figures(self.cores).3),
+            ),
+            (
+                "pair_in_busy",
+                opt_share(self.pair.cpu_figures(self.cores).3),
+            ),
             ("latency_p50_ratio", fmt_ratio(ratio(pair50, lone50))),
             ("latency_p99_ratio", fmt_ratio(ratio(pair99, lone99))),
             (
@@ -156,6 +199,11 @@ impl BenchReport {
 /// A whole number, or `nan` when it was not measured.
 fn opt_num(v: Option<u64>) -> String {
     v.map_or_else(|| "nan".to_string(), |v| v.to_string())
+}
+
+/// A share of the host's cores (two decimals), or `nan`.
+fn opt_share(v: Option<f64>) -> String {
+    v.map_or_else(|| "nan".to_string(), |v| format!("{v:.2}"))
 }
 
 /// Megabits per second, one decimal.
@@ -189,6 +237,23 @@ impl std::fmt::Display for BenchReport {
         writeln!(f, "colo bench: OK")?;
         side(f, "lone VM:", &self.lone)?;
         side(f, "pair:", &self.pair)?;
+        let cpu = |f: &mut std::fmt::Formatter<'_>, name: &str, s: &SideFigures| {
+            let (out_mib, out_busy, in_mib, in_busy) = s.cpu_figures(self.cores);
+            let ms = |v: Option<f64>| v.map_or_else(|| "?".to_string(), |v| format!("{v:.1}"));
+            let pct =
+                |v: Option<f64>| v.map_or_else(|| "?".to_string(), |v| format!("{:.0}", v * 100.0));
+            writeln!(
+                f,
+                "  {name:<9} host CPU {} ms per MiB guest->client ({} % of {} cores busy), {} ms per MiB client->guest ({} %)",
+                ms(out_mib),
+                pct(out_busy),
+                self.cores,
+                ms(in_mib),
+                pct(in_busy)
+            )
+        };
+        cpu(f, "lone VM:", &self.lone)?;
+        cpu(f, "pair:", &self.pair)?;
         let reasons: Vec<String> = self
             .checkpoints
             .iter()
@@ -280,7 +345,30 @@ mod tests {
             out_time: Duration::from_millis(out.1),
             in_bytes: inn.0,
             in_time: Duration::from_millis(inn.1),
+            out_cpu: None,
+            in_cpu: None,
         }
+    }
+
+    #[test]
+    fn cpu_figures_are_per_mib_and_a_share_of_the_cores() {
+        // 8 MiB out in 1 s using 1.5 s of CPU on 2 cores; nothing known for the SINK.
+        let s = SideFigures {
+            out_cpu: Some(Duration::from_millis(1500)),
+            ..side(100, 100, (8 << 20, 1000), (4 << 20, 500))
+        };
+        let (out_mib, out_busy, in_mib, in_busy) = s.cpu_figures(2);
+        assert_eq!(out_mib, Some(187.5));
+        assert_eq!(out_busy, Some(0.75));
+        assert_eq!((in_mib, in_busy), (None, None));
+        let report = BenchReport {
+            pair: s,
+            cores: 2,
+            ..BenchReport::default()
+        };
+        assert_eq!(value(&report, "pair_out_busy"), "0.75");
+        assert_eq!(value(&report, "pair_in_busy"), "nan");
+        assert_eq!(value(&report, "lone_out_busy"), "nan", "nothing measured");
     }
 
     fn value(report: &BenchReport, key: &str) -> String {

@@ -160,6 +160,12 @@ impl Drop for Children {
 }
 
 impl Children {
+    /// The process ids of the children still running (the colo processes themselves:
+    /// `ip netns exec` execs them).
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(|(_, child)| child.id()).collect()
+    }
+
     pub(crate) fn kill(&mut self, who: &str) -> Result<(), DemoError> {
         let at = self
             .0
