@@ -20,7 +20,9 @@
 
 use super::{LoopError, LoopEvent, NodeLoop, PeerEndpoint, hops, liveness};
 use crate::pair::peer::PeerReader;
-use crate::pair::peer::auth::{AuthedLink, PairKey, handshake, log_refused, spawn_accept};
+use crate::pair::peer::auth::{
+    AuthedLink, HandshakeError, PairKey, handshake, log_refused, spawn_accept,
+};
 use colo_core::node::{Input, LinkCommand, LinkState, PeerBulk};
 use colo_core::time::Duration;
 use colo_core::wire::{Limits, LinkSide, Message};
@@ -334,6 +336,11 @@ enum DialFailure {
     Refused,
     /// The peer answered but refused or failed the handshake (logged; worth a slower retry).
     Handshake,
+    /// The connection was accepted and then closed or reset before the peer said anything:
+    /// a peer with another key does this, and so does a listener whose process is dying (its
+    /// kernel accepted the connection a moment before it closed the listening socket). Retried
+    /// at once, so a dying peer's next answer is a refusal.
+    ClosedInHandshake,
 }
 
 /// Connects to `addr` and authenticates as the connecting side.
@@ -352,13 +359,34 @@ fn dial(
     })?;
     handshake(stream, key, LinkSide::Connector).map_err(|e| {
         log_refused(name, &addr.to_string(), &e, key);
-        DialFailure::Handshake
+        if closed_in_handshake(&e) {
+            DialFailure::ClosedInHandshake
+        } else {
+            DialFailure::Handshake
+        }
     })
+}
+
+/// Whether a failed handshake ended with the peer closing or resetting the connection.
+fn closed_in_handshake(e: &HandshakeError) -> bool {
+    match e {
+        HandshakeError::Closed => true,
+        HandshakeError::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+        HandshakeError::Auth(_) | HandshakeError::Timeout => false,
+    }
 }
 
 /// Dials `addr` until it gets through (posted as dial `dial`) or `stop` is set: retried every
 /// 50 ms while nobody answers (the primary may start after us), every second while the peer
-/// answers but refuses the handshake (an operator may fix a wrong key file and restart it).
+/// answers but refuses the handshake (an operator may fix a wrong key file and restart it),
+/// except that the first handshake the peer closes is retried after 5 ms: after a peer's
+/// process died, that retry is refused and the node hears of it (`DialRefused`) at once.
 fn spawn_dialer(
     addr: SocketAddr,
     key: PairKey,
@@ -370,6 +398,7 @@ fn spawn_dialer(
     std::thread::Builder::new()
         .name("colo-peer-dial".to_string())
         .spawn(move || {
+            let mut quick_retry = true;
             while !stop.load(Ordering::Relaxed) {
                 match dial(addr, &key, name, Duration::from_millis(500)) {
                     Ok(link) => {
@@ -379,7 +408,13 @@ fn spawn_dialer(
                         });
                         return;
                     }
-                    Err(DialFailure::Handshake) => std::thread::sleep(Duration::from_secs(1)),
+                    Err(DialFailure::ClosedInHandshake) if quick_retry => {
+                        quick_retry = false;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(DialFailure::Handshake | DialFailure::ClosedInHandshake) => {
+                        std::thread::sleep(Duration::from_secs(1))
+                    }
                     Err(DialFailure::Refused) => {
                         let _ = tx.send(LoopEvent::DialRefused { dial: dial_gen });
                         std::thread::sleep(Duration::from_millis(50));
@@ -390,4 +425,45 @@ fn spawn_dialer(
         })
         .map(|_| ())
         .map_err(|e| LoopError::Endpoint(format!("cannot start the dialler: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(r: Result<AuthedLink, DialFailure>) -> &'static str {
+        match r {
+            Ok(_) => "linked",
+            Err(DialFailure::Unanswered) => "unanswered",
+            Err(DialFailure::Refused) => "refused",
+            Err(DialFailure::Handshake) => "handshake",
+            Err(DialFailure::ClosedInHandshake) => "closed in handshake",
+        }
+    }
+
+    #[test]
+    fn a_listener_that_closes_the_accepted_connection_is_told_from_a_refusal() {
+        let key = PairKey::from_bytes([7; 32]);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Accepts one connection and closes it without a word (a dying peer's last accept).
+        let closer = std::thread::spawn(move || drop(listener.accept().unwrap()));
+        let first = dial(addr, &key, "test", std::time::Duration::from_secs(2));
+        closer.join().unwrap();
+        assert_eq!(outcome(first), "closed in handshake");
+        // The listener is gone with the thread: the next dial is refused.
+        let second = dial(addr, &key, "test", std::time::Duration::from_secs(2));
+        assert_eq!(outcome(second), "refused");
+    }
+
+    #[test]
+    fn an_authentication_failure_is_not_a_close() {
+        let bad = HandshakeError::Timeout;
+        assert!(!closed_in_handshake(&bad));
+        assert!(closed_in_handshake(&HandshakeError::Closed));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(closed_in_handshake(&HandshakeError::Io(reset)));
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(!closed_in_handshake(&HandshakeError::Io(other)));
+    }
 }

@@ -88,6 +88,12 @@ pub struct FailoverFigures {
     pub around_kill: (u64, u64),
     /// `peer-lost` lines of either node before the kill (false failure detections).
     pub false_alarms: u32,
+    /// Kill -> the primary counted dead (its sockets closed, or the process reaped).
+    pub dead: Option<Duration>,
+    /// Kill -> the process reaped (its VM's teardown included).
+    pub reaped: Option<Duration>,
+    /// The client's longest wait for a reply among the requests answered after the kill.
+    pub stall: Duration,
 }
 
 /// Everything one `colo bench` run measured.
@@ -133,6 +139,7 @@ impl BenchReport {
                 opt_ms(self.secondary_kill.detected),
             ),
             ("secondary_kill_stall_ms", ms(self.secondary_kill.stall)),
+            ("failover_stall_ms", ms(self.failover.stall)),
             (
                 "peer_lost_before_kill",
                 self.failover.false_alarms.to_string(),
@@ -274,12 +281,15 @@ impl std::fmt::Display for BenchReport {
         };
         writeln!(
             f,
-            "  failover: primary SIGKILL -> detection (peer-lost) {} -> takeover (failed-over) {} -> the client's next reply {} ms (INCR {} before, {} after: no write lost or repeated)",
+            "  failover: primary SIGKILL -> detection (peer-lost) {} -> takeover (failed-over) {} -> the client's next reply {:.1} ms (INCR {} before, {} after: no write lost or repeated); the client's longest wait {:.1} ms; the primary's sockets closed {}, the process reaped {}",
             ms(self.failover.detected),
             ms(self.failover.took_over),
-            self.failover.next_reply.as_millis(),
+            self.failover.next_reply.as_secs_f64() * 1e3,
             self.failover.around_kill.0,
-            self.failover.around_kill.1
+            self.failover.around_kill.1,
+            self.failover.stall.as_secs_f64() * 1e3,
+            ms(self.failover.dead),
+            ms(self.failover.reaped)
         )?;
         writeln!(
             f,

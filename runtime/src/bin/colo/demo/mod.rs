@@ -166,6 +166,21 @@ impl Children {
         self.0.iter().map(|(_, child)| child.id()).collect()
     }
 
+    /// Sends SIGKILL to child `who` without waiting for it: it stays listed, and a later
+    /// [`Children::kill`] (or the drop) reaps it.
+    pub(crate) fn signal_kill(&mut self, who: &str) -> Result<(), DemoError> {
+        let (_, child) = self
+            .0
+            .iter_mut()
+            .find(|(name, _)| *name == who)
+            .ok_or_else(|| DemoError::NoChild(who.to_string()))?;
+        child.kill().map_err(|source| DemoError::Signal {
+            action: "kill",
+            who: who.to_string(),
+            source,
+        })
+    }
+
     pub(crate) fn kill(&mut self, who: &str) -> Result<(), DemoError> {
         let at = self
             .0
