@@ -11,7 +11,10 @@ use crate::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompareConfig {
     /// How long a frame (primary or secondary) may wait for its counterpart before the
-    /// comparator requests a checkpoint. QEMU's `compare_timeout` default: 3000 ms.
+    /// comparator requests a checkpoint. QEMU's `compare_timeout` default: 3000 ms, kept
+    /// here; the `colo` nodes default to 20 ms (`--compare-timeout-ms`: a secondary whose TCP
+    /// fell out of step otherwise stalls the client until the next periodic checkpoint,
+    /// docs/benchmarks.md "The compare timeout").
     pub compare_timeout: Duration,
     /// Frames held per flow and per side before the comparator requests a checkpoint
     /// (reason `QueueFull`). QEMU's `max_queue_size` default: 1024 (where QEMU drops instead).

@@ -100,6 +100,8 @@ pub struct PairSection {
     pub key_file: Option<PathBuf>,
     /// Periodic checkpoint interval (primary).
     pub checkpoint_interval_ms: Option<u64>,
+    /// How long unmatched output is held before a checkpoint is forced (primary).
+    pub compare_timeout_ms: Option<u64>,
     /// Heartbeat interval.
     pub heartbeat_interval_ms: Option<u64>,
     /// Heartbeat intervals without a word before the peer is lost.

@@ -74,6 +74,12 @@ pub(crate) struct NodeArgs {
     #[arg(long, default_value_t = 500)]
     #[arg(value_parser = crate::args::millis)]
     checkpoint_interval_ms: u64,
+    /// How long the primary holds its guest's output that the secondary's has not matched
+    /// before it forces a checkpoint, in milliseconds or a duration with its unit (QEMU's
+    /// default is 3 s; a secondary whose TCP fell out of step would stall a client that long).
+    #[arg(long, default_value_t = 20)]
+    #[arg(value_parser = crate::args::millis)]
+    compare_timeout_ms: u64,
     /// Heartbeat interval in milliseconds, or a duration with its unit.
     #[arg(long, default_value_t = 100)]
     #[arg(value_parser = crate::args::millis)]
@@ -298,6 +304,11 @@ fn merge_config(
         pair.checkpoint_interval_ms,
     );
     set(
+        "compare_timeout_ms",
+        &mut args.compare_timeout_ms,
+        pair.compare_timeout_ms,
+    );
+    set(
         "heartbeat_interval_ms",
         &mut args.heartbeat_interval_ms,
         pair.heartbeat_interval_ms,
@@ -420,6 +431,7 @@ fn run_node(
     config.auto_reprotect = args.auto_reprotect;
     config.metrics_listen = args.metrics_listen;
     config.node.checkpoint.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms);
+    config.node.compare.compare_timeout = Duration::from_millis(args.compare_timeout_ms);
     config.node.heartbeat.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.node.heartbeat.heartbeat_misses_max = args.heartbeat_misses;
     config.node.heartbeat.closed_link_grace = Duration::from_millis(args.closed_link_grace_ms);

@@ -16,6 +16,7 @@
 //! `PairRun` guard), as in the demo.
 
 mod breakdown;
+mod cpu;
 mod diverge;
 mod diverge_trace;
 mod report;
@@ -31,6 +32,8 @@ pub use soak::run as run_soak;
 use crate::demo::net::{Client, LONE_IP, LoneVm, PAIR_IP, PairRun, lab};
 use crate::demo::{DemoOptions, Percentiles, fields};
 use colo_runtime::net::netns::NetNs;
+use cpu::CpuSnapshot;
+pub use cpu::PhaseCpu;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,11 +127,11 @@ pub fn run_breakdown(options: &BenchOptions) -> Result<Breakdown, String> {
 }
 
 /// Latency, then `between` (the pair's differing replies), then both bulk directions, against
-/// the server at `ip`; the bulk phases' host CPU is that of the processes `pids`.
+/// the server at `ip`; the bulk phases' host CPU is that of the `processes` (name, pid).
 fn measure(
     ns: &NetNs,
     ip: &str,
-    pids: &[u32],
+    processes: &[(&str, u32)],
     options: &BenchOptions,
     between: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<SideFigures, String> {
@@ -148,14 +151,14 @@ fn measure(
         ..SideFigures::default()
     };
     between()?;
-    let cpu_before = cpu_time(pids);
+    let cpu_before = CpuSnapshot::take(processes);
     for _ in 0..options.bulk_rounds {
         let t = Instant::now();
         client.stream(options.bulk_bytes)?;
         side.out_time += t.elapsed();
         side.out_bytes += options.bulk_bytes;
     }
-    let cpu_between = cpu_time(pids);
+    let cpu_between = CpuSnapshot::take(processes);
     let body: Vec<u8> = (0..options.bulk_bytes).map(|i| (i % 251) as u8).collect();
     for _ in 0..options.bulk_rounds {
         let t = Instant::now();
@@ -163,35 +166,10 @@ fn measure(
         side.in_time += t.elapsed();
         side.in_bytes += options.bulk_bytes;
     }
-    let cpu_after = cpu_time(pids);
-    side.out_cpu = cpu_before
-        .zip(cpu_between)
-        .map(|(a, b)| b.saturating_sub(a));
-    side.in_cpu = cpu_between.zip(cpu_after).map(|(a, b)| b.saturating_sub(a));
+    let cpu_after = CpuSnapshot::take(processes);
+    side.out_cpu = PhaseCpu::between(cpu_before.as_ref(), cpu_between.as_ref());
+    side.in_cpu = PhaseCpu::between(cpu_between.as_ref(), cpu_after.as_ref());
     Ok(side)
-}
-
-/// The CPU time every thread of `pids` has run so far (the first field of each
-/// `/proc/PID/task/TID/schedstat`, nanoseconds on a CPU), `None` if a process could not be read.
-/// A thread that ends between two readings takes its time with it: the bench's processes keep
-/// their threads for the whole run.
-pub fn cpu_time(pids: &[u32]) -> Option<Duration> {
-    let mut total = 0u64;
-    for pid in pids {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-        for task in tasks.flatten() {
-            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
-                continue; // the thread ended while the directory was read
-            };
-            total += schedstat_run_ns(&text)?;
-        }
-    }
-    Some(Duration::from_nanos(total))
-}
-
-/// The time on a CPU in one `schedstat` line (`run_ns wait_ns slices`).
-fn schedstat_run_ns(text: &str) -> Option<u64> {
-    text.split_whitespace().next()?.parse().ok()
 }
 
 /// Runs the bench (see the module doc).
@@ -205,16 +183,17 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, String> {
     };
     {
         let _vm = LoneVm::start(&ns, options.guest_cmdline.as_deref())?;
-        report.lone = measure(&ns, LONE_IP, &[std::process::id()], options, &mut || Ok(()))?;
+        let me = [("bench", std::process::id())];
+        report.lone = measure(&ns, LONE_IP, &me, options, &mut || Ok(()))?;
         println!("[bench] lone VM measured");
     }
     let mut pair = PairRun::start(&ns, &options.pair, deadline, &[], &options.all_node_args())?;
     pair.wait_paired()?;
     let started = Instant::now();
     let mut diverge = DivergeFigures::default();
-    let mut pids = vec![std::process::id()];
-    pids.extend(pair.children.pids());
-    report.pair = measure(&ns, PAIR_IP, &pids, options, &mut || {
+    let mut processes = vec![("bench", std::process::id())];
+    processes.extend(pair.children.named_pids());
+    report.pair = measure(&ns, PAIR_IP, &processes, options, &mut || {
         diverge = diverge::run(
             &ns,
             &mut pair,
@@ -482,17 +461,6 @@ mod tests {
         let dead = base + Duration::from_micros(1_500);
         let (before, after) = next_reply_after(&replies, dead).expect("a later request");
         assert_eq!((before.value, after.value), (9, 10));
-    }
-
-    #[test]
-    fn schedstat_gives_the_time_on_a_cpu() {
-        assert_eq!(schedstat_run_ns("123456 789 10\n"), Some(123_456));
-        assert_eq!(schedstat_run_ns(""), None);
-        assert_eq!(schedstat_run_ns("x 1 2"), None);
-        // This process has run for some time already.
-        let own = cpu_time(&[std::process::id()]).expect("this process's schedstat");
-        assert!(own > Duration::ZERO);
-        assert_eq!(cpu_time(&[u32::MAX]), None, "no such process");
     }
 
     #[test]

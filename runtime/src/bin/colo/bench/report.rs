@@ -24,10 +24,11 @@ pub struct SideFigures {
     pub in_time: Duration,
     /// Host CPU time spent during the `STREAM`s and during the `SINK`s by every thread of the
     /// bench process (its client, and the lone VM when it is in this process) and of the
-    /// pair's processes ([`super::cpu_time`]); `None` where the kernel did not tell.
-    pub out_cpu: Option<Duration>,
+    /// pair's processes, in total and by thread ([`super::PhaseCpu`]); `None` where the
+    /// kernel did not tell.
+    pub out_cpu: Option<super::PhaseCpu>,
     /// See [`SideFigures::out_cpu`].
-    pub in_cpu: Option<Duration>,
+    pub in_cpu: Option<super::PhaseCpu>,
 }
 
 impl SideFigures {
@@ -52,11 +53,13 @@ impl SideFigures {
             cpu.filter(|_| !wall.is_zero() && cores > 0)
                 .map(|c| c.as_secs_f64() / (wall.as_secs_f64() * f64::from(cores)))
         };
+        let out = self.out_cpu.as_ref().map(|c| c.total);
+        let inn = self.in_cpu.as_ref().map(|c| c.total);
         (
-            per_mib(self.out_cpu, self.out_bytes),
-            busy(self.out_cpu, self.out_time),
-            per_mib(self.in_cpu, self.in_bytes),
-            busy(self.in_cpu, self.in_time),
+            per_mib(out, self.out_bytes),
+            busy(out, self.out_time),
+            per_mib(inn, self.in_bytes),
+            busy(inn, self.in_time),
         )
     }
 }
@@ -261,6 +264,20 @@ impl std::fmt::Display for BenchReport {
         };
         cpu(f, "lone VM:", &self.lone)?;
         cpu(f, "pair:", &self.pair)?;
+        for (name, s) in [("lone VM", &self.lone), ("pair", &self.pair)] {
+            for (what, phase, wall) in [
+                ("guest->client", &s.out_cpu, s.out_time),
+                ("client->guest", &s.in_cpu, s.in_time),
+            ] {
+                if let Some(phase) = phase {
+                    writeln!(
+                        f,
+                        "    {name} {what}, busiest threads (100 % = one core): {}",
+                        phase.top(6, wall)
+                    )?;
+                }
+            }
+        }
         let reasons: Vec<String> = self
             .checkpoints
             .iter()
@@ -364,7 +381,10 @@ mod tests {
     fn cpu_figures_are_per_mib_and_a_share_of_the_cores() {
         // 8 MiB out in 1 s using 1.5 s of CPU on 2 cores; nothing known for the SINK.
         let s = SideFigures {
-            out_cpu: Some(Duration::from_millis(1500)),
+            out_cpu: Some(super::super::PhaseCpu {
+                total: Duration::from_millis(1500),
+                threads: Vec::new(),
+            }),
             ..side(100, 100, (8 << 20, 1000), (4 << 20, 500))
         };
         let (out_mib, out_busy, in_mib, in_busy) = s.cpu_figures(2);

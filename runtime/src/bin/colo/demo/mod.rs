@@ -160,10 +160,13 @@ impl Drop for Children {
 }
 
 impl Children {
-    /// The process ids of the children still running (the colo processes themselves:
-    /// `ip netns exec` execs them).
-    pub(crate) fn pids(&self) -> Vec<u32> {
-        self.0.iter().map(|(_, child)| child.id()).collect()
+    /// The children still listed, by name, with their process ids (the colo processes
+    /// themselves: `ip netns exec` execs them).
+    pub(crate) fn named_pids(&self) -> Vec<(&'static str, u32)> {
+        self.0
+            .iter()
+            .map(|(name, child)| (*name, child.id()))
+            .collect()
     }
 
     /// Sends SIGKILL to child `who` without waiting for it: it stays listed, and a later
