@@ -5,10 +5,11 @@
 //! baselines of the same bytes in the same run (pages scattered over 128 MiB; and contiguous
 //! pages another thread has just written, as a guest's are), bitmap -> page-run conversion and
 //! merging of scattered runs (`dirty_table`, no KVM), and the dirty-log harvest over the whole
-//! memory, and the peer link's page path (`peer_send_pages`: 16 MiB of guest pages from guest
-//! memory through `PeerWriter::send_pages`, loopback TCP and a reader thread's decoder, plain
-//! and with the authenticated link's MAC on both ends; pages with data, half of them zero, all
-//! zero; and the memcpy of the same pages in the same run). Results and their reading:
+//! memory, and the peer link's page path (`peer_send_pages`: 273 pages, the pause goal's
+//! size, and 16 MiB of guest pages from guest memory through `PeerWriter::send_pages`,
+//! loopback TCP, a reader thread's decoder and the RAM cache's store, plain and with the
+//! authenticated link's MAC on both ends; pages with data, half of them zero, all zero; and the
+//! memcpy of the same pages in the same run). Results and their reading:
 //! docs/benchmarks.md, "VMM".
 //!
 //! The guest rewrites a working set of N pages every step; before each timed checkpoint it
@@ -392,19 +393,109 @@ fn dirty_table(c: &mut Criterion) {
     group.finish();
 }
 
-/// 16 MiB of guest pages over loopback TCP from guest memory to a decoding reader thread, plain
-/// and sealed (BLAKE3 keyed MAC hashed as the pages stream, verified before delivery), with
-/// every page holding data, with every second page zero and with every page zero (zero pages
-/// travel as a bit in the frame's map); and the memcpy of the same pages in the same run.
+/// One loopback link for `peer_send_pages`: the writer, and a reader thread that decodes every
+/// frame, stores page batches into a [`RamCache`](colo_runtime::vmm::checkpoint::RamCache) as
+/// the secondary does, and reports the bulk bytes of each checkpoint when its
+/// `CheckpointSent` arrives.
+struct BenchLink {
+    writer: colo_runtime::pair::peer::PeerWriter,
+    done: std::sync::mpsc::Receiver<u64>,
+}
+
+impl BenchLink {
+    fn open(sealed: bool) -> BenchLink {
+        use colo_core::wire::auth::{Nonces, session};
+        use colo_core::wire::{FrameDecoder, Limits, LinkSide, Message};
+        use colo_runtime::pair::peer::{PeerReader, PeerWriter};
+        use std::net::{TcpListener, TcpStream};
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let nonces = Nonces {
+            connector: [1; 32],
+            acceptor: [2; 32],
+        };
+        let key = [7u8; 32];
+        let (tx_session, rx_session) = (
+            session(&key, LinkSide::Connector, &nonces),
+            session(&key, LinkSide::Acceptor, &nonces),
+        );
+        let (writer, decoder) = if sealed {
+            (
+                PeerWriter::sealed(client, tx_session.send),
+                FrameDecoder::sealed(Limits::default(), rx_session.receive),
+            )
+        } else {
+            (
+                PeerWriter::new(client),
+                FrameDecoder::new(Limits::default()),
+            )
+        };
+        let (done_tx, done) = std::sync::mpsc::channel();
+        // The receiving end as a node's: its own writer half sizes the socket's buffers.
+        let server_writer = PeerWriter::new(server.try_clone().unwrap());
+        let mut bytes = 0u64;
+        let mut cache = colo_runtime::vmm::checkpoint::RamCache::new(MEM_MIB << 20);
+        let on_frame = move |m: Message, bulk: &[u8]| {
+            if let Message::PageBatch { ranges, zero, .. } = &m {
+                cache
+                    .store(ranges, zero, bulk)
+                    .expect("pages inside memory");
+                bytes += bulk.len() as u64;
+            }
+            if matches!(m, Message::CheckpointSent { .. }) {
+                let _ = done_tx.send(std::mem::take(&mut bytes));
+            }
+            true
+        };
+        PeerReader::spawn(server, decoder, on_frame, move |_| drop(server_writer)).unwrap();
+        BenchLink { writer, done }
+    }
+
+    /// Sends `pages` of `mem` as one checkpoint and waits until the reader had all of it.
+    fn checkpoint(
+        &mut self,
+        mem: &colo_runtime::vmm::memory::GuestMemory,
+        pages: &[colo_core::ids::PageRange],
+    ) {
+        use colo_core::ids::Epoch;
+        use colo_core::wire::Message;
+        let sent = self
+            .writer
+            .send_pages(mem, pages, |batch, ranges, zero| Message::PageBatch {
+                epoch: Epoch(1),
+                batch,
+                ranges,
+                zero,
+            })
+            .unwrap();
+        self.writer
+            .send(
+                &Message::CheckpointSent {
+                    epoch: Epoch(1),
+                    batches: sent.batches,
+                    pages: sent.pages,
+                    bytes: sent.bytes,
+                },
+                &[],
+            )
+            .unwrap();
+        assert_eq!(self.done.recv().unwrap(), sent.bytes);
+    }
+}
+
+/// Guest pages over loopback TCP from guest memory to a decoding reader thread that stores them
+/// into a RAM cache, plain and sealed (BLAKE3 keyed MAC hashed as the pages stream, verified
+/// before delivery): the pause goal's ~273 pages (1.1 MB), and 16 MiB with every page holding
+/// data, with every second page zero and with every page zero (zero pages travel as a bit in
+/// the frame's map); each group with the memcpy of the same pages in the same run.
 fn peer_send_pages(c: &mut Criterion) {
-    use colo_core::ids::{Epoch, PageRange};
-    use colo_core::wire::auth::{Nonces, session};
-    use colo_core::wire::{FrameDecoder, Limits, LinkSide, Message};
-    use colo_runtime::pair::peer::{PeerWriter, read_frames};
-    use std::net::{TcpListener, TcpStream};
-    use std::sync::mpsc;
+    use colo_core::ids::PageRange;
 
     const PAGES: u64 = 4096;
+    /// The pause goal's checkpoint: ~273 pages (1.1 MB), what `colo bench` carries per `NONCE`.
+    const PAUSE_PAGES: usize = 273;
     let mem = colo_runtime::vmm::memory::create(MEM_MIB << 20).expect("guest memory");
     // Every other page of the first 32 MiB, with distinct bytes; the same pattern 32 MiB up
     // with every second page of it left zero, and 64 MiB up with all of them zero.
@@ -421,85 +512,47 @@ fn peer_send_pages(c: &mut Criterion) {
         mem.write_slice(&[i as u8 | 1; PAGE], GuestAddress(r.first * PAGE as u64))
             .unwrap();
     }
-    let mut group = c.benchmark_group("peer_send_pages_16MiB");
-    group.throughput(Throughput::Bytes(PAGES * PAGE as u64));
-    group.sample_size(20);
+    let mut links = [BenchLink::open(false), BenchLink::open(true)];
+    let link_name = |sealed: usize| if sealed == 1 { "sealed" } else { "plain" };
     let mut copy = vec![0u8; (PAGES as usize) * PAGE];
-    group.bench_function("memcpy", |bench| {
+    let mut memcpy_of = |bench: &mut criterion::Bencher<'_>, pages: &[PageRange]| {
         bench.iter(|| {
-            for (r, to) in data.iter().zip(copy.chunks_exact_mut(PAGE)) {
+            for (r, to) in pages.iter().zip(copy.chunks_exact_mut(PAGE)) {
                 mem.read_slice(to, GuestAddress(r.first * PAGE as u64))
                     .unwrap();
             }
             black_box(&copy);
         })
-    });
-    for sealed in [false, true] {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let nonces = Nonces {
-            connector: [1; 32],
-            acceptor: [2; 32],
-        };
-        let key = [7u8; 32];
-        let (tx_session, rx_session) = (
-            session(&key, LinkSide::Connector, &nonces),
-            session(&key, LinkSide::Acceptor, &nonces),
-        );
-        let (mut writer, decoder) = if sealed {
-            (
-                PeerWriter::sealed(client, tx_session.send),
-                FrameDecoder::sealed(Limits::default(), rx_session.receive),
-            )
-        } else {
-            (
-                PeerWriter::new(client),
-                FrameDecoder::new(Limits::default()),
-            )
-        };
-        let (done_tx, done) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut server = server;
-            let mut bytes = 0u64;
-            read_frames(&mut server, decoder, &mut |m, bulk| {
-                bytes += bulk.len() as u64;
-                if matches!(m, Message::CheckpointSent { .. }) {
-                    let _ = done_tx.send(std::mem::take(&mut bytes));
-                }
-                true
-            });
+    };
+
+    // The pause's size: 273 scattered data pages, each case the same pages.
+    let small = &data[..PAUSE_PAGES];
+    let mut group = c.benchmark_group("peer_send_pages_273");
+    group.throughput(Throughput::Bytes((PAUSE_PAGES * PAGE) as u64));
+    group.sample_size(50);
+    group.bench_function("memcpy", |bench| memcpy_of(bench, small));
+    for (i, link) in links.iter_mut().enumerate() {
+        group.bench_function(link_name(i), |bench| {
+            bench.iter(|| link.checkpoint(&mem, small))
         });
-        let link = if sealed { "sealed" } else { "plain" };
-        for (pages, what) in [(&data, ""), (&half, "_half_zero"), (&zero, "_all_zero")] {
-            group.bench_function(format!("{link}{what}"), |bench| {
-                bench.iter(|| {
-                    let sent = writer
-                        .send_pages(&mem, pages, |batch, ranges, zero| Message::PageBatch {
-                            epoch: Epoch(1),
-                            batch,
-                            ranges,
-                            zero,
-                        })
-                        .unwrap();
-                    writer
-                        .send(
-                            &Message::CheckpointSent {
-                                epoch: Epoch(1),
-                                batches: sent.batches,
-                                pages: sent.pages,
-                                bytes: sent.bytes,
-                            },
-                            &[],
-                        )
-                        .unwrap();
-                    assert_eq!(done.recv().unwrap(), sent.bytes);
-                })
-            });
-        }
-        writer.close();
     }
     group.finish();
+
+    let mut group = c.benchmark_group("peer_send_pages_16MiB");
+    group.throughput(Throughput::Bytes(PAGES * PAGE as u64));
+    group.sample_size(20);
+    group.bench_function("memcpy", |bench| memcpy_of(bench, &data));
+    for (i, link) in links.iter_mut().enumerate() {
+        for (pages, what) in [(&data, ""), (&half, "_half_zero"), (&zero, "_all_zero")] {
+            group.bench_function(format!("{}{what}", link_name(i)), |bench| {
+                bench.iter(|| link.checkpoint(&mem, pages))
+            });
+        }
+    }
+    group.finish();
+    for link in links {
+        link.writer.close();
+    }
 }
 
 fn main() {

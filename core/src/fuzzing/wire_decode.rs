@@ -51,6 +51,7 @@ fn reseal(stream: &mut [u8], mut mac: Option<FrameMac>) {
             |i: usize| u32::from_be_bytes([frame[i], frame[i + 1], frame[i + 2], frame[i + 3]]);
         let sealed = u16::from_be_bytes([frame[6], frame[7]]) & FLAG_MAC != 0;
         let tag_len = if sealed { MAC_TAG_LEN as u64 } else { 0 };
+        let message_end = HEADER_LEN + len(8) as usize;
         let bulk_end = HEADER_LEN as u64 + u64::from(len(8)) + u64::from(len(12));
         let Some(end) = usize::try_from(bulk_end + tag_len + TRAILER_LEN as u64)
             .ok()
@@ -67,7 +68,15 @@ fn reseal(stream: &mut [u8], mut mac: Option<FrameMac>) {
             }
         }
         let body_end = end - TRAILER_LEN;
-        let crc = crc32c::crc32c(&frame[..body_end]);
+        // A sealed frame's CRC skips the bulk (docs/protocol.md, "Frame layout").
+        let crc = if sealed {
+            crc32c::crc32c_append(
+                crc32c::crc32c(&frame[..message_end]),
+                &frame[bulk_end..body_end],
+            )
+        } else {
+            crc32c::crc32c(&frame[..body_end])
+        };
         frame[body_end..end].copy_from_slice(&crc.to_be_bytes());
         at += end;
     }

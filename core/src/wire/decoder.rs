@@ -1,9 +1,13 @@
 //! The streaming frame decoder: bytes arrive from the link in arbitrary chunks, whole frames
-//! come out.
+//! come out. The bytes either are pushed ([`FrameDecoder::push`], a copy) or read by the caller
+//! straight into the decoder's own buffer ([`FrameDecoder::read_with`], no copy); either way
+//! each frame's CRC (and on an authenticated link its MAC) is computed over its bytes as they
+//! arrive, so a large frame is checked moments after its last byte.
 //!
 //! Invariants: its buffer never holds more than [`Limits::max_frame_len`] bytes (so a peer
-//! cannot make a receiver buffer without bound: [`FrameDecoder::push`] takes only what fits,
-//! and a frame too large is refused from its header); the frames it yields are exactly those
+//! cannot make a receiver buffer without bound: [`FrameDecoder::push`] and
+//! [`FrameDecoder::read_with`] take only what fits, and a frame too large is refused from its
+//! header); no frame is yielded before all of its checks passed; the frames it yields are exactly those
 //! [`super::decode`] (or [`super::decode_sealed`]) yields on the concatenated stream, whatever the chunking; after the first error
 //! it stays failed and yields that error again, because a stream that lost framing cannot be
 //! resynchronised: the link must be reset.
@@ -11,6 +15,30 @@
 use super::auth::{FrameMac, MacState};
 use super::error::WireError;
 use super::frame::{Decoded, HEADER_LEN, Limits, MacCheck, decode_header, decode_with};
+
+/// The least room [`FrameDecoder::read_with`] offers a read while a frame needs fewer bytes
+/// (so small frames do not cost a read each).
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// The tag is fed in pieces that end on this boundary of its input (the 8-byte frame counter,
+/// then the frame), except the last: BLAKE3 hashes aligned runs of whole 1 KiB chunks with its
+/// widest SIMD, where reads of arbitrary sizes would feed it ragged pieces.
+const MAC_STEP: usize = 16 * 1024;
+
+/// Bytes the tag's input holds before the frame (the frame counter).
+const MAC_COUNTER_LEN: usize = 8;
+
+/// The checks of the frame being received.
+#[derive(Clone, Debug)]
+struct Progress {
+    /// The running tag (authenticated links only), over the frame's first `mac_done` bytes.
+    mac: Option<MacState>,
+    mac_done: usize,
+    /// The running CRC32C over the part of the frame the trailer's CRC covers before the tag,
+    /// over its first `crc_done` bytes.
+    crc: u32,
+    crc_done: usize,
+}
 
 /// The decoder's phase.
 #[derive(Clone, Debug)]
@@ -31,16 +59,17 @@ enum Phase {
 #[derive(Clone, Debug)]
 pub struct FrameDecoder {
     limits: Limits,
-    /// Received bytes; `buf[start..]` is not yet yielded.
+    /// The buffer (initialised bytes; its length only grows, up to the limit): received bytes
+    /// are `buf[..end]`, of which `buf[start..end]` are not yet yielded.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     phase: Phase,
     frames: u64,
     /// The receiving MAC of an authenticated link (None: frames are unsealed).
     mac: Option<FrameMac>,
-    /// The tag of the frame being received, over its first `.1` bytes (hashed as they
-    /// arrive, so a large frame is verified moments after its last byte).
-    hashing: Option<(MacState, usize)>,
+    /// The checks of the frame being received (computed as its bytes arrive).
+    progress: Option<Progress>,
 }
 
 impl FrameDecoder {
@@ -50,10 +79,11 @@ impl FrameDecoder {
             limits,
             buf: Vec::new(),
             start: 0,
+            end: 0,
             phase: Phase::Open,
             frames: 0,
             mac: None,
-            hashing: None,
+            progress: None,
         }
     }
 
@@ -78,7 +108,7 @@ impl FrameDecoder {
 
     /// Bytes received but not yet yielded as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// Frames yielded so far.
@@ -102,22 +132,56 @@ impl FrameDecoder {
         if let Phase::Failed(_) = self.phase {
             return data.len();
         }
+        let room = self.make_room(data.len());
+        let take = data.len().min(room);
+        self.buf[self.end..self.end + take].copy_from_slice(&data[..take]);
+        self.end += take;
+        take
+    }
+
+    /// Lets `read` fill the decoder's buffer directly (a socket read without the copy of
+    /// [`push`](Self::push)) and takes the bytes it reports (at most the slice's length);
+    /// returns that count, or `read`'s error. Call it, as `push`, once every whole frame has
+    /// been drained with [`poll_frame`](Self::poll_frame): the slice is then never empty. It
+    /// holds the rest of the pending frame when that is large (so a read never has to move a
+    /// large frame's bytes), otherwise [`READ_CHUNK`] bytes, never more than the limit leaves.
+    ///
+    /// Once failed, the bytes read are dropped (as `push` does), so a read loop still ends.
+    pub fn read_with<E>(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        if let Phase::Failed(_) = self.phase {
+            self.start = 0;
+            self.end = 0;
+            let room = self.make_room(READ_CHUNK);
+            return read(&mut self.buf[..room]).map(|n| n.min(room));
+        }
+        let want = self.needed().max(READ_CHUNK);
+        let room = self.make_room(want);
+        let n = read(&mut self.buf[self.end..self.end + room])?.min(room);
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Drops the frames already yielded and grows the buffer (geometrically, never past the
+    /// limit) so that up to `want` more bytes fit; returns how many fit (at most `want`).
+    fn make_room(&mut self, want: usize) -> usize {
         if self.start > 0 {
             // Frames already yielded are dropped only now, so the slices they lent stay valid
-            // until the caller pushes again.
-            self.buf.drain(..self.start);
+            // until the caller pushes or reads again.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
         let cap = self.capacity();
-        let take = data.len().min(cap - self.buf.len());
-        let needed = self.buf.len() + take;
-        if needed > self.buf.capacity() {
-            // Grow geometrically, but never past the bound.
-            let target = needed.max(self.buf.capacity().saturating_mul(2)).min(cap);
-            self.buf.reserve_exact(target - self.buf.len());
+        let room = want.min(cap - self.end);
+        let needed = self.end + room;
+        if needed > self.buf.len() {
+            let target = needed.max(self.buf.len().saturating_mul(2)).min(cap);
+            self.buf.resize(target, 0);
         }
-        self.buf.extend_from_slice(&data[..take]);
-        take
+        room
     }
 
     /// The next whole frame, `Ok(None)` if more bytes are needed, or the error that ends the
@@ -126,25 +190,25 @@ impl FrameDecoder {
         if let Phase::Failed(e) = &self.phase {
             return Err(e.clone());
         }
-        let check = match self.hash_arrived() {
+        let check = match self.check_arrived() {
             Err(e) => {
+                self.progress = None;
                 // Open --decode error--> Failed
                 self.phase = Phase::Failed(e.clone());
                 return Err(e);
             }
-            Ok(None) => MacCheck::Plain,
-            Ok(Some(check)) => check,
+            Ok(check) => check,
         };
-        match decode_with(&self.buf[self.start..], &self.limits, check) {
+        match decode_with(&self.buf[self.start..self.end], &self.limits, check) {
             Ok(Some(frame)) => {
-                self.hashing = None;
+                self.progress = None;
                 self.start += frame.consumed;
                 self.frames += 1;
                 Ok(Some(frame))
             }
             Ok(None) => Ok(None),
             Err(e) => {
-                self.hashing = None;
+                self.progress = None;
                 // Open --decode error--> Failed
                 self.phase = Phase::Failed(e.clone());
                 Err(e)
@@ -152,39 +216,55 @@ impl FrameDecoder {
         }
     }
 
-    /// On an authenticated link, feeds the pending frame's newly arrived bytes (up to the end
-    /// of its bulk) to its tag, and says how [`decode_with`] checks it: with the tag when the
-    /// frame is whole, otherwise only for the sealed flag. `Ok(None)`: an unauthenticated link.
-    fn hash_arrived(&mut self) -> Result<Option<MacCheck<'static>>, WireError> {
-        let Some(mac) = self.mac.as_mut() else {
-            return Ok(None);
-        };
-        let pending = &self.buf[self.start..];
+    /// Feeds the pending frame's newly arrived bytes (up to the end of its bulk) to its CRC
+    /// and, on an authenticated link, its tag, and says how [`decode_with`] checks it: with
+    /// both when the frame is whole, otherwise only its header's flag.
+    fn check_arrived(&mut self) -> Result<MacCheck<'static>, WireError> {
+        let sealed = self.mac.is_some();
+        let next = self.mac.as_ref().map_or(0, FrameMac::next_frame);
+        let pending = &self.buf[self.start..self.end];
         let header = match decode_header(pending, &self.limits)? {
-            Some(h) if h.mac => h,
-            // No header yet, or an unsealed frame: decode_with waits or refuses it.
-            _ => {
-                return Ok(Some(MacCheck::Expect {
-                    next: mac.next_frame(),
-                }));
-            }
+            Some(h) if h.mac == sealed => h,
+            // No header yet, or a frame of the other kind: decode_with waits or refuses it.
+            _ => return Ok(MacCheck::Expect { sealed, next }),
         };
-        let (state, hashed) = self.hashing.get_or_insert_with(|| (mac.start(), 0));
-        let upto = pending.len().min(header.bulk_end());
-        if upto > *hashed {
-            state.update(&pending[*hashed..upto]);
-            *hashed = upto;
+        let mac = &mut self.mac;
+        let progress = self.progress.get_or_insert_with(|| Progress {
+            mac: mac.as_mut().map(FrameMac::start),
+            mac_done: 0,
+            crc: 0,
+            crc_done: 0,
+        });
+        let (crc_end, bulk_end) = (header.crc_end(), header.bulk_end());
+        let crc_upto = pending.len().min(crc_end);
+        if crc_upto > progress.crc_done {
+            let part = &pending[progress.crc_done..crc_upto];
+            progress.crc = crc32c::crc32c_append(progress.crc, part);
+            progress.crc_done = crc_upto;
+        }
+        if let Some(state) = &mut progress.mac {
+            let mac_upto = if pending.len() >= bulk_end {
+                bulk_end
+            } else {
+                let input = MAC_COUNTER_LEN + pending.len();
+                (input - input % MAC_STEP).saturating_sub(MAC_COUNTER_LEN)
+            };
+            if mac_upto > progress.mac_done {
+                state.update(&pending[progress.mac_done..mac_upto]);
+                progress.mac_done = mac_upto;
+            }
         }
         if pending.len() < header.frame_len() {
-            return Ok(Some(MacCheck::Expect {
-                next: state.frame(),
-            }));
+            return Ok(MacCheck::Expect {
+                sealed,
+                next: progress.mac.as_ref().map_or(next, MacState::frame),
+            });
         }
-        Ok(Some(MacCheck::Hashed {
-            tag: state.tag(),
-            frame: state.frame(),
-            next: mac.next_frame(),
-        }))
+        Ok(MacCheck::Streamed {
+            crc: progress.crc,
+            tag: progress.mac.as_ref().map(|m| (m.tag(), m.frame())),
+            next: self.mac.as_ref().map_or(0, FrameMac::next_frame),
+        })
     }
 
     /// The least number of further bytes that could complete the next frame (a read-size hint;
@@ -193,7 +273,7 @@ impl FrameDecoder {
         if let Phase::Failed(_) = self.phase {
             return 0;
         }
-        let pending = &self.buf[self.start..];
+        let pending = &self.buf[self.start..self.end];
         match decode_header(pending, &self.limits) {
             Ok(Some(header)) => header.frame_len().saturating_sub(pending.len()),
             Ok(None) => HEADER_LEN - pending.len(),

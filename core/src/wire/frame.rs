@@ -12,7 +12,8 @@
 //!   20+M     B  bulk payload (pages, device state, disk data, an Ethernet frame)
 //! 20+M+B     T  with FLAG_MAC only (T = 32): the keyed MAC tag over the frame counter and
 //!               bytes 0..20+M+B (see `super::auth`); T = 0 without the flag
-//! 20+M+B+T   4  frame CRC32C over bytes 0..20+M+B+T
+//! 20+M+B+T   4  frame CRC32C over bytes 0..20+M+B+T, except that a sealed frame's skips
+//!               its bulk: over bytes 0..20+M, then the tag (the tag already covers the bulk)
 //! ```
 //!
 //! Invariants kept here: a decoder checks the header in a fixed order (magic, version, header
@@ -95,6 +96,16 @@ impl FrameHeader {
     /// Where the bulk ends (and the tag, if any, starts).
     pub fn bulk_end(&self) -> usize {
         HEADER_LEN + self.message_len as usize + self.bulk_len as usize
+    }
+
+    /// Where the bytes the trailer's CRC covers before the tag end: the bulk's end, or for a
+    /// sealed frame the message's end (its tag covers the bulk; the CRC then covers the tag).
+    pub fn crc_end(&self) -> usize {
+        if self.mac {
+            HEADER_LEN + self.message_len as usize
+        } else {
+            self.bulk_end()
+        }
     }
 
     /// Total bytes of the frame this header opens, tag and trailer included.
@@ -202,25 +213,28 @@ pub fn decode_sealed<'a>(
     decode_with(buf, limits, MacCheck::Sealed(mac))
 }
 
-/// How [`decode_with`] treats the MAC tag.
+/// How [`decode_with`] checks a frame's MAC tag and CRC.
 pub(crate) enum MacCheck<'m> {
     /// An unauthenticated link: a sealed frame is refused.
     Plain,
     /// An authenticated link: the frame must be sealed, its tag is checked here.
     Sealed(&'m mut FrameMac),
-    /// The frame must be sealed and is not whole yet (the streaming decoder is still hashing
-    /// it): only the flag is checked. A whole frame here fails closed.
+    /// The streaming decoder, the frame not whole yet: only the flag is checked (`sealed`: the
+    /// frame must carry a tag, else it must not). A whole frame here is checked as by `Plain`,
+    /// or fails closed if sealed (the decoder passes `Streamed` for those).
     Expect {
+        /// Whether the link is authenticated.
+        sealed: bool,
         /// The number of the frame (for `MacMissing`).
         next: u64,
     },
-    /// The frame must be sealed; `tag` is what the caller computed as the frame's bytes
-    /// arrived (the streaming decoder), compared here.
-    Hashed {
-        /// The tag over the counter and bytes 0..bulk end.
-        tag: blake3::Hash,
-        /// The frame's number.
-        frame: u64,
+    /// The streaming decoder, the frame whole: what it computed as the frame's bytes arrived.
+    Streamed {
+        /// The CRC32C over bytes `0..crc_end` (the tag is appended here).
+        crc: u32,
+        /// Sealed frames: the tag over the counter and bytes 0..bulk end, and the frame's
+        /// number.
+        tag: Option<(blake3::Hash, u64)>,
         /// The number the next frame would get (for `MacMissing`).
         next: u64,
     },
@@ -235,13 +249,20 @@ pub(crate) fn decode_with<'a>(
         return Ok(None);
     };
     match (&mac, header.mac) {
-        (MacCheck::Plain, true) => return Err(WireError::MacUnexpected),
+        (MacCheck::Plain | MacCheck::Expect { sealed: false, .. }, true)
+        | (MacCheck::Streamed { tag: None, .. }, true) => return Err(WireError::MacUnexpected),
         (MacCheck::Sealed(m), false) => {
             return Err(WireError::MacMissing {
                 frame: m.next_frame(),
             });
         }
-        (MacCheck::Hashed { next, .. } | MacCheck::Expect { next }, false) => {
+        (
+            MacCheck::Streamed {
+                tag: Some(_), next, ..
+            }
+            | MacCheck::Expect { sealed: true, next },
+            false,
+        ) => {
             return Err(WireError::MacMissing { frame: *next });
         }
         _ => {}
@@ -250,17 +271,26 @@ pub(crate) fn decode_with<'a>(
     if buf.len() < frame_len {
         return Ok(None);
     }
-    let bulk_end = header.bulk_end();
-    let computed = match mac {
-        MacCheck::Plain => None,
+    let (crc_end, bulk_end) = (header.crc_end(), header.bulk_end());
+    // (the tag and its frame number, the CRC over 0..crc_end)
+    let (computed, crc) = match mac {
+        MacCheck::Plain | MacCheck::Expect { sealed: false, .. } => {
+            (None, crc32c::crc32c(&buf[..crc_end]))
+        }
         MacCheck::Sealed(mac) => {
             let mut state = mac.start();
             state.update(&buf[..bulk_end]);
-            Some((state.tag(), state.frame()))
+            (
+                Some((state.tag(), state.frame())),
+                crc32c::crc32c(&buf[..crc_end]),
+            )
         }
-        MacCheck::Hashed { tag, frame, .. } => Some((tag, frame)),
-        MacCheck::Expect { next } => return Err(WireError::MacMismatch { frame: next }),
+        MacCheck::Streamed { crc, tag, .. } => (tag, crc),
+        MacCheck::Expect { sealed: true, next } => {
+            return Err(WireError::MacMismatch { frame: next });
+        }
     };
+    let mut crc = crc;
     if let Some((computed, frame)) = computed {
         let tag: [u8; MAC_TAG_LEN] = buf[bulk_end..bulk_end + MAC_TAG_LEN]
             .try_into()
@@ -268,12 +298,15 @@ pub(crate) fn decode_with<'a>(
         if computed != blake3::Hash::from_bytes(tag) {
             return Err(WireError::MacMismatch { frame });
         }
+        crc = crc32c::crc32c_append(crc, &tag);
     }
     let body_end = frame_len - TRAILER_LEN;
     let expected = be_u32(buf, body_end);
-    let computed = crc32c::crc32c(&buf[..body_end]);
-    if expected != computed {
-        return Err(WireError::ChecksumMismatch { expected, computed });
+    if expected != crc {
+        return Err(WireError::ChecksumMismatch {
+            expected,
+            computed: crc,
+        });
     }
     let message_end = HEADER_LEN + header.message_len as usize;
     let message: Message = decode_body(&buf[HEADER_LEN..message_end])?;
@@ -421,8 +454,8 @@ fn encode_head_with(
     })
 }
 
-/// The running CRC (and, on an authenticated link, MAC) of a frame whose bulk is being
-/// streamed (see [`encode_head`]).
+/// The running CRC (or, on an authenticated link, MAC: a sealed frame's CRC skips the bulk) of
+/// a frame whose bulk is being streamed (see [`encode_head`]).
 #[derive(Clone, Debug)]
 #[must_use = "a frame without its trailer is refused by the receiver"]
 pub struct FrameTail {
@@ -440,9 +473,10 @@ impl FrameTail {
         self.remaining = self.remaining.checked_sub(chunk.len()).unwrap_or_else(|| {
             panic!("FrameTail::update: more bulk bytes fed than encode_head announced")
         });
-        self.crc = crc32c::crc32c_append(self.crc, chunk);
-        if let Some(mac) = &mut self.mac {
-            mac.update(chunk);
+        match &mut self.mac {
+            // A sealed frame's CRC skips the bulk: its tag covers it.
+            Some(mac) => mac.update(chunk),
+            None => self.crc = crc32c::crc32c_append(self.crc, chunk),
         }
     }
 

@@ -22,7 +22,7 @@ use crate::ids::{CheckpointReason, ClusterId, Epoch, NicId, NodeId, PageRange, R
 
 /// The protocol version this build speaks. It travels in every frame header (so a peer speaking
 /// another version is detected before its message is decoded) and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The guest page size the page-carrying messages use: [`Message::PageBatch`] and
 /// [`Message::SyncPages`] carry exactly `PAGE_SIZE` bytes per page of their ranges that their

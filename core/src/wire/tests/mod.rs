@@ -1,5 +1,5 @@
 //! Tests of the wire module: shared builders and strategies here, one rule per test in
-//! [`rules`], property tests in [`props`].
+//! [`rules`], property tests in [`props`], reading straight into the decoder in [`read_with`].
 //!
 //! The builders can produce frames the encoder never would (another version, unknown flags,
 //! a message that lies about its contents) but with correct checksums, so each decoding rule
@@ -7,6 +7,7 @@
 
 mod auth;
 mod props;
+mod read_with;
 mod rules;
 mod seeds;
 mod zero_pages;

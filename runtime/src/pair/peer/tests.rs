@@ -1,6 +1,7 @@
 //! Tests of the peer transport: batching and the reader's handling of whole, split, corrupt
 //! and truncated streams; and, over real loopback sockets, the authenticated link (matching
-//! keys, another key, no key, a replayed handshake, a flipped bit, the arbiter's side).
+//! keys, another key, no key, a replayed handshake, a flipped bit, the arbiter's side), and
+//! the page writer's batches with zero pages among them, compacted and sealed, over a socket.
 //! The pair's own socket-level behaviour is in tests/pair.rs and tests/control.rs.
 
 use super::*;
@@ -118,6 +119,102 @@ fn batches_never_exceed_the_page_bound_and_keep_every_page() {
     assert_eq!(flat, want);
     assert_eq!(batches.len(), 4);
     assert!(split_batches(&[], 1024).is_empty());
+}
+
+#[test]
+fn compacting_a_batch_keeps_the_carried_pages_in_order() {
+    let page = PAGE_SIZE as usize;
+    // Pages 0..6 hold their index + 1; pages 1, 2 and 5 are marked zero.
+    let mut batch: Vec<u8> = (0..6u8).flat_map(|i| vec![i + 1; page]).collect();
+    let zero = ZeroPages::from_flags([false, true, true, false, false, true]);
+    let bulk = compact_carried(&mut batch, &zero, 6);
+    let firsts: Vec<u8> = bulk.chunks_exact(page).map(|p| p[0]).collect();
+    assert_eq!(firsts, vec![1, 4, 5]);
+    assert!(
+        bulk.chunks_exact(page)
+            .all(|p| p.iter().all(|&b| b == p[0]))
+    );
+    let none = ZeroPages::from_flags([false; 3]);
+    assert_eq!(
+        compact_carried(&mut batch[..3 * page], &none, 3).len(),
+        3 * page
+    );
+}
+
+#[test]
+fn sealed_pages_with_zero_pages_among_them_cross_a_socket_each_in_its_place() {
+    use colo_core::wire::LinkSide;
+    use colo_core::wire::auth::{Nonces, session};
+    use std::net::TcpListener;
+    let mem = crate::vmm::memory::create(16 << 20).unwrap();
+    // 1,500 pages (two frames) in scattered ranges; every third page of them left zero.
+    let ranges: Vec<PageRange> = (0..300)
+        .map(|i| PageRange {
+            first: i * 11,
+            count: 5,
+        })
+        .collect();
+    let all: Vec<u64> = ranges.iter().flat_map(|r| r.first..r.end()).collect();
+    for (i, &p) in all.iter().enumerate() {
+        if i % 3 != 0 {
+            let fill = vec![(p % 251) as u8 + 1; PAGE_SIZE as usize];
+            mem.write_slice(&fill, GuestAddress(p * PAGE_SIZE)).unwrap();
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let nonces = Nonces {
+        connector: [5; 32],
+        acceptor: [6; 32],
+    };
+    let (tx, rx) = (
+        session(&[3; 32], LinkSide::Connector, &nonces),
+        session(&[3; 32], LinkSide::Acceptor, &nonces),
+    );
+    let reader = std::thread::spawn(move || {
+        let mut frames = Vec::new();
+        let decoder = FrameDecoder::sealed(Limits::default(), rx.receive);
+        let closed = read_frames(&mut server, decoder, &mut |m, bulk| {
+            frames.push((m, bulk.to_vec()));
+            true
+        });
+        (frames, closed)
+    });
+    let mut writer = PeerWriter::sealed(client, tx.send);
+    let sent = writer
+        .send_pages(&mem, &ranges, |batch, ranges, zero| Message::PageBatch {
+            epoch: Epoch(9),
+            batch,
+            ranges,
+            zero,
+        })
+        .unwrap();
+    writer.close();
+    let (frames, closed) = reader.join().unwrap();
+    assert!(matches!(closed, LinkClosed::Eof), "{closed}");
+    assert_eq!((sent.batches, sent.pages, sent.zero_pages), (2, 1500, 500));
+    assert_eq!(sent.bytes, 1000 * PAGE_SIZE);
+    let mut seen = Vec::new();
+    for (message, bulk) in &frames {
+        let Message::PageBatch { ranges, zero, .. } = message else {
+            panic!("not a page batch: {message:?}");
+        };
+        let mut carried = bulk.chunks_exact(PAGE_SIZE as usize);
+        for (i, p) in ranges.iter().flat_map(|r| r.first..r.end()).enumerate() {
+            let mut want = vec![0u8; PAGE_SIZE as usize];
+            mem.read_slice(&mut want, GuestAddress(p * PAGE_SIZE))
+                .unwrap();
+            if zero.is_zero(i as u64) {
+                assert!(want.iter().all(|&b| b == 0), "page {p} marked zero");
+            } else {
+                assert_eq!(carried.next().unwrap(), &want[..], "page {p}");
+            }
+            seen.push(p);
+        }
+        assert!(carried.next().is_none());
+    }
+    assert_eq!(seen, all);
 }
 
 /// The connecting half and a recording relay, shared by the authenticated-link tests.
