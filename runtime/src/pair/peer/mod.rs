@@ -14,8 +14,7 @@
 //! from there into the socket with [`encode_head`] and a `FrameTail`
 //! ([`PeerWriter::send_pages`]): all-zero pages are only marked in the frame's zero map, never
 //! sent; the others are moved together in that buffer and written and hashed in one piece,
-//! never copied into a message or through the core. Both ends ask for socket buffers that
-//! hold a typical checkpoint whole ([`SOCKET_BUFFER`]); the reader reads straight into its
+//! never copied into a message or through the core. The reader reads straight into its
 //! decoder's buffer. Invariant: a frame is either written whole
 //! or the writer reports an error and the link is considered down (a half-written frame is
 //! never followed by another one); a frame reaches `on_frame` only after it verified.
@@ -35,38 +34,6 @@ pub mod auth;
 
 /// Pages per `PageBatch` / `SyncPages` frame (one definition for core, runtime and simulator).
 pub use colo_core::wire::PAGES_PER_BATCH;
-
-/// The send and receive buffer each end of a peer link asks the kernel for: a typical
-/// checkpoint (a few hundred pages, ~1 MB) fits whole, so the writer hands it to the kernel
-/// without waiting for the reader's window updates (the kernel caps the request at
-/// `net.core.wmem_max` / `rmem_max`).
-pub const SOCKET_BUFFER: usize = 4 << 20;
-
-/// Asks for [`SOCKET_BUFFER`]-byte send and receive buffers on `stream` (shared by all of its
-/// handles). A refusal is not an error: the link works with the kernel's defaults, only slower.
-pub fn size_socket_buffers(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let size = libc::c_int::try_from(SOCKET_BUFFER).unwrap_or(libc::c_int::MAX);
-    for option in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt reads one c_int from the pointer, valid for the call, on a socket
-        // descriptor `stream` owns and keeps open for the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&raw const size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(
-                "peer socket buffer option {option}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-}
 
 /// Why a link ended.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +169,6 @@ impl PeerWriter {
     pub fn new(stream: TcpStream) -> PeerWriter {
         // Heartbeats and checkpoint control messages are small: never let Nagle hold them.
         let _ = stream.set_nodelay(true);
-        size_socket_buffers(&stream);
         PeerWriter {
             stream: BufWriter::with_capacity(256 * 1024, stream),
             scratch: Vec::new(),
