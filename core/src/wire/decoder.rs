@@ -7,10 +7,10 @@
 //! Invariants: its buffer never holds more than [`Limits::max_frame_len`] bytes (so a peer
 //! cannot make a receiver buffer without bound: [`FrameDecoder::push`] and
 //! [`FrameDecoder::read_with`] take only what fits, and a frame too large is refused from its
-//! header); no frame is yielded before all of its checks passed; the frames it yields are exactly those
-//! [`super::decode`] (or [`super::decode_sealed`]) yields on the concatenated stream, whatever the chunking; after the first error
-//! it stays failed and yields that error again, because a stream that lost framing cannot be
-//! resynchronised: the link must be reset.
+//! header); no frame is yielded before all of its checks passed; the frames it yields are
+//! exactly those [`super::decode`] (or [`super::decode_sealed`]) yields on the concatenated
+//! stream, whatever the chunking; after the first error it stays failed and yields that error
+//! again, because a stream that lost framing cannot be resynchronised: the link must be reset.
 
 use super::auth::{FrameMac, MacState};
 use super::error::WireError;
@@ -52,9 +52,10 @@ enum Phase {
 
 /// Reassembles frames from a byte stream, with a bounded buffer.
 ///
-/// Use: [`push`](Self::push) received bytes (it returns how many it took), then drain
-/// [`poll_frame`](Self::poll_frame) until `Ok(None)`; repeat while bytes remain. After draining,
-/// the buffer holds less than one frame, so the next push always takes at least one byte.
+/// Use: [`push`](Self::push) received bytes (it returns how many it took), or let a read fill
+/// the buffer with [`read_with`](Self::read_with), then drain [`poll_frame`](Self::poll_frame)
+/// until `Ok(None)`; repeat while bytes remain. After draining, the buffer holds less than one
+/// frame, so the next push always takes at least one byte (and a read gets room).
 /// When the link closes, [`finish`](Self::finish) tells whether it closed between frames.
 #[derive(Clone, Debug)]
 pub struct FrameDecoder {
