@@ -7,7 +7,7 @@
 //! bounded [`FrameDecoder`] and hands every whole frame (message, bulk borrowed from the
 //! decoder) to a callback on that thread. The first decoding error, a truncated frame at EOF, or a socket
 //! error ends the link with a [`LinkClosed`] carrying a readable reason; a peer's bytes never
-//! make it panic or buffer more than [`Limits::max_frame_len`].
+//! make it panic or buffer more than [`Limits::max_frame_len`](colo_core::wire::Limits::max_frame_len).
 //!
 //! A [`PeerWriter`] owns the sending half and is used by the node loop's thread only. Guest
 //! pages are read from guest memory once per batch into the writer's batch buffer and streamed
