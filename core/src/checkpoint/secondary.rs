@@ -33,7 +33,7 @@ use super::{
 };
 use crate::ids::{CheckpointReason, Epoch};
 use crate::time::{Duration, Instant};
-use crate::wire::message::{AbortReason, Message};
+use crate::wire::message::{AbortReason, Message, pages_in};
 
 /// Where the secondary's checkpoint stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,9 +240,7 @@ impl SecondaryCheckpointer {
                 } else if *batch > self.batches {
                     self.protocol_error(now, message, m_epoch);
                 } else {
-                    let pages = ranges
-                        .iter()
-                        .fold(0u64, |acc, r| acc.saturating_add(r.count));
+                    let pages = pages_in(ranges).unwrap_or(u64::MAX);
                     // Pages the zero map marks are counted but carry no bulk.
                     if !message.bulk_rule().allows(bulk_len) {
                         return self.protocol_error(now, message, m_epoch);

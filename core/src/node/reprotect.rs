@@ -20,7 +20,7 @@ use super::{Event, Node, Output, Phase, ProtocolViolation, Side, SyncCommand};
 use crate::failover::Mode;
 use crate::ids::{Epoch, Term};
 use crate::time::Instant;
-use crate::wire::{GoodbyeReason, Message, PAGE_SIZE};
+use crate::wire::{GoodbyeReason, Message, PAGE_SIZE, pages_in};
 
 /// The copy in progress (either side).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,9 +181,7 @@ impl Node {
             }
             Message::SyncPages { ranges, .. } => {
                 // Guest memory covered, zero pages included (they carry no bulk).
-                let pages = ranges
-                    .iter()
-                    .fold(0u64, |acc, r| acc.saturating_add(r.count));
+                let pages = pages_in(&ranges).unwrap_or(u64::MAX);
                 let covered = pages.saturating_mul(PAGE_SIZE);
                 sync.memory_done = sync.memory_done.saturating_add(covered);
                 self.maybe_report_progress(false);

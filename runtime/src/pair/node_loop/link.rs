@@ -20,9 +20,7 @@
 
 use super::{LoopError, LoopEvent, NodeLoop, PeerEndpoint, hops, liveness};
 use crate::pair::peer::PeerReader;
-use crate::pair::peer::auth::{
-    AuthedLink, HandshakeError, PairKey, handshake, log_refused, spawn_accept,
-};
+use crate::pair::peer::auth::{AuthedLink, PairKey, handshake, log_refused, spawn_accept};
 use colo_core::node::{Input, LinkCommand, LinkState, PeerBulk};
 use colo_core::time::Duration;
 use colo_core::wire::{Limits, LinkSide, Message};
@@ -359,27 +357,12 @@ fn dial(
     })?;
     handshake(stream, key, LinkSide::Connector).map_err(|e| {
         log_refused(name, &addr.to_string(), &e, key);
-        if closed_in_handshake(&e) {
+        if e.closed_by_peer() {
             DialFailure::ClosedInHandshake
         } else {
             DialFailure::Handshake
         }
     })
-}
-
-/// Whether a failed handshake ended with the peer closing or resetting the connection.
-fn closed_in_handshake(e: &HandshakeError) -> bool {
-    match e {
-        HandshakeError::Closed => true,
-        HandshakeError::Io(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::ConnectionAborted
-                | std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::UnexpectedEof
-        ),
-        HandshakeError::Auth(_) | HandshakeError::Timeout => false,
-    }
 }
 
 /// Dials `addr` until it gets through (posted as dial `dial`) or `stop` is set: retried every
@@ -458,12 +441,13 @@ mod tests {
 
     #[test]
     fn an_authentication_failure_is_not_a_close() {
+        use crate::pair::peer::auth::HandshakeError;
         let bad = HandshakeError::Timeout;
-        assert!(!closed_in_handshake(&bad));
-        assert!(closed_in_handshake(&HandshakeError::Closed));
+        assert!(!bad.closed_by_peer());
+        assert!(HandshakeError::Closed.closed_by_peer());
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert!(closed_in_handshake(&HandshakeError::Io(reset)));
+        assert!(HandshakeError::Io(reset).closed_by_peer());
         let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-        assert!(!closed_in_handshake(&HandshakeError::Io(other)));
+        assert!(!HandshakeError::Io(other).closed_by_peer());
     }
 }

@@ -51,21 +51,13 @@ impl CheckpointTimeline {
     /// Records `message` crossing the loop now if it is a checkpoint step: the clock is read
     /// only for those, not for every mirrored frame on the hot path.
     pub fn record_now(&mut self, message: &Message) {
-        if matches!(
-            message,
-            Message::CheckpointRequest { .. }
-                | Message::CheckpointReady { .. }
-                | Message::CheckpointSent { .. }
-                | Message::CheckpointReceived { .. }
-                | Message::CheckpointLoaded { .. }
-        ) {
-            self.record(message, Instant::now());
-        }
+        self.record(message, Instant::now);
     }
 
-    /// Records `message` crossing the loop at `now` (handed to the peer writer, or handed to
-    /// the loop by the peer reader), if it is a checkpoint step.
-    pub fn record(&mut self, message: &Message, now: Instant) {
+    /// Records `message` crossing the loop (handed to the peer writer, or handed to the loop
+    /// by the peer reader) at the time `clock` tells, if it is a checkpoint step of the
+    /// timeline's epoch (the clock is read only then).
+    fn record(&mut self, message: &Message, clock: impl FnOnce() -> Instant) {
         let (point, epoch) = match message {
             Message::CheckpointRequest { epoch, .. } => {
                 if epoch.0 != self.epoch || self.request.is_none() {
@@ -74,23 +66,23 @@ impl CheckpointTimeline {
                         ..CheckpointTimeline::default()
                     };
                 }
-                self.request.get_or_insert(now);
+                self.request.get_or_insert_with(clock);
                 ("ckpt_request", epoch.0)
             }
             Message::CheckpointReady { epoch } if epoch.0 == self.epoch => {
-                self.ready.get_or_insert(now);
+                self.ready.get_or_insert_with(clock);
                 ("ckpt_ready", epoch.0)
             }
             Message::CheckpointSent { epoch, .. } if epoch.0 == self.epoch => {
-                self.sent.get_or_insert(now);
+                self.sent.get_or_insert_with(clock);
                 ("ckpt_sent", epoch.0)
             }
             Message::CheckpointReceived { epoch } if epoch.0 == self.epoch => {
-                self.received.get_or_insert(now);
+                self.received.get_or_insert_with(clock);
                 ("ckpt_received", epoch.0)
             }
             Message::CheckpointLoaded { epoch } if epoch.0 == self.epoch => {
-                self.loaded.get_or_insert(now);
+                self.loaded.get_or_insert_with(clock);
                 ("ckpt_loaded", epoch.0)
             }
             _ => return,
@@ -136,9 +128,9 @@ mod tests {
                 epoch: e,
                 reason: CheckpointReason::Miscompare,
             },
-            at(base, 0),
+            || at(base, 0),
         );
-        t.record(&Message::CheckpointReady { epoch: e }, at(base, 90));
+        t.record(&Message::CheckpointReady { epoch: e }, || at(base, 90));
         t.record(
             &Message::CheckpointSent {
                 epoch: e,
@@ -146,10 +138,10 @@ mod tests {
                 pages: 3,
                 bytes: 12_288,
             },
-            at(base, 400),
+            || at(base, 400),
         );
-        t.record(&Message::CheckpointReceived { epoch: e }, at(base, 450));
-        t.record(&Message::CheckpointLoaded { epoch: e }, at(base, 700));
+        t.record(&Message::CheckpointReceived { epoch: e }, || at(base, 450));
+        t.record(&Message::CheckpointLoaded { epoch: e }, || at(base, 700));
         let s = t.spans(7);
         assert_eq!(micros(s.request_ready), Some(90));
         assert_eq!(micros(s.ready_sent), Some(310));
@@ -166,19 +158,19 @@ mod tests {
             epoch: Epoch(e),
             reason: CheckpointReason::Periodic,
         };
-        t.record(&request(3), at(base, 0));
-        t.record(&Message::CheckpointReady { epoch: Epoch(3) }, at(base, 10));
+        t.record(&request(3), || at(base, 0));
+        t.record(&Message::CheckpointReady { epoch: Epoch(3) }, || {
+            at(base, 10)
+        });
         // Epoch 3 was aborted; its retry is epoch 4.
-        t.record(&request(4), at(base, 1_000));
+        t.record(&request(4), || at(base, 1_000));
         // A late step of epoch 3 does not count for epoch 4.
-        t.record(
-            &Message::CheckpointReceived { epoch: Epoch(3) },
-            at(base, 1_010),
-        );
-        t.record(
-            &Message::CheckpointReady { epoch: Epoch(4) },
-            at(base, 1_040),
-        );
+        t.record(&Message::CheckpointReceived { epoch: Epoch(3) }, || {
+            at(base, 1_010)
+        });
+        t.record(&Message::CheckpointReady { epoch: Epoch(4) }, || {
+            at(base, 1_040)
+        });
         let s = t.spans(4);
         assert_eq!(micros(s.request_ready), Some(40));
         assert_eq!(s.ready_sent, None, "Sent of epoch 4 not seen yet");
@@ -195,9 +187,11 @@ mod tests {
                 epoch: Epoch(2),
                 reason: CheckpointReason::Miscompare,
             },
-            at(base, 5),
+            || at(base, 5),
         );
-        t.record(&Message::CheckpointReady { epoch: Epoch(2) }, at(base, 65));
+        t.record(&Message::CheckpointReady { epoch: Epoch(2) }, || {
+            at(base, 65)
+        });
         assert_eq!(micros(t.spans(2).request_ready), Some(60));
     }
 }

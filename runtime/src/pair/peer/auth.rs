@@ -296,6 +296,18 @@ pub enum HandshakeError {
     Io(std::io::Error),
 }
 
+impl HandshakeError {
+    /// Whether the peer closed or reset the connection before completing its half (an end of
+    /// stream is already [`HandshakeError::Closed`]), as opposed to refusing it or timing out.
+    pub fn closed_by_peer(&self) -> bool {
+        match self {
+            HandshakeError::Closed => true,
+            HandshakeError::Io(e) => super::reset_by_peer(e),
+            HandshakeError::Auth(_) | HandshakeError::Timeout => false,
+        }
+    }
+}
+
 impl From<std::io::Error> for HandshakeError {
     fn from(e: std::io::Error) -> Self {
         match e.kind() {

@@ -58,15 +58,19 @@ impl LinkClosed {
     /// or timed out, or a frame this side refused. The node gives such a peer only a short
     /// grace to come back (`LinkState::PeerClosed`).
     pub fn closed_by_peer(&self) -> bool {
-        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
         match self {
             LinkClosed::Eof | LinkClosed::Wire(WireError::Truncated { .. }) => true,
-            LinkClosed::Io(e) => {
-                matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
-            }
+            LinkClosed::Io(e) => reset_by_peer(e),
             LinkClosed::Wire(_) | LinkClosed::Stopped => false,
         }
     }
+}
+
+/// Whether a socket error says the peer's end reset or closed the connection (a reset, an
+/// abort, a broken pipe), rather than a path that failed or timed out.
+pub fn reset_by_peer(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 /// The receiving half, run on its own thread by [`PeerReader::spawn`].
@@ -220,8 +224,10 @@ impl PeerWriter {
             );
             let zero_pages = zero.count();
             let bulk_len = (pages - zero_pages) * PAGE_SIZE;
-            // (The map is small: at most PAGES_PER_BATCH / 8 bytes.)
-            let message = frame(sent.batches, batch, zero.clone());
+            // The bulk: the batch's pages the map does not mark, moved together so they go to
+            // the socket and the MAC in one piece (BLAKE3 is fastest on long inputs).
+            compact_carried(&mut self.pages, &zero, pages);
+            let message = frame(sent.batches, batch, zero);
             self.scratch.clear();
             let mut tail = match &mut self.mac {
                 Some(mac) => {
@@ -230,9 +236,7 @@ impl PeerWriter {
                 None => encode_head(&message, bulk_len as usize, &mut self.scratch)?,
             };
             self.stream.write_all(&self.scratch)?;
-            // The bulk: the batch's pages the map does not mark, moved together so they go to
-            // the socket and the MAC in one piece (BLAKE3 is fastest on long inputs).
-            let bulk = compact_carried(&mut self.pages, &zero, pages);
+            let bulk = &self.pages[..bulk_len as usize];
             self.stream.write_all(bulk)?;
             tail.update(bulk);
             self.stream.write_all(&tail.finish())?;

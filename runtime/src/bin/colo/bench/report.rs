@@ -42,9 +42,9 @@ impl SideFigures {
         rate(self.in_bytes, self.in_time)
     }
 
-    /// Host CPU per MiB of `STREAM` and of `SINK` (milliseconds), and the share of the
-    /// host's cores busy meanwhile (1.0: every core all the time).
-    pub fn cpu_figures(&self, cores: u32) -> (Option<f64>, Option<f64>, Option<f64>, Option<f64>) {
+    /// Host CPU per MiB of `STREAM` and of `SINK`, and the share of the host's `cores` busy
+    /// meanwhile.
+    pub fn cpu_figures(&self, cores: u32) -> CpuFigures {
         let per_mib = |cpu: Option<Duration>, bytes: u64| {
             cpu.filter(|_| bytes > 0)
                 .map(|c| c.as_secs_f64() * 1e3 / (bytes as f64 / f64::from(1u32 << 20)))
@@ -55,13 +55,26 @@ impl SideFigures {
         };
         let out = self.out_cpu.as_ref().map(|c| c.total);
         let inn = self.in_cpu.as_ref().map(|c| c.total);
-        (
-            per_mib(out, self.out_bytes),
-            busy(out, self.out_time),
-            per_mib(inn, self.in_bytes),
-            busy(inn, self.in_time),
-        )
+        CpuFigures {
+            out_ms_per_mib: per_mib(out, self.out_bytes),
+            out_busy: busy(out, self.out_time),
+            in_ms_per_mib: per_mib(inn, self.in_bytes),
+            in_busy: busy(inn, self.in_time),
+        }
     }
+}
+
+/// [`SideFigures::cpu_figures`]: `None` where nothing was measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuFigures {
+    /// Host CPU milliseconds per MiB of `STREAM` (guest -> client).
+    pub out_ms_per_mib: Option<f64>,
+    /// The share of the host's cores busy during the `STREAM`s (1.0: every core all the time).
+    pub out_busy: Option<f64>,
+    /// Host CPU milliseconds per MiB of `SINK` (client -> guest).
+    pub in_ms_per_mib: Option<f64>,
+    /// The share of the host's cores busy during the `SINK`s.
+    pub in_busy: Option<f64>,
 }
 
 fn rate(bytes: u64, time: Duration) -> f64 {
@@ -125,6 +138,10 @@ impl BenchReport {
         let (lone50, lone99) = lat(&self.lone.latency);
         let (pair50, pair99) = lat(&self.pair.latency);
         let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+        let (lone_cpu, pair_cpu) = (
+            self.lone.cpu_figures(self.cores),
+            self.pair.cpu_figures(self.cores),
+        );
         let opt_ms = |d: Option<Duration>| d.map_or_else(|| "nan".to_string(), ms);
         vec![
             ("lone_p50_us", format!("{}", self.lone.latency.median_us)),
@@ -168,22 +185,10 @@ impl BenchReport {
                 opt_num(self.diverge.pages_p50),
             ),
             ("link_rtt_p50_us", opt_num(self.diverge.rtt_p50_us)),
-            (
-                "lone_out_busy",
-                opt_share(self.lone.cpu_figures(self.cores).1),
-            ),
-            (
-                "pair_out_busy",
-                opt_share(self.pair.cpu_figures(self.cores).1),
-            ),
-            (
-                "lone_in_busy",
-                opt_share(self.lone.cpu_figures(self.cores).3),
-            ),
-            (
-                "pair_in_busy",
-                opt_share(self.pair.cpu_figures(self.cores).3),
-            ),
+            ("lone_out_busy", opt_share(lone_cpu.out_busy)),
+            ("pair_out_busy", opt_share(pair_cpu.out_busy)),
+            ("lone_in_busy", opt_share(lone_cpu.in_busy)),
+            ("pair_in_busy", opt_share(pair_cpu.in_busy)),
             ("latency_p50_ratio", fmt_ratio(ratio(pair50, lone50))),
             ("latency_p99_ratio", fmt_ratio(ratio(pair99, lone99))),
             (
@@ -248,18 +253,18 @@ impl std::fmt::Display for BenchReport {
         side(f, "lone VM:", &self.lone)?;
         side(f, "pair:", &self.pair)?;
         let cpu = |f: &mut std::fmt::Formatter<'_>, name: &str, s: &SideFigures| {
-            let (out_mib, out_busy, in_mib, in_busy) = s.cpu_figures(self.cores);
+            let c = s.cpu_figures(self.cores);
             let ms = |v: Option<f64>| v.map_or_else(|| "?".to_string(), |v| format!("{v:.1}"));
             let pct =
                 |v: Option<f64>| v.map_or_else(|| "?".to_string(), |v| format!("{:.0}", v * 100.0));
             writeln!(
                 f,
                 "  {name:<9} host CPU {} ms per MiB guest->client ({} % of {} cores busy), {} ms per MiB client->guest ({} %)",
-                ms(out_mib),
-                pct(out_busy),
+                ms(c.out_ms_per_mib),
+                pct(c.out_busy),
                 self.cores,
-                ms(in_mib),
-                pct(in_busy)
+                ms(c.in_ms_per_mib),
+                pct(c.in_busy)
             )
         };
         cpu(f, "lone VM:", &self.lone)?;
@@ -387,10 +392,10 @@ mod tests {
             }),
             ..side(100, 100, (8 << 20, 1000), (4 << 20, 500))
         };
-        let (out_mib, out_busy, in_mib, in_busy) = s.cpu_figures(2);
-        assert_eq!(out_mib, Some(187.5));
-        assert_eq!(out_busy, Some(0.75));
-        assert_eq!((in_mib, in_busy), (None, None));
+        let c = s.cpu_figures(2);
+        assert_eq!(c.out_ms_per_mib, Some(187.5));
+        assert_eq!(c.out_busy, Some(0.75));
+        assert_eq!((c.in_ms_per_mib, c.in_busy), (None, None));
         let report = BenchReport {
             pair: s,
             cores: 2,

@@ -172,35 +172,23 @@ impl Children {
     /// Sends SIGKILL to child `who` without waiting for it: it stays listed, and a later
     /// [`Children::kill`] (or the drop) reaps it.
     pub(crate) fn signal_kill(&mut self, who: &str) -> Result<(), DemoError> {
-        let (_, child) = self
-            .0
-            .iter_mut()
-            .find(|(name, _)| *name == who)
-            .ok_or_else(|| DemoError::NoChild(who.to_string()))?;
-        child.kill().map_err(|source| DemoError::Signal {
-            action: "kill",
-            who: who.to_string(),
-            source,
-        })
+        let at = self.position(who)?;
+        self.0[at].1.kill().map_err(signal_failed("kill", who))
     }
 
     pub(crate) fn kill(&mut self, who: &str) -> Result<(), DemoError> {
-        let at = self
-            .0
+        let at = self.position(who)?;
+        let (_, mut child) = self.0.remove(at);
+        child.kill().map_err(signal_failed("kill", who))?;
+        child.wait().map_err(signal_failed("reap", who))?;
+        Ok(())
+    }
+
+    fn position(&self, who: &str) -> Result<usize, DemoError> {
+        self.0
             .iter()
             .position(|(name, _)| *name == who)
-            .ok_or_else(|| DemoError::NoChild(who.to_string()))?;
-        let (_, mut child) = self.0.remove(at);
-        let failed = |action| {
-            move |source| DemoError::Signal {
-                action,
-                who: who.to_string(),
-                source,
-            }
-        };
-        child.kill().map_err(failed("kill"))?;
-        child.wait().map_err(failed("reap"))?;
-        Ok(())
+            .ok_or_else(|| DemoError::NoChild(who.to_string()))
     }
 
     /// A child that exited on its own is a failure of the demo.
@@ -211,6 +199,16 @@ impl Children {
             }
         }
         Ok(())
+    }
+}
+
+/// The error of signalling (`action`: kill or reap) child `who`.
+fn signal_failed(action: &'static str, who: &str) -> impl FnOnce(std::io::Error) -> DemoError {
+    let who = who.to_string();
+    move |source| DemoError::Signal {
+        action,
+        who,
+        source,
     }
 }
 
